@@ -1,1 +1,38 @@
-//! spate-core
+//! # spate-core
+//!
+//! The dataflow model and the thread-per-core runtime of Spate.
+//!
+//! Map of the crate:
+//! - [`dataflow`]: the builder of a DAG of logical operators ([`Dataflow`],
+//!   [`Stream`], [`KeyedStream`]).
+//! - [`push`]: the instance side: operators as fused chains of [`Push`]es.
+//! - [`source`]: the [`Source`] trait, polled in bounded steps.
+//! - [`batch`]: batches of rkyv-archived records between workers.
+//! - [`routing`]: key hash → bin → instance.
+//! - [`exchange`]: repartitioning edges (batch per destination, receivers
+//!   merging watermarks).
+//! - [`runtime`]: one pinned glommio executor per worker, tasks, flushing and
+//!   backpressure.
+//! - [`metrics`], [`config`], [`limits`], [`time`].
+#![forbid(missing_docs)]
+
+pub mod batch;
+pub mod config;
+pub mod dataflow;
+pub mod exchange;
+pub mod limits;
+pub mod metrics;
+pub mod push;
+pub mod routing;
+pub mod runtime;
+pub mod source;
+pub mod time;
+
+pub use batch::Meta;
+pub use config::RuntimeConfig;
+pub use dataflow::{Data, Dataflow, InstanceCtx, Key, KeyFn, KeyedStream, Parallelism, Stream};
+pub use push::{BinaryOperator, BoxPush, Push};
+pub use runtime::{Job, JobReport, Runtime, RuntimeError};
+pub use source::{Source, SourceStatus, Step};
+pub use spate_state;
+pub use time::{now_ns, Timestamp, WATERMARK_END};

@@ -1,0 +1,102 @@
+//! Runtime configuration of one process.
+
+use std::path::PathBuf;
+
+use crate::limits::*;
+
+/// How a process runs its workers.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Workers (pinned executors); 0 means one per available core.
+    pub workers: usize,
+    /// Pin worker `i` to core `first_core + i` when there are enough cores.
+    pub pin: bool,
+    /// First core to pin to.
+    pub first_core: usize,
+    /// Records per batch before it closes.
+    pub batch_records: usize,
+    /// Bytes of record data per batch before it closes.
+    pub batch_bytes: usize,
+    /// How long a partly filled batch may wait, in microseconds; 0 sends
+    /// every batch at the end of the step that filled it (lowest latency).
+    pub linger_us: u64,
+    /// Batches in flight per channel between two workers.
+    pub channel_batches: usize,
+    /// Records a source produces per step.
+    pub source_step_records: usize,
+    /// `B`: the key space has `2^B` bins.
+    pub bins_log2: u8,
+    /// Where operator state lives.
+    pub data_dir: PathBuf,
+    /// glommio's registered I/O memory per worker.
+    pub io_memory_bytes: usize,
+    /// How long an idle worker spins before it sleeps, in microseconds
+    /// (trades CPU for wake-up latency).
+    pub spin_before_park_us: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            pin: true,
+            first_core: 0,
+            batch_records: BATCH_RECORDS_DEFAULT,
+            batch_bytes: BATCH_BYTES_DEFAULT,
+            linger_us: LINGER_US_DEFAULT,
+            channel_batches: CHANNEL_BATCHES_DEFAULT,
+            source_step_records: SOURCE_STEP_RECORDS_DEFAULT,
+            bins_log2: spate_state::keyspace::BINS_LOG2_DEFAULT,
+            data_dir: std::env::temp_dir().join("spate-data"),
+            io_memory_bytes: IO_MEMORY_BYTES,
+            spin_before_park_us: 0,
+        }
+    }
+}
+
+/// Available cores of this process.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl RuntimeConfig {
+    /// The number of workers this config runs.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers == 0 {
+            available_cores()
+        } else {
+            self.workers
+        }
+    }
+
+    /// Checks the values, naming the first bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        let w = self.effective_workers();
+        if w > WORKERS_MAX {
+            return Err(format!("workers = {w} exceeds the maximum of {WORKERS_MAX}"));
+        }
+        if self.batch_records == 0 {
+            return Err("batch_records must be at least 1".into());
+        }
+        if self.batch_bytes < 64 {
+            return Err(format!("batch_bytes = {} is below the minimum of 64", self.batch_bytes));
+        }
+        if self.channel_batches < 2 {
+            return Err(format!("channel_batches = {} is below the minimum of 2", self.channel_batches));
+        }
+        if self.source_step_records == 0 {
+            return Err("source_step_records must be at least 1".into());
+        }
+        if self.bins_log2 > spate_state::keyspace::BINS_LOG2_MAX {
+            return Err(format!(
+                "bins_log2 = {} exceeds the maximum of {}",
+                self.bins_log2,
+                spate_state::keyspace::BINS_LOG2_MAX
+            ));
+        }
+        if (1usize << self.bins_log2) < w {
+            return Err(format!("bins_log2 = {} gives fewer bins than the {w} workers", self.bins_log2));
+        }
+        Ok(())
+    }
+}

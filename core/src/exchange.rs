@@ -1,0 +1,356 @@
+//! Repartitioning edges: the sending side routes each record by key hash
+//! through the routing table into a batch per destination worker (an
+//! [`Outbox`]); the receiving side decodes batches from every producer,
+//! merges their watermarks and pushes records downstream.
+//!
+//! Records whose owner is the sending worker itself skip serialization: they
+//! are pushed straight into the local receiver (fusion across the edge).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use spate_state::codec;
+
+use crate::batch::{Batch, Meta, FLAG_FINAL};
+use crate::dataflow::{Data, WorkerBuild};
+use crate::push::{BoxPush, InputFrontier, Push};
+use crate::routing::RoutingTable;
+use crate::time::{now_ns, Timestamp, WATERMARK_END};
+
+/// The batches one worker has for one destination on one edge.
+pub struct Outbox {
+    touched: bool,
+    touch_list: TouchList,
+    edge: u32,
+    dest: u32,
+    producer: u32,
+    current: Batch,
+    opened_ns: u64,
+    ready: VecDeque<Batch>,
+    next_seq: u64,
+    watermark: Timestamp,
+    watermark_pending: bool,
+    final_pending: bool,
+    final_sent: bool,
+    batch_records: u32,
+    batch_bytes: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(
+        edge: u32,
+        producer: u32,
+        dest: u32,
+        touch_list: TouchList,
+        batch_records: usize,
+        batch_bytes: usize,
+    ) -> Self {
+        Self {
+            touched: false,
+            touch_list,
+            edge,
+            dest,
+            producer,
+            current: Batch::with_capacity(edge, producer, batch_bytes + 256),
+            opened_ns: 0,
+            ready: VecDeque::new(),
+            next_seq: 1,
+            watermark: 0,
+            watermark_pending: false,
+            final_pending: false,
+            final_sent: false,
+            batch_records: batch_records.max(1) as u32,
+            batch_bytes,
+        }
+    }
+
+    /// Puts this outbox on the worker's list of outboxes with work to send,
+    /// once: the task whose step touched it flushes it.
+    #[inline]
+    fn touch(&mut self) {
+        if !self.touched {
+            self.touched = true;
+            self.touch_list.borrow_mut().push((self.edge, self.dest));
+        }
+    }
+
+    /// Takes the outbox off the touched list (its flusher is about to run).
+    pub(crate) fn untouch(&mut self) {
+        self.touched = false;
+    }
+
+    #[inline]
+    fn push<T: Data>(&mut self, rec: &T, meta: Meta) -> Result<(), codec::CodecError> {
+        if self.current.count == 0 {
+            self.opened_ns = now_ns();
+            self.touch();
+        }
+        self.current.push(rec, meta)?;
+        if self.current.count >= self.batch_records || self.current.data.len() >= self.batch_bytes {
+            self.close(0);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, flags: u32) {
+        let mut b = std::mem::replace(
+            &mut self.current,
+            Batch::with_capacity(self.edge, self.producer, self.batch_bytes + 256),
+        );
+        b.seq = self.next_seq;
+        self.next_seq += 1;
+        b.watermark = self.watermark;
+        b.flags = flags;
+        self.watermark_pending = false;
+        self.ready.push_back(b);
+        self.touch();
+    }
+
+    /// The next batch to send, if any. `close_open` closes a partly filled
+    /// batch whose linger (`linger_ns`) has passed at `now` (0 closes
+    /// any).
+    pub(crate) fn take_next(&mut self, linger_ns: u64, now: u64) -> Option<Batch> {
+        if let Some(b) = self.ready.pop_front() {
+            return Some(b);
+        }
+        if self.final_sent {
+            return None;
+        }
+        if self.final_pending {
+            self.close(FLAG_FINAL);
+            self.final_sent = true;
+        } else if self.current.count > 0 {
+            if now.saturating_sub(self.opened_ns) >= linger_ns {
+                self.close(0);
+            }
+        } else if self.watermark_pending {
+            self.close(0);
+        }
+        self.ready.pop_front()
+    }
+
+    /// Whether a partly filled batch is waiting for its linger.
+    pub(crate) fn has_open(&self) -> bool {
+        self.current.count > 0 || (self.final_pending && !self.final_sent) || self.watermark_pending
+    }
+
+    fn set_watermark(&mut self, wm: Timestamp) {
+        if wm > self.watermark {
+            self.watermark = wm;
+            self.watermark_pending = true;
+            self.touch();
+        }
+    }
+
+    fn set_final(&mut self) {
+        self.set_watermark(WATERMARK_END);
+        self.final_pending = true;
+        self.touch();
+    }
+}
+
+/// The (edge, destination) outboxes of a worker that steps have given work
+/// since their last flush.
+pub(crate) type TouchList = Rc<RefCell<Vec<(u32, u32)>>>;
+
+/// Type-erased receiving side of an edge on one worker.
+pub(crate) trait BatchInput {
+    /// A batch from another worker.
+    fn on_batch(&mut self, batch: &Batch);
+}
+
+/// The receiving side of an edge on one worker.
+pub(crate) struct EdgeReceiver<T> {
+    out: Option<BoxPush<T>>,
+    frontier: InputFrontier,
+    finished: bool,
+}
+
+impl<T: Data> EdgeReceiver<T> {
+    fn new(producers: usize) -> Self {
+        Self { out: None, frontier: InputFrontier::new(producers), finished: false }
+    }
+
+    #[inline]
+    fn push_local(&mut self, rec: T, meta: Meta) {
+        if let Some(o) = self.out.as_mut() {
+            o.push(rec, meta);
+        }
+    }
+
+    fn watermark_from(&mut self, producer: usize, wm: Timestamp) {
+        if let Some(w) = self.frontier.advance(producer, wm) {
+            if let Some(o) = self.out.as_mut() {
+                o.watermark(w);
+            }
+        }
+    }
+
+    fn finish_from(&mut self, producer: usize) {
+        self.watermark_from(producer, WATERMARK_END);
+        if self.frontier.finish(producer) && !self.finished {
+            self.finished = true;
+            if let Some(o) = self.out.as_mut() {
+                o.finish();
+            }
+        }
+    }
+}
+
+impl<T: Data> BatchInput for EdgeReceiver<T> {
+    fn on_batch(&mut self, batch: &Batch) {
+        if let Some(o) = self.out.as_mut() {
+            for (bytes, meta) in batch.records() {
+                // SAFETY: batches on in-process edges are built by
+                // `Batch::push::<T>` on this edge in this process, so each
+                // record's bytes are one archived `T`.
+                let rec = unsafe { codec::decode::<T>(bytes) };
+                o.push(rec, meta);
+            }
+        }
+        let producer = batch.producer as usize;
+        self.watermark_from(producer, batch.watermark);
+        if batch.is_final() {
+            self.finish_from(producer);
+        }
+    }
+}
+
+/// One edge's endpoints on one worker.
+pub(crate) struct EdgeRuntime {
+    /// Per destination worker; `None` for this worker.
+    pub(crate) outboxes: Vec<Option<Rc<RefCell<Outbox>>>>,
+    /// `Rc<RefCell<EdgeReceiver<T>>>`, created by whichever side asks first.
+    local: Option<Box<dyn Any>>,
+    pub(crate) input: Option<Rc<RefCell<dyn BatchInput>>>,
+    pub(crate) sender_installed: bool,
+}
+
+impl EdgeRuntime {
+    pub(crate) fn new(
+        edge: u32,
+        me: usize,
+        workers: usize,
+        touch_list: &TouchList,
+        batch_records: usize,
+        batch_bytes: usize,
+    ) -> Self {
+        let outboxes = (0..workers)
+            .map(|d| {
+                (d != me).then(|| {
+                    Rc::new(RefCell::new(Outbox::new(
+                        edge,
+                        me as u32,
+                        d as u32,
+                        touch_list.clone(),
+                        batch_records,
+                        batch_bytes,
+                    )))
+                })
+            })
+            .collect();
+        Self { outboxes, local: None, input: None, sender_installed: false }
+    }
+
+    /// Marks every outbox final: this worker hosts no sender on the edge.
+    pub(crate) fn finish_without_sender(&mut self, me: usize) {
+        for o in self.outboxes.iter().flatten() {
+            o.borrow_mut().set_final();
+        }
+        if let Some(l) = self.local.as_ref() {
+            // The receiver's type is known only to the typed side; it
+            // registered a finisher closure instead.
+            if let Some(f) = l.downcast_ref::<LocalFinisher>() {
+                (f.0)(me);
+            }
+        }
+    }
+}
+
+struct LocalFinisher(Box<dyn Fn(usize)>, Box<dyn Any>);
+
+fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeReceiver<T>>> {
+    let workers = wb.workers;
+    let e = &mut wb.edges[edge as usize];
+    if let Some(l) = e.local.as_ref().and_then(|l| l.downcast_ref::<LocalFinisher>()) {
+        if let Some(r) = l.1.downcast_ref::<Rc<RefCell<EdgeReceiver<T>>>>() {
+            return r.clone();
+        }
+    }
+    let r = Rc::new(RefCell::new(EdgeReceiver::<T>::new(workers)));
+    let r2 = r.clone();
+    e.local = Some(Box::new(LocalFinisher(
+        Box::new(move |me| r2.borrow_mut().finish_from(me)),
+        Box::new(r.clone()),
+    )));
+    r
+}
+
+/// Installs the receiving side of `edge` on this worker, feeding `out`.
+pub(crate) fn install_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32, out: BoxPush<T>) {
+    let r = local_receiver::<T>(wb, edge);
+    r.borrow_mut().out = Some(out);
+    wb.edges[edge as usize].input = Some(r as Rc<RefCell<dyn BatchInput>>);
+}
+
+/// The sending side of `edge` on this worker.
+pub(crate) fn make_sender<T: Data, H: FnMut(&T) -> u64 + 'static>(
+    wb: &mut WorkerBuild,
+    edge: u32,
+    routing: RoutingTable,
+    hash: H,
+) -> BoxPush<T> {
+    let local = local_receiver::<T>(wb, edge);
+    let me = wb.worker;
+    let e = &mut wb.edges[edge as usize];
+    assert!(!e.sender_installed, "edge {edge} has two senders on worker {me}");
+    e.sender_installed = true;
+    Box::new(ExchangeSender {
+        hash,
+        routing,
+        me,
+        outboxes: e.outboxes.clone(),
+        local,
+        metrics: wb.metrics.clone(),
+    })
+}
+
+struct ExchangeSender<T, H> {
+    hash: H,
+    routing: RoutingTable,
+    me: usize,
+    outboxes: Vec<Option<Rc<RefCell<Outbox>>>>,
+    local: Rc<RefCell<EdgeReceiver<T>>>,
+    metrics: std::sync::Arc<crate::metrics::JobMetrics>,
+}
+
+impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
+    #[inline]
+    fn push(&mut self, rec: T, meta: Meta) {
+        let dest = self.routing.route((self.hash)(&rec)) as usize;
+        match self.outboxes.get(dest) {
+            Some(Some(o)) => {
+                if let Err(e) = o.borrow_mut().push(&rec, meta) {
+                    self.metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
+                }
+            }
+            _ => self.local.borrow_mut().push_local(rec, meta),
+        }
+    }
+
+    fn watermark(&mut self, wm: Timestamp) {
+        self.local.borrow_mut().watermark_from(self.me, wm);
+        for o in self.outboxes.iter().flatten() {
+            o.borrow_mut().set_watermark(wm);
+        }
+    }
+
+    fn finish(&mut self) {
+        for o in self.outboxes.iter().flatten() {
+            o.borrow_mut().set_final();
+        }
+        self.local.borrow_mut().finish_from(self.me);
+    }
+}

@@ -1,0 +1,30 @@
+//! Every limit of the runtime, named and kept together.
+//!
+//! Bounded queues are what make backpressure work: a producer that outruns
+//! its consumer waits on a full channel instead of growing memory. The
+//! numbers here are defaults; most can be set per run in
+//! [`RuntimeConfig`](crate::config::RuntimeConfig).
+
+/// Most workers (executors) one process runs.
+pub const WORKERS_MAX: usize = 256;
+/// Default records per batch before it closes.
+pub const BATCH_RECORDS_DEFAULT: usize = 1024;
+/// Default bytes of record data per batch before it closes.
+pub const BATCH_BYTES_DEFAULT: usize = 64 * 1024;
+/// Most records a source produces in one step before the runtime flushes
+/// outputs and lets other tasks run.
+pub const SOURCE_STEP_RECORDS_DEFAULT: usize = 1024;
+/// Default batches in flight on one channel between two workers.
+pub const CHANNEL_BATCHES_DEFAULT: usize = 64;
+/// Default linger of a partly filled batch, in microseconds.
+pub const LINGER_US_DEFAULT: u64 = 200;
+/// Default capacity, in records, of an embedding input or output handle.
+pub const HANDLE_RECORDS_DEFAULT: usize = 64 * 1024;
+/// glommio's registered I/O memory per worker. The machine's locked-memory
+/// limit (`ulimit -l`) is small, so keep this small.
+pub const IO_MEMORY_BYTES: usize = 512 * 1024;
+/// How often a worker publishes its metrics for the status line.
+pub const METRICS_PUBLISH_MS: u64 = 100;
+
+const _: () = assert!(BATCH_RECORDS_DEFAULT <= SOURCE_STEP_RECORDS_DEFAULT * 4);
+const _: () = assert!(CHANNEL_BATCHES_DEFAULT >= 2);

@@ -1,0 +1,180 @@
+//! Metrics a job publishes while it runs: counters per worker and the
+//! end-to-end latency histogram of its sinks.
+//!
+//! Workers never take a lock per record: counters are relaxed atomics bumped
+//! once per batch or step, and sinks record latency into a worker-local
+//! histogram that is merged into the shared one every
+//! [`METRICS_PUBLISH_MS`](crate::limits::METRICS_PUBLISH_MS).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+
+use crate::limits::METRICS_PUBLISH_MS;
+use crate::time::now_ns;
+
+/// Highest latency the histograms track, in nanoseconds (60 s); larger values
+/// are clamped.
+pub const LATENCY_MAX_NS: u64 = 60_000_000_000;
+
+/// A new latency histogram: nanoseconds, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3) {
+        Ok(h) => h,
+        // The bounds are constants that hdrhistogram accepts.
+        Err(e) => panic!("latency histogram bounds rejected: {e}"),
+    }
+}
+
+/// The metrics of one job, shared by its workers and whoever watches it.
+#[derive(Debug)]
+pub struct JobMetrics {
+    /// Records produced by sources.
+    pub records_in: AtomicU64,
+    /// Records that reached sinks.
+    pub records_out: AtomicU64,
+    /// Workers that have ended (normally or not).
+    pub workers_done: AtomicUsize,
+    /// Latency of records that reached latency-recording sinks since the job
+    /// started.
+    latency: Mutex<Histogram<u64>>,
+    /// Latency since the last call to [`JobMetrics::take_interval_latency`].
+    interval: Mutex<Histogram<u64>>,
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        Self {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            workers_done: AtomicUsize::new(0),
+            latency: Mutex::new(latency_histogram()),
+            interval: Mutex::new(latency_histogram()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl JobMetrics {
+    /// New, shared.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Marks the job failed with `reason` (the first reason wins). Workers
+    /// stop at their next step.
+    pub fn fail(&self, reason: impl Into<String>) {
+        if let Ok(mut f) = self.failure.lock() {
+            if f.is_none() {
+                *f = Some(reason.into());
+            }
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether the job failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the job failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Adds a worker's locally recorded latencies.
+    pub fn merge_latency(&self, local: &Histogram<u64>) {
+        if let Ok(mut h) = self.latency.lock() {
+            // Both histograms share bounds, so adding cannot fail.
+            let _ = h.add(local);
+        }
+        if let Ok(mut h) = self.interval.lock() {
+            let _ = h.add(local);
+        }
+    }
+
+    /// The latency histogram of the whole run so far.
+    pub fn latency(&self) -> Histogram<u64> {
+        match self.latency.lock() {
+            Ok(h) => h.clone(),
+            Err(_) => latency_histogram(),
+        }
+    }
+
+    /// The latencies recorded since the previous call (for a live status line
+    /// or a latency-over-time plot).
+    pub fn take_interval_latency(&self) -> Histogram<u64> {
+        match self.interval.lock() {
+            Ok(mut h) => {
+                let out = h.clone();
+                h.reset();
+                out
+            }
+            Err(_) => latency_histogram(),
+        }
+    }
+}
+
+/// A sink's worker-local latency recorder, published into [`JobMetrics`]
+/// periodically.
+pub struct LatencyRecorder {
+    local: Histogram<u64>,
+    metrics: Arc<JobMetrics>,
+    pending_out: u64,
+    last_publish_ns: u64,
+}
+
+impl LatencyRecorder {
+    /// A recorder publishing into `metrics`.
+    pub fn new(metrics: Arc<JobMetrics>) -> Self {
+        Self { local: latency_histogram(), metrics, pending_out: 0, last_publish_ns: now_ns() }
+    }
+
+    /// Counts one output record; if `ingest_ns` is non-zero, records its
+    /// latency at `now_ns`.
+    #[inline]
+    pub fn record(&mut self, ingest_ns: u64, now: u64) {
+        self.pending_out += 1;
+        if ingest_ns != 0 {
+            let lat = now.saturating_sub(ingest_ns).clamp(1, LATENCY_MAX_NS);
+            self.local.saturating_record(lat);
+        }
+        if self.pending_out & 63 == 0 {
+            self.maybe_publish(now);
+        }
+    }
+
+    /// Counts output records without latency.
+    #[inline]
+    pub fn count(&mut self, n: u64) {
+        self.pending_out += n;
+    }
+
+    /// Publishes if the publish interval has passed.
+    pub fn maybe_publish(&mut self, now: u64) {
+        if now.saturating_sub(self.last_publish_ns) >= METRICS_PUBLISH_MS * 1_000_000 {
+            self.publish();
+            self.last_publish_ns = now;
+        }
+    }
+
+    /// Publishes now.
+    pub fn publish(&mut self) {
+        self.metrics.records_out.fetch_add(self.pending_out, Ordering::Relaxed);
+        self.pending_out = 0;
+        if !self.local.is_empty() {
+            self.metrics.merge_latency(&self.local);
+            self.local.reset();
+        }
+    }
+}
+
+impl Drop for LatencyRecorder {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}

@@ -1,0 +1,452 @@
+//! The thread-per-core runtime: one glommio executor per worker, pinned to a
+//! core, running the worker's operator instances as a few cooperative tasks.
+//!
+//! Per worker there is one task per source instance and one task per
+//! (exchange edge, producing worker) pair that receives batches. Every task
+//! runs synchronous *steps* — a source step, or one received batch pushed
+//! through the fused operator chain — and after each step flushes the batches
+//! the step closed, awaiting a full channel (backpressure). Because the graph
+//! is acyclic, a task blocked on an edge's channel is only ever waiting on
+//! tasks further downstream, which never wait on it: no deadlock.
+//!
+//! Workers share nothing but bounded single-producer, single-consumer
+//! channels (glommio's `shared_channel`), one per edge and worker pair.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::batch::Batch;
+use crate::config::{available_cores, RuntimeConfig};
+use crate::dataflow::{Dataflow, WorkerBuild};
+use crate::exchange::{EdgeRuntime, Outbox, TouchList};
+use crate::metrics::JobMetrics;
+use crate::source::SourceStatus;
+use crate::time::now_ns;
+
+/// Why a job could not start or did not finish.
+#[derive(Debug)]
+pub enum RuntimeError {
+    /// The configuration is invalid.
+    Config(String),
+    /// The dataflow is invalid (duplicate names, ...).
+    Dataflow(Vec<String>),
+    /// A worker thread could not be started.
+    Spawn {
+        /// The worker.
+        worker: usize,
+        /// glommio's error.
+        reason: String,
+    },
+    /// A worker panicked.
+    WorkerPanicked {
+        /// The worker.
+        worker: usize,
+    },
+    /// An operator failed while running.
+    Failed(String),
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeError::Config(e) => write!(f, "invalid runtime configuration: {e}"),
+            RuntimeError::Dataflow(es) => write!(f, "invalid dataflow: {}", es.join("; ")),
+            RuntimeError::Spawn { worker, reason } => write!(f, "cannot start worker {worker}: {reason}"),
+            RuntimeError::WorkerPanicked { worker } => write!(f, "worker {worker} panicked"),
+            RuntimeError::Failed(e) => write!(f, "job failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+/// Runs dataflows on this process's workers.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    config: RuntimeConfig,
+}
+
+/// A running job.
+pub struct Job {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    metrics: Arc<JobMetrics>,
+    started: Instant,
+    workers: usize,
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Workers that ran.
+    pub workers: usize,
+    /// Wall time from start to the last worker's end.
+    pub elapsed: Duration,
+    /// Records produced by sources.
+    pub records_in: u64,
+    /// Records that reached sinks.
+    pub records_out: u64,
+}
+
+type Channels = Vec<Vec<Vec<Option<(SharedSender<Batch>, SharedReceiver<Batch>)>>>>;
+
+impl Runtime {
+    /// A runtime with `config`.
+    pub fn new(config: RuntimeConfig) -> Self {
+        Self { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Builds the dataflow named `name` with `build` on every worker and
+    /// starts it. `build` runs once here first, to validate the graph.
+    pub fn start<F>(&self, name: &str, build: F) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        self.config.validate().map_err(RuntimeError::Config)?;
+        let workers = self.config.effective_workers();
+        let edges = {
+            let df = Dataflow::new(name);
+            build(&df);
+            let g = df.graph.borrow();
+            if !g.errors.is_empty() {
+                return Err(RuntimeError::Dataflow(g.errors.clone()));
+            }
+            g.edges.len()
+        };
+        // channels[edge][src][dst]
+        let mut channels: Channels = (0..edges)
+            .map(|_| {
+                (0..workers)
+                    .map(|s| {
+                        (0..workers)
+                            .map(|d| (s != d).then(|| shared_channel::new_bounded(self.config.channel_batches)))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let metrics = JobMetrics::new();
+        let build = Arc::new(build);
+        let config = Arc::new(self.config.clone());
+        let cores = available_cores();
+        let mut handles = Vec::with_capacity(workers);
+        let mut per_worker: Vec<WorkerChannels> = (0..workers)
+            .map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new() })
+            .collect();
+        for (e, by_src) in channels.iter_mut().enumerate() {
+            for (s, by_dst) in by_src.iter_mut().enumerate() {
+                for (d, ch) in by_dst.iter_mut().enumerate() {
+                    if let Some((tx, rx)) = ch.take() {
+                        per_worker[s].out.insert((e, d), tx);
+                        per_worker[d].inp.insert((e, s), rx);
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        for (w, chans) in per_worker.into_iter().enumerate() {
+            let placement = if config.pin && config.first_core + workers <= cores {
+                Placement::Fixed(config.first_core + w)
+            } else {
+                Placement::Unbound
+            };
+            let (build, config, metrics, name) = (build.clone(), config.clone(), metrics.clone(), name.to_string());
+            let mut builder = LocalExecutorBuilder::new(placement)
+                .name(&format!("spate-w{w}"))
+                .io_memory(config.io_memory_bytes)
+                .ring_depth(64)
+                .preempt_timer(Duration::from_millis(5));
+            if config.spin_before_park_us > 0 {
+                builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+            }
+            let h = builder
+                .spawn(move || async move {
+                    let _done = WorkerDone(metrics.clone());
+                    worker_main(w, workers, name, build, config, metrics, chans).await;
+                })
+                .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
+            handles.push(h);
+        }
+        Ok(Job { handles, metrics, started, workers })
+    }
+}
+
+impl Job {
+    /// The job's live metrics.
+    pub fn metrics(&self) -> &Arc<JobMetrics> {
+        &self.metrics
+    }
+
+    /// Whether every worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.metrics.workers_done.load(Ordering::Acquire) >= self.workers
+    }
+
+    /// When the job started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for the job to end.
+    pub fn wait(self) -> Result<JobReport, RuntimeError> {
+        let mut panicked = None;
+        for (w, h) in self.handles.into_iter().enumerate() {
+            if h.join().is_err() && panicked.is_none() {
+                panicked = Some(w);
+            }
+        }
+        let elapsed = self.started.elapsed();
+        if let Some(reason) = self.metrics.failure() {
+            return Err(RuntimeError::Failed(reason));
+        }
+        if let Some(worker) = panicked {
+            return Err(RuntimeError::WorkerPanicked { worker });
+        }
+        Ok(JobReport {
+            workers: self.workers,
+            elapsed,
+            records_in: self.metrics.records_in.load(Ordering::Relaxed),
+            records_out: self.metrics.records_out.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Counts a worker as ended when dropped, even by a panic.
+struct WorkerDone(Arc<JobMetrics>);
+
+impl Drop for WorkerDone {
+    fn drop(&mut self) {
+        self.0.workers_done.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+struct WorkerChannels {
+    out: HashMap<(usize, usize), SharedSender<Batch>>,
+    inp: HashMap<(usize, usize), SharedReceiver<Batch>>,
+}
+
+/// One outbox with its channel, sent in order under a one-permit semaphore.
+struct Route {
+    outbox: Rc<RefCell<Outbox>>,
+    tx: ConnectedSender<Batch>,
+    order: glommio::sync::Semaphore,
+}
+
+/// Sends the batches that steps closed, in order, waiting on full channels.
+///
+/// A task flushes only the outboxes its own step touched: those are
+/// downstream of it, so waiting on them is backpressure. Waiting on any other
+/// outbox could wait on a task that waits on this one (deadlock).
+struct Flusher {
+    /// `routes[edge][dest]`.
+    routes: Vec<Vec<Option<Route>>>,
+    touched: TouchList,
+    linger_ns: u64,
+    metrics: Arc<JobMetrics>,
+}
+
+impl Flusher {
+    /// Sends the batches of the outboxes touched since the last call;
+    /// partly filled ones go too once their linger has passed (at once with
+    /// linger 0, or with `force`). Outboxes left with a lingering batch stay
+    /// touched for the linger ticker.
+    async fn flush_touched(&self, force: bool) {
+        let touched: Vec<(u32, u32)> = std::mem::take(&mut *self.touched.borrow_mut());
+        for (e, d) in touched {
+            if let Some(Some(r)) = self.routes.get(e as usize).and_then(|r| r.get(d as usize)) {
+                r.outbox.borrow_mut().untouch();
+                let Ok(_permit) = r.order.acquire_permit(1).await else { continue };
+                self.send_route(r, force).await;
+            }
+        }
+    }
+
+    /// The linger ticker: sends what is due on every outbox nobody is
+    /// sending on right now.
+    async fn flush_idle(&self) {
+        for r in self.routes.iter().flatten().flatten() {
+            if !r.outbox.borrow().has_open() {
+                continue;
+            }
+            let Ok(_permit) = r.order.try_acquire_permit(1) else { continue };
+            self.send_route(r, false).await;
+        }
+    }
+
+    async fn send_route(&self, r: &Route, force: bool) {
+        let linger = if force { 0 } else { self.linger_ns };
+        let now = if linger > 0 { now_ns() } else { 0 };
+        loop {
+            let next = r.outbox.borrow_mut().take_next(linger, now);
+            match next {
+                Some(b) => {
+                    if r.tx.send(b).await.is_err() {
+                        self.metrics.fail("a worker's input channel closed while the job ran");
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker_main<F>(
+    me: usize,
+    workers: usize,
+    name: String,
+    build: Arc<F>,
+    config: Arc<RuntimeConfig>,
+    metrics: Arc<JobMetrics>,
+    mut chans: WorkerChannels,
+) where
+    F: Fn(&Dataflow) + Send + Sync + 'static,
+{
+    let df = Dataflow::new(&name);
+    build(&df);
+    let (sources, edge_factories) = {
+        let mut g = df.graph.borrow_mut();
+        (std::mem::take(&mut g.sources), std::mem::take(&mut g.edges))
+    };
+    let touched: TouchList = Rc::new(RefCell::new(Vec::new()));
+    let mut wb = WorkerBuild {
+        worker: me,
+        workers,
+        config: config.clone(),
+        metrics: metrics.clone(),
+        dataflow: name.clone(),
+        shared: HashMap::new(),
+        edges: (0..edge_factories.len())
+            .map(|e| EdgeRuntime::new(e as u32, me, workers, &touched, config.batch_records, config.batch_bytes))
+            .collect(),
+    };
+    for f in &edge_factories {
+        f(&mut wb);
+    }
+    let mut tasks = Vec::new();
+    for f in &sources {
+        if let Some(t) = f(&mut wb) {
+            tasks.push(t);
+        }
+    }
+    for e in wb.edges.iter_mut() {
+        if !e.sender_installed {
+            e.finish_without_sender(me);
+        }
+    }
+
+    // Connect every channel end concurrently: a connect waits for its peer.
+    let mut connecting = Vec::new();
+    for ((e, d), tx) in chans.out.drain() {
+        connecting.push(glommio::spawn_local(async move { (e, d, tx.connect().await) }));
+    }
+    let mut rx_connecting = Vec::new();
+    for ((e, s), rx) in chans.inp.drain() {
+        rx_connecting.push(glommio::spawn_local(async move { (e, s, rx.connect().await) }));
+    }
+    let dbg = std::env::var("SPATE_DEBUG").is_ok();
+    if dbg { eprintln!("w{me}: connecting"); }
+    let mut routes: Vec<Vec<Option<Route>>> =
+        (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
+    for c in connecting {
+        let (e, d, tx) = c.await;
+        if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
+            routes[e][d] = Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
+        }
+    }
+    let mut inputs: Vec<(usize, usize, ConnectedReceiver<Batch>)> = Vec::new();
+    for c in rx_connecting {
+        inputs.push(c.await);
+    }
+    if dbg { eprintln!("w{me}: connected"); }
+    let flusher = Rc::new(Flusher { routes, touched: touched.clone(), linger_ns: config.linger_us * 1000, metrics: metrics.clone() });
+
+    let mut running = Vec::new();
+    for mut t in tasks {
+        let (flusher, metrics, step_max) = (flusher.clone(), metrics.clone(), config.source_step_records);
+        running.push(glommio::spawn_local(async move {
+            loop {
+                if metrics.has_failed() {
+                    break;
+                }
+                let step = t.runner.step(step_max);
+                metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
+                match step.status {
+                    SourceStatus::Done => {
+                        flusher.flush_touched(true).await;
+                        break;
+                    }
+                    SourceStatus::Busy => {
+                        flusher.flush_touched(false).await;
+                        futures_lite::future::yield_now().await;
+                    }
+                    SourceStatus::Idle { next_ns } => {
+                        flusher.flush_touched(false).await;
+                        let wait = next_ns.map(|n| n.saturating_sub(now_ns())).unwrap_or(200_000);
+                        if wait > 100_000 {
+                            glommio::timer::sleep(Duration::from_nanos(wait.min(1_000_000) - 50_000)).await;
+                        } else {
+                            futures_lite::future::yield_now().await;
+                        }
+                    }
+                }
+            }
+            let _ = &t.name;
+        }));
+    }
+    for (e, _src, rx) in inputs {
+        let Some(input) = wb.edges[e].input.clone() else { continue };
+        let (flusher, metrics) = (flusher.clone(), metrics.clone());
+        running.push(glommio::spawn_local(async move {
+            loop {
+                let Some(batch) = rx.recv().await else {
+                    if !metrics.has_failed() {
+                        metrics.fail(format!("edge {e}: a producing worker stopped without ending its stream"));
+                    }
+                    break;
+                };
+                let last = batch.is_final();
+                if std::env::var("SPATE_DEBUG").is_ok() { eprintln!("recv e{e} from {_src} seq {} n {} final {last}", batch.seq, batch.count); }
+                input.borrow_mut().on_batch(&batch);
+                drop(batch);
+                flusher.flush_touched(false).await;
+                if last || metrics.has_failed() {
+                    break;
+                }
+            }
+        }));
+    }
+    // Linger: partly filled batches go out when their linger passes even if
+    // no step runs.
+    let ticker = (config.linger_us > 0).then(|| {
+        let (flusher, period) = (flusher.clone(), Duration::from_micros(config.linger_us.max(20)));
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(period).await;
+                flusher.flush_idle().await;
+            }
+        })
+    });
+    // Edges this worker sends nothing on still owe their final batches.
+    flusher.flush_touched(true).await;
+    for t in running {
+        t.await;
+    }
+    flusher.flush_touched(true).await;
+    if let Some(t) = ticker {
+        drop(t.cancel());
+    }
+    drop(wb);
+}
