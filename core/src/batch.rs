@@ -54,15 +54,7 @@ pub struct Batch {
 impl Batch {
     /// An empty batch with room for `bytes` of record data.
     pub fn with_capacity(edge: u32, producer: u32, bytes: usize) -> Self {
-        Self {
-            edge,
-            producer,
-            seq: 0,
-            watermark: 0,
-            count: 0,
-            flags: 0,
-            data: Vec::with_capacity(bytes),
-        }
+        Self { edge, producer, seq: 0, watermark: 0, count: 0, flags: 0, data: Vec::with_capacity(bytes) }
     }
 
     /// Whether this is the producer's last batch on the edge.

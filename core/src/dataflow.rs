@@ -309,13 +309,7 @@ impl<T: Data> Stream<T> {
         self.binary_in(other, name, Bins::Whole, make)
     }
 
-    fn binary_in<B, U, Op, F>(
-        &self,
-        other: &Stream<B>,
-        name: &str,
-        bins: Bins,
-        make: F,
-    ) -> Stream<U>
+    fn binary_in<B, U, Op, F>(&self, other: &Stream<B>, name: &str, bins: Bins, make: F) -> Stream<U>
     where
         B: Data,
         U: Data,
@@ -331,7 +325,9 @@ impl<T: Data> Stream<T> {
             let name = name.to_string();
             let key = key.clone();
             Rc::new(move |wb: &mut WorkerBuild| -> Rc<RefCell<BinaryCore<Op>>> {
-                if let Some(c) = wb.shared.get(&key).and_then(|c| c.downcast_ref::<Rc<RefCell<BinaryCore<Op>>>>()) {
+                if let Some(c) =
+                    wb.shared.get(&key).and_then(|c| c.downcast_ref::<Rc<RefCell<BinaryCore<Op>>>>())
+                {
                     return c.clone();
                 }
                 let downstream = make_output(&out, wb);

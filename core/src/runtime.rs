@@ -19,7 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::Batch;
@@ -130,7 +132,9 @@ impl Runtime {
                 (0..workers)
                     .map(|s| {
                         (0..workers)
-                            .map(|d| (s != d).then(|| shared_channel::new_bounded(self.config.channel_batches)))
+                            .map(|d| {
+                                (s != d).then(|| shared_channel::new_bounded(self.config.channel_batches))
+                            })
                             .collect()
                     })
                     .collect()
@@ -141,9 +145,8 @@ impl Runtime {
         let config = Arc::new(self.config.clone());
         let cores = available_cores();
         let mut handles = Vec::with_capacity(workers);
-        let mut per_worker: Vec<WorkerChannels> = (0..workers)
-            .map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new() })
-            .collect();
+        let mut per_worker: Vec<WorkerChannels> =
+            (0..workers).map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new() }).collect();
         for (e, by_src) in channels.iter_mut().enumerate() {
             for (s, by_dst) in by_src.iter_mut().enumerate() {
                 for (d, ch) in by_dst.iter_mut().enumerate() {
@@ -161,7 +164,8 @@ impl Runtime {
             } else {
                 Placement::Unbound
             };
-            let (build, config, metrics, name) = (build.clone(), config.clone(), metrics.clone(), name.to_string());
+            let (build, config, metrics, name) =
+                (build.clone(), config.clone(), metrics.clone(), name.to_string());
             let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("spate-w{w}"))
                 .io_memory(config.io_memory_bytes)
@@ -329,7 +333,9 @@ async fn worker_main<F>(
         dataflow: name.clone(),
         shared: HashMap::new(),
         edges: (0..edge_factories.len())
-            .map(|e| EdgeRuntime::new(e as u32, me, workers, &touched, config.batch_records, config.batch_bytes))
+            .map(|e| {
+                EdgeRuntime::new(e as u32, me, workers, &touched, config.batch_records, config.batch_bytes)
+            })
             .collect(),
     };
     for f in &edge_factories {
@@ -357,21 +363,31 @@ async fn worker_main<F>(
         rx_connecting.push(glommio::spawn_local(async move { (e, s, rx.connect().await) }));
     }
     let dbg = std::env::var("SPATE_DEBUG").is_ok();
-    if dbg { eprintln!("w{me}: connecting"); }
+    if dbg {
+        eprintln!("w{me}: connecting");
+    }
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
     for c in connecting {
         let (e, d, tx) = c.await;
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-            routes[e][d] = Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
+            routes[e][d] =
+                Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
         }
     }
     let mut inputs: Vec<(usize, usize, ConnectedReceiver<Batch>)> = Vec::new();
     for c in rx_connecting {
         inputs.push(c.await);
     }
-    if dbg { eprintln!("w{me}: connected"); }
-    let flusher = Rc::new(Flusher { routes, touched: touched.clone(), linger_ns: config.linger_us * 1000, metrics: metrics.clone() });
+    if dbg {
+        eprintln!("w{me}: connected");
+    }
+    let flusher = Rc::new(Flusher {
+        routes,
+        touched: touched.clone(),
+        linger_ns: config.linger_us * 1000,
+        metrics: metrics.clone(),
+    });
 
     let mut running = Vec::new();
     for mut t in tasks {
@@ -413,12 +429,15 @@ async fn worker_main<F>(
             loop {
                 let Some(batch) = rx.recv().await else {
                     if !metrics.has_failed() {
-                        metrics.fail(format!("edge {e}: a producing worker stopped without ending its stream"));
+                        metrics
+                            .fail(format!("edge {e}: a producing worker stopped without ending its stream"));
                     }
                     break;
                 };
                 let last = batch.is_final();
-                if std::env::var("SPATE_DEBUG").is_ok() { eprintln!("recv e{e} from {_src} seq {} n {} final {last}", batch.seq, batch.count); }
+                if std::env::var("SPATE_DEBUG").is_ok() {
+                    eprintln!("recv e{e} from {_src} seq {} n {} final {last}", batch.seq, batch.count);
+                }
                 input.borrow_mut().on_batch(&batch);
                 drop(batch);
                 flusher.flush_touched(false).await;

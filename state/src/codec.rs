@@ -25,7 +25,8 @@ pub trait Record:
     + Archive<
         Archived: Deserialize<Self, rkyv::api::high::HighDeserializer<rancor::Error>>
                       + for<'c> rkyv::bytecheck::CheckBytes<HighValidator<'c, rancor::Error>>,
-    > + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+    >
+    + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
 {
 }
 
@@ -35,7 +36,8 @@ impl<T> Record for T where
         + Archive<
             Archived: Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>
                           + for<'c> rkyv::bytecheck::CheckBytes<HighValidator<'c, rancor::Error>>,
-        > + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+        >
+        + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
 {
 }
 
@@ -72,12 +74,8 @@ impl std::error::Error for CodecError {}
 pub fn encode<T: Record>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
     let start = buf.len();
     rkyv::util::with_arena(|arena| {
-        rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
-            value,
-            &mut *buf,
-            arena.acquire(),
-        )
-        .map(|_| ())
+        rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(value, &mut *buf, arena.acquire())
+            .map(|_| ())
     })
     .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(buf.len() - start)
@@ -101,10 +99,8 @@ pub unsafe fn access<T: Record>(bytes: &[u8]) -> &Archived<T> {
 /// The archived value at the end of `bytes`, after validating every byte of
 /// it: for bytes read from a file or the network.
 pub fn access_checked<T: Record>(bytes: &[u8]) -> Result<&Archived<T>, CodecError> {
-    rkyv::access::<Archived<T>, rancor::Error>(bytes).map_err(|e| CodecError::Invalid {
-        type_name: std::any::type_name::<T>(),
-        reason: e.to_string(),
-    })
+    rkyv::access::<Archived<T>, rancor::Error>(bytes)
+        .map_err(|e| CodecError::Invalid { type_name: std::any::type_name::<T>(), reason: e.to_string() })
 }
 
 /// Deserializes an archived value into an owned one.
@@ -114,10 +110,7 @@ pub fn to_owned<T: Record>(archived: &Archived<T>) -> T {
         Ok(v) => v,
         // Deserializing a validated (or self-written) archive only fails on
         // allocation failure, which aborts anyway; a failure here is a bug.
-        Err(e) => panic!(
-            "deserializing a valid archived {} failed: {e}",
-            std::any::type_name::<T>()
-        ),
+        Err(e) => panic!("deserializing a valid archived {} failed: {e}", std::any::type_name::<T>()),
     }
 }
 

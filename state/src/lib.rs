@@ -9,14 +9,22 @@
 //! - [`codec`]: rkyv encoding of records, keys and values into reused buffers.
 //! - [`store`]: the memory-mapped segment store, one per stateful operator
 //!   instance, holding that instance's bins.
-//! - [`handles`]: typed state handles (value, map, append-list) over the store.
+//! - [`handles`]: typed state handles (value, map, append-list) over the store:
+//!   the only way operators reach keyed state.
+//! - [`error`]: [`StateError`], what a store operation can fail with.
 //!
 //! This crate knows nothing of dataflows: it stores bytes per bin and produces
 //! and consumes checkpoint chunks as bytes.
 #![forbid(missing_docs)]
 
 pub mod codec;
+pub mod error;
+pub mod handles;
 pub mod keyspace;
+pub mod store;
 
 pub use codec::Record;
+pub use error::StateError;
+pub use handles::{ListState, MapState, ValueState};
 pub use keyspace::{bin_of, hash_bytes, hash_u64, Bin, BinRange};
+pub use store::{StateStore, StoreConfig, TableId};

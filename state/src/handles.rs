@@ -1,0 +1,576 @@
+//! Typed state handles: the only way operators reach keyed state.
+//!
+//! SEEP's premise is that the system, not the operator, owns processing
+//! state, so that it can checkpoint it, back it up, restore it and split it
+//! by key range without the operator's help. Operators therefore keep no keyed
+//! state in their own fields: the runtime registers a handle per named state
+//! and passes the [`StateStore`] into each call, and the operator reads and
+//! writes through the handle:
+//!
+//! - [`ValueState<K, V>`]: one value per key (running sums, last-seen values).
+//! - [`MapState<K, MK, V>`]: a map per key (per-key sub-entries, such as
+//!   per-window aggregates keyed by window end).
+//! - [`ListState<K, V>`]: an append-only list per key (window contents,
+//!   join buffers), drained when it is complete.
+//!
+//! Keys and values are [`Record`]s. A handle encodes them with
+//! [`codec::encode`] into scratch buffers it keeps, so a call allocates
+//! nothing once the buffers are warm, and reads values in place from the
+//! store's segments. The `hash` passed with every key is the routing hash of
+//! the record key (the one that picked this instance): it picks the bin, and
+//! keys that share it coexist.
+//!
+//! A table registered by a handle is *typed*: only handles of the same type
+//! can write it (the raw [`StateStore`] mutations refuse it), which is what
+//! lets a handle read its values without validating them again.
+//!
+//! ```
+//! use spate_state::{hash_u64, BinRange, StateStore, StoreConfig, ValueState};
+//! # let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+//! let mut store = StateStore::create(StoreConfig::new(dir.path(), 4), BinRange::all(4))
+//!     .map_err(|e| e.to_string())?;
+//! let mut sums = ValueState::<u64, u64>::register(&mut store, "sums").map_err(|e| e.to_string())?;
+//! for k in [7u64, 7, 9] {
+//!     sums.update(&mut store, hash_u64(k), &k, |old| old.unwrap_or(0) + 10)
+//!         .map_err(|e| e.to_string())?;
+//! }
+//! assert_eq!(sums.get(&store, hash_u64(7), &7), Some(20));
+//! assert_eq!(sums.len(&store), 2);
+//! # Ok::<(), String>(())
+//! ```
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+
+use rkyv::Archived;
+
+use crate::codec::{self, Record};
+use crate::error::StateError;
+use crate::store::{StateStore, TableId, TypeSig};
+
+fn sig<H: 'static>() -> TypeSig {
+    TypeSig { id: TypeId::of::<H>(), name: std::any::type_name::<H>() }
+}
+
+/// Encodes `v` into the cleared `buf`.
+#[inline(always)]
+fn encode_into<T: Record>(v: &T, buf: &mut Vec<u8>) -> Result<(), StateError> {
+    buf.clear();
+    codec::encode(v, buf)?;
+    Ok(())
+}
+
+/// Encodes a key for a call that cannot return an error: a key that cannot be
+/// encoded is a programmer error (a broken `Serialize`).
+#[inline(always)]
+fn encode_key<T: Record>(v: &T, buf: &mut Vec<u8>) -> bool {
+    match encode_into(v, buf) {
+        Ok(()) => true,
+        Err(e) => {
+            debug_assert!(false, "cannot encode a key: {e}");
+            false
+        }
+    }
+}
+
+/// One value per key.
+pub struct ValueState<K, V> {
+    table: TableId,
+    key_buf: Vec<u8>,
+    val_buf: Vec<u8>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Record, V: Record> ValueState<K, V> {
+    /// Registers (or finds) the table `name` in `store` for this handle type.
+    pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
+        let table = store.typed_table(name, sig::<Self>())?;
+        Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
+    }
+
+    /// The handle's table.
+    pub fn table(&self) -> TableId {
+        self.table
+    }
+
+    /// Calls `f` with the archived value of `key`, read in place.
+    pub fn with<R>(
+        &mut self,
+        store: &StateStore,
+        hash: u64,
+        key: &K,
+        f: impl FnOnce(&Archived<V>) -> R,
+    ) -> Option<R> {
+        store.check_sig(self.table, &sig::<Self>()).ok()?;
+        if !encode_key(key, &mut self.key_buf) {
+            return None;
+        }
+        let (loc, len) = store.find_value(self.table, hash, &self.key_buf).ok()??;
+        // SAFETY: the table is typed for this handle type (checked above), so
+        // only handles of this type wrote it, and each value is exactly the
+        // bytes of one `codec::encode::<V>`.
+        let archived = unsafe { codec::access::<V>(store.value_at(loc, len)) };
+        Some(f(archived))
+    }
+
+    /// Hints the CPU to fetch what an access to `hash` will touch: call it a
+    /// few records ahead (see [`StateStore::prefetch`]).
+    #[inline(always)]
+    pub fn prefetch(&self, store: &StateStore, hash: u64) {
+        store.prefetch(self.table, hash);
+    }
+
+    /// The value of `key`.
+    pub fn get(&mut self, store: &StateStore, hash: u64, key: &K) -> Option<V> {
+        self.with(store, hash, key, codec::to_owned::<V>)
+    }
+
+    /// Sets the value of `key`.
+    pub fn put(&mut self, store: &mut StateStore, hash: u64, key: &K, value: &V) -> Result<(), StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        encode_into(key, &mut self.key_buf)?;
+        encode_into(value, &mut self.val_buf)?;
+        store.put_impl(self.table, hash, &self.key_buf, &self.val_buf)
+    }
+
+    /// Replaces the value of `key` by `f(old value)` and returns the new
+    /// value. A new value of the same encoded length (any fixed-size type)
+    /// is written in place.
+    #[inline]
+    pub fn update(
+        &mut self,
+        store: &mut StateStore,
+        hash: u64,
+        key: &K,
+        f: impl FnOnce(Option<V>) -> V,
+    ) -> Result<V, StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        encode_into(key, &mut self.key_buf)?;
+        let found = store.find_value(self.table, hash, &self.key_buf)?;
+        // SAFETY: as in `with`: the typed table holds only encoded `V`s.
+        let old = found.map(|(loc, len)| unsafe { codec::decode::<V>(store.value_at(loc, len)) });
+        let new = f(old);
+        encode_into(&new, &mut self.val_buf)?;
+        match found {
+            Some((loc, len)) if len == self.val_buf.len() => store.overwrite_value(loc, &self.val_buf),
+            _ => store.put_impl(self.table, hash, &self.key_buf, &self.val_buf)?,
+        }
+        Ok(new)
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove(&mut self, store: &mut StateStore, hash: u64, key: &K) -> bool {
+        store.check_sig(self.table, &sig::<Self>()).is_ok()
+            && encode_key(key, &mut self.key_buf)
+            && store.remove(self.table, hash, &self.key_buf)
+    }
+
+    /// Removes every entry for which `pred(key, value)` is true and passes it
+    /// to `out(hash, key, value)`; returns how many were removed.
+    pub fn drain_filter(
+        &mut self,
+        store: &mut StateStore,
+        mut pred: impl FnMut(&K, &V) -> bool,
+        mut out: impl FnMut(u64, K, V),
+    ) -> Result<usize, StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        Ok(store.retain(self.table, |hash, k, v| {
+            // SAFETY: the typed table holds only encoded `K`s and `V`s.
+            let (key, value) = unsafe { (codec::decode::<K>(k), codec::decode::<V>(v)) };
+            if pred(&key, &value) {
+                out(hash, key, value);
+                false
+            } else {
+                true
+            }
+        }))
+    }
+
+    /// Calls `f(hash, key, value)` for every entry.
+    pub fn for_each(&self, store: &StateStore, mut f: impl FnMut(u64, K, V)) {
+        if store.check_sig(self.table, &sig::<Self>()).is_err() {
+            return;
+        }
+        store.for_each(self.table, |hash, k, v| {
+            // SAFETY: the typed table holds only encoded `K`s and `V`s.
+            let (key, value) = unsafe { (codec::decode::<K>(k), codec::decode::<V>(v)) };
+            f(hash, key, value)
+        });
+    }
+
+    /// Number of keys.
+    pub fn len(&self, store: &StateStore) -> usize {
+        store.len(self.table)
+    }
+
+    /// Whether no key holds a value.
+    pub fn is_empty(&self, store: &StateStore) -> bool {
+        self.len(store) == 0
+    }
+}
+
+/// The types a map handle stands for (a `fn` type: no ownership, `Send`).
+type MapTypes<K, MK, V> = fn() -> (K, MK, V);
+
+/// A map per key: entries `(key, map key) -> value`, all stored under the
+/// key's hash, so one key's entries are found together.
+pub struct MapState<K, MK, V> {
+    table: TableId,
+    key_buf: Vec<u8>,
+    val_buf: Vec<u8>,
+    _types: PhantomData<MapTypes<K, MK, V>>,
+}
+
+/// Bytes of the key-length suffix of a map entry's composite key.
+const KEY_LEN_SUFFIX: usize = 4;
+
+/// Splits a composite key `enc(K) enc(MK) len(enc(K)) u32` into its parts.
+fn split_composite(ck: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = ck.len().checked_sub(KEY_LEN_SUFFIX)?;
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&ck[n..]);
+    let klen = u32::from_le_bytes(w) as usize;
+    (klen <= n).then(|| (&ck[..klen], &ck[klen..n]))
+}
+
+impl<K: Record, MK: Record, V: Record> MapState<K, MK, V> {
+    /// Registers (or finds) the table `name` in `store` for this handle type.
+    pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
+        let table = store.typed_table(name, sig::<Self>())?;
+        Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
+    }
+
+    /// The handle's table.
+    pub fn table(&self) -> TableId {
+        self.table
+    }
+
+    /// Encodes the composite key of `(key, mkey)` into `key_buf`.
+    fn composite(&mut self, key: &K, mkey: &MK) -> Result<(), StateError> {
+        encode_into(key, &mut self.key_buf)?;
+        let klen = self.key_buf.len() as u32;
+        codec::encode(mkey, &mut self.key_buf)?;
+        self.key_buf.extend_from_slice(&klen.to_le_bytes());
+        Ok(())
+    }
+
+    /// The value of entry `mkey` of `key`'s map.
+    pub fn get(&mut self, store: &StateStore, hash: u64, key: &K, mkey: &MK) -> Option<V> {
+        store.check_sig(self.table, &sig::<Self>()).ok()?;
+        if let Err(e) = self.composite(key, mkey) {
+            debug_assert!(false, "cannot encode a key: {e}");
+            return None;
+        }
+        let (loc, len) = store.find_value(self.table, hash, &self.key_buf).ok()??;
+        // SAFETY: the table is typed for this handle type (checked above): its
+        // values are exactly the bytes of one `codec::encode::<V>` each.
+        Some(unsafe { codec::decode::<V>(store.value_at(loc, len)) })
+    }
+
+    /// Sets entry `mkey` of `key`'s map.
+    pub fn put(
+        &mut self,
+        store: &mut StateStore,
+        hash: u64,
+        key: &K,
+        mkey: &MK,
+        value: &V,
+    ) -> Result<(), StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        self.composite(key, mkey)?;
+        encode_into(value, &mut self.val_buf)?;
+        store.put_impl(self.table, hash, &self.key_buf, &self.val_buf)
+    }
+
+    /// Removes entry `mkey` of `key`'s map; returns whether it was present.
+    pub fn remove(&mut self, store: &mut StateStore, hash: u64, key: &K, mkey: &MK) -> bool {
+        store.check_sig(self.table, &sig::<Self>()).is_ok()
+            && self.composite(key, mkey).is_ok()
+            && store.remove(self.table, hash, &self.key_buf)
+    }
+
+    /// Calls `f(map key, value)` for every entry of `key`'s map.
+    pub fn for_each(&mut self, store: &StateStore, hash: u64, key: &K, mut f: impl FnMut(MK, V)) {
+        if store.check_sig(self.table, &sig::<Self>()).is_err() || !encode_key(key, &mut self.key_buf) {
+            return;
+        }
+        let kb = &self.key_buf;
+        store.for_each_with_hash(self.table, hash, |ck, v| {
+            if let Some((k, mk)) = split_composite(ck) {
+                if k == kb.as_slice() {
+                    // SAFETY: the typed table's keys are composites of one
+                    // encoded `K` and one encoded `MK`, its values encoded `V`s.
+                    let (mk, v) = unsafe { (codec::decode::<MK>(mk), codec::decode::<V>(v)) };
+                    f(mk, v);
+                }
+            }
+        });
+    }
+
+    /// Removes every entry of `key`'s map; returns how many there were.
+    pub fn clear(&mut self, store: &mut StateStore, hash: u64, key: &K) -> usize {
+        if store.check_sig(self.table, &sig::<Self>()).is_err() || !encode_key(key, &mut self.key_buf) {
+            return 0;
+        }
+        let kb = &self.key_buf;
+        store.retain_with_hash(self.table, hash, |ck, _| {
+            split_composite(ck).is_none_or(|(k, _)| k != kb.as_slice())
+        })
+    }
+
+    /// Number of entries in all maps.
+    pub fn len(&self, store: &StateStore) -> usize {
+        store.len(self.table)
+    }
+
+    /// Whether every map is empty.
+    pub fn is_empty(&self, store: &StateStore) -> bool {
+        self.len(store) == 0
+    }
+}
+
+/// An append-only list per key.
+pub struct ListState<K, V> {
+    table: TableId,
+    key_buf: Vec<u8>,
+    val_buf: Vec<u8>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Record, V: Record> ListState<K, V> {
+    /// Registers (or finds) the table `name` in `store` for this handle type.
+    pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
+        let table = store.typed_table(name, sig::<Self>())?;
+        Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
+    }
+
+    /// The handle's table.
+    pub fn table(&self) -> TableId {
+        self.table
+    }
+
+    /// Appends `item` to `key`'s list.
+    pub fn append(&mut self, store: &mut StateStore, hash: u64, key: &K, item: &V) -> Result<(), StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        encode_into(key, &mut self.key_buf)?;
+        encode_into(item, &mut self.val_buf)?;
+        store.append_impl(self.table, hash, &self.key_buf, &self.val_buf)
+    }
+
+    /// Calls `f` with every item of `key`'s list, oldest first.
+    pub fn for_each(&mut self, store: &StateStore, hash: u64, key: &K, mut f: impl FnMut(V)) {
+        if store.check_sig(self.table, &sig::<Self>()).is_err() || !encode_key(key, &mut self.key_buf) {
+            return;
+        }
+        for item in store.list_items(self.table, hash, &self.key_buf) {
+            // SAFETY: the typed table's list items are encoded `V`s.
+            f(unsafe { codec::decode::<V>(item) });
+        }
+    }
+
+    /// Number of items in `key`'s list.
+    pub fn len_of(&mut self, store: &StateStore, hash: u64, key: &K) -> u64 {
+        if store.check_sig(self.table, &sig::<Self>()).is_err() || !encode_key(key, &mut self.key_buf) {
+            return 0;
+        }
+        store.list_len(self.table, hash, &self.key_buf)
+    }
+
+    /// Removes `key`'s list; returns whether it existed.
+    pub fn remove(&mut self, store: &mut StateStore, hash: u64, key: &K) -> bool {
+        store.check_sig(self.table, &sig::<Self>()).is_ok()
+            && encode_key(key, &mut self.key_buf)
+            && store.remove(self.table, hash, &self.key_buf)
+    }
+
+    /// Removes every list whose key satisfies `pred` and passes it to
+    /// `out(hash, key, items)`; returns how many lists were removed.
+    pub fn drain_filter(
+        &mut self,
+        store: &mut StateStore,
+        mut pred: impl FnMut(&K) -> bool,
+        mut out: impl FnMut(u64, K, Vec<V>),
+    ) -> Result<usize, StateError> {
+        store.check_sig(self.table, &sig::<Self>())?;
+        Ok(store.retain_lists(self.table, |hash, k, items| {
+            // SAFETY: the typed table's keys are encoded `K`s and its list
+            // items encoded `V`s.
+            let key = unsafe { codec::decode::<K>(k) };
+            if !pred(&key) {
+                return true;
+            }
+            // SAFETY: as above.
+            let items = items.map(|item| unsafe { codec::decode::<V>(item) }).collect();
+            out(hash, key, items);
+            false
+        }))
+    }
+
+    /// Number of keys holding a list.
+    pub fn len(&self, store: &StateStore) -> usize {
+        store.len(self.table)
+    }
+
+    /// Whether no key holds a list.
+    pub fn is_empty(&self, store: &StateStore) -> bool {
+        self.len(store) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyspace::{hash_bytes, hash_u64, BinRange};
+    use crate::store::StoreConfig;
+
+    fn ok<T>(r: Result<T, StateError>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    fn store(dir: &tempfile::TempDir) -> StateStore {
+        ok(StateStore::create(StoreConfig::new(dir.path(), 6).with_segment_bytes(4096), BinRange::all(6)))
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        }
+    }
+
+    #[test]
+    fn value_state_update_get_remove_drain() {
+        let dir = tmp();
+        let mut s = store(&dir);
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        for i in 0..10_000u64 {
+            let k = i % 500;
+            ok(sums.update(&mut s, hash_u64(k), &k, |old| old.unwrap_or(0) + i));
+        }
+        assert_eq!(sums.len(&s), 500);
+        for k in 0..500u64 {
+            let expected: u64 = (0..20).map(|j| k + 500 * j).sum();
+            assert_eq!(sums.get(&s, hash_u64(k), &k), Some(expected));
+            assert_eq!(sums.with(&s, hash_u64(k), &k, |a| a.to_native()), Some(expected));
+        }
+        assert!(sums.remove(&mut s, hash_u64(3), &3));
+        assert!(!sums.remove(&mut s, hash_u64(3), &3));
+        assert_eq!(sums.get(&s, hash_u64(3), &3), None);
+        let mut drained = Vec::new();
+        let n = ok(sums.drain_filter(&mut s, |k, _| k % 2 == 0, |h, k, v| drained.push((h, k, v))));
+        assert_eq!(n, 250);
+        assert_eq!(drained.len(), 250);
+        assert!(drained.iter().all(|&(h, k, _)| k % 2 == 0 && h == hash_u64(k)));
+        assert_eq!(sums.len(&s), 249);
+        let mut seen = 0;
+        sums.for_each(&s, |_, k, _| {
+            assert!(k % 2 == 1);
+            seen += 1;
+        });
+        assert_eq!(seen, 249);
+    }
+
+    #[test]
+    fn value_state_variable_size_values() {
+        let dir = tmp();
+        let mut s = store(&dir);
+        let mut names = ok(ValueState::<String, String>::register(&mut s, "names"));
+        for round in 0..20usize {
+            for k in 0..200u32 {
+                let key = format!("key-{k}");
+                let h = hash_bytes(key.as_bytes());
+                let value = "x".repeat((k as usize * 7 + round * 13) % 300);
+                ok(names.put(&mut s, h, &key, &value));
+            }
+        }
+        for k in 0..200u32 {
+            let key = format!("key-{k}");
+            let h = hash_bytes(key.as_bytes());
+            assert_eq!(names.get(&s, h, &key), Some("x".repeat((k as usize * 7 + 19 * 13) % 300)));
+        }
+        let grown = ok(names
+            .update(&mut s, hash_bytes(b"key-1"), &"key-1".to_string(), |v| v.unwrap_or_default() + "tail"));
+        assert!(grown.ends_with("tail"));
+        assert_eq!(names.get(&s, hash_bytes(b"key-1"), &"key-1".to_string()), Some(grown));
+    }
+
+    #[test]
+    fn tables_are_typed() {
+        let dir = tmp();
+        let mut s = store(&dir);
+        let mut a = ok(ValueState::<u64, u64>::register(&mut s, "a"));
+        assert!(matches!(
+            ValueState::<u64, String>::register(&mut s, "a"),
+            Err(StateError::TableTypeMismatch { .. })
+        ));
+        assert!(ListState::<u64, u64>::register(&mut s, "a").is_err());
+        assert!(matches!(s.table("a"), Err(StateError::TableTypeMismatch { .. })));
+        let again = ok(ValueState::<u64, u64>::register(&mut s, "a"));
+        assert_eq!(again.table(), a.table());
+        ok(a.put(&mut s, hash_u64(1), &1, &2));
+        // The raw mutations refuse a typed table.
+        let t = a.table();
+        assert!(matches!(s.put(t, hash_u64(1), b"k", b"v"), Err(StateError::TableTypeMismatch { .. })));
+        assert!(s.append(t, hash_u64(1), b"k", b"v").is_err());
+        assert!(s.get_or_insert_fixed(t, hash_u64(1), b"k", 1, |_| {}).is_err());
+        assert_eq!(a.get(&s, hash_u64(1), &1), Some(2));
+    }
+
+    #[test]
+    fn map_state_per_key_maps() {
+        let dir = tmp();
+        let mut s = store(&dir);
+        let mut m = ok(MapState::<u64, u64, String>::register(&mut s, "per_window"));
+        // Two keys with the same hash (a collision) must stay apart.
+        let h = hash_u64(77);
+        for w in 0..50u64 {
+            ok(m.put(&mut s, h, &77, &w, &format!("a{w}")));
+            ok(m.put(&mut s, h, &78, &w, &format!("b{w}")));
+        }
+        assert_eq!(m.len(&s), 100);
+        assert_eq!(m.get(&s, h, &77, &5), Some("a5".to_string()));
+        assert_eq!(m.get(&s, h, &78, &5), Some("b5".to_string()));
+        let mut got = Vec::new();
+        m.for_each(&s, h, &77, |w, v| got.push((w, v)));
+        got.sort();
+        assert_eq!(got, (0..50).map(|w| (w, format!("a{w}"))).collect::<Vec<_>>());
+        assert!(m.remove(&mut s, h, &77, &5));
+        assert_eq!(m.get(&s, h, &77, &5), None);
+        assert_eq!(m.clear(&mut s, h, &77), 49);
+        assert_eq!(m.len(&s), 50);
+        let mut n = 0;
+        m.for_each(&s, h, &78, |_, _| n += 1);
+        assert_eq!(n, 50);
+    }
+
+    #[test]
+    fn list_state_append_and_drain() {
+        let dir = tmp();
+        let mut s = store(&dir);
+        let mut windows = ok(ListState::<(u64, u64), String>::register(&mut s, "windows"));
+        for i in 0..3000u64 {
+            let key = (i % 10, i % 3 * 100); // (record key, window end)
+            ok(windows.append(&mut s, hash_u64(key.0), &key, &format!("item-{i}")));
+        }
+        assert_eq!(windows.len(&s), 30);
+        assert_eq!(windows.len_of(&s, hash_u64(4), &(4, 100)), 100);
+        let mut items = Vec::new();
+        windows.for_each(&s, hash_u64(4), &(4, 100), |v| items.push(v));
+        let expected: Vec<String> =
+            (0..3000u64).filter(|i| i % 10 == 4 && i % 3 == 1).map(|i| format!("item-{i}")).collect();
+        assert_eq!(items, expected);
+        // Fire the windows ending at 100.
+        let mut fired = Vec::new();
+        let n = ok(windows.drain_filter(&mut s, |k| k.1 == 100, |h, k, v| fired.push((h, k, v))));
+        assert_eq!(n, 10);
+        fired.sort();
+        assert!(fired.iter().all(|(h, k, v)| *h == hash_u64(k.0) && v.len() == 100));
+        assert_eq!(windows.len(&s), 20);
+        assert_eq!(windows.len_of(&s, hash_u64(4), &(4, 100)), 0);
+        assert!(windows.remove(&mut s, hash_u64(4), &(4, 0)));
+        assert_eq!(windows.len(&s), 19);
+    }
+}

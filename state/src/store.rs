@@ -1,0 +1,1080 @@
+//! The keyed state store of one stateful operator instance.
+//!
+//! # Layout
+//!
+//! A [`StateStore`] owns a [`BinRange`] and keeps all its state in **one
+//! sparse segment file** in its own directory, cut into fixed-size segments
+//! (default 64 KiB) and mapped in 32 MiB chunks that are never remapped:
+//! growing the file maps one more chunk. One file per store keeps the number
+//! of open files at one per stateful instance however many bins it owns, and
+//! fixed chunks keep the number of maps small (one per 32 MiB of state)
+//! without ever moving memory that was handed out.
+//!
+//! Each **bin** owns its own list of segments, allocated lazily on the bin's
+//! first write (a bin without state costs a small header entry and no
+//! segment), and bump-allocates records into the last one. All tables of a
+//! bin share its segments, so moving a bin to another store (split, merge)
+//! copies its segments whole and never rehashes. A record is a 20-byte
+//! header (hash, lengths, table, kind, flags) followed by the key and value
+//! bytes (see `record.rs` for the format); a value of unchanged length is
+//! overwritten in place, otherwise a new record is appended and the old one
+//! flagged dead. When a bin's dead bytes reach half of its segments, the next
+//! segment switch **compacts that bin** (copies its live records into fresh
+//! segments), so garbage stays bounded without pausing the whole store.
+//!
+//! Lookups go through a per-bin, per-table open-addressing index of
+//! `(hash, location)` slots on the heap (see `index.rs`), which grows by
+//! rehashing only that bin. The index is derived data: every record carries
+//! its hash, so restoring or moving a bin rebuilds it from the segments.
+//!
+//! Every write marks its 4 KiB pages in a dirty bitmap (one bit per page of
+//! the file, so segment `s` owns a contiguous run of bits): an incremental
+//! checkpoint is the dirty pages of the bins' segments plus a manifest (the
+//! bins, their segment lists and tails, the tables), and a copy-on-write
+//! shadow for asynchronous checkpoints hooks into the single write path.
+//!
+//! # What is not promised
+//!
+//! The segment file is not a durable format on its own: it is meaningful only
+//! with a manifest (added with checkpoints). `create` always starts empty.
+
+mod file;
+mod index;
+mod record;
+
+use std::any::TypeId;
+use std::path::PathBuf;
+
+use crate::error::StateError;
+use crate::keyspace::{bin_of, BinRange, BINS_LOG2_MAX};
+
+use file::SegmentFile;
+pub use file::{CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
+use index::{BinIndex, EMPTY};
+use record::*;
+
+/// Default bytes per segment.
+pub const SEGMENT_BYTES_DEFAULT: usize = 64 * 1024;
+/// Largest bytes per segment.
+pub const SEGMENT_BYTES_MAX: usize = 1 << 30;
+/// Most tables (named states) one store can hold.
+pub const TABLES_MAX: usize = 256;
+
+/// Where and how a store keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The store's own directory (created if missing). `create` removes the
+    /// store's previous segment file in it, so two stores never share one.
+    pub dir: PathBuf,
+    /// The key space has `2^bins_log2` bins.
+    pub bins_log2: u8,
+    /// Bytes per segment: a power of two, at least [`PAGE_BYTES`], at most
+    /// [`SEGMENT_BYTES_MAX`]. A record (20-byte header, key, value) or a list
+    /// item must fit in one segment.
+    pub segment_bytes: usize,
+}
+
+impl StoreConfig {
+    /// A config with the default segment size.
+    pub fn new(dir: impl Into<PathBuf>, bins_log2: u8) -> Self {
+        Self { dir: dir.into(), bins_log2, segment_bytes: SEGMENT_BYTES_DEFAULT }
+    }
+
+    /// The same config with another segment size.
+    pub fn with_segment_bytes(mut self, segment_bytes: usize) -> Self {
+        self.segment_bytes = segment_bytes;
+        self
+    }
+
+    fn validate(&self, bins: BinRange) -> Result<(), StateError> {
+        if self.bins_log2 > BINS_LOG2_MAX {
+            return Err(StateError::InvalidConfig {
+                field: "bins_log2",
+                reason: format!("{} is above the maximum {BINS_LOG2_MAX}", self.bins_log2),
+            });
+        }
+        let s = self.segment_bytes;
+        if !s.is_power_of_two() || !(PAGE_BYTES..=SEGMENT_BYTES_MAX).contains(&s) {
+            return Err(StateError::InvalidConfig {
+                field: "segment_bytes",
+                reason: format!("{s} is not a power of two between {PAGE_BYTES} and {SEGMENT_BYTES_MAX}"),
+            });
+        }
+        if u64::from(bins.end) > 1u64 << self.bins_log2 {
+            return Err(StateError::InvalidConfig {
+                field: "bins",
+                reason: format!("{bins} exceeds the {} bins of the key space", 1u64 << self.bins_log2),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A table (one named state) of a store. Ids are given in registration
+/// order, starting at 0, so the same registrations give the same ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId(u16);
+
+impl TableId {
+    /// The id as an index (registration order).
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// The type of the handle a table was registered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TypeSig {
+    pub(crate) id: TypeId,
+    pub(crate) name: &'static str,
+}
+
+struct Table {
+    name: String,
+    /// `None` for a raw table.
+    sig: Option<TypeSig>,
+    /// One index per owned bin.
+    bins: Vec<BinIndex>,
+    len: usize,
+}
+
+/// Allocation state of one bin.
+#[derive(Default)]
+struct BinHeap {
+    /// The bin's segments, in allocation order; the last is being filled.
+    segs: Vec<u32>,
+    /// Next free byte in the last segment.
+    tail: u64,
+    /// End of the last segment (0 when the bin has none).
+    end: u64,
+    /// Bytes handed to records and padding.
+    used: u64,
+    /// Bytes of dead records and padding.
+    dead: u64,
+}
+
+/// The items of one key's list, oldest first.
+pub struct ListItems<'a> {
+    file: &'a SegmentFile,
+    /// Next block to read, or `NONE`.
+    next_block: u64,
+    /// Next item's location and the end of the current block's items.
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> ListItems<'a> {
+    fn new(file: &'a SegmentFile, first_block: u64) -> Self {
+        Self { file, next_block: first_block, pos: 0, end: 0 }
+    }
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.pos >= self.end {
+            if self.next_block == NONE {
+                return None;
+            }
+            let body = self.file.bytes(self.next_block + HEADER as u64, BLOCK_HEAD);
+            let used = u64::from(u32_at(body, 8));
+            self.pos = self.next_block + (HEADER + BLOCK_HEAD) as u64;
+            self.end = self.pos + used;
+            self.next_block = u64_at(body, 0);
+        }
+        let len = u32_at(self.file.bytes(self.pos, ITEM_LEN), 0) as usize;
+        let item = self.file.bytes(self.pos + ITEM_LEN as u64, len);
+        self.pos += (ITEM_LEN + len) as u64;
+        Some(item)
+    }
+}
+
+/// The keyed state of one stateful operator instance: its bins' records in
+/// memory-mapped segments, organised as named tables of key -> value or
+/// key -> append-only list.
+///
+/// Keys and values are byte strings; the `hash` passed with a key is the
+/// routing hash of the record key: it picks the bin (its top bits) and the
+/// probe position. Different keys may share a hash and coexist (keys are
+/// compared byte for byte). Operators use the typed handles of
+/// [`crate::handles`], never this raw API.
+pub struct StateStore {
+    config: StoreConfig,
+    bins: BinRange,
+    file: SegmentFile,
+    heaps: Vec<BinHeap>,
+    tables: Vec<Table>,
+    /// Scratch for compaction rollback: (table, slot position, old location).
+    moved: Vec<(usize, usize, u64)>,
+}
+
+/// Key equality, without a `memcmp` call for the short keys of the hot path.
+#[inline(always)]
+fn eq_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        // Two overlapping 8-byte words cover the key.
+        u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8)
+    } else {
+        a == b
+    }
+}
+
+/// Prefetches the cache line at `p` into all cache levels.
+#[inline(always)]
+fn prefetch_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults, whatever the address;
+    // SSE is part of the x86-64 baseline.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[inline(always)]
+fn record_key(file: &SegmentFile, loc: u64) -> &[u8] {
+    let klen = u32_at(file.bytes(loc + 8, 4), 0) as usize;
+    file.bytes(loc + HEADER as u64, klen)
+}
+
+#[inline(always)]
+fn header(file: &SegmentFile, loc: u64) -> Header {
+    Header::read(file.bytes(loc, HEADER))
+}
+
+fn read_head(file: &SegmentFile, head_loc: u64, key_len: u32) -> (u64, u64, u64) {
+    let b = file.bytes(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
+    (u64_at(b, 0), u64_at(b, 8), u64_at(b, 16))
+}
+
+fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, head: (u64, u64, u64)) {
+    let b = file.bytes_mut(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
+    b[0..8].copy_from_slice(&head.0.to_le_bytes());
+    b[8..16].copy_from_slice(&head.1.to_le_bytes());
+    b[16..24].copy_from_slice(&head.2.to_le_bytes());
+}
+
+/// Flags the record at `loc` dead and accounts its bytes (and, for a list,
+/// its blocks') as garbage of its bin.
+fn kill(file: &mut SegmentFile, heap: &mut BinHeap, loc: u64) {
+    let h = header(file, loc);
+    let mut bytes = h.record_bytes() as u64;
+    if h.kind == KIND_LIST {
+        let (_, mut block, _) = read_head(file, loc, h.key_len);
+        while block != NONE {
+            let bh = header(file, block);
+            bytes += bh.record_bytes() as u64;
+            block = u64_at(file.bytes(block + HEADER as u64, 8), 0);
+        }
+    }
+    file.bytes_mut(loc + FLAGS_AT, 1)[0] = h.flags | FLAG_DEAD;
+    heap.dead += bytes;
+    debug_assert!(heap.dead <= heap.used);
+}
+
+impl StateStore {
+    /// Creates an empty store owning `bins`, removing any previous segment
+    /// file in `config.dir`.
+    pub fn create(config: StoreConfig, bins: BinRange) -> Result<Self, StateError> {
+        config.validate(bins)?;
+        let file = SegmentFile::create(&config.dir, config.segment_bytes)?;
+        let heaps = (0..bins.len()).map(|_| BinHeap::default()).collect();
+        Ok(Self { config, bins, file, heaps, tables: Vec::new(), moved: Vec::new() })
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The bins this store owns.
+    pub fn bins(&self) -> BinRange {
+        self.bins
+    }
+
+    /// Path of the store's segment file.
+    pub fn segment_file(&self) -> &std::path::Path {
+        self.file.path()
+    }
+
+    /// The id of the raw table `name`, registering it on first use. Ids are
+    /// given in registration order. Fails if `name` is a typed table (one
+    /// registered by a handle).
+    pub fn table(&mut self, name: &str) -> Result<TableId, StateError> {
+        self.register(name, None)
+    }
+
+    /// The id of table `name` for the handle type `sig`.
+    pub(crate) fn typed_table(&mut self, name: &str, sig: TypeSig) -> Result<TableId, StateError> {
+        self.register(name, Some(sig))
+    }
+
+    fn register(&mut self, name: &str, sig: Option<TypeSig>) -> Result<TableId, StateError> {
+        let sig_name = |s: Option<TypeSig>| s.map_or("raw", |s| s.name);
+        if let Some(i) = self.tables.iter().position(|t| t.name == name) {
+            let t = &self.tables[i];
+            if t.sig.map(|s| s.id) != sig.map(|s| s.id) {
+                return Err(StateError::TableTypeMismatch {
+                    name: name.to_string(),
+                    registered: sig_name(t.sig),
+                    requested: sig_name(sig),
+                });
+            }
+            return Ok(TableId(i as u16));
+        }
+        if self.tables.len() >= TABLES_MAX {
+            return Err(StateError::TooManyTables { max: TABLES_MAX });
+        }
+        let id = TableId(self.tables.len() as u16);
+        let bins = (0..self.bins.len()).map(|_| BinIndex::default()).collect();
+        self.tables.push(Table { name: name.to_string(), sig, bins, len: 0 });
+        Ok(id)
+    }
+
+    /// Checks that table `t` exists and was registered by handle type `sig`.
+    #[inline(always)]
+    pub(crate) fn check_sig(&self, t: TableId, sig: &TypeSig) -> Result<(), StateError> {
+        match self.tables.get(t.index()) {
+            Some(table) if table.sig.map(|s| s.id) == Some(sig.id) => Ok(()),
+            Some(table) => {
+                debug_assert!(false, "handle {} used with table {:?}", sig.name, table.name);
+                Err(StateError::TableTypeMismatch {
+                    name: table.name.clone(),
+                    registered: table.sig.map_or("raw", |s| s.name),
+                    requested: sig.name,
+                })
+            }
+            None => {
+                debug_assert!(false, "handle {} used with unknown table {t:?}", sig.name);
+                Err(self.unknown(t))
+            }
+        }
+    }
+
+    fn unknown(&self, t: TableId) -> StateError {
+        StateError::UnknownTable { table: t.0, tables: self.tables.len() }
+    }
+
+    /// Checks that `t` is a raw table, for the raw mutations.
+    #[inline(always)]
+    fn check_raw(&self, t: TableId) -> Result<(), StateError> {
+        match self.tables.get(t.index()) {
+            Some(table) => match table.sig {
+                None => Ok(()),
+                Some(s) => Err(StateError::TableTypeMismatch {
+                    name: table.name.clone(),
+                    registered: s.name,
+                    requested: "raw",
+                }),
+            },
+            None => Err(self.unknown(t)),
+        }
+    }
+
+    /// Index of the bin of `hash` among the owned bins.
+    #[inline(always)]
+    fn bin_index(&self, hash: u64) -> Result<usize, StateError> {
+        let bin = bin_of(hash, self.config.bins_log2);
+        let i = bin.wrapping_sub(self.bins.start);
+        if i < self.bins.len() {
+            Ok(i as usize)
+        } else {
+            debug_assert!(false, "bin {bin} of hash {hash:#x} is not owned ({})", self.bins);
+            Err(StateError::BinNotOwned { bin, bins: self.bins })
+        }
+    }
+
+    /// Slot position of `key` in table `t`, bin index `bi`.
+    #[inline(always)]
+    fn find(&self, t: usize, bi: usize, hash: u64, key: &[u8]) -> Option<usize> {
+        let file = &self.file;
+        self.tables[t].bins[bi].find(hash, |loc| eq_key(record_key(file, loc), key))
+    }
+
+    /// Hints the CPU to fetch the index slot of `hash` in table `t` and, if
+    /// that slot is already cached and holds the hash, the record it points
+    /// to. Calling it a few records ahead of the `get`/`update` of `hash`
+    /// (an operator walking a batch) overlaps the cache misses of several
+    /// lookups. A no-op for a foreign bin or an unknown table, and on
+    /// targets without a prefetch instruction.
+    #[inline(always)]
+    pub fn prefetch(&self, t: TableId, hash: u64) {
+        let bin = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start);
+        let (Some(table), true) = (self.tables.get(t.index()), bin < self.bins.len()) else {
+            return;
+        };
+        let ix = &table.bins[bin as usize];
+        let slots = ix.slots();
+        if slots.is_empty() {
+            return;
+        }
+        let home = ix.home(hash);
+        prefetch_ptr(slots[home..].as_ptr().cast());
+        let s = slots[home];
+        if s.hash == hash && s.loc != EMPTY {
+            prefetch_ptr(self.file.bytes(s.loc, 1).as_ptr());
+        }
+    }
+
+    /// Location and length of the value of `key` (which must be a value, not
+    /// a list).
+    #[inline(always)]
+    pub(crate) fn find_value(
+        &self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Option<(u64, usize)>, StateError> {
+        let ti = t.index();
+        if ti >= self.tables.len() {
+            return Err(self.unknown(t));
+        }
+        let bi = self.bin_index(hash)?;
+        let Some(si) = self.find(ti, bi, hash, key) else {
+            return Ok(None);
+        };
+        let loc = self.tables[ti].bins[bi].slot(si).loc;
+        let h = header(&self.file, loc);
+        if h.kind != KIND_VALUE {
+            return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
+        }
+        Ok(Some((loc + (HEADER + key.len()) as u64, h.val_len as usize)))
+    }
+
+    /// The bytes at a value location returned by `find_value`.
+    #[inline(always)]
+    pub(crate) fn value_at(&self, loc: u64, len: usize) -> &[u8] {
+        self.file.bytes(loc, len)
+    }
+
+    /// Overwrites the value at a location returned by `find_value` with
+    /// bytes of the same length.
+    #[inline(always)]
+    pub(crate) fn overwrite_value(&mut self, loc: u64, value: &[u8]) {
+        self.file.write(loc, value);
+    }
+
+    /// The value of `key` in table `t`, if it holds one (a list gives `None`).
+    pub fn get(&self, t: TableId, hash: u64, key: &[u8]) -> Option<&[u8]> {
+        match self.find_value(t, hash, key) {
+            Ok(Some((loc, len))) => Some(self.file.bytes(loc, len)),
+            _ => None,
+        }
+    }
+
+    /// Sets the value of `key` in table `t`: in place when the stored value
+    /// has the same length, else by appending a new record.
+    pub fn put(&mut self, t: TableId, hash: u64, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.check_raw(t)?;
+        self.put_impl(t, hash, key, value)
+    }
+
+    pub(crate) fn put_impl(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        let ti = t.index();
+        if ti >= self.tables.len() {
+            return Err(self.unknown(t));
+        }
+        let bi = self.bin_index(hash)?;
+        let size = HEADER + key.len() + value.len();
+        match self.find(ti, bi, hash, key) {
+            Some(si) => {
+                let loc = self.tables[ti].bins[bi].slot(si).loc;
+                let h = header(&self.file, loc);
+                if h.kind != KIND_VALUE {
+                    return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
+                }
+                if h.val_len as usize == value.len() {
+                    self.file.write(loc + (HEADER + key.len()) as u64, value);
+                    return Ok(());
+                }
+                // May compact the bin: slot positions stay, locations move.
+                let new = self.alloc(bi, size, true)?;
+                self.write_record(new, hash, ti, KIND_VALUE, key, value);
+                let old = self.tables[ti].bins[bi].slot(si).loc;
+                kill(&mut self.file, &mut self.heaps[bi], old);
+                self.tables[ti].bins[bi].set_loc(si, new);
+            }
+            None => {
+                let new = self.alloc(bi, size, true)?;
+                self.write_record(new, hash, ti, KIND_VALUE, key, value);
+                self.tables[ti].bins[bi].insert_new(hash, new);
+                self.tables[ti].len += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The fixed-size value of `key`, inserted as `len` zero bytes passed to
+    /// `init` if absent; the returned bytes are marked dirty, for updating in
+    /// place. Fails with [`StateError::ValueSizeMismatch`] if the key holds a
+    /// value of another length.
+    pub fn get_or_insert_fixed(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+        len: usize,
+        init: impl FnOnce(&mut [u8]),
+    ) -> Result<&mut [u8], StateError> {
+        self.check_raw(t)?;
+        let ti = t.index();
+        let bi = self.bin_index(hash)?;
+        let vloc = match self.find(ti, bi, hash, key) {
+            Some(si) => {
+                let loc = self.tables[ti].bins[bi].slot(si).loc;
+                let h = header(&self.file, loc);
+                if h.kind != KIND_VALUE {
+                    return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
+                }
+                if h.val_len as usize != len {
+                    return Err(StateError::ValueSizeMismatch { expected: len, found: h.val_len as usize });
+                }
+                loc + (HEADER + key.len()) as u64
+            }
+            None => {
+                let size = HEADER + key.len() + len;
+                let new = self.alloc(bi, size, true)?;
+                self.write_header(new, hash, ti, KIND_VALUE, key, len);
+                let v = self.file.bytes_mut(new + (HEADER + key.len()) as u64, len);
+                v.fill(0);
+                init(v);
+                self.tables[ti].bins[bi].insert_new(hash, new);
+                self.tables[ti].len += 1;
+                new + (HEADER + key.len()) as u64
+            }
+        };
+        Ok(self.file.bytes_mut(vloc, len))
+    }
+
+    /// Removes `key` (its value, or its whole list) from table `t`; returns
+    /// whether it was present.
+    pub fn remove(&mut self, t: TableId, hash: u64, key: &[u8]) -> bool {
+        let ti = t.index();
+        if ti >= self.tables.len() {
+            return false;
+        }
+        let Ok(bi) = self.bin_index(hash) else {
+            return false;
+        };
+        let Some(si) = self.find(ti, bi, hash, key) else {
+            return false;
+        };
+        let ix = &mut self.tables[ti].bins[bi];
+        kill(&mut self.file, &mut self.heaps[bi], ix.slot(si).loc);
+        ix.remove_at(si);
+        self.tables[ti].len -= 1;
+        true
+    }
+
+    /// Appends `item` to the list of `key` in table `t` (creating the list).
+    pub fn append(&mut self, t: TableId, hash: u64, key: &[u8], item: &[u8]) -> Result<(), StateError> {
+        self.check_raw(t)?;
+        self.append_impl(t, hash, key, item)
+    }
+
+    pub(crate) fn append_impl(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+        item: &[u8],
+    ) -> Result<(), StateError> {
+        let ti = t.index();
+        if ti >= self.tables.len() {
+            return Err(self.unknown(t));
+        }
+        let bi = self.bin_index(hash)?;
+        let seg = self.config.segment_bytes;
+        let item_bytes = ITEM_LEN + item.len();
+        let block_max = seg - HEADER - BLOCK_HEAD;
+        if item_bytes > block_max {
+            return Err(StateError::RecordTooLarge {
+                record_bytes: HEADER + BLOCK_HEAD + item_bytes,
+                max_bytes: seg,
+            });
+        }
+        let key_len = key.len() as u32;
+        let si = match self.find(ti, bi, hash, key) {
+            Some(si) => {
+                let h = header(&self.file, self.tables[ti].bins[bi].slot(si).loc);
+                if h.kind != KIND_LIST {
+                    return Err(StateError::KindMismatch { expected: "list", found: kind_name(h.kind) });
+                }
+                si
+            }
+            None => {
+                let size = HEADER + key.len() + LIST_HEAD;
+                let new = self.alloc(bi, size, true)?;
+                self.write_header(new, hash, ti, KIND_LIST, key, LIST_HEAD);
+                write_head(&mut self.file, new, key_len, (0, NONE, NONE));
+                self.tables[ti].len += 1;
+                self.tables[ti].bins[bi].insert_new(hash, new)
+            }
+        };
+        let head_loc = self.tables[ti].bins[bi].slot(si).loc;
+        let (count, first, last) = read_head(&self.file, head_loc, key_len);
+        let mut prev_cap = 0;
+        if last != NONE {
+            let body = self.file.bytes(last + HEADER as u64, BLOCK_HEAD);
+            let used = u32_at(body, 8) as usize;
+            let cap = header(&self.file, last).val_len as usize - BLOCK_HEAD;
+            if used + item_bytes <= cap {
+                self.write_item(last, used, item);
+                write_head(&mut self.file, head_loc, key_len, (count + 1, first, last));
+                return Ok(());
+            }
+            prev_cap = cap;
+        }
+        // A new block: doubling, up to a quarter segment (bounding the
+        // padding a block can waste), or just the item if larger.
+        let cap = (prev_cap * 2).clamp(BLOCK_CAP_MIN, (seg / 4).max(BLOCK_CAP_MIN)).max(item_bytes);
+        let cap = cap.min(block_max);
+        let block = self.alloc(bi, HEADER + BLOCK_HEAD + cap, true)?;
+        let h = Header {
+            hash,
+            key_len: 0,
+            val_len: (BLOCK_HEAD + cap) as u32,
+            table: ti as u16,
+            kind: KIND_BLOCK,
+            flags: 0,
+        };
+        let b = self.file.bytes_mut(block, HEADER + BLOCK_HEAD);
+        h.write(b);
+        b[HEADER..HEADER + 8].copy_from_slice(&NONE.to_le_bytes());
+        b[HEADER + 8..HEADER + 12].copy_from_slice(&0u32.to_le_bytes());
+        // The allocation may have compacted the bin: read the head again.
+        let head_loc = self.tables[ti].bins[bi].slot(si).loc;
+        let (count, mut first, last) = read_head(&self.file, head_loc, key_len);
+        if last != NONE {
+            self.file.write(last + HEADER as u64, &block.to_le_bytes());
+        } else {
+            first = block;
+        }
+        self.write_item(block, 0, item);
+        write_head(&mut self.file, head_loc, key_len, (count + 1, first, block));
+        Ok(())
+    }
+
+    /// Writes `item` at offset `used` of block `block`'s items and bumps its
+    /// used count.
+    fn write_item(&mut self, block: u64, used: usize, item: &[u8]) {
+        let at = block + (HEADER + BLOCK_HEAD + used) as u64;
+        let b = self.file.bytes_mut(at, ITEM_LEN + item.len());
+        b[..ITEM_LEN].copy_from_slice(&(item.len() as u32).to_le_bytes());
+        b[ITEM_LEN..].copy_from_slice(item);
+        let used = (used + ITEM_LEN + item.len()) as u32;
+        self.file.write(block + (HEADER + 8) as u64, &used.to_le_bytes());
+    }
+
+    fn list_head(&self, t: TableId, hash: u64, key: &[u8]) -> Option<(u64, u64)> {
+        let ti = t.index();
+        if ti >= self.tables.len() {
+            return None;
+        }
+        let bi = self.bin_index(hash).ok()?;
+        let si = self.find(ti, bi, hash, key)?;
+        let loc = self.tables[ti].bins[bi].slot(si).loc;
+        let h = header(&self.file, loc);
+        if h.kind != KIND_LIST {
+            return None;
+        }
+        let (count, first, _) = read_head(&self.file, loc, h.key_len);
+        Some((count, first))
+    }
+
+    /// Calls `f` with every item of `key`'s list, oldest first (nothing if
+    /// the key holds no list).
+    pub fn list_for_each(&self, t: TableId, hash: u64, key: &[u8], f: impl FnMut(&[u8])) {
+        self.list_items(t, hash, key).for_each(f);
+    }
+
+    /// The items of `key`'s list, oldest first (empty if the key holds no
+    /// list).
+    pub fn list_items(&self, t: TableId, hash: u64, key: &[u8]) -> ListItems<'_> {
+        let first = self.list_head(t, hash, key).map_or(NONE, |(_, first)| first);
+        ListItems::new(&self.file, first)
+    }
+
+    /// Number of items in `key`'s list (0 if the key holds no list).
+    pub fn list_len(&self, t: TableId, hash: u64, key: &[u8]) -> u64 {
+        self.list_head(t, hash, key).map_or(0, |(count, _)| count)
+    }
+
+    /// Calls `f(hash, key, value)` for every key of table `t`, bin by bin. A
+    /// key holding a list is given with an empty value; read its items with
+    /// [`StateStore::list_items`].
+    pub fn for_each(&self, t: TableId, mut f: impl FnMut(u64, &[u8], &[u8])) {
+        let Some(table) = self.tables.get(t.index()) else {
+            return;
+        };
+        for ix in &table.bins {
+            for s in ix.slots() {
+                if s.loc == EMPTY {
+                    continue;
+                }
+                let h = header(&self.file, s.loc);
+                let key = self.file.bytes(s.loc + HEADER as u64, h.key_len as usize);
+                let value = if h.kind == KIND_VALUE {
+                    self.file.bytes(s.loc + (HEADER + key.len()) as u64, h.val_len as usize)
+                } else {
+                    &[]
+                };
+                f(s.hash, key, value);
+            }
+        }
+    }
+
+    /// Calls `f(key, value)` for every key of table `t` whose hash is `hash`
+    /// (for example every entry of one record key's map). Lists are given
+    /// with an empty value.
+    pub fn for_each_with_hash(&self, t: TableId, hash: u64, mut f: impl FnMut(&[u8], &[u8])) {
+        let Some(table) = self.tables.get(t.index()) else {
+            return;
+        };
+        let Ok(bi) = self.bin_index(hash) else {
+            return;
+        };
+        table.bins[bi].for_each_in_run(hash, |_, s| {
+            let (key, value) = key_value(&self.file, s.loc);
+            f(key, value);
+        });
+    }
+
+    /// Keeps the keys of table `t` whose hash is `hash` for which
+    /// `f(key, value)` returns true and removes the others; returns how many
+    /// were removed.
+    pub fn retain_with_hash(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> usize {
+        let Ok(bi) = self.bin_index(hash) else {
+            return 0;
+        };
+        let Self { file, heaps, tables, .. } = self;
+        let Some(table) = tables.get_mut(t.index()) else {
+            return 0;
+        };
+        let ix = &mut table.bins[bi];
+        if ix.len() == 0 {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut i = ix.home(hash);
+        while let Some(j) = ix.next_in_run(hash, i) {
+            let loc = ix.slot(j).loc;
+            let keep = {
+                let (key, value) = key_value(file, loc);
+                f(key, value)
+            };
+            if keep {
+                i = j + 1;
+            } else {
+                kill(file, &mut heaps[bi], loc);
+                ix.remove_at(j);
+                removed += 1;
+                i = j;
+            }
+        }
+        table.len -= removed;
+        removed
+    }
+
+    /// Keeps the keys of table `t` for which `f(hash, key, value)` returns
+    /// true and removes the others; returns how many were removed. Lists are
+    /// given with an empty value (see [`StateStore::retain_lists`]).
+    pub fn retain(&mut self, t: TableId, mut f: impl FnMut(u64, &[u8], &[u8]) -> bool) -> usize {
+        self.retain_entries(t, |hash, key, value, _| f(hash, key, value))
+    }
+
+    /// Keeps the keys of table `t` for which `f(hash, key, items)` returns
+    /// true and removes the others (with their lists); returns how many were
+    /// removed. Keys holding values are given with no items.
+    pub fn retain_lists(
+        &mut self,
+        t: TableId,
+        mut f: impl FnMut(u64, &[u8], ListItems<'_>) -> bool,
+    ) -> usize {
+        self.retain_entries(t, |hash, key, _, items| f(hash, key, items))
+    }
+
+    fn retain_entries(
+        &mut self,
+        t: TableId,
+        mut f: impl FnMut(u64, &[u8], &[u8], ListItems<'_>) -> bool,
+    ) -> usize {
+        let Self { file, heaps, tables, .. } = self;
+        let Some(table) = tables.get_mut(t.index()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for (bi, ix) in table.bins.iter_mut().enumerate() {
+            if ix.len() == 0 {
+                continue;
+            }
+            let n = ix.slots().len();
+            let mask = n - 1;
+            // Start just after an empty slot: removal shifts slots backwards
+            // within a run only, so no slot is visited twice or skipped.
+            let Some(start) = ix.slots().iter().position(|s| s.loc == EMPTY) else {
+                continue;
+            };
+            let mut i = (start + 1) & mask;
+            let mut steps = 0;
+            while steps < n {
+                let s = ix.slot(i);
+                if s.loc == EMPTY {
+                    i = (i + 1) & mask;
+                    steps += 1;
+                    continue;
+                }
+                let keep = {
+                    let h = header(file, s.loc);
+                    let key = file.bytes(s.loc + HEADER as u64, h.key_len as usize);
+                    let vloc = s.loc + (HEADER + key.len()) as u64;
+                    if h.kind == KIND_LIST {
+                        let (_, first, _) = read_head(file, s.loc, h.key_len);
+                        f(s.hash, key, &[], ListItems::new(file, first))
+                    } else {
+                        let value = file.bytes(vloc, h.val_len as usize);
+                        f(s.hash, key, value, ListItems::new(file, NONE))
+                    }
+                };
+                if keep {
+                    i = (i + 1) & mask;
+                    steps += 1;
+                } else {
+                    kill(file, &mut heaps[bi], s.loc);
+                    ix.remove_at(i);
+                    removed += 1;
+                }
+            }
+        }
+        table.len -= removed;
+        removed
+    }
+
+    /// Number of keys in table `t`.
+    pub fn len(&self, t: TableId) -> usize {
+        self.tables.get(t.index()).map_or(0, |t| t.len)
+    }
+
+    /// Whether table `t` holds no key.
+    pub fn is_empty(&self, t: TableId) -> bool {
+        self.len(t) == 0
+    }
+
+    /// Bytes of live records (headers, keys, values, list blocks) in all
+    /// bins.
+    pub fn bytes_used(&self) -> u64 {
+        self.heaps.iter().map(|h| h.used - h.dead).sum()
+    }
+
+    /// Segments allocated to bins.
+    pub fn segment_count(&self) -> usize {
+        self.heaps.iter().map(|h| h.segs.len()).sum()
+    }
+
+    /// Pages written since the last [`StateStore::clear_dirty`].
+    pub fn dirty_page_count(&self) -> usize {
+        self.file.dirty_page_count()
+    }
+
+    /// Forgets which pages are dirty (what a completed checkpoint does).
+    pub fn clear_dirty(&mut self) {
+        self.file.clear_dirty();
+    }
+
+    fn write_header(&mut self, loc: u64, hash: u64, ti: usize, kind: u8, key: &[u8], val_len: usize) {
+        let h = Header {
+            hash,
+            key_len: key.len() as u32,
+            val_len: val_len as u32,
+            table: ti as u16,
+            kind,
+            flags: 0,
+        };
+        let b = self.file.bytes_mut(loc, HEADER + key.len());
+        h.write(b);
+        b[HEADER..].copy_from_slice(key);
+    }
+
+    fn write_record(&mut self, loc: u64, hash: u64, ti: usize, kind: u8, key: &[u8], value: &[u8]) {
+        self.write_header(loc, hash, ti, kind, key, value.len());
+        self.file.write(loc + (HEADER + key.len()) as u64, value);
+    }
+
+    /// Reserves `n` bytes for a record of bin `bi`. With `may_compact`, a
+    /// segment switch may first compact the bin, which moves its records
+    /// (and rewrites their slots' locations; slot positions do not change).
+    #[inline(always)]
+    fn alloc(&mut self, bi: usize, n: usize, may_compact: bool) -> Result<u64, StateError> {
+        let h = &mut self.heaps[bi];
+        let n = n as u64;
+        if h.tail + n <= h.end {
+            let loc = h.tail;
+            h.tail += n;
+            h.used += n;
+            return Ok(loc);
+        }
+        self.alloc_slow(bi, n, may_compact)
+    }
+
+    #[cold]
+    fn alloc_slow(&mut self, bi: usize, n: u64, mut may_compact: bool) -> Result<u64, StateError> {
+        let seg = self.file.segment_bytes();
+        if n > seg {
+            return Err(StateError::RecordTooLarge { record_bytes: n as usize, max_bytes: seg as usize });
+        }
+        loop {
+            let h = &mut self.heaps[bi];
+            if h.tail + n <= h.end {
+                let loc = h.tail;
+                h.tail += n;
+                h.used += n;
+                return Ok(loc);
+            }
+            // Close the current segment with padding.
+            if !h.segs.is_empty() {
+                let rem = h.end - h.tail;
+                let at = h.tail;
+                h.used += rem;
+                h.dead += rem;
+                h.tail = h.end;
+                if rem >= HEADER as u64 {
+                    let pad = Header {
+                        hash: 0,
+                        key_len: 0,
+                        val_len: (rem - HEADER as u64) as u32,
+                        table: 0,
+                        kind: KIND_PAD,
+                        flags: FLAG_DEAD,
+                    };
+                    pad.write(self.file.bytes_mut(at, HEADER));
+                }
+            }
+            let h = &self.heaps[bi];
+            let capacity = h.segs.len() as u64 * seg;
+            if may_compact && capacity > 0 && h.dead * 2 >= capacity {
+                may_compact = false;
+                self.compact(bi)?;
+                continue;
+            }
+            let s = self.file.alloc_segment()?;
+            let start = self.file.segment_loc(s);
+            let h = &mut self.heaps[bi];
+            h.segs.push(s);
+            h.tail = start;
+            h.end = start + seg;
+        }
+    }
+
+    /// Copies the live records of bin `bi` into fresh segments and frees the
+    /// old ones. On failure (the file cannot grow) the bin is left as it was.
+    #[cold]
+    fn compact(&mut self, bi: usize) -> Result<(), StateError> {
+        let old = std::mem::take(&mut self.heaps[bi]);
+        let mut moved = std::mem::take(&mut self.moved);
+        moved.clear();
+        let mut result = Ok(());
+        'tables: for ti in 0..self.tables.len() {
+            for pos in 0..self.tables[ti].bins[bi].slots().len() {
+                let loc = self.tables[ti].bins[bi].slot(pos).loc;
+                if loc == EMPTY {
+                    continue;
+                }
+                match self.copy_record(bi, loc) {
+                    Ok(new) => {
+                        self.tables[ti].bins[bi].set_loc(pos, new);
+                        moved.push((ti, pos, loc));
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break 'tables;
+                    }
+                }
+            }
+        }
+        let fresh = std::mem::replace(&mut self.heaps[bi], old);
+        match result {
+            Ok(()) => {
+                let old = std::mem::replace(&mut self.heaps[bi], fresh);
+                for s in old.segs {
+                    self.file.free_segment(s);
+                }
+            }
+            Err(_) => {
+                // Roll back: the old records are untouched.
+                for &(ti, pos, loc) in &moved {
+                    self.tables[ti].bins[bi].set_loc(pos, loc);
+                }
+                for s in fresh.segs {
+                    self.file.free_segment(s);
+                }
+            }
+        }
+        moved.clear();
+        self.moved = moved;
+        result
+    }
+
+    /// Copies the record at `loc` (with its list blocks, trimmed to their
+    /// used bytes) into bin `bi`'s current segments; returns its new location.
+    fn copy_record(&mut self, bi: usize, loc: u64) -> Result<u64, StateError> {
+        let h = header(&self.file, loc);
+        let size = h.record_bytes();
+        let new = self.alloc(bi, size, false)?;
+        self.file.copy(loc, new, size);
+        if h.kind != KIND_LIST {
+            return Ok(new);
+        }
+        let (count, mut block, _) = read_head(&self.file, loc, h.key_len);
+        let (mut first, mut prev) = (NONE, NONE);
+        while block != NONE {
+            let body = self.file.bytes(block + HEADER as u64, BLOCK_HEAD);
+            let (next, used) = (u64_at(body, 0), u32_at(body, 8) as usize);
+            let nb = self.alloc(bi, HEADER + BLOCK_HEAD + used, false)?;
+            self.file.copy(block, nb, HEADER + BLOCK_HEAD + used);
+            self.file.write(nb + 12, &((BLOCK_HEAD + used) as u32).to_le_bytes());
+            self.file.write(nb + HEADER as u64, &NONE.to_le_bytes());
+            if prev == NONE {
+                first = nb;
+            } else {
+                self.file.write(prev + HEADER as u64, &nb.to_le_bytes());
+            }
+            prev = nb;
+            block = next;
+        }
+        write_head(&mut self.file, new, h.key_len, (count, first, prev));
+        Ok(new)
+    }
+}
+
+/// The key and value of the record at `loc` (lists give an empty value).
+fn key_value(file: &SegmentFile, loc: u64) -> (&[u8], &[u8]) {
+    let h = header(file, loc);
+    let key = file.bytes(loc + HEADER as u64, h.key_len as usize);
+    let value = if h.kind == KIND_VALUE {
+        file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
+    } else {
+        &[]
+    };
+    (key, value)
+}
+
+#[cfg(test)]
+mod tests;
