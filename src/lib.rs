@@ -1,1 +1,51 @@
-//! spate
+//! # Spate
+//!
+//! An elastic, fault-tolerant stream processor whose operator state is
+//! explicit: the system owns keyed state (in memory-mapped segments, per
+//! bin of the key space), so it can checkpoint it, back it up, restore it and
+//! split it by key range — the SEEP model, on a thread-per-core runtime.
+//!
+//! This crate is the facade: it re-exports the dataflow API, the operator
+//! library and the runtime, and holds the named queries and the deployment
+//! config that the `spate` command runs.
+//!
+//! ```no_run
+//! use spate::prelude::*;
+//!
+//! // An embedded pipeline: push trades in, get running volumes out.
+//! let (input, source) = spate::input::<(u64, u64)>(1024);
+//! let (sink, output) = spate::output::<(u64, u64)>(1024);
+//! let job = Runtime::new(RuntimeConfig { workers: 2, ..Default::default() })
+//!     .start("volumes", move |df: &Dataflow| {
+//!         df.input("trades", &source)
+//!             .key_by("by-symbol", |t: &(u64, u64)| t.0)
+//!             .fold("volume", || 0u64, |v, t| *v += t.1)
+//!             .output("out", &sink);
+//!     })
+//!     .expect("start");
+//! input.send((7, 100)).expect("send");
+//! drop(input); // ends the stream
+//! assert_eq!(output.recv(), Some((7, 100)));
+//! job.wait().expect("job");
+//! ```
+#![forbid(missing_docs)]
+
+pub mod config;
+pub mod queries;
+
+/// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive
+/// `Archive`, `Serialize` and `Deserialize` on record types with it.
+pub use rkyv;
+pub use spate_core::{
+    self as core, now_ns, Data, Dataflow, InstanceCtx, Job, JobReport, Key, KeyedStream, Meta, Parallelism,
+    Runtime, RuntimeConfig, RuntimeError, Stream, Timestamp, WATERMARK_END,
+};
+pub use spate_ops::prelude::{input, output, InputHandle, OutputHandle};
+pub use spate_ops::{self as ops};
+pub use spate_state::{self as state};
+
+/// Everything a pipeline needs in scope.
+pub mod prelude {
+    pub use spate_core::{Data, Dataflow, Key, KeyedStream, Meta, Runtime, RuntimeConfig, Stream, Timestamp};
+    pub use spate_ops::prelude::*;
+}

@@ -1,1 +1,350 @@
-fn main() {}
+//! The `spate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spate::config::{Config, QuerySection, SinkKind, SinkSection};
+use spate::queries;
+use spate::{Job, Runtime, RuntimeConfig};
+use spate_bench::compare::{run_alternating, CommandSpec};
+use spate_bench::latency::LatencyReport;
+
+const USAGE: &str = "\
+spate — elastic, fault-tolerant stream processing with explicit operator state
+
+USAGE:
+  spate run CONFIG [--workers N] [--quiet]
+      Run the query a TOML config names, on all cores of this process.
+  spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--json]
+      Run a query as fast as possible; print records/s.
+  spate bench latency --query NAME --rate RECORDS_PER_S --seconds S [--workers W]
+                      [--linger-us U] [--json] [--csv FILE]
+      Drive a query open-loop at a fixed rate; print latency percentiles from
+      each record's intended send time.
+  spate bench compare --records N [--workers W] [--runs R] [--peer PATH]
+      Run spate and the timely-dataflow peer on keyed-sum alternately R times;
+      print medians and the median ratio spate/timely.
+  spate queries
+      List the known queries.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("run") => cmd_run(&args[1..]),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("throughput") => cmd_throughput(&args[2..]),
+            Some("latency") => cmd_latency(&args[2..]),
+            Some("compare") => cmd_compare(&args[2..]),
+            other => {
+                Err(format!("unknown bench {:?}; expected throughput, latency or compare\n\n{USAGE}", other))
+            }
+        },
+        Some("queries") => {
+            for n in queries::NAMES {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parsed `--flag value` options.
+struct Opts {
+    positional: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+const BOOL_FLAGS: &[&str] = &["--json", "--quiet"];
+
+impl Opts {
+    fn parse(args: &[String], known: &[&str]) -> Result<Self, String> {
+        let mut o = Opts { positional: Vec::new(), flags: Vec::new() };
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            if a.starts_with("--") {
+                if !known.contains(&a.as_str()) {
+                    return Err(format!("unknown option `{a}`; expected one of {}", known.join(", ")));
+                }
+                if BOOL_FLAGS.contains(&a.as_str()) {
+                    o.flags.push((a.clone(), None));
+                } else {
+                    let v = args.get(i + 1).ok_or_else(|| format!("option `{a}` needs a value"))?;
+                    o.flags.push((a.clone(), Some(v.clone())));
+                    i += 1;
+                }
+            } else {
+                o.positional.push(a.clone());
+            }
+            i += 1;
+        }
+        Ok(o)
+    }
+
+    fn has(&self, f: &str) -> bool {
+        self.flags.iter().any(|(k, _)| k == f)
+    }
+
+    fn get<T: std::str::FromStr>(&self, f: &str) -> Result<Option<T>, String> {
+        match self.flags.iter().rev().find(|(k, _)| k == f).and_then(|(_, v)| v.as_ref()) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| format!("option `{f}`: cannot parse `{v}`")),
+        }
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1} k/s", r / 1e3)
+    } else {
+        format!("{r:.0} /s")
+    }
+}
+
+/// Waits for a job, printing a live status line to stderr unless `quiet`.
+fn watch(job: Job, quiet: bool) -> Result<(spate::JobReport, hdrhistogram::Histogram<u64>), String> {
+    let metrics = job.metrics().clone();
+    let started = job.started();
+    let (mut last_in, mut last_out, mut last_t) = (0u64, 0u64, Instant::now());
+    let mut printed = false;
+    while !job.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        if quiet || last_t.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let (i, o) =
+            (metrics.records_in.load(Ordering::Relaxed), metrics.records_out.load(Ordering::Relaxed));
+        let dt = last_t.elapsed().as_secs_f64();
+        let h = metrics.take_interval_latency();
+        let p99 =
+            if h.is_empty() { "-".to_string() } else { format!("{} µs", h.value_at_quantile(0.99) / 1000) };
+        eprint!(
+            "\r[{:6.1}s] in {:>11}  out {:>11}  p99 {:>10}   ",
+            started.elapsed().as_secs_f64(),
+            fmt_rate((i - last_in) as f64 / dt),
+            fmt_rate((o - last_out) as f64 / dt),
+            p99
+        );
+        printed = true;
+        (last_in, last_out, last_t) = (i, o, Instant::now());
+    }
+    if printed {
+        eprintln!();
+    }
+    let latency = metrics.latency();
+    let report = job.wait().map_err(|e| e.to_string())?;
+    Ok((report, latency))
+}
+
+fn cmd_run(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--workers", "--quiet"])?;
+    let [path] = o.positional.as_slice() else {
+        return Err(format!("`spate run` takes one config file\n\n{USAGE}"));
+    };
+    let cfg = Config::load(&PathBuf::from(path)).map_err(|e| e.to_string())?;
+    let mut rc = cfg.runtime_config();
+    if let Some(w) = o.get::<usize>("--workers")? {
+        rc.workers = w;
+    }
+    let build = queries::build(&cfg.query, &cfg.sink)?;
+    let quiet = o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout;
+    let workers = rc.effective_workers();
+    let job = Runtime::new(rc).start(&cfg.query.name, move |df| build(df)).map_err(|e| e.to_string())?;
+    let (report, latency) = watch(job, quiet)?;
+    let secs = report.elapsed.as_secs_f64();
+    let mut summary = format!(
+        "{}: {} records in, {} out in {:.3} s on {} workers ({} in)",
+        cfg.query.name,
+        report.records_in,
+        report.records_out,
+        secs,
+        workers,
+        fmt_rate(report.records_in as f64 / secs.max(1e-9))
+    );
+    if !latency.is_empty() {
+        summary += &format!(
+            "; latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            latency.value_at_quantile(0.5) / 1000,
+            latency.value_at_quantile(0.99) / 1000,
+            latency.value_at_quantile(0.999) / 1000,
+            latency.max() / 1000
+        );
+    }
+    eprintln!("{summary}");
+    Ok(())
+}
+
+fn query_section(name: &str, params: toml::Table) -> QuerySection {
+    QuerySection { name: name.to_string(), params }
+}
+
+fn bench_runtime(o: &Opts) -> Result<RuntimeConfig, String> {
+    let mut rc = RuntimeConfig { workers: o.get("--workers")?.unwrap_or(1), ..Default::default() };
+    if let Some(l) = o.get("--linger-us")? {
+        rc.linger_us = l;
+    }
+    rc.data_dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
+    rc.validate()?;
+    Ok(rc)
+}
+
+fn cmd_throughput(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--query", "--records", "--workers", "--keys", "--json", "--linger-us"])?;
+    let name: String = o.get("--query")?.unwrap_or_else(|| "keyed-sum".into());
+    let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
+    let mut params = toml::Table::new();
+    params.insert("records".into(), toml::Value::Integer(records as i64));
+    if name == "keyed-sum" {
+        params.insert("keys".into(), toml::Value::Integer(o.get::<i64>("--keys")?.unwrap_or(100_000)));
+    } else {
+        params.remove("records");
+        params.insert("lines".into(), toml::Value::Integer(records as i64));
+    }
+    let q = query_section(&name, params);
+    let sink = SinkSection { kind: SinkKind::Count, path: None, latency: false };
+    let build = queries::build(&q, &sink)?;
+    let rc = bench_runtime(&o)?;
+    let (workers, dir) = (rc.effective_workers(), rc.data_dir.clone());
+    let job = Runtime::new(rc).start(&name, move |df| build(df)).map_err(|e| e.to_string())?;
+    let report = job.wait().map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    let secs = report.elapsed.as_secs_f64();
+    let rps = report.records_in as f64 / secs.max(1e-9);
+    if o.has("--json") {
+        println!(
+            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{},\"records_out\":{},\"workers\":{workers},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1}}}",
+            report.records_in, report.records_out
+        );
+    } else {
+        println!(
+            "{name}: {} records in {secs:.3} s on {workers} workers: {}",
+            report.records_in,
+            fmt_rate(rps)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_latency(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(
+        args,
+        &["--query", "--rate", "--seconds", "--workers", "--json", "--linger-us", "--keys", "--csv"],
+    )?;
+    let name: String = o.get("--query")?.unwrap_or_else(|| "keyed-sum".into());
+    let rate: u64 = o.get("--rate")?.ok_or("`--rate RECORDS_PER_S` is required")?;
+    let seconds: f64 = o.get("--seconds")?.unwrap_or(10.0);
+    if rate == 0 || seconds <= 0.0 {
+        return Err("--rate and --seconds must be positive".into());
+    }
+    let records = (rate as f64 * seconds) as u64;
+    let mut params = toml::Table::new();
+    params.insert("rate".into(), toml::Value::Integer(rate as i64));
+    if name == "keyed-sum" {
+        params.insert("records".into(), toml::Value::Integer(records as i64));
+        params.insert("keys".into(), toml::Value::Integer(o.get::<i64>("--keys")?.unwrap_or(100_000)));
+    } else {
+        params.insert("lines".into(), toml::Value::Integer(records as i64));
+    }
+    let q = query_section(&name, params);
+    let sink = SinkSection { kind: SinkKind::Count, path: None, latency: true };
+    let build = queries::build(&q, &sink)?;
+    let mut rc = bench_runtime(&o)?;
+    if o.get::<u64>("--linger-us")?.is_none() {
+        rc.linger_us = 0;
+    }
+    let dir = rc.data_dir.clone();
+    let job = Runtime::new(rc).start(&name, move |df| build(df)).map_err(|e| e.to_string())?;
+    let metrics = job.metrics().clone();
+    let started = job.started();
+    let start_ns = spate::now_ns();
+    let mut over_time = spate_bench::latency::LatencyOverTime::new(start_ns, 100_000_000);
+    while !job.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        let h = metrics.take_interval_latency();
+        let now = spate::now_ns();
+        for v in h.iter_recorded() {
+            for _ in 0..v.count_at_value().min(64) {
+                over_time.record(now, v.value_iterated_to());
+            }
+        }
+    }
+    let latency = metrics.latency();
+    let report = job.wait().map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    let secs = started.elapsed().as_secs_f64();
+    let r = LatencyReport::from_histogram(&latency, report.records_out, secs);
+    if let Some(csv) = o.get::<PathBuf>("--csv")? {
+        std::fs::write(&csv, over_time.to_csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
+    }
+    if o.has("--json") {
+        println!("{}", r.to_json());
+    } else {
+        println!("{name} at {} for {seconds} s: {r}", fmt_rate(rate as f64));
+    }
+    Ok(())
+}
+
+fn cmd_compare(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--records", "--workers", "--runs", "--peer", "--query"])?;
+    let records: u64 = o.get("--records")?.unwrap_or(20_000_000);
+    let workers: usize = o.get("--workers")?.unwrap_or(1);
+    let runs: usize = o.get("--runs")?.unwrap_or(5);
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let peer: PathBuf = match o.get::<PathBuf>("--peer")? {
+        Some(p) => p,
+        None => me.with_file_name("peer-timely"),
+    };
+    if !peer.exists() {
+        return Err(format!(
+            "timely peer not found at {}; build it with `cargo build --release -p spate-bench --bin peer-timely` or pass --peer",
+            peer.display()
+        ));
+    }
+    let (n, w) = (records.to_string(), workers.to_string());
+    let a = CommandSpec::new(me.display().to_string()).label("spate").args([
+        "bench",
+        "throughput",
+        "--query",
+        "keyed-sum",
+        "--records",
+        &n,
+        "--workers",
+        &w,
+        "--json",
+    ]);
+    let b = CommandSpec::new(peer.display().to_string()).label("timely").args([
+        "--records",
+        &n,
+        "--workers",
+        &w,
+        "--json",
+    ]);
+    let report = run_alternating(&a, &b, runs).map_err(|e| e.to_string())?;
+    println!("{report}");
+    println!(
+        "{{\"records\":{records},\"workers\":{workers},\"runs\":{runs},\"spate_median\":{:.1},\"timely_median\":{:.1},\"median_ratio\":{:.4}}}",
+        report.a.median, report.b.median, report.median_pair_ratio
+    );
+    let _ = Arc::new(());
+    Ok(())
+}

@@ -1,1 +1,29 @@
-//! spate-ops
+//! # spate-ops
+//!
+//! The operator library of Spate, built on the primitives of `spate-core`
+//! (`unary`, `binary`, `key_by`, `keyed_unary`, `keyed_binary`, sources and
+//! sinks). Bring the extension traits into scope with
+//! `use spate_ops::prelude::*`.
+//!
+//! Map of the crate:
+//! - [`stateless`]: `map`, `filter`, `flat_map`, `union`, `assign_watermarks`.
+//! - [`keyed`]: `fold` (running aggregate per key) and `reduce`, on keyed state.
+//! - [`window`]: tumbling and sliding event-time windows, windowed joins.
+//! - [`sources`]: generator, file, embedding input.
+//! - [`sinks`]: count (with latency), stdout, file, embedding output.
+#![forbid(missing_docs)]
+
+pub mod keyed;
+pub mod sinks;
+pub mod sources;
+pub mod stateless;
+pub mod window;
+
+/// The extension traits and common types.
+pub mod prelude {
+    pub use crate::keyed::KeyedExt;
+    pub use crate::sinks::{output, OutputHandle, OutputSink, SinkExt};
+    pub use crate::sources::{input, GeneratorSpec, InputHandle, InputSource, SourceExt};
+    pub use crate::stateless::StreamExt;
+    pub use crate::window::{Window, WindowExt, WindowResult, WindowedStream};
+}

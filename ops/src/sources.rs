@@ -1,0 +1,341 @@
+//! Sources: a deterministic generator, newline-delimited files, and the
+//! embedding input handle.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use spate_core::push::Push;
+use spate_core::source::{Source, SourceStatus, Step};
+use spate_core::{now_ns, Data, Dataflow, Meta, Parallelism, Stream, Timestamp};
+
+/// What a generator produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneratorSpec {
+    /// Records in all (over all instances); `None` runs until stopped.
+    pub records: Option<u64>,
+    /// Records per second over all instances; `None` is as fast as possible.
+    pub rate_per_s: Option<u64>,
+    /// The first record index: a generator replays from any offset.
+    pub offset: u64,
+}
+
+impl GeneratorSpec {
+    /// `records` records as fast as possible.
+    pub fn bounded(records: u64) -> Self {
+        Self { records: Some(records), rate_per_s: None, offset: 0 }
+    }
+}
+
+/// A deterministic, replayable source: record `i` is `make(i)`; instance
+/// `w` of `W` generates the indices `i ≡ w (mod W)`. With a rate, record `i`
+/// is due at `start + (i - offset) / rate` and carries that *intended* time as
+/// its ingest time, so a stalled pipeline shows up in the latency instead of
+/// slowing the load (no coordinated omission). The watermark after a step is
+/// `event_time(next index)`: `event_time` must not decrease with `i`.
+pub struct Generator<T> {
+    make: Rc<dyn Fn(u64) -> T>,
+    event_time: Rc<dyn Fn(u64) -> Timestamp>,
+    next: u64,
+    end: u64,
+    stride: u64,
+    offset: u64,
+    rate: Option<u64>,
+    start_ns: u64,
+}
+
+impl<T> Generator<T> {
+    fn intended_ns(&self, i: u64) -> u64 {
+        match self.rate {
+            Some(r) if r > 0 => {
+                self.start_ns + ((u128::from(i - self.offset) * 1_000_000_000) / u128::from(r)) as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl<T> Source<T> for Generator<T> {
+    fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
+        let now = now_ns();
+        if self.start_ns == 0 {
+            self.start_ns = now;
+        }
+        let mut n = 0;
+        while n < max && self.next < self.end {
+            let ingest = match self.rate {
+                Some(_) => {
+                    let due = self.intended_ns(self.next);
+                    if due > now {
+                        break;
+                    }
+                    due
+                }
+                None => now,
+            };
+            out.push((self.make)(self.next), Meta { ingest_ns: ingest });
+            self.next += self.stride;
+            n += 1;
+        }
+        if n > 0 {
+            out.watermark((self.event_time)(self.next));
+        }
+        let status = if self.next >= self.end {
+            SourceStatus::Done
+        } else if self.rate.is_some() && n < max {
+            SourceStatus::Idle { next_ns: Some(self.intended_ns(self.next)) }
+        } else {
+            SourceStatus::Busy
+        };
+        Step { emitted: n, status }
+    }
+}
+
+/// Reads newline-delimited records from a file, once, on worker 0. `parse`
+/// turns a line into a record or says what is wrong with it; a bad line
+/// fails the job with the file, line number and reason.
+pub struct FileSource<T> {
+    path: PathBuf,
+    reader: Option<BufReader<File>>,
+    parse: Rc<dyn Fn(&str) -> Result<T, String>>,
+    line: String,
+    line_no: u64,
+    offset: u64,
+    metrics: Arc<spate_core::metrics::JobMetrics>,
+}
+
+impl<T> Source<T> for FileSource<T> {
+    fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
+        if self.reader.is_none() {
+            let opened = File::open(&self.path).and_then(|mut f| {
+                f.seek(SeekFrom::Start(self.offset))?;
+                Ok(f)
+            });
+            match opened {
+                Ok(f) => self.reader = Some(BufReader::with_capacity(256 * 1024, f)),
+                Err(e) => {
+                    self.metrics.fail(format!("file source {}: {e}", self.path.display()));
+                    return Step { emitted: 0, status: SourceStatus::Done };
+                }
+            }
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Step { emitted: 0, status: SourceStatus::Done };
+        };
+        let now = now_ns();
+        let mut n = 0;
+        while n < max {
+            self.line.clear();
+            match reader.read_line(&mut self.line) {
+                Ok(0) => return Step { emitted: n, status: SourceStatus::Done },
+                Ok(len) => {
+                    self.offset += len as u64;
+                    self.line_no += 1;
+                    let l = self.line.trim_end_matches(['\n', '\r']);
+                    match (self.parse)(l) {
+                        Ok(rec) => {
+                            out.push(rec, Meta { ingest_ns: now });
+                            n += 1;
+                        }
+                        Err(e) => {
+                            self.metrics.fail(format!(
+                                "file source {} line {}: {e}",
+                                self.path.display(),
+                                self.line_no
+                            ));
+                            return Step { emitted: n, status: SourceStatus::Done };
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.fail(format!(
+                        "file source {} after line {}: {e}",
+                        self.path.display(),
+                        self.line_no
+                    ));
+                    return Step { emitted: n, status: SourceStatus::Done };
+                }
+            }
+        }
+        Step { emitted: n, status: SourceStatus::Busy }
+    }
+}
+
+enum Input<T> {
+    Record(T, u64),
+    Watermark(Timestamp),
+}
+
+/// The embedding side of an input: push records into a running dataflow
+/// from any thread. Sending blocks while the dataflow's input queue is full
+/// (backpressure). Dropping the handle ends the stream.
+pub struct InputHandle<T> {
+    tx: SyncSender<Input<T>>,
+}
+
+/// The input's receiving end has gone: the job ended or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputClosed;
+
+impl std::fmt::Display for InputClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the dataflow's input is closed (the job ended or failed)")
+    }
+}
+
+impl std::error::Error for InputClosed {}
+
+impl<T> InputHandle<T> {
+    /// Sends one record, stamped with the current time as its ingest time.
+    pub fn send(&self, rec: T) -> Result<(), InputClosed> {
+        self.tx.send(Input::Record(rec, now_ns())).map_err(|_| InputClosed)
+    }
+
+    /// Sends one record with a given ingest time (nanoseconds since the Unix
+    /// epoch; for latency measurement from an intended send time).
+    pub fn send_at(&self, rec: T, ingest_ns: u64) -> Result<(), InputClosed> {
+        self.tx.send(Input::Record(rec, ingest_ns)).map_err(|_| InputClosed)
+    }
+
+    /// Promises that no later record has an event time below `wm`.
+    pub fn advance_watermark(&self, wm: Timestamp) -> Result<(), InputClosed> {
+        self.tx.send(Input::Watermark(wm)).map_err(|_| InputClosed)
+    }
+}
+
+/// The dataflow side of an [`InputHandle`]: pass it to
+/// [`SourceExt::input`] inside the build function.
+pub struct InputSource<T> {
+    rx: Arc<Mutex<Option<Receiver<Input<T>>>>>,
+}
+
+impl<T> Clone for InputSource<T> {
+    fn clone(&self) -> Self {
+        Self { rx: self.rx.clone() }
+    }
+}
+
+/// A bounded input for an embedded dataflow: `capacity` records may wait.
+pub fn input<T: Send>(capacity: usize) -> (InputHandle<T>, InputSource<T>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+    (InputHandle { tx }, InputSource { rx: Arc::new(Mutex::new(Some(rx))) })
+}
+
+struct InputReader<T> {
+    rx: Option<Receiver<Input<T>>>,
+    watermark: Timestamp,
+}
+
+impl<T> Source<T> for InputReader<T> {
+    fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
+        let Some(rx) = self.rx.as_ref() else {
+            return Step { emitted: 0, status: SourceStatus::Done };
+        };
+        let mut n = 0;
+        while n < max {
+            match rx.try_recv() {
+                Ok(Input::Record(r, t)) => {
+                    out.push(r, Meta { ingest_ns: t });
+                    n += 1;
+                }
+                Ok(Input::Watermark(w)) => {
+                    if w > self.watermark {
+                        self.watermark = w;
+                        out.watermark(w);
+                    }
+                }
+                Err(TryRecvError::Empty) => {
+                    // Busy-poll: an embedded trading pipeline wants the next
+                    // record the moment it is sent.
+                    return Step { emitted: n, status: SourceStatus::Idle { next_ns: Some(0) } };
+                }
+                Err(TryRecvError::Disconnected) => {
+                    return Step { emitted: n, status: SourceStatus::Done };
+                }
+            }
+        }
+        Step { emitted: n, status: SourceStatus::Busy }
+    }
+}
+
+/// Sources on a dataflow.
+pub trait SourceExt {
+    /// A deterministic generator (see [`Generator`]) on every worker.
+    fn generate<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        make: impl Fn(u64) -> T + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T>;
+
+    /// A newline-delimited file, read once by worker 0 from byte `offset`.
+    fn read_file<T: Data>(
+        &self,
+        name: &str,
+        path: impl Into<PathBuf>,
+        offset: u64,
+        parse: impl Fn(&str) -> Result<T, String> + 'static,
+    ) -> Stream<T>;
+
+    /// Records sent through the [`InputHandle`] paired with `source`, on
+    /// worker 0.
+    fn input<T: Data + Send>(&self, name: &str, source: &InputSource<T>) -> Stream<T>;
+}
+
+impl SourceExt for Dataflow {
+    fn generate<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        make: impl Fn(u64) -> T + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T> {
+        let make: Rc<dyn Fn(u64) -> T> = Rc::new(make);
+        let event_time: Rc<dyn Fn(u64) -> Timestamp> = Rc::new(event_time);
+        self.source(name, Parallelism::PerWorker, move |ctx| {
+            let end = spec.records.map(|r| spec.offset.saturating_add(r)).unwrap_or(u64::MAX);
+            Generator {
+                make: make.clone(),
+                event_time: event_time.clone(),
+                next: spec.offset + ctx.worker as u64,
+                end,
+                stride: ctx.workers as u64,
+                offset: spec.offset,
+                rate: spec.rate_per_s,
+                start_ns: 0,
+            }
+        })
+    }
+
+    fn read_file<T: Data>(
+        &self,
+        name: &str,
+        path: impl Into<PathBuf>,
+        offset: u64,
+        parse: impl Fn(&str) -> Result<T, String> + 'static,
+    ) -> Stream<T> {
+        let path = path.into();
+        let parse: Rc<dyn Fn(&str) -> Result<T, String>> = Rc::new(parse);
+        self.source(name, Parallelism::One, move |ctx| FileSource {
+            path: path.clone(),
+            reader: None,
+            parse: parse.clone(),
+            line: String::new(),
+            line_no: 0,
+            offset,
+            metrics: ctx.metrics.clone(),
+        })
+    }
+
+    fn input<T: Data + Send>(&self, name: &str, source: &InputSource<T>) -> Stream<T> {
+        let rx = source.rx.clone();
+        self.source(name, Parallelism::One, move |_ctx| InputReader {
+            rx: rx.lock().ok().and_then(|mut r| r.take()),
+            watermark: 0,
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! The deployment config: one TOML file names the query and its parameters,
+//! the runtime settings and the sink.
+//!
+//! ```toml
+//! [query]
+//! name = "keyed-sum"          # see `spate::queries::NAMES`
+//! [query.params]              # validated by the query
+//! records = 10_000_000
+//!
+//! [runtime]                   # every field optional
+//! workers = 0                 # 0 = every core of this process
+//! linger_us = 200
+//!
+//! [sink]
+//! kind = "count"              # count | stdout | file | none
+//! latency = true
+//! ```
+//!
+//! Unknown fields are errors, and every error names the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use spate_core::RuntimeConfig;
+
+/// A parsed deployment config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The query to run.
+    pub query: QuerySection,
+    /// Runtime settings.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// Where results go.
+    #[serde(default)]
+    pub sink: SinkSection,
+}
+
+/// `[query]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySection {
+    /// The query's name in the registry.
+    pub name: String,
+    /// The query's parameters (validated by the query).
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// `[runtime]`: each field overrides the default of [`RuntimeConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Workers; 0 = one per core.
+    pub workers: Option<usize>,
+    /// Pin workers to cores.
+    pub pin: Option<bool>,
+    /// Records per batch.
+    pub batch_records: Option<usize>,
+    /// Bytes per batch.
+    pub batch_bytes: Option<usize>,
+    /// Linger of a partly filled batch, µs.
+    pub linger_us: Option<u64>,
+    /// Batches in flight per channel.
+    pub channel_batches: Option<usize>,
+    /// Records per source step.
+    pub source_step_records: Option<usize>,
+    /// `B`: 2^B bins.
+    pub bins_log2: Option<u8>,
+    /// State directory.
+    pub data_dir: Option<PathBuf>,
+    /// glommio I/O memory per worker, bytes.
+    pub io_memory_bytes: Option<usize>,
+    /// Spin before parking, µs.
+    pub spin_before_park_us: Option<u64>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// What to do with results.
+    #[serde(default)]
+    pub kind: SinkKind,
+    /// Output file for `kind = "file"` (with several workers, worker `w`
+    /// writes `path.w`).
+    pub path: Option<PathBuf>,
+    /// Record end-to-end latency (for the status line and summary).
+    #[serde(default = "yes")]
+    pub latency: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SinkSection {
+    fn default() -> Self {
+        Self { kind: SinkKind::Count, path: None, latency: true }
+    }
+}
+
+/// Sink kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Count results (and measure latency).
+    #[default]
+    Count,
+    /// One line per result on stdout.
+    Stdout,
+    /// One line per result in a file.
+    File,
+    /// Discard results.
+    None,
+}
+
+/// A config that could not be loaded, with the file and what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong (names the field).
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+        Self::parse(&text).map_err(|message| ConfigError { path: path.to_path_buf(), message })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.sink.kind == SinkKind::File && self.sink.path.is_none() {
+            return Err("sink.path is required when sink.kind = \"file\"".into());
+        }
+        if self.sink.kind != SinkKind::File && self.sink.path.is_some() {
+            return Err(format!(
+                "sink.path is only used with sink.kind = \"file\" (kind is {:?})",
+                self.sink.kind
+            ));
+        }
+        crate::queries::validate(&self.query)?;
+        self.runtime_config().validate().map_err(|e| format!("runtime: {e}"))?;
+        Ok(())
+    }
+
+    /// The runtime config: defaults overridden by `[runtime]`.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let mut c = RuntimeConfig::default();
+        let r = &self.runtime;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = r.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            workers,
+            pin,
+            batch_records,
+            batch_bytes,
+            linger_us,
+            channel_batches,
+            source_step_records,
+            bins_log2,
+            data_dir,
+            io_memory_bytes,
+            spin_before_park_us
+        );
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = Config::parse("[query]\nname = \"keyed-sum\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.sink.kind, SinkKind::Count);
+        assert_eq!(c.runtime_config().linger_us, RuntimeConfig::default().linger_us);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err("[query]\nname = \"keyed-sum\"\n[runtime]\nwrokers = 2\n").contains("wrokers"));
+        assert!(err("[query]\nname = \"keyed-sum\"\n[runtime]\nworkers = \"two\"\n").contains("workers"));
+        assert!(err("[runtime]\nworkers = 2\n").contains("query"));
+        assert!(err("[query]\nname = \"keyed-sum\"\n[sink]\nkind = \"printer\"\n").contains("printer"));
+        assert!(err("[query]\nname = \"keyed-sum\"\n[sink]\nkind = \"file\"\n").contains("sink.path"));
+        assert!(
+            err("[query]\nname = \"keyed-sum\"\n[runtime]\nbatch_records = 0\n").contains("batch_records")
+        );
+        assert!(err("[query]\nname = \"keyed-sum\"\n[query.params]\nrecrods = 5\n").contains("recrods"));
+    }
+
+    #[test]
+    fn unknown_query_lists_the_known_ones() {
+        let e = err("[query]\nname = \"nope\"\n");
+        assert!(e.contains("nope"), "{e}");
+        for n in crate::queries::NAMES {
+            assert!(e.contains(n), "{e}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The registry of named queries that `spate run`, `spate bench` (and, in a
+//! cluster, every node) build by name from a config.
+//!
+//! - `keyed-sum`: generated records `(key = i % keys, value = i)`,
+//!   repartitioned by key, a running sum per key in keyed state, emitting
+//!   `(key, running_sum)` per record.
+//! - `wordcount`: generated (or file) lines split into words, repartitioned
+//!   by word, counted per event-time tumbling window of `window_lines` lines
+//!   (or, from a file, over the whole input).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use spate_core::{Data, Dataflow, Stream};
+use spate_ops::prelude::*;
+
+use crate::config::{QuerySection, SinkKind, SinkSection};
+
+/// The names of the registered queries.
+pub const NAMES: &[&str] = &["keyed-sum", "wordcount"];
+
+/// Parameters of `keyed-sum`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyedSumParams {
+    /// Records in all.
+    pub records: u64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Records per second; 0 = as fast as possible.
+    pub rate: u64,
+}
+
+impl Default for KeyedSumParams {
+    fn default() -> Self {
+        Self { records: 10_000_000, keys: 100_000, rate: 0 }
+    }
+}
+
+/// Parameters of `wordcount`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WordcountParams {
+    /// Generated lines.
+    pub lines: u64,
+    /// Words per generated line.
+    pub words_per_line: u32,
+    /// Distinct words of the generator.
+    pub vocabulary: u32,
+    /// Generator seed.
+    pub seed: u64,
+    /// Tumbling window length, in lines (event time = line index).
+    pub window_lines: u64,
+    /// Lines per second; 0 = as fast as possible.
+    pub rate: u64,
+    /// Read lines from this file instead of generating them; counts are then
+    /// over the whole file.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for WordcountParams {
+    fn default() -> Self {
+        Self {
+            lines: 100_000,
+            words_per_line: 8,
+            vocabulary: 1_000,
+            seed: 42,
+            window_lines: 10_000,
+            rate: 0,
+            file: None,
+        }
+    }
+}
+
+fn params<P: serde::de::DeserializeOwned>(q: &QuerySection) -> Result<P, String> {
+    toml::Value::Table(q.params.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("query.params of `{}`: {}", q.name, e.message()))
+}
+
+/// Checks the query name and its parameters.
+pub fn validate(q: &QuerySection) -> Result<(), String> {
+    match q.name.as_str() {
+        "keyed-sum" => {
+            let p: KeyedSumParams = params(q)?;
+            if p.keys == 0 {
+                return Err("query.params.keys must be at least 1".into());
+            }
+        }
+        "wordcount" => {
+            let p: WordcountParams = params(q)?;
+            if p.window_lines == 0 || p.vocabulary == 0 || p.words_per_line == 0 {
+                return Err(
+                    "query.params.window_lines, vocabulary and words_per_line must be at least 1".into()
+                );
+            }
+        }
+        other => return Err(format!("unknown query `{other}`; known queries: {}", NAMES.join(", "))),
+    }
+    Ok(())
+}
+
+/// The number of input records a query will produce, if finite.
+pub fn input_records(q: &QuerySection) -> Option<u64> {
+    match q.name.as_str() {
+        "keyed-sum" => params::<KeyedSumParams>(q).ok().map(|p| p.records),
+        "wordcount" => params::<WordcountParams>(q).ok().filter(|p| p.file.is_none()).map(|p| p.lines),
+        _ => None,
+    }
+}
+
+/// A build function for the runtime.
+pub type BuildFn = Arc<dyn Fn(&Dataflow) + Send + Sync>;
+
+/// The build function of the query `q` writing to `sink`.
+pub fn build(q: &QuerySection, sink: &SinkSection) -> Result<BuildFn, String> {
+    validate(q)?;
+    let sink = sink.clone();
+    Ok(match q.name.as_str() {
+        "keyed-sum" => {
+            let p: KeyedSumParams = params(q)?;
+            Arc::new(move |df: &Dataflow| {
+                let sums = keyed_sum(df, &p);
+                attach_sink(&sums, &sink, |(k, s), out| {
+                    let _ = write!(out, "{k},{s}");
+                });
+            })
+        }
+        "wordcount" => {
+            let p: WordcountParams = params(q)?;
+            Arc::new(move |df: &Dataflow| {
+                let counts = wordcount(df, &p);
+                let whole_file = p.file.is_some();
+                attach_sink(&counts, &sink, move |(w, start, _end, c), out| {
+                    if whole_file {
+                        let _ = write!(out, "{w} {c}");
+                    } else {
+                        let _ = write!(out, "{start} {w} {c}");
+                    }
+                });
+            })
+        }
+        other => return Err(format!("unknown query `{other}`; known queries: {}", NAMES.join(", "))),
+    })
+}
+
+fn attach_sink<T: Data>(s: &Stream<T>, sink: &SinkSection, format: impl Fn(&T, &mut String) + 'static) {
+    match sink.kind {
+        SinkKind::Count => s.sink_count("sink", sink.latency, None),
+        SinkKind::None => s.sink_count("sink", false, None),
+        SinkKind::Stdout => s.sink_stdout("sink", format),
+        SinkKind::File => {
+            let path = sink.path.clone().unwrap_or_else(|| PathBuf::from("spate-output.txt"));
+            s.sink_file("sink", path, format)
+        }
+    }
+}
+
+/// The `keyed-sum` dataflow up to its sink.
+pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
+    let keys = p.keys.max(1);
+    let spec =
+        GeneratorSpec { records: Some(p.records), rate_per_s: (p.rate > 0).then_some(p.rate), offset: 0 };
+    df.generate("source", spec, move |i| (i % keys, i), |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
+        "sum",
+        || 0u64,
+        |s, r| *s += r.1,
+    )
+}
+
+/// SplitMix64: the generator's deterministic mixing function.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Line `i` of the wordcount generator: `words_per_line` words `w<n>`, with
+/// small `n` more frequent than large (a skewed vocabulary).
+pub fn wordcount_line(seed: u64, i: u64, words_per_line: u32, vocabulary: u32) -> String {
+    let mut line = String::with_capacity(words_per_line as usize * 6);
+    for j in 0..u64::from(words_per_line) {
+        let x = splitmix64(seed ^ splitmix64(i.wrapping_mul(1_000_003).wrapping_add(j)));
+        let bound = 1 + (x >> 32) % u64::from(vocabulary);
+        let n = (x & 0xffff_ffff) % bound;
+        if j > 0 {
+            line.push(' ');
+        }
+        let _ = write!(line, "w{n}");
+    }
+    line
+}
+
+/// The `wordcount` dataflow up to its sink: `(word, window start, window
+/// end, count)`.
+pub fn wordcount(df: &Dataflow, p: &WordcountParams) -> Stream<(String, u64, u64, u64)> {
+    // (line index = event time, line)
+    let lines: Stream<(u64, String)> = match &p.file {
+        Some(path) => df.read_file("lines", path.clone(), 0, |l| Ok((0u64, l.to_string()))),
+        None => {
+            let (seed, wpl, vocab) = (p.seed, p.words_per_line, p.vocabulary);
+            let spec = GeneratorSpec {
+                records: Some(p.lines),
+                rate_per_s: (p.rate > 0).then_some(p.rate),
+                offset: 0,
+            };
+            df.generate("lines", spec, move |i| (i, wordcount_line(seed, i, wpl, vocab)), |i| i)
+        }
+    };
+    let window = if p.file.is_some() { Window::tumbling(u64::MAX) } else { Window::tumbling(p.window_lines) };
+    lines
+        .flat_map("words", |(t, line): (u64, String)| {
+            line.split_whitespace().map(|w| (w.to_string(), t)).collect::<Vec<_>>()
+        })
+        .key_by("by-word", |w: &(String, u64)| w.0.clone())
+        .window(window, |w: &(String, u64)| w.1)
+        .aggregate("count", || 0u64, |c, _| *c += 1)
+}
