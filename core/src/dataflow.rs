@@ -52,6 +52,8 @@ pub enum Parallelism {
 /// What an operator instance knows about where it runs, handed to the
 /// factories that create instances.
 pub struct InstanceCtx<'a> {
+    /// The dataflow's name.
+    pub dataflow: &'a str,
     /// This worker's index, `0..workers`.
     pub worker: usize,
     /// Workers of the job.
@@ -72,8 +74,8 @@ pub struct InstanceCtx<'a> {
 impl InstanceCtx<'_> {
     /// The directory for this instance's state: unique per dataflow, operator
     /// and instance.
-    pub fn state_dir(&self, dataflow: &str) -> PathBuf {
-        self.config.data_dir.join(dataflow).join(format!("{}-{}", self.operator, self.worker))
+    pub fn state_dir(&self) -> PathBuf {
+        self.config.data_dir.join(self.dataflow).join(format!("{}-{}", self.operator, self.worker))
     }
 }
 
@@ -126,6 +128,7 @@ pub struct WorkerBuild {
 impl WorkerBuild {
     pub(crate) fn instance_ctx<'a>(&'a self, operator: &'a str, bins: BinRange) -> InstanceCtx<'a> {
         InstanceCtx {
+            dataflow: &self.dataflow,
             worker: self.worker,
             workers: self.workers,
             operator,
