@@ -74,6 +74,8 @@ pub struct RuntimeSection {
     pub io_memory_bytes: Option<usize>,
     /// Spin before parking, µs.
     pub spin_before_park_us: Option<u64>,
+    /// Task-queue time slice before polling for messages, µs.
+    pub preempt_us: Option<u64>,
 }
 
 /// `[sink]`.

@@ -33,6 +33,10 @@ pub struct RuntimeConfig {
     /// How long an idle worker spins before it sleeps, in microseconds
     /// (trades CPU for wake-up latency).
     pub spin_before_park_us: u64,
+    /// How long a task queue runs before the executor polls its reactor (and
+    /// so picks up batches from other workers), in microseconds: an upper
+    /// bound on the extra latency a busy source adds.
+    pub preempt_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -49,7 +53,8 @@ impl Default for RuntimeConfig {
             bins_log2: spate_state::keyspace::BINS_LOG2_DEFAULT,
             data_dir: std::env::temp_dir().join("spate-data"),
             io_memory_bytes: IO_MEMORY_BYTES,
-            spin_before_park_us: 0,
+            spin_before_park_us: 50,
+            preempt_us: PREEMPT_US_DEFAULT,
         }
     }
 }

@@ -53,7 +53,7 @@ impl Outbox {
             edge,
             dest,
             producer,
-            current: Batch::with_capacity(edge, producer, batch_bytes + 256),
+            current: Batch::with_capacity(edge, producer, 0),
             opened_ns: 0,
             ready: VecDeque::new(),
             next_seq: 1,
@@ -95,10 +95,12 @@ impl Outbox {
     }
 
     fn close(&mut self, flags: u32) {
-        let mut b = std::mem::replace(
-            &mut self.current,
-            Batch::with_capacity(self.edge, self.producer, self.batch_bytes + 256),
-        );
+        // The next batch starts at the size the last one reached, so a
+        // steady stream allocates one right-sized buffer per batch and tiny
+        // low-latency batches stay tiny.
+        let hint = self.current.data.len().min(self.batch_bytes + 256);
+        let mut b =
+            std::mem::replace(&mut self.current, Batch::with_capacity(self.edge, self.producer, hint));
         b.seq = self.next_seq;
         self.next_seq += 1;
         b.watermark = self.watermark;
@@ -108,10 +110,13 @@ impl Outbox {
         self.touch();
     }
 
-    /// The next batch to send, if any. `close_open` closes a partly filled
-    /// batch whose linger (`linger_ns`) has passed at `now` (0 closes
-    /// any).
-    pub(crate) fn take_next(&mut self, linger_ns: u64, now: u64) -> Option<Batch> {
+    /// The next batch to send, if any: closed batches first, then a partly
+    /// filled batch whose linger (`linger_ns`) has passed at `now` (linger 0
+    /// closes any), then the end of the stream; a batch that carries only a
+    /// watermark advance goes only when `watermark_only` (the ticker's
+    /// flush), so a fast source stepping a record at a time does not send an
+    /// empty batch per step.
+    pub(crate) fn take_next(&mut self, linger_ns: u64, now: u64, watermark_only: bool) -> Option<Batch> {
         if let Some(b) = self.ready.pop_front() {
             return Some(b);
         }
@@ -125,10 +130,16 @@ impl Outbox {
             if now.saturating_sub(self.opened_ns) >= linger_ns {
                 self.close(0);
             }
-        } else if self.watermark_pending {
+        } else if self.watermark_pending && watermark_only {
             self.close(0);
         }
         self.ready.pop_front()
+    }
+
+    /// Returns a batch that could not be sent to the front of the queue.
+    pub(crate) fn put_back(&mut self, b: Batch) {
+        self.ready.push_front(b);
+        self.touch();
     }
 
     /// Whether a partly filled batch is waiting for its linger.

@@ -28,6 +28,7 @@ use crate::batch::Batch;
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{EdgeRuntime, Outbox, TouchList};
+use crate::limits::TICK_US_MAX;
 use crate::metrics::JobMetrics;
 use crate::source::SourceStatus;
 use crate::time::now_ns;
@@ -170,7 +171,7 @@ impl Runtime {
                 .name(&format!("spate-w{w}"))
                 .io_memory(config.io_memory_bytes)
                 .ring_depth(64)
-                .preempt_timer(Duration::from_millis(5));
+                .preempt_timer(Duration::from_micros(config.preempt_us.max(10)));
             if config.spin_before_park_us > 0 {
                 builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
             }
@@ -271,28 +272,45 @@ impl Flusher {
             if let Some(Some(r)) = self.routes.get(e as usize).and_then(|r| r.get(d as usize)) {
                 r.outbox.borrow_mut().untouch();
                 let Ok(_permit) = r.order.acquire_permit(1).await else { continue };
-                self.send_route(r, force).await;
+                self.send_route(r, force, false).await;
             }
         }
     }
 
-    /// The linger ticker: sends what is due on every outbox nobody is
-    /// sending on right now.
-    async fn flush_idle(&self) {
+    /// The ticker: sends what is due on every outbox nobody is sending on
+    /// right now, without ever waiting (the ticker must keep ticking: it is
+    /// what bounds a missed wake-up). A batch that does not fit goes back
+    /// to its outbox.
+    fn flush_idle(&self) {
+        let now = if self.linger_ns > 0 { now_ns() } else { 0 };
         for r in self.routes.iter().flatten().flatten() {
             if !r.outbox.borrow().has_open() {
                 continue;
             }
             let Ok(_permit) = r.order.try_acquire_permit(1) else { continue };
-            self.send_route(r, false).await;
+            loop {
+                let next = r.outbox.borrow_mut().take_next(self.linger_ns, now, true);
+                let Some(b) = next else { break };
+                match r.tx.try_send(b) {
+                    Ok(()) => {}
+                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(b))) => {
+                        r.outbox.borrow_mut().put_back(b);
+                        break;
+                    }
+                    Err(_) => {
+                        self.metrics.fail("a worker's input channel closed while the job ran");
+                        break;
+                    }
+                }
+            }
         }
     }
 
-    async fn send_route(&self, r: &Route, force: bool) {
+    async fn send_route(&self, r: &Route, force: bool, watermark_only: bool) {
         let linger = if force { 0 } else { self.linger_ns };
         let now = if linger > 0 { now_ns() } else { 0 };
         loop {
-            let next = r.outbox.borrow_mut().take_next(linger, now);
+            let next = r.outbox.borrow_mut().take_next(linger, now, watermark_only || force);
             match next {
                 Some(b) => {
                     if r.tx.send(b).await.is_err() {
@@ -362,10 +380,6 @@ async fn worker_main<F>(
     for ((e, s), rx) in chans.inp.drain() {
         rx_connecting.push(glommio::spawn_local(async move { (e, s, rx.connect().await) }));
     }
-    let dbg = std::env::var("SPATE_DEBUG").is_ok();
-    if dbg {
-        eprintln!("w{me}: connecting");
-    }
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
     for c in connecting {
@@ -379,9 +393,6 @@ async fn worker_main<F>(
     for c in rx_connecting {
         inputs.push(c.await);
     }
-    if dbg {
-        eprintln!("w{me}: connected");
-    }
     let flusher = Rc::new(Flusher {
         routes,
         touched: touched.clone(),
@@ -389,15 +400,23 @@ async fn worker_main<F>(
         metrics: metrics.clone(),
     });
 
+    // Debug: what each task is doing, printed by the ticker with SPATE_DEBUG.
+    let states: Rc<RefCell<Vec<&'static str>>> = Rc::new(RefCell::new(Vec::new()));
     let mut running = Vec::new();
     for mut t in tasks {
+        let (st, my) = (states.clone(), {
+            states.borrow_mut().push("new");
+            states.borrow().len() - 1
+        });
         let (flusher, metrics, step_max) = (flusher.clone(), metrics.clone(), config.source_step_records);
         running.push(glommio::spawn_local(async move {
             loop {
                 if metrics.has_failed() {
                     break;
                 }
+                st.borrow_mut()[my] = "source:step";
                 let step = t.runner.step(step_max);
+                st.borrow_mut()[my] = "source:flush";
                 metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
                 match step.status {
                     SourceStatus::Done => {
@@ -410,23 +429,28 @@ async fn worker_main<F>(
                     }
                     SourceStatus::Idle { next_ns } => {
                         flusher.flush_touched(false).await;
+                        st.borrow_mut()[my] = "source:sleep";
+                        // Sleep, even briefly, rather than yield: a sleeping
+                        // task lets the executor poll its reactor, which is
+                        // where batches from other workers are picked up.
                         let wait = next_ns.map(|n| n.saturating_sub(now_ns())).unwrap_or(200_000);
-                        if wait > 100_000 {
-                            glommio::timer::sleep(Duration::from_nanos(wait.min(1_000_000) - 50_000)).await;
-                        } else {
-                            futures_lite::future::yield_now().await;
-                        }
+                        glommio::timer::sleep(Duration::from_nanos(wait.clamp(1_000, 1_000_000))).await;
                     }
                 }
             }
             let _ = &t.name;
         }));
     }
-    for (e, _src, rx) in inputs {
+    for (e, _producer, rx) in inputs {
         let Some(input) = wb.edges[e].input.clone() else { continue };
         let (flusher, metrics) = (flusher.clone(), metrics.clone());
+        let (st, my) = (states.clone(), {
+            states.borrow_mut().push("new");
+            states.borrow().len() - 1
+        });
         running.push(glommio::spawn_local(async move {
             loop {
+                st.borrow_mut()[my] = "recv:wait";
                 let Some(batch) = rx.recv().await else {
                     if !metrics.has_failed() {
                         metrics
@@ -435,11 +459,9 @@ async fn worker_main<F>(
                     break;
                 };
                 let last = batch.is_final();
-                if std::env::var("SPATE_DEBUG").is_ok() {
-                    eprintln!("recv e{e} from {_src} seq {} n {} final {last}", batch.seq, batch.count);
-                }
                 input.borrow_mut().on_batch(&batch);
                 drop(batch);
+                st.borrow_mut()[my] = "recv:flush";
                 flusher.flush_touched(false).await;
                 if last || metrics.has_failed() {
                     break;
@@ -447,25 +469,38 @@ async fn worker_main<F>(
             }
         }));
     }
-    // Linger: partly filled batches go out when their linger passes even if
-    // no step runs.
-    let ticker = (config.linger_us > 0).then(|| {
-        let (flusher, period) = (flusher.clone(), Duration::from_micros(config.linger_us.max(20)));
+    // The ticker sends lingering batches that no step is flushing, and bounds
+    // how long the executor sleeps: glommio can miss a cross-executor wake-up
+    // when both sides park at once (seen as a multi-minute stall at 1 M
+    // records/s), and a periodic timer turns such a miss into a delay of at
+    // most one tick.
+    let ticker = {
+        let period = if config.linger_us > 0 {
+            Duration::from_micros(config.linger_us.clamp(20, TICK_US_MAX))
+        } else {
+            Duration::from_micros(TICK_US_MAX)
+        };
+        let flusher = flusher.clone();
+        let debug = std::env::var_os("SPATE_DEBUG").is_some();
+        let states = states.clone();
+        let mut last = Instant::now();
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(period).await;
-                flusher.flush_idle().await;
+                if debug && last.elapsed() > Duration::from_secs(1) {
+                    last = Instant::now();
+                    eprintln!("worker {me}: tasks {:?}", states.borrow());
+                }
+                flusher.flush_idle();
             }
         })
-    });
+    };
     // Edges this worker sends nothing on still owe their final batches.
     flusher.flush_touched(true).await;
     for t in running {
         t.await;
     }
     flusher.flush_touched(true).await;
-    if let Some(t) = ticker {
-        drop(t.cancel());
-    }
+    drop(ticker.cancel());
     drop(wb);
 }
