@@ -257,6 +257,7 @@ struct Flusher {
     /// `routes[edge][dest]`.
     routes: Vec<Vec<Option<Route>>>,
     touched: TouchList,
+    spare: RefCell<Vec<(u32, u32)>>,
     linger_ns: u64,
     metrics: Arc<JobMetrics>,
 }
@@ -267,14 +268,18 @@ impl Flusher {
     /// linger 0, or with `force`). Outboxes left with a lingering batch stay
     /// touched for the linger ticker.
     async fn flush_touched(&self, force: bool) {
-        let touched: Vec<(u32, u32)> = std::mem::take(&mut *self.touched.borrow_mut());
-        for (e, d) in touched {
+        // Swap the list with a spare so that steady state allocates nothing.
+        let mut touched = std::mem::take(&mut *self.spare.borrow_mut());
+        std::mem::swap(&mut touched, &mut *self.touched.borrow_mut());
+        for &(e, d) in &touched {
             if let Some(Some(r)) = self.routes.get(e as usize).and_then(|r| r.get(d as usize)) {
                 r.outbox.borrow_mut().untouch();
                 let Ok(_permit) = r.order.acquire_permit(1).await else { continue };
                 self.send_route(r, force, false).await;
             }
         }
+        touched.clear();
+        *self.spare.borrow_mut() = touched;
     }
 
     /// The ticker: sends what is due on every outbox nobody is sending on
@@ -396,6 +401,7 @@ async fn worker_main<F>(
     let flusher = Rc::new(Flusher {
         routes,
         touched: touched.clone(),
+        spare: RefCell::new(Vec::new()),
         linger_ns: config.linger_us * 1000,
         metrics: metrics.clone(),
     });
