@@ -142,12 +142,12 @@ impl<T> OutputHandle<T> {
     }
 
     /// The next result within `timeout`: `Ok(None)` at the end of the job,
-    /// `Err(())` on time-out.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<T>, ()> {
+    /// `Err(TimedOut)` if nothing came in time.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<T>, TimedOut> {
         match self.rx.recv_timeout(timeout) {
             Ok(v) => Ok(Some(v)),
             Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => Err(()),
+            Err(RecvTimeoutError::Timeout) => Err(TimedOut),
         }
     }
 
@@ -156,6 +156,18 @@ impl<T> OutputHandle<T> {
         self.rx.iter()
     }
 }
+
+/// No result arrived within the time asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no result within the time-out")
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// The dataflow side of an [`OutputHandle`]: pass it to
 /// [`SinkExt::output`] inside the build function.
