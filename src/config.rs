@@ -72,6 +72,8 @@ pub struct RuntimeSection {
     pub data_dir: Option<PathBuf>,
     /// glommio I/O memory per worker, bytes.
     pub io_memory_bytes: Option<usize>,
+    /// Let idle workers sleep instead of busy-polling.
+    pub park_when_idle: Option<bool>,
     /// Spin before parking, µs.
     pub spin_before_park_us: Option<u64>,
     /// Task-queue time slice before polling for messages, µs.

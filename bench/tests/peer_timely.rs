@@ -7,7 +7,15 @@ use spate_bench::compare::{extract_json_number, find_json_line};
 
 fn run(records: u64, workers: u64) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_peer-timely"))
-        .args(["--records", &records.to_string(), "--workers", &workers.to_string(), "--keys", "1000", "--json"])
+        .args([
+            "--records",
+            &records.to_string(),
+            "--workers",
+            &workers.to_string(),
+            "--keys",
+            "1000",
+            "--json",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run peer-timely: {e}"));
     assert!(out.status.success(), "peer-timely failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -30,8 +30,13 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// glommio's registered I/O memory per worker.
     pub io_memory_bytes: usize,
-    /// How long an idle worker spins before it sleeps, in microseconds
-    /// (trades CPU for wake-up latency).
+    /// Let an idle worker sleep (park) after spinning `spin_before_park_us`.
+    /// Off by default: workers busy-poll, as thread-per-core engines do, for
+    /// the lowest wake-up latency — and because glommio 0.9 can miss the
+    /// timer of a parked executor (see docs/ARCHITECTURE.md, decision 15).
+    pub park_when_idle: bool,
+    /// With `park_when_idle`, how long an idle worker spins before it sleeps,
+    /// in microseconds (trades CPU for wake-up latency).
     pub spin_before_park_us: u64,
     /// How long a task queue runs before the executor polls its reactor (and
     /// so picks up batches from other workers), in microseconds: an upper
@@ -53,6 +58,7 @@ impl Default for RuntimeConfig {
             bins_log2: spate_state::keyspace::BINS_LOG2_DEFAULT,
             data_dir: std::env::temp_dir().join("spate-data"),
             io_memory_bytes: IO_MEMORY_BYTES,
+            park_when_idle: false,
             spin_before_park_us: 50,
             preempt_us: PREEMPT_US_DEFAULT,
         }

@@ -14,6 +14,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::batch::Batch;
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{EdgeRuntime, Outbox, TouchList};
-use crate::limits::TICK_US_MAX;
+use crate::limits::{CONNECT_TIMEOUT_MS, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::source::SourceStatus;
 use crate::time::now_ns;
@@ -160,11 +162,12 @@ impl Runtime {
         }
         let started = Instant::now();
         for (w, chans) in per_worker.into_iter().enumerate() {
-            let placement = if config.pin && config.first_core + workers <= cores {
-                Placement::Fixed(config.first_core + w)
-            } else {
-                Placement::Unbound
-            };
+            let pinned = config.pin && config.first_core + workers <= cores;
+            let placement = if pinned { Placement::Fixed(config.first_core + w) } else { Placement::Unbound };
+            // glommio only spins pinned executors; an unpinned one that must
+            // not park keeps a task runnable instead, and polls its reactor
+            // every `preempt_us`.
+            let keepalive = !pinned && !config.park_when_idle;
             let (build, config, metrics, name) =
                 (build.clone(), config.clone(), metrics.clone(), name.to_string());
             let mut builder = LocalExecutorBuilder::new(placement)
@@ -172,13 +175,16 @@ impl Runtime {
                 .io_memory(config.io_memory_bytes)
                 .ring_depth(64)
                 .preempt_timer(Duration::from_micros(config.preempt_us.max(10)));
-            if config.spin_before_park_us > 0 {
+            if !config.park_when_idle {
+                // Never park: poll timers and channels continuously.
+                builder = builder.spin_before_park(Duration::from_secs(24 * 3600));
+            } else if config.spin_before_park_us > 0 {
                 builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
             }
             let h = builder
                 .spawn(move || async move {
                     let _done = WorkerDone(metrics.clone());
-                    worker_main(w, workers, name, build, config, metrics, chans).await;
+                    worker_main(w, workers, name, build, config, metrics, chans, keepalive).await;
                 })
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             handles.push(h);
@@ -225,6 +231,10 @@ impl Job {
             records_out: self.metrics.records_out.load(Ordering::Relaxed),
         })
     }
+}
+
+thread_local! {
+    static FLUSH_STAGE: std::cell::Cell<(&'static str, u32, u32)> = const { std::cell::Cell::new(("none", 0, 0)) };
 }
 
 /// Counts a worker as ended when dropped, even by a panic.
@@ -274,8 +284,11 @@ impl Flusher {
         for &(e, d) in &touched {
             if let Some(Some(r)) = self.routes.get(e as usize).and_then(|r| r.get(d as usize)) {
                 r.outbox.borrow_mut().untouch();
+                FLUSH_STAGE.with(|f| f.set(("permit", e, d)));
                 let Ok(_permit) = r.order.acquire_permit(1).await else { continue };
+                FLUSH_STAGE.with(|f| f.set(("send", e, d)));
                 self.send_route(r, force, false).await;
+                FLUSH_STAGE.with(|f| f.set(("done", e, d)));
             }
         }
         touched.clear();
@@ -338,9 +351,18 @@ async fn worker_main<F>(
     config: Arc<RuntimeConfig>,
     metrics: Arc<JobMetrics>,
     mut chans: WorkerChannels,
+    keepalive: bool,
 ) where
     F: Fn(&Dataflow) + Send + Sync + 'static,
 {
+    // Keep an unpinned executor from parking (see `keepalive` in `start`).
+    let keepalive = keepalive.then(|| {
+        glommio::spawn_local(async move {
+            loop {
+                futures_lite::future::yield_now().await;
+            }
+        })
+    });
     let df = Dataflow::new(&name);
     build(&df);
     let (sources, edge_factories) = {
@@ -376,27 +398,51 @@ async fn worker_main<F>(
         }
     }
 
-    // Connect every channel end concurrently: a connect waits for its peer.
-    let mut connecting = Vec::new();
-    for ((e, d), tx) in chans.out.drain() {
-        connecting.push(glommio::spawn_local(async move { (e, d, tx.connect().await) }));
-    }
-    let mut rx_connecting = Vec::new();
-    for ((e, s), rx) in chans.inp.drain() {
-        rx_connecting.push(glommio::spawn_local(async move { (e, s, rx.connect().await) }));
-    }
+    // Connect every channel end. A connect completes once its peer has
+    // connected too; glommio 0.9 does not always wake a connect whose peer
+    // connected first, so the futures are polled here on a short timer
+    // rather than awaited, with a deadline instead of a hang.
+    type Connecting<T> = Pin<Box<dyn Future<Output = T>>>;
+    let mut tx_pending: Vec<(usize, usize, Connecting<ConnectedSender<Batch>>)> =
+        chans.out.drain().map(|((e, d), tx)| (e, d, Box::pin(tx.connect()) as Connecting<_>)).collect();
+    let mut rx_pending: Vec<(usize, usize, Connecting<ConnectedReceiver<Batch>>)> =
+        chans.inp.drain().map(|((e, s), rx)| (e, s, Box::pin(rx.connect()) as Connecting<_>)).collect();
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
-    for c in connecting {
-        let (e, d, tx) = c.await;
-        if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-            routes[e][d] =
-                Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
-        }
-    }
     let mut inputs: Vec<(usize, usize, ConnectedReceiver<Batch>)> = Vec::new();
-    for c in rx_connecting {
-        inputs.push(c.await);
+    let deadline = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
+    loop {
+        let mut i = 0;
+        while i < tx_pending.len() {
+            if let Some(tx) = futures_lite::future::poll_once(&mut tx_pending[i].2).await {
+                let (e, d, _) = tx_pending.swap_remove(i);
+                if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
+                    routes[e][d] =
+                        Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < rx_pending.len() {
+            if let Some(rx) = futures_lite::future::poll_once(&mut rx_pending[i].2).await {
+                let (e, s, _) = rx_pending.swap_remove(i);
+                inputs.push((e, s, rx));
+            } else {
+                i += 1;
+            }
+        }
+        if tx_pending.is_empty() && rx_pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            metrics.fail(format!(
+                "worker {me}: channels to other workers did not connect within {CONNECT_TIMEOUT_MS} ms"
+            ));
+            return;
+        }
+        glommio::timer::sleep(Duration::from_micros(50)).await;
     }
     let flusher = Rc::new(Flusher {
         routes,
@@ -493,9 +539,20 @@ async fn worker_main<F>(
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(period).await;
-                if debug && last.elapsed() > Duration::from_secs(1) {
+                if debug && last.elapsed() > Duration::from_millis(300) {
                     last = Instant::now();
-                    eprintln!("worker {me}: tasks {:?}", states.borrow());
+                    eprintln!(
+                        "worker {me}: tasks {:?} flush {:?} permits {:?}",
+                        states.borrow(),
+                        FLUSH_STAGE.with(|f| f.get()),
+                        flusher
+                            .routes
+                            .iter()
+                            .flatten()
+                            .flatten()
+                            .map(|r| r.order.available())
+                            .collect::<Vec<_>>()
+                    );
                 }
                 flusher.flush_idle();
             }
@@ -508,5 +565,8 @@ async fn worker_main<F>(
     }
     flusher.flush_touched(true).await;
     drop(ticker.cancel());
+    if let Some(k) = keepalive {
+        drop(k.cancel());
+    }
     drop(wb);
 }

@@ -15,6 +15,8 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::{Archive, Archived, Deserialize, Serialize};
 
+use crate::fixed::{fixed_decode, fixed_encode, fixed_len, FIXED_MAX};
+
 /// A type Spate can move and store: it derives rkyv's `Archive`,
 /// `Serialize` and `Deserialize`, and its archived form can be validated.
 ///
@@ -70,8 +72,23 @@ impl std::error::Error for CodecError {}
 
 /// Appends the archived form of `value` to `buf` and returns how many bytes
 /// were appended. The root is at the end of the appended bytes.
-#[inline]
+///
+/// Fixed-layout primitives (integers, floats, pairs of them, short byte
+/// arrays) skip rkyv's serializer and append their little-endian bytes, which
+/// are exactly their archived form.
+#[inline(always)]
 pub fn encode<T: Record>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
+    let mut fixed = [0u8; FIXED_MAX];
+    if let Some(n) = fixed_encode(value, &mut fixed) {
+        buf.extend_from_slice(&fixed[..n]);
+        return Ok(n);
+    }
+    encode_rkyv(value, buf)
+}
+
+/// [`encode`] through rkyv's serializer, whatever the type.
+#[inline]
+pub(crate) fn encode_rkyv<T: Record>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
     let start = buf.len();
     rkyv::util::with_arena(|arena| {
         rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(value, &mut *buf, arena.acquire())
@@ -120,6 +137,11 @@ pub fn to_owned<T: Record>(archived: &Archived<T>) -> T {
 /// As for [`access`].
 #[inline(always)]
 pub unsafe fn decode<T: Record>(bytes: &[u8]) -> T {
+    if fixed_len::<T>().is_some() {
+        if let Some(v) = fixed_decode::<T>(bytes) {
+            return v;
+        }
+    }
     // SAFETY: forwarded to the caller.
     to_owned::<T>(unsafe { access::<T>(bytes) })
 }

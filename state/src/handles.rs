@@ -16,7 +16,12 @@
 //! Keys and values are [`Record`]s. A handle encodes them with
 //! [`codec::encode`] into scratch buffers it keeps, so a call allocates
 //! nothing once the buffers are warm, and reads values in place from the
-//! store's segments. The `hash` passed with every key is the routing hash of
+//! store's segments. Fixed-layout keys and values (integers, floats, pairs of
+//! them, short byte arrays) skip rkyv: their archived form is their
+//! little-endian bytes, so they are written and read directly (the same
+//! bytes), keys from a stack buffer, and a fixed-size value is updated in
+//! place by [`ValueState::update`] with no encode or decode call. The `hash`
+//! passed with every key is the routing hash of
 //! the record key (the one that picked this instance): it picks the bin, and
 //! keys that share it coexist.
 //!
@@ -46,7 +51,8 @@ use rkyv::Archived;
 
 use crate::codec::{self, Record};
 use crate::error::StateError;
-use crate::store::{StateStore, TableId, TypeSig};
+use crate::fixed::{fixed_decode, fixed_encode, fixed_len, FixedBuf, FIXED_MAX};
+use crate::store::{FixedValue, StateStore, TableId, TypeSig};
 
 fn sig<H: 'static>() -> TypeSig {
     TypeSig { id: TypeId::of::<H>(), name: std::any::type_name::<H>() }
@@ -58,6 +64,21 @@ fn encode_into<T: Record>(v: &T, buf: &mut Vec<u8>) -> Result<(), StateError> {
     buf.clear();
     codec::encode(v, buf)?;
     Ok(())
+}
+
+/// The encoded bytes of `key`: written to the stack buffer `fixed` for a
+/// fixed-layout type (no rkyv serializer, no heap), else to `buf`.
+#[inline(always)]
+fn key_bytes<'a, K: Record>(
+    key: &K,
+    fixed: &'a mut FixedBuf,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], StateError> {
+    if let Some(n) = fixed_encode(key, fixed) {
+        return Ok(&fixed[..n]);
+    }
+    encode_into(key, buf)?;
+    Ok(buf)
 }
 
 /// Encodes a key for a call that cannot return an error: a key that cannot be
@@ -120,6 +141,15 @@ impl<K: Record, V: Record> ValueState<K, V> {
         store.prefetch(self.table, hash);
     }
 
+    /// First stage of a two-stage prefetch: hints the CPU to fetch the index
+    /// slot of `hash` only; call it a few records before
+    /// [`ValueState::prefetch`] of the same hash (see
+    /// [`StateStore::prefetch_index`]).
+    #[inline(always)]
+    pub fn prefetch_index(&self, store: &StateStore, hash: u64) {
+        store.prefetch_index(self.table, hash);
+    }
+
     /// The value of `key`.
     pub fn get(&mut self, store: &StateStore, hash: u64, key: &K) -> Option<V> {
         self.with(store, hash, key, codec::to_owned::<V>)
@@ -145,8 +175,45 @@ impl<K: Record, V: Record> ValueState<K, V> {
         f: impl FnOnce(Option<V>) -> V,
     ) -> Result<V, StateError> {
         store.check_sig(self.table, &sig::<Self>())?;
+        if let Some(vlen) = fixed_len::<V>() {
+            // Fixed-layout value: read, update and write it in place, with
+            // the key on the stack when it is fixed-layout too.
+            let mut kb = [0u8; FIXED_MAX];
+            let key_bytes = key_bytes(key, &mut kb, &mut self.key_buf)?;
+            let found = match store.fixed_value_mut(self.table, hash, key_bytes, vlen)? {
+                FixedValue::Found(b) => {
+                    if let Some(old) = fixed_decode::<V>(b) {
+                        let new = f(Some(old));
+                        let mut vb = [0u8; FIXED_MAX];
+                        let n = fixed_encode(&new, &mut vb);
+                        debug_assert_eq!(n, Some(vlen));
+                        b.copy_from_slice(&vb[..vlen]);
+                        return Ok(new);
+                    }
+                    // Unreachable: `b` has the length of a `V`.
+                    store.find_value(self.table, hash, key_bytes)?
+                }
+                FixedValue::Other(found) => found,
+            };
+            return self.update_slow(store, hash, key, found, f);
+        }
         encode_into(key, &mut self.key_buf)?;
         let found = store.find_value(self.table, hash, &self.key_buf)?;
+        self.update_slow(store, hash, key, found, f)
+    }
+
+    /// The general `update`: decode, call `f`, encode, write in place if the
+    /// length is unchanged, else append. `found` is the value's location.
+    #[inline]
+    fn update_slow(
+        &mut self,
+        store: &mut StateStore,
+        hash: u64,
+        key: &K,
+        found: Option<(u64, usize)>,
+        f: impl FnOnce(Option<V>) -> V,
+    ) -> Result<V, StateError> {
+        encode_into(key, &mut self.key_buf)?;
         // SAFETY: as in `with`: the typed table holds only encoded `V`s.
         let old = found.map(|(loc, len)| unsafe { codec::decode::<V>(store.value_at(loc, len)) });
         let new = f(old);
@@ -471,6 +538,57 @@ mod tests {
             seen += 1;
         });
         assert_eq!(seen, 249);
+    }
+
+    /// Runs `ops` (key, addend) through `ValueState<K, V>::update` (the
+    /// fixed-layout fast path) in one store and through rkyv-encoded raw
+    /// puts in another: the segment files must be byte for byte the same.
+    fn fast_path_matches_rkyv<K, V>(key: impl Fn(u64) -> K, add: impl Fn(Option<V>, u64) -> V)
+    where
+        K: Record + Clone,
+        V: Record + Clone,
+    {
+        let (da, db) = (tmp(), tmp());
+        let (mut a, mut b) = (store(&da), store(&db));
+        let mut typed = ok(ValueState::<K, V>::register(&mut a, "t"));
+        let raw = ok(b.table("t"));
+        let (mut kb, mut vb) = (Vec::new(), Vec::new());
+        for i in 0..3000u64 {
+            let k = key(i % 257);
+            kb.clear();
+            assert!(codec::encode_rkyv(&k, &mut kb).is_ok());
+            let h = hash_bytes(&kb);
+            let new = ok(typed.update(&mut a, h, &k, |old| add(old, i)));
+            // SAFETY: the raw table holds only rkyv-encoded `V`s.
+            let old = b.get(raw, h, &kb).map(|v| unsafe { codec::decode::<V>(v) });
+            let expected = add(old, i);
+            vb.clear();
+            assert!(codec::encode_rkyv(&expected, &mut vb).is_ok());
+            ok(b.put(raw, h, &kb, &vb));
+            let mut nb = Vec::new();
+            assert!(codec::encode_rkyv(&new, &mut nb).is_ok());
+            assert_eq!(nb, vb);
+        }
+        assert_eq!(a.dirty_page_count(), b.dirty_page_count());
+        assert_eq!(a.bytes_used(), b.bytes_used());
+        let read = |s: &StateStore| match std::fs::read(s.segment_file()) {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("read: {e}"),
+        };
+        assert!(read(&a) == read(&b), "segment files differ");
+    }
+
+    #[test]
+    fn fixed_fast_path_writes_the_same_bytes_as_rkyv() {
+        fast_path_matches_rkyv::<u64, u64>(|k| k, |o, i| o.unwrap_or(0).wrapping_add(i));
+        fast_path_matches_rkyv::<i32, f64>(|k| -(k as i32), |o, i| o.unwrap_or(0.5) * 1.5 - i as f64);
+        fast_path_matches_rkyv::<(u64, u64), (u32, u64)>(
+            |k| (k, !k),
+            |o, i| o.map_or((1, 2), |(a, b)| (a.wrapping_mul(3), b ^ i)),
+        );
+        fast_path_matches_rkyv::<[u8; 16], i128>(|k| [k as u8; 16], |o, i| o.unwrap_or(-7) - i128::from(i));
+        // Not fixed-layout: the general path, for comparison.
+        fast_path_matches_rkyv::<String, u64>(|k| format!("k{k}"), |o, i| o.unwrap_or(0) + i);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod error;
+mod fixed;
 pub mod handles;
 pub mod keyspace;
 pub mod store;

@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! A [`StateStore`] owns a [`BinRange`] and keeps all its state in **one
-//! sparse segment file** in its own directory, cut into fixed-size segments
-//! (default 64 KiB) and mapped in 32 MiB chunks that are never remapped:
+//! sparse segment file** in its own directory, cut into segments of a page
+//! up to `segment_bytes` (default 64 KiB; see `file.rs`) and mapped in 32 MiB
+//! chunks that are never remapped:
 //! growing the file maps one more chunk. One file per store keeps the number
 //! of open files at one per stateful instance however many bins it owns, and
 //! fixed chunks keep the number of maps small (one per 32 MiB of state)
@@ -12,7 +13,9 @@
 //!
 //! Each **bin** owns its own list of segments, allocated lazily on the bin's
 //! first write (a bin without state costs a small header entry and no
-//! segment), and bump-allocates records into the last one. All tables of a
+//! segment), and bump-allocates records into the last one. A bin's first
+//! segment is one page and each next one doubles, up to `segment_bytes`, so
+//! the hot records of many small bins share few pages and cache sets. All tables of a
 //! bin share its segments, so moving a bin to another store (split, merge)
 //! copies its segments whole and never rehashes. A record is a 20-byte
 //! header (hash, lengths, table, kind, flags) followed by the key and value
@@ -22,13 +25,14 @@
 //! segment switch **compacts that bin** (copies its live records into fresh
 //! segments), so garbage stays bounded without pausing the whole store.
 //!
-//! Lookups go through a per-bin, per-table open-addressing index of
-//! `(hash, location)` slots on the heap (see `index.rs`), which grows by
-//! rehashing only that bin. The index is derived data: every record carries
+//! Lookups go through a per-bin, per-table open-addressing index of 8-byte
+//! `(hash tag, location)` slots (see `index.rs`), all of a store's in one
+//! anonymous memory region with huge pages, which grows by rehashing only
+//! that bin. The index is derived data: every record carries
 //! its hash, so restoring or moving a bin rebuilds it from the segments.
 //!
 //! Every write marks its 4 KiB pages in a dirty bitmap (one bit per page of
-//! the file, so segment `s` owns a contiguous run of bits): an incremental
+//! the file, so each segment owns a contiguous run of bits): an incremental
 //! checkpoint is the dirty pages of the bins' segments plus a manifest (the
 //! bins, their segment lists and tails, the tables), and a copy-on-write
 //! shadow for asynchronous checkpoints hooks into the single write path.
@@ -50,7 +54,7 @@ use crate::keyspace::{bin_of, BinRange, BINS_LOG2_MAX};
 
 use file::SegmentFile;
 pub use file::{CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
-use index::{BinIndex, EMPTY};
+use index::{slot_loc, tag_matches, BinIndex, SlotArena, EMPTY};
 use record::*;
 
 /// Default bytes per segment.
@@ -68,9 +72,10 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// The key space has `2^bins_log2` bins.
     pub bins_log2: u8,
-    /// Bytes per segment: a power of two, at least [`PAGE_BYTES`], at most
-    /// [`SEGMENT_BYTES_MAX`]. A record (20-byte header, key, value) or a list
-    /// item must fit in one segment.
+    /// Bytes of a full segment: a power of two, at least [`PAGE_BYTES`], at
+    /// most [`SEGMENT_BYTES_MAX`]. A bin's segments start at a page and
+    /// double up to this size. A record (20-byte header, key, value) or a
+    /// list item must fit in one full segment.
     pub segment_bytes: usize,
 }
 
@@ -138,11 +143,21 @@ struct Table {
     len: usize,
 }
 
+/// One segment of a bin: its location and log2 of its bytes.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    loc: u64,
+    log2: u32,
+}
+
 /// Allocation state of one bin.
 #[derive(Default)]
 struct BinHeap {
     /// The bin's segments, in allocation order; the last is being filled.
-    segs: Vec<u32>,
+    /// Each is twice the size of the previous one, up to the full size.
+    segs: Vec<Seg>,
+    /// Bytes of the bin's segments.
+    capacity: u64,
     /// Next free byte in the last segment.
     tail: u64,
     /// End of the last segment (0 when the bin has none).
@@ -205,6 +220,8 @@ pub struct StateStore {
     file: SegmentFile,
     heaps: Vec<BinHeap>,
     tables: Vec<Table>,
+    /// The index slots of every table and bin.
+    index: SlotArena,
     /// Scratch for compaction rollback: (table, slot position, old location).
     moved: Vec<(usize, usize, u64)>,
 }
@@ -224,6 +241,22 @@ fn eq_key(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// Zero if the equal-length keys `a` and `b` are equal, without a branch for
+/// the lengths of fixed-layout keys (which are constants where it inlines).
+#[inline(always)]
+fn key_diff(a: &[u8], b: &[u8]) -> u64 {
+    let n = a.len();
+    debug_assert_eq!(n, b.len());
+    if (8..=16).contains(&n) {
+        // Two overlapping 8-byte words cover the key.
+        (u64_at(a, 0) ^ u64_at(b, 0)) | (u64_at(a, n - 8) ^ u64_at(b, n - 8))
+    } else if (4..8).contains(&n) {
+        u64::from((u32_at(a, 0) ^ u32_at(b, 0)) | (u32_at(a, n - 4) ^ u32_at(b, n - 4)))
+    } else {
+        u64::from(a != b)
+    }
+}
+
 /// Prefetches the cache line at `p` into all cache levels.
 #[inline(always)]
 fn prefetch_ptr(p: *const u8) {
@@ -238,10 +271,35 @@ fn prefetch_ptr(p: *const u8) {
     let _ = p;
 }
 
+/// Whether the record at `loc` has hash `hash` and key `key`.
 #[inline(always)]
-fn record_key(file: &SegmentFile, loc: u64) -> &[u8] {
-    let klen = u32_at(file.bytes(loc + 8, 4), 0) as usize;
-    file.bytes(loc + HEADER as u64, klen)
+fn is_key(file: &SegmentFile, loc: u64, hash: u64, key: &[u8]) -> bool {
+    // Header and key in one read; a record too short for it (at the end of
+    // a chunk) is another key.
+    let Some(r) = file.bytes_within(loc, HEADER + key.len()) else {
+        return false;
+    };
+    u64_at(r, 0) == hash && u32_at(r, 8) as usize == key.len() && eq_key(&r[HEADER..], key)
+}
+
+/// What [`StateStore::fixed_value_mut`] found.
+pub(crate) enum FixedValue<'a> {
+    /// The key holds a value of the asked length: its bytes, marked dirty.
+    Found(&'a mut [u8]),
+    /// The key holds nothing, or a value of another length (at `loc`, `len`).
+    Other(Option<(u64, usize)>),
+}
+
+/// The hash of the record at `loc` (for index growth and removal).
+#[inline(always)]
+fn hash_at(file: &SegmentFile) -> impl Fn(u64) -> u64 + '_ {
+    move |loc| u64_at(file.bytes(loc, 8), 0)
+}
+
+/// The index could not get memory.
+#[cold]
+fn index_err(source: std::io::Error) -> StateError {
+    StateError::Io { path: PathBuf::from("<anonymous memory>"), op: "map the key index", source }
 }
 
 #[inline(always)]
@@ -286,7 +344,8 @@ impl StateStore {
         config.validate(bins)?;
         let file = SegmentFile::create(&config.dir, config.segment_bytes)?;
         let heaps = (0..bins.len()).map(|_| BinHeap::default()).collect();
-        Ok(Self { config, bins, file, heaps, tables: Vec::new(), moved: Vec::new() })
+        let index = SlotArena::new().map_err(index_err)?;
+        Ok(Self { config, bins, file, heaps, tables: Vec::new(), index, moved: Vec::new() })
     }
 
     /// The store's configuration.
@@ -386,40 +445,60 @@ impl StateStore {
         if i < self.bins.len() {
             Ok(i as usize)
         } else {
-            debug_assert!(false, "bin {bin} of hash {hash:#x} is not owned ({})", self.bins);
-            Err(StateError::BinNotOwned { bin, bins: self.bins })
+            Err(self.not_owned(hash))
         }
+    }
+
+    /// The error for a hash whose bin this store does not own.
+    #[cold]
+    fn not_owned(&self, hash: u64) -> StateError {
+        let bin = bin_of(hash, self.config.bins_log2);
+        debug_assert!(false, "bin {bin} of hash {hash:#x} is not owned ({})", self.bins);
+        StateError::BinNotOwned { bin, bins: self.bins }
     }
 
     /// Slot position of `key` in table `t`, bin index `bi`.
     #[inline(always)]
     fn find(&self, t: usize, bi: usize, hash: u64, key: &[u8]) -> Option<usize> {
         let file = &self.file;
-        self.tables[t].bins[bi].find(hash, |loc| eq_key(record_key(file, loc), key))
+        self.tables[t].bins[bi].find(&self.index, hash, |loc| is_key(file, loc, hash, key))
     }
 
-    /// Hints the CPU to fetch the index slot of `hash` in table `t` and, if
-    /// that slot is already cached and holds the hash, the record it points
-    /// to. Calling it a few records ahead of the `get`/`update` of `hash`
-    /// (an operator walking a batch) overlaps the cache misses of several
-    /// lookups. A no-op for a foreign bin or an unknown table, and on
+    /// The index of table `t` in the bin of `hash`, if both exist here.
+    #[inline(always)]
+    fn bin_ix(&self, t: TableId, hash: u64) -> Option<&BinIndex> {
+        let bin = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start);
+        self.tables.get(t.index())?.bins.get(bin as usize)
+    }
+
+    /// Hints the CPU to fetch the index slot of `hash` in table `t` and the
+    /// record that slot points to. The record part works when the slot is
+    /// already cached: call [`StateStore::prefetch_index`] for `hash` a few
+    /// records earlier still (two-stage prefetch), or rely on this call
+    /// alone for the slot. Calling it a few records ahead of the
+    /// `get`/`update` of `hash` (an operator walking a batch) overlaps the
+    /// cache misses of several lookups. It has no branch on the slot's
+    /// contents (a slot of another key prefetches that key's record, which
+    /// is harmless). A no-op for a foreign bin or an unknown table, and on
     /// targets without a prefetch instruction.
     #[inline(always)]
     pub fn prefetch(&self, t: TableId, hash: u64) {
-        let bin = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start);
-        let (Some(table), true) = (self.tables.get(t.index()), bin < self.bins.len()) else {
+        let Some(ix) = self.bin_ix(t, hash) else {
             return;
         };
-        let ix = &table.bins[bin as usize];
-        let slots = ix.slots();
-        if slots.is_empty() {
-            return;
-        }
-        let home = ix.home(hash);
-        prefetch_ptr(slots[home..].as_ptr().cast());
-        let s = slots[home];
-        if s.hash == hash && s.loc != EMPTY {
-            prefetch_ptr(self.file.bytes(s.loc, 1).as_ptr());
+        let (p, s) = ix.home_slot(&self.index, hash);
+        prefetch_ptr(p.cast());
+        prefetch_ptr(self.file.prefetch_addr(slot_loc(s)));
+    }
+
+    /// First stage of a two-stage prefetch: hints the CPU to fetch the index
+    /// slot of `hash` in table `t`, without reading anything that may miss
+    /// the cache. Call it some records before [`StateStore::prefetch`] of
+    /// the same hash (for example 16 and 8 records ahead of the update).
+    #[inline(always)]
+    pub fn prefetch_index(&self, t: TableId, hash: u64) {
+        if let Some(ix) = self.bin_ix(t, hash) {
+            prefetch_ptr(ix.home_addr(&self.index, hash).cast());
         }
     }
 
@@ -440,12 +519,97 @@ impl StateStore {
         let Some(si) = self.find(ti, bi, hash, key) else {
             return Ok(None);
         };
-        let loc = self.tables[ti].bins[bi].slot(si).loc;
+        let loc = self.tables[ti].bins[bi].loc(&self.index, si);
         let h = header(&self.file, loc);
         if h.kind != KIND_VALUE {
             return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
         }
         Ok(Some((loc + (HEADER + key.len()) as u64, h.val_len as usize)))
+    }
+
+    /// The value of `key` if it is `len` bytes long, for updating in place
+    /// (its pages are marked dirty); else where the value is, if anywhere.
+    /// The hot path of a fixed-size `ValueState::update`.
+    #[inline(always)]
+    pub(crate) fn fixed_value_mut(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+        len: usize,
+    ) -> Result<FixedValue<'_>, StateError> {
+        Ok(match self.fixed_value_ptr(t, hash, key, len)? {
+            // SAFETY: `p .. p + len` is the value in the mapped file (see
+            // `fixed_value_ptr`); the returned borrow holds `&mut self`, so
+            // this is the only access to those bytes while it lives.
+            Ok(p) => FixedValue::Found(unsafe { std::slice::from_raw_parts_mut(p, len) }),
+            Err(other) => FixedValue::Other(other),
+        })
+    }
+
+    /// As [`StateStore::fixed_value_mut`], giving a pointer to the `len`
+    /// value bytes (already marked dirty), derived from the map's base
+    /// pointer, valid while the store is not dropped.
+    #[inline(always)]
+    fn fixed_value_ptr(
+        &mut self,
+        t: TableId,
+        hash: u64,
+        key: &[u8],
+        len: usize,
+    ) -> Result<Result<*mut u8, Option<(u64, usize)>>, StateError> {
+        // Every check of this path costs: the CPU overlaps the cache misses
+        // of consecutive updates only as far as its reorder window reaches,
+        // so the path is kept short and has one data-dependent branch per
+        // probed record.
+        let Some(table) = self.tables.get(t.index()) else {
+            return Err(self.unknown(t));
+        };
+        // The bins vector's bounds check is the ownership check.
+        let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
+        let Some(ix) = table.bins.get(bi) else {
+            return Err(self.not_owned(hash));
+        };
+        let file = &self.file;
+        let klen = key.len();
+        // Header bytes 12..20: val_len (bits 0..32) and kind (bits 48..56),
+        // not the table or the flags.
+        let meta = len as u64 | u64::from(KIND_VALUE) << 48;
+        // The probe, written out (a closure here is not reliably inlined).
+        let (slots, mask) = ix.probe(&self.index);
+        let mut i = hash as usize & mask;
+        let (loc, p) = loop {
+            let s = slots[i];
+            if s == EMPTY {
+                // Absent, or the key holds something else (a value of
+                // another length, a list), or a record too short for `len`
+                // bytes of value (at the very end of a chunk): the general
+                // path decides.
+                return Ok(Err(self.find_value(t, hash, key)?));
+            }
+            if tag_matches(s, hash) {
+                let loc = slot_loc(s);
+                if let Some(p) = file.ptr_within(loc, HEADER + klen + len) {
+                    // SAFETY: `p .. p + HEADER + klen + len` is mapped memory
+                    // of the file (checked by `ptr_within`), only read here
+                    // while `&self` is borrowed.
+                    let r = unsafe { std::slice::from_raw_parts(p, HEADER + klen) };
+                    let diff = (u64_at(r, 0) ^ hash)
+                        | (u64::from(u32_at(r, 8)) ^ klen as u64)
+                        | ((u64_at(r, 12) & 0x00ff_0000_ffff_ffff) ^ meta)
+                        | key_diff(&r[HEADER..], key);
+                    if diff == 0 {
+                        break (loc, p);
+                    }
+                }
+            }
+            i = (i + 1) & mask;
+        };
+        let vloc = loc + (HEADER + klen) as u64;
+        self.file.mark_dirty(vloc, len);
+        // SAFETY: `p .. p + HEADER + klen + len` lies in the mapped file (see
+        // above), so the value's `len` bytes do too.
+        Ok(Ok(unsafe { p.add(HEADER + klen) }))
     }
 
     /// The bytes at a value location returned by `find_value`.
@@ -491,7 +655,7 @@ impl StateStore {
         let size = HEADER + key.len() + value.len();
         match self.find(ti, bi, hash, key) {
             Some(si) => {
-                let loc = self.tables[ti].bins[bi].slot(si).loc;
+                let loc = self.tables[ti].bins[bi].loc(&self.index, si);
                 let h = header(&self.file, loc);
                 if h.kind != KIND_VALUE {
                     return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
@@ -503,14 +667,16 @@ impl StateStore {
                 // May compact the bin: slot positions stay, locations move.
                 let new = self.alloc(bi, size, true)?;
                 self.write_record(new, hash, ti, KIND_VALUE, key, value);
-                let old = self.tables[ti].bins[bi].slot(si).loc;
+                let old = self.tables[ti].bins[bi].loc(&self.index, si);
                 kill(&mut self.file, &mut self.heaps[bi], old);
-                self.tables[ti].bins[bi].set_loc(si, new);
+                self.tables[ti].bins[bi].set_loc(&mut self.index, si, new);
             }
             None => {
                 let new = self.alloc(bi, size, true)?;
                 self.write_record(new, hash, ti, KIND_VALUE, key, value);
-                self.tables[ti].bins[bi].insert_new(hash, new);
+                self.tables[ti].bins[bi]
+                    .insert_new(&mut self.index, hash, new, hash_at(&self.file))
+                    .map_err(index_err)?;
                 self.tables[ti].len += 1;
             }
         }
@@ -530,33 +696,33 @@ impl StateStore {
         init: impl FnOnce(&mut [u8]),
     ) -> Result<&mut [u8], StateError> {
         self.check_raw(t)?;
+        let found = match self.fixed_value_ptr(t, hash, key, len)? {
+            // SAFETY: `p .. p + len` is the value in the mapped file (see
+            // `fixed_value_ptr`), already marked dirty; the returned borrow
+            // holds `&mut self`, so this is the only access while it lives.
+            Ok(p) => return Ok(unsafe { std::slice::from_raw_parts_mut(p, len) }),
+            Err(found) => found,
+        };
+        if let Some((vloc, found)) = found {
+            if found == len {
+                // Only for a record the fast lookup could not read whole.
+                return Ok(self.file.bytes_mut(vloc, len));
+            }
+            return Err(StateError::ValueSizeMismatch { expected: len, found });
+        }
         let ti = t.index();
         let bi = self.bin_index(hash)?;
-        let vloc = match self.find(ti, bi, hash, key) {
-            Some(si) => {
-                let loc = self.tables[ti].bins[bi].slot(si).loc;
-                let h = header(&self.file, loc);
-                if h.kind != KIND_VALUE {
-                    return Err(StateError::KindMismatch { expected: "value", found: kind_name(h.kind) });
-                }
-                if h.val_len as usize != len {
-                    return Err(StateError::ValueSizeMismatch { expected: len, found: h.val_len as usize });
-                }
-                loc + (HEADER + key.len()) as u64
-            }
-            None => {
-                let size = HEADER + key.len() + len;
-                let new = self.alloc(bi, size, true)?;
-                self.write_header(new, hash, ti, KIND_VALUE, key, len);
-                let v = self.file.bytes_mut(new + (HEADER + key.len()) as u64, len);
-                v.fill(0);
-                init(v);
-                self.tables[ti].bins[bi].insert_new(hash, new);
-                self.tables[ti].len += 1;
-                new + (HEADER + key.len()) as u64
-            }
-        };
-        Ok(self.file.bytes_mut(vloc, len))
+        let size = HEADER + key.len() + len;
+        let new = self.alloc(bi, size, true)?;
+        self.write_header(new, hash, ti, KIND_VALUE, key, len);
+        let v = self.file.bytes_mut(new + (HEADER + key.len()) as u64, len);
+        v.fill(0);
+        init(v);
+        self.tables[ti].bins[bi]
+            .insert_new(&mut self.index, hash, new, hash_at(&self.file))
+            .map_err(index_err)?;
+        self.tables[ti].len += 1;
+        Ok(self.file.bytes_mut(new + (HEADER + key.len()) as u64, len))
     }
 
     /// Removes `key` (its value, or its whole list) from table `t`; returns
@@ -573,8 +739,8 @@ impl StateStore {
             return false;
         };
         let ix = &mut self.tables[ti].bins[bi];
-        kill(&mut self.file, &mut self.heaps[bi], ix.slot(si).loc);
-        ix.remove_at(si);
+        kill(&mut self.file, &mut self.heaps[bi], ix.loc(&self.index, si));
+        ix.remove_at(&mut self.index, si, hash_at(&self.file));
         self.tables[ti].len -= 1;
         true
     }
@@ -609,7 +775,7 @@ impl StateStore {
         let key_len = key.len() as u32;
         let si = match self.find(ti, bi, hash, key) {
             Some(si) => {
-                let h = header(&self.file, self.tables[ti].bins[bi].slot(si).loc);
+                let h = header(&self.file, self.tables[ti].bins[bi].loc(&self.index, si));
                 if h.kind != KIND_LIST {
                     return Err(StateError::KindMismatch { expected: "list", found: kind_name(h.kind) });
                 }
@@ -621,10 +787,12 @@ impl StateStore {
                 self.write_header(new, hash, ti, KIND_LIST, key, LIST_HEAD);
                 write_head(&mut self.file, new, key_len, (0, NONE, NONE));
                 self.tables[ti].len += 1;
-                self.tables[ti].bins[bi].insert_new(hash, new)
+                self.tables[ti].bins[bi]
+                    .insert_new(&mut self.index, hash, new, hash_at(&self.file))
+                    .map_err(index_err)?
             }
         };
-        let head_loc = self.tables[ti].bins[bi].slot(si).loc;
+        let head_loc = self.tables[ti].bins[bi].loc(&self.index, si);
         let (count, first, last) = read_head(&self.file, head_loc, key_len);
         let mut prev_cap = 0;
         if last != NONE {
@@ -656,7 +824,7 @@ impl StateStore {
         b[HEADER..HEADER + 8].copy_from_slice(&NONE.to_le_bytes());
         b[HEADER + 8..HEADER + 12].copy_from_slice(&0u32.to_le_bytes());
         // The allocation may have compacted the bin: read the head again.
-        let head_loc = self.tables[ti].bins[bi].slot(si).loc;
+        let head_loc = self.tables[ti].bins[bi].loc(&self.index, si);
         let (count, mut first, last) = read_head(&self.file, head_loc, key_len);
         if last != NONE {
             self.file.write(last + HEADER as u64, &block.to_le_bytes());
@@ -686,7 +854,7 @@ impl StateStore {
         }
         let bi = self.bin_index(hash).ok()?;
         let si = self.find(ti, bi, hash, key)?;
-        let loc = self.tables[ti].bins[bi].slot(si).loc;
+        let loc = self.tables[ti].bins[bi].loc(&self.index, si);
         let h = header(&self.file, loc);
         if h.kind != KIND_LIST {
             return None;
@@ -721,18 +889,19 @@ impl StateStore {
             return;
         };
         for ix in &table.bins {
-            for s in ix.slots() {
-                if s.loc == EMPTY {
+            for &s in ix.slots(&self.index) {
+                if s == EMPTY {
                     continue;
                 }
-                let h = header(&self.file, s.loc);
-                let key = self.file.bytes(s.loc + HEADER as u64, h.key_len as usize);
+                let loc = slot_loc(s);
+                let h = header(&self.file, loc);
+                let key = self.file.bytes(loc + HEADER as u64, h.key_len as usize);
                 let value = if h.kind == KIND_VALUE {
-                    self.file.bytes(s.loc + (HEADER + key.len()) as u64, h.val_len as usize)
+                    self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
                 } else {
                     &[]
                 };
-                f(s.hash, key, value);
+                f(h.hash, key, value);
             }
         }
     }
@@ -747,9 +916,11 @@ impl StateStore {
         let Ok(bi) = self.bin_index(hash) else {
             return;
         };
-        table.bins[bi].for_each_in_run(hash, |_, s| {
-            let (key, value) = key_value(&self.file, s.loc);
-            f(key, value);
+        table.bins[bi].for_each_in_run(&self.index, hash, |_, loc| {
+            if hash_at(&self.file)(loc) == hash {
+                let (key, value) = key_value(&self.file, loc);
+                f(key, value);
+            }
         });
     }
 
@@ -765,7 +936,7 @@ impl StateStore {
         let Ok(bi) = self.bin_index(hash) else {
             return 0;
         };
-        let Self { file, heaps, tables, .. } = self;
+        let Self { file, heaps, tables, index, .. } = self;
         let Some(table) = tables.get_mut(t.index()) else {
             return 0;
         };
@@ -775,8 +946,8 @@ impl StateStore {
         }
         let mut removed = 0;
         let mut i = ix.home(hash);
-        while let Some(j) = ix.next_in_run(hash, i) {
-            let loc = ix.slot(j).loc;
+        while let Some(j) = ix.next_in_run(index, hash, i, |loc| hash_at(file)(loc) == hash) {
+            let loc = ix.loc(index, j);
             let keep = {
                 let (key, value) = key_value(file, loc);
                 f(key, value)
@@ -785,7 +956,7 @@ impl StateStore {
                 i = j + 1;
             } else {
                 kill(file, &mut heaps[bi], loc);
-                ix.remove_at(j);
+                ix.remove_at(index, j, hash_at(file));
                 removed += 1;
                 i = j;
             }
@@ -817,7 +988,7 @@ impl StateStore {
         t: TableId,
         mut f: impl FnMut(u64, &[u8], &[u8], ListItems<'_>) -> bool,
     ) -> usize {
-        let Self { file, heaps, tables, .. } = self;
+        let Self { file, heaps, tables, index, .. } = self;
         let Some(table) = tables.get_mut(t.index()) else {
             return 0;
         };
@@ -826,40 +997,41 @@ impl StateStore {
             if ix.len() == 0 {
                 continue;
             }
-            let n = ix.slots().len();
+            let n = ix.capacity();
             let mask = n - 1;
             // Start just after an empty slot: removal shifts slots backwards
             // within a run only, so no slot is visited twice or skipped.
-            let Some(start) = ix.slots().iter().position(|s| s.loc == EMPTY) else {
+            let Some(start) = ix.slots(index).iter().position(|&s| s == EMPTY) else {
                 continue;
             };
             let mut i = (start + 1) & mask;
             let mut steps = 0;
             while steps < n {
-                let s = ix.slot(i);
-                if s.loc == EMPTY {
+                let s = ix.slots(index)[i];
+                if s == EMPTY {
                     i = (i + 1) & mask;
                     steps += 1;
                     continue;
                 }
+                let loc = slot_loc(s);
                 let keep = {
-                    let h = header(file, s.loc);
-                    let key = file.bytes(s.loc + HEADER as u64, h.key_len as usize);
-                    let vloc = s.loc + (HEADER + key.len()) as u64;
+                    let h = header(file, loc);
+                    let key = file.bytes(loc + HEADER as u64, h.key_len as usize);
+                    let vloc = loc + (HEADER + key.len()) as u64;
                     if h.kind == KIND_LIST {
-                        let (_, first, _) = read_head(file, s.loc, h.key_len);
-                        f(s.hash, key, &[], ListItems::new(file, first))
+                        let (_, first, _) = read_head(file, loc, h.key_len);
+                        f(h.hash, key, &[], ListItems::new(file, first))
                     } else {
                         let value = file.bytes(vloc, h.val_len as usize);
-                        f(s.hash, key, value, ListItems::new(file, NONE))
+                        f(h.hash, key, value, ListItems::new(file, NONE))
                     }
                 };
                 if keep {
                     i = (i + 1) & mask;
                     steps += 1;
                 } else {
-                    kill(file, &mut heaps[bi], s.loc);
-                    ix.remove_at(i);
+                    kill(file, &mut heaps[bi], loc);
+                    ix.remove_at(index, i, hash_at(file));
                     removed += 1;
                 }
             }
@@ -968,18 +1140,18 @@ impl StateStore {
                 }
             }
             let h = &self.heaps[bi];
-            let capacity = h.segs.len() as u64 * seg;
-            if may_compact && capacity > 0 && h.dead * 2 >= capacity {
+            if may_compact && h.capacity > 0 && h.dead * 2 >= h.capacity {
                 may_compact = false;
                 self.compact(bi)?;
                 continue;
             }
-            let s = self.file.alloc_segment()?;
-            let start = self.file.segment_loc(s);
+            let log2 = self.file.next_segment_log2(h.segs.last().map(|s| s.log2), n);
+            let loc = self.file.alloc_segment(log2)?;
             let h = &mut self.heaps[bi];
-            h.segs.push(s);
-            h.tail = start;
-            h.end = start + seg;
+            h.segs.push(Seg { loc, log2 });
+            h.capacity += 1 << log2;
+            h.tail = loc;
+            h.end = loc + (1 << log2);
         }
     }
 
@@ -992,14 +1164,15 @@ impl StateStore {
         moved.clear();
         let mut result = Ok(());
         'tables: for ti in 0..self.tables.len() {
-            for pos in 0..self.tables[ti].bins[bi].slots().len() {
-                let loc = self.tables[ti].bins[bi].slot(pos).loc;
-                if loc == EMPTY {
+            for pos in 0..self.tables[ti].bins[bi].capacity() {
+                let s = self.tables[ti].bins[bi].slots(&self.index)[pos];
+                if s == EMPTY {
                     continue;
                 }
+                let loc = slot_loc(s);
                 match self.copy_record(bi, loc) {
                     Ok(new) => {
-                        self.tables[ti].bins[bi].set_loc(pos, new);
+                        self.tables[ti].bins[bi].set_loc(&mut self.index, pos, new);
                         moved.push((ti, pos, loc));
                     }
                     Err(e) => {
@@ -1014,16 +1187,16 @@ impl StateStore {
             Ok(()) => {
                 let old = std::mem::replace(&mut self.heaps[bi], fresh);
                 for s in old.segs {
-                    self.file.free_segment(s);
+                    self.file.free_segment(s.loc, s.log2);
                 }
             }
             Err(_) => {
                 // Roll back: the old records are untouched.
                 for &(ti, pos, loc) in &moved {
-                    self.tables[ti].bins[bi].set_loc(pos, loc);
+                    self.tables[ti].bins[bi].set_loc(&mut self.index, pos, loc);
                 }
                 for s in fresh.segs {
-                    self.file.free_segment(s);
+                    self.file.free_segment(s.loc, s.log2);
                 }
             }
         }

@@ -1,14 +1,25 @@
-//! The segment file: one sparse file per store, cut into fixed-size segments,
-//! mapped in fixed-size chunks, with a dirty bit per 4 KiB page.
+//! The segment file: one sparse file per store, cut into segments of a
+//! power-of-two size between a page and `segment_bytes`, mapped in
+//! fixed-size chunks, with a dirty bit per 4 KiB page.
 //!
-//! A *location* (`loc`) is a byte offset in the file. Segment `s` covers
-//! `s * segment_bytes .. (s + 1) * segment_bytes`; chunk `c` covers
+//! A *location* (`loc`) is a byte offset in the file. The file grows by
+//! *full* segments of `segment_bytes`: full segment `s` covers
+//! `s * segment_bytes .. (s + 1) * segment_bytes`. A smaller segment is a
+//! naturally aligned part of a full one, split off in halves (a binary buddy
+//! split, without merging back: a freed segment is reused at its size).
+//! A bin's first segment is one page and each next one is twice the last, up
+//! to `segment_bytes`: the records of bins holding little state sit on
+//! consecutive pages instead of one page per `segment_bytes`-aligned segment,
+//! which keeps the pages and cache sets a random access touches many (every
+//! bin's first records at the same offset of a 64 KiB stride would all fall
+//! in the same few cache sets and TLB sets). Chunk `c` covers
 //! `c * chunk_bytes .. (c + 1) * chunk_bytes` and is one `MmapMut`. Growing
 //! the file maps one more chunk and never touches the existing maps, so a
 //! pointer into a chunk stays valid for the life of the store.
 //!
-//! Dirty tracking: bit `p` of the bitmap is page `p` of the file, so segment
-//! `s` owns bits `s * pages_per_segment .. (s + 1) * pages_per_segment`.
+//! Dirty tracking: bit `p` of the bitmap is page `p` of the file, so a
+//! segment at `loc` of `2^k` bytes owns the contiguous bits
+//! `loc / 4096 .. (loc + 2^k) / 4096`.
 //! Every write goes through [`SegmentFile::bytes_mut`] or
 //! [`SegmentFile::write`], which set the bits before handing out memory; a
 //! copy-on-write shadow for asynchronous checkpoints hooks into the same spot.
@@ -27,7 +38,7 @@ const PAGE_LOG2: u32 = 12;
 /// segments are larger). Only touched pages are committed, so a large chunk
 /// costs address space, not memory or disk.
 pub const CHUNK_BYTES: usize = 32 << 20;
-/// Largest number of segments one store can address.
+/// Largest number of full-size segments one store can address.
 pub const SEGMENTS_MAX: u64 = u32::MAX as u64;
 
 /// The name of a store's segment file inside its directory.
@@ -43,13 +54,16 @@ pub(crate) struct SegmentFile {
     chunks: Vec<MmapMut>,
     /// Base pointer of each chunk, taken once when it was mapped.
     bases: Vec<*mut u8>,
-    /// Segments handed out so far (the high-water mark).
+    /// Full segments taken from the end of the file so far (the high-water
+    /// mark).
     next_segment: u32,
-    /// Segments given back, reused before the file grows.
-    free: Vec<u32>,
+    /// Free segments by size: `free[k]` holds the locations of free segments
+    /// of `PAGE_BYTES << k` bytes, reused before the file grows.
+    free: Vec<Vec<u64>>,
+    /// Segments handed out and not given back.
+    in_use: usize,
     /// One bit per page of the file.
     dirty: Vec<u64>,
-    dirty_pages: usize,
 }
 
 // SAFETY: the raw pointers in `bases` point into maps owned by this struct
@@ -84,9 +98,9 @@ impl SegmentFile {
             chunks: Vec::new(),
             bases: Vec::new(),
             next_segment: 0,
-            free: Vec::new(),
+            free: vec![Vec::new(); (segment_log2 - PAGE_LOG2 + 1) as usize],
+            in_use: 0,
             dirty: Vec::new(),
-            dirty_pages: 0,
         })
     }
 
@@ -101,16 +115,26 @@ impl SegmentFile {
         1u64 << self.segment_log2
     }
 
-    /// Location of the first byte of segment `s`.
+    /// Location of the first byte of full segment `s`.
     #[inline(always)]
-    pub(crate) fn segment_loc(&self, s: u32) -> u64 {
+    fn segment_loc(&self, s: u32) -> u64 {
         u64::from(s) << self.segment_log2
+    }
+
+    /// Log2 of the bytes of a bin's segment that follows one of `prev_log2`
+    /// (`None`: the bin's first) and must hold `n` bytes: the double of the
+    /// last, at least a page and `n`, at most a full segment. `n` must not
+    /// exceed a full segment.
+    pub(crate) fn next_segment_log2(&self, prev_log2: Option<u32>, n: u64) -> u32 {
+        let grown = prev_log2.map_or(PAGE_LOG2, |l| l + 1);
+        let need = n.next_power_of_two().trailing_zeros();
+        grown.max(need).clamp(PAGE_LOG2, self.segment_log2)
     }
 
     /// Segments currently handed out (allocated and not freed).
     #[cfg(test)]
     pub(crate) fn segments_in_use(&self) -> usize {
-        self.next_segment as usize - self.free.len()
+        self.in_use
     }
 
     /// Bytes of the file (mapped).
@@ -118,17 +142,43 @@ impl SegmentFile {
         (self.chunks.len() as u64) << self.chunk_log2
     }
 
-    /// Hands out a segment, growing the file by a chunk when needed. The
+    /// Hands out a segment of `2^log2` bytes (a page to a full segment) and
+    /// returns its location, growing the file by a chunk when needed. The
     /// segment's contents are unspecified (zero when fresh).
-    pub(crate) fn alloc_segment(&mut self) -> Result<u32, StateError> {
-        if let Some(s) = self.free.pop() {
-            return Ok(s);
+    pub(crate) fn alloc_segment(&mut self, log2: u32) -> Result<u64, StateError> {
+        debug_assert!((PAGE_LOG2..=self.segment_log2).contains(&log2));
+        let loc = self.take_segment(log2)?;
+        self.in_use += 1;
+        Ok(loc)
+    }
+
+    /// A free segment of `2^log2` bytes: a freed one, the half of a larger
+    /// one (whose other half is freed), or a new full one.
+    fn take_segment(&mut self, log2: u32) -> Result<u64, StateError> {
+        let class = (log2 - PAGE_LOG2) as usize;
+        if let Some(loc) = self.free[class].pop() {
+            return Ok(loc);
         }
+        if log2 < self.segment_log2 {
+            let loc = self.take_segment(log2 + 1)?;
+            self.free[class].push(loc + (1u64 << log2));
+            return Ok(loc);
+        }
+        let s = self.new_full_segment()?;
+        Ok(self.segment_loc(s))
+    }
+
+    /// A new full segment at the end of the file.
+    fn new_full_segment(&mut self) -> Result<u32, StateError> {
         if u64::from(self.next_segment) >= SEGMENTS_MAX {
             return Err(StateError::StoreFull { segments_max: SEGMENTS_MAX });
         }
         let s = self.next_segment;
         let end = self.segment_loc(s) + self.segment_bytes();
+        if end >= super::index::LOC_LIMIT {
+            // The index keeps locations in 44 bits: the file stops at 16 TiB.
+            return Err(StateError::StoreFull { segments_max: super::index::LOC_LIMIT >> self.segment_log2 });
+        }
         while self.file_bytes() < end {
             self.grow()?;
         }
@@ -136,10 +186,12 @@ impl SegmentFile {
         Ok(s)
     }
 
-    /// Gives a segment back for reuse.
-    pub(crate) fn free_segment(&mut self, s: u32) {
-        debug_assert!(s < self.next_segment && !self.free.contains(&s));
-        self.free.push(s);
+    /// Gives back the segment of `2^log2` bytes at `loc`, for reuse.
+    pub(crate) fn free_segment(&mut self, loc: u64, log2: u32) {
+        let class = (log2 - PAGE_LOG2) as usize;
+        debug_assert!(loc & ((1u64 << log2) - 1) == 0 && !self.free[class].contains(&loc));
+        self.free[class].push(loc);
+        self.in_use -= 1;
     }
 
     fn grow(&mut self) -> Result<(), StateError> {
@@ -193,6 +245,45 @@ impl SegmentFile {
         unsafe { std::slice::from_raw_parts(p, len) }
     }
 
+    /// The `len` bytes at `loc` if they lie in one mapped chunk, else `None`
+    /// (for reading a prefix of a record that may be shorter than `len`).
+    #[inline(always)]
+    pub(crate) fn bytes_within(&self, loc: u64, len: usize) -> Option<&[u8]> {
+        let p = self.ptr_within(loc, len)?;
+        // SAFETY: `p..p+len` is mapped memory owned by `self` (see
+        // `ptr_within`); mutation requires `&mut self`, so no `&mut` to it
+        // exists while the returned borrow of `self` lives.
+        Some(unsafe { std::slice::from_raw_parts(p, len) })
+    }
+
+    /// Pointer to the `len` bytes at `loc` if they lie in one mapped chunk.
+    /// Writing through it needs `&mut self` held (and the pages marked
+    /// dirty with [`SegmentFile::mark_dirty`]).
+    #[inline(always)]
+    pub(crate) fn ptr_within(&self, loc: u64, len: usize) -> Option<*mut u8> {
+        let chunk = (loc >> self.chunk_log2) as usize;
+        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let base = *self.bases.get(chunk)?;
+        if off + len > 1usize << self.chunk_log2 {
+            return None;
+        }
+        // SAFETY: `off + len` lies inside chunk `chunk` (checked above), whose
+        // map is alive as long as `self`.
+        Some(unsafe { base.add(off) })
+    }
+
+    /// A pointer for prefetching the byte at `loc`: never dereferenced, so
+    /// it need not be valid (a location outside the file gives some address).
+    #[inline(always)]
+    pub(crate) fn prefetch_addr(&self, loc: u64) -> *const u8 {
+        let chunk = (loc >> self.chunk_log2) as usize;
+        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        match self.bases.get(chunk) {
+            Some(&base) => base.wrapping_add(off).cast_const(),
+            None => std::ptr::null(),
+        }
+    }
+
     /// The `len` bytes at `loc`, for writing: marks their pages dirty first.
     #[inline(always)]
     pub(crate) fn bytes_mut(&mut self, loc: u64, len: usize) -> &mut [u8] {
@@ -220,26 +311,31 @@ impl SegmentFile {
     }
 
     #[inline(always)]
-    fn mark_dirty(&mut self, loc: u64, len: usize) {
+    pub(crate) fn mark_dirty(&mut self, loc: u64, len: usize) {
         if len == 0 {
             return;
         }
         let first = (loc >> PAGE_LOG2) as usize;
         let last = ((loc + len as u64 - 1) >> PAGE_LOG2) as usize;
+        // One OR per page, no branch on whether it was dirty (the count is
+        // taken when asked for).
+        if first == last {
+            // The common write: within one page.
+            if let Some(word) = self.dirty.get_mut(first / 64) {
+                *word |= 1u64 << (first % 64);
+            }
+            return;
+        }
         for p in first..=last {
-            let (w, b) = (p / 64, 1u64 << (p % 64));
-            if let Some(word) = self.dirty.get_mut(w) {
-                if *word & b == 0 {
-                    *word |= b;
-                    self.dirty_pages += 1;
-                }
+            if let Some(word) = self.dirty.get_mut(p / 64) {
+                *word |= 1u64 << (p % 64);
             }
         }
     }
 
     /// Number of pages written since the last [`SegmentFile::clear_dirty`].
     pub(crate) fn dirty_page_count(&self) -> usize {
-        self.dirty_pages
+        self.dirty.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// Whether page `p` of the file is dirty.
@@ -251,6 +347,5 @@ impl SegmentFile {
     /// Forgets every dirty bit.
     pub(crate) fn clear_dirty(&mut self) {
         self.dirty.iter_mut().for_each(|w| *w = 0);
-        self.dirty_pages = 0;
     }
 }

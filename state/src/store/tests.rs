@@ -141,6 +141,49 @@ fn bins_grow_past_many_segments_and_compact() {
 }
 
 #[test]
+fn segments_start_at_a_page_and_double() {
+    let dir = tmp();
+    // Two bins, 64 KiB full segments.
+    let mut s = store(dir.path(), 1, SEGMENT_BYTES_DEFAULT);
+    let t = ok(s.table("t"));
+    let value = |k: u64, len: usize| vec![(k % 251) as u8; len];
+    let keys: Vec<u64> = (0..3000u64).collect();
+    for &k in &keys {
+        ok(s.put(t, hash_u64(k), &k.to_le_bytes(), &value(k, 100)));
+    }
+    for h in &s.heaps {
+        let sizes: Vec<u32> = h.segs.iter().map(|g| g.log2).collect();
+        assert_eq!(sizes[..5], [12, 13, 14, 15, 16], "{sizes:?}");
+        assert!(sizes[5..].iter().all(|&l| l == 16), "{sizes:?}");
+        assert_eq!(h.capacity, h.segs.iter().map(|g| 1u64 << g.log2).sum::<u64>());
+        // Segments are naturally aligned and do not overlap.
+        assert!(h.segs.iter().all(|g| g.loc % (1 << g.log2) == 0));
+    }
+    let mut spans: Vec<(u64, u64)> =
+        s.heaps.iter().flat_map(|h| h.segs.iter().map(|g| (g.loc, g.loc + (1 << g.log2)))).collect();
+    spans.sort();
+    assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
+    // Rewrites with other lengths: compaction frees segments of every size
+    // and takes them again.
+    for round in 0..6usize {
+        for &k in &keys {
+            ok(s.put(t, hash_u64(k), &k.to_le_bytes(), &value(k + round as u64, 60 + 17 * round)));
+        }
+        assert_eq!(s.file.segments_in_use(), s.segment_count());
+    }
+    for &k in &keys {
+        assert_eq!(s.get(t, hash_u64(k), &k.to_le_bytes()), Some(&value(k + 5, 60 + 17 * 5)[..]));
+    }
+    let live = s.bytes_used();
+    let cap: u64 = s.heaps.iter().map(|h| h.capacity).sum();
+    assert!(cap <= 2 * live + 4 * 65536, "{cap} bytes of segments for {live} live bytes");
+    // A record larger than the next segment size gets a segment that fits.
+    let t2 = ok(s.table("big"));
+    ok(s.put(t2, hash_u64(1), b"k", &[7u8; 40_000]));
+    assert_eq!(s.get(t2, hash_u64(1), b"k").map(<[u8]>::len), Some(40_000));
+}
+
+#[test]
 fn many_bins() {
     let dir = tmp();
     let mut s = store(dir.path(), 12, SEGMENT_BYTES_DEFAULT);
@@ -198,7 +241,7 @@ fn dirty_pages_are_tracked() {
     assert_eq!(s.dirty_page_count(), 1);
     let bi = ok(s.bin_index(hash_u64(7)));
     let seg = s.heaps[bi].segs[0];
-    assert!(s.file.is_dirty((s.file.segment_loc(seg) / PAGE_BYTES as u64) as usize));
+    assert!(s.file.is_dirty((seg.loc / PAGE_BYTES as u64) as usize));
     s.clear_dirty();
     let v = ok(s.get_or_insert_fixed(t, hash_u64(9), &9u64.to_le_bytes(), 8, |_| {}));
     v[0] = 1;

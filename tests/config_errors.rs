@@ -1,0 +1,141 @@
+//! `spate run` refuses bad configs and bad command lines: it exits non-zero
+//! before running anything, and its message names what is wrong.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn spate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run spate: {e}"))
+}
+
+/// Runs `spate run CONFIG --quiet` on `text`; asserts it fails, and returns
+/// its stderr.
+fn rejected(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    let out = spate(&["run", &cfg.display().to_string(), "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "accepted:\n{text}\nstderr: {stderr}");
+    assert!(stderr.contains("bad.toml"), "the message names the file: {stderr}");
+    // Nothing ran: no summary line.
+    assert!(!stderr.contains("records in"), "a job ran: {stderr}");
+    stderr
+}
+
+fn assert_mentions(stderr: &str, words: &[&str]) {
+    for w in words {
+        assert!(stderr.contains(w), "expected {w:?} in the message:\n{stderr}");
+    }
+}
+
+const QUERY: &str = "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = 10\n";
+
+#[test]
+fn misspelled_runtime_field() {
+    let e = rejected(&format!("{QUERY}[runtime]\nwrokers = 2\n"));
+    assert_mentions(&e, &["unknown field", "wrokers", "workers"]);
+}
+
+#[test]
+fn misspelled_query_param() {
+    let e = rejected("[query]\nname = \"keyed-sum\"\n[query.params]\nrecrods = 5\n");
+    assert_mentions(&e, &["query.params", "recrods", "records"]);
+}
+
+#[test]
+fn wrong_type() {
+    let e = rejected(&format!("{QUERY}[runtime]\nworkers = \"two\"\n"));
+    assert_mentions(&e, &["invalid type", "workers", "two"]);
+}
+
+#[test]
+fn missing_query_section() {
+    let e = rejected("[runtime]\nworkers = 2\n");
+    assert_mentions(&e, &["missing field", "query"]);
+}
+
+#[test]
+fn unknown_query_lists_the_known_ones() {
+    let e = rejected("[query]\nname = \"wordcnt\"\n");
+    assert_mentions(&e, &["wordcnt", "keyed-sum", "wordcount"]);
+}
+
+#[test]
+fn bad_sink_kind() {
+    let e = rejected(&format!("{QUERY}[sink]\nkind = \"printer\"\n"));
+    assert_mentions(&e, &["printer", "count", "stdout", "file"]);
+}
+
+#[test]
+fn file_sink_without_path() {
+    let e = rejected(&format!("{QUERY}[sink]\nkind = \"file\"\n"));
+    assert_mentions(&e, &["sink.path", "file"]);
+}
+
+#[test]
+fn invalid_runtime_value() {
+    let e = rejected(&format!("{QUERY}[runtime]\nbatch_records = 0\n"));
+    assert_mentions(&e, &["batch_records"]);
+}
+
+#[test]
+fn invalid_query_param_value() {
+    let e = rejected("[query]\nname = \"keyed-sum\"\n[query.params]\nkeys = 0\n");
+    assert_mentions(&e, &["keys"]);
+}
+
+#[test]
+fn unknown_cli_option() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let cfg = dir.path().join("ok.toml");
+    std::fs::write(&cfg, QUERY).unwrap_or_else(|e| panic!("write config: {e}"));
+    let out = spate(&["run", &cfg.display().to_string(), "--bogus"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted --bogus: {e}");
+    assert_mentions(&e, &["--bogus", "--workers"]);
+
+    let out = spate(&["run", &cfg.display().to_string(), "--workers", "many"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted --workers many: {e}");
+    assert_mentions(&e, &["--workers", "many"]);
+}
+
+#[test]
+fn missing_config_file() {
+    let missing: PathBuf =
+        std::env::temp_dir().join(format!("spate-no-such-config-{}.toml", std::process::id()));
+    let out = spate(&["run", &missing.display().to_string()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted a missing file: {e}");
+    assert_mentions(&e, &[&missing.display().to_string(), "cannot read"]);
+}
+
+#[test]
+fn unknown_command_and_missing_argument() {
+    let out = spate(&["frob"]);
+    assert!(!out.status.success());
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["frob", "USAGE"]);
+    let out = spate(&["run"]);
+    assert!(!out.status.success());
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["config file"]);
+}
+
+#[test]
+fn a_good_config_runs() {
+    // The control: the same harness accepts a valid config and runs it.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let cfg = dir.path().join("ok.toml");
+    let text = format!(
+        "{QUERY}[runtime]\nworkers = 1\npin = false\ndata_dir = {:?}\n[sink]\nkind = \"none\"\n",
+        dir.path().join("state").display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    let out = spate(&["run", &cfg.display().to_string(), "--quiet"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert_mentions(&e, &["keyed-sum: 10 records in"]);
+}
