@@ -25,8 +25,9 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
 }
 
-/// One job at a time: the tests share two cores, and concurrent jobs make
-/// the runtime stall for seconds at times (see tests/runtime_stall.rs).
+/// One job at a time: the tests share two cores with busy-polling workers
+/// (concurrent jobs once exposed a stall, now fixed; see
+/// tests/runtime_stall.rs).
 static ONE_JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_job() -> std::sync::MutexGuard<'static, ()> {

@@ -149,6 +149,15 @@ impl Outbox {
 
     fn set_watermark(&mut self, wm: Timestamp) {
         if wm > self.watermark {
+            // Records already in the open batch were sent under the old
+            // watermark: close it, so every batch's records were all pushed
+            // under the watermark its header carries, and the receiver can
+            // apply that watermark *before* the records — exactly what the
+            // local (unencoded) path does. Late records are then late the
+            // same way whichever worker owns their key.
+            if self.current.count > 0 {
+                self.close(0);
+            }
             self.watermark = wm;
             self.watermark_pending = true;
             self.touch();
@@ -212,6 +221,10 @@ impl<T: Data> EdgeReceiver<T> {
 
 impl<T: Data> BatchInput for EdgeReceiver<T> {
     fn on_batch(&mut self, batch: &Batch) {
+        let producer = batch.producer as usize;
+        // The header's watermark was in force when every record of the batch
+        // was pushed (see `Outbox::set_watermark`).
+        self.watermark_from(producer, batch.watermark);
         if let Some(o) = self.out.as_mut() {
             for (bytes, meta) in batch.records() {
                 // SAFETY: batches on in-process edges are built by
@@ -221,8 +234,6 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                 o.push(rec, meta);
             }
         }
-        let producer = batch.producer as usize;
-        self.watermark_from(producer, batch.watermark);
         if batch.is_final() {
             self.finish_from(producer);
         }
