@@ -65,8 +65,11 @@ fn main() {
             let p = &mut price[symbol as usize];
             *p = (*p + (x >> 8) % 61).saturating_sub(30).max(100);
             let due = start + i * 1_000_000_000 / RATE_PER_S;
-            while spate::now_ns() < due {
-                std::hint::spin_loop();
+            // Sleep rather than spin until the order is due: on a small
+            // machine a spinning feed thread takes a core from the workers.
+            let now = spate::now_ns();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
             }
             if orders.send_at((symbol, *p, 1 + (x >> 20) % 100), due).is_err() {
                 return; // the job has gone

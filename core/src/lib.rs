@@ -11,6 +11,7 @@
 //! - [`routing`]: key hash → bin → instance.
 //! - [`exchange`]: repartitioning edges (batch per destination, receivers
 //!   merging watermarks).
+//! - [`ring`]: the bounded SPSC ring between two workers, polled.
 //! - [`runtime`]: one pinned glommio executor per worker, tasks, flushing and
 //!   backpressure.
 //! - [`metrics`], [`config`], [`limits`], [`time`].
@@ -23,6 +24,7 @@ pub mod exchange;
 pub mod limits;
 pub mod metrics;
 pub mod push;
+pub mod ring;
 pub mod routing;
 pub mod runtime;
 pub mod source;

@@ -26,8 +26,6 @@ pub const IO_MEMORY_BYTES: usize = 512 * 1024;
 /// Default time a task queue runs before its executor polls for I/O and
 /// messages from other workers, in microseconds.
 pub const PREEMPT_US_DEFAULT: u64 = 200;
-/// How long workers may take to connect their channels at start.
-pub const CONNECT_TIMEOUT_MS: u64 = 30_000;
 /// Longest a worker's ticker sleeps, in microseconds (see the runtime).
 pub const TICK_US_MAX: u64 = 1000;
 /// How often a worker publishes its metrics for the status line.

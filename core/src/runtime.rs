@@ -10,28 +10,24 @@
 //! tasks further downstream, which never wait on it: no deadlock.
 //!
 //! Workers share nothing but bounded single-producer, single-consumer
-//! channels (glommio's `shared_channel`), one per edge and worker pair.
+//! rings ([`crate::ring`]), one per edge and worker pair, polled.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::shared_channel::{
-    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::Batch;
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{EdgeRuntime, Outbox, TouchList};
-use crate::limits::{CONNECT_TIMEOUT_MS, TICK_US_MAX};
+use crate::limits::TICK_US_MAX;
 use crate::metrics::JobMetrics;
+use crate::ring::{ring, Consumer, Producer};
 use crate::source::SourceStatus;
 use crate::time::now_ns;
 
@@ -99,7 +95,7 @@ pub struct JobReport {
     pub records_out: u64,
 }
 
-type Channels = Vec<Vec<Vec<Option<(SharedSender<Batch>, SharedReceiver<Batch>)>>>>;
+type Channels = Vec<Vec<Vec<Option<(Producer<Batch>, Consumer<Batch>)>>>>;
 
 impl Runtime {
     /// A runtime with `config`.
@@ -134,11 +130,7 @@ impl Runtime {
             .map(|_| {
                 (0..workers)
                     .map(|s| {
-                        (0..workers)
-                            .map(|d| {
-                                (s != d).then(|| shared_channel::new_bounded(self.config.channel_batches))
-                            })
-                            .collect()
+                        (0..workers).map(|d| (s != d).then(|| ring(self.config.channel_batches))).collect()
                     })
                     .collect()
             })
@@ -163,11 +155,17 @@ impl Runtime {
         let started = Instant::now();
         for (w, chans) in per_worker.into_iter().enumerate() {
             let pinned = config.pin && config.first_core + workers <= cores;
-            let placement = if pinned { Placement::Fixed(config.first_core + w) } else { Placement::Unbound };
-            // glommio only spins pinned executors; an unpinned one that must
-            // not park keeps a task runnable instead, and polls its reactor
-            // every `preempt_us`.
-            let keepalive = !pinned && !config.park_when_idle;
+            // glommio busy-polls only executors bound to CPUs, so an
+            // "unpinned" worker is fenced to every online CPU (the OS still
+            // places it freely) rather than left unbound.
+            let placement = if pinned {
+                Placement::Fixed(config.first_core + w)
+            } else {
+                match glommio::CpuSet::online() {
+                    Ok(set) => Placement::Fenced(set),
+                    Err(_) => Placement::Unbound,
+                }
+            };
             let (build, config, metrics, name) =
                 (build.clone(), config.clone(), metrics.clone(), name.to_string());
             let mut builder = LocalExecutorBuilder::new(placement)
@@ -184,7 +182,7 @@ impl Runtime {
             let h = builder
                 .spawn(move || async move {
                     let _done = WorkerDone(metrics.clone());
-                    worker_main(w, workers, name, build, config, metrics, chans, keepalive).await;
+                    worker_main(w, workers, name, build, config, metrics, chans).await;
                 })
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             handles.push(h);
@@ -237,6 +235,20 @@ thread_local! {
     static FLUSH_STAGE: std::cell::Cell<(&'static str, u32, u32)> = const { std::cell::Cell::new(("none", 0, 0)) };
 }
 
+/// Lets the worker's other tasks run once, then resumes.
+///
+/// Workers busy-poll: every wait in the runtime (an empty or full ring, a
+/// source with nothing due, the ticker's period) is a loop around this
+/// yield, never a glommio timer or a channel waker. Under load on a 2-core
+/// machine, glommio 0.9 was seen to stop firing an executor's timers and to
+/// lose channel wake-ups, stalling a job for good (docs/ARCHITECTURE.md,
+/// decision 15); a task that polls cannot miss anything. The price is a
+/// worker that uses its whole core even when idle, as thread-per-core
+/// engines usually do.
+async fn idle() {
+    futures_lite::future::yield_now().await;
+}
+
 /// Counts a worker as ended when dropped, even by a panic.
 struct WorkerDone(Arc<JobMetrics>);
 
@@ -247,14 +259,14 @@ impl Drop for WorkerDone {
 }
 
 struct WorkerChannels {
-    out: HashMap<(usize, usize), SharedSender<Batch>>,
-    inp: HashMap<(usize, usize), SharedReceiver<Batch>>,
+    out: HashMap<(usize, usize), Producer<Batch>>,
+    inp: HashMap<(usize, usize), Consumer<Batch>>,
 }
 
 /// One outbox with its channel, sent in order under a one-permit semaphore.
 struct Route {
     outbox: Rc<RefCell<Outbox>>,
-    tx: ConnectedSender<Batch>,
+    tx: Producer<Batch>,
     order: glommio::sync::Semaphore,
 }
 
@@ -309,16 +321,9 @@ impl Flusher {
             loop {
                 let next = r.outbox.borrow_mut().take_next(self.linger_ns, now, true);
                 let Some(b) = next else { break };
-                match r.tx.try_send(b) {
-                    Ok(()) => {}
-                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(b))) => {
-                        r.outbox.borrow_mut().put_back(b);
-                        break;
-                    }
-                    Err(_) => {
-                        self.metrics.fail("a worker's input channel closed while the job ran");
-                        break;
-                    }
+                if let Err(b) = r.tx.try_push(b) {
+                    r.outbox.borrow_mut().put_back(b);
+                    break;
                 }
             }
         }
@@ -329,14 +334,20 @@ impl Flusher {
         let now = if linger > 0 { now_ns() } else { 0 };
         loop {
             let next = r.outbox.borrow_mut().take_next(linger, now, watermark_only || force);
-            match next {
-                Some(b) => {
-                    if r.tx.send(b).await.is_err() {
-                        self.metrics.fail("a worker's input channel closed while the job ran");
-                        break;
+            let Some(mut b) = next else { break };
+            // A full ring is backpressure: wait for room, polling.
+            loop {
+                match r.tx.try_push(b) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        if r.tx.is_closed() {
+                            self.metrics.fail("a worker's input closed while the job ran");
+                            return;
+                        }
+                        b = back;
+                        idle().await;
                     }
                 }
-                None => break,
             }
         }
     }
@@ -351,18 +362,9 @@ async fn worker_main<F>(
     config: Arc<RuntimeConfig>,
     metrics: Arc<JobMetrics>,
     mut chans: WorkerChannels,
-    keepalive: bool,
 ) where
     F: Fn(&Dataflow) + Send + Sync + 'static,
 {
-    // Keep an unpinned executor from parking (see `keepalive` in `start`).
-    let keepalive = keepalive.then(|| {
-        glommio::spawn_local(async move {
-            loop {
-                futures_lite::future::yield_now().await;
-            }
-        })
-    });
     let df = Dataflow::new(&name);
     build(&df);
     let (sources, edge_factories) = {
@@ -398,52 +400,16 @@ async fn worker_main<F>(
         }
     }
 
-    // Connect every channel end. A connect completes once its peer has
-    // connected too; glommio 0.9 does not always wake a connect whose peer
-    // connected first, so the futures are polled here on a short timer
-    // rather than awaited, with a deadline instead of a hang.
-    type Connecting<T> = Pin<Box<dyn Future<Output = T>>>;
-    let mut tx_pending: Vec<(usize, usize, Connecting<ConnectedSender<Batch>>)> =
-        chans.out.drain().map(|((e, d), tx)| (e, d, Box::pin(tx.connect()) as Connecting<_>)).collect();
-    let mut rx_pending: Vec<(usize, usize, Connecting<ConnectedReceiver<Batch>>)> =
-        chans.inp.drain().map(|((e, s), rx)| (e, s, Box::pin(rx.connect()) as Connecting<_>)).collect();
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
-    let mut inputs: Vec<(usize, usize, ConnectedReceiver<Batch>)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
-    loop {
-        let mut i = 0;
-        while i < tx_pending.len() {
-            if let Some(tx) = futures_lite::future::poll_once(&mut tx_pending[i].2).await {
-                let (e, d, _) = tx_pending.swap_remove(i);
-                if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-                    routes[e][d] =
-                        Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
-                }
-            } else {
-                i += 1;
-            }
+    for ((e, d), tx) in chans.out.drain() {
+        if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
+            routes[e][d] =
+                Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
         }
-        let mut i = 0;
-        while i < rx_pending.len() {
-            if let Some(rx) = futures_lite::future::poll_once(&mut rx_pending[i].2).await {
-                let (e, s, _) = rx_pending.swap_remove(i);
-                inputs.push((e, s, rx));
-            } else {
-                i += 1;
-            }
-        }
-        if tx_pending.is_empty() && rx_pending.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            metrics.fail(format!(
-                "worker {me}: channels to other workers did not connect within {CONNECT_TIMEOUT_MS} ms"
-            ));
-            return;
-        }
-        glommio::timer::sleep(Duration::from_micros(50)).await;
     }
+    let inputs: Vec<(usize, usize, Consumer<Batch>)> =
+        chans.inp.drain().map(|((e, s), rx)| (e, s, rx)).collect();
     let flusher = Rc::new(Flusher {
         routes,
         touched: touched.clone(),
@@ -485,8 +451,9 @@ async fn worker_main<F>(
                         // Sleep, even briefly, rather than yield: a sleeping
                         // task lets the executor poll its reactor, which is
                         // where batches from other workers are picked up.
-                        let wait = next_ns.map(|n| n.saturating_sub(now_ns())).unwrap_or(200_000);
-                        glommio::timer::sleep(Duration::from_nanos(wait.clamp(1_000, 1_000_000))).await;
+                        // The next step re-checks whether a record is due.
+                        let _ = next_ns;
+                        idle().await;
                     }
                 }
             }
@@ -503,12 +470,20 @@ async fn worker_main<F>(
         running.push(glommio::spawn_local(async move {
             loop {
                 st.borrow_mut()[my] = "recv:wait";
-                let Some(batch) = rx.recv().await else {
-                    if !metrics.has_failed() {
-                        metrics
-                            .fail(format!("edge {e}: a producing worker stopped without ending its stream"));
+                let Some(batch) = rx.try_pop() else {
+                    if rx.is_finished() {
+                        if !metrics.has_failed() {
+                            metrics.fail(format!(
+                                "edge {e}: a producing worker stopped without ending its stream"
+                            ));
+                        }
+                        break;
                     }
-                    break;
+                    if metrics.has_failed() {
+                        break;
+                    }
+                    idle().await;
+                    continue;
                 };
                 let last = batch.is_final();
                 input.borrow_mut().on_batch(&batch);
@@ -536,9 +511,15 @@ async fn worker_main<F>(
         let debug = std::env::var_os("SPATE_DEBUG").is_some();
         let states = states.clone();
         let mut last = Instant::now();
+        let mut next_tick = Instant::now() + period;
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(period).await;
+                idle().await;
+                let now = Instant::now();
+                if now < next_tick {
+                    continue;
+                }
+                next_tick = now + period;
                 if debug && last.elapsed() > Duration::from_millis(300) {
                     last = Instant::now();
                     eprintln!(
@@ -565,8 +546,5 @@ async fn worker_main<F>(
     }
     flusher.flush_touched(true).await;
     drop(ticker.cancel());
-    if let Some(k) = keepalive {
-        drop(k.cancel());
-    }
     drop(wb);
 }

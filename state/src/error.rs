@@ -91,6 +91,23 @@ pub enum StateError {
     },
     /// A key or value could not be encoded.
     Codec(CodecError),
+    /// A checkpoint (or one chunk of it) is corrupt, truncated or does not
+    /// fit its chain: it is never loaded.
+    CorruptCheckpoint {
+        /// The checkpoint's id (0 if not known yet).
+        checkpoint: u64,
+        /// The bin concerned, if known.
+        bin: Option<Bin>,
+        /// The page (of the segment file) concerned, if known.
+        page: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backup store holds no complete checkpoint for the instance.
+    NoCheckpoint {
+        /// The instance id.
+        instance: String,
+    },
 }
 
 impl std::fmt::Display for StateError {
@@ -128,6 +145,19 @@ impl std::fmt::Display for StateError {
                 write!(f, "state store is full: at most {segments_max} segments")
             }
             StateError::Codec(e) => write!(f, "state codec: {e}"),
+            StateError::CorruptCheckpoint { checkpoint, bin, page, reason } => {
+                write!(f, "checkpoint {checkpoint} is corrupt")?;
+                if let Some(b) = bin {
+                    write!(f, " in bin {b}")?;
+                }
+                if let Some(p) = page {
+                    write!(f, " at page {p}")?;
+                }
+                write!(f, ": {reason}")
+            }
+            StateError::NoCheckpoint { instance } => {
+                write!(f, "no complete checkpoint of instance {instance:?} in the backup store")
+            }
         }
     }
 }

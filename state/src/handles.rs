@@ -54,6 +54,15 @@ use crate::error::StateError;
 use crate::fixed::{fixed_decode, fixed_encode, fixed_len, FixedBuf, FIXED_MAX};
 use crate::store::{FixedValue, StateStore, TableId, TypeSig};
 
+/// Whether `bytes` are a valid encoding of a `T` (what [`codec::decode`]
+/// may then read without validation).
+fn valid<T: Record>(bytes: &[u8]) -> bool {
+    if fixed_len::<T>().is_some() && fixed_decode::<T>(bytes).is_some() {
+        return true;
+    }
+    codec::access_checked::<T>(bytes).is_ok()
+}
+
 fn sig<H: 'static>() -> TypeSig {
     TypeSig { id: TypeId::of::<H>(), name: std::any::type_name::<H>() }
 }
@@ -106,6 +115,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
         let table = store.typed_table(name, sig::<Self>())?;
+        store.verify_restored(table, |k, v, _| valid::<K>(k) && v.is_none_or(valid::<V>))?;
         Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
     }
 
@@ -304,6 +314,10 @@ impl<K: Record, MK: Record, V: Record> MapState<K, MK, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
         let table = store.typed_table(name, sig::<Self>())?;
+        store.verify_restored(table, |ck, v, _| {
+            split_composite(ck).is_some_and(|(k, mk)| valid::<K>(k) && valid::<MK>(mk))
+                && v.is_none_or(valid::<V>)
+        })?;
         Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
     }
 
@@ -408,6 +422,7 @@ impl<K: Record, V: Record> ListState<K, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
         let table = store.typed_table(name, sig::<Self>())?;
+        store.verify_restored(table, |k, _, mut items| valid::<K>(k) && items.all(valid::<V>))?;
         Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
     }
 

@@ -11,19 +11,26 @@
 //!   instance, holding that instance's bins.
 //! - [`handles`]: typed state handles (value, map, append-list) over the store:
 //!   the only way operators reach keyed state.
+//! - [`checkpoint`]: incremental checkpoints as chunk streams, and restore.
+//! - [`backup`]: the backup store that receives checkpoint chunks.
 //! - [`error`]: [`StateError`], what a store operation can fail with.
 //!
 //! This crate knows nothing of dataflows: it stores bytes per bin and produces
 //! and consumes checkpoint chunks as bytes.
 #![forbid(missing_docs)]
 
+pub mod backup;
+pub mod checkpoint;
 pub mod codec;
 pub mod error;
 mod fixed;
 pub mod handles;
 pub mod keyspace;
+mod partition;
 pub mod store;
 
+pub use backup::{Ack, BackupStore, Durability};
+pub use checkpoint::Checkpoint;
 pub use codec::Record;
 pub use error::StateError;
 pub use handles::{ListState, MapState, ValueState};

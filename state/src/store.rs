@@ -40,11 +40,13 @@
 //! # What is not promised
 //!
 //! The segment file is not a durable format on its own: it is meaningful only
-//! with a manifest (added with checkpoints). `create` always starts empty.
+//! with a checkpoint's header (see [`crate::checkpoint`]), which carries the
+//! bins' segment lists and the tables. `create` always starts empty;
+//! [`StateStore::restore`] rebuilds a store from a backup.
 
-mod file;
-mod index;
-mod record;
+pub(crate) mod file;
+pub(crate) mod index;
+pub(crate) mod record;
 
 use std::any::TypeId;
 use std::path::PathBuf;
@@ -52,9 +54,9 @@ use std::path::PathBuf;
 use crate::error::StateError;
 use crate::keyspace::{bin_of, BinRange, BINS_LOG2_MAX};
 
-use file::SegmentFile;
+pub(crate) use file::SegmentFile;
 pub use file::{CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
-use index::{slot_loc, tag_matches, BinIndex, SlotArena, EMPTY};
+pub(crate) use index::{slot_loc, tag_matches, BinIndex, SlotArena, EMPTY};
 use record::*;
 
 /// Default bytes per segment.
@@ -134,38 +136,57 @@ pub(crate) struct TypeSig {
     pub(crate) name: &'static str,
 }
 
-struct Table {
-    name: String,
-    /// `None` for a raw table.
-    sig: Option<TypeSig>,
+pub(crate) struct Table {
+    pub(crate) name: String,
+    /// `None` for a raw table (or a restored typed table not yet claimed).
+    pub(crate) sig: Option<TypeSig>,
+    /// For a typed table restored from a checkpoint and not yet registered
+    /// again by its handle: the handle's type name. The first registration
+    /// with that type name claims the table.
+    pub(crate) restored_sig: Option<String>,
+    /// The table's records came from a checkpoint and have not been
+    /// validated against its handle's types yet: the handle validates them
+    /// when it registers (it reads values without validation after that).
+    pub(crate) unverified: bool,
     /// One index per owned bin.
-    bins: Vec<BinIndex>,
-    len: usize,
+    pub(crate) bins: Vec<BinIndex>,
+    pub(crate) len: usize,
+}
+
+impl Table {
+    /// The type name the table is registered with (`"raw"` for raw tables).
+    pub(crate) fn type_name(&self) -> &str {
+        match (&self.sig, &self.restored_sig) {
+            (Some(s), _) => s.name,
+            (None, Some(n)) => n,
+            (None, None) => "raw",
+        }
+    }
 }
 
 /// One segment of a bin: its location and log2 of its bytes.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    loc: u64,
-    log2: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Seg {
+    pub(crate) loc: u64,
+    pub(crate) log2: u32,
 }
 
 /// Allocation state of one bin.
-#[derive(Default)]
-struct BinHeap {
+#[derive(Default, Clone, Debug)]
+pub(crate) struct BinHeap {
     /// The bin's segments, in allocation order; the last is being filled.
     /// Each is twice the size of the previous one, up to the full size.
-    segs: Vec<Seg>,
+    pub(crate) segs: Vec<Seg>,
     /// Bytes of the bin's segments.
-    capacity: u64,
+    pub(crate) capacity: u64,
     /// Next free byte in the last segment.
-    tail: u64,
+    pub(crate) tail: u64,
     /// End of the last segment (0 when the bin has none).
-    end: u64,
+    pub(crate) end: u64,
     /// Bytes handed to records and padding.
-    used: u64,
+    pub(crate) used: u64,
     /// Bytes of dead records and padding.
-    dead: u64,
+    pub(crate) dead: u64,
 }
 
 /// The items of one key's list, oldest first.
@@ -215,15 +236,17 @@ impl<'a> Iterator for ListItems<'a> {
 /// compared byte for byte). Operators use the typed handles of
 /// [`crate::handles`], never this raw API.
 pub struct StateStore {
-    config: StoreConfig,
-    bins: BinRange,
-    file: SegmentFile,
-    heaps: Vec<BinHeap>,
-    tables: Vec<Table>,
+    pub(crate) config: StoreConfig,
+    pub(crate) bins: BinRange,
+    pub(crate) file: SegmentFile,
+    pub(crate) heaps: Vec<BinHeap>,
+    pub(crate) tables: Vec<Table>,
     /// The index slots of every table and bin.
-    index: SlotArena,
+    pub(crate) index: SlotArena,
     /// Scratch for compaction rollback: (table, slot position, old location).
     moved: Vec<(usize, usize, u64)>,
+    /// Checkpoint chain state (see `crate::checkpoint`).
+    pub(crate) chain: crate::checkpoint::ChainState,
 }
 
 /// Key equality, without a `memcmp` call for the short keys of the hot path.
@@ -292,27 +315,27 @@ pub(crate) enum FixedValue<'a> {
 
 /// The hash of the record at `loc` (for index growth and removal).
 #[inline(always)]
-fn hash_at(file: &SegmentFile) -> impl Fn(u64) -> u64 + '_ {
+pub(crate) fn hash_at(file: &SegmentFile) -> impl Fn(u64) -> u64 + '_ {
     move |loc| u64_at(file.bytes(loc, 8), 0)
 }
 
 /// The index could not get memory.
 #[cold]
-fn index_err(source: std::io::Error) -> StateError {
+pub(crate) fn index_err(source: std::io::Error) -> StateError {
     StateError::Io { path: PathBuf::from("<anonymous memory>"), op: "map the key index", source }
 }
 
 #[inline(always)]
-fn header(file: &SegmentFile, loc: u64) -> Header {
+pub(crate) fn header(file: &SegmentFile, loc: u64) -> Header {
     Header::read(file.bytes(loc, HEADER))
 }
 
-fn read_head(file: &SegmentFile, head_loc: u64, key_len: u32) -> (u64, u64, u64) {
+pub(crate) fn read_head(file: &SegmentFile, head_loc: u64, key_len: u32) -> (u64, u64, u64) {
     let b = file.bytes(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
     (u64_at(b, 0), u64_at(b, 8), u64_at(b, 16))
 }
 
-fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, head: (u64, u64, u64)) {
+pub(crate) fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, head: (u64, u64, u64)) {
     let b = file.bytes_mut(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
     b[0..8].copy_from_slice(&head.0.to_le_bytes());
     b[8..16].copy_from_slice(&head.1.to_le_bytes());
@@ -321,7 +344,7 @@ fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, head: (u64, u
 
 /// Flags the record at `loc` dead and accounts its bytes (and, for a list,
 /// its blocks') as garbage of its bin.
-fn kill(file: &mut SegmentFile, heap: &mut BinHeap, loc: u64) {
+pub(crate) fn kill(file: &mut SegmentFile, heap: &mut BinHeap, loc: u64) {
     let h = header(file, loc);
     let mut bytes = h.record_bytes() as u64;
     if h.kind == KIND_LIST {
@@ -345,7 +368,16 @@ impl StateStore {
         let file = SegmentFile::create(&config.dir, config.segment_bytes)?;
         let heaps = (0..bins.len()).map(|_| BinHeap::default()).collect();
         let index = SlotArena::new().map_err(index_err)?;
-        Ok(Self { config, bins, file, heaps, tables: Vec::new(), index, moved: Vec::new() })
+        Ok(Self {
+            config,
+            bins,
+            file,
+            heaps,
+            tables: Vec::new(),
+            index,
+            moved: Vec::new(),
+            chain: crate::checkpoint::ChainState::default(),
+        })
     }
 
     /// The store's configuration.
@@ -378,11 +410,22 @@ impl StateStore {
     fn register(&mut self, name: &str, sig: Option<TypeSig>) -> Result<TableId, StateError> {
         let sig_name = |s: Option<TypeSig>| s.map_or("raw", |s| s.name);
         if let Some(i) = self.tables.iter().position(|t| t.name == name) {
-            let t = &self.tables[i];
-            if t.sig.map(|s| s.id) != sig.map(|s| s.id) {
+            let t = &mut self.tables[i];
+            if let (Some(want), Some(s)) = (t.restored_sig.as_deref(), sig) {
+                if want == s.name {
+                    // A restored typed table claimed by its handle type.
+                    t.sig = Some(s);
+                    t.restored_sig = None;
+                }
+            }
+            if t.restored_sig.is_some() || t.sig.map(|s| s.id) != sig.map(|s| s.id) {
                 return Err(StateError::TableTypeMismatch {
                     name: name.to_string(),
-                    registered: sig_name(t.sig),
+                    registered: if t.restored_sig.is_some() {
+                        "a typed handle (restored)"
+                    } else {
+                        sig_name(t.sig)
+                    },
                     requested: sig_name(sig),
                 });
             }
@@ -393,15 +436,80 @@ impl StateStore {
         }
         let id = TableId(self.tables.len() as u16);
         let bins = (0..self.bins.len()).map(|_| BinIndex::default()).collect();
-        self.tables.push(Table { name: name.to_string(), sig, bins, len: 0 });
+        self.tables.push(Table {
+            name: name.to_string(),
+            sig,
+            restored_sig: None,
+            unverified: false,
+            bins,
+            len: 0,
+        });
         Ok(id)
+    }
+
+    /// If table `t` came from a checkpoint and was not validated yet, calls
+    /// `ok(key, value, items)` for each of its keys (`value` is `None` for a
+    /// list, whose items are given) and fails with
+    /// [`StateError::CorruptCheckpoint`] at the first `false`.
+    pub(crate) fn verify_restored(
+        &mut self,
+        t: TableId,
+        mut ok: impl FnMut(&[u8], Option<&[u8]>, ListItems<'_>) -> bool,
+    ) -> Result<(), StateError> {
+        let Some(table) = self.tables.get(t.index()) else {
+            return Err(self.unknown(t));
+        };
+        if !table.unverified {
+            return Ok(());
+        }
+        for (bi, ix) in table.bins.iter().enumerate() {
+            for &s in ix.slots(&self.index) {
+                if s == EMPTY {
+                    continue;
+                }
+                let loc = slot_loc(s);
+                let h = header(&self.file, loc);
+                let key = self.file.bytes(loc + HEADER as u64, h.key_len as usize);
+                let good = if h.kind == KIND_LIST {
+                    let (_, first, _) = read_head(&self.file, loc, h.key_len);
+                    ok(key, None, ListItems::new(&self.file, first))
+                } else {
+                    let value = self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize);
+                    ok(key, Some(value), ListItems::new(&self.file, NONE))
+                };
+                if !good {
+                    return Err(StateError::CorruptCheckpoint {
+                        checkpoint: self.chain.last,
+                        bin: Some(self.bins.start + bi as u32),
+                        page: Some(loc / PAGE_BYTES as u64),
+                        reason: format!(
+                            "a record of table {:?} does not validate as its handle's types",
+                            table.name
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(table) = self.tables.get_mut(t.index()) {
+            table.unverified = false;
+        }
+        Ok(())
     }
 
     /// Checks that table `t` exists and was registered by handle type `sig`.
     #[inline(always)]
     pub(crate) fn check_sig(&self, t: TableId, sig: &TypeSig) -> Result<(), StateError> {
         match self.tables.get(t.index()) {
-            Some(table) if table.sig.map(|s| s.id) == Some(sig.id) => Ok(()),
+            Some(table) if table.sig.map(|s| s.id) == Some(sig.id) && !table.unverified => Ok(()),
+            Some(table) if table.unverified => Err(StateError::CorruptCheckpoint {
+                checkpoint: self.chain.last,
+                bin: None,
+                page: None,
+                reason: format!(
+                    "table {:?} holds unvalidated records: register its handle again",
+                    table.name
+                ),
+            }),
             Some(table) => {
                 debug_assert!(false, "handle {} used with table {:?}", sig.name, table.name);
                 Err(StateError::TableTypeMismatch {
@@ -425,6 +533,11 @@ impl StateStore {
     #[inline(always)]
     fn check_raw(&self, t: TableId) -> Result<(), StateError> {
         match self.tables.get(t.index()) {
+            Some(table) if table.restored_sig.is_some() => Err(StateError::TableTypeMismatch {
+                name: table.name.clone(),
+                registered: "a typed handle (restored)",
+                requested: "raw",
+            }),
             Some(table) => match table.sig {
                 None => Ok(()),
                 Some(s) => Err(StateError::TableTypeMismatch {
@@ -1056,6 +1169,12 @@ impl StateStore {
         self.heaps.iter().map(|h| h.used - h.dead).sum()
     }
 
+    /// Bytes of the segments allocated to bins (what a full checkpoint
+    /// image holds).
+    pub fn segment_bytes_in_use(&self) -> u64 {
+        self.heaps.iter().map(|h| h.capacity).sum()
+    }
+
     /// Segments allocated to bins.
     pub fn segment_count(&self) -> usize {
         self.heaps.iter().map(|h| h.segs.len()).sum()
@@ -1094,7 +1213,7 @@ impl StateStore {
     /// segment switch may first compact the bin, which moves its records
     /// (and rewrites their slots' locations; slot positions do not change).
     #[inline(always)]
-    fn alloc(&mut self, bi: usize, n: usize, may_compact: bool) -> Result<u64, StateError> {
+    pub(crate) fn alloc(&mut self, bi: usize, n: usize, may_compact: bool) -> Result<u64, StateError> {
         let h = &mut self.heaps[bi];
         let n = n as u64;
         if h.tail + n <= h.end {
@@ -1207,7 +1326,7 @@ impl StateStore {
 
     /// Copies the record at `loc` (with its list blocks, trimmed to their
     /// used bytes) into bin `bi`'s current segments; returns its new location.
-    fn copy_record(&mut self, bi: usize, loc: u64) -> Result<u64, StateError> {
+    pub(crate) fn copy_record(&mut self, bi: usize, loc: u64) -> Result<u64, StateError> {
         let h = header(&self.file, loc);
         let size = h.record_bytes();
         let new = self.alloc(bi, size, false)?;

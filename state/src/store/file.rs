@@ -348,4 +348,112 @@ impl SegmentFile {
     pub(crate) fn clear_dirty(&mut self) {
         self.dirty.iter_mut().for_each(|w| *w = 0);
     }
+
+    /// The dirty pages, in ascending order.
+    pub(crate) fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.dirty.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                Some(wi as u64 * 64 + u64::from(b))
+            })
+        })
+    }
+
+    /// Log2 of the bytes of a full segment.
+    pub(crate) fn segment_log2(&self) -> u32 {
+        self.segment_log2
+    }
+
+    /// Full segments taken from the end of the file so far.
+    pub(crate) fn next_segment(&self) -> u32 {
+        self.next_segment
+    }
+
+    /// The free segments, by size class (`PAGE_BYTES << class` bytes).
+    pub(crate) fn free_lists(&self) -> &[Vec<u64>] {
+        &self.free
+    }
+
+    /// Sets the allocator to a restored layout: `next_segment` full
+    /// segments taken (the file grows to hold them), `free` the free
+    /// segments by class and `in_use` segments handed out. The caller
+    /// checked that every location lies below the high-water mark.
+    pub(crate) fn set_layout(
+        &mut self,
+        next_segment: u32,
+        free: Vec<Vec<u64>>,
+        in_use: usize,
+    ) -> Result<(), StateError> {
+        let end = u64::from(next_segment) << self.segment_log2;
+        while self.file_bytes() < end {
+            self.grow()?;
+        }
+        self.next_segment = next_segment;
+        self.free = free;
+        self.free.resize((self.segment_log2 - PAGE_LOG2 + 1) as usize, Vec::new());
+        self.in_use = in_use;
+        Ok(())
+    }
+
+    /// Page `p` of the file, which must lie in the mapped file.
+    pub(crate) fn page(&self, p: u64) -> &[u8] {
+        self.bytes(p << PAGE_LOG2, PAGE_BYTES)
+    }
+
+    /// Writes pages (ascending index, each `PAGE_BYTES`) into the file,
+    /// skipping any outside it, without marking them dirty: runs of
+    /// consecutive pages go to the file in large writes (on Unix), which
+    /// spares the page faults and page zeroing of writing through the map.
+    pub(crate) fn write_pages<'a>(
+        &mut self,
+        pages: impl Iterator<Item = (u64, &'a [u8])>,
+    ) -> Result<(), StateError> {
+        const RUN: usize = 1 << 20;
+        let file_pages = self.file_bytes() >> PAGE_LOG2;
+        let mut buf: Vec<u8> = Vec::with_capacity(RUN);
+        let mut start = 0u64;
+        for (p, data) in pages {
+            if p >= file_pages || data.len() != PAGE_BYTES {
+                continue;
+            }
+            let next = start + (buf.len() / PAGE_BYTES) as u64;
+            if buf.len() >= RUN || (p != next && !buf.is_empty()) {
+                self.write_run(start, &buf)?;
+                buf.clear();
+            }
+            if buf.is_empty() {
+                start = p;
+            }
+            buf.extend_from_slice(data);
+        }
+        if !buf.is_empty() {
+            self.write_run(start, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole pages from page `p` on.
+    fn write_run(&mut self, p: u64, data: &[u8]) -> Result<(), StateError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            // A shared map and the file share the page cache, so the map
+            // sees what is written here.
+            self.file.write_all_at(data, p << PAGE_LOG2).map_err(|source| StateError::Io {
+                path: self.path.clone(),
+                op: "write",
+                source,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            self.write(p << PAGE_LOG2, data);
+            Ok(())
+        }
+    }
 }

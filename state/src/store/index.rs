@@ -451,6 +451,29 @@ impl BinIndex {
         Ok(())
     }
 
+    /// Grows the index (if needed) so that `n` more keys fit without growing
+    /// again (for rebuilding a bin's index in one go).
+    pub(crate) fn reserve(
+        &mut self,
+        a: &mut SlotArena,
+        n: usize,
+        hash_at: impl Fn(u64) -> u64,
+    ) -> std::io::Result<()> {
+        while (self.len as usize + n) * 16 > self.capacity() * 13 {
+            self.grow(a, &hash_at)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the index's block back to the arena and leaves it empty (for a
+    /// bin that leaves the store).
+    pub(crate) fn release(&mut self, a: &mut SlotArena) {
+        if self.off() != 0 {
+            a.free(self.off(), (self.mask() + 1).trailing_zeros());
+        }
+        *self = Self::default();
+    }
+
     /// Removes the slot at `i`, shifting later slots of its run back so that
     /// no probe sequence is broken.
     pub(crate) fn remove_at(&mut self, a: &mut SlotArena, mut i: usize, hash_at: impl Fn(u64) -> u64) {

@@ -1,0 +1,919 @@
+//! Incremental checkpoints of a [`StateStore`] as a stream of
+//! self-describing chunks, and restore from a [`BackupStore`].
+//!
+//! # Chunks
+//!
+//! A checkpoint is an ordered sequence of chunks, each framed as
+//!
+//! ```text
+//! len u32 | crc32 u32 | kind u8 | payload
+//! ```
+//!
+//! (little endian; `len` counts `kind` and `payload`, `crc32` covers them).
+//! The kinds, in stream order:
+//!
+//! - **header** (one): magic `SPATECKP`, format version, checkpoint id, base
+//!   checkpoint id (0 for a full image), the bins range and `bins_log2`, the
+//!   segment file's layout (full segment size, high-water mark, free
+//!   segments) and every bin's segments (location and size) with its
+//!   allocation state, the table registry (names and handle type names) and
+//!   the runtime's opaque `meta` bytes;
+//! - **page** (one per page): page index, crc32 of the page, its 4096 bytes;
+//! - **trailer** (one): number of page chunks and the crc32 of the header
+//!   chunk's payload.
+//!
+//! A full image holds every page of every segment in use by a bin; an
+//! increment holds the pages written since the previous checkpoint. The
+//! first checkpoint of a store, the first after a restore, split or merge,
+//! and the first after `full_every` increments
+//! ([`StateStore::set_checkpoint_full_every`]) are full images.
+//!
+//! # Consistency
+//!
+//! [`StateStore::checkpoint`] copies the pages it needs into the returned
+//! [`Checkpoint`] before it returns (a dirty-page shadow): the checkpoint is
+//! a consistent image of the store as it was at the call, which the runtime
+//! makes between two batches; the store can be written again as soon as the
+//! call returns, while the chunks are streamed out. The pause is the copy of
+//! the dirty pages (of every page for a full image).
+//!
+//! # Restore
+//!
+//! [`StateStore::restore`] loads the chain (full image, then increments) of
+//! the latest complete checkpoint in a [`BackupStore`], checking every
+//! chunk's and page's crc32, then rebuilds every bin's index by scanning its
+//! segments (records carry their hash) while validating the record framing.
+//! Any fault gives [`StateError::CorruptCheckpoint`] naming the checkpoint
+//! and, where known, the bin and page, and restore falls back to the
+//! previous complete checkpoint; nothing corrupt is loaded.
+
+use std::collections::BTreeMap;
+
+use crate::backup::BackupStore;
+use crate::error::StateError;
+use crate::keyspace::{Bin, BinRange};
+use crate::store::record::{
+    u32_at, u64_at, Header, BLOCK_HEAD, FLAG_DEAD, HEADER, KIND_BLOCK, KIND_LIST, KIND_PAD, KIND_VALUE,
+    LIST_HEAD, NONE,
+};
+use crate::store::{hash_at, index_err, read_head, BinHeap, Seg, StateStore, StoreConfig, Table, PAGE_BYTES};
+
+/// Magic bytes opening a header chunk's payload.
+pub const MAGIC: [u8; 8] = *b"SPATECKP";
+/// Version of the chunk format.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes of a chunk's framing before the payload (`len`, `crc32`, `kind`).
+pub const FRAME_BYTES: usize = 9;
+/// Largest chunk payload accepted by the decoder (a header of a store with
+/// many segments is the largest chunk).
+pub const CHUNK_MAX: usize = 1 << 30;
+/// Default number of increments after which the next checkpoint is a full
+/// image.
+pub const FULL_EVERY_DEFAULT: u32 = 16;
+
+const PAGE_PAYLOAD: usize = 12 + PAGE_BYTES;
+
+/// The kind of a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// The checkpoint's manifest (first chunk).
+    Header,
+    /// One page of the segment file.
+    Page,
+    /// The end of the checkpoint (last chunk).
+    Trailer,
+}
+
+impl ChunkKind {
+    fn code(self) -> u8 {
+        match self {
+            ChunkKind::Header => 1,
+            ChunkKind::Page => 2,
+            ChunkKind::Trailer => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(ChunkKind::Header),
+            2 => Some(ChunkKind::Page),
+            3 => Some(ChunkKind::Trailer),
+            _ => None,
+        }
+    }
+}
+
+/// One decoded chunk, borrowing its payload.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    /// The chunk's kind.
+    pub kind: ChunkKind,
+    /// The payload (after the framing).
+    pub payload: &'a [u8],
+}
+
+/// Decodes the chunk at the start of `buf`, checking its framing and crc32;
+/// returns it and the bytes it spans. The error says what is wrong.
+pub fn decode_chunk(buf: &[u8]) -> Result<(Chunk<'_>, usize), String> {
+    if buf.len() < FRAME_BYTES {
+        return Err(format!("truncated chunk framing: {} bytes", buf.len()));
+    }
+    let len = u32_at(buf, 0) as usize;
+    if len == 0 || len > CHUNK_MAX {
+        return Err(format!("chunk length {len} out of range"));
+    }
+    let end = 8 + len;
+    if buf.len() < end {
+        return Err(format!("truncated chunk: {} of {end} bytes", buf.len()));
+    }
+    let crc = u32_at(buf, 4);
+    let body = &buf[8..end];
+    let actual = crc32fast::hash(body);
+    if actual != crc {
+        return Err(format!("chunk crc32 mismatch: stored {crc:#010x}, computed {actual:#010x}"));
+    }
+    let kind = ChunkKind::from_code(body[0]).ok_or_else(|| format!("unknown chunk kind {}", body[0]))?;
+    Ok((Chunk { kind, payload: &body[1..] }, end))
+}
+
+/// Frames a payload as a chunk.
+fn frame(kind: ChunkKind, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(8 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind.code());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    let crc = crc32fast::hash(&out[8..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A checkpoint: its chunks, in stream order.
+#[derive(Debug)]
+pub struct Checkpoint {
+    id: u64,
+    base: u64,
+    pages: u64,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Checkpoint {
+    /// The checkpoint's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The id of the checkpoint this one is an increment on (0 for a full
+    /// image).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Whether this is a full image.
+    pub fn is_full(&self) -> bool {
+        self.base == 0
+    }
+
+    /// Number of page chunks.
+    pub fn page_count(&self) -> u64 {
+        self.pages
+    }
+
+    /// The chunks, in the order they must be sent.
+    pub fn chunks(&self) -> &[Vec<u8>] {
+        &self.chunks
+    }
+
+    /// The chunks, in the order they must be sent.
+    pub fn into_chunks(self) -> Vec<Vec<u8>> {
+        self.chunks
+    }
+
+    /// Total bytes of the chunks.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// Where a store stands in its checkpoint chain.
+#[derive(Debug)]
+pub(crate) struct ChainState {
+    /// The last checkpoint's id (0: none yet).
+    pub(crate) last: u64,
+    /// Increments since the last full image.
+    pub(crate) increments: u32,
+    /// The next checkpoint must be a full image.
+    pub(crate) need_full: bool,
+    /// Increments after which a full image is taken.
+    pub(crate) full_every: u32,
+}
+
+impl Default for ChainState {
+    fn default() -> Self {
+        Self { last: 0, increments: 0, need_full: true, full_every: FULL_EVERY_DEFAULT }
+    }
+}
+
+/// A bin's layout in a header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BinLayout {
+    pub(crate) segs: Vec<Seg>,
+    pub(crate) tail: u64,
+    pub(crate) used: u64,
+    pub(crate) dead: u64,
+}
+
+/// A table in a header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TableEntry {
+    pub(crate) name: String,
+    /// The handle type name, `None` for a raw table.
+    pub(crate) typed: Option<String>,
+}
+
+/// A decoded header chunk.
+#[derive(Clone, Debug)]
+pub(crate) struct CkptHeader {
+    pub(crate) id: u64,
+    pub(crate) base: u64,
+    pub(crate) bins: BinRange,
+    pub(crate) bins_log2: u8,
+    pub(crate) segment_log2: u8,
+    pub(crate) next_segment: u32,
+    pub(crate) free: Vec<Vec<u64>>,
+    pub(crate) layout: Vec<BinLayout>,
+    pub(crate) tables: Vec<TableEntry>,
+    pub(crate) meta: Vec<u8>,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| format!("header truncated at byte {} (needs {n} more)", self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64_at(self.take(8)?, 0))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "header string is not UTF-8".to_string())
+    }
+    /// A count of items of at least `min_bytes` each, bounded by the bytes left.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_bytes) > self.b.len() - self.at {
+            return Err(format!("header count {n} exceeds the bytes left"));
+        }
+        Ok(n)
+    }
+}
+
+impl CkptHeader {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        w.0.extend_from_slice(&MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.u64(self.id);
+        w.u64(self.base);
+        w.u32(self.bins.start);
+        w.u32(self.bins.end);
+        w.u8(self.bins_log2);
+        w.u8(self.segment_log2);
+        w.u32(self.next_segment);
+        w.u32(self.free.len() as u32);
+        for class in &self.free {
+            w.u32(class.len() as u32);
+            class.iter().for_each(|&l| w.u64(l));
+        }
+        w.u32(self.layout.len() as u32);
+        for b in &self.layout {
+            w.u32(b.segs.len() as u32);
+            for s in &b.segs {
+                w.u64(s.loc);
+                w.u8(s.log2 as u8);
+            }
+            w.u64(b.tail);
+            w.u64(b.used);
+            w.u64(b.dead);
+        }
+        w.u32(self.tables.len() as u32);
+        for t in &self.tables {
+            w.bytes(t.name.as_bytes());
+            match &t.typed {
+                None => w.u8(0),
+                Some(n) => {
+                    w.u8(1);
+                    w.bytes(n.as_bytes());
+                }
+            }
+        }
+        w.bytes(&self.meta);
+        w.0
+    }
+
+    /// Decodes and checks a header payload (not the layout against the
+    /// pages: see `validate_layout`).
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
+        let mut r = Reader { b, at: 0 };
+        if r.take(8)? != MAGIC {
+            return Err("bad magic".into());
+        }
+        let v = r.u16()?;
+        if v != FORMAT_VERSION {
+            return Err(format!("format version {v} is not {FORMAT_VERSION}"));
+        }
+        let id = r.u64()?;
+        let base = r.u64()?;
+        let (start, end) = (r.u32()?, r.u32()?);
+        let bins_log2 = r.u8()?;
+        let segment_log2 = r.u8()?;
+        if !(12..=30).contains(&segment_log2) || start > end || bins_log2 > crate::keyspace::BINS_LOG2_MAX {
+            return Err("bad bins or segment size".into());
+        }
+        if u64::from(end) > 1u64 << bins_log2 {
+            return Err(format!("bins {start}..{end} exceed 2^{bins_log2}"));
+        }
+        let next_segment = r.u32()?;
+        let classes = r.count(4)?;
+        if classes != (segment_log2 - 11) as usize {
+            return Err(format!("{classes} free classes for segments of 2^{segment_log2}"));
+        }
+        let mut free = Vec::with_capacity(classes);
+        for _ in 0..classes {
+            let n = r.count(8)?;
+            free.push((0..n).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?);
+        }
+        let nbins = r.count(28)?;
+        if nbins != (end - start) as usize {
+            return Err(format!("{nbins} bin layouts for bins {start}..{end}"));
+        }
+        let mut layout = Vec::with_capacity(nbins);
+        for _ in 0..nbins {
+            let n = r.count(9)?;
+            let mut segs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let loc = r.u64()?;
+                let log2 = u32::from(r.u8()?);
+                segs.push(Seg { loc, log2 });
+            }
+            layout.push(BinLayout { segs, tail: r.u64()?, used: r.u64()?, dead: r.u64()? });
+        }
+        let ntables = r.count(5)?;
+        if ntables > crate::store::TABLES_MAX {
+            return Err(format!("{ntables} tables"));
+        }
+        let mut tables = Vec::with_capacity(ntables);
+        for _ in 0..ntables {
+            let name = r.string()?;
+            let typed = match r.u8()? {
+                0 => None,
+                1 => Some(r.string()?),
+                k => return Err(format!("table kind {k}")),
+            };
+            tables.push(TableEntry { name, typed });
+        }
+        let meta = r.bytes()?.to_vec();
+        if r.at != b.len() {
+            return Err(format!("{} trailing header bytes", b.len() - r.at));
+        }
+        let h = CkptHeader {
+            id,
+            base,
+            bins: BinRange::new(start, end),
+            bins_log2,
+            segment_log2,
+            next_segment,
+            free,
+            layout,
+            tables,
+            meta,
+        };
+        h.validate_layout()?;
+        Ok(h)
+    }
+
+    /// Checks that segments are aligned, sized and below the high-water
+    /// mark, and that tails and byte counts are consistent.
+    fn validate_layout(&self) -> Result<(), String> {
+        let seg_log2 = u32::from(self.segment_log2);
+        let limit = u64::from(self.next_segment) << seg_log2;
+        let seg_ok = |s: &Seg| {
+            (12..=seg_log2).contains(&s.log2)
+                && s.loc & ((1u64 << s.log2) - 1) == 0
+                && s.loc.checked_add(1 << s.log2).is_some_and(|e| e <= limit)
+        };
+        for (class, locs) in self.free.iter().enumerate() {
+            let log2 = 12 + class as u32;
+            if !locs.iter().all(|&loc| seg_ok(&Seg { loc, log2 })) {
+                return Err(format!("free segment of class {class} out of the file"));
+            }
+        }
+        for (i, b) in self.layout.iter().enumerate() {
+            if !b.segs.iter().all(seg_ok) {
+                return Err(format!("bin {}: segment out of the file", self.bins.start + i as u32));
+            }
+            let capacity: u64 = b.segs.iter().map(|s| 1u64 << s.log2).sum();
+            let tail_ok = match b.segs.last() {
+                None => b.tail == 0,
+                Some(s) => (s.loc..=s.loc + (1 << s.log2)).contains(&b.tail),
+            };
+            if !tail_ok || b.used > capacity || b.dead > b.used {
+                return Err(format!("bin {}: inconsistent tail or byte counts", self.bins.start + i as u32));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bin whose segments hold page `p`, if any.
+    pub(crate) fn bin_of_page(&self, p: u64) -> Option<Bin> {
+        let loc = p * PAGE_BYTES as u64;
+        self.layout
+            .iter()
+            .position(|b| b.segs.iter().any(|s| (s.loc..s.loc + (1 << s.log2)).contains(&loc)))
+            .map(|i| self.bins.start + i as u32)
+    }
+}
+
+/// A checkpoint's bytes, validated: its header and its pages (index and
+/// the 4096 bytes, borrowed).
+pub(crate) struct Parsed<'a> {
+    pub(crate) header: CkptHeader,
+    pub(crate) pages: Vec<(u64, &'a [u8])>,
+}
+
+fn corrupt(checkpoint: u64, bin: Option<Bin>, page: Option<u64>, reason: impl Into<String>) -> StateError {
+    StateError::CorruptCheckpoint { checkpoint, bin, page, reason: reason.into() }
+}
+
+/// Checks a page chunk's payload; returns the page index and bytes.
+pub(crate) fn decode_page(payload: &[u8]) -> Result<(u64, &[u8]), (Option<u64>, String)> {
+    if payload.len() != PAGE_PAYLOAD {
+        return Err((None, format!("page chunk of {} bytes, not {PAGE_PAYLOAD}", payload.len())));
+    }
+    let p = u64_at(payload, 0);
+    let crc = u32_at(payload, 8);
+    let data = &payload[12..];
+    let actual = crc32fast::hash(data);
+    if crc != actual {
+        return Err((Some(p), format!("page crc32 mismatch: stored {crc:#010x}, computed {actual:#010x}")));
+    }
+    Ok((p, data))
+}
+
+/// Checks a trailer payload against the pages seen and the header payload.
+pub(crate) fn check_trailer(payload: &[u8], pages: u64, header_payload: &[u8]) -> Result<(), String> {
+    if payload.len() != 12 {
+        return Err(format!("trailer of {} bytes", payload.len()));
+    }
+    let (n, crc) = (u64_at(payload, 0), u32_at(payload, 8));
+    if n != pages {
+        return Err(format!("trailer counts {n} pages, {pages} received"));
+    }
+    if crc != crc32fast::hash(header_payload) {
+        return Err("trailer's header crc32 does not match the header".into());
+    }
+    Ok(())
+}
+
+/// The page index a page chunk at the start of `b` claims, if its framing
+/// (length and kind) is intact.
+fn peek_page(b: &[u8]) -> Option<u64> {
+    let ok = b.len() >= 8 + 1 + PAGE_PAYLOAD
+        && u32_at(b, 0) as usize == 1 + PAGE_PAYLOAD
+        && b[8] == ChunkKind::Page.code();
+    ok.then(|| u64_at(b, 9))
+}
+
+/// Validates the stored bytes of checkpoint `id` (every chunk and page crc,
+/// the order of chunks, the trailer).
+pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
+    let mut at = 0;
+    let mut header: Option<(CkptHeader, &[u8])> = None;
+    let mut pages = Vec::new();
+    let mut last_page = None;
+    loop {
+        if at >= bytes.len() {
+            return Err(corrupt(id, None, last_page, "truncated: no trailer"));
+        }
+        let (chunk, n) = decode_chunk(&bytes[at..]).map_err(|r| {
+            // A damaged page chunk whose framing is intact names the page
+            // it claims to hold (and its bin); otherwise the page after the
+            // last good one is named.
+            let claimed = peek_page(&bytes[at..]);
+            let page = claimed.or(last_page.map(|p| p + 1)).filter(|_| header.is_some());
+            let bin = page.and_then(|p| header.as_ref().and_then(|(h, _)| h.bin_of_page(p)));
+            corrupt(id, bin, page, format!("chunk at byte {at}: {r}"))
+        })?;
+        at += n;
+        match (chunk.kind, &header) {
+            (ChunkKind::Header, None) => {
+                let h = CkptHeader::decode(chunk.payload).map_err(|r| corrupt(id, None, None, r))?;
+                if h.id != id {
+                    return Err(corrupt(id, None, None, format!("header names checkpoint {}", h.id)));
+                }
+                header = Some((h, chunk.payload));
+            }
+            (ChunkKind::Page, Some((h, _))) => {
+                let (p, data) = decode_page(chunk.payload)
+                    .map_err(|(p, r)| corrupt(id, p.and_then(|p| h.bin_of_page(p)), p, r))?;
+                last_page = Some(p);
+                pages.push((p, data));
+            }
+            (ChunkKind::Trailer, Some((_, hp))) => {
+                check_trailer(chunk.payload, pages.len() as u64, hp)
+                    .map_err(|r| corrupt(id, None, None, r))?;
+                if at != bytes.len() {
+                    return Err(corrupt(id, None, None, "bytes after the trailer"));
+                }
+                let (header, _) = header.ok_or_else(|| corrupt(id, None, None, "no header"))?;
+                return Ok(Parsed { header, pages });
+            }
+            (k, _) => return Err(corrupt(id, None, last_page, format!("unexpected {k:?} chunk"))),
+        }
+    }
+}
+
+/// Encodes a checkpoint from a header and its pages.
+pub(crate) fn encode<'a>(header: &CkptHeader, pages: impl Iterator<Item = (u64, &'a [u8])>) -> Checkpoint {
+    let hp = header.encode();
+    let mut chunks = vec![frame(ChunkKind::Header, &[&hp])];
+    let mut n = 0u64;
+    for (p, data) in pages {
+        let crc = crc32fast::hash(data);
+        chunks.push(frame(ChunkKind::Page, &[&p.to_le_bytes(), &crc.to_le_bytes(), data]));
+        n += 1;
+    }
+    let mut t = n.to_le_bytes().to_vec();
+    t.extend_from_slice(&crc32fast::hash(&hp).to_le_bytes());
+    chunks.push(frame(ChunkKind::Trailer, &[&t]));
+    Checkpoint { id: header.id, base: header.base, pages: n, chunks }
+}
+
+/// The pages of the segments in use by the bins of `layout`, ascending.
+pub(crate) fn layout_pages(layout: &[BinLayout]) -> Vec<u64> {
+    let mut pages: Vec<u64> = layout
+        .iter()
+        .flat_map(|b| b.segs.iter())
+        .flat_map(|s| {
+            let first = s.loc / PAGE_BYTES as u64;
+            first..first + (1u64 << s.log2) / PAGE_BYTES as u64
+        })
+        .collect();
+    pages.sort_unstable();
+    pages
+}
+
+impl StateStore {
+    /// Sets after how many increments the next checkpoint is a full image
+    /// (default [`FULL_EVERY_DEFAULT`]; 0: every checkpoint is full).
+    pub fn set_checkpoint_full_every(&mut self, increments: u32) {
+        self.chain.full_every = increments;
+    }
+
+    /// The id of the last checkpoint taken (or restored), 0 if none.
+    pub fn last_checkpoint(&self) -> u64 {
+        self.chain.last
+    }
+
+    /// Takes checkpoint `id` (greater than the last one's) with the
+    /// runtime's opaque `meta` bytes: a full image if it is the store's
+    /// first (or the first after a restore, split or merge, or after the
+    /// configured number of increments), else the pages written since the
+    /// last checkpoint. The pages are copied out before this returns, so the
+    /// result is a consistent image at the call, and the store may be
+    /// written while the chunks are streamed. Clears the dirty bits.
+    pub fn checkpoint(&mut self, id: u64, meta: &[u8]) -> Result<Checkpoint, StateError> {
+        if id == 0 || id <= self.chain.last {
+            return Err(StateError::InvalidConfig {
+                field: "checkpoint id",
+                reason: format!("{id} is not above the last checkpoint {}", self.chain.last),
+            });
+        }
+        let full = self.chain.need_full || self.chain.increments >= self.chain.full_every;
+        let header = self.header(id, if full { 0 } else { self.chain.last }, meta);
+        let file = &self.file;
+        let pages: Vec<u64> = if full { layout_pages(&header.layout) } else { file.dirty_pages().collect() };
+        let ckpt = encode(&header, pages.into_iter().map(|p| (p, file.page(p))));
+        self.file.clear_dirty();
+        self.chain.last = id;
+        self.chain.need_full = false;
+        self.chain.increments = if full { 0 } else { self.chain.increments + 1 };
+        Ok(ckpt)
+    }
+
+    fn header(&self, id: u64, base: u64, meta: &[u8]) -> CkptHeader {
+        CkptHeader {
+            id,
+            base,
+            bins: self.bins,
+            bins_log2: self.config.bins_log2,
+            segment_log2: self.file.segment_log2() as u8,
+            next_segment: self.file.next_segment(),
+            free: self.file.free_lists().to_vec(),
+            layout: self
+                .heaps
+                .iter()
+                .map(|h| BinLayout { segs: h.segs.clone(), tail: h.tail, used: h.used, dead: h.dead })
+                .collect(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| TableEntry {
+                    name: t.name.clone(),
+                    typed: if t.sig.is_none() && t.restored_sig.is_none() {
+                        None
+                    } else {
+                        Some(t.type_name().to_string())
+                    },
+                })
+                .collect(),
+            meta: meta.to_vec(),
+        }
+    }
+
+    /// Rebuilds an instance's store from the latest complete checkpoint
+    /// chain of `instance` in `backup`, into `config.dir` (its bins and
+    /// segment size come from the checkpoint; `config.bins_log2` must
+    /// match). Returns the store, the checkpoint's `meta` bytes and its id.
+    /// A corrupt checkpoint is skipped for the previous complete one; if
+    /// none can be loaded, the error of the latest is returned. The next
+    /// checkpoint of the restored store is a full image.
+    pub fn restore(
+        config: StoreConfig,
+        backup: &BackupStore,
+        instance: &str,
+    ) -> Result<(StateStore, Vec<u8>, u64), StateError> {
+        let ids = backup.complete_checkpoints(instance);
+        let mut first_err = None;
+        for &id in ids.iter().rev() {
+            match Self::restore_id(config.clone(), backup, instance, id) {
+                Ok(r) => return Ok(r),
+                Err(e @ StateError::CorruptCheckpoint { .. }) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_err.unwrap_or_else(|| StateError::NoCheckpoint { instance: instance.to_string() }))
+    }
+
+    /// As [`StateStore::restore`], from checkpoint `id` exactly (with its
+    /// chain), without falling back.
+    pub fn restore_id(
+        config: StoreConfig,
+        backup: &BackupStore,
+        instance: &str,
+        id: u64,
+    ) -> Result<(StateStore, Vec<u8>, u64), StateError> {
+        let chain = backup.chain(instance, id)?;
+        let stored: Vec<_> =
+            chain.iter().map(|&c| backup.map(instance, c).map(|b| (c, b))).collect::<Result<_, _>>()?;
+        let parsed: Vec<Parsed<'_>> = stored.iter().map(|(c, b)| parse(*c, b)).collect::<Result<_, _>>()?;
+        if parsed.first().is_some_and(|p| p.header.base != 0) {
+            return Err(corrupt(id, None, None, "chain does not start with a full image"));
+        }
+        for w in parsed.windows(2) {
+            if w[1].header.base != w[0].header.id {
+                return Err(corrupt(w[1].header.id, None, None, "chain link does not match its base"));
+            }
+        }
+        let Some(last) = parsed.last() else {
+            return Err(StateError::NoCheckpoint { instance: instance.to_string() });
+        };
+        if last.header.bins_log2 != config.bins_log2 {
+            return Err(StateError::InvalidConfig {
+                field: "bins_log2",
+                reason: format!(
+                    "the checkpoint has {} and the config {}",
+                    last.header.bins_log2, config.bins_log2
+                ),
+            });
+        }
+        let mut store = StateStore::from_header(config, &last.header)?;
+        // Later checkpoints overwrite earlier pages; pages outside the final
+        // layout are not needed.
+        let mut want: BTreeMap<u64, &[u8]> =
+            layout_pages(&last.header.layout).into_iter().map(|p| (p, &[][..])).collect();
+        for p in &parsed {
+            for &(page, data) in &p.pages {
+                if let Some(slot) = want.get_mut(&page) {
+                    *slot = data;
+                }
+            }
+        }
+        store.file.write_pages(want.iter().filter(|(_, d)| !d.is_empty()).map(|(&p, &d)| (p, d)))?;
+        store.rebuild_indexes(id)?;
+        store.file.clear_dirty();
+        store.chain.last = id;
+        store.chain.need_full = true;
+        let meta = last.header.meta.clone();
+        Ok((store, meta, id))
+    }
+
+    /// An empty store with the layout and tables of `h` (pages not yet
+    /// written, indexes empty).
+    pub(crate) fn from_header(mut config: StoreConfig, h: &CkptHeader) -> Result<StateStore, StateError> {
+        config.segment_bytes = 1usize << h.segment_log2;
+        let mut store = StateStore::create(config, h.bins)?;
+        let in_use = h.layout.iter().map(|b| b.segs.len()).sum();
+        store.file.set_layout(h.next_segment, h.free.clone(), in_use)?;
+        for (heap, b) in store.heaps.iter_mut().zip(&h.layout) {
+            let capacity = b.segs.iter().map(|s| 1u64 << s.log2).sum();
+            let end = b.segs.last().map_or(0, |s| s.loc + (1 << s.log2));
+            *heap = BinHeap { segs: b.segs.clone(), capacity, tail: b.tail, end, used: b.used, dead: b.dead };
+        }
+        for t in &h.tables {
+            store.tables.push(Table {
+                name: t.name.clone(),
+                sig: None,
+                restored_sig: t.typed.clone(),
+                unverified: t.typed.is_some(),
+                bins: (0..h.bins.len()).map(|_| Default::default()).collect(),
+                len: 0,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Rebuilds every bin's index from its segments, validating the record
+    /// framing (errors name checkpoint `id`).
+    pub(crate) fn rebuild_indexes(&mut self, id: u64) -> Result<(), StateError> {
+        let mut live = Vec::new();
+        for bi in 0..self.heaps.len() {
+            self.rebuild_bin(bi, id, &mut live)?;
+        }
+        Ok(())
+    }
+
+    fn rebuild_bin(&mut self, bi: usize, id: u64, live: &mut Vec<(u16, u64, u64)>) -> Result<(), StateError> {
+        let bin = self.bins.start + bi as u32;
+        let heap = self.heaps[bi].clone();
+        let nsegs = heap.segs.len();
+        // First the scan, collecting (table, hash, location) of live keys;
+        // then each table's index is sized once and filled.
+        live.clear();
+        for (si, seg) in heap.segs.iter().enumerate() {
+            let seg_end = seg.loc + (1u64 << seg.log2);
+            let end = if si + 1 == nsegs { heap.tail } else { seg_end };
+            let mut pos = seg.loc;
+            while pos + HEADER as u64 <= end {
+                let page = Some(pos / PAGE_BYTES as u64);
+                let bad = |r: String| corrupt(id, Some(bin), page, format!("record at {pos}: {r}"));
+                let h = Header::read(self.file.bytes(pos, HEADER));
+                let size = h.record_bytes() as u64;
+                if h.kind == KIND_PAD {
+                    break;
+                }
+                if pos + size > end {
+                    return Err(bad(format!("{size} bytes overrun the segment")));
+                }
+                match h.kind {
+                    KIND_VALUE | KIND_LIST if h.flags & FLAG_DEAD == 0 => {
+                        if crate::keyspace::bin_of(h.hash, self.config.bins_log2) != bin {
+                            return Err(bad("hash of another bin".into()));
+                        }
+                        if usize::from(h.table) >= self.tables.len() {
+                            return Err(bad(format!("unknown table {}", h.table)));
+                        }
+                        if h.kind == KIND_LIST {
+                            if h.val_len as usize != LIST_HEAD {
+                                return Err(bad("list head of wrong size".into()));
+                            }
+                            self.check_list(&heap, pos, h.key_len).map_err(bad)?;
+                        }
+                        live.push((h.table, h.hash, pos));
+                    }
+                    KIND_VALUE | KIND_LIST | KIND_BLOCK => {}
+                    k => return Err(bad(format!("unknown record kind {k}"))),
+                }
+                pos += size;
+            }
+        }
+        let Self { file, tables, index, .. } = self;
+        for (ti, table) in tables.iter_mut().enumerate() {
+            let n = live.iter().filter(|e| usize::from(e.0) == ti).count();
+            if n == 0 {
+                continue;
+            }
+            let ix = &mut table.bins[bi];
+            ix.reserve(index, n, hash_at(file)).map_err(index_err)?;
+            for &(_, hash, loc) in live.iter().filter(|e| usize::from(e.0) == ti) {
+                ix.insert_new(index, hash, loc, hash_at(file)).map_err(index_err)?;
+            }
+            table.len += n;
+        }
+        Ok(())
+    }
+
+    /// Checks that the blocks of the list headed at `loc` lie in the bin's
+    /// segments, are blocks, and hold the items their count says.
+    fn check_list(&self, heap: &BinHeap, loc: u64, key_len: u32) -> Result<(), String> {
+        let (count, mut block, last) = read_head(&self.file, loc, key_len);
+        let inside =
+            |at: u64, n: u64| heap.segs.iter().any(|s| at >= s.loc && at + n <= s.loc + (1 << s.log2));
+        let mut items = 0u64;
+        let mut prev = NONE;
+        let mut hops = 0u64;
+        while block != NONE {
+            hops += 1;
+            if hops > heap.capacity / HEADER as u64 + 1 {
+                return Err("list blocks form a cycle".into());
+            }
+            if !inside(block, (HEADER + BLOCK_HEAD) as u64) {
+                return Err(format!("list block at {block} outside the bin"));
+            }
+            let bh = Header::read(self.file.bytes(block, HEADER));
+            if bh.kind != KIND_BLOCK || !inside(block, bh.record_bytes() as u64) {
+                return Err(format!("bad list block at {block}"));
+            }
+            let body = self.file.bytes(block + HEADER as u64, BLOCK_HEAD);
+            let (next, used) = (u64_at(body, 0), u64::from(u32_at(body, 8)));
+            if used + BLOCK_HEAD as u64 > u64::from(bh.val_len) {
+                return Err(format!("list block at {block} overfull"));
+            }
+            let mut p = block + (HEADER + BLOCK_HEAD) as u64;
+            let end = p + used;
+            while p < end {
+                if p + 4 > end {
+                    return Err(format!("list item framing in block {block}"));
+                }
+                let n = u64::from(u32_at(self.file.bytes(p, 4), 0));
+                p += 4 + n;
+                items += 1;
+            }
+            if p != end {
+                return Err(format!("list item overruns block {block}"));
+            }
+            prev = block;
+            block = next;
+        }
+        if items != count || prev != last {
+            return Err(format!("list holds {items} items, its head says {count}"));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a full image of the chain `parsed` (oldest first, validated):
+/// the last header with base 0 and every page of its layout.
+pub(crate) fn compact_chain(parsed: &[Parsed<'_>]) -> Option<Checkpoint> {
+    let last = parsed.last()?;
+    let mut pages: BTreeMap<u64, &[u8]> = BTreeMap::new();
+    let wanted: std::collections::BTreeSet<u64> = layout_pages(&last.header.layout).into_iter().collect();
+    for p in parsed {
+        for &(page, data) in &p.pages {
+            if wanted.contains(&page) {
+                pages.insert(page, data);
+            }
+        }
+    }
+    let zero = [0u8; PAGE_BYTES];
+    let mut header = last.header.clone();
+    header.base = 0;
+    Some(encode(&header, wanted.iter().map(|p| (*p, pages.get(p).copied().unwrap_or(&zero[..])))))
+}
