@@ -236,13 +236,21 @@ impl<T: Data> Stream<T> {
         U: Data,
         F: Fn(&InstanceCtx<'_>, BoxPush<U>) -> BoxPush<T> + 'static,
     {
+        self.unary_in(name, Bins::Whole, make)
+    }
+
+    fn unary_in<U, F>(&self, name: &str, bins: Bins, make: F) -> Stream<U>
+    where
+        U: Data,
+        F: Fn(&InstanceCtx<'_>, BoxPush<U>) -> BoxPush<T> + 'static,
+    {
         self.df.register(name);
         let out = Rc::new(Consumers { list: RefCell::new(Vec::new()) });
         let o2 = out.clone();
         let name = name.to_string();
         self.add_consumer(Rc::new(move |wb: &mut WorkerBuild| {
             let downstream = make_output(&o2, wb);
-            let ctx = wb.instance_ctx(&name, wb.whole_space());
+            let ctx = wb.instance_ctx(&name, bins.resolve(wb));
             make(&ctx, downstream)
         }));
         Stream { df: self.df.clone(), consumers: out }
@@ -430,17 +438,9 @@ impl<T: Data> Stream<T> {
     where
         F: Fn(&InstanceCtx<'_>, KeyFn<K, T>, BoxPush<U>) -> BoxPush<T> + 'static,
     {
-        self.df.register(name);
-        let out = Rc::new(Consumers { list: RefCell::new(Vec::new()) });
-        let o2 = out.clone();
-        let name = name.to_string();
-        self.add_consumer(Rc::new(move |wb: &mut WorkerBuild| {
-            let downstream = make_output(&o2, wb);
-            let bins = keyed_bins(wb);
-            let ctx = wb.instance_ctx(&name, bins);
-            make(&ctx, KeyFn { key: key.clone(), scratch: Vec::with_capacity(64) }, downstream)
-        }));
-        Stream { df: self.df.clone(), consumers: out }
+        self.unary_in(name, Bins::Keyed, move |ctx, out| {
+            make(ctx, KeyFn { key: key.clone(), scratch: Vec::with_capacity(64) }, out)
+        })
     }
 
     fn binary_keyed<B: Data, U: Data, Op, F>(&self, other: &Stream<B>, name: &str, make: F) -> Stream<U>

@@ -107,6 +107,16 @@ pub struct FileSource<T> {
     metrics: Arc<spate_core::metrics::JobMetrics>,
 }
 
+impl<T> FileSource<T> {
+    /// Fails the job naming the file and what went wrong (`what` follows the
+    /// path), and ends the
+    /// source after the `emitted` records of this step.
+    fn fail(&self, what: std::fmt::Arguments<'_>, emitted: usize) -> Step {
+        self.metrics.fail(format!("file source {}{what}", self.path.display()));
+        Step { emitted, status: SourceStatus::Done }
+    }
+}
+
 impl<T> Source<T> for FileSource<T> {
     fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
         if self.reader.is_none() {
@@ -116,10 +126,7 @@ impl<T> Source<T> for FileSource<T> {
             });
             match opened {
                 Ok(f) => self.reader = Some(BufReader::with_capacity(256 * 1024, f)),
-                Err(e) => {
-                    self.metrics.fail(format!("file source {}: {e}", self.path.display()));
-                    return Step { emitted: 0, status: SourceStatus::Done };
-                }
+                Err(e) => return self.fail(format_args!(": {e}"), 0),
             }
         }
         let Some(reader) = self.reader.as_mut() else {
@@ -140,24 +147,10 @@ impl<T> Source<T> for FileSource<T> {
                             out.push(rec, Meta { ingest_ns: now });
                             n += 1;
                         }
-                        Err(e) => {
-                            self.metrics.fail(format!(
-                                "file source {} line {}: {e}",
-                                self.path.display(),
-                                self.line_no
-                            ));
-                            return Step { emitted: n, status: SourceStatus::Done };
-                        }
+                        Err(e) => return self.fail(format_args!(" line {}: {e}", self.line_no), n),
                     }
                 }
-                Err(e) => {
-                    self.metrics.fail(format!(
-                        "file source {} after line {}: {e}",
-                        self.path.display(),
-                        self.line_no
-                    ));
-                    return Step { emitted: n, status: SourceStatus::Done };
-                }
+                Err(e) => return self.fail(format_args!(" after line {}: {e}", self.line_no), n),
             }
         }
         Step { emitted: n, status: SourceStatus::Busy }

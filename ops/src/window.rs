@@ -17,7 +17,7 @@ use std::sync::Arc;
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BinaryOperator, BoxPush, Push};
 use spate_core::{Data, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
-use spate_state::{ListState, StateStore, ValueState};
+use spate_state::{ListState, StateError, StateStore, ValueState};
 
 use crate::keyed::{open_store, stateful, Failed};
 
@@ -302,30 +302,58 @@ struct JoinState<K, A, B, O> {
     operator: String,
 }
 
+/// One side of the symmetric window join: for every window of the record
+/// that has not fired yet, appends the record to its side's list and calls
+/// `emit` with each record already stored on the other side. Late windows
+/// are counted and skipped.
+#[allow(clippy::too_many_arguments)]
+fn store_and_probe<K: Key, R: Data, S: Data>(
+    store: &mut StateStore,
+    own: &mut ListState<(K, Timestamp), R>,
+    other: &mut ListState<(K, Timestamp), S>,
+    scratch: &mut Vec<S>,
+    (window, watermark): (Window, Timestamp),
+    (key, hash, t): (K, u64, Timestamp),
+    rec: &R,
+    mut emit: impl FnMut(&K, &S),
+) -> Result<(), StateError> {
+    let size = window.size();
+    let mut composite = (key, 0);
+    for start in window.starts(t) {
+        if start.saturating_add(size) <= watermark {
+            count_late();
+            continue;
+        }
+        composite.1 = start;
+        own.append(store, hash, &composite, rec)?;
+        scratch.clear();
+        other.for_each(store, hash, &composite, |s| scratch.push(s));
+        for s in scratch.iter() {
+            emit(&composite.0, s);
+        }
+    }
+    Ok(())
+}
+
 impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A, B, O> {
     fn push_first(&mut self, rec: A, meta: Meta) {
         let WindowJoin::Running(s) = self else { return };
         let s = &mut **s;
         let t = (s.ts_a)(&rec);
         let (k, h) = s.ka.key_and_hash(&rec);
-        let size = s.window.size();
-        let mut composite = (k, 0);
-        for start in s.window.starts(t) {
-            if start.saturating_add(size) <= s.watermark {
-                count_late();
-                continue;
-            }
-            composite.1 = start;
-            if let Err(e) = s.left.append(&mut s.store, h, &composite, &rec) {
-                s.metrics.fail(format!("operator `{}`: state append failed: {e}", s.operator));
-                return;
-            }
-            s.scratch_b.clear();
-            let sb = &mut s.scratch_b;
-            s.right.for_each(&s.store, h, &composite, |b| sb.push(b));
-            for b in s.scratch_b.iter() {
-                s.out.push((s.f)(&composite.0, &rec, b), meta);
-            }
+        let (out, f) = (&mut s.out, &s.f);
+        let res = store_and_probe(
+            &mut s.store,
+            &mut s.left,
+            &mut s.right,
+            &mut s.scratch_b,
+            (s.window, s.watermark),
+            (k, h, t),
+            &rec,
+            |k, b| out.push(f(k, &rec, b), meta),
+        );
+        if let Err(e) = res {
+            s.metrics.fail(format!("operator `{}`: state append failed: {e}", s.operator));
         }
     }
 
@@ -334,24 +362,19 @@ impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A
         let s = &mut **s;
         let t = (s.ts_b)(&rec);
         let (k, h) = s.kb.key_and_hash(&rec);
-        let size = s.window.size();
-        let mut composite = (k, 0);
-        for start in s.window.starts(t) {
-            if start.saturating_add(size) <= s.watermark {
-                count_late();
-                continue;
-            }
-            composite.1 = start;
-            if let Err(e) = s.right.append(&mut s.store, h, &composite, &rec) {
-                s.metrics.fail(format!("operator `{}`: state append failed: {e}", s.operator));
-                return;
-            }
-            s.scratch_a.clear();
-            let sa = &mut s.scratch_a;
-            s.left.for_each(&s.store, h, &composite, |a| sa.push(a));
-            for a in s.scratch_a.iter() {
-                s.out.push((s.f)(&composite.0, a, &rec), meta);
-            }
+        let (out, f) = (&mut s.out, &s.f);
+        let res = store_and_probe(
+            &mut s.store,
+            &mut s.right,
+            &mut s.left,
+            &mut s.scratch_a,
+            (s.window, s.watermark),
+            (k, h, t),
+            &rec,
+            |k, a| out.push(f(k, a, &rec), meta),
+        );
+        if let Err(e) = res {
+            s.metrics.fail(format!("operator `{}`: state append failed: {e}", s.operator));
         }
     }
 
