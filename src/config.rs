@@ -76,8 +76,6 @@ pub struct RuntimeSection {
     pub park_when_idle: Option<bool>,
     /// Spin before parking, µs.
     pub spin_before_park_us: Option<u64>,
-    /// Task-queue time slice before polling for messages, µs.
-    pub preempt_us: Option<u64>,
 }
 
 /// `[sink]`.
@@ -185,6 +183,7 @@ impl Config {
             bins_log2,
             data_dir,
             io_memory_bytes,
+            park_when_idle,
             spin_before_park_us
         );
         c

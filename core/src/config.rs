@@ -30,18 +30,14 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// glommio's registered I/O memory per worker.
     pub io_memory_bytes: usize,
-    /// Let an idle worker sleep (park) after spinning `spin_before_park_us`.
-    /// Off by default: workers busy-poll, as thread-per-core engines do, for
-    /// the lowest wake-up latency — and because glommio 0.9 can miss the
-    /// timer of a parked executor (see docs/ARCHITECTURE.md, decision 15).
+    /// Let an idle worker nap (sleep [`crate::limits::NAP_US`] at a time)
+    /// once it has been idle for `spin_before_park_us`. Off by default:
+    /// workers busy-poll, as thread-per-core engines do, for the lowest
+    /// wake-up latency (docs/ARCHITECTURE.md, decision 15).
     pub park_when_idle: bool,
-    /// With `park_when_idle`, how long an idle worker spins before it sleeps,
+    /// With `park_when_idle`, how long an idle worker spins before it naps,
     /// in microseconds (trades CPU for wake-up latency).
     pub spin_before_park_us: u64,
-    /// How long a task queue runs before the executor polls its reactor (and
-    /// so picks up batches from other workers), in microseconds: an upper
-    /// bound on the extra latency a busy source adds.
-    pub preempt_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -60,7 +56,6 @@ impl Default for RuntimeConfig {
             io_memory_bytes: IO_MEMORY_BYTES,
             park_when_idle: false,
             spin_before_park_us: 50,
-            preempt_us: PREEMPT_US_DEFAULT,
         }
     }
 }

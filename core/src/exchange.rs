@@ -94,7 +94,14 @@ impl Outbox {
         Ok(())
     }
 
+    /// Closes the open batch during a step: the step's flush sends it.
     fn close(&mut self, flags: u32) {
+        self.seal(flags);
+        self.touch();
+    }
+
+    /// Closes the open batch onto the queue of batches to send.
+    fn seal(&mut self, flags: u32) {
         // The next batch starts at the size the last one reached, so a
         // steady stream allocates one right-sized buffer per batch and tiny
         // low-latency batches stay tiny.
@@ -107,7 +114,6 @@ impl Outbox {
         b.flags = flags;
         self.watermark_pending = false;
         self.ready.push_back(b);
-        self.touch();
     }
 
     /// The next batch to send, if any: closed batches first, then a partly
@@ -123,15 +129,16 @@ impl Outbox {
         if self.final_sent {
             return None;
         }
+        // The caller is sending: what closes here needs no touch.
         if self.final_pending {
-            self.close(FLAG_FINAL);
+            self.seal(FLAG_FINAL);
             self.final_sent = true;
         } else if self.current.count > 0 {
             if now.saturating_sub(self.opened_ns) >= linger_ns {
-                self.close(0);
+                self.seal(0);
             }
         } else if self.watermark_pending && watermark_only {
-            self.close(0);
+            self.seal(0);
         }
         self.ready.pop_front()
     }
@@ -139,7 +146,6 @@ impl Outbox {
     /// Returns a batch that could not be sent to the front of the queue.
     pub(crate) fn put_back(&mut self, b: Batch) {
         self.ready.push_front(b);
-        self.touch();
     }
 
     /// Whether a partly filled batch is waiting for its linger.

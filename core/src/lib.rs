@@ -12,8 +12,8 @@
 //! - [`exchange`]: repartitioning edges (batch per destination, receivers
 //!   merging watermarks).
 //! - [`ring`]: the bounded SPSC ring between two workers, polled.
-//! - [`runtime`]: one pinned glommio executor per worker, tasks, flushing and
-//!   backpressure.
+//! - [`runtime`]: one pinned glommio executor per worker running a poll
+//!   loop: steps, flushing and backpressure.
 //! - [`metrics`], [`config`], [`limits`], [`time`].
 #![forbid(missing_docs)]
 

@@ -23,11 +23,13 @@ pub const HANDLE_RECORDS_DEFAULT: usize = 64 * 1024;
 /// glommio's registered I/O memory per worker. The machine's locked-memory
 /// limit (`ulimit -l`) is small, so keep this small.
 pub const IO_MEMORY_BYTES: usize = 512 * 1024;
-/// Default time a task queue runs before its executor polls for I/O and
-/// messages from other workers, in microseconds.
-pub const PREEMPT_US_DEFAULT: u64 = 200;
-/// Longest a worker's ticker sleeps, in microseconds (see the runtime).
+/// Longest interval between two linger checks of a worker, in microseconds.
 pub const TICK_US_MAX: u64 = 1000;
+/// How long an idle worker sleeps at a time with `park_when_idle`, in
+/// microseconds.
+pub const NAP_US: u64 = 50;
+/// Batches a worker takes from one input ring before it visits the next.
+pub const BATCHES_PER_VISIT: usize = 4;
 /// How often a worker publishes its metrics for the status line.
 pub const METRICS_PUBLISH_MS: u64 = 100;
 

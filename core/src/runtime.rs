@@ -1,16 +1,21 @@
 //! The thread-per-core runtime: one glommio executor per worker, pinned to a
-//! core, running the worker's operator instances as a few cooperative tasks.
+//! core, running one hand-written poll loop over the worker's operator
+//! instances.
 //!
-//! Per worker there is one task per source instance and one task per
-//! (exchange edge, producing worker) pair that receives batches. Every task
-//! runs synchronous *steps* — a source step, or one received batch pushed
-//! through the fused operator chain — and after each step flushes the batches
-//! the step closed, awaiting a full channel (backpressure). Because the graph
-//! is acyclic, a task blocked on an edge's channel is only ever waiting on
-//! tasks further downstream, which never wait on it: no deadlock.
+//! A worker's *work items* are its source instances and, per (exchange edge,
+//! producing worker), the ring it receives batches on. The loop visits every
+//! item in turn and runs one synchronous *step* — a bounded source step, or
+//! a received batch pushed through the fused operator chain — then sends the
+//! batches that step closed. A batch that does not fit in its ring stays
+//! queued in its outbox (the *backlog*), and the item that produced it is
+//! skipped until that outbox has drained: backpressure, with every queue
+//! bounded. An item only ever waits on outboxes it wrote to, which in a DAG
+//! lie downstream of it, so no cycle of waits exists: no deadlock.
 //!
-//! Workers share nothing but bounded single-producer, single-consumer
-//! rings ([`crate::ring`]), one per edge and worker pair, polled.
+//! Nothing in the loop awaits: no task, waker, timer or semaphore is on the
+//! data path (docs/ARCHITECTURE.md, decision 15). Workers share nothing but
+//! bounded single-producer, single-consumer rings ([`crate::ring`]), one per
+//! edge and worker pair, polled.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,11 +29,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::batch::Batch;
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
-use crate::exchange::{EdgeRuntime, Outbox, TouchList};
-use crate::limits::TICK_US_MAX;
+use crate::exchange::{BatchInput, EdgeRuntime, Outbox, TouchList};
+use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::ring::{ring, Consumer, Producer};
-use crate::source::SourceStatus;
+use crate::source::{SourceStatus, SourceTask};
 use crate::time::now_ns;
 
 /// Why a job could not start or did not finish.
@@ -168,21 +173,16 @@ impl Runtime {
             };
             let (build, config, metrics, name) =
                 (build.clone(), config.clone(), metrics.clone(), name.to_string());
-            let mut builder = LocalExecutorBuilder::new(placement)
+            // The worker's future never returns `Pending`: it runs the poll
+            // loop to the end of the job, so glommio's scheduler never runs
+            // (decision 15).
+            let h = LocalExecutorBuilder::new(placement)
                 .name(&format!("spate-w{w}"))
                 .io_memory(config.io_memory_bytes)
                 .ring_depth(64)
-                .preempt_timer(Duration::from_micros(config.preempt_us.max(10)));
-            if !config.park_when_idle {
-                // Never park: poll timers and channels continuously.
-                builder = builder.spin_before_park(Duration::from_secs(24 * 3600));
-            } else if config.spin_before_park_us > 0 {
-                builder = builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
-            }
-            let h = builder
                 .spawn(move || async move {
                     let _done = WorkerDone(metrics.clone());
-                    worker_main(w, workers, name, build, config, metrics, chans).await;
+                    worker_main(w, workers, name, build, config, metrics, chans);
                 })
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             handles.push(h);
@@ -231,24 +231,6 @@ impl Job {
     }
 }
 
-thread_local! {
-    static FLUSH_STAGE: std::cell::Cell<(&'static str, u32, u32)> = const { std::cell::Cell::new(("none", 0, 0)) };
-}
-
-/// Lets the worker's other tasks run once, then resumes.
-///
-/// Workers busy-poll: every wait in the runtime (an empty or full ring, a
-/// source with nothing due, the ticker's period) is a loop around this
-/// yield, never a glommio timer or a channel waker. Under load on a 2-core
-/// machine, glommio 0.9 was seen to stop firing an executor's timers and to
-/// lose channel wake-ups, stalling a job for good (docs/ARCHITECTURE.md,
-/// decision 15); a task that polls cannot miss anything. The price is a
-/// worker that uses its whole core even when idle, as thread-per-core
-/// engines usually do.
-async fn idle() {
-    futures_lite::future::yield_now().await;
-}
-
 /// Counts a worker as ended when dropped, even by a panic.
 struct WorkerDone(Arc<JobMetrics>);
 
@@ -263,98 +245,231 @@ struct WorkerChannels {
     inp: HashMap<(usize, usize), Consumer<Batch>>,
 }
 
-/// One outbox with its channel, sent in order under a one-permit semaphore.
+/// One outbox with the ring its batches go to.
 struct Route {
     outbox: Rc<RefCell<Outbox>>,
     tx: Producer<Batch>,
-    order: glommio::sync::Semaphore,
+    /// Whether the outbox is on the backlog list.
+    backlogged: bool,
 }
 
-/// Sends the batches that steps closed, in order, waiting on full channels.
+/// Moves closed batches from outboxes into rings, never waiting.
 ///
-/// A task flushes only the outboxes its own step touched: those are
-/// downstream of it, so waiting on them is backpressure. Waiting on any other
-/// outbox could wait on a task that waits on this one (deadlock).
+/// Batches go out in order per outbox: every path below takes them from the
+/// front of the outbox's queue and puts one that does not fit back there,
+/// and nothing runs concurrently on a worker.
 struct Flusher {
     /// `routes[edge][dest]`.
     routes: Vec<Vec<Option<Route>>>,
     touched: TouchList,
-    spare: RefCell<Vec<(u32, u32)>>,
+    spare: Vec<(u32, u32)>,
+    /// Outboxes holding closed batches that did not fit in their ring.
+    backlog: Vec<(u32, u32)>,
     linger_ns: u64,
-    metrics: Arc<JobMetrics>,
+}
+
+/// What sending one outbox's batches did.
+#[derive(PartialEq, Eq)]
+enum Sent {
+    /// Everything that was due went out.
+    All,
+    /// The ring filled up; batches wait in the outbox.
+    Full,
+    /// The receiving worker is gone.
+    Closed,
 }
 
 impl Flusher {
-    /// Sends the batches of the outboxes touched since the last call;
-    /// partly filled ones go too once their linger has passed (at once with
-    /// linger 0, or with `force`). Outboxes left with a lingering batch stay
-    /// touched for the linger ticker.
-    async fn flush_touched(&self, force: bool) {
+    fn route(&mut self, e: u32, d: u32) -> Option<&mut Route> {
+        self.routes.get_mut(e as usize).and_then(|r| r.get_mut(d as usize)).and_then(Option::as_mut)
+    }
+
+    /// Sends what is due on one outbox: closed batches, then (with
+    /// `linger_ns` passed at `now`) the open one; `watermark_only` also
+    /// sends a batch that only advances the watermark.
+    fn send(r: &mut Route, linger_ns: u64, now: u64, watermark_only: bool, moved: &mut usize) -> Sent {
+        loop {
+            let next = r.outbox.borrow_mut().take_next(linger_ns, now, watermark_only);
+            let Some(b) = next else { return Sent::All };
+            if let Err(b) = r.tx.try_push(b) {
+                r.outbox.borrow_mut().put_back(b);
+                return if r.tx.is_closed() { Sent::Closed } else { Sent::Full };
+            }
+            *moved += 1;
+        }
+    }
+
+    /// Sends the batches of the outboxes the last step touched (partly
+    /// filled ones too once their linger has passed: at once with linger 0,
+    /// or with `force`). Outboxes whose ring is full go on the backlog and
+    /// into `waiting`: the step's item must wait for them.
+    fn flush_touched(&mut self, force: bool, waiting: &mut Vec<(u32, u32)>) -> Result<(), String> {
         // Swap the list with a spare so that steady state allocates nothing.
-        let mut touched = std::mem::take(&mut *self.spare.borrow_mut());
+        let mut touched = std::mem::take(&mut self.spare);
         std::mem::swap(&mut touched, &mut *self.touched.borrow_mut());
+        let linger = if force { 0 } else { self.linger_ns };
+        let now = if linger > 0 { now_ns() } else { 0 };
+        let mut result = Ok(());
         for &(e, d) in &touched {
-            if let Some(Some(r)) = self.routes.get(e as usize).and_then(|r| r.get(d as usize)) {
-                r.outbox.borrow_mut().untouch();
-                FLUSH_STAGE.with(|f| f.set(("permit", e, d)));
-                let Ok(_permit) = r.order.acquire_permit(1).await else { continue };
-                FLUSH_STAGE.with(|f| f.set(("send", e, d)));
-                self.send_route(r, force, false).await;
-                FLUSH_STAGE.with(|f| f.set(("done", e, d)));
+            let Some(r) = self.route(e, d) else { continue };
+            r.outbox.borrow_mut().untouch();
+            let sent = Self::send(r, linger, now, force, &mut 0);
+            match sent {
+                Sent::All => {}
+                Sent::Full => {
+                    waiting.push((e, d));
+                    if !r.backlogged {
+                        r.backlogged = true;
+                        self.backlog.push((e, d));
+                    }
+                }
+                Sent::Closed => result = Err(format!("edge {e}: worker {d} stopped taking batches")),
             }
         }
         touched.clear();
-        *self.spare.borrow_mut() = touched;
+        self.spare = touched;
+        result
     }
 
-    /// The ticker: sends what is due on every outbox nobody is sending on
-    /// right now, without ever waiting (the ticker must keep ticking: it is
-    /// what bounds a missed wake-up). A batch that does not fit goes back
-    /// to its outbox.
-    fn flush_idle(&self) {
-        let now = if self.linger_ns > 0 { now_ns() } else { 0 };
-        for r in self.routes.iter().flatten().flatten() {
-            if !r.outbox.borrow().has_open() {
-                continue;
-            }
-            let Ok(_permit) = r.order.try_acquire_permit(1) else { continue };
-            loop {
-                let next = r.outbox.borrow_mut().take_next(self.linger_ns, now, true);
-                let Some(b) = next else { break };
-                if let Err(b) = r.tx.try_push(b) {
-                    r.outbox.borrow_mut().put_back(b);
-                    break;
-                }
-            }
+    /// Retries the backlog; whether anything went out.
+    fn drain_backlog(&mut self) -> Result<bool, String> {
+        if self.backlog.is_empty() {
+            return Ok(false);
         }
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut moved = 0;
+        let mut result = Ok(());
+        backlog.retain(|&(e, d)| {
+            let Some(r) = self.routes.get_mut(e as usize).and_then(|r| r.get_mut(d as usize)) else {
+                return false;
+            };
+            let Some(r) = r.as_mut() else { return false };
+            let sent = Self::send(r, u64::MAX, 0, false, &mut moved);
+            if sent == Sent::Closed {
+                result = Err(format!("edge {e}: worker {d} stopped taking batches"));
+            }
+            r.backlogged = sent != Sent::All;
+            r.backlogged
+        });
+        self.backlog = backlog;
+        result.map(|()| moved > 0)
     }
 
-    async fn send_route(&self, r: &Route, force: bool, watermark_only: bool) {
+    /// Whether an outbox still holds closed batches.
+    fn is_backed_up(&self, e: u32, d: u32) -> bool {
+        self.routes
+            .get(e as usize)
+            .and_then(|r| r.get(d as usize))
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.backlogged)
+    }
+
+    /// The linger tick: sends every outbox's due partly filled batch and
+    /// watermark advance (`force`: everything, for the end of the job).
+    fn flush_idle(&mut self, force: bool) -> Result<(), String> {
         let linger = if force { 0 } else { self.linger_ns };
         let now = if linger > 0 { now_ns() } else { 0 };
-        loop {
-            let next = r.outbox.borrow_mut().take_next(linger, now, watermark_only || force);
-            let Some(mut b) = next else { break };
-            // A full ring is backpressure: wait for room, polling.
-            loop {
-                match r.tx.try_push(b) {
-                    Ok(()) => break,
-                    Err(back) => {
-                        if r.tx.is_closed() {
-                            self.metrics.fail("a worker's input closed while the job ran");
-                            return;
-                        }
-                        b = back;
-                        idle().await;
+        let mut result = Ok(());
+        for (e, by_dest) in self.routes.iter_mut().enumerate() {
+            for (d, r) in by_dest.iter_mut().enumerate() {
+                let Some(r) = r.as_mut() else { continue };
+                if r.backlogged || !r.outbox.borrow().has_open() {
+                    continue;
+                }
+                match Self::send(r, linger, now, true, &mut 0) {
+                    Sent::All => {}
+                    Sent::Full => {
+                        r.backlogged = true;
+                        self.backlog.push((e as u32, d as u32));
                     }
+                    Sent::Closed => result = Err(format!("edge {e}: worker {d} stopped taking batches")),
                 }
             }
         }
+        result
+    }
+
+    /// Whether every outbox has sent everything, its final batch included.
+    fn all_sent(&self) -> bool {
+        self.backlog.is_empty()
+            && self.routes.iter().flatten().flatten().all(|r| !r.outbox.borrow().has_open())
     }
 }
 
+/// What a worker runs: a source instance or the receiving end of a ring.
+enum Work {
+    Source(SourceTask),
+    Input { edge: usize, rx: Consumer<Batch>, input: Rc<RefCell<dyn BatchInput>> },
+}
+
+/// One work item and the outboxes its last step could not flush.
+struct Item {
+    work: Work,
+    done: bool,
+    waiting: Vec<(u32, u32)>,
+}
+
+impl Item {
+    /// Whether an outbox this item wrote to is still backed up.
+    fn is_blocked(&mut self, flusher: &Flusher) -> bool {
+        if self.waiting.is_empty() {
+            return false;
+        }
+        self.waiting.retain(|&(e, d)| flusher.is_backed_up(e, d));
+        !self.waiting.is_empty()
+    }
+
+    /// Runs one step; whether it did anything.
+    fn step(
+        &mut self,
+        flusher: &mut Flusher,
+        metrics: &JobMetrics,
+        step_records: usize,
+    ) -> Result<bool, String> {
+        let (progress, force) = match &mut self.work {
+            Work::Source(t) => {
+                let step = t.runner.step(step_records);
+                metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
+                let done = step.status == SourceStatus::Done;
+                self.done = done;
+                (step.emitted > 0 || done, done)
+            }
+            Work::Input { edge, rx, input } => {
+                let mut got = false;
+                for _ in 0..BATCHES_PER_VISIT {
+                    let Some(batch) = rx.try_pop() else {
+                        if !got && rx.is_finished() {
+                            return Err(format!(
+                                "edge {edge}: a producing worker stopped without ending its stream"
+                            ));
+                        }
+                        break;
+                    };
+                    got = true;
+                    input.borrow_mut().on_batch(&batch);
+                    if batch.is_final() {
+                        self.done = true;
+                        break;
+                    }
+                    // With linger 0 every batch's results go out at once.
+                    if flusher.linger_ns == 0 {
+                        break;
+                    }
+                }
+                (got, false)
+            }
+        };
+        if progress {
+            flusher.flush_touched(force, &mut self.waiting)?;
+        }
+        Ok(progress)
+    }
+}
+
+/// Builds this worker's share of the dataflow and runs its poll loop until
+/// the job ends or fails.
 #[allow(clippy::too_many_arguments)]
-async fn worker_main<F>(
+fn worker_main<F>(
     me: usize,
     workers: usize,
     name: String,
@@ -388,10 +503,10 @@ async fn worker_main<F>(
     for f in &edge_factories {
         f(&mut wb);
     }
-    let mut tasks = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
     for f in &sources {
         if let Some(t) = f(&mut wb) {
-            tasks.push(t);
+            items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new() });
         }
     }
     for e in wb.edges.iter_mut() {
@@ -399,152 +514,117 @@ async fn worker_main<F>(
             e.finish_without_sender(me);
         }
     }
-
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
     for ((e, d), tx) in chans.out.drain() {
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-            routes[e][d] =
-                Some(Route { outbox: outbox.clone(), tx, order: glommio::sync::Semaphore::new(1) });
+            routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false });
         }
     }
-    let inputs: Vec<(usize, usize, Consumer<Batch>)> =
+    let mut inputs: Vec<(usize, usize, Consumer<Batch>)> =
         chans.inp.drain().map(|((e, s), rx)| (e, s, rx)).collect();
-    let flusher = Rc::new(Flusher {
+    inputs.sort_by_key(|&(e, s, _)| (e, s));
+    for (edge, _producer, rx) in inputs {
+        let Some(input) = wb.edges[edge].input.clone() else { continue };
+        items.push(Item { work: Work::Input { edge, rx, input }, done: false, waiting: Vec::new() });
+    }
+    let mut flusher = Flusher {
         routes,
-        touched: touched.clone(),
-        spare: RefCell::new(Vec::new()),
+        touched,
+        spare: Vec::new(),
+        backlog: Vec::new(),
         linger_ns: config.linger_us * 1000,
-        metrics: metrics.clone(),
-    });
-
-    // Debug: what each task is doing, printed by the ticker with SPATE_DEBUG.
-    let states: Rc<RefCell<Vec<&'static str>>> = Rc::new(RefCell::new(Vec::new()));
-    let mut running = Vec::new();
-    for mut t in tasks {
-        let (st, my) = (states.clone(), {
-            states.borrow_mut().push("new");
-            states.borrow().len() - 1
-        });
-        let (flusher, metrics, step_max) = (flusher.clone(), metrics.clone(), config.source_step_records);
-        running.push(glommio::spawn_local(async move {
-            loop {
-                if metrics.has_failed() {
-                    break;
-                }
-                st.borrow_mut()[my] = "source:step";
-                let step = t.runner.step(step_max);
-                st.borrow_mut()[my] = "source:flush";
-                metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
-                match step.status {
-                    SourceStatus::Done => {
-                        flusher.flush_touched(true).await;
-                        break;
-                    }
-                    SourceStatus::Busy => {
-                        flusher.flush_touched(false).await;
-                        futures_lite::future::yield_now().await;
-                    }
-                    SourceStatus::Idle { next_ns } => {
-                        flusher.flush_touched(false).await;
-                        st.borrow_mut()[my] = "source:sleep";
-                        // Sleep, even briefly, rather than yield: a sleeping
-                        // task lets the executor poll its reactor, which is
-                        // where batches from other workers are picked up.
-                        // The next step re-checks whether a record is due.
-                        let _ = next_ns;
-                        idle().await;
-                    }
-                }
-            }
-            let _ = &t.name;
-        }));
-    }
-    for (e, _producer, rx) in inputs {
-        let Some(input) = wb.edges[e].input.clone() else { continue };
-        let (flusher, metrics) = (flusher.clone(), metrics.clone());
-        let (st, my) = (states.clone(), {
-            states.borrow_mut().push("new");
-            states.borrow().len() - 1
-        });
-        running.push(glommio::spawn_local(async move {
-            loop {
-                st.borrow_mut()[my] = "recv:wait";
-                let Some(batch) = rx.try_pop() else {
-                    if rx.is_finished() {
-                        if !metrics.has_failed() {
-                            metrics.fail(format!(
-                                "edge {e}: a producing worker stopped without ending its stream"
-                            ));
-                        }
-                        break;
-                    }
-                    if metrics.has_failed() {
-                        break;
-                    }
-                    idle().await;
-                    continue;
-                };
-                let last = batch.is_final();
-                input.borrow_mut().on_batch(&batch);
-                drop(batch);
-                st.borrow_mut()[my] = "recv:flush";
-                flusher.flush_touched(false).await;
-                if last || metrics.has_failed() {
-                    break;
-                }
-            }
-        }));
-    }
-    // The ticker sends lingering batches that no step is flushing, and bounds
-    // how long the executor sleeps: glommio can miss a cross-executor wake-up
-    // when both sides park at once (seen as a multi-minute stall at 1 M
-    // records/s), and a periodic timer turns such a miss into a delay of at
-    // most one tick.
-    let ticker = {
-        let period = if config.linger_us > 0 {
-            Duration::from_micros(config.linger_us.clamp(20, TICK_US_MAX))
-        } else {
-            Duration::from_micros(TICK_US_MAX)
-        };
-        let flusher = flusher.clone();
-        let debug = std::env::var_os("SPATE_DEBUG").is_some();
-        let states = states.clone();
-        let mut last = Instant::now();
-        let mut next_tick = Instant::now() + period;
-        glommio::spawn_local(async move {
-            loop {
-                idle().await;
-                let now = Instant::now();
-                if now < next_tick {
-                    continue;
-                }
-                next_tick = now + period;
-                if debug && last.elapsed() > Duration::from_millis(300) {
-                    last = Instant::now();
-                    eprintln!(
-                        "worker {me}: tasks {:?} flush {:?} permits {:?}",
-                        states.borrow(),
-                        FLUSH_STAGE.with(|f| f.get()),
-                        flusher
-                            .routes
-                            .iter()
-                            .flatten()
-                            .flatten()
-                            .map(|r| r.order.available())
-                            .collect::<Vec<_>>()
-                    );
-                }
-                flusher.flush_idle();
-            }
-        })
     };
-    // Edges this worker sends nothing on still owe their final batches.
-    flusher.flush_touched(true).await;
-    for t in running {
-        t.await;
+    let tick_ns =
+        if config.linger_us > 0 { config.linger_us.clamp(20, TICK_US_MAX) } else { TICK_US_MAX } * 1000;
+    let nap = Duration::from_micros(NAP_US);
+    let spin_ns = config.spin_before_park_us * 1000;
+    let debug = std::env::var_os("SPATE_DEBUG").is_some();
+
+    if let Err(e) =
+        run_loop(&mut items, &mut flusher, &metrics, &config, tick_ns, spin_ns, nap, debug, me, &name)
+    {
+        metrics.fail(e);
     }
-    flusher.flush_touched(true).await;
-    drop(ticker.cancel());
+    drop(items);
     drop(wb);
+}
+
+/// The worker's poll loop (see the module documentation).
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    items: &mut [Item],
+    flusher: &mut Flusher,
+    metrics: &JobMetrics,
+    config: &RuntimeConfig,
+    tick_ns: u64,
+    spin_ns: u64,
+    nap: Duration,
+    debug: bool,
+    me: usize,
+    name: &str,
+) -> Result<(), String> {
+    // Edges this worker sends nothing on still owe their final batches.
+    flusher.flush_idle(true)?;
+    let mut next_tick = now_ns() + tick_ns;
+    let mut idle_since: Option<u64> = None;
+    let mut next_debug = now_ns();
+    loop {
+        if metrics.has_failed() {
+            return Ok(());
+        }
+        let mut progress = flusher.drain_backlog()?;
+        let mut live = 0;
+        for item in items.iter_mut() {
+            if item.done {
+                continue;
+            }
+            live += 1;
+            if item.is_blocked(flusher) {
+                continue;
+            }
+            progress |= item.step(flusher, metrics, config.source_step_records)?;
+        }
+        let now = now_ns();
+        if live == 0 {
+            flusher.flush_idle(true)?;
+            if flusher.all_sent() {
+                return Ok(());
+            }
+        } else if now >= next_tick {
+            next_tick = now + tick_ns;
+            flusher.flush_idle(false)?;
+            if debug && now >= next_debug {
+                next_debug = now + 300_000_000;
+                let states: Vec<String> = items
+                    .iter()
+                    .map(|i| {
+                        let what = match &i.work {
+                            Work::Source(t) => t.name.clone(),
+                            Work::Input { edge, .. } => format!("edge {edge}"),
+                        };
+                        let state = if i.done {
+                            "done"
+                        } else if i.waiting.is_empty() {
+                            "ready"
+                        } else {
+                            "blocked"
+                        };
+                        format!("{what}: {state}")
+                    })
+                    .collect();
+                eprintln!("{name} worker {me}: items {states:?} backlog {:?}", flusher.backlog);
+            }
+        }
+        if progress {
+            idle_since = None;
+        } else if config.park_when_idle {
+            let since = *idle_since.get_or_insert(now);
+            if now - since >= spin_ns {
+                std::thread::sleep(nap);
+            }
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
