@@ -36,6 +36,7 @@ pub mod queries;
 /// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive
 /// `Archive`, `Serialize` and `Deserialize` on record types with it.
 pub use rkyv;
+pub use spate_core::watchdog::Watchdog;
 pub use spate_core::{
     self as core, now_ns, Data, Dataflow, InstanceCtx, Job, JobReport, Key, KeyedStream, Meta, Parallelism,
     Runtime, RuntimeConfig, RuntimeError, Stream, Timestamp, WATERMARK_END,

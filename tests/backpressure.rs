@@ -32,6 +32,8 @@ fn rss_bytes() -> Option<u64> {
 
 #[test]
 fn slow_reader_throttles_the_generator() {
+    let _watchdog =
+        spate::Watchdog::start("slow_reader_throttles_the_generator", std::time::Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let (sink, output) = spate::output::<u64>(HANDLE_RECORDS);
     let cfg = RuntimeConfig {

@@ -36,60 +36,71 @@ const QUERY: &str = "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = 10
 
 #[test]
 fn misspelled_runtime_field() {
+    let _watchdog = spate::Watchdog::start("misspelled_runtime_field", std::time::Duration::from_secs(120));
     let e = rejected(&format!("{QUERY}[runtime]\nwrokers = 2\n"));
     assert_mentions(&e, &["unknown field", "wrokers", "workers"]);
 }
 
 #[test]
 fn misspelled_query_param() {
+    let _watchdog = spate::Watchdog::start("misspelled_query_param", std::time::Duration::from_secs(120));
     let e = rejected("[query]\nname = \"keyed-sum\"\n[query.params]\nrecrods = 5\n");
     assert_mentions(&e, &["query.params", "recrods", "records"]);
 }
 
 #[test]
 fn wrong_type() {
+    let _watchdog = spate::Watchdog::start("wrong_type", std::time::Duration::from_secs(120));
     let e = rejected(&format!("{QUERY}[runtime]\nworkers = \"two\"\n"));
     assert_mentions(&e, &["invalid type", "workers", "two"]);
 }
 
 #[test]
 fn missing_query_section() {
+    let _watchdog = spate::Watchdog::start("missing_query_section", std::time::Duration::from_secs(120));
     let e = rejected("[runtime]\nworkers = 2\n");
     assert_mentions(&e, &["missing field", "query"]);
 }
 
 #[test]
 fn unknown_query_lists_the_known_ones() {
+    let _watchdog =
+        spate::Watchdog::start("unknown_query_lists_the_known_ones", std::time::Duration::from_secs(120));
     let e = rejected("[query]\nname = \"wordcnt\"\n");
     assert_mentions(&e, &["wordcnt", "keyed-sum", "wordcount"]);
 }
 
 #[test]
 fn bad_sink_kind() {
+    let _watchdog = spate::Watchdog::start("bad_sink_kind", std::time::Duration::from_secs(120));
     let e = rejected(&format!("{QUERY}[sink]\nkind = \"printer\"\n"));
     assert_mentions(&e, &["printer", "count", "stdout", "file"]);
 }
 
 #[test]
 fn file_sink_without_path() {
+    let _watchdog = spate::Watchdog::start("file_sink_without_path", std::time::Duration::from_secs(120));
     let e = rejected(&format!("{QUERY}[sink]\nkind = \"file\"\n"));
     assert_mentions(&e, &["sink.path", "file"]);
 }
 
 #[test]
 fn invalid_runtime_value() {
+    let _watchdog = spate::Watchdog::start("invalid_runtime_value", std::time::Duration::from_secs(120));
     let e = rejected(&format!("{QUERY}[runtime]\nbatch_records = 0\n"));
     assert_mentions(&e, &["batch_records"]);
 }
 
 #[test]
 fn invalid_query_param_value() {
+    let _watchdog = spate::Watchdog::start("invalid_query_param_value", std::time::Duration::from_secs(120));
     let e = rejected("[query]\nname = \"keyed-sum\"\n[query.params]\nkeys = 0\n");
     assert_mentions(&e, &["keys"]);
 }
 
 #[test]
 fn unknown_cli_option() {
+    let _watchdog = spate::Watchdog::start("unknown_cli_option", std::time::Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let cfg = dir.path().join("ok.toml");
     std::fs::write(&cfg, QUERY).unwrap_or_else(|e| panic!("write config: {e}"));
@@ -106,6 +117,7 @@ fn unknown_cli_option() {
 
 #[test]
 fn missing_config_file() {
+    let _watchdog = spate::Watchdog::start("missing_config_file", std::time::Duration::from_secs(120));
     let missing: PathBuf =
         std::env::temp_dir().join(format!("spate-no-such-config-{}.toml", std::process::id()));
     let out = spate(&["run", &missing.display().to_string()]);
@@ -116,6 +128,8 @@ fn missing_config_file() {
 
 #[test]
 fn unknown_command_and_missing_argument() {
+    let _watchdog =
+        spate::Watchdog::start("unknown_command_and_missing_argument", std::time::Duration::from_secs(120));
     let out = spate(&["frob"]);
     assert!(!out.status.success());
     assert_mentions(&String::from_utf8_lossy(&out.stderr), &["frob", "USAGE"]);
@@ -126,6 +140,7 @@ fn unknown_command_and_missing_argument() {
 
 #[test]
 fn a_good_config_runs() {
+    let _watchdog = spate::Watchdog::start("a_good_config_runs", std::time::Duration::from_secs(120));
     // The control: the same harness accepts a valid config and runs it.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let cfg = dir.path().join("ok.toml");

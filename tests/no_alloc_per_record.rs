@@ -1,10 +1,9 @@
 //! Once warm, the keyed-sum data path does not allocate per record: the
 //! allocations of a long run minus those of a short run, divided by the extra
 //! records, stay far below one. What remains is per batch (one buffer per
-//! batch that crosses workers) and per reactor poll (glommio allocates when
-//! it re-arms its preemption timer, every `preempt_us`), so the bound is
-//! loose enough for a slow debug build and still fails by a factor of 20 if
-//! any operator on the path allocated once per record.
+//! batch that crosses workers), so the bound is loose enough for a slow
+//! debug build and still fails by a factor of 20 if any operator on the path
+//! allocated once per record.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +65,8 @@ fn per_record(workers: usize) -> f64 {
 
 #[test]
 fn keyed_sum_does_not_allocate_per_record() {
+    let _watchdog =
+        spate::Watchdog::start("keyed_sum_does_not_allocate_per_record", std::time::Duration::from_secs(120));
     // One worker: every record stays on its worker (no batches at all).
     let one = per_record(1);
     // Two workers: half the records cross in batches of up to 1024 records.

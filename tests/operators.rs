@@ -88,6 +88,10 @@ type Rec = (u64, u64, u64);
 
 #[test]
 fn tumbling_window_sum_with_assigned_watermarks() {
+    let _watchdog = spate::Watchdog::start(
+        "tumbling_window_sum_with_assigned_watermarks",
+        std::time::Duration::from_secs(120),
+    );
     let _one = one_job();
     let dir = tempdir();
     let (input, source) = spate::input::<Rec>(64);
@@ -118,6 +122,8 @@ fn tumbling_window_sum_with_assigned_watermarks() {
 
 #[test]
 fn sliding_window_with_handle_watermarks() {
+    let _watchdog =
+        spate::Watchdog::start("sliding_window_with_handle_watermarks", std::time::Duration::from_secs(120));
     let _one = one_job();
     let dir = tempdir();
     let (input, source) = spate::input::<Rec>(64);
@@ -148,6 +154,7 @@ fn sliding_window_with_handle_watermarks() {
 
 #[test]
 fn window_join_of_two_inputs() {
+    let _watchdog = spate::Watchdog::start("window_join_of_two_inputs", std::time::Duration::from_secs(120));
     let _one = one_job();
     let dir = tempdir();
     let (left, left_source) = spate::input::<Rec>(64);
@@ -182,6 +189,7 @@ fn window_join_of_two_inputs() {
 
 #[test]
 fn union_filter_map_flat_map() {
+    let _watchdog = spate::Watchdog::start("union_filter_map_flat_map", std::time::Duration::from_secs(120));
     let _one = one_job();
     let dir = tempdir();
     let (a, a_source) = spate::input::<u64>(64);
@@ -218,6 +226,7 @@ fn union_filter_map_flat_map() {
 
 #[test]
 fn late_records_are_dropped() {
+    let _watchdog = spate::Watchdog::start("late_records_are_dropped", std::time::Duration::from_secs(120));
     let _one = one_job();
     let dir = tempdir();
     let (input, source) = spate::input::<Rec>(64);
@@ -246,6 +255,7 @@ fn late_records_are_dropped() {
 
 #[test]
 fn reduce_running_per_key() {
+    let _watchdog = spate::Watchdog::start("reduce_running_per_key", std::time::Duration::from_secs(120));
     let _one = one_job();
     let dir = tempdir();
     let (input, source) = spate::input::<(u64, u64)>(64);

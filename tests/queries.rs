@@ -120,16 +120,20 @@ fn keyed_sum(records: u64, keys: u64, workers: usize) {
 
 #[test]
 fn keyed_sum_one_worker() {
+    let _watchdog = spate::Watchdog::start("keyed_sum_one_worker", std::time::Duration::from_secs(120));
     keyed_sum(200_000, 1000, 1);
 }
 
 #[test]
 fn keyed_sum_two_workers() {
+    let _watchdog = spate::Watchdog::start("keyed_sum_two_workers", std::time::Duration::from_secs(120));
     keyed_sum(200_000, 1000, 2);
 }
 
 #[test]
 fn keyed_sum_two_workers_odd_keys() {
+    let _watchdog =
+        spate::Watchdog::start("keyed_sum_two_workers_odd_keys", std::time::Duration::from_secs(120));
     // Keys spread over both generator instances: arrival order per key is
     // not fixed, but counts and final sums are.
     keyed_sum(50_001, 999, 2);
@@ -137,6 +141,8 @@ fn keyed_sum_two_workers_odd_keys() {
 
 #[test]
 fn wordcount_generated_windows() {
+    let _watchdog =
+        spate::Watchdog::start("wordcount_generated_windows", std::time::Duration::from_secs(120));
     let (lines, wpl, vocab, seed, window) = (5000u64, 6u32, 200u32, 7u64, 1000u64);
     let s = Scratch::new();
     let cfg = s.config(
@@ -175,6 +181,7 @@ fn wordcount_generated_windows() {
 
 #[test]
 fn wordcount_from_file() {
+    let _watchdog = spate::Watchdog::start("wordcount_from_file", std::time::Duration::from_secs(120));
     let s = Scratch::new();
     let input = s.path("input.txt");
     // Irregular spacing, an empty line and a word on several lines.
@@ -201,6 +208,8 @@ fn wordcount_from_file() {
 
 #[test]
 fn shipped_example_configs_parse() {
+    let _watchdog =
+        spate::Watchdog::start("shipped_example_configs_parse", std::time::Duration::from_secs(120));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

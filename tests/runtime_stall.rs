@@ -71,6 +71,8 @@ fn once(run: usize) -> Option<String> {
 
 #[test]
 fn concurrent_small_jobs_do_not_stall() {
+    let _watchdog =
+        spate::Watchdog::start("concurrent_small_jobs_do_not_stall", std::time::Duration::from_secs(120));
     let threads: Vec<_> = (0..3)
         .map(|t| std::thread::spawn(move || (0..15).filter_map(|i| once(t * 100 + i)).collect::<Vec<_>>()))
         .collect();

@@ -14,7 +14,7 @@
 //! - [`ring`]: the bounded SPSC ring between two workers, polled.
 //! - [`runtime`]: one pinned glommio executor per worker running a poll
 //!   loop: steps, flushing and backpressure.
-//! - [`metrics`], [`config`], [`limits`], [`time`].
+//! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
 pub mod batch;
@@ -29,6 +29,7 @@ pub mod routing;
 pub mod runtime;
 pub mod source;
 pub mod time;
+pub mod watchdog;
 
 pub use batch::Meta;
 pub use config::RuntimeConfig;

@@ -86,15 +86,22 @@ fn run(workers: usize, linger_us: u64, n: u64) {
 
 #[test]
 fn one_worker() {
+    let _watchdog = spate_core::watchdog::Watchdog::start("one_worker", std::time::Duration::from_secs(120));
     run(1, 0, 10_000);
 }
 
 #[test]
 fn two_workers_linger_zero() {
+    let _watchdog =
+        spate_core::watchdog::Watchdog::start("two_workers_linger_zero", std::time::Duration::from_secs(120));
     run(2, 0, 50_000);
 }
 
 #[test]
 fn three_workers_with_linger() {
+    let _watchdog = spate_core::watchdog::Watchdog::start(
+        "three_workers_with_linger",
+        std::time::Duration::from_secs(120),
+    );
     run(3, 500, 30_001);
 }
