@@ -14,6 +14,10 @@
 //! [sink]
 //! kind = "count"              # count | stdout | file | none
 //! latency = true
+//!
+//! [checkpoint]                # optional: aligned checkpoints under data_dir
+//! interval_ms = 1000          # 0 = none
+//! restore = true              # resume from the last complete one on start
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -35,6 +39,21 @@ pub struct Config {
     /// Where results go.
     #[serde(default)]
     pub sink: SinkSection,
+    /// Periodic checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Milliseconds between checkpoints; 0 (the default) takes none.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// On start, resume from the job's last complete checkpoint if there is
+    /// one (default true when checkpoints are on).
+    pub restore: Option<bool>,
 }
 
 /// `[query]`.
@@ -167,7 +186,11 @@ impl Config {
 
     /// The runtime config: defaults overridden by `[runtime]`.
     pub fn runtime_config(&self) -> RuntimeConfig {
-        let mut c = RuntimeConfig::default();
+        let mut c = RuntimeConfig {
+            checkpoint_interval_ms: self.checkpoint.interval_ms,
+            restore: self.checkpoint.restore.unwrap_or(true),
+            ..Default::default()
+        };
         let r = &self.runtime;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = r.$f.clone() { c.$f = v; } )* };

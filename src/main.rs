@@ -16,9 +16,9 @@ const USAGE: &str = "\
 spate — elastic, fault-tolerant stream processing with explicit operator state
 
 USAGE:
-  spate run CONFIG [--workers N] [--quiet]
+  spate run CONFIG [--workers N] [--quiet] [--fresh]
       Run the query a TOML config names, on all cores of this process.
-  spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--json]
+  spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--checkpoint-ms C] [--json]
       Run a query as fast as possible; print records/s.
   spate bench latency --query NAME --rate RECORDS_PER_S --seconds S [--workers W]
                       [--linger-us U] [--json] [--csv FILE]
@@ -155,7 +155,7 @@ fn watch(job: Job, quiet: bool) -> Result<(spate::JobReport, hdrhistogram::Histo
 }
 
 fn cmd_run(args: &[String]) -> Result<(), String> {
-    let o = Opts::parse(args, &["--workers", "--quiet"])?;
+    let o = Opts::parse(args, &["--workers", "--quiet", "--fresh"])?;
     let [path] = o.positional.as_slice() else {
         return Err(format!("`spate run` takes one config file\n\n{USAGE}"));
     };
@@ -164,10 +164,16 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     if let Some(w) = o.get::<usize>("--workers")? {
         rc.workers = w;
     }
+    if o.has("--fresh") {
+        rc.restore = false;
+    }
     let build = queries::build(&cfg.query, &cfg.sink)?;
     let quiet = o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout;
     let workers = rc.effective_workers();
     let job = Runtime::new(rc).start(&cfg.query.name, move |df| build(df)).map_err(|e| e.to_string())?;
+    if let Some(m) = job.checkpoints().and_then(|c| c.restored()) {
+        eprintln!("{}: resuming from checkpoint {}", cfg.query.name, m.id);
+    }
     let (report, latency) = watch(job, quiet)?;
     let secs = report.elapsed.as_secs_f64();
     let mut summary = format!(
@@ -188,6 +194,9 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
             latency.max() / 1000
         );
     }
+    if report.checkpoints > 0 {
+        summary += &format!("; {} checkpoints", report.checkpoints);
+    }
     eprintln!("{summary}");
     Ok(())
 }
@@ -201,13 +210,19 @@ fn bench_runtime(o: &Opts) -> Result<RuntimeConfig, String> {
     if let Some(l) = o.get("--linger-us")? {
         rc.linger_us = l;
     }
+    if let Some(c) = o.get("--checkpoint-ms")? {
+        rc.checkpoint_interval_ms = c;
+    }
     rc.data_dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
     rc.validate()?;
     Ok(rc)
 }
 
 fn cmd_throughput(args: &[String]) -> Result<(), String> {
-    let o = Opts::parse(args, &["--query", "--records", "--workers", "--keys", "--json", "--linger-us"])?;
+    let o = Opts::parse(
+        args,
+        &["--query", "--records", "--workers", "--keys", "--json", "--linger-us", "--checkpoint-ms"],
+    )?;
     let name: String = o.get("--query")?.unwrap_or_else(|| "keyed-sum".into());
     let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
     let mut params = toml::Table::new();
@@ -231,8 +246,8 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
     let rps = report.records_in as f64 / secs.max(1e-9);
     if o.has("--json") {
         println!(
-            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{},\"records_out\":{},\"workers\":{workers},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1}}}",
-            report.records_in, report.records_out
+            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{},\"records_out\":{},\"workers\":{workers},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1},\"checkpoints\":{}}}",
+            report.records_in, report.records_out, report.checkpoints
         );
     } else {
         println!(

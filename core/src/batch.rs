@@ -30,6 +30,9 @@ pub const RECORD_PREFIX_BYTES: usize = 12;
 
 /// The batch is the producer's last one on this edge.
 pub const FLAG_FINAL: u32 = 1;
+/// The batch is a checkpoint barrier (empty; its id in `barrier`): every
+/// record the producer sent before it belongs to checkpoint `barrier`.
+pub const FLAG_BARRIER: u32 = 2;
 
 /// A batch of records travelling on one edge from one producer instance.
 #[derive(Debug)]
@@ -45,8 +48,10 @@ pub struct Batch {
     pub watermark: Timestamp,
     /// Number of records in `data`.
     pub count: u32,
-    /// [`FLAG_FINAL`] and future flags.
+    /// [`FLAG_FINAL`], [`FLAG_BARRIER`].
     pub flags: u32,
+    /// With [`FLAG_BARRIER`], the checkpoint id.
+    pub barrier: u64,
     /// The records.
     pub data: Vec<u8>,
 }
@@ -54,12 +59,26 @@ pub struct Batch {
 impl Batch {
     /// An empty batch with room for `bytes` of record data.
     pub fn with_capacity(edge: u32, producer: u32, bytes: usize) -> Self {
-        Self { edge, producer, seq: 0, watermark: 0, count: 0, flags: 0, data: Vec::with_capacity(bytes) }
+        Self {
+            edge,
+            producer,
+            seq: 0,
+            watermark: 0,
+            count: 0,
+            flags: 0,
+            barrier: 0,
+            data: Vec::with_capacity(bytes),
+        }
     }
 
     /// Whether this is the producer's last batch on the edge.
     pub fn is_final(&self) -> bool {
         self.flags & FLAG_FINAL != 0
+    }
+
+    /// The checkpoint id if this batch is a barrier.
+    pub fn barrier(&self) -> Option<u64> {
+        (self.flags & FLAG_BARRIER != 0).then_some(self.barrier)
     }
 
     /// Appends one record. No allocation once `data` has grown to its

@@ -38,6 +38,14 @@ pub struct RuntimeConfig {
     /// With `park_when_idle`, how long an idle worker spins before it naps,
     /// in microseconds (trades CPU for wake-up latency).
     pub spin_before_park_us: u64,
+    /// Take an aligned checkpoint of every stateful instance and source
+    /// this often, in milliseconds, into a backup store under `data_dir`
+    /// (0: no checkpoints).
+    pub checkpoint_interval_ms: u64,
+    /// With checkpoints: resume from the job's latest complete checkpoint,
+    /// if there is one (otherwise its old checkpoints are removed and it
+    /// starts afresh).
+    pub restore: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -56,6 +64,8 @@ impl Default for RuntimeConfig {
             io_memory_bytes: IO_MEMORY_BYTES,
             park_when_idle: false,
             spin_before_park_us: 50,
+            checkpoint_interval_ms: 0,
+            restore: false,
         }
     }
 }

@@ -25,12 +25,15 @@ use std::sync::Arc;
 use spate_state::codec::Record;
 use spate_state::keyspace::BinRange;
 
+use crate::checkpoint::Checkpointer;
 use crate::config::RuntimeConfig;
 use crate::exchange::{self, EdgeRuntime};
 use crate::metrics::JobMetrics;
-use crate::push::{BinaryCore, BinaryOperator, BoxPush, Discard, FirstInput, SecondInput, Tee};
+use crate::push::{
+    BarrierTracker, BinaryCore, BinaryOperator, BoxPush, Discard, FirstInput, SecondInput, Tee,
+};
 use crate::routing::{key_hash, RoutingTable};
-use crate::source::{Source, SourceRunner, SourceTask};
+use crate::source::{RunSource, Source, SourceRunner, SourceTask};
 
 /// Types that flow on streams: rkyv records that can be cloned (for fan-out).
 pub trait Data: Record + Clone {}
@@ -69,6 +72,10 @@ pub struct InstanceCtx<'a> {
     pub metrics: &'a Arc<JobMetrics>,
     /// The runtime configuration.
     pub config: &'a RuntimeConfig,
+    /// This worker's checkpointing, when the job takes checkpoints: a
+    /// stateful instance registers with it, saves its store on a barrier
+    /// and restores from it at start.
+    pub checkpointer: Option<&'a Rc<Checkpointer>>,
 }
 
 impl InstanceCtx<'_> {
@@ -123,6 +130,9 @@ pub struct WorkerBuild {
     /// Shared instances (binary operators, exchange receivers), by key.
     pub(crate) shared: HashMap<String, Box<dyn Any>>,
     pub(crate) edges: Vec<EdgeRuntime>,
+    /// Barrier alignments in progress on this worker.
+    pub(crate) barriers: Rc<BarrierTracker>,
+    pub(crate) checkpointer: Option<Rc<Checkpointer>>,
 }
 
 impl WorkerBuild {
@@ -136,6 +146,7 @@ impl WorkerBuild {
             bins_log2: self.config.bins_log2,
             metrics: &self.metrics,
             config: &self.config,
+            checkpointer: self.checkpointer.as_ref(),
         }
     }
 
@@ -200,7 +211,23 @@ impl Dataflow {
                 make(&ctx)
             };
             let out = make_output(&c2, wb);
-            Some(SourceTask { name: name.clone(), runner: Box::new(SourceRunner::new(src, out)) })
+            let mut runner = SourceRunner::new(src, out);
+            if let Some(c) = wb.checkpointer.clone() {
+                let ready = if runner.offset().is_none() {
+                    Err(format!("source `{name}` cannot replay from an offset, so a job with checkpoints cannot restore it; turn checkpoints off"))
+                } else {
+                    c.register();
+                    match c.source_offset(&name) {
+                        Ok(Some(off)) => runner.seek(off).map_err(|e| format!("source `{name}`: {e}")),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Err(e) = ready {
+                    wb.metrics.fail(e);
+                }
+            }
+            Some(SourceTask { name: name.clone(), runner: Box::new(runner) })
         }));
         Stream { df: self.clone(), consumers }
     }
@@ -347,7 +374,7 @@ impl<T: Data> Stream<T> {
                     let ctx = wb.instance_ctx(&name, bins);
                     make(&ctx, downstream)
                 };
-                let core = BinaryCore::new(op);
+                let core = BinaryCore::new(op, wb.barriers.clone());
                 wb.shared.insert(key.clone(), Box::new(core.clone()));
                 core
             })

@@ -13,9 +13,9 @@ use std::rc::Rc;
 
 use spate_state::codec;
 
-use crate::batch::{Batch, Meta, FLAG_FINAL};
+use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL};
 use crate::dataflow::{Data, WorkerBuild};
-use crate::push::{BoxPush, InputFrontier, Push};
+use crate::push::{BarrierTracker, BoxPush, InputFrontier, Push};
 use crate::routing::RoutingTable;
 use crate::time::{now_ns, Timestamp, WATERMARK_END};
 
@@ -170,6 +170,19 @@ impl Outbox {
         }
     }
 
+    /// Checkpoint barrier `id`: closes the open batch, then queues an
+    /// empty barrier batch behind it.
+    fn set_barrier(&mut self, id: u64) {
+        if self.final_sent {
+            return;
+        }
+        if self.current.count > 0 {
+            self.close(0);
+        }
+        self.current.barrier = id;
+        self.close(FLAG_BARRIER);
+    }
+
     fn set_final(&mut self) {
         self.set_watermark(WATERMARK_END);
         self.final_pending = true;
@@ -195,8 +208,19 @@ pub(crate) struct EdgeReceiver<T> {
 }
 
 impl<T: Data> EdgeReceiver<T> {
-    fn new(producers: usize) -> Self {
-        Self { out: None, frontier: InputFrontier::new(producers), finished: false }
+    fn new(producers: usize, tracker: Rc<BarrierTracker>) -> Self {
+        let mut frontier = InputFrontier::new(producers);
+        frontier.set_tracker(tracker);
+        Self { out: None, frontier, finished: false }
+    }
+
+    fn barrier_from(&mut self, producer: usize, id: u64) {
+        if let Some(id) = self.frontier.barrier(producer, id) {
+            if let Some(o) = self.out.as_mut() {
+                o.barrier(id);
+            }
+            self.frontier.aligned_done();
+        }
     }
 
     #[inline]
@@ -216,7 +240,14 @@ impl<T: Data> EdgeReceiver<T> {
 
     fn finish_from(&mut self, producer: usize) {
         self.watermark_from(producer, WATERMARK_END);
-        if self.frontier.finish(producer) && !self.finished {
+        let all = self.frontier.finish(producer);
+        if let Some(id) = self.frontier.barrier_after_finish() {
+            if let Some(o) = self.out.as_mut() {
+                o.barrier(id);
+            }
+            self.frontier.aligned_done();
+        }
+        if all && !self.finished {
             self.finished = true;
             if let Some(o) = self.out.as_mut() {
                 o.finish();
@@ -239,6 +270,9 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                 let rec = unsafe { codec::decode::<T>(bytes) };
                 o.push(rec, meta);
             }
+        }
+        if let Some(id) = batch.barrier() {
+            self.barrier_from(producer, id);
         }
         if batch.is_final() {
             self.finish_from(producer);
@@ -307,7 +341,7 @@ fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeRe
             return r.clone();
         }
     }
-    let r = Rc::new(RefCell::new(EdgeReceiver::<T>::new(workers)));
+    let r = Rc::new(RefCell::new(EdgeReceiver::<T>::new(workers, wb.barriers.clone())));
     let r2 = r.clone();
     e.local = Some(Box::new(LocalFinisher(
         Box::new(move |me| r2.borrow_mut().finish_from(me)),
@@ -366,6 +400,13 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
             }
             _ => self.local.borrow_mut().push_local(rec, meta),
         }
+    }
+
+    fn barrier(&mut self, id: u64) {
+        for o in self.outboxes.iter().flatten() {
+            o.borrow_mut().set_barrier(id);
+        }
+        self.local.borrow_mut().barrier_from(self.me, id);
     }
 
     fn watermark(&mut self, wm: Timestamp) {

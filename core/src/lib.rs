@@ -14,10 +14,12 @@
 //! - [`ring`]: the bounded SPSC ring between two workers, polled.
 //! - [`runtime`]: one pinned glommio executor per worker running a poll
 //!   loop: steps, flushing and backpressure.
+//! - [`checkpoint`]: aligned checkpoints of a job and restore.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod dataflow;
 pub mod exchange;

@@ -22,6 +22,11 @@ pub trait Push<T> {
     fn watermark(&mut self, wm: Timestamp);
     /// The input ended: no more records or watermarks follow.
     fn finish(&mut self);
+    /// Checkpoint barrier `id`: every record before it belongs to
+    /// checkpoint `id`, none after it. Called with increasing ids, once
+    /// every input of the caller has delivered the barrier (aligned).
+    /// Stateful operators save their state, then forward the barrier.
+    fn barrier(&mut self, id: u64);
 }
 
 /// A boxed [`Push`]: the downstream of an operator instance.
@@ -34,6 +39,7 @@ impl<T> Push<T> for Discard {
     fn push(&mut self, _rec: T, _meta: Meta) {}
     fn watermark(&mut self, _wm: Timestamp) {}
     fn finish(&mut self) {}
+    fn barrier(&mut self, _id: u64) {}
 }
 
 /// Pushes every record to several consumers (a stream with fan-out).
@@ -68,21 +74,98 @@ impl<T: Clone> Push<T> for Tee<T> {
             o.finish();
         }
     }
+    fn barrier(&mut self, id: u64) {
+        for o in &mut self.outs {
+            o.barrier(id);
+        }
+    }
 }
 
-/// Tracks the watermarks and ends of several inputs of one instance: its
-/// watermark is the minimum over inputs, and it ends when every input has.
-#[derive(Debug, Clone)]
+/// Tracks the watermarks, checkpoint barriers and ends of several inputs of
+/// one instance: its watermark is the minimum over inputs, a barrier is
+/// aligned once every input that has not ended delivered it, and it ends
+/// when every input has.
+#[derive(Clone)]
 pub struct InputFrontier {
     watermarks: Vec<Timestamp>,
     finished: Vec<bool>,
     current: Timestamp,
+    barriers: Vec<u64>,
+    aligned: u64,
+    tracker: Option<Rc<BarrierTracker>>,
+}
+
+/// Counts a worker's alignments in progress: while one is, the worker's
+/// work items that already passed the barrier are paused, so no record from
+/// after a barrier reaches an instance before that instance has aligned it.
+#[derive(Debug, Default)]
+pub struct BarrierTracker {
+    pending: std::cell::Cell<usize>,
+    aligning: std::cell::Cell<u64>,
+}
+
+impl BarrierTracker {
+    /// Whether an item that passed barrier `passed` must wait: an alignment
+    /// of that barrier (or a later one) is in progress on this worker.
+    pub fn holds(&self, passed: u64) -> bool {
+        passed > 0 && self.pending.get() > 0 && passed >= self.aligning.get()
+    }
 }
 
 impl InputFrontier {
     /// A frontier over `inputs` inputs, all at watermark 0.
     pub fn new(inputs: usize) -> Self {
-        Self { watermarks: vec![0; inputs], finished: vec![false; inputs], current: 0 }
+        Self {
+            watermarks: vec![0; inputs],
+            finished: vec![false; inputs],
+            current: 0,
+            barriers: vec![0; inputs],
+            aligned: 0,
+            tracker: None,
+        }
+    }
+
+    /// Reports alignments in progress to `tracker`.
+    pub fn set_tracker(&mut self, tracker: Rc<BarrierTracker>) {
+        self.tracker = Some(tracker);
+    }
+
+    /// Input `i` delivered barrier `id`; returns the id to forward when the
+    /// barrier is aligned. The caller forwards it, then calls
+    /// [`InputFrontier::aligned_done`].
+    pub fn barrier(&mut self, i: usize, id: u64) -> Option<u64> {
+        if id <= self.aligned {
+            return None;
+        }
+        let first = self.barriers.iter().zip(&self.finished).all(|(&b, &f)| f || b <= self.aligned);
+        self.barriers[i] = self.barriers[i].max(id);
+        if first {
+            if let Some(t) = &self.tracker {
+                t.pending.set(t.pending.get() + 1);
+                t.aligning.set(t.aligning.get().max(id));
+            }
+        }
+        self.try_align()
+    }
+
+    fn try_align(&mut self) -> Option<u64> {
+        let started = self.barriers.iter().zip(&self.finished).any(|(&b, &f)| !f && b > self.aligned);
+        if !started {
+            return None;
+        }
+        let min = self.barriers.iter().zip(&self.finished).filter(|(_, &f)| !f).map(|(&b, _)| b).min()?;
+        (min > self.aligned).then(|| {
+            self.aligned = min;
+            min
+        })
+    }
+
+    /// The forwarded barrier has been handled downstream: the alignment is
+    /// over.
+    pub fn aligned_done(&mut self) {
+        if let Some(t) = &self.tracker {
+            t.pending.set(t.pending.get().saturating_sub(1));
+        }
     }
 
     /// Input `i` reached `wm`; returns the new combined watermark if it advanced.
@@ -99,10 +182,27 @@ impl InputFrontier {
         }
     }
 
-    /// Input `i` ended; returns true when every input has.
+    /// Input `i` ended; returns true when every input has. An input that
+    /// ends can complete a barrier alignment: see
+    /// [`InputFrontier::barrier_after_finish`].
     pub fn finish(&mut self, i: usize) -> bool {
         self.finished[i] = true;
         self.finished.iter().all(|f| *f)
+    }
+
+    /// After an input ended: the barrier to forward, if the ended input was
+    /// the last one an alignment waited for (then call
+    /// [`InputFrontier::aligned_done`] after forwarding it).
+    pub fn barrier_after_finish(&mut self) -> Option<u64> {
+        if self.finished.iter().all(|f| *f) {
+            // Nothing to align any more; release a pending alignment.
+            if self.barriers.iter().any(|&b| b > self.aligned) {
+                self.aligned = self.barriers.iter().copied().max().unwrap_or(self.aligned);
+                self.aligned_done();
+            }
+            return None;
+        }
+        self.try_align()
     }
 
     /// The combined watermark.
@@ -122,6 +222,9 @@ pub trait BinaryOperator<A, B> {
     fn watermark(&mut self, wm: Timestamp);
     /// Both inputs ended.
     fn finish(&mut self);
+    /// Checkpoint barrier `id`, aligned over both inputs (see
+    /// [`Push::barrier`]).
+    fn barrier(&mut self, id: u64);
 }
 
 /// The shared core behind the two input pushes of a [`BinaryOperator`].
@@ -131,9 +234,11 @@ pub struct BinaryCore<Op> {
 }
 
 impl<Op> BinaryCore<Op> {
-    /// Wraps `op`.
-    pub fn new(op: Op) -> Rc<RefCell<Self>> {
-        Rc::new(RefCell::new(Self { op, frontier: InputFrontier::new(2) }))
+    /// Wraps `op`; alignments in progress are reported to `tracker`.
+    pub fn new(op: Op, tracker: Rc<BarrierTracker>) -> Rc<RefCell<Self>> {
+        let mut frontier = InputFrontier::new(2);
+        frontier.set_tracker(tracker);
+        Rc::new(RefCell::new(Self { op, frontier }))
     }
 }
 
@@ -178,8 +283,21 @@ fn binary_watermark<A, B, Op: BinaryOperator<A, B>>(
 
 fn binary_finish<A, B, Op: BinaryOperator<A, B>>(core: &RefCell<BinaryCore<Op>>, side: usize) {
     let mut c = core.borrow_mut();
-    if c.frontier.finish(side) {
+    let all = c.frontier.finish(side);
+    if let Some(id) = c.frontier.barrier_after_finish() {
+        c.op.barrier(id);
+        c.frontier.aligned_done();
+    }
+    if all {
         c.op.finish();
+    }
+}
+
+fn binary_barrier<A, B, Op: BinaryOperator<A, B>>(core: &RefCell<BinaryCore<Op>>, side: usize, id: u64) {
+    let mut c = core.borrow_mut();
+    if let Some(id) = c.frontier.barrier(side, id) {
+        c.op.barrier(id);
+        c.frontier.aligned_done();
     }
 }
 
@@ -193,6 +311,9 @@ impl<A, B, Op: BinaryOperator<A, B>> Push<A> for FirstInput<Op, B> {
     fn finish(&mut self) {
         binary_finish::<A, B, Op>(&self.core, 0);
     }
+    fn barrier(&mut self, id: u64) {
+        binary_barrier::<A, B, Op>(&self.core, 0, id);
+    }
 }
 
 impl<A, B, Op: BinaryOperator<A, B>> Push<B> for SecondInput<Op, A> {
@@ -204,5 +325,43 @@ impl<A, B, Op: BinaryOperator<A, B>> Push<B> for SecondInput<Op, A> {
     }
     fn finish(&mut self) {
         binary_finish::<A, B, Op>(&self.core, 1);
+    }
+    fn barrier(&mut self, id: u64) {
+        binary_barrier::<A, B, Op>(&self.core, 1, id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_is_aligned_once_every_live_input_delivered_it() {
+        let tracker = Rc::new(BarrierTracker::default());
+        let mut f = InputFrontier::new(3);
+        f.set_tracker(tracker.clone());
+        assert_eq!(f.barrier(0, 1), None);
+        assert!(tracker.holds(1), "input 0 passed barrier 1 and must wait");
+        assert!(!tracker.holds(0), "an item that has not passed it keeps running");
+        assert_eq!(f.barrier(2, 1), None);
+        // A duplicate changes nothing.
+        assert_eq!(f.barrier(2, 1), None);
+        assert_eq!(f.barrier(1, 1), Some(1));
+        f.aligned_done();
+        assert!(!tracker.holds(1));
+        // An input that ends completes the next alignment.
+        assert_eq!(f.barrier(0, 2), None);
+        assert_eq!(f.barrier(1, 2), None);
+        assert!(!f.finish(2));
+        assert_eq!(f.barrier_after_finish(), Some(2));
+        f.aligned_done();
+        assert!(!tracker.holds(2));
+        // With every input ended, a pending alignment is released.
+        assert_eq!(f.barrier(0, 3), None);
+        assert!(tracker.holds(3));
+        f.finish(0);
+        f.finish(1);
+        assert_eq!(f.barrier_after_finish(), None);
+        assert!(!tracker.holds(3));
     }
 }

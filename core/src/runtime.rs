@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::Batch;
+use crate::checkpoint::{self, CheckpointCoordinator, Checkpointer};
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{BatchInput, EdgeRuntime, Outbox, TouchList};
 use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
+use crate::push::BarrierTracker;
 use crate::ring::{ring, Consumer, Producer};
 use crate::source::{SourceStatus, SourceTask};
 use crate::time::now_ns;
@@ -85,6 +87,9 @@ pub struct Job {
     metrics: Arc<JobMetrics>,
     started: Instant,
     workers: usize,
+    coord: Option<Arc<CheckpointCoordinator>>,
+    name: String,
+    data_dir: std::path::PathBuf,
 }
 
 /// What a finished job reports.
@@ -98,6 +103,10 @@ pub struct JobReport {
     pub records_in: u64,
     /// Records that reached sinks.
     pub records_out: u64,
+    /// Checkpoints this run completed.
+    pub checkpoints: u64,
+    /// The checkpoint this run resumed from, if any.
+    pub restored_from: Option<u64>,
 }
 
 type Channels = Vec<Vec<Vec<Option<(Producer<Batch>, Consumer<Batch>)>>>>;
@@ -140,6 +149,37 @@ impl Runtime {
                     .collect()
             })
             .collect();
+        let coord = if self.config.checkpoint_interval_ms > 0 {
+            let dir = checkpoint::checkpoint_dir(&self.config.data_dir, name);
+            let manifest = if self.config.restore {
+                checkpoint::latest_manifest(&dir).map_err(RuntimeError::Config)?
+            } else {
+                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                None
+            };
+            if let Some(m) = &manifest {
+                if m.workers != workers {
+                    return Err(RuntimeError::Config(format!(
+                        "checkpoint {} of `{name}` was taken with {} workers, this run has {workers}",
+                        m.id, m.workers
+                    )));
+                }
+            }
+            let after = match &manifest {
+                Some(_) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers)
+                    .map_err(RuntimeError::Config)?,
+                None => 0,
+            };
+            Some(CheckpointCoordinator::new(
+                dir,
+                workers,
+                self.config.checkpoint_interval_ms,
+                manifest,
+                after,
+            ))
+        } else {
+            None
+        };
         let metrics = JobMetrics::new();
         let build = Arc::new(build);
         let config = Arc::new(self.config.clone());
@@ -171,8 +211,8 @@ impl Runtime {
                     Err(_) => Placement::Unbound,
                 }
             };
-            let (build, config, metrics, name) =
-                (build.clone(), config.clone(), metrics.clone(), name.to_string());
+            let (build, config, metrics, name, coord) =
+                (build.clone(), config.clone(), metrics.clone(), name.to_string(), coord.clone());
             // The worker's future never returns `Pending`: it runs the poll
             // loop to the end of the job, so glommio's scheduler never runs
             // (decision 15).
@@ -182,12 +222,20 @@ impl Runtime {
                 .ring_depth(64)
                 .spawn(move || async move {
                     let _done = WorkerDone(metrics.clone());
-                    worker_main(w, workers, name, build, config, metrics, chans);
+                    worker_main(w, workers, name, build, config, metrics, chans, coord);
                 })
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             handles.push(h);
         }
-        Ok(Job { handles, metrics, started, workers })
+        Ok(Job {
+            handles,
+            metrics,
+            started,
+            workers,
+            coord,
+            name: name.to_string(),
+            data_dir: self.config.data_dir.clone(),
+        })
     }
 }
 
@@ -207,6 +255,11 @@ impl Job {
         self.started
     }
 
+    /// The job's checkpointing, when it takes checkpoints.
+    pub fn checkpoints(&self) -> Option<&Arc<CheckpointCoordinator>> {
+        self.coord.as_ref()
+    }
+
     /// Waits for the job to end.
     pub fn wait(self) -> Result<JobReport, RuntimeError> {
         let mut panicked = None;
@@ -222,11 +275,17 @@ impl Job {
         if let Some(worker) = panicked {
             return Err(RuntimeError::WorkerPanicked { worker });
         }
+        // A job that ended has nothing left to resume.
+        if self.coord.is_some() {
+            checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Failed)?;
+        }
         Ok(JobReport {
             workers: self.workers,
             elapsed,
             records_in: self.metrics.records_in.load(Ordering::Relaxed),
             records_out: self.metrics.records_out.load(Ordering::Relaxed),
+            checkpoints: self.coord.as_ref().map_or(0, |c| c.taken()),
+            restored_from: self.coord.as_ref().and_then(|c| c.restored().map(|m| m.id)),
         })
     }
 }
@@ -407,6 +466,26 @@ struct Item {
     work: Work,
     done: bool,
     waiting: Vec<(u32, u32)>,
+    /// The last checkpoint barrier this item passed (a source injected it,
+    /// or the producer of this ring sent it).
+    passed: u64,
+}
+
+/// A worker's checkpointing state.
+struct Ckpt {
+    checkpointer: Option<Rc<Checkpointer>>,
+    barriers: Rc<BarrierTracker>,
+    /// When worker 0 requests the next checkpoint.
+    next_ns: u64,
+}
+
+impl Ckpt {
+    /// Whether an item that passed a barrier must wait: an alignment is in
+    /// progress on this worker, and the item's records from after the
+    /// barrier could reach an instance that has not aligned it yet.
+    fn holds(&self, item: &Item) -> bool {
+        self.barriers.holds(item.passed)
+    }
 }
 
 impl Item {
@@ -424,13 +503,32 @@ impl Item {
         &mut self,
         flusher: &mut Flusher,
         metrics: &JobMetrics,
+        ckpt: &Ckpt,
         step_records: usize,
     ) -> Result<bool, String> {
         let (progress, force) = match &mut self.work {
             Work::Source(t) => {
+                if let Some(c) = &ckpt.checkpointer {
+                    let requested = c.coordinator().requested();
+                    if requested > self.passed {
+                        // Inject the next barrier before any later record.
+                        let id = self.passed.max(c.coordinator().completed()) + 1;
+                        let offset = t.runner.offset().unwrap_or(0);
+                        t.runner.barrier(id);
+                        self.passed = id;
+                        c.source_reported(id, &t.name, offset)?;
+                        flusher.flush_touched(true, &mut self.waiting)?;
+                        return Ok(true);
+                    }
+                }
                 let step = t.runner.step(step_records);
                 metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
                 let done = step.status == SourceStatus::Done;
+                if done {
+                    if let Some(c) = &ckpt.checkpointer {
+                        c.coordinator().stop();
+                    }
+                }
                 self.done = done;
                 (step.emitted > 0 || done, done)
             }
@@ -449,6 +547,12 @@ impl Item {
                     input.borrow_mut().on_batch(&batch);
                     if batch.is_final() {
                         self.done = true;
+                        break;
+                    }
+                    if let Some(id) = batch.barrier() {
+                        // Later batches from this producer wait for the
+                        // alignment (see `Ckpt::holds`).
+                        self.passed = id;
                         break;
                     }
                     // With linger 0 every batch's results go out at once.
@@ -477,9 +581,17 @@ fn worker_main<F>(
     config: Arc<RuntimeConfig>,
     metrics: Arc<JobMetrics>,
     mut chans: WorkerChannels,
+    coord: Option<Arc<CheckpointCoordinator>>,
 ) where
     F: Fn(&Dataflow) + Send + Sync + 'static,
 {
+    let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose() {
+        Ok(c) => c.map(Rc::new),
+        Err(e) => {
+            metrics.fail(e);
+            return;
+        }
+    };
     let df = Dataflow::new(&name);
     build(&df);
     let (sources, edge_factories) = {
@@ -499,6 +611,8 @@ fn worker_main<F>(
                 EdgeRuntime::new(e as u32, me, workers, &touched, config.batch_records, config.batch_bytes)
             })
             .collect(),
+        barriers: Rc::new(BarrierTracker::default()),
+        checkpointer: checkpointer.clone(),
     };
     for f in &edge_factories {
         f(&mut wb);
@@ -506,7 +620,7 @@ fn worker_main<F>(
     let mut items: Vec<Item> = Vec::new();
     for f in &sources {
         if let Some(t) = f(&mut wb) {
-            items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new() });
+            items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
         }
     }
     for e in wb.edges.iter_mut() {
@@ -526,8 +640,17 @@ fn worker_main<F>(
     inputs.sort_by_key(|&(e, s, _)| (e, s));
     for (edge, _producer, rx) in inputs {
         let Some(input) = wb.edges[edge].input.clone() else { continue };
-        items.push(Item { work: Work::Input { edge, rx, input }, done: false, waiting: Vec::new() });
+        items.push(Item {
+            work: Work::Input { edge, rx, input },
+            done: false,
+            waiting: Vec::new(),
+            passed: 0,
+        });
     }
+    if let Some(c) = &checkpointer {
+        c.coordinator().worker_built(c.participants());
+    }
+    let barriers = wb.barriers.clone();
     let mut flusher = Flusher {
         routes,
         touched,
@@ -541,9 +664,21 @@ fn worker_main<F>(
     let spin_ns = config.spin_before_park_us * 1000;
     let debug = std::env::var_os("SPATE_DEBUG").is_some();
 
-    if let Err(e) =
-        run_loop(&mut items, &mut flusher, &metrics, &config, tick_ns, spin_ns, nap, debug, me, &name)
-    {
+    let mut ckpt =
+        Ckpt { checkpointer, barriers, next_ns: now_ns() + config.checkpoint_interval_ms * 1_000_000 };
+    if let Err(e) = run_loop(
+        &mut items,
+        &mut flusher,
+        &metrics,
+        &config,
+        &mut ckpt,
+        tick_ns,
+        spin_ns,
+        nap,
+        debug,
+        me,
+        &name,
+    ) {
         metrics.fail(e);
     }
     drop(items);
@@ -557,6 +692,7 @@ fn run_loop(
     flusher: &mut Flusher,
     metrics: &JobMetrics,
     config: &RuntimeConfig,
+    ckpt: &mut Ckpt,
     tick_ns: u64,
     spin_ns: u64,
     nap: Duration,
@@ -580,12 +716,19 @@ fn run_loop(
                 continue;
             }
             live += 1;
-            if item.is_blocked(flusher) {
+            if item.is_blocked(flusher) || ckpt.holds(item) {
                 continue;
             }
-            progress |= item.step(flusher, metrics, config.source_step_records)?;
+            progress |= item.step(flusher, metrics, ckpt, config.source_step_records)?;
         }
         let now = now_ns();
+        if me == 0 && now >= ckpt.next_ns {
+            if let Some(c) = &ckpt.checkpointer {
+                if c.coordinator().request_next() {
+                    ckpt.next_ns = now + config.checkpoint_interval_ms * 1_000_000;
+                }
+            }
+        }
         if live == 0 {
             flusher.flush_idle(true)?;
             if flusher.all_sent() {

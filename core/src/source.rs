@@ -36,11 +36,28 @@ pub struct Step {
 pub trait Source<T> {
     /// Pushes at most `max_records` records (and any watermarks) into `out`.
     fn step(&mut self, out: &mut dyn Push<T>, max_records: usize) -> Step;
+
+    /// Where the source stands, for a checkpoint: an offset that
+    /// [`Source::seek`] resumes from, producing exactly the records that
+    /// follow. `None` (the default): the source cannot replay, so a job
+    /// with checkpoints refuses it.
+    fn offset(&self) -> Option<u64> {
+        None
+    }
+
+    /// Resumes from `offset` (see [`Source::offset`]), before the first step.
+    fn seek(&mut self, offset: u64) -> Result<(), String> {
+        Err(format!("this source cannot resume from offset {offset}"))
+    }
 }
 
 /// Type-erased source instance bound to its downstream.
 pub(crate) trait RunSource {
     fn step(&mut self, max_records: usize) -> Step;
+    fn offset(&self) -> Option<u64>;
+    fn seek(&mut self, offset: u64) -> Result<(), String>;
+    /// Pushes checkpoint barrier `id` downstream.
+    fn barrier(&mut self, id: u64);
 }
 
 pub(crate) struct SourceRunner<T, S> {
@@ -67,6 +84,20 @@ impl<T, S: Source<T>> RunSource for SourceRunner<T, S> {
             self.out.finish();
         }
         step
+    }
+
+    fn offset(&self) -> Option<u64> {
+        self.src.offset()
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), String> {
+        self.src.seek(offset)
+    }
+
+    fn barrier(&mut self, id: u64) {
+        if !self.done {
+            self.out.barrier(id);
+        }
     }
 }
 

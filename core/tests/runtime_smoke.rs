@@ -46,6 +46,7 @@ impl Push<(u64, u64)> for Collect {
     fn finish(&mut self) {
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
+    fn barrier(&mut self, _id: u64) {}
 }
 
 fn run(workers: usize, linger_us: u64, n: u64) {

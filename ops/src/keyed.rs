@@ -7,22 +7,72 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use spate_core::checkpoint::Checkpointer;
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BoxPush, Push};
 use spate_core::{Data, InstanceCtx, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
 use spate_state::{StateStore, StoreConfig, ValueState};
 
+/// A stateful instance's link to the job's checkpoints: saves its store
+/// when an aligned barrier reaches it.
+pub(crate) struct Saver {
+    checkpointer: Option<Rc<Checkpointer>>,
+    instance: String,
+    metrics: Arc<JobMetrics>,
+}
+
+impl Saver {
+    /// Saves `store` as checkpoint `id`, with the instance's watermark (a
+    /// failure fails the job).
+    pub(crate) fn save(&self, store: &mut StateStore, id: u64, watermark: Timestamp) {
+        if let Some(c) = &self.checkpointer {
+            if let Err(e) = c.save(&self.instance, store, id, &watermark.to_le_bytes()) {
+                self.metrics.fail(e);
+            }
+        }
+    }
+}
+
+/// A stateful instance's store, fresh or (when the job restores) rebuilt
+/// from the checkpoint, with the watermark the instance had then.
+pub(crate) struct Opened {
+    pub(crate) store: StateStore,
+    pub(crate) saver: Saver,
+    pub(crate) watermark: Timestamp,
+}
+
 /// Opens the state store of a stateful instance over the bins it owns.
-pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<StateStore, String> {
+pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
     let dir = ctx.state_dir();
-    StateStore::create(StoreConfig::new(&dir, ctx.bins_log2), ctx.bins).map_err(|e| {
+    let instance = format!("{}-{}", ctx.operator, ctx.worker);
+    let saver = Saver { checkpointer: ctx.checkpointer.cloned(), instance, metrics: ctx.metrics.clone() };
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
         format!(
-            "operator `{}` on worker {}: cannot create its state store in {}: {e}",
+            "operator `{}` on worker {}: cannot {what} its state store in {}: {e}",
             ctx.operator,
             ctx.worker,
             dir.display()
         )
-    })
+    };
+    if let Some(c) = ctx.checkpointer {
+        c.register();
+        if c.restoring().is_some() {
+            // The old run's live files are replaced by the checkpoint.
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(failed("clear", &e)),
+            }
+            let restored = c.restore(&saver.instance, StoreConfig::new(&dir, ctx.bins_log2))?;
+            if let Some((store, meta)) = restored {
+                let watermark = meta.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                return Ok(Opened { store, saver, watermark });
+            }
+        }
+    }
+    let store = StateStore::create(StoreConfig::new(&dir, ctx.bins_log2), ctx.bins)
+        .map_err(|e| failed("create", &e))?;
+    Ok(Opened { store, saver, watermark: 0 })
 }
 
 /// A push that has failed to start: it drops records (the job is already
@@ -33,13 +83,14 @@ impl<T> Push<T> for Failed {
     fn push(&mut self, _rec: T, _meta: Meta) {}
     fn watermark(&mut self, _wm: Timestamp) {}
     fn finish(&mut self) {}
+    fn barrier(&mut self, _id: u64) {}
 }
 
 /// Creates a stateful instance, or marks the job failed and returns a
 /// [`Failed`] push.
 pub(crate) fn stateful<T: 'static>(
     ctx: &InstanceCtx<'_>,
-    make: impl FnOnce(StateStore) -> Result<BoxPush<T>, String>,
+    make: impl FnOnce(Opened) -> Result<BoxPush<T>, String>,
 ) -> BoxPush<T> {
     match open_store(ctx).and_then(make) {
         Ok(p) => p,
@@ -59,6 +110,7 @@ struct Fold<K, T, A> {
     out: BoxPush<(K, A)>,
     metrics: Arc<JobMetrics>,
     operator: String,
+    saver: Saver,
 }
 
 impl<K: Key, T: Data, A: Data> Push<T> for Fold<K, T, A> {
@@ -81,6 +133,10 @@ impl<K: Key, T: Data, A: Data> Push<T> for Fold<K, T, A> {
     fn finish(&mut self) {
         self.out.finish();
     }
+    fn barrier(&mut self, id: u64) {
+        self.saver.save(&mut self.store, id, 0);
+        self.out.barrier(id);
+    }
 }
 
 struct Reduce<K, T> {
@@ -91,6 +147,7 @@ struct Reduce<K, T> {
     out: BoxPush<T>,
     metrics: Arc<JobMetrics>,
     operator: String,
+    saver: Saver,
 }
 
 impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
@@ -111,6 +168,10 @@ impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
     }
     fn finish(&mut self) {
         self.out.finish();
+    }
+    fn barrier(&mut self, id: u64) {
+        self.saver.save(&mut self.store, id, 0);
+        self.out.barrier(id);
     }
 }
 
@@ -141,7 +202,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let f: Rc<dyn Fn(&mut A, &T)> = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let (init, f) = (init.clone(), f.clone());
-            stateful(ctx, |mut store| {
+            stateful(ctx, |Opened { mut store, saver, .. }| {
                 let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
                 Ok(Box::new(Fold {
                     store,
@@ -152,6 +213,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                     out,
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
+                    saver,
                 }) as BoxPush<T>)
             })
         })
@@ -161,7 +223,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let f: Rc<dyn Fn(&T, &T) -> T> = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let f = f.clone();
-            stateful(ctx, |mut store| {
+            stateful(ctx, |Opened { mut store, saver, .. }| {
                 let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
                 Ok(Box::new(Reduce {
                     store,
@@ -171,6 +233,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                     out,
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
+                    saver,
                 }) as BoxPush<T>)
             })
         })

@@ -41,6 +41,7 @@ impl<T> Push<T> for CountSink {
             self.recorder.maybe_publish(now_ns());
         }
     }
+    fn barrier(&mut self, _id: u64) {}
     fn finish(&mut self) {
         self.recorder.publish();
         if let Some(t) = &self.total {
@@ -59,6 +60,9 @@ struct TextSink<T> {
     target: TextTarget,
     recorder: LatencyRecorder,
     metrics: Arc<JobMetrics>,
+    /// The job resumed from a checkpoint: append to the file the failed run
+    /// wrote instead of starting it afresh.
+    append: bool,
 }
 
 enum TextTarget {
@@ -75,7 +79,12 @@ impl<T> TextSink<T> {
             TextTarget::Stdout => std::io::stdout().lock().write_all(&self.buf),
             TextTarget::File(path, f) => {
                 if f.is_none() {
-                    match File::create(&*path) {
+                    let opened = if self.append {
+                        std::fs::OpenOptions::new().append(true).create(true).open(&*path)
+                    } else {
+                        File::create(&*path)
+                    };
+                    match opened {
                         Ok(file) => *f = Some(file),
                         Err(e) => {
                             self.metrics.fail(format!("file sink {}: {e}", path.display()));
@@ -113,12 +122,21 @@ impl<T> Push<T> for TextSink<T> {
         }
     }
     fn watermark(&mut self, _wm: Timestamp) {}
+    fn barrier(&mut self, _id: u64) {
+        // What the checkpoint covers is written before later results.
+        self.write_out();
+    }
     fn finish(&mut self) {
         self.write_out();
         if let TextTarget::File(path, f) = &mut self.target {
             if f.is_none() {
                 // An empty output still produces its (empty) file.
-                if let Err(e) = File::create(&*path) {
+                let created = if self.append {
+                    std::fs::OpenOptions::new().append(true).create(true).open(&*path)
+                } else {
+                    File::create(&*path)
+                };
+                if let Err(e) = created {
                     self.metrics.fail(format!("file sink {}: {e}", path.display()));
                 }
             } else if let Some(Err(e)) = f.as_mut().map(|f| f.sync_data()) {
@@ -205,6 +223,7 @@ impl<T> Push<T> for OutputPush<T> {
         }
     }
     fn watermark(&mut self, _wm: Timestamp) {}
+    fn barrier(&mut self, _id: u64) {}
     fn finish(&mut self) {
         self.tx = None;
         self.recorder.publish();
@@ -261,6 +280,7 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 target: TextTarget::Stdout,
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
+                append: false,
             }) as BoxPush<T>
         });
     }
@@ -276,6 +296,7 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 target: TextTarget::File(part_path(&path, ctx.worker, ctx.workers), None),
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
+                append: ctx.checkpointer.is_some_and(|c| c.restoring().is_some()),
             }) as BoxPush<T>
         });
     }

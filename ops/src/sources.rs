@@ -92,6 +92,22 @@ impl<T> Source<T> for Generator<T> {
         };
         Step { emitted: n, status }
     }
+
+    fn offset(&self) -> Option<u64> {
+        Some(self.next)
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), String> {
+        if offset < self.offset
+            || (offset - self.offset) % self.stride != self.next.saturating_sub(self.offset) % self.stride
+        {
+            return Err(format!("offset {offset} is not one of this generator instance's indices"));
+        }
+        // Pace from the resume point: its record is due at the first step.
+        self.offset = offset - (offset - self.offset) % self.stride;
+        self.next = offset;
+        Ok(())
+    }
 }
 
 /// Reads newline-delimited records from a file, once, on worker 0. `parse`
@@ -154,6 +170,17 @@ impl<T> Source<T> for FileSource<T> {
             }
         }
         Step { emitted: n, status: SourceStatus::Busy }
+    }
+
+    fn offset(&self) -> Option<u64> {
+        Some(self.offset)
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<(), String> {
+        // Lines are counted from the resume point in later error messages.
+        self.offset = offset;
+        self.reader = None;
+        Ok(())
     }
 }
 

@@ -22,6 +22,9 @@ impl<T, U> Push<T> for Map<T, U> {
     fn finish(&mut self) {
         self.out.finish();
     }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
+    }
 }
 
 struct Filter<T> {
@@ -42,6 +45,9 @@ impl<T> Push<T> for Filter<T> {
     fn finish(&mut self) {
         self.out.finish();
     }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
+    }
 }
 
 struct FlatMap<T, U, I> {
@@ -61,6 +67,9 @@ impl<T, U, I: IntoIterator<Item = U>> Push<T> for FlatMap<T, U, I> {
     }
     fn finish(&mut self) {
         self.out.finish();
+    }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
     }
 }
 
@@ -96,6 +105,9 @@ impl<T> Push<T> for AssignWatermarks<T> {
     fn finish(&mut self) {
         self.out.finish();
     }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
+    }
 }
 
 /// Merges two streams of one type.
@@ -115,6 +127,9 @@ impl<T> BinaryOperator<T, T> for Union<T> {
     }
     fn finish(&mut self) {
         self.out.finish();
+    }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
     }
 }
 

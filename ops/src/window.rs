@@ -19,7 +19,7 @@ use spate_core::push::{BinaryOperator, BoxPush, Push};
 use spate_core::{Data, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
 use spate_state::{ListState, StateError, StateStore, ValueState};
 
-use crate::keyed::{open_store, stateful, Failed};
+use crate::keyed::{open_store, stateful, Failed, Opened, Saver};
 
 /// A window assigner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +129,7 @@ struct WindowAggregate<K, T, A> {
     fired: Vec<WindowResult<K, A>>,
     metrics: Arc<JobMetrics>,
     operator: String,
+    saver: Saver,
 }
 
 impl<K: Key, T: Data, A: Data> Push<T> for WindowAggregate<K, T, A> {
@@ -158,6 +159,8 @@ impl<K: Key, T: Data, A: Data> Push<T> for WindowAggregate<K, T, A> {
     }
 
     fn watermark(&mut self, wm: Timestamp) {
+        // After a restore, upstream watermarks restart below the one saved.
+        let wm = wm.max(self.watermark);
         self.watermark = wm;
         if wm >= self.next_fire {
             let size = self.window.size();
@@ -192,6 +195,11 @@ impl<K: Key, T: Data, A: Data> Push<T> for WindowAggregate<K, T, A> {
     fn finish(&mut self) {
         self.out.finish();
     }
+
+    fn barrier(&mut self, id: u64) {
+        self.saver.save(&mut self.store, id, self.watermark);
+        self.out.barrier(id);
+    }
 }
 
 impl<K: Key, T: Data> WindowedStream<K, T> {
@@ -210,7 +218,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let (window, ts) = (self.window, self.ts.clone());
         self.keyed.keyed_unary(name, move |ctx, key, out| {
             let (init, f, ts) = (init.clone(), f.clone(), ts.clone());
-            stateful(ctx, |mut store| {
+            stateful(ctx, |Opened { mut store, saver, watermark }| {
                 let acc = ValueState::register(&mut store, "window-acc").map_err(|e| e.to_string())?;
                 Ok(Box::new(WindowAggregate {
                     store,
@@ -221,11 +229,13 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
                     init,
                     f,
                     out,
-                    watermark: 0,
-                    next_fire: Timestamp::MAX,
+                    watermark,
+                    // Restored windows fire at the first watermark past them.
+                    next_fire: if watermark > 0 { 0 } else { Timestamp::MAX },
                     fired: Vec::new(),
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
+                    saver,
                 }) as BoxPush<T>)
             })
         })
@@ -247,13 +257,13 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let f: Rc<dyn Fn(&K, &T, &B) -> O> = Rc::new(f);
         let (window, ts_a, ts_b) = (self.window, self.ts.clone(), other.ts.clone());
         self.keyed.keyed_binary(&other.keyed, name, move |ctx, ka, kb, out| {
-            let parts = open_store(ctx).and_then(|mut store| {
+            let parts = open_store(ctx).and_then(|Opened { mut store, saver, watermark }| {
                 let left = ListState::register(&mut store, "join-left").map_err(|e| e.to_string())?;
                 let right = ListState::register(&mut store, "join-right").map_err(|e| e.to_string())?;
-                Ok((store, left, right))
+                Ok((store, left, right, saver, watermark))
             });
             match parts {
-                Ok((store, left, right)) => WindowJoin::Running(Box::new(JoinState {
+                Ok((store, left, right, saver, watermark)) => WindowJoin::Running(Box::new(JoinState {
                     store,
                     left,
                     right,
@@ -264,11 +274,12 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
                     window,
                     f: f.clone(),
                     out,
-                    watermark: 0,
+                    watermark,
                     scratch_a: Vec::new(),
                     scratch_b: Vec::new(),
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
+                    saver,
                 })),
                 Err(e) => {
                     ctx.metrics.fail(e);
@@ -300,6 +311,7 @@ struct JoinState<K, A, B, O> {
     scratch_b: Vec<B>,
     metrics: Arc<JobMetrics>,
     operator: String,
+    saver: Saver,
 }
 
 /// One side of the symmetric window join: for every window of the record
@@ -380,6 +392,7 @@ impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A
 
     fn watermark(&mut self, wm: Timestamp) {
         let WindowJoin::Running(s) = self else { return };
+        let wm = wm.max(s.watermark);
         s.watermark = wm;
         let size = s.window.size();
         let expired = |(_, start): &(K, Timestamp)| start.saturating_add(size) <= wm;
@@ -394,6 +407,13 @@ impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A
     fn finish(&mut self) {
         if let WindowJoin::Running(s) = self {
             s.out.finish();
+        }
+    }
+
+    fn barrier(&mut self, id: u64) {
+        if let WindowJoin::Running(s) = self {
+            s.saver.save(&mut s.store, id, s.watermark);
+            s.out.barrier(id);
         }
     }
 }

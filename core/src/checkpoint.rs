@@ -1,0 +1,449 @@
+//! Periodic, aligned checkpoints of a whole job on one machine, and restore
+//! after a restart (docs/ARCHITECTURE.md, decision 18).
+//!
+//! Every `interval` worker 0 requests checkpoint `n + 1` once checkpoint `n`
+//! is complete. Each source instance, at its next step, records its offset
+//! and pushes barrier `n + 1` downstream; barriers travel in band (through
+//! fused chains, and as empty batches with [`crate::batch::FLAG_BARRIER`]
+//! over rings) and are aligned wherever inputs meet (exchange receivers,
+//! binary operators; see [`crate::push::InputFrontier`]). A stateful
+//! instance saves its store when the aligned barrier reaches it, so every
+//! instance's checkpoint `n` reflects exactly the records its sources
+//! produced before their offsets of checkpoint `n`. Checkpoint `n` is
+//! complete when every source and stateful instance has reported it; then a
+//! manifest naming `n`, the worker count and every source's offset is
+//! written atomically (temporary file, fsync, rename). Restore loads the
+//! highest complete manifest: stateful instances rebuild their stores from
+//! the per-worker [`BackupStore`]s and sources seek to their offsets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
+
+const MANIFEST_MAGIC: &str = "spate-checkpoint-manifest 1";
+
+/// Every this many checkpoints, an instance's chain in the backup store is
+/// compacted into one image (bounding the backup's size and restore time).
+const COMPACT_EVERY: u64 = 32;
+
+/// A complete checkpoint of a job, as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Workers of the job that took it.
+    pub workers: usize,
+    /// `(source, worker) -> offset` to resume from.
+    pub offsets: BTreeMap<(String, usize), u64>,
+}
+
+impl Manifest {
+    fn encode(&self) -> String {
+        let mut s = format!("{MANIFEST_MAGIC}\nid {}\nworkers {}\n", self.id, self.workers);
+        for ((name, w), off) in &self.offsets {
+            let _ = writeln!(s, "source {w} {off} {name}");
+        }
+        s.push_str("end\n");
+        s
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Manifest, String> {
+        let bad =
+            |line: usize, what: &str| format!("checkpoint manifest {}: line {line}: {what}", path.display());
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+        match lines.next() {
+            Some((_, l)) if l == MANIFEST_MAGIC => {}
+            _ => return Err(bad(1, "not a spate checkpoint manifest")),
+        }
+        let mut num = |key: &str| -> Result<u64, String> {
+            let (n, l) = lines.next().ok_or_else(|| bad(0, "truncated"))?;
+            l.strip_prefix(key)
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| bad(n, &format!("expected `{key} <number>`")))
+        };
+        let id = num("id ")?;
+        let workers = num("workers ")? as usize;
+        let mut offsets = BTreeMap::new();
+        let mut ended = false;
+        for (n, l) in lines {
+            if l == "end" {
+                ended = true;
+                break;
+            }
+            let mut parts = l.splitn(4, ' ');
+            let (Some("source"), Some(w), Some(off), Some(name)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad(n, "expected `source <worker> <offset> <name>`"));
+            };
+            let w: usize = w.parse().map_err(|_| bad(n, "bad worker"))?;
+            let off: u64 = off.parse().map_err(|_| bad(n, "bad offset"))?;
+            offsets.insert((name.to_string(), w), off);
+        }
+        if !ended {
+            return Err(bad(0, "truncated (no `end` line)"));
+        }
+        Ok(Manifest { id, workers, offsets })
+    }
+}
+
+/// Where a job's checkpoints live under the data directory.
+pub fn checkpoint_dir(data_dir: &Path, dataflow: &str) -> PathBuf {
+    data_dir.join(dataflow).join("checkpoints")
+}
+
+fn manifest_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("manifest-{id:020}"))
+}
+
+/// The highest complete checkpoint in `dir`, if any. A manifest that does
+/// not parse is an error naming it (never silently skipped).
+pub fn latest_manifest(dir: &Path) -> Result<Option<Manifest>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read checkpoint directory {}: {e}", dir.display())),
+    };
+    let mut best: Option<PathBuf> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read checkpoint directory {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("manifest-") && !name.ends_with(".tmp") {
+            let p = entry.path();
+            if best.as_ref().is_none_or(|b| p > *b) {
+                best = Some(p);
+            }
+        }
+    }
+    let Some(path) = best else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read checkpoint manifest {}: {e}", path.display()))?;
+    Manifest::parse(&path, &text).map(Some)
+}
+
+/// The highest checkpoint id any instance of the job has stored in the
+/// backup stores of `workers` workers. A run killed in the middle of a
+/// checkpoint can leave some instances with a complete checkpoint newer than
+/// the last complete manifest; the resumed run numbers its checkpoints above
+/// it, so the backup stores accept them.
+pub fn highest_stored_id(data_dir: &Path, dataflow: &str, workers: usize) -> Result<u64, String> {
+    let mut max = 0;
+    for w in 0..workers {
+        let dir = data_dir.join(dataflow).join("backup").join(format!("w{w}"));
+        if !dir.exists() {
+            continue;
+        }
+        let backup = BackupStore::open(&dir, Durability::PageCache)
+            .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+        for instance in backup.instances() {
+            max = max.max(backup.complete_checkpoints(&instance).last().copied().unwrap_or(0));
+        }
+    }
+    Ok(max)
+}
+
+/// Removes a job's checkpoints (after it finished, nothing is left to
+/// restore).
+pub fn remove_checkpoints(data_dir: &Path, dataflow: &str) -> Result<(), String> {
+    let dir = data_dir.join(dataflow);
+    for sub in ["checkpoints", "backup"] {
+        let p = dir.join(sub);
+        match std::fs::remove_dir_all(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", p.display())),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Progress {
+    reported: usize,
+    offsets: BTreeMap<(String, usize), u64>,
+}
+
+/// Job-wide checkpoint state shared by the workers.
+pub struct CheckpointCoordinator {
+    dir: PathBuf,
+    workers: usize,
+    interval_ms: u64,
+    requested: AtomicU64,
+    completed: AtomicU64,
+    participants: AtomicUsize,
+    workers_built: AtomicUsize,
+    /// A source ended: later checkpoints could not complete, none is taken.
+    stopped: AtomicBool,
+    progress: Mutex<BTreeMap<u64, Progress>>,
+    restore: Option<Manifest>,
+    /// Checkpoints completed by this run.
+    taken: AtomicU64,
+    last_ms: AtomicU64,
+    started: Mutex<Option<Instant>>,
+}
+
+impl CheckpointCoordinator {
+    /// A coordinator writing manifests to `dir`, restoring from `restore`;
+    /// new checkpoint ids start above `after` (and above the restored one).
+    pub fn new(
+        dir: PathBuf,
+        workers: usize,
+        interval_ms: u64,
+        restore: Option<Manifest>,
+        after: u64,
+    ) -> Arc<Self> {
+        let first = restore.as_ref().map_or(0, |m| m.id).max(after);
+        Arc::new(Self {
+            dir,
+            workers,
+            interval_ms,
+            requested: AtomicU64::new(first),
+            completed: AtomicU64::new(first),
+            participants: AtomicUsize::new(0),
+            workers_built: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            progress: Mutex::new(BTreeMap::new()),
+            restore,
+            taken: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            started: Mutex::new(None),
+        })
+    }
+
+    /// The interval between checkpoints.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
+    /// The checkpoint this job restored from, if any.
+    pub fn restored(&self) -> Option<&Manifest> {
+        self.restore.as_ref()
+    }
+
+    /// The highest checkpoint id requested so far.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// The highest complete checkpoint id.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Acquire)
+    }
+
+    /// Checkpoints completed by this run.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds from request to completion of the last checkpoint.
+    pub fn last_duration_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// Requests the next checkpoint if the previous one is complete and
+    /// every worker is running; whether it did.
+    pub(crate) fn request_next(&self) -> bool {
+        if self.stopped.load(Ordering::Acquire)
+            || self.participants.load(Ordering::Acquire) == 0
+            || self.workers_built.load(Ordering::Acquire) < self.workers
+            || self.completed() < self.requested()
+        {
+            return false;
+        }
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(Instant::now());
+        }
+        self.requested.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// A worker built its instances, `participants` of which report
+    /// checkpoints.
+    pub(crate) fn worker_built(&self, participants: usize) {
+        self.participants.fetch_add(participants, Ordering::AcqRel);
+        self.workers_built.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A source ended: no further checkpoint can complete.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// A participant reported checkpoint `id` (a source with its offset).
+    pub(crate) fn report(&self, id: u64, source: Option<(&str, usize, u64)>) -> Result<(), String> {
+        let mut progress =
+            self.progress.lock().map_err(|_| "checkpoint progress lock poisoned".to_string())?;
+        let p = progress.entry(id).or_default();
+        p.reported += 1;
+        if let Some((name, w, off)) = source {
+            p.offsets.insert((name.to_string(), w), off);
+        }
+        if p.reported < self.participants.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let offsets = std::mem::take(&mut p.offsets);
+        progress.remove(&id);
+        drop(progress);
+        let m = Manifest { id, workers: self.workers, offsets };
+        self.write_manifest(&m)?;
+        self.completed.fetch_max(id, Ordering::AcqRel);
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        if let Ok(s) = self.started.lock() {
+            if let Some(t) = *s {
+                self.last_ms.store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<(), String> {
+        let err = |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+        std::fs::create_dir_all(&self.dir).map_err(|e| err("create", &self.dir, e))?;
+        let path = manifest_path(&self.dir, m.id);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err("create", &tmp, e))?;
+        f.write_all(m.encode().as_bytes()).map_err(|e| err("write", &tmp, e))?;
+        f.sync_all().map_err(|e| err("sync", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err("rename", &tmp, e))?;
+        // Older manifests are no longer needed.
+        if m.id > 1 {
+            let _ = std::fs::remove_file(manifest_path(&self.dir, m.id - 1));
+        }
+        Ok(())
+    }
+}
+
+/// A worker's side of checkpointing: its backup store, and what stateful
+/// instances and sources call.
+pub struct Checkpointer {
+    worker: usize,
+    backup: std::cell::RefCell<BackupStore>,
+    coord: Arc<CheckpointCoordinator>,
+    participants: std::cell::Cell<usize>,
+}
+
+impl Checkpointer {
+    pub(crate) fn open(
+        data_dir: &Path,
+        dataflow: &str,
+        worker: usize,
+        coord: Arc<CheckpointCoordinator>,
+    ) -> Result<Self, String> {
+        let dir = data_dir.join(dataflow).join("backup").join(format!("w{worker}"));
+        let backup = BackupStore::open(&dir, Durability::PageCache)
+            .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+        Ok(Self {
+            worker,
+            backup: std::cell::RefCell::new(backup),
+            coord,
+            participants: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Registers one more participant (a stateful instance or a source).
+    pub fn register(&self) {
+        self.participants.set(self.participants.get() + 1);
+    }
+
+    pub(crate) fn participants(&self) -> usize {
+        self.participants.get()
+    }
+
+    /// The checkpoint being restored, if any.
+    pub fn restoring(&self) -> Option<u64> {
+        self.coord.restored().map(|m| m.id)
+    }
+
+    /// Saves `store` as checkpoint `id` of `instance` into this worker's
+    /// backup store (with the operator's `meta` bytes) and reports it.
+    pub fn save(&self, instance: &str, store: &mut StateStore, id: u64, meta: &[u8]) -> Result<(), String> {
+        let ckpt = store
+            .checkpoint(id, meta)
+            .map_err(|e| format!("checkpoint {id} of `{instance}` on worker {}: {e}", self.worker))?;
+        let mut backup = self.backup.borrow_mut();
+        // Compact only a chain that ends at the last globally complete
+        // checkpoint: a newer one may never complete, and the manifest's
+        // checkpoint must stay restorable.
+        let done = self.coord.completed();
+        if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(instance).last() == Some(&done) {
+            backup.compact(instance).map_err(|e| {
+                format!("compacting the checkpoints of `{instance}` in the backup store: {e}")
+            })?;
+        }
+        let mut acked = false;
+        for chunk in ckpt.chunks() {
+            if backup
+                .receive(instance, chunk)
+                .map_err(|e| format!("checkpoint {id} of `{instance}` into the backup store: {e}"))?
+                .is_some()
+            {
+                acked = true;
+            }
+        }
+        drop(backup);
+        if !acked {
+            return Err(format!("checkpoint {id} of `{instance}`: the backup store did not acknowledge it"));
+        }
+        self.coord.report(id, None)
+    }
+
+    /// Rebuilds `instance`'s store from the checkpoint being restored, into
+    /// `config.dir`; returns it with its `meta` bytes. `None` when not
+    /// restoring.
+    pub fn restore(
+        &self,
+        instance: &str,
+        config: StoreConfig,
+    ) -> Result<Option<(StateStore, Vec<u8>)>, String> {
+        let Some(id) = self.restoring() else { return Ok(None) };
+        let backup = self.backup.borrow();
+        let (store, meta, _) = StateStore::restore_id(config, &backup, instance, id)
+            .map_err(|e| format!("restoring `{instance}` from checkpoint {id}: {e}"))?;
+        Ok(Some((store, meta)))
+    }
+
+    /// The offset source `name` resumes from, when restoring.
+    pub(crate) fn source_offset(&self, name: &str) -> Result<Option<u64>, String> {
+        let Some(m) = self.coord.restored() else { return Ok(None) };
+        m.offsets.get(&(name.to_string(), self.worker)).copied().map(Some).ok_or_else(|| {
+            format!("checkpoint {} has no offset for source `{name}` on worker {}", m.id, self.worker)
+        })
+    }
+
+    pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), String> {
+        self.coord.report(id, Some((name, self.worker, offset)))
+    }
+
+    pub(crate) fn coordinator(&self) -> &Arc<CheckpointCoordinator> {
+        &self.coord
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trips_and_rejects_damage() {
+        let mut offsets = BTreeMap::new();
+        offsets.insert(("gen with spaces".to_string(), 1), 42);
+        offsets.insert(("gen".to_string(), 0), 7);
+        let m = Manifest { id: 9, workers: 2, offsets };
+        let p = Path::new("m");
+        assert_eq!(Manifest::parse(p, &m.encode()), Ok(m.clone()));
+        let text = m.encode();
+        let truncated = &text[..text.len() - 4];
+        let e = Manifest::parse(p, truncated).err().unwrap_or_default();
+        assert!(e.contains("truncated") || e.contains("line"), "{e}");
+        let e = Manifest::parse(p, &text.replace("workers 2", "workers x")).err().unwrap_or_default();
+        assert!(e.contains("workers"), "{e}");
+        assert!(Manifest::parse(p, "hello").is_err());
+    }
+}
