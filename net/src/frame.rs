@@ -451,6 +451,26 @@ impl FrameDecoder {
         self.failed
     }
 
+    /// Bytes still missing before [`next_frame`](Self::next_frame) can return
+    /// a frame or an error: 0 when it can now, otherwise a lower bound (the
+    /// rest of the length prefix, or the rest of the frame it announces).
+    /// A reader uses it to read more only when it must, so its buffer holds
+    /// at most one frame beyond its read-ahead.
+    pub fn needed(&self) -> usize {
+        if self.failed.is_some() {
+            return 0;
+        }
+        let avail = self.end - self.start;
+        if avail < LEN_BYTES {
+            return LEN_BYTES - avail;
+        }
+        let len = le_u32(&self.buf, self.start);
+        if len > self.max || len < MIN_FRAME_LEN {
+            return 0;
+        }
+        (LEN_BYTES + len as usize).saturating_sub(avail)
+    }
+
     /// Makes room for at least `min` bytes after the buffered ones, moving
     /// the buffered bytes to the front when that suffices.
     fn make_room(&mut self, min: usize) {
@@ -633,6 +653,30 @@ mod tests {
         assert_eq!(frames[1].2, b"node-a");
         assert_eq!(frames[2].2, 16u32.to_le_bytes());
         assert_eq!(frames[3].2, b"");
+    }
+
+    #[test]
+    fn needed_counts_missing_bytes() {
+        let stream = sample_stream();
+        let first = LEN_BYTES + le_u32(&stream, 0) as usize;
+        let mut d = FrameDecoder::new();
+        assert_eq!(d.needed(), LEN_BYTES);
+        d.feed(&stream[..2]);
+        assert_eq!(d.needed(), 2);
+        d.feed(&stream[2..10]);
+        assert_eq!(d.needed(), first - 10);
+        d.feed(&stream[10..first]);
+        assert_eq!(d.needed(), 0);
+        assert!(d.next_frame().unwrap().is_some());
+        // An oversized or short length is decidable at once: 0 needed.
+        let mut d = FrameDecoder::with_max_frame_bytes(64);
+        d.feed(&1000u32.to_le_bytes());
+        assert_eq!(d.needed(), 0);
+        assert!(d.next_frame().is_err());
+        assert_eq!(d.needed(), 0);
+        let mut d = FrameDecoder::new();
+        d.feed(&3u32.to_le_bytes());
+        assert_eq!(d.needed(), 0);
     }
 
     #[test]
