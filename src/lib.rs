@@ -41,6 +41,7 @@ pub use spate_core::{
     self as core, now_ns, Data, Dataflow, InstanceCtx, Job, JobReport, Key, KeyedStream, Meta, Parallelism,
     Runtime, RuntimeConfig, RuntimeError, Stream, Timestamp, WATERMARK_END,
 };
+pub use spate_net as net;
 pub use spate_ops::prelude::{input, output, InputHandle, OutputHandle};
 pub use spate_ops::{self as ops};
 pub use spate_state::{self as state};

@@ -26,6 +26,7 @@ pub mod exchange;
 pub mod limits;
 pub mod metrics;
 pub mod push;
+pub mod remote;
 pub mod ring;
 pub mod routing;
 pub mod runtime;

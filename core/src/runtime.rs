@@ -34,6 +34,7 @@ use crate::exchange::{BatchInput, EdgeRuntime, Outbox, TouchList};
 use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
+use crate::remote::{self, ClusterPlacement, NetLink, Rx, Tx};
 use crate::ring::{ring, Consumer, Producer};
 use crate::source::{SourceStatus, SourceTask};
 use crate::time::now_ns;
@@ -128,8 +129,52 @@ impl Runtime {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
+        self.start_inner(name, build, None)
+    }
+
+    /// Starts this node's share of a job that spans several node processes
+    /// (see [`crate::remote`]): every node runs the same `build`; this one
+    /// runs the workers `placement` gives it and connects them to the
+    /// others' through `listener` before the job starts (within the
+    /// placement's timeout; the error names the workers not connected).
+    pub fn start_cluster<F>(
+        &self,
+        name: &str,
+        build: F,
+        placement: ClusterPlacement,
+        listener: &mut spate_net::Listener,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
         self.config.validate().map_err(RuntimeError::Config)?;
-        let workers = self.config.effective_workers();
+        if self.config.checkpoint_interval_ms > 0 {
+            return Err(RuntimeError::Config("checkpoints are not supported on a cluster yet".into()));
+        }
+        if placement.nodes.get(placement.me).is_none_or(|n| n.workers == 0) {
+            return Err(RuntimeError::Config(format!("node {} runs no worker", placement.me)));
+        }
+        let conns = remote::connect_mesh(&placement, listener).map_err(RuntimeError::Failed)?;
+        self.start_inner(name, build, Some((placement, conns)))
+    }
+
+    fn start_inner<F>(
+        &self,
+        name: &str,
+        build: F,
+        cluster: Option<(ClusterPlacement, HashMap<(usize, usize), spate_net::Connection>)>,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        self.config.validate().map_err(RuntimeError::Config)?;
+        let (workers, local) = match &cluster {
+            Some((p, _)) => (p.total_workers(), p.local()),
+            None => {
+                let w = self.config.effective_workers();
+                (w, 0..w)
+            }
+        };
         let edges = {
             let df = Dataflow::new(name);
             build(&df);
@@ -144,7 +189,12 @@ impl Runtime {
             .map(|_| {
                 (0..workers)
                     .map(|s| {
-                        (0..workers).map(|d| (s != d).then(|| ring(self.config.channel_batches))).collect()
+                        (0..workers)
+                            .map(|d| {
+                                (s != d && local.contains(&s) && local.contains(&d))
+                                    .then(|| ring(self.config.channel_batches))
+                            })
+                            .collect()
                     })
                     .collect()
             })
@@ -185,8 +235,14 @@ impl Runtime {
         let config = Arc::new(self.config.clone());
         let cores = available_cores();
         let mut handles = Vec::with_capacity(workers);
-        let mut per_worker: Vec<WorkerChannels> =
-            (0..workers).map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new() }).collect();
+        let mut per_worker: Vec<WorkerChannels> = (0..workers)
+            .map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new(), net: Vec::new() })
+            .collect();
+        if let Some((_, conns)) = cluster {
+            for ((w, v), c) in conns {
+                per_worker[w].net.push((v, c));
+            }
+        }
         for (e, by_src) in channels.iter_mut().enumerate() {
             for (s, by_dst) in by_src.iter_mut().enumerate() {
                 for (d, ch) in by_dst.iter_mut().enumerate() {
@@ -198,13 +254,18 @@ impl Runtime {
             }
         }
         let started = Instant::now();
+        let locals = local.len();
         for (w, chans) in per_worker.into_iter().enumerate() {
-            let pinned = config.pin && config.first_core + workers <= cores;
+            if !local.contains(&w) {
+                continue;
+            }
+            let slot = w - local.start;
+            let pinned = config.pin && config.first_core + locals <= cores;
             // glommio busy-polls only executors bound to CPUs, so an
             // "unpinned" worker is fenced to every online CPU (the OS still
             // places it freely) rather than left unbound.
             let placement = if pinned {
-                Placement::Fixed(config.first_core + w)
+                Placement::Fixed(config.first_core + slot)
             } else {
                 match glommio::CpuSet::online() {
                     Ok(set) => Placement::Fenced(set),
@@ -231,7 +292,7 @@ impl Runtime {
             handles,
             metrics,
             started,
-            workers,
+            workers: locals,
             coord,
             name: name.to_string(),
             data_dir: self.config.data_dir.clone(),
@@ -302,12 +363,14 @@ impl Drop for WorkerDone {
 struct WorkerChannels {
     out: HashMap<(usize, usize), Producer<Batch>>,
     inp: HashMap<(usize, usize), Consumer<Batch>>,
+    /// Connections to remote workers, by remote worker.
+    net: Vec<(usize, spate_net::Connection)>,
 }
 
 /// One outbox with the ring its batches go to.
 struct Route {
     outbox: Rc<RefCell<Outbox>>,
-    tx: Producer<Batch>,
+    tx: Tx,
     /// Whether the outbox is on the backlog list.
     backlogged: bool,
 }
@@ -458,7 +521,13 @@ impl Flusher {
 /// What a worker runs: a source instance or the receiving end of a ring.
 enum Work {
     Source(SourceTask),
-    Input { edge: usize, rx: Consumer<Batch>, input: Rc<RefCell<dyn BatchInput>> },
+    Input {
+        edge: usize,
+        rx: Rx,
+        input: Rc<RefCell<dyn BatchInput>>,
+    },
+    /// A connection to a remote worker: moves its bytes and frames.
+    Net(Rc<RefCell<NetLink>>),
 }
 
 /// One work item and the outboxes its last step could not flush.
@@ -507,6 +576,13 @@ impl Item {
         step_records: usize,
     ) -> Result<bool, String> {
         let (progress, force) = match &mut self.work {
+            Work::Net(link) => {
+                let mut l = link.borrow_mut();
+                let moved = l.poll(std::time::Instant::now())?;
+                self.done = l.is_done();
+                // Received batches are taken by their input items.
+                return Ok(moved);
+            }
             Work::Source(t) => {
                 if let Some(c) = &ckpt.checkpointer {
                     let requested = c.coordinator().requested();
@@ -628,15 +704,29 @@ fn worker_main<F>(
             e.finish_without_sender(me);
         }
     }
+    let edges = wb.edges.len();
+    let mut outs: HashMap<(usize, usize), Tx> = chans.out.drain().map(|(k, p)| (k, Tx::Ring(p))).collect();
+    let mut ins: HashMap<(usize, usize), Rx> = chans.inp.drain().map(|(k, c)| (k, Rx::Ring(c))).collect();
+    for (v, conn) in chans.net.drain(..) {
+        let link = Rc::new(RefCell::new(NetLink::new(conn, v)));
+        for e in 0..edges {
+            let out_ch = remote::channel(e, me, v, workers);
+            let in_ch = remote::channel(e, v, me, workers);
+            link.borrow_mut().sends_on(out_ch);
+            outs.insert((e, v), Tx::Net { link: link.clone(), channel: out_ch });
+            let queue = link.borrow_mut().queue(in_ch);
+            ins.insert((e, v), Rx::Net { link: link.clone(), channel: in_ch, queue });
+        }
+        items.push(Item { work: Work::Net(link), done: false, waiting: Vec::new(), passed: 0 });
+    }
     let mut routes: Vec<Vec<Option<Route>>> =
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
-    for ((e, d), tx) in chans.out.drain() {
+    for ((e, d), tx) in outs.drain() {
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
             routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false });
         }
     }
-    let mut inputs: Vec<(usize, usize, Consumer<Batch>)> =
-        chans.inp.drain().map(|((e, s), rx)| (e, s, rx)).collect();
+    let mut inputs: Vec<(usize, usize, Rx)> = ins.drain().map(|((e, s), rx)| (e, s, rx)).collect();
     inputs.sort_by_key(|&(e, s, _)| (e, s));
     for (edge, _producer, rx) in inputs {
         let Some(input) = wb.edges[edge].input.clone() else { continue };
@@ -710,12 +800,16 @@ fn run_loop(
             return Ok(());
         }
         let mut progress = flusher.drain_backlog()?;
-        let mut live = 0;
+        let (mut live, mut links) = (0, 0);
         for item in items.iter_mut() {
             if item.done {
                 continue;
             }
-            live += 1;
+            if matches!(item.work, Work::Net(_)) {
+                links += 1;
+            } else {
+                live += 1;
+            }
             if item.is_blocked(flusher) || ckpt.holds(item) {
                 continue;
             }
@@ -730,8 +824,10 @@ fn run_loop(
             }
         }
         if live == 0 {
+            // Everything is in the outboxes: send it all, then wait for the
+            // connections to close (both directions).
             flusher.flush_idle(true)?;
-            if flusher.all_sent() {
+            if links == 0 && flusher.all_sent() {
                 return Ok(());
             }
         } else if now >= next_tick {
@@ -743,6 +839,7 @@ fn run_loop(
                     .iter()
                     .map(|i| {
                         let what = match &i.work {
+                            Work::Net(l) => format!("net to worker {}", l.borrow().remote),
                             Work::Source(t) => t.name.clone(),
                             Work::Input { edge, .. } => format!("edge {edge}"),
                         };

@@ -613,6 +613,24 @@ impl Connection {
         self.last_heard
     }
 
+    /// Closes the sending direction once everything queued is written:
+    /// the peer reads the end of the stream after the last frame, while
+    /// this side keeps receiving. Returns whether the close happened (false
+    /// while bytes are still queued: call again after
+    /// [`poll_io`](Self::poll_io)). Nothing can be sent afterwards, credit
+    /// grants included, so call it only once nothing more will be received
+    /// that needs credit.
+    pub fn shutdown_write(&mut self) -> Result<bool, NetError> {
+        if self.out.unsent() > 0 {
+            return Ok(false);
+        }
+        match self.stream.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(true),
+            Err(e) => Err(self.error(NetErrorKind::Io(e))),
+        }
+    }
+
     /// Bytes queued and not yet written to the socket.
     pub fn unsent_bytes(&self) -> usize {
         self.out.unsent()

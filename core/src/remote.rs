@@ -1,0 +1,396 @@
+//! Exchange edges between workers of different node processes.
+//!
+//! A job can span several node processes ([`ClusterPlacement`]): the job's
+//! workers are numbered globally, node by node, and each process runs its
+//! own range. Batches between two workers of one process travel on rings;
+//! between workers of different processes, on a `spate_net` connection —
+//! one per pair of workers, carrying both directions and multiplexing every
+//! edge as a channel (`edge * W² + producer * W + consumer`). With one
+//! worker per node, as deployments on small VMs run, that is one connection
+//! per node pair.
+//!
+//! The sending side is the same outbox as for a ring ([`Tx::Net`]): a batch
+//! that finds no credit or no room in the connection's send buffer stays in
+//! the outbox's backlog. The receiving side ([`NetLink`], polled as a work
+//! item of the worker loop) decodes each data frame into a [`Batch`] and
+//! queues it for its (edge, producer) input item, which takes it like a
+//! ring's and gives the credit back: the queue is bounded by the credit
+//! window, and a consumer that stops taking batches stops its producer.
+//!
+//! Closing: a worker half-closes a connection once it has sent every final
+//! batch on it and received every final batch from it (no credit grant is
+//! needed after that), and is done with it when the peer's half-close
+//! arrives. Neither side waits on the other before that point, so closing
+//! cannot deadlock, and no byte is discarded by a reset.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use spate_net::frame::DataHeader;
+use spate_net::{Connecting, Connection, Delivery, Listener, NetConfig, NetErrorKind};
+
+use crate::batch::{Batch, FLAG_BARRIER, FLAG_FINAL};
+use crate::ring::{Consumer, Producer};
+
+/// One node of a cluster job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's name.
+    pub name: String,
+    /// Where its listener is.
+    pub addr: SocketAddr,
+    /// Workers it runs.
+    pub workers: usize,
+}
+
+/// Where a cluster job's workers run, and which node this process is.
+#[derive(Clone, Debug)]
+pub struct ClusterPlacement {
+    /// Every node, in worker order.
+    pub nodes: Vec<NodeSpec>,
+    /// This process's node (index into `nodes`).
+    pub me: usize,
+    /// Identifies the job on the wire (connections of other jobs are
+    /// refused).
+    pub cluster: u64,
+    /// How long to wait for every connection.
+    pub connect_timeout: Duration,
+}
+
+impl ClusterPlacement {
+    /// Workers over all nodes.
+    pub fn total_workers(&self) -> usize {
+        self.nodes.iter().map(|n| n.workers).sum()
+    }
+
+    /// The global id of node `n`'s first worker.
+    pub fn base(&self, n: usize) -> usize {
+        self.nodes[..n].iter().map(|n| n.workers).sum()
+    }
+
+    /// The node that runs global worker `w`.
+    pub fn node_of(&self, w: usize) -> Option<usize> {
+        let mut base = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if w < base + n.workers {
+                return Some(i);
+            }
+            base += n.workers;
+        }
+        None
+    }
+
+    /// This node's workers, as global ids.
+    pub fn local(&self) -> std::ops::Range<usize> {
+        let b = self.base(self.me);
+        b..b + self.nodes[self.me].workers
+    }
+}
+
+/// The name a worker-pair connection announces: `"<from>><to>"`.
+fn link_name(from: usize, to: usize) -> String {
+    format!("{from}>{to}")
+}
+
+fn parse_link_name(name: &str) -> Option<(usize, usize)> {
+    let (a, b) = name.split_once('>')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Connects every local worker with every remote one: the lower global id
+/// connects, the higher accepts on `listener`. Returns the connections by
+/// (local worker, remote worker), or an error naming what is missing when
+/// `connect_timeout` passes.
+pub fn connect_mesh(
+    p: &ClusterPlacement,
+    listener: &mut Listener,
+) -> Result<HashMap<(usize, usize), Connection>, String> {
+    let local = p.local();
+    let total = p.total_workers();
+    let deadline = Instant::now() + p.connect_timeout;
+    // Connections to make: (local worker, remote worker), in progress or
+    // to (re)try at the given time (a peer's listener may not be up yet).
+    let mut pending: Vec<((usize, usize), Option<Connecting>, Instant)> = Vec::new();
+    let mut expected_in: HashSet<(usize, usize)> = HashSet::new();
+    for w in local.clone() {
+        for v in 0..total {
+            if local.contains(&v) {
+                continue;
+            }
+            if w < v {
+                pending.push(((w, v), None, Instant::now()));
+            } else {
+                expected_in.insert((w, v));
+            }
+        }
+    }
+    let mut done: HashMap<(usize, usize), Connection> = HashMap::new();
+    let mut last_err: HashMap<(usize, usize), String> = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < pending.len() {
+            let ((w, v), retry_at) = (pending[i].0, pending[i].2);
+            let polled = match pending[i].1.as_mut() {
+                Some(c) => c.poll(),
+                None if now >= retry_at => {
+                    let node = p.node_of(v).ok_or_else(|| format!("worker {v} is on no node"))?;
+                    let config = NetConfig::new(link_name(w, v), p.cluster);
+                    Connection::connect(p.nodes[node].addr, &config, deadline).map(|c| {
+                        pending[i].1 = Some(c);
+                        None
+                    })
+                }
+                None => Ok(None),
+            };
+            match polled {
+                Ok(Some(c)) => {
+                    pending.swap_remove(i);
+                    done.insert((w, v), c);
+                }
+                Ok(None) => i += 1,
+                Err(e) if matches!(e.kind, NetErrorKind::Connect(_)) => {
+                    // Not listening yet: try again shortly.
+                    last_err.insert((w, v), e.to_string());
+                    pending[i].1 = None;
+                    pending[i].2 = now + Duration::from_millis(20);
+                    i += 1;
+                }
+                Err(e) => return Err(format!("connecting worker {w} to worker {v}: {e}")),
+            }
+        }
+        loop {
+            let mut taken = None;
+            let accepted = listener.poll_accept_with(|peer| {
+                // The peer `from` connects to our worker `to`.
+                match parse_link_name(&peer.node) {
+                    Some((from, to)) if expected_in.contains(&(to, from)) => {
+                        if done.contains_key(&(to, from)) {
+                            Err(spate_net::hello::Rejection::DuplicateNode)
+                        } else {
+                            taken = Some((to, from));
+                            Ok(())
+                        }
+                    }
+                    _ => Err(spate_net::hello::Rejection::UnknownNode),
+                }
+            });
+            match accepted {
+                Ok(Some(c)) => {
+                    if let Some(key) = taken {
+                        done.insert(key, c);
+                    }
+                }
+                Ok(None) => break,
+                // One bad peer does not stop the others.
+                Err(e) => eprintln!("spate: refused a connection: {e}"),
+            }
+        }
+        if pending.is_empty() && expected_in.iter().all(|k| done.contains_key(k)) {
+            return Ok(done);
+        }
+        if Instant::now() >= deadline {
+            let mut missing: Vec<String> = pending
+                .iter()
+                .map(|(k, _, _)| match last_err.get(k) {
+                    Some(e) => format!("{}->{} ({e})", k.0, k.1),
+                    None => format!("{}->{}", k.0, k.1),
+                })
+                .collect();
+            missing.extend(
+                expected_in.iter().filter(|k| !done.contains_key(k)).map(|(w, v)| format!("{v}->{w}")),
+            );
+            missing.sort();
+            return Err(format!(
+                "node `{}`: workers not connected after {:?}: {}",
+                p.nodes[p.me].name,
+                p.connect_timeout,
+                missing.join(", ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The channel of `edge` from `producer` to `consumer` among `workers`.
+pub(crate) fn channel(edge: usize, producer: usize, consumer: usize, workers: usize) -> u32 {
+    (edge * workers * workers + producer * workers + consumer) as u32
+}
+
+/// A connection to one remote worker, shared by the routes and inputs that
+/// use it, and polled as a work item.
+pub(crate) struct NetLink {
+    pub(crate) conn: Connection,
+    /// Per channel received on, the batches waiting for their input item.
+    queues: HashMap<u32, Rc<RefCell<VecDeque<Batch>>>>,
+    /// Channels this worker sends on / receives on that have not carried
+    /// their final batch yet.
+    open_out: HashSet<u32>,
+    open_in: HashSet<u32>,
+    half_closed: bool,
+    /// The peer half-closed: nothing more will arrive.
+    pub(crate) ended: bool,
+    pub(crate) remote: usize,
+}
+
+impl NetLink {
+    pub(crate) fn new(conn: Connection, remote: usize) -> Self {
+        Self {
+            conn,
+            queues: HashMap::new(),
+            open_out: HashSet::new(),
+            open_in: HashSet::new(),
+            half_closed: false,
+            ended: false,
+            remote,
+        }
+    }
+
+    /// The queue of batches received on `channel`.
+    pub(crate) fn queue(&mut self, channel: u32) -> Rc<RefCell<VecDeque<Batch>>> {
+        self.open_in.insert(channel);
+        self.queues.entry(channel).or_default().clone()
+    }
+
+    pub(crate) fn sends_on(&mut self, channel: u32) {
+        self.open_out.insert(channel);
+    }
+
+    /// Moves bytes and received frames; half-closes when both directions
+    /// are through. Whether anything moved.
+    pub(crate) fn poll(&mut self, now: Instant) -> Result<bool, String> {
+        let me = self.remote;
+        let fail = |e: spate_net::NetError| format!("connection to worker {me}: {e}");
+        let mut moved = match self.conn.poll_io() {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind, NetErrorKind::PeerClosed) => true,
+            Err(e) => return Err(fail(e)),
+        };
+        if !self.ended {
+            let (queues, open_in) = (&self.queues, &mut self.open_in);
+            let got = self.conn.poll_recv(64, |f| {
+                let (Some(dh), Some(q)) = (f.data, queues.get(&f.header.channel)) else {
+                    return Delivery::Consumed;
+                };
+                let mut b = Batch::with_capacity(dh.edge, dh.producer, 0);
+                b.seq = f.header.seq;
+                b.watermark = dh.watermark;
+                b.count = dh.count;
+                b.flags = dh.flags;
+                if dh.flags & FLAG_BARRIER != 0 {
+                    b.barrier =
+                        f.payload.get(..8).and_then(|x| x.try_into().ok()).map_or(0, u64::from_le_bytes);
+                } else {
+                    b.data.extend_from_slice(f.payload);
+                }
+                if dh.flags & FLAG_FINAL != 0 {
+                    open_in.remove(&f.header.channel);
+                }
+                q.borrow_mut().push_back(b);
+                Delivery::Held
+            });
+            match got {
+                Ok(n) => moved |= n > 0,
+                Err(e) if matches!(e.kind, NetErrorKind::PeerClosed | NetErrorKind::Closed) => {
+                    self.ended = true;
+                    moved = true;
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        if !self.half_closed && self.open_out.is_empty() && self.open_in.is_empty() {
+            self.half_closed = self.conn.shutdown_write().map_err(fail)?;
+        } else if !self.half_closed {
+            self.conn.poll_heartbeat(now).map_err(fail)?;
+        }
+        Ok(moved)
+    }
+
+    /// Whether this link is through: both directions closed.
+    pub(crate) fn is_done(&self) -> bool {
+        self.half_closed && self.ended
+    }
+}
+
+/// Where an outbox's batches go.
+pub(crate) enum Tx {
+    Ring(Producer<Batch>),
+    Net { link: Rc<RefCell<NetLink>>, channel: u32 },
+}
+
+impl Tx {
+    /// Sends `b`, or gives it back if there is no room (or credit).
+    pub(crate) fn try_push(&self, b: Batch) -> Result<(), Batch> {
+        match self {
+            Tx::Ring(p) => p.try_push(b),
+            Tx::Net { link, channel } => {
+                let mut l = link.borrow_mut();
+                let h = DataHeader {
+                    edge: b.edge,
+                    producer: b.producer,
+                    watermark: b.watermark,
+                    count: b.count,
+                    flags: b.flags,
+                };
+                let barrier = b.barrier.to_le_bytes();
+                let payload: &[u8] = if b.flags & FLAG_BARRIER != 0 { &barrier } else { &b.data };
+                match l.conn.try_send_data(*channel, b.seq, &h, payload) {
+                    Ok(true) => {
+                        if b.flags & FLAG_FINAL != 0 {
+                            l.open_out.remove(channel);
+                        }
+                        Ok(())
+                    }
+                    // A send error closes the connection: `is_closed` says so.
+                    Ok(false) | Err(_) => Err(b),
+                }
+            }
+        }
+    }
+
+    /// Whether the receiving side is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            Tx::Ring(p) => p.is_closed(),
+            Tx::Net { link, .. } => link.borrow().conn.is_closed(),
+        }
+    }
+}
+
+/// Where an input item's batches come from.
+pub(crate) enum Rx {
+    Ring(Consumer<Batch>),
+    Net { link: Rc<RefCell<NetLink>>, channel: u32, queue: Rc<RefCell<VecDeque<Batch>>> },
+}
+
+impl Rx {
+    pub(crate) fn try_pop(&self) -> Option<Batch> {
+        match self {
+            Rx::Ring(c) => c.try_pop(),
+            Rx::Net { link, channel, queue } => {
+                let b = queue.borrow_mut().pop_front()?;
+                // The batch is taken: its credit goes back to the producer
+                // (unless the stream is over and this side half-closed).
+                let mut l = link.borrow_mut();
+                if !l.half_closed {
+                    let _ = l.conn.release(*channel, 1);
+                }
+                Some(b)
+            }
+        }
+    }
+
+    /// Whether the producer has gone and every batch was taken.
+    pub(crate) fn is_finished(&self) -> bool {
+        match self {
+            Rx::Ring(c) => c.is_finished(),
+            Rx::Net { link, queue, .. } => {
+                let l = link.borrow();
+                (l.ended || l.conn.is_closed()) && queue.borrow().is_empty()
+            }
+        }
+    }
+}
