@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{
-    check_trailer, compact_chain, decode_chunk, decode_page, parse, ChunkKind, CkptHeader,
+    check_trailer, compact_chain, decode_chunk, decode_page, page_chunk_fast, parse, ChunkKind, CkptHeader,
 };
 use crate::error::StateError;
 
@@ -177,6 +177,14 @@ impl BackupStore {
     }
 
     fn receive_inner(&mut self, instance: &str, chunk: &[u8]) -> Result<Option<Ack>, StateError> {
+        // The common chunk, a whole intact page, checked in one pass.
+        if let Some(p) = self.pending(instance) {
+            if page_chunk_fast(chunk).is_some_and(|(_, _, n)| n == chunk.len()) {
+                p.pages += 1;
+                p.append(chunk)?;
+                return Ok(None);
+            }
+        }
         let pending_id = self.instances.get(instance).and_then(|i| i.pending.as_ref()).map_or(0, |p| p.id);
         let bad = |page, reason: String| StateError::CorruptCheckpoint {
             checkpoint: pending_id,

@@ -28,30 +28,52 @@
 //! and the first after `full_every` increments
 //! ([`StateStore::set_checkpoint_full_every`]) are full images.
 //!
-//! # Consistency
+//! # Consistency: asynchronous checkpoints
 //!
-//! [`StateStore::checkpoint`] copies the pages it needs into the returned
-//! [`Checkpoint`] before it returns (a dirty-page shadow): the checkpoint is
-//! a consistent image of the store as it was at the call, which the runtime
-//! makes between two batches; the store can be written again as soon as the
-//! call returns, while the chunks are streamed out. The pause is the copy of
-//! the dirty pages (of every page for a full image).
+//! [`StateStore::begin_checkpoint`] returns a [`CheckpointStream`] that
+//! produces the chunks on any thread, while the store's thread goes on
+//! writing: the checkpoint is exactly the store as it was at the call (which
+//! the runtime makes between two batches). The call copies no page; it takes
+//! the dirty bitmap, snapshots the layout (sharing each bin's segment list,
+//! so the work is per bin, not per segment) and starts a **copy-on-write
+//! shadow**: until the stream has read every page, the first write to a page
+//! of the checkpoint copies that page (4 KiB, once) aside, and the stream
+//! reads that copy instead of the live page. Each page is claimed atomically
+//! by whichever side comes first, so the stream never reads a page while it
+//! is written (see `store/cow.rs` for the protocol and its ordering
+//! argument). The header is encoded, and a full image's page list built, by
+//! the stream. Without a checkpoint in flight the write path pays one
+//! predictable branch.
+//!
+//! One checkpoint streams at a time ([`StateError::CheckpointInFlight`]). A
+//! stream dropped before its trailer is forgotten: its pages are dirty again
+//! and the chain is as it was, so the next checkpoint holds them.
+//! [`StateStore::checkpoint`] is a begin and a drain on the calling thread.
 //!
 //! # Restore
 //!
 //! [`StateStore::restore`] loads the chain (full image, then increments) of
 //! the latest complete checkpoint in a [`BackupStore`], checking every
-//! chunk's and page's crc32, then rebuilds every bin's index by scanning its
-//! segments (records carry their hash) while validating the record framing.
+//! chunk's and page's crc32 (one pass over each page: the chunk's crc is
+//! derived from the page's), writes the latest version of each page into
+//! the new segment file with vectored writes straight from the mapped backup
+//! files, then rebuilds every bin's index by scanning its segments (records
+//! carry their hash) while validating the record framing.
 //! Any fault gives [`StateError::CorruptCheckpoint`] naming the checkpoint
 //! and, where known, the bin and page, and restore falls back to the
 //! previous complete checkpoint; nothing corrupt is loaded.
 
+mod stream;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use stream::CheckpointStream;
 
 use crate::backup::BackupStore;
 use crate::error::StateError;
 use crate::keyspace::{Bin, BinRange};
+use crate::store::cow::Phase;
 use crate::store::record::{
     u32_at, u64_at, Header, BLOCK_HEAD, FLAG_DEAD, HEADER, KIND_BLOCK, KIND_LIST, KIND_PAD, KIND_VALUE,
     LIST_HEAD, NONE,
@@ -209,11 +231,91 @@ pub(crate) struct ChainState {
     pub(crate) need_full: bool,
     /// Increments after which a full image is taken.
     pub(crate) full_every: u32,
+    /// The checkpoint begun last, with the chain as it was before, until it
+    /// is settled (see `StateStore::settle_checkpoint`).
+    pub(crate) inflight: Option<Inflight>,
+}
+
+/// A begun checkpoint and the chain state it replaced.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) id: u64,
+    pub(crate) last: u64,
+    pub(crate) increments: u32,
+    pub(crate) need_full: bool,
 }
 
 impl Default for ChainState {
     fn default() -> Self {
-        Self { last: 0, increments: 0, need_full: true, full_every: FULL_EVERY_DEFAULT }
+        Self { last: 0, increments: 0, need_full: true, full_every: FULL_EVERY_DEFAULT, inflight: None }
+    }
+}
+
+/// A bin's layout at a checkpoint's begin.
+pub(crate) struct BinSnapshot {
+    segs: Arc<Vec<Seg>>,
+    tail: u64,
+    used: u64,
+    dead: u64,
+}
+
+/// What a checkpoint's header holds, taken at its begin and encoded by its
+/// stream.
+pub(crate) struct HeaderSnapshot {
+    pub(crate) id: u64,
+    pub(crate) base: u64,
+    bins: BinRange,
+    bins_log2: u8,
+    segment_log2: u8,
+    next_segment: u32,
+    free: Vec<Vec<u64>>,
+    layout: Vec<BinSnapshot>,
+    tables: Vec<(String, Option<String>)>,
+    meta: Vec<u8>,
+}
+
+impl HeaderSnapshot {
+    /// The header chunk's payload.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let fields = HeaderFields {
+            id: self.id,
+            base: self.base,
+            bins: self.bins,
+            bins_log2: self.bins_log2,
+            segment_log2: self.segment_log2,
+            next_segment: self.next_segment,
+            free: &self.free,
+            meta: &self.meta,
+        };
+        encode_header(
+            &fields,
+            self.layout.iter().map(|b| (&b.segs[..], b.tail, b.used, b.dead)),
+            self.tables.iter().map(|(name, typed)| (name.as_str(), typed.as_deref())),
+        )
+    }
+
+    /// The pages of the bins' segments, as a bitmap of `words` words.
+    pub(crate) fn layout_page_set(&self, words: usize) -> Vec<u64> {
+        let mut set = vec![0u64; words];
+        for s in self.layout.iter().flat_map(|b| b.segs.iter()) {
+            set_page_bits(&mut set, s.loc / PAGE_BYTES as u64, (1u64 << s.log2) / PAGE_BYTES as u64);
+        }
+        set
+    }
+}
+
+/// Sets the bits of pages `first .. first + n` in the page bitmap `set`
+/// (pages past its end are left out).
+fn set_page_bits(set: &mut [u64], first: u64, n: u64) {
+    let (mut p, end) = (first, first + n);
+    while p < end {
+        let (w, b) = ((p / 64) as usize, p % 64);
+        let take = (64 - b).min(end - p);
+        let Some(word) = set.get_mut(w) else {
+            return;
+        };
+        *word |= if take == 64 { u64::MAX } else { ((1u64 << take) - 1) << b };
+        p += take;
     }
 }
 
@@ -313,47 +415,85 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fixed fields of a header, for [`encode_header`].
+struct HeaderFields<'a> {
+    id: u64,
+    base: u64,
+    bins: BinRange,
+    bins_log2: u8,
+    segment_log2: u8,
+    next_segment: u32,
+    free: &'a [Vec<u64>],
+    meta: &'a [u8],
+}
+
+/// Encodes a header payload: the fields, each bin's layout `(segments,
+/// tail, used, dead)` and each table `(name, handle type name)`. The one
+/// encoder of both a store's header (without copying its layout) and a
+/// decoded one.
+fn encode_header<'a>(
+    f: &HeaderFields<'_>,
+    layout: impl ExactSizeIterator<Item = (&'a [Seg], u64, u64, u64)>,
+    tables: impl ExactSizeIterator<Item = (&'a str, Option<&'a str>)>,
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(64 + f.meta.len() + layout.len() * 48));
+    w.0.extend_from_slice(&MAGIC);
+    w.u16(FORMAT_VERSION);
+    w.u64(f.id);
+    w.u64(f.base);
+    w.u32(f.bins.start);
+    w.u32(f.bins.end);
+    w.u8(f.bins_log2);
+    w.u8(f.segment_log2);
+    w.u32(f.next_segment);
+    w.u32(f.free.len() as u32);
+    for class in f.free {
+        w.u32(class.len() as u32);
+        class.iter().for_each(|&l| w.u64(l));
+    }
+    w.u32(layout.len() as u32);
+    for (segs, tail, used, dead) in layout {
+        w.u32(segs.len() as u32);
+        for s in segs {
+            w.u64(s.loc);
+            w.u8(s.log2 as u8);
+        }
+        w.u64(tail);
+        w.u64(used);
+        w.u64(dead);
+    }
+    w.u32(tables.len() as u32);
+    for (name, typed) in tables {
+        w.bytes(name.as_bytes());
+        match typed {
+            None => w.u8(0),
+            Some(n) => {
+                w.u8(1);
+                w.bytes(n.as_bytes());
+            }
+        }
+    }
+    w.bytes(f.meta);
+    w.0
+}
+
 impl CkptHeader {
     fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::new());
-        w.0.extend_from_slice(&MAGIC);
-        w.u16(FORMAT_VERSION);
-        w.u64(self.id);
-        w.u64(self.base);
-        w.u32(self.bins.start);
-        w.u32(self.bins.end);
-        w.u8(self.bins_log2);
-        w.u8(self.segment_log2);
-        w.u32(self.next_segment);
-        w.u32(self.free.len() as u32);
-        for class in &self.free {
-            w.u32(class.len() as u32);
-            class.iter().for_each(|&l| w.u64(l));
-        }
-        w.u32(self.layout.len() as u32);
-        for b in &self.layout {
-            w.u32(b.segs.len() as u32);
-            for s in &b.segs {
-                w.u64(s.loc);
-                w.u8(s.log2 as u8);
-            }
-            w.u64(b.tail);
-            w.u64(b.used);
-            w.u64(b.dead);
-        }
-        w.u32(self.tables.len() as u32);
-        for t in &self.tables {
-            w.bytes(t.name.as_bytes());
-            match &t.typed {
-                None => w.u8(0),
-                Some(n) => {
-                    w.u8(1);
-                    w.bytes(n.as_bytes());
-                }
-            }
-        }
-        w.bytes(&self.meta);
-        w.0
+        let fields = HeaderFields {
+            id: self.id,
+            base: self.base,
+            bins: self.bins,
+            bins_log2: self.bins_log2,
+            segment_log2: self.segment_log2,
+            next_segment: self.next_segment,
+            free: &self.free,
+            meta: &self.meta,
+        };
+        encode_header(
+            &fields,
+            self.layout.iter().map(|b| (&b.segs[..], b.tail, b.used, b.dead)),
+            self.tables.iter().map(|t| (t.name.as_str(), t.typed.as_deref())),
+        )
     }
 
     /// Decodes and checks a header payload (not the layout against the
@@ -505,6 +645,28 @@ pub(crate) fn decode_page(payload: &[u8]) -> Result<(u64, &[u8]), (Option<u64>, 
     Ok((p, data))
 }
 
+/// The page chunk at the start of `b`, if it is one whose framing is intact
+/// and whose chunk and page crc32s both match, checked in one pass over the
+/// page (the chunk's crc extends the crc of the 13 bytes before the page
+/// with the page's crc): its page index, the page and the chunk's length.
+/// `None` otherwise: the caller decodes the chunk with [`decode_chunk`] and
+/// [`decode_page`], which compute the same crcs and name the fault.
+pub(crate) fn page_chunk_fast(b: &[u8]) -> Option<(u64, &[u8], usize)> {
+    const N: usize = 9 + PAGE_PAYLOAD;
+    if b.len() < N || u32_at(b, 0) as usize != 1 + PAGE_PAYLOAD || b[8] != ChunkKind::Page.code() {
+        return None;
+    }
+    let data = &b[21..N];
+    let data_crc = crc32fast::hash(data);
+    if data_crc != u32_at(b, 17) {
+        return None;
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[8..21]);
+    h.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, PAGE_BYTES as u64));
+    (h.finalize() == u32_at(b, 4)).then(|| (u64_at(b, 9), data, N))
+}
+
 /// Checks a trailer payload against the pages seen and the header payload.
 pub(crate) fn check_trailer(payload: &[u8], pages: u64, header_payload: &[u8]) -> Result<(), String> {
     if payload.len() != 12 {
@@ -539,6 +701,14 @@ pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
     loop {
         if at >= bytes.len() {
             return Err(corrupt(id, None, last_page, "truncated: no trailer"));
+        }
+        if header.is_some() {
+            if let Some((p, data, n)) = page_chunk_fast(&bytes[at..]) {
+                at += n;
+                last_page = Some(p);
+                pages.push((p, data));
+                continue;
+            }
         }
         let (chunk, n) = decode_chunk(&bytes[at..]).map_err(|r| {
             // A damaged page chunk whose framing is intact names the page
@@ -615,19 +785,63 @@ impl StateStore {
         self.chain.full_every = increments;
     }
 
-    /// The id of the last checkpoint taken (or restored), 0 if none.
+    /// The id of the last checkpoint taken, begun (or restored), 0 if none.
+    /// A checkpoint whose stream was dropped before its trailer does not
+    /// count.
     pub fn last_checkpoint(&self) -> u64 {
-        self.chain.last
+        match (&self.chain.inflight, self.file.cow_phase()) {
+            (Some(prev), Some(Phase::Abandoned)) => prev.last,
+            _ => self.chain.last,
+        }
     }
 
     /// Takes checkpoint `id` (greater than the last one's) with the
-    /// runtime's opaque `meta` bytes: a full image if it is the store's
-    /// first (or the first after a restore, split or merge, or after the
-    /// configured number of increments), else the pages written since the
-    /// last checkpoint. The pages are copied out before this returns, so the
-    /// result is a consistent image at the call, and the store may be
-    /// written while the chunks are streamed. Clears the dirty bits.
+    /// runtime's opaque `meta` bytes, synchronously: a full image if it is
+    /// the store's first (or the first after a restore, split or merge, or
+    /// after the configured number of increments), else the pages written
+    /// since the last checkpoint. [`StateStore::begin_checkpoint`] and a
+    /// drain of its stream on this thread: the result is a consistent image
+    /// at the call. Clears the dirty bits. Prefer `begin_checkpoint` for a
+    /// large state: this call holds the processing thread for the copy.
     pub fn checkpoint(&mut self, id: u64, meta: &[u8]) -> Result<Checkpoint, StateError> {
+        let ckpt = self.begin_checkpoint(id, meta)?.into_checkpoint();
+        self.settle_checkpoint()?;
+        Ok(ckpt)
+    }
+
+    /// Begins checkpoint `id` (greater than the last one's) with the
+    /// runtime's opaque `meta` bytes and returns its [`CheckpointStream`],
+    /// which produces the chunks on any thread while this store goes on
+    /// being written: the image is the store exactly as it is at this call
+    /// (a copy-on-write shadow keeps the pages the store overwrites before
+    /// the stream reads them). A full image if it is the store's first (or
+    /// the first after a restore, split or merge, or after the configured
+    /// number of increments), else the pages written since the last
+    /// checkpoint. Clears the dirty bits.
+    ///
+    /// The call copies no page and encodes nothing: it takes the dirty
+    /// bitmap, snapshots the layout (each bin's segment list is shared, not
+    /// copied) and the tables, sets up the page bitmaps of the copy-on-write
+    /// and maps the shadow's address space. Its pause grows with the number
+    /// of bins and with a word per 64 pages of the file, not with the bytes
+    /// of state; the stream encodes the header and, for a full image, finds
+    /// the pages of the bins' segments. While the stream reads pages, each
+    /// first write to a page of the checkpoint (for a full image, to any
+    /// page of the file) copies that page (4 KiB) into the shadow.
+    ///
+    /// One checkpoint streams at a time: fails with
+    /// [`StateError::CheckpointInFlight`] while the previous stream has not
+    /// handed out its trailer and is not dropped. A stream dropped before
+    /// its trailer is forgotten: its pages are dirty again and the chain is
+    /// as before it began (the next checkpoint has the same base, or is a
+    /// full image if this one was), so no page is ever lost.
+    pub fn begin_checkpoint(&mut self, id: u64, meta: &[u8]) -> Result<CheckpointStream, StateError> {
+        self.settle_checkpoint().map_err(|e| match e {
+            StateError::CheckpointInFlight { checkpoint, .. } => {
+                StateError::CheckpointInFlight { checkpoint, requested: id }
+            }
+            e => e,
+        })?;
         if id == 0 || id <= self.chain.last {
             return Err(StateError::InvalidConfig {
                 field: "checkpoint id",
@@ -635,19 +849,76 @@ impl StateStore {
             });
         }
         let full = self.chain.need_full || self.chain.increments >= self.chain.full_every;
-        let header = self.header(id, if full { 0 } else { self.chain.last }, meta);
-        let file = &self.file;
-        let pages: Vec<u64> = if full { layout_pages(&header.layout) } else { file.dirty_pages().collect() };
-        let ckpt = encode(&header, pages.into_iter().map(|p| (p, file.page(p))));
-        self.file.clear_dirty();
+        let base = if full { 0 } else { self.chain.last };
+        // The one step that can fail, before anything changes.
+        let mut shadow = self.file.map_shadow()?;
+        let snapshot = self.header_snapshot(id, base, meta);
+        // A full image: every page of the file is copied before it is first
+        // written (the stream reads those of the bins' segments, from the
+        // snapshot); an increment: the dirty pages.
+        let set = (!full).then(|| self.file.take_dirty());
+        let (shared, live) = self.file.begin_cow(set, &mut shadow);
+        let pages = if full {
+            self.file.clear_dirty();
+            self.heaps.iter().map(|h| h.capacity / PAGE_BYTES as u64).sum()
+        } else {
+            shared.page_count()
+        };
+        self.chain.inflight = Some(Inflight {
+            id,
+            last: self.chain.last,
+            increments: self.chain.increments,
+            need_full: self.chain.need_full,
+        });
         self.chain.last = id;
         self.chain.need_full = false;
         self.chain.increments = if full { 0 } else { self.chain.increments + 1 };
-        Ok(ckpt)
+        Ok(CheckpointStream::new(snapshot, pages, shared, shadow.take(), live))
     }
 
-    fn header(&self, id: u64, base: u64, meta: &[u8]) -> CkptHeader {
-        CkptHeader {
+    /// Whether a checkpoint's stream is still producing chunks (begun, its
+    /// trailer not handed out, not dropped).
+    pub fn checkpoint_in_flight(&self) -> bool {
+        matches!(self.file.cow_phase(), Some(Phase::Pages | Phase::PagesDone))
+    }
+
+    /// Settles the checkpoint whose stream ended: forgets a complete one;
+    /// for one dropped before its trailer, marks its pages dirty again and
+    /// puts the chain back as it was before it began (keeping a full image
+    /// asked for since). Fails if its stream is still producing chunks.
+    pub(crate) fn settle_checkpoint(&mut self) -> Result<(), StateError> {
+        let Some(phase) = self.file.cow_phase() else {
+            return Ok(());
+        };
+        match phase {
+            Phase::Pages | Phase::PagesDone => {
+                return Err(StateError::CheckpointInFlight { checkpoint: self.chain.last, requested: 0 });
+            }
+            Phase::Complete => {
+                self.file.end_cow();
+            }
+            Phase::Abandoned => {
+                if let Some(shared) = self.file.end_cow() {
+                    self.file.redirty(&shared.set);
+                }
+                if let Some(prev) = self.chain.inflight.take() {
+                    debug_assert_eq!(prev.id, self.chain.last);
+                    self.chain.last = prev.last;
+                    self.chain.increments = prev.increments;
+                    self.chain.need_full |= prev.need_full;
+                }
+            }
+        }
+        self.chain.inflight = None;
+        Ok(())
+    }
+
+    /// What the header of checkpoint `id` on `base` (0: a full image)
+    /// holds, without copying any bin's segment list (they are shared until
+    /// the bin next changes): the work is per bin and per table, not per
+    /// segment.
+    fn header_snapshot(&self, id: u64, base: u64, meta: &[u8]) -> HeaderSnapshot {
+        HeaderSnapshot {
             id,
             base,
             bins: self.bins,
@@ -658,18 +929,15 @@ impl StateStore {
             layout: self
                 .heaps
                 .iter()
-                .map(|h| BinLayout { segs: h.segs.clone(), tail: h.tail, used: h.used, dead: h.dead })
+                .map(|h| BinSnapshot { segs: Arc::clone(&h.segs), tail: h.tail, used: h.used, dead: h.dead })
                 .collect(),
             tables: self
                 .tables
                 .iter()
-                .map(|t| TableEntry {
-                    name: t.name.clone(),
-                    typed: if t.sig.is_none() && t.restored_sig.is_none() {
-                        None
-                    } else {
-                        Some(t.type_name().to_string())
-                    },
+                .map(|t| {
+                    let typed =
+                        (t.sig.is_some() || t.restored_sig.is_some()).then(|| t.type_name().to_string());
+                    (t.name.clone(), typed)
                 })
                 .collect(),
             meta: meta.to_vec(),
@@ -737,16 +1005,26 @@ impl StateStore {
         let mut store = StateStore::from_header(config, &last.header)?;
         // Later checkpoints overwrite earlier pages; pages outside the final
         // layout are not needed.
-        let mut want: BTreeMap<u64, &[u8]> =
-            layout_pages(&last.header.layout).into_iter().map(|p| (p, &[][..])).collect();
+        let file_pages =
+            (u64::from(last.header.next_segment) << last.header.segment_log2) / PAGE_BYTES as u64;
+        let mut wanted = vec![0u64; file_pages.div_ceil(64) as usize];
+        for s in last.header.layout.iter().flat_map(|b| b.segs.iter()) {
+            set_page_bits(&mut wanted, s.loc / PAGE_BYTES as u64, (1u64 << s.log2) / PAGE_BYTES as u64);
+        }
+        // The latest bytes of each wanted page, indexed by page.
+        let mut latest: Vec<&[u8]> = vec![&[]; file_pages as usize];
         for p in &parsed {
             for &(page, data) in &p.pages {
-                if let Some(slot) = want.get_mut(&page) {
+                let is_wanted = wanted.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0);
+                if let (true, Some(slot)) = (is_wanted, latest.get_mut(page as usize)) {
                     *slot = data;
                 }
             }
         }
-        store.file.write_pages(want.iter().filter(|(_, d)| !d.is_empty()).map(|(&p, &d)| (p, d)))?;
+        store.file.write_pages(
+            latest.iter().enumerate().filter(|(_, d)| !d.is_empty()).map(|(p, &d)| (p as u64, d)),
+        )?;
+        store.file.populate();
         store.rebuild_indexes(id)?;
         store.file.clear_dirty();
         store.chain.last = id;
@@ -765,7 +1043,8 @@ impl StateStore {
         for (heap, b) in store.heaps.iter_mut().zip(&h.layout) {
             let capacity = b.segs.iter().map(|s| 1u64 << s.log2).sum();
             let end = b.segs.last().map_or(0, |s| s.loc + (1 << s.log2));
-            *heap = BinHeap { segs: b.segs.clone(), capacity, tail: b.tail, end, used: b.used, dead: b.dead };
+            let segs = std::sync::Arc::new(b.segs.clone());
+            *heap = BinHeap { segs, capacity, tail: b.tail, end, used: b.used, dead: b.dead };
         }
         for t in &h.tables {
             store.tables.push(Table {
@@ -800,11 +1079,15 @@ impl StateStore {
         for (si, seg) in heap.segs.iter().enumerate() {
             let seg_end = seg.loc + (1u64 << seg.log2);
             let end = if si + 1 == nsegs { heap.tail } else { seg_end };
+            // The segment's bytes at once (a segment lies in one chunk), so
+            // the scan reads records without a map lookup each.
+            let seg_bytes = self.file.bytes(seg.loc, 1usize << seg.log2);
             let mut pos = seg.loc;
             while pos + HEADER as u64 <= end {
                 let page = Some(pos / PAGE_BYTES as u64);
                 let bad = |r: String| corrupt(id, Some(bin), page, format!("record at {pos}: {r}"));
-                let h = Header::read(self.file.bytes(pos, HEADER));
+                let off = (pos - seg.loc) as usize;
+                let h = Header::read(&seg_bytes[off..off + HEADER]);
                 let size = h.record_bytes() as u64;
                 if h.kind == KIND_PAD {
                     break;

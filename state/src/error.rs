@@ -103,6 +103,15 @@ pub enum StateError {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint was asked for while the stream of the previous one is
+    /// still producing chunks: finish it (hand out its trailer) or drop it
+    /// first.
+    CheckpointInFlight {
+        /// The checkpoint still streaming.
+        checkpoint: u64,
+        /// The checkpoint asked for (0 if none: another operation).
+        requested: u64,
+    },
     /// The backup store holds no complete checkpoint for the instance.
     NoCheckpoint {
         /// The instance id.
@@ -155,6 +164,11 @@ impl std::fmt::Display for StateError {
                 }
                 write!(f, ": {reason}")
             }
+            StateError::CheckpointInFlight { checkpoint, requested } => write!(
+                f,
+                "cannot begin checkpoint {requested}: checkpoint {checkpoint} is still streaming \
+                 (finish or drop its stream first)"
+            ),
             StateError::NoCheckpoint { instance } => {
                 write!(f, "no complete checkpoint of instance {instance:?} in the backup store")
             }

@@ -11,8 +11,12 @@
 //!   instance, holding that instance's bins.
 //! - [`handles`]: typed state handles (value, map, append-list) over the store:
 //!   the only way operators reach keyed state.
-//! - [`checkpoint`]: incremental checkpoints as chunk streams, and restore.
+//! - [`checkpoint`]: incremental checkpoints as chunk streams, taken
+//!   asynchronously ([`StateStore::begin_checkpoint`] returns a
+//!   [`CheckpointStream`] any thread can pull while the store is written;
+//!   a copy-on-write shadow keeps the image exact), and restore.
 //! - [`backup`]: the backup store that receives checkpoint chunks.
+//! - [`bench`](mod@bench): the state benchmark (`spate bench state`) as a function.
 //! - [`error`]: [`StateError`], what a store operation can fail with.
 //!
 //! This crate knows nothing of dataflows: it stores bytes per bin and produces
@@ -20,6 +24,7 @@
 #![forbid(missing_docs)]
 
 pub mod backup;
+pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod error;
@@ -30,7 +35,7 @@ mod partition;
 pub mod store;
 
 pub use backup::{Ack, BackupStore, Durability};
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, CheckpointStream};
 pub use codec::Record;
 pub use error::StateError;
 pub use handles::{ListState, MapState, ValueState};

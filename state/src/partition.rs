@@ -65,7 +65,7 @@ impl StateStore {
         // Drop the moved bins here.
         for bi in (first..first + bins.len() as usize).rev() {
             let heap = self.heaps.remove(bi);
-            for s in heap.segs {
+            for s in heap.segs.iter() {
                 self.file.free_segment(s.loc, s.log2);
             }
             for t in &mut self.tables {

@@ -44,6 +44,7 @@
 //! bins' segment lists and the tables. `create` always starts empty;
 //! [`StateStore::restore`] rebuilds a store from a backup.
 
+pub(crate) mod cow;
 pub(crate) mod file;
 pub(crate) mod index;
 pub(crate) mod record;
@@ -176,7 +177,9 @@ pub(crate) struct Seg {
 pub(crate) struct BinHeap {
     /// The bin's segments, in allocation order; the last is being filled.
     /// Each is twice the size of the previous one, up to the full size.
-    pub(crate) segs: Vec<Seg>,
+    /// Shared with the snapshot of a checkpoint being streamed (copied on
+    /// the next change, see [`StateStore::begin_checkpoint`]).
+    pub(crate) segs: std::sync::Arc<Vec<Seg>>,
     /// Bytes of the bin's segments.
     pub(crate) capacity: u64,
     /// Next free byte in the last segment.
@@ -1180,13 +1183,21 @@ impl StateStore {
         self.heaps.iter().map(|h| h.segs.len()).sum()
     }
 
-    /// Pages written since the last [`StateStore::clear_dirty`].
+    /// Pages written since the last checkpoint began (or since the last
+    /// [`StateStore::clear_dirty`]), with those of a checkpoint whose stream
+    /// was dropped before its trailer.
     pub fn dirty_page_count(&self) -> usize {
-        self.file.dirty_page_count()
+        match (self.file.cow_phase(), self.file.cow_set()) {
+            (Some(cow::Phase::Abandoned), Some(set)) => self.file.dirty_page_count_with(set),
+            _ => self.file.dirty_page_count(),
+        }
     }
 
-    /// Forgets which pages are dirty (what a completed checkpoint does).
+    /// Forgets which pages are dirty, those of a checkpoint whose stream
+    /// was dropped before its trailer included.
     pub fn clear_dirty(&mut self) {
+        // A stream still producing chunks is not settled: it goes on.
+        let _ = self.settle_checkpoint();
         self.file.clear_dirty();
     }
 
@@ -1267,7 +1278,7 @@ impl StateStore {
             let log2 = self.file.next_segment_log2(h.segs.last().map(|s| s.log2), n);
             let loc = self.file.alloc_segment(log2)?;
             let h = &mut self.heaps[bi];
-            h.segs.push(Seg { loc, log2 });
+            std::sync::Arc::make_mut(&mut h.segs).push(Seg { loc, log2 });
             h.capacity += 1 << log2;
             h.tail = loc;
             h.end = loc + (1 << log2);
@@ -1305,7 +1316,7 @@ impl StateStore {
         match result {
             Ok(()) => {
                 let old = std::mem::replace(&mut self.heaps[bi], fresh);
-                for s in old.segs {
+                for s in old.segs.iter() {
                     self.file.free_segment(s.loc, s.log2);
                 }
             }
@@ -1314,7 +1325,7 @@ impl StateStore {
                 for &(ti, pos, loc) in &moved {
                     self.tables[ti].bins[bi].set_loc(&mut self.index, pos, loc);
                 }
-                for s in fresh.segs {
+                for s in fresh.segs.iter() {
                     self.file.free_segment(s.loc, s.log2);
                 }
             }

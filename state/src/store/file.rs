@@ -21,19 +21,28 @@
 //! segment at `loc` of `2^k` bytes owns the contiguous bits
 //! `loc / 4096 .. (loc + 2^k) / 4096`.
 //! Every write goes through [`SegmentFile::bytes_mut`] or
-//! [`SegmentFile::write`], which set the bits before handing out memory; a
-//! copy-on-write shadow for asynchronous checkpoints hooks into the same spot.
+//! [`SegmentFile::write`] (or [`SegmentFile::mark_dirty`] before a write
+//! through a pointer), which set the bits before handing out memory. The
+//! copy-on-write shadow of an asynchronous checkpoint hooks into the same
+//! spot (see `cow.rs`): while a checkpoint streams, `mark_dirty` first makes
+//! each page it has not settled yet safe to write. With no checkpoint in
+//! flight that costs one predictable branch.
+//!
+//! The chunk maps are shared (`Arc`): a checkpoint stream keeps the maps it
+//! reads alive, so it may outlive the store.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
+use super::cow::{CowShared, Phase};
 use crate::error::StateError;
 
 /// Bytes per page: the unit of dirty tracking and of checkpoint chunks.
 pub const PAGE_BYTES: usize = 4096;
-const PAGE_LOG2: u32 = 12;
+pub(crate) const PAGE_LOG2: u32 = 12;
 /// Bytes mapped at once when the segment file grows (or one segment, when
 /// segments are larger). Only touched pages are committed, so a large chunk
 /// costs address space, not memory or disk.
@@ -50,8 +59,9 @@ pub(crate) struct SegmentFile {
     file: File,
     segment_log2: u32,
     chunk_log2: u32,
-    /// The maps, one per chunk; kept alive for `bases`.
-    chunks: Vec<MmapMut>,
+    /// The maps, one per chunk; kept alive for `bases` (and by checkpoint
+    /// streams reading them).
+    chunks: Vec<Arc<MmapMut>>,
     /// Base pointer of each chunk, taken once when it was mapped.
     bases: Vec<*mut u8>,
     /// Full segments taken from the end of the file so far (the high-water
@@ -64,11 +74,54 @@ pub(crate) struct SegmentFile {
     in_use: usize,
     /// One bit per page of the file.
     dirty: Vec<u64>,
+    /// A checkpoint is streaming: writes go through `cow_before_write`
+    /// first. The only check the write path pays otherwise.
+    cow_active: bool,
+    /// The streaming (or ended, not yet settled) checkpoint's shared state.
+    cow: Option<CowWriter>,
+}
+
+/// The writer's side of an asynchronous checkpoint.
+struct CowWriter {
+    shared: Arc<CowShared>,
+    /// Pages this thread may write without asking `shared` (one bit per
+    /// page; pages past its end too): those outside the checkpoint and those
+    /// already made safe. Only this thread reads or writes it.
+    settled: Vec<u64>,
+}
+
+/// The live maps of a segment file, as a checkpoint stream reads them:
+/// shares the maps, so they stay mapped as long as the stream lives.
+pub(crate) struct LiveMaps {
+    chunks: Vec<Arc<MmapMut>>,
+    bases: Vec<*mut u8>,
+    chunk_log2: u32,
+}
+
+// SAFETY: `bases` point into the maps of `chunks`, which this struct keeps
+// alive; it only reads through them (see `page_ptr`), in the claim protocol
+// of `cow.rs` that keeps those reads off pages being written.
+unsafe impl Send for LiveMaps {}
+
+impl LiveMaps {
+    /// Pointer to the `PAGE_BYTES` bytes of page `p` in the maps.
+    pub(crate) fn page_ptr(&self, p: u64) -> *const u8 {
+        let loc = p << PAGE_LOG2;
+        let chunk = (loc >> self.chunk_log2) as usize;
+        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        assert!(chunk < self.bases.len(), "checkpoint page {p} outside the mapped segment file");
+        debug_assert_eq!(self.chunks.len(), self.bases.len());
+        // SAFETY: a page is aligned to its size and chunks are whole pages,
+        // so `off + PAGE_BYTES` lies in chunk `chunk`, kept mapped by
+        // `self.chunks`.
+        unsafe { self.bases[chunk].add(off).cast_const() }
+    }
 }
 
 // SAFETY: the raw pointers in `bases` point into maps owned by this struct
-// and used only through it; moving the struct to another thread moves that
-// exclusive ownership with it (the struct is not `Sync`).
+// (shared only with checkpoint streams, which only read pages under the
+// claim protocol of `cow.rs`) and used only through it; moving the struct
+// to another thread moves that ownership with it (the struct is not `Sync`).
 unsafe impl Send for SegmentFile {}
 
 impl SegmentFile {
@@ -101,6 +154,8 @@ impl SegmentFile {
             free: vec![Vec::new(); (segment_log2 - PAGE_LOG2 + 1) as usize],
             in_use: 0,
             dirty: Vec::new(),
+            cow_active: false,
+            cow: None,
         })
     }
 
@@ -215,7 +270,7 @@ impl SegmentFile {
         let mut map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(&self.file) }
             .map_err(|source| StateError::Io { path: self.path.clone(), op: "map", source })?;
         self.bases.push(map.as_mut_ptr());
-        self.chunks.push(map);
+        self.chunks.push(Arc::new(map));
         let pages = (new_len >> PAGE_LOG2) as usize;
         self.dirty.resize(pages.div_ceil(64), 0);
         Ok(())
@@ -310,6 +365,9 @@ impl SegmentFile {
         unsafe { std::ptr::copy_nonoverlapping(s, d, len) }
     }
 
+    /// Marks the pages of `len` bytes at `loc` dirty, before they are
+    /// written; while a checkpoint streams, first makes them safe to write
+    /// (see `cow.rs`).
     #[inline(always)]
     pub(crate) fn mark_dirty(&mut self, loc: u64, len: usize) {
         if len == 0 {
@@ -317,6 +375,9 @@ impl SegmentFile {
         }
         let first = (loc >> PAGE_LOG2) as usize;
         let last = ((loc + len as u64 - 1) >> PAGE_LOG2) as usize;
+        if self.cow_active {
+            self.cow_before_write(first, last);
+        }
         // One OR per page, no branch on whether it was dirty (the count is
         // taken when asked for).
         if first == last {
@@ -333,9 +394,154 @@ impl SegmentFile {
         }
     }
 
+    /// Makes pages `first..=last` safe to write while a checkpoint streams:
+    /// each page not settled yet goes through [`CowShared::before_write`].
+    /// Once the stream has read every page, turns the copy-on-write off.
+    #[cold]
+    #[inline(never)]
+    fn cow_before_write(&mut self, first: usize, last: usize) {
+        let Self { cow, cow_active, bases, chunk_log2, .. } = self;
+        let Some(cow) = cow.as_mut() else {
+            *cow_active = false;
+            return;
+        };
+        if cow.shared.phase() != Phase::Pages {
+            // The streamer reads no page any more (the acquire load of the
+            // phase orders its last reads before the writes that follow).
+            *cow_active = false;
+            return;
+        }
+        for p in first..=last {
+            let (w, bit) = (p / 64, 1u64 << (p % 64));
+            if cow.settled.get(w).is_none_or(|s| s & bit != 0) {
+                continue;
+            }
+            let loc = (p as u64) << PAGE_LOG2;
+            let chunk = (loc >> *chunk_log2) as usize;
+            let off = (loc & ((1u64 << *chunk_log2) - 1)) as usize;
+            let Some(&base) = bases.get(chunk) else {
+                continue;
+            };
+            // SAFETY: this is the owning thread, about to write page `p`;
+            // `base + off` is the page in chunk `chunk` (pages are aligned
+            // to their size and chunks are whole pages), mapped while `self`
+            // lives.
+            unsafe { cow.shared.before_write(p as u64, base.add(off)) };
+            cow.settled[w] |= bit;
+        }
+    }
+
+    /// Maps the address space of a checkpoint shadow for the file as it is
+    /// (none for an empty file): pages are committed only where the writer
+    /// copies into them, and not counted against swap.
+    pub(crate) fn map_shadow(&self) -> Result<Option<MmapMut>, StateError> {
+        let file_pages = self.file_bytes() >> PAGE_LOG2;
+        if file_pages == 0 {
+            return Ok(None);
+        }
+        let bytes = usize::try_from(file_pages << PAGE_LOG2).map_err(|_| StateError::InvalidConfig {
+            field: "segment_bytes",
+            reason: format!("a checkpoint shadow of {file_pages} pages exceeds the address space"),
+        })?;
+        let map =
+            MmapOptions::new().len(bytes).no_reserve_swap().map_anon().map_err(|source| StateError::Io {
+                path: PathBuf::from("<anonymous memory>"),
+                op: "map the checkpoint shadow",
+                source,
+            })?;
+        Ok(Some(map))
+    }
+
+    /// Starts the copy-on-write of an asynchronous checkpoint of the pages
+    /// of `set` (one bit per page of the file; bits past the file are
+    /// dropped), or of every page of the file (`None`), with `shadow` from
+    /// [`SegmentFile::map_shadow`] (the caller keeps it and hands it to the
+    /// stream): returns the shared state and the live maps for the stream.
+    /// Costs a few operations per 64 pages of the file.
+    pub(crate) fn begin_cow(
+        &mut self,
+        set: Option<Vec<u64>>,
+        shadow: &mut Option<MmapMut>,
+    ) -> (Arc<CowShared>, LiveMaps) {
+        debug_assert!(self.cow.is_none(), "a checkpoint is already streaming");
+        let file_pages = self.file_bytes() >> PAGE_LOG2;
+        let words = file_pages.div_ceil(64) as usize;
+        let (mut set, settled) = match set {
+            Some(mut set) => {
+                set.resize(words, 0);
+                let settled = set.iter().map(|w| !w).collect();
+                (set, settled)
+            }
+            None => (vec![u64::MAX; words], vec![0; words]),
+        };
+        if file_pages % 64 != 0 {
+            if let Some(w) = set.last_mut() {
+                *w &= (1u64 << (file_pages % 64)) - 1;
+            }
+        }
+        let (shadow_ptr, shadow_pages) = match shadow.as_mut() {
+            Some(m) => (m.as_mut_ptr(), (m.len() / PAGE_BYTES) as u64),
+            None => (std::ptr::null_mut(), 0),
+        };
+        debug_assert!(shadow_pages >= file_pages);
+        let shared = Arc::new(CowShared::new(set, shadow_ptr, shadow_pages));
+        self.cow = Some(CowWriter { shared: Arc::clone(&shared), settled });
+        self.cow_active = true;
+        let live =
+            LiveMaps { chunks: self.chunks.clone(), bases: self.bases.clone(), chunk_log2: self.chunk_log2 };
+        (shared, live)
+    }
+
+    /// The phase of the checkpoint streaming (or ended and not yet taken
+    /// with [`SegmentFile::end_cow`]), if any.
+    pub(crate) fn cow_phase(&self) -> Option<Phase> {
+        self.cow.as_ref().map(|c| c.shared.phase())
+    }
+
+    /// The pages of the checkpoint streaming (or ended and not taken), if
+    /// any.
+    pub(crate) fn cow_set(&self) -> Option<&[u64]> {
+        self.cow.as_ref().map(|c| &c.shared.set[..])
+    }
+
+    /// Forgets the checkpoint whose stream ended (complete or abandoned),
+    /// returning its shared state. The caller checked the phase: a stream
+    /// still reading pages must not be forgotten.
+    pub(crate) fn end_cow(&mut self) -> Option<Arc<CowShared>> {
+        let cow = self.cow.take()?;
+        debug_assert!(!matches!(cow.shared.phase(), Phase::Pages));
+        self.cow_active = false;
+        Some(cow.shared)
+    }
+
+    /// Marks the pages of `set` dirty again (those of an abandoned
+    /// checkpoint).
+    pub(crate) fn redirty(&mut self, set: &[u64]) {
+        for (d, s) in self.dirty.iter_mut().zip(set) {
+            *d |= s;
+        }
+    }
+
+    /// Takes the dirty bitmap, leaving every page clean.
+    pub(crate) fn take_dirty(&mut self) -> Vec<u64> {
+        let words = self.dirty.len();
+        std::mem::replace(&mut self.dirty, vec![0; words])
+    }
+
     /// Number of pages written since the last [`SegmentFile::clear_dirty`].
     pub(crate) fn dirty_page_count(&self) -> usize {
         self.dirty.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Number of pages dirty or in `set` (a page bitmap).
+    pub(crate) fn dirty_page_count_with(&self, set: &[u64]) -> usize {
+        let n = self.dirty.len().max(set.len());
+        (0..n)
+            .map(|i| {
+                (self.dirty.get(i).copied().unwrap_or(0) | set.get(i).copied().unwrap_or(0)).count_ones()
+                    as usize
+            })
+            .sum()
     }
 
     /// Whether page `p` of the file is dirty.
@@ -347,21 +553,6 @@ impl SegmentFile {
     /// Forgets every dirty bit.
     pub(crate) fn clear_dirty(&mut self) {
         self.dirty.iter_mut().for_each(|w| *w = 0);
-    }
-
-    /// The dirty pages, in ascending order.
-    pub(crate) fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.dirty.iter().enumerate().flat_map(|(wi, &w)| {
-            let mut w = w;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let b = w.trailing_zeros();
-                w &= w - 1;
-                Some(wi as u64 * 64 + u64::from(b))
-            })
-        })
     }
 
     /// Log2 of the bytes of a full segment.
@@ -400,59 +591,77 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// Page `p` of the file, which must lie in the mapped file.
-    pub(crate) fn page(&self, p: u64) -> &[u8] {
-        self.bytes(p << PAGE_LOG2, PAGE_BYTES)
-    }
-
     /// Writes pages (ascending index, each `PAGE_BYTES`) into the file,
     /// skipping any outside it, without marking them dirty: runs of
-    /// consecutive pages go to the file in large writes (on Unix), which
-    /// spares the page faults and page zeroing of writing through the map.
+    /// consecutive pages go to the file in large vectored writes straight
+    /// from the given bytes (on Unix), which spares the page faults and page
+    /// zeroing of writing through the map, and any copy. Only for a store
+    /// being restored (no checkpoint streams).
     pub(crate) fn write_pages<'a>(
         &mut self,
         pages: impl Iterator<Item = (u64, &'a [u8])>,
     ) -> Result<(), StateError> {
-        const RUN: usize = 1 << 20;
+        debug_assert!(self.cow.is_none(), "pages written around a streaming checkpoint's copy-on-write");
+        /// Most pages per vectored write (below `IOV_MAX`, 1024).
+        const RUN_PAGES: usize = 256;
         let file_pages = self.file_bytes() >> PAGE_LOG2;
-        let mut buf: Vec<u8> = Vec::with_capacity(RUN);
+        let mut run: Vec<&'a [u8]> = Vec::with_capacity(RUN_PAGES);
         let mut start = 0u64;
         for (p, data) in pages {
             if p >= file_pages || data.len() != PAGE_BYTES {
                 continue;
             }
-            let next = start + (buf.len() / PAGE_BYTES) as u64;
-            if buf.len() >= RUN || (p != next && !buf.is_empty()) {
-                self.write_run(start, &buf)?;
-                buf.clear();
+            if !run.is_empty() && (run.len() == RUN_PAGES || p != start + run.len() as u64) {
+                self.write_run(start, &run)?;
+                run.clear();
             }
-            if buf.is_empty() {
+            if run.is_empty() {
                 start = p;
             }
-            buf.extend_from_slice(data);
+            run.push(data);
         }
-        if !buf.is_empty() {
-            self.write_run(start, &buf)?;
+        if !run.is_empty() {
+            self.write_run(start, &run)?;
         }
         Ok(())
     }
 
-    /// Writes whole pages from page `p` on.
-    fn write_run(&mut self, p: u64, data: &[u8]) -> Result<(), StateError> {
+    /// Maps every page of the file into the process's page tables at once
+    /// (a hint, for a store about to be scanned whole after a restore; no
+    /// effect where the system cannot).
+    pub(crate) fn populate(&self) {
+        #[cfg(target_os = "linux")]
+        for m in &self.chunks {
+            let _ = m.advise(memmap2::Advice::PopulateRead);
+        }
+    }
+
+    /// Writes the consecutive whole pages `pages` from page `p` on.
+    fn write_run(&mut self, p: u64, pages: &[&[u8]]) -> Result<(), StateError> {
         #[cfg(unix)]
         {
-            use std::os::unix::fs::FileExt;
+            use std::io::{IoSlice, Seek, SeekFrom, Write};
             // A shared map and the file share the page cache, so the map
             // sees what is written here.
-            self.file.write_all_at(data, p << PAGE_LOG2).map_err(|source| StateError::Io {
-                path: self.path.clone(),
-                op: "write",
-                source,
-            })
+            let err = |source| StateError::Io { path: self.path.clone(), op: "write", source };
+            let mut slices: Vec<IoSlice<'_>> = pages.iter().map(|d| IoSlice::new(d)).collect();
+            let mut file = &self.file;
+            file.seek(SeekFrom::Start(p << PAGE_LOG2)).map_err(err)?;
+            let mut bufs = &mut slices[..];
+            while !bufs.is_empty() {
+                let n = file.write_vectored(bufs).map_err(err)?;
+                if n == 0 {
+                    return Err(err(std::io::ErrorKind::WriteZero.into()));
+                }
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            Ok(())
         }
         #[cfg(not(unix))]
         {
-            self.write(p << PAGE_LOG2, data);
+            for (i, d) in pages.iter().enumerate() {
+                self.write((p + i as u64) << PAGE_LOG2, d);
+            }
             Ok(())
         }
     }

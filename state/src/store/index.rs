@@ -426,10 +426,30 @@ impl BinIndex {
         i
     }
 
+    /// Log2 of the slots of the next larger block.
+    fn next_log2(&self) -> u32 {
+        if self.off() == 0 {
+            BLOCK_MIN_LOG2
+        } else {
+            (self.mask() + 1).trailing_zeros() + 1
+        }
+    }
+
     #[cold]
     fn grow(&mut self, a: &mut SlotArena, hash_at: &impl Fn(u64) -> u64) -> std::io::Result<()> {
+        self.grow_to(a, self.next_log2(), hash_at)
+    }
+
+    /// Moves the index into a new block of `2^log2` slots (larger than its
+    /// block), rehashing its keys.
+    fn grow_to(
+        &mut self,
+        a: &mut SlotArena,
+        log2: u32,
+        hash_at: &impl Fn(u64) -> u64,
+    ) -> std::io::Result<()> {
         let old = *self;
-        let log2 = if old.off() == 0 { BLOCK_MIN_LOG2 } else { (old.mask() + 1).trailing_zeros() + 1 };
+        debug_assert!(log2 >= self.next_log2());
         // Offsets and masks are 32-bit (a smaller entry per bin keeps more
         // of them in cache): an arena of 2^32 slots (32 GiB) is the limit.
         let too_big = || std::io::Error::other("key index above 2^32 slots");
@@ -459,10 +479,16 @@ impl BinIndex {
         n: usize,
         hash_at: impl Fn(u64) -> u64,
     ) -> std::io::Result<()> {
-        while (self.len as usize + n) * 16 > self.capacity() * 13 {
-            self.grow(a, &hash_at)?;
+        // Straight to the final size: one block, one rehash.
+        let need = self.len as usize + n;
+        if need * 16 <= self.capacity() * 13 {
+            return Ok(());
         }
-        Ok(())
+        let mut log2 = self.next_log2();
+        while need * 16 > (1usize << log2) * 13 {
+            log2 += 1;
+        }
+        self.grow_to(a, log2, &hash_at)
     }
 
     /// Gives the index's block back to the arena and leaves it empty (for a
