@@ -18,6 +18,14 @@
 //! [checkpoint]                # optional: aligned checkpoints under data_dir
 //! interval_ms = 1000          # 0 = none
 //! restore = true              # resume from the last complete one on start
+//!
+//! [cluster]                   # optional: the job spans these node processes
+//! connect_timeout_ms = 10000  # every node must be connected by then
+//! [[cluster.nodes]]           # in worker order; `spate node --name a`
+//! name = "a"
+//! address = "10.0.0.1:7100"   # where its listener is (port 0: `spate cluster` picks one)
+//! workers = 1
+//! data_dir = "/var/lib/spate" # optional, else [runtime] data_dir
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -42,6 +50,80 @@ pub struct Config {
     /// Periodic checkpoints.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    /// The nodes of a multi-process deployment.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// How long a node waits for all its connections, ms.
+    #[serde(default = "connect_timeout_default")]
+    pub connect_timeout_ms: u64,
+    /// The nodes, in worker order.
+    pub nodes: Vec<NodeSection>,
+}
+
+fn connect_timeout_default() -> u64 {
+    10_000
+}
+
+impl ClusterSection {
+    fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("cluster.nodes: a cluster needs at least one node".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty() || n.name.contains(char::is_whitespace) {
+                return Err(format!("cluster.nodes[{i}].name: {:?} is not a node name", n.name));
+            }
+            if !seen.insert(n.name.as_str()) {
+                return Err(format!("cluster.nodes[{i}].name: `{}` appears twice", n.name));
+            }
+            if n.workers == 0 {
+                return Err(format!(
+                    "cluster.nodes[{i}].workers: node `{}` needs at least one worker",
+                    n.name
+                ));
+            }
+            if n.address.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!(
+                    "cluster.nodes[{i}].address: `{}` is not an ip:port address (node `{}`)",
+                    n.address, n.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node called `name`, or an error listing the known names.
+    pub fn node(&self, name: &str) -> Result<usize, String> {
+        self.nodes.iter().position(|n| n.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node `{name}` in the cluster; its nodes are: {}", names.join(", "))
+        })
+    }
+}
+
+/// `[[cluster.nodes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name (`spate node --name`).
+    pub name: String,
+    /// `host:port` of its listener.
+    pub address: String,
+    /// Workers it runs.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Its data directory (default: `[runtime] data_dir`).
+    pub data_dir: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// `[checkpoint]`.
@@ -178,6 +260,12 @@ impl Config {
                 "sink.path is only used with sink.kind = \"file\" (kind is {:?})",
                 self.sink.kind
             ));
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+            if self.checkpoint.interval_ms > 0 {
+                return Err("checkpoint.interval_ms: checkpoints are not supported on a cluster yet".into());
+            }
         }
         crate::queries::validate(&self.query)?;
         self.runtime_config().validate().map_err(|e| format!("runtime: {e}"))?;

@@ -31,6 +31,7 @@
 #![forbid(missing_docs)]
 
 pub mod config;
+pub mod deploy;
 pub mod queries;
 
 /// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spate::config::{Config, QuerySection, SinkKind, SinkSection};
+use spate::deploy::{self, NodeReport};
 use spate::queries;
 use spate::{Job, Runtime, RuntimeConfig};
 use spate_bench::compare::{run_alternating, CommandSpec};
@@ -18,7 +19,15 @@ spate — elastic, fault-tolerant stream processing with explicit operator state
 USAGE:
   spate run CONFIG [--workers N] [--quiet] [--fresh]
       Run the query a TOML config names, on all cores of this process.
-  spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--checkpoint-ms C] [--json]
+  spate node --config FILE --name NAME [--first-core C | --no-pin] [--quiet] [--json]
+      Run node NAME of the config's [cluster]: its share of the job's workers,
+      connected to the other nodes (start every node with the same file).
+  spate cluster --config FILE [--quiet] [--json]
+      Run every node of the config's [cluster] as a local process (port 0 in
+      an address: a free port), print their output prefixed with the node's
+      name and their total counts; stops them all on failure or Ctrl-C.
+  spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--checkpoint-ms C]
+                         [--nodes K] [--json]
       Run a query as fast as possible; print records/s.
   spate bench latency --query NAME --rate RECORDS_PER_S --seconds S [--workers W]
                       [--linger-us U] [--json] [--csv FILE]
@@ -27,6 +36,10 @@ USAGE:
   spate bench compare --records N [--workers W] [--runs R] [--peer PATH]
       Run spate and the timely-dataflow peer on keyed-sum alternately R times;
       print medians and the median ratio spate/timely.
+  spate bench state --state-mb M --dirty-percent P [--runs R] [--bins-log2 B] [--dir DIR] [--json]
+      Fill a state store with M MiB, checkpoint it (full, then increments at
+      P% dirty pages) into a backup store while a thread keeps updating it;
+      print checkpoint size and time, the longest update stall, and restore speed.
   spate queries
       List the known queries.
 ";
@@ -35,13 +48,17 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
         Some("run") => cmd_run(&args[1..]),
+        Some("node") => cmd_node(&args[1..]),
+        Some("cluster") => cmd_cluster(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("throughput") => cmd_throughput(&args[2..]),
             Some("latency") => cmd_latency(&args[2..]),
             Some("compare") => cmd_compare(&args[2..]),
-            other => {
-                Err(format!("unknown bench {:?}; expected throughput, latency or compare\n\n{USAGE}", other))
-            }
+            Some("state") => cmd_bench_state(&args[2..]),
+            other => Err(format!(
+                "unknown bench {:?}; expected throughput, latency, compare or state\n\n{USAGE}",
+                other
+            )),
         },
         Some("queries") => {
             for n in queries::NAMES {
@@ -70,7 +87,7 @@ struct Opts {
     flags: Vec<(String, Option<String>)>,
 }
 
-const BOOL_FLAGS: &[&str] = &["--json", "--quiet"];
+const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet"];
 
 impl Opts {
     fn parse(args: &[String], known: &[&str]) -> Result<Self, String> {
@@ -201,6 +218,130 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+fn cmd_bench_state(args: &[String]) -> Result<(), String> {
+    let o =
+        Opts::parse(args, &["--state-mb", "--dirty-percent", "--runs", "--bins-log2", "--dir", "--json"])?;
+    let dir: PathBuf = o.get("--dir")?.unwrap_or_else(std::env::temp_dir);
+    let params = spate::state::bench::StateBenchParams {
+        state_mb: o.get("--state-mb")?.unwrap_or(256),
+        dirty_percent: o.get("--dirty-percent")?.unwrap_or(1.0),
+        runs: o.get("--runs")?.unwrap_or(5),
+        bins_log2: o.get("--bins-log2")?.unwrap_or(12),
+        dir,
+    };
+    let r = spate::state::bench::state_bench(&params).map_err(|e| e.to_string())?;
+    if o.has("--json") {
+        println!("{}", r.to_json());
+    } else {
+        println!(
+            "state {} MiB, {}% dirty: incremental checkpoint {} bytes in {:.2} ms (full {:.1} ms); \
+             longest update stall {:.0} µs; restore {:.1} ms ({:.0} MB/s)",
+            r.state_bytes >> 20,
+            params.dirty_percent,
+            r.checkpoint_bytes,
+            r.checkpoint_ms,
+            r.full_checkpoint_ms,
+            r.max_pause_us,
+            r.restore_ms,
+            r.restore_mb_per_s
+        );
+    }
+    Ok(())
+}
+
+fn cmd_node(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--config", "--name", "--quiet", "--json", "--first-core", "--no-pin"])?;
+    let path: PathBuf = o.get("--config")?.ok_or("`spate node` needs `--config FILE`")?;
+    let name: String = o.get("--name")?.ok_or("`spate node` needs `--name NAME`")?;
+    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    let (placement, addr, mut rc) = deploy::node_setup(&cfg, &name)?;
+    if let Some(c) = o.get("--first-core")? {
+        rc.first_core = c;
+    }
+    if o.has("--no-pin") {
+        rc.pin = false;
+    }
+    let mut listener =
+        spate::net::Listener::bind(addr, spate::core::remote::net_config(name.clone(), placement.cluster))
+            .map_err(|e| format!("node `{name}`: cannot listen on {addr}: {e}"))?;
+    let build = queries::build(&cfg.query, &cfg.sink)?;
+    let quiet = o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout;
+    let job = Runtime::new(rc)
+        .start_cluster(&cfg.query.name, move |df| build(df), placement, &mut listener)
+        .map_err(|e| format!("node `{name}`: {e}"))?;
+    let (report, _latency) = watch(job, quiet)?;
+    let r = NodeReport {
+        node: name.clone(),
+        records_in: report.records_in,
+        records_out: report.records_out,
+        seconds: report.elapsed.as_secs_f64(),
+    };
+    if o.has("--json") {
+        println!("{}", r.to_json());
+    }
+    eprintln!("node {name}: {} records in, {} out in {:.3} s", r.records_in, r.records_out, r.seconds);
+    Ok(())
+}
+
+/// `bench throughput --nodes K`: the query on K local node processes of
+/// one worker each, every record crossing a TCP connection (or staying on
+/// its node, for the keys that node owns).
+fn throughput_on_nodes(name: &str, records: u64, nodes: usize, keys: u64, json: bool) -> Result<(), String> {
+    if name != "keyed-sum" || nodes == 0 {
+        return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let mut text = format!(
+        "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\n\
+         [runtime]\ndata_dir = {:?}\n[sink]\nkind = \"count\"\nlatency = false\n[cluster]\n",
+        dir.path().join("data").display().to_string()
+    );
+    for n in 0..nodes {
+        text += &format!("[[cluster.nodes]]\nname = \"n{n}\"\naddress = \"127.0.0.1:0\"\nworkers = 1\n");
+    }
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
+    let reports = deploy::run_local_cluster(&exe, &path, true)?;
+    let rps = print_cluster_totals(&reports, false);
+    if json {
+        println!(
+            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{records},\"nodes\":{nodes},\"records_per_s\":{rps:.1}}}"
+        );
+    }
+    Ok(())
+}
+
+fn cmd_cluster(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--config", "--quiet", "--json"])?;
+    let path: PathBuf = o.get("--config")?.ok_or("`spate cluster` needs `--config FILE`")?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
+    let reports = deploy::run_local_cluster(&exe, &path, o.has("--quiet"))?;
+    print_cluster_totals(&reports, o.has("--json"));
+    Ok(())
+}
+
+/// Sums the nodes' counts; the run time is the slowest node's.
+fn print_cluster_totals(reports: &[NodeReport], json: bool) -> f64 {
+    let records_in: u64 = reports.iter().map(|r| r.records_in).sum();
+    let records_out: u64 = reports.iter().map(|r| r.records_out).sum();
+    let secs = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let rps = records_in as f64 / secs.max(1e-9);
+    if json {
+        println!(
+            "{{\"nodes\":{},\"records_in\":{records_in},\"records_out\":{records_out},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1}}}",
+            reports.len()
+        );
+    } else {
+        eprintln!(
+            "cluster: {} nodes, {records_in} records in, {records_out} out in {secs:.3} s ({} in)",
+            reports.len(),
+            fmt_rate(rps)
+        );
+    }
+    rps
+}
+
 fn query_section(name: &str, params: toml::Table) -> QuerySection {
     QuerySection { name: name.to_string(), params }
 }
@@ -221,10 +362,28 @@ fn bench_runtime(o: &Opts) -> Result<RuntimeConfig, String> {
 fn cmd_throughput(args: &[String]) -> Result<(), String> {
     let o = Opts::parse(
         args,
-        &["--query", "--records", "--workers", "--keys", "--json", "--linger-us", "--checkpoint-ms"],
+        &[
+            "--query",
+            "--records",
+            "--workers",
+            "--keys",
+            "--json",
+            "--linger-us",
+            "--checkpoint-ms",
+            "--nodes",
+        ],
     )?;
     let name: String = o.get("--query")?.unwrap_or_else(|| "keyed-sum".into());
     let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
+    if let Some(nodes) = o.get::<usize>("--nodes")? {
+        return throughput_on_nodes(
+            &name,
+            records,
+            nodes,
+            o.get("--keys")?.unwrap_or(100_000),
+            o.has("--json"),
+        );
+    }
     let mut params = toml::Table::new();
     params.insert("records".into(), toml::Value::Integer(records as i64));
     if name == "keyed-sum" {

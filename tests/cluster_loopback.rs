@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spate::core::remote::{ClusterPlacement, NodeSpec};
-use spate::net::{Listener, NetConfig};
+use spate::core::remote::{net_config, ClusterPlacement, NodeSpec};
+use spate::net::Listener;
 use spate::prelude::*;
 use spate::Watchdog;
 
@@ -57,8 +57,7 @@ fn two_nodes_over_tcp_match_one_process() {
     let mut listeners: Vec<Listener> = (0..2)
         .map(|n| {
             let addr: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
-            Listener::bind(addr, NetConfig::new(format!("n{n}"), cluster))
-                .unwrap_or_else(|e| panic!("bind: {e}"))
+            Listener::bind(addr, net_config(format!("n{n}"), cluster)).unwrap_or_else(|e| panic!("bind: {e}"))
         })
         .collect();
     let nodes: Vec<NodeSpec> = listeners
@@ -107,7 +106,8 @@ fn a_missing_node_is_named_after_the_timeout() {
     let _watchdog = Watchdog::start("missing node", Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
-    let mut listener = Listener::bind(addr, NetConfig::new("n0", 9)).unwrap_or_else(|e| panic!("bind: {e}"));
+    let mut listener =
+        Listener::bind(addr, net_config("n0".into(), 9)).unwrap_or_else(|e| panic!("bind: {e}"));
     // A port nobody listens on: bind one, note it, close it.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));

@@ -28,6 +28,10 @@ pub const TICK_US_MAX: u64 = 1000;
 /// How long an idle worker sleeps at a time with `park_when_idle`, in
 /// microseconds.
 pub const NAP_US: u64 = 50;
+/// Batches in flight per channel between workers of different nodes (the
+/// credit window a receiving worker grants): the remote counterpart of
+/// `CHANNEL_BATCHES_DEFAULT`.
+pub const NET_CREDIT_WINDOW: u32 = 64;
 /// Batches a worker takes from one input ring before it visits the next.
 pub const BATCHES_PER_VISIT: usize = 4;
 /// How often a worker publishes its metrics for the status line.

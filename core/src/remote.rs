@@ -138,7 +138,7 @@ pub fn connect_mesh(
                 Some(c) => c.poll(),
                 None if now >= retry_at => {
                     let node = p.node_of(v).ok_or_else(|| format!("worker {v} is on no node"))?;
-                    let config = NetConfig::new(link_name(w, v), p.cluster);
+                    let config = net_config(link_name(w, v), p.cluster);
                     Connection::connect(p.nodes[node].addr, &config, deadline).map(|c| {
                         pending[i].1 = Some(c);
                         None
@@ -213,6 +213,14 @@ pub fn connect_mesh(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The connection settings of a cluster job's links (and of a node's
+/// listener: it announces the credit window of the links it accepts).
+pub fn net_config(node: String, cluster: u64) -> NetConfig {
+    let mut c = NetConfig::new(node, cluster);
+    c.credit_window = crate::limits::NET_CREDIT_WINDOW;
+    c
 }
 
 /// The channel of `edge` from `producer` to `consumer` among `workers`.

@@ -1,0 +1,296 @@
+//! Multi-process deployments from one config file: what `spate node` and
+//! `spate cluster` do.
+//!
+//! The config's `[cluster]` section lists the nodes in worker order; the
+//! same file goes to every machine, and each process is started with its own
+//! `--name`. Every node builds the same dataflow, runs its range of the
+//! job's workers and connects them to the other nodes' (see
+//! `spate_core::remote`). `spate cluster` starts every node of a config as a
+//! local process (choosing free ports for addresses with port 0), prefixes
+//! their output with the node's name, stops them all when one fails or on
+//! Ctrl-C, and adds up the counts the nodes report.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spate_core::remote::{ClusterPlacement, NodeSpec};
+use spate_core::RuntimeConfig;
+
+use crate::config::{ClusterSection, Config};
+
+/// Where node `name` of `cfg` runs and how: its placement among all nodes,
+/// its listening address, and its runtime config.
+pub fn node_setup(cfg: &Config, name: &str) -> Result<(ClusterPlacement, SocketAddr, RuntimeConfig), String> {
+    let cluster = cfg.cluster.as_ref().ok_or("the config has no [cluster] section")?;
+    let me = cluster.node(name)?;
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let addr =
+                n.address.parse().map_err(|_| format!("node `{}`: bad address `{}`", n.name, n.address))?;
+            Ok(NodeSpec { name: n.name.clone(), addr, workers: n.workers })
+        })
+        .collect::<Result<Vec<NodeSpec>, String>>()?;
+    if let Some(n) = nodes.iter().find(|n| n.addr.port() == 0) {
+        return Err(format!(
+            "node `{}` has port 0 in its address: `spate node` needs real ports (`spate cluster` picks them)",
+            n.name
+        ));
+    }
+    let addr = nodes[me].addr;
+    let mut rc = cfg.runtime_config();
+    rc.workers = cluster.nodes[me].workers;
+    if let Some(d) = &cluster.nodes[me].data_dir {
+        rc.data_dir = d.clone();
+    }
+    let placement = ClusterPlacement {
+        nodes,
+        me,
+        cluster: cluster_id(cfg, cluster),
+        connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
+    };
+    Ok((placement, addr, rc))
+}
+
+/// Identifies a deployment on the wire: nodes of another config (another
+/// query or other nodes) are refused.
+fn cluster_id(cfg: &Config, cluster: &ClusterSection) -> u64 {
+    let mut s = cfg.query.name.clone();
+    for n in &cluster.nodes {
+        s.push('/');
+        s.push_str(&n.name);
+        s.push('@');
+        s.push_str(&n.address);
+    }
+    spate_state::hash_bytes(s.as_bytes())
+}
+
+/// The config text with every node address of port 0 given a free port of
+/// this machine (a listener bound and closed just before).
+pub fn resolve_ports(text: &str) -> Result<String, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let Some(nodes) = doc
+        .get_mut("cluster")
+        .and_then(|c| c.as_table_mut())
+        .and_then(|c| c.get_mut("nodes"))
+        .and_then(|n| n.as_array_mut())
+    else {
+        return Err("the config has no [[cluster.nodes]]".into());
+    };
+    for n in nodes.iter_mut() {
+        let Some(t) = n.as_table_mut() else { continue };
+        let Some(a) = t.get("address").and_then(|a| a.as_str()) else { continue };
+        let addr: SocketAddr = a.parse().map_err(|_| format!("bad node address `{a}`"))?;
+        if addr.port() == 0 {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot find a free port on {a}: {e}"))?;
+            let real = l.local_addr().map_err(|e| e.to_string())?;
+            t.insert("address".into(), toml::Value::String(real.to_string()));
+        }
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// What one node reported at its end (`spate node --json`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeReport {
+    /// The node.
+    pub node: String,
+    /// Records its sources produced.
+    pub records_in: u64,
+    /// Records its sinks took.
+    pub records_out: u64,
+    /// Its run time.
+    pub seconds: f64,
+}
+
+impl NodeReport {
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"node\":\"{}\",\"records_in\":{},\"records_out\":{},\"seconds\":{:.6}}}",
+            self.node, self.records_in, self.records_out, self.seconds
+        )
+    }
+
+    /// Parses [`NodeReport::to_json`]'s output (`None` for other lines).
+    pub fn parse(line: &str) -> Option<NodeReport> {
+        let body = line.trim().strip_prefix("{\"node\":\"")?.strip_suffix('}')?;
+        let (node, rest) = body.split_once('"')?;
+        let field = |k: &str| -> Option<&str> {
+            let i = rest.find(&format!("\"{k}\":"))? + k.len() + 3;
+            rest[i..].split([',', '}']).next()
+        };
+        Some(NodeReport {
+            node: node.to_string(),
+            records_in: field("records_in")?.parse().ok()?,
+            records_out: field("records_out")?.parse().ok()?,
+            seconds: field("seconds")?.parse().ok()?,
+        })
+    }
+}
+
+/// Set by SIGINT/SIGTERM while a cluster runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// The node processes of a local cluster; dropping it kills those still
+/// running (also when the launcher fails or panics).
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs every node of the config at `config` as a local process of `exe`
+/// (`spate node --config FILE --name N --json`), printing their output with
+/// a `[name]` prefix (`quiet`: only errors), until all end, one fails, or
+/// Ctrl-C. Returns the nodes' reports.
+pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<NodeReport>, String> {
+    let text =
+        std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
+    let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let cluster =
+        cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster] section", config.display()))?;
+    let resolved = resolve_ports(&text)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let resolved_path: PathBuf = dir.path().join("cluster.toml");
+    std::fs::write(&resolved_path, resolved).map_err(|e| format!("{}: {e}", resolved_path.display()))?;
+
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let mut children = Children(Vec::new());
+    let mut pipes = Vec::new();
+    // Nodes on one machine share its cores: each pins its workers after the
+    // previous nodes' (or, with too few cores, none pins).
+    let cores = spate_core::config::available_cores();
+    let total: usize = cluster.nodes.iter().map(|n| n.workers).sum();
+    let mut first_core = 0;
+    for n in &cluster.nodes {
+        let pin = if total <= cores {
+            vec!["--first-core".to_string(), first_core.to_string()]
+        } else {
+            vec!["--no-pin".into()]
+        };
+        first_core += n.workers;
+        let mut child = Command::new(exe)
+            .args(["node", "--json", "--quiet", "--name", &n.name, "--config"])
+            .arg(&resolved_path)
+            .args(&pin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start node `{}` ({}): {e}", n.name, exe.display()))?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let (name, name2, reports) = (n.name.clone(), n.name.clone(), reports.clone());
+        if let Some(out) = out {
+            pipes.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    match NodeReport::parse(&line) {
+                        Some(r) => {
+                            if let Ok(mut v) = reports.lock() {
+                                v.push(r);
+                            }
+                        }
+                        None if !quiet => println!("[{name}] {line}"),
+                        None => {}
+                    }
+                }
+            }));
+        }
+        if let Some(err) = err {
+            pipes.push(std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("[{name2}] {line}");
+                }
+            }));
+        }
+        children.0.push((n.name.clone(), child));
+    }
+    let mut failed: Option<String> = None;
+    let started = Instant::now();
+    loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            failed = Some("interrupted: stopping every node".into());
+            break;
+        }
+        let mut running = 0;
+        for (name, c) in &mut children.0 {
+            match c.try_wait() {
+                Ok(Some(status)) if !status.success() => {
+                    failed.get_or_insert_with(|| {
+                        format!("node `{name}` failed ({status}): stopping the others")
+                    });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => running += 1,
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("node `{name}`: {e}"));
+                }
+            }
+        }
+        if failed.is_some() || running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(children);
+    for p in pipes {
+        let _ = p.join();
+    }
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    let reports = reports.lock().map(|v| v.clone()).unwrap_or_default();
+    if reports.len() != cluster.nodes.len() {
+        return Err(format!(
+            "{} of {} nodes reported their counts after {:.1} s",
+            reports.len(),
+            cluster.nodes.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_reports_round_trip() {
+        let r = NodeReport { node: "a".into(), records_in: 12, records_out: 7, seconds: 1.5 };
+        assert_eq!(NodeReport::parse(&r.to_json()), Some(r));
+        assert_eq!(NodeReport::parse("hello"), None);
+    }
+
+    #[test]
+    fn port_zero_gets_a_free_port() {
+        let text = "[query]\nname = \"keyed-sum\"\n[cluster]\n[[cluster.nodes]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n";
+        let out = resolve_ports(text).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = Config::parse(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let c = cfg.cluster.unwrap_or_else(|| panic!("no cluster"));
+        let addr: SocketAddr = c.nodes[0].address.parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(addr.port(), 0);
+    }
+}
