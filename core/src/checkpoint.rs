@@ -24,7 +24,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use spate_state::checkpoint::CheckpointStream;
 use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
+
+use crate::metrics::JobMetrics;
 
 const MANIFEST_MAGIC: &str = "spate-checkpoint-manifest 1";
 
@@ -320,11 +326,27 @@ impl CheckpointCoordinator {
     }
 }
 
+/// A checkpoint being streamed into the backup store.
+struct SaveJob {
+    instance: String,
+    id: u64,
+    stream: CheckpointStream,
+}
+
 /// A worker's side of checkpointing: its backup store, and what stateful
 /// instances and sources call.
+///
+/// Saving is asynchronous: `save` only begins the checkpoint (a
+/// copy-on-write snapshot of the store, see `StateStore::begin_checkpoint`)
+/// and hands the stream to the worker's *backup writer* thread, which
+/// streams the chunks into the backup store and reports the checkpoint. The
+/// worker's pause does not grow with the state. Restores read the backup
+/// store on the worker thread while the dataflow is built, before the
+/// writer starts.
 pub struct Checkpointer {
     worker: usize,
-    backup: std::cell::RefCell<BackupStore>,
+    backup: std::cell::RefCell<Option<BackupStore>>,
+    writer: std::cell::RefCell<Option<(Sender<SaveJob>, JoinHandle<()>)>>,
     coord: Arc<CheckpointCoordinator>,
     participants: std::cell::Cell<usize>,
 }
@@ -341,10 +363,39 @@ impl Checkpointer {
             .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
         Ok(Self {
             worker,
-            backup: std::cell::RefCell::new(backup),
+            backup: std::cell::RefCell::new(Some(backup)),
+            writer: std::cell::RefCell::new(None),
             coord,
             participants: std::cell::Cell::new(0),
         })
+    }
+
+    /// Starts the backup writer (after the dataflow is built and restored).
+    pub(crate) fn start_writer(&self, metrics: Arc<JobMetrics>) -> Result<(), String> {
+        let Some(mut backup) = self.backup.borrow_mut().take() else { return Ok(()) };
+        let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
+        let coord = self.coord.clone();
+        let worker = self.worker;
+        let handle = std::thread::Builder::new()
+            .name(format!("spate-backup-w{worker}"))
+            .spawn(move || {
+                for job in rx {
+                    if let Err(e) = write_checkpoint(&mut backup, &coord, job) {
+                        metrics.fail(format!("worker {worker}: {e}"));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the backup writer of worker {worker}: {e}"))?;
+        *self.writer.borrow_mut() = Some((tx, handle));
+        Ok(())
+    }
+
+    /// Waits for the checkpoints handed to the writer to be stored.
+    pub(crate) fn stop_writer(&self) {
+        if let Some((tx, handle)) = self.writer.borrow_mut().take() {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 
     /// Registers one more participant (a stateful instance or a source).
@@ -361,36 +412,26 @@ impl Checkpointer {
         self.coord.restored().map(|m| m.id)
     }
 
-    /// Saves `store` as checkpoint `id` of `instance` into this worker's
-    /// backup store (with the operator's `meta` bytes) and reports it.
+    /// Begins checkpoint `id` of `instance` (with the operator's `meta`
+    /// bytes) and hands it to the backup writer, which stores and reports
+    /// it.
     pub fn save(&self, instance: &str, store: &mut StateStore, id: u64, meta: &[u8]) -> Result<(), String> {
-        let ckpt = store
-            .checkpoint(id, meta)
+        let stream = store
+            .begin_checkpoint(id, meta)
             .map_err(|e| format!("checkpoint {id} of `{instance}` on worker {}: {e}", self.worker))?;
-        let mut backup = self.backup.borrow_mut();
-        // Compact only a chain that ends at the last globally complete
-        // checkpoint: a newer one may never complete, and the manifest's
-        // checkpoint must stay restorable.
-        let done = self.coord.completed();
-        if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(instance).last() == Some(&done) {
-            backup.compact(instance).map_err(|e| {
-                format!("compacting the checkpoints of `{instance}` in the backup store: {e}")
-            })?;
-        }
-        let mut acked = false;
-        for chunk in ckpt.chunks() {
-            if backup
-                .receive(instance, chunk)
-                .map_err(|e| format!("checkpoint {id} of `{instance}` into the backup store: {e}"))?
-                .is_some()
-            {
-                acked = true;
-            }
-        }
-        drop(backup);
-        if !acked {
-            return Err(format!("checkpoint {id} of `{instance}`: the backup store did not acknowledge it"));
-        }
+        let writer = self.writer.borrow();
+        let Some((tx, _)) = writer.as_ref() else {
+            return Err(format!("checkpoint {id} of `{instance}`: the backup writer is not running"));
+        };
+        tx.send(SaveJob { instance: instance.to_string(), id, stream }).map_err(|_| {
+            format!("checkpoint {id} of `{instance}`: the backup writer of worker {} stopped", self.worker)
+        })
+    }
+
+    /// A participant without state reached barrier `id` and made what
+    /// precedes it durable (a sink wrote its output): checkpoint `id` can
+    /// only complete after every such participant said so.
+    pub fn commit(&self, id: u64) -> Result<(), String> {
         self.coord.report(id, None)
     }
 
@@ -404,7 +445,10 @@ impl Checkpointer {
     ) -> Result<Option<(StateStore, Vec<u8>)>, String> {
         let Some(id) = self.restoring() else { return Ok(None) };
         let backup = self.backup.borrow();
-        let (store, meta, _) = StateStore::restore_id(config, &backup, instance, id)
+        let Some(backup) = backup.as_ref() else {
+            return Err(format!("restoring `{instance}`: the backup store is in use by its writer"));
+        };
+        let (store, meta, _) = StateStore::restore_id(config, backup, instance, id)
             .map_err(|e| format!("restoring `{instance}` from checkpoint {id}: {e}"))?;
         Ok(Some((store, meta)))
     }
@@ -424,6 +468,45 @@ impl Checkpointer {
     pub(crate) fn coordinator(&self) -> &Arc<CheckpointCoordinator> {
         &self.coord
     }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+/// Streams one checkpoint into the backup store (compacting the instance's
+/// chain now and then) and reports it.
+fn write_checkpoint(
+    backup: &mut BackupStore,
+    coord: &CheckpointCoordinator,
+    job: SaveJob,
+) -> Result<(), String> {
+    let SaveJob { instance, id, mut stream } = job;
+    // Compact only a chain that ends at the last globally complete
+    // checkpoint: a newer one may never complete, and the manifest's
+    // checkpoint must stay restorable.
+    let done = coord.completed();
+    if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(&instance).last() == Some(&done) {
+        backup
+            .compact(&instance)
+            .map_err(|e| format!("compacting the checkpoints of `{instance}` in the backup store: {e}"))?;
+    }
+    let mut acked = false;
+    while let Some(chunk) = stream.next_chunk() {
+        if backup
+            .receive(&instance, chunk)
+            .map_err(|e| format!("checkpoint {id} of `{instance}` into the backup store: {e}"))?
+            .is_some()
+        {
+            acked = true;
+        }
+    }
+    if !acked {
+        return Err(format!("checkpoint {id} of `{instance}`: the backup store did not acknowledge it"));
+    }
+    coord.report(id, None)
 }
 
 #[cfg(test)]

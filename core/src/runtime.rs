@@ -738,6 +738,9 @@ fn worker_main<F>(
         });
     }
     if let Some(c) = &checkpointer {
+        if let Err(e) = c.start_writer(metrics.clone()) {
+            metrics.fail(e);
+        }
         c.coordinator().worker_built(c.participants());
     }
     let barriers = wb.barriers.clone();

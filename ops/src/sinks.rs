@@ -10,9 +10,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spate_core::checkpoint::Checkpointer;
 use spate_core::metrics::{JobMetrics, LatencyRecorder};
 use spate_core::push::{BoxPush, Push};
-use spate_core::{now_ns, Data, Meta, Stream, Timestamp};
+use spate_core::{now_ns, Data, InstanceCtx, Meta, Stream, Timestamp};
 
 /// Bytes a text sink buffers before it writes.
 const TEXT_BUFFER_BYTES: usize = 64 * 1024;
@@ -51,6 +52,14 @@ impl<T> Push<T> for CountSink {
     }
 }
 
+/// Registers a sink instance as a checkpoint participant, when the job
+/// takes checkpoints.
+fn participant(ctx: &InstanceCtx<'_>) -> Option<Rc<Checkpointer>> {
+    let c = ctx.checkpointer?;
+    c.register();
+    Some(c.clone())
+}
+
 /// Writes one formatted line per record to a writer, in whole lines, so
 /// that workers sharing stdout never interleave inside a line.
 struct TextSink<T> {
@@ -63,6 +72,9 @@ struct TextSink<T> {
     /// The job resumed from a checkpoint: append to the file the failed run
     /// wrote instead of starting it afresh.
     append: bool,
+    /// With checkpoints: the sink writes out what precedes each barrier
+    /// before the checkpoint may complete.
+    checkpointer: Option<Rc<Checkpointer>>,
 }
 
 enum TextTarget {
@@ -122,9 +134,15 @@ impl<T> Push<T> for TextSink<T> {
         }
     }
     fn watermark(&mut self, _wm: Timestamp) {}
-    fn barrier(&mut self, _id: u64) {
-        // What the checkpoint covers is written before later results.
+    fn barrier(&mut self, id: u64) {
+        // The checkpoint completes only once the output that precedes it is
+        // written: a crash after it never loses that output.
         self.write_out();
+        if let Some(c) = &self.checkpointer {
+            if let Err(e) = c.commit(id) {
+                self.metrics.fail(e);
+            }
+        }
     }
     fn finish(&mut self) {
         self.write_out();
@@ -281,6 +299,7 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
                 append: false,
+                checkpointer: participant(ctx),
             }) as BoxPush<T>
         });
     }
@@ -297,6 +316,7 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
                 append: ctx.checkpointer.is_some_and(|c| c.restoring().is_some()),
+                checkpointer: participant(ctx),
             }) as BoxPush<T>
         });
     }
