@@ -11,6 +11,8 @@
 //! Ctrl-C, and adds up the counts the nodes report.
 
 use std::io::{BufRead, BufReader};
+
+use hdrhistogram::serialization::Serializer as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -97,6 +99,42 @@ pub fn resolve_ports(text: &str) -> Result<String, String> {
     toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
+/// With this environment variable set to a directory, `spate node` writes
+/// its latency histogram there at its end, as `<node>.hist` (hdrhistogram's
+/// V2 format), for the launcher to merge.
+pub const HISTOGRAM_DIR_ENV: &str = "SPATE_NODE_HISTOGRAM_DIR";
+
+/// Writes a node's latency histogram into `dir` (see [`HISTOGRAM_DIR_ENV`]).
+pub fn write_histogram(dir: &Path, node: &str, h: &hdrhistogram::Histogram<u64>) -> Result<(), String> {
+    let mut buf = Vec::new();
+    hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut buf)
+        .map_err(|e| format!("node `{node}`: cannot encode its latency histogram: {e:?}"))?;
+    let p = dir.join(format!("{node}.hist"));
+    std::fs::write(&p, buf).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Merges the histograms the nodes wrote into `dir`.
+pub fn merge_histograms(dir: &Path, nodes: usize) -> Result<hdrhistogram::Histogram<u64>, String> {
+    let mut merged = spate_core::metrics::latency_histogram();
+    let mut found = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|x| x == "hist") {
+            let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+                .deserialize(&mut &bytes[..])
+                .map_err(|e| format!("{}: not a latency histogram: {e:?}", p.display()))?;
+            merged.add(&h).map_err(|e| format!("{}: {e:?}", p.display()))?;
+            found += 1;
+        }
+    }
+    if found != nodes {
+        return Err(format!("{found} of {nodes} nodes wrote their latency histogram"));
+    }
+    Ok(merged)
+}
+
 /// What one node reported at its end (`spate node --json`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeReport {
@@ -161,6 +199,17 @@ impl Drop for Children {
 /// a `[name]` prefix (`quiet`: only errors), until all end, one fails, or
 /// Ctrl-C. Returns the nodes' reports.
 pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<NodeReport>, String> {
+    run_local_cluster_with(exe, config, quiet, &[])
+}
+
+/// As [`run_local_cluster`], with extra environment variables for the
+/// nodes (for example [`HISTOGRAM_DIR_ENV`]).
+pub fn run_local_cluster_with(
+    exe: &Path,
+    config: &Path,
+    quiet: bool,
+    env: &[(&str, &Path)],
+) -> Result<Vec<NodeReport>, String> {
     let text =
         std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
     let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
@@ -196,6 +245,7 @@ pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<N
             .args(["node", "--json", "--quiet", "--name", &n.name, "--config"])
             .arg(&resolved_path)
             .args(&pin)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

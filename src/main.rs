@@ -29,7 +29,7 @@ USAGE:
   spate bench throughput --query keyed-sum --records N [--workers W] [--keys K] [--checkpoint-ms C]
                          [--nodes K] [--json]
       Run a query as fast as possible; print records/s.
-  spate bench latency --query NAME --rate RECORDS_PER_S --seconds S [--workers W]
+  spate bench latency --query NAME --rate RECORDS_PER_S --seconds S [--workers W | --nodes K]
                       [--linger-us U] [--json] [--csv FILE]
       Drive a query open-loop at a fixed rate; print latency percentiles from
       each record's intended send time.
@@ -269,7 +269,10 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
     let job = Runtime::new(rc)
         .start_cluster(&cfg.query.name, move |df| build(df), placement, &mut listener)
         .map_err(|e| format!("node `{name}`: {e}"))?;
-    let (report, _latency) = watch(job, quiet)?;
+    let (report, latency) = watch(job, quiet)?;
+    if let Some(dir) = std::env::var_os(deploy::HISTOGRAM_DIR_ENV) {
+        deploy::write_histogram(std::path::Path::new(&dir), &name, &latency)?;
+    }
     let r = NodeReport {
         node: name.clone(),
         records_in: report.records_in,
@@ -291,16 +294,13 @@ fn throughput_on_nodes(name: &str, records: u64, nodes: usize, keys: u64, json: 
         return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
     }
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let mut text = format!(
-        "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\n\
-         [runtime]\ndata_dir = {:?}\n[sink]\nkind = \"count\"\nlatency = false\n[cluster]\n",
-        dir.path().join("data").display().to_string()
-    );
-    for n in 0..nodes {
-        text += &format!("[[cluster.nodes]]\nname = \"n{n}\"\naddress = \"127.0.0.1:0\"\nworkers = 1\n");
-    }
-    let path = dir.path().join("bench.toml");
-    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = local_nodes_config(
+        dir.path(),
+        &format!("records = {records}\nkeys = {keys}\n"),
+        "",
+        "kind = \"count\"\nlatency = false\n",
+        nodes,
+    )?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
     let reports = deploy::run_local_cluster(&exe, &path, true)?;
     let rps = print_cluster_totals(&reports, false);
@@ -421,7 +421,17 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
 fn cmd_latency(args: &[String]) -> Result<(), String> {
     let o = Opts::parse(
         args,
-        &["--query", "--rate", "--seconds", "--workers", "--json", "--linger-us", "--keys", "--csv"],
+        &[
+            "--query",
+            "--rate",
+            "--seconds",
+            "--workers",
+            "--json",
+            "--linger-us",
+            "--keys",
+            "--csv",
+            "--nodes",
+        ],
     )?;
     let name: String = o.get("--query")?.unwrap_or_else(|| "keyed-sum".into());
     let rate: u64 = o.get("--rate")?.ok_or("`--rate RECORDS_PER_S` is required")?;
@@ -437,6 +447,11 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
         params.insert("keys".into(), toml::Value::Integer(o.get::<i64>("--keys")?.unwrap_or(100_000)));
     } else {
         params.insert("lines".into(), toml::Value::Integer(records as i64));
+    }
+    if let Some(nodes) = o.get::<usize>("--nodes")? {
+        let keys = o.get::<u64>("--keys")?.unwrap_or(100_000);
+        let linger = o.get::<u64>("--linger-us")?.unwrap_or(0);
+        return latency_on_nodes(&name, rate, records, keys, linger, nodes, o.has("--json"));
     }
     let q = query_section(&name, params);
     let sink = SinkSection { kind: SinkKind::Count, path: None, latency: true };
@@ -474,6 +489,70 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
         println!("{}", r.to_json());
     } else {
         println!("{name} at {} for {seconds} s: {r}", fmt_rate(rate as f64));
+    }
+    Ok(())
+}
+
+/// A keyed-sum config on `nodes` local nodes of one worker each (free
+/// ports), written into `dir`.
+fn local_nodes_config(
+    dir: &std::path::Path,
+    params: &str,
+    runtime: &str,
+    sink: &str,
+    nodes: usize,
+) -> Result<PathBuf, String> {
+    let mut text = format!(
+        "[query]\nname = \"keyed-sum\"\n[query.params]\n{params}[runtime]\ndata_dir = {:?}\n{runtime}[sink]\n{sink}[cluster]\n",
+        dir.join("data").display().to_string()
+    );
+    for n in 0..nodes {
+        text += &format!("[[cluster.nodes]]\nname = \"n{n}\"\naddress = \"127.0.0.1:0\"\nworkers = 1\n");
+    }
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// `bench latency --nodes K`: keyed-sum at `rate` on K local nodes; the
+/// nodes' latency histograms are merged.
+fn latency_on_nodes(
+    name: &str,
+    rate: u64,
+    records: u64,
+    keys: u64,
+    linger_us: u64,
+    nodes: usize,
+    json: bool,
+) -> Result<(), String> {
+    if name != "keyed-sum" || nodes == 0 {
+        return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let path = local_nodes_config(
+        dir.path(),
+        &format!("records = {records}\nkeys = {keys}\nrate = {rate}\n"),
+        &format!("linger_us = {linger_us}\n"),
+        "kind = \"count\"\nlatency = true\n",
+        nodes,
+    )?;
+    let hist_dir = dir.path().join("histograms");
+    std::fs::create_dir_all(&hist_dir).map_err(|e| format!("{}: {e}", hist_dir.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
+    let reports = deploy::run_local_cluster_with(
+        &exe,
+        &path,
+        true,
+        &[(deploy::HISTOGRAM_DIR_ENV, hist_dir.as_path())],
+    )?;
+    let latency = deploy::merge_histograms(&hist_dir, nodes)?;
+    let out: u64 = reports.iter().map(|r| r.records_out).sum();
+    let secs = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let r = LatencyReport::from_histogram(&latency, out, secs);
+    if json {
+        println!("{}", r.to_json());
+    } else {
+        println!("{name} at {} on {nodes} nodes: {r}", fmt_rate(rate as f64));
     }
     Ok(())
 }
