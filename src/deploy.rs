@@ -181,16 +181,14 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// The node processes of a local cluster; dropping it kills those still
-/// running (also when the launcher fails or panics).
-struct Children(Vec<(String, Child)>);
+/// A child process that is killed (and reaped) when dropped, so that an
+/// error or a panic leaves no process behind.
+pub struct KillOnDrop(pub Child);
 
-impl Drop for Children {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -227,7 +225,8 @@ pub fn run_local_cluster_with(
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let reports = Arc::new(Mutex::new(Vec::new()));
-    let mut children = Children(Vec::new());
+    // The node processes; dropping them kills those still running.
+    let mut children: Vec<(String, KillOnDrop)> = Vec::new();
     let mut pipes = Vec::new();
     // Nodes on one machine share its cores: each pins its workers after the
     // previous nodes' (or, with too few cores, none pins).
@@ -275,7 +274,7 @@ pub fn run_local_cluster_with(
                 }
             }));
         }
-        children.0.push((n.name.clone(), child));
+        children.push((n.name.clone(), KillOnDrop(child)));
     }
     let mut failed: Option<String> = None;
     let started = Instant::now();
@@ -285,8 +284,8 @@ pub fn run_local_cluster_with(
             break;
         }
         let mut running = 0;
-        for (name, c) in &mut children.0 {
-            match c.try_wait() {
+        for (name, c) in &mut children {
+            match c.0.try_wait() {
                 Ok(Some(status)) if !status.success() => {
                     failed.get_or_insert_with(|| {
                         format!("node `{name}` failed ({status}): stopping the others")

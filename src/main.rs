@@ -290,12 +290,8 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
 /// one worker each, every record crossing a TCP connection (or staying on
 /// its node, for the keys that node owns).
 fn throughput_on_nodes(name: &str, records: u64, nodes: usize, keys: u64, json: bool) -> Result<(), String> {
-    if name != "keyed-sum" || nodes == 0 {
-        return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
-    }
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let path = local_nodes_config(
-        dir.path(),
+    let (_dir, path) = local_nodes_config(
+        name,
         &format!("records = {records}\nkeys = {keys}\n"),
         "",
         "kind = \"count\"\nlatency = false\n",
@@ -494,14 +490,20 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
 }
 
 /// A keyed-sum config on `nodes` local nodes of one worker each (free
-/// ports), written into `dir`.
+/// ports), written into a new temporary directory (returned with the
+/// config's path; `name` must be keyed-sum).
 fn local_nodes_config(
-    dir: &std::path::Path,
+    name: &str,
     params: &str,
     runtime: &str,
     sink: &str,
     nodes: usize,
-) -> Result<PathBuf, String> {
+) -> Result<(tempfile::TempDir, PathBuf), String> {
+    if name != "keyed-sum" || nodes == 0 {
+        return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
+    }
+    let tmp = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = tmp.path();
     let mut text = format!(
         "[query]\nname = \"keyed-sum\"\n[query.params]\n{params}[runtime]\ndata_dir = {:?}\n{runtime}[sink]\n{sink}[cluster]\n",
         dir.join("data").display().to_string()
@@ -511,7 +513,7 @@ fn local_nodes_config(
     }
     let path = dir.join("bench.toml");
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+    Ok((tmp, path))
 }
 
 /// `bench latency --nodes K`: keyed-sum at `rate` on K local nodes; the
@@ -525,12 +527,8 @@ fn latency_on_nodes(
     nodes: usize,
     json: bool,
 ) -> Result<(), String> {
-    if name != "keyed-sum" || nodes == 0 {
-        return Err("`--nodes K` (K ≥ 1) runs the keyed-sum query".into());
-    }
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let path = local_nodes_config(
-        dir.path(),
+    let (dir, path) = local_nodes_config(
+        name,
         &format!("records = {records}\nkeys = {keys}\nrate = {rate}\n"),
         &format!("linger_us = {linger_us}\n"),
         "kind = \"count\"\nlatency = true\n",

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
 const WORKERS: usize = 2;
@@ -41,16 +42,6 @@ fn manifests(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_killed_job_resumes_from_its_last_checkpoint_with_exact_state() {
     let _watchdog = Watchdog::start("checkpoint restore", Duration::from_secs(180));
@@ -59,7 +50,7 @@ fn a_killed_job_resumes_from_its_last_checkpoint_with_exact_state() {
 
     // First run: wait for a complete checkpoint, let it run a little more,
     // then SIGKILL it.
-    let mut first = Child(
+    let mut first = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_spate"))
             .args(["run", "--quiet"])
             .arg(&cfg)

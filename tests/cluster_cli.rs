@@ -7,9 +7,10 @@
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
 const SPATE: &str = env!("CARGO_BIN_EXE_spate");
@@ -67,16 +68,6 @@ fn free_addr() -> String {
 
 fn run(args: &[&str], cfg: &Path) -> Output {
     Command::new(SPATE).args(args).arg(cfg).output().unwrap_or_else(|e| panic!("cannot run spate: {e}"))
-}
-
-/// Kills the child on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -158,7 +149,7 @@ fn a_corrupt_frame_is_refused_and_the_node_goes_on() {
     // Node b accepts node a's connection (a has the lower worker id and
     // connects), so b's listener is where a stranger can knock.
     let spawn = |name: &str| {
-        Guard(
+        KillOnDrop(
             Command::new(SPATE)
                 .args(["node", "--quiet", "--name", name, "--config"])
                 .arg(&cfg)
