@@ -21,6 +21,8 @@
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
+//! coordinator = "a"           # optional (default: the first node)
+//! failure_timeout_ms = 5000   # a node silent this long is declared failed
 //! [[cluster.nodes]]           # in worker order; `spate node --name a`
 //! name = "a"
 //! address = "10.0.0.1:7100"   # where its listener is (port 0: `spate cluster` picks one)
@@ -61,6 +63,11 @@ pub struct ClusterSection {
     /// How long a node waits for all its connections, ms.
     #[serde(default = "connect_timeout_default")]
     pub connect_timeout_ms: u64,
+    /// The node that coordinates (default: the first).
+    pub coordinator: Option<String>,
+    /// A node silent this long is declared failed, ms.
+    #[serde(default = "failure_timeout_default")]
+    pub failure_timeout_ms: u64,
     /// The nodes, in worker order.
     pub nodes: Vec<NodeSection>,
 }
@@ -69,10 +76,18 @@ fn connect_timeout_default() -> u64 {
     10_000
 }
 
+fn failure_timeout_default() -> u64 {
+    5_000
+}
+
 impl ClusterSection {
     fn validate(&self) -> Result<(), String> {
         if self.nodes.is_empty() {
             return Err("cluster.nodes: a cluster needs at least one node".into());
+        }
+        self.coordinator_index()?;
+        if self.failure_timeout_ms == 0 {
+            return Err("cluster.failure_timeout_ms: must be above 0".into());
         }
         let mut seen = std::collections::HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -96,6 +111,14 @@ impl ClusterSection {
             }
         }
         Ok(())
+    }
+
+    /// The coordinator's index among the nodes.
+    pub fn coordinator_index(&self) -> Result<usize, String> {
+        match &self.coordinator {
+            None => Ok(0),
+            Some(c) => self.node(c).map_err(|e| format!("cluster.coordinator: {e}")),
+        }
     }
 
     /// The node called `name`, or an error listing the known names.

@@ -31,6 +31,7 @@
 #![forbid(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod deploy;
 pub mod queries;
 

@@ -138,12 +138,22 @@ fn fmt_rate(r: f64) -> String {
 
 /// Waits for a job, printing a live status line to stderr unless `quiet`.
 fn watch(job: Job, quiet: bool) -> Result<(spate::JobReport, hdrhistogram::Histogram<u64>), String> {
+    watch_with(job, quiet, || Ok(()))
+}
+
+/// As [`watch`], calling `tick` every 50 ms (a node's control plane).
+fn watch_with(
+    job: Job,
+    quiet: bool,
+    mut tick: impl FnMut() -> Result<(), String>,
+) -> Result<(spate::JobReport, hdrhistogram::Histogram<u64>), String> {
     let metrics = job.metrics().clone();
     let started = job.started();
     let (mut last_in, mut last_out, mut last_t) = (0u64, 0u64, Instant::now());
     let mut printed = false;
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        tick()?;
         if quiet || last_t.elapsed() < Duration::from_secs(1) {
             continue;
         }
@@ -255,6 +265,9 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
     let name: String = o.get("--name")?.ok_or("`spate node` needs `--name NAME`")?;
     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
     let (placement, addr, mut rc) = deploy::node_setup(&cfg, &name)?;
+    let cluster = cfg.cluster.as_ref().ok_or("the config has no [cluster] section")?;
+    let coordinator = cluster.coordinator_index()?;
+    let failure_timeout = Duration::from_millis(cluster.failure_timeout_ms);
     if let Some(c) = o.get("--first-core")? {
         rc.first_core = c;
     }
@@ -266,10 +279,20 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("node `{name}`: cannot listen on {addr}: {e}"))?;
     let build = queries::build(&cfg.query, &cfg.sink)?;
     let quiet = o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout;
+    // Register with the coordinator (or, on it, wait for every node) and
+    // get the deployment.
+    let (mut control, placement) = if placement.me == coordinator {
+        spate::control::coordinate(&mut listener, placement, failure_timeout)?
+    } else {
+        let at = placement.nodes[coordinator].addr;
+        let workers = placement.nodes[placement.me].workers;
+        spate::control::register(at, &name, workers, &placement, failure_timeout)?
+    };
+    rc.workers = placement.nodes[placement.me].workers;
     let job = Runtime::new(rc)
         .start_cluster(&cfg.query.name, move |df| build(df), placement, &mut listener)
         .map_err(|e| format!("node `{name}`: {e}"))?;
-    let (report, latency) = watch(job, quiet)?;
+    let (report, latency) = watch_with(job, quiet, || control.poll())?;
     if let Some(dir) = std::env::var_os(deploy::HISTOGRAM_DIR_ENV) {
         deploy::write_histogram(std::path::Path::new(&dir), &name, &latency)?;
     }
@@ -283,6 +306,12 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
         println!("{}", r.to_json());
     }
     eprintln!("node {name}: {} records in, {} out in {:.3} s", r.records_in, r.records_out, r.seconds);
+    let all = control.finish(r)?;
+    if all.len() > 1 {
+        let (i, out): (u64, u64) = all.iter().fold((0, 0), |(i, o), r| (i + r.records_in, o + r.records_out));
+        let secs = all.iter().map(|r| r.seconds).fold(0.0, f64::max);
+        eprintln!("coordinator {name}: {} nodes, {i} records in, {out} out in {secs:.3} s", all.len());
+    }
     Ok(())
 }
 

@@ -81,6 +81,8 @@ fn a_three_node_cluster_gives_the_results_of_one_process() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "spate cluster failed: {stderr}");
     assert!(stderr.contains("cluster: 3 nodes, 30000 records in, 30000 out"), "{stderr}");
+    // The coordinator (the first node) gathered every node's counts.
+    assert!(stderr.contains("[a] coordinator a: 3 nodes, 30000 records in, 30000 out"), "{stderr}");
     let clustered = lines(dir.path(), 3);
     assert!(processes_mentioning(&dir.path().display().to_string()).is_empty(), "node processes left behind");
 
@@ -137,7 +139,7 @@ fn a_node_that_never_comes_is_named_within_the_timeout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
-    assert!(stderr.contains("not connected") && stderr.contains("0->1"), "{stderr}");
+    assert!(stderr.contains("nodes not registered") && stderr.contains(": b"), "{stderr}");
 }
 
 #[test]
@@ -191,4 +193,50 @@ fn a_corrupt_frame_is_refused_and_the_node_goes_on() {
     assert!(err_b.contains("refused a connection") && err_b.contains("127.0.0.1"), "{err_b}");
     assert_eq!(lines(dir.path(), 2).len(), 30000, "the job's results after the corrupt frame");
     let _ = a;
+}
+
+#[test]
+fn a_killed_node_is_detected_and_nothing_hangs() {
+    let _watchdog = Watchdog::start("killed node", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), &[("a", free_addr()), ("b", free_addr())], 20_000);
+    // A slow query (rate-limited) with a short failure timeout.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .replace("records = 30000\n", "records = 2000000\nrate = 100000\n")
+        .replace("[cluster]\n", "[cluster]\nfailure_timeout_ms = 1000\n");
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let spawn = |name: &str| {
+        KillOnDrop(
+            Command::new(SPATE)
+                .args(["node", "--quiet", "--name", name, "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
+        )
+    };
+    let mut a = spawn("a");
+    let mut b = spawn("b");
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(a.0.try_wait().ok().flatten().is_none(), "node a ended early");
+    b.0.kill().unwrap_or_else(|e| panic!("kill: {e}"));
+    let t = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = a.0.try_wait() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "node a did not notice that b died");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = a.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(!status.success(), "node a succeeded without b: {err}");
+    assert!(
+        err.contains("node `b`") || err.contains("stopped without ending its stream"),
+        "node a's error does not say what failed: {err}"
+    );
 }
