@@ -339,16 +339,22 @@ impl BackupStore {
         Ok(chain)
     }
 
-    /// The stored bytes (chunks) of `instance`'s complete checkpoint `id`.
-    pub fn read(&self, instance: &str, id: u64) -> Result<std::borrow::Cow<'_, [u8]>, StateError> {
-        let s = self.instances.get(instance).and_then(|i| i.complete.get(&id)).ok_or_else(|| {
+    /// `instance`'s complete checkpoint `id`, or the error that it is not
+    /// one.
+    fn complete(&self, instance: &str, id: u64) -> Result<&Stored, StateError> {
+        self.instances.get(instance).and_then(|i| i.complete.get(&id)).ok_or_else(|| {
             StateError::CorruptCheckpoint {
                 checkpoint: id,
                 bin: None,
                 page: None,
                 reason: "not a complete checkpoint".into(),
             }
-        })?;
+        })
+    }
+
+    /// The stored bytes (chunks) of `instance`'s complete checkpoint `id`.
+    pub fn read(&self, instance: &str, id: u64) -> Result<std::borrow::Cow<'_, [u8]>, StateError> {
+        let s = self.complete(instance, id)?;
         if let Some(m) = &s.mem {
             return Ok(std::borrow::Cow::Borrowed(m));
         }
@@ -360,14 +366,7 @@ impl BackupStore {
     /// (no copy) or borrowed from memory. The file must not be changed
     /// while the map lives: backup files belong to this store.
     pub(crate) fn map(&self, instance: &str, id: u64) -> Result<StoredBytes<'_>, StateError> {
-        let s = self.instances.get(instance).and_then(|i| i.complete.get(&id)).ok_or_else(|| {
-            StateError::CorruptCheckpoint {
-                checkpoint: id,
-                bin: None,
-                page: None,
-                reason: "not a complete checkpoint".into(),
-            }
-        })?;
+        let s = self.complete(instance, id)?;
         if let Some(m) = &s.mem {
             return Ok(StoredBytes::Mem(m));
         }

@@ -261,39 +261,9 @@ pub(crate) struct BinSnapshot {
 
 /// What a checkpoint's header holds, taken at its begin and encoded by its
 /// stream.
-pub(crate) struct HeaderSnapshot {
-    pub(crate) id: u64,
-    pub(crate) base: u64,
-    bins: BinRange,
-    bins_log2: u8,
-    segment_log2: u8,
-    next_segment: u32,
-    free: Vec<Vec<u64>>,
-    layout: Vec<BinSnapshot>,
-    tables: Vec<(String, Option<String>)>,
-    meta: Vec<u8>,
-}
+pub(crate) type HeaderSnapshot = CkptHeaderOf<BinSnapshot>;
 
 impl HeaderSnapshot {
-    /// The header chunk's payload.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let fields = HeaderFields {
-            id: self.id,
-            base: self.base,
-            bins: self.bins,
-            bins_log2: self.bins_log2,
-            segment_log2: self.segment_log2,
-            next_segment: self.next_segment,
-            free: &self.free,
-            meta: &self.meta,
-        };
-        encode_header(
-            &fields,
-            self.layout.iter().map(|b| (&b.segs[..], b.tail, b.used, b.dead)),
-            self.tables.iter().map(|(name, typed)| (name.as_str(), typed.as_deref())),
-        )
-    }
-
     /// The pages of the bins' segments, as a bitmap of `words` words.
     pub(crate) fn layout_page_set(&self, words: usize) -> Vec<u64> {
         let mut set = vec![0u64; words];
@@ -336,9 +306,10 @@ pub(crate) struct TableEntry {
     pub(crate) typed: Option<String>,
 }
 
-/// A decoded header chunk.
+/// What a header chunk holds; `B` is a bin's layout: shared segment lists
+/// in a store's [`HeaderSnapshot`], owned ones in a decoded [`CkptHeader`].
 #[derive(Clone, Debug)]
-pub(crate) struct CkptHeader {
+pub(crate) struct CkptHeaderOf<B> {
     pub(crate) id: u64,
     pub(crate) base: u64,
     pub(crate) bins: BinRange,
@@ -346,9 +317,30 @@ pub(crate) struct CkptHeader {
     pub(crate) segment_log2: u8,
     pub(crate) next_segment: u32,
     pub(crate) free: Vec<Vec<u64>>,
-    pub(crate) layout: Vec<BinLayout>,
+    pub(crate) layout: Vec<B>,
     pub(crate) tables: Vec<TableEntry>,
     pub(crate) meta: Vec<u8>,
+}
+
+/// A decoded header chunk.
+pub(crate) type CkptHeader = CkptHeaderOf<BinLayout>;
+
+/// A bin's layout as a header encodes it.
+pub(crate) trait HeaderBin {
+    /// The bin's `(segments, tail, used, dead)`.
+    fn parts(&self) -> (&[Seg], u64, u64, u64);
+}
+
+impl HeaderBin for BinLayout {
+    fn parts(&self) -> (&[Seg], u64, u64, u64) {
+        (&self.segs, self.tail, self.used, self.dead)
+    }
+}
+
+impl HeaderBin for BinSnapshot {
+    fn parts(&self) -> (&[Seg], u64, u64, u64) {
+        (&self.segs, self.tail, self.used, self.dead)
+    }
 }
 
 struct Writer(Vec<u8>);
@@ -415,87 +407,55 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The fixed fields of a header, for [`encode_header`].
-struct HeaderFields<'a> {
-    id: u64,
-    base: u64,
-    bins: BinRange,
-    bins_log2: u8,
-    segment_log2: u8,
-    next_segment: u32,
-    free: &'a [Vec<u64>],
-    meta: &'a [u8],
-}
-
-/// Encodes a header payload: the fields, each bin's layout `(segments,
-/// tail, used, dead)` and each table `(name, handle type name)`. The one
-/// encoder of both a store's header (without copying its layout) and a
-/// decoded one.
-fn encode_header<'a>(
-    f: &HeaderFields<'_>,
-    layout: impl ExactSizeIterator<Item = (&'a [Seg], u64, u64, u64)>,
-    tables: impl ExactSizeIterator<Item = (&'a str, Option<&'a str>)>,
-) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(64 + f.meta.len() + layout.len() * 48));
-    w.0.extend_from_slice(&MAGIC);
-    w.u16(FORMAT_VERSION);
-    w.u64(f.id);
-    w.u64(f.base);
-    w.u32(f.bins.start);
-    w.u32(f.bins.end);
-    w.u8(f.bins_log2);
-    w.u8(f.segment_log2);
-    w.u32(f.next_segment);
-    w.u32(f.free.len() as u32);
-    for class in f.free {
-        w.u32(class.len() as u32);
-        class.iter().for_each(|&l| w.u64(l));
-    }
-    w.u32(layout.len() as u32);
-    for (segs, tail, used, dead) in layout {
-        w.u32(segs.len() as u32);
-        for s in segs {
-            w.u64(s.loc);
-            w.u8(s.log2 as u8);
+impl<B: HeaderBin> CkptHeaderOf<B> {
+    /// The header chunk's payload: the fields, each bin's layout
+    /// `(segments, tail, used, dead)` and each table `(name, handle type
+    /// name)`. The one encoder of both a store's header (without copying
+    /// its layout) and a decoded one.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64 + self.meta.len() + self.layout.len() * 48));
+        w.0.extend_from_slice(&MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.u64(self.id);
+        w.u64(self.base);
+        w.u32(self.bins.start);
+        w.u32(self.bins.end);
+        w.u8(self.bins_log2);
+        w.u8(self.segment_log2);
+        w.u32(self.next_segment);
+        w.u32(self.free.len() as u32);
+        for class in &self.free {
+            w.u32(class.len() as u32);
+            class.iter().for_each(|&l| w.u64(l));
         }
-        w.u64(tail);
-        w.u64(used);
-        w.u64(dead);
-    }
-    w.u32(tables.len() as u32);
-    for (name, typed) in tables {
-        w.bytes(name.as_bytes());
-        match typed {
-            None => w.u8(0),
-            Some(n) => {
-                w.u8(1);
-                w.bytes(n.as_bytes());
+        w.u32(self.layout.len() as u32);
+        for (segs, tail, used, dead) in self.layout.iter().map(HeaderBin::parts) {
+            w.u32(segs.len() as u32);
+            for s in segs {
+                w.u64(s.loc);
+                w.u8(s.log2 as u8);
+            }
+            w.u64(tail);
+            w.u64(used);
+            w.u64(dead);
+        }
+        w.u32(self.tables.len() as u32);
+        for TableEntry { name, typed } in &self.tables {
+            w.bytes(name.as_bytes());
+            match typed {
+                None => w.u8(0),
+                Some(n) => {
+                    w.u8(1);
+                    w.bytes(n.as_bytes());
+                }
             }
         }
+        w.bytes(&self.meta);
+        w.0
     }
-    w.bytes(f.meta);
-    w.0
 }
 
 impl CkptHeader {
-    fn encode(&self) -> Vec<u8> {
-        let fields = HeaderFields {
-            id: self.id,
-            base: self.base,
-            bins: self.bins,
-            bins_log2: self.bins_log2,
-            segment_log2: self.segment_log2,
-            next_segment: self.next_segment,
-            free: &self.free,
-            meta: &self.meta,
-        };
-        encode_header(
-            &fields,
-            self.layout.iter().map(|b| (&b.segs[..], b.tail, b.used, b.dead)),
-            self.tables.iter().map(|t| (t.name.as_str(), t.typed.as_deref())),
-        )
-    }
-
     /// Decodes and checks a header payload (not the layout against the
     /// pages: see `validate_layout`).
     pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
@@ -937,7 +897,7 @@ impl StateStore {
                 .map(|t| {
                     let typed =
                         (t.sig.is_some() || t.restored_sig.is_some()).then(|| t.type_name().to_string());
-                    (t.name.clone(), typed)
+                    TableEntry { name: t.name.clone(), typed }
                 })
                 .collect(),
             meta: meta.to_vec(),

@@ -450,6 +450,18 @@ impl StateStore {
         Ok(id)
     }
 
+    /// The records of `table`, bin by bin: `(bin index, location, header,
+    /// key)`.
+    fn records<'a>(&'a self, table: &'a Table) -> impl Iterator<Item = (usize, u64, Header, &'a [u8])> + 'a {
+        table.bins.iter().enumerate().flat_map(move |(bi, ix)| {
+            ix.slots(&self.index).iter().filter(|&&s| s != EMPTY).map(move |&s| {
+                let loc = slot_loc(s);
+                let h = header(&self.file, loc);
+                (bi, loc, h, self.file.bytes(loc + HEADER as u64, h.key_len as usize))
+            })
+        })
+    }
+
     /// If table `t` came from a checkpoint and was not validated yet, calls
     /// `ok(key, value, items)` for each of its keys (`value` is `None` for a
     /// list, whose items are given) and fails with
@@ -465,32 +477,24 @@ impl StateStore {
         if !table.unverified {
             return Ok(());
         }
-        for (bi, ix) in table.bins.iter().enumerate() {
-            for &s in ix.slots(&self.index) {
-                if s == EMPTY {
-                    continue;
-                }
-                let loc = slot_loc(s);
-                let h = header(&self.file, loc);
-                let key = self.file.bytes(loc + HEADER as u64, h.key_len as usize);
-                let good = if h.kind == KIND_LIST {
-                    let (_, first, _) = read_head(&self.file, loc, h.key_len);
-                    ok(key, None, ListItems::new(&self.file, first))
-                } else {
-                    let value = self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize);
-                    ok(key, Some(value), ListItems::new(&self.file, NONE))
-                };
-                if !good {
-                    return Err(StateError::CorruptCheckpoint {
-                        checkpoint: self.chain.last,
-                        bin: Some(self.bins.start + bi as u32),
-                        page: Some(loc / PAGE_BYTES as u64),
-                        reason: format!(
-                            "a record of table {:?} does not validate as its handle's types",
-                            table.name
-                        ),
-                    });
-                }
+        for (bi, loc, h, key) in self.records(table) {
+            let good = if h.kind == KIND_LIST {
+                let (_, first, _) = read_head(&self.file, loc, h.key_len);
+                ok(key, None, ListItems::new(&self.file, first))
+            } else {
+                let value = self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize);
+                ok(key, Some(value), ListItems::new(&self.file, NONE))
+            };
+            if !good {
+                return Err(StateError::CorruptCheckpoint {
+                    checkpoint: self.chain.last,
+                    bin: Some(self.bins.start + bi as u32),
+                    page: Some(loc / PAGE_BYTES as u64),
+                    reason: format!(
+                        "a record of table {:?} does not validate as its handle's types",
+                        table.name
+                    ),
+                });
             }
         }
         if let Some(table) = self.tables.get_mut(t.index()) {
@@ -1004,21 +1008,13 @@ impl StateStore {
         let Some(table) = self.tables.get(t.index()) else {
             return;
         };
-        for ix in &table.bins {
-            for &s in ix.slots(&self.index) {
-                if s == EMPTY {
-                    continue;
-                }
-                let loc = slot_loc(s);
-                let h = header(&self.file, loc);
-                let key = self.file.bytes(loc + HEADER as u64, h.key_len as usize);
-                let value = if h.kind == KIND_VALUE {
-                    self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
-                } else {
-                    &[]
-                };
-                f(h.hash, key, value);
-            }
+        for (_, loc, h, key) in self.records(table) {
+            let value = if h.kind == KIND_VALUE {
+                self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
+            } else {
+                &[]
+            };
+            f(h.hash, key, value);
         }
     }
 

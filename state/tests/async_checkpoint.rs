@@ -3,27 +3,15 @@
 //! while the stream is pulled, on this thread or another; a stream dropped
 //! unfinished loses no page.
 
+mod common;
+
+use common::World;
 use proptest::prelude::*;
 use spate_state::{
-    hash_u64, BackupStore, BinRange, CheckpointStream, Durability, ListState, StateError, StateStore,
-    StoreConfig, TableId, ValueState,
+    hash_u64, BackupStore, BinRange, CheckpointStream, Durability, StateError, StateStore, StoreConfig,
 };
 
 const BINS_LOG2: u8 = 3;
-
-type Dump = Vec<(usize, u64, Vec<u8>, Vec<u8>, Vec<Vec<u8>>)>;
-
-fn dump(store: &StateStore, tables: &[TableId]) -> Dump {
-    let mut out = Vec::new();
-    for (ti, &t) in tables.iter().enumerate() {
-        store.for_each(t, |hash, key, value| {
-            let items = store.list_items(t, hash, key).map(|i| i.to_vec()).collect();
-            out.push((ti, hash, key.to_vec(), value.to_vec(), items));
-        });
-    }
-    out.sort();
-    out
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -54,29 +42,9 @@ fn hot_op() -> impl Strategy<Value = Op> {
     (0..8u64, any::<u64>()).prop_map(|(k, v)| Op::Add(k, v))
 }
 
-struct World {
-    store: StateStore,
-    sums: ValueState<u64, u64>,
-    blobs: ValueState<u64, Vec<u8>>,
-    lists: ListState<u64, Vec<u8>>,
-}
-
 impl World {
     fn new(dir: &std::path::Path) -> Self {
-        // Small segments: many pages, many segment switches and compactions.
-        let config = StoreConfig::new(dir, BINS_LOG2).with_segment_bytes(16 * 1024);
-        Self::handles(StateStore::create(config, BinRange::all(BINS_LOG2)).unwrap())
-    }
-
-    fn handles(mut store: StateStore) -> Self {
-        let sums = ValueState::register(&mut store, "sums").unwrap();
-        let blobs = ValueState::register(&mut store, "blobs").unwrap();
-        let lists = ListState::register(&mut store, "lists").unwrap();
-        Self { store, sums, blobs, lists }
-    }
-
-    fn dump(&self) -> Dump {
-        dump(&self.store, &[self.sums.table(), self.blobs.table(), self.lists.table()])
+        Self::create(dir, BINS_LOG2, BinRange::all(BINS_LOG2))
     }
 
     fn apply(&mut self, op: &Op) {

@@ -1,29 +1,15 @@
 //! Checkpoint, backup, restore, split and merge: property tests.
 
+mod common;
+
+use common::{Dump, World};
 use proptest::prelude::*;
 use spate_state::checkpoint::decode_chunk;
 use spate_state::{
-    hash_u64, BackupStore, BinRange, Durability, ListState, StateError, StateStore, StoreConfig, TableId,
-    ValueState,
+    hash_u64, BackupStore, BinRange, Durability, StateError, StateStore, StoreConfig, ValueState,
 };
 
 const BINS_LOG2: u8 = 4;
-
-/// Everything a store holds, in a canonical order: (table, hash, key,
-/// value, list items).
-type Dump = Vec<(usize, u64, Vec<u8>, Vec<u8>, Vec<Vec<u8>>)>;
-
-fn dump(store: &StateStore, tables: &[TableId]) -> Dump {
-    let mut out = Vec::new();
-    for (ti, &t) in tables.iter().enumerate() {
-        store.for_each(t, |hash, key, value| {
-            let items = store.list_items(t, hash, key).map(|i| i.to_vec()).collect();
-            out.push((ti, hash, key.to_vec(), value.to_vec(), items));
-        });
-    }
-    out.sort();
-    out
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -46,33 +32,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-struct World {
-    store: StateStore,
-    sums: ValueState<u64, u64>,
-    blobs: ValueState<u64, Vec<u8>>,
-    lists: ListState<u64, Vec<u8>>,
-}
-
 impl World {
     fn new(dir: &std::path::Path, bins: BinRange) -> Self {
-        let config = StoreConfig::new(dir, BINS_LOG2).with_segment_bytes(16 * 1024);
-        let mut store = StateStore::create(config, bins).unwrap();
-        Self::handles(store_take(&mut store))
-    }
-
-    fn handles(mut store: StateStore) -> Self {
-        let sums = ValueState::register(&mut store, "sums").unwrap();
-        let blobs = ValueState::register(&mut store, "blobs").unwrap();
-        let lists = ListState::register(&mut store, "lists").unwrap();
-        Self { store, sums, blobs, lists }
-    }
-
-    fn tables(&self) -> Vec<TableId> {
-        vec![self.sums.table(), self.blobs.table(), self.lists.table()]
-    }
-
-    fn dump(&self) -> Dump {
-        dump(&self.store, &self.tables())
+        Self::create(dir, BINS_LOG2, bins)
     }
 
     /// Applies `op` if its key's bin is owned; returns whether it was a
@@ -96,15 +58,6 @@ impl World {
         }
         false
     }
-}
-
-/// Moves a store out of a `&mut` (test helper for the constructor).
-fn store_take(s: &mut StateStore) -> StateStore {
-    let dir = s.config().dir.clone();
-    let placeholder =
-        StateStore::create(StoreConfig::new(dir.join("placeholder"), BINS_LOG2), BinRange::new(0, 0))
-            .unwrap();
-    std::mem::replace(s, placeholder)
 }
 
 fn send(backup: &mut BackupStore, instance: &str, ckpt: &spate_state::Checkpoint) -> u64 {
@@ -421,19 +374,6 @@ fn restored_typed_tables_are_validated_and_typed() {
     assert!(raw.is_err());
     let mut blobs = ValueState::<u64, Vec<u8>>::register(&mut s, "blobs").unwrap();
     assert_eq!(blobs.get(&s, hash_u64(7), &7), Some(vec![7u8; 40]));
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    /// The chunk decoder never panics and accepts only what it framed.
-    #[test]
-    fn chunk_decoder_survives_garbage(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
-        if let Ok((c, n)) = decode_chunk(&bytes) {
-            prop_assert!(n <= bytes.len());
-            prop_assert!(c.payload.len() + 9 == n);
-        }
-    }
 }
 
 /// Deterministic state for the kill test.
