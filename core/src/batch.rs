@@ -52,6 +52,9 @@ pub struct Batch {
     pub flags: u32,
     /// With [`FLAG_BARRIER`], the checkpoint id.
     pub barrier: u64,
+    /// The batch came from another process: its records are validated
+    /// (rkyv's bytecheck) before they are read.
+    pub untrusted: bool,
     /// The records.
     pub data: Vec<u8>,
 }
@@ -67,6 +70,7 @@ impl Batch {
             count: 0,
             flags: 0,
             barrier: 0,
+            untrusted: false,
             data: Vec::with_capacity(bytes),
         }
     }

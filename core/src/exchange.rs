@@ -202,16 +202,23 @@ pub(crate) trait BatchInput {
 
 /// The receiving side of an edge on one worker.
 pub(crate) struct EdgeReceiver<T> {
+    edge: u32,
+    metrics: std::sync::Arc<crate::metrics::JobMetrics>,
     out: Option<BoxPush<T>>,
     frontier: InputFrontier,
     finished: bool,
 }
 
 impl<T: Data> EdgeReceiver<T> {
-    fn new(producers: usize, tracker: Rc<BarrierTracker>) -> Self {
+    fn new(
+        edge: u32,
+        producers: usize,
+        tracker: Rc<BarrierTracker>,
+        metrics: std::sync::Arc<crate::metrics::JobMetrics>,
+    ) -> Self {
         let mut frontier = InputFrontier::new(producers);
         frontier.set_tracker(tracker);
-        Self { out: None, frontier, finished: false }
+        Self { edge, metrics, out: None, frontier, finished: false }
     }
 
     fn barrier_from(&mut self, producer: usize, id: u64) {
@@ -263,12 +270,28 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
         // was pushed (see `Outbox::set_watermark`).
         self.watermark_from(producer, batch.watermark);
         if let Some(o) = self.out.as_mut() {
-            for (bytes, meta) in batch.records() {
-                // SAFETY: batches on in-process edges are built by
-                // `Batch::push::<T>` on this edge in this process, so each
-                // record's bytes are one archived `T`.
-                let rec = unsafe { codec::decode::<T>(bytes) };
-                o.push(rec, meta);
+            if batch.untrusted {
+                // From another process: check every record before reading it.
+                for (bytes, meta) in batch.records() {
+                    match codec::decode_checked::<T>(bytes) {
+                        Ok(rec) => o.push(rec, meta),
+                        Err(e) => {
+                            self.metrics.fail(format!(
+                                "edge {}: a record from worker {producer} (batch {}) is not a valid record: {e}",
+                                self.edge, batch.seq
+                            ));
+                            return;
+                        }
+                    }
+                }
+            } else {
+                for (bytes, meta) in batch.records() {
+                    // SAFETY: batches that are not `untrusted` were built by
+                    // `Batch::push::<T>` on this edge in this process, so
+                    // each record's bytes are one archived `T`.
+                    let rec = unsafe { codec::decode::<T>(bytes) };
+                    o.push(rec, meta);
+                }
             }
         }
         if let Some(id) = batch.barrier() {
@@ -341,7 +364,8 @@ fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeRe
             return r.clone();
         }
     }
-    let r = Rc::new(RefCell::new(EdgeReceiver::<T>::new(workers, wb.barriers.clone())));
+    let r =
+        Rc::new(RefCell::new(EdgeReceiver::<T>::new(edge, workers, wb.barriers.clone(), wb.metrics.clone())));
     let r2 = r.clone();
     e.local = Some(Box::new(LocalFinisher(
         Box::new(move |me| r2.borrow_mut().finish_from(me)),
@@ -421,5 +445,52 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
             o.borrow_mut().set_final();
         }
         self.local.borrow_mut().finish_from(self.me);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::JobMetrics;
+
+    type Rec = (u64, String);
+
+    struct Collect(Rc<RefCell<Vec<Rec>>>);
+
+    impl Push<Rec> for Collect {
+        fn push(&mut self, rec: Rec, _meta: Meta) {
+            self.0.borrow_mut().push(rec);
+        }
+        fn watermark(&mut self, _wm: Timestamp) {}
+        fn finish(&mut self) {}
+        fn barrier(&mut self, _id: u64) {}
+    }
+
+    #[test]
+    fn records_from_another_process_are_validated_before_they_are_read() {
+        let metrics = JobMetrics::new();
+        let mut r = EdgeReceiver::<Rec>::new(3, 2, Rc::new(BarrierTracker::default()), metrics.clone());
+        let got = Rc::new(RefCell::new(Vec::new()));
+        r.out = Some(Box::new(Collect(got.clone())));
+
+        let mut good = Batch::with_capacity(3, 1, 64);
+        assert!(good.push(&(7u64, "seven".to_string()), Meta { ingest_ns: 0 }).is_ok());
+        good.untrusted = true;
+        r.on_batch(&good);
+        assert_eq!(*got.borrow(), vec![(7, "seven".to_string())]);
+        assert!(!metrics.has_failed());
+
+        // Sound framing, but the record's 3 bytes cannot hold a `Rec`.
+        let mut bad = Batch::with_capacity(3, 1, 64);
+        bad.data.extend_from_slice(&3u32.to_le_bytes());
+        bad.data.extend_from_slice(&0u64.to_le_bytes());
+        bad.data.extend_from_slice(&[0xff; 3]);
+        bad.count = 1;
+        assert!(bad.validate_framing().is_ok());
+        bad.untrusted = true;
+        r.on_batch(&bad);
+        assert_eq!(got.borrow().len(), 1, "a garbage record was read");
+        let failure = metrics.failure().unwrap_or_default();
+        assert!(failure.contains("edge 3") && failure.contains("not a valid record"), "{failure}");
     }
 }

@@ -242,11 +242,16 @@ pub(crate) struct NetLink {
     /// The peer half-closed: nothing more will arrive.
     pub(crate) ended: bool,
     pub(crate) remote: usize,
+    /// This worker and the job's workers (to check a frame's channel).
+    me: usize,
+    workers: usize,
 }
 
 impl NetLink {
-    pub(crate) fn new(conn: Connection, remote: usize) -> Self {
+    pub(crate) fn new(conn: Connection, remote: usize, me: usize, workers: usize) -> Self {
         Self {
+            me,
+            workers,
             conn,
             queues: HashMap::new(),
             open_out: HashSet::new(),
@@ -279,11 +284,24 @@ impl NetLink {
         };
         if !self.ended {
             let (queues, open_in) = (&self.queues, &mut self.open_in);
+            let (me, workers) = (self.me, self.workers);
+            let mut bad: Option<String> = None;
             let got = self.conn.poll_recv(64, |f| {
                 let (Some(dh), Some(q)) = (f.data, queues.get(&f.header.channel)) else {
                     return Delivery::Consumed;
                 };
+                // The batch must say what its channel says.
+                if channel(dh.edge as usize, dh.producer as usize, me, workers) != f.header.channel {
+                    bad.get_or_insert_with(|| {
+                        format!(
+                            "a batch of edge {} from worker {} arrived on channel {}",
+                            dh.edge, dh.producer, f.header.channel
+                        )
+                    });
+                    return Delivery::Consumed;
+                }
                 let mut b = Batch::with_capacity(dh.edge, dh.producer, 0);
+                b.untrusted = true;
                 b.seq = f.header.seq;
                 b.watermark = dh.watermark;
                 b.count = dh.count;
@@ -294,12 +312,19 @@ impl NetLink {
                 } else {
                     b.data.extend_from_slice(f.payload);
                 }
+                if let Err(e) = b.validate_framing() {
+                    bad.get_or_insert_with(|| format!("a batch of edge {} is malformed: {e}", dh.edge));
+                    return Delivery::Consumed;
+                }
                 if dh.flags & FLAG_FINAL != 0 {
                     open_in.remove(&f.header.channel);
                 }
                 q.borrow_mut().push_back(b);
                 Delivery::Held
             });
+            if let Some(why) = bad {
+                return Err(format!("connection to worker {}: {why}", self.remote));
+            }
             match got {
                 Ok(n) => moved |= n > 0,
                 Err(e) if matches!(e.kind, NetErrorKind::PeerClosed | NetErrorKind::Closed) => {

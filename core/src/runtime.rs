@@ -708,7 +708,7 @@ fn worker_main<F>(
     let mut outs: HashMap<(usize, usize), Tx> = chans.out.drain().map(|(k, p)| (k, Tx::Ring(p))).collect();
     let mut ins: HashMap<(usize, usize), Rx> = chans.inp.drain().map(|(k, c)| (k, Rx::Ring(c))).collect();
     for (v, conn) in chans.net.drain(..) {
-        let link = Rc::new(RefCell::new(NetLink::new(conn, v)));
+        let link = Rc::new(RefCell::new(NetLink::new(conn, v, me, workers)));
         for e in 0..edges {
             let out_ch = remote::channel(e, me, v, workers);
             let in_ch = remote::channel(e, v, me, workers);
