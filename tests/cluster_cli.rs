@@ -66,6 +66,19 @@ fn free_addr() -> String {
     l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
 }
 
+/// `spate node --name NAME` on `cfg`, its stderr piped.
+fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(SPATE)
+            .args(["node", "--quiet", "--name", name, "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
+    )
+}
+
 fn run(args: &[&str], cfg: &Path) -> Output {
     Command::new(SPATE).args(args).arg(cfg).output().unwrap_or_else(|e| panic!("cannot run spate: {e}"))
 }
@@ -150,18 +163,7 @@ fn a_corrupt_frame_is_refused_and_the_node_goes_on() {
     let cfg = config(dir.path(), &[("a", a.clone()), ("b", b)], 30_000);
     // Node b accepts node a's connection (a has the lower worker id and
     // connects), so b's listener is where a stranger can knock.
-    let spawn = |name: &str| {
-        KillOnDrop(
-            Command::new(SPATE)
-                .args(["node", "--quiet", "--name", name, "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
-        )
-    };
-    let mut node_b = spawn("b");
+    let mut node_b = spawn_node(&cfg, "b");
     let b_addr = {
         let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
         let i = text.rfind("address = \"").unwrap_or_else(|| panic!("no address"));
@@ -182,7 +184,7 @@ fn a_corrupt_frame_is_refused_and_the_node_goes_on() {
     frame.extend_from_slice(&[1u8; 16]);
     raw.write_all(&frame).unwrap_or_else(|e| panic!("{e}"));
     drop(raw);
-    let mut node_a = spawn("a");
+    let mut node_a = spawn_node(&cfg, "a");
     let status_a = node_a.0.wait().unwrap_or_else(|e| panic!("{e}"));
     let status_b = node_b.0.wait().unwrap_or_else(|e| panic!("{e}"));
     let mut err_b = String::new();
@@ -206,19 +208,8 @@ fn a_killed_node_is_detected_and_nothing_hangs() {
         .replace("records = 30000\n", "records = 2000000\nrate = 100000\n")
         .replace("[cluster]\n", "[cluster]\nfailure_timeout_ms = 1000\n");
     std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
-    let spawn = |name: &str| {
-        KillOnDrop(
-            Command::new(SPATE)
-                .args(["node", "--quiet", "--name", name, "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
-        )
-    };
-    let mut a = spawn("a");
-    let mut b = spawn("b");
+    let mut a = spawn_node(&cfg, "a");
+    let mut b = spawn_node(&cfg, "b");
     std::thread::sleep(Duration::from_millis(2000));
     assert!(a.0.try_wait().ok().flatten().is_none(), "node a ended early");
     b.0.kill().unwrap_or_else(|e| panic!("kill: {e}"));
