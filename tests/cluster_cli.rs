@@ -235,3 +235,60 @@ fn a_killed_node_is_detected_and_nothing_hangs() {
         "node a's error does not say what failed: {err}"
     );
 }
+
+#[test]
+fn ctrl_c_on_spate_cluster_stops_every_node() {
+    let _watchdog = Watchdog::start("ctrl-c", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), &[("a", "127.0.0.1:0".into()), ("b", "127.0.0.1:0".into())], 20_000);
+    // A query that would run for a minute.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .replace("records = 30000\n", "records = 6000000\nrate = 100000\n");
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = KillOnDrop(
+        Command::new(SPATE)
+            .args(["cluster", "--quiet", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start spate cluster: {e}")),
+    );
+    // `spate cluster` runs its nodes on a copy of the config in its own
+    // temporary directory: find them by what they run.
+    let nodes = || {
+        processes_mentioning("cluster.toml")
+            .into_iter()
+            .filter(|c| c.contains(" node ") && c.contains("--name"))
+            .count()
+    };
+    let t = Instant::now();
+    while nodes() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the nodes did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the pid of a child this test started.
+    let rc = unsafe { libc::kill(cluster.0.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0, "cannot send SIGINT");
+    let t = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = cluster.0.try_wait() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "spate cluster did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = cluster.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(!status.success(), "an interrupted cluster reported success: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let t = Instant::now();
+    while nodes() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "node processes left behind after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
