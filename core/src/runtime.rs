@@ -567,6 +567,23 @@ impl Item {
         !self.waiting.is_empty()
     }
 
+    /// What the item is and where it stands, for `SPATE_DEBUG`.
+    fn describe(&self) -> String {
+        let what = match &self.work {
+            Work::Net(l) => format!("net to worker {}", l.borrow().remote),
+            Work::Source(t) => t.name.clone(),
+            Work::Input { edge, .. } => format!("edge {edge}"),
+        };
+        let state = if self.done {
+            "done"
+        } else if self.waiting.is_empty() {
+            "ready"
+        } else {
+            "blocked"
+        };
+        format!("{what}: {state}")
+    }
+
     /// Runs one step; whether it did anything.
     fn step(
         &mut self,
@@ -838,24 +855,7 @@ fn run_loop(
             flusher.flush_idle(false)?;
             if debug && now >= next_debug {
                 next_debug = now + 300_000_000;
-                let states: Vec<String> = items
-                    .iter()
-                    .map(|i| {
-                        let what = match &i.work {
-                            Work::Net(l) => format!("net to worker {}", l.borrow().remote),
-                            Work::Source(t) => t.name.clone(),
-                            Work::Input { edge, .. } => format!("edge {edge}"),
-                        };
-                        let state = if i.done {
-                            "done"
-                        } else if i.waiting.is_empty() {
-                            "ready"
-                        } else {
-                            "blocked"
-                        };
-                        format!("{what}: {state}")
-                    })
-                    .collect();
+                let states: Vec<String> = items.iter().map(Item::describe).collect();
                 eprintln!("{name} worker {me}: items {states:?} backlog {:?}", flusher.backlog);
             }
         }
