@@ -36,7 +36,8 @@ USAGE:
   spate bench compare --records N [--workers W] [--runs R] [--peer PATH]
       Run spate and the timely-dataflow peer on keyed-sum alternately R times;
       print medians and the median ratio spate/timely.
-  spate bench state --state-mb M --dirty-percent P [--runs R] [--bins-log2 B] [--dir DIR] [--json]
+  spate bench state --state-mb M --dirty-percent P [--runs R] [--bins-log2 B] [--dir DIR]
+                    [--backing memory|file] [--json]
       Fill a state store with M MiB, checkpoint it (full, then increments at
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
@@ -229,15 +230,24 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
 }
 
 fn cmd_bench_state(args: &[String]) -> Result<(), String> {
-    let o =
-        Opts::parse(args, &["--state-mb", "--dirty-percent", "--runs", "--bins-log2", "--dir", "--json"])?;
+    let o = Opts::parse(
+        args,
+        &["--state-mb", "--dirty-percent", "--runs", "--bins-log2", "--dir", "--backing", "--json"],
+    )?;
     let dir: PathBuf = o.get("--dir")?.unwrap_or_else(std::env::temp_dir);
+    let backing = match o.get::<String>("--backing")?.as_deref() {
+        None => spate::state::Backing::default(),
+        Some("memory") => spate::state::Backing::Memory,
+        Some("file") => spate::state::Backing::File,
+        Some(other) => return Err(format!("option `--backing`: `{other}` is not `memory` or `file`")),
+    };
     let params = spate::state::bench::StateBenchParams {
         state_mb: o.get("--state-mb")?.unwrap_or(256),
         dirty_percent: o.get("--dirty-percent")?.unwrap_or(1.0),
         runs: o.get("--runs")?.unwrap_or(5),
         bins_log2: o.get("--bins-log2")?.unwrap_or(12),
         dir,
+        backing,
     };
     let r = spate::state::bench::state_bench(&params).map_err(|e| e.to_string())?;
     if o.has("--json") {

@@ -49,6 +49,7 @@
 //!     runs: 5,
 //!     bins_log2: 12,
 //!     dir: std::env::temp_dir(),
+//!     backing: Default::default(),
 //! })?;
 //! println!("{}", report.to_json());
 //! # Ok(())
@@ -64,7 +65,7 @@ use crate::checkpoint::CheckpointStream;
 use crate::error::StateError;
 use crate::handles::ValueState;
 use crate::keyspace::{hash_u64, BinRange, BINS_LOG2_MAX};
-use crate::store::{StateStore, StoreConfig, PAGE_BYTES};
+use crate::store::{Backing, StateStore, StoreConfig, PAGE_BYTES};
 
 /// Updates per second of the benchmark's processing thread.
 pub const BENCH_UPDATES_PER_S: u64 = 50_000;
@@ -90,13 +91,22 @@ pub struct StateBenchParams {
     /// Directory under which the store, the backup and the restored stores
     /// live (in a fresh subdirectory, removed at the end).
     pub dir: PathBuf,
+    /// What holds the live and the restored stores' segments.
+    pub backing: Backing,
 }
 
 impl StateBenchParams {
     /// The defaults of `spate bench state`: 256 MiB, 1 % dirty, 5 runs,
     /// 4096 bins, under `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { state_mb: 256, dirty_percent: 1.0, runs: 5, bins_log2: 12, dir: dir.into() }
+        Self {
+            state_mb: 256,
+            dirty_percent: 1.0,
+            runs: 5,
+            bins_log2: 12,
+            dir: dir.into(),
+            backing: Backing::default(),
+        }
     }
 }
 
@@ -417,8 +427,10 @@ pub fn state_bench(params: &StateBenchParams) -> Result<StateBenchReport, StateE
 
 fn run(params: &StateBenchParams, root: &std::path::Path) -> Result<StateBenchReport, StateError> {
     let bins_log2 = params.bins_log2;
-    let mut store =
-        StateStore::create(StoreConfig::new(root.join("store"), bins_log2), BinRange::all(bins_log2))?;
+    let mut store = StateStore::create(
+        StoreConfig::new(root.join("store"), bins_log2).with_backing(params.backing),
+        BinRange::all(bins_log2),
+    )?;
     store.set_checkpoint_full_every(u32::MAX);
     let mut sums = ValueState::<u64, u64>::register(&mut store, "sums")?;
     let target = params.state_mb << 20;
@@ -473,7 +485,8 @@ fn run(params: &StateBenchParams, root: &std::path::Path) -> Result<StateBenchRe
         if i > 0 {
             let _ = std::fs::remove_dir_all(root.join(format!("restored-{}", i - 1)));
         }
-        let config = StoreConfig::new(root.join(format!("restored-{i}")), bins_log2);
+        let config =
+            StoreConfig::new(root.join(format!("restored-{i}")), bins_log2).with_backing(params.backing);
         let t = Instant::now();
         let r = StateStore::restore(config, &backup, INSTANCE)?;
         restore_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -536,6 +549,12 @@ mod tests {
     /// checked: a benchmark reports, a test asserts correctness).
     #[test]
     fn small_bench_runs_and_reports() {
+        for backing in [Backing::File, Backing::Memory] {
+            small_bench(backing);
+        }
+    }
+
+    fn small_bench(backing: Backing) {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
         let Ok(dir) = dir else {
             panic!("no temporary directory");
@@ -546,6 +565,7 @@ mod tests {
             runs: 2,
             bins_log2: 4,
             dir: dir.path().to_path_buf(),
+            backing,
         };
         let r = state_bench(&params);
         let r = match r {

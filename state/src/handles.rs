@@ -503,7 +503,7 @@ impl<K: Record, V: Record> ListState<K, V> {
 mod tests {
     use super::*;
     use crate::keyspace::{hash_bytes, hash_u64, BinRange};
-    use crate::store::StoreConfig;
+    use crate::store::{Backing, StoreConfig};
 
     fn ok<T>(r: Result<T, StateError>) -> T {
         match r {
@@ -513,7 +513,9 @@ mod tests {
     }
 
     fn store(dir: &tempfile::TempDir) -> StateStore {
-        ok(StateStore::create(StoreConfig::new(dir.path(), 6).with_segment_bytes(4096), BinRange::all(6)))
+        // File-backed: a test compares the segment files' bytes.
+        let config = StoreConfig::new(dir.path(), 6).with_segment_bytes(4096).with_backing(Backing::File);
+        ok(StateStore::create(config, BinRange::all(6)))
     }
 
     fn tmp() -> tempfile::TempDir {

@@ -40,4 +40,4 @@ pub use codec::Record;
 pub use error::StateError;
 pub use handles::{ListState, MapState, ValueState};
 pub use keyspace::{bin_of, hash_bytes, hash_u64, Bin, BinRange};
-pub use store::{StateStore, StoreConfig, TableId};
+pub use store::{Backing, StateStore, StoreConfig, TableId};

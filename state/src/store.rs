@@ -56,7 +56,7 @@ use crate::error::StateError;
 use crate::keyspace::{bin_of, BinRange, BINS_LOG2_MAX};
 
 pub(crate) use file::SegmentFile;
-pub use file::{CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
+pub use file::{Backing, CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
 pub(crate) use index::{slot_loc, tag_matches, BinIndex, SlotArena, EMPTY};
 use record::*;
 
@@ -80,12 +80,20 @@ pub struct StoreConfig {
     /// double up to this size. A record (20-byte header, key, value) or a
     /// list item must fit in one full segment.
     pub segment_bytes: usize,
+    /// What holds the live segments: a file in `dir` or anonymous memory.
+    pub backing: Backing,
 }
 
 impl StoreConfig {
     /// A config with the default segment size.
     pub fn new(dir: impl Into<PathBuf>, bins_log2: u8) -> Self {
-        Self { dir: dir.into(), bins_log2, segment_bytes: SEGMENT_BYTES_DEFAULT }
+        Self { dir: dir.into(), bins_log2, segment_bytes: SEGMENT_BYTES_DEFAULT, backing: Backing::default() }
+    }
+
+    /// The same config with another backing.
+    pub fn with_backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
     }
 
     /// The same config with another segment size.
@@ -368,7 +376,7 @@ impl StateStore {
     /// file in `config.dir`.
     pub fn create(config: StoreConfig, bins: BinRange) -> Result<Self, StateError> {
         config.validate(bins)?;
-        let file = SegmentFile::create(&config.dir, config.segment_bytes)?;
+        let file = SegmentFile::create(&config.dir, config.segment_bytes, config.backing)?;
         let heaps = (0..bins.len()).map(|_| BinHeap::default()).collect();
         let index = SlotArena::new().map_err(index_err)?;
         Ok(Self {
@@ -393,7 +401,8 @@ impl StateStore {
         self.bins
     }
 
-    /// Path of the store's segment file.
+    /// Path of the store's segment file (with [`Backing::Memory`], where it
+    /// would be: no file is created).
     pub fn segment_file(&self) -> &std::path::Path {
         self.file.path()
     }

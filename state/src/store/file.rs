@@ -30,6 +30,10 @@
 //!
 //! The chunk maps are shared (`Arc`): a checkpoint stream keeps the maps it
 //! reads alive, so it may outlive the store.
+//!
+//! With [`Backing::Memory`] there is no file: each chunk is an anonymous
+//! private map, and "the file" above means the address space they form.
+//! Everything else (locations, dirty bits, copy-on-write) is the same.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -53,10 +57,25 @@ pub const SEGMENTS_MAX: u64 = u32::MAX as u64;
 /// The name of a store's segment file inside its directory.
 pub const SEGMENT_FILE_NAME: &str = "segments.spate";
 
+/// What holds a store's segments while it runs. Either way the live
+/// segments are not durable: checkpoints go to a
+/// [`BackupStore`](crate::BackupStore), and a restore reads the backup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backing {
+    /// A sparse file, [`SEGMENT_FILE_NAME`] in the store's directory, mapped
+    /// shared: the kernel writes dirty pages back to it.
+    File,
+    /// Anonymous memory maps, no file (the default): no writeback, and no
+    /// file system work on page faults.
+    #[default]
+    Memory,
+}
+
 /// One store's segment file and its maps.
 pub(crate) struct SegmentFile {
     path: PathBuf,
-    file: File,
+    /// The segment file; `None` with [`Backing::Memory`].
+    file: Option<File>,
     segment_log2: u32,
     chunk_log2: u32,
     /// The maps, one per chunk; kept alive for `bases` (and by checkpoint
@@ -125,8 +144,9 @@ impl LiveMaps {
 unsafe impl Send for SegmentFile {}
 
 impl SegmentFile {
-    /// Creates (or truncates) the segment file in `dir`.
-    pub(crate) fn create(dir: &Path, segment_bytes: usize) -> Result<Self, StateError> {
+    /// Creates (or truncates) the segment file in `dir`; with
+    /// [`Backing::Memory`], removes any segment file left there instead.
+    pub(crate) fn create(dir: &Path, segment_bytes: usize, backing: Backing) -> Result<Self, StateError> {
         debug_assert!(segment_bytes.is_power_of_two() && segment_bytes >= PAGE_BYTES);
         std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.to_path_buf(),
@@ -134,13 +154,25 @@ impl SegmentFile {
             source,
         })?;
         let path = dir.join(SEGMENT_FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|source| StateError::Io { path: path.clone(), op: "create", source })?;
+        let file = match backing {
+            Backing::File => Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|source| StateError::Io { path: path.clone(), op: "create", source })?,
+            ),
+            Backing::Memory => {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StateError::Io { path, op: "remove", source }),
+                }
+                None
+            }
+        };
         let segment_log2 = segment_bytes.trailing_zeros();
         let chunk_log2 = segment_log2.max(CHUNK_BYTES.trailing_zeros());
         Ok(Self {
@@ -159,7 +191,7 @@ impl SegmentFile {
         })
     }
 
-    /// The file's path.
+    /// The file's path (where it would be, with [`Backing::Memory`]).
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
@@ -253,22 +285,31 @@ impl SegmentFile {
         let chunk_bytes = 1u64 << self.chunk_log2;
         let offset = self.file_bytes();
         let new_len = offset + chunk_bytes;
-        self.file.set_len(new_len).map_err(|source| StateError::Io {
-            path: self.path.clone(),
-            op: "grow",
-            source,
-        })?;
         let len = usize::try_from(chunk_bytes).map_err(|_| StateError::InvalidConfig {
             field: "segment_bytes",
             reason: format!("a chunk of {chunk_bytes} bytes exceeds the address space"),
         })?;
-        // SAFETY: the file is this store's own (created and truncated by it,
-        // under its directory) and was just grown to cover the range, so the
-        // map does not extend past the end of the file. Other processes
-        // truncating it would be a misuse of the data directory, outside the
-        // store's contract.
-        let mut map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(&self.file) }
-            .map_err(|source| StateError::Io { path: self.path.clone(), op: "map", source })?;
+        let mut map = match &self.file {
+            Some(file) => {
+                file.set_len(new_len).map_err(|source| StateError::Io {
+                    path: self.path.clone(),
+                    op: "grow",
+                    source,
+                })?;
+                // SAFETY: the file is this store's own (created and truncated
+                // by it, under its directory) and was just grown to cover the
+                // range, so the map does not extend past the end of the file.
+                // Other processes truncating it would be a misuse of the data
+                // directory, outside the store's contract.
+                unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file) }
+                    .map_err(|source| StateError::Io { path: self.path.clone(), op: "map", source })?
+            }
+            // Only touched pages are committed; like the file's, the chunk
+            // costs address space until written.
+            None => MmapOptions::new().len(len).no_reserve_swap().map_anon().map_err(|source| {
+                StateError::Io { path: PathBuf::from("<anonymous memory>"), op: "map", source }
+            })?,
+        };
         self.bases.push(map.as_mut_ptr());
         self.chunks.push(Arc::new(map));
         let pages = (new_len >> PAGE_LOG2) as usize;
@@ -638,6 +679,18 @@ impl SegmentFile {
 
     /// Writes the consecutive whole pages `pages` from page `p` on.
     fn write_run(&mut self, p: u64, pages: &[&[u8]]) -> Result<(), StateError> {
+        if self.file.is_none() {
+            // Anonymous memory: copy through the map (without dirty bits).
+            for (i, d) in pages.iter().enumerate() {
+                let dst = self.ptr((p + i as u64) << PAGE_LOG2, PAGE_BYTES);
+                // SAFETY: `dst..dst+PAGE_BYTES` is mapped memory of `self`
+                // (checked by `ptr`), written only here while `&mut self` is
+                // held; `d` is a whole page (checked by `write_pages`) of
+                // another allocation.
+                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), dst, PAGE_BYTES) };
+            }
+            return Ok(());
+        }
         #[cfg(unix)]
         {
             use std::io::{IoSlice, Seek, SeekFrom, Write};
@@ -645,7 +698,9 @@ impl SegmentFile {
             // sees what is written here.
             let err = |source| StateError::Io { path: self.path.clone(), op: "write", source };
             let mut slices: Vec<IoSlice<'_>> = pages.iter().map(|d| IoSlice::new(d)).collect();
-            let mut file = &self.file;
+            let Some(mut file) = self.file.as_ref() else {
+                return Ok(());
+            };
             file.seek(SeekFrom::Start(p << PAGE_LOG2)).map_err(err)?;
             let mut bufs = &mut slices[..];
             while !bufs.is_empty() {

@@ -330,6 +330,11 @@ fn bin_not_owned_is_a_programmer_error() {
 fn create_starts_empty() {
     let dir = tmp();
     let path = dir.path().join("nested/store");
+    let store = |path: &std::path::Path, bins_log2, segment_bytes| {
+        let config =
+            StoreConfig::new(path, bins_log2).with_segment_bytes(segment_bytes).with_backing(Backing::File);
+        ok(StateStore::create(config, BinRange::all(bins_log2)))
+    };
     {
         let mut s = store(&path, 2, 4096);
         let t = ok(s.table("t"));

@@ -1,7 +1,7 @@
 //! Shared by the checkpoint tests: a store with a value table, a byte
 //! table and a list table, and its contents in a canonical order.
 
-use spate_state::{BinRange, ListState, StateStore, StoreConfig, TableId, ValueState};
+use spate_state::{Backing, BinRange, ListState, StateStore, StoreConfig, TableId, ValueState};
 
 /// Everything a store holds, in a canonical order: (table, hash, key,
 /// value, list items).
@@ -31,8 +31,15 @@ pub struct World {
 impl World {
     /// A new store in `dir` owning `bins`, with small segments (many
     /// pages, many segment switches and compactions).
+    #[allow(dead_code)]
     pub fn create(dir: &std::path::Path, bins_log2: u8, bins: BinRange) -> Self {
-        let config = StoreConfig::new(dir, bins_log2).with_segment_bytes(16 * 1024);
+        Self::create_backed(dir, bins_log2, bins, Backing::default())
+    }
+
+    /// [`World::create`] with the given backing.
+    #[allow(dead_code)]
+    pub fn create_backed(dir: &std::path::Path, bins_log2: u8, bins: BinRange, backing: Backing) -> Self {
+        let config = StoreConfig::new(dir, bins_log2).with_segment_bytes(16 * 1024).with_backing(backing);
         Self::handles(StateStore::create(config, bins).unwrap())
     }
 
