@@ -79,6 +79,24 @@ fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
     )
 }
 
+/// Waits at most `limit` for `child` to exit (else fails with `what`);
+/// returns its status and what it wrote to its piped stderr.
+fn wait_exit(child: &mut KillOnDrop, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+    let t = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.0.try_wait() {
+            break s;
+        }
+        assert!(t.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (status, err)
+}
+
 fn run(args: &[&str], cfg: &Path) -> Output {
     Command::new(SPATE).args(args).arg(cfg).output().unwrap_or_else(|e| panic!("cannot run spate: {e}"))
 }
@@ -213,18 +231,7 @@ fn a_killed_node_is_detected_and_nothing_hangs() {
     std::thread::sleep(Duration::from_millis(2000));
     assert!(a.0.try_wait().ok().flatten().is_none(), "node a ended early");
     b.0.kill().unwrap_or_else(|e| panic!("kill: {e}"));
-    let t = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = a.0.try_wait() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "node a did not notice that b died");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = a.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let (status, err) = wait_exit(&mut a, Duration::from_secs(15), "node a did not notice that b died");
     assert!(!status.success(), "node a succeeded without b: {err}");
     assert!(
         // The control plane (`node \`b\``), the worker link (`node "b"`) or
@@ -272,18 +279,8 @@ fn ctrl_c_on_spate_cluster_stops_every_node() {
     // SAFETY: kill(2) on the pid of a child this test started.
     let rc = unsafe { libc::kill(cluster.0.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(rc, 0, "cannot send SIGINT");
-    let t = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = cluster.0.try_wait() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "spate cluster did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = cluster.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let (status, err) =
+        wait_exit(&mut cluster, Duration::from_secs(15), "spate cluster did not stop on Ctrl-C");
     assert!(!status.success(), "an interrupted cluster reported success: {err}");
     assert!(err.contains("interrupted"), "{err}");
     let t = Instant::now();
