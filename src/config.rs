@@ -18,6 +18,7 @@
 //! [checkpoint]                # optional: aligned checkpoints under data_dir
 //! interval_ms = 1000          # 0 = none
 //! restore = true              # resume from the last complete one on start
+//! backups = 1                 # cluster: backup nodes each checkpoint streams to
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
@@ -27,7 +28,8 @@
 //! name = "a"
 //! address = "10.0.0.1:7100"   # where its listener is (port 0: `spate cluster` picks one)
 //! workers = 1
-//! data_dir = "/var/lib/spate" # optional, else [runtime] data_dir
+//! data_dir = "/var/lib/spate" # optional, else [runtime] data_dir/<name>
+//! spare = false               # a spare waits idle to replace a failed node
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -85,7 +87,13 @@ impl ClusterSection {
         if self.nodes.is_empty() {
             return Err("cluster.nodes: a cluster needs at least one node".into());
         }
-        self.coordinator_index()?;
+        let c = self.coordinator_index()?;
+        if self.nodes[c].spare {
+            return Err(format!(
+                "cluster.coordinator: `{}` is a spare node; the coordinator must run workers",
+                self.nodes[c].name
+            ));
+        }
         if self.failure_timeout_ms == 0 {
             return Err("cluster.failure_timeout_ms: must be above 0".into());
         }
@@ -141,8 +149,12 @@ pub struct NodeSection {
     /// Workers it runs.
     #[serde(default = "one")]
     pub workers: usize,
-    /// Its data directory (default: `[runtime] data_dir`).
+    /// Its data directory (default: `[runtime] data_dir` / its name).
     pub data_dir: Option<PathBuf>,
+    /// A spare node: registers and waits, idle, to replace a node that
+    /// fails (it then runs that node's workers).
+    #[serde(default)]
+    pub spare: bool,
 }
 
 fn one() -> usize {
@@ -159,6 +171,9 @@ pub struct CheckpointSection {
     /// On start, resume from the job's last complete checkpoint if there is
     /// one (default true when checkpoints are on).
     pub restore: Option<bool>,
+    /// On a cluster: how many other nodes each checkpoint is streamed to
+    /// (default 1).
+    pub backups: Option<usize>,
 }
 
 /// `[query]`.
@@ -284,15 +299,31 @@ impl Config {
                 self.sink.kind
             ));
         }
-        if let Some(c) = &self.cluster {
-            c.validate()?;
-            if self.checkpoint.interval_ms > 0 {
-                return Err("checkpoint.interval_ms: checkpoints are not supported on a cluster yet".into());
+        match &self.cluster {
+            Some(c) => {
+                c.validate()?;
+                let active = c.nodes.iter().filter(|n| !n.spare).count();
+                let r = self.backups();
+                if self.checkpoint.interval_ms > 0 && r + 1 > active {
+                    return Err(format!(
+                        "checkpoint.backups: {r} backup nodes need at least {} nodes that are not spares (the cluster has {active})",
+                        r + 1
+                    ));
+                }
             }
+            None if self.checkpoint.backups.is_some() => {
+                return Err("checkpoint.backups: only a [cluster] streams checkpoints to backup nodes".into());
+            }
+            None => {}
         }
         crate::queries::validate(&self.query)?;
         self.runtime_config().validate().map_err(|e| format!("runtime: {e}"))?;
         Ok(())
+    }
+
+    /// Backup nodes per checkpoint on a cluster (`[checkpoint] backups`).
+    pub fn backups(&self) -> usize {
+        self.checkpoint.backups.unwrap_or(1)
     }
 
     /// The runtime config: defaults overridden by `[runtime]`.

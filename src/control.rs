@@ -1,48 +1,290 @@
-//! The control plane of a multi-process job: one node is the coordinator.
+//! The control plane of a multi-process job: one node is the coordinator
+//! (docs/ARCHITECTURE.md, decision 23).
 //!
-//! 1. Every other node opens a control connection to the coordinator (its
-//!    `Hello` names it `ctl:<node>`; unknown or duplicate nodes are
-//!    refused) and registers with the number of workers it runs.
+//! 1. Every other node — spares included — opens a control connection to
+//!    the coordinator (its `Hello` names it `ctl:<node>`; unknown or
+//!    duplicate nodes are refused) and registers with its worker count and
+//!    the address of its replica service (where other nodes stream their
+//!    checkpoints to it).
 //! 2. Once every node of the config has registered (or the connect timeout
-//!    passes: the error names the missing nodes), the coordinator computes
-//!    the placement — the nodes in config order with their registered
-//!    workers — and deploys it to every node (`Deploy`).
-//! 3. Each node starts its share of the job on that placement (the job
-//!    begins when its worker links are connected).
-//! 4. While the job runs, control connections carry heartbeats both ways;
-//!    a node silent for `failure_timeout_ms` is declared failed (recovery
-//!    comes with issue 5: today the job stops with an error naming it).
-//! 5. Each node reports its counts (`Report`); the coordinator prints the
-//!    totals.
+//!    passes: the error names the missing nodes), the coordinator deploys
+//!    epoch 0: the placement of the nodes that are not spares, in config
+//!    order, and for each node the backup nodes it streams its checkpoints
+//!    to (the next `[checkpoint] backups` nodes of the placement, in a
+//!    ring: never itself).
+//! 3. While the job runs, control connections carry heartbeats both ways.
+//!    Every `[checkpoint] interval_ms` the coordinator requests a checkpoint
+//!    from every node; each node answers with its part (its sources'
+//!    offsets) once its instances have stored it locally and its backup
+//!    nodes acknowledged it; when every part is in, the checkpoint is
+//!    complete and the nodes are told.
+//! 4. A node silent for `failure_timeout_ms`, or whose control connection
+//!    closes before the job ends, is declared failed and fenced: it is
+//!    never deployed again, its control connection is dropped, and worker
+//!    links carry the epoch in their names, so nothing of its incarnation
+//!    can join a later deployment. The coordinator aborts the epoch on the
+//!    survivors (they stop their share of the job and keep their
+//!    checkpoints), gives the failed node's place in the placement to a
+//!    spare, and deploys the next epoch restoring the last complete
+//!    checkpoint: survivors from their local backup stores, the spare
+//!    after fetching the failed node's checkpoint from a node that backed
+//!    it up; sources seek to the checkpoint's offsets, and file sinks roll
+//!    their files back to what they committed with it. Every input then
+//!    affects the state exactly once and every output is written once.
+//! 5. When every node's share has ended, the coordinator releases every
+//!    node (spares included), which removes its checkpoints and exits,
+//!    and prints the totals.
 //!
-//! Messages are control frames with small text payloads.
+//! The coordinator does not survive its own failure (the job fails on
+//! every node); see the decision for why and what would change that.
+//!
+//! Messages are control frames with small text payloads (`Kind::Deploy`
+//! for a deployment, `Kind::Recovery` for the rest), read by
+//! [`Msg::decode`], which names what is malformed.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spate_core::checkpoint::{ClusterCheckpoints, Manifest};
 use spate_core::remote::{net_config, ClusterPlacement, NodeSpec};
+use spate_core::{Dataflow, Job, Runtime, RuntimeConfig, RuntimeError};
 use spate_net::frame::Kind;
 use spate_net::hello::Rejection;
 use spate_net::{Connection, Delivery, Listener, NetErrorKind};
 
 use crate::deploy::NodeReport;
 
-/// A node's control connections: to the coordinator, or (on the
-/// coordinator) to every other node.
-pub struct ControlPlane {
-    peers: Vec<Peer>,
-    failure_timeout: Duration,
-    coordinator: bool,
+/// A control message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// Node → coordinator: it runs `workers` workers and its replica
+    /// service listens at `replica`.
+    Register {
+        /// Its workers.
+        workers: usize,
+        /// Its replica service.
+        replica: SocketAddr,
+    },
+    /// Coordinator → node: run this epoch's deployment.
+    Deploy(Deployment),
+    /// Node → coordinator: its share of `epoch` runs (every worker built
+    /// and restored).
+    Ready {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Coordinator → node: take checkpoint `id`.
+    Checkpoint {
+        /// The epoch.
+        epoch: u64,
+        /// The checkpoint.
+        id: u64,
+    },
+    /// Node → coordinator: its part of a checkpoint is stored and backed
+    /// up (the manifest holds its sources' offsets).
+    Done {
+        /// The epoch.
+        epoch: u64,
+        /// Its part.
+        part: Manifest,
+    },
+    /// Coordinator → node: checkpoint `id` is complete.
+    Complete {
+        /// The epoch.
+        epoch: u64,
+        /// The checkpoint.
+        id: u64,
+    },
+    /// Coordinator → node: stop your share of `epoch` (a node failed).
+    Abort {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Node → coordinator: its share of `epoch` has stopped.
+    Aborted {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Node → coordinator: its share of `epoch` failed.
+    Failed {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Node → coordinator: its share of `epoch` ended.
+    Finished {
+        /// The epoch.
+        epoch: u64,
+        /// Its counts.
+        report: NodeReport,
+    },
+    /// Coordinator → node: the job is done; clean up and exit.
+    Release,
+    /// Coordinator → node: the job failed; exit with this error.
+    Stop {
+        /// Why.
+        reason: String,
+    },
 }
 
+/// What the coordinator deploys to a node for one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The epoch.
+    pub epoch: u64,
+    /// The placement: the nodes that run workers, in worker order.
+    pub nodes: Vec<NodeSpec>,
+    /// The replica services this node streams its checkpoints to.
+    pub replicas: Vec<SocketAddr>,
+    /// `(worker, replica service)`: before starting, fetch the checkpoint
+    /// being restored of these workers from there (a node that takes over
+    /// a failed node's workers).
+    pub fetch: Vec<(usize, SocketAddr)>,
+    /// The checkpoint to restore, if any.
+    pub restore: Option<Manifest>,
+    /// The job's schedule origin (ns since the Unix epoch), the same in
+    /// every epoch: rate-limited sources that restart from a checkpoint
+    /// keep their schedule (see `RuntimeConfig::schedule_origin_ns`).
+    pub origin_ns: u64,
+}
+
+impl Msg {
+    /// The frame kind and payload.
+    pub fn encode(&self) -> (Kind, String) {
+        let r = |s: String| (Kind::Recovery, s);
+        match self {
+            Msg::Register { workers, replica } => r(format!("register {workers} {replica}")),
+            Msg::Deploy(d) => {
+                let mut s = format!("epoch {}\norigin {}\n", d.epoch, d.origin_ns);
+                for n in &d.nodes {
+                    s.push_str(&format!("node {} {} {}\n", n.name, n.addr, n.workers));
+                }
+                for a in &d.replicas {
+                    s.push_str(&format!("replica {a}\n"));
+                }
+                for (w, a) in &d.fetch {
+                    s.push_str(&format!("fetch {w} {a}\n"));
+                }
+                if let Some(m) = &d.restore {
+                    s.push_str("restore\n");
+                    s.push_str(&m.encode());
+                }
+                (Kind::Deploy, s)
+            }
+            Msg::Ready { epoch } => r(format!("ready {epoch}")),
+            Msg::Checkpoint { epoch, id } => r(format!("checkpoint {epoch} {id}")),
+            Msg::Done { epoch, part } => r(format!("done {epoch}\n{}", part.encode())),
+            Msg::Complete { epoch, id } => r(format!("complete {epoch} {id}")),
+            Msg::Abort { epoch } => r(format!("abort {epoch}")),
+            Msg::Aborted { epoch } => r(format!("aborted {epoch}")),
+            Msg::Failed { epoch, reason } => r(format!("failed {epoch} {reason}")),
+            Msg::Finished { epoch, report } => r(format!("finished {epoch} {}", report.to_json())),
+            Msg::Release => r("release".into()),
+            Msg::Stop { reason } => r(format!("stop {reason}")),
+        }
+    }
+
+    /// Reads a message; the error names what is malformed.
+    pub fn decode(kind: Kind, text: &str) -> Result<Msg, String> {
+        let bad = |what: &str| format!("malformed control message ({what}): {:?}", truncate(text));
+        if kind == Kind::Deploy {
+            return decode_deployment(text).map(Msg::Deploy).map_err(|e| bad(&e));
+        }
+        if kind != Kind::Recovery {
+            return Err(bad(&format!("unexpected frame kind {kind:?}")));
+        }
+        let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+        let mut words = head.splitn(3, ' ');
+        let verb = words.next().unwrap_or("");
+        let a = words.next();
+        let rest = words.next();
+        let num = |s: Option<&str>, what: &str| -> Result<u64, String> {
+            s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("expected {what}")))
+        };
+        Ok(match verb {
+            "register" => Msg::Register {
+                workers: num(a, "a worker count")? as usize,
+                replica: rest.and_then(|s| s.parse().ok()).ok_or_else(|| bad("expected an address"))?,
+            },
+            "ready" => Msg::Ready { epoch: num(a, "an epoch")? },
+            "checkpoint" => Msg::Checkpoint { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
+            "done" => Msg::Done {
+                epoch: num(a, "an epoch")?,
+                part: Manifest::parse(Path::new("control message"), body)?,
+            },
+            "complete" => Msg::Complete { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
+            "abort" => Msg::Abort { epoch: num(a, "an epoch")? },
+            "aborted" => Msg::Aborted { epoch: num(a, "an epoch")? },
+            "failed" => Msg::Failed { epoch: num(a, "an epoch")?, reason: rest.unwrap_or("").to_string() },
+            "finished" => Msg::Finished {
+                epoch: num(a, "an epoch")?,
+                report: rest.and_then(NodeReport::parse).ok_or_else(|| bad("expected a report"))?,
+            },
+            "release" => Msg::Release,
+            "stop" => Msg::Stop { reason: text.strip_prefix("stop ").unwrap_or("").to_string() },
+            _ => return Err(bad("unknown verb")),
+        })
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn decode_deployment(text: &str) -> Result<Deployment, String> {
+    let mut d = Deployment {
+        epoch: 0,
+        nodes: Vec::new(),
+        replicas: Vec::new(),
+        fetch: Vec::new(),
+        restore: None,
+        origin_ns: 0,
+    };
+    let mut lines = text.lines();
+    let mut epoch = None;
+    while let Some(l) = lines.next() {
+        let p: Vec<&str> = l.split(' ').collect();
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+        match p.as_slice() {
+            ["epoch", e] => epoch = Some(e.parse().map_err(|_| format!("bad epoch in `{l}`"))?),
+            ["node", name, a, w] => d.nodes.push(NodeSpec {
+                name: name.to_string(),
+                addr: addr(a)?,
+                workers: w.parse().map_err(|_| format!("bad worker count in `{l}`"))?,
+            }),
+            ["origin", o] => d.origin_ns = o.parse().map_err(|_| format!("bad origin in `{l}`"))?,
+            ["replica", a] => d.replicas.push(addr(a)?),
+            ["fetch", w, a] => {
+                d.fetch.push((w.parse().map_err(|_| format!("bad worker in `{l}`"))?, addr(a)?))
+            }
+            ["restore"] => {
+                let rest: Vec<&str> = lines.by_ref().collect();
+                d.restore = Some(Manifest::parse(Path::new("deployment"), &rest.join("\n"))?);
+            }
+            _ => return Err(format!("cannot read `{l}`")),
+        }
+    }
+    d.epoch = epoch.ok_or("no epoch")?;
+    if d.nodes.is_empty() {
+        return Err("no node".into());
+    }
+    Ok(d)
+}
+
+/// One control connection, with the messages received and not yet taken.
 struct Peer {
     node: String,
     conn: Connection,
     /// The peer closed its side.
     closed: bool,
-    /// Messages received and not yet taken, in order.
-    inbox: Vec<(Kind, String)>,
-    report: Option<NodeReport>,
+    inbox: Vec<Msg>,
 }
 
 fn ctl_name(node: &str) -> String {
@@ -64,11 +306,18 @@ impl Peer {
             Err(e) if ended(&e) => {}
             Err(e) => return Err(err(e)),
         }
+        let mut bad = None;
         let inbox = &mut self.inbox;
         let got = self.conn.poll_recv(16, |f| {
-            inbox.push((f.header.kind, String::from_utf8_lossy(f.payload).into_owned()));
+            match Msg::decode(f.header.kind, &String::from_utf8_lossy(f.payload)) {
+                Ok(m) => inbox.push(m),
+                Err(e) => bad = Some(e),
+            }
             Delivery::Consumed
         });
+        if let Some(e) = bad {
+            return Err(format!("node `{}`: {e}", self.node));
+        }
         match got {
             Ok(_) => self.conn.poll_heartbeat(now).map(|_| ()).map_err(err),
             Err(e) if ended(&e) => {
@@ -79,7 +328,8 @@ impl Peer {
         }
     }
 
-    fn send(&mut self, kind: Kind, text: &str) -> Result<(), String> {
+    fn send(&mut self, msg: &Msg) -> Result<(), String> {
+        let (kind, text) = msg.encode();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let sent = self
@@ -103,202 +353,945 @@ impl Peer {
         Ok(())
     }
 
-    /// Takes the first message of `kind`, if one arrived.
-    fn take(&mut self, kind: Kind) -> Option<String> {
-        let i = self.inbox.iter().position(|(k, _)| *k == kind)?;
-        Some(self.inbox.remove(i).1)
+    /// How long the peer has been silent.
+    fn silent(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.conn.last_heard())
     }
 }
 
-fn encode_placement(nodes: &[NodeSpec]) -> String {
-    nodes.iter().map(|n| format!("node {} {} {}\n", n.name, n.addr, n.workers)).collect()
+/// With this environment variable set to a number of milliseconds, a node
+/// prints its output rate and latency that often on stdout, as JSON lines
+/// (`{"metrics":"<node>","unix_ms":..,"epoch":..,"records_out":..,"p99_us":..}`,
+/// `records_out` since the previous line, `p99_us` of the records since
+/// then, 0 if none): the latency-over-time view of `spate bench recovery`.
+pub const METRICS_ENV: &str = "SPATE_NODE_METRICS_MS";
+
+/// One line of a node's metrics over time (see [`METRICS_ENV`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsLine {
+    /// The node.
+    pub node: String,
+    /// When, in ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// The epoch that ran.
+    pub epoch: u64,
+    /// Records that reached its sinks since the previous line.
+    pub records_out: u64,
+    /// p99 latency of those, microseconds.
+    pub p99_us: u64,
 }
 
-fn decode_placement(text: &str) -> Result<Vec<NodeSpec>, String> {
-    text.lines()
-        .map(|l| {
-            let mut p = l.split(' ');
-            match (p.next(), p.next(), p.next(), p.next()) {
-                (Some("node"), Some(name), Some(addr), Some(workers)) => Ok(NodeSpec {
-                    name: name.to_string(),
-                    addr: addr.parse().map_err(|_| format!("deployment: bad address in `{l}`"))?,
-                    workers: workers.parse().map_err(|_| format!("deployment: bad worker count in `{l}`"))?,
-                }),
-                _ => Err(format!("deployment: cannot read `{l}`")),
-            }
+impl MetricsLine {
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"metrics\":\"{}\",\"unix_ms\":{},\"epoch\":{},\"records_out\":{},\"p99_us\":{}}}",
+            self.node, self.unix_ms, self.epoch, self.records_out, self.p99_us
+        )
+    }
+
+    /// Parses [`MetricsLine::to_json`]'s output (`None` for other lines).
+    pub fn parse(line: &str) -> Option<MetricsLine> {
+        let body = line.trim().strip_prefix("{\"metrics\":\"")?.strip_suffix('}')?;
+        let (node, rest) = body.split_once('"')?;
+        let field = |k: &str| -> Option<u64> {
+            let i = rest.find(&format!("\"{k}\":"))? + k.len() + 3;
+            rest[i..].split([',', '}']).next()?.parse().ok()
+        };
+        Some(MetricsLine {
+            node: node.to_string(),
+            unix_ms: field("unix_ms")?,
+            epoch: field("epoch")?,
+            records_out: field("records_out")?,
+            p99_us: field("p99_us")?,
         })
-        .collect()
+    }
 }
 
-/// The coordinator: waits for every other node of `placement` to register,
-/// then deploys the placement (with the registered worker counts) to them.
-/// Returns the control plane and the placement to run.
-pub fn coordinate(
-    listener: &mut Listener,
-    mut placement: ClusterPlacement,
-    failure_timeout: Duration,
-) -> Result<(ControlPlane, ClusterPlacement), String> {
-    let deadline = Instant::now() + placement.connect_timeout;
-    let me = placement.me;
-    let expected: Vec<String> =
-        placement.nodes.iter().enumerate().filter(|(i, _)| *i != me).map(|(_, n)| n.name.clone()).collect();
-    let mut peers: Vec<Peer> = Vec::new();
-    let mut registered: Vec<Option<usize>> = vec![None; placement.nodes.len()];
-    loop {
-        loop {
-            let accepted = listener.poll_accept_with(|peer| {
-                let Some(node) = peer.node.strip_prefix("ctl:") else { return Err(Rejection::UnknownNode) };
-                if !expected.iter().any(|n| n == node) {
-                    Err(Rejection::UnknownNode)
-                } else if peers.iter().any(|p| p.node == node) {
-                    Err(Rejection::DuplicateNode)
-                } else {
-                    Ok(())
-                }
-            });
-            match accepted {
-                Ok(Some(conn)) => {
-                    let node = conn.peer().node.trim_start_matches("ctl:").to_string();
-                    peers.push(Peer { node, conn, closed: false, inbox: Vec::new(), report: None });
-                }
-                Ok(None) => break,
-                Err(e) => eprintln!("spate: refused a connection: {e}"),
-            }
+/// What a node's agent wants after handling a message.
+#[derive(Debug)]
+pub enum Exit {
+    /// The job is done (`Release`).
+    Released,
+}
+
+/// Runs one node's share of the job, epoch after epoch, as the
+/// coordinator's messages say; the same on the coordinator's node and on
+/// the others.
+pub struct NodeAgent {
+    name: String,
+    query: String,
+    build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    rc: RuntimeConfig,
+    placement: ClusterPlacement,
+    listener: Listener,
+    job: Option<(u64, Job)>,
+    /// The checkpoint requested and not yet handed to the job (its
+    /// workers were still being built).
+    pending: Option<u64>,
+    ready_sent: bool,
+    failed_sent: bool,
+    /// With [`METRICS_ENV`]: print the job's output rate and latency this
+    /// often, and when next.
+    metrics_every: Option<(Duration, Instant, u64)>,
+    /// The latency histogram and the report of the last epoch that
+    /// finished.
+    latency: Option<hdrhistogram::Histogram<u64>>,
+    report: Option<NodeReport>,
+    quiet: bool,
+}
+
+impl NodeAgent {
+    /// The agent of node `placement.me`, listening on `listener`.
+    pub fn new(
+        query: &str,
+        build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+        rc: RuntimeConfig,
+        placement: ClusterPlacement,
+        listener: Listener,
+        quiet: bool,
+    ) -> Self {
+        Self {
+            name: placement.nodes[placement.me].name.clone(),
+            query: query.to_string(),
+            build,
+            rc,
+            placement,
+            listener,
+            job: None,
+            pending: None,
+            ready_sent: false,
+            failed_sent: false,
+            latency: None,
+            report: None,
+            metrics_every: std::env::var(METRICS_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|&ms| ms > 0)
+                .map(|ms| (Duration::from_millis(ms), Instant::now(), 0)),
+            quiet,
         }
-        let now = Instant::now();
-        for p in &mut peers {
-            p.poll(now)?;
-            if let Some(msg) = p.take(Kind::Report) {
-                let workers = msg
-                    .strip_prefix("register ")
-                    .and_then(|w| w.parse::<usize>().ok())
-                    .filter(|w| *w > 0)
-                    .ok_or_else(|| format!("node `{}` registered with `{msg}`", p.node))?;
-                if let Some(i) = placement.nodes.iter().position(|n| n.name == p.node) {
-                    registered[i] = Some(workers);
+    }
+
+    /// This node's report of the last epoch that finished here.
+    pub fn report(&self) -> Option<&NodeReport> {
+        self.report.as_ref()
+    }
+
+    /// The latency histogram of the last epoch that finished here.
+    pub fn latency(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        self.latency.as_ref()
+    }
+
+    /// The listener (the coordinator refuses connections on it between
+    /// deployments).
+    pub fn listener(&mut self) -> &mut Listener {
+        &mut self.listener
+    }
+
+    /// Handles a message from the coordinator, queueing answers in `out`.
+    pub fn handle(&mut self, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, String> {
+        match msg {
+            Msg::Deploy(d) => {
+                self.stop_job();
+                let epoch = d.epoch;
+                if let Err(e) = self.deploy(d) {
+                    out.push(Msg::Failed { epoch, reason: e });
                 }
             }
+            Msg::Checkpoint { epoch, id } => {
+                if self.job.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    self.pending = Some(id);
+                }
+            }
+            Msg::Complete { epoch, id } => {
+                if let Some((e, job)) = &self.job {
+                    if *e == epoch {
+                        if let Some(c) = job.checkpoints() {
+                            c.complete(id);
+                        }
+                    }
+                }
+            }
+            Msg::Abort { epoch } => {
+                self.stop_job();
+                out.push(Msg::Aborted { epoch });
+            }
+            Msg::Release => {
+                self.stop_job();
+                let dir = self.rc.data_dir.join(&self.query);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        eprintln!("node {}: cannot remove {}: {e}", self.name, dir.display());
+                    }
+                }
+                return Ok(Some(Exit::Released));
+            }
+            Msg::Stop { reason } => {
+                self.stop_job();
+                return Err(reason);
+            }
+            other => return Err(format!("node `{}`: unexpected control message {other:?}", self.name)),
         }
-        let missing: Vec<&str> = placement
+        Ok(None)
+    }
+
+    /// Stops this node's share of the job, if one runs (keeping its
+    /// checkpoints).
+    fn stop_job(&mut self) {
+        if let Some((_, job)) = self.job.take() {
+            job.cancel();
+            let _ = job.wait();
+        }
+        self.pending = None;
+    }
+
+    fn deploy(&mut self, d: Deployment) -> Result<(), String> {
+        let me = d
             .nodes
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != me && registered[*i].is_none())
-            .map(|(_, n)| n.name.as_str())
-            .collect();
-        if missing.is_empty() {
-            break;
+            .position(|n| n.name == self.name)
+            .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
+        if let Some(m) = &d.restore {
+            for (w, addr) in &d.fetch {
+                let t = Instant::now();
+                let dir = self.rc.data_dir.join(&self.query).join("backup").join(format!("w{w}"));
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
+                    .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+                let got = spate_core::replica::fetch(
+                    *addr,
+                    self.placement.cluster,
+                    *w,
+                    m.id,
+                    &mut store,
+                    self.placement.connect_timeout,
+                )
+                .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", m.id))?;
+                if !self.quiet {
+                    eprintln!(
+                        "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",
+                        self.name,
+                        m.id,
+                        t.elapsed().as_millis()
+                    );
+                }
+            }
         }
-        if now >= deadline {
-            return Err(format!(
-                "coordinator `{}`: nodes not registered after {:?}: {}",
-                placement.nodes[me].name,
-                placement.connect_timeout,
-                missing.join(", ")
-            ));
+        let placement = ClusterPlacement { nodes: d.nodes, me, epoch: d.epoch, ..self.placement.clone() };
+        let mut rc = self.rc.clone();
+        rc.workers = placement.nodes[me].workers;
+        rc.schedule_origin_ns = d.origin_ns;
+        let checkpoints = (rc.checkpoint_interval_ms > 0).then(|| ClusterCheckpoints {
+            restore: d.restore.clone(),
+            replicas: d.replicas.clone(),
+            cluster: placement.cluster,
+        });
+        let build = self.build.clone();
+        let job = Runtime::new(rc)
+            .start_cluster_with(&self.query, move |df| build(df), placement, &mut self.listener, checkpoints)
+            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+        if let (Some(m), false) = (&d.restore, self.quiet) {
+            eprintln!("node {}: epoch {} resumes from checkpoint {}", self.name, d.epoch, m.id);
         }
-        std::thread::sleep(Duration::from_millis(2));
+        self.job = Some((d.epoch, job));
+        if let Some((_, _, last_out)) = &mut self.metrics_every {
+            *last_out = 0;
+        }
+        self.ready_sent = false;
+        self.failed_sent = false;
+        Ok(())
     }
-    for (i, n) in placement.nodes.iter_mut().enumerate() {
-        if let Some(w) = registered[i] {
-            n.workers = w;
+
+    /// Moves the job along: hands it requested checkpoints, and queues in
+    /// `out` what the coordinator must hear (ready, checkpoint parts, an
+    /// end or a failure).
+    pub fn poll(&mut self, out: &mut Vec<Msg>) {
+        let Some((epoch, job)) = &self.job else { return };
+        let epoch = *epoch;
+        if let Some((every, next, last_out)) = &mut self.metrics_every {
+            let now = Instant::now();
+            if now >= *next {
+                *next = now + *every;
+                let m = job.metrics();
+                let total = m.records_out.load(std::sync::atomic::Ordering::Relaxed);
+                let h = m.take_interval_latency();
+                let p99_us = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) / 1000 };
+                let line = MetricsLine {
+                    node: self.name.clone(),
+                    unix_ms: unix_ms(),
+                    epoch,
+                    records_out: total.saturating_sub(*last_out),
+                    p99_us,
+                };
+                *last_out = total;
+                println!("{}", line.to_json());
+            }
+        }
+        if let Some(c) = job.checkpoints() {
+            if c.ready() {
+                if !self.ready_sent {
+                    self.ready_sent = true;
+                    out.push(Msg::Ready { epoch });
+                }
+                if let Some(id) = self.pending.take() {
+                    c.request(id);
+                }
+            }
+            for part in c.take_done() {
+                out.push(Msg::Done { epoch, part });
+            }
+        } else if !self.ready_sent {
+            self.ready_sent = true;
+            out.push(Msg::Ready { epoch });
+        }
+        if job.metrics().has_failed() {
+            if !self.failed_sent {
+                self.failed_sent = true;
+                let reason = job.metrics().failure().unwrap_or_else(|| "stopped".into());
+                out.push(Msg::Failed { epoch, reason });
+            }
+            return;
+        }
+        if job.is_finished() {
+            let Some((epoch, job)) = self.job.take() else { return };
+            let latency = job.metrics().latency();
+            match job.wait() {
+                Ok(r) => {
+                    self.latency = Some(latency);
+                    let report = NodeReport {
+                        node: self.name.clone(),
+                        records_in: r.records_in,
+                        records_out: r.records_out,
+                        seconds: r.elapsed.as_secs_f64(),
+                    };
+                    self.report = Some(report.clone());
+                    out.push(Msg::Finished { epoch, report });
+                }
+                Err(RuntimeError::Cancelled) => {}
+                Err(e) => out.push(Msg::Failed { epoch, reason: e.to_string() }),
+            }
         }
     }
-    let text = encode_placement(&placement.nodes);
-    for p in &mut peers {
-        p.send(Kind::Deploy, &text)?;
+
+    /// The job's live metrics, while a share runs here.
+    pub fn metrics(&self) -> Option<&Arc<spate_core::metrics::JobMetrics>> {
+        self.job.as_ref().map(|(_, j)| j.metrics())
     }
-    Ok((ControlPlane { peers, failure_timeout, coordinator: true }, placement))
 }
 
-/// A member: registers with the coordinator at `coordinator` as `node`
-/// with `workers` workers and waits for the deployment.
-pub fn register(
-    coordinator: SocketAddr,
-    node: &str,
-    workers: usize,
-    placement: &ClusterPlacement,
-    failure_timeout: Duration,
-) -> Result<(ControlPlane, ClusterPlacement), String> {
-    let deadline = Instant::now() + placement.connect_timeout;
-    let config = net_config(ctl_name(node), placement.cluster);
-    let conn = loop {
-        let attempt = Connection::connect(coordinator, &config, deadline).and_then(|c| c.wait());
-        match attempt {
-            Ok(c) => break c,
-            Err(e) if matches!(e.kind, NetErrorKind::Connect(_)) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(format!("node `{node}`: cannot reach the coordinator: {e}")),
-        }
-    };
-    let mut peer = Peer { node: "coordinator".into(), conn, closed: false, inbox: Vec::new(), report: None };
-    peer.send(Kind::Report, &format!("register {workers}"))?;
-    loop {
-        peer.poll(Instant::now())?;
-        if let Some(text) = peer.take(Kind::Deploy) {
-            let nodes = decode_placement(&text)?;
-            let me = nodes
-                .iter()
-                .position(|n| n.name == node)
-                .ok_or_else(|| format!("node `{node}` is not in the deployment it received"))?;
-            let placement = ClusterPlacement { nodes, me, ..placement.clone() };
-            return Ok((ControlPlane { peers: vec![peer], failure_timeout, coordinator: false }, placement));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "node `{node}`: no deployment from the coordinator within {:?}",
-                placement.connect_timeout
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// A member node's connection to the coordinator.
+pub struct Member {
+    peer: Peer,
+    /// The coordinator is declared lost after this much silence.
+    timeout: Duration,
 }
 
-impl ControlPlane {
-    /// Heartbeats and messages, while the job runs: an error names a node
-    /// silent for longer than the failure timeout.
-    pub fn poll(&mut self) -> Result<(), String> {
-        let now = Instant::now();
-        for p in &mut self.peers {
-            p.poll(now)?;
-            if let Some(text) = p.take(Kind::Report) {
-                p.report = NodeReport::parse(&text);
+impl Member {
+    /// Connects to the coordinator at `coordinator` as `node` and registers
+    /// with `workers` workers and the replica service at `replica`.
+    pub fn register(
+        coordinator: SocketAddr,
+        node: &str,
+        workers: usize,
+        replica: SocketAddr,
+        placement: &ClusterPlacement,
+        failure_timeout: Duration,
+    ) -> Result<Self, String> {
+        let deadline = Instant::now() + placement.connect_timeout;
+        let config = net_config(ctl_name(node), placement.cluster);
+        let conn = loop {
+            let attempt = Connection::connect(coordinator, &config, deadline).and_then(|c| c.wait());
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if matches!(e.kind, NetErrorKind::Connect(_)) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("node `{node}`: cannot reach the coordinator: {e}")),
             }
-            if p.report.is_some() {
-                continue;
+        };
+        let mut peer = Peer { node: "coordinator".into(), conn, closed: false, inbox: Vec::new() };
+        peer.send(&Msg::Register { workers, replica })?;
+        // The coordinator is busy (not polling) while it connects its own
+        // workers of a new epoch: allow for that.
+        Ok(Self { peer, timeout: failure_timeout + placement.connect_timeout })
+    }
+
+    /// Runs `agent` as the coordinator says until it releases this node.
+    pub fn run(mut self, agent: &mut NodeAgent, first_deploy_within: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let mut deployed = false;
+        let mut out = Vec::new();
+        loop {
+            let now = Instant::now();
+            self.peer.poll(now)?;
+            for msg in std::mem::take(&mut self.peer.inbox) {
+                deployed |= matches!(msg, Msg::Deploy(_));
+                if let Some(Exit::Released) = agent.handle(msg, &mut out)? {
+                    return Ok(());
+                }
             }
-            if p.closed {
-                return Err(format!("node `{}` closed its control connection without reporting", p.node));
+            agent.poll(&mut out);
+            for m in out.drain(..) {
+                self.peer.send(&m)?;
             }
-            let silent = now.saturating_duration_since(p.conn.last_heard());
-            if silent > self.failure_timeout {
+            if self.peer.closed {
+                agent.stop_job();
+                return Err("the coordinator closed its control connection: stopping".into());
+            }
+            let silent = self.peer.silent(now);
+            if silent > self.timeout {
+                agent.stop_job();
                 return Err(format!(
-                    "node `{}` silent for {} ms: declared failed",
-                    p.node,
+                    "the coordinator has been silent for {} ms: stopping",
                     silent.as_millis()
                 ));
             }
+            if !deployed && started.elapsed() > first_deploy_within {
+                return Err(format!("no deployment from the coordinator within {first_deploy_within:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A node as the coordinator knows it.
+struct NodeInfo {
+    name: String,
+    addr: SocketAddr,
+    workers: usize,
+    replica: Option<SocketAddr>,
+    role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// In the placement.
+    Active,
+    /// Registered, idle, ready to replace a failed node.
+    Spare,
+    /// Declared failed and fenced.
+    Failed,
+}
+
+/// A complete checkpoint and where its parts are.
+struct Complete {
+    manifest: Manifest,
+    /// The placement that took it.
+    slots: Vec<usize>,
+    /// Per slot, the nodes that back up its part.
+    holders: Vec<Vec<usize>>,
+}
+
+/// A checkpoint being collected.
+struct InFlight {
+    id: u64,
+    parts: HashMap<usize, Manifest>,
+}
+
+/// What the coordinator is doing.
+enum Phase {
+    /// The epoch's deployment runs.
+    Running,
+    /// Waiting for these nodes to stop their share of the failed epoch.
+    Aborting { waiting: HashSet<usize>, since: Instant },
+}
+
+/// A moment of the job worth reporting (for `bench recovery`).
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// What: `failed <node>`, `deployed <epoch>`, `running <epoch>`,
+    /// `requested <checkpoint>`, `checkpoint <id>` (complete).
+    pub what: String,
+}
+
+impl Event {
+    /// Parses [`Event::to_json`]'s output (`None` for other lines).
+    pub fn parse(line: &str) -> Option<Event> {
+        let body = line.trim().strip_prefix("{\"event\":\"")?.strip_suffix('}')?;
+        let (what, rest) = body.split_once('"')?;
+        let unix_ms = rest.strip_prefix(",\"unix_ms\":")?.parse().ok()?;
+        Some(Event { unix_ms, what: what.to_string() })
+    }
+
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        format!("{{\"event\":\"{}\",\"unix_ms\":{}}}", self.what, self.unix_ms)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The coordinator: the job's placement over the epochs, its checkpoints,
+/// failure detection and recovery.
+pub struct Coordinator {
+    nodes: Vec<NodeInfo>,
+    /// The placement: node indexes in worker order.
+    slots: Vec<usize>,
+    me: usize,
+    epoch: u64,
+    phase: Phase,
+    ready: HashSet<usize>,
+    finished: BTreeMap<usize, NodeReport>,
+    peers: HashMap<usize, Peer>,
+    failure_timeout: Duration,
+    interval: Option<Duration>,
+    backups: usize,
+    next_checkpoint: Instant,
+    last_id: u64,
+    in_flight: Option<InFlight>,
+    /// The last complete checkpoint.
+    last_complete: Option<Complete>,
+    /// A node's share failed at this time for this reason: unless a node
+    /// failure explains it within the failure timeout, the job fails.
+    share_failed: Option<(Instant, String)>,
+    outbox: Vec<(usize, Msg)>,
+    /// The schedule origin of every epoch (see [`Deployment::origin_ns`]).
+    origin_ns: u64,
+    events: Vec<Event>,
+    quiet: bool,
+    /// Print each event as a JSON line on stdout when it happens.
+    print_events: bool,
+}
+
+/// How the job ended on the coordinator.
+pub struct Outcome {
+    /// Every node's report of its last epoch.
+    pub reports: Vec<NodeReport>,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
+
+impl Coordinator {
+    /// Waits for every other node of `placement` (spares included, as
+    /// `spares` says) to register on `listener`.
+    pub fn accept_members(
+        listener: &mut Listener,
+        placement: &ClusterPlacement,
+        spares: &[bool],
+        failure_timeout: Duration,
+        interval_ms: u64,
+        backups: usize,
+        quiet: bool,
+    ) -> Result<Self, String> {
+        let deadline = Instant::now() + placement.connect_timeout;
+        let me = placement.me;
+        let mut nodes: Vec<NodeInfo> = placement
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeInfo {
+                name: n.name.clone(),
+                addr: n.addr,
+                workers: n.workers,
+                replica: None,
+                role: if spares.get(i).copied().unwrap_or(false) { Role::Spare } else { Role::Active },
+            })
+            .collect();
+        let mut peers: HashMap<usize, Peer> = HashMap::new();
+        loop {
+            loop {
+                let accepted = listener.poll_accept_with(|peer| {
+                    let Some(node) = peer.node.strip_prefix("ctl:") else {
+                        return Err(Rejection::UnknownNode);
+                    };
+                    match nodes.iter().position(|n| n.name == node) {
+                        Some(i) if i == me => Err(Rejection::UnknownNode),
+                        Some(i) if peers.contains_key(&i) => Err(Rejection::DuplicateNode),
+                        Some(_) => Ok(()),
+                        None => Err(Rejection::UnknownNode),
+                    }
+                });
+                match accepted {
+                    Ok(Some(conn)) => {
+                        let node = conn.peer().node.trim_start_matches("ctl:").to_string();
+                        if let Some(i) = nodes.iter().position(|n| n.name == node) {
+                            peers.insert(i, Peer { node, conn, closed: false, inbox: Vec::new() });
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => eprintln!("spate: refused a connection: {e}"),
+                }
+            }
+            let now = Instant::now();
+            for (&i, p) in peers.iter_mut() {
+                p.poll(now)?;
+                for m in std::mem::take(&mut p.inbox) {
+                    match m {
+                        Msg::Register { workers, replica } if workers > 0 => {
+                            nodes[i].workers = workers;
+                            nodes[i].replica = Some(replica);
+                        }
+                        other => return Err(format!("node `{}` sent {other:?} before registering", p.node)),
+                    }
+                }
+            }
+            let missing: Vec<&str> = nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| *i != me && n.replica.is_none())
+                .map(|(_, n)| n.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if now >= deadline {
+                return Err(format!(
+                    "coordinator `{}`: nodes not registered after {:?}: {}",
+                    placement.nodes[me].name,
+                    placement.connect_timeout,
+                    missing.join(", ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let slots = (0..nodes.len()).filter(|&i| nodes[i].role == Role::Active).collect();
+        Ok(Self {
+            nodes,
+            slots,
+            me,
+            epoch: 0,
+            phase: Phase::Running,
+            ready: HashSet::new(),
+            finished: BTreeMap::new(),
+            peers,
+            failure_timeout,
+            interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
+            backups,
+            next_checkpoint: Instant::now(),
+            last_id: 0,
+            in_flight: None,
+            last_complete: None,
+            share_failed: None,
+            outbox: Vec::new(),
+            // The sources start as the first deployment's workers connect.
+            origin_ns: unix_ms() * 1_000_000 + 200_000_000,
+            events: Vec::new(),
+            quiet,
+            print_events: false,
+        })
+    }
+
+    /// Sets the coordinator's own replica service (it registers with
+    /// itself).
+    pub fn set_own_replica(&mut self, replica: SocketAddr) {
+        self.nodes[self.me].replica = Some(replica);
+    }
+
+    /// Prints each event as a JSON line on stdout as it happens.
+    pub fn print_events(&mut self) {
+        self.print_events = true;
+    }
+
+    fn event(&mut self, what: String) {
+        let e = Event { unix_ms: unix_ms(), what };
+        if self.print_events {
+            println!("{}", e.to_json());
+        } else if !self.quiet {
+            eprintln!("coordinator: {}", e.what);
+        }
+        self.events.push(e);
+    }
+
+    /// The epoch's deployment for every node of the placement.
+    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>) -> Result<(), String> {
+        let specs: Vec<NodeSpec> = self
+            .slots
+            .iter()
+            .map(|&i| NodeSpec {
+                name: self.nodes[i].name.clone(),
+                addr: self.nodes[i].addr,
+                workers: self.nodes[i].workers,
+            })
+            .collect();
+        let n = self.slots.len();
+        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
+        for (pos, &i) in self.slots.iter().enumerate() {
+            let replicas = (1..=self.backups.min(n - 1))
+                .filter_map(|k| self.nodes[self.slots[(pos + k) % n]].replica)
+                .collect();
+            let mut fetch = Vec::new();
+            if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
+                let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
+                let base: usize = self.slots[..pos].iter().map(|&j| self.nodes[j].workers).sum();
+                for w in base..base + self.nodes[i].workers {
+                    fetch.push((w, replica));
+                }
+            }
+            let d = Deployment {
+                epoch: self.epoch,
+                nodes: specs.clone(),
+                replicas,
+                fetch,
+                restore: restore.clone(),
+                origin_ns: self.origin_ns,
+            };
+            self.outbox.push((i, Msg::Deploy(d)));
+        }
+        self.ready.clear();
+        self.finished.clear();
+        self.in_flight = None;
+        self.phase = Phase::Running;
+        self.next_checkpoint = Instant::now() + self.interval.unwrap_or_default();
+        self.event(format!("deployed {}", self.epoch));
+        Ok(())
+    }
+
+    /// The nodes that hold slot `pos`'s checkpoints taken in this epoch.
+    fn holders(&self, pos: usize) -> Vec<usize> {
+        let n = self.slots.len();
+        (1..=self.backups.min(n - 1)).map(|k| self.slots[(pos + k) % n]).collect()
+    }
+
+    /// Node `i` failed: fence it and, if it ran workers, recover.
+    fn node_failed(&mut self, i: usize, why: String) -> Result<(), String> {
+        if self.nodes[i].role == Role::Failed {
+            return Ok(());
+        }
+        let was = self.nodes[i].role;
+        self.nodes[i].role = Role::Failed;
+        self.peers.remove(&i);
+        self.event(format!("failed {}", self.nodes[i].name));
+        eprintln!("coordinator: node `{}` declared failed ({why})", self.nodes[i].name);
+        if was == Role::Spare {
+            return Ok(());
+        }
+        if i == self.me {
+            return Err("the coordinator's own node failed".into());
+        }
+        let Some(pos) = self.slots.iter().position(|&s| s == i) else { return Ok(()) };
+        let Some(spare) = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare) else {
+            return Err(format!(
+                "node `{}` failed ({why}) and no spare node is left to replace it",
+                self.nodes[i].name
+            ));
+        };
+        if self.nodes[spare].workers < self.nodes[i].workers {
+            return Err(format!(
+                "node `{}` failed and spare `{}` runs fewer workers ({} < {})",
+                self.nodes[i].name, self.nodes[spare].name, self.nodes[spare].workers, self.nodes[i].workers
+            ));
+        }
+        self.nodes[spare].role = Role::Active;
+        self.nodes[spare].workers = self.nodes[i].workers;
+        self.slots[pos] = spare;
+        self.share_failed = None;
+        // Abort the epoch everywhere (again, if a recovery was under way).
+        let waiting: HashSet<usize> = match &self.phase {
+            Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
+            Phase::Running => self.slots.iter().copied().filter(|&j| j != spare).collect(),
+        };
+        if matches!(self.phase, Phase::Running) {
+            for &j in &waiting {
+                self.outbox.push((j, Msg::Abort { epoch: self.epoch }));
+            }
+        }
+        self.phase = Phase::Aborting { waiting, since: Instant::now() };
+        self.in_flight = None;
+        Ok(())
+    }
+
+    fn on_msg(&mut self, from: usize, msg: Msg) -> Result<(), String> {
+        let name = self.nodes[from].name.clone();
+        match msg {
+            Msg::Ready { epoch } if epoch == self.epoch => {
+                self.ready.insert(from);
+                if self.ready.len() == self.slots.len() {
+                    self.event(format!("running {}", self.epoch));
+                }
+            }
+            Msg::Done { epoch, part } if epoch == self.epoch => {
+                let Some(f) = &mut self.in_flight else { return Ok(()) };
+                if f.id != part.id {
+                    return Ok(());
+                }
+                f.parts.insert(from, part);
+                if f.parts.len() == self.slots.len() {
+                    let id = f.id;
+                    let mut offsets = BTreeMap::new();
+                    for p in f.parts.values() {
+                        offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+                    }
+                    let workers = self.slots.iter().map(|&j| self.nodes[j].workers).sum();
+                    let holders = (0..self.slots.len()).map(|p| self.holders(p)).collect();
+                    self.last_complete = Some(Complete {
+                        manifest: Manifest { id, workers, offsets },
+                        slots: self.slots.clone(),
+                        holders,
+                    });
+                    self.in_flight = None;
+                    for &j in &self.slots {
+                        self.outbox.push((j, Msg::Complete { epoch, id }));
+                    }
+                    self.event(format!("checkpoint {id}"));
+                }
+            }
+            Msg::Aborted { epoch } => {
+                if let Phase::Aborting { waiting, .. } = &mut self.phase {
+                    if epoch == self.epoch {
+                        waiting.remove(&from);
+                    }
+                }
+            }
+            Msg::Failed { epoch, reason } if epoch == self.epoch => {
+                if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
+                    self.share_failed = Some((Instant::now(), format!("node `{name}`: {reason}")));
+                }
+            }
+            Msg::Finished { epoch, report } if epoch == self.epoch => {
+                self.finished.insert(from, report);
+            }
+            // A message of an earlier epoch.
+            Msg::Ready { .. } | Msg::Done { .. } | Msg::Failed { .. } | Msg::Finished { .. } => {}
+            other => return Err(format!("node `{name}` sent an unexpected {other:?}")),
         }
         Ok(())
     }
 
-    /// At the end of this node's job: a member reports `mine` to the
-    /// coordinator; the coordinator waits for every member's report and
-    /// returns them all (its own first).
-    pub fn finish(mut self, mine: NodeReport) -> Result<Vec<NodeReport>, String> {
-        if !self.coordinator {
-            if let Some(p) = self.peers.first_mut() {
-                p.send(Kind::Report, &mine.to_json())?;
+    /// Timers: checkpoints, the end of an abort, a share's failure that no
+    /// node failure explains. Returns the reports once the job is done.
+    fn tick(&mut self, now: Instant) -> Result<Option<Vec<NodeReport>>, String> {
+        match &self.phase {
+            Phase::Aborting { waiting, since } => {
+                if waiting.is_empty() {
+                    // Deploy the next epoch; the replacement of each
+                    // failed slot fetches from a live holder.
+                    self.epoch += 1;
+                    let mut fetch_for = HashMap::new();
+                    if let Some(c) = &self.last_complete {
+                        for (pos, &i) in self.slots.iter().enumerate() {
+                            // A node that took its part has it locally.
+                            if c.slots.get(pos) == Some(&i) {
+                                continue;
+                            }
+                            let live = c.holders.get(pos).and_then(|h| {
+                                h.iter().copied().find(|&h| self.nodes[h].role == Role::Active)
+                            });
+                            let Some(h) = live else {
+                                return Err(format!(
+                                    "the backups of checkpoint {} of the workers node `{}` took over are all gone",
+                                    c.manifest.id, self.nodes[i].name
+                                ));
+                            };
+                            fetch_for.insert(pos, h);
+                        }
+                    }
+                    self.deploy(&fetch_for)?;
+                } else if now.duration_since(*since) > self.failure_timeout * 4 + Duration::from_secs(10) {
+                    let names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+                    return Err(format!("nodes did not stop their share of the job: {}", names.join(", ")));
+                }
             }
-            return Ok(vec![mine]);
+            Phase::Running => {
+                if let Some((at, reason)) = &self.share_failed {
+                    if now.duration_since(*at) > self.failure_timeout + Duration::from_millis(500) {
+                        return Err(reason.clone());
+                    }
+                }
+                if self.finished.len() == self.slots.len() {
+                    return Ok(Some(self.finished.values().cloned().collect()));
+                }
+                if let Some(interval) = self.interval {
+                    if self.in_flight.is_none()
+                        && self.finished.is_empty()
+                        && self.ready.len() == self.slots.len()
+                        && now >= self.next_checkpoint
+                    {
+                        self.last_id += 1;
+                        let id = self.last_id;
+                        self.in_flight = Some(InFlight { id, parts: HashMap::new() });
+                        self.next_checkpoint = now + interval;
+                        self.event(format!("requested {id}"));
+                        for &j in &self.slots {
+                            self.outbox.push((j, Msg::Checkpoint { epoch: self.epoch, id }));
+                        }
+                    }
+                }
+            }
         }
-        let mut all = vec![mine];
-        while self.peers.iter().any(|p| p.report.is_none()) {
-            self.poll()?;
-            std::thread::sleep(Duration::from_millis(2));
+        Ok(None)
+    }
+
+    /// Runs the job to its end: deploys epoch 0, then detects failures,
+    /// recovers, takes checkpoints, and finally releases (or, when the job
+    /// fails, stops) every node. `agent` runs the coordinator's own share.
+    pub fn run(mut self, agent: &mut NodeAgent) -> Result<Outcome, String> {
+        self.deploy(&HashMap::new())?;
+        let mut out = Vec::new();
+        let mut own: Vec<Msg> = Vec::new();
+        let result = loop {
+            match self.step(agent, &mut own, &mut out) {
+                Ok(Some(reports)) => break Ok(reports),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let last = match &result {
+            Ok(_) => Msg::Release,
+            Err(reason) => Msg::Stop { reason: reason.clone() },
+        };
+        for p in self.peers.values_mut() {
+            let _ = p.send(&last);
         }
-        all.extend(self.peers.iter_mut().filter_map(|p| p.report.take()));
-        Ok(all)
+        let _ = agent.handle(last, &mut out);
+        let reports = result?;
+        Ok(Outcome { reports, events: self.events })
+    }
+
+    fn step(
+        &mut self,
+        agent: &mut NodeAgent,
+        own: &mut Vec<Msg>,
+        out: &mut Vec<Msg>,
+    ) -> Result<Option<Vec<NodeReport>>, String> {
+        let now = Instant::now();
+        let mut ids: Vec<usize> = self.peers.keys().copied().collect();
+        ids.sort_unstable();
+        for i in ids {
+            let Some(p) = self.peers.get_mut(&i) else { continue };
+            let polled = p.poll(now);
+            let msgs = std::mem::take(&mut p.inbox);
+            let (closed, silent) = (p.closed, p.silent(now));
+            for m in msgs {
+                self.on_msg(i, m)?;
+            }
+            if let Err(e) = polled {
+                self.node_failed(i, e)?;
+            } else if closed {
+                self.node_failed(i, "its control connection closed".into())?;
+            } else if silent > self.failure_timeout {
+                self.node_failed(i, format!("silent for {} ms", silent.as_millis()))?;
+            }
+        }
+        agent.poll(out);
+        for m in out.drain(..) {
+            self.on_msg(self.me, m)?;
+        }
+        let done = self.tick(now)?;
+        let mut lost = Vec::new();
+        for (i, m) in std::mem::take(&mut self.outbox) {
+            if i == self.me {
+                own.push(m);
+            } else if let Some(p) = self.peers.get_mut(&i) {
+                if let Err(e) = p.send(&m) {
+                    lost.push((i, e));
+                }
+            }
+        }
+        for (i, e) in lost {
+            self.node_failed(i, e)?;
+        }
+        // The coordinator's own share last: a deployment blocks while its
+        // workers connect, and the others must have theirs by then.
+        for m in std::mem::take(own) {
+            agent.handle(m, out)?;
+        }
+        Ok(done)
     }
 }

@@ -48,14 +48,17 @@ pub fn node_setup(cfg: &Config, name: &str) -> Result<(ClusterPlacement, SocketA
     let addr = nodes[me].addr;
     let mut rc = cfg.runtime_config();
     rc.workers = cluster.nodes[me].workers;
-    if let Some(d) = &cluster.nodes[me].data_dir {
-        rc.data_dir = d.clone();
-    }
+    // Nodes on one machine must not share their backup stores.
+    rc.data_dir = match &cluster.nodes[me].data_dir {
+        Some(d) => d.clone(),
+        None => rc.data_dir.join(&cluster.nodes[me].name),
+    };
     let placement = ClusterPlacement {
         nodes,
         me,
         cluster: cluster_id(cfg, cluster),
         connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
+        epoch: 0,
     };
     Ok((placement, addr, rc))
 }
@@ -276,29 +279,48 @@ pub fn run_local_cluster_with(
         }
         children.push((n.name.clone(), KillOnDrop(child)));
     }
+    // The coordinator decides the job's fate: another node that dies is a
+    // failure it recovers from (or stops the job for).
+    let coordinator = cluster.coordinator_index()?;
     let mut failed: Option<String> = None;
+    let mut gone: Vec<bool> = vec![false; children.len()];
     let started = Instant::now();
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             failed = Some("interrupted: stopping every node".into());
             break;
         }
-        let mut running = 0;
-        for (name, c) in &mut children {
+        let mut coordinator_done = false;
+        for (i, (name, c)) in children.iter_mut().enumerate() {
             match c.0.try_wait() {
-                Ok(Some(status)) if !status.success() => {
-                    failed.get_or_insert_with(|| {
-                        format!("node `{name}` failed ({status}): stopping the others")
-                    });
+                Ok(Some(status)) => {
+                    if i == coordinator {
+                        coordinator_done = true;
+                        if !status.success() {
+                            failed = Some(format!("the coordinator, node `{name}`, failed ({status})"));
+                        }
+                    } else if !gone[i] && !status.success() && !quiet {
+                        eprintln!("[{name}] exited ({status})");
+                    }
+                    gone[i] = true;
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => running += 1,
+                Ok(None) => {}
                 Err(e) => {
                     failed.get_or_insert_with(|| format!("node `{name}`: {e}"));
+                    coordinator_done = true;
                 }
             }
         }
-        if failed.is_some() || running == 0 {
+        if coordinator_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The coordinator released (or stopped) the others: give them a moment
+    // to clean up and exit, then kill what is left.
+    let grace = Instant::now() + Duration::from_secs(5);
+    while failed.is_none() && Instant::now() < grace {
+        if children.iter_mut().all(|(_, c)| matches!(c.0.try_wait(), Ok(Some(_)))) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -311,15 +333,190 @@ pub fn run_local_cluster_with(
         return Err(f);
     }
     let reports = reports.lock().map(|v| v.clone()).unwrap_or_default();
-    if reports.len() != cluster.nodes.len() {
+    if reports.is_empty() {
         return Err(format!(
-            "{} of {} nodes reported their counts after {:.1} s",
-            reports.len(),
-            cluster.nodes.len(),
+            "the coordinator reported no counts after {:.1} s",
             started.elapsed().as_secs_f64()
         ));
     }
     Ok(reports)
+}
+
+/// The node processes of a cluster config on this machine, started one by
+/// one (`spate node --json`), with the coordinator's events readable as
+/// they happen: what the recovery tests and `spate bench recovery` drive.
+/// Dropping it kills every node still running.
+pub struct LocalNodes {
+    children: Vec<(String, KillOnDrop)>,
+    coordinator: usize,
+    events: std::sync::mpsc::Receiver<crate::control::Event>,
+    reports: Arc<Mutex<Vec<NodeReport>>>,
+    metrics: Arc<Mutex<Vec<crate::control::MetricsLine>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pipes: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LocalNodes {
+    /// Starts every node of the config at `config` (its addresses must
+    /// have real ports: see [`resolve_ports`]), unpinned, with `env`.
+    pub fn start(exe: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
+        let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let cluster = cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster]", config.display()))?;
+        let coordinator = cluster.coordinator_index()?;
+        let (tx, events) = std::sync::mpsc::channel();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Arc::new(Mutex::new(Vec::new()));
+        let mut nodes = LocalNodes {
+            children: Vec::new(),
+            coordinator,
+            events,
+            reports,
+            metrics,
+            stderr,
+            pipes: Vec::new(),
+        };
+        for n in &cluster.nodes {
+            let mut child = Command::new(exe)
+                .args(["node", "--json", "--quiet", "--no-pin", "--name", &n.name, "--config"])
+                .arg(config)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start node `{}` ({}): {e}", n.name, exe.display()))?;
+            let (out, err) = (child.stdout.take(), child.stderr.take());
+            if let Some(out) = out {
+                let (tx, reports, metrics) = (tx.clone(), nodes.reports.clone(), nodes.metrics.clone());
+                nodes.pipes.push(std::thread::spawn(move || {
+                    for line in BufReader::new(out).lines().map_while(Result::ok) {
+                        if let Some(e) = crate::control::Event::parse(&line) {
+                            let _ = tx.send(e);
+                        } else if let Some(m) = crate::control::MetricsLine::parse(&line) {
+                            if let Ok(mut v) = metrics.lock() {
+                                v.push(m);
+                            }
+                        } else if let Some(r) = NodeReport::parse(&line) {
+                            if let Ok(mut v) = reports.lock() {
+                                v.push(r);
+                            }
+                        }
+                    }
+                }));
+            }
+            if let Some(err) = err {
+                let (name, stderr) = (n.name.clone(), nodes.stderr.clone());
+                nodes.pipes.push(std::thread::spawn(move || {
+                    for line in BufReader::new(err).lines().map_while(Result::ok) {
+                        if let Ok(mut v) = stderr.lock() {
+                            v.push(format!("[{name}] {line}"));
+                        }
+                    }
+                }));
+            }
+            nodes.children.push((n.name.clone(), KillOnDrop(child)));
+        }
+        Ok(nodes)
+    }
+
+    /// Waits at most `limit` for an event `matches` accepts (earlier
+    /// events are consumed).
+    pub fn wait_event(
+        &mut self,
+        limit: Duration,
+        mut matches: impl FnMut(&crate::control::Event) -> bool,
+    ) -> Result<crate::control::Event, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(e) if matches(&e) => return Ok(e),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if left > Duration::ZERO => {
+                    if let Some((name, status)) = self.exited(self.coordinator) {
+                        return Err(format!("the coordinator `{name}` exited ({status}): {}", self.stderr()));
+                    }
+                }
+                Err(_) => {
+                    return Err(format!("no such event within {limit:?}; nodes said: {}", self.stderr()))
+                }
+            }
+        }
+    }
+
+    fn exited(&mut self, i: usize) -> Option<(String, std::process::ExitStatus)> {
+        let (name, c) = self.children.get_mut(i)?;
+        c.0.try_wait().ok().flatten().map(|s| (name.clone(), s))
+    }
+
+    /// Kills node `name` with SIGKILL; returns when (ms since the Unix
+    /// epoch).
+    pub fn kill(&mut self, name: &str) -> Result<u64, String> {
+        let (_, c) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no node `{name}` was started"))?;
+        let at = crate::control::unix_ms();
+        c.0.kill().map_err(|e| format!("cannot kill node `{name}`: {e}"))?;
+        let _ = c.0.wait();
+        Ok(at)
+    }
+
+    /// The metrics lines the nodes printed so far (see
+    /// [`crate::control::METRICS_ENV`]).
+    pub fn metrics(&self) -> Vec<crate::control::MetricsLine> {
+        self.metrics.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Everything the nodes wrote to stderr so far, one line each,
+    /// prefixed with the node's name.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|v| v.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits at most `limit` for the coordinator to exit, successfully, and
+    /// the other nodes after it; returns the coordinator's reports.
+    pub fn wait(&mut self, limit: Duration) -> Result<Vec<NodeReport>, String> {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some((_, s)) = self.exited(self.coordinator) {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the job did not end within {limit:?}; nodes said: {}", self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The released nodes exit by themselves.
+        let grace = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < grace
+            && !self.children.iter_mut().all(|(_, c)| matches!(c.0.try_wait(), Ok(Some(_))))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut running = Vec::new();
+        for (n, c) in self.children.iter_mut() {
+            if !matches!(c.0.try_wait(), Ok(Some(_))) {
+                running.push(n.clone());
+            }
+        }
+        let children = std::mem::take(&mut self.children);
+        drop(children);
+        for p in self.pipes.drain(..) {
+            let _ = p.join();
+        }
+        if !status.success() {
+            return Err(format!("the coordinator failed ({status}): {}", self.stderr()));
+        }
+        if !running.is_empty() {
+            return Err(format!("nodes still running after the job ended: {}", running.join(", ")));
+        }
+        Ok(self.reports.lock().map(|v| v.clone()).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

@@ -30,9 +30,11 @@
 //! ```
 #![forbid(missing_docs)]
 
+pub mod bench_recovery;
 pub mod config;
 pub mod control;
 pub mod deploy;
+pub mod node;
 pub mod queries;
 
 /// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive

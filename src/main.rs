@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spate::config::{Config, QuerySection, SinkKind, SinkSection};
 use spate::deploy::{self, NodeReport};
-use spate::queries;
+use spate::{node, queries};
 use spate::{Job, Runtime, RuntimeConfig};
 use spate_bench::compare::{run_alternating, CommandSpec};
 use spate_bench::latency::LatencyReport;
@@ -41,6 +41,15 @@ USAGE:
       Fill a state store with M MiB, checkpoint it (full, then increments at
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
+  spate bench recovery [--state-mb M] [--checkpoint-ms C] [--failure-timeout-ms F] [--rate R]
+                       [--steady-s S] [--after-s A] [--csv FILE] [--json]
+      Run keyed-sum (about M MiB of state) on 3 local nodes plus a spare under a
+      steady load, SIGKILL one node, and print detect/restore/replay/total ms and
+      the lost and duplicated outputs; --csv writes latency over time with the
+      failure marked.
+  spate bench ft-cost --records N [--nodes K] [--checkpoint-ms C] [--runs R] [--json]
+      keyed-sum on K local nodes with checkpoints every C ms backed up on another
+      node, against none, alternately R times; print the median ratio.
   spate queries
       List the known queries.
 ";
@@ -56,8 +65,10 @@ fn main() -> ExitCode {
             Some("latency") => cmd_latency(&args[2..]),
             Some("compare") => cmd_compare(&args[2..]),
             Some("state") => cmd_bench_state(&args[2..]),
+            Some("recovery") => cmd_bench_recovery(&args[2..]),
+            Some("ft-cost") => cmd_ft_cost(&args[2..]),
             other => Err(format!(
-                "unknown bench {:?}; expected throughput, latency, compare or state\n\n{USAGE}",
+                "unknown bench {:?}; expected throughput, latency, compare, state, recovery or ft-cost\n\n{USAGE}",
                 other
             )),
         },
@@ -274,50 +285,23 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
     let path: PathBuf = o.get("--config")?.ok_or("`spate node` needs `--config FILE`")?;
     let name: String = o.get("--name")?.ok_or("`spate node` needs `--name NAME`")?;
     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
-    let (placement, addr, mut rc) = deploy::node_setup(&cfg, &name)?;
-    let cluster = cfg.cluster.as_ref().ok_or("the config has no [cluster] section")?;
-    let coordinator = cluster.coordinator_index()?;
-    let failure_timeout = Duration::from_millis(cluster.failure_timeout_ms);
-    if let Some(c) = o.get("--first-core")? {
-        rc.first_core = c;
-    }
-    if o.has("--no-pin") {
-        rc.pin = false;
-    }
-    let mut listener =
-        spate::net::Listener::bind(addr, spate::core::remote::net_config(name.clone(), placement.cluster))
-            .map_err(|e| format!("node `{name}`: cannot listen on {addr}: {e}"))?;
-    let build = queries::build(&cfg.query, &cfg.sink)?;
-    let quiet = o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout;
-    // Register with the coordinator (or, on it, wait for every node) and
-    // get the deployment.
-    let (mut control, placement) = if placement.me == coordinator {
-        spate::control::coordinate(&mut listener, placement, failure_timeout)?
-    } else {
-        let at = placement.nodes[coordinator].addr;
-        let workers = placement.nodes[placement.me].workers;
-        spate::control::register(at, &name, workers, &placement, failure_timeout)?
+    let opts = node::NodeOptions {
+        first_core: o.get("--first-core")?,
+        pin: !o.has("--no-pin"),
+        quiet: o.has("--quiet") || cfg.sink.kind == SinkKind::Stdout,
+        events: o.has("--json"),
     };
-    rc.workers = placement.nodes[placement.me].workers;
-    let job = Runtime::new(rc)
-        .start_cluster(&cfg.query.name, move |df| build(df), placement, &mut listener)
-        .map_err(|e| format!("node `{name}`: {e}"))?;
-    let (report, latency) = watch_with(job, quiet, || control.poll())?;
-    if let Some(dir) = std::env::var_os(deploy::HISTOGRAM_DIR_ENV) {
-        deploy::write_histogram(std::path::Path::new(&dir), &name, &latency)?;
+    let ended = node::run_node(&cfg, &name, &opts)?;
+    if let Some(r) = &ended.report {
+        eprintln!("node {name}: {} records in, {} out in {:.3} s", r.records_in, r.records_out, r.seconds);
     }
-    let r = NodeReport {
-        node: name.clone(),
-        records_in: report.records_in,
-        records_out: report.records_out,
-        seconds: report.elapsed.as_secs_f64(),
-    };
-    if o.has("--json") {
-        println!("{}", r.to_json());
-    }
-    eprintln!("node {name}: {} records in, {} out in {:.3} s", r.records_in, r.records_out, r.seconds);
-    let all = control.finish(r)?;
-    if all.len() > 1 {
+    if let Some(outcome) = &ended.outcome {
+        if o.has("--json") {
+            for r in &outcome.reports {
+                println!("{}", r.to_json());
+            }
+        }
+        let all = &outcome.reports;
         let (i, out): (u64, u64) = all.iter().fold((0, 0), |(i, o), r| (i + r.records_in, o + r.records_out));
         let secs = all.iter().map(|r| r.seconds).fold(0.0, f64::max);
         eprintln!("coordinator {name}: {} nodes, {i} records in, {out} out in {secs:.3} s", all.len());
@@ -328,12 +312,24 @@ fn cmd_node(args: &[String]) -> Result<(), String> {
 /// `bench throughput --nodes K`: the query on K local node processes of
 /// one worker each, every record crossing a TCP connection (or staying on
 /// its node, for the keys that node owns).
-fn throughput_on_nodes(name: &str, records: u64, nodes: usize, keys: u64, json: bool) -> Result<(), String> {
+fn throughput_on_nodes(
+    name: &str,
+    records: u64,
+    nodes: usize,
+    keys: u64,
+    checkpoint_ms: u64,
+    json: bool,
+) -> Result<f64, String> {
+    let checkpoints = if checkpoint_ms > 0 {
+        format!("[checkpoint]\ninterval_ms = {checkpoint_ms}\nbackups = 1\n")
+    } else {
+        String::new()
+    };
     let (_dir, path) = local_nodes_config(
         name,
         &format!("records = {records}\nkeys = {keys}\n"),
         "",
-        "kind = \"count\"\nlatency = false\n",
+        &format!("kind = \"count\"\nlatency = false\n{checkpoints}"),
         nodes,
     )?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
@@ -341,7 +337,90 @@ fn throughput_on_nodes(name: &str, records: u64, nodes: usize, keys: u64, json: 
     let rps = print_cluster_totals(&reports, false);
     if json {
         println!(
-            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{records},\"nodes\":{nodes},\"records_per_s\":{rps:.1}}}"
+            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{records},\"nodes\":{nodes},\"checkpoint_ms\":{checkpoint_ms},\"records_per_s\":{rps:.1}}}"
+        );
+    }
+    Ok(rps)
+}
+
+/// `bench ft-cost`: keyed-sum on K local nodes with checkpoints every C ms
+/// streamed to one backup node, against the same without fault tolerance,
+/// alternately R times; prints the medians and the median ratio.
+fn cmd_ft_cost(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--records", "--nodes", "--keys", "--checkpoint-ms", "--runs", "--json"])?;
+    let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
+    let nodes: usize = o.get("--nodes")?.unwrap_or(3);
+    let keys: u64 = o.get("--keys")?.unwrap_or(100_000);
+    let c: u64 = o.get("--checkpoint-ms")?.unwrap_or(1000);
+    let runs: usize = o.get("--runs")?.unwrap_or(3);
+    if nodes < 2 || c == 0 {
+        return Err("`bench ft-cost` needs --nodes ≥ 2 (a backup node) and --checkpoint-ms > 0".into());
+    }
+    let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let a = throughput_on_nodes("keyed-sum", records, nodes, keys, 0, false)?;
+        let b = throughput_on_nodes("keyed-sum", records, nodes, keys, c, false)?;
+        eprintln!("run {}: without {:.0} records/s, with {:.0} records/s ({:.3})", run + 1, a, b, b / a);
+        without.push(a);
+        with.push(b);
+        ratios.push(b / a);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, wo, r) = (median(with), median(without), median(ratios));
+    if o.has("--json") {
+        println!(
+            "{{\"nodes\":{nodes},\"records\":{records},\"checkpoint_ms\":{c},\"runs\":{runs},\"with_ft_records_per_s\":{w:.1},\"without_ft_records_per_s\":{wo:.1},\"ratio\":{r:.3}}}"
+        );
+    } else {
+        println!("median: without {wo:.0} records/s, with {w:.0} records/s, ratio {r:.3}");
+    }
+    Ok(())
+}
+
+/// `bench recovery`: see `spate::bench_recovery`.
+fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(
+        args,
+        &[
+            "--state-mb",
+            "--checkpoint-ms",
+            "--failure-timeout-ms",
+            "--rate",
+            "--steady-s",
+            "--after-s",
+            "--csv",
+            "--json",
+        ],
+    )?;
+    let p = spate::bench_recovery::RecoveryParams {
+        state_mb: o.get("--state-mb")?.unwrap_or(256),
+        checkpoint_ms: o.get("--checkpoint-ms")?.unwrap_or(1000),
+        failure_timeout_ms: o.get("--failure-timeout-ms")?.unwrap_or(500),
+        rate: o.get("--rate")?.unwrap_or(300_000),
+        steady_s: o.get("--steady-s")?.unwrap_or(5),
+        after_s: o.get("--after-s")?.unwrap_or(8),
+        csv: o.get("--csv")?,
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
+    let r = spate::bench_recovery::run(&exe, &p)?;
+    if o.has("--json") {
+        println!("{}", r.to_json());
+    } else {
+        eprintln!(
+            "recovery: detect {} ms, restore {} ms, replay {} ms, total {} ms; {} lost, {} duplicated \
+             (normal {} records/s, p99 {} µs; peak p99 {} µs)",
+            r.detect_ms,
+            r.restore_ms,
+            r.replay_ms,
+            r.total_ms.map_or("(never back to normal)".to_string(), |t| t.to_string()),
+            r.lost_records,
+            r.duplicated_records,
+            r.normal_records_per_s,
+            r.normal_p99_us,
+            r.peak_p99_us
         );
     }
     Ok(())
@@ -416,8 +495,10 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
             records,
             nodes,
             o.get("--keys")?.unwrap_or(100_000),
+            o.get("--checkpoint-ms")?.unwrap_or(0),
             o.has("--json"),
-        );
+        )
+        .map(|_| ());
     }
     let mut params = toml::Table::new();
     params.insert("records".into(), toml::Value::Integer(records as i64));

@@ -31,11 +31,14 @@ pub struct KeyedSumParams {
     pub keys: u64,
     /// Records per second; 0 = as fast as possible.
     pub rate: u64,
+    /// With a rate: the first `burst` records go as fast as possible (to
+    /// build up state), the rate paces the rest.
+    pub burst: u64,
 }
 
 impl Default for KeyedSumParams {
     fn default() -> Self {
-        Self { records: 10_000_000, keys: 100_000, rate: 0 }
+        Self { records: 10_000_000, keys: 100_000, rate: 0, burst: 0 }
     }
 }
 
@@ -161,8 +164,12 @@ fn attach_sink<T: Data>(s: &Stream<T>, sink: &SinkSection, format: impl Fn(&T, &
 /// The `keyed-sum` dataflow up to its sink.
 pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
     let keys = p.keys.max(1);
-    let spec =
-        GeneratorSpec { records: Some(p.records), rate_per_s: (p.rate > 0).then_some(p.rate), offset: 0 };
+    let spec = GeneratorSpec {
+        records: Some(p.records),
+        rate_per_s: (p.rate > 0).then_some(p.rate),
+        offset: 0,
+        burst: p.burst,
+    };
     df.generate("source", spec, move |i| (i % keys, i), |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
         "sum",
         || 0u64,
@@ -206,6 +213,7 @@ pub fn wordcount(df: &Dataflow, p: &WordcountParams) -> Stream<(String, u64, u64
                 records: Some(p.lines),
                 rate_per_s: (p.rate > 0).then_some(p.rate),
                 offset: 0,
+                burst: 0,
             };
             df.generate("lines", spec, move |i| (i, wordcount_line(seed, i, wpl, vocab)), |i| i)
         }

@@ -75,6 +75,7 @@ fn two_nodes_over_tcp_match_one_process() {
                 me,
                 cluster,
                 connect_timeout: Duration::from_secs(20),
+                epoch: 0,
             };
             let sink = sink.clone();
             let dir = dir.path().join(format!("node{me}"));
@@ -117,7 +118,7 @@ fn a_missing_node_is_named_after_the_timeout() {
         NodeSpec { name: "n1".into(), addr: silent_addr, workers: 1 },
     ];
     let placement =
-        ClusterPlacement { nodes, me: 0, cluster: 9, connect_timeout: Duration::from_millis(500) };
+        ClusterPlacement { nodes, me: 0, cluster: 9, connect_timeout: Duration::from_millis(500), epoch: 0 };
     let mut cfg = config(dir.path());
     cfg.workers = 1;
     let (sink, _output) = spate::output::<(u64, u64)>(16);

@@ -50,7 +50,8 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn encode(&self) -> String {
+    /// The manifest as text (what its file holds).
+    pub fn encode(&self) -> String {
         let mut s = format!("{MANIFEST_MAGIC}\nid {}\nworkers {}\n", self.id, self.workers);
         for ((name, w), off) in &self.offsets {
             let _ = writeln!(s, "source {w} {off} {name}");
@@ -59,7 +60,9 @@ impl Manifest {
         s
     }
 
-    fn parse(path: &Path, text: &str) -> Result<Manifest, String> {
+    /// Parses [`Manifest::encode`]'s text; errors name `path` (the file,
+    /// or where the text came from) and the line.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, String> {
         let bad =
             |line: usize, what: &str| format!("checkpoint manifest {}: line {line}: {what}", path.display());
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
@@ -170,6 +173,22 @@ pub fn remove_checkpoints(data_dir: &Path, dataflow: &str) -> Result<(), String>
     Ok(())
 }
 
+/// What a node of a cluster job is given for its checkpoints by the
+/// coordinator's deployment (see `spate::control`): in a cluster the
+/// coordinator, not worker 0, requests each checkpoint, collects every
+/// node's part of it and tells the nodes when it is complete.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterCheckpoints {
+    /// The complete checkpoint to restore, if the job resumes.
+    pub restore: Option<Manifest>,
+    /// The backup nodes' replica services this node streams its
+    /// checkpoints to (never itself); a checkpoint is only reported once
+    /// each of them has acknowledged it whole.
+    pub replicas: Vec<std::net::SocketAddr>,
+    /// The job's id on the wire.
+    pub cluster: u64,
+}
+
 #[derive(Default)]
 struct Progress {
     reported: usize,
@@ -193,6 +212,16 @@ pub struct CheckpointCoordinator {
     taken: AtomicU64,
     last_ms: AtomicU64,
     started: Mutex<Option<Instant>>,
+    /// In a cluster: this node's workers, its backup nodes, and its parts
+    /// of checkpoints, complete on this node, for the coordinator.
+    cluster: Option<ClusterState>,
+}
+
+struct ClusterState {
+    local_workers: usize,
+    replicas: Vec<std::net::SocketAddr>,
+    id: u64,
+    done: Mutex<Vec<Manifest>>,
 }
 
 impl CheckpointCoordinator {
@@ -220,7 +249,93 @@ impl CheckpointCoordinator {
             taken: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
             started: Mutex::new(None),
+            cluster: None,
         })
+    }
+
+    /// The checkpointing of one node of a cluster job, which runs
+    /// `local_workers` of the job's `workers`: the coordinator requests
+    /// checkpoints ([`CheckpointCoordinator::request`]), this node hands it
+    /// its part of each ([`CheckpointCoordinator::take_done`]) and learns
+    /// which are complete ([`CheckpointCoordinator::complete`]). Manifests
+    /// are kept by the coordinator, not written here.
+    pub fn new_cluster(
+        workers: usize,
+        local_workers: usize,
+        interval_ms: u64,
+        c: ClusterCheckpoints,
+    ) -> Arc<Self> {
+        let first = c.restore.as_ref().map_or(0, |m| m.id);
+        Arc::new(Self {
+            dir: PathBuf::new(),
+            workers,
+            interval_ms,
+            requested: AtomicU64::new(first),
+            completed: AtomicU64::new(first),
+            participants: AtomicUsize::new(0),
+            workers_built: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            progress: Mutex::new(BTreeMap::new()),
+            restore: c.restore,
+            taken: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            started: Mutex::new(None),
+            cluster: Some(ClusterState {
+                local_workers,
+                replicas: c.replicas,
+                id: c.cluster,
+                done: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Whether this is one node's part of a cluster job's checkpointing.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Whether every local worker has built its instances (in a cluster, a
+    /// checkpoint may only be requested then: before, the participants are
+    /// not all counted).
+    pub fn ready(&self) -> bool {
+        let workers = self.cluster.as_ref().map_or(self.workers, |c| c.local_workers);
+        self.workers_built.load(Ordering::Acquire) >= workers
+    }
+
+    /// In a cluster: the coordinator requests checkpoint `id` (above every
+    /// earlier one). Sources inject its barrier at their next step.
+    pub fn request(&self, id: u64) {
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(Instant::now());
+        }
+        self.requested.fetch_max(id, Ordering::AcqRel);
+    }
+
+    /// In a cluster: checkpoint `id` is complete on every node.
+    pub fn complete(&self, id: u64) {
+        if self.completed.fetch_max(id, Ordering::AcqRel) < id {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+            if let Ok(s) = self.started.lock() {
+                if let Some(t) = *s {
+                    self.last_ms.store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// In a cluster: the checkpoints every local participant has reported
+    /// since the last call, with this node's source offsets.
+    pub fn take_done(&self) -> Vec<Manifest> {
+        match &self.cluster {
+            Some(c) => c.done.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether a source of this job ended (no later checkpoint can
+    /// complete).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// The interval between checkpoints.
@@ -256,7 +371,8 @@ impl CheckpointCoordinator {
     /// Requests the next checkpoint if the previous one is complete and
     /// every worker is running; whether it did.
     pub(crate) fn request_next(&self) -> bool {
-        if self.stopped.load(Ordering::Acquire)
+        if self.cluster.is_some()
+            || self.stopped.load(Ordering::Acquire)
             || self.participants.load(Ordering::Acquire) == 0
             || self.workers_built.load(Ordering::Acquire) < self.workers
             || self.completed() < self.requested()
@@ -298,6 +414,11 @@ impl CheckpointCoordinator {
         progress.remove(&id);
         drop(progress);
         let m = Manifest { id, workers: self.workers, offsets };
+        if let Some(c) = &self.cluster {
+            // The coordinator completes it once every node's part is in.
+            c.done.lock().map_err(|_| "checkpoint lock poisoned".to_string())?.push(m);
+            return Ok(());
+        }
         self.write_manifest(&m)?;
         self.completed.fetch_max(id, Ordering::AcqRel);
         self.taken.fetch_add(1, Ordering::Relaxed);
@@ -379,9 +500,20 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name(format!("spate-backup-w{worker}"))
             .spawn(move || {
+                let mut replicas = Replicas::new(&coord, worker);
                 for job in rx {
-                    if let Err(e) = write_checkpoint(&mut backup, &coord, job) {
-                        metrics.fail(format!("worker {worker}: {e}"));
+                    match write_checkpoint(&mut backup, &mut replicas, &coord, job) {
+                        Ok(()) => {}
+                        // A backup node that is gone: the checkpoint does
+                        // not complete, and the coordinator, which detects
+                        // the failure, recovers the job.
+                        Err(CheckpointError::Replica(e)) => {
+                            eprintln!("spate: worker {worker}: {e}");
+                            if metrics.has_failed() {
+                                break;
+                            }
+                        }
+                        Err(CheckpointError::Local(e)) => metrics.fail(format!("worker {worker}: {e}")),
                     }
                 }
             })
@@ -476,37 +608,120 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Streams one checkpoint into the backup store (compacting the instance's
-/// chain now and then) and reports it.
+/// Why a checkpoint was not stored.
+enum CheckpointError {
+    /// The local backup store failed: the job fails.
+    Local(String),
+    /// A backup node did not acknowledge it.
+    Replica(String),
+}
+
+/// How long a backup node may take to acknowledge a checkpoint, and to
+/// accept a connection.
+const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A worker's connections to its backup nodes' replica services, made at
+/// its first checkpoint; one that failed is made again at the next.
+struct Replicas {
+    targets: Vec<std::net::SocketAddr>,
+    cluster: u64,
+    worker: usize,
+    clients: Vec<Option<crate::replica::ReplicaClient>>,
+}
+
+impl Replicas {
+    fn new(coord: &CheckpointCoordinator, worker: usize) -> Self {
+        let (targets, cluster) = match &coord.cluster {
+            Some(c) => (c.replicas.clone(), c.id),
+            None => (Vec::new(), 0),
+        };
+        let clients = targets.iter().map(|_| None).collect();
+        Self { targets, cluster, worker, clients }
+    }
+
+    fn connect(&mut self) -> Result<(), String> {
+        for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
+            if c.is_none() {
+                *c = Some(
+                    crate::replica::ReplicaClient::connect(*t, self.cluster, self.worker, REPLICA_TIMEOUT)
+                        .map_err(|e| format!("backup node {t}: {e}"))?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
+        for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
+            if let Some(client) = c {
+                if let Err(e) = client.send_chunk(instance, chunk) {
+                    *c = None;
+                    return Err(format!("backup node {t}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_acks(&mut self, instance: &str, id: u64) -> Result<(), String> {
+        for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
+            if let Some(client) = c {
+                if let Err(e) = client.wait_ack(instance, id, REPLICA_TIMEOUT) {
+                    *c = None;
+                    return Err(format!("backup node {t}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams one checkpoint into the local backup store (compacting the
+/// instance's chain now and then) and to the backup nodes, waits for their
+/// acknowledgements, and reports it.
 fn write_checkpoint(
     backup: &mut BackupStore,
+    replicas: &mut Replicas,
     coord: &CheckpointCoordinator,
     job: SaveJob,
-) -> Result<(), String> {
+) -> Result<(), CheckpointError> {
     let SaveJob { instance, id, mut stream } = job;
     // Compact only a chain that ends at the last globally complete
     // checkpoint: a newer one may never complete, and the manifest's
     // checkpoint must stay restorable.
     let done = coord.completed();
     if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(&instance).last() == Some(&done) {
-        backup
-            .compact(&instance)
-            .map_err(|e| format!("compacting the checkpoints of `{instance}` in the backup store: {e}"))?;
+        backup.compact(&instance).map_err(|e| {
+            CheckpointError::Local(format!(
+                "compacting the checkpoints of `{instance}` in the backup store: {e}"
+            ))
+        })?;
     }
+    replicas.connect().map_err(CheckpointError::Replica)?;
     let mut acked = false;
     while let Some(chunk) = stream.next_chunk() {
         if backup
             .receive(&instance, chunk)
-            .map_err(|e| format!("checkpoint {id} of `{instance}` into the backup store: {e}"))?
+            .map_err(|e| {
+                CheckpointError::Local(format!("checkpoint {id} of `{instance}` into the backup store: {e}"))
+            })?
             .is_some()
         {
             acked = true;
         }
+        replicas
+            .send_chunk(&instance, chunk)
+            .map_err(|e| CheckpointError::Replica(format!("checkpoint {id} of `{instance}`: {e}")))?;
     }
     if !acked {
-        return Err(format!("checkpoint {id} of `{instance}`: the backup store did not acknowledge it"));
+        return Err(CheckpointError::Local(format!(
+            "checkpoint {id} of `{instance}`: the backup store did not acknowledge it"
+        )));
     }
-    coord.report(id, None)
+    replicas
+        .wait_acks(&instance, id)
+        .map_err(|e| CheckpointError::Replica(format!("checkpoint {id} of `{instance}`: {e}")))?;
+    coord.report(id, None).map_err(CheckpointError::Local)
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub struct RuntimeConfig {
     /// if there is one (otherwise its old checkpoints are removed and it
     /// starts afresh).
     pub restore: bool,
+    /// When the job's rate-limited sources start their schedule, in
+    /// nanoseconds since the Unix epoch (0: at their first step). A cluster
+    /// sets it once for all its epochs, so that sources restored from a
+    /// checkpoint keep the original schedule and catch up.
+    pub schedule_origin_ns: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -66,6 +71,7 @@ impl Default for RuntimeConfig {
             spin_before_park_us: 50,
             checkpoint_interval_ms: 0,
             restore: false,
+            schedule_origin_ns: 0,
         }
     }
 }

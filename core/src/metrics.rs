@@ -43,6 +43,7 @@ pub struct JobMetrics {
     interval: Mutex<Histogram<u64>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
+    cancelled: AtomicBool,
 }
 
 impl Default for JobMetrics {
@@ -55,6 +56,7 @@ impl Default for JobMetrics {
             interval: Mutex::new(latency_histogram()),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
         }
     }
 }
@@ -76,7 +78,19 @@ impl JobMetrics {
         self.failed.store(true, Ordering::Release);
     }
 
-    /// Whether the job failed.
+    /// Stops the job without a failure (its node is told to roll back, see
+    /// `Job::cancel`). Workers stop at their next step.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether the job was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Whether the job failed or was cancelled: workers stop.
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }

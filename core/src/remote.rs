@@ -58,6 +58,10 @@ pub struct ClusterPlacement {
     pub cluster: u64,
     /// How long to wait for every connection.
     pub connect_timeout: Duration,
+    /// The deployment's epoch: each recovery deploys the job again under a
+    /// new one, and worker links of another epoch are refused (a fenced
+    /// node can never join a newer deployment).
+    pub epoch: u64,
 }
 
 impl ClusterPlacement {
@@ -90,13 +94,18 @@ impl ClusterPlacement {
     }
 }
 
-/// The name a worker-pair connection announces: `"<from>><to>"`.
-fn link_name(from: usize, to: usize) -> String {
-    format!("{from}>{to}")
+/// The name a worker-pair connection announces: `"<from>><to>@<epoch>"`.
+fn link_name(from: usize, to: usize, epoch: u64) -> String {
+    format!("{from}>{to}@{epoch}")
 }
 
-fn parse_link_name(name: &str) -> Option<(usize, usize)> {
-    let (a, b) = name.split_once('>')?;
+/// `(from, to)` of a link name of `epoch` (`None` for another epoch's).
+fn parse_link_name(name: &str, epoch: u64) -> Option<(usize, usize)> {
+    let (link, e) = name.split_once('@')?;
+    if e.parse::<u64>().ok()? != epoch {
+        return None;
+    }
+    let (a, b) = link.split_once('>')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
@@ -138,7 +147,7 @@ pub fn connect_mesh(
                 Some(c) => c.poll(),
                 None if now >= retry_at => {
                     let node = p.node_of(v).ok_or_else(|| format!("worker {v} is on no node"))?;
-                    let config = net_config(link_name(w, v), p.cluster);
+                    let config = net_config(link_name(w, v, p.epoch), p.cluster);
                     Connection::connect(p.nodes[node].addr, &config, deadline).map(|c| {
                         pending[i].1 = Some(c);
                         None
@@ -166,7 +175,7 @@ pub fn connect_mesh(
             let mut taken = None;
             let accepted = listener.poll_accept_with(|peer| {
                 // The peer `from` connects to our worker `to`.
-                match parse_link_name(&peer.node) {
+                match parse_link_name(&peer.node, p.epoch) {
                     Some((from, to)) if expected_in.contains(&(to, from)) => {
                         if done.contains_key(&(to, from)) {
                             Err(spate_net::hello::Rejection::DuplicateNode)

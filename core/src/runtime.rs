@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::Batch;
-use crate::checkpoint::{self, CheckpointCoordinator, Checkpointer};
+use crate::checkpoint::{self, CheckpointCoordinator, Checkpointer, ClusterCheckpoints};
 use crate::config::{available_cores, RuntimeConfig};
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{BatchInput, EdgeRuntime, Outbox, TouchList};
@@ -60,6 +60,8 @@ pub enum RuntimeError {
     },
     /// An operator failed while running.
     Failed(String),
+    /// The job was cancelled ([`Job::cancel`]).
+    Cancelled,
 }
 
 impl std::fmt::Display for RuntimeError {
@@ -70,6 +72,7 @@ impl std::fmt::Display for RuntimeError {
             RuntimeError::Spawn { worker, reason } => write!(f, "cannot start worker {worker}: {reason}"),
             RuntimeError::WorkerPanicked { worker } => write!(f, "worker {worker} panicked"),
             RuntimeError::Failed(e) => write!(f, "job failed: {e}"),
+            RuntimeError::Cancelled => write!(f, "job cancelled"),
         }
     }
 }
@@ -147,29 +150,53 @@ impl Runtime {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
+        self.start_cluster_with(name, build, placement, listener, None)
+    }
+
+    /// As [`Runtime::start_cluster`], with the checkpointing the
+    /// coordinator gave this node (needed when the config takes
+    /// checkpoints): what to restore and which backup nodes to stream
+    /// checkpoints to.
+    pub fn start_cluster_with<F>(
+        &self,
+        name: &str,
+        build: F,
+        placement: ClusterPlacement,
+        listener: &mut spate_net::Listener,
+        checkpoints: Option<ClusterCheckpoints>,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
         self.config.validate().map_err(RuntimeError::Config)?;
-        if self.config.checkpoint_interval_ms > 0 {
-            return Err(RuntimeError::Config("checkpoints are not supported on a cluster yet".into()));
+        if self.config.checkpoint_interval_ms > 0 && checkpoints.is_none() {
+            return Err(RuntimeError::Config(
+                "a cluster job with checkpoints needs the coordinator's checkpoint plan".into(),
+            ));
         }
         if placement.nodes.get(placement.me).is_none_or(|n| n.workers == 0) {
             return Err(RuntimeError::Config(format!("node {} runs no worker", placement.me)));
         }
         let conns = remote::connect_mesh(&placement, listener).map_err(RuntimeError::Failed)?;
-        self.start_inner(name, build, Some((placement, conns)))
+        self.start_inner(name, build, Some((placement, conns, checkpoints)))
     }
 
     fn start_inner<F>(
         &self,
         name: &str,
         build: F,
-        cluster: Option<(ClusterPlacement, HashMap<(usize, usize), spate_net::Connection>)>,
+        cluster: Option<(
+            ClusterPlacement,
+            HashMap<(usize, usize), spate_net::Connection>,
+            Option<ClusterCheckpoints>,
+        )>,
     ) -> Result<Job, RuntimeError>
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         self.config.validate().map_err(RuntimeError::Config)?;
         let (workers, local) = match &cluster {
-            Some((p, _)) => (p.total_workers(), p.local()),
+            Some((p, _, _)) => (p.total_workers(), p.local()),
             None => {
                 let w = self.config.effective_workers();
                 (w, 0..w)
@@ -199,7 +226,20 @@ impl Runtime {
                     .collect()
             })
             .collect();
-        let coord = if self.config.checkpoint_interval_ms > 0 {
+        let cluster_ckpt = cluster.as_ref().and_then(|(_, _, c)| c.clone());
+        let coord = if let (true, Some(c)) = (self.config.checkpoint_interval_ms > 0, cluster_ckpt) {
+            // The backup stores of this node's workers only hold what this
+            // incarnation of the job (or the fetch before it) put there.
+            if c.restore.is_none() {
+                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+            }
+            Some(CheckpointCoordinator::new_cluster(
+                workers,
+                local.len(),
+                self.config.checkpoint_interval_ms,
+                c,
+            ))
+        } else if self.config.checkpoint_interval_ms > 0 {
             let dir = checkpoint::checkpoint_dir(&self.config.data_dir, name);
             let manifest = if self.config.restore {
                 checkpoint::latest_manifest(&dir).map_err(RuntimeError::Config)?
@@ -238,7 +278,7 @@ impl Runtime {
         let mut per_worker: Vec<WorkerChannels> = (0..workers)
             .map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new(), net: Vec::new() })
             .collect();
-        if let Some((_, conns)) = cluster {
+        if let Some((_, conns, _)) = cluster {
             for ((w, v), c) in conns {
                 per_worker[w].net.push((v, c));
             }
@@ -321,6 +361,14 @@ impl Job {
         self.coord.as_ref()
     }
 
+    /// Stops every worker of this node's share of the job at its next step
+    /// (their connections close), keeping the checkpoints: what a node does
+    /// when the coordinator rolls the job back to recover from a failure.
+    /// [`Job::wait`] then returns [`RuntimeError::Cancelled`].
+    pub fn cancel(&self) {
+        self.metrics.cancel();
+    }
+
     /// Waits for the job to end.
     pub fn wait(self) -> Result<JobReport, RuntimeError> {
         let mut panicked = None;
@@ -330,14 +378,19 @@ impl Job {
             }
         }
         let elapsed = self.started.elapsed();
+        if self.metrics.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
         if let Some(reason) = self.metrics.failure() {
             return Err(RuntimeError::Failed(reason));
         }
         if let Some(worker) = panicked {
             return Err(RuntimeError::WorkerPanicked { worker });
         }
-        // A job that ended has nothing left to resume.
-        if self.coord.is_some() {
+        // A job that ended has nothing left to resume. (A node of a cluster
+        // keeps its checkpoints until the whole job is done: another
+        // node's failure can still roll this share back.)
+        if self.coord.as_ref().is_some_and(|c| !c.is_cluster()) {
             checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Failed)?;
         }
         Ok(JobReport {
@@ -603,9 +656,12 @@ impl Item {
             Work::Source(t) => {
                 if let Some(c) = &ckpt.checkpointer {
                     let requested = c.coordinator().requested();
-                    if requested > self.passed {
+                    if requested > self.passed.max(c.coordinator().completed()) {
                         // Inject the next barrier before any later record.
-                        let id = self.passed.max(c.coordinator().completed()) + 1;
+                        // Checkpoints are requested one at a time, so the
+                        // source is exactly one behind (a cluster's ids may
+                        // skip those of a rolled-back attempt).
+                        let id = requested;
                         let offset = t.runner.offset().unwrap_or(0);
                         t.runner.barrier(id);
                         self.passed = id;

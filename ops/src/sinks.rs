@@ -62,6 +62,16 @@ fn participant(ctx: &InstanceCtx<'_>) -> Option<Rc<Checkpointer>> {
 
 /// Writes one formatted line per record to a writer, in whole lines, so
 /// that workers sharing stdout never interleave inside a line.
+///
+/// With checkpoints, a file sink is exactly-once: at each barrier it writes
+/// out what precedes it and appends `<checkpoint id> <file length>` to the
+/// commit log beside the file (`<file>.commits`) before the checkpoint can
+/// complete; a job restored from checkpoint `n` truncates the file to the
+/// length committed with `n`, dropping what the failed run wrote after it,
+/// which the restored job writes again. (Durability is the page cache's,
+/// like the backup store's: a killed process loses nothing; a machine
+/// crash can lose the tail.) Stdout cannot be taken back: it is
+/// at-least-once.
 struct TextSink<T> {
     format: Rc<dyn Fn(&T, &mut String)>,
     line: String,
@@ -69,9 +79,8 @@ struct TextSink<T> {
     target: TextTarget,
     recorder: LatencyRecorder,
     metrics: Arc<JobMetrics>,
-    /// The job resumed from a checkpoint: append to the file the failed run
-    /// wrote instead of starting it afresh.
-    append: bool,
+    /// The checkpoint the job resumed from: the file is rolled back to it.
+    restore: Option<u64>,
     /// With checkpoints: the sink writes out what precedes each barrier
     /// before the checkpoint may complete.
     checkpointer: Option<Rc<Checkpointer>>,
@@ -79,44 +88,141 @@ struct TextSink<T> {
 
 enum TextTarget {
     Stdout,
-    File(PathBuf, Option<File>),
+    File(FileTarget),
+}
+
+struct FileTarget {
+    path: PathBuf,
+    /// The open file and its length.
+    file: Option<(File, u64)>,
+    /// The commit log, with checkpoints.
+    commits: Option<File>,
+}
+
+fn commits_path(path: &std::path::Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".commits");
+    PathBuf::from(s)
+}
+
+impl FileTarget {
+    /// Opens the file: afresh, or rolled back to the length committed with
+    /// checkpoint `restore`.
+    fn open(&mut self, restore: Option<u64>, logged: bool) -> Result<(), String> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let err = |what: &str, p: &std::path::Path, e: std::io::Error| {
+            format!("file sink {}: cannot {what}: {e}", p.display())
+        };
+        let cpath = commits_path(path);
+        let (file, len, log) = match restore {
+            Some(id) => {
+                let text = std::fs::read_to_string(&cpath).map_err(|e| err("read", &cpath, e))?;
+                let mut keep = String::new();
+                let mut len = None;
+                for (n, l) in text.lines().enumerate() {
+                    let parsed = l
+                        .split_once(' ')
+                        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+                    let Some((c, at)) = parsed else {
+                        // A torn last line is what a kill while appending leaves.
+                        if n + 1 == text.lines().count() {
+                            break;
+                        }
+                        return Err(format!(
+                            "file sink {}: line {}: not `<checkpoint> <length>`",
+                            cpath.display(),
+                            n + 1
+                        ));
+                    };
+                    if c <= id {
+                        keep.push_str(l);
+                        keep.push('\n');
+                    }
+                    if c == id {
+                        len = Some(at);
+                    }
+                }
+                let Some(len) = len else {
+                    return Err(format!(
+                        "file sink {}: the commit log has no entry for checkpoint {id}: cannot resume exactly once",
+                        path.display()
+                    ));
+                };
+                let f =
+                    std::fs::OpenOptions::new().write(true).open(path).map_err(|e| err("open", path, e))?;
+                let have = f.metadata().map_err(|e| err("stat", path, e))?.len();
+                if have < len {
+                    return Err(format!(
+                        "file sink {}: {have} bytes, but checkpoint {id} committed {len}: output was lost",
+                        path.display()
+                    ));
+                }
+                f.set_len(len).map_err(|e| err("truncate", path, e))?;
+                std::fs::write(&cpath, keep).map_err(|e| err("rewrite", &cpath, e))?;
+                let log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&cpath)
+                    .map_err(|e| err("open", &cpath, e))?;
+                (f, len, Some(log))
+            }
+            None => {
+                let f = File::create(path).map_err(|e| err("create", path, e))?;
+                let log = if logged {
+                    Some(File::create(&cpath).map_err(|e| err("create", &cpath, e))?)
+                } else {
+                    None
+                };
+                (f, 0, log)
+            }
+        };
+        let mut file = file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len)).map_err(|e| err("seek", path, e))?;
+        self.file = Some((file, len));
+        self.commits = log;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if let Some((f, len)) = &mut self.file {
+            f.write_all(bytes)
+                .map_err(|e| format!("file sink {}: cannot write: {e}", self.path.display()))?;
+            *len += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, id: u64) -> Result<(), String> {
+        let (Some((_, len)), Some(log)) = (&self.file, &mut self.commits) else { return Ok(()) };
+        log.write_all(format!("{id} {len}\n").as_bytes())
+            .map_err(|e| format!("file sink {}: cannot write its commit log: {e}", self.path.display()))
+    }
 }
 
 impl<T> TextSink<T> {
+    fn open(&mut self) -> Result<(), String> {
+        let logged = self.checkpointer.is_some();
+        match &mut self.target {
+            TextTarget::Stdout => Ok(()),
+            TextTarget::File(t) => t.open(self.restore, logged),
+        }
+    }
+
     fn write_out(&mut self) {
         if self.buf.is_empty() {
             return;
         }
-        let res = match &mut self.target {
-            TextTarget::Stdout => std::io::stdout().lock().write_all(&self.buf),
-            TextTarget::File(path, f) => {
-                if f.is_none() {
-                    let opened = if self.append {
-                        std::fs::OpenOptions::new().append(true).create(true).open(&*path)
-                    } else {
-                        File::create(&*path)
-                    };
-                    match opened {
-                        Ok(file) => *f = Some(file),
-                        Err(e) => {
-                            self.metrics.fail(format!("file sink {}: {e}", path.display()));
-                            self.buf.clear();
-                            return;
-                        }
-                    }
-                }
-                match f.as_mut() {
-                    Some(file) => file.write_all(&self.buf),
-                    None => Ok(()),
-                }
-            }
-        };
+        let res = self.open().and_then(|()| match &mut self.target {
+            TextTarget::Stdout => std::io::stdout()
+                .lock()
+                .write_all(&self.buf)
+                .map_err(|e| format!("sink writing to stdout: {e}")),
+            TextTarget::File(t) => t.write(&self.buf),
+        });
         if let Err(e) = res {
-            let what = match &self.target {
-                TextTarget::Stdout => "stdout".to_string(),
-                TextTarget::File(p, _) => p.display().to_string(),
-            };
-            self.metrics.fail(format!("sink writing to {what}: {e}"));
+            self.metrics.fail(e);
         }
         self.buf.clear();
     }
@@ -136,8 +242,16 @@ impl<T> Push<T> for TextSink<T> {
     fn watermark(&mut self, _wm: Timestamp) {}
     fn barrier(&mut self, id: u64) {
         // The checkpoint completes only once the output that precedes it is
-        // written: a crash after it never loses that output.
+        // written and its length logged: a crash after it never loses that
+        // output, and a restore from it drops what follows.
         self.write_out();
+        let committed = self.open().and_then(|()| match &mut self.target {
+            TextTarget::File(t) => t.commit(id),
+            TextTarget::Stdout => Ok(()),
+        });
+        if let Err(e) = committed {
+            self.metrics.fail(e);
+        }
         if let Some(c) = &self.checkpointer {
             if let Err(e) = c.commit(id) {
                 self.metrics.fail(e);
@@ -146,19 +260,15 @@ impl<T> Push<T> for TextSink<T> {
     }
     fn finish(&mut self) {
         self.write_out();
-        if let TextTarget::File(path, f) = &mut self.target {
-            if f.is_none() {
-                // An empty output still produces its (empty) file.
-                let created = if self.append {
-                    std::fs::OpenOptions::new().append(true).create(true).open(&*path)
-                } else {
-                    File::create(&*path)
-                };
-                if let Err(e) = created {
-                    self.metrics.fail(format!("file sink {}: {e}", path.display()));
+        // An empty output still produces its (empty) file.
+        if let Err(e) = self.open() {
+            self.metrics.fail(e);
+        }
+        if let TextTarget::File(t) = &mut self.target {
+            if let Some((f, _)) = &mut t.file {
+                if let Err(e) = f.sync_data() {
+                    self.metrics.fail(format!("file sink {}: {e}", t.path.display()));
                 }
-            } else if let Some(Err(e)) = f.as_mut().map(|f| f.sync_data()) {
-                self.metrics.fail(format!("file sink {}: {e}", path.display()));
             }
         }
         self.recorder.publish();
@@ -298,7 +408,7 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 target: TextTarget::Stdout,
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
-                append: false,
+                restore: None,
                 checkpointer: participant(ctx),
             }) as BoxPush<T>
         });
@@ -312,10 +422,14 @@ impl<T: Data> SinkExt<T> for Stream<T> {
                 format: format.clone(),
                 line: String::new(),
                 buf: Vec::with_capacity(TEXT_BUFFER_BYTES + 1024),
-                target: TextTarget::File(part_path(&path, ctx.worker, ctx.workers), None),
+                target: TextTarget::File(FileTarget {
+                    path: part_path(&path, ctx.worker, ctx.workers),
+                    file: None,
+                    commits: None,
+                }),
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
-                append: ctx.checkpointer.is_some_and(|c| c.restoring().is_some()),
+                restore: ctx.checkpointer.and_then(|c| c.restoring()),
                 checkpointer: participant(ctx),
             }) as BoxPush<T>
         });

@@ -21,21 +21,31 @@ pub struct GeneratorSpec {
     pub rate_per_s: Option<u64>,
     /// The first record index: a generator replays from any offset.
     pub offset: u64,
+    /// With a rate: this many records (from `offset`) are due at the start,
+    /// as fast as possible (to build up state), and the rate paces the
+    /// ones after them.
+    pub burst: u64,
 }
 
 impl GeneratorSpec {
     /// `records` records as fast as possible.
     pub fn bounded(records: u64) -> Self {
-        Self { records: Some(records), rate_per_s: None, offset: 0 }
+        Self { records: Some(records), rate_per_s: None, offset: 0, burst: 0 }
     }
 }
 
 /// A deterministic, replayable source: record `i` is `make(i)`; instance
 /// `w` of `W` generates the indices `i ≡ w (mod W)`. With a rate, record `i`
-/// is due at `start + (i - offset) / rate` and carries that *intended* time as
-/// its ingest time, so a stalled pipeline shows up in the latency instead of
-/// slowing the load (no coordinated omission). The watermark after a step is
-/// `event_time(next index)`: `event_time` must not decrease with `i`.
+/// is due at `start + max(0, i - offset - burst) / rate` and carries that
+/// *intended* time as its ingest time, so a stalled pipeline shows up in the
+/// latency instead of slowing the load (no coordinated omission). `start`
+/// is the job's schedule origin when the runtime has one
+/// (`RuntimeConfig::schedule_origin_ns`, which a cluster's epochs share):
+/// then a generator that seeks back to a checkpoint keeps the original
+/// schedule and catches up as fast as it can, as a real feed would have
+/// it; otherwise `start` is its first step, and after a seek it paces from
+/// the resume point. The watermark after a step is `event_time(next
+/// index)`: `event_time` must not decrease with `i`.
 pub struct Generator<T> {
     make: Rc<dyn Fn(u64) -> T>,
     event_time: Rc<dyn Fn(u64) -> Timestamp>,
@@ -44,14 +54,18 @@ pub struct Generator<T> {
     stride: u64,
     offset: u64,
     rate: Option<u64>,
+    burst: u64,
     start_ns: u64,
+    /// `start_ns` is the job's schedule origin: a seek keeps it.
+    fixed_start: bool,
 }
 
 impl<T> Generator<T> {
     fn intended_ns(&self, i: u64) -> u64 {
         match self.rate {
             Some(r) if r > 0 => {
-                self.start_ns + ((u128::from(i - self.offset) * 1_000_000_000) / u128::from(r)) as u64
+                let k = (i - self.offset).saturating_sub(self.burst);
+                self.start_ns + ((u128::from(k) * 1_000_000_000) / u128::from(r)) as u64
             }
             _ => 0,
         }
@@ -103,8 +117,12 @@ impl<T> Source<T> for Generator<T> {
         {
             return Err(format!("offset {offset} is not one of this generator instance's indices"));
         }
-        // Pace from the resume point: its record is due at the first step.
-        self.offset = offset - (offset - self.offset) % self.stride;
+        // Without a schedule origin, pace from the resume point: its record
+        // is due at the first step.
+        if !self.fixed_start {
+            self.offset = offset - (offset - self.offset) % self.stride;
+            self.burst = 0;
+        }
         self.next = offset;
         Ok(())
     }
@@ -326,7 +344,9 @@ impl SourceExt for Dataflow {
                 stride: ctx.workers as u64,
                 offset: spec.offset,
                 rate: spec.rate_per_s,
-                start_ns: 0,
+                burst: spec.burst,
+                start_ns: ctx.config.schedule_origin_ns,
+                fixed_start: ctx.config.schedule_origin_ns > 0,
             }
         })
     }

@@ -1,0 +1,257 @@
+//! Recovery from node failures through the real `spate` binary: a local
+//! cluster of three nodes plus spares, on loopback, takes checkpoints
+//! streamed to backup nodes; the test kills a node with SIGKILL (at a
+//! random moment, right after a checkpoint was requested, the node that
+//! holds another's backups, or two nodes one after the other), the
+//! coordinator detects it, a spare takes its place, and the job finishes.
+//! The file sink's output is compared record by record with the
+//! failure-free result: nothing missing, nothing duplicated. Every process
+//! a test starts is gone at its end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use spate::deploy::{resolve_ports, LocalNodes};
+use spate::Watchdog;
+
+const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+/// Workers of the job: one per active node.
+const WORKERS: usize = 3;
+
+/// A config for nodes a, b, c (one worker each) and `spares` spare nodes
+/// (s1, s2, ...), with checkpoints every `interval_ms` and a file sink.
+fn config(dir: &Path, query: &str, params: &str, spares: usize, interval_ms: u64) -> PathBuf {
+    let mut text = format!(
+        "[query]\nname = \"{query}\"\n[query.params]\n{params}\n\
+         [runtime]\npin = false\ndata_dir = {data:?}\n\
+         [sink]\nkind = \"file\"\npath = {out:?}\nlatency = false\n\
+         [checkpoint]\ninterval_ms = {interval_ms}\nbackups = 1\n\
+         [cluster]\nconnect_timeout_ms = 20000\nfailure_timeout_ms = 500\n",
+        data = dir.join("data").display().to_string(),
+        out = dir.join("out.txt").display().to_string(),
+    );
+    for n in ["a", "b", "c"] {
+        text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
+    }
+    for s in 1..=spares {
+        text += &format!("[[cluster.nodes]]\nname = \"s{s}\"\naddress = \"127.0.0.1:0\"\nspare = true\n");
+    }
+    let text = resolve_ports(&text).unwrap_or_else(|e| panic!("{e}"));
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    p
+}
+
+/// Every line of the file sink's part files, counted.
+fn output(dir: &Path) -> BTreeMap<String, u32> {
+    let mut m = BTreeMap::new();
+    for w in 0..WORKERS {
+        let p = dir.join(format!("out.txt.{w}"));
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        for l in text.lines() {
+            *m.entry(l.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// keyed-sum's output in closed form: key `i % keys` gets value `i`; each
+/// record emits its key's running sum. (With `keys` a multiple of the
+/// workers, each key's records come from one source worker, in order.)
+fn keyed_sum_expected(records: u64, keys: u64) -> BTreeMap<String, u32> {
+    let mut m = BTreeMap::new();
+    for k in 0..keys.min(records) {
+        let mut acc = 0u64;
+        let mut i = k;
+        while i < records {
+            acc += i;
+            *m.entry(format!("{k},{acc}")).or_insert(0) += 1;
+            i += keys;
+        }
+    }
+    m
+}
+
+/// What differs between two outputs, briefly.
+fn diff(got: &BTreeMap<String, u32>, want: &BTreeMap<String, u32>) -> String {
+    let missing: Vec<&String> = want.iter().filter(|(k, n)| got.get(*k) < Some(n)).map(|(k, _)| k).collect();
+    let extra: Vec<&String> = got.iter().filter(|(k, n)| want.get(*k) < Some(n)).map(|(k, _)| k).collect();
+    format!(
+        "{} lines missing (first {:?}), {} lines extra or duplicated (first {:?}); {} lines in all, {} expected",
+        missing.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(3).collect::<Vec<_>>(),
+        got.values().sum::<u32>(),
+        want.values().sum::<u32>()
+    )
+}
+
+/// No node process of this test's directory is left.
+fn assert_no_process_left(dir: &Path) {
+    let needle = dir.display().to_string();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left.clear();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    if cmd.contains(&needle) && cmd.contains(" node ") {
+                        left.push(cmd);
+                    }
+                }
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("processes left behind: {left:?}");
+}
+
+/// A seed from the clock, printed so that a failure can be looked into.
+fn seed() -> u64 {
+    let s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
+    eprintln!("seed {s}");
+    s
+}
+
+/// Runs the cluster of `cfg`, lets `chaos` kill nodes, waits for the end;
+/// returns the nodes' stderr.
+fn run_with(cfg: &Path, chaos: impl FnOnce(&mut LocalNodes)) -> String {
+    let mut nodes = LocalNodes::start(Path::new(SPATE), cfg, &[]).unwrap_or_else(|e| panic!("{e}"));
+    nodes
+        .wait_event(Duration::from_secs(60), |e| e.what == "running 0")
+        .unwrap_or_else(|e| panic!("the job did not start: {e}"));
+    chaos(&mut nodes);
+    let stderr = nodes.stderr();
+    nodes.wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    stderr
+}
+
+const RECORDS: u64 = 600_000;
+const KEYS: u64 = 999;
+
+fn keyed_sum_params() -> String {
+    format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 150000")
+}
+
+#[test]
+fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
+    let _watchdog = Watchdog::start("recovery at a random moment", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
+    let delay = Duration::from_millis(300 + seed() % 2000);
+    run_with(&cfg, |nodes| {
+        std::thread::sleep(delay);
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "failed b")
+            .unwrap_or_else(|e| panic!("the coordinator did not notice: {e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
+
+#[test]
+fn keyed_sum_survives_a_node_killed_during_a_checkpoint() {
+    let _watchdog = Watchdog::start("recovery during a checkpoint", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
+    let stderr = run_with(&cfg, |nodes| {
+        // Right after the coordinator requested checkpoint 3: its barriers
+        // are on their way, its parts being stored and streamed.
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "requested 3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}\nnodes said:\n{stderr}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
+
+#[test]
+fn keyed_sum_survives_two_failures_one_after_the_other() {
+    let _watchdog = Watchdog::start("two failures", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
+    run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The second failure hits the node that held b's backups, after
+        // the job took a checkpoint on the new placement.
+        let _ = nodes.wait_event(Duration::from_secs(30), |e| e.what.starts_with("checkpoint "));
+        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
+
+#[test]
+fn a_windowed_query_survives_the_loss_of_the_node_holding_backups() {
+    let _watchdog = Watchdog::start("windowed recovery", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let params = "lines = 60000\nwords_per_line = 6\nvocabulary = 500\nwindow_lines = 5000";
+    // The failure-free result, from one process with the same workers.
+    let reference = dir.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap_or_else(|e| panic!("{e}"));
+    let single = reference.join("query.toml");
+    std::fs::write(
+        &single,
+        format!(
+            "[query]\nname = \"wordcount\"\n[query.params]\n{params}\n\
+             [runtime]\nworkers = {WORKERS}\npin = false\n\
+             [sink]\nkind = \"file\"\npath = {:?}\nlatency = false\n",
+            reference.join("out.txt").display().to_string()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out =
+        Command::new(SPATE).args(["run", "--quiet"]).arg(&single).output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "spate run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let want = output(&reference);
+    assert!(!want.is_empty(), "the reference run wrote nothing");
+
+    // Node b streams its checkpoints to c: killing c loses b's backups,
+    // which b re-creates on c's replacement (its next checkpoint is a full
+    // image), and c's own state comes back from its backup on a.
+    let cluster = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(&cluster, "wordcount", &format!("{params}\nrate = 20000"), 1, 100);
+    let delay = Duration::from_millis(500 + seed() % 1000);
+    run_with(&cfg, |nodes| {
+        std::thread::sleep(delay);
+        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let got = output(&cluster);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
