@@ -30,6 +30,7 @@
 //! workers = 1
 //! data_dir = "/var/lib/spate" # optional, else [runtime] data_dir/<name>
 //! spare = false               # a spare waits idle to replace a failed node
+//! replica_port = 7101         # its replica service (default 0: any free port)
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -155,6 +156,11 @@ pub struct NodeSection {
     /// fails (it then runs that node's workers).
     #[serde(default)]
     pub spare: bool,
+    /// The port of its replica service, where other nodes stream their
+    /// checkpoints to it (on the address's host); default 0: one the OS
+    /// picks (open it in a firewall by setting it).
+    #[serde(default)]
+    pub replica_port: u16,
 }
 
 fn one() -> usize {

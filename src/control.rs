@@ -425,6 +425,8 @@ pub struct NodeAgent {
     rc: RuntimeConfig,
     placement: ClusterPlacement,
     listener: Listener,
+    /// Told which checkpoints are complete (it compacts what it stores).
+    replica: Option<spate_core::replica::CompletionHandle>,
     job: Option<(u64, Job)>,
     /// The checkpoint requested and not yet handed to the job (its
     /// workers were still being built).
@@ -458,6 +460,7 @@ impl NodeAgent {
             rc,
             placement,
             listener,
+            replica: None,
             job: None,
             pending: None,
             ready_sent: false,
@@ -471,6 +474,11 @@ impl NodeAgent {
                 .map(|ms| (Duration::from_millis(ms), Instant::now(), 0)),
             quiet,
         }
+    }
+
+    /// Tells this node's replica service which checkpoints are complete.
+    pub fn set_replica(&mut self, replica: spate_core::replica::CompletionHandle) {
+        self.replica = Some(replica);
     }
 
     /// This node's report of the last epoch that finished here.
@@ -505,6 +513,9 @@ impl NodeAgent {
                 }
             }
             Msg::Complete { epoch, id } => {
+                if let Some(r) = &self.replica {
+                    r.complete(id);
+                }
                 if let Some((e, job)) = &self.job {
                     if *e == epoch {
                         if let Some(c) = job.checkpoints() {
@@ -831,8 +842,10 @@ pub fn unix_ms() -> u64 {
 /// failure detection and recovery.
 pub struct Coordinator {
     nodes: Vec<NodeInfo>,
-    /// The placement: node indexes in worker order.
+    /// The placement: node indexes in worker order (a node that took over a
+    /// failed node's workers appears twice), and each slot's workers.
     slots: Vec<usize>,
+    slot_workers: Vec<usize>,
     me: usize,
     epoch: u64,
     phase: Phase,
@@ -840,6 +853,8 @@ pub struct Coordinator {
     finished: BTreeMap<usize, NodeReport>,
     peers: HashMap<usize, Peer>,
     failure_timeout: Duration,
+    /// How long nodes may take to connect a deployment's workers.
+    connect_timeout: Duration,
     interval: Option<Duration>,
     backups: usize,
     next_checkpoint: Instant,
@@ -950,10 +965,12 @@ impl Coordinator {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let slots = (0..nodes.len()).filter(|&i| nodes[i].role == Role::Active).collect();
+        let slots: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].role == Role::Active).collect();
+        let slot_workers = slots.iter().map(|&i| nodes[i].workers).collect();
         Ok(Self {
             nodes,
             slots,
+            slot_workers,
             me,
             epoch: 0,
             phase: Phase::Running,
@@ -961,6 +978,7 @@ impl Coordinator {
             finished: BTreeMap::new(),
             peers,
             failure_timeout,
+            connect_timeout: placement.connect_timeout,
             interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
             backups,
             next_checkpoint: Instant::now(),
@@ -998,29 +1016,47 @@ impl Coordinator {
         self.events.push(e);
     }
 
-    /// The epoch's deployment for every node of the placement.
+    /// The nodes of the placement, each once, in order.
+    fn active(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for &i in &self.slots {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// The epoch's deployment for every node of the placement; `fetch_for`
+    /// maps a slot to the node its new owner fetches its part from.
     fn deploy(&mut self, fetch_for: &HashMap<usize, usize>) -> Result<(), String> {
         let specs: Vec<NodeSpec> = self
             .slots
             .iter()
-            .map(|&i| NodeSpec {
+            .zip(&self.slot_workers)
+            .map(|(&i, &w)| NodeSpec {
                 name: self.nodes[i].name.clone(),
                 addr: self.nodes[i].addr,
-                workers: self.nodes[i].workers,
+                workers: w,
             })
             .collect();
-        let n = self.slots.len();
         let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
-        for (pos, &i) in self.slots.iter().enumerate() {
-            let replicas = (1..=self.backups.min(n - 1))
-                .filter_map(|k| self.nodes[self.slots[(pos + k) % n]].replica)
-                .collect();
+        for i in self.active() {
+            let mut replicas = Vec::new();
             let mut fetch = Vec::new();
-            if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
-                let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
-                let base: usize = self.slots[..pos].iter().map(|&j| self.nodes[j].workers).sum();
-                for w in base..base + self.nodes[i].workers {
-                    fetch.push((w, replica));
+            for pos in (0..self.slots.len()).filter(|&p| self.slots[p] == i) {
+                for h in self.holders(pos) {
+                    let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
+                    if !replicas.contains(&r) {
+                        replicas.push(r);
+                    }
+                }
+                if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
+                    let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
+                    let base: usize = self.slot_workers[..pos].iter().sum();
+                    for w in base..base + self.slot_workers[pos] {
+                        fetch.push((w, replica));
+                    }
                 }
             }
             let d = Deployment {
@@ -1042,10 +1078,19 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The nodes that hold slot `pos`'s checkpoints taken in this epoch.
+    /// The nodes that back up slot `pos`'s checkpoints in this placement:
+    /// the next `backups` other nodes after it, in a ring.
     fn holders(&self, pos: usize) -> Vec<usize> {
         let n = self.slots.len();
-        (1..=self.backups.min(n - 1)).map(|k| self.slots[(pos + k) % n]).collect()
+        let own = self.slots[pos];
+        let mut out = Vec::new();
+        for k in 1..n {
+            let j = self.slots[(pos + k) % n];
+            if j != own && !out.contains(&j) && out.len() < self.backups {
+                out.push(j);
+            }
+        }
+        out
     }
 
     /// Node `i` failed: fence it and, if it ran workers, recover.
@@ -1064,27 +1109,55 @@ impl Coordinator {
         if i == self.me {
             return Err("the coordinator's own node failed".into());
         }
-        let Some(pos) = self.slots.iter().position(|&s| s == i) else { return Ok(()) };
-        let Some(spare) = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare) else {
+        let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut activated = Vec::new();
+        for &pos in &lost {
+            // A spare first; else the survivor running the fewest workers
+            // takes the slot's workers on top of its own.
+            let spare = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare);
+            let replacement = match spare {
+                Some(j) => {
+                    self.nodes[j].role = Role::Active;
+                    activated.push(j);
+                    j
+                }
+                None => {
+                    let load = |j: usize| -> usize {
+                        (0..self.slots.len())
+                            .filter(|&p| self.slots[p] == j)
+                            .map(|p| self.slot_workers[p])
+                            .sum()
+                    };
+                    let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
+                    else {
+                        return Err(format!(
+                            "node `{}` failed ({why}) and no node is left to take over its workers",
+                            self.nodes[i].name
+                        ));
+                    };
+                    j
+                }
+            };
+            eprintln!(
+                "coordinator: node `{}` takes over the {} workers of node `{}`",
+                self.nodes[replacement].name, self.slot_workers[pos], self.nodes[i].name
+            );
+            self.slots[pos] = replacement;
+        }
+        if self.active().len() < 2 && self.interval.is_some() && self.backups > 0 {
             return Err(format!(
-                "node `{}` failed ({why}) and no spare node is left to replace it",
+                "node `{}` failed and one node is left: its checkpoints would have no backup node",
                 self.nodes[i].name
             ));
-        };
-        if self.nodes[spare].workers < self.nodes[i].workers {
-            return Err(format!(
-                "node `{}` failed and spare `{}` runs fewer workers ({} < {})",
-                self.nodes[i].name, self.nodes[spare].name, self.nodes[spare].workers, self.nodes[i].workers
-            ));
         }
-        self.nodes[spare].role = Role::Active;
-        self.nodes[spare].workers = self.nodes[i].workers;
-        self.slots[pos] = spare;
         self.share_failed = None;
         // Abort the epoch everywhere (again, if a recovery was under way).
         let waiting: HashSet<usize> = match &self.phase {
             Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
-            Phase::Running => self.slots.iter().copied().filter(|&j| j != spare).collect(),
+            Phase::Running => self.active().into_iter().filter(|j| !activated.contains(j)).collect(),
         };
         if matches!(self.phase, Phase::Running) {
             for &j in &waiting {
@@ -1101,23 +1174,24 @@ impl Coordinator {
         match msg {
             Msg::Ready { epoch } if epoch == self.epoch => {
                 self.ready.insert(from);
-                if self.ready.len() == self.slots.len() {
+                if self.ready.len() == self.active().len() {
                     self.event(format!("running {}", self.epoch));
                 }
             }
             Msg::Done { epoch, part } if epoch == self.epoch => {
+                let active = self.active().len();
                 let Some(f) = &mut self.in_flight else { return Ok(()) };
                 if f.id != part.id {
                     return Ok(());
                 }
                 f.parts.insert(from, part);
-                if f.parts.len() == self.slots.len() {
+                if f.parts.len() == active {
                     let id = f.id;
                     let mut offsets = BTreeMap::new();
                     for p in f.parts.values() {
                         offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
                     }
-                    let workers = self.slots.iter().map(|&j| self.nodes[j].workers).sum();
+                    let workers = self.slot_workers.iter().sum();
                     let holders = (0..self.slots.len()).map(|p| self.holders(p)).collect();
                     self.last_complete = Some(Complete {
                         manifest: Manifest { id, workers, offsets },
@@ -1125,7 +1199,7 @@ impl Coordinator {
                         holders,
                     });
                     self.in_flight = None;
-                    for &j in &self.slots {
+                    for j in self.active() {
                         self.outbox.push((j, Msg::Complete { epoch, id }));
                     }
                     self.event(format!("checkpoint {id}"));
@@ -1182,7 +1256,11 @@ impl Coordinator {
                         }
                     }
                     self.deploy(&fetch_for)?;
-                } else if now.duration_since(*since) > self.failure_timeout * 4 + Duration::from_secs(10) {
+                } else if now.duration_since(*since)
+                    > self.connect_timeout + self.failure_timeout * 4 + Duration::from_secs(10)
+                {
+                    // (A node may be connecting the aborted epoch's workers,
+                    // which it only gives up after the connect timeout.)
                     let names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
                     return Err(format!("nodes did not stop their share of the job: {}", names.join(", ")));
                 }
@@ -1193,13 +1271,13 @@ impl Coordinator {
                         return Err(reason.clone());
                     }
                 }
-                if self.finished.len() == self.slots.len() {
+                if self.finished.len() == self.active().len() {
                     return Ok(Some(self.finished.values().cloned().collect()));
                 }
                 if let Some(interval) = self.interval {
                     if self.in_flight.is_none()
                         && self.finished.is_empty()
-                        && self.ready.len() == self.slots.len()
+                        && self.ready.len() == self.active().len()
                         && now >= self.next_checkpoint
                     {
                         self.last_id += 1;
@@ -1207,7 +1285,7 @@ impl Coordinator {
                         self.in_flight = Some(InFlight { id, parts: HashMap::new() });
                         self.next_checkpoint = now + interval;
                         self.event(format!("requested {id}"));
-                        for &j in &self.slots {
+                        for j in self.active() {
                             self.outbox.push((j, Msg::Checkpoint { epoch: self.epoch, id }));
                         }
                     }

@@ -54,7 +54,7 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
     let replica_root = rc.data_dir.join(&cfg.query.name).join("replica");
     let _ = std::fs::remove_dir_all(&replica_root);
     let replica = ReplicaServer::start(
-        SocketAddr::new(addr.ip(), 0),
+        SocketAddr::new(addr.ip(), cluster.nodes[placement.me].replica_port),
         replica_root,
         placement.cluster,
         Durability::PageCache,
@@ -80,6 +80,7 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
             coord.print_events();
         }
         let mut agent = NodeAgent::new(&cfg.query.name, build, rc, placement, listener, opts.quiet);
+        agent.set_replica(replica.completion());
         let outcome = coord.run(&mut agent);
         write_histogram(name, &agent)?;
         replica.stop();
@@ -91,6 +92,7 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
         let connect_timeout = placement.connect_timeout;
         let member = Member::register(at, name, workers, replica.addr(), &placement, failure_timeout)?;
         let mut agent = NodeAgent::new(&cfg.query.name, build, rc, placement, listener, opts.quiet);
+        agent.set_replica(replica.completion());
         // A spare waits as long as the job runs.
         let first = if spare { Duration::from_secs(u32::MAX as u64) } else { connect_timeout * 2 };
         let ran = member.run(&mut agent, first);

@@ -154,3 +154,36 @@ fn a_good_config_runs() {
     assert!(out.status.success(), "{e}");
     assert_mentions(&e, &["keyed-sum: 10 records in"]);
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            spate::config::Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "only {n} example configs");
+}
+
+#[test]
+fn cluster_fault_tolerance_fields_are_checked() {
+    let base = "[query]\nname = \"keyed-sum\"\n[checkpoint]\ninterval_ms = 100\n[cluster]\n\
+                [[cluster.nodes]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n";
+    // One node cannot back up its checkpoints on another.
+    assert_mentions(&rejected(base), &["checkpoint.backups"]);
+    // A spare cannot coordinate.
+    let spare_coordinator =
+        format!("{base}[[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\nspare = true\n")
+            .replace("[cluster]\n", "[cluster]\ncoordinator = \"b\"\n");
+    assert_mentions(&rejected(&spare_coordinator), &["cluster.coordinator", "spare"]);
+    // Backups without a cluster.
+    assert_mentions(
+        &rejected("[query]\nname = \"keyed-sum\"\n[checkpoint]\ninterval_ms = 100\nbackups = 1\n"),
+        &["checkpoint.backups", "cluster"],
+    );
+    assert_mentions(&rejected(&base.replace("[cluster]\n", "[cluster]\nspares = 1\n")), &["spares"]);
+}

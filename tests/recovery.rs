@@ -255,3 +255,24 @@ fn a_windowed_query_survives_the_loss_of_the_node_holding_backups() {
     assert!(got == want, "{}", diff(&got, &want));
     assert_no_process_left(dir.path());
 }
+
+#[test]
+fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
+    let _watchdog = Watchdog::start("recovery on a survivor", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 0, 100);
+    let stderr = run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    assert!(stderr.contains("takes over the 1 workers of node `c`"), "no survivor took over: {stderr}");
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}

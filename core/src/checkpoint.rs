@@ -690,6 +690,13 @@ fn write_checkpoint(
     // checkpoint: a newer one may never complete, and the manifest's
     // checkpoint must stay restorable.
     let done = coord.completed();
+    // Keep only what restoring the last complete checkpoint (or a later
+    // one) reads: every chain starts afresh with a full image now and then.
+    if done > 0 && backup.complete_checkpoints(&instance).contains(&done) {
+        backup.retain_from(&instance, done).map_err(|e| {
+            CheckpointError::Local(format!("retention of `{instance}` in the backup store: {e}"))
+        })?;
+    }
     if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(&instance).last() == Some(&done) {
         backup.compact(&instance).map_err(|e| {
             CheckpointError::Local(format!(

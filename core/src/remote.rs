@@ -35,7 +35,8 @@ use spate_net::{Connecting, Connection, Delivery, Listener, NetConfig, NetErrorK
 use crate::batch::{Batch, FLAG_BARRIER, FLAG_FINAL};
 use crate::ring::{Consumer, Producer};
 
-/// One node of a cluster job.
+/// One node of a cluster job (or one more range of workers of a node that
+/// appears twice: it runs both).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSpec {
     /// The node's name.
@@ -49,9 +50,10 @@ pub struct NodeSpec {
 /// Where a cluster job's workers run, and which node this process is.
 #[derive(Clone, Debug)]
 pub struct ClusterPlacement {
-    /// Every node, in worker order.
+    /// Every node, in worker order. A node may appear more than once (it
+    /// took over a failed node's workers): it runs every range of its name.
     pub nodes: Vec<NodeSpec>,
-    /// This process's node (index into `nodes`).
+    /// This process's node (an index into `nodes` of its name).
     pub me: usize,
     /// Identifies the job on the wire (connections of other jobs are
     /// refused).
@@ -87,10 +89,20 @@ impl ClusterPlacement {
         None
     }
 
-    /// This node's workers, as global ids.
-    pub fn local(&self) -> std::ops::Range<usize> {
-        let b = self.base(self.me);
-        b..b + self.nodes[self.me].workers
+    /// This node's workers, as global ids, in order: those of every entry
+    /// of `nodes` with its name (a node that took over a failed node's
+    /// workers appears twice).
+    pub fn local(&self) -> Vec<usize> {
+        let name = &self.nodes[self.me].name;
+        let mut out = Vec::new();
+        let mut base = 0;
+        for n in &self.nodes {
+            if n.name == *name {
+                out.extend(base..base + n.workers);
+            }
+            base += n.workers;
+        }
+        out
     }
 }
 
@@ -124,7 +136,7 @@ pub fn connect_mesh(
     // to (re)try at the given time (a peer's listener may not be up yet).
     let mut pending: Vec<((usize, usize), Option<Connecting>, Instant)> = Vec::new();
     let mut expected_in: HashSet<(usize, usize)> = HashSet::new();
-    for w in local.clone() {
+    for &w in &local {
         for v in 0..total {
             if local.contains(&v) {
                 continue;

@@ -94,9 +94,11 @@
 //! being reassembled; the server takes at most [`CONNECTIONS_MAX`]
 //! connections (further ones wait in the kernel's accept queue).
 //!
-//! Not promised: the server never deletes or compacts what it stores (the
-//! chains grow until an operator or a later retention policy removes
-//! them); a checkpoint left half-received by a client that died is dropped
+//! The server drops what the job's last complete checkpoint no longer
+//! needs and compacts each stored chain into one image every
+//! [`COMPACT_EVERY`] checkpoints that the job completed (the node tells it,
+//! [`ReplicaServer::completion`]), so what it keeps stays bounded. Not
+//! promised: a checkpoint left half-received by a client that died is dropped
 //! only when the instance's next checkpoint starts (or the store is
 //! reopened).
 //!
@@ -141,7 +143,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -575,6 +577,7 @@ impl Reassembly {
 pub struct ReplicaServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    completed: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -600,7 +603,17 @@ impl ReplicaServer {
             .map_err(|e| format!("replica server: cannot listen on {bind}: {e}"))?;
         let addr = listener.local_addr();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut server = Server { listener, root, durability, stores: HashMap::new(), peers: Vec::new() };
+        let completed = Arc::new(AtomicU64::new(0));
+        let mut server = Server {
+            listener,
+            root,
+            durability,
+            stores: HashMap::new(),
+            peers: Vec::new(),
+            completed: Arc::clone(&completed),
+            retained: 0,
+            compacted: 0,
+        };
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(format!("spate-replica-{}", addr.port()))
@@ -612,7 +625,19 @@ impl ReplicaServer {
                 }
             })
             .map_err(|e| format!("replica server: cannot start its thread: {e}"))?;
-        Ok(Self { addr, stop, thread: Some(thread) })
+        Ok(Self { addr, stop, completed, thread: Some(thread) })
+    }
+
+    /// Where the node records the job's last complete checkpoint
+    /// ([`CompletionHandle::complete`]). The service then removes every
+    /// stored checkpoint that restoring it (or a later one) never reads,
+    /// and every [`COMPACT_EVERY`] checkpoints compacts each chain that
+    /// ends at it into one image, so that what it stores stays bounded. A
+    /// chain that ends at a newer checkpoint (not complete everywhere yet,
+    /// and maybe never) is not compacted: the complete one must stay
+    /// restorable.
+    pub fn completion(&self) -> CompletionHandle {
+        CompletionHandle(Arc::clone(&self.completed))
     }
 
     /// The address the service listens on.
@@ -639,6 +664,21 @@ impl Drop for ReplicaServer {
     }
 }
 
+/// Compact the stored chains every this many complete checkpoints.
+pub const COMPACT_EVERY: u64 = 32;
+
+/// Tells a [`ReplicaServer`] which checkpoint of the job is complete on
+/// every node (see [`ReplicaServer::completion`]).
+#[derive(Debug, Clone)]
+pub struct CompletionHandle(Arc<AtomicU64>);
+
+impl CompletionHandle {
+    /// Checkpoint `id` of the job is complete.
+    pub fn complete(&self, id: u64) {
+        self.0.fetch_max(id, Ordering::AcqRel);
+    }
+}
+
 /// The state of the service's thread.
 struct Server {
     listener: Listener,
@@ -646,6 +686,11 @@ struct Server {
     durability: Durability,
     stores: HashMap<usize, BackupStore>,
     peers: Vec<Peer>,
+    /// The job's last complete checkpoint, and the one the chains were
+    /// last compacted at.
+    completed: Arc<AtomicU64>,
+    retained: u64,
+    compacted: u64,
 }
 
 /// One served connection.
@@ -681,7 +726,7 @@ impl Server {
     /// One pass over the listener and every connection; whether anything
     /// happened.
     fn poll(&mut self) -> bool {
-        let mut progress = false;
+        let mut progress = self.compact();
         for _ in 0..ACCEPTS_PER_PASS {
             if self.peers.len() >= CONNECTIONS_MAX {
                 break;
@@ -713,6 +758,41 @@ impl Server {
             }
         }
         progress
+    }
+
+    /// When the job completed a newer checkpoint: removes what restoring
+    /// it never reads, and every [`COMPACT_EVERY`] checkpoints compacts the
+    /// chains that end at it into one image.
+    fn compact(&mut self) -> bool {
+        let done = self.completed.load(Ordering::Acquire);
+        if done <= self.retained {
+            return false;
+        }
+        self.retained = done;
+        let compact = done >= self.compacted + COMPACT_EVERY;
+        if compact {
+            self.compacted = done;
+        }
+        for (origin, store) in self.stores.iter_mut() {
+            for instance in store.instances() {
+                let ids = store.complete_checkpoints(&instance);
+                if !ids.contains(&done) {
+                    continue;
+                }
+                let res = store.retain_from(&instance, done).and_then(|_| {
+                    if compact && ids.last() == Some(&done) {
+                        store.compact(&instance).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = res {
+                    // The chain stays as it was; the next round tries again.
+                    eprintln!("spate: replica service: retention of `{instance}` of worker {origin}: {e}");
+                }
+            }
+        }
+        true
     }
 
     fn add(&mut self, conn: Connection) {

@@ -199,9 +199,10 @@ impl Runtime {
             Some((p, _, _)) => (p.total_workers(), p.local()),
             None => {
                 let w = self.config.effective_workers();
-                (w, 0..w)
+                (w, (0..w).collect::<Vec<usize>>())
             }
         };
+        let mine: Vec<bool> = (0..workers).map(|w| local.contains(&w)).collect();
         let edges = {
             let df = Dataflow::new(name);
             build(&df);
@@ -218,8 +219,7 @@ impl Runtime {
                     .map(|s| {
                         (0..workers)
                             .map(|d| {
-                                (s != d && local.contains(&s) && local.contains(&d))
-                                    .then(|| ring(self.config.channel_batches))
+                                (s != d && mine[s] && mine[d]).then(|| ring(self.config.channel_batches))
                             })
                             .collect()
                     })
@@ -296,10 +296,10 @@ impl Runtime {
         let started = Instant::now();
         let locals = local.len();
         for (w, chans) in per_worker.into_iter().enumerate() {
-            if !local.contains(&w) {
+            if !mine[w] {
                 continue;
             }
-            let slot = w - local.start;
+            let slot = local.iter().position(|&l| l == w).unwrap_or(0);
             let pinned = config.pin && config.first_core + locals <= cores;
             // glommio busy-polls only executors bound to CPUs, so an
             // "unpinned" worker is fenced to every online CPU (the OS still

@@ -484,3 +484,74 @@ fn throughput() {
         );
     }
 }
+
+#[test]
+fn chains_are_compacted_once_the_job_completed_their_checkpoint() {
+    use spate_core::replica::COMPACT_EVERY;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bak");
+    let srv = server(&root, Durability::PageCache);
+    let completion = srv.completion();
+    let files = || walk(&root).into_iter().filter(|p| p.extension().is_some_and(|e| e == "ckpt")).count();
+    // Worker 0 stores one checkpoint more than the job completed; worker 1
+    // stops at the completed one.
+    let mut a = World::create(&dir.path().join("a"), 16 * 1024);
+    let mut b = World::create(&dir.path().join("b"), 16 * 1024);
+    let mut ca = ReplicaClient::connect(srv.addr(), CLUSTER, 0, T).unwrap();
+    let mut cb = ReplicaClient::connect(srv.addr(), CLUSTER, 1, T).unwrap();
+    let mut b_at_complete = Vec::new();
+    for id in 1..=COMPACT_EVERY + 1 {
+        a.write(id * 10..id * 10 + 20, id, 16);
+        send(&mut ca, "a", &mut a, id, b"").unwrap();
+        ca.wait_ack("a", id, T).unwrap();
+        if id <= COMPACT_EVERY {
+            b.write(id * 7..id * 7 + 9, id, 4);
+            send(&mut cb, "b", &mut b, id, b"").unwrap();
+            cb.wait_ack("b", id, T).unwrap();
+            b_at_complete = b.dump();
+        }
+    }
+    let before = files();
+    assert_eq!(before as u64, 2 * COMPACT_EVERY + 1, "every checkpoint stored");
+    completion.complete(COMPACT_EVERY);
+    // What restoring checkpoint COMPACT_EVERY never reads goes (the older
+    // chains: a store starts a new chain with a full image every 16), and
+    // b's chain, which ends at it, becomes one image; a's newest chain,
+    // which ends at a newer checkpoint, stays whole: the complete one must
+    // stay restorable.
+    let a_chain = {
+        let mut local = local_store();
+        fetch(srv.addr(), CLUSTER, 0, COMPACT_EVERY + 1, &mut local, T).unwrap().checkpoints
+    };
+    let t = Instant::now();
+    while files() as u64 != a_chain + 1 {
+        assert!(t.elapsed() < T, "not compacted: {} files, a's chain has {a_chain}", files());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut local = local_store();
+    let report = fetch(srv.addr(), CLUSTER, 1, COMPACT_EVERY, &mut local, T).unwrap();
+    assert_eq!(report.checkpoints, 1, "the compacted chain is one image");
+    let (db, _) = restored(&local, "b", COMPACT_EVERY, &dir.path().join("rb"));
+    assert!(db == b_at_complete, "the compacted image restores the same state");
+    // Worker 0's chain is still whole and restorable.
+    let mut local = local_store();
+    let report = fetch(srv.addr(), CLUSTER, 0, COMPACT_EVERY + 1, &mut local, T).unwrap();
+    assert_eq!(report.checkpoints, a_chain);
+    assert!(a_chain > 1 && a_chain < COMPACT_EVERY);
+    srv.stop();
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -13,7 +13,7 @@
 //! (checkpoints that never completed, for example after a crash) and lists
 //! the `.ckpt` files; restore checks everything again when it reads them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -442,6 +442,30 @@ impl BackupStore {
             std::fs::remove_file(&p).map_err(io(&p, "remove"))?;
         }
         Ok(Some(id))
+    }
+
+    /// Removes `instance`'s complete checkpoints that neither are in the
+    /// chain of checkpoint `id` nor come after it: what restoring `id` (or
+    /// a later checkpoint, whose chain starts at or after `id`'s image)
+    /// never reads. Returns how many were removed. Without this, every
+    /// full image a store's chain starts afresh with would stay forever.
+    pub fn retain_from(&mut self, instance: &str, id: u64) -> Result<usize, StateError> {
+        let keep: HashSet<u64> = self.chain(instance, id)?.into_iter().collect();
+        let Some(inst) = self.instances.get_mut(instance) else { return Ok(0) };
+        let old: Vec<u64> = inst.complete.keys().copied().filter(|c| *c < id && !keep.contains(c)).collect();
+        for c in &old {
+            inst.complete.remove(c);
+        }
+        for &c in &old {
+            if let Some(p) = self.checkpoint_path(instance, c) {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&p, "remove")(e)),
+                }
+            }
+        }
+        Ok(old.len())
     }
 }
 
