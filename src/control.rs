@@ -219,7 +219,11 @@ impl Msg {
             "complete" => Msg::Complete { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "abort" => Msg::Abort { epoch: num(a, "an epoch")? },
             "aborted" => Msg::Aborted { epoch: num(a, "an epoch")? },
-            "failed" => Msg::Failed { epoch: num(a, "an epoch")?, reason: rest.unwrap_or("").to_string() },
+            "failed" => Msg::Failed {
+                epoch: num(a, "an epoch")?,
+                // The reason may span lines.
+                reason: text.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            },
             "finished" => Msg::Finished {
                 epoch: num(a, "an epoch")?,
                 report: rest.and_then(NodeReport::parse).ok_or_else(|| bad("expected a report"))?,
@@ -809,7 +813,7 @@ enum Phase {
 }
 
 /// A moment of the job worth reporting (for `bench recovery`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// When, in milliseconds since the Unix epoch.
     pub unix_ms: u64,
@@ -1371,5 +1375,97 @@ impl Coordinator {
             agent.handle(m, out)?;
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let mut offsets = BTreeMap::new();
+        offsets.insert(("source".to_string(), 0), 42);
+        offsets.insert(("source".to_string(), 2), 7);
+        Manifest { id: 9, workers: 3, offsets }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let addr: SocketAddr = "127.0.0.1:7101".parse().unwrap_or_else(|e| panic!("{e}"));
+        let report = NodeReport { node: "b".into(), records_in: 5, records_out: 4, seconds: 1.5 };
+        let msgs = vec![
+            Msg::Register { workers: 2, replica: addr },
+            Msg::Deploy(Deployment {
+                epoch: 3,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 2 },
+                ],
+                replicas: vec![addr],
+                fetch: vec![(1, addr), (2, addr)],
+                restore: Some(manifest()),
+                origin_ns: 1_700_000_000_000_000_000,
+            }),
+            Msg::Deploy(Deployment {
+                epoch: 0,
+                nodes: vec![NodeSpec { name: "a".into(), addr, workers: 1 }],
+                replicas: vec![],
+                fetch: vec![],
+                restore: None,
+                origin_ns: 0,
+            }),
+            Msg::Ready { epoch: 1 },
+            Msg::Checkpoint { epoch: 1, id: 12 },
+            Msg::Done { epoch: 1, part: manifest() },
+            Msg::Complete { epoch: 1, id: 12 },
+            Msg::Abort { epoch: 4 },
+            Msg::Aborted { epoch: 4 },
+            Msg::Failed { epoch: 2, reason: "worker 1: peer closed the connection\nsecond line".into() },
+            Msg::Finished { epoch: 2, report },
+            Msg::Release,
+            Msg::Stop { reason: "node `b` failed and no node is left".into() },
+        ];
+        for m in msgs {
+            let (kind, text) = m.encode();
+            assert_eq!(Msg::decode(kind, &text), Ok(m.clone()), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_that_say_what_is_wrong() {
+        let cases = [
+            (Kind::Recovery, "checkpoint 1", "an id"),
+            (Kind::Recovery, "ready x", "an epoch"),
+            (Kind::Recovery, "register 2 not-an-address", "an address"),
+            (Kind::Recovery, "dance 1", "unknown verb"),
+            (Kind::Recovery, "done 1\nnot a manifest", "manifest"),
+            (Kind::Recovery, "finished 1 {\"node\":", "a report"),
+            (Kind::Deploy, "node a 127.0.0.1:1 1\n", "no epoch"),
+            (Kind::Deploy, "epoch 1\n", "no node"),
+            (Kind::Deploy, "epoch 1\nnode a nowhere 1\n", "bad address"),
+            (
+                Kind::Deploy,
+                "epoch 1\nnode a 127.0.0.1:1 1\nrestore\nspate-checkpoint-manifest 1\nid 3\n",
+                "truncated",
+            ),
+            (Kind::Data, "ready 1", "frame kind"),
+        ];
+        for (kind, text, want) in cases {
+            match Msg::decode(kind, text) {
+                Ok(m) => panic!("{text:?} decoded as {m:?}"),
+                Err(e) => assert!(e.contains(want), "{text:?}: {e:?} does not say {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn events_and_metrics_lines_parse_back() {
+        let e = Event { unix_ms: 17, what: "failed b".into() };
+        let back = Event::parse(&e.to_json()).unwrap_or_else(|| panic!("no event"));
+        assert_eq!((back.unix_ms, back.what.as_str()), (17, "failed b"));
+        let m = MetricsLine { node: "a".into(), unix_ms: 5, epoch: 1, records_out: 300, p99_us: 2500 };
+        assert_eq!(MetricsLine::parse(&m.to_json()), Some(m));
+        assert_eq!(Event::parse("{\"node\":\"a\"}"), None);
+        assert_eq!(MetricsLine::parse("hello"), None);
     }
 }
