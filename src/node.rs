@@ -66,16 +66,16 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
     let spare = cluster.nodes[me].spare;
     if me == coordinator {
         let spares: Vec<bool> = cluster.nodes.iter().map(|n| n.spare).collect();
-        let mut coord = Coordinator::accept_members(
-            &mut listener,
-            &placement,
-            &spares,
-            failure_timeout,
-            cfg.checkpoint.interval_ms,
-            cfg.backups(),
-            opts.quiet,
-        )?;
-        coord.set_own_replica(replica.addr());
+        let config = crate::control::plan::PlanConfig {
+            failure_timeout_ms: cluster.failure_timeout_ms,
+            connect_timeout_ms: cluster.connect_timeout_ms,
+            interval_ms: cfg.checkpoint.interval_ms,
+            backups: cfg.backups(),
+            // The sources start as the first deployment's workers connect.
+            origin_ns: crate::control::unix_ms() * 1_000_000 + 200_000_000,
+        };
+        let mut coord = Coordinator::accept_members(&mut listener, &placement, &spares, config, opts.quiet)?;
+        coord.register_self(placement.nodes[me].workers, replica.addr());
         if opts.events {
             coord.print_events();
         }

@@ -35,14 +35,16 @@
 //!    node (spares included), which removes its checkpoints and exits,
 //!    and prints the totals.
 //!
-//! The coordinator does not survive its own failure (the job fails on
-//! every node); see the decision for why and what would change that.
+//! The coordinator's decisions are the sans-IO [`plan::Plan`];
+//! [`Coordinator`] drives it from the control connections (and
+//! `tests/control_plan.rs` from a seeded simulation). The coordinator does
+//! not survive its own failure (the job fails on every node).
 //!
 //! Messages are control frames with small text payloads (`Kind::Deploy`
 //! for a deployment, `Kind::Recovery` for the rest), read by
 //! [`Msg::decode`], which names what is malformed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ use spate_net::hello::Rejection;
 use spate_net::{Connection, Delivery, Listener, NetErrorKind};
 
 use crate::deploy::NodeReport;
+
+pub mod plan;
 
 /// A control message.
 #[derive(Debug, Clone, PartialEq)]
@@ -770,48 +774,6 @@ impl Member {
     }
 }
 
-/// A node as the coordinator knows it.
-struct NodeInfo {
-    name: String,
-    addr: SocketAddr,
-    workers: usize,
-    replica: Option<SocketAddr>,
-    role: Role,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// In the placement.
-    Active,
-    /// Registered, idle, ready to replace a failed node.
-    Spare,
-    /// Declared failed and fenced.
-    Failed,
-}
-
-/// A complete checkpoint and where its parts are.
-struct Complete {
-    manifest: Manifest,
-    /// The placement that took it.
-    slots: Vec<usize>,
-    /// Per slot, the nodes that back up its part.
-    holders: Vec<Vec<usize>>,
-}
-
-/// A checkpoint being collected.
-struct InFlight {
-    id: u64,
-    parts: HashMap<usize, Manifest>,
-}
-
-/// What the coordinator is doing.
-enum Phase {
-    /// The epoch's deployment runs.
-    Running,
-    /// Waiting for these nodes to stop their share of the failed epoch.
-    Aborting { waiting: HashSet<usize>, since: Instant },
-}
-
 /// A moment of the job worth reporting (for `bench recovery`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -842,36 +804,13 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The coordinator: the job's placement over the epochs, its checkpoints,
-/// failure detection and recovery.
+/// The coordinator's driver: the control connections to the other nodes,
+/// its own node's agent, and the [`plan::Plan`] that decides.
 pub struct Coordinator {
-    nodes: Vec<NodeInfo>,
-    /// The placement: node indexes in worker order (a node that took over a
-    /// failed node's workers appears twice), and each slot's workers.
-    slots: Vec<usize>,
-    slot_workers: Vec<usize>,
-    me: usize,
-    epoch: u64,
-    phase: Phase,
-    ready: HashSet<usize>,
-    finished: BTreeMap<usize, NodeReport>,
+    plan: plan::Plan,
     peers: HashMap<usize, Peer>,
-    failure_timeout: Duration,
-    /// How long nodes may take to connect a deployment's workers.
-    connect_timeout: Duration,
-    interval: Option<Duration>,
-    backups: usize,
-    next_checkpoint: Instant,
-    last_id: u64,
-    in_flight: Option<InFlight>,
-    /// The last complete checkpoint.
-    last_complete: Option<Complete>,
-    /// A node's share failed at this time for this reason: unless a node
-    /// failure explains it within the failure timeout, the job fails.
-    share_failed: Option<(Instant, String)>,
-    outbox: Vec<(usize, Msg)>,
-    /// The schedule origin of every epoch (see [`Deployment::origin_ns`]).
-    origin_ns: u64,
+    me: usize,
+    started: Instant,
     events: Vec<Event>,
     quiet: bool,
     /// Print each event as a JSON line on stdout when it happens.
@@ -893,33 +832,28 @@ impl Coordinator {
         listener: &mut Listener,
         placement: &ClusterPlacement,
         spares: &[bool],
-        failure_timeout: Duration,
-        interval_ms: u64,
-        backups: usize,
+        config: plan::PlanConfig,
         quiet: bool,
     ) -> Result<Self, String> {
-        let deadline = Instant::now() + placement.connect_timeout;
+        let started = Instant::now();
+        let deadline = started + placement.connect_timeout;
         let me = placement.me;
-        let mut nodes: Vec<NodeInfo> = placement
+        let nodes: Vec<(String, SocketAddr, usize, bool)> = placement
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| NodeInfo {
-                name: n.name.clone(),
-                addr: n.addr,
-                workers: n.workers,
-                replica: None,
-                role: if spares.get(i).copied().unwrap_or(false) { Role::Spare } else { Role::Active },
-            })
+            .map(|(i, n)| (n.name.clone(), n.addr, n.workers, spares.get(i).copied().unwrap_or(false)))
             .collect();
+        let mut plan = plan::Plan::new(&nodes, me, config);
         let mut peers: HashMap<usize, Peer> = HashMap::new();
+        let ms = |t: Instant| t.saturating_duration_since(started).as_millis() as u64;
         loop {
             loop {
                 let accepted = listener.poll_accept_with(|peer| {
                     let Some(node) = peer.node.strip_prefix("ctl:") else {
                         return Err(Rejection::UnknownNode);
                     };
-                    match nodes.iter().position(|n| n.name == node) {
+                    match plan.index(node) {
                         Some(i) if i == me => Err(Rejection::UnknownNode),
                         Some(i) if peers.contains_key(&i) => Err(Rejection::DuplicateNode),
                         Some(_) => Ok(()),
@@ -929,7 +863,7 @@ impl Coordinator {
                 match accepted {
                     Ok(Some(conn)) => {
                         let node = conn.peer().node.trim_start_matches("ctl:").to_string();
-                        if let Some(i) = nodes.iter().position(|n| n.name == node) {
+                        if let Some(i) = plan.index(&node) {
                             peers.insert(i, Peer { node, conn, closed: false, inbox: Vec::new() });
                         }
                     }
@@ -943,19 +877,14 @@ impl Coordinator {
                 for m in std::mem::take(&mut p.inbox) {
                     match m {
                         Msg::Register { workers, replica } if workers > 0 => {
-                            nodes[i].workers = workers;
-                            nodes[i].replica = Some(replica);
+                            plan.register(i, workers, replica, ms(now))
                         }
                         other => return Err(format!("node `{}` sent {other:?} before registering", p.node)),
                     }
                 }
             }
-            let missing: Vec<&str> = nodes
-                .iter()
-                .enumerate()
-                .filter(|(i, n)| *i != me && n.replica.is_none())
-                .map(|(_, n)| n.name.as_str())
-                .collect();
+            let missing: Vec<&str> =
+                plan.missing().into_iter().filter(|n| *n != placement.nodes[me].name).collect();
             if missing.is_empty() {
                 break;
             }
@@ -969,40 +898,14 @@ impl Coordinator {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let slots: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].role == Role::Active).collect();
-        let slot_workers = slots.iter().map(|&i| nodes[i].workers).collect();
-        Ok(Self {
-            nodes,
-            slots,
-            slot_workers,
-            me,
-            epoch: 0,
-            phase: Phase::Running,
-            ready: HashSet::new(),
-            finished: BTreeMap::new(),
-            peers,
-            failure_timeout,
-            connect_timeout: placement.connect_timeout,
-            interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
-            backups,
-            next_checkpoint: Instant::now(),
-            last_id: 0,
-            in_flight: None,
-            last_complete: None,
-            share_failed: None,
-            outbox: Vec::new(),
-            // The sources start as the first deployment's workers connect.
-            origin_ns: unix_ms() * 1_000_000 + 200_000_000,
-            events: Vec::new(),
-            quiet,
-            print_events: false,
-        })
+        Ok(Self { plan, peers, me, started, events: Vec::new(), quiet, print_events: false })
     }
 
-    /// Sets the coordinator's own replica service (it registers with
-    /// itself).
-    pub fn set_own_replica(&mut self, replica: SocketAddr) {
-        self.nodes[self.me].replica = Some(replica);
+    /// Registers the coordinator's own node: its workers and replica
+    /// service.
+    pub fn register_self(&mut self, workers: usize, replica: SocketAddr) {
+        let now = self.now_ms();
+        self.plan.register(self.me, workers, replica, now);
     }
 
     /// Prints each event as a JSON line on stdout as it happens.
@@ -1010,304 +913,19 @@ impl Coordinator {
         self.print_events = true;
     }
 
-    fn event(&mut self, what: String) {
-        let e = Event { unix_ms: unix_ms(), what };
-        if self.print_events {
-            println!("{}", e.to_json());
-        } else if !self.quiet {
-            eprintln!("coordinator: {}", e.what);
-        }
-        self.events.push(e);
-    }
-
-    /// The nodes of the placement, each once, in order.
-    fn active(&self) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::new();
-        for &i in &self.slots {
-            if !out.contains(&i) {
-                out.push(i);
-            }
-        }
-        out
-    }
-
-    /// The epoch's deployment for every node of the placement; `fetch_for`
-    /// maps a slot to the node its new owner fetches its part from.
-    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>) -> Result<(), String> {
-        let specs: Vec<NodeSpec> = self
-            .slots
-            .iter()
-            .zip(&self.slot_workers)
-            .map(|(&i, &w)| NodeSpec {
-                name: self.nodes[i].name.clone(),
-                addr: self.nodes[i].addr,
-                workers: w,
-            })
-            .collect();
-        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
-        for i in self.active() {
-            let mut replicas = Vec::new();
-            let mut fetch = Vec::new();
-            for pos in (0..self.slots.len()).filter(|&p| self.slots[p] == i) {
-                for h in self.holders(pos) {
-                    let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
-                    if !replicas.contains(&r) {
-                        replicas.push(r);
-                    }
-                }
-                if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
-                    let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
-                    let base: usize = self.slot_workers[..pos].iter().sum();
-                    for w in base..base + self.slot_workers[pos] {
-                        fetch.push((w, replica));
-                    }
-                }
-            }
-            let d = Deployment {
-                epoch: self.epoch,
-                nodes: specs.clone(),
-                replicas,
-                fetch,
-                restore: restore.clone(),
-                origin_ns: self.origin_ns,
-            };
-            self.outbox.push((i, Msg::Deploy(d)));
-        }
-        self.ready.clear();
-        self.finished.clear();
-        self.in_flight = None;
-        self.phase = Phase::Running;
-        self.next_checkpoint = Instant::now() + self.interval.unwrap_or_default();
-        self.event(format!("deployed {}", self.epoch));
-        Ok(())
-    }
-
-    /// The nodes that back up slot `pos`'s checkpoints in this placement:
-    /// the next `backups` other nodes after it, in a ring.
-    fn holders(&self, pos: usize) -> Vec<usize> {
-        let n = self.slots.len();
-        let own = self.slots[pos];
-        let mut out = Vec::new();
-        for k in 1..n {
-            let j = self.slots[(pos + k) % n];
-            if j != own && !out.contains(&j) && out.len() < self.backups {
-                out.push(j);
-            }
-        }
-        out
-    }
-
-    /// Node `i` failed: fence it and, if it ran workers, recover.
-    fn node_failed(&mut self, i: usize, why: String) -> Result<(), String> {
-        if self.nodes[i].role == Role::Failed {
-            return Ok(());
-        }
-        let was = self.nodes[i].role;
-        self.nodes[i].role = Role::Failed;
-        self.peers.remove(&i);
-        self.event(format!("failed {}", self.nodes[i].name));
-        eprintln!("coordinator: node `{}` declared failed ({why})", self.nodes[i].name);
-        if was == Role::Spare {
-            return Ok(());
-        }
-        if i == self.me {
-            return Err("the coordinator's own node failed".into());
-        }
-        let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
-        if lost.is_empty() {
-            return Ok(());
-        }
-        let mut activated = Vec::new();
-        for &pos in &lost {
-            // A spare first; else the survivor running the fewest workers
-            // takes the slot's workers on top of its own.
-            let spare = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare);
-            let replacement = match spare {
-                Some(j) => {
-                    self.nodes[j].role = Role::Active;
-                    activated.push(j);
-                    j
-                }
-                None => {
-                    let load = |j: usize| -> usize {
-                        (0..self.slots.len())
-                            .filter(|&p| self.slots[p] == j)
-                            .map(|p| self.slot_workers[p])
-                            .sum()
-                    };
-                    let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
-                    else {
-                        return Err(format!(
-                            "node `{}` failed ({why}) and no node is left to take over its workers",
-                            self.nodes[i].name
-                        ));
-                    };
-                    j
-                }
-            };
-            eprintln!(
-                "coordinator: node `{}` takes over the {} workers of node `{}`",
-                self.nodes[replacement].name, self.slot_workers[pos], self.nodes[i].name
-            );
-            self.slots[pos] = replacement;
-        }
-        if self.active().len() < 2 && self.interval.is_some() && self.backups > 0 {
-            return Err(format!(
-                "node `{}` failed and one node is left: its checkpoints would have no backup node",
-                self.nodes[i].name
-            ));
-        }
-        self.share_failed = None;
-        // Abort the epoch everywhere (again, if a recovery was under way).
-        let waiting: HashSet<usize> = match &self.phase {
-            Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
-            Phase::Running => self.active().into_iter().filter(|j| !activated.contains(j)).collect(),
-        };
-        if matches!(self.phase, Phase::Running) {
-            for &j in &waiting {
-                self.outbox.push((j, Msg::Abort { epoch: self.epoch }));
-            }
-        }
-        self.phase = Phase::Aborting { waiting, since: Instant::now() };
-        self.in_flight = None;
-        Ok(())
-    }
-
-    fn on_msg(&mut self, from: usize, msg: Msg) -> Result<(), String> {
-        let name = self.nodes[from].name.clone();
-        match msg {
-            Msg::Ready { epoch } if epoch == self.epoch => {
-                self.ready.insert(from);
-                if self.ready.len() == self.active().len() {
-                    self.event(format!("running {}", self.epoch));
-                }
-            }
-            Msg::Done { epoch, part } if epoch == self.epoch => {
-                let active = self.active().len();
-                let Some(f) = &mut self.in_flight else { return Ok(()) };
-                if f.id != part.id {
-                    return Ok(());
-                }
-                f.parts.insert(from, part);
-                if f.parts.len() == active {
-                    let id = f.id;
-                    let mut offsets = BTreeMap::new();
-                    for p in f.parts.values() {
-                        offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
-                    }
-                    let workers = self.slot_workers.iter().sum();
-                    let holders = (0..self.slots.len()).map(|p| self.holders(p)).collect();
-                    self.last_complete = Some(Complete {
-                        manifest: Manifest { id, workers, offsets },
-                        slots: self.slots.clone(),
-                        holders,
-                    });
-                    self.in_flight = None;
-                    for j in self.active() {
-                        self.outbox.push((j, Msg::Complete { epoch, id }));
-                    }
-                    self.event(format!("checkpoint {id}"));
-                }
-            }
-            Msg::Aborted { epoch } => {
-                if let Phase::Aborting { waiting, .. } = &mut self.phase {
-                    if epoch == self.epoch {
-                        waiting.remove(&from);
-                    }
-                }
-            }
-            Msg::Failed { epoch, reason } if epoch == self.epoch => {
-                if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
-                    self.share_failed = Some((Instant::now(), format!("node `{name}`: {reason}")));
-                }
-            }
-            Msg::Finished { epoch, report } if epoch == self.epoch => {
-                self.finished.insert(from, report);
-            }
-            // A message of an earlier epoch.
-            Msg::Ready { .. } | Msg::Done { .. } | Msg::Failed { .. } | Msg::Finished { .. } => {}
-            other => return Err(format!("node `{name}` sent an unexpected {other:?}")),
-        }
-        Ok(())
-    }
-
-    /// Timers: checkpoints, the end of an abort, a share's failure that no
-    /// node failure explains. Returns the reports once the job is done.
-    fn tick(&mut self, now: Instant) -> Result<Option<Vec<NodeReport>>, String> {
-        match &self.phase {
-            Phase::Aborting { waiting, since } => {
-                if waiting.is_empty() {
-                    // Deploy the next epoch; the replacement of each
-                    // failed slot fetches from a live holder.
-                    self.epoch += 1;
-                    let mut fetch_for = HashMap::new();
-                    if let Some(c) = &self.last_complete {
-                        for (pos, &i) in self.slots.iter().enumerate() {
-                            // A node that took its part has it locally.
-                            if c.slots.get(pos) == Some(&i) {
-                                continue;
-                            }
-                            let live = c.holders.get(pos).and_then(|h| {
-                                h.iter().copied().find(|&h| self.nodes[h].role == Role::Active)
-                            });
-                            let Some(h) = live else {
-                                return Err(format!(
-                                    "the backups of checkpoint {} of the workers node `{}` took over are all gone",
-                                    c.manifest.id, self.nodes[i].name
-                                ));
-                            };
-                            fetch_for.insert(pos, h);
-                        }
-                    }
-                    self.deploy(&fetch_for)?;
-                } else if now.duration_since(*since)
-                    > self.connect_timeout + self.failure_timeout * 4 + Duration::from_secs(10)
-                {
-                    // (A node may be connecting the aborted epoch's workers,
-                    // which it only gives up after the connect timeout.)
-                    let names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
-                    return Err(format!("nodes did not stop their share of the job: {}", names.join(", ")));
-                }
-            }
-            Phase::Running => {
-                if let Some((at, reason)) = &self.share_failed {
-                    if now.duration_since(*at) > self.failure_timeout + Duration::from_millis(500) {
-                        return Err(reason.clone());
-                    }
-                }
-                if self.finished.len() == self.active().len() {
-                    return Ok(Some(self.finished.values().cloned().collect()));
-                }
-                if let Some(interval) = self.interval {
-                    if self.in_flight.is_none()
-                        && self.finished.is_empty()
-                        && self.ready.len() == self.active().len()
-                        && now >= self.next_checkpoint
-                    {
-                        self.last_id += 1;
-                        let id = self.last_id;
-                        self.in_flight = Some(InFlight { id, parts: HashMap::new() });
-                        self.next_checkpoint = now + interval;
-                        self.event(format!("requested {id}"));
-                        for j in self.active() {
-                            self.outbox.push((j, Msg::Checkpoint { epoch: self.epoch, id }));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(None)
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Runs the job to its end: deploys epoch 0, then detects failures,
     /// recovers, takes checkpoints, and finally releases (or, when the job
     /// fails, stops) every node. `agent` runs the coordinator's own share.
     pub fn run(mut self, agent: &mut NodeAgent) -> Result<Outcome, String> {
-        self.deploy(&HashMap::new())?;
-        let mut out = Vec::new();
+        let now = self.now_ms();
+        self.plan.start(now);
         let mut own: Vec<Msg> = Vec::new();
         let result = loop {
-            match self.step(agent, &mut own, &mut out) {
+            match self.step(agent, &mut own) {
                 Ok(Some(reports)) => break Ok(reports),
                 Ok(None) => {}
                 Err(e) => break Err(e),
@@ -1321,65 +939,96 @@ impl Coordinator {
         for p in self.peers.values_mut() {
             let _ = p.send(&last);
         }
-        let _ = agent.handle(last, &mut out);
+        let _ = agent.handle(last, &mut Vec::new());
         let reports = result?;
         Ok(Outcome { reports, events: self.events })
     }
 
-    fn step(
-        &mut self,
-        agent: &mut NodeAgent,
-        own: &mut Vec<Msg>,
-        out: &mut Vec<Msg>,
-    ) -> Result<Option<Vec<NodeReport>>, String> {
+    /// One pass: the peers' messages and liveness into the plan, the own
+    /// node's too, the plan's timers, then its actions.
+    fn step(&mut self, agent: &mut NodeAgent, own: &mut Vec<Msg>) -> Result<Option<Vec<NodeReport>>, String> {
         let now = Instant::now();
+        let now_ms = self.now_ms();
         let mut ids: Vec<usize> = self.peers.keys().copied().collect();
         ids.sort_unstable();
         for i in ids {
             let Some(p) = self.peers.get_mut(&i) else { continue };
             let polled = p.poll(now);
             let msgs = std::mem::take(&mut p.inbox);
-            let (closed, silent) = (p.closed, p.silent(now));
+            let heard = p.conn.last_heard().saturating_duration_since(self.started).as_millis() as u64;
+            let closed = p.closed;
+            self.plan.heard(i, heard);
             for m in msgs {
-                self.on_msg(i, m)?;
+                self.plan.message(i, m, now_ms);
             }
             if let Err(e) = polled {
-                self.node_failed(i, e)?;
+                self.plan.connection_lost(i, &e, now_ms);
             } else if closed {
-                self.node_failed(i, "its control connection closed".into())?;
-            } else if silent > self.failure_timeout {
-                self.node_failed(i, format!("silent for {} ms", silent.as_millis()))?;
+                self.plan.connection_lost(i, "its control connection closed", now_ms);
             }
         }
-        agent.poll(out);
-        for m in out.drain(..) {
-            self.on_msg(self.me, m)?;
+        let mut out = Vec::new();
+        agent.poll(&mut out);
+        for m in out {
+            self.plan.message(self.me, m, now_ms);
         }
-        let done = self.tick(now)?;
-        let mut lost = Vec::new();
-        for (i, m) in std::mem::take(&mut self.outbox) {
-            if i == self.me {
-                own.push(m);
-            } else if let Some(p) = self.peers.get_mut(&i) {
-                if let Err(e) = p.send(&m) {
-                    lost.push((i, e));
+        self.plan.tick(now_ms);
+        let mut done = None;
+        // Actions can lead to more (a failed send is a lost connection).
+        loop {
+            let actions = self.plan.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions {
+                match a {
+                    plan::Action::Send { to, msg } if to == self.me => own.push(msg),
+                    plan::Action::Send { to, msg } => {
+                        if let Some(p) = self.peers.get_mut(&to) {
+                            if let Err(e) = p.send(&msg) {
+                                self.plan.connection_lost(to, &e, now_ms);
+                            }
+                        }
+                    }
+                    plan::Action::Fence { node, .. } => {
+                        // Its control connection goes; it is never deployed
+                        // again, and worker links carry the epoch.
+                        self.peers.remove(&node);
+                    }
+                    plan::Action::Event(what) => self.event(what),
+                    plan::Action::Note(line) => eprintln!("coordinator: {line}"),
+                    plan::Action::Finish(reports) => done = Some(reports),
+                    plan::Action::Fail(reason) => return Err(reason),
                 }
             }
         }
-        for (i, e) in lost {
-            self.node_failed(i, e)?;
-        }
         // The coordinator's own share last: a deployment blocks while its
         // workers connect, and the others must have theirs by then.
+        let mut out = Vec::new();
         for m in std::mem::take(own) {
-            agent.handle(m, out)?;
+            agent.handle(m, &mut out)?;
+        }
+        for m in out {
+            self.plan.message(self.me, m, now_ms);
         }
         Ok(done)
+    }
+
+    fn event(&mut self, what: String) {
+        let e = Event { unix_ms: unix_ms(), what };
+        if self.print_events {
+            println!("{}", e.to_json());
+        } else if !self.quiet {
+            eprintln!("coordinator: {}", e.what);
+        }
+        self.events.push(e);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn manifest() -> Manifest {

@@ -1,0 +1,589 @@
+//! The coordinator's decisions as a sans-IO state machine: which nodes run
+//! which workers in each epoch, checkpoints, failure detection and
+//! fencing (through [`spate_core::ft::detector::FailureDetector`]) and
+//! recovery by rolling every node back to the last complete checkpoint
+//! (docs/ARCHITECTURE.md, decision 23).
+//!
+//! Events go in — a node's message, a lost connection, what was heard
+//! from whom, a tick with the time in milliseconds — and [`Action`]s come
+//! out: send this message to that node, fence that node, report an event,
+//! finish, fail. There is no socket, clock or thread here: the
+//! coordinator's driver ([`super::Coordinator`]) feeds it from its control
+//! connections, and `tests/control_plan.rs` from a seeded simulation of
+//! nodes that crash, stall and answer late.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use spate_core::checkpoint::Manifest;
+use spate_core::ft::detector::{DetectorConfig, FailureDetector, FailureReason};
+use spate_core::ft::{Incarnation, NodeId};
+use spate_core::remote::NodeSpec;
+
+use super::{Deployment, Msg};
+use crate::deploy::NodeReport;
+
+/// Tunables of a [`Plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// A node silent this long is declared failed.
+    pub failure_timeout_ms: u64,
+    /// How long nodes may take to connect a deployment's workers.
+    pub connect_timeout_ms: u64,
+    /// Checkpoint interval; 0: no checkpoints.
+    pub interval_ms: u64,
+    /// Backup nodes per checkpoint part.
+    pub backups: usize,
+    /// The schedule origin of every epoch (ns since the Unix epoch).
+    pub origin_ns: u64,
+}
+
+/// What the coordinator must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `msg` to node `to` (possibly the coordinator's own node).
+    Send {
+        /// The node (index among the config's nodes).
+        to: usize,
+        /// The message.
+        msg: Msg,
+    },
+    /// Node `node` is declared failed: drop its control connection; it
+    /// never takes part again.
+    Fence {
+        /// The node.
+        node: usize,
+        /// Why.
+        why: String,
+    },
+    /// A moment worth reporting: `failed <node>`, `deployed <epoch>`,
+    /// `running <epoch>`, `requested <id>`, `checkpoint <id>`.
+    Event(String),
+    /// A line for the log.
+    Note(String),
+    /// The job is done: release every node; these are the reports of the
+    /// last epoch.
+    Finish(Vec<NodeReport>),
+    /// The job failed: stop every node with this error.
+    Fail(String),
+}
+
+/// A node as the coordinator knows it.
+#[derive(Debug, Clone)]
+struct NodeInfo {
+    name: String,
+    addr: SocketAddr,
+    workers: usize,
+    replica: Option<SocketAddr>,
+    role: Role,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// In the placement.
+    Active,
+    /// Registered, idle, ready to replace a failed node.
+    Spare,
+    /// Declared failed and fenced.
+    Failed,
+}
+
+/// A complete checkpoint and where its parts are.
+#[derive(Debug, Clone)]
+struct Complete {
+    manifest: Manifest,
+    /// Per slot, the nodes that back up its part (in their replica
+    /// service: a replacement fetches it from one of them).
+    holders: Vec<Vec<usize>>,
+    /// Per slot, the nodes that have its part in their own backup store
+    /// for those workers (the node that took it, and any that fetched it
+    /// since): they restore it without fetching.
+    local: Vec<Vec<usize>>,
+}
+
+/// A checkpoint being collected.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    parts: HashMap<usize, Manifest>,
+}
+
+/// What the coordinator is doing.
+#[derive(Debug)]
+enum Phase {
+    /// The epoch's deployment runs.
+    Running,
+    /// Waiting for these nodes to stop their share of the failed epoch.
+    Aborting { waiting: HashSet<usize>, since_ms: u64 },
+    /// Finished or failed: nothing more happens.
+    Over,
+}
+
+/// The coordinator's state (see the module documentation).
+#[derive(Debug)]
+pub struct Plan {
+    nodes: Vec<NodeInfo>,
+    /// The placement: node indexes in worker order (a node that took over a
+    /// failed node's workers appears twice), and each slot's workers.
+    slots: Vec<usize>,
+    slot_workers: Vec<usize>,
+    me: usize,
+    epoch: u64,
+    phase: Phase,
+    ready: HashSet<usize>,
+    finished: BTreeMap<usize, NodeReport>,
+    config: PlanConfig,
+    detector: FailureDetector,
+    next_checkpoint_ms: u64,
+    last_id: u64,
+    in_flight: Option<InFlight>,
+    last_complete: Option<Complete>,
+    /// A node's share failed at this time for this reason: unless a node
+    /// failure explains it within the failure timeout, the job fails.
+    share_failed: Option<(u64, String)>,
+    actions: Vec<Action>,
+}
+
+/// Every node is incarnation 1: a restarted process cannot register again.
+const INCARNATION: Incarnation = Incarnation(1);
+
+fn node_id(i: usize) -> NodeId {
+    NodeId(i as u32)
+}
+
+impl Plan {
+    /// The plan for the config's nodes — `(name, address, workers,
+    /// spare)` in config order — run by node `me` (the coordinator), before
+    /// any node registered.
+    pub fn new(nodes: &[(String, SocketAddr, usize, bool)], me: usize, config: PlanConfig) -> Self {
+        let nodes = nodes
+            .iter()
+            .map(|(name, addr, workers, spare)| NodeInfo {
+                name: name.clone(),
+                addr: *addr,
+                workers: *workers,
+                replica: None,
+                role: if *spare { Role::Spare } else { Role::Active },
+            })
+            .collect();
+        let detector = FailureDetector::new(DetectorConfig {
+            failure_timeout_ms: config.failure_timeout_ms,
+            declare_on_connection_loss: true,
+        });
+        Self {
+            nodes,
+            slots: Vec::new(),
+            slot_workers: Vec::new(),
+            me,
+            epoch: 0,
+            phase: Phase::Running,
+            ready: HashSet::new(),
+            finished: BTreeMap::new(),
+            config,
+            detector,
+            next_checkpoint_ms: 0,
+            last_id: 0,
+            in_flight: None,
+            last_complete: None,
+            share_failed: None,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Node `i` registered with `workers` workers and its replica service
+    /// at `replica` (the coordinator registers itself too).
+    pub fn register(&mut self, i: usize, workers: usize, replica: SocketAddr, now_ms: u64) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.workers = workers;
+            n.replica = Some(replica);
+            let _ = self.detector.register(node_id(i), INCARNATION, now_ms);
+        }
+    }
+
+    /// The nodes that have not registered yet.
+    pub fn missing(&self) -> Vec<&str> {
+        self.nodes.iter().filter(|n| n.replica.is_none()).map(|n| n.name.as_str()).collect()
+    }
+
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> &str {
+        self.nodes.get(i).map_or("?", |n| n.name.as_str())
+    }
+
+    /// The index of the node called `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether node `i` was declared failed.
+    pub fn is_fenced(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| n.role == Role::Failed)
+    }
+
+    /// Takes the actions decided so far.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Deploys epoch 0: the nodes that are not spares, in config order.
+    pub fn start(&mut self, now_ms: u64) {
+        self.slots = (0..self.nodes.len()).filter(|&i| self.nodes[i].role == Role::Active).collect();
+        self.slot_workers = self.slots.iter().map(|&i| self.nodes[i].workers).collect();
+        if let Err(e) = self.deploy(&HashMap::new(), now_ms) {
+            self.fail(e);
+        }
+    }
+
+    /// Something arrived from node `i` at `now_ms` (any message or
+    /// heartbeat): it is alive.
+    pub fn heard(&mut self, i: usize, now_ms: u64) {
+        if !self.is_fenced(i) {
+            let _ = self.detector.heard_from(node_id(i), INCARNATION, now_ms);
+        }
+    }
+
+    /// The control connection to node `i` broke (or a send to it failed).
+    pub fn connection_lost(&mut self, i: usize, why: &str, now_ms: u64) {
+        if self.detector.connection_lost(node_id(i)).is_some() {
+            self.node_failed(i, why.to_string(), now_ms);
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if !matches!(self.phase, Phase::Over) {
+            self.phase = Phase::Over;
+            self.actions.push(Action::Fail(reason));
+        }
+    }
+
+    fn send(&mut self, to: usize, msg: Msg) {
+        self.actions.push(Action::Send { to, msg });
+    }
+
+    fn event(&mut self, what: String) {
+        self.actions.push(Action::Event(what));
+    }
+
+    /// The nodes of the placement, each once, in order.
+    fn active(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for &i in &self.slots {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// The nodes that back up slot `pos`'s checkpoints in this placement:
+    /// the next `backups` other nodes after it, in a ring.
+    fn holders(&self, pos: usize) -> Vec<usize> {
+        let n = self.slots.len();
+        let own = self.slots[pos];
+        let mut out = Vec::new();
+        for k in 1..n {
+            let j = self.slots[(pos + k) % n];
+            if j != own && !out.contains(&j) && out.len() < self.config.backups {
+                out.push(j);
+            }
+        }
+        out
+    }
+
+    /// The epoch's deployment for every node of the placement; `fetch_for`
+    /// maps a slot to the node its new owner fetches its part from.
+    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
+        let specs: Vec<NodeSpec> = self
+            .slots
+            .iter()
+            .zip(&self.slot_workers)
+            .map(|(&i, &w)| NodeSpec {
+                name: self.nodes[i].name.clone(),
+                addr: self.nodes[i].addr,
+                workers: w,
+            })
+            .collect();
+        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
+        for i in self.active() {
+            let mut replicas = Vec::new();
+            let mut fetch = Vec::new();
+            for pos in (0..self.slots.len()).filter(|&p| self.slots[p] == i) {
+                if self.config.interval_ms > 0 {
+                    for h in self.holders(pos) {
+                        let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
+                        if !replicas.contains(&r) {
+                            replicas.push(r);
+                        }
+                    }
+                }
+                if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
+                    let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
+                    let base: usize = self.slot_workers[..pos].iter().sum();
+                    for w in base..base + self.slot_workers[pos] {
+                        fetch.push((w, replica));
+                    }
+                }
+            }
+            let d = Deployment {
+                epoch: self.epoch,
+                nodes: specs.clone(),
+                replicas,
+                fetch,
+                restore: restore.clone(),
+                origin_ns: self.config.origin_ns,
+            };
+            self.send(i, Msg::Deploy(d));
+        }
+        self.ready.clear();
+        self.finished.clear();
+        self.in_flight = None;
+        self.share_failed = None;
+        self.phase = Phase::Running;
+        self.next_checkpoint_ms = now_ms + self.config.interval_ms;
+        self.event(format!("deployed {}", self.epoch));
+        Ok(())
+    }
+
+    /// Node `i` failed: fence it and, if it ran workers, recover.
+    fn node_failed(&mut self, i: usize, why: String, now_ms: u64) {
+        if self.is_fenced(i) || matches!(self.phase, Phase::Over) {
+            return;
+        }
+        let was = self.nodes[i].role;
+        self.nodes[i].role = Role::Failed;
+        let _ = self.detector.declare_failed(node_id(i), FailureReason::Reported);
+        let name = self.nodes[i].name.clone();
+        self.actions.push(Action::Fence { node: i, why: why.clone() });
+        self.event(format!("failed {name}"));
+        self.actions.push(Action::Note(format!("node `{name}` declared failed ({why})")));
+        if was == Role::Spare {
+            return;
+        }
+        if i == self.me {
+            return self.fail("the coordinator's own node failed".into());
+        }
+        let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
+        if lost.is_empty() {
+            return;
+        }
+        let mut activated = Vec::new();
+        for &pos in &lost {
+            // A spare first; else the survivor running the fewest workers
+            // takes the slot's workers on top of its own.
+            let spare = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare);
+            let replacement = match spare {
+                Some(j) => {
+                    self.nodes[j].role = Role::Active;
+                    activated.push(j);
+                    j
+                }
+                None => {
+                    let load = |j: usize| -> usize {
+                        (0..self.slots.len())
+                            .filter(|&p| self.slots[p] == j)
+                            .map(|p| self.slot_workers[p])
+                            .sum()
+                    };
+                    let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
+                    else {
+                        return self.fail(format!(
+                            "node `{name}` failed ({why}) and no node is left to take over its workers"
+                        ));
+                    };
+                    j
+                }
+            };
+            self.actions.push(Action::Note(format!(
+                "node `{}` takes over the {} workers of node `{name}`",
+                self.nodes[replacement].name, self.slot_workers[pos]
+            )));
+            self.slots[pos] = replacement;
+        }
+        if self.active().len() < 2 && self.config.interval_ms > 0 && self.config.backups > 0 {
+            return self.fail(format!(
+                "node `{name}` failed and one node is left: its checkpoints would have no backup node"
+            ));
+        }
+        // Abort the epoch everywhere (again, if a recovery was under way).
+        let waiting: HashSet<usize> = match &self.phase {
+            Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
+            _ => self.active().into_iter().filter(|j| !activated.contains(j)).collect(),
+        };
+        if matches!(self.phase, Phase::Running) {
+            let mut to: Vec<usize> = waiting.iter().copied().collect();
+            to.sort_unstable();
+            for j in to {
+                self.send(j, Msg::Abort { epoch: self.epoch });
+            }
+        }
+        self.phase = Phase::Aborting { waiting, since_ms: now_ms };
+        self.in_flight = None;
+        self.share_failed = None;
+    }
+
+    /// A message from node `i`.
+    pub fn message(&mut self, from: usize, msg: Msg, now_ms: u64) {
+        if self.is_fenced(from) || matches!(self.phase, Phase::Over) {
+            return;
+        }
+        self.heard(from, now_ms);
+        let name = self.nodes[from].name.clone();
+        match msg {
+            Msg::Ready { epoch } if epoch == self.epoch && matches!(self.phase, Phase::Running) => {
+                self.ready.insert(from);
+                if self.ready.len() == self.active().len() {
+                    self.event(format!("running {}", self.epoch));
+                }
+            }
+            Msg::Done { epoch, part } if epoch == self.epoch => {
+                let active = self.active().len();
+                let Some(f) = &mut self.in_flight else { return };
+                if f.id != part.id {
+                    return;
+                }
+                f.parts.insert(from, part);
+                if f.parts.len() == active {
+                    let id = f.id;
+                    let mut offsets = BTreeMap::new();
+                    for p in f.parts.values() {
+                        offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+                    }
+                    let workers = self.slot_workers.iter().sum();
+                    let holders = (0..self.slots.len()).map(|p| self.holders(p)).collect();
+                    self.last_complete = Some(Complete {
+                        manifest: Manifest { id, workers, offsets },
+                        holders,
+                        local: self.slots.iter().map(|&i| vec![i]).collect(),
+                    });
+                    self.in_flight = None;
+                    for j in self.active() {
+                        self.send(j, Msg::Complete { epoch, id });
+                    }
+                    self.event(format!("checkpoint {id}"));
+                }
+            }
+            Msg::Aborted { epoch } => {
+                if let Phase::Aborting { waiting, .. } = &mut self.phase {
+                    if epoch == self.epoch {
+                        waiting.remove(&from);
+                    }
+                }
+            }
+            Msg::Failed { epoch, reason } if epoch == self.epoch => {
+                if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
+                    self.share_failed = Some((now_ms, format!("node `{name}`: {reason}")));
+                }
+            }
+            Msg::Finished { epoch, report } if epoch == self.epoch => {
+                self.finished.insert(from, report);
+            }
+            // A message of an earlier epoch, or one that no longer matters.
+            Msg::Ready { .. } | Msg::Done { .. } | Msg::Failed { .. } | Msg::Finished { .. } => {}
+            other => self.fail(format!("node `{name}` sent an unexpected {other:?}")),
+        }
+    }
+
+    /// Timers: silent nodes, checkpoints, the end of an abort, a share's
+    /// failure that no node failure explains, the end of the job.
+    pub fn tick(&mut self, now_ms: u64) {
+        // The coordinator's own node is alive as long as this runs.
+        self.heard(self.me, now_ms);
+        for d in self.detector.tick(now_ms) {
+            let i = d.node.0 as usize;
+            let why = match d.reason {
+                FailureReason::Timeout { silent_ms } => format!("silent for {silent_ms} ms"),
+                other => format!("{other:?}"),
+            };
+            self.node_failed(i, why, now_ms);
+        }
+        match &self.phase {
+            Phase::Over => {}
+            Phase::Aborting { waiting, since_ms } => {
+                if waiting.is_empty() {
+                    self.redeploy(now_ms);
+                } else if now_ms.saturating_sub(*since_ms)
+                    > self.config.connect_timeout_ms + self.config.failure_timeout_ms * 4 + 10_000
+                {
+                    // (A node may be connecting the aborted epoch's workers,
+                    // which it only gives up after the connect timeout.)
+                    let mut names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+                    names.sort_unstable();
+                    let e = format!("nodes did not stop their share of the job: {}", names.join(", "));
+                    self.fail(e);
+                }
+            }
+            Phase::Running => {
+                if let Some((at, reason)) = &self.share_failed {
+                    if now_ms.saturating_sub(*at) > self.config.failure_timeout_ms + 500 {
+                        let r = reason.clone();
+                        return self.fail(r);
+                    }
+                }
+                if !self.slots.is_empty() && self.finished.len() == self.active().len() {
+                    self.phase = Phase::Over;
+                    let reports = self.finished.values().cloned().collect();
+                    self.actions.push(Action::Finish(reports));
+                    return;
+                }
+                if self.config.interval_ms > 0
+                    && self.in_flight.is_none()
+                    && self.finished.is_empty()
+                    && self.ready.len() == self.active().len()
+                    && now_ms >= self.next_checkpoint_ms
+                {
+                    self.last_id += 1;
+                    let id = self.last_id;
+                    self.in_flight = Some(InFlight { id, parts: HashMap::new() });
+                    self.next_checkpoint_ms = now_ms + self.config.interval_ms;
+                    self.event(format!("requested {id}"));
+                    for j in self.active() {
+                        self.send(j, Msg::Checkpoint { epoch: self.epoch, id });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deploys the next epoch; the new owner of each slot whose node did
+    /// not take part in the last complete checkpoint fetches that slot's
+    /// part from a live node that backed it up.
+    fn redeploy(&mut self, now_ms: u64) {
+        self.epoch += 1;
+        let mut fetch_for = HashMap::new();
+        if let Some(c) = &self.last_complete {
+            for (pos, &i) in self.slots.iter().enumerate() {
+                // A node that took its part, or fetched it, has it locally.
+                if c.local.get(pos).is_some_and(|l| l.contains(&i)) {
+                    continue;
+                }
+                let live = c
+                    .holders
+                    .get(pos)
+                    .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
+                let Some(h) = live else {
+                    let e = format!(
+                        "the backups of checkpoint {} of the workers node `{}` took over are all gone",
+                        c.manifest.id, self.nodes[i].name
+                    );
+                    return self.fail(e);
+                };
+                fetch_for.insert(pos, h);
+            }
+        }
+        if let Err(e) = self.deploy(&fetch_for, now_ms) {
+            return self.fail(e);
+        }
+        if let Some(c) = &mut self.last_complete {
+            for &pos in fetch_for.keys() {
+                if let Some(l) = c.local.get_mut(pos) {
+                    l.push(self.slots[pos]);
+                }
+            }
+        }
+    }
+}
