@@ -22,7 +22,8 @@
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
-//! coordinator = "a"           # optional (default: the first node)
+//! coordinator = "a"           # optional (default: the first node); with workers = 0
+//!                             # it only coordinates, and every worker node may fail
 //! failure_timeout_ms = 5000   # a node silent this long is declared failed
 //! [[cluster.nodes]]           # in worker order; `spate node --name a`
 //! name = "a"
@@ -106,9 +107,9 @@ impl ClusterSection {
             if !seen.insert(n.name.as_str()) {
                 return Err(format!("cluster.nodes[{i}].name: `{}` appears twice", n.name));
             }
-            if n.workers == 0 {
+            if n.workers == 0 && (i != c || n.spare) {
                 return Err(format!(
-                    "cluster.nodes[{i}].workers: node `{}` needs at least one worker",
+                    "cluster.nodes[{i}].workers: node `{}` needs at least one worker (only the coordinator may run none)",
                     n.name
                 ));
             }
@@ -308,7 +309,10 @@ impl Config {
         match &self.cluster {
             Some(c) => {
                 c.validate()?;
-                let active = c.nodes.iter().filter(|n| !n.spare).count();
+                let active = c.nodes.iter().filter(|n| !n.spare && n.workers > 0).count();
+                if active == 0 {
+                    return Err("cluster.nodes: no node runs workers".into());
+                }
                 let r = self.backups();
                 if self.checkpoint.interval_ms > 0 && r + 1 > active {
                     return Err(format!(

@@ -186,4 +186,7 @@ fn cluster_fault_tolerance_fields_are_checked() {
         &["checkpoint.backups", "cluster"],
     );
     assert_mentions(&rejected(&base.replace("[cluster]\n", "[cluster]\nspares = 1\n")), &["spares"]);
+    // Only the coordinator may run no workers.
+    let idle = format!("{base}[[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\nworkers = 0\n");
+    assert_mentions(&rejected(&idle), &["cluster.nodes[1].workers", "only the coordinator"]);
 }

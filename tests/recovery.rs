@@ -23,6 +23,19 @@ const WORKERS: usize = 3;
 /// A config for nodes a, b, c (one worker each) and `spares` spare nodes
 /// (s1, s2, ...), with checkpoints every `interval_ms` and a file sink.
 fn config(dir: &Path, query: &str, params: &str, spares: usize, interval_ms: u64) -> PathBuf {
+    config_with(dir, query, params, spares, interval_ms, false)
+}
+
+/// [`config`], with `dedicated`: a coordinator node `coord` of no workers
+/// (so that every node running workers may fail).
+fn config_with(
+    dir: &Path,
+    query: &str,
+    params: &str,
+    spares: usize,
+    interval_ms: u64,
+    dedicated: bool,
+) -> PathBuf {
     let mut text = format!(
         "[query]\nname = \"{query}\"\n[query.params]\n{params}\n\
          [runtime]\npin = false\ndata_dir = {data:?}\n\
@@ -32,6 +45,10 @@ fn config(dir: &Path, query: &str, params: &str, spares: usize, interval_ms: u64
         data = dir.join("data").display().to_string(),
         out = dir.join("out.txt").display().to_string(),
     );
+    if dedicated {
+        text = text.replace("[cluster]\n", "[cluster]\ncoordinator = \"coord\"\n");
+        text += "[[cluster.nodes]]\nname = \"coord\"\naddress = \"127.0.0.1:0\"\nworkers = 0\n";
+    }
     for n in ["a", "b", "c"] {
         text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
     }
@@ -271,6 +288,26 @@ fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
             .unwrap_or_else(|e| panic!("{e}"));
     });
     assert!(stderr.contains("takes over the 1 workers of node `c`"), "no survivor took over: {stderr}");
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
+
+#[test]
+fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
+    let _watchdog = Watchdog::start("recovery of node a", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true);
+    run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("a").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
     let got = output(dir.path());
     let want = keyed_sum_expected(RECORDS, KEYS);
     assert!(got == want, "{}", diff(&got, &want));

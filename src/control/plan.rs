@@ -86,6 +86,9 @@ enum Role {
     Spare,
     /// Declared failed and fenced.
     Failed,
+    /// The coordinator's own node, running no workers: it only
+    /// coordinates (so that any node running workers may fail).
+    Coordinator,
 }
 
 /// A complete checkpoint and where its parts are.
@@ -165,7 +168,13 @@ impl Plan {
                 replica: None,
                 role: if *spare { Role::Spare } else { Role::Active },
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut nodes = nodes;
+        if let Some(n) = nodes.get_mut(me) {
+            if n.workers == 0 {
+                n.role = Role::Coordinator;
+            }
+        }
         let detector = FailureDetector::new(DetectorConfig {
             failure_timeout_ms: config.failure_timeout_ms,
             declare_on_connection_loss: true,
