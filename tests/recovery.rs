@@ -313,3 +313,31 @@ fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     assert!(got == want, "{}", diff(&got, &want));
     assert_no_process_left(dir.path());
 }
+
+#[test]
+fn a_failure_during_recovery_is_recovered_too() {
+    let _watchdog = Watchdog::start("failure during recovery", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
+    run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        // The spare that replaces b dies while it fetches b's checkpoint
+        // and connects: the survivors stop connecting to it at once (well
+        // before the 20 s connect timeout) and the second spare takes over.
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "deployed 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let killed = nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
+        let running = nodes
+            .wait_event(Duration::from_secs(15), |e| e.what == "running 2")
+            .unwrap_or_else(|e| panic!("no recovery from the second failure within 15 s: {e}"));
+        assert!(running.unix_ms >= killed);
+    });
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}

@@ -129,6 +129,17 @@ pub fn connect_mesh(
     p: &ClusterPlacement,
     listener: &mut Listener,
 ) -> Result<HashMap<(usize, usize), Connection>, String> {
+    connect_mesh_or_abort(p, listener, &mut || None)
+}
+
+/// As [`connect_mesh`]; gives up as soon as `abort` returns a reason (a
+/// node of the deployment failed: its workers will never connect, and the
+/// coordinator is already deploying the next epoch).
+pub fn connect_mesh_or_abort(
+    p: &ClusterPlacement,
+    listener: &mut Listener,
+    abort: &mut dyn FnMut() -> Option<String>,
+) -> Result<HashMap<(usize, usize), Connection>, String> {
     let local = p.local();
     let total = p.total_workers();
     let deadline = Instant::now() + p.connect_timeout;
@@ -212,6 +223,12 @@ pub fn connect_mesh(
         }
         if pending.is_empty() && expected_in.iter().all(|k| done.contains_key(k)) {
             return Ok(done);
+        }
+        if let Some(reason) = abort() {
+            return Err(format!(
+                "node `{}`: connecting epoch {}'s workers: {reason}",
+                p.nodes[p.me].name, p.epoch
+            ));
         }
         if Instant::now() >= deadline {
             let mut missing: Vec<String> = pending

@@ -168,6 +168,23 @@ impl Runtime {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
+        self.start_cluster_or_abort(name, build, placement, listener, checkpoints, &mut || None)
+    }
+
+    /// As [`Runtime::start_cluster_with`]; stops connecting the workers as
+    /// soon as `abort` gives a reason (see [`remote::connect_mesh_or_abort`]).
+    pub fn start_cluster_or_abort<F>(
+        &self,
+        name: &str,
+        build: F,
+        placement: ClusterPlacement,
+        listener: &mut spate_net::Listener,
+        checkpoints: Option<ClusterCheckpoints>,
+        abort: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
         self.config.validate().map_err(RuntimeError::Config)?;
         if self.config.checkpoint_interval_ms > 0 && checkpoints.is_none() {
             return Err(RuntimeError::Config(
@@ -177,7 +194,8 @@ impl Runtime {
         if placement.nodes.get(placement.me).is_none_or(|n| n.workers == 0) {
             return Err(RuntimeError::Config(format!("node {} runs no worker", placement.me)));
         }
-        let conns = remote::connect_mesh(&placement, listener).map_err(RuntimeError::Failed)?;
+        let conns =
+            remote::connect_mesh_or_abort(&placement, listener, abort).map_err(RuntimeError::Failed)?;
         self.start_inner(name, build, Some((placement, conns, checkpoints)))
     }
 

@@ -507,11 +507,23 @@ impl NodeAgent {
 
     /// Handles a message from the coordinator, queueing answers in `out`.
     pub fn handle(&mut self, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, String> {
+        self.handle_or_abort(msg, out, &mut || None)
+    }
+
+    /// As [`NodeAgent::handle`]; a deployment stops connecting its workers
+    /// as soon as `abort` gives a reason (the coordinator aborted the epoch:
+    /// a node of it failed).
+    pub fn handle_or_abort(
+        &mut self,
+        msg: Msg,
+        out: &mut Vec<Msg>,
+        abort: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<Option<Exit>, String> {
         match msg {
             Msg::Deploy(d) => {
                 self.stop_job();
                 let epoch = d.epoch;
-                if let Err(e) = self.deploy(d) {
+                if let Err(e) = self.deploy(d, abort) {
                     out.push(Msg::Failed { epoch, reason: e });
                 }
             }
@@ -565,7 +577,7 @@ impl NodeAgent {
         self.pending = None;
     }
 
-    fn deploy(&mut self, d: Deployment) -> Result<(), String> {
+    fn deploy(&mut self, d: Deployment, abort: &mut dyn FnMut() -> Option<String>) -> Result<(), String> {
         let me = d
             .nodes
             .iter()
@@ -608,7 +620,14 @@ impl NodeAgent {
         });
         let build = self.build.clone();
         let job = Runtime::new(rc)
-            .start_cluster_with(&self.query, move |df| build(df), placement, &mut self.listener, checkpoints)
+            .start_cluster_or_abort(
+                &self.query,
+                move |df| build(df),
+                placement,
+                &mut self.listener,
+                checkpoints,
+                abort,
+            )
             .map_err(|e| format!("node `{}`: {e}", self.name))?;
         if let (Some(m), false) = (&d.restore, self.quiet) {
             eprintln!("node {}: epoch {} resumes from checkpoint {}", self.name, d.epoch, m.id);
@@ -744,9 +763,24 @@ impl Member {
         loop {
             let now = Instant::now();
             self.peer.poll(now)?;
-            for msg in std::mem::take(&mut self.peer.inbox) {
+            while !self.peer.inbox.is_empty() {
+                // One at a time: what follows stays visible to `abort`.
+                let msg = self.peer.inbox.remove(0);
                 deployed |= matches!(msg, Msg::Deploy(_));
-                if let Some(Exit::Released) = agent.handle(msg, &mut out)? {
+                // While a deployment connects its workers, an abort (or the
+                // coordinator's end) that arrives stops it.
+                let peer = &mut self.peer;
+                let mut abort = || {
+                    let _ = peer.poll(Instant::now());
+                    if peer.closed {
+                        return Some("the coordinator closed its control connection".to_string());
+                    }
+                    peer.inbox
+                        .iter()
+                        .any(|m| matches!(m, Msg::Abort { .. } | Msg::Stop { .. } | Msg::Release))
+                        .then(|| "the coordinator aborted the epoch".to_string())
+                };
+                if let Some(Exit::Released) = agent.handle_or_abort(msg, &mut out, &mut abort)? {
                     return Ok(());
                 }
             }
@@ -1006,7 +1040,20 @@ impl Coordinator {
         // workers connect, and the others must have theirs by then.
         let mut out = Vec::new();
         for m in std::mem::take(own) {
-            agent.handle(m, &mut out)?;
+            // While its deployment connects its workers, a node whose
+            // control connection drops will never connect: give up (the
+            // plan hears of it at the next step).
+            let peers = &mut self.peers;
+            let mut abort = || {
+                for p in peers.values_mut() {
+                    let _ = p.poll(Instant::now());
+                    if p.closed {
+                        return Some(format!("node `{}` closed its control connection", p.node));
+                    }
+                }
+                None
+            };
+            agent.handle_or_abort(m, &mut out, &mut abort)?;
         }
         for m in out {
             self.plan.message(self.me, m, now_ms);
