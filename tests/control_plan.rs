@@ -80,13 +80,15 @@ struct Sim {
     aborts: HashMap<u64, (HashSet<usize>, HashSet<usize>)>,
     /// The parts received per checkpoint id (as the nodes sent them).
     parts: HashMap<u64, HashSet<usize>>,
-    /// The placement of the latest deployment.
+    /// The placement of the latest deployment, and the owner of each
+    /// worker in it.
     placement: Vec<String>,
+    owners: Vec<String>,
     last_complete: Option<u64>,
-    /// Per complete checkpoint: per slot, the node names that took part
-    /// and their replica targets.
+    /// Per complete checkpoint: per worker, the node that took its part,
+    /// and every node's replica targets.
     taken_by: HashMap<u64, (Vec<String>, HashMap<String, Vec<SocketAddr>>)>,
-    /// Per complete checkpoint and slot, the nodes that fetched its part.
+    /// Per complete checkpoint and worker, the nodes that fetched its part.
     fetched: HashMap<(u64, usize), HashSet<String>>,
     replicas_now: HashMap<String, Vec<SocketAddr>>,
     ended: Option<Result<(), String>>,
@@ -97,6 +99,10 @@ struct Sim {
     /// Epochs deployed after a failure, and survivors that took over.
     recoveries: u64,
     takeovers: u64,
+    /// Per failed node, the replacements of its workers in this recovery;
+    /// recoveries that split a node's workers over several.
+    took_over: HashMap<String, u64>,
+    splits: u64,
 }
 
 fn replica_of(i: usize) -> SocketAddr {
@@ -109,8 +115,17 @@ impl Sim {
         let mut cfg_nodes = Vec::new();
         for i in 0..active + spares {
             let name = if i < active { format!("n{i}") } else { format!("s{}", i - active) };
-            cfg_nodes.push((name, SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)), 1, i >= active));
+            // Nodes of one or two workers: a failed node's workers may be
+            // split over several replacements.
+            let workers = 1 + rng.below(2) as usize;
+            cfg_nodes.push((
+                name,
+                SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                workers,
+                i >= active,
+            ));
         }
+        let workers = cfg_nodes.iter().filter(|n| !n.3).map(|n| n.2).sum();
         let config = PlanConfig {
             failure_timeout_ms: FAILURE_TIMEOUT_MS,
             connect_timeout_ms: 2000,
@@ -119,8 +134,8 @@ impl Sim {
             origin_ns: 1,
         };
         let mut plan = Plan::new(&cfg_nodes, 0, config);
-        for i in 0..cfg_nodes.len() {
-            plan.register(i, 1, replica_of(i), 0);
+        for (i, n) in cfg_nodes.iter().enumerate() {
+            plan.register(i, n.2, replica_of(i), 0);
         }
         let names = cfg_nodes.iter().map(|n| n.0.clone()).collect();
         let nodes = (0..cfg_nodes.len()).map(|_| Node::default()).collect();
@@ -136,6 +151,7 @@ impl Sim {
             aborts: HashMap::new(),
             parts: HashMap::new(),
             placement: Vec::new(),
+            owners: Vec::new(),
             last_complete: None,
             taken_by: HashMap::new(),
             fetched: HashMap::new(),
@@ -143,9 +159,11 @@ impl Sim {
             ended: None,
             trace: 0,
             names,
-            workers: active,
+            workers,
             recoveries: 0,
             takeovers: 0,
+            took_over: HashMap::new(),
+            splits: 0,
         }
     }
 
@@ -189,6 +207,16 @@ impl Sim {
                     if e.contains("takes over") && !e.contains("`s") {
                         self.takeovers += 1;
                     }
+                    if let Some((_, failed)) = e.split_once("workers of node ") {
+                        let n = self.took_over.entry(failed.to_string()).or_insert(0);
+                        *n += 1;
+                        if *n == 2 {
+                            self.splits += 1;
+                        }
+                    }
+                    if e.starts_with("deployed ") {
+                        self.took_over.clear();
+                    }
                     if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
                         eprintln!("{:>6} ms: {e}", self.now);
                     }
@@ -230,38 +258,41 @@ impl Sim {
                 return Err(format!("epoch {} deployed before nodes {pending:?} stopped the last", d.epoch));
             }
         }
-        // Who must fetch: the owners of slots whose node did not take part.
+        // Who must fetch: the owners of workers whose part they do not have.
         if let Some(id) = self.last_complete {
             let (took, replicas) = self.taken_by.get(&id).cloned().unwrap_or_default();
             let mut base = 0;
-            for (pos, n) in d.nodes.iter().enumerate() {
-                let range: Vec<usize> = (base..base + n.workers).collect();
+            for n in &d.nodes {
+                let range = base..base + n.workers;
                 base += n.workers;
                 if n.name != self.names[to] {
                     continue;
                 }
-                let fetched: Vec<&(usize, SocketAddr)> =
-                    d.fetch.iter().filter(|(w, _)| range.contains(w)).collect();
-                let has = took.get(pos) == Some(&n.name)
-                    || self.fetched.get(&(id, pos)).is_some_and(|f| f.contains(&n.name));
-                if has {
-                    if !fetched.is_empty() {
-                        return Err(format!("{} fetches a part it has", n.name));
+                for w in range {
+                    let fetched: Vec<&(usize, SocketAddr)> =
+                        d.fetch.iter().filter(|(x, _)| *x == w).collect();
+                    let has = took.get(w) == Some(&n.name)
+                        || self.fetched.get(&(id, w)).is_some_and(|f| f.contains(&n.name));
+                    if has {
+                        if !fetched.is_empty() {
+                            return Err(format!("{} fetches worker {w}'s part, which it has", n.name));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if fetched.len() != range.len() {
-                    return Err(format!("{} does not fetch slot {pos} of checkpoint {id}", n.name));
-                }
-                let owner = took.get(pos).cloned().unwrap_or_default();
-                let allowed = replicas.get(&owner).cloned().unwrap_or_default();
-                for (_, a) in fetched {
+                    let [(_, a)] = fetched.as_slice() else {
+                        return Err(format!(
+                            "{} does not fetch worker {w}'s part of checkpoint {id}",
+                            n.name
+                        ));
+                    };
+                    let owner = took.get(w).cloned().unwrap_or_default();
+                    let allowed = replicas.get(&owner).cloned().unwrap_or_default();
                     let holder = (a.port() - 20_000) as usize;
                     if self.fenced.contains(&holder) || !allowed.contains(a) {
-                        return Err(format!("{} fetches slot {pos} from {a}, not a live holder", n.name));
+                        return Err(format!("{} fetches worker {w} from {a}, not a live holder", n.name));
                     }
+                    self.fetched.entry((id, w)).or_default().insert(n.name.clone());
                 }
-                self.fetched.entry((id, pos)).or_default().insert(n.name.clone());
             }
         }
         Ok(())
@@ -273,6 +304,8 @@ impl Sim {
             Msg::Deploy(d) => {
                 self.check_deploy(to, &d)?;
                 self.placement = d.nodes.iter().map(|n| n.name.clone()).collect();
+                self.owners =
+                    d.nodes.iter().flat_map(|n| std::iter::repeat_n(n.name.clone(), n.workers)).collect();
                 self.replicas_now.insert(self.names[to].clone(), d.replicas.clone());
                 let mut base = 0;
                 let mut mine = Vec::new();
@@ -314,7 +347,7 @@ impl Sim {
                 }
                 if self.last_complete != Some(id) {
                     self.last_complete = Some(id);
-                    self.taken_by.insert(id, (self.placement.clone(), self.replicas_now.clone()));
+                    self.taken_by.insert(id, (self.owners.clone(), self.replicas_now.clone()));
                 }
             }
             Msg::Abort { epoch } => {
@@ -400,6 +433,7 @@ struct Ran {
     trace: u64,
     recoveries: u64,
     takeovers: u64,
+    splits: u64,
     failed: bool,
 }
 
@@ -442,9 +476,13 @@ fn run(seed: u64) -> Result<Ran, String> {
         sim.step(&mut crash_at, &mut stall_at).map_err(|e| format!("seed {seed} at {} ms: {e}", sim.now))?;
     }
     match sim.ended.take() {
-        Some(Ok(())) => {
-            Ok(Ran { trace: sim.trace, recoveries: sim.recoveries, takeovers: sim.takeovers, failed: false })
-        }
+        Some(Ok(())) => Ok(Ran {
+            trace: sim.trace,
+            recoveries: sim.recoveries,
+            takeovers: sim.takeovers,
+            splits: sim.splits,
+            failed: false,
+        }),
         Some(Err(reason)) => {
             let acceptable = ["no node is left", "are all gone", "one node is left"];
             if !acceptable.iter().any(|a| reason.contains(a)) {
@@ -457,7 +495,13 @@ fn run(seed: u64) -> Result<Ran, String> {
                     victims.len()
                 ));
             }
-            Ok(Ran { trace: sim.trace, recoveries: sim.recoveries, takeovers: sim.takeovers, failed: true })
+            Ok(Ran {
+                trace: sim.trace,
+                recoveries: sim.recoveries,
+                takeovers: sim.takeovers,
+                splits: sim.splits,
+                failed: true,
+            })
         }
         None => Err(format!("seed {seed}: no end")),
     }
@@ -475,12 +519,13 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     };
     let (one, n) = (seeds.len() == 1, seeds.len());
     let mut failures = Vec::new();
-    let (mut recovered, mut takeovers, mut failed) = (0, 0, 0);
+    let (mut recovered, mut takeovers, mut failed, mut splits) = (0, 0, 0, 0);
     for seed in seeds {
         match run(seed) {
             Ok(r) => {
                 recovered += u64::from(r.recoveries > 0);
                 takeovers += r.takeovers;
+                splits += r.splits;
                 failed += u64::from(r.failed);
             }
             Err(e) => failures.push(format!(
@@ -488,11 +533,14 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
             )),
         }
     }
-    eprintln!("{n} seeds: {recovered} recovered at least once, {takeovers} survivor takeovers, {failed} failed for a good reason");
+    eprintln!("{n} seeds: {recovered} recovered at least once, {takeovers} survivor takeovers, {failed} failed for a good reason, {splits} splits of a node's workers");
     if !one && failures.is_empty() {
         // The scenarios exercise what they claim to.
         assert!(recovered > n as u64 / 4, "only {recovered} of {n} runs recovered");
-        assert!(takeovers > 0 && failed > 0, "no survivor takeover or no justified failure");
+        assert!(
+            takeovers > 0 && failed > 0 && splits > 0,
+            "no survivor takeover, split or justified failure"
+        );
     }
     assert!(
         failures.is_empty(),

@@ -61,16 +61,24 @@ fn config_with(
     p
 }
 
-/// Every line of the file sink's part files, counted.
+/// Every line of the file sink's part files (`out.txt.<worker>`), counted.
 fn output(dir: &Path) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
-    for w in 0..WORKERS {
-        let p = dir.join(format!("out.txt.{w}"));
+    let mut parts = 0;
+    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(w) = name.strip_prefix("out.txt.") else { continue };
+        if w.parse::<usize>().is_err() {
+            continue;
+        }
+        parts += 1;
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         for l in text.lines() {
             *m.entry(l.to_string()).or_insert(0) += 1;
         }
     }
+    assert!(parts >= WORKERS, "only {parts} part files in {}", dir.display());
     m
 }
 
@@ -338,6 +346,40 @@ fn a_failure_during_recovery_is_recovered_too() {
     });
     let got = output(dir.path());
     let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}
+
+#[test]
+fn a_failed_nodes_workers_are_split_over_two_spares() {
+    let _watchdog = Watchdog::start("split recovery", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Node b runs two workers (four in all: keys a multiple of four).
+    let keys = 1000;
+    let params = format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000");
+    let cfg = config(dir.path(), "keyed-sum", &params, 2, 100);
+    let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let b = text.find("name = \"b\"\n").unwrap_or_else(|| panic!("no node b in {text}"));
+    let eol = b + "name = \"b\"\n".len();
+    let text = format!("{}workers = 2\n{}", &text[..eol], &text[eol..]);
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    for s in ["s1", "s2"] {
+        assert!(
+            stderr.contains(&format!("node `{s}` takes over the 1 workers of node `b`")),
+            "b's workers were not split over both spares: {stderr}"
+        );
+    }
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, keys);
     assert!(got == want, "{}", diff(&got, &want));
     assert_no_process_left(dir.path());
 }

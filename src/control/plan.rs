@@ -95,12 +95,12 @@ enum Role {
 #[derive(Debug, Clone)]
 struct Complete {
     manifest: Manifest,
-    /// Per slot, the nodes that back up its part (in their replica
+    /// Per worker, the nodes that back up its part (in their replica
     /// service: a replacement fetches it from one of them).
     holders: Vec<Vec<usize>>,
-    /// Per slot, the nodes that have its part in their own backup store
-    /// for those workers (the node that took it, and any that fetched it
-    /// since): they restore it without fetching.
+    /// Per worker, the nodes that have its part in their own backup store
+    /// (the node that took it, and any that fetched it since): they
+    /// restore it without fetching.
     local: Vec<Vec<usize>>,
 }
 
@@ -304,8 +304,17 @@ impl Plan {
         out
     }
 
+    /// The slot of each worker, in order.
+    fn slot_of_workers(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (pos, &w) in self.slot_workers.iter().enumerate() {
+            out.extend(std::iter::repeat_n(pos, w));
+        }
+        out
+    }
+
     /// The epoch's deployment for every node of the placement; `fetch_for`
-    /// maps a slot to the node its new owner fetches its part from.
+    /// maps a worker to the node its new owner fetches its part from.
     fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
         let specs: Vec<NodeSpec> = self
             .slots
@@ -330,11 +339,14 @@ impl Plan {
                         }
                     }
                 }
-                if let (Some(&holder), Some(_)) = (fetch_for.get(&pos), &restore) {
-                    let replica = self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
+                if restore.is_some() {
                     let base: usize = self.slot_workers[..pos].iter().sum();
                     for w in base..base + self.slot_workers[pos] {
-                        fetch.push((w, replica));
+                        if let Some(&holder) = fetch_for.get(&w) {
+                            let replica =
+                                self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
+                            fetch.push((w, replica));
+                        }
                     }
                 }
             }
@@ -375,6 +387,18 @@ impl Plan {
         }
         if i == self.me {
             return self.fail("the coordinator's own node failed".into());
+        }
+        // Split the failed node's slots into one slot per worker (each
+        // owns its own bins): their replacements restore in parallel, and
+        // survivors share the load.
+        let mut p = self.slots.len();
+        while p > 0 {
+            p -= 1;
+            if self.slots[p] == i && self.slot_workers[p] > 1 {
+                let k = self.slot_workers[p];
+                self.slots.splice(p..=p, std::iter::repeat_n(i, k));
+                self.slot_workers.splice(p..=p, std::iter::repeat_n(1, k));
+            }
         }
         let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
         if lost.is_empty() {
@@ -463,12 +487,11 @@ impl Plan {
                         offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
                     }
                     let workers = self.slot_workers.iter().sum();
-                    let holders = (0..self.slots.len()).map(|p| self.holders(p)).collect();
-                    self.last_complete = Some(Complete {
-                        manifest: Manifest { id, workers, offsets },
-                        holders,
-                        local: self.slots.iter().map(|&i| vec![i]).collect(),
-                    });
+                    let slot_of = self.slot_of_workers();
+                    let holders = slot_of.iter().map(|&p| self.holders(p)).collect();
+                    let local = slot_of.iter().map(|&p| vec![self.slots[p]]).collect();
+                    self.last_complete =
+                        Some(Complete { manifest: Manifest { id, workers, offsets }, holders, local });
                     self.in_flight = None;
                     for j in self.active() {
                         self.send(j, Msg::Complete { epoch, id });
@@ -565,32 +588,34 @@ impl Plan {
         self.epoch += 1;
         let mut fetch_for = HashMap::new();
         if let Some(c) = &self.last_complete {
-            for (pos, &i) in self.slots.iter().enumerate() {
+            for (w, &pos) in self.slot_of_workers().iter().enumerate() {
+                let i = self.slots[pos];
                 // A node that took its part, or fetched it, has it locally.
-                if c.local.get(pos).is_some_and(|l| l.contains(&i)) {
+                if c.local.get(w).is_some_and(|l| l.contains(&i)) {
                     continue;
                 }
                 let live = c
                     .holders
-                    .get(pos)
+                    .get(w)
                     .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
                 let Some(h) = live else {
                     let e = format!(
-                        "the backups of checkpoint {} of the workers node `{}` took over are all gone",
+                        "the backups of checkpoint {} of worker {w}, which node `{}` took over, are all gone",
                         c.manifest.id, self.nodes[i].name
                     );
                     return self.fail(e);
                 };
-                fetch_for.insert(pos, h);
+                fetch_for.insert(w, h);
             }
         }
         if let Err(e) = self.deploy(&fetch_for, now_ms) {
             return self.fail(e);
         }
+        let slot_of = self.slot_of_workers();
         if let Some(c) = &mut self.last_complete {
-            for &pos in fetch_for.keys() {
-                if let Some(l) = c.local.get_mut(pos) {
-                    l.push(self.slots[pos]);
+            for &w in fetch_for.keys() {
+                if let Some(l) = c.local.get_mut(w) {
+                    l.push(self.slots[slot_of[w]]);
                 }
             }
         }
