@@ -466,6 +466,24 @@ impl LocalNodes {
         Ok(at)
     }
 
+    /// Sends `signal` (for example `libc::SIGSTOP`, `libc::SIGCONT`) to
+    /// node `name`: a node stopped longer than the failure timeout is
+    /// declared failed while its process lives on.
+    pub fn signal(&mut self, name: &str, signal: libc::c_int) -> Result<(), String> {
+        let (_, c) = self
+            .children
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no node `{name}` was started"))?;
+        let pid = libc::pid_t::try_from(c.0.id()).map_err(|e| format!("node `{name}`: {e}"))?;
+        // SAFETY: kill(2) with a pid of a child this process started and
+        // has not reaped (it is reaped only on drop or wait).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(format!("cannot signal node `{name}`: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// The metrics lines the nodes printed so far (see
     /// [`crate::control::METRICS_ENV`]).
     pub fn metrics(&self) -> Vec<crate::control::MetricsLine> {

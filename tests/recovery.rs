@@ -383,3 +383,29 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
     assert!(got == want, "{}", diff(&got, &want));
     assert_no_process_left(dir.path());
 }
+
+#[test]
+fn a_stalled_node_is_declared_failed_and_cannot_write_when_it_comes_back() {
+    let _watchdog = Watchdog::start("zombie node", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
+    let stderr = run_with(&cfg, |nodes| {
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // b stops (alive, silent) past the failure timeout: declared failed
+        // and replaced; then it runs again, a zombie of the old epoch.
+        nodes.signal("b", libc::SIGSTOP).unwrap_or_else(|e| panic!("{e}"));
+        nodes.wait_event(Duration::from_secs(30), |e| e.what == "failed b").unwrap_or_else(|e| panic!("{e}"));
+        nodes
+            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        nodes.signal("b", libc::SIGCONT).unwrap_or_else(|e| panic!("{e}"));
+    });
+    assert!(stderr.contains("node `b` declared failed (silent for"), "b was not found silent: {stderr}");
+    // Whatever the zombie wrote went to files no one reads.
+    let got = output(dir.path());
+    let want = keyed_sum_expected(RECORDS, KEYS);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir.path());
+}

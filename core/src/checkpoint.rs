@@ -187,6 +187,9 @@ pub struct ClusterCheckpoints {
     pub replicas: Vec<std::net::SocketAddr>,
     /// The job's id on the wire.
     pub cluster: u64,
+    /// The deployment's epoch: a backup node refuses a worker's streams of
+    /// an older epoch once a newer one connected.
+    pub epoch: u64,
 }
 
 #[derive(Default)]
@@ -221,6 +224,7 @@ struct ClusterState {
     local_workers: usize,
     replicas: Vec<std::net::SocketAddr>,
     id: u64,
+    epoch: u64,
     done: Mutex<Vec<Manifest>>,
 }
 
@@ -284,6 +288,7 @@ impl CheckpointCoordinator {
                 local_workers,
                 replicas: c.replicas,
                 id: c.cluster,
+                epoch: c.epoch,
                 done: Mutex::new(Vec::new()),
             }),
         })
@@ -625,26 +630,33 @@ const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 struct Replicas {
     targets: Vec<std::net::SocketAddr>,
     cluster: u64,
+    epoch: u64,
     worker: usize,
     clients: Vec<Option<crate::replica::ReplicaClient>>,
 }
 
 impl Replicas {
     fn new(coord: &CheckpointCoordinator, worker: usize) -> Self {
-        let (targets, cluster) = match &coord.cluster {
-            Some(c) => (c.replicas.clone(), c.id),
-            None => (Vec::new(), 0),
+        let (targets, cluster, epoch) = match &coord.cluster {
+            Some(c) => (c.replicas.clone(), c.id, c.epoch),
+            None => (Vec::new(), 0, 0),
         };
         let clients = targets.iter().map(|_| None).collect();
-        Self { targets, cluster, worker, clients }
+        Self { targets, cluster, epoch, worker, clients }
     }
 
     fn connect(&mut self) -> Result<(), String> {
         for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
             if c.is_none() {
                 *c = Some(
-                    crate::replica::ReplicaClient::connect(*t, self.cluster, self.worker, REPLICA_TIMEOUT)
-                        .map_err(|e| format!("backup node {t}: {e}"))?,
+                    crate::replica::ReplicaClient::connect_epoch(
+                        *t,
+                        self.cluster,
+                        self.worker,
+                        self.epoch,
+                        REPLICA_TIMEOUT,
+                    )
+                    .map_err(|e| format!("backup node {t}: {e}"))?,
                 );
             }
         }

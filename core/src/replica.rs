@@ -474,15 +474,31 @@ enum Purpose {
 }
 
 fn parse_hello_name(node: &str) -> Option<(Purpose, usize)> {
+    parse_hello_name_epoch(node).map(|(p, o, _)| (p, o))
+}
+
+/// `(purpose, origin, epoch)` of a hello name (`bak:w{origin}` or
+/// `bak:w{origin}@{epoch}`, epoch 0 when absent; `fetch:w{origin}`).
+fn parse_hello_name_epoch(node: &str) -> Option<(Purpose, usize, u64)> {
     let (purpose, n) = if let Some(n) = node.strip_prefix("bak:w") {
         (Purpose::Backup, n)
     } else {
         (Purpose::Fetch, node.strip_prefix("fetch:w")?)
     };
+    let (n, epoch) = match (purpose, n.split_once('@')) {
+        (Purpose::Backup, Some((n, e))) => {
+            if e.is_empty() || !e.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (n, e.parse().ok()?)
+        }
+        (_, None) => (n, 0),
+        (Purpose::Fetch, Some(_)) => return None,
+    };
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((purpose, n.parse().ok()?))
+    Some((purpose, n.parse().ok()?, epoch))
 }
 
 /// The id of the checkpoint an error is about, where known (0: unknown).
@@ -613,6 +629,7 @@ impl ReplicaServer {
             completed: Arc::clone(&completed),
             retained: 0,
             compacted: 0,
+            epochs: HashMap::new(),
         };
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -691,12 +708,16 @@ struct Server {
     completed: Arc<AtomicU64>,
     retained: u64,
     compacted: u64,
+    /// Per origin worker, the newest epoch whose stream connected.
+    epochs: HashMap<usize, u64>,
 }
 
 /// One served connection.
 struct Peer {
     conn: Connection,
     origin: usize,
+    /// The epoch of the deployment whose worker streams (0: none given).
+    epoch: u64,
     role: Role,
     /// Messages waiting for room in the send buffer.
     out: VecDeque<(Kind, Vec<u8>)>,
@@ -709,6 +730,12 @@ struct Peer {
     accepted: Instant,
     /// Our side is shut down (closing, everything delivered).
     shut: bool,
+}
+
+impl Peer {
+    fn is_backup(&self) -> bool {
+        matches!(self.role, Role::Backup { .. })
+    }
 }
 
 enum Role {
@@ -731,11 +758,27 @@ impl Server {
             if self.peers.len() >= CONNECTIONS_MAX {
                 break;
             }
-            let admit =
-                |p: &spate_net::Peer| parse_hello_name(&p.node).map(|_| ()).ok_or(Rejection::UnknownNode);
+            // Fencing: a worker's stream of an older epoch than one already
+            // seen (a node declared failed that came back) is refused.
+            let epochs = &self.epochs;
+            let admit = |p: &spate_net::Peer| match parse_hello_name_epoch(&p.node) {
+                Some((Purpose::Backup, origin, e)) if epochs.get(&origin).is_some_and(|&seen| e < seen) => {
+                    Err(Rejection::UnknownNode)
+                }
+                Some(_) => Ok(()),
+                None => Err(Rejection::UnknownNode),
+            };
             match self.listener.poll_accept_with(admit) {
                 Ok(Some(conn)) => {
                     progress = true;
+                    if let Some((Purpose::Backup, origin, e)) = parse_hello_name_epoch(&conn.peer().node) {
+                        let seen = self.epochs.entry(origin).or_insert(0);
+                        if e > *seen {
+                            *seen = e;
+                            // The older epoch's streams of this worker end.
+                            self.peers.retain(|p| !(p.origin == origin && p.epoch < e && p.is_backup()));
+                        }
+                    }
                     self.add(conn);
                 }
                 Ok(None) => break,
@@ -804,9 +847,11 @@ impl Server {
             Purpose::Backup => Role::Backup { asm: Reassembly::default(), refused: HashSet::new() },
             Purpose::Fetch => Role::Fetch(None),
         };
+        let epoch = parse_hello_name_epoch(&conn.peer().node).map_or(0, |(_, _, e)| e);
         let mut peer = Peer {
             conn,
             origin,
+            epoch,
             role,
             out: VecDeque::new(),
             seq: 0,
@@ -1231,7 +1276,26 @@ impl ReplicaClient {
         origin_worker: usize,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let conn = connect(addr, format!("bak:w{origin_worker}"), cluster, Instant::now() + timeout)?;
+        Self::connect_epoch(addr, cluster, origin_worker, 0, timeout)
+    }
+
+    /// As [`connect`](Self::connect), for the deployment of `epoch`: once a
+    /// stream of a newer epoch of the same worker connected, the service
+    /// refuses (and closes) older ones — a node declared failed that comes
+    /// back cannot disturb what its replacement stores.
+    pub fn connect_epoch(
+        addr: SocketAddr,
+        cluster: u64,
+        origin_worker: usize,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let name = if epoch == 0 {
+            format!("bak:w{origin_worker}")
+        } else {
+            format!("bak:w{origin_worker}@{epoch}")
+        };
+        let conn = connect(addr, name, cluster, Instant::now() + timeout)?;
         Ok(Self {
             conn,
             addr,

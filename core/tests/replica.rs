@@ -555,3 +555,32 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_workers_streams_of_an_older_epoch_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir.path().join("bak"), Durability::Memory);
+    let mut a = World::create(&dir.path().join("a"), 16 * 1024);
+    a.write(0..50, 1, 8);
+    // Epoch 1's stream works, until epoch 2's stream of the same worker
+    // connects: then the old one is closed and a new one of epoch 1 is
+    // refused. Other workers are not affected.
+    let mut old = ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 0, 1, T).unwrap();
+    send(&mut old, "op", &mut a, 1, b"").unwrap();
+    old.wait_ack("op", 1, T).unwrap();
+    let mut new = ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 0, 2, T).unwrap();
+    let mut other = ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 1, 1, T).unwrap();
+    a.write(0..50, 2, 8);
+    let sent =
+        send(&mut old, "op", &mut a, 2, b"").and_then(|_| old.wait_ack("op", 2, Duration::from_secs(3)));
+    assert!(sent.is_err(), "the old epoch's stream still stores checkpoints");
+    assert!(ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 0, 1, T).is_err(), "an old epoch reconnected");
+    a.write(0..50, 3, 8);
+    send(&mut new, "op", &mut a, 3, b"").unwrap();
+    new.wait_ack("op", 3, T).unwrap();
+    let mut b = World::create(&dir.path().join("b"), 16 * 1024);
+    b.write(0..5, 1, 8);
+    send(&mut other, "op", &mut b, 1, b"").unwrap();
+    other.wait_ack("op", 1, T).unwrap();
+    srv.stop();
+}

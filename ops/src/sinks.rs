@@ -99,6 +99,13 @@ struct FileTarget {
     commits: Option<File>,
 }
 
+/// `<path>.<what>-<pid>`: a temporary file beside `path`.
+fn sibling(path: &std::path::Path, what: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{what}-{}", std::process::id()));
+    PathBuf::from(s)
+}
+
 fn commits_path(path: &std::path::Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".commits");
@@ -151,17 +158,26 @@ impl FileTarget {
                         path.display()
                     ));
                 };
-                let f =
-                    std::fs::OpenOptions::new().write(true).open(path).map_err(|e| err("open", path, e))?;
-                let have = f.metadata().map_err(|e| err("stat", path, e))?.len();
+                let old = File::open(path).map_err(|e| err("open", path, e))?;
+                let have = old.metadata().map_err(|e| err("stat", path, e))?.len();
                 if have < len {
                     return Err(format!(
                         "file sink {}: {have} bytes, but checkpoint {id} committed {len}: output was lost",
                         path.display()
                     ));
                 }
-                f.set_len(len).map_err(|e| err("truncate", path, e))?;
-                std::fs::write(&cpath, keep).map_err(|e| err("rewrite", &cpath, e))?;
+                // The committed prefix goes into a new file that replaces the
+                // old one: a process of the failed run that is still alive (a
+                // node declared failed that comes back) writes into the old
+                // file, which no one reads, never into this one.
+                let tmp = sibling(path, "restore");
+                let mut f = File::create(&tmp).map_err(|e| err("create", &tmp, e))?;
+                std::io::copy(&mut std::io::Read::take(old, len), &mut f)
+                    .map_err(|e| err("copy", path, e))?;
+                std::fs::rename(&tmp, path).map_err(|e| err("replace", path, e))?;
+                let ctmp = sibling(&cpath, "restore");
+                std::fs::write(&ctmp, keep).map_err(|e| err("write", &ctmp, e))?;
+                std::fs::rename(&ctmp, &cpath).map_err(|e| err("replace", &cpath, e))?;
                 let log = std::fs::OpenOptions::new()
                     .append(true)
                     .open(&cpath)
@@ -444,5 +460,45 @@ impl<T: Data> SinkExt<T> for Stream<T> {
             Box::new(OutputPush { tx: Some(tx.clone()), recorder: LatencyRecorder::new(ctx.metrics.clone()) })
                 as BoxPush<T>
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &std::path::Path) -> FileTarget {
+        FileTarget { path: path.to_path_buf(), file: None, commits: None }
+    }
+
+    #[test]
+    fn a_restore_rolls_the_file_back_to_its_commit_and_fences_old_writers() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("out.txt");
+        // A run writes, commits checkpoints 1 and 2, writes more, and dies.
+        let mut t = target(&path);
+        t.open(None, true).unwrap_or_else(|e| panic!("{e}"));
+        t.write(b"a\nb\n").unwrap_or_else(|e| panic!("{e}"));
+        t.commit(1).unwrap_or_else(|e| panic!("{e}"));
+        t.write(b"c\n").unwrap_or_else(|e| panic!("{e}"));
+        t.commit(2).unwrap_or_else(|e| panic!("{e}"));
+        t.write(b"d\ne\n").unwrap_or_else(|e| panic!("{e}"));
+        // It is not quite dead: it still holds its file.
+        let (mut zombie, _) = t.file.take().unwrap_or_else(|| panic!("no file"));
+        // The restored run resumes from checkpoint 1: the file is what 1
+        // committed, and the log forgets 2.
+        let mut r = target(&path);
+        r.open(Some(1), true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\n");
+        let log = std::fs::read_to_string(commits_path(&path)).unwrap_or_default();
+        assert_eq!(log, "1 4\n");
+        r.write(b"c\n").unwrap_or_else(|e| panic!("{e}"));
+        // The old writer's writes land in the replaced file, not this one.
+        zombie.write_all(b"ZOMBIE\n").unwrap_or_else(|e| panic!("{e}"));
+        r.write(b"x\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\nc\nx\n");
+        // A checkpoint the log does not have cannot be resumed exactly once.
+        let e = target(&path).open(Some(7), true).err().unwrap_or_default();
+        assert!(e.contains("no entry for checkpoint 7"), "{e}");
     }
 }

@@ -617,6 +617,8 @@ impl NodeAgent {
             restore: d.restore.clone(),
             replicas: d.replicas.clone(),
             cluster: placement.cluster,
+            // Epoch 0 is a name without an epoch: start at 1.
+            epoch: d.epoch + 1,
         });
         let build = self.build.clone();
         let job = Runtime::new(rc)
