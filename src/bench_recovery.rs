@@ -10,7 +10,8 @@
 //! second on a schedule that recovery does not reset (a restored source
 //! catches up). Every node prints its output rate and p99 latency every
 //! 100 ms. Once the load has been steady for `steady_s` seconds the bench
-//! kills node `b`, lets the job finish, and reports:
+//! kills node `b` (or, with `--silent`, stops it with SIGSTOP, so that only
+//! the failure timeout can detect it), lets the job finish, and reports:
 //!
 //! - `detect_ms`: from the kill to the coordinator declaring `b` failed;
 //! - `restore_ms`: from then until every node of the next epoch runs (the
@@ -64,6 +65,10 @@ pub struct RecoveryParams {
     pub after_s: u64,
     /// Write the latency over time here.
     pub csv: Option<PathBuf>,
+    /// Stop node `b` with SIGSTOP instead of killing it: it goes silent
+    /// with its connections open, and only the failure timeout detects it
+    /// (it is killed once declared failed).
+    pub silent: bool,
 }
 
 /// What it measured.
@@ -171,8 +176,17 @@ pub fn run(exe: &Path, p: &RecoveryParams) -> Result<RecoveryReport, String> {
         std::thread::sleep(Duration::from_millis(50));
     };
     std::thread::sleep(Duration::from_secs(p.steady_s));
-    let killed = nodes.kill("b")?;
+    let killed = if p.silent {
+        let at = crate::control::unix_ms();
+        nodes.signal("b", libc::SIGSTOP)?;
+        at
+    } else {
+        nodes.kill("b")?
+    };
     let failed = nodes.wait_event(Duration::from_secs(60), |e| e.what == "failed b")?;
+    if p.silent {
+        nodes.kill("b")?;
+    }
     let running = nodes.wait_event(Duration::from_secs(120), |e| e.what == "running 1")?;
     let mut events = vec![
         Event { unix_ms: killed, what: "kill b".into() },

@@ -42,9 +42,10 @@ USAGE:
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
   spate bench recovery [--state-mb M] [--checkpoint-ms C] [--failure-timeout-ms F] [--rate R]
-                       [--steady-s S] [--after-s A] [--csv FILE] [--json]
+                       [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--json]
       Run keyed-sum (about M MiB of state) on 3 local nodes plus a spare under a
-      steady load, SIGKILL one node, and print detect/restore/replay/total ms and
+      steady load, SIGKILL one node (--silent: SIGSTOP, found by the failure
+      timeout), and print detect/restore/replay/total ms and
       the lost and duplicated outputs; --csv writes latency over time with the
       failure marked.
   spate bench ft-cost --records N [--nodes K] [--checkpoint-ms C] [--runs R] [--json]
@@ -393,6 +394,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
             "--after-s",
             "--csv",
             "--json",
+            "--silent",
         ],
     )?;
     let p = spate::bench_recovery::RecoveryParams {
@@ -403,6 +405,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
         steady_s: o.get("--steady-s")?.unwrap_or(5),
         after_s: o.get("--after-s")?.unwrap_or(8),
         csv: o.get("--csv")?,
+        silent: o.has("--silent"),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
     let r = spate::bench_recovery::run(&exe, &p)?;
