@@ -100,7 +100,7 @@ struct Opts {
     flags: Vec<(String, Option<String>)>,
 }
 
-const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet"];
+const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet", "--silent"];
 
 impl Opts {
     fn parse(args: &[String], known: &[&str]) -> Result<Self, String> {
@@ -115,7 +115,10 @@ impl Opts {
                 if BOOL_FLAGS.contains(&a.as_str()) {
                     o.flags.push((a.clone(), None));
                 } else {
-                    let v = args.get(i + 1).ok_or_else(|| format!("option `{a}` needs a value"))?;
+                    let v = args
+                        .get(i + 1)
+                        .filter(|v| !v.starts_with("--"))
+                        .ok_or_else(|| format!("option `{a}` needs a value"))?;
                     o.flags.push((a.clone(), Some(v.clone())));
                     i += 1;
                 }
