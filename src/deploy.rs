@@ -177,6 +177,27 @@ impl NodeReport {
     }
 }
 
+/// Starts `exe node --json --quiet --name NAME --config CONFIG ARGS...`
+/// with `env`, its stdout and stderr piped.
+fn spawn_node(
+    exe: &Path,
+    config: &Path,
+    name: &str,
+    args: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Child, String> {
+    Command::new(exe)
+        .args(["node", "--json", "--quiet", "--name", name, "--config"])
+        .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start node `{name}` ({}): {e}", exe.display()))
+}
+
 /// Set by SIGINT/SIGTERM while a cluster runs.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -243,16 +264,8 @@ pub fn run_local_cluster_with(
             vec!["--no-pin".into()]
         };
         first_core += n.workers;
-        let mut child = Command::new(exe)
-            .args(["node", "--json", "--quiet", "--name", &n.name, "--config"])
-            .arg(&resolved_path)
-            .args(&pin)
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start node `{}` ({}): {e}", n.name, exe.display()))?;
+        let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        let mut child = spawn_node(exe, &resolved_path, &n.name, &pin, &env)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let (name, name2, reports) = (n.name.clone(), n.name.clone(), reports.clone());
         if let Some(out) = out {
@@ -379,15 +392,9 @@ impl LocalNodes {
             pipes: Vec::new(),
         };
         for n in &cluster.nodes {
-            let mut child = Command::new(exe)
-                .args(["node", "--json", "--quiet", "--no-pin", "--name", &n.name, "--config"])
-                .arg(config)
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot start node `{}` ({}): {e}", n.name, exe.display()))?;
+            let env: Vec<(&str, &std::ffi::OsStr)> =
+                env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
+            let mut child = spawn_node(exe, config, &n.name, &["--no-pin".to_string()], &env)?;
             let (out, err) = (child.stdout.take(), child.stderr.take());
             if let Some(out) = out {
                 let (tx, reports, metrics) = (tx.clone(), nodes.reports.clone(), nodes.metrics.clone());

@@ -114,6 +114,20 @@ fn diff(got: &BTreeMap<String, u32>, want: &BTreeMap<String, u32>) -> String {
     )
 }
 
+/// keyed-sum's output in `dir` is its closed form over `keys` keys, every
+/// line once, and no node process of the test is left.
+fn assert_keyed_sum_exactly_once(dir: &Path, keys: u64) {
+    let got = output(dir);
+    let want = keyed_sum_expected(RECORDS, keys);
+    assert!(got == want, "{}", diff(&got, &want));
+    assert_no_process_left(dir);
+}
+
+/// Waits (at most 30 s) for the coordinator's event `what`.
+fn wait(nodes: &mut LocalNodes, what: &str) {
+    nodes.wait_event(Duration::from_secs(30), |e| e.what == what).unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 /// No node process of this test's directory is left.
 fn assert_no_process_left(dir: &Path) {
     let needle = dir.display().to_string();
@@ -178,14 +192,9 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
         nodes
             .wait_event(Duration::from_secs(30), |e| e.what == "failed b")
             .unwrap_or_else(|e| panic!("the coordinator did not notice: {e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
@@ -196,13 +205,9 @@ fn keyed_sum_survives_a_node_killed_during_a_checkpoint() {
     let stderr = run_with(&cfg, |nodes| {
         // Right after the coordinator requested checkpoint 3: its barriers
         // are on their way, its parts being stored and streamed.
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "requested 3")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "requested 3");
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
     let got = output(dir.path());
     let want = keyed_sum_expected(RECORDS, KEYS);
@@ -216,25 +221,16 @@ fn keyed_sum_survives_two_failures_one_after_the_other() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
     run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 2");
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
         // The second failure hits the node that held b's backups, after
         // the job took a checkpoint on the new placement.
         let _ = nodes.wait_event(Duration::from_secs(30), |e| e.what.starts_with("checkpoint "));
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 2");
     });
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
@@ -272,9 +268,7 @@ fn a_windowed_query_survives_the_loss_of_the_node_holding_backups() {
     run_with(&cfg, |nodes| {
         std::thread::sleep(delay);
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
     let got = output(&cluster);
     assert!(got == want, "{}", diff(&got, &want));
@@ -287,19 +281,12 @@ fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 0, 100);
     let stderr = run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 3")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 3");
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
     assert!(stderr.contains("takes over the 1 workers of node `c`"), "no survivor took over: {stderr}");
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
@@ -308,18 +295,11 @@ fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true);
     run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 2");
         nodes.kill("a").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
@@ -328,26 +308,19 @@ fn a_failure_during_recovery_is_recovered_too() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
     run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 2");
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         // The spare that replaces b dies while it fetches b's checkpoint
         // and connects: the survivors stop connecting to it at once (well
         // before the 20 s connect timeout) and the second spare takes over.
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "deployed 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "deployed 1");
         let killed = nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
         let running = nodes
             .wait_event(Duration::from_secs(15), |e| e.what == "running 2")
             .unwrap_or_else(|e| panic!("no recovery from the second failure within 15 s: {e}"));
         assert!(running.unix_ms >= killed);
     });
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
@@ -364,13 +337,9 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
     let text = format!("{}workers = 2\n{}", &text[..eol], &text[eol..]);
     std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
     let stderr = run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 2");
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
     });
     for s in ["s1", "s2"] {
         assert!(
@@ -378,10 +347,7 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
             "b's workers were not split over both spares: {stderr}"
         );
     }
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, keys);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), keys);
 }
 
 #[test]
@@ -390,22 +356,15 @@ fn a_stalled_node_is_declared_failed_and_cannot_write_when_it_comes_back() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
     let stderr = run_with(&cfg, |nodes| {
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "checkpoint 2")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "checkpoint 2");
         // b stops (alive, silent) past the failure timeout: declared failed
         // and replaced; then it runs again, a zombie of the old epoch.
         nodes.signal("b", libc::SIGSTOP).unwrap_or_else(|e| panic!("{e}"));
-        nodes.wait_event(Duration::from_secs(30), |e| e.what == "failed b").unwrap_or_else(|e| panic!("{e}"));
-        nodes
-            .wait_event(Duration::from_secs(30), |e| e.what == "running 1")
-            .unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "failed b");
+        wait(nodes, "running 1");
         nodes.signal("b", libc::SIGCONT).unwrap_or_else(|e| panic!("{e}"));
     });
     assert!(stderr.contains("node `b` declared failed (silent for"), "b was not found silent: {stderr}");
     // Whatever the zombie wrote went to files no one reads.
-    let got = output(dir.path());
-    let want = keyed_sum_expected(RECORDS, KEYS);
-    assert!(got == want, "{}", diff(&got, &want));
-    assert_no_process_left(dir.path());
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }

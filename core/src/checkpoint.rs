@@ -239,22 +239,7 @@ impl CheckpointCoordinator {
         after: u64,
     ) -> Arc<Self> {
         let first = restore.as_ref().map_or(0, |m| m.id).max(after);
-        Arc::new(Self {
-            dir,
-            workers,
-            interval_ms,
-            requested: AtomicU64::new(first),
-            completed: AtomicU64::new(first),
-            participants: AtomicUsize::new(0),
-            workers_built: AtomicUsize::new(0),
-            stopped: AtomicBool::new(false),
-            progress: Mutex::new(BTreeMap::new()),
-            restore,
-            taken: AtomicU64::new(0),
-            last_ms: AtomicU64::new(0),
-            started: Mutex::new(None),
-            cluster: None,
-        })
+        Self::build(dir, workers, interval_ms, restore, first, None)
     }
 
     /// The checkpointing of one node of a cluster job, which runs
@@ -270,8 +255,26 @@ impl CheckpointCoordinator {
         c: ClusterCheckpoints,
     ) -> Arc<Self> {
         let first = c.restore.as_ref().map_or(0, |m| m.id);
+        let cluster = ClusterState {
+            local_workers,
+            replicas: c.replicas,
+            id: c.cluster,
+            epoch: c.epoch,
+            done: Mutex::new(Vec::new()),
+        };
+        Self::build(PathBuf::new(), workers, interval_ms, c.restore, first, Some(cluster))
+    }
+
+    fn build(
+        dir: PathBuf,
+        workers: usize,
+        interval_ms: u64,
+        restore: Option<Manifest>,
+        first: u64,
+        cluster: Option<ClusterState>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            dir: PathBuf::new(),
+            dir,
             workers,
             interval_ms,
             requested: AtomicU64::new(first),
@@ -280,17 +283,11 @@ impl CheckpointCoordinator {
             workers_built: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             progress: Mutex::new(BTreeMap::new()),
-            restore: c.restore,
+            restore,
             taken: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
             started: Mutex::new(None),
-            cluster: Some(ClusterState {
-                local_workers,
-                replicas: c.replicas,
-                id: c.cluster,
-                epoch: c.epoch,
-                done: Mutex::new(Vec::new()),
-            }),
+            cluster,
         })
     }
 

@@ -150,29 +150,14 @@ impl Runtime {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
-        self.start_cluster_with(name, build, placement, listener, None)
+        self.start_cluster_or_abort(name, build, placement, listener, None, &mut || None)
     }
 
     /// As [`Runtime::start_cluster`], with the checkpointing the
     /// coordinator gave this node (needed when the config takes
-    /// checkpoints): what to restore and which backup nodes to stream
-    /// checkpoints to.
-    pub fn start_cluster_with<F>(
-        &self,
-        name: &str,
-        build: F,
-        placement: ClusterPlacement,
-        listener: &mut spate_net::Listener,
-        checkpoints: Option<ClusterCheckpoints>,
-    ) -> Result<Job, RuntimeError>
-    where
-        F: Fn(&Dataflow) + Send + Sync + 'static,
-    {
-        self.start_cluster_or_abort(name, build, placement, listener, checkpoints, &mut || None)
-    }
-
-    /// As [`Runtime::start_cluster_with`]; stops connecting the workers as
-    /// soon as `abort` gives a reason (see [`remote::connect_mesh_or_abort`]).
+    /// checkpoints: what to restore and which backup nodes to stream
+    /// checkpoints to); stops connecting the workers as soon as `abort`
+    /// gives a reason (see [`remote::connect_mesh_or_abort`]).
     pub fn start_cluster_or_abort<F>(
         &self,
         name: &str,
