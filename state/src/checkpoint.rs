@@ -1,5 +1,5 @@
 //! Incremental checkpoints of a [`StateStore`] as a stream of
-//! self-describing chunks, and restore from a [`BackupStore`].
+//! self-describing chunks, and restore from a [`BackupStore`](crate::BackupStore).
 //!
 //! # Chunks
 //!
@@ -53,32 +53,32 @@
 //! # Restore
 //!
 //! [`StateStore::restore`] loads the chain (full image, then increments) of
-//! the latest complete checkpoint in a [`BackupStore`], checking every
-//! chunk's and page's crc32 (one pass over each page: the chunk's crc is
-//! derived from the page's), writes the latest version of each page into
-//! the new segment file with vectored writes straight from the mapped backup
-//! files, then rebuilds every bin's index by scanning its segments (records
-//! carry their hash) while validating the record framing.
-//! Any fault gives [`StateError::CorruptCheckpoint`] naming the checkpoint
-//! and, where known, the bin and page, and restore falls back to the
-//! previous complete checkpoint; nothing corrupt is loaded.
+//! the latest complete checkpoint in a [`BackupStore`](crate::BackupStore),
+//! checking every chunk's and page's crc32 (one pass over each page: the
+//! chunk's crc is derived from the page's). Bin by bin, on several threads
+//! for a large store, it verifies and copies the latest version of each
+//! page straight from the mapped backup files into the new store, then
+//! rebuilds the bin's index by scanning its segments while they are in
+//! cache (records carry their hash) and validating the record framing (see
+//! `checkpoint/restore.rs`). Any fault gives
+//! [`StateError::CorruptCheckpoint`] naming the checkpoint and, where known,
+//! the bin and page, and restore falls back to the previous complete
+//! checkpoint; nothing corrupt is loaded.
 
+mod restore;
 mod stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use restore::{restore_threads, RESTORE_PAGES_PER_THREAD_MIN, RESTORE_THREADS_MAX};
 pub use stream::CheckpointStream;
 
-use crate::backup::BackupStore;
 use crate::error::StateError;
 use crate::keyspace::{Bin, BinRange};
 use crate::store::cow::Phase;
-use crate::store::record::{
-    u32_at, u64_at, Header, BLOCK_HEAD, FLAG_DEAD, HEADER, KIND_BLOCK, KIND_LIST, KIND_PAD, KIND_VALUE,
-    LIST_HEAD, NONE,
-};
-use crate::store::{hash_at, index_err, read_head, BinHeap, Seg, StateStore, StoreConfig, Table, PAGE_BYTES};
+use crate::store::record::{u32_at, u64_at};
+use crate::store::{Seg, StateStore, PAGE_BYTES};
 
 /// Magic bytes opening a header chunk's payload.
 pub const MAGIC: [u8; 8] = *b"SPATECKP";
@@ -652,8 +652,75 @@ fn peek_page(b: &[u8]) -> Option<u64> {
 }
 
 /// Validates the stored bytes of checkpoint `id` (every chunk and page crc,
-/// the order of chunks, the trailer).
+/// the order of chunks, the trailer): [`walk`], then every page chunk's
+/// crcs in stream order (so with several faults, damaged framing is named
+/// before a damaged page that precedes it).
 pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
+    let framed = walk(id, bytes)?;
+    let pages = framed
+        .pages
+        .iter()
+        .map(|c| Ok((c.page, framed.verify(c)?)))
+        .collect::<Result<Vec<_>, StateError>>()?;
+    Ok(Parsed { header: framed.header, pages })
+}
+
+/// Bytes of a page chunk: framing, page index, page crc32, page.
+pub(crate) const PAGE_CHUNK: usize = FRAME_BYTES + PAGE_PAYLOAD;
+
+/// A page chunk located by [`walk`], its crcs not checked yet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageChunk<'a> {
+    /// The page index the chunk claims.
+    pub(crate) page: u64,
+    /// The chunk's byte offset in its checkpoint's bytes (for errors).
+    pub(crate) at: usize,
+    /// The chunk's [`PAGE_CHUNK`] bytes.
+    pub(crate) bytes: &'a [u8],
+}
+
+/// A checkpoint's bytes with every chunk but the pages' validated: its
+/// header (decoded, checked) and its page chunks, located by their framing.
+/// The trailer matched the header and the number of page chunks.
+pub(crate) struct Framed<'a> {
+    pub(crate) id: u64,
+    pub(crate) header: CkptHeader,
+    pub(crate) pages: Vec<PageChunk<'a>>,
+}
+
+impl<'a> Framed<'a> {
+    /// Checks the crcs of page chunk `c` of this checkpoint (one pass over
+    /// the page, [`page_chunk_fast`]); returns the page's bytes, or the
+    /// error naming the checkpoint, the page the chunk claims and its bin.
+    #[inline]
+    pub(crate) fn verify(&self, c: &PageChunk<'a>) -> Result<&'a [u8], StateError> {
+        match page_chunk_fast(c.bytes) {
+            Some((_, data, n)) if n == c.bytes.len() => Ok(data),
+            _ => self.fault(c),
+        }
+    }
+
+    /// What is wrong with page chunk `c`, whose fast check failed: the
+    /// full decode names it (the same checks, one at a time).
+    #[cold]
+    fn fault(&self, c: &PageChunk<'a>) -> Result<&'a [u8], StateError> {
+        let (id, h) = (self.id, &self.header);
+        let (chunk, _) = decode_chunk(c.bytes).map_err(|r| {
+            corrupt(id, h.bin_of_page(c.page), Some(c.page), format!("chunk at byte {}: {r}", c.at))
+        })?;
+        let (_, data) = decode_page(chunk.payload)
+            .map_err(|(p, r)| corrupt(id, p.and_then(|p| h.bin_of_page(p)), p, r))?;
+        Ok(data)
+    }
+}
+
+/// Walks the stored bytes of checkpoint `id`: decodes and checks its
+/// header, its trailer and the order of its chunks, and locates its page
+/// chunks by their framing (length and kind) without reading their pages,
+/// so that a restore reads each page once, when it verifies it
+/// ([`Framed::verify`]) and copies it. A page chunk whose framing is
+/// damaged fails here; one whose contents are damaged, at its verification.
+pub(crate) fn walk(id: u64, bytes: &[u8]) -> Result<Framed<'_>, StateError> {
     let mut at = 0;
     let mut header: Option<(CkptHeader, &[u8])> = None;
     let mut pages = Vec::new();
@@ -663,19 +730,17 @@ pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
             return Err(corrupt(id, None, last_page, "truncated: no trailer"));
         }
         if header.is_some() {
-            if let Some((p, data, n)) = page_chunk_fast(&bytes[at..]) {
-                at += n;
-                last_page = Some(p);
-                pages.push((p, data));
+            if let Some(page) = peek_page(&bytes[at..]) {
+                pages.push(PageChunk { page, at, bytes: &bytes[at..at + PAGE_CHUNK] });
+                at += PAGE_CHUNK;
+                last_page = Some(page);
                 continue;
             }
         }
         let (chunk, n) = decode_chunk(&bytes[at..]).map_err(|r| {
-            // A damaged page chunk whose framing is intact names the page
-            // it claims to hold (and its bin); otherwise the page after the
-            // last good one is named.
-            let claimed = peek_page(&bytes[at..]);
-            let page = claimed.or(last_page.map(|p| p + 1)).filter(|_| header.is_some());
+            // The page after the last one located is named (a chunk framed
+            // as a page was taken above).
+            let page = last_page.map(|p| p + 1).filter(|_| header.is_some());
             let bin = page.and_then(|p| header.as_ref().and_then(|(h, _)| h.bin_of_page(p)));
             corrupt(id, bin, page, format!("chunk at byte {at}: {r}"))
         })?;
@@ -689,10 +754,12 @@ pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
                 header = Some((h, chunk.payload));
             }
             (ChunkKind::Page, Some((h, _))) => {
-                let (p, data) = decode_page(chunk.payload)
-                    .map_err(|(p, r)| corrupt(id, p.and_then(|p| h.bin_of_page(p)), p, r))?;
-                last_page = Some(p);
-                pages.push((p, data));
+                // An intact page chunk is framed as one and was taken above:
+                // this one's length is wrong.
+                let (p, r) = decode_page(chunk.payload)
+                    .err()
+                    .unwrap_or((None, format!("page chunk of {} bytes", chunk.payload.len())));
+                return Err(corrupt(id, p.and_then(|p| h.bin_of_page(p)), p, r));
             }
             (ChunkKind::Trailer, Some((_, hp))) => {
                 check_trailer(chunk.payload, pages.len() as u64, hp)
@@ -701,7 +768,7 @@ pub(crate) fn parse(id: u64, bytes: &[u8]) -> Result<Parsed<'_>, StateError> {
                     return Err(corrupt(id, None, None, "bytes after the trailer"));
                 }
                 let (header, _) = header.ok_or_else(|| corrupt(id, None, None, "no header"))?;
-                return Ok(Parsed { header, pages });
+                return Ok(Framed { id, header, pages });
             }
             (k, _) => return Err(corrupt(id, None, last_page, format!("unexpected {k:?} chunk"))),
         }
@@ -902,243 +969,6 @@ impl StateStore {
                 .collect(),
             meta: meta.to_vec(),
         }
-    }
-
-    /// Rebuilds an instance's store from the latest complete checkpoint
-    /// chain of `instance` in `backup`, into `config.dir` (its bins and
-    /// segment size come from the checkpoint; `config.bins_log2` must
-    /// match). Returns the store, the checkpoint's `meta` bytes and its id.
-    /// A corrupt checkpoint is skipped for the previous complete one; if
-    /// none can be loaded, the error of the latest is returned. The next
-    /// checkpoint of the restored store is a full image.
-    pub fn restore(
-        config: StoreConfig,
-        backup: &BackupStore,
-        instance: &str,
-    ) -> Result<(StateStore, Vec<u8>, u64), StateError> {
-        let ids = backup.complete_checkpoints(instance);
-        let mut first_err = None;
-        for &id in ids.iter().rev() {
-            match Self::restore_id(config.clone(), backup, instance, id) {
-                Ok(r) => return Ok(r),
-                Err(e @ StateError::CorruptCheckpoint { .. }) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(first_err.unwrap_or_else(|| StateError::NoCheckpoint { instance: instance.to_string() }))
-    }
-
-    /// As [`StateStore::restore`], from checkpoint `id` exactly (with its
-    /// chain), without falling back.
-    pub fn restore_id(
-        config: StoreConfig,
-        backup: &BackupStore,
-        instance: &str,
-        id: u64,
-    ) -> Result<(StateStore, Vec<u8>, u64), StateError> {
-        let chain = backup.chain(instance, id)?;
-        let stored: Vec<_> =
-            chain.iter().map(|&c| backup.map(instance, c).map(|b| (c, b))).collect::<Result<_, _>>()?;
-        let parsed: Vec<Parsed<'_>> = stored.iter().map(|(c, b)| parse(*c, b)).collect::<Result<_, _>>()?;
-        if parsed.first().is_some_and(|p| p.header.base != 0) {
-            return Err(corrupt(id, None, None, "chain does not start with a full image"));
-        }
-        for w in parsed.windows(2) {
-            if w[1].header.base != w[0].header.id {
-                return Err(corrupt(w[1].header.id, None, None, "chain link does not match its base"));
-            }
-        }
-        let Some(last) = parsed.last() else {
-            return Err(StateError::NoCheckpoint { instance: instance.to_string() });
-        };
-        if last.header.bins_log2 != config.bins_log2 {
-            return Err(StateError::InvalidConfig {
-                field: "bins_log2",
-                reason: format!(
-                    "the checkpoint has {} and the config {}",
-                    last.header.bins_log2, config.bins_log2
-                ),
-            });
-        }
-        let mut store = StateStore::from_header(config, &last.header)?;
-        // Later checkpoints overwrite earlier pages; pages outside the final
-        // layout are not needed.
-        let file_pages =
-            (u64::from(last.header.next_segment) << last.header.segment_log2) / PAGE_BYTES as u64;
-        let mut wanted = vec![0u64; file_pages.div_ceil(64) as usize];
-        for s in last.header.layout.iter().flat_map(|b| b.segs.iter()) {
-            set_page_bits(&mut wanted, s.loc / PAGE_BYTES as u64, (1u64 << s.log2) / PAGE_BYTES as u64);
-        }
-        // The latest bytes of each wanted page, indexed by page.
-        let mut latest: Vec<&[u8]> = vec![&[]; file_pages as usize];
-        for p in &parsed {
-            for &(page, data) in &p.pages {
-                let is_wanted = wanted.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0);
-                if let (true, Some(slot)) = (is_wanted, latest.get_mut(page as usize)) {
-                    *slot = data;
-                }
-            }
-        }
-        store.file.write_pages(
-            latest.iter().enumerate().filter(|(_, d)| !d.is_empty()).map(|(p, &d)| (p as u64, d)),
-        )?;
-        store.file.populate();
-        store.rebuild_indexes(id)?;
-        store.file.clear_dirty();
-        store.chain.last = id;
-        store.chain.need_full = true;
-        let meta = last.header.meta.clone();
-        Ok((store, meta, id))
-    }
-
-    /// An empty store with the layout and tables of `h` (pages not yet
-    /// written, indexes empty).
-    pub(crate) fn from_header(mut config: StoreConfig, h: &CkptHeader) -> Result<StateStore, StateError> {
-        config.segment_bytes = 1usize << h.segment_log2;
-        let mut store = StateStore::create(config, h.bins)?;
-        let in_use = h.layout.iter().map(|b| b.segs.len()).sum();
-        store.file.set_layout(h.next_segment, h.free.clone(), in_use)?;
-        for (heap, b) in store.heaps.iter_mut().zip(&h.layout) {
-            let capacity = b.segs.iter().map(|s| 1u64 << s.log2).sum();
-            let end = b.segs.last().map_or(0, |s| s.loc + (1 << s.log2));
-            let segs = std::sync::Arc::new(b.segs.clone());
-            *heap = BinHeap { segs, capacity, tail: b.tail, end, used: b.used, dead: b.dead };
-        }
-        for t in &h.tables {
-            store.tables.push(Table {
-                name: t.name.clone(),
-                sig: None,
-                restored_sig: t.typed.clone(),
-                unverified: t.typed.is_some(),
-                bins: (0..h.bins.len()).map(|_| Default::default()).collect(),
-                len: 0,
-            });
-        }
-        Ok(store)
-    }
-
-    /// Rebuilds every bin's index from its segments, validating the record
-    /// framing (errors name checkpoint `id`).
-    pub(crate) fn rebuild_indexes(&mut self, id: u64) -> Result<(), StateError> {
-        let mut live = Vec::new();
-        for bi in 0..self.heaps.len() {
-            self.rebuild_bin(bi, id, &mut live)?;
-        }
-        Ok(())
-    }
-
-    fn rebuild_bin(&mut self, bi: usize, id: u64, live: &mut Vec<(u16, u64, u64)>) -> Result<(), StateError> {
-        let bin = self.bins.start + bi as u32;
-        let heap = self.heaps[bi].clone();
-        let nsegs = heap.segs.len();
-        // First the scan, collecting (table, hash, location) of live keys;
-        // then each table's index is sized once and filled.
-        live.clear();
-        for (si, seg) in heap.segs.iter().enumerate() {
-            let seg_end = seg.loc + (1u64 << seg.log2);
-            let end = if si + 1 == nsegs { heap.tail } else { seg_end };
-            // The segment's bytes at once (a segment lies in one chunk), so
-            // the scan reads records without a map lookup each.
-            let seg_bytes = self.file.bytes(seg.loc, 1usize << seg.log2);
-            let mut pos = seg.loc;
-            while pos + HEADER as u64 <= end {
-                let page = Some(pos / PAGE_BYTES as u64);
-                let bad = |r: String| corrupt(id, Some(bin), page, format!("record at {pos}: {r}"));
-                let off = (pos - seg.loc) as usize;
-                let h = Header::read(&seg_bytes[off..off + HEADER]);
-                let size = h.record_bytes() as u64;
-                if h.kind == KIND_PAD {
-                    break;
-                }
-                if pos + size > end {
-                    return Err(bad(format!("{size} bytes overrun the segment")));
-                }
-                match h.kind {
-                    KIND_VALUE | KIND_LIST if h.flags & FLAG_DEAD == 0 => {
-                        if crate::keyspace::bin_of(h.hash, self.config.bins_log2) != bin {
-                            return Err(bad("hash of another bin".into()));
-                        }
-                        if usize::from(h.table) >= self.tables.len() {
-                            return Err(bad(format!("unknown table {}", h.table)));
-                        }
-                        if h.kind == KIND_LIST {
-                            if h.val_len as usize != LIST_HEAD {
-                                return Err(bad("list head of wrong size".into()));
-                            }
-                            self.check_list(&heap, pos, h.key_len).map_err(bad)?;
-                        }
-                        live.push((h.table, h.hash, pos));
-                    }
-                    KIND_VALUE | KIND_LIST | KIND_BLOCK => {}
-                    k => return Err(bad(format!("unknown record kind {k}"))),
-                }
-                pos += size;
-            }
-        }
-        let Self { file, tables, index, .. } = self;
-        for (ti, table) in tables.iter_mut().enumerate() {
-            let n = live.iter().filter(|e| usize::from(e.0) == ti).count();
-            if n == 0 {
-                continue;
-            }
-            let ix = &mut table.bins[bi];
-            ix.reserve(index, n, hash_at(file)).map_err(index_err)?;
-            for &(_, hash, loc) in live.iter().filter(|e| usize::from(e.0) == ti) {
-                ix.insert_new(index, hash, loc, hash_at(file)).map_err(index_err)?;
-            }
-            table.len += n;
-        }
-        Ok(())
-    }
-
-    /// Checks that the blocks of the list headed at `loc` lie in the bin's
-    /// segments, are blocks, and hold the items their count says.
-    fn check_list(&self, heap: &BinHeap, loc: u64, key_len: u32) -> Result<(), String> {
-        let (count, mut block, last) = read_head(&self.file, loc, key_len);
-        let inside =
-            |at: u64, n: u64| heap.segs.iter().any(|s| at >= s.loc && at + n <= s.loc + (1 << s.log2));
-        let mut items = 0u64;
-        let mut prev = NONE;
-        let mut hops = 0u64;
-        while block != NONE {
-            hops += 1;
-            if hops > heap.capacity / HEADER as u64 + 1 {
-                return Err("list blocks form a cycle".into());
-            }
-            if !inside(block, (HEADER + BLOCK_HEAD) as u64) {
-                return Err(format!("list block at {block} outside the bin"));
-            }
-            let bh = Header::read(self.file.bytes(block, HEADER));
-            if bh.kind != KIND_BLOCK || !inside(block, bh.record_bytes() as u64) {
-                return Err(format!("bad list block at {block}"));
-            }
-            let body = self.file.bytes(block + HEADER as u64, BLOCK_HEAD);
-            let (next, used) = (u64_at(body, 0), u64::from(u32_at(body, 8)));
-            if used + BLOCK_HEAD as u64 > u64::from(bh.val_len) {
-                return Err(format!("list block at {block} overfull"));
-            }
-            let mut p = block + (HEADER + BLOCK_HEAD) as u64;
-            let end = p + used;
-            while p < end {
-                if p + 4 > end {
-                    return Err(format!("list item framing in block {block}"));
-                }
-                let n = u64::from(u32_at(self.file.bytes(p, 4), 0));
-                p += 4 + n;
-                items += 1;
-            }
-            if p != end {
-                return Err(format!("list item overruns block {block}"));
-            }
-            prev = block;
-            block = next;
-        }
-        if items != count || prev != last {
-            return Err(format!("list holds {items} items, its head says {count}"));
-        }
-        Ok(())
     }
 }
 

@@ -4,13 +4,10 @@ use std::sync::Arc;
 
 use memmap2::MmapMut;
 
-use super::{frame, Checkpoint, ChunkKind, HeaderSnapshot, PAGE_PAYLOAD};
+use super::{frame, Checkpoint, ChunkKind, HeaderSnapshot, PAGE_CHUNK, PAGE_PAYLOAD};
 use crate::store::cow::{CowShared, Phase};
 use crate::store::file::LiveMaps;
 use crate::store::PAGE_BYTES;
-
-/// Bytes of a page chunk: framing, page index, page crc32, page.
-const PAGE_CHUNK: usize = 9 + PAGE_PAYLOAD;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {

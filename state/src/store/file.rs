@@ -632,92 +632,100 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// Writes pages (ascending index, each `PAGE_BYTES`) into the file,
-    /// skipping any outside it, without marking them dirty: runs of
-    /// consecutive pages go to the file in large vectored writes straight
-    /// from the given bytes (on Unix), which spares the page faults and page
-    /// zeroing of writing through the map, and any copy. Only for a store
-    /// being restored (no checkpoint streams).
-    pub(crate) fn write_pages<'a>(
-        &mut self,
-        pages: impl Iterator<Item = (u64, &'a [u8])>,
-    ) -> Result<(), StateError> {
-        debug_assert!(self.cow.is_none(), "pages written around a streaming checkpoint's copy-on-write");
-        /// Most pages per vectored write (below `IOV_MAX`, 1024).
-        const RUN_PAGES: usize = 256;
-        let file_pages = self.file_bytes() >> PAGE_LOG2;
-        let mut run: Vec<&'a [u8]> = Vec::with_capacity(RUN_PAGES);
-        let mut start = 0u64;
-        for (p, data) in pages {
-            if p >= file_pages || data.len() != PAGE_BYTES {
-                continue;
-            }
-            if !run.is_empty() && (run.len() == RUN_PAGES || p != start + run.len() as u64) {
-                self.write_run(start, &run)?;
-                run.clear();
-            }
-            if run.is_empty() {
-                start = p;
-            }
-            run.push(data);
-        }
-        if !run.is_empty() {
-            self.write_run(start, &run)?;
-        }
-        Ok(())
-    }
-
-    /// Maps every page of the file into the process's page tables at once
-    /// (a hint, for a store about to be scanned whole after a restore; no
-    /// effect where the system cannot).
-    pub(crate) fn populate(&self) {
-        #[cfg(target_os = "linux")]
-        for m in &self.chunks {
-            let _ = m.advise(memmap2::Advice::PopulateRead);
+    /// Hands the maps to a restore's threads (see [`RestoreTarget`]); the
+    /// exclusive borrow keeps every other access out while they write.
+    pub(crate) fn restore_target(&mut self) -> RestoreTarget<'_> {
+        debug_assert!(self.cow.is_none(), "a store being restored has no checkpoint streaming");
+        RestoreTarget {
+            bases: &self.bases,
+            chunk_log2: self.chunk_log2,
+            file: self.file.as_ref(),
+            path: &self.path,
         }
     }
+}
 
-    /// Writes the consecutive whole pages `pages` from page `p` on.
-    fn write_run(&mut self, p: u64, pages: &[&[u8]]) -> Result<(), StateError> {
-        if self.file.is_none() {
-            // Anonymous memory: copy through the map (without dirty bits).
-            for (i, d) in pages.iter().enumerate() {
-                let dst = self.ptr((p + i as u64) << PAGE_LOG2, PAGE_BYTES);
-                // SAFETY: `dst..dst+PAGE_BYTES` is mapped memory of `self`
-                // (checked by `ptr`), written only here while `&mut self` is
-                // held; `d` is a whole page (checked by `write_pages`) of
-                // another allocation.
-                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), dst, PAGE_BYTES) };
-            }
-            return Ok(());
-        }
+/// A segment file being filled by the threads of a restore: raw access to
+/// its maps, shared by threads that each take the segments of other bins.
+///
+/// The methods that reach the memory are `unsafe`: a caller promises that
+/// no two threads (nor two slices) reach the same bytes while one of them
+/// writes. A restore keeps that promise by checking that no page belongs
+/// to two segments of its layout, and by giving each bin to one thread.
+pub(crate) struct RestoreTarget<'a> {
+    bases: &'a [*mut u8],
+    chunk_log2: u32,
+    file: Option<&'a File>,
+    path: &'a Path,
+}
+
+// SAFETY: the maps outlive `'a` (the segment file is borrowed mutably for
+// it, so nothing else reaches them), and every access to their memory goes
+// through the `unsafe` methods below, whose callers keep the ranges that
+// different threads use disjoint.
+unsafe impl Sync for RestoreTarget<'_> {}
+
+impl<'a> RestoreTarget<'a> {
+    /// Pointer to `len` bytes at `loc`, checked to lie in one mapped chunk.
+    fn ptr(&self, loc: u64, len: usize) -> *mut u8 {
+        let chunk = (loc >> self.chunk_log2) as usize;
+        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        assert!(
+            chunk < self.bases.len() && off + len <= 1usize << self.chunk_log2,
+            "restored location {loc}+{len} outside the mapped segment file"
+        );
+        // SAFETY: `off + len` lies inside chunk `chunk` (checked above), whose
+        // map lives for `'a`.
+        unsafe { self.bases[chunk].add(off) }
+    }
+
+    /// Whether pages are written with [`RestoreTarget::write_at`] (a file,
+    /// on Unix) rather than through [`RestoreTarget::range_mut`].
+    pub(crate) fn writes_file(&self) -> bool {
+        cfg!(unix) && self.file.is_some()
+    }
+
+    /// The `len` bytes at `loc` (in one chunk), for writing.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, no other slice of these bytes exists and no
+    /// [`RestoreTarget::write_at`] writes them, on any thread.
+    pub(crate) unsafe fn range_mut(&self, loc: u64, len: usize) -> &'a mut [u8] {
+        let p = self.ptr(loc, len);
+        // SAFETY: `p..p+len` is mapped for `'a` (see `ptr`); the caller
+        // promises this slice is the only access to it while it lives.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// The `len` bytes at `loc` (in one chunk), for reading.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing writes these bytes (no slice from
+    /// [`RestoreTarget::range_mut`], no [`RestoreTarget::write_at`]).
+    pub(crate) unsafe fn range(&self, loc: u64, len: usize) -> &'a [u8] {
+        let p = self.ptr(loc, len);
+        // SAFETY: `p..p+len` is mapped for `'a` (see `ptr`); the caller
+        // promises nothing writes it while the slice lives.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// Writes `data` at `loc` into the file (one `pwrite`: a shared map
+    /// and the file share the page cache, so the maps see it; it spares
+    /// the page faults and page zeroing of writing through the map).
+    ///
+    /// # Safety
+    ///
+    /// No slice of these bytes lives meanwhile, on any thread.
+    pub(crate) unsafe fn write_at(&self, loc: u64, data: &[u8]) -> Result<(), StateError> {
+        let _ = self.ptr(loc, data.len());
+        let err = |source| StateError::Io { path: self.path.to_path_buf(), op: "write", source };
         #[cfg(unix)]
-        {
-            use std::io::{IoSlice, Seek, SeekFrom, Write};
-            // A shared map and the file share the page cache, so the map
-            // sees what is written here.
-            let err = |source| StateError::Io { path: self.path.clone(), op: "write", source };
-            let mut slices: Vec<IoSlice<'_>> = pages.iter().map(|d| IoSlice::new(d)).collect();
-            let Some(mut file) = self.file.as_ref() else {
-                return Ok(());
-            };
-            file.seek(SeekFrom::Start(p << PAGE_LOG2)).map_err(err)?;
-            let mut bufs = &mut slices[..];
-            while !bufs.is_empty() {
-                let n = file.write_vectored(bufs).map_err(err)?;
-                if n == 0 {
-                    return Err(err(std::io::ErrorKind::WriteZero.into()));
-                }
-                IoSlice::advance_slices(&mut bufs, n);
-            }
-            Ok(())
+        if let Some(file) = self.file {
+            use std::os::unix::fs::FileExt;
+            return file.write_all_at(data, loc).map_err(err);
         }
-        #[cfg(not(unix))]
-        {
-            for (i, d) in pages.iter().enumerate() {
-                self.write((p + i as u64) << PAGE_LOG2, d);
-            }
-            Ok(())
-        }
+        Err(err(std::io::Error::other("no file to write the restored pages to")))
     }
 }
