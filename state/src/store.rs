@@ -1385,4 +1385,4 @@ fn key_value(file: &SegmentFile, loc: u64) -> (&[u8], &[u8]) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

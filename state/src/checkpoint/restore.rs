@@ -694,24 +694,11 @@ mod tests {
     use crate::backup::Durability;
     use crate::checkpoint::{encode, parse};
     use crate::keyspace::{hash_u64, BinRange};
+    use crate::store::tests::{ok, tmp};
     use crate::store::{Backing, SlotArena, TableId};
 
     const BINS_LOG2: u8 = 5;
     const INSTANCE: &str = "i";
-
-    fn tmp() -> tempfile::TempDir {
-        match tempfile::tempdir() {
-            Ok(d) => d,
-            Err(e) => panic!("tempdir: {e}"),
-        }
-    }
-
-    fn ok<T>(r: Result<T, StateError>) -> T {
-        match r {
-            Ok(v) => v,
-            Err(e) => panic!("unexpected error: {e}"),
-        }
-    }
 
     /// Everything in a store's raw tables: (table, hash, key, value, list
     /// items), sorted, with each table's key count.

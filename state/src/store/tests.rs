@@ -16,14 +16,14 @@ fn store(dir: &std::path::Path, bins_log2: u8, segment_bytes: usize) -> StateSto
     }
 }
 
-fn tmp() -> tempfile::TempDir {
+pub(crate) fn tmp() -> tempfile::TempDir {
     match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
     }
 }
 
-fn ok<T>(r: Result<T, StateError>) -> T {
+pub(crate) fn ok<T>(r: Result<T, StateError>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => panic!("unexpected error: {e}"),
