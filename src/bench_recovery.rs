@@ -69,6 +69,9 @@ pub struct RecoveryParams {
     /// with its connections open, and only the failure timeout detects it
     /// (it is killed once declared failed).
     pub silent: bool,
+    /// Recover by rolling every node back (`[checkpoint] recovery =
+    /// "rollback"`) instead of live: the peer to compare with.
+    pub rollback: bool,
 }
 
 /// What it measured.
@@ -136,12 +139,13 @@ pub fn run(exe: &Path, p: &RecoveryParams) -> Result<RecoveryReport, String> {
         "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\nrate = {}\nburst = {keys}\n\
          [runtime]\npin = false\npark_when_idle = true\ndata_dir = {:?}\n\
          [sink]\nkind = \"file\"\npath = {:?}\nlatency = true\n\
-         [checkpoint]\ninterval_ms = {}\nbackups = 1\n\
+         [checkpoint]\ninterval_ms = {}\nbackups = 1\nrecovery = \"{}\"\n\
          [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = {}\n",
         p.rate,
         dir.join("data").display().to_string(),
         out.display().to_string(),
         p.checkpoint_ms,
+        if p.rollback { "rollback" } else { "live" },
         p.failure_timeout_ms,
     );
     for n in ["a", "b", "c"] {

@@ -19,6 +19,10 @@
 //! interval_ms = 1000          # 0 = none
 //! restore = true              # resume from the last complete one on start
 //! backups = 1                 # cluster: backup nodes each checkpoint streams to
+//! recovery = "live"           # cluster: "live" restores only a failed node's workers,
+//!                             # survivors replay their buffers; "rollback" rolls every
+//!                             # node back to the last complete checkpoint
+//! buffer_mb = 64              # live: replay buffer per channel to another node
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
@@ -181,6 +185,23 @@ pub struct CheckpointSection {
     /// On a cluster: how many other nodes each checkpoint is streamed to
     /// (default 1).
     pub backups: Option<usize>,
+    /// On a cluster: how a failed node is recovered (default live).
+    pub recovery: Option<Recovery>,
+    /// With live recovery: MiB of replay buffer per channel to a worker of
+    /// another node (default 64; see docs/ARCHITECTURE.md, decision 25).
+    pub buffer_mb: Option<u64>,
+}
+
+/// `[checkpoint] recovery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Restore only the failed node's workers, on replacements; the
+    /// survivors keep running, re-link to them and replay their buffered
+    /// output (SEEP's recovery using state management).
+    Live,
+    /// Roll every node back to the last complete checkpoint.
+    Rollback,
 }
 
 /// `[query]`.
@@ -313,6 +334,11 @@ impl Config {
                 if active == 0 {
                     return Err("cluster.nodes: no node runs workers".into());
                 }
+                if let Some(mb) = self.checkpoint.buffer_mb {
+                    if !(1..=65_536).contains(&mb) {
+                        return Err(format!("checkpoint.buffer_mb: {mb} is not between 1 and 65536"));
+                    }
+                }
                 let r = self.backups();
                 if self.checkpoint.interval_ms > 0 && r + 1 > active {
                     return Err(format!(
@@ -323,6 +349,10 @@ impl Config {
             }
             None if self.checkpoint.backups.is_some() => {
                 return Err("checkpoint.backups: only a [cluster] streams checkpoints to backup nodes".into());
+            }
+            None if self.checkpoint.recovery.is_some() || self.checkpoint.buffer_mb.is_some() => {
+                let field = if self.checkpoint.recovery.is_some() { "recovery" } else { "buffer_mb" };
+                return Err(format!("checkpoint.{field}: only a [cluster] recovers from a node's failure"));
             }
             None => {}
         }
@@ -336,6 +366,14 @@ impl Config {
         self.checkpoint.backups.unwrap_or(1)
     }
 
+    /// Whether a cluster with checkpoints recovers a failed node live
+    /// (`[checkpoint] recovery`, default live).
+    pub fn live_recovery(&self) -> bool {
+        self.cluster.is_some()
+            && self.checkpoint.interval_ms > 0
+            && self.checkpoint.recovery.unwrap_or(Recovery::Live) == Recovery::Live
+    }
+
     /// The runtime config: defaults overridden by `[runtime]`.
     pub fn runtime_config(&self) -> RuntimeConfig {
         let mut c = RuntimeConfig {
@@ -343,6 +381,9 @@ impl Config {
             restore: self.checkpoint.restore.unwrap_or(true),
             ..Default::default()
         };
+        if self.live_recovery() {
+            c.replay_buffer_bytes = (self.checkpoint.buffer_mb.unwrap_or(64) as usize) << 20;
+        }
         let r = &self.runtime;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = r.$f.clone() { c.$f = v; } )* };

@@ -59,6 +59,7 @@ pub fn node_setup(cfg: &Config, name: &str) -> Result<(ClusterPlacement, SocketA
         cluster: cluster_id(cfg, cluster),
         connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
         epoch: 0,
+        join: None,
     };
     Ok((placement, addr, rc))
 }

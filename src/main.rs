@@ -42,10 +42,11 @@ USAGE:
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
   spate bench recovery [--state-mb M] [--checkpoint-ms C] [--failure-timeout-ms F] [--rate R]
-                       [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--json]
+                       [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--rollback] [--json]
       Run keyed-sum (about M MiB of state) on 3 local nodes plus a spare under a
       steady load, SIGKILL one node (--silent: SIGSTOP, found by the failure
-      timeout), and print detect/restore/replay/total ms and
+      timeout), recover it live (--rollback: roll every node back), and print
+      detect/restore/replay/total ms and
       the lost and duplicated outputs; --csv writes latency over time with the
       failure marked.
   spate bench ft-cost --records N [--nodes K] [--checkpoint-ms C] [--runs R] [--json]
@@ -100,7 +101,7 @@ struct Opts {
     flags: Vec<(String, Option<String>)>,
 }
 
-const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet", "--silent"];
+const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet", "--silent", "--rollback"];
 
 impl Opts {
     fn parse(args: &[String], known: &[&str]) -> Result<Self, String> {
@@ -398,6 +399,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
             "--csv",
             "--json",
             "--silent",
+            "--rollback",
         ],
     )?;
     let p = spate::bench_recovery::RecoveryParams {
@@ -409,6 +411,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
         after_s: o.get("--after-s")?.unwrap_or(8),
         csv: o.get("--csv")?,
         silent: o.has("--silent"),
+        rollback: o.has("--rollback"),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
     let r = spate::bench_recovery::run(&exe, &p)?;

@@ -76,6 +76,7 @@ fn two_nodes_over_tcp_match_one_process() {
                 cluster,
                 connect_timeout: Duration::from_secs(20),
                 epoch: 0,
+                join: None,
             };
             let sink = sink.clone();
             let dir = dir.path().join(format!("node{me}"));
@@ -117,8 +118,14 @@ fn a_missing_node_is_named_after_the_timeout() {
         NodeSpec { name: "n0".into(), addr: listener.local_addr(), workers: 1 },
         NodeSpec { name: "n1".into(), addr: silent_addr, workers: 1 },
     ];
-    let placement =
-        ClusterPlacement { nodes, me: 0, cluster: 9, connect_timeout: Duration::from_millis(500), epoch: 0 };
+    let placement = ClusterPlacement {
+        nodes,
+        me: 0,
+        cluster: 9,
+        connect_timeout: Duration::from_millis(500),
+        epoch: 0,
+        join: None,
+    };
     let mut cfg = config(dir.path());
     cfg.workers = 1;
     let (sink, _output) = spate::output::<(u64, u64)>(16);

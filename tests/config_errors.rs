@@ -189,4 +189,18 @@ fn cluster_fault_tolerance_fields_are_checked() {
     // Only the coordinator may run no workers.
     let idle = format!("{base}[[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\nworkers = 0\n");
     assert_mentions(&rejected(&idle), &["cluster.nodes[1].workers", "only the coordinator"]);
+    // Recovery settings: known values, a cluster, a sane buffer.
+    let two = format!("{base}[[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\n");
+    let with = |line: &str| two.replace("interval_ms = 100\n", &format!("interval_ms = 100\n{line}\n"));
+    assert_mentions(&rejected(&with("recovery = \"sometimes\"")), &["recovery", "sometimes"]);
+    assert_mentions(&rejected(&with("buffer_mb = 0")), &["checkpoint.buffer_mb", "0"]);
+    assert_mentions(
+        &rejected("[query]\nname = \"keyed-sum\"\n[checkpoint]\ninterval_ms = 100\nrecovery = \"live\"\n"),
+        &["checkpoint.recovery", "cluster"],
+    );
+    for (line, live) in [("", true), ("recovery = \"live\"", true), ("recovery = \"rollback\"", false)] {
+        let cfg = spate::config::Config::parse(&with(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(cfg.live_recovery(), live, "{line}");
+        assert_eq!(cfg.runtime_config().replay_buffer_bytes > 0, live, "{line}");
+    }
 }

@@ -18,6 +18,26 @@
 //!   of a part). With spares for every crash and crashes far apart, it
 //!   must finish.
 //!
+//! Odd seeds run with live recovery (`PlanConfig::live`): survivors answer
+//! `Recover` with `Recovered` after a random delay (some also report the
+//! broken link to the failed node as a `Failed` of the epoch before; in
+//! some runs one survivor never answers, or answers `Failed`), and joining
+//! deployments are answered like others. Checked besides:
+//!
+//! - `Recover` goes only to live nodes that ran the epoch before, never to
+//!   the failed one; its `moved` is exactly the workers whose owner
+//!   changed (all of fenced nodes), its checkpoint the last complete one;
+//! - a joining deployment is sent only after every survivor told to
+//!   recover answered `Recovered`, to a node running no share, for a moved
+//!   slot of its own, with the placement and moved workers the survivors
+//!   were given, restoring the last complete checkpoint and fetching
+//!   exactly the parts its node lacks;
+//! - every `aborted` is at least every checkpoint id requested before, and
+//!   ids requested later are above it; no checkpoint is requested while
+//!   survivors re-link, nor of a node before it said it runs the epoch;
+//! - a `Failed` of the new epoch before every joiner is ready (some
+//!   joiners fail) makes the plan fall back at once: it aborts the epoch.
+//!
 //! `SPATE_PLAN_SEEDS=N` runs N seeds (default 2000); `SPATE_PLAN_SEED=S`
 //! replays one. A failure prints its seed and the command that replays it.
 
@@ -27,6 +47,7 @@ use std::net::SocketAddr;
 use spate::control::plan::{Action, Plan, PlanConfig};
 use spate::control::{Deployment, Msg};
 use spate::core::checkpoint::Manifest;
+use spate::core::remote::NodeSpec;
 use spate::deploy::NodeReport;
 
 /// splitmix64: small, seeded, good enough to pick delays and faults.
@@ -67,6 +88,17 @@ struct Node {
     finish_at: Option<u64>,
 }
 
+/// How a survivor answers `Recover` in a live run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// `Recovered` after a random delay.
+    Recovered,
+    /// Never answers (but keeps heartbeating and answers `Abort`).
+    Mute,
+    /// `Failed` of the new epoch (it could not re-link).
+    Fails,
+}
+
 struct Sim {
     rng: Rng,
     plan: Plan,
@@ -87,10 +119,36 @@ struct Sim {
     last_complete: Option<u64>,
     /// Per complete checkpoint: per worker, the node that took its part,
     /// and every node's replica targets.
-    taken_by: HashMap<u64, (Vec<String>, HashMap<String, Vec<SocketAddr>>)>,
+    taken_by: HashMap<u64, (Vec<String>, HashMap<usize, Vec<SocketAddr>>)>,
     /// Per complete checkpoint and worker, the nodes that fetched its part.
     fetched: HashMap<(u64, usize), HashSet<String>>,
-    replicas_now: HashMap<String, Vec<SocketAddr>>,
+    /// Per worker, the replica targets of the share that runs it.
+    replicas_now: HashMap<usize, Vec<SocketAddr>>,
+    /// Per epoch, its owner of each worker (as deployed or recovered).
+    owners_of: HashMap<u64, Vec<String>>,
+    /// Per live recovery's epoch: its placement and moved workers, the
+    /// survivors told to recover, and those whose `Recovered` the plan got.
+    recover_of: HashMap<u64, (Vec<String>, Vec<usize>)>,
+    recover_sent: HashMap<u64, HashSet<usize>>,
+    recovered: HashMap<u64, HashSet<usize>>,
+    /// The epoch whose survivors are re-linking, until its joiners are
+    /// deployed or it is aborted.
+    relinking: Option<u64>,
+    /// Per epoch, the joiners whose `Ready` the plan has not got yet.
+    joiners: HashMap<u64, HashSet<usize>>,
+    /// `(epoch, node)`: the plan got the node's `Ready` (or `Recovered`).
+    readied: HashSet<(u64, usize)>,
+    /// The highest checkpoint id requested, and the highest `aborted`.
+    max_requested: u64,
+    max_aborted: u64,
+    /// How survivors answer `Recover`: this node (if any) answers so, the
+    /// others `Recovered`.
+    odd_one: Option<(usize, Answer)>,
+    /// A share runs 300 ms and up to this much longer.
+    spread: u64,
+    relinks: u64,
+    joins: u64,
+    fallbacks: u64,
     ended: Option<Result<(), String>>,
     trace: u64,
     names: Vec<String>,
@@ -109,8 +167,13 @@ fn replica_of(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))
 }
 
+/// The owner of each worker of a placement.
+fn owners(nodes: &[NodeSpec]) -> Vec<String> {
+    nodes.iter().flat_map(|n| std::iter::repeat_n(n.name.clone(), n.workers)).collect()
+}
+
 impl Sim {
-    fn new(seed: u64, active: usize, spares: usize) -> Self {
+    fn new(seed: u64, active: usize, spares: usize, live: bool) -> Self {
         let mut rng = Rng(seed);
         let mut cfg_nodes = Vec::new();
         for i in 0..active + spares {
@@ -132,6 +195,7 @@ impl Sim {
             interval_ms: INTERVAL_MS,
             backups: 1,
             origin_ns: 1,
+            live,
         };
         let mut plan = Plan::new(&cfg_nodes, 0, config);
         for (i, n) in cfg_nodes.iter().enumerate() {
@@ -156,6 +220,22 @@ impl Sim {
             taken_by: HashMap::new(),
             fetched: HashMap::new(),
             replicas_now: HashMap::new(),
+            owners_of: HashMap::new(),
+            recover_of: HashMap::new(),
+            recover_sent: HashMap::new(),
+            recovered: HashMap::new(),
+            relinking: None,
+            joiners: HashMap::new(),
+            readied: HashSet::new(),
+            max_requested: 0,
+            max_aborted: 0,
+            odd_one: None,
+            // Live recovery needs every share running: longer jobs give
+            // crashes more chances to find them so.
+            spread: if live { 3000 } else { 1500 },
+            relinks: 0,
+            joins: 0,
+            fallbacks: 0,
             ended: None,
             trace: 0,
             names,
@@ -174,10 +254,15 @@ impl Sim {
     /// Node `i` sends `msg` to the coordinator; it arrives later (a stalled
     /// node's messages wait for the stall to end).
     fn reply(&mut self, i: usize, msg: Msg) {
+        self.reply_after(i, 0, msg);
+    }
+
+    /// As [`Sim::reply`], `delay` ms later.
+    fn reply_after(&mut self, i: usize, delay: u64, msg: Msg) {
         if self.nodes[i].dead {
             return;
         }
-        let at = self.now.max(self.nodes[i].stalled_until) + self.rng.below(40);
+        let at = self.now.max(self.nodes[i].stalled_until) + delay + self.rng.below(40);
         self.order += 1;
         self.inbox.push((at, self.order, i, msg));
     }
@@ -201,8 +286,27 @@ impl Sim {
                     self.fenced.insert(node);
                 }
                 Action::Event(e) | Action::Note(e) => {
-                    if e.starts_with("deployed ") && e != "deployed 0" {
+                    if (e.starts_with("deployed ") && e != "deployed 0") || e.starts_with("relinking ") {
                         self.recoveries += 1;
+                    }
+                    if e.starts_with("relinking ") {
+                        self.relinks += 1;
+                    }
+                    if e.contains("falls back to a global rollback") {
+                        self.fallbacks += 1;
+                    }
+                    if let Some(id) = e.strip_prefix("requested ") {
+                        let id: u64 = id.parse().map_err(|_| format!("bad event {e:?}"))?;
+                        if id <= self.max_requested || id <= self.max_aborted {
+                            return Err(format!(
+                                "checkpoint {id} requested after {} was and {} was voided",
+                                self.max_requested, self.max_aborted
+                            ));
+                        }
+                        if let Some(r) = self.relinking {
+                            return Err(format!("checkpoint {id} requested while epoch {r} re-links"));
+                        }
+                        self.max_requested = id;
                     }
                     if e.contains("takes over") && !e.contains("`s") {
                         self.takeovers += 1;
@@ -214,7 +318,7 @@ impl Sim {
                             self.splits += 1;
                         }
                     }
-                    if e.starts_with("deployed ") {
+                    if e.starts_with("deployed ") || e.starts_with("relinking ") {
                         self.took_over.clear();
                     }
                     if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
@@ -228,17 +332,23 @@ impl Sim {
         Ok(())
     }
 
-    fn check_deploy(&mut self, to: usize, d: &Deployment) -> Result<(), String> {
-        for n in &d.nodes {
+    /// The job's placement `nodes` is sound: no fenced node, every worker.
+    fn check_placement(&self, epoch: u64, nodes: &[NodeSpec]) -> Result<(), String> {
+        for n in nodes {
             let i = self.names.iter().position(|x| *x == n.name).ok_or("unknown node")?;
             if self.fenced.contains(&i) {
-                return Err(format!("epoch {} deploys fenced node {}", d.epoch, n.name));
+                return Err(format!("epoch {epoch} places fenced node {}", n.name));
             }
         }
-        let workers = d.nodes.iter().map(|n| n.workers).sum::<usize>();
+        let workers = nodes.iter().map(|n| n.workers).sum::<usize>();
         if workers != self.workers {
-            return Err(format!("epoch {} has {workers} workers, the job {}", d.epoch, self.workers));
+            return Err(format!("epoch {epoch} has {workers} workers, the job {}", self.workers));
         }
+        Ok(())
+    }
+
+    fn check_deploy(&mut self, to: usize, d: &Deployment) -> Result<(), String> {
+        self.check_placement(d.epoch, &d.nodes)?;
         if d.replicas.contains(&replica_of(to)) {
             return Err(format!("node {} backs up its own checkpoints", self.names[to]));
         }
@@ -250,49 +360,167 @@ impl Sim {
                 self.last_complete
             ));
         }
-        if d.epoch > 0 {
-            let (told, done) = self.aborts.get(&(d.epoch - 1)).cloned().unwrap_or_default();
-            let pending: Vec<&usize> =
-                told.iter().filter(|j| !done.contains(j) && !self.fenced.contains(j)).collect();
-            if !pending.is_empty() {
-                return Err(format!("epoch {} deployed before nodes {pending:?} stopped the last", d.epoch));
+        if d.aborted < self.max_requested {
+            return Err(format!(
+                "epoch {} voids checkpoints up to {}, but {} was requested",
+                d.epoch, d.aborted, self.max_requested
+            ));
+        }
+        let owners = owners(&d.nodes);
+        // The workers this deployment runs.
+        let mut mine = Vec::new();
+        match d.join {
+            None => {
+                if !d.moved.is_empty() {
+                    return Err(format!("epoch {}'s deployment moves workers {:?}", d.epoch, d.moved));
+                }
+                if d.epoch > 0 {
+                    let (told, done) = self.aborts.get(&(d.epoch - 1)).cloned().unwrap_or_default();
+                    let pending: Vec<&usize> =
+                        told.iter().filter(|j| !done.contains(j) && !self.fenced.contains(j)).collect();
+                    if !pending.is_empty() {
+                        return Err(format!(
+                            "epoch {} deployed before nodes {pending:?} stopped the last",
+                            d.epoch
+                        ));
+                    }
+                    // Every live node that ran an earlier epoch (as
+                    // deployed, joined or recovered) was told to stop it.
+                    let running = (0..self.nodes.len()).find(|&j| {
+                        !self.fenced.contains(&j) && self.nodes[j].epoch.is_some_and(|e| e < d.epoch)
+                    });
+                    if let Some(j) = running {
+                        return Err(format!(
+                            "epoch {} deployed while {} still runs epoch {:?}",
+                            d.epoch, self.names[j], self.nodes[j].epoch
+                        ));
+                    }
+                }
+                mine.extend((0..owners.len()).filter(|&w| owners[w] == self.names[to]));
+            }
+            Some(slot) => {
+                let told = self.recover_sent.get(&d.epoch).cloned().unwrap_or_default();
+                let answered = self.recovered.get(&d.epoch).cloned().unwrap_or_default();
+                let mut pending: Vec<&String> =
+                    told.iter().filter(|j| !answered.contains(j)).map(|&j| &self.names[j]).collect();
+                pending.sort_unstable();
+                if told.is_empty() || !pending.is_empty() {
+                    return Err(format!(
+                        "{} joins epoch {} before survivors {pending:?} re-linked (told: {told:?})",
+                        self.names[to], d.epoch
+                    ));
+                }
+                let (placement, moved) = self.recover_of.get(&d.epoch).cloned().unwrap_or_default();
+                if d.moved != moved {
+                    return Err(format!(
+                        "{} joins epoch {} told workers {:?} moved, the survivors {moved:?}",
+                        self.names[to], d.epoch, d.moved
+                    ));
+                }
+                if d.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() != placement {
+                    return Err(format!(
+                        "epoch {}'s joiners and survivors have different placements",
+                        d.epoch
+                    ));
+                }
+                let Some(n) = d.nodes.get(slot).filter(|n| n.name == self.names[to]) else {
+                    return Err(format!(
+                        "{} joins epoch {} as slot {slot}, not its own",
+                        self.names[to], d.epoch
+                    ));
+                };
+                let base: usize = d.nodes[..slot].iter().map(|n| n.workers).sum();
+                mine.extend(base..base + n.workers);
+                if let Some(w) = mine.iter().find(|w| !moved.contains(w)) {
+                    return Err(format!(
+                        "{} joins epoch {} with worker {w}, which did not move",
+                        self.names[to], d.epoch
+                    ));
+                }
             }
         }
         // Who must fetch: the owners of workers whose part they do not have.
         if let Some(id) = self.last_complete {
             let (took, replicas) = self.taken_by.get(&id).cloned().unwrap_or_default();
-            let mut base = 0;
-            for n in &d.nodes {
-                let range = base..base + n.workers;
-                base += n.workers;
-                if n.name != self.names[to] {
+            let name = self.names[to].clone();
+            if let Some((w, _)) = d.fetch.iter().find(|(w, _)| !mine.contains(w)) {
+                return Err(format!("{name} fetches worker {w}'s part, which it does not run"));
+            }
+            for &w in &mine {
+                let fetched: Vec<&(usize, SocketAddr)> = d.fetch.iter().filter(|(x, _)| *x == w).collect();
+                let has = took.get(w) == Some(&name)
+                    || self.fetched.get(&(id, w)).is_some_and(|f| f.contains(&name));
+                if has {
+                    if !fetched.is_empty() {
+                        return Err(format!("{name} fetches worker {w}'s part, which it has"));
+                    }
                     continue;
                 }
-                for w in range {
-                    let fetched: Vec<&(usize, SocketAddr)> =
-                        d.fetch.iter().filter(|(x, _)| *x == w).collect();
-                    let has = took.get(w) == Some(&n.name)
-                        || self.fetched.get(&(id, w)).is_some_and(|f| f.contains(&n.name));
-                    if has {
-                        if !fetched.is_empty() {
-                            return Err(format!("{} fetches worker {w}'s part, which it has", n.name));
-                        }
-                        continue;
-                    }
-                    let [(_, a)] = fetched.as_slice() else {
-                        return Err(format!(
-                            "{} does not fetch worker {w}'s part of checkpoint {id}",
-                            n.name
-                        ));
-                    };
-                    let owner = took.get(w).cloned().unwrap_or_default();
-                    let allowed = replicas.get(&owner).cloned().unwrap_or_default();
-                    let holder = (a.port() - 20_000) as usize;
-                    if self.fenced.contains(&holder) || !allowed.contains(a) {
-                        return Err(format!("{} fetches worker {w} from {a}, not a live holder", n.name));
-                    }
-                    self.fetched.entry((id, w)).or_default().insert(n.name.clone());
+                let [(_, a)] = fetched.as_slice() else {
+                    return Err(format!("{name} does not fetch worker {w}'s part of checkpoint {id}"));
+                };
+                let allowed = replicas.get(&w).cloned().unwrap_or_default();
+                let holder = (a.port() - 20_000) as usize;
+                if self.fenced.contains(&holder) || !allowed.contains(a) {
+                    return Err(format!("{name} fetches worker {w} from {a}, not a live holder"));
                 }
+                self.fetched.entry((id, w)).or_default().insert(name.clone());
+            }
+        } else if !d.fetch.is_empty() {
+            return Err(format!("{} fetches parts of no checkpoint", self.names[to]));
+        }
+        Ok(())
+    }
+
+    /// Checks a `Recover` to node `to`.
+    fn check_recover(&self, to: usize, msg: &Msg) -> Result<(), String> {
+        let Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved } = msg else {
+            return Err(format!("not a recovery: {msg:?}"));
+        };
+        let (epoch, checkpoint, aborted) = (*epoch, *checkpoint, *aborted);
+        let name = &self.names[to];
+        self.check_placement(epoch, nodes)?;
+        if self.nodes[to].epoch != Some(epoch - 1) {
+            return Err(format!(
+                "{name} told to recover into epoch {epoch}, but it runs {:?}",
+                self.nodes[to].epoch
+            ));
+        }
+        if !nodes.iter().any(|n| n.name == *name) {
+            return Err(format!("{name} told to recover into epoch {epoch}, which does not place it"));
+        }
+        if replicas.contains(&replica_of(to)) {
+            return Err(format!("node {name} backs up its own checkpoints"));
+        }
+        if checkpoint != self.last_complete.unwrap_or(0) {
+            return Err(format!(
+                "epoch {epoch} recovers from checkpoint {checkpoint}, the last complete is {:?}",
+                self.last_complete
+            ));
+        }
+        if aborted < self.max_requested {
+            return Err(format!(
+                "epoch {epoch} voids checkpoints up to {aborted}, but {} was requested",
+                self.max_requested
+            ));
+        }
+        let before = self.owners_of.get(&(epoch - 1)).cloned().unwrap_or_default();
+        let after = owners(nodes);
+        let changed: Vec<usize> = (0..after.len()).filter(|&w| before.get(w) != Some(&after[w])).collect();
+        if changed.is_empty() || changed != *moved {
+            return Err(format!(
+                "epoch {epoch} moves workers {moved:?}, but these changed owner: {changed:?}"
+            ));
+        }
+        for &w in moved {
+            let i = self.names.iter().position(|x| *x == before[w]).ok_or("unknown node")?;
+            if !self.fenced.contains(&i) {
+                return Err(format!("epoch {epoch} moves worker {w} away from live node {}", before[w]));
+            }
+        }
+        if let Some((placement, m)) = self.recover_of.get(&epoch) {
+            if *placement != nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() || m != moved {
+                return Err(format!("epoch {epoch}'s survivors are told different placements"));
             }
         }
         Ok(())
@@ -300,30 +528,110 @@ impl Sim {
 
     /// A message reaches node `to` (the coordinator's own node at once).
     fn deliver(&mut self, to: usize, msg: Msg) -> Result<(), String> {
+        if let Msg::Recover { .. } = &msg {
+            self.check_recover(to, &msg)?;
+        }
         match msg {
             Msg::Deploy(d) => {
                 self.check_deploy(to, &d)?;
                 self.placement = d.nodes.iter().map(|n| n.name.clone()).collect();
-                self.owners =
-                    d.nodes.iter().flat_map(|n| std::iter::repeat_n(n.name.clone(), n.workers)).collect();
-                self.replicas_now.insert(self.names[to].clone(), d.replicas.clone());
-                let mut base = 0;
-                let mut mine = Vec::new();
-                for n in &d.nodes {
-                    if n.name == self.names[to] {
-                        mine.extend(base..base + n.workers);
+                self.owners = owners(&d.nodes);
+                self.owners_of.entry(d.epoch).or_insert_with(|| self.owners.clone());
+                self.max_aborted = self.max_aborted.max(d.aborted);
+                let mine: Vec<usize> = match d.join {
+                    None => (0..self.owners.len()).filter(|&w| self.owners[w] == self.names[to]).collect(),
+                    Some(slot) => {
+                        let base: usize = d.nodes[..slot].iter().map(|n| n.workers).sum();
+                        (base..base + d.nodes[slot].workers).collect()
                     }
-                    base += n.workers;
+                };
+                for &w in &mine {
+                    self.replicas_now.insert(w, d.replicas.clone());
                 }
+                let ready = self.now + 5 + self.rng.below(100);
+                let finish = ready + 300 + self.rng.below(self.spread);
                 let node = &mut self.nodes[to];
+                if d.join.is_some() {
+                    self.joins += 1;
+                }
+                if d.join.is_some() && node.epoch.is_some() {
+                    // A node runs one share: it cannot join beside its own.
+                    return Err(format!("{} joins epoch {} while running a share", self.names[to], d.epoch));
+                }
+                self.relinking = None;
                 node.epoch = Some(d.epoch);
                 node.workers = mine;
                 node.finished = false;
-                let ready = self.now + 5 + self.rng.below(100);
-                self.nodes[to].finish_at = Some(ready + 300 + self.rng.below(1500));
+                node.finish_at = Some(finish);
+                if d.join.is_some() {
+                    for j in 0..self.nodes.len() {
+                        if j != to
+                            && self.nodes[j].epoch == Some(d.epoch)
+                            && self.nodes[j].finish_at.is_none()
+                        {
+                            self.nodes[j].finish_at = Some(ready + 300 + self.rng.below(self.spread));
+                        }
+                    }
+                    self.joiners.entry(d.epoch).or_default().insert(to);
+                    if self.rng.chance(10) {
+                        // It cannot restore, or reach a survivor.
+                        let reason = "cannot connect to the survivors".to_string();
+                        self.reply(to, Msg::Failed { epoch: d.epoch, reason });
+                        return Ok(());
+                    }
+                }
                 self.reply(to, Msg::Ready { epoch: d.epoch });
             }
+            Msg::Recover { epoch, aborted, nodes, replicas, moved, .. } => {
+                self.recover_sent.entry(epoch).or_default().insert(to);
+                self.recover_of
+                    .insert(epoch, (nodes.iter().map(|n| n.name.clone()).collect(), moved.clone()));
+                self.placement = nodes.iter().map(|n| n.name.clone()).collect();
+                self.owners = owners(&nodes);
+                self.owners_of.insert(epoch, self.owners.clone());
+                self.max_aborted = self.max_aborted.max(aborted);
+                self.relinking = Some(epoch);
+                for w in 0..self.owners.len() {
+                    if self.owners[w] == self.names[to] && !moved.contains(&w) {
+                        self.replicas_now.insert(w, replicas.clone());
+                    }
+                }
+                let answer = match self.odd_one {
+                    Some((i, a)) if i == to => a,
+                    _ => Answer::Recovered,
+                };
+                if answer == Answer::Mute {
+                    return Ok(());
+                }
+                if self.rng.chance(30) {
+                    // Its link to the failed node broke first.
+                    let reason = "worker 0: peer closed the connection".to_string();
+                    self.reply(to, Msg::Failed { epoch: epoch - 1, reason });
+                }
+                let delay = self.rng.below(150);
+                if answer == Answer::Fails {
+                    let reason = "cannot accept the moved workers".to_string();
+                    self.reply_after(to, delay, Msg::Failed { epoch, reason });
+                    return Ok(());
+                }
+                // Its share cannot end before the moved workers run again
+                // (it waits for their input): it ends after they join.
+                let node = &mut self.nodes[to];
+                node.epoch = Some(epoch);
+                node.finished = false;
+                node.finish_at = None;
+                self.reply_after(to, delay, Msg::Recovered { epoch });
+            }
             Msg::Checkpoint { epoch, id } => {
+                if let Some(r) = self.relinking {
+                    return Err(format!("checkpoint {id} requested while epoch {r} re-links"));
+                }
+                if !self.readied.contains(&(epoch, to)) {
+                    return Err(format!(
+                        "checkpoint {id} requested of {} before it said it runs epoch {epoch}",
+                        self.names[to]
+                    ));
+                }
                 if self.nodes[to].epoch == Some(epoch) && !self.nodes[to].finished {
                     let mut offsets = BTreeMap::new();
                     for &w in &self.nodes[to].workers {
@@ -351,6 +659,9 @@ impl Sim {
                 }
             }
             Msg::Abort { epoch } => {
+                if self.relinking == Some(epoch) {
+                    self.relinking = None;
+                }
                 self.aborts.entry(epoch).or_default().0.insert(to);
                 self.nodes[to].epoch = None;
                 self.nodes[to].finish_at = None;
@@ -375,6 +686,16 @@ impl Sim {
             crash_at.remove(0);
             if !self.nodes[i].dead {
                 self.nodes[i].dead = true;
+                // Nodes running its epoch may see their links to it break
+                // (and say so) before the plan hears of the failure.
+                if let (Some(e), false) = (self.nodes[i].epoch, self.fenced.contains(&i)) {
+                    for j in 0..self.nodes.len() {
+                        if j != i && self.nodes[j].epoch == Some(e) && self.rng.chance(30) {
+                            let reason = format!("worker link to node {} closed", self.names[i]);
+                            self.reply_after(j, 20, Msg::Failed { epoch: e, reason });
+                        }
+                    }
+                }
                 if drop_conn {
                     let why = "its control connection closed";
                     self.plan.connection_lost(i, why, self.now);
@@ -414,26 +735,57 @@ impl Sim {
         self.inbox.sort_by_key(|m| (m.0, m.1));
         let due = self.inbox.iter().take_while(|m| m.0 <= self.now).count();
         let arrived: Vec<(u64, u64, usize, Msg)> = self.inbox.drain(..due).collect();
+        let mut must_fall_back = None;
         for (_, _, from, msg) in arrived {
             if let Msg::Aborted { epoch } = &msg {
                 self.aborts.entry(*epoch).or_default().1.insert(from);
+            }
+            if let Msg::Recovered { epoch } = &msg {
+                self.recovered.entry(*epoch).or_default().insert(from);
+            }
+            if let Msg::Ready { epoch } | Msg::Recovered { epoch } = &msg {
+                self.readied.insert((*epoch, from));
+                if let Some(j) = self.joiners.get_mut(epoch) {
+                    j.remove(&from);
+                }
+            }
+            // A live recovery that is not over when a node's share of its
+            // epoch fails must fall back.
+            if let Msg::Failed { epoch, .. } = &msg {
+                let joining = self.joiners.get(epoch).is_some_and(|j| !j.is_empty());
+                if !self.fenced.contains(&from) && (self.relinking == Some(*epoch) || joining) {
+                    must_fall_back = Some(*epoch);
+                }
+            }
+            if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
+                eprintln!("{:>6} ms: {} -> plan: {msg:?}", self.now, self.names[from]);
             }
             self.mix(from as u64);
             self.plan.message(from, msg, self.now);
         }
         self.plan.tick(self.now);
-        self.actions()
+        self.actions()?;
+        if let Some(e) = must_fall_back {
+            if self.ended.is_none() && self.aborts.get(&e).is_none_or(|a| a.0.is_empty()) {
+                return Err(format!("a share of epoch {e} failed during its live recovery, which went on"));
+            }
+        }
+        Ok(())
     }
 }
 
 /// What a run did: its trace hash, recoveries, survivors that took over,
-/// whether it failed (for a good reason).
+/// live recoveries begun, joining deployments, live recoveries that fell
+/// back, whether it failed (for a good reason).
 #[derive(Debug, PartialEq, Eq)]
 struct Ran {
     trace: u64,
     recoveries: u64,
     takeovers: u64,
     splits: u64,
+    relinks: u64,
+    joins: u64,
+    fallbacks: u64,
     failed: bool,
 }
 
@@ -441,8 +793,19 @@ struct Ran {
 fn run(seed: u64) -> Result<Ran, String> {
     let mut rng = Rng(seed ^ 0x5eed);
     let active = 3 + rng.below(2) as usize;
-    let spares = rng.below(3) as usize;
-    let mut sim = Sim::new(seed, active, spares);
+    // Odd seeds recover live; in some of those runs one survivor never
+    // answers `Recover`, or cannot re-link. Live recovery needs a free
+    // spare per moved slot: live runs get one more.
+    let live = seed % 2 == 1;
+    let spares = rng.below(3) as usize + usize::from(live);
+    let mut sim = Sim::new(seed, active, spares, live);
+    if live && rng.chance(20) {
+        let answer = if rng.chance(50) { Answer::Mute } else { Answer::Fails };
+        sim.odd_one = Some((1 + rng.below((active - 1) as u64) as usize, answer));
+    }
+    // A mute survivor delays the recovery by the abort timeout: no new
+    // checkpoint in the meantime, so later crashes may take every backup.
+    let slow = matches!(sim.odd_one, Some((_, Answer::Mute)));
     // 0–3 crashes of nodes other than the coordinator (node 0), at random
     // times; half drop their connection, half go silent.
     let crashes = rng.below(4) as usize;
@@ -465,13 +828,17 @@ fn run(seed: u64) -> Result<Ran, String> {
     let stalls = !stall_at.is_empty();
     let far_apart = crash_at.windows(2).all(|w| w[1].0 > w[0].0 + 4 * INTERVAL_MS + FAILURE_TIMEOUT_MS);
     if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
-        eprintln!("seed {seed}: {active} active, {spares} spares, crashes {crash_at:?}, stalls {stall_at:?}");
+        eprintln!(
+            "seed {seed}: {active} active, {spares} spares, crashes {crash_at:?}, stalls {stall_at:?}, \
+             live {live}, odd one {:?}",
+            sim.odd_one
+        );
     }
     sim.plan.start(0);
     sim.actions().map_err(|e| format!("seed {seed}: {e}"))?;
     while sim.ended.is_none() {
-        if sim.now > 120_000 {
-            return Err(format!("seed {seed}: the job neither finished nor failed in 120 s"));
+        if sim.now > 300_000 {
+            return Err(format!("seed {seed}: the job neither finished nor failed in 300 s"));
         }
         sim.step(&mut crash_at, &mut stall_at).map_err(|e| format!("seed {seed} at {} ms: {e}", sim.now))?;
     }
@@ -481,6 +848,9 @@ fn run(seed: u64) -> Result<Ran, String> {
             recoveries: sim.recoveries,
             takeovers: sim.takeovers,
             splits: sim.splits,
+            relinks: sim.relinks,
+            joins: sim.joins,
+            fallbacks: sim.fallbacks,
             failed: false,
         }),
         Some(Err(reason)) => {
@@ -489,7 +859,7 @@ fn run(seed: u64) -> Result<Ran, String> {
                 return Err(format!("seed {seed}: failed for no good reason: {reason}"));
             }
             let single = victims.len() == 1 && active + spares > 2;
-            if single || (victims.len() <= spares && far_apart && !stalls) {
+            if single || (victims.len() <= spares && far_apart && !stalls && !slow) {
                 return Err(format!(
                     "seed {seed}: {} failure(s) far apart with {spares} spare(s) must be survived: {reason}",
                     victims.len()
@@ -500,6 +870,9 @@ fn run(seed: u64) -> Result<Ran, String> {
                 recoveries: sim.recoveries,
                 takeovers: sim.takeovers,
                 splits: sim.splits,
+                relinks: sim.relinks,
+                joins: sim.joins,
+                fallbacks: sim.fallbacks,
                 failed: true,
             })
         }
@@ -520,12 +893,16 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     let (one, n) = (seeds.len() == 1, seeds.len());
     let mut failures = Vec::new();
     let (mut recovered, mut takeovers, mut failed, mut splits) = (0, 0, 0, 0);
+    let (mut relinks, mut joins, mut fallbacks) = (0, 0, 0);
     for seed in seeds {
         match run(seed) {
             Ok(r) => {
                 recovered += u64::from(r.recoveries > 0);
                 takeovers += r.takeovers;
                 splits += r.splits;
+                relinks += r.relinks;
+                joins += r.joins;
+                fallbacks += r.fallbacks;
                 failed += u64::from(r.failed);
             }
             Err(e) => failures.push(format!(
@@ -534,6 +911,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
         }
     }
     eprintln!("{n} seeds: {recovered} recovered at least once, {takeovers} survivor takeovers, {failed} failed for a good reason, {splits} splits of a node's workers");
+    eprintln!("  live: {relinks} recoveries begun, {joins} joining deployments, {fallbacks} fell back to a rollback");
     if !one && failures.is_empty() {
         // The scenarios exercise what they claim to.
         assert!(recovered > n as u64 / 4, "only {recovered} of {n} runs recovered");
@@ -541,6 +919,12 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
             takeovers > 0 && failed > 0 && splits > 0,
             "no survivor takeover, split or justified failure"
         );
+        if n >= 100 {
+            assert!(
+                relinks > n as u64 / 20 && joins > 0 && fallbacks > 0,
+                "live recovery not exercised: {relinks} begun, {joins} joins, {fallbacks} fallbacks"
+            );
+        }
     }
     assert!(
         failures.is_empty(),

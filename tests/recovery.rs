@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use spate::deploy::{resolve_ports, LocalNodes};
+use spate::deploy::{resolve_ports, LocalNodes, NodeReport};
 use spate::Watchdog;
 
 const SPATE: &str = env!("CARGO_BIN_EXE_spate");
@@ -163,14 +163,38 @@ fn seed() -> u64 {
 /// Runs the cluster of `cfg`, lets `chaos` kill nodes, waits for the end;
 /// returns the nodes' stderr.
 fn run_with(cfg: &Path, chaos: impl FnOnce(&mut LocalNodes)) -> String {
+    run_reporting(cfg, chaos).0
+}
+
+/// [`run_with`], also returning the nodes' final reports.
+fn run_reporting(cfg: &Path, chaos: impl FnOnce(&mut LocalNodes)) -> (String, Vec<NodeReport>) {
     let mut nodes = LocalNodes::start(Path::new(SPATE), cfg, &[]).unwrap_or_else(|e| panic!("{e}"));
     nodes
         .wait_event(Duration::from_secs(60), |e| e.what == "running 0")
         .unwrap_or_else(|e| panic!("the job did not start: {e}"));
     chaos(&mut nodes);
-    let stderr = nodes.stderr();
-    nodes.wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
-    stderr
+    let reports = nodes.wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    (nodes.stderr(), reports)
+}
+
+/// The failures were recovered live (SEEP's way): the survivors never
+/// stopped — each one's final report counts every record its sources
+/// produced since the start, which a rolled-back share would not — and
+/// `replacements` restored only the failed workers, from a checkpoint.
+fn assert_recovered_live(stderr: &str, reports: &[NodeReport], survivors: &[&str], replacements: &[&str]) {
+    assert!(stderr.contains("keeps the survivors running"), "no live recovery:\n{stderr}");
+    assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
+    let share = RECORDS / WORKERS as u64;
+    let report = |n: &str| {
+        reports.iter().find(|r| r.node == n).unwrap_or_else(|| panic!("no report of node {n}: {reports:?}"))
+    };
+    for n in survivors {
+        assert_eq!(report(n).records_in, share, "survivor {n} did not run through: {reports:?}");
+    }
+    for n in replacements {
+        let r = report(n);
+        assert!(r.records_in < share, "replacement {n} did not resume from a checkpoint: {reports:?}");
+    }
 }
 
 const RECORDS: u64 = 600_000;
@@ -186,7 +210,7 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
     let delay = Duration::from_millis(300 + seed() % 2000);
-    run_with(&cfg, |nodes| {
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
         std::thread::sleep(delay);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         nodes
@@ -194,6 +218,28 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
             .unwrap_or_else(|e| panic!("the coordinator did not notice: {e}"));
         wait(nodes, "running 1");
     });
+    assert_recovered_live(&stderr, &reports, &["a", "c"], &["s1"]);
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
+}
+
+#[test]
+fn with_recovery_rollback_every_node_rolls_back_to_the_checkpoint() {
+    let _watchdog = Watchdog::start("recovery by rollback", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
+    let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let text = text.replace("[checkpoint]\n", "[checkpoint]\nrecovery = \"rollback\"\n");
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
+        wait(nodes, "checkpoint 2");
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
+    });
+    assert!(!stderr.contains("keeps the survivors running"), "{stderr}");
+    // Every share of the last epoch resumed from the checkpoint.
+    for r in &reports {
+        assert!(r.records_in < RECORDS / WORKERS as u64, "{} did not roll back: {reports:?}", r.node);
+    }
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
@@ -202,13 +248,15 @@ fn keyed_sum_survives_a_node_killed_during_a_checkpoint() {
     let _watchdog = Watchdog::start("recovery during a checkpoint", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
-    let stderr = run_with(&cfg, |nodes| {
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
         // Right after the coordinator requested checkpoint 3: its barriers
-        // are on their way, its parts being stored and streamed.
+        // are on their way, its parts being stored and streamed. The
+        // survivors void it (and abort its alignment) and go on.
         wait(nodes, "requested 3");
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
+    assert_recovered_live(&stderr, &reports, &["a", "b"], &["s1"]);
     let got = output(dir.path());
     let want = keyed_sum_expected(RECORDS, KEYS);
     assert!(got == want, "{}\nnodes said:\n{stderr}", diff(&got, &want));
@@ -220,7 +268,7 @@ fn keyed_sum_survives_two_failures_one_after_the_other() {
     let _watchdog = Watchdog::start("two failures", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
-    run_with(&cfg, |nodes| {
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
         wait(nodes, "checkpoint 2");
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
@@ -230,6 +278,7 @@ fn keyed_sum_survives_two_failures_one_after_the_other() {
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 2");
     });
+    assert_recovered_live(&stderr, &reports, &["a"], &["s1", "s2"]);
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
@@ -286,6 +335,8 @@ fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
         wait(nodes, "running 1");
     });
     assert!(stderr.contains("takes over the 1 workers of node `c`"), "no survivor took over: {stderr}");
+    // A node runs one share: a survivor that takes over rolls back.
+    assert!(!stderr.contains("keeps the survivors running"), "{stderr}");
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
@@ -294,11 +345,12 @@ fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     let _watchdog = Watchdog::start("recovery of node a", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true);
-    run_with(&cfg, |nodes| {
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
         wait(nodes, "checkpoint 2");
         nodes.kill("a").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
+    assert_recovered_live(&stderr, &reports, &["b", "c"], &["s1"]);
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
@@ -311,9 +363,10 @@ fn a_failure_during_recovery_is_recovered_too() {
         wait(nodes, "checkpoint 2");
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         // The spare that replaces b dies while it fetches b's checkpoint
-        // and connects: the survivors stop connecting to it at once (well
-        // before the 20 s connect timeout) and the second spare takes over.
-        wait(nodes, "deployed 1");
+        // and connects: the live recovery falls back to rolling every node
+        // back, the survivors stop connecting to it at once (well before
+        // the 20 s connect timeout) and the second spare takes over.
+        wait(nodes, "joining 1");
         let killed = nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
         let running = nodes
             .wait_event(Duration::from_secs(15), |e| e.what == "running 2")
@@ -347,6 +400,9 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
             "b's workers were not split over both spares: {stderr}"
         );
     }
+    // Both replacements join the running job and link to each other.
+    assert!(stderr.contains("2 moved slot(s) join epoch 1"), "{stderr}");
+    assert!(!stderr.contains("falls back to a global rollback"), "{stderr}");
     assert_keyed_sum_exactly_once(dir.path(), keys);
 }
 
@@ -365,6 +421,7 @@ fn a_stalled_node_is_declared_failed_and_cannot_write_when_it_comes_back() {
         nodes.signal("b", libc::SIGCONT).unwrap_or_else(|e| panic!("{e}"));
     });
     assert!(stderr.contains("node `b` declared failed (silent for"), "b was not found silent: {stderr}");
+    assert!(stderr.contains("keeps the survivors running"), "no live recovery: {stderr}");
     // Whatever the zombie wrote went to files no one reads.
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }

@@ -190,6 +190,14 @@ pub struct ClusterCheckpoints {
     /// The deployment's epoch: a backup node refuses a worker's streams of
     /// an older epoch once a newer one connected.
     pub epoch: u64,
+    /// Checkpoints up to this id are void: they were in flight when a node
+    /// failed, and the job recovered live (their barriers, replayed from
+    /// upstream buffers, are ignored).
+    pub aborted: u64,
+    /// This node joins a running job (its workers replace a failed node's
+    /// and restore `restore`): the node's other shares keep running, so
+    /// nothing of theirs in the data directory is removed.
+    pub joining: bool,
 }
 
 #[derive(Default)]
@@ -209,6 +217,11 @@ pub struct CheckpointCoordinator {
     workers_built: AtomicUsize,
     /// A source ended: later checkpoints could not complete, none is taken.
     stopped: AtomicBool,
+    /// Checkpoints up to this id are void (see [`CheckpointCoordinator::abort_through`]).
+    aborted: AtomicU64,
+    /// Bumped when every stateful instance's next checkpoint must be a
+    /// full image.
+    full_generation: AtomicU64,
     progress: Mutex<BTreeMap<u64, Progress>>,
     restore: Option<Manifest>,
     /// Checkpoints completed by this run.
@@ -222,9 +235,11 @@ pub struct CheckpointCoordinator {
 
 struct ClusterState {
     local_workers: usize,
-    replicas: Vec<std::net::SocketAddr>,
+    /// The backup nodes' replica services and the epoch to stream under;
+    /// a live recovery may change both (the generation counts changes).
+    replicas: Mutex<(Vec<std::net::SocketAddr>, u64)>,
+    replicas_generation: AtomicU64,
     id: u64,
-    epoch: u64,
     done: Mutex<Vec<Manifest>>,
 }
 
@@ -257,12 +272,15 @@ impl CheckpointCoordinator {
         let first = c.restore.as_ref().map_or(0, |m| m.id);
         let cluster = ClusterState {
             local_workers,
-            replicas: c.replicas,
+            replicas: Mutex::new((c.replicas, c.epoch)),
+            replicas_generation: AtomicU64::new(0),
             id: c.cluster,
-            epoch: c.epoch,
             done: Mutex::new(Vec::new()),
         };
-        Self::build(PathBuf::new(), workers, interval_ms, c.restore, first, Some(cluster))
+        let aborted = c.aborted;
+        let coord = Self::build(PathBuf::new(), workers, interval_ms, c.restore, first, Some(cluster));
+        coord.aborted.store(aborted, Ordering::Release);
+        coord
     }
 
     fn build(
@@ -282,6 +300,8 @@ impl CheckpointCoordinator {
             participants: AtomicUsize::new(0),
             workers_built: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            aborted: AtomicU64::new(0),
+            full_generation: AtomicU64::new(0),
             progress: Mutex::new(BTreeMap::new()),
             restore,
             taken: AtomicU64::new(0),
@@ -395,6 +415,43 @@ impl CheckpointCoordinator {
         self.workers_built.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// In a cluster that recovers live from a failure: checkpoints up to
+    /// `id` are void (they were in flight when the node failed; the
+    /// replacement restores the last complete one). Their alignments end
+    /// without a snapshot, their barriers are ignored, their parts are
+    /// never reported, and every stateful instance's next checkpoint is a
+    /// full image (a voided increment may be missing where it would be
+    /// restored).
+    pub fn abort_through(&self, id: u64) {
+        if self.aborted.fetch_max(id, Ordering::AcqRel) < id {
+            if let Ok(mut p) = self.progress.lock() {
+                p.retain(|&k, _| k > id);
+            }
+            if let Some(c) = &self.cluster {
+                if let Ok(mut d) = c.done.lock() {
+                    d.retain(|m| m.id > id);
+                }
+            }
+        }
+        self.full_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The highest void checkpoint id (0: none).
+    pub fn aborted(&self) -> u64 {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// In a cluster: from now on, checkpoints stream to `replicas` under
+    /// `epoch` (a live recovery replaced a backup node).
+    pub fn retarget(&self, replicas: Vec<std::net::SocketAddr>, epoch: u64) {
+        if let Some(c) = &self.cluster {
+            if let Ok(mut r) = c.replicas.lock() {
+                *r = (replicas, epoch);
+            }
+            c.replicas_generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// A source ended: no further checkpoint can complete.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
@@ -404,6 +461,10 @@ impl CheckpointCoordinator {
     pub(crate) fn report(&self, id: u64, source: Option<(&str, usize, u64)>) -> Result<(), String> {
         let mut progress =
             self.progress.lock().map_err(|_| "checkpoint progress lock poisoned".to_string())?;
+        if id <= self.aborted() {
+            // A part of a checkpoint voided while it was being written.
+            return Ok(());
+        }
         let p = progress.entry(id).or_default();
         p.reported += 1;
         if let Some((name, w, off)) = source {
@@ -472,6 +533,9 @@ pub struct Checkpointer {
     writer: std::cell::RefCell<Option<(Sender<SaveJob>, JoinHandle<()>)>>,
     coord: Arc<CheckpointCoordinator>,
     participants: std::cell::Cell<usize>,
+    /// Per instance, the full-image generation its last checkpoint met
+    /// (see [`CheckpointCoordinator::abort_through`]).
+    full_seen: std::cell::RefCell<std::collections::HashMap<String, u64>>,
 }
 
 impl Checkpointer {
@@ -490,6 +554,7 @@ impl Checkpointer {
             writer: std::cell::RefCell::new(None),
             coord,
             participants: std::cell::Cell::new(0),
+            full_seen: std::cell::RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -550,6 +615,14 @@ impl Checkpointer {
     /// bytes) and hands it to the backup writer, which stores and reports
     /// it.
     pub fn save(&self, instance: &str, store: &mut StateStore, id: u64, meta: &[u8]) -> Result<(), String> {
+        let generation = self.coord.full_generation.load(Ordering::Acquire);
+        if generation > 0 {
+            let mut seen = self.full_seen.borrow_mut();
+            if seen.get(instance).copied().unwrap_or(0) < generation {
+                store.require_full_checkpoint();
+                seen.insert(instance.to_string(), generation);
+            }
+        }
         let stream = store
             .begin_checkpoint(id, meta)
             .map_err(|e| format!("checkpoint {id} of `{instance}` on worker {}: {e}", self.worker))?;
@@ -630,16 +703,36 @@ struct Replicas {
     epoch: u64,
     worker: usize,
     clients: Vec<Option<crate::replica::ReplicaClient>>,
+    /// The coordinator's replica generation these targets are of.
+    generation: u64,
 }
 
 impl Replicas {
     fn new(coord: &CheckpointCoordinator, worker: usize) -> Self {
-        let (targets, cluster, epoch) = match &coord.cluster {
-            Some(c) => (c.replicas.clone(), c.id, c.epoch),
-            None => (Vec::new(), 0, 0),
+        let mut r = Self {
+            targets: Vec::new(),
+            cluster: coord.cluster.as_ref().map_or(0, |c| c.id),
+            epoch: 0,
+            worker,
+            clients: Vec::new(),
+            generation: u64::MAX,
         };
-        let clients = targets.iter().map(|_| None).collect();
-        Self { targets, cluster, epoch, worker, clients }
+        r.refresh(coord);
+        r
+    }
+
+    /// Takes the coordinator's current backup nodes, if they changed.
+    fn refresh(&mut self, coord: &CheckpointCoordinator) {
+        let Some(c) = &coord.cluster else { return };
+        let generation = c.replicas_generation.load(Ordering::Acquire);
+        if generation == self.generation {
+            return;
+        }
+        if let Ok(r) = c.replicas.lock() {
+            (self.targets, self.epoch) = (r.0.clone(), r.1);
+        }
+        self.clients = self.targets.iter().map(|_| None).collect();
+        self.generation = generation;
     }
 
     fn connect(&mut self) -> Result<(), String> {
@@ -695,6 +788,11 @@ fn write_checkpoint(
     job: SaveJob,
 ) -> Result<(), CheckpointError> {
     let SaveJob { instance, id, mut stream } = job;
+    if id <= coord.aborted() {
+        // Voided while it waited: dropping the stream puts its pages back
+        // as dirty (the next checkpoint is a full image anyway).
+        return Ok(());
+    }
     // Compact only a chain that ends at the last globally complete
     // checkpoint: a newer one may never complete, and the manifest's
     // checkpoint must stay restorable.
@@ -713,6 +811,7 @@ fn write_checkpoint(
             ))
         })?;
     }
+    replicas.refresh(coord);
     replicas.connect().map_err(CheckpointError::Replica)?;
     let mut acked = false;
     while let Some(chunk) = stream.next_chunk() {

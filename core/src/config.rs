@@ -51,6 +51,15 @@ pub struct RuntimeConfig {
     /// sets it once for all its epochs, so that sources restored from a
     /// checkpoint keep the original schedule and catch up.
     pub schedule_origin_ns: u64,
+    /// Upstream backup for live recovery on a cluster (SEEP's buffer
+    /// state), in bytes per channel to a remote worker: every batch sent
+    /// to another node is kept until the checkpoint that covers it is
+    /// complete, so that a restored replacement can be replayed what it
+    /// lost. A full buffer throttles its producer (see
+    /// docs/ARCHITECTURE.md, decision 25). 0: no buffers, and a link to a
+    /// worker that vanishes fails the job (recovery then rolls every node
+    /// back).
+    pub replay_buffer_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -72,6 +81,7 @@ impl Default for RuntimeConfig {
             checkpoint_interval_ms: 0,
             restore: false,
             schedule_origin_ns: 0,
+            replay_buffer_bytes: 0,
         }
     }
 }

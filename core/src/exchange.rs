@@ -148,6 +148,14 @@ impl Outbox {
         self.ready.push_front(b);
     }
 
+    /// Queues `replay` (batches sent before, in order) ahead of every
+    /// batch not sent yet: a re-linked receiver gets them again.
+    pub(crate) fn replay(&mut self, replay: impl DoubleEndedIterator<Item = Batch>) {
+        for b in replay.rev() {
+            self.ready.push_front(b);
+        }
+    }
+
     /// Whether a partly filled batch is waiting for its linger.
     pub(crate) fn has_open(&self) -> bool {
         self.current.count > 0 || (self.final_pending && !self.final_sent) || self.watermark_pending
@@ -196,8 +204,9 @@ pub(crate) type TouchList = Rc<RefCell<Vec<(u32, u32)>>>;
 
 /// Type-erased receiving side of an edge on one worker.
 pub(crate) trait BatchInput {
-    /// A batch from another worker.
-    fn on_batch(&mut self, batch: &Batch);
+    /// A batch from another worker, but for its first `skip` records (a
+    /// replacement's replay re-sends records this worker already took).
+    fn on_batch(&mut self, batch: &Batch, skip: usize);
 }
 
 /// The receiving side of an edge on one worker.
@@ -264,7 +273,7 @@ impl<T: Data> EdgeReceiver<T> {
 }
 
 impl<T: Data> BatchInput for EdgeReceiver<T> {
-    fn on_batch(&mut self, batch: &Batch) {
+    fn on_batch(&mut self, batch: &Batch, skip: usize) {
         let producer = batch.producer as usize;
         // The header's watermark was in force when every record of the batch
         // was pushed (see `Outbox::set_watermark`).
@@ -272,7 +281,7 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
         if let Some(o) = self.out.as_mut() {
             if batch.untrusted {
                 // From another process: check every record before reading it.
-                for (bytes, meta) in batch.records() {
+                for (bytes, meta) in batch.records().skip(skip) {
                     match codec::decode_checked::<T>(bytes) {
                         Ok(rec) => o.push(rec, meta),
                         Err(e) => {
@@ -285,7 +294,7 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                     }
                 }
             } else {
-                for (bytes, meta) in batch.records() {
+                for (bytes, meta) in batch.records().skip(skip) {
                     // SAFETY: batches that are not `untrusted` were built by
                     // `Batch::push::<T>` on this edge in this process, so
                     // each record's bytes are one archived `T`.
@@ -476,7 +485,7 @@ mod tests {
         let mut good = Batch::with_capacity(3, 1, 64);
         assert!(good.push(&(7u64, "seven".to_string()), Meta { ingest_ns: 0 }).is_ok());
         good.untrusted = true;
-        r.on_batch(&good);
+        r.on_batch(&good, 0);
         assert_eq!(*got.borrow(), vec![(7, "seven".to_string())]);
         assert!(!metrics.has_failed());
 
@@ -488,7 +497,7 @@ mod tests {
         bad.count = 1;
         assert!(bad.validate_framing().is_ok());
         bad.untrusted = true;
-        r.on_batch(&bad);
+        r.on_batch(&bad, 0);
         assert_eq!(got.borrow().len(), 1, "a garbage record was read");
         let failure = metrics.failure().unwrap_or_default();
         assert!(failure.contains("edge 3") && failure.contains("not a valid record"), "{failure}");

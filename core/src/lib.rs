@@ -15,6 +15,7 @@
 //! - [`runtime`]: one pinned glommio executor per worker running a poll
 //!   loop: steps, flushing and backpressure.
 //! - [`checkpoint`]: aligned checkpoints of a job and restore.
+//! - `replay`: live recovery's upstream buffers and receiver counts.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod metrics;
 pub mod push;
 pub mod remote;
+mod replay;
 pub mod replica;
 pub mod ring;
 pub mod routing;

@@ -102,6 +102,9 @@ pub struct InputFrontier {
 pub struct BarrierTracker {
     pending: std::cell::Cell<usize>,
     aligning: std::cell::Cell<u64>,
+    /// Checkpoints up to this id are void (a node failed while they were
+    /// in flight, and the job recovered live): their barriers are ignored.
+    aborted: std::cell::Cell<u64>,
 }
 
 impl BarrierTracker {
@@ -109,6 +112,22 @@ impl BarrierTracker {
     /// of that barrier (or a later one) is in progress on this worker.
     pub fn holds(&self, passed: u64) -> bool {
         passed > 0 && self.pending.get() > 0 && passed >= self.aligning.get()
+    }
+
+    /// Voids every checkpoint up to `id`: alignments in progress end
+    /// without forwarding their barrier (each frontier catches up when it
+    /// is next used), and later barriers of those ids are ignored.
+    pub fn abort_through(&self, id: u64) {
+        if id > self.aborted.get() {
+            self.aborted.set(id);
+            self.pending.set(0);
+            self.aligning.set(0);
+        }
+    }
+
+    /// The highest void checkpoint id.
+    pub fn aborted(&self) -> u64 {
+        self.aborted.get()
     }
 }
 
@@ -134,6 +153,7 @@ impl InputFrontier {
     /// barrier is aligned. The caller forwards it, then calls
     /// [`InputFrontier::aligned_done`].
     pub fn barrier(&mut self, i: usize, id: u64) -> Option<u64> {
+        self.sync_abort();
         if id <= self.aligned {
             return None;
         }
@@ -146,6 +166,19 @@ impl InputFrontier {
             }
         }
         self.try_align()
+    }
+
+    /// Catches up with checkpoints voided since this frontier was last
+    /// used: an alignment of a void id is over, and never forwarded.
+    fn sync_abort(&mut self) {
+        let Some(t) = &self.tracker else { return };
+        let a = t.aborted.get();
+        if a > self.aligned {
+            self.aligned = a;
+            for b in &mut self.barriers {
+                *b = (*b).min(a);
+            }
+        }
     }
 
     fn try_align(&mut self) -> Option<u64> {
@@ -194,6 +227,7 @@ impl InputFrontier {
     /// the last one an alignment waited for (then call
     /// [`InputFrontier::aligned_done`] after forwarding it).
     pub fn barrier_after_finish(&mut self) -> Option<u64> {
+        self.sync_abort();
         if self.finished.iter().all(|f| *f) {
             // Nothing to align any more; release a pending alignment.
             if self.barriers.iter().any(|&b| b > self.aligned) {
@@ -363,5 +397,26 @@ mod tests {
         f.finish(1);
         assert_eq!(f.barrier_after_finish(), None);
         assert!(!tracker.holds(3));
+    }
+
+    #[test]
+    fn an_aborted_alignment_releases_its_items_and_ignores_its_barriers() {
+        let tracker = Rc::new(BarrierTracker::default());
+        let mut f = InputFrontier::new(2);
+        f.set_tracker(tracker.clone());
+        assert_eq!(f.barrier(0, 4), None);
+        assert!(tracker.holds(4), "aligning 4, waiting for input 1");
+        // Input 1's producer failed: checkpoints up to 4 are void.
+        tracker.abort_through(4);
+        assert!(!tracker.holds(4), "the abort releases the held input");
+        // Its replacement replays a barrier 4 (from before the failure): ignored.
+        assert_eq!(f.barrier(1, 4), None);
+        assert!(!tracker.holds(4));
+        // The next checkpoint aligns as usual.
+        assert_eq!(f.barrier(1, 5), None);
+        assert!(tracker.holds(5));
+        assert_eq!(f.barrier(0, 5), Some(5));
+        f.aligned_done();
+        assert!(!tracker.holds(5));
     }
 }

@@ -64,6 +64,21 @@ pub struct ClusterPlacement {
     /// new one, and worker links of another epoch are refused (a fenced
     /// node can never join a newer deployment).
     pub epoch: u64,
+    /// This process joins a running job (live recovery), see [`Join`].
+    pub join: Option<Join>,
+}
+
+/// How a process joins a running job as the replacement of failed workers
+/// (live recovery, docs/ARCHITECTURE.md decision 25).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// It runs only the workers of `nodes[slot]`.
+    pub slot: usize,
+    /// Every worker being replaced in this recovery (its own among them).
+    /// It connects to every other worker — the survivors run already and
+    /// accept it through their node — except to another replacement of a
+    /// lower id, which connects to it.
+    pub moved: Vec<usize>,
 }
 
 impl ClusterPlacement {
@@ -93,6 +108,10 @@ impl ClusterPlacement {
     /// of `nodes` with its name (a node that took over a failed node's
     /// workers appears twice).
     pub fn local(&self) -> Vec<usize> {
+        if let Some(j) = &self.join {
+            let base = self.base(j.slot);
+            return (base..base + self.nodes.get(j.slot).map_or(0, |n| n.workers)).collect();
+        }
         let name = &self.nodes[self.me].name;
         let mut out = Vec::new();
         let mut base = 0;
@@ -113,12 +132,15 @@ fn link_name(from: usize, to: usize, epoch: u64) -> String {
 
 /// `(from, to)` of a link name of `epoch` (`None` for another epoch's).
 fn parse_link_name(name: &str, epoch: u64) -> Option<(usize, usize)> {
+    let (from, to, e) = parse_any_link_name(name)?;
+    (e == epoch).then_some((from, to))
+}
+
+/// `(from, to, epoch)` of a link name.
+pub fn parse_any_link_name(name: &str) -> Option<(usize, usize, u64)> {
     let (link, e) = name.split_once('@')?;
-    if e.parse::<u64>().ok()? != epoch {
-        return None;
-    }
     let (a, b) = link.split_once('>')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
+    Some((a.parse().ok()?, b.parse().ok()?, e.parse().ok()?))
 }
 
 /// Connects every local worker with every remote one: the lower global id
@@ -140,6 +162,29 @@ pub fn connect_mesh_or_abort(
     listener: &mut Listener,
     abort: &mut dyn FnMut() -> Option<String>,
 ) -> Result<HashMap<(usize, usize), Connection>, String> {
+    mesh(p, Some(listener), abort)
+}
+
+/// As [`connect_mesh_or_abort`] for a process that joins a running job
+/// (`p.join` is set): it connects to every worker that runs already, and
+/// to or from the other replacements by the usual rule (so `listener` is
+/// only needed when several workers are replaced at once).
+pub fn connect_mesh_joining(
+    p: &ClusterPlacement,
+    listener: &mut Listener,
+    abort: &mut dyn FnMut() -> Option<String>,
+) -> Result<HashMap<(usize, usize), Connection>, String> {
+    if p.join.is_none() {
+        return Err("only a joining share connects this way".into());
+    }
+    mesh(p, Some(listener), abort)
+}
+
+fn mesh(
+    p: &ClusterPlacement,
+    mut listener: Option<&mut Listener>,
+    abort: &mut dyn FnMut() -> Option<String>,
+) -> Result<HashMap<(usize, usize), Connection>, String> {
     let local = p.local();
     let total = p.total_workers();
     let deadline = Instant::now() + p.connect_timeout;
@@ -152,7 +197,10 @@ pub fn connect_mesh_or_abort(
             if local.contains(&v) {
                 continue;
             }
-            if w < v {
+            // A joining process connects to every worker that runs already
+            // (they accept it as the replacement of a failed one).
+            let survivor = p.join.as_ref().is_some_and(|j| !j.moved.contains(&v));
+            if w < v || survivor {
                 pending.push(((w, v), None, Instant::now()));
             } else {
                 expected_in.insert((w, v));
@@ -194,7 +242,7 @@ pub fn connect_mesh_or_abort(
                 Err(e) => return Err(format!("connecting worker {w} to worker {v}: {e}")),
             }
         }
-        loop {
+        while let Some(listener) = listener.as_deref_mut() {
             let mut taken = None;
             let accepted = listener.poll_accept_with(|peer| {
                 // The peer `from` connects to our worker `to`.
@@ -270,6 +318,11 @@ pub(crate) fn channel(edge: usize, producer: usize, consumer: usize, workers: us
 /// use it, and polled as a work item.
 pub(crate) struct NetLink {
     pub(crate) conn: Connection,
+    /// Live recovery is on: a peer that vanishes mid-stream takes the link
+    /// down (its replacement will re-link it) instead of failing the job.
+    live: bool,
+    /// Down since then: the peer vanished, no replacement re-linked yet.
+    pub(crate) down: Option<Instant>,
     /// Per channel received on, the batches waiting for their input item.
     queues: HashMap<u32, Rc<RefCell<VecDeque<Batch>>>>,
     /// Channels this worker sends on / receives on that have not carried
@@ -291,6 +344,8 @@ impl NetLink {
             me,
             workers,
             conn,
+            live: false,
+            down: None,
             queues: HashMap::new(),
             open_out: HashSet::new(),
             open_in: HashSet::new(),
@@ -310,15 +365,58 @@ impl NetLink {
         self.open_out.insert(channel);
     }
 
+    /// Turns live recovery on for this link (see [`NetLink::down`]).
+    pub(crate) fn set_live(&mut self) {
+        self.live = true;
+    }
+
+    /// The peer's replacement connected: carry on over `conn` as if the
+    /// link were new. Every channel is open again in both directions (the
+    /// replacement replays from its checkpoint, this side re-sends what it
+    /// buffered), and batches still queued from the old peer are dropped:
+    /// the replacement produces them again, and the receivers' counts
+    /// (see the worker loop) tell which records were already taken.
+    pub(crate) fn relink(&mut self, conn: Connection) {
+        self.conn = conn;
+        self.down = None;
+        self.ended = false;
+        self.half_closed = false;
+        for (ch, q) in &self.queues {
+            q.borrow_mut().clear();
+            self.open_in.insert(*ch);
+        }
+    }
+
+    /// Re-opens `channel` for sending (a re-link replays its batches).
+    pub(crate) fn reopen_out(&mut self, channel: u32) {
+        self.open_out.insert(channel);
+    }
+
+    /// The link broke: with live recovery it goes down until re-linked,
+    /// else the error fails the job.
+    fn broke(&mut self, why: String) -> Result<bool, String> {
+        if self.live {
+            if self.down.is_none() {
+                self.down = Some(Instant::now());
+            }
+            Ok(true)
+        } else {
+            Err(why)
+        }
+    }
+
     /// Moves bytes and received frames; half-closes when both directions
     /// are through. Whether anything moved.
     pub(crate) fn poll(&mut self, now: Instant) -> Result<bool, String> {
+        if self.down.is_some() {
+            return Ok(false);
+        }
         let me = self.remote;
         let fail = |e: spate_net::NetError| format!("connection to worker {me}: {e}");
         let mut moved = match self.conn.poll_io() {
             Ok(m) => m,
             Err(e) if matches!(e.kind, NetErrorKind::PeerClosed) => true,
-            Err(e) => return Err(fail(e)),
+            Err(e) => return self.broke(fail(e)),
         };
         if !self.ended {
             let (queues, open_in) = (&self.queues, &mut self.open_in);
@@ -366,18 +464,30 @@ impl NetLink {
             match got {
                 Ok(n) => moved |= n > 0,
                 Err(e) if matches!(e.kind, NetErrorKind::PeerClosed | NetErrorKind::Closed) => {
+                    if self.live && !self.open_in.is_empty() {
+                        // Gone before ending its streams: it failed.
+                        return self.broke(fail(e));
+                    }
                     self.ended = true;
                     moved = true;
                 }
-                Err(e) => return Err(fail(e)),
+                Err(e) => return self.broke(fail(e)),
             }
         }
-        if !self.half_closed && self.open_out.is_empty() && self.open_in.is_empty() {
-            self.half_closed = self.conn.shutdown_write().map_err(fail)?;
-        } else if !self.half_closed {
-            self.conn.poll_heartbeat(now).map_err(fail)?;
+        if self.live && self.conn.is_closed() && !self.is_done() {
+            return self.broke(format!("connection to worker {me} closed"));
         }
-        Ok(moved)
+        let io = if !self.half_closed && self.open_out.is_empty() && self.open_in.is_empty() {
+            self.conn.shutdown_write().map(|h| self.half_closed = h)
+        } else if !self.half_closed {
+            self.conn.poll_heartbeat(now).map(|_| ())
+        } else {
+            Ok(())
+        };
+        match io {
+            Ok(()) => Ok(moved),
+            Err(e) => self.broke(fail(e)),
+        }
     }
 
     /// Whether this link is through: both directions closed.
@@ -393,12 +503,18 @@ pub(crate) enum Tx {
 }
 
 impl Tx {
-    /// Sends `b`, or gives it back if there is no room (or credit).
-    pub(crate) fn try_push(&self, b: Batch) -> Result<(), Batch> {
+    /// Sends `b`, or gives it back if there is no room (or credit). A
+    /// batch sent to another process comes back too, as `Ok(Some(b))`: it
+    /// was copied into the connection, and the caller may keep it for
+    /// replay.
+    pub(crate) fn try_push(&self, b: Batch) -> Result<Option<Batch>, Batch> {
         match self {
-            Tx::Ring(p) => p.try_push(b),
+            Tx::Ring(p) => p.try_push(b).map(|()| None),
             Tx::Net { link, channel } => {
                 let mut l = link.borrow_mut();
+                if l.down.is_some() {
+                    return Err(b);
+                }
                 let h = DataHeader {
                     edge: b.edge,
                     producer: b.producer,
@@ -413,7 +529,7 @@ impl Tx {
                         if b.flags & FLAG_FINAL != 0 {
                             l.open_out.remove(channel);
                         }
-                        Ok(())
+                        Ok(Some(b))
                     }
                     // A send error closes the connection: `is_closed` says so.
                     Ok(false) | Err(_) => Err(b),
@@ -426,7 +542,11 @@ impl Tx {
     pub(crate) fn is_closed(&self) -> bool {
         match self {
             Tx::Ring(p) => p.is_closed(),
-            Tx::Net { link, .. } => link.borrow().conn.is_closed(),
+            Tx::Net { link, .. } => {
+                let l = link.borrow();
+                // A live link that broke waits to be re-linked.
+                !l.live && l.conn.is_closed()
+            }
         }
     }
 }
@@ -460,7 +580,7 @@ impl Rx {
             Rx::Ring(c) => c.is_finished(),
             Rx::Net { link, queue, .. } => {
                 let l = link.borrow();
-                (l.ended || l.conn.is_closed()) && queue.borrow().is_empty()
+                l.down.is_none() && (l.ended || (!l.live && l.conn.is_closed())) && queue.borrow().is_empty()
             }
         }
     }

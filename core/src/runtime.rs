@@ -35,6 +35,7 @@ use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::remote::{self, ClusterPlacement, NetLink, Rx, Tx};
+use crate::replay::{ReplayCursor, ReplayLog};
 use crate::ring::{ring, Consumer, Producer};
 use crate::source::{SourceStatus, SourceTask};
 use crate::time::now_ns;
@@ -90,6 +91,12 @@ pub struct Job {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     metrics: Arc<JobMetrics>,
     started: Instant,
+    /// With live recovery: where replacements' connections go.
+    relinks: Option<Arc<RelinkBoard>>,
+    /// This node's workers (global ids).
+    local: Vec<usize>,
+    /// Bytes of each replay buffer.
+    replay_buffer_bytes: usize,
     workers: usize,
     coord: Option<Arc<CheckpointCoordinator>>,
     name: String,
@@ -184,6 +191,37 @@ impl Runtime {
         self.start_inner(name, build, Some((placement, conns, checkpoints)))
     }
 
+    /// Joins a running cluster job as the replacement of failed workers
+    /// (live recovery): runs the workers of `placement.join`'s slot,
+    /// restored from `checkpoints.restore`, connecting to every worker
+    /// that runs already (they accept through their node, which hands the
+    /// connection to [`Job::relink`]; see [`remote::Join`]); `abort` may
+    /// give a reason to give up while it connects.
+    pub fn start_cluster_join<F>(
+        &self,
+        name: &str,
+        build: F,
+        placement: ClusterPlacement,
+        listener: &mut spate_net::Listener,
+        checkpoints: ClusterCheckpoints,
+        abort: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        self.config.validate().map_err(RuntimeError::Config)?;
+        let Some(join) = &placement.join else {
+            return Err(RuntimeError::Config("a joining share needs its slot".into()));
+        };
+        if placement.nodes.get(join.slot).is_none_or(|n| n.workers == 0) {
+            return Err(RuntimeError::Config(format!("slot {} of the placement runs no worker", join.slot)));
+        }
+        let conns =
+            remote::connect_mesh_joining(&placement, listener, abort).map_err(RuntimeError::Failed)?;
+        let checkpoints = ClusterCheckpoints { joining: true, ..checkpoints };
+        self.start_inner(name, build, Some((placement, conns, Some(checkpoints))))
+    }
+
     fn start_inner<F>(
         &self,
         name: &str,
@@ -233,7 +271,7 @@ impl Runtime {
         let coord = if let (true, Some(c)) = (self.config.checkpoint_interval_ms > 0, cluster_ckpt) {
             // The backup stores of this node's workers only hold what this
             // incarnation of the job (or the fetch before it) put there.
-            if c.restore.is_none() {
+            if c.restore.is_none() && !c.joining {
                 checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
             }
             Some(CheckpointCoordinator::new_cluster(
@@ -279,8 +317,27 @@ impl Runtime {
         let cores = available_cores();
         let mut handles = Vec::with_capacity(workers);
         let mut per_worker: Vec<WorkerChannels> = (0..workers)
-            .map(|_| WorkerChannels { out: HashMap::new(), inp: HashMap::new(), net: Vec::new() })
+            .map(|_| WorkerChannels {
+                out: HashMap::new(),
+                inp: HashMap::new(),
+                net: Vec::new(),
+                relinks: None,
+            })
             .collect();
+        let relinks = (coord.as_ref().is_some_and(|c| c.is_cluster()) && self.config.replay_buffer_bytes > 0)
+            .then(|| {
+                Arc::new(RelinkBoard {
+                    inbox: local.iter().map(|_| std::sync::Mutex::new(Vec::new())).collect(),
+                    pending: local.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+                    checkpoint: std::sync::atomic::AtomicU64::new(0),
+                    overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                })
+            });
+        if let Some(board) = &relinks {
+            for (slot, &w) in local.iter().enumerate() {
+                per_worker[w].relinks = Some((board.clone(), slot));
+            }
+        }
         if let Some((_, conns, _)) = cluster {
             for ((w, v), c) in conns {
                 per_worker[w].net.push((v, c));
@@ -335,6 +392,9 @@ impl Runtime {
             handles,
             metrics,
             started,
+            relinks,
+            local,
+            replay_buffer_bytes: self.config.replay_buffer_bytes,
             workers: locals,
             coord,
             name: name.to_string(),
@@ -370,6 +430,69 @@ impl Job {
     /// [`Job::wait`] then returns [`RuntimeError::Cancelled`].
     pub fn cancel(&self) {
         self.metrics.cancel();
+    }
+
+    /// Whether this share recovers live from another node's failure: it
+    /// keeps replay buffers, and links to a vanished worker wait for its
+    /// replacement (see [`Job::recover`]).
+    pub fn is_live(&self) -> bool {
+        self.relinks.is_some()
+    }
+
+    /// Another node failed and the job recovers live: checkpoints up to
+    /// `aborted` are void; the failed node's workers are being restored
+    /// from checkpoint `checkpoint` (0: none, from the start) elsewhere,
+    /// and their replacements will connect ([`Job::relink`]); this node's
+    /// checkpoints now stream to `replicas` under `replica_epoch`.
+    pub fn recover(
+        &self,
+        checkpoint: u64,
+        aborted: u64,
+        replicas: Vec<std::net::SocketAddr>,
+        replica_epoch: u64,
+    ) -> Result<(), String> {
+        let (Some(board), Some(coord)) = (&self.relinks, &self.coord) else {
+            return Err("this share of the job keeps no replay buffers: it cannot recover live".into());
+        };
+        if board.overflowed.load(Ordering::Acquire) {
+            return Err(format!(
+                "a replay buffer overflowed ({} bytes) while no checkpoint trimmed it",
+                self.replay_buffer_bytes
+            ));
+        }
+        if checkpoint > coord.requested().max(aborted) {
+            return Err(format!("checkpoint {checkpoint} was never requested here"));
+        }
+        coord.abort_through(aborted);
+        coord.retarget(replicas, replica_epoch);
+        board.checkpoint.store(checkpoint, Ordering::Release);
+        Ok(())
+    }
+
+    /// The replacement of worker `from` connected to local worker `to`
+    /// over `conn` (after [`Job::recover`]): the worker re-links, replays
+    /// what it sent `from` since the checkpoint, and skips what it already
+    /// took from it.
+    pub fn relink(&self, to: usize, from: usize, conn: spate_net::Connection) -> Result<(), String> {
+        let Some(board) = &self.relinks else {
+            return Err("this share of the job keeps no replay buffers: it cannot re-link".into());
+        };
+        let slot = self
+            .local
+            .iter()
+            .position(|&w| w == to)
+            .ok_or_else(|| format!("worker {to} is not on this node"))?;
+        board.inbox[slot]
+            .lock()
+            .map_err(|_| "the re-link mailbox lock is poisoned".to_string())?
+            .push((from, conn));
+        board.pending[slot].store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// This node's workers (global ids).
+    pub fn local_workers(&self) -> &[usize] {
+        &self.local
     }
 
     /// Waits for the job to end.
@@ -421,6 +544,98 @@ struct WorkerChannels {
     inp: HashMap<(usize, usize), Consumer<Batch>>,
     /// Connections to remote workers, by remote worker.
     net: Vec<(usize, spate_net::Connection)>,
+    /// With live recovery: where re-links reach this worker (its slot).
+    relinks: Option<(Arc<RelinkBoard>, usize)>,
+}
+
+/// How long a link to a vanished worker may stay down before the job
+/// fails (the coordinator normally re-links it, or rolls the job back,
+/// well before).
+const LINK_DOWN_MAX: Duration = Duration::from_secs(30);
+
+/// Live recovery's mailbox (docs/ARCHITECTURE.md, decision 25): the
+/// connections from replacements of failed workers, handed by the node to
+/// the local workers they link to, which re-link and replay at their next
+/// loop turn.
+pub(crate) struct RelinkBoard {
+    /// Per local worker (its slot in the node's list): `(remote worker,
+    /// connection from its replacement)`.
+    inbox: Vec<std::sync::Mutex<Vec<(usize, spate_net::Connection)>>>,
+    pending: Vec<std::sync::atomic::AtomicBool>,
+    /// The checkpoint the replacements restored (0: none).
+    checkpoint: std::sync::atomic::AtomicU64,
+    /// A replay buffer of this node gave up (stayed full with no checkpoint
+    /// to trim it): a replacement could not be replayed what it lost.
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A worker's side of live recovery.
+struct Live {
+    board: Arc<RelinkBoard>,
+    slot: usize,
+    /// Its links to remote workers.
+    links: Vec<(usize, Rc<RefCell<NetLink>>)>,
+    /// The checkpoint the buffers were last trimmed to.
+    trimmed: u64,
+}
+
+impl Live {
+    /// Takes the connections replacements made to this worker: re-links,
+    /// replays the buffers and restarts the receivers' counts.
+    fn relink(&mut self, items: &mut [Item], flusher: &mut Flusher, ckpt: &Ckpt) -> Result<(), String> {
+        self.board.pending[self.slot].store(false, Ordering::SeqCst);
+        let conns = match self.board.inbox[self.slot].lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(_) => return Err("the re-link mailbox lock is poisoned".into()),
+        };
+        let checkpoint = self.board.checkpoint.load(Ordering::Acquire);
+        ckpt.sync_abort();
+        for (v, conn) in conns {
+            let Some((_, link)) = self.links.iter().find(|(r, _)| *r == v) else {
+                return Err(format!("a re-link from worker {v}, which this worker has no link to"));
+            };
+            {
+                let mut l = link.borrow_mut();
+                l.relink(conn);
+                flusher.replay_to(v, checkpoint, &mut l)?;
+            }
+            for item in items.iter_mut() {
+                match &mut item.work {
+                    Work::Input { cursor: Some((r, c)), edge, .. } if *r == v => {
+                        c.restart(checkpoint, item.done)
+                            .map_err(|why| format!("edge {edge}: re-linking worker {v}: {why}"))?;
+                        item.done = false;
+                    }
+                    Work::Net(l) if l.borrow().remote == v => item.done = false,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the buffers and counts to the last complete checkpoint, and
+    /// fails a link that stayed down too long.
+    fn maintain(&mut self, items: &mut [Item], flusher: &mut Flusher, ckpt: &Ckpt) -> Result<(), String> {
+        let done = ckpt.checkpointer.as_ref().map_or(0, |c| c.coordinator().completed());
+        if done > self.trimmed {
+            self.trimmed = done;
+            flusher.trim_logs(done);
+            for item in items.iter_mut() {
+                if let Work::Input { cursor: Some((_, c)), .. } = &mut item.work {
+                    c.trim(done);
+                }
+            }
+        }
+        for (v, link) in &self.links {
+            if link.borrow().down.is_some_and(|t| t.elapsed() > LINK_DOWN_MAX) {
+                return Err(format!(
+                    "the link to worker {v} broke and no replacement re-linked it within {LINK_DOWN_MAX:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One outbox with the ring its batches go to.
@@ -429,6 +644,9 @@ struct Route {
     tx: Tx,
     /// Whether the outbox is on the backlog list.
     backlogged: bool,
+    /// With live recovery, on a channel to another node: what was sent
+    /// since the last complete checkpoint.
+    log: Option<ReplayLog>,
 }
 
 /// Moves closed batches from outboxes into rings, never waiting.
@@ -469,12 +687,62 @@ impl Flusher {
         loop {
             let next = r.outbox.borrow_mut().take_next(linger_ns, now, watermark_only);
             let Some(b) = next else { return Sent::All };
-            if let Err(b) = r.tx.try_push(b) {
-                r.outbox.borrow_mut().put_back(b);
-                return if r.tx.is_closed() { Sent::Closed } else { Sent::Full };
+            if let Some(log) = &mut r.log {
+                if !log.admits(&b, now_ns()) {
+                    // The replay buffer is full: the producer waits for
+                    // the next complete checkpoint to trim it.
+                    r.outbox.borrow_mut().put_back(b);
+                    return Sent::Full;
+                }
+            }
+            match r.tx.try_push(b) {
+                Ok(sent) => {
+                    if let (Some(log), Some(b)) = (&mut r.log, sent) {
+                        log.keep(b);
+                    }
+                }
+                Err(b) => {
+                    r.outbox.borrow_mut().put_back(b);
+                    return if r.tx.is_closed() { Sent::Closed } else { Sent::Full };
+                }
             }
             *moved += 1;
         }
+    }
+
+    /// Checkpoint `completed` is complete everywhere: trims the replay
+    /// buffers.
+    fn trim_logs(&mut self, completed: u64) {
+        for r in self.routes.iter_mut().flatten().flatten() {
+            if let Some(log) = &mut r.log {
+                log.trim(completed);
+            }
+        }
+    }
+
+    /// Worker `remote` was replaced by one restored at `checkpoint`: queues
+    /// again, ahead of anything not sent yet, every batch sent to it since
+    /// that checkpoint's barrier.
+    fn replay_to(&mut self, remote: usize, checkpoint: u64, link: &mut NetLink) -> Result<(), String> {
+        for (e, by_dest) in self.routes.iter_mut().enumerate() {
+            let Some(Some(r)) = by_dest.get_mut(remote) else { continue };
+            let Some(log) = &mut r.log else { continue };
+            let again = log
+                .take_after(checkpoint)
+                .map_err(|why| format!("edge {e}: cannot replay to worker {remote}: {why}"))?;
+            if again.iter().any(Batch::is_final) {
+                if let Tx::Net { channel, .. } = &r.tx {
+                    link.reopen_out(*channel);
+                }
+            }
+            let any = !again.is_empty();
+            r.outbox.borrow_mut().replay(again.into_iter());
+            if any && !r.backlogged {
+                r.backlogged = true;
+                self.backlog.push((e as u32, remote as u32));
+            }
+        }
+        Ok(())
     }
 
     /// Sends the batches of the outboxes the last step touched (partly
@@ -581,6 +849,9 @@ enum Work {
         edge: usize,
         rx: Rx,
         input: Rc<RefCell<dyn BatchInput>>,
+        /// With live recovery, from a worker of another node: what was
+        /// taken from it.
+        cursor: Option<(usize, ReplayCursor)>,
     },
     /// A connection to a remote worker: moves its bytes and frames.
     Net(Rc<RefCell<NetLink>>),
@@ -605,6 +876,16 @@ struct Ckpt {
 }
 
 impl Ckpt {
+    /// Voids the alignments of checkpoints the coordinator aborted.
+    fn sync_abort(&self) {
+        if let Some(c) = &self.checkpointer {
+            let a = c.coordinator().aborted();
+            if a > self.barriers.aborted() {
+                self.barriers.abort_through(a);
+            }
+        }
+    }
+
     /// Whether an item that passed a barrier must wait: an alignment is in
     /// progress on this worker, and the item's records from after the
     /// barrier could reach an instance that has not aligned it yet.
@@ -659,7 +940,8 @@ impl Item {
             Work::Source(t) => {
                 if let Some(c) = &ckpt.checkpointer {
                     let requested = c.coordinator().requested();
-                    if requested > self.passed.max(c.coordinator().completed()) {
+                    let behind = self.passed.max(c.coordinator().completed()).max(c.coordinator().aborted());
+                    if requested > behind {
                         // Inject the next barrier before any later record.
                         // Checkpoints are requested one at a time, so the
                         // source is exactly one behind (a cluster's ids may
@@ -684,7 +966,8 @@ impl Item {
                 self.done = done;
                 (step.emitted > 0 || done, done)
             }
-            Work::Input { edge, rx, input } => {
+            Work::Input { edge, rx, input, cursor } => {
+                let aborted = ckpt.barriers.aborted();
                 let mut got = false;
                 for _ in 0..BATCHES_PER_VISIT {
                     let Some(batch) = rx.try_pop() else {
@@ -696,12 +979,13 @@ impl Item {
                         break;
                     };
                     got = true;
-                    input.borrow_mut().on_batch(&batch);
+                    let skip = cursor.as_mut().map_or(0, |(_, c)| c.arrive(&batch, aborted));
+                    input.borrow_mut().on_batch(&batch, skip);
                     if batch.is_final() {
                         self.done = true;
                         break;
                     }
-                    if let Some(id) = batch.barrier() {
+                    if let Some(id) = batch.barrier().filter(|&id| id > aborted) {
                         // Later batches from this producer wait for the
                         // alignment (see `Ckpt::holds`).
                         self.passed = id;
@@ -775,6 +1059,10 @@ fn worker_main<F>(
             items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
         }
     }
+    let mut live =
+        chans.relinks.take().map(|(board, slot)| Live { board, slot, links: Vec::new(), trimmed: 0 });
+    // A replay buffer waits this long for a checkpoint to trim it.
+    let grace_ns = (config.checkpoint_interval_ms * 3 + 1000) * 1_000_000;
     for e in wb.edges.iter_mut() {
         if !e.sender_installed {
             e.finish_without_sender(me);
@@ -785,6 +1073,10 @@ fn worker_main<F>(
     let mut ins: HashMap<(usize, usize), Rx> = chans.inp.drain().map(|(k, c)| (k, Rx::Ring(c))).collect();
     for (v, conn) in chans.net.drain(..) {
         let link = Rc::new(RefCell::new(NetLink::new(conn, v, me, workers)));
+        if let Some(l) = &mut live {
+            link.borrow_mut().set_live();
+            l.links.push((v, link.clone()));
+        }
         for e in 0..edges {
             let out_ch = remote::channel(e, me, v, workers);
             let in_ch = remote::channel(e, v, me, workers);
@@ -799,15 +1091,23 @@ fn worker_main<F>(
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
     for ((e, d), tx) in outs.drain() {
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-            routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false });
+            let log = (live.is_some() && matches!(tx, Tx::Net { .. }))
+                .then(|| ReplayLog::new(config.replay_buffer_bytes, grace_ns))
+                .map(|log| match &live {
+                    Some(l) => log.report_to(l.board.overflowed.clone()),
+                    None => log,
+                });
+            routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false, log });
         }
     }
     let mut inputs: Vec<(usize, usize, Rx)> = ins.drain().map(|((e, s), rx)| (e, s, rx)).collect();
     inputs.sort_by_key(|&(e, s, _)| (e, s));
-    for (edge, _producer, rx) in inputs {
+    for (edge, producer, rx) in inputs {
         let Some(input) = wb.edges[edge].input.clone() else { continue };
+        let cursor =
+            (live.is_some() && matches!(rx, Rx::Net { .. })).then(|| (producer, ReplayCursor::default()));
         items.push(Item {
-            work: Work::Input { edge, rx, input },
+            work: Work::Input { edge, rx, input, cursor },
             done: false,
             waiting: Vec::new(),
             passed: 0,
@@ -841,6 +1141,7 @@ fn worker_main<F>(
         &metrics,
         &config,
         &mut ckpt,
+        live.as_mut(),
         tick_ns,
         spin_ns,
         nap,
@@ -862,6 +1163,7 @@ fn run_loop(
     metrics: &JobMetrics,
     config: &RuntimeConfig,
     ckpt: &mut Ckpt,
+    mut recovery: Option<&mut Live>,
     tick_ns: u64,
     spin_ns: u64,
     nap: Duration,
@@ -874,11 +1176,20 @@ fn run_loop(
     let mut next_tick = now_ns() + tick_ns;
     let mut idle_since: Option<u64> = None;
     let mut next_debug = now_ns();
+    let mut next_maintain = 0;
+    ckpt.sync_abort();
     loop {
         if metrics.has_failed() {
             return Ok(());
         }
-        let mut progress = flusher.drain_backlog()?;
+        let mut progress = false;
+        if let Some(l) = recovery.as_deref_mut() {
+            if l.board.pending[l.slot].load(Ordering::Relaxed) {
+                l.relink(items, flusher, ckpt)?;
+                progress = true;
+            }
+        }
+        progress |= flusher.drain_backlog()?;
         let (mut live, mut links) = (0, 0);
         for item in items.iter_mut() {
             if item.done {
@@ -895,6 +1206,13 @@ fn run_loop(
             progress |= item.step(flusher, metrics, ckpt, config.source_step_records)?;
         }
         let now = now_ns();
+        if now >= next_maintain {
+            next_maintain = now + TICK_US_MAX * 1000;
+            ckpt.sync_abort();
+            if let Some(l) = recovery.as_deref_mut() {
+                l.maintain(items, flusher, ckpt)?;
+            }
+        }
         if me == 0 && now >= ckpt.next_ns {
             if let Some(c) = &ckpt.checkpointer {
                 if c.coordinator().request_next() {

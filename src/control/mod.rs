@@ -133,6 +133,32 @@ pub enum Msg {
         /// Why.
         reason: String,
     },
+    /// Coordinator → survivor of a failure (live recovery): keep running,
+    /// now as part of `epoch` with placement `nodes`; the workers `moved`
+    /// are re-run elsewhere from checkpoint `checkpoint` and connect to
+    /// yours.
+    Recover {
+        /// The new epoch.
+        epoch: u64,
+        /// The checkpoint the moved workers restore (0: none is complete,
+        /// they start from the beginning).
+        checkpoint: u64,
+        /// Checkpoints up to this id are void (they were in flight when
+        /// the node failed): abort their alignment, never report them.
+        aborted: u64,
+        /// The new placement: the nodes that run workers, in worker order.
+        nodes: Vec<NodeSpec>,
+        /// The replica services this node now streams its checkpoints to.
+        replicas: Vec<SocketAddr>,
+        /// The global ids of the workers that changed node.
+        moved: Vec<usize>,
+    },
+    /// Survivor → coordinator: it aborted the void checkpoints and accepts
+    /// the moved workers' links (its `Ready` for `epoch`).
+    Recovered {
+        /// The new epoch.
+        epoch: u64,
+    },
 }
 
 /// What the coordinator deploys to a node for one epoch.
@@ -154,6 +180,17 @@ pub struct Deployment {
     /// every epoch: rate-limited sources that restart from a checkpoint
     /// keep their schedule (see `RuntimeConfig::schedule_origin_ns`).
     pub origin_ns: u64,
+    /// `None`: run every slot of this node's name. `Some(slot)`: join a
+    /// running job (live recovery): run only the workers of
+    /// `nodes[slot]`, restored from `restore`, and connect out to every
+    /// other worker (the survivors accept).
+    pub join: Option<usize>,
+    /// With `join`: every worker being replaced in this recovery (so that
+    /// two replacements know which of them connects to the other).
+    pub moved: Vec<usize>,
+    /// Checkpoints up to this id are void in this epoch (they were in
+    /// flight when a node failed): barriers carrying them are ignored.
+    pub aborted: u64,
 }
 
 impl Msg {
@@ -163,13 +200,14 @@ impl Msg {
         match self {
             Msg::Register { workers, replica } => r(format!("register {workers} {replica}")),
             Msg::Deploy(d) => {
-                let mut s = format!("epoch {}\norigin {}\n", d.epoch, d.origin_ns);
-                for n in &d.nodes {
-                    s.push_str(&format!("node {} {} {}\n", n.name, n.addr, n.workers));
+                let mut s = format!("epoch {}\norigin {}\naborted {}\n", d.epoch, d.origin_ns, d.aborted);
+                if let Some(slot) = d.join {
+                    s.push_str(&format!("join {slot}\n"));
                 }
-                for a in &d.replicas {
-                    s.push_str(&format!("replica {a}\n"));
+                for w in &d.moved {
+                    s.push_str(&format!("moved {w}\n"));
                 }
+                encode_placement(&mut s, &d.nodes, &d.replicas);
                 for (w, a) in &d.fetch {
                     s.push_str(&format!("fetch {w} {a}\n"));
                 }
@@ -189,6 +227,15 @@ impl Msg {
             Msg::Finished { epoch, report } => r(format!("finished {epoch} {}", report.to_json())),
             Msg::Release => r("release".into()),
             Msg::Stop { reason } => r(format!("stop {reason}")),
+            Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved } => {
+                let mut s = format!("recover {epoch} {checkpoint} {aborted}\n");
+                encode_placement(&mut s, nodes, replicas);
+                for w in moved {
+                    s.push_str(&format!("moved {w}\n"));
+                }
+                r(s)
+            }
+            Msg::Recovered { epoch } => r(format!("recovered {epoch}")),
         }
     }
 
@@ -234,6 +281,32 @@ impl Msg {
             },
             "release" => Msg::Release,
             "stop" => Msg::Stop { reason: text.strip_prefix("stop ").unwrap_or("").to_string() },
+            "recover" => {
+                let mut ids = rest.unwrap_or("").split(' ');
+                let (epoch, checkpoint) = (num(a, "an epoch")?, num(ids.next(), "a checkpoint id")?);
+                let aborted = num(ids.next(), "an aborted checkpoint id")?;
+                if ids.next().is_some() {
+                    return Err(bad("trailing words after the aborted checkpoint id"));
+                }
+                let (mut nodes, mut replicas, mut moved) = (Vec::new(), Vec::new(), Vec::new());
+                for l in body.lines() {
+                    let p: Vec<&str> = l.split(' ').collect();
+                    if parse_placement(l, &p, &mut nodes, &mut replicas).map_err(|e| bad(&e))? {
+                        continue;
+                    }
+                    match p.as_slice() {
+                        ["moved", w] => {
+                            moved.push(w.parse().map_err(|_| bad(&format!("bad worker in `{l}`")))?)
+                        }
+                        _ => return Err(bad(&format!("cannot read `{l}`"))),
+                    }
+                }
+                if nodes.is_empty() {
+                    return Err(bad("no node"));
+                }
+                Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved }
+            }
+            "recovered" => Msg::Recovered { epoch: num(a, "an epoch")? },
             _ => return Err(bad("unknown verb")),
         })
     }
@@ -246,6 +319,37 @@ fn truncate(s: &str) -> &str {
     }
 }
 
+/// The `node <name> <addr> <workers>` and `replica <addr>` lines of a
+/// deployment or a `recover` message.
+fn encode_placement(s: &mut String, nodes: &[NodeSpec], replicas: &[SocketAddr]) {
+    for n in nodes {
+        s.push_str(&format!("node {} {} {}\n", n.name, n.addr, n.workers));
+    }
+    for a in replicas {
+        s.push_str(&format!("replica {a}\n"));
+    }
+}
+
+/// Reads line `l` (split into `p`) if it is a `node` or `replica` line.
+fn parse_placement(
+    l: &str,
+    p: &[&str],
+    nodes: &mut Vec<NodeSpec>,
+    replicas: &mut Vec<SocketAddr>,
+) -> Result<bool, String> {
+    let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+    match p {
+        ["node", name, a, w] => nodes.push(NodeSpec {
+            name: name.to_string(),
+            addr: addr(a)?,
+            workers: w.parse().map_err(|_| format!("bad worker count in `{l}`"))?,
+        }),
+        ["replica", a] => replicas.push(addr(a)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn decode_deployment(text: &str) -> Result<Deployment, String> {
     let mut d = Deployment {
         epoch: 0,
@@ -254,21 +358,30 @@ fn decode_deployment(text: &str) -> Result<Deployment, String> {
         fetch: Vec::new(),
         restore: None,
         origin_ns: 0,
+        join: None,
+        moved: Vec::new(),
+        aborted: 0,
     };
     let mut lines = text.lines();
     let mut epoch = None;
     while let Some(l) = lines.next() {
         let p: Vec<&str> = l.split(' ').collect();
+        if parse_placement(l, &p, &mut d.nodes, &mut d.replicas)? {
+            continue;
+        }
         let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
         match p.as_slice() {
             ["epoch", e] => epoch = Some(e.parse().map_err(|_| format!("bad epoch in `{l}`"))?),
-            ["node", name, a, w] => d.nodes.push(NodeSpec {
-                name: name.to_string(),
-                addr: addr(a)?,
-                workers: w.parse().map_err(|_| format!("bad worker count in `{l}`"))?,
-            }),
             ["origin", o] => d.origin_ns = o.parse().map_err(|_| format!("bad origin in `{l}`"))?,
-            ["replica", a] => d.replicas.push(addr(a)?),
+            ["aborted", a] => {
+                d.aborted = a.parse().map_err(|_| format!("bad aborted checkpoint id in `{l}`"))?
+            }
+            ["join", j] => d.join = Some(j.parse().map_err(|_| format!("bad join slot in `{l}`"))?),
+            ["moved", ws @ ..] => {
+                for w in ws {
+                    d.moved.push(w.parse().map_err(|_| format!("bad moved worker in `{l}`"))?);
+                }
+            }
             ["fetch", w, a] => {
                 d.fetch.push((w.parse().map_err(|_| format!("bad worker in `{l}`"))?, addr(a)?))
             }
@@ -282,6 +395,9 @@ fn decode_deployment(text: &str) -> Result<Deployment, String> {
     d.epoch = epoch.ok_or("no epoch")?;
     if d.nodes.is_empty() {
         return Err("no node".into());
+    }
+    if let Some(slot) = d.join.filter(|&j| j >= d.nodes.len()) {
+        return Err(format!("bad join slot {slot}: the placement has {} nodes", d.nodes.len()));
     }
     Ok(d)
 }
@@ -436,6 +552,9 @@ pub struct NodeAgent {
     /// Told which checkpoints are complete (it compacts what it stores).
     replica: Option<spate_core::replica::CompletionHandle>,
     job: Option<(u64, Job)>,
+    /// A live recovery under way: its epoch, and the workers whose
+    /// replacements will connect here.
+    recovering: Option<(u64, Vec<usize>)>,
     /// The checkpoint requested and not yet handed to the job (its
     /// workers were still being built).
     pending: Option<u64>,
@@ -470,6 +589,7 @@ impl NodeAgent {
             listener,
             replica: None,
             job: None,
+            recovering: None,
             pending: None,
             ready_sent: false,
             failed_sent: false,
@@ -520,11 +640,23 @@ impl NodeAgent {
         abort: &mut dyn FnMut() -> Option<String>,
     ) -> Result<Option<Exit>, String> {
         match msg {
+            Msg::Deploy(d) if d.join.is_some() => {
+                let epoch = d.epoch;
+                if let Err(e) = self.deploy_join(d, abort) {
+                    out.push(Msg::Failed { epoch, reason: e });
+                }
+            }
             Msg::Deploy(d) => {
                 self.stop_job();
                 let epoch = d.epoch;
                 if let Err(e) = self.deploy(d, abort) {
                     out.push(Msg::Failed { epoch, reason: e });
+                }
+            }
+            Msg::Recover { epoch, checkpoint, aborted, nodes: _, replicas, moved } => {
+                match self.recover(epoch, checkpoint, aborted, replicas, moved) {
+                    Ok(()) => out.push(Msg::Recovered { epoch }),
+                    Err(reason) => out.push(Msg::Failed { epoch, reason }),
                 }
             }
             Msg::Checkpoint { epoch, id } => {
@@ -575,6 +707,185 @@ impl NodeAgent {
             let _ = job.wait();
         }
         self.pending = None;
+        self.recovering = None;
+    }
+
+    /// Another node failed and the job recovers live (decision 25): this
+    /// node's share keeps running under `epoch`, voids the checkpoints up
+    /// to `aborted`, streams its checkpoints to `replicas`, and takes the
+    /// connections of the replacements of `moved` as they come
+    /// ([`NodeAgent::poll`]).
+    fn recover(
+        &mut self,
+        epoch: u64,
+        checkpoint: u64,
+        aborted: u64,
+        replicas: Vec<SocketAddr>,
+        moved: Vec<usize>,
+    ) -> Result<(), String> {
+        let name = &self.name;
+        let Some((e, job)) = &mut self.job else {
+            return Err(format!("node `{name}` runs no share of the job to recover"));
+        };
+        if let Some(why) = job.metrics().failure() {
+            return Err(format!("node `{name}`: its share already failed: {why}"));
+        }
+        // Epoch 0 is a name without an epoch: replica streams start at 1.
+        job.recover(checkpoint, aborted, replicas, epoch + 1).map_err(|e| format!("node `{name}`: {e}"))?;
+        *e = epoch;
+        self.recovering = Some((epoch, moved));
+        self.pending = self.pending.filter(|&id| id > aborted);
+        // `Recovered` is this share's `Ready` for the new epoch.
+        self.ready_sent = true;
+        if !self.quiet {
+            eprintln!(
+                "node {}: epoch {epoch} goes on live; the replacements restore checkpoint {checkpoint}",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs the replacement of a failed node's workers in a running job
+    /// (live recovery): fetches their part of the checkpoint, restores it,
+    /// and connects to every other worker.
+    fn deploy_join(
+        &mut self,
+        d: Deployment,
+        abort: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<(), String> {
+        let slot = d.join.ok_or("not a joining deployment")?;
+        if self.job.is_some() {
+            return Err(format!("node `{}` runs a share already and cannot join another", self.name));
+        }
+        if d.nodes.get(slot).is_none_or(|n| n.name != self.name) {
+            return Err(format!("node `{}` is not slot {slot} of the deployment it received", self.name));
+        }
+        if self.rc.checkpoint_interval_ms == 0 {
+            return Err(format!("node `{}`: only a job with checkpoints recovers live", self.name));
+        }
+        self.fetch_parts(&d, abort)?;
+        let placement = ClusterPlacement {
+            nodes: d.nodes,
+            me: slot,
+            epoch: d.epoch,
+            join: Some(spate_core::remote::Join { slot, moved: d.moved.clone() }),
+            ..self.placement.clone()
+        };
+        let mut rc = self.rc.clone();
+        rc.workers = placement.nodes[slot].workers;
+        rc.schedule_origin_ns = d.origin_ns;
+        let checkpoints = ClusterCheckpoints {
+            restore: d.restore.clone(),
+            replicas: d.replicas.clone(),
+            cluster: placement.cluster,
+            epoch: d.epoch + 1,
+            aborted: d.aborted,
+            joining: true,
+        };
+        let build = self.build.clone();
+        let job = Runtime::new(rc)
+            .start_cluster_join(
+                &self.query,
+                move |df| build(df),
+                placement,
+                &mut self.listener,
+                checkpoints,
+                abort,
+            )
+            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+        if !self.quiet {
+            let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
+            eprintln!("node {}: joins epoch {} in slot {slot}, restored from {from}", self.name, d.epoch);
+        }
+        self.job = Some((d.epoch, job));
+        if let Some((_, _, last_out)) = &mut self.metrics_every {
+            *last_out = 0;
+        }
+        self.ready_sent = false;
+        self.failed_sent = false;
+        Ok(())
+    }
+
+    /// Hands the connections of replacements of failed workers to the
+    /// share's workers they link to.
+    fn accept_relinks(&mut self) {
+        let (Some((epoch, moved)), Some((_, job))) = (&self.recovering, &self.job) else { return };
+        loop {
+            let mut taken = None;
+            let accepted =
+                self.listener.poll_accept_with(|peer| {
+                    match spate_core::remote::parse_any_link_name(&peer.node) {
+                        Some((from, to, e))
+                            if e == *epoch && moved.contains(&from) && job.local_workers().contains(&to) =>
+                        {
+                            taken = Some((from, to));
+                            Ok(())
+                        }
+                        _ => Err(Rejection::UnknownNode),
+                    }
+                });
+            match accepted {
+                Ok(Some(conn)) => {
+                    if let Some((from, to)) = taken {
+                        if let Err(e) = job.relink(to, from, conn) {
+                            job.metrics().fail(format!("re-linking worker {from}: {e}"));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                // One bad peer does not stop the others.
+                Err(e) => eprintln!("spate: node {}: refused a connection: {e}", self.name),
+            }
+        }
+    }
+
+    /// Before a deployment that restores: fetches the parts this node does
+    /// not hold from a backup node, one thread per part, while `abort`
+    /// keeps the control connection alive (a fetch of hundreds of MiB
+    /// takes longer than the failure timeout) and may give up.
+    fn fetch_parts(&self, d: &Deployment, abort: &mut dyn FnMut() -> Option<String>) -> Result<(), String> {
+        let Some(m) = &d.restore else { return Ok(()) };
+        let fetch_one = |w: usize, addr: SocketAddr| -> Result<(), String> {
+            let t = Instant::now();
+            let dir = self.rc.data_dir.join(&self.query).join("backup").join(format!("w{w}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
+                .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+            let got = spate_core::replica::fetch(
+                addr,
+                self.placement.cluster,
+                w,
+                m.id,
+                &mut store,
+                self.placement.connect_timeout,
+            )
+            .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", m.id))?;
+            if !self.quiet {
+                eprintln!(
+                    "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",
+                    self.name,
+                    m.id,
+                    t.elapsed().as_millis()
+                );
+            }
+            Ok(())
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                d.fetch.iter().map(|&(w, addr)| scope.spawn(move || fetch_one(w, addr))).collect();
+            let mut gave_up = None;
+            while !handles.iter().all(|h| h.is_finished()) {
+                if gave_up.is_none() {
+                    gave_up = abort();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            for h in handles {
+                h.join().map_err(|_| "a fetch thread panicked".to_string())??;
+            }
+            gave_up.map_or(Ok(()), |why| Err(format!("node `{}`: fetching: {why}", self.name)))
+        })
     }
 
     fn deploy(&mut self, d: Deployment, abort: &mut dyn FnMut() -> Option<String>) -> Result<(), String> {
@@ -583,32 +894,7 @@ impl NodeAgent {
             .iter()
             .position(|n| n.name == self.name)
             .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
-        if let Some(m) = &d.restore {
-            for (w, addr) in &d.fetch {
-                let t = Instant::now();
-                let dir = self.rc.data_dir.join(&self.query).join("backup").join(format!("w{w}"));
-                let _ = std::fs::remove_dir_all(&dir);
-                let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
-                    .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
-                let got = spate_core::replica::fetch(
-                    *addr,
-                    self.placement.cluster,
-                    *w,
-                    m.id,
-                    &mut store,
-                    self.placement.connect_timeout,
-                )
-                .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", m.id))?;
-                if !self.quiet {
-                    eprintln!(
-                        "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",
-                        self.name,
-                        m.id,
-                        t.elapsed().as_millis()
-                    );
-                }
-            }
-        }
+        self.fetch_parts(&d, abort)?;
         let placement = ClusterPlacement { nodes: d.nodes, me, epoch: d.epoch, ..self.placement.clone() };
         let mut rc = self.rc.clone();
         rc.workers = placement.nodes[me].workers;
@@ -619,6 +905,8 @@ impl NodeAgent {
             cluster: placement.cluster,
             // Epoch 0 is a name without an epoch: start at 1.
             epoch: d.epoch + 1,
+            aborted: d.aborted,
+            joining: false,
         });
         let build = self.build.clone();
         let job = Runtime::new(rc)
@@ -647,6 +935,7 @@ impl NodeAgent {
     /// `out` what the coordinator must hear (ready, checkpoint parts, an
     /// end or a failure).
     pub fn poll(&mut self, out: &mut Vec<Msg>) {
+        self.accept_relinks();
         let Some((epoch, job)) = &self.job else { return };
         let epoch = *epoch;
         if let Some((every, next, last_out)) = &mut self.metrics_every {
@@ -1103,6 +1392,9 @@ mod tests {
                 fetch: vec![(1, addr), (2, addr)],
                 restore: Some(manifest()),
                 origin_ns: 1_700_000_000_000_000_000,
+                join: None,
+                moved: vec![],
+                aborted: 11,
             }),
             Msg::Deploy(Deployment {
                 epoch: 0,
@@ -1111,6 +1403,24 @@ mod tests {
                 fetch: vec![],
                 restore: None,
                 origin_ns: 0,
+                join: None,
+                moved: vec![],
+                aborted: 0,
+            }),
+            Msg::Deploy(Deployment {
+                epoch: 5,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                ],
+                replicas: vec![addr],
+                fetch: vec![(2, addr)],
+                restore: Some(manifest()),
+                origin_ns: 3,
+                join: Some(2),
+                moved: vec![2, 5],
+                aborted: 10,
             }),
             Msg::Ready { epoch: 1 },
             Msg::Checkpoint { epoch: 1, id: 12 },
@@ -1122,6 +1432,27 @@ mod tests {
             Msg::Finished { epoch: 2, report },
             Msg::Release,
             Msg::Stop { reason: "node `b` failed and no node is left".into() },
+            Msg::Recover {
+                epoch: 5,
+                checkpoint: 9,
+                aborted: 10,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                ],
+                replicas: vec![addr],
+                moved: vec![1, 2],
+            },
+            Msg::Recover {
+                epoch: 1,
+                checkpoint: 0,
+                aborted: 0,
+                nodes: vec![NodeSpec { name: "a".into(), addr, workers: 2 }],
+                replicas: vec![],
+                moved: vec![],
+            },
+            Msg::Recovered { epoch: 5 },
         ];
         for m in msgs {
             let (kind, text) = m.encode();
@@ -1146,6 +1477,15 @@ mod tests {
                 "epoch 1\nnode a 127.0.0.1:1 1\nrestore\nspate-checkpoint-manifest 1\nid 3\n",
                 "truncated",
             ),
+            (Kind::Deploy, "epoch 1\naborted x\nnode a 127.0.0.1:1 1\n", "bad aborted"),
+            (Kind::Deploy, "epoch 1\njoin 1\nnode a 127.0.0.1:1 1\n", "bad join slot 1"),
+            (Kind::Deploy, "epoch 1\njoin -1\nnode a 127.0.0.1:1 1\n", "bad join slot"),
+            (Kind::Recovery, "recover 2 1\nnode a 127.0.0.1:1 1\n", "an aborted checkpoint id"),
+            (Kind::Recovery, "recover 2 x 1\nnode a 127.0.0.1:1 1\n", "a checkpoint id"),
+            (Kind::Recovery, "recover 2 1 1\n", "no node"),
+            (Kind::Recovery, "recover 2 1 1\nnode a 127.0.0.1:1 1\nmoved one\n", "bad worker"),
+            (Kind::Recovery, "recover 2 1 1\nnode a nowhere 1\n", "bad address"),
+            (Kind::Recovery, "recovered", "an epoch"),
             (Kind::Data, "ready 1", "frame kind"),
         ];
         for (kind, text, want) in cases {

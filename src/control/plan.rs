@@ -2,7 +2,41 @@
 //! which workers in each epoch, checkpoints, failure detection and
 //! fencing (through [`spate_core::ft::detector::FailureDetector`]) and
 //! recovery by rolling every node back to the last complete checkpoint
-//! (docs/ARCHITECTURE.md, decision 23).
+//! (docs/ARCHITECTURE.md, decision 23), or — with [`PlanConfig::live`] —
+//! by re-running only the failed node's workers.
+//!
+//! **Global rollback.** The failed node's slots get new owners (a spare
+//! first, else the survivor running the fewest workers; a multi-worker
+//! node is split one slot per worker, so its workers restore in
+//! parallel). Every survivor is told to `Abort` the epoch; once all said
+//! `Aborted`, the next epoch is deployed and every node restores the last
+//! complete checkpoint (new owners fetch the parts they lack from a live
+//! node that backed them up).
+//!
+//! **Live recovery** (SEEP-style): the survivors keep their state and
+//! keep running. It is taken only when it can work: checkpoints are on
+//! (the moved workers restore one, and survivors replay their buffered
+//! output since it), the epoch ran on every node (every survivor has its
+//! workers and links up), no share has finished yet (a finished
+//! survivor could not replay) and a spare is free for each moved slot (a
+//! node runs one share: a survivor cannot run a joining one beside its
+//! own). The slots are split as above; the epoch advances and every
+//! survivor gets `Recover`: the new placement,
+//! the moved workers, their checkpoint, its new backup nodes, and
+//! `aborted`, the last checkpoint id requested — those were in flight
+//! when the node failed and can never complete, so they are void (ids
+//! continue after it: none is reused). No checkpoint is requested while
+//! survivors re-link. Once every survivor answered `Recovered` (it
+//! dropped the void checkpoints and accepts the moved workers' links),
+//! each moved slot's new owner gets a joining `Deploy` (`join`: that slot
+//! only, restored from the last complete checkpoint), after which the
+//! moved workers connect to the survivors, which replay to them. Joining
+//! only after every survivor re-linked means no moved worker ever
+//! connects to a survivor that would refuse it. Anything going wrong
+//! before the joiners are ready — a `Failed` of the new epoch, another
+//! node failing, survivors silent for the abort timeout — falls back to a
+//! global rollback of the new epoch (joiners included), which is always
+//! correct.
 //!
 //! Events go in — a node's message, a lost connection, what was heard
 //! from whom, a tick with the time in milliseconds — and [`Action`]s come
@@ -36,6 +70,10 @@ pub struct PlanConfig {
     pub backups: usize,
     /// The schedule origin of every epoch (ns since the Unix epoch).
     pub origin_ns: u64,
+    /// Recover from a node failure by re-running only its workers while
+    /// the survivors keep running (see the module documentation), when
+    /// possible; else, and always without this, by a global rollback.
+    pub live: bool,
 }
 
 /// What the coordinator must do.
@@ -57,7 +95,9 @@ pub enum Action {
         why: String,
     },
     /// A moment worth reporting: `failed <node>`, `deployed <epoch>`,
-    /// `running <epoch>`, `requested <id>`, `checkpoint <id>`.
+    /// `relinking <epoch>` (a live recovery began), `joining <epoch>` (every
+    /// survivor re-linked; the replacements are deployed), `running <epoch>`,
+    /// `requested <id>`, `checkpoint <id>`.
     Event(String),
     /// A line for the log.
     Note(String),
@@ -111,6 +151,17 @@ struct InFlight {
     parts: HashMap<usize, Manifest>,
 }
 
+/// A moved slot of a live recovery: its new owner joins the running job.
+#[derive(Debug)]
+struct Join {
+    /// The slot's position in the placement.
+    pos: usize,
+    /// Its new owner.
+    node: usize,
+    /// `(worker, node)`: the owner fetches the worker's part from there.
+    fetch: Vec<(usize, usize)>,
+}
+
 /// What the coordinator is doing.
 #[derive(Debug)]
 enum Phase {
@@ -118,6 +169,9 @@ enum Phase {
     Running,
     /// Waiting for these nodes to stop their share of the failed epoch.
     Aborting { waiting: HashSet<usize>, since_ms: u64 },
+    /// A live recovery: waiting for these survivors to answer `Recovered`
+    /// before the moved slots join.
+    Relinking { waiting: HashSet<usize>, survivors: Vec<usize>, joins: Vec<Join>, since_ms: u64 },
     /// Finished or failed: nothing more happens.
     Over,
 }
@@ -134,6 +188,9 @@ pub struct Plan {
     epoch: u64,
     phase: Phase,
     ready: HashSet<usize>,
+    /// Nodes given joining deployments in this epoch, and how many of them
+    /// have not said `Ready` yet: such a node is ready after the last.
+    joining: HashMap<usize, usize>,
     finished: BTreeMap<usize, NodeReport>,
     config: PlanConfig,
     detector: FailureDetector,
@@ -187,6 +244,7 @@ impl Plan {
             epoch: 0,
             phase: Phase::Running,
             ready: HashSet::new(),
+            joining: HashMap::new(),
             finished: BTreeMap::new(),
             config,
             detector,
@@ -313,11 +371,9 @@ impl Plan {
         out
     }
 
-    /// The epoch's deployment for every node of the placement; `fetch_for`
-    /// maps a worker to the node its new owner fetches its part from.
-    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
-        let specs: Vec<NodeSpec> = self
-            .slots
+    /// The placement as deployed: each slot's node and workers.
+    fn specs(&self) -> Vec<NodeSpec> {
+        self.slots
             .iter()
             .zip(&self.slot_workers)
             .map(|(&i, &w)| NodeSpec {
@@ -325,29 +381,104 @@ impl Plan {
                 addr: self.nodes[i].addr,
                 workers: w,
             })
-            .collect();
+            .collect()
+    }
+
+    /// The workers of slot `pos` (global ids).
+    fn workers_of(&self, pos: usize) -> std::ops::Range<usize> {
+        let base: usize = self.slot_workers[..pos].iter().sum();
+        base..base + self.slot_workers[pos]
+    }
+
+    /// The replica services that the slots at `positions` stream their
+    /// checkpoints to: their backup nodes', without repeats.
+    fn replicas_of(&self, positions: &[usize]) -> Result<Vec<SocketAddr>, String> {
+        let mut replicas = Vec::new();
+        if self.config.interval_ms == 0 {
+            return Ok(replicas);
+        }
+        for &pos in positions {
+            for h in self.holders(pos) {
+                let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
+                if !replicas.contains(&r) {
+                    replicas.push(r);
+                }
+            }
+        }
+        Ok(replicas)
+    }
+
+    /// `(worker, replica service)` for the workers among `workers` that
+    /// `fetch_for` sends to a backup node.
+    fn fetches(
+        &self,
+        workers: impl Iterator<Item = usize>,
+        fetch_for: &HashMap<usize, usize>,
+    ) -> Result<Vec<(usize, SocketAddr)>, String> {
+        let mut fetch = Vec::new();
+        for w in workers {
+            if let Some(&holder) = fetch_for.get(&w) {
+                fetch.push((w, self.nodes[holder].replica.ok_or("a backup node has no replica service")?));
+            }
+        }
+        Ok(fetch)
+    }
+
+    /// For each of `workers` whose current owner did not take part in the
+    /// last complete checkpoint, nor fetched its part since: a live node
+    /// that backed its part up, to fetch it from. An error when every such
+    /// node is gone.
+    fn fetch_plan(&self, workers: impl Iterator<Item = usize>) -> Result<HashMap<usize, usize>, String> {
+        let mut fetch_for = HashMap::new();
+        let Some(c) = &self.last_complete else { return Ok(fetch_for) };
+        let slot_of = self.slot_of_workers();
+        for w in workers {
+            let i = self.slots[slot_of[w]];
+            // A node that took its part, or fetched it, has it locally.
+            if c.local.get(w).is_some_and(|l| l.contains(&i)) {
+                continue;
+            }
+            let live = c
+                .holders
+                .get(w)
+                .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
+            let Some(h) = live else {
+                return Err(format!(
+                    "the backups of checkpoint {} of worker {w}, which node `{}` took over, are all gone",
+                    c.manifest.id, self.nodes[i].name
+                ));
+            };
+            fetch_for.insert(w, h);
+        }
+        Ok(fetch_for)
+    }
+
+    /// Records that the owners of `workers`, told to fetch their parts of
+    /// the last complete checkpoint, have them locally from now on.
+    fn fetched(&mut self, workers: impl Iterator<Item = usize>) {
+        let slot_of = self.slot_of_workers();
+        let owners: Vec<(usize, usize)> = workers.map(|w| (w, self.slots[slot_of[w]])).collect();
+        if let Some(c) = &mut self.last_complete {
+            for (w, i) in owners {
+                if let Some(l) = c.local.get_mut(w) {
+                    l.push(i);
+                }
+            }
+        }
+    }
+
+    /// The epoch's deployment for every node of the placement; `fetch_for`
+    /// maps a worker to the node its new owner fetches its part from.
+    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
+        let specs = self.specs();
         let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
         for i in self.active() {
-            let mut replicas = Vec::new();
+            let positions: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
+            let replicas = self.replicas_of(&positions)?;
             let mut fetch = Vec::new();
-            for pos in (0..self.slots.len()).filter(|&p| self.slots[p] == i) {
-                if self.config.interval_ms > 0 {
-                    for h in self.holders(pos) {
-                        let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
-                        if !replicas.contains(&r) {
-                            replicas.push(r);
-                        }
-                    }
-                }
-                if restore.is_some() {
-                    let base: usize = self.slot_workers[..pos].iter().sum();
-                    for w in base..base + self.slot_workers[pos] {
-                        if let Some(&holder) = fetch_for.get(&w) {
-                            let replica =
-                                self.nodes[holder].replica.ok_or("a backup node has no replica service")?;
-                            fetch.push((w, replica));
-                        }
-                    }
+            if restore.is_some() {
+                for &pos in &positions {
+                    fetch.extend(self.fetches(self.workers_of(pos), fetch_for)?);
                 }
             }
             let d = Deployment {
@@ -357,10 +488,15 @@ impl Plan {
                 fetch,
                 restore: restore.clone(),
                 origin_ns: self.config.origin_ns,
+                join: None,
+                moved: Vec::new(),
+                // Every id requested so far belongs to an earlier epoch.
+                aborted: self.last_id,
             };
             self.send(i, Msg::Deploy(d));
         }
         self.ready.clear();
+        self.joining.clear();
         self.finished.clear();
         self.in_flight = None;
         self.share_failed = None;
@@ -375,6 +511,9 @@ impl Plan {
         if self.is_fenced(i) || matches!(self.phase, Phase::Over) {
             return;
         }
+        // Whether every node of the placement runs this epoch (before the
+        // failure): a live recovery needs every survivor's links up.
+        let all_ready = self.ready.len() == self.active().len();
         let was = self.nodes[i].role;
         self.nodes[i].role = Role::Failed;
         let _ = self.detector.declare_failed(node_id(i), FailureReason::Reported);
@@ -442,12 +581,27 @@ impl Plan {
                 "node `{name}` failed and one node is left: its checkpoints would have no backup node"
             ));
         }
-        // Abort the epoch everywhere (again, if a recovery was under way).
+        let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
+        if self.config.live
+            && self.config.interval_ms > 0
+            && matches!(self.phase, Phase::Running)
+            && was == Role::Active
+            && self.finished.is_empty()
+            && all_ready
+            && !survivors.is_empty()
+            // A node runs one share: a survivor taking over workers on top
+            // of its own would need a second one beside it.
+            && activated.len() == lost.len()
+        {
+            return self.relink(&lost, survivors, now_ms);
+        }
+        // Abort the epoch everywhere (again, if a recovery was under way;
+        // a live one included: its joiners too).
         let waiting: HashSet<usize> = match &self.phase {
             Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
-            _ => self.active().into_iter().filter(|j| !activated.contains(j)).collect(),
+            _ => survivors.into_iter().collect(),
         };
-        if matches!(self.phase, Phase::Running) {
+        if !matches!(self.phase, Phase::Aborting { .. }) {
             let mut to: Vec<usize> = waiting.iter().copied().collect();
             to.sort_unstable();
             for j in to {
@@ -457,6 +611,136 @@ impl Plan {
         self.phase = Phase::Aborting { waiting, since_ms: now_ms };
         self.in_flight = None;
         self.share_failed = None;
+        self.joining.clear();
+    }
+
+    /// Starts a live recovery (see the module documentation): the slots at
+    /// `lost` have new owners; `survivors` keep running and are told the
+    /// new placement.
+    fn relink(&mut self, lost: &[usize], survivors: Vec<usize>, now_ms: u64) {
+        let moved: Vec<usize> = lost.iter().flat_map(|&p| self.workers_of(p)).collect();
+        // Where the new owners will fetch the parts they lack: if some
+        // part has no live backup, no recovery can restore it.
+        let fetch_for = match self.fetch_plan(moved.iter().copied()) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e),
+        };
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let specs = self.specs();
+        let checkpoint = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        for &j in &survivors {
+            // Its own slots; a moved slot it takes over has its own
+            // backup nodes, in its joining deployment.
+            let own: Vec<usize> =
+                (0..self.slots.len()).filter(|&p| self.slots[p] == j && !lost.contains(&p)).collect();
+            let replicas = match self.replicas_of(&own) {
+                Ok(r) => r,
+                Err(e) => return self.fail(e),
+            };
+            let msg = Msg::Recover {
+                epoch,
+                checkpoint,
+                aborted: self.last_id,
+                nodes: specs.clone(),
+                replicas,
+                moved: moved.clone(),
+            };
+            self.send(j, msg);
+        }
+        let joins = lost
+            .iter()
+            .map(|&pos| Join {
+                pos,
+                node: self.slots[pos],
+                fetch: self.workers_of(pos).filter_map(|w| fetch_for.get(&w).map(|&h| (w, h))).collect(),
+            })
+            .collect();
+        self.ready.clear();
+        self.joining.clear();
+        self.finished.clear();
+        self.in_flight = None;
+        self.share_failed = None;
+        self.phase = Phase::Relinking {
+            waiting: survivors.iter().copied().collect(),
+            survivors,
+            joins,
+            since_ms: now_ms,
+        };
+        self.event(format!("relinking {epoch}"));
+        self.actions.push(Action::Note(format!(
+            "live recovery: epoch {epoch} keeps the survivors running; workers {moved:?} restore checkpoint \
+             {checkpoint} on their new nodes; checkpoints up to {} are void",
+            self.last_id
+        )));
+    }
+
+    /// Every survivor re-linked: the moved slots' new owners join, each
+    /// restoring its slot from the last complete checkpoint.
+    fn join(&mut self, now_ms: u64) {
+        let Phase::Relinking { survivors, joins, .. } = std::mem::replace(&mut self.phase, Phase::Running)
+        else {
+            return;
+        };
+        let specs = self.specs();
+        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
+        let moved: Vec<usize> = joins.iter().flat_map(|j| self.workers_of(j.pos)).collect();
+        for j in &joins {
+            let fetch_for: HashMap<usize, usize> = j.fetch.iter().copied().collect();
+            let fetch = self.fetches(self.workers_of(j.pos), &fetch_for);
+            let replicas = self.replicas_of(&[j.pos]);
+            let (fetch, replicas) = match (fetch, replicas) {
+                (Ok(f), Ok(r)) => (f, r),
+                (Err(e), _) | (_, Err(e)) => return self.fail(e),
+            };
+            let d = Deployment {
+                epoch: self.epoch,
+                nodes: specs.clone(),
+                replicas,
+                fetch,
+                restore: restore.clone(),
+                origin_ns: self.config.origin_ns,
+                join: Some(j.pos),
+                moved: moved.clone(),
+                aborted: self.last_id,
+            };
+            self.send(j.node, Msg::Deploy(d));
+            *self.joining.entry(j.node).or_insert(0) += 1;
+            self.fetched(fetch_for.into_keys());
+        }
+        for s in survivors {
+            if !self.joining.contains_key(&s) {
+                self.ready.insert(s);
+            }
+        }
+        self.next_checkpoint_ms = now_ms + self.config.interval_ms;
+        self.event(format!("joining {}", self.epoch));
+        self.actions.push(Action::Note(format!(
+            "every survivor re-linked: {} moved slot(s) join epoch {}",
+            joins.len(),
+            self.epoch
+        )));
+        if self.ready.len() == self.active().len() {
+            self.event(format!("running {}", self.epoch));
+        }
+    }
+
+    /// The live recovery under way cannot finish: abort its epoch on every
+    /// node of the placement (joiners included) and roll back.
+    fn fall_back(&mut self, why: String, now_ms: u64) {
+        self.actions.push(Action::Note(format!(
+            "the live recovery of epoch {} falls back to a global rollback: {why}",
+            self.epoch
+        )));
+        let mut to = self.active();
+        to.sort_unstable();
+        for &j in &to {
+            self.send(j, Msg::Abort { epoch: self.epoch });
+        }
+        self.phase = Phase::Aborting { waiting: to.into_iter().collect(), since_ms: now_ms };
+        self.in_flight = None;
+        self.share_failed = None;
+        self.joining.clear();
     }
 
     /// A message from node `i`.
@@ -468,6 +752,15 @@ impl Plan {
         let name = self.nodes[from].name.clone();
         match msg {
             Msg::Ready { epoch } if epoch == self.epoch && matches!(self.phase, Phase::Running) => {
+                // A node that joins with several slots is ready after the
+                // last of them.
+                if let Some(n) = self.joining.get_mut(&from) {
+                    *n = n.saturating_sub(1);
+                    if *n > 0 {
+                        return;
+                    }
+                    self.joining.remove(&from);
+                }
                 self.ready.insert(from);
                 if self.ready.len() == self.active().len() {
                     self.event(format!("running {}", self.epoch));
@@ -506,8 +799,23 @@ impl Plan {
                     }
                 }
             }
+            Msg::Recovered { epoch } if epoch == self.epoch => {
+                if let Phase::Relinking { waiting, .. } = &mut self.phase {
+                    waiting.remove(&from);
+                    if waiting.is_empty() {
+                        self.join(now_ms);
+                    }
+                }
+            }
             Msg::Failed { epoch, reason } if epoch == self.epoch => {
-                if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
+                // Until the joiners run, a live recovery can still fall
+                // back (a `Failed` of the epoch before is ignored below: a
+                // survivor's link to the failed node broke).
+                let live = matches!(self.phase, Phase::Relinking { .. })
+                    || (matches!(self.phase, Phase::Running) && !self.joining.is_empty());
+                if live {
+                    self.fall_back(format!("node `{name}`: {reason}"), now_ms);
+                } else if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
                     self.share_failed = Some((now_ms, format!("node `{name}`: {reason}")));
                 }
             }
@@ -515,13 +823,18 @@ impl Plan {
                 self.finished.insert(from, report);
             }
             // A message of an earlier epoch, or one that no longer matters.
-            Msg::Ready { .. } | Msg::Done { .. } | Msg::Failed { .. } | Msg::Finished { .. } => {}
+            Msg::Ready { .. }
+            | Msg::Done { .. }
+            | Msg::Failed { .. }
+            | Msg::Finished { .. }
+            | Msg::Recovered { .. } => {}
             other => self.fail(format!("node `{name}` sent an unexpected {other:?}")),
         }
     }
 
-    /// Timers: silent nodes, checkpoints, the end of an abort, a share's
-    /// failure that no node failure explains, the end of the job.
+    /// Timers: silent nodes, checkpoints, the end of an abort, survivors
+    /// that do not re-link, a share's failure that no node failure
+    /// explains, the end of the job.
     pub fn tick(&mut self, now_ms: u64) {
         // The coordinator's own node is alive as long as this runs.
         self.heard(self.me, now_ms);
@@ -533,14 +846,21 @@ impl Plan {
             };
             self.node_failed(i, why, now_ms);
         }
+        let abort_timeout_ms = self.config.connect_timeout_ms + self.config.failure_timeout_ms * 4 + 10_000;
         match &self.phase {
             Phase::Over => {}
+            Phase::Relinking { waiting, since_ms, .. } => {
+                if now_ms.saturating_sub(*since_ms) > abort_timeout_ms {
+                    let mut names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+                    names.sort_unstable();
+                    let why = format!("nodes did not re-link: {}", names.join(", "));
+                    self.fall_back(why, now_ms);
+                }
+            }
             Phase::Aborting { waiting, since_ms } => {
                 if waiting.is_empty() {
                     self.redeploy(now_ms);
-                } else if now_ms.saturating_sub(*since_ms)
-                    > self.config.connect_timeout_ms + self.config.failure_timeout_ms * 4 + 10_000
-                {
+                } else if now_ms.saturating_sub(*since_ms) > abort_timeout_ms {
                     // (A node may be connecting the aborted epoch's workers,
                     // which it only gives up after the connect timeout.)
                     let mut names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
@@ -586,38 +906,14 @@ impl Plan {
     /// part from a live node that backed it up.
     fn redeploy(&mut self, now_ms: u64) {
         self.epoch += 1;
-        let mut fetch_for = HashMap::new();
-        if let Some(c) = &self.last_complete {
-            for (w, &pos) in self.slot_of_workers().iter().enumerate() {
-                let i = self.slots[pos];
-                // A node that took its part, or fetched it, has it locally.
-                if c.local.get(w).is_some_and(|l| l.contains(&i)) {
-                    continue;
-                }
-                let live = c
-                    .holders
-                    .get(w)
-                    .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
-                let Some(h) = live else {
-                    let e = format!(
-                        "the backups of checkpoint {} of worker {w}, which node `{}` took over, are all gone",
-                        c.manifest.id, self.nodes[i].name
-                    );
-                    return self.fail(e);
-                };
-                fetch_for.insert(w, h);
-            }
-        }
+        let workers = self.slot_workers.iter().sum();
+        let fetch_for = match self.fetch_plan(0..workers) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e),
+        };
         if let Err(e) = self.deploy(&fetch_for, now_ms) {
             return self.fail(e);
         }
-        let slot_of = self.slot_of_workers();
-        if let Some(c) = &mut self.last_complete {
-            for &w in fetch_for.keys() {
-                if let Some(l) = c.local.get_mut(w) {
-                    l.push(self.slots[slot_of[w]]);
-                }
-            }
-        }
+        self.fetched(fetch_for.into_keys());
     }
 }

@@ -812,6 +812,13 @@ impl StateStore {
         self.chain.full_every = increments;
     }
 
+    /// Makes the next checkpoint a full image (its chain's earlier links
+    /// may be missing where it will be restored: a new backup node, or a
+    /// checkpoint that was voided).
+    pub fn require_full_checkpoint(&mut self) {
+        self.chain.need_full = true;
+    }
+
     /// The id of the last checkpoint taken, begun (or restored), 0 if none.
     /// A checkpoint whose stream was dropped before its trailer does not
     /// count.

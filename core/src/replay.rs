@@ -1,0 +1,298 @@
+//! Live recovery's two halves on the data path (SEEP's R+SM, see
+//! docs/ARCHITECTURE.md, decision 25): the *buffer state* an upstream keeps
+//! per channel to another node, and the count a downstream keeps per
+//! channel from another node.
+//!
+//! - [`ReplayLog`]: every batch sent on a channel to a worker of another
+//!   node is kept after it went out (the batch itself: no copy, no
+//!   allocation) until the checkpoint whose barrier follows it is complete
+//!   on every node; then it is trimmed. When that worker's node fails, its
+//!   replacement restores the last complete checkpoint, and this side
+//!   re-sends what followed that checkpoint's barrier. The log is bounded:
+//!   a full log throttles its producer (records wait in the outbox, and
+//!   backpressure does the rest) until a checkpoint trims it; barriers and
+//!   the end of the stream always pass, so the checkpoint that trims it
+//!   can complete. A log that stays full longer than its grace (no
+//!   checkpoint is coming: a node already finished) stops buffering: a
+//!   later failure downstream of it is then recovered by rolling every
+//!   node back, which needs no buffer.
+//! - [`ReplayCursor`]: a receiver counts the records it took from each
+//!   remote producer and where each checkpoint's barrier fell in that
+//!   count. When the producer is replaced, the replacement's stream
+//!   starts again at the last complete checkpoint's barrier: the receiver
+//!   skips as many records as it had already taken past that barrier.
+//!   Records are identified by their position in the producer's stream,
+//!   so with deterministic operators (and a deterministic order of their
+//!   inputs) every record affects the receiver exactly once.
+
+use std::collections::VecDeque;
+
+use crate::batch::Batch;
+
+/// Bytes a buffered batch counts for beyond its records (its header).
+const BATCH_OVERHEAD: usize = 64;
+
+/// The batches sent on one channel since the last complete checkpoint.
+#[derive(Debug)]
+pub(crate) struct ReplayLog {
+    batches: VecDeque<Batch>,
+    bytes: usize,
+    limit: usize,
+    /// How long the log may stay full before it gives up buffering.
+    grace_ns: u64,
+    full_since: Option<u64>,
+    overflowed: bool,
+    /// Raised when any log of the job gives up (the node then refuses to
+    /// recover live).
+    gave_up: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ReplayLog {
+    /// A log of at most `limit` bytes that gives up after staying full for
+    /// `grace_ns`.
+    pub(crate) fn new(limit: usize, grace_ns: u64) -> Self {
+        Self {
+            batches: VecDeque::new(),
+            bytes: 0,
+            limit,
+            grace_ns,
+            full_since: None,
+            overflowed: false,
+            gave_up: None,
+        }
+    }
+
+    /// Raises `flag` if this log gives up buffering.
+    pub(crate) fn report_to(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.gave_up = Some(flag);
+        self
+    }
+
+    /// Whether `b` may be sent now: a batch of records waits while the log
+    /// is full (barriers and ends always go).
+    pub(crate) fn admits(&mut self, b: &Batch, now_ns: u64) -> bool {
+        if self.overflowed || self.bytes < self.limit || b.count == 0 {
+            return true;
+        }
+        let since = *self.full_since.get_or_insert(now_ns);
+        if now_ns.saturating_sub(since) < self.grace_ns {
+            return false;
+        }
+        // No checkpoint came to trim it: stop buffering this channel.
+        self.batches.clear();
+        self.bytes = 0;
+        self.overflowed = true;
+        if let Some(f) = &self.gave_up {
+            f.store(true, std::sync::atomic::Ordering::Release);
+        }
+        true
+    }
+
+    /// Keeps `b`, which was just sent.
+    pub(crate) fn keep(&mut self, b: Batch) {
+        if !self.overflowed {
+            self.bytes += b.data.len() + BATCH_OVERHEAD;
+            self.batches.push_back(b);
+        }
+    }
+
+    /// Checkpoint `completed` is complete everywhere: drops every batch up
+    /// to its barrier (and any earlier barrier's).
+    pub(crate) fn trim(&mut self, completed: u64) {
+        let Some(last) = self
+            .batches
+            .iter()
+            .take_while(|b| b.barrier().is_none_or(|id| id <= completed))
+            .enumerate()
+            .filter(|(_, b)| b.barrier().is_some())
+            .map(|(i, _)| i)
+            .last()
+        else {
+            return;
+        };
+        for b in self.batches.drain(..=last) {
+            self.bytes -= b.data.len() + BATCH_OVERHEAD;
+        }
+        if self.bytes < self.limit {
+            self.full_since = None;
+        }
+    }
+
+    /// The batches a replacement restored at `checkpoint` (0: none, from
+    /// the start) must get again: those after that checkpoint's barrier.
+    /// The log is empty afterwards (the caller sends them again, which
+    /// logs them again).
+    pub(crate) fn take_after(&mut self, checkpoint: u64) -> Result<VecDeque<Batch>, String> {
+        if self.overflowed {
+            return Err(format!(
+                "its replay buffer overflowed ({} bytes) while no checkpoint trimmed it",
+                self.limit
+            ));
+        }
+        let mut all = std::mem::take(&mut self.batches);
+        self.bytes = 0;
+        self.full_since = None;
+        if let Some(at) = all.iter().position(|b| b.barrier() == Some(checkpoint)) {
+            all.drain(..=at);
+        } else if checkpoint > 0 && all.iter().any(|b| b.barrier().is_some_and(|id| id < checkpoint)) {
+            // Trimming stops at a complete checkpoint's barrier: an older
+            // barrier still here means that checkpoint's went missing.
+            return Err(format!("its replay buffer does not reach back to checkpoint {checkpoint}"));
+        }
+        Ok(all)
+    }
+
+    /// Bytes buffered.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// What a worker took from one remote producer on one edge.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayCursor {
+    /// Records of the producer's stream taken (or skipped) so far.
+    taken: u64,
+    /// Records before this position were taken already: skip them.
+    skip_until: u64,
+    /// `(checkpoint, position)` of each barrier since the last complete
+    /// checkpoint (that one included).
+    marks: VecDeque<(u64, u64)>,
+}
+
+impl ReplayCursor {
+    /// Batch `b` arrived (`aborted`: the highest void checkpoint); returns
+    /// how many of its first records were already taken.
+    pub(crate) fn arrive(&mut self, b: &Batch, aborted: u64) -> usize {
+        let start = self.taken;
+        self.taken += u64::from(b.count);
+        if let Some(id) = b.barrier() {
+            if id > aborted {
+                self.marks.push_back((id, self.taken));
+            }
+        }
+        self.skip_until.saturating_sub(start).min(u64::from(b.count)) as usize
+    }
+
+    /// Checkpoint `completed` is complete everywhere: forgets older marks.
+    pub(crate) fn trim(&mut self, completed: u64) {
+        while self.marks.front().is_some_and(|&(id, _)| id < completed) {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The producer was replaced by one restored at `checkpoint` (0: from
+    /// the start), whose stream resumes right after that checkpoint's
+    /// barrier. `ended`: this side had taken the producer's last batch.
+    pub(crate) fn restart(&mut self, checkpoint: u64, ended: bool) -> Result<(), String> {
+        let at = if checkpoint == 0 {
+            0
+        } else if let Some(&(_, pos)) = self.marks.iter().find(|&&(id, _)| id == checkpoint) {
+            pos
+        } else if ended {
+            // The stream had ended before the checkpoint: all of it is
+            // covered.
+            self.taken
+        } else {
+            return Err(format!("no barrier of checkpoint {checkpoint} was received from it"));
+        };
+        self.skip_until = self.skip_until.max(self.taken);
+        self.taken = at;
+        self.marks.retain(|&(id, _)| id <= checkpoint);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{Meta, FLAG_BARRIER, FLAG_FINAL};
+
+    fn records(n: u64) -> Batch {
+        let mut b = Batch::with_capacity(0, 1, 64);
+        for i in 0..n {
+            assert!(b.push(&i, Meta { ingest_ns: 0 }).is_ok());
+        }
+        b
+    }
+
+    fn barrier(id: u64) -> Batch {
+        let mut b = Batch::with_capacity(0, 1, 0);
+        b.flags = FLAG_BARRIER;
+        b.barrier = id;
+        b
+    }
+
+    fn counts(q: &VecDeque<Batch>) -> Vec<(u32, Option<u64>)> {
+        q.iter().map(|b| (b.count, b.barrier())).collect()
+    }
+
+    #[test]
+    fn the_log_keeps_what_follows_the_last_complete_checkpoint() {
+        let mut log = ReplayLog::new(1 << 20, 1);
+        for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
+            log.keep(b);
+        }
+        log.trim(1);
+        let after = log.take_after(1).unwrap_or_default();
+        assert_eq!(counts(&after), vec![(2, None), (0, Some(2)), (3, None)]);
+        assert_eq!(log.bytes(), 0);
+
+        // Restored at 2, not yet trimmed there: only what follows 2.
+        let mut log = ReplayLog::new(1 << 20, 1);
+        for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
+            log.keep(b);
+        }
+        log.trim(1);
+        assert_eq!(counts(&log.take_after(2).unwrap_or_default()), vec![(3, None)]);
+
+        // Nothing complete yet: everything.
+        let mut log = ReplayLog::new(1 << 20, 1);
+        log.keep(records(4));
+        log.keep(barrier(1));
+        assert_eq!(counts(&log.take_after(0).unwrap_or_default()), vec![(4, None), (0, Some(1))]);
+    }
+
+    #[test]
+    fn a_full_log_throttles_records_but_not_barriers_and_gives_up_after_its_grace() {
+        let mut log = ReplayLog::new(1, 1_000);
+        log.keep(records(1));
+        assert!(!log.admits(&records(1), 10), "full: records wait");
+        assert!(log.admits(&barrier(3), 10), "a barrier always goes");
+        let mut fin = Batch::with_capacity(0, 1, 0);
+        fin.flags = FLAG_FINAL;
+        assert!(log.admits(&fin, 10), "so does the end");
+        log.keep(barrier(3));
+        log.trim(3);
+        assert!(log.admits(&records(1), 20), "trimmed: room again");
+        log.keep(records(1));
+        assert!(!log.admits(&records(1), 30));
+        assert!(!log.admits(&records(1), 1_029));
+        assert!(log.admits(&records(1), 1_031), "full past its grace: gives up");
+        let e = log.take_after(3).err().unwrap_or_default();
+        assert!(e.contains("overflowed"), "{e}");
+    }
+
+    #[test]
+    fn a_cursor_skips_exactly_what_was_taken_after_the_checkpoint() {
+        let mut c = ReplayCursor::default();
+        assert_eq!(c.arrive(&records(5), 0), 0);
+        assert_eq!(c.arrive(&barrier(1), 0), 0);
+        assert_eq!(c.arrive(&records(4), 0), 0);
+        assert_eq!(c.arrive(&barrier(2), 0), 0); // voided below
+        assert_eq!(c.arrive(&records(3), 0), 0);
+        c.trim(1);
+        // The producer is replaced, restored at 1: 7 records followed it.
+        assert!(c.restart(1, false).is_ok());
+        // Its new stream re-sends them in other batches.
+        assert_eq!(c.arrive(&records(2), 2), 2);
+        assert_eq!(c.arrive(&barrier(2), 2), 0); // void: no mark
+        assert_eq!(c.arrive(&records(4), 2), 4);
+        assert_eq!(c.arrive(&records(3), 2), 1, "one old, two new");
+        assert_eq!(c.arrive(&records(3), 2), 0);
+        // A restart without the checkpoint's mark is an error.
+        assert!(c.restart(9, false).is_err());
+        assert!(c.restart(9, true).is_ok(), "unless the stream had ended");
+    }
+}
