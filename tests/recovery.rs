@@ -173,7 +173,10 @@ fn run_reporting(cfg: &Path, chaos: impl FnOnce(&mut LocalNodes)) -> (String, Ve
         .wait_event(Duration::from_secs(60), |e| e.what == "running 0")
         .unwrap_or_else(|e| panic!("the job did not start: {e}"));
     chaos(&mut nodes);
-    let reports = nodes.wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    let reports = match nodes.wait(Duration::from_secs(120)) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}\nnodes said:\n{}", nodes.stderr()),
+    };
     (nodes.stderr(), reports)
 }
 
@@ -218,6 +221,30 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
             .unwrap_or_else(|e| panic!("the coordinator did not notice: {e}"));
         wait(nodes, "running 1");
     });
+    assert_recovered_live(&stderr, &reports, &["a", "c"], &["s1"]);
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
+}
+
+#[test]
+fn a_full_replay_buffer_throttles_its_producer_and_recovery_stays_exact() {
+    let _watchdog = Watchdog::start("small replay buffers", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // 1 MiB per channel fills in about a second at this rate, before the
+    // next checkpoint (every 1.5 s) trims it.
+    let params = format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 300000");
+    let cfg = config(dir.path(), "keyed-sum", &params, 1, 1500);
+    let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let text = text.replace("[checkpoint]\n", "[checkpoint]\nbuffer_mb = 1\n");
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
+        wait(nodes, "checkpoint 1");
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
+    });
+    assert!(
+        stderr.contains("is full: throttling the sources until a checkpoint trims it"),
+        "no buffer filled up:\n{stderr}"
+    );
     assert_recovered_live(&stderr, &reports, &["a", "c"], &["s1"]);
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }

@@ -334,7 +334,7 @@ pub(crate) struct NetLink {
     pub(crate) ended: bool,
     pub(crate) remote: usize,
     /// This worker and the job's workers (to check a frame's channel).
-    me: usize,
+    pub(crate) me: usize,
     workers: usize,
 }
 

@@ -9,13 +9,13 @@
 //!   on every node; then it is trimmed. When that worker's node fails, its
 //!   replacement restores the last complete checkpoint, and this side
 //!   re-sends what followed that checkpoint's barrier. The log is bounded:
-//!   a full log throttles its producer (records wait in the outbox, and
-//!   backpressure does the rest) until a checkpoint trims it; barriers and
-//!   the end of the stream always pass, so the checkpoint that trims it
-//!   can complete. A log that stays full longer than its grace (no
-//!   checkpoint is coming: a node already finished) stops buffering: a
-//!   later failure downstream of it is then recovered by rolling every
-//!   node back, which needs no buffer.
+//!   while any log of a worker is full, the worker's sources produce no
+//!   records (they still inject barriers, and everything downstream keeps
+//!   flowing), so the checkpoint that trims it can complete. A worker
+//!   whose logs stay full longer than a grace (no checkpoint is coming: a
+//!   node already finished) gives the full ones up: a later failure
+//!   downstream of them is then recovered by rolling every node back,
+//!   which needs no buffer.
 //! - [`ReplayCursor`]: a receiver counts the records it took from each
 //!   remote producer and where each checkpoint's barrier fell in that
 //!   count. When the producer is replaced, the replacement's stream
@@ -38,54 +38,27 @@ pub(crate) struct ReplayLog {
     batches: VecDeque<Batch>,
     bytes: usize,
     limit: usize,
-    /// How long the log may stay full before it gives up buffering.
-    grace_ns: u64,
-    full_since: Option<u64>,
     overflowed: bool,
-    /// Raised when any log of the job gives up (the node then refuses to
-    /// recover live).
-    gave_up: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl ReplayLog {
-    /// A log of at most `limit` bytes that gives up after staying full for
-    /// `grace_ns`.
-    pub(crate) fn new(limit: usize, grace_ns: u64) -> Self {
-        Self {
-            batches: VecDeque::new(),
-            bytes: 0,
-            limit,
-            grace_ns,
-            full_since: None,
-            overflowed: false,
-            gave_up: None,
-        }
+    /// A log that is full at `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { batches: VecDeque::new(), bytes: 0, limit, overflowed: false }
     }
 
-    /// Raises `flag` if this log gives up buffering.
-    pub(crate) fn report_to(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
-        self.gave_up = Some(flag);
-        self
+    /// Whether the log holds its limit or more: the worker's sources wait
+    /// (see the module documentation).
+    pub(crate) fn is_full(&self) -> bool {
+        !self.overflowed && self.bytes >= self.limit
     }
 
-    /// Whether `b` may be sent now: a batch of records waits while the log
-    /// is full (barriers and ends always go).
-    pub(crate) fn admits(&mut self, b: &Batch, now_ns: u64) -> bool {
-        if self.overflowed || self.bytes < self.limit || b.count == 0 {
-            return true;
-        }
-        let since = *self.full_since.get_or_insert(now_ns);
-        if now_ns.saturating_sub(since) < self.grace_ns {
-            return false;
-        }
-        // No checkpoint came to trim it: stop buffering this channel.
+    /// Stops buffering (the log stayed full and no checkpoint trimmed it):
+    /// the channel can no longer be replayed.
+    pub(crate) fn give_up(&mut self) {
         self.batches.clear();
         self.bytes = 0;
         self.overflowed = true;
-        if let Some(f) = &self.gave_up {
-            f.store(true, std::sync::atomic::Ordering::Release);
-        }
-        true
     }
 
     /// Keeps `b`, which was just sent.
@@ -113,9 +86,6 @@ impl ReplayLog {
         for b in self.batches.drain(..=last) {
             self.bytes -= b.data.len() + BATCH_OVERHEAD;
         }
-        if self.bytes < self.limit {
-            self.full_since = None;
-        }
     }
 
     /// The batches a replacement restored at `checkpoint` (0: none, from
@@ -131,7 +101,6 @@ impl ReplayLog {
         }
         let mut all = std::mem::take(&mut self.batches);
         self.bytes = 0;
-        self.full_since = None;
         if let Some(at) = all.iter().position(|b| b.barrier() == Some(checkpoint)) {
             all.drain(..=at);
         } else if checkpoint > 0 && all.iter().any(|b| b.barrier().is_some_and(|id| id < checkpoint)) {
@@ -207,7 +176,7 @@ impl ReplayCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{Meta, FLAG_BARRIER, FLAG_FINAL};
+    use crate::batch::{Meta, FLAG_BARRIER};
 
     fn records(n: u64) -> Batch {
         let mut b = Batch::with_capacity(0, 1, 64);
@@ -230,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_log_keeps_what_follows_the_last_complete_checkpoint() {
-        let mut log = ReplayLog::new(1 << 20, 1);
+        let mut log = ReplayLog::new(1 << 20);
         for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
             log.keep(b);
         }
@@ -240,7 +209,7 @@ mod tests {
         assert_eq!(log.bytes(), 0);
 
         // Restored at 2, not yet trimmed there: only what follows 2.
-        let mut log = ReplayLog::new(1 << 20, 1);
+        let mut log = ReplayLog::new(1 << 20);
         for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
             log.keep(b);
         }
@@ -248,28 +217,28 @@ mod tests {
         assert_eq!(counts(&log.take_after(2).unwrap_or_default()), vec![(3, None)]);
 
         // Nothing complete yet: everything.
-        let mut log = ReplayLog::new(1 << 20, 1);
+        let mut log = ReplayLog::new(1 << 20);
         log.keep(records(4));
         log.keep(barrier(1));
         assert_eq!(counts(&log.take_after(0).unwrap_or_default()), vec![(4, None), (0, Some(1))]);
     }
 
     #[test]
-    fn a_full_log_throttles_records_but_not_barriers_and_gives_up_after_its_grace() {
-        let mut log = ReplayLog::new(1, 1_000);
+    fn a_log_is_full_at_its_limit_until_trimmed_and_can_give_up() {
+        let mut log = ReplayLog::new(100);
         log.keep(records(1));
-        assert!(!log.admits(&records(1), 10), "full: records wait");
-        assert!(log.admits(&barrier(3), 10), "a barrier always goes");
-        let mut fin = Batch::with_capacity(0, 1, 0);
-        fin.flags = FLAG_FINAL;
-        assert!(log.admits(&fin, 10), "so does the end");
+        assert!(!log.is_full());
+        log.keep(records(4));
         log.keep(barrier(3));
+        assert!(log.is_full(), "{} bytes", log.bytes());
         log.trim(3);
-        assert!(log.admits(&records(1), 20), "trimmed: room again");
-        log.keep(records(1));
-        assert!(!log.admits(&records(1), 30));
-        assert!(!log.admits(&records(1), 1_029));
-        assert!(log.admits(&records(1), 1_031), "full past its grace: gives up");
+        assert!(!log.is_full(), "trimmed: room again");
+        log.keep(records(9));
+        assert!(log.is_full());
+        log.give_up();
+        assert!(!log.is_full(), "a log that gave up never throttles again");
+        log.keep(records(9));
+        assert_eq!(log.bytes(), 0);
         let e = log.take_after(3).err().unwrap_or_default();
         assert!(e.contains("overflowed"), "{e}");
     }

@@ -577,6 +577,12 @@ struct Live {
     links: Vec<(usize, Rc<RefCell<NetLink>>)>,
     /// The checkpoint the buffers were last trimmed to.
     trimmed: u64,
+    /// Since when a replay buffer has been full, with no trim since.
+    full_since: Option<Instant>,
+    /// How long buffers may stay full before they are given up.
+    grace: Duration,
+    /// Whether throttling was reported.
+    told: bool,
 }
 
 impl Live {
@@ -626,6 +632,30 @@ impl Live {
                     c.trim(done);
                 }
             }
+            // Checkpoints are trimming: the grace starts again.
+            self.full_since = None;
+        }
+        let full = flusher.full_log();
+        flusher.throttled = full.is_some();
+        match full {
+            None => self.full_since = None,
+            Some((e, d)) => {
+                let since = *self.full_since.get_or_insert_with(Instant::now);
+                if !std::mem::replace(&mut self.told, true) {
+                    let me = self.links.first().map_or(0, |(_, l)| l.borrow().me);
+                    eprintln!(
+                        "spate: worker {me}: the replay buffer of edge {e} to worker {d} is full: throttling the \
+                         sources until a checkpoint trims it"
+                    );
+                }
+                if since.elapsed() > self.grace {
+                    // No checkpoint is coming to trim them.
+                    flusher.give_up_full_logs();
+                    flusher.throttled = false;
+                    self.full_since = None;
+                    self.board.overflowed.store(true, Ordering::Release);
+                }
+            }
         }
         for (v, link) in &self.links {
             if link.borrow().down.is_some_and(|t| t.elapsed() > LINK_DOWN_MAX) {
@@ -662,6 +692,8 @@ struct Flusher {
     /// Outboxes holding closed batches that did not fit in their ring.
     backlog: Vec<(u32, u32)>,
     linger_ns: u64,
+    /// A replay buffer is full: sources wait (see `crate::replay`).
+    throttled: bool,
 }
 
 /// What sending one outbox's batches did.
@@ -687,14 +719,6 @@ impl Flusher {
         loop {
             let next = r.outbox.borrow_mut().take_next(linger_ns, now, watermark_only);
             let Some(b) = next else { return Sent::All };
-            if let Some(log) = &mut r.log {
-                if !log.admits(&b, now_ns()) {
-                    // The replay buffer is full: the producer waits for
-                    // the next complete checkpoint to trim it.
-                    r.outbox.borrow_mut().put_back(b);
-                    return Sent::Full;
-                }
-            }
             match r.tx.try_push(b) {
                 Ok(sent) => {
                     if let (Some(log), Some(b)) = (&mut r.log, sent) {
@@ -707,6 +731,24 @@ impl Flusher {
                 }
             }
             *moved += 1;
+        }
+    }
+
+    /// The first full replay buffer, as (edge, destination).
+    fn full_log(&self) -> Option<(usize, usize)> {
+        self.routes.iter().enumerate().find_map(|(e, by_dest)| {
+            by_dest.iter().enumerate().find_map(|(d, r)| {
+                r.as_ref().and_then(|r| r.log.as_ref()).is_some_and(ReplayLog::is_full).then_some((e, d))
+            })
+        })
+    }
+
+    /// Gives up every full replay buffer.
+    fn give_up_full_logs(&mut self) {
+        for r in self.routes.iter_mut().flatten().flatten() {
+            if let Some(log) = r.log.as_mut().filter(|l| l.is_full()) {
+                log.give_up();
+            }
         }
     }
 
@@ -955,6 +997,11 @@ impl Item {
                         return Ok(true);
                     }
                 }
+                if flusher.throttled {
+                    // A replay buffer is full: no new records until a
+                    // checkpoint trims it (barriers above still go).
+                    return Ok(false);
+                }
                 let step = t.runner.step(step_records);
                 metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
                 let done = step.status == SourceStatus::Done;
@@ -1059,10 +1106,16 @@ fn worker_main<F>(
             items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
         }
     }
-    let mut live =
-        chans.relinks.take().map(|(board, slot)| Live { board, slot, links: Vec::new(), trimmed: 0 });
-    // A replay buffer waits this long for a checkpoint to trim it.
-    let grace_ns = (config.checkpoint_interval_ms * 3 + 1000) * 1_000_000;
+    let mut live = chans.relinks.take().map(|(board, slot)| Live {
+        board,
+        slot,
+        links: Vec::new(),
+        trimmed: 0,
+        full_since: None,
+        // A full replay buffer waits this long for a checkpoint to trim it.
+        grace: Duration::from_millis(config.checkpoint_interval_ms * 3 + 1000),
+        told: false,
+    });
     for e in wb.edges.iter_mut() {
         if !e.sender_installed {
             e.finish_without_sender(me);
@@ -1092,11 +1145,7 @@ fn worker_main<F>(
     for ((e, d), tx) in outs.drain() {
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
             let log = (live.is_some() && matches!(tx, Tx::Net { .. }))
-                .then(|| ReplayLog::new(config.replay_buffer_bytes, grace_ns))
-                .map(|log| match &live {
-                    Some(l) => log.report_to(l.board.overflowed.clone()),
-                    None => log,
-                });
+                .then(|| ReplayLog::new(config.replay_buffer_bytes));
             routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false, log });
         }
     }
@@ -1126,6 +1175,7 @@ fn worker_main<F>(
         spare: Vec::new(),
         backlog: Vec::new(),
         linger_ns: config.linger_us * 1000,
+        throttled: false,
     };
     let tick_ns =
         if config.linger_us > 0 { config.linger_us.clamp(20, TICK_US_MAX) } else { TICK_US_MAX } * 1000;

@@ -766,23 +766,13 @@ impl NodeAgent {
         }
         self.fetch_parts(&d, abort)?;
         let placement = ClusterPlacement {
-            nodes: d.nodes,
+            nodes: d.nodes.clone(),
             me: slot,
             epoch: d.epoch,
             join: Some(spate_core::remote::Join { slot, moved: d.moved.clone() }),
             ..self.placement.clone()
         };
-        let mut rc = self.rc.clone();
-        rc.workers = placement.nodes[slot].workers;
-        rc.schedule_origin_ns = d.origin_ns;
-        let checkpoints = ClusterCheckpoints {
-            restore: d.restore.clone(),
-            replicas: d.replicas.clone(),
-            cluster: placement.cluster,
-            epoch: d.epoch + 1,
-            aborted: d.aborted,
-            joining: true,
-        };
+        let (rc, checkpoints) = self.share_setup(&d, &placement, slot, true);
         let build = self.build.clone();
         let job = Runtime::new(rc)
             .start_cluster_join(
@@ -798,13 +788,42 @@ impl NodeAgent {
             let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
             eprintln!("node {}: joins epoch {} in slot {slot}, restored from {from}", self.name, d.epoch);
         }
-        self.job = Some((d.epoch, job));
+        self.started(d.epoch, job);
+        Ok(())
+    }
+
+    /// The runtime config and checkpoint plan of `d`'s share that runs
+    /// `placement.nodes[slot]`.
+    fn share_setup(
+        &self,
+        d: &Deployment,
+        placement: &ClusterPlacement,
+        slot: usize,
+        joining: bool,
+    ) -> (RuntimeConfig, ClusterCheckpoints) {
+        let mut rc = self.rc.clone();
+        rc.workers = placement.nodes[slot].workers;
+        rc.schedule_origin_ns = d.origin_ns;
+        let checkpoints = ClusterCheckpoints {
+            restore: d.restore.clone(),
+            replicas: d.replicas.clone(),
+            cluster: placement.cluster,
+            // Epoch 0 is a name without an epoch: start at 1.
+            epoch: d.epoch + 1,
+            aborted: d.aborted,
+            joining,
+        };
+        (rc, checkpoints)
+    }
+
+    /// A share of `epoch` started here.
+    fn started(&mut self, epoch: u64, job: Job) {
+        self.job = Some((epoch, job));
         if let Some((_, _, last_out)) = &mut self.metrics_every {
             *last_out = 0;
         }
         self.ready_sent = false;
         self.failed_sent = false;
-        Ok(())
     }
 
     /// Hands the connections of replacements of failed workers to the
@@ -895,19 +914,10 @@ impl NodeAgent {
             .position(|n| n.name == self.name)
             .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
         self.fetch_parts(&d, abort)?;
-        let placement = ClusterPlacement { nodes: d.nodes, me, epoch: d.epoch, ..self.placement.clone() };
-        let mut rc = self.rc.clone();
-        rc.workers = placement.nodes[me].workers;
-        rc.schedule_origin_ns = d.origin_ns;
-        let checkpoints = (rc.checkpoint_interval_ms > 0).then(|| ClusterCheckpoints {
-            restore: d.restore.clone(),
-            replicas: d.replicas.clone(),
-            cluster: placement.cluster,
-            // Epoch 0 is a name without an epoch: start at 1.
-            epoch: d.epoch + 1,
-            aborted: d.aborted,
-            joining: false,
-        });
+        let placement =
+            ClusterPlacement { nodes: d.nodes.clone(), me, epoch: d.epoch, ..self.placement.clone() };
+        let (rc, checkpoints) = self.share_setup(&d, &placement, me, false);
+        let checkpoints = (rc.checkpoint_interval_ms > 0).then_some(checkpoints);
         let build = self.build.clone();
         let job = Runtime::new(rc)
             .start_cluster_or_abort(
@@ -922,12 +932,7 @@ impl NodeAgent {
         if let (Some(m), false) = (&d.restore, self.quiet) {
             eprintln!("node {}: epoch {} resumes from checkpoint {}", self.name, d.epoch, m.id);
         }
-        self.job = Some((d.epoch, job));
-        if let Some((_, _, last_out)) = &mut self.metrics_every {
-            *last_out = 0;
-        }
-        self.ready_sent = false;
-        self.failed_sent = false;
+        self.started(d.epoch, job);
         Ok(())
     }
 
