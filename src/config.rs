@@ -22,7 +22,8 @@
 //! recovery = "live"           # cluster: "live" restores only a failed node's workers,
 //!                             # survivors replay their buffers; "rollback" rolls every
 //!                             # node back to the last complete checkpoint
-//! buffer_mb = 64              # live: replay buffer per channel to another node
+//! buffer_mb = 512             # live: replay buffers per worker (what it sent to other
+//!                             # nodes since the last complete checkpoint)
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
@@ -187,8 +188,8 @@ pub struct CheckpointSection {
     pub backups: Option<usize>,
     /// On a cluster: how a failed node is recovered (default live).
     pub recovery: Option<Recovery>,
-    /// With live recovery: MiB of replay buffer per channel to a worker of
-    /// another node (default 64; see docs/ARCHITECTURE.md, decision 25).
+    /// With live recovery: MiB of replay buffers per worker (default 512;
+    /// see docs/ARCHITECTURE.md, decision 25).
     pub buffer_mb: Option<u64>,
 }
 
@@ -382,7 +383,7 @@ impl Config {
             ..Default::default()
         };
         if self.live_recovery() {
-            c.replay_buffer_bytes = (self.checkpoint.buffer_mb.unwrap_or(64) as usize) << 20;
+            c.replay_buffer_bytes = (self.checkpoint.buffer_mb.unwrap_or(512) as usize) << 20;
         }
         let r = &self.runtime;
         macro_rules! set {

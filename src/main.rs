@@ -49,9 +49,11 @@ USAGE:
       detect/restore/replay/total ms and
       the lost and duplicated outputs; --csv writes latency over time with the
       failure marked.
-  spate bench ft-cost --records N [--nodes K] [--checkpoint-ms C] [--runs R] [--json]
+  spate bench ft-cost --records N [--nodes K] [--checkpoint-ms C] [--runs R] [--buffer-mb M]
+                      [--rollback] [--json]
       keyed-sum on K local nodes with checkpoints every C ms backed up on another
-      node, against none, alternately R times; print the median ratio.
+      node (and, unless --rollback, replay buffers of M MiB per worker for live
+      recovery), against none, alternately R times; print the median ratio.
   spate queries
       List the known queries.
 ";
@@ -323,10 +325,11 @@ fn throughput_on_nodes(
     nodes: usize,
     keys: u64,
     checkpoint_ms: u64,
+    recovery: &str,
     json: bool,
 ) -> Result<f64, String> {
     let checkpoints = if checkpoint_ms > 0 {
-        format!("[checkpoint]\ninterval_ms = {checkpoint_ms}\nbackups = 1\n")
+        format!("[checkpoint]\ninterval_ms = {checkpoint_ms}\nbackups = 1\n{recovery}")
     } else {
         String::new()
     };
@@ -352,19 +355,36 @@ fn throughput_on_nodes(
 /// streamed to one backup node, against the same without fault tolerance,
 /// alternately R times; prints the medians and the median ratio.
 fn cmd_ft_cost(args: &[String]) -> Result<(), String> {
-    let o = Opts::parse(args, &["--records", "--nodes", "--keys", "--checkpoint-ms", "--runs", "--json"])?;
+    let o = Opts::parse(
+        args,
+        &[
+            "--records",
+            "--nodes",
+            "--keys",
+            "--checkpoint-ms",
+            "--runs",
+            "--buffer-mb",
+            "--rollback",
+            "--json",
+        ],
+    )?;
     let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
     let nodes: usize = o.get("--nodes")?.unwrap_or(3);
     let keys: u64 = o.get("--keys")?.unwrap_or(100_000);
     let c: u64 = o.get("--checkpoint-ms")?.unwrap_or(1000);
     let runs: usize = o.get("--runs")?.unwrap_or(3);
+    let recovery = match (o.has("--rollback"), o.get::<u64>("--buffer-mb")?) {
+        (true, _) => "recovery = \"rollback\"\n".to_string(),
+        (false, Some(mb)) => format!("buffer_mb = {mb}\n"),
+        (false, None) => String::new(),
+    };
     if nodes < 2 || c == 0 {
         return Err("`bench ft-cost` needs --nodes ≥ 2 (a backup node) and --checkpoint-ms > 0".into());
     }
     let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        let a = throughput_on_nodes("keyed-sum", records, nodes, keys, 0, false)?;
-        let b = throughput_on_nodes("keyed-sum", records, nodes, keys, c, false)?;
+        let a = throughput_on_nodes("keyed-sum", records, nodes, keys, 0, "", false)?;
+        let b = throughput_on_nodes("keyed-sum", records, nodes, keys, c, &recovery, false)?;
         eprintln!("run {}: without {:.0} records/s, with {:.0} records/s ({:.3})", run + 1, a, b, b / a);
         without.push(a);
         with.push(b);
@@ -505,6 +525,7 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
             nodes,
             o.get("--keys")?.unwrap_or(100_000),
             o.get("--checkpoint-ms")?.unwrap_or(0),
+            "",
             o.has("--json"),
         )
         .map(|_| ());

@@ -229,8 +229,8 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
 fn a_full_replay_buffer_throttles_its_producer_and_recovery_stays_exact() {
     let _watchdog = Watchdog::start("small replay buffers", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    // 1 MiB per channel fills in about a second at this rate, before the
-    // next checkpoint (every 1.5 s) trims it.
+    // 1 MiB per worker fills in about half a second at this rate, before
+    // the next checkpoint (every 1.5 s) trims it.
     let params = format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 300000");
     let cfg = config(dir.path(), "keyed-sum", &params, 1, 1500);
     let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -242,7 +242,8 @@ fn a_full_replay_buffer_throttles_its_producer_and_recovery_stays_exact() {
         wait(nodes, "running 1");
     });
     assert!(
-        stderr.contains("is full: throttling the sources until a checkpoint trims it"),
+        stderr.contains("replay buffers are full")
+            && stderr.contains("throttling the sources until a checkpoint trims them"),
         "no buffer filled up:\n{stderr}"
     );
     assert_recovered_live(&stderr, &reports, &["a", "c"], &["s1"]);

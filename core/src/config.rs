@@ -52,11 +52,11 @@ pub struct RuntimeConfig {
     /// checkpoint keep the original schedule and catch up.
     pub schedule_origin_ns: u64,
     /// Upstream backup for live recovery on a cluster (SEEP's buffer
-    /// state), in bytes per channel to a remote worker: every batch sent
-    /// to another node is kept until the checkpoint that covers it is
-    /// complete, so that a restored replacement can be replayed what it
-    /// lost. A full buffer throttles its producer (see
-    /// docs/ARCHITECTURE.md, decision 25). 0: no buffers, and a link to a
+    /// state), in bytes per worker: every batch a worker sends to another
+    /// node is kept until the checkpoint that covers it is complete, so
+    /// that a restored replacement can be replayed what it lost. Full
+    /// buffers throttle the worker's sources (see docs/ARCHITECTURE.md,
+    /// decision 25). 0: no buffers, and a link to a
     /// worker that vanishes fails the job (recovery then rolls every node
     /// back).
     pub replay_buffer_bytes: usize,

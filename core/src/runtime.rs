@@ -456,7 +456,7 @@ impl Job {
         };
         if board.overflowed.load(Ordering::Acquire) {
             return Err(format!(
-                "a replay buffer overflowed ({} bytes) while no checkpoint trimmed it",
+                "its replay buffers overflowed ({} bytes per worker) while no checkpoint trimmed them",
                 self.replay_buffer_bytes
             ));
         }
@@ -581,6 +581,8 @@ struct Live {
     full_since: Option<Instant>,
     /// How long buffers may stay full before they are given up.
     grace: Duration,
+    /// Bytes the replay buffers may hold.
+    limit: usize,
     /// Whether throttling was reported.
     told: bool,
 }
@@ -635,26 +637,25 @@ impl Live {
             // Checkpoints are trimming: the grace starts again.
             self.full_since = None;
         }
-        let full = flusher.full_log();
-        flusher.throttled = full.is_some();
-        match full {
-            None => self.full_since = None,
-            Some((e, d)) => {
-                let since = *self.full_since.get_or_insert_with(Instant::now);
-                if !std::mem::replace(&mut self.told, true) {
-                    let me = self.links.first().map_or(0, |(_, l)| l.borrow().me);
-                    eprintln!(
-                        "spate: worker {me}: the replay buffer of edge {e} to worker {d} is full: throttling the \
-                         sources until a checkpoint trims it"
-                    );
-                }
-                if since.elapsed() > self.grace {
-                    // No checkpoint is coming to trim them.
-                    flusher.give_up_full_logs();
-                    flusher.throttled = false;
-                    self.full_since = None;
-                    self.board.overflowed.store(true, Ordering::Release);
-                }
+        let bytes = flusher.logged_bytes();
+        flusher.throttled = bytes >= self.limit;
+        if !flusher.throttled {
+            self.full_since = None;
+        } else {
+            let since = *self.full_since.get_or_insert_with(Instant::now);
+            if !std::mem::replace(&mut self.told, true) {
+                let me = self.links.first().map_or(0, |(_, l)| l.borrow().me);
+                eprintln!(
+                    "spate: worker {me}: its replay buffers are full ({bytes} bytes): throttling the sources \
+                     until a checkpoint trims them"
+                );
+            }
+            if since.elapsed() > self.grace {
+                // No checkpoint is coming to trim them.
+                flusher.give_up_logs();
+                flusher.throttled = false;
+                self.full_since = None;
+                self.board.overflowed.store(true, Ordering::Release);
             }
         }
         for (v, link) in &self.links {
@@ -734,19 +735,15 @@ impl Flusher {
         }
     }
 
-    /// The first full replay buffer, as (edge, destination).
-    fn full_log(&self) -> Option<(usize, usize)> {
-        self.routes.iter().enumerate().find_map(|(e, by_dest)| {
-            by_dest.iter().enumerate().find_map(|(d, r)| {
-                r.as_ref().and_then(|r| r.log.as_ref()).is_some_and(ReplayLog::is_full).then_some((e, d))
-            })
-        })
+    /// Bytes in the replay buffers.
+    fn logged_bytes(&self) -> usize {
+        self.routes.iter().flatten().flatten().filter_map(|r| r.log.as_ref()).map(ReplayLog::bytes).sum()
     }
 
-    /// Gives up every full replay buffer.
-    fn give_up_full_logs(&mut self) {
+    /// Gives up every replay buffer.
+    fn give_up_logs(&mut self) {
         for r in self.routes.iter_mut().flatten().flatten() {
-            if let Some(log) = r.log.as_mut().filter(|l| l.is_full()) {
+            if let Some(log) = r.log.as_mut() {
                 log.give_up();
             }
         }
@@ -1114,6 +1111,7 @@ fn worker_main<F>(
         full_since: None,
         // A full replay buffer waits this long for a checkpoint to trim it.
         grace: Duration::from_millis(config.checkpoint_interval_ms * 3 + 1000),
+        limit: config.replay_buffer_bytes,
         told: false,
     });
     for e in wb.edges.iter_mut() {
@@ -1144,8 +1142,7 @@ fn worker_main<F>(
         (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
     for ((e, d), tx) in outs.drain() {
         if let Some(Some(outbox)) = wb.edges[e].outboxes.get(d) {
-            let log = (live.is_some() && matches!(tx, Tx::Net { .. }))
-                .then(|| ReplayLog::new(config.replay_buffer_bytes));
+            let log = (live.is_some() && matches!(tx, Tx::Net { .. })).then(ReplayLog::new);
             routes[e][d] = Some(Route { outbox: outbox.clone(), tx, backlogged: false, log });
         }
     }
