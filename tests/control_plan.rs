@@ -842,17 +842,8 @@ fn run(seed: u64) -> Result<Ran, String> {
         }
         sim.step(&mut crash_at, &mut stall_at).map_err(|e| format!("seed {seed} at {} ms: {e}", sim.now))?;
     }
-    match sim.ended.take() {
-        Some(Ok(())) => Ok(Ran {
-            trace: sim.trace,
-            recoveries: sim.recoveries,
-            takeovers: sim.takeovers,
-            splits: sim.splits,
-            relinks: sim.relinks,
-            joins: sim.joins,
-            fallbacks: sim.fallbacks,
-            failed: false,
-        }),
+    let failed = match sim.ended.take() {
+        Some(Ok(())) => false,
         Some(Err(reason)) => {
             let acceptable = ["no node is left", "are all gone", "one node is left"];
             if !acceptable.iter().any(|a| reason.contains(a)) {
@@ -865,19 +856,20 @@ fn run(seed: u64) -> Result<Ran, String> {
                     victims.len()
                 ));
             }
-            Ok(Ran {
-                trace: sim.trace,
-                recoveries: sim.recoveries,
-                takeovers: sim.takeovers,
-                splits: sim.splits,
-                relinks: sim.relinks,
-                joins: sim.joins,
-                fallbacks: sim.fallbacks,
-                failed: true,
-            })
+            true
         }
-        None => Err(format!("seed {seed}: no end")),
-    }
+        None => return Err(format!("seed {seed}: no end")),
+    };
+    Ok(Ran {
+        trace: sim.trace,
+        recoveries: sim.recoveries,
+        takeovers: sim.takeovers,
+        splits: sim.splits,
+        relinks: sim.relinks,
+        joins: sim.joins,
+        fallbacks: sim.fallbacks,
+        failed,
+    })
 }
 
 fn env(name: &str) -> Option<u64> {

@@ -197,6 +197,8 @@ pub struct ClusterCheckpoints {
     /// This node joins a running job (its workers replace a failed node's
     /// and restore `restore`): the node's other shares keep running, so
     /// nothing of theirs in the data directory is removed.
+    /// `Runtime::start_cluster_or_abort` sets it from the placement's
+    /// `join`.
     pub joining: bool,
 }
 

@@ -164,7 +164,9 @@ impl Runtime {
     /// coordinator gave this node (needed when the config takes
     /// checkpoints: what to restore and which backup nodes to stream
     /// checkpoints to); stops connecting the workers as soon as `abort`
-    /// gives a reason (see [`remote::connect_mesh_or_abort`]).
+    /// gives a reason (see [`remote::connect_mesh_or_abort`]). With
+    /// `placement.join` this share joins a running job as the replacement
+    /// of failed workers (live recovery, see [`remote::Join`]).
     pub fn start_cluster_or_abort<F>(
         &self,
         name: &str,
@@ -183,43 +185,20 @@ impl Runtime {
                 "a cluster job with checkpoints needs the coordinator's checkpoint plan".into(),
             ));
         }
-        if placement.nodes.get(placement.me).is_none_or(|n| n.workers == 0) {
-            return Err(RuntimeError::Config(format!("node {} runs no worker", placement.me)));
+        let me = placement.join.as_ref().map_or(placement.me, |j| j.slot);
+        if placement.nodes.get(me).is_none_or(|n| n.workers == 0) {
+            return Err(RuntimeError::Config(format!("node {me} of the placement runs no worker")));
         }
-        let conns =
-            remote::connect_mesh_or_abort(&placement, listener, abort).map_err(RuntimeError::Failed)?;
+        let conns = match placement.join {
+            // A replacement of failed workers joins a running job (live
+            // recovery): it connects to the workers that run already
+            // (their nodes hand its links to `Job::relink`).
+            Some(_) => remote::connect_mesh_joining(&placement, listener, abort),
+            None => remote::connect_mesh_or_abort(&placement, listener, abort),
+        }
+        .map_err(RuntimeError::Failed)?;
+        let checkpoints = checkpoints.map(|c| ClusterCheckpoints { joining: placement.join.is_some(), ..c });
         self.start_inner(name, build, Some((placement, conns, checkpoints)))
-    }
-
-    /// Joins a running cluster job as the replacement of failed workers
-    /// (live recovery): runs the workers of `placement.join`'s slot,
-    /// restored from `checkpoints.restore`, connecting to every worker
-    /// that runs already (they accept through their node, which hands the
-    /// connection to [`Job::relink`]; see [`remote::Join`]); `abort` may
-    /// give a reason to give up while it connects.
-    pub fn start_cluster_join<F>(
-        &self,
-        name: &str,
-        build: F,
-        placement: ClusterPlacement,
-        listener: &mut spate_net::Listener,
-        checkpoints: ClusterCheckpoints,
-        abort: &mut dyn FnMut() -> Option<String>,
-    ) -> Result<Job, RuntimeError>
-    where
-        F: Fn(&Dataflow) + Send + Sync + 'static,
-    {
-        self.config.validate().map_err(RuntimeError::Config)?;
-        let Some(join) = &placement.join else {
-            return Err(RuntimeError::Config("a joining share needs its slot".into()));
-        };
-        if placement.nodes.get(join.slot).is_none_or(|n| n.workers == 0) {
-            return Err(RuntimeError::Config(format!("slot {} of the placement runs no worker", join.slot)));
-        }
-        let conns =
-            remote::connect_mesh_joining(&placement, listener, abort).map_err(RuntimeError::Failed)?;
-        let checkpoints = ClusterCheckpoints { joining: true, ..checkpoints };
-        self.start_inner(name, build, Some((placement, conns, Some(checkpoints))))
     }
 
     fn start_inner<F>(

@@ -772,18 +772,7 @@ impl NodeAgent {
             join: Some(spate_core::remote::Join { slot, moved: d.moved.clone() }),
             ..self.placement.clone()
         };
-        let (rc, checkpoints) = self.share_setup(&d, &placement, slot, true);
-        let build = self.build.clone();
-        let job = Runtime::new(rc)
-            .start_cluster_join(
-                &self.query,
-                move |df| build(df),
-                placement,
-                &mut self.listener,
-                checkpoints,
-                abort,
-            )
-            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+        let job = self.start_share(&d, placement, slot, abort)?;
         if !self.quiet {
             let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
             eprintln!("node {}: joins epoch {} in slot {slot}, restored from {from}", self.name, d.epoch);
@@ -792,28 +781,38 @@ impl NodeAgent {
         Ok(())
     }
 
-    /// The runtime config and checkpoint plan of `d`'s share that runs
-    /// `placement.nodes[slot]`.
-    fn share_setup(
-        &self,
+    /// Starts `d`'s share that runs `placement.nodes[slot]`.
+    fn start_share(
+        &mut self,
         d: &Deployment,
-        placement: &ClusterPlacement,
+        placement: ClusterPlacement,
         slot: usize,
-        joining: bool,
-    ) -> (RuntimeConfig, ClusterCheckpoints) {
+        abort: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<Job, String> {
         let mut rc = self.rc.clone();
         rc.workers = placement.nodes[slot].workers;
         rc.schedule_origin_ns = d.origin_ns;
-        let checkpoints = ClusterCheckpoints {
+        let checkpoints = (rc.checkpoint_interval_ms > 0).then(|| ClusterCheckpoints {
             restore: d.restore.clone(),
             replicas: d.replicas.clone(),
             cluster: placement.cluster,
             // Epoch 0 is a name without an epoch: start at 1.
             epoch: d.epoch + 1,
             aborted: d.aborted,
-            joining,
-        };
-        (rc, checkpoints)
+            // (The runtime sets `joining` from the placement.)
+            joining: false,
+        });
+        let build = self.build.clone();
+        Runtime::new(rc)
+            .start_cluster_or_abort(
+                &self.query,
+                move |df| build(df),
+                placement,
+                &mut self.listener,
+                checkpoints,
+                abort,
+            )
+            .map_err(|e| format!("node `{}`: {e}", self.name))
     }
 
     /// A share of `epoch` started here.
@@ -916,19 +915,7 @@ impl NodeAgent {
         self.fetch_parts(&d, abort)?;
         let placement =
             ClusterPlacement { nodes: d.nodes.clone(), me, epoch: d.epoch, ..self.placement.clone() };
-        let (rc, checkpoints) = self.share_setup(&d, &placement, me, false);
-        let checkpoints = (rc.checkpoint_interval_ms > 0).then_some(checkpoints);
-        let build = self.build.clone();
-        let job = Runtime::new(rc)
-            .start_cluster_or_abort(
-                &self.query,
-                move |df| build(df),
-                placement,
-                &mut self.listener,
-                checkpoints,
-                abort,
-            )
-            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+        let job = self.start_share(&d, placement, me, abort)?;
         if let (Some(m), false) = (&d.restore, self.quiet) {
             eprintln!("node {}: epoch {} resumes from checkpoint {}", self.name, d.epoch, m.id);
         }
