@@ -467,32 +467,45 @@ impl Plan {
         }
     }
 
+    /// This epoch's deployment of the slots at `positions` to their node:
+    /// the placement, the slots' backup nodes, the last complete
+    /// checkpoint and the parts to fetch for it (`fetch_for`: worker →
+    /// holder); with `join`, `(slot, every moved worker)`: the slot joins
+    /// the running job alone.
+    fn deployment(
+        &self,
+        positions: &[usize],
+        fetch_for: &HashMap<usize, usize>,
+        join: Option<(usize, Vec<usize>)>,
+    ) -> Result<Deployment, String> {
+        let mut fetch = Vec::new();
+        for &pos in positions {
+            fetch.extend(self.fetches(self.workers_of(pos), fetch_for)?);
+        }
+        let (join, moved) = match join {
+            Some((slot, moved)) => (Some(slot), moved),
+            None => (None, Vec::new()),
+        };
+        Ok(Deployment {
+            epoch: self.epoch,
+            nodes: self.specs(),
+            replicas: self.replicas_of(positions)?,
+            fetch,
+            restore: self.last_complete.as_ref().map(|c| c.manifest.clone()),
+            origin_ns: self.config.origin_ns,
+            join,
+            moved,
+            // Every id requested so far belongs to an earlier epoch.
+            aborted: self.last_id,
+        })
+    }
+
     /// The epoch's deployment for every node of the placement; `fetch_for`
     /// maps a worker to the node its new owner fetches its part from.
     fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
-        let specs = self.specs();
-        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
         for i in self.active() {
             let positions: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
-            let replicas = self.replicas_of(&positions)?;
-            let mut fetch = Vec::new();
-            if restore.is_some() {
-                for &pos in &positions {
-                    fetch.extend(self.fetches(self.workers_of(pos), fetch_for)?);
-                }
-            }
-            let d = Deployment {
-                epoch: self.epoch,
-                nodes: specs.clone(),
-                replicas,
-                fetch,
-                restore: restore.clone(),
-                origin_ns: self.config.origin_ns,
-                join: None,
-                moved: Vec::new(),
-                // Every id requested so far belongs to an earlier epoch.
-                aborted: self.last_id,
-            };
+            let d = self.deployment(&positions, fetch_for, None)?;
             self.send(i, Msg::Deploy(d));
         }
         self.ready.clear();
@@ -682,27 +695,12 @@ impl Plan {
         else {
             return;
         };
-        let specs = self.specs();
-        let restore = self.last_complete.as_ref().map(|c| c.manifest.clone());
         let moved: Vec<usize> = joins.iter().flat_map(|j| self.workers_of(j.pos)).collect();
         for j in &joins {
             let fetch_for: HashMap<usize, usize> = j.fetch.iter().copied().collect();
-            let fetch = self.fetches(self.workers_of(j.pos), &fetch_for);
-            let replicas = self.replicas_of(&[j.pos]);
-            let (fetch, replicas) = match (fetch, replicas) {
-                (Ok(f), Ok(r)) => (f, r),
-                (Err(e), _) | (_, Err(e)) => return self.fail(e),
-            };
-            let d = Deployment {
-                epoch: self.epoch,
-                nodes: specs.clone(),
-                replicas,
-                fetch,
-                restore: restore.clone(),
-                origin_ns: self.config.origin_ns,
-                join: Some(j.pos),
-                moved: moved.clone(),
-                aborted: self.last_id,
+            let d = match self.deployment(&[j.pos], &fetch_for, Some((j.pos, moved.clone()))) {
+                Ok(d) => d,
+                Err(e) => return self.fail(e),
             };
             self.send(j.node, Msg::Deploy(d));
             *self.joining.entry(j.node).or_insert(0) += 1;
