@@ -279,3 +279,55 @@ fn reduce_running_per_key() {
     assert_eq!(per_key(5), vec![11]);
     assert_eq!(got.len(), 8);
 }
+
+/// Keyed operators hold a few records back to overlap their state accesses
+/// (`ops/src/keyed.rs`, `AHEAD`); the end of every burst releases them, so a
+/// lone record's result comes out while the input is still open, and many
+/// records keep their per-key order across the held-back window.
+#[test]
+fn keyed_operators_release_held_records_at_the_end_of_each_burst() {
+    let _watchdog = spate::Watchdog::start(
+        "keyed_operators_release_held_records_at_the_end_of_each_burst",
+        std::time::Duration::from_secs(120),
+    );
+    let _one = one_job();
+    let dir = tempdir();
+    let (input, source) = spate::input::<(u64, u64)>(64);
+    // Room for every result, so that one output waiting to be read never
+    // holds the other back.
+    let (sink, output) = spate::output::<(u64, u64)>(2048);
+    let (rsink, routput) = spate::output::<(u64, u64)>(2048);
+    let job = start(&dir, "held", move |df| {
+        let keyed = df.input("in", &source).key_by("by-key", |r: &(u64, u64)| r.0);
+        keyed.fold("sum", || 0u64, |s: &mut u64, r: &(u64, u64)| *s += r.1).output("out", &sink);
+        keyed.reduce("max", |a: &(u64, u64), b: &(u64, u64)| (a.0, a.1.max(b.1))).output("rout", &rsink);
+    });
+    // One record at a time: each result arrives before the next is sent.
+    for (i, v) in [3u64, 4, 5].into_iter().enumerate() {
+        send(&input, [(7, v)]);
+        let want: u64 = [3u64, 4, 5][..=i].iter().sum();
+        assert_eq!(take(&output, 1), vec![(7, want)], "the fold's result for record {i}");
+        assert_eq!(take(&routput, 1), vec![(7, v)], "the reduce's result for record {i}");
+    }
+    // Far more records than are held back, over a few keys.
+    let n = 1000u64;
+    send(&input, (0..n).map(|i| (i % 3, i)));
+    let got = take(&output, n as usize);
+    let rgot = take(&routput, n as usize);
+    drop(input);
+    for k in 0..3 {
+        let values = (0..n).filter(|i| i % 3 == k);
+        let sums: Vec<u64> = values
+            .clone()
+            .scan(0, |s, v| {
+                *s += v;
+                Some(*s)
+            })
+            .collect();
+        let per_key = |g: &[(u64, u64)]| g.iter().filter(|r| r.0 == k).map(|r| r.1).collect::<Vec<_>>();
+        assert_eq!(per_key(&got), sums, "running sums of key {k}, in input order");
+        assert_eq!(per_key(&rgot), values.collect::<Vec<_>>(), "running maxima of key {k}");
+    }
+    let (rest, _) = drain(&output, job, 0);
+    assert!(rest.is_empty());
+}

@@ -246,6 +246,12 @@ impl<T: Data> EdgeReceiver<T> {
         }
     }
 
+    fn flush_local(&mut self) {
+        if let Some(o) = self.out.as_mut() {
+            o.flush();
+        }
+    }
+
     fn watermark_from(&mut self, producer: usize, wm: Timestamp) {
         if let Some(w) = self.frontier.advance(producer, wm) {
             if let Some(o) = self.out.as_mut() {
@@ -302,6 +308,7 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                     o.push(rec, meta);
                 }
             }
+            o.flush();
         }
         if let Some(id) = batch.barrier() {
             self.barrier_from(producer, id);
@@ -455,6 +462,12 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
         }
         self.local.borrow_mut().finish_from(self.me);
     }
+
+    fn flush(&mut self) {
+        // Records for other workers go in batches (closed on size or
+        // linger); those this worker keeps were pushed downstream directly.
+        self.local.borrow_mut().flush_local();
+    }
 }
 
 #[cfg(test)]
@@ -473,6 +486,7 @@ mod tests {
         fn watermark(&mut self, _wm: Timestamp) {}
         fn finish(&mut self) {}
         fn barrier(&mut self, _id: u64) {}
+        fn flush(&mut self) {}
     }
 
     #[test]

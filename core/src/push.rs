@@ -27,6 +27,12 @@ pub trait Push<T> {
     /// every input of the caller has delivered the barrier (aligned).
     /// Stateful operators save their state, then forward the barrier.
     fn barrier(&mut self, id: u64);
+    /// The end of a burst of records (a batch taken from a channel, a
+    /// source's step): an operator that held records back (a keyed operator
+    /// overlapping the state accesses of consecutive records) processes
+    /// them now, then forwards the flush. Every record pushed is processed
+    /// by the next `flush`, `watermark`, `barrier` or `finish` at the latest.
+    fn flush(&mut self);
 }
 
 /// A boxed [`Push`]: the downstream of an operator instance.
@@ -40,6 +46,7 @@ impl<T> Push<T> for Discard {
     fn watermark(&mut self, _wm: Timestamp) {}
     fn finish(&mut self) {}
     fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
 }
 
 /// Pushes every record to several consumers (a stream with fan-out).
@@ -77,6 +84,11 @@ impl<T: Clone> Push<T> for Tee<T> {
     fn barrier(&mut self, id: u64) {
         for o in &mut self.outs {
             o.barrier(id);
+        }
+    }
+    fn flush(&mut self) {
+        for o in &mut self.outs {
+            o.flush();
         }
     }
 }
@@ -259,6 +271,8 @@ pub trait BinaryOperator<A, B> {
     /// Checkpoint barrier `id`, aligned over both inputs (see
     /// [`Push::barrier`]).
     fn barrier(&mut self, id: u64);
+    /// The end of a burst of records on either input (see [`Push::flush`]).
+    fn flush(&mut self);
 }
 
 /// The shared core behind the two input pushes of a [`BinaryOperator`].
@@ -348,6 +362,9 @@ impl<A, B, Op: BinaryOperator<A, B>> Push<A> for FirstInput<Op, B> {
     fn barrier(&mut self, id: u64) {
         binary_barrier::<A, B, Op>(&self.core, 0, id);
     }
+    fn flush(&mut self) {
+        self.core.borrow_mut().op.flush();
+    }
 }
 
 impl<A, B, Op: BinaryOperator<A, B>> Push<B> for SecondInput<Op, A> {
@@ -362,6 +379,9 @@ impl<A, B, Op: BinaryOperator<A, B>> Push<B> for SecondInput<Op, A> {
     }
     fn barrier(&mut self, id: u64) {
         binary_barrier::<A, B, Op>(&self.core, 1, id);
+    }
+    fn flush(&mut self) {
+        self.core.borrow_mut().op.flush();
     }
 }
 

@@ -78,6 +78,9 @@ impl<T, S: Source<T>> RunSource for SourceRunner<T, S> {
             return Step { emitted: 0, status: SourceStatus::Done };
         }
         let step = self.src.step(self.out.as_mut(), max_records);
+        if step.emitted > 0 {
+            self.out.flush();
+        }
         if step.status == SourceStatus::Done {
             self.done = true;
             self.out.watermark(WATERMARK_END);

@@ -47,6 +47,7 @@ impl Push<(u64, u64)> for Collect {
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
     fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
 }
 
 fn run(workers: usize, linger_us: u64, n: u64) {

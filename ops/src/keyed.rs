@@ -4,6 +4,7 @@
 //! is reached only through typed handles; the operator structs hold the
 //! handles and the user's functions, never keyed data.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -70,7 +71,8 @@ pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
             }
         }
     }
-    let store = StateStore::create(StoreConfig::new(&dir, ctx.bins_log2), ctx.bins)
+    let seg: usize = std::env::var("SPATE_SEG").ok().and_then(|v| v.parse().ok()).unwrap_or(65536);
+    let store = StateStore::create(StoreConfig::new(&dir, ctx.bins_log2).with_segment_bytes(seg), ctx.bins)
         .map_err(|e| failed("create", &e))?;
     Ok(Opened { store, saver, watermark: 0 })
 }
@@ -84,6 +86,7 @@ impl<T> Push<T> for Failed {
     fn watermark(&mut self, _wm: Timestamp) {}
     fn finish(&mut self) {}
     fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
 }
 
 /// Creates a stateful instance, or marks the job failed and returns a
@@ -101,6 +104,62 @@ pub(crate) fn stateful<T: 'static>(
     }
 }
 
+/// How many records a keyed operator holds back so that the state accesses
+/// of consecutive records overlap: a record's index slot is prefetched when
+/// it arrives, its stored record `AHEAD / 2` records later, and it is
+/// applied `AHEAD` records later (or at the end of its burst, see
+/// [`Push::flush`]). Keyed state larger than the CPU's caches makes each
+/// update wait on two dependent cache misses otherwise.
+const AHEAD: usize = 16;
+
+/// A record taken but not yet applied, with its key and the key's hash.
+struct Held<K, T> {
+    rec: T,
+    meta: Meta,
+    key: K,
+    hash: u64,
+}
+
+/// The records a keyed operator holds back (at most [`AHEAD`]); a ring
+/// allocated once, so holding a record allocates nothing.
+struct Ahead<K, T> {
+    queue: VecDeque<Held<K, T>>,
+}
+
+impl<K: Key, T> Ahead<K, T> {
+    fn new() -> Self {
+        Self { queue: VecDeque::with_capacity(AHEAD + 1) }
+    }
+
+    /// Queues `held`, whose state lives in `acc`'s table: prefetches its
+    /// index slot and the stored record of the one `AHEAD / 2` back, and
+    /// returns the oldest record once more than [`AHEAD`] wait.
+    #[inline]
+    fn admit<V: Data>(
+        &mut self,
+        acc: &ValueState<K, V>,
+        store: &StateStore,
+        held: Held<K, T>,
+    ) -> Option<Held<K, T>> {
+        acc.prefetch_index(store, held.hash);
+        self.queue.push_back(held);
+        let n = self.queue.len();
+        if let Some(mid) = n.checked_sub(AHEAD / 2 + 1).and_then(|i| self.queue.get(i)) {
+            acc.prefetch(store, mid.hash);
+        }
+        if n > AHEAD {
+            self.queue.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// The oldest record held, to apply now.
+    fn next(&mut self) -> Option<Held<K, T>> {
+        self.queue.pop_front()
+    }
+}
+
 struct Fold<K, T, A> {
     store: StateStore,
     acc: ValueState<K, A>,
@@ -111,31 +170,55 @@ struct Fold<K, T, A> {
     metrics: Arc<JobMetrics>,
     operator: String,
     saver: Saver,
+    ahead: Ahead<K, T>,
+}
+
+impl<K: Key, T: Data, A: Data> Fold<K, T, A> {
+    #[inline]
+    fn apply(&mut self, Held { rec, meta, key, hash }: Held<K, T>) {
+        let (init, f) = (&self.init, &self.f);
+        match self.acc.update(&mut self.store, hash, &key, |old| {
+            let mut a = old.unwrap_or_else(|| init());
+            f(&mut a, &rec);
+            a
+        }) {
+            Ok(a) => self.out.push((key, a), meta),
+            Err(e) => self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator)),
+        }
+    }
+
+    /// Applies every record held back.
+    fn drain(&mut self) {
+        while let Some(h) = self.ahead.next() {
+            self.apply(h);
+        }
+    }
 }
 
 impl<K: Key, T: Data, A: Data> Push<T> for Fold<K, T, A> {
     #[inline]
     fn push(&mut self, rec: T, meta: Meta) {
-        let (k, h) = self.key.key_and_hash(&rec);
-        let (init, f) = (&self.init, &self.f);
-        match self.acc.update(&mut self.store, h, &k, |old| {
-            let mut a = old.unwrap_or_else(|| init());
-            f(&mut a, &rec);
-            a
-        }) {
-            Ok(a) => self.out.push((k, a), meta),
-            Err(e) => self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator)),
+        let (key, hash) = self.key.key_and_hash(&rec);
+        if let Some(due) = self.ahead.admit(&self.acc, &self.store, Held { rec, meta, key, hash }) {
+            self.apply(due);
         }
     }
     fn watermark(&mut self, wm: Timestamp) {
+        self.drain();
         self.out.watermark(wm);
     }
     fn finish(&mut self) {
+        self.drain();
         self.out.finish();
     }
     fn barrier(&mut self, id: u64) {
+        self.drain();
         self.saver.save(&mut self.store, id, 0);
         self.out.barrier(id);
+    }
+    fn flush(&mut self) {
+        self.drain();
+        self.out.flush();
     }
 }
 
@@ -148,14 +231,14 @@ struct Reduce<K, T> {
     metrics: Arc<JobMetrics>,
     operator: String,
     saver: Saver,
+    ahead: Ahead<K, T>,
 }
 
-impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
+impl<K: Key, T: Data> Reduce<K, T> {
     #[inline]
-    fn push(&mut self, rec: T, meta: Meta) {
-        let (k, h) = self.key.key_and_hash(&rec);
+    fn apply(&mut self, Held { rec, meta, key, hash }: Held<K, T>) {
         let f = &self.f;
-        match self.acc.update(&mut self.store, h, &k, |old| match old {
+        match self.acc.update(&mut self.store, hash, &key, |old| match old {
             Some(a) => f(&a, &rec),
             None => rec,
         }) {
@@ -163,15 +246,39 @@ impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
             Err(e) => self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator)),
         }
     }
+
+    /// Applies every record held back.
+    fn drain(&mut self) {
+        while let Some(h) = self.ahead.next() {
+            self.apply(h);
+        }
+    }
+}
+
+impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
+    #[inline]
+    fn push(&mut self, rec: T, meta: Meta) {
+        let (key, hash) = self.key.key_and_hash(&rec);
+        if let Some(due) = self.ahead.admit(&self.acc, &self.store, Held { rec, meta, key, hash }) {
+            self.apply(due);
+        }
+    }
     fn watermark(&mut self, wm: Timestamp) {
+        self.drain();
         self.out.watermark(wm);
     }
     fn finish(&mut self) {
+        self.drain();
         self.out.finish();
     }
     fn barrier(&mut self, id: u64) {
+        self.drain();
         self.saver.save(&mut self.store, id, 0);
         self.out.barrier(id);
+    }
+    fn flush(&mut self) {
+        self.drain();
+        self.out.flush();
     }
 }
 
@@ -214,6 +321,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
                     saver,
+                    ahead: Ahead::new(),
                 }) as BoxPush<T>)
             })
         })
@@ -234,6 +342,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                     metrics: ctx.metrics.clone(),
                     operator: ctx.operator.to_string(),
                     saver,
+                    ahead: Ahead::new(),
                 }) as BoxPush<T>)
             })
         })

@@ -43,6 +43,7 @@ impl<T> Push<T> for CountSink {
         }
     }
     fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
     fn finish(&mut self) {
         self.recorder.publish();
         if let Some(t) = &self.total {
@@ -256,6 +257,7 @@ impl<T> Push<T> for TextSink<T> {
         }
     }
     fn watermark(&mut self, _wm: Timestamp) {}
+    fn flush(&mut self) {}
     fn barrier(&mut self, id: u64) {
         // The checkpoint completes only once the output that precedes it is
         // written and its length logged: a crash after it never loses that
@@ -368,6 +370,7 @@ impl<T> Push<T> for OutputPush<T> {
     }
     fn watermark(&mut self, _wm: Timestamp) {}
     fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
     fn finish(&mut self) {
         self.tx = None;
         self.recorder.publish();

@@ -25,6 +25,9 @@ impl<T, U> Push<T> for Map<T, U> {
     fn barrier(&mut self, id: u64) {
         self.out.barrier(id);
     }
+    fn flush(&mut self) {
+        self.out.flush();
+    }
 }
 
 struct Filter<T> {
@@ -48,6 +51,9 @@ impl<T> Push<T> for Filter<T> {
     fn barrier(&mut self, id: u64) {
         self.out.barrier(id);
     }
+    fn flush(&mut self) {
+        self.out.flush();
+    }
 }
 
 struct FlatMap<T, U, I> {
@@ -70,6 +76,9 @@ impl<T, U, I: IntoIterator<Item = U>> Push<T> for FlatMap<T, U, I> {
     }
     fn barrier(&mut self, id: u64) {
         self.out.barrier(id);
+    }
+    fn flush(&mut self) {
+        self.out.flush();
     }
 }
 
@@ -108,6 +117,9 @@ impl<T> Push<T> for AssignWatermarks<T> {
     fn barrier(&mut self, id: u64) {
         self.out.barrier(id);
     }
+    fn flush(&mut self) {
+        self.out.flush();
+    }
 }
 
 /// Merges two streams of one type.
@@ -130,6 +142,9 @@ impl<T> BinaryOperator<T, T> for Union<T> {
     }
     fn barrier(&mut self, id: u64) {
         self.out.barrier(id);
+    }
+    fn flush(&mut self) {
+        self.out.flush();
     }
 }
 

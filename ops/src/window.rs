@@ -200,6 +200,10 @@ impl<K: Key, T: Data, A: Data> Push<T> for WindowAggregate<K, T, A> {
         self.saver.save(&mut self.store, id, self.watermark);
         self.out.barrier(id);
     }
+
+    fn flush(&mut self) {
+        self.out.flush();
+    }
 }
 
 impl<K: Key, T: Data> WindowedStream<K, T> {
@@ -414,6 +418,12 @@ impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A
         if let WindowJoin::Running(s) = self {
             s.saver.save(&mut s.store, id, s.watermark);
             s.out.barrier(id);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let WindowJoin::Running(s) = self {
+            s.out.flush();
         }
     }
 }
