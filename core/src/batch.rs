@@ -75,6 +75,11 @@ impl Batch {
         }
     }
 
+    /// A copy of the batch without its records (`data` empty, unallocated).
+    pub(crate) fn header(&self) -> Batch {
+        Batch { data: Vec::new(), ..*self }
+    }
+
     /// Whether this is the producer's last batch on the edge.
     pub fn is_final(&self) -> bool {
         self.flags & FLAG_FINAL != 0

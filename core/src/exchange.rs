@@ -36,6 +36,8 @@ pub struct Outbox {
     final_sent: bool,
     batch_records: u32,
     batch_bytes: usize,
+    /// The buffer of a batch that was sent (copied out), for the next one.
+    spare: Option<Vec<u8>>,
 }
 
 impl Outbox {
@@ -63,6 +65,7 @@ impl Outbox {
             final_sent: false,
             batch_records: batch_records.max(1) as u32,
             batch_bytes,
+            spare: None,
         }
     }
 
@@ -106,8 +109,15 @@ impl Outbox {
         // steady stream allocates one right-sized buffer per batch and tiny
         // low-latency batches stay tiny.
         let hint = self.current.data.len().min(self.batch_bytes + 256);
-        let mut b =
-            std::mem::replace(&mut self.current, Batch::with_capacity(self.edge, self.producer, hint));
+        let mut next = Batch::with_capacity(self.edge, self.producer, 0);
+        match self.spare.take() {
+            Some(mut data) => {
+                data.reserve(hint);
+                next.data = data;
+            }
+            None => next.data.reserve_exact(hint),
+        }
+        let mut b = std::mem::replace(&mut self.current, next);
         b.seq = self.next_seq;
         self.next_seq += 1;
         b.watermark = self.watermark;
@@ -146,6 +156,15 @@ impl Outbox {
     /// Returns a batch that could not be sent to the front of the queue.
     pub(crate) fn put_back(&mut self, b: Batch) {
         self.ready.push_front(b);
+    }
+
+    /// `b` was sent (copied out): its buffer serves the next batch.
+    pub(crate) fn recycle(&mut self, b: Batch) {
+        let mut data = b.data;
+        data.clear();
+        if data.capacity() > 0 && self.spare.as_ref().is_none_or(|s| s.capacity() < data.capacity()) {
+            self.spare = Some(data);
+        }
     }
 
     /// Queues `replay` (batches sent before, in order) ahead of every

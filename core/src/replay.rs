@@ -32,10 +32,112 @@ use crate::batch::Batch;
 /// Bytes a buffered batch counts for beyond its records (its header).
 const BATCH_OVERHEAD: usize = 64;
 
+/// Size of a chunk of a worker's [`LogStore`].
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Where a logged batch's records lie in a [`LogStore`].
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    chunk: u32,
+    off: u32,
+    len: u32,
+}
+
+/// A chunk of a [`LogStore`]: its bytes (never reallocated while in use)
+/// and how many logged batches still lie in it.
+#[derive(Debug)]
+struct Chunk {
+    data: Vec<u8>,
+    live: u32,
+}
+
+/// The records of every batch a worker's replay logs hold, copied into
+/// chunks of [`CHUNK_BYTES`] that are reused once every batch in them is
+/// trimmed. *Why:* kept as the batches' own buffers, a second of output
+/// lived in fresh allocations that the heap had to grow (and fault in) for
+/// every interval; chunks reach the size of the largest backlog once, and
+/// the sent batch's buffer goes back to its outbox while it is still in
+/// cache. Memory held: the logs' peak, at most the worker's limit plus a
+/// chunk.
+#[derive(Debug, Default)]
+pub(crate) struct LogStore {
+    chunks: Vec<Chunk>,
+    /// Chunks no batch lies in (not `current`).
+    free: Vec<u32>,
+    /// The chunk being filled.
+    current: Option<u32>,
+}
+
+impl LogStore {
+    /// Copies `bytes` in; where they lie.
+    fn put(&mut self, bytes: &[u8]) -> Span {
+        let len = bytes.len();
+        let fits = |c: &Chunk| c.data.capacity() - c.data.len() >= len;
+        let ci = match self.current {
+            Some(ci) if fits(&self.chunks[ci as usize]) => ci,
+            old => {
+                if let Some(o) = old {
+                    if self.chunks[o as usize].live == 0 {
+                        self.free.push(o);
+                    }
+                }
+                let ci = match self.free.pop() {
+                    Some(ci) => {
+                        let c = &mut self.chunks[ci as usize];
+                        c.data.clear();
+                        c.data.reserve_exact(len.max(CHUNK_BYTES));
+                        ci
+                    }
+                    None => {
+                        self.chunks.push(Chunk { data: Vec::with_capacity(len.max(CHUNK_BYTES)), live: 0 });
+                        (self.chunks.len() - 1) as u32
+                    }
+                };
+                self.current = Some(ci);
+                ci
+            }
+        };
+        let c = &mut self.chunks[ci as usize];
+        let off = c.data.len();
+        c.data.extend_from_slice(bytes);
+        c.live += 1;
+        Span { chunk: ci, off: off as u32, len: len as u32 }
+    }
+
+    /// The bytes at `s`.
+    fn get(&self, s: Span) -> &[u8] {
+        let (off, len) = (s.off as usize, s.len as usize);
+        self.chunks.get(s.chunk as usize).and_then(|c| c.data.get(off..off + len)).unwrap_or(&[])
+    }
+
+    /// The batch at `s` is gone from its log.
+    fn release(&mut self, s: Span) {
+        if let Some(c) = self.chunks.get_mut(s.chunk as usize) {
+            c.live -= 1;
+            if c.live == 0 && self.current != Some(s.chunk) {
+                self.free.push(s.chunk);
+            }
+        }
+    }
+
+    /// Bytes of the chunks (what the store holds, used or not).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.chunks.iter().map(|c| c.data.capacity()).sum()
+    }
+}
+
+/// A batch in a log: its header, and its records in the [`LogStore`].
+#[derive(Debug)]
+struct Logged {
+    head: Batch,
+    span: Span,
+}
+
 /// The batches sent on one channel since the last complete checkpoint.
 #[derive(Debug)]
 pub(crate) struct ReplayLog {
-    batches: VecDeque<Batch>,
+    batches: VecDeque<Logged>,
     bytes: usize,
     overflowed: bool,
 }
@@ -48,36 +150,39 @@ impl ReplayLog {
 
     /// Stops buffering (the log stayed full and no checkpoint trimmed it):
     /// the channel can no longer be replayed.
-    pub(crate) fn give_up(&mut self) {
-        self.batches.clear();
+    pub(crate) fn give_up(&mut self, store: &mut LogStore) {
+        for l in self.batches.drain(..) {
+            store.release(l.span);
+        }
         self.bytes = 0;
         self.overflowed = true;
     }
 
-    /// Keeps `b`, which was just sent.
-    pub(crate) fn keep(&mut self, b: Batch) {
+    /// Keeps a copy of `b`, which was just sent.
+    pub(crate) fn keep(&mut self, store: &mut LogStore, b: &Batch) {
         if !self.overflowed {
             self.bytes += b.data.len() + BATCH_OVERHEAD;
-            self.batches.push_back(b);
+            self.batches.push_back(Logged { head: b.header(), span: store.put(&b.data) });
         }
     }
 
     /// Checkpoint `completed` is complete everywhere: drops every batch up
     /// to its barrier (and any earlier barrier's).
-    pub(crate) fn trim(&mut self, completed: u64) {
+    pub(crate) fn trim(&mut self, store: &mut LogStore, completed: u64) {
         let Some(last) = self
             .batches
             .iter()
-            .take_while(|b| b.barrier().is_none_or(|id| id <= completed))
+            .take_while(|l| l.head.barrier().is_none_or(|id| id <= completed))
             .enumerate()
-            .filter(|(_, b)| b.barrier().is_some())
+            .filter(|(_, l)| l.head.barrier().is_some())
             .map(|(i, _)| i)
             .last()
         else {
             return;
         };
-        for b in self.batches.drain(..=last) {
-            self.bytes -= b.data.len() + BATCH_OVERHEAD;
+        for l in self.batches.drain(..=last) {
+            self.bytes -= l.span.len as usize + BATCH_OVERHEAD;
+            store.release(l.span);
         }
     }
 
@@ -85,20 +190,40 @@ impl ReplayLog {
     /// the start) must get again: those after that checkpoint's barrier.
     /// The log is empty afterwards (the caller sends them again, which
     /// logs them again).
-    pub(crate) fn take_after(&mut self, checkpoint: u64) -> Result<VecDeque<Batch>, String> {
+    pub(crate) fn take_after(
+        &mut self,
+        store: &mut LogStore,
+        checkpoint: u64,
+    ) -> Result<VecDeque<Batch>, String> {
         if self.overflowed {
             return Err("its replay buffer overflowed while no checkpoint trimmed it".into());
         }
-        let mut all = std::mem::take(&mut self.batches);
+        let all = std::mem::take(&mut self.batches);
         self.bytes = 0;
-        if let Some(at) = all.iter().position(|b| b.barrier() == Some(checkpoint)) {
-            all.drain(..=at);
-        } else if checkpoint > 0 && all.iter().any(|b| b.barrier().is_some_and(|id| id < checkpoint)) {
-            // Trimming stops at a complete checkpoint's barrier: an older
-            // barrier still here means that checkpoint's went missing.
-            return Err(format!("its replay buffer does not reach back to checkpoint {checkpoint}"));
+        let from = match all.iter().position(|l| l.head.barrier() == Some(checkpoint)) {
+            Some(at) => at + 1,
+            None if checkpoint > 0
+                && all.iter().any(|l| l.head.barrier().is_some_and(|id| id < checkpoint)) =>
+            {
+                // Trimming stops at a complete checkpoint's barrier: an older
+                // barrier still here means that checkpoint's went missing.
+                for l in all {
+                    store.release(l.span);
+                }
+                return Err(format!("its replay buffer does not reach back to checkpoint {checkpoint}"));
+            }
+            None => 0,
+        };
+        let mut again = VecDeque::with_capacity(all.len() - from);
+        for (i, l) in all.into_iter().enumerate() {
+            if i >= from {
+                let mut b = l.head;
+                b.data = store.get(l.span).to_vec();
+                again.push_back(b);
+            }
+            store.release(l.span);
         }
-        Ok(all)
+        Ok(again)
     }
 
     /// Bytes buffered (what counts against the worker's limit).
@@ -186,51 +311,95 @@ mod tests {
         q.iter().map(|b| (b.count, b.barrier())).collect()
     }
 
+    /// The records of a batch, decoded.
+    fn values(b: &Batch) -> Vec<u64> {
+        b.records()
+            .map(|(bytes, _)| spate_state::codec::decode_checked::<u64>(bytes).unwrap_or(u64::MAX))
+            .collect()
+    }
+
     #[test]
     fn the_log_keeps_what_follows_the_last_complete_checkpoint() {
+        let mut store = LogStore::default();
         let mut log = ReplayLog::new();
         for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
-            log.keep(b);
+            log.keep(&mut store, &b);
         }
-        log.trim(1);
-        let after = log.take_after(1).unwrap_or_default();
+        log.trim(&mut store, 1);
+        let after = log.take_after(&mut store, 1).unwrap_or_default();
         assert_eq!(counts(&after), vec![(2, None), (0, Some(2)), (3, None)]);
+        assert_eq!(values(&after[2]), vec![0, 1, 2], "the records come back as they were sent");
         assert_eq!(log.bytes(), 0);
 
         // Restored at 2, not yet trimmed there: only what follows 2.
         let mut log = ReplayLog::new();
         for b in [records(1), barrier(1), records(2), barrier(2), records(3)] {
-            log.keep(b);
+            log.keep(&mut store, &b);
         }
-        log.trim(1);
-        assert_eq!(counts(&log.take_after(2).unwrap_or_default()), vec![(3, None)]);
+        log.trim(&mut store, 1);
+        assert_eq!(counts(&log.take_after(&mut store, 2).unwrap_or_default()), vec![(3, None)]);
 
         // Nothing complete yet: everything.
         let mut log = ReplayLog::new();
-        log.keep(records(4));
-        log.keep(barrier(1));
-        assert_eq!(counts(&log.take_after(0).unwrap_or_default()), vec![(4, None), (0, Some(1))]);
+        log.keep(&mut store, &records(4));
+        log.keep(&mut store, &barrier(1));
+        assert_eq!(counts(&log.take_after(&mut store, 0).unwrap_or_default()), vec![(4, None), (0, Some(1))]);
     }
 
     #[test]
     fn a_log_counts_its_bytes_until_trimmed_and_can_give_up() {
+        let mut store = LogStore::default();
         let mut log = ReplayLog::new();
-        log.keep(records(1));
+        log.keep(&mut store, &records(1));
         let one = log.bytes();
         assert!(one > 0);
-        log.keep(records(4));
-        log.keep(barrier(3));
+        log.keep(&mut store, &records(4));
+        log.keep(&mut store, &barrier(3));
         assert!(log.bytes() > 2 * one);
-        log.trim(3);
+        log.trim(&mut store, 3);
         assert_eq!(log.bytes(), 0, "trimmed: room again");
-        log.keep(records(9));
+        log.keep(&mut store, &records(9));
         assert!(log.bytes() > 0);
-        log.give_up();
+        log.give_up(&mut store);
         assert_eq!(log.bytes(), 0, "a log that gave up holds nothing");
-        log.keep(records(9));
+        log.keep(&mut store, &records(9));
         assert_eq!(log.bytes(), 0);
-        let e = log.take_after(3).err().unwrap_or_default();
+        let e = log.take_after(&mut store, 3).err().unwrap_or_default();
         assert!(e.contains("overflowed"), "{e}");
+    }
+
+    #[test]
+    fn trimmed_chunks_are_reused_and_shared_logs_keep_their_records() {
+        let mut store = LogStore::default();
+        let (mut a, mut b) = (ReplayLog::new(), ReplayLog::new());
+        // Two channels of one worker, interleaved, several chunks' worth
+        // per checkpoint interval.
+        let big = records(20_000);
+        let per_interval = 3 * CHUNK_BYTES / big.data.len() + 1;
+        for id in 1..=20u64 {
+            for _ in 0..per_interval {
+                a.keep(&mut store, &big);
+                b.keep(&mut store, &records(3));
+            }
+            a.keep(&mut store, &barrier(id));
+            b.keep(&mut store, &barrier(id));
+            if id > 1 {
+                // The previous checkpoint completes one interval later.
+                a.trim(&mut store, id - 1);
+                b.trim(&mut store, id - 1);
+            }
+        }
+        assert!(
+            store.capacity() <= 10 * CHUNK_BYTES,
+            "20 intervals of about 3 chunks each, at most two intervals live: chunks are reused ({} bytes held)",
+            store.capacity()
+        );
+        let again = a.take_after(&mut store, 19).unwrap_or_default();
+        assert_eq!(again.len(), per_interval + 1);
+        assert!(again.iter().take(per_interval).all(|x| values(x) == values(&big)));
+        let again = b.take_after(&mut store, 19).unwrap_or_default();
+        assert!(again.iter().take(per_interval).all(|x| values(x) == vec![0, 1, 2]));
+        assert!(store.chunks.iter().all(|c| c.live == 0), "every batch released");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::remote::{self, ClusterPlacement, NetLink, Rx, Tx};
-use crate::replay::{ReplayCursor, ReplayLog};
+use crate::replay::{LogStore, ReplayCursor, ReplayLog};
 use crate::ring::{ring, Consumer, Producer};
 use crate::source::{SourceStatus, SourceTask};
 use crate::time::now_ns;
@@ -674,6 +674,8 @@ struct Flusher {
     linger_ns: u64,
     /// A replay buffer is full: sources wait (see `crate::replay`).
     throttled: bool,
+    /// The records of the replay buffers.
+    store: LogStore,
 }
 
 /// What sending one outbox's batches did.
@@ -688,23 +690,34 @@ enum Sent {
 }
 
 impl Flusher {
-    fn route(&mut self, e: u32, d: u32) -> Option<&mut Route> {
-        self.routes.get_mut(e as usize).and_then(|r| r.get_mut(d as usize)).and_then(Option::as_mut)
+    fn route(routes: &mut [Vec<Option<Route>>], e: u32, d: u32) -> Option<&mut Route> {
+        routes.get_mut(e as usize).and_then(|r| r.get_mut(d as usize)).and_then(Option::as_mut)
     }
 
     /// Sends what is due on one outbox: closed batches, then (with
     /// `linger_ns` passed at `now`) the open one; `watermark_only` also
     /// sends a batch that only advances the watermark.
-    fn send(r: &mut Route, linger_ns: u64, now: u64, watermark_only: bool, moved: &mut usize) -> Sent {
+    fn send(
+        r: &mut Route,
+        store: &mut LogStore,
+        linger_ns: u64,
+        now: u64,
+        watermark_only: bool,
+        moved: &mut usize,
+    ) -> Sent {
         loop {
             let next = r.outbox.borrow_mut().take_next(linger_ns, now, watermark_only);
             let Some(b) = next else { return Sent::All };
             match r.tx.try_push(b) {
-                Ok(sent) => {
-                    if let (Some(log), Some(b)) = (&mut r.log, sent) {
-                        log.keep(b);
+                Ok(Some(b)) => {
+                    // Copied into the connection (and the log): its buffer
+                    // goes back to the outbox.
+                    if let Some(log) = &mut r.log {
+                        log.keep(store, &b);
                     }
+                    r.outbox.borrow_mut().recycle(b);
                 }
+                Ok(None) => {}
                 Err(b) => {
                     r.outbox.borrow_mut().put_back(b);
                     return if r.tx.is_closed() { Sent::Closed } else { Sent::Full };
@@ -723,7 +736,7 @@ impl Flusher {
     fn give_up_logs(&mut self) {
         for r in self.routes.iter_mut().flatten().flatten() {
             if let Some(log) = r.log.as_mut() {
-                log.give_up();
+                log.give_up(&mut self.store);
             }
         }
     }
@@ -733,7 +746,7 @@ impl Flusher {
     fn trim_logs(&mut self, completed: u64) {
         for r in self.routes.iter_mut().flatten().flatten() {
             if let Some(log) = &mut r.log {
-                log.trim(completed);
+                log.trim(&mut self.store, completed);
             }
         }
     }
@@ -746,7 +759,7 @@ impl Flusher {
             let Some(Some(r)) = by_dest.get_mut(remote) else { continue };
             let Some(log) = &mut r.log else { continue };
             let again = log
-                .take_after(checkpoint)
+                .take_after(&mut self.store, checkpoint)
                 .map_err(|why| format!("edge {e}: cannot replay to worker {remote}: {why}"))?;
             if again.iter().any(Batch::is_final) {
                 if let Tx::Net { channel, .. } = &r.tx {
@@ -775,9 +788,9 @@ impl Flusher {
         let now = if linger > 0 { now_ns() } else { 0 };
         let mut result = Ok(());
         for &(e, d) in &touched {
-            let Some(r) = self.route(e, d) else { continue };
+            let Some(r) = Self::route(&mut self.routes, e, d) else { continue };
             r.outbox.borrow_mut().untouch();
-            let sent = Self::send(r, linger, now, force, &mut 0);
+            let sent = Self::send(r, &mut self.store, linger, now, force, &mut 0);
             match sent {
                 Sent::All => {}
                 Sent::Full => {
@@ -808,7 +821,7 @@ impl Flusher {
                 return false;
             };
             let Some(r) = r.as_mut() else { return false };
-            let sent = Self::send(r, u64::MAX, 0, false, &mut moved);
+            let sent = Self::send(r, &mut self.store, u64::MAX, 0, false, &mut moved);
             if sent == Sent::Closed {
                 result = Err(format!("edge {e}: worker {d} stopped taking batches"));
             }
@@ -840,7 +853,7 @@ impl Flusher {
                 if r.backlogged || !r.outbox.borrow().has_open() {
                     continue;
                 }
-                match Self::send(r, linger, now, true, &mut 0) {
+                match Self::send(r, &mut self.store, linger, now, true, &mut 0) {
                     Sent::All => {}
                     Sent::Full => {
                         r.backlogged = true;
@@ -1152,6 +1165,7 @@ fn worker_main<F>(
         backlog: Vec::new(),
         linger_ns: config.linger_us * 1000,
         throttled: false,
+        store: LogStore::default(),
     };
     let tick_ns =
         if config.linger_us > 0 { config.linger_us.clamp(20, TICK_US_MAX) } else { TICK_US_MAX } * 1000;
