@@ -4,8 +4,9 @@
 //! channel from another node.
 //!
 //! - [`ReplayLog`]: every batch sent on a channel to a worker of another
-//!   node is kept after it went out (the batch itself: no copy, no
-//!   allocation) until the checkpoint whose barrier follows it is complete
+//!   node is kept after it went out (its header, and its records copied
+//!   into the worker's [`LogStore`], whose chunks are reused) until the
+//!   checkpoint whose barrier follows it is complete
 //!   on every node; then it is trimmed. When that worker's node fails, its
 //!   replacement restores the last complete checkpoint, and this side
 //!   re-sends what followed that checkpoint's barrier. The logs are
