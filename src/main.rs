@@ -612,13 +612,18 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
     let started = job.started();
     let start_ns = spate::now_ns();
     let mut over_time = spate_bench::latency::LatencyOverTime::new(start_ns, 100_000_000);
+    let csv = o.get::<PathBuf>("--csv")?;
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
-        let h = metrics.take_interval_latency();
-        let now = spate::now_ns();
-        for v in h.iter_recorded() {
-            for _ in 0..v.count_at_value().min(64) {
-                over_time.record(now, v.value_iterated_to());
+        // Only for `--csv`: this thread shares the cores with the workers,
+        // and every moment it runs delays a worker's records.
+        if csv.is_some() {
+            let h = metrics.take_interval_latency();
+            let now = spate::now_ns();
+            for v in h.iter_recorded() {
+                for _ in 0..v.count_at_value().min(64) {
+                    over_time.record(now, v.value_iterated_to());
+                }
             }
         }
     }
@@ -628,7 +633,7 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
     let r = LatencyReport::from_histogram(&latency, report.records_out, secs);
-    if let Some(csv) = o.get::<PathBuf>("--csv")? {
+    if let Some(csv) = csv {
         std::fs::write(&csv, over_time.to_csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
     if o.has("--json") {

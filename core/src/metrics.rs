@@ -122,13 +122,12 @@ impl JobMetrics {
     /// The latencies recorded since the previous call (for a live status line
     /// or a latency-over-time plot).
     pub fn take_interval_latency(&self) -> Histogram<u64> {
+        // Allocated before the lock: a worker publishing meanwhile waits
+        // for a swap, not for a copy.
+        let fresh = latency_histogram();
         match self.interval.lock() {
-            Ok(mut h) => {
-                let out = h.clone();
-                h.reset();
-                out
-            }
-            Err(_) => latency_histogram(),
+            Ok(mut h) => std::mem::replace(&mut *h, fresh),
+            Err(_) => fresh,
         }
     }
 }
