@@ -148,6 +148,8 @@ struct Sim {
     spread: u64,
     relinks: u64,
     joins: u64,
+    /// Joins onto a survivor, beside its own share.
+    beside: u64,
     fallbacks: u64,
     ended: Option<Result<(), String>>,
     trace: u64,
@@ -235,6 +237,7 @@ impl Sim {
             spread: if live { 3000 } else { 1500 },
             relinks: 0,
             joins: 0,
+            beside: 0,
             fallbacks: 0,
             ended: None,
             trace: 0,
@@ -554,13 +557,25 @@ impl Sim {
                 if d.join.is_some() {
                     self.joins += 1;
                 }
-                if d.join.is_some() && node.epoch.is_some() {
-                    // A node runs one share: it cannot join beside its own.
-                    return Err(format!("{} joins epoch {} while running a share", self.names[to], d.epoch));
+                // A survivor that took a moved slot over runs it beside its
+                // own share (of the same epoch: it re-linked first).
+                let beside = d.join.is_some() && node.epoch.is_some() && !node.finished;
+                if beside && node.epoch != Some(d.epoch) {
+                    return Err(format!(
+                        "{} joins epoch {} while running a share of epoch {:?}",
+                        self.names[to], d.epoch, node.epoch
+                    ));
+                }
+                if beside {
+                    self.beside += 1;
                 }
                 self.relinking = None;
                 node.epoch = Some(d.epoch);
-                node.workers = mine;
+                if beside {
+                    node.workers.extend(mine);
+                } else {
+                    node.workers = mine;
+                }
                 node.finished = false;
                 node.finish_at = Some(finish);
                 if d.join.is_some() {
@@ -785,6 +800,7 @@ struct Ran {
     splits: u64,
     relinks: u64,
     joins: u64,
+    beside: u64,
     fallbacks: u64,
     failed: bool,
 }
@@ -867,6 +883,7 @@ fn run(seed: u64) -> Result<Ran, String> {
         splits: sim.splits,
         relinks: sim.relinks,
         joins: sim.joins,
+        beside: sim.beside,
         fallbacks: sim.fallbacks,
         failed,
     })
@@ -885,7 +902,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     let (one, n) = (seeds.len() == 1, seeds.len());
     let mut failures = Vec::new();
     let (mut recovered, mut takeovers, mut failed, mut splits) = (0, 0, 0, 0);
-    let (mut relinks, mut joins, mut fallbacks) = (0, 0, 0);
+    let (mut relinks, mut joins, mut beside, mut fallbacks) = (0, 0, 0, 0);
     for seed in seeds {
         match run(seed) {
             Ok(r) => {
@@ -894,6 +911,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
                 splits += r.splits;
                 relinks += r.relinks;
                 joins += r.joins;
+                beside += r.beside;
                 fallbacks += r.fallbacks;
                 failed += u64::from(r.failed);
             }
@@ -903,7 +921,10 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
         }
     }
     eprintln!("{n} seeds: {recovered} recovered at least once, {takeovers} survivor takeovers, {failed} failed for a good reason, {splits} splits of a node's workers");
-    eprintln!("  live: {relinks} recoveries begun, {joins} joining deployments, {fallbacks} fell back to a rollback");
+    eprintln!(
+        "  live: {relinks} recoveries begun, {joins} joining deployments ({beside} onto a survivor), {fallbacks} \
+         fell back to a rollback"
+    );
     if !one && failures.is_empty() {
         // The scenarios exercise what they claim to.
         assert!(recovered > n as u64 / 4, "only {recovered} of {n} runs recovered");
@@ -913,8 +934,9 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
         );
         if n >= 100 {
             assert!(
-                relinks > n as u64 / 20 && joins > 0 && fallbacks > 0,
-                "live recovery not exercised: {relinks} begun, {joins} joins, {fallbacks} fallbacks"
+                relinks > n as u64 / 20 && joins > 0 && beside > 0 && fallbacks > 0,
+                "live recovery not exercised: {relinks} begun, {joins} joins ({beside} onto a survivor), \
+                 {fallbacks} fallbacks"
             );
         }
     }

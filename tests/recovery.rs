@@ -23,7 +23,7 @@ const WORKERS: usize = 3;
 /// A config for nodes a, b, c (one worker each) and `spares` spare nodes
 /// (s1, s2, ...), with checkpoints every `interval_ms` and a file sink.
 fn config(dir: &Path, query: &str, params: &str, spares: usize, interval_ms: u64) -> PathBuf {
-    config_with(dir, query, params, spares, interval_ms, false)
+    config_with(dir, query, params, spares, interval_ms, false, &["a", "b", "c"])
 }
 
 /// [`config`], with `dedicated`: a coordinator node `coord` of no workers
@@ -35,6 +35,7 @@ fn config_with(
     spares: usize,
     interval_ms: u64,
     dedicated: bool,
+    workers: &[&str],
 ) -> PathBuf {
     let mut text = format!(
         "[query]\nname = \"{query}\"\n[query.params]\n{params}\n\
@@ -49,7 +50,7 @@ fn config_with(
         text = text.replace("[cluster]\n", "[cluster]\ncoordinator = \"coord\"\n");
         text += "[[cluster.nodes]]\nname = \"coord\"\naddress = \"127.0.0.1:0\"\nworkers = 0\n";
     }
-    for n in ["a", "b", "c"] {
+    for n in workers {
         text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
     }
     for s in 1..=spares {
@@ -357,22 +358,74 @@ fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
     let _watchdog = Watchdog::start("recovery on a survivor", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 0, 100);
-    let stderr = run_with(&cfg, |nodes| {
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
         wait(nodes, "checkpoint 3");
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
-    assert!(stderr.contains("takes over the 1 workers of node `c`"), "no survivor took over: {stderr}");
-    // A node runs one share: a survivor that takes over rolls back.
-    assert!(!stderr.contains("keeps the survivors running"), "{stderr}");
+    // The survivor with the fewest workers (the first of a tie) runs c's
+    // worker as a second share beside its own; the other survivor only
+    // re-links. Neither rolls back.
+    let (taker, other) = if stderr.contains("node `a` takes over the 1 workers of node `c`") {
+        ("a", "b")
+    } else {
+        ("b", "a")
+    };
+    assert!(stderr.contains(&format!("node `{taker}` takes over the 1 workers of node `c`")), "{stderr}");
+    assert_recovered_live(&stderr, &reports, &[other], &[]);
+    let share = RECORDS / WORKERS as u64;
+    let r = reports
+        .iter()
+        .find(|r| r.node == taker)
+        .unwrap_or_else(|| panic!("no report of {taker}: {reports:?}"));
+    assert!(
+        r.records_in > share && r.records_in < 2 * share,
+        "{taker} should count its whole share plus c's since a checkpoint: {reports:?}"
+    );
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
+}
+
+#[test]
+fn with_no_spare_two_failures_go_to_survivors_that_keep_running() {
+    let _watchdog = Watchdog::start("two takeovers", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Four nodes of one worker, no spare: each failed node's worker goes to
+    // the least loaded survivor, which runs it as a share beside its own.
+    // The second failure finds a node running two shares, which both
+    // re-link.
+    let keys = 1000;
+    let params = format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000");
+    let cfg = config_with(dir.path(), "keyed-sum", &params, 0, 100, false, &["a", "b", "c", "d"]);
+    let (stderr, reports) = run_reporting(&cfg, |nodes| {
+        wait(nodes, "checkpoint 2");
+        nodes.kill("d").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 1");
+        // A checkpoint of the new placement: a node running two shares
+        // reports one part for both.
+        let _ = nodes.wait_event(Duration::from_secs(30), |e| e.what.starts_with("checkpoint "));
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 2");
+    });
+    assert!(stderr.contains("node `a` takes over the 1 workers of node `d`"), "{stderr}");
+    assert!(stderr.contains("node `c` takes over the 1 workers of node `b`"), "{stderr}");
+    assert_eq!(stderr.matches("keeps the survivors running").count(), 2, "two live recoveries:\n{stderr}");
+    assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
+    // a ran its own share through and d's from a checkpoint; c its own
+    // through and b's from a checkpoint.
+    let share = RECORDS / 4;
+    for n in ["a", "c"] {
+        let r =
+            reports.iter().find(|r| r.node == n).unwrap_or_else(|| panic!("no report of {n}: {reports:?}"));
+        assert!(r.records_in > share && r.records_in < 2 * share, "{n}: {reports:?}");
+    }
+    assert_keyed_sum_exactly_once(dir.path(), keys);
 }
 
 #[test]
 fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     let _watchdog = Watchdog::start("recovery of node a", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true);
+    let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true, &["a", "b", "c"]);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
         wait(nodes, "checkpoint 2");
         nodes.kill("a").unwrap_or_else(|e| panic!("{e}"));

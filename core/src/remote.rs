@@ -162,7 +162,7 @@ pub fn connect_mesh_or_abort(
     listener: &mut Listener,
     abort: &mut dyn FnMut() -> Option<String>,
 ) -> Result<HashMap<(usize, usize), Connection>, String> {
-    mesh(p, Some(listener), abort)
+    mesh(p, Some(listener), abort, None)
 }
 
 /// As [`connect_mesh_or_abort`] for a process that joins a running job
@@ -173,17 +173,31 @@ pub fn connect_mesh_joining(
     p: &ClusterPlacement,
     listener: &mut Listener,
     abort: &mut dyn FnMut() -> Option<String>,
+    beside: Option<&mut dyn Beside>,
 ) -> Result<HashMap<(usize, usize), Connection>, String> {
     if p.join.is_none() {
         return Err("only a joining share connects this way".into());
     }
-    mesh(p, Some(listener), abort)
+    mesh(p, Some(listener), abort, beside)
+}
+
+/// The shares already running in the process of a joining share: a
+/// survivor that takes over a failed node's workers runs them as a second
+/// share beside its own (live recovery, docs/ARCHITECTURE.md decision 25),
+/// and the joining share's links to the survivor's own workers arrive on
+/// the listener the joining share is connecting with.
+pub trait Beside {
+    /// Whether link `from` → `to` of `epoch` is for a share running here.
+    fn wants(&self, from: usize, to: usize, epoch: u64) -> bool;
+    /// Hands that link's connection over.
+    fn take(&mut self, from: usize, to: usize, conn: Connection);
 }
 
 fn mesh(
     p: &ClusterPlacement,
     mut listener: Option<&mut Listener>,
     abort: &mut dyn FnMut() -> Option<String>,
+    mut beside: Option<&mut dyn Beside>,
 ) -> Result<HashMap<(usize, usize), Connection>, String> {
     let local = p.local();
     let total = p.total_workers();
@@ -244,6 +258,7 @@ fn mesh(
         }
         while let Some(listener) = listener.as_deref_mut() {
             let mut taken = None;
+            let mut for_beside = None;
             let accepted = listener.poll_accept_with(|peer| {
                 // The peer `from` connects to our worker `to`.
                 match parse_link_name(&peer.node, p.epoch) {
@@ -255,6 +270,10 @@ fn mesh(
                             Ok(())
                         }
                     }
+                    Some((from, to)) if beside.as_deref().is_some_and(|b| b.wants(from, to, p.epoch)) => {
+                        for_beside = Some((from, to));
+                        Ok(())
+                    }
                     _ => Err(spate_net::hello::Rejection::UnknownNode),
                 }
             });
@@ -262,6 +281,8 @@ fn mesh(
                 Ok(Some(c)) => {
                     if let Some(key) = taken {
                         done.insert(key, c);
+                    } else if let (Some((from, to)), Some(b)) = (for_beside, beside.as_deref_mut()) {
+                        b.take(from, to, c);
                     }
                 }
                 Ok(None) => break,

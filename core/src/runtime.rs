@@ -157,7 +157,7 @@ impl Runtime {
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
-        self.start_cluster_or_abort(name, build, placement, listener, None, &mut || None)
+        self.start_cluster_or_abort(name, build, placement, listener, None, &mut || None, None)
     }
 
     /// As [`Runtime::start_cluster`], with the checkpointing the
@@ -167,6 +167,11 @@ impl Runtime {
     /// gives a reason (see [`remote::connect_mesh_or_abort`]). With
     /// `placement.join` this share joins a running job as the replacement
     /// of failed workers (live recovery, see [`remote::Join`]).
+    ///
+    /// `beside`: the shares already running in this process, which take
+    /// the joining share's links to their workers (a survivor that takes
+    /// over a failed node's workers, see [`remote::Beside`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn start_cluster_or_abort<F>(
         &self,
         name: &str,
@@ -175,6 +180,7 @@ impl Runtime {
         listener: &mut spate_net::Listener,
         checkpoints: Option<ClusterCheckpoints>,
         abort: &mut dyn FnMut() -> Option<String>,
+        beside: Option<&mut dyn remote::Beside>,
     ) -> Result<Job, RuntimeError>
     where
         F: Fn(&Dataflow) + Send + Sync + 'static,
@@ -193,7 +199,7 @@ impl Runtime {
             // A replacement of failed workers joins a running job (live
             // recovery): it connects to the workers that run already
             // (their nodes hand its links to `Job::relink`).
-            Some(_) => remote::connect_mesh_joining(&placement, listener, abort),
+            Some(_) => remote::connect_mesh_joining(&placement, listener, abort, beside),
             None => remote::connect_mesh_or_abort(&placement, listener, abort),
         }
         .map_err(RuntimeError::Failed)?;

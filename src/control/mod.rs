@@ -539,9 +539,25 @@ pub enum Exit {
     Released,
 }
 
+/// A share of the job running on this node: its own slot's workers, or
+/// (a survivor that took over a failed node's workers in a live recovery)
+/// a failed slot's workers, joined beside its own.
+struct Share {
+    epoch: u64,
+    job: Job,
+    /// The checkpoint requested and not yet handed to the job (its
+    /// workers were still being built).
+    pending: Option<u64>,
+    /// Its `Ready` (or, for a share that went on live, `Recovered`) was
+    /// sent.
+    ready_sent: bool,
+}
+
 /// Runs one node's share of the job, epoch after epoch, as the
 /// coordinator's messages say; the same on the coordinator's node and on
-/// the others.
+/// the others. A node runs one share, plus one per failed slot it took
+/// over during a live recovery (decision 25); to the coordinator it is one
+/// node: one checkpoint part (the shares' parts merged), one end.
 pub struct NodeAgent {
     name: String,
     query: String,
@@ -551,14 +567,14 @@ pub struct NodeAgent {
     listener: Listener,
     /// Told which checkpoints are complete (it compacts what it stores).
     replica: Option<spate_core::replica::CompletionHandle>,
-    job: Option<(u64, Job)>,
+    /// The shares running here (the first is the node's own).
+    shares: Vec<Share>,
     /// A live recovery under way: its epoch, and the workers whose
     /// replacements will connect here.
     recovering: Option<(u64, Vec<usize>)>,
-    /// The checkpoint requested and not yet handed to the job (its
-    /// workers were still being built).
-    pending: Option<u64>,
-    ready_sent: bool,
+    /// Checkpoint parts of some of the shares, by id, until every share's
+    /// is in.
+    parts: std::collections::BTreeMap<u64, Vec<Manifest>>,
     failed_sent: bool,
     /// With [`METRICS_ENV`]: print the job's output rate and latency this
     /// often, and when next.
@@ -568,6 +584,28 @@ pub struct NodeAgent {
     latency: Option<hdrhistogram::Histogram<u64>>,
     report: Option<NodeReport>,
     quiet: bool,
+}
+
+/// The shares of a node, taking the links a joining share's mesh setup
+/// accepts for them (see [`spate_core::remote::Beside`]).
+struct Running<'a> {
+    shares: &'a [Share],
+    moved: &'a [usize],
+}
+
+impl spate_core::remote::Beside for Running<'_> {
+    fn wants(&self, from: usize, to: usize, epoch: u64) -> bool {
+        self.moved.contains(&from)
+            && self.shares.iter().any(|s| s.epoch == epoch && s.job.local_workers().contains(&to))
+    }
+
+    fn take(&mut self, from: usize, to: usize, conn: Connection) {
+        if let Some(s) = self.shares.iter().find(|s| s.job.local_workers().contains(&to)) {
+            if let Err(e) = s.job.relink(to, from, conn) {
+                s.job.metrics().fail(format!("re-linking worker {from}: {e}"));
+            }
+        }
+    }
 }
 
 impl NodeAgent {
@@ -588,10 +626,9 @@ impl NodeAgent {
             placement,
             listener,
             replica: None,
-            job: None,
+            shares: Vec::new(),
             recovering: None,
-            pending: None,
-            ready_sent: false,
+            parts: std::collections::BTreeMap::new(),
             failed_sent: false,
             latency: None,
             report: None,
@@ -660,19 +697,17 @@ impl NodeAgent {
                 }
             }
             Msg::Checkpoint { epoch, id } => {
-                if self.job.as_ref().is_some_and(|(e, _)| *e == epoch) {
-                    self.pending = Some(id);
+                for s in self.shares.iter_mut().filter(|s| s.epoch == epoch) {
+                    s.pending = Some(id);
                 }
             }
             Msg::Complete { epoch, id } => {
                 if let Some(r) = &self.replica {
                     r.complete(id);
                 }
-                if let Some((e, job)) = &self.job {
-                    if *e == epoch {
-                        if let Some(c) = job.checkpoints() {
-                            c.complete(id);
-                        }
+                for s in self.shares.iter().filter(|s| s.epoch == epoch) {
+                    if let Some(c) = s.job.checkpoints() {
+                        c.complete(id);
                     }
                 }
             }
@@ -699,20 +734,20 @@ impl NodeAgent {
         Ok(None)
     }
 
-    /// Stops this node's share of the job, if one runs (keeping its
+    /// Stops this node's shares of the job, if any run (keeping their
     /// checkpoints).
     fn stop_job(&mut self) {
-        if let Some((_, job)) = self.job.take() {
-            job.cancel();
-            let _ = job.wait();
+        for s in self.shares.drain(..) {
+            s.job.cancel();
+            let _ = s.job.wait();
         }
-        self.pending = None;
+        self.parts.clear();
         self.recovering = None;
     }
 
     /// Another node failed and the job recovers live (decision 25): this
-    /// node's share keeps running under `epoch`, voids the checkpoints up
-    /// to `aborted`, streams its checkpoints to `replicas`, and takes the
+    /// node's shares keep running under `epoch`, void the checkpoints up
+    /// to `aborted`, stream their checkpoints to `replicas`, and take the
     /// connections of the replacements of `moved` as they come
     /// ([`NodeAgent::poll`]).
     fn recover(
@@ -724,19 +759,24 @@ impl NodeAgent {
         moved: Vec<usize>,
     ) -> Result<(), String> {
         let name = &self.name;
-        let Some((e, job)) = &mut self.job else {
+        if self.shares.is_empty() {
             return Err(format!("node `{name}` runs no share of the job to recover"));
-        };
-        if let Some(why) = job.metrics().failure() {
-            return Err(format!("node `{name}`: its share already failed: {why}"));
         }
-        // Epoch 0 is a name without an epoch: replica streams start at 1.
-        job.recover(checkpoint, aborted, replicas, epoch + 1).map_err(|e| format!("node `{name}`: {e}"))?;
-        *e = epoch;
+        for s in &mut self.shares {
+            if let Some(why) = s.job.metrics().failure() {
+                return Err(format!("node `{name}`: its share already failed: {why}"));
+            }
+            // Epoch 0 is a name without an epoch: replica streams start at 1.
+            s.job
+                .recover(checkpoint, aborted, replicas.clone(), epoch + 1)
+                .map_err(|e| format!("node `{name}`: {e}"))?;
+            s.epoch = epoch;
+            s.pending = s.pending.filter(|&id| id > aborted);
+            // `Recovered` is this share's `Ready` for the new epoch.
+            s.ready_sent = true;
+        }
+        self.parts.retain(|&id, _| id > aborted);
         self.recovering = Some((epoch, moved));
-        self.pending = self.pending.filter(|&id| id > aborted);
-        // `Recovered` is this share's `Ready` for the new epoch.
-        self.ready_sent = true;
         if !self.quiet {
             eprintln!(
                 "node {}: epoch {epoch} goes on live; the replacements restore checkpoint {checkpoint}",
@@ -748,15 +788,19 @@ impl NodeAgent {
 
     /// Runs the replacement of a failed node's workers in a running job
     /// (live recovery): fetches their part of the checkpoint, restores it,
-    /// and connects to every other worker.
+    /// and connects to every other worker. On a survivor (it took the
+    /// failed slot over) the new share runs beside its own.
     fn deploy_join(
         &mut self,
         d: Deployment,
         abort: &mut dyn FnMut() -> Option<String>,
     ) -> Result<(), String> {
         let slot = d.join.ok_or("not a joining deployment")?;
-        if self.job.is_some() {
-            return Err(format!("node `{}` runs a share already and cannot join another", self.name));
+        if self.shares.iter().any(|s| s.epoch != d.epoch) {
+            return Err(format!(
+                "node `{}` runs a share of another epoch and cannot join epoch {}",
+                self.name, d.epoch
+            ));
         }
         if d.nodes.get(slot).is_none_or(|n| n.name != self.name) {
             return Err(format!("node `{}` is not slot {slot} of the deployment it received", self.name));
@@ -772,16 +816,22 @@ impl NodeAgent {
             join: Some(spate_core::remote::Join { slot, moved: d.moved.clone() }),
             ..self.placement.clone()
         };
+        let beside = !self.shares.is_empty();
         let job = self.start_share(&d, placement, slot, abort)?;
         if !self.quiet {
             let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
-            eprintln!("node {}: joins epoch {} in slot {slot}, restored from {from}", self.name, d.epoch);
+            let how = if beside { " beside its own" } else { "" };
+            eprintln!(
+                "node {}: joins epoch {} in slot {slot}{how}, restored from {from}",
+                self.name, d.epoch
+            );
         }
         self.started(d.epoch, job);
         Ok(())
     }
 
-    /// Starts `d`'s share that runs `placement.nodes[slot]`.
+    /// Starts `d`'s share that runs `placement.nodes[slot]` (beside the
+    /// shares running here, which take its links to their workers).
     fn start_share(
         &mut self,
         d: &Deployment,
@@ -803,6 +853,10 @@ impl NodeAgent {
             joining: false,
         });
         let build = self.build.clone();
+        let moved = d.moved.clone();
+        let mut running = Running { shares: &self.shares, moved: &moved };
+        let beside: Option<&mut dyn spate_core::remote::Beside> =
+            if self.shares.is_empty() { None } else { Some(&mut running) };
         Runtime::new(rc)
             .start_cluster_or_abort(
                 &self.query,
@@ -811,31 +865,37 @@ impl NodeAgent {
                 &mut self.listener,
                 checkpoints,
                 abort,
+                beside,
             )
             .map_err(|e| format!("node `{}`: {e}", self.name))
     }
 
     /// A share of `epoch` started here.
     fn started(&mut self, epoch: u64, job: Job) {
-        self.job = Some((epoch, job));
-        if let Some((_, _, last_out)) = &mut self.metrics_every {
-            *last_out = 0;
+        if self.shares.is_empty() {
+            if let Some((_, _, last_out)) = &mut self.metrics_every {
+                *last_out = 0;
+            }
+            self.failed_sent = false;
         }
-        self.ready_sent = false;
-        self.failed_sent = false;
+        self.shares.push(Share { epoch, job, pending: None, ready_sent: false });
     }
 
     /// Hands the connections of replacements of failed workers to the
-    /// share's workers they link to.
+    /// shares' workers they link to.
     fn accept_relinks(&mut self) {
-        let (Some((epoch, moved)), Some((_, job))) = (&self.recovering, &self.job) else { return };
+        let Some((epoch, moved)) = &self.recovering else { return };
+        if self.shares.is_empty() {
+            return;
+        }
+        let mut running = Running { shares: &self.shares, moved };
         loop {
             let mut taken = None;
             let accepted =
                 self.listener.poll_accept_with(|peer| {
                     match spate_core::remote::parse_any_link_name(&peer.node) {
                         Some((from, to, e))
-                            if e == *epoch && moved.contains(&from) && job.local_workers().contains(&to) =>
+                            if e == *epoch && spate_core::remote::Beside::wants(&running, from, to, e) =>
                         {
                             taken = Some((from, to));
                             Ok(())
@@ -846,9 +906,7 @@ impl NodeAgent {
             match accepted {
                 Ok(Some(conn)) => {
                     if let Some((from, to)) = taken {
-                        if let Err(e) = job.relink(to, from, conn) {
-                            job.metrics().fail(format!("re-linking worker {from}: {e}"));
-                        }
+                        spate_core::remote::Beside::take(&mut running, from, to, conn);
                     }
                 }
                 Ok(None) => break,
@@ -928,15 +986,18 @@ impl NodeAgent {
     /// end or a failure).
     pub fn poll(&mut self, out: &mut Vec<Msg>) {
         self.accept_relinks();
-        let Some((epoch, job)) = &self.job else { return };
-        let epoch = *epoch;
+        let Some(epoch) = self.shares.first().map(|s| s.epoch) else { return };
         if let Some((every, next, last_out)) = &mut self.metrics_every {
             let now = Instant::now();
             if now >= *next {
                 *next = now + *every;
-                let m = job.metrics();
-                let total = m.records_out.load(std::sync::atomic::Ordering::Relaxed);
-                let h = m.take_interval_latency();
+                let mut total = 0;
+                let mut h = spate_core::metrics::latency_histogram();
+                for s in &self.shares {
+                    let m = s.job.metrics();
+                    total += m.records_out.load(std::sync::atomic::Ordering::Relaxed);
+                    let _ = h.add(m.take_interval_latency());
+                }
                 let p99_us = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) / 1000 };
                 let line = MetricsLine {
                     node: self.name.clone(),
@@ -949,55 +1010,75 @@ impl NodeAgent {
                 println!("{}", line.to_json());
             }
         }
-        if let Some(c) = job.checkpoints() {
-            if c.ready() {
-                if !self.ready_sent {
-                    self.ready_sent = true;
-                    out.push(Msg::Ready { epoch });
+        let shares = self.shares.len();
+        for s in &mut self.shares {
+            if let Some(c) = s.job.checkpoints() {
+                if c.ready() {
+                    if !s.ready_sent {
+                        s.ready_sent = true;
+                        out.push(Msg::Ready { epoch: s.epoch });
+                    }
+                    if let Some(id) = s.pending.take() {
+                        c.request(id);
+                    }
                 }
-                if let Some(id) = self.pending.take() {
-                    c.request(id);
+                for part in c.take_done() {
+                    self.parts.entry(part.id).or_default().push(part);
                 }
+            } else if !s.ready_sent {
+                s.ready_sent = true;
+                out.push(Msg::Ready { epoch: s.epoch });
             }
-            for part in c.take_done() {
+        }
+        // One part per node: once every share's is in, merged.
+        let whole: Vec<u64> =
+            self.parts.iter().filter(|(_, p)| p.len() >= shares).map(|(&id, _)| id).collect();
+        for id in whole {
+            if let Some(mut ps) = self.parts.remove(&id) {
+                let mut part = ps.remove(0);
+                for p in ps {
+                    part.offsets.extend(p.offsets);
+                }
                 out.push(Msg::Done { epoch, part });
             }
-        } else if !self.ready_sent {
-            self.ready_sent = true;
-            out.push(Msg::Ready { epoch });
         }
-        if job.metrics().has_failed() {
+        if let Some(m) = self.shares.iter().map(|s| s.job.metrics()).find(|m| m.has_failed()) {
             if !self.failed_sent {
                 self.failed_sent = true;
-                let reason = job.metrics().failure().unwrap_or_else(|| "stopped".into());
+                let reason = m.failure().unwrap_or_else(|| "stopped".into());
                 out.push(Msg::Failed { epoch, reason });
             }
             return;
         }
-        if job.is_finished() {
-            let Some((epoch, job)) = self.job.take() else { return };
-            let latency = job.metrics().latency();
-            match job.wait() {
-                Ok(r) => {
-                    self.latency = Some(latency);
-                    let report = NodeReport {
-                        node: self.name.clone(),
-                        records_in: r.records_in,
-                        records_out: r.records_out,
-                        seconds: r.elapsed.as_secs_f64(),
-                    };
-                    self.report = Some(report.clone());
-                    out.push(Msg::Finished { epoch, report });
+        if self.shares.iter().all(|s| s.job.is_finished()) {
+            let mut latency = spate_core::metrics::latency_histogram();
+            let mut report =
+                NodeReport { node: self.name.clone(), records_in: 0, records_out: 0, seconds: 0.0 };
+            for s in self.shares.drain(..) {
+                let _ = latency.add(s.job.metrics().latency());
+                match s.job.wait() {
+                    Ok(r) => {
+                        report.records_in += r.records_in;
+                        report.records_out += r.records_out;
+                        report.seconds = report.seconds.max(r.elapsed.as_secs_f64());
+                    }
+                    Err(RuntimeError::Cancelled) => return,
+                    Err(e) => {
+                        out.push(Msg::Failed { epoch, reason: e.to_string() });
+                        return;
+                    }
                 }
-                Err(RuntimeError::Cancelled) => {}
-                Err(e) => out.push(Msg::Failed { epoch, reason: e.to_string() }),
             }
+            self.parts.clear();
+            self.latency = Some(latency);
+            self.report = Some(report.clone());
+            out.push(Msg::Finished { epoch, report });
         }
     }
 
-    /// The job's live metrics, while a share runs here.
+    /// The live metrics of this node's own share, while one runs here.
     pub fn metrics(&self) -> Option<&Arc<spate_core::metrics::JobMetrics>> {
-        self.job.as_ref().map(|(_, j)| j.metrics())
+        self.shares.first().map(|s| s.job.metrics())
     }
 }
 

@@ -17,10 +17,11 @@
 //! keep running. It is taken only when it can work: checkpoints are on
 //! (the moved workers restore one, and survivors replay their buffered
 //! output since it), the epoch ran on every node (every survivor has its
-//! workers and links up), no share has finished yet (a finished
-//! survivor could not replay) and a spare is free for each moved slot (a
-//! node runs one share: a survivor cannot run a joining one beside its
-//! own). The slots are split as above; the epoch advances and every
+//! workers and links up) and no share has finished yet (a finished
+//! survivor could not replay). The slots are split and given new owners as
+//! above — a survivor that takes a slot over runs it as a joining share
+//! beside its own, so a node may both re-link and join; it is ready once
+//! its joining shares are. The epoch advances and every
 //! survivor gets `Recover`: the new placement,
 //! the moved workers, their checkpoint, its new backup nodes, and
 //! `aborted`, the last checkpoint id requested — those were in flight
@@ -602,9 +603,6 @@ impl Plan {
             && self.finished.is_empty()
             && all_ready
             && !survivors.is_empty()
-            // A node runs one share: a survivor taking over workers on top
-            // of its own would need a second one beside it.
-            && activated.len() == lost.len()
         {
             return self.relink(&lost, survivors, now_ms);
         }
