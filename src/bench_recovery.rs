@@ -2,7 +2,8 @@
 //! node killed with SIGKILL under a steady load, and whether any output was
 //! lost or duplicated.
 //!
-//! The job is keyed-sum on three nodes of one worker each plus one spare,
+//! The job is keyed-sum on three nodes of one worker each plus one spare
+//! (with `--no-spare` none: a survivor takes the failed worker over),
 //! with checkpoints every `checkpoint_ms` streamed to one backup node, and
 //! a file sink. Its keys are chosen so that the keyed state totals about
 //! `state_mb` MiB; the first record of every key comes in one burst (to
@@ -72,6 +73,8 @@ pub struct RecoveryParams {
     /// Recover by rolling every node back (`[checkpoint] recovery =
     /// "rollback"`) instead of live: the peer to compare with.
     pub rollback: bool,
+    /// Run no spare: a survivor takes the failed node's worker over.
+    pub no_spare: bool,
 }
 
 /// What it measured.
@@ -151,7 +154,9 @@ pub fn run(exe: &Path, p: &RecoveryParams) -> Result<RecoveryReport, String> {
     for n in ["a", "b", "c"] {
         text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
     }
-    text += "[[cluster.nodes]]\nname = \"spare\"\naddress = \"127.0.0.1:0\"\nspare = true\n";
+    if !p.no_spare {
+        text += "[[cluster.nodes]]\nname = \"spare\"\naddress = \"127.0.0.1:0\"\nspare = true\n";
+    }
     let cfg = dir.join("cluster.toml");
     std::fs::write(&cfg, resolve_ports(&text)?).map_err(|e| format!("{}: {e}", cfg.display()))?;
 

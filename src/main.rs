@@ -42,9 +42,10 @@ USAGE:
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
   spate bench recovery [--state-mb M] [--checkpoint-ms C] [--failure-timeout-ms F] [--rate R]
-                       [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--rollback] [--json]
-      Run keyed-sum (about M MiB of state) on 3 local nodes plus a spare under a
-      steady load, SIGKILL one node (--silent: SIGSTOP, found by the failure
+                       [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--rollback] [--no-spare]
+                       [--json]
+      Run keyed-sum (about M MiB of state) on 3 local nodes plus a spare (--no-spare:
+      none, a survivor takes over) under a steady load, SIGKILL one node (--silent: SIGSTOP, found by the failure
       timeout), recover it live (--rollback: roll every node back), and print
       detect/restore/replay/total ms and
       the lost and duplicated outputs; --csv writes latency over time with the
@@ -103,7 +104,8 @@ struct Opts {
     flags: Vec<(String, Option<String>)>,
 }
 
-const BOOL_FLAGS: &[&str] = &["--fresh", "--no-pin", "--json", "--quiet", "--silent", "--rollback"];
+const BOOL_FLAGS: &[&str] =
+    &["--fresh", "--no-pin", "--json", "--quiet", "--silent", "--rollback", "--no-spare"];
 
 impl Opts {
     fn parse(args: &[String], known: &[&str]) -> Result<Self, String> {
@@ -420,6 +422,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
             "--json",
             "--silent",
             "--rollback",
+            "--no-spare",
         ],
     )?;
     let p = spate::bench_recovery::RecoveryParams {
@@ -432,6 +435,7 @@ fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
         csv: o.get("--csv")?,
         silent: o.has("--silent"),
         rollback: o.has("--rollback"),
+        no_spare: o.has("--no-spare"),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
     let r = spate::bench_recovery::run(&exe, &p)?;
