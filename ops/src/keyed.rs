@@ -160,29 +160,35 @@ impl<K: Key, T> Ahead<K, T> {
     }
 }
 
-struct Fold<K, T, A> {
+/// A running update per key, `fold`'s and `reduce`'s: for every record the
+/// key's value becomes `step(old value, record)`, and `emit(key, new
+/// value)` goes downstream.
+struct PerKey<K, T, V, O, S, E> {
     store: StateStore,
-    acc: ValueState<K, A>,
+    acc: ValueState<K, V>,
     key: KeyFn<K, T>,
-    init: Rc<dyn Fn() -> A>,
-    f: Rc<dyn Fn(&mut A, &T)>,
-    out: BoxPush<(K, A)>,
+    step: S,
+    emit: E,
+    out: BoxPush<O>,
     metrics: Arc<JobMetrics>,
     operator: String,
     saver: Saver,
     ahead: Ahead<K, T>,
 }
 
-impl<K: Key, T: Data, A: Data> Fold<K, T, A> {
+impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
+where
+    K: Key,
+    T: Data,
+    V: Data,
+    S: Fn(Option<V>, T) -> V,
+    E: Fn(K, V) -> O,
+{
     #[inline]
     fn apply(&mut self, Held { rec, meta, key, hash }: Held<K, T>) {
-        let (init, f) = (&self.init, &self.f);
-        match self.acc.update(&mut self.store, hash, &key, |old| {
-            let mut a = old.unwrap_or_else(|| init());
-            f(&mut a, &rec);
-            a
-        }) {
-            Ok(a) => self.out.push((key, a), meta),
+        let step = &self.step;
+        match self.acc.update(&mut self.store, hash, &key, |old| step(old, rec)) {
+            Ok(v) => self.out.push((self.emit)(key, v), meta),
             Err(e) => self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator)),
         }
     }
@@ -195,7 +201,14 @@ impl<K: Key, T: Data, A: Data> Fold<K, T, A> {
     }
 }
 
-impl<K: Key, T: Data, A: Data> Push<T> for Fold<K, T, A> {
+impl<K, T, V, O, S, E> Push<T> for PerKey<K, T, V, O, S, E>
+where
+    K: Key,
+    T: Data,
+    V: Data,
+    S: Fn(Option<V>, T) -> V,
+    E: Fn(K, V) -> O,
+{
     #[inline]
     fn push(&mut self, rec: T, meta: Meta) {
         let (key, hash) = self.key.key_and_hash(&rec);
@@ -222,64 +235,37 @@ impl<K: Key, T: Data, A: Data> Push<T> for Fold<K, T, A> {
     }
 }
 
-struct Reduce<K, T> {
-    store: StateStore,
-    acc: ValueState<K, T>,
+/// Opens a [`PerKey`] instance (its store and value table) for `ctx`.
+fn per_key<K, T, V, O, S, E>(
+    ctx: &InstanceCtx<'_>,
     key: KeyFn<K, T>,
-    f: Rc<dyn Fn(&T, &T) -> T>,
-    out: BoxPush<T>,
-    metrics: Arc<JobMetrics>,
-    operator: String,
-    saver: Saver,
-    ahead: Ahead<K, T>,
-}
-
-impl<K: Key, T: Data> Reduce<K, T> {
-    #[inline]
-    fn apply(&mut self, Held { rec, meta, key, hash }: Held<K, T>) {
-        let f = &self.f;
-        match self.acc.update(&mut self.store, hash, &key, |old| match old {
-            Some(a) => f(&a, &rec),
-            None => rec,
-        }) {
-            Ok(a) => self.out.push(a, meta),
-            Err(e) => self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator)),
-        }
-    }
-
-    /// Applies every record held back.
-    fn drain(&mut self) {
-        while let Some(h) = self.ahead.next() {
-            self.apply(h);
-        }
-    }
-}
-
-impl<K: Key, T: Data> Push<T> for Reduce<K, T> {
-    #[inline]
-    fn push(&mut self, rec: T, meta: Meta) {
-        let (key, hash) = self.key.key_and_hash(&rec);
-        if let Some(due) = self.ahead.admit(&self.acc, &self.store, Held { rec, meta, key, hash }) {
-            self.apply(due);
-        }
-    }
-    fn watermark(&mut self, wm: Timestamp) {
-        self.drain();
-        self.out.watermark(wm);
-    }
-    fn finish(&mut self) {
-        self.drain();
-        self.out.finish();
-    }
-    fn barrier(&mut self, id: u64) {
-        self.drain();
-        self.saver.save(&mut self.store, id, 0);
-        self.out.barrier(id);
-    }
-    fn flush(&mut self) {
-        self.drain();
-        self.out.flush();
-    }
+    out: BoxPush<O>,
+    step: S,
+    emit: E,
+) -> BoxPush<T>
+where
+    K: Key,
+    T: Data,
+    V: Data,
+    O: 'static,
+    S: Fn(Option<V>, T) -> V + 'static,
+    E: Fn(K, V) -> O + 'static,
+{
+    stateful(ctx, |Opened { mut store, saver, .. }| {
+        let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
+        Ok(Box::new(PerKey {
+            store,
+            acc,
+            key,
+            step,
+            emit,
+            out,
+            metrics: ctx.metrics.clone(),
+            operator: ctx.operator.to_string(),
+            saver,
+            ahead: Ahead::new(),
+        }) as BoxPush<T>)
+    })
 }
 
 /// Stateful operators on a keyed stream.
@@ -309,21 +295,12 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let f: Rc<dyn Fn(&mut A, &T)> = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let (init, f) = (init.clone(), f.clone());
-            stateful(ctx, |Opened { mut store, saver, .. }| {
-                let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
-                Ok(Box::new(Fold {
-                    store,
-                    acc,
-                    key,
-                    init,
-                    f,
-                    out,
-                    metrics: ctx.metrics.clone(),
-                    operator: ctx.operator.to_string(),
-                    saver,
-                    ahead: Ahead::new(),
-                }) as BoxPush<T>)
-            })
+            let step = move |old: Option<A>, rec: T| {
+                let mut a = old.unwrap_or_else(|| init());
+                f(&mut a, &rec);
+                a
+            };
+            per_key(ctx, key, out, step, |k, a| (k, a))
         })
     }
 
@@ -331,20 +308,11 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let f: Rc<dyn Fn(&T, &T) -> T> = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let f = f.clone();
-            stateful(ctx, |Opened { mut store, saver, .. }| {
-                let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
-                Ok(Box::new(Reduce {
-                    store,
-                    acc,
-                    key,
-                    f,
-                    out,
-                    metrics: ctx.metrics.clone(),
-                    operator: ctx.operator.to_string(),
-                    saver,
-                    ahead: Ahead::new(),
-                }) as BoxPush<T>)
-            })
+            let step = move |old: Option<T>, rec: T| match old {
+                Some(a) => f(&a, &rec),
+                None => rec,
+            };
+            per_key(ctx, key, out, step, |_, v| v)
         })
     }
 }
