@@ -105,9 +105,11 @@ impl Outbox {
 
     /// Closes the open batch onto the queue of batches to send.
     fn seal(&mut self, flags: u32) {
-        // The next batch starts at the size the last one reached, so a
-        // steady stream allocates one right-sized buffer per batch and tiny
-        // low-latency batches stay tiny.
+        // The next batch starts in the buffer of one already sent to
+        // another process (`recycle`: still in cache), else in a new one of
+        // the size the last batch reached, so a steady stream allocates at
+        // most one right-sized buffer per batch and tiny low-latency
+        // batches stay tiny.
         let hint = self.current.data.len().min(self.batch_bytes + 256);
         let mut next = Batch::with_capacity(self.edge, self.producer, 0);
         match self.spare.take() {
