@@ -28,7 +28,8 @@
 //!   the failed one; its `moved` is exactly the workers whose owner
 //!   changed (all of fenced nodes), its checkpoint the last complete one;
 //! - a joining deployment is sent only after every survivor told to
-//!   recover answered `Recovered`, to a node running no share, for a moved
+//!   recover answered `Recovered`, to a node running no share or a
+//!   survivor running its own share of that epoch, for a moved
 //!   slot of its own, with the placement and moved workers the survivors
 //!   were given, restoring the last complete checkpoint and fetching
 //!   exactly the parts its node lacks;
@@ -36,7 +37,9 @@
 //!   ids requested later are above it; no checkpoint is requested while
 //!   survivors re-link, nor of a node before it said it runs the epoch;
 //! - a `Failed` of the new epoch before every joiner is ready (some
-//!   joiners fail) makes the plan fall back at once: it aborts the epoch.
+//!   joiners fail), or before a checkpoint of the epoch is complete (some
+//!   survivors fail to re-link shortly after the joiners start), makes the
+//!   plan fall back at once: it aborts the epoch.
 //!
 //! `SPATE_PLAN_SEEDS=N` runs N seeds (default 2000); `SPATE_PLAN_SEED=S`
 //! replays one. A failure prints its seed and the command that replays it.
@@ -70,6 +73,8 @@ impl Rng {
 }
 
 const FAILURE_TIMEOUT_MS: u64 = 500;
+/// The reason of a survivor's injected failure to re-link.
+const LATE_RELINK: &str = "re-linking worker 9: no barrier of checkpoint 9 was received from it";
 const INTERVAL_MS: u64 = 200;
 
 /// One simulated node.
@@ -136,6 +141,12 @@ struct Sim {
     relinking: Option<u64>,
     /// Per epoch, the joiners whose `Ready` the plan has not got yet.
     joiners: HashMap<u64, HashSet<usize>>,
+    /// Epochs in which a checkpoint completed, and the newest epoch any
+    /// node was given.
+    settled: HashSet<u64>,
+    latest_epoch: u64,
+    /// Survivors that failed to re-link after the joiners started.
+    late_failures: u64,
     /// `(epoch, node)`: the plan got the node's `Ready` (or `Recovered`).
     readied: HashSet<(u64, usize)>,
     /// The highest checkpoint id requested, and the highest `aborted`.
@@ -228,6 +239,9 @@ impl Sim {
             recovered: HashMap::new(),
             relinking: None,
             joiners: HashMap::new(),
+            settled: HashSet::new(),
+            latest_epoch: 0,
+            late_failures: 0,
             readied: HashSet::new(),
             max_requested: 0,
             max_aborted: 0,
@@ -537,6 +551,7 @@ impl Sim {
         match msg {
             Msg::Deploy(d) => {
                 self.check_deploy(to, &d)?;
+                self.latest_epoch = self.latest_epoch.max(d.epoch);
                 self.placement = d.nodes.iter().map(|n| n.name.clone()).collect();
                 self.owners = owners(&d.nodes);
                 self.owners_of.entry(d.epoch).or_insert_with(|| self.owners.clone());
@@ -588,6 +603,29 @@ impl Sim {
                         }
                     }
                     self.joiners.entry(d.epoch).or_default().insert(to);
+                    if self.rng.chance(8) {
+                        // A survivor finds it cannot re-link this joiner's
+                        // workers, soon after they start (before the
+                        // epoch's first checkpoint can complete).
+                        let mut told: Vec<usize> =
+                            self.recover_sent.get(&d.epoch).into_iter().flatten().copied().collect();
+                        told.sort_unstable();
+                        told.retain(|&j| {
+                            j != to
+                                && !self.fenced.contains(&j)
+                                && !self.nodes[j].dead
+                                && self.nodes[j].stalled_until <= self.now
+                        });
+                        if let Some(&s) = told.get(self.rng.below(told.len() as u64) as usize) {
+                            self.late_failures += 1;
+                            let delay = self.rng.below(100);
+                            self.reply_after(
+                                s,
+                                delay,
+                                Msg::Failed { epoch: d.epoch, reason: LATE_RELINK.into() },
+                            );
+                        }
+                    }
                     if self.rng.chance(10) {
                         // It cannot restore, or reach a survivor.
                         let reason = "cannot connect to the survivors".to_string();
@@ -598,6 +636,7 @@ impl Sim {
                 self.reply(to, Msg::Ready { epoch: d.epoch });
             }
             Msg::Recover { epoch, aborted, nodes, replicas, moved, .. } => {
+                self.latest_epoch = self.latest_epoch.max(epoch);
                 self.recover_sent.entry(epoch).or_default().insert(to);
                 self.recover_of
                     .insert(epoch, (nodes.iter().map(|n| n.name.clone()).collect(), moved.clone()));
@@ -656,7 +695,8 @@ impl Sim {
                     self.reply(to, Msg::Done { epoch, part: Manifest { id, workers: 0, offsets } });
                 }
             }
-            Msg::Complete { id, .. } => {
+            Msg::Complete { epoch, id } => {
+                self.settled.insert(epoch);
                 let placed: Vec<usize> = self
                     .placement
                     .iter()
@@ -768,8 +808,14 @@ impl Sim {
             // epoch fails must fall back.
             if let Msg::Failed { epoch, .. } = &msg {
                 let joining = self.joiners.get(epoch).is_some_and(|j| !j.is_empty());
-                if !self.fenced.contains(&from) && (self.relinking == Some(*epoch) || joining) {
-                    must_fall_back = Some(*epoch);
+                // A survivor that could not re-link a replacement already
+                // running (injected below, before any checkpoint of the
+                // epoch can complete).
+                let late = matches!(&msg, Msg::Failed { reason, .. } if reason == LATE_RELINK)
+                    && *epoch >= self.latest_epoch
+                    && !self.settled.contains(epoch);
+                if !self.fenced.contains(&from) && (self.relinking == Some(*epoch) || joining || late) {
+                    must_fall_back = Some((*epoch, !(self.relinking == Some(*epoch) || joining)));
                 }
             }
             if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
@@ -780,8 +826,11 @@ impl Sim {
         }
         self.plan.tick(self.now);
         self.actions()?;
-        if let Some(e) = must_fall_back {
-            if self.ended.is_none() && self.aborts.get(&e).is_none_or(|a| a.0.is_empty()) {
+        if let Some((e, late)) = must_fall_back {
+            // (A late failure is moot when a node failure in the same step
+            // already began a newer epoch: the plan ignores the old one's.)
+            let superseded = late && self.latest_epoch > e;
+            if self.ended.is_none() && !superseded && self.aborts.get(&e).is_none_or(|a| a.0.is_empty()) {
                 return Err(format!("a share of epoch {e} failed during its live recovery, which went on"));
             }
         }
@@ -801,6 +850,7 @@ struct Ran {
     relinks: u64,
     joins: u64,
     beside: u64,
+    late_failures: u64,
     fallbacks: u64,
     failed: bool,
 }
@@ -884,6 +934,7 @@ fn run(seed: u64) -> Result<Ran, String> {
         relinks: sim.relinks,
         joins: sim.joins,
         beside: sim.beside,
+        late_failures: sim.late_failures,
         fallbacks: sim.fallbacks,
         failed,
     })
@@ -902,7 +953,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     let (one, n) = (seeds.len() == 1, seeds.len());
     let mut failures = Vec::new();
     let (mut recovered, mut takeovers, mut failed, mut splits) = (0, 0, 0, 0);
-    let (mut relinks, mut joins, mut beside, mut fallbacks) = (0, 0, 0, 0);
+    let (mut relinks, mut joins, mut beside, mut late, mut fallbacks) = (0, 0, 0, 0, 0);
     for seed in seeds {
         match run(seed) {
             Ok(r) => {
@@ -912,6 +963,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
                 relinks += r.relinks;
                 joins += r.joins;
                 beside += r.beside;
+                late += r.late_failures;
                 fallbacks += r.fallbacks;
                 failed += u64::from(r.failed);
             }
@@ -922,8 +974,8 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     }
     eprintln!("{n} seeds: {recovered} recovered at least once, {takeovers} survivor takeovers, {failed} failed for a good reason, {splits} splits of a node's workers");
     eprintln!(
-        "  live: {relinks} recoveries begun, {joins} joining deployments ({beside} onto a survivor), {fallbacks} \
-         fell back to a rollback"
+        "  live: {relinks} recoveries begun, {joins} joining deployments ({beside} onto a survivor), {late} \
+         survivors failing to re-link a running joiner, {fallbacks} fell back to a rollback"
     );
     if !one && failures.is_empty() {
         // The scenarios exercise what they claim to.
@@ -934,9 +986,9 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
         );
         if n >= 100 {
             assert!(
-                relinks > n as u64 / 20 && joins > 0 && beside > 0 && fallbacks > 0,
+                relinks > n as u64 / 20 && joins > 0 && beside > 0 && late > 0 && fallbacks > 0,
                 "live recovery not exercised: {relinks} begun, {joins} joins ({beside} onto a survivor), \
-                 {fallbacks} fallbacks"
+                 {late} late re-link failures, {fallbacks} fallbacks"
             );
         }
     }

@@ -37,7 +37,9 @@
 //! before the joiners are ready — a `Failed` of the new epoch, another
 //! node failing, survivors silent for the abort timeout — falls back to a
 //! global rollback of the new epoch (joiners included), which is always
-//! correct.
+//! correct; so does a `Failed` of the new epoch after that but before a
+//! checkpoint of it is complete (a survivor that could not re-link a
+//! replacement which was already running).
 //!
 //! Events go in — a node's message, a lost connection, what was heard
 //! from whom, a tick with the time in milliseconds — and [`Action`]s come
@@ -202,6 +204,10 @@ pub struct Plan {
     /// A node's share failed at this time for this reason: unless a node
     /// failure explains it within the failure timeout, the job fails.
     share_failed: Option<(u64, String)>,
+    /// The epoch began as a live recovery and no checkpoint has completed
+    /// in it yet: a share that fails now may have failed re-linking (even
+    /// after the joiners said `Ready`), and the recovery falls back.
+    unsettled: bool,
     actions: Vec<Action>,
 }
 
@@ -254,6 +260,7 @@ impl Plan {
             in_flight: None,
             last_complete: None,
             share_failed: None,
+            unsettled: false,
             actions: Vec::new(),
         }
     }
@@ -514,6 +521,7 @@ impl Plan {
         self.finished.clear();
         self.in_flight = None;
         self.share_failed = None;
+        self.unsettled = false;
         self.phase = Phase::Running;
         self.next_checkpoint_ms = now_ms + self.config.interval_ms;
         self.event(format!("deployed {}", self.epoch));
@@ -672,6 +680,7 @@ impl Plan {
         self.finished.clear();
         self.in_flight = None;
         self.share_failed = None;
+        self.unsettled = true;
         self.phase = Phase::Relinking {
             waiting: survivors.iter().copied().collect(),
             survivors,
@@ -782,6 +791,7 @@ impl Plan {
                     self.last_complete =
                         Some(Complete { manifest: Manifest { id, workers, offsets }, holders, local });
                     self.in_flight = None;
+                    self.unsettled = false;
                     for j in self.active() {
                         self.send(j, Msg::Complete { epoch, id });
                     }
@@ -804,11 +814,12 @@ impl Plan {
                 }
             }
             Msg::Failed { epoch, reason } if epoch == self.epoch => {
-                // Until the joiners run, a live recovery can still fall
-                // back (a `Failed` of the epoch before is ignored below: a
+                // Until the joiners run and a checkpoint of the epoch is
+                // complete, a live recovery can still fall back (a
+                // `Failed` of the epoch before is ignored below: a
                 // survivor's link to the failed node broke).
                 let live = matches!(self.phase, Phase::Relinking { .. })
-                    || (matches!(self.phase, Phase::Running) && !self.joining.is_empty());
+                    || (matches!(self.phase, Phase::Running) && (!self.joining.is_empty() || self.unsettled));
                 if live {
                     self.fall_back(format!("node `{name}`: {reason}"), now_ms);
                 } else if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
