@@ -193,11 +193,14 @@ fn assert_recovered_live(stderr: &str, reports: &[NodeReport], survivors: &[&str
         reports.iter().find(|r| r.node == n).unwrap_or_else(|| panic!("no report of node {n}: {reports:?}"))
     };
     for n in survivors {
-        assert_eq!(report(n).records_in, share, "survivor {n} did not run through: {reports:?}");
+        assert_eq!(report(n).records_in, share, "survivor {n} did not run through: {reports:?}\n{stderr}");
     }
     for n in replacements {
         let r = report(n);
-        assert!(r.records_in < share, "replacement {n} did not resume from a checkpoint: {reports:?}");
+        assert!(
+            r.records_in < share,
+            "replacement {n} did not resume from a checkpoint: {reports:?}\n{stderr}"
+        );
     }
 }
 
