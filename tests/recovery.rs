@@ -204,6 +204,13 @@ fn assert_recovered_live(stderr: &str, reports: &[NodeReport], survivors: &[&str
     }
 }
 
+/// A checkpoint taken once every source is emitting. A cluster's schedule
+/// starts 200 ms after its coordinator does (`src/node.rs`), and with
+/// checkpoints every 100 ms from the start, the first ones can hold no
+/// record at all: a replacement restored from one of them starts from the
+/// beginning, exactly, but the tests that check it resumed could not tell.
+const STEADY_CHECKPOINT: &str = "checkpoint 5";
+
 const RECORDS: u64 = 600_000;
 const KEYS: u64 = 999;
 
@@ -216,7 +223,8 @@ fn keyed_sum_survives_a_node_killed_at_a_random_moment() {
     let _watchdog = Watchdog::start("recovery at a random moment", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
-    let delay = Duration::from_millis(300 + seed() % 2000);
+    // (After the first checkpoints: see `STEADY_CHECKPOINT`.)
+    let delay = Duration::from_millis(600 + seed() % 2000);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
         std::thread::sleep(delay);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
@@ -263,7 +271,7 @@ fn with_recovery_rollback_every_node_rolls_back_to_the_checkpoint() {
     let text = text.replace("[checkpoint]\n", "[checkpoint]\nrecovery = \"rollback\"\n");
     std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
@@ -281,10 +289,11 @@ fn keyed_sum_survives_a_node_killed_during_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        // Right after the coordinator requested checkpoint 3: its barriers
-        // are on their way, its parts being stored and streamed. The
-        // survivors void it (and abort its alignment) and go on.
-        wait(nodes, "requested 3");
+        // Right after the coordinator requested checkpoint 6 (the one
+        // after `STEADY_CHECKPOINT`): its barriers are on their way, its
+        // parts being stored and streamed. The survivors void it (and abort
+        // its alignment) and go on.
+        wait(nodes, "requested 6");
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
@@ -301,7 +310,7 @@ fn keyed_sum_survives_two_failures_one_after_the_other() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
         // The second failure hits the node that held b's backups, after
@@ -362,7 +371,7 @@ fn without_a_spare_a_survivor_takes_over_the_failed_nodes_workers() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 0, 100);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, "checkpoint 3");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
@@ -400,7 +409,7 @@ fn with_no_spare_two_failures_go_to_survivors_that_keep_running() {
     let params = format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000");
     let cfg = config_with(dir.path(), "keyed-sum", &params, 0, 100, false, &["a", "b", "c", "d"]);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("d").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
         // A checkpoint of the new placement: a node running two shares
@@ -430,7 +439,7 @@ fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config_with(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100, true, &["a", "b", "c"]);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("a").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
@@ -444,7 +453,7 @@ fn a_failure_during_recovery_is_recovered_too() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
     run_with(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         // The spare that replaces b dies while it fetches b's checkpoint
         // and connects: the live recovery falls back to rolling every node
@@ -474,7 +483,7 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
     let text = format!("{}workers = 2\n{}", &text[..eol], &text[eol..]);
     std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("{e}"));
     let stderr = run_with(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
     });
@@ -496,7 +505,7 @@ fn a_stalled_node_is_declared_failed_and_cannot_write_when_it_comes_back() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 1, 100);
     let stderr = run_with(&cfg, |nodes| {
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         // b stops (alive, silent) past the failure timeout: declared failed
         // and replaced; then it runs again, a zombie of the old epoch.
         nodes.signal("b", libc::SIGSTOP).unwrap_or_else(|e| panic!("{e}"));
