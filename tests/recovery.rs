@@ -120,8 +120,29 @@ fn diff(got: &BTreeMap<String, u32>, want: &BTreeMap<String, u32>) -> String {
 fn assert_keyed_sum_exactly_once(dir: &Path, keys: u64) {
     let got = output(dir);
     let want = keyed_sum_expected(RECORDS, keys);
-    assert!(got == want, "{}", diff(&got, &want));
+    assert!(got == want, "{}; {}", diff(&got, &want), wrong_by_part(dir, &want));
     assert_no_process_left(dir);
+}
+
+/// Per part file (the worker that wrote it), its lines that are not in
+/// `want`, and how many keys they touch: where a failed exactness check
+/// went wrong.
+fn wrong_by_part(dir: &Path, want: &BTreeMap<String, u32>) -> String {
+    let mut out = Vec::new();
+    for w in 0..16 {
+        let p = dir.join(format!("out.txt.{w}"));
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        let wrong: Vec<&str> = text.lines().filter(|l| !want.contains_key(*l)).collect();
+        let keys: std::collections::BTreeSet<&str> =
+            wrong.iter().filter_map(|l| l.split(',').next()).collect();
+        out.push(format!(
+            "out.txt.{w}: {} lines, {} wrong over {} keys",
+            text.lines().count(),
+            wrong.len(),
+            keys.len()
+        ));
+    }
+    out.join("; ")
 }
 
 /// Waits (at most 30 s) for the coordinator's event `what`.
