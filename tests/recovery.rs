@@ -236,7 +236,12 @@ const RECORDS: u64 = 600_000;
 const KEYS: u64 = 999;
 
 fn keyed_sum_params() -> String {
-    format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 150000")
+    keyed_sum_params_with(KEYS)
+}
+
+/// keyed-sum's parameters with `keys` keys.
+fn keyed_sum_params_with(keys: u64) -> String {
+    format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000")
 }
 
 #[test]
@@ -442,7 +447,7 @@ fn with_no_spare_two_failures_go_to_survivors_that_keep_running() {
     // The second failure finds a node running two shares, which both
     // re-link.
     let keys = 1000;
-    let params = format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000");
+    let params = keyed_sum_params_with(keys);
     let cfg = config_with(dir.path(), "keyed-sum", &params, 0, 100, false, &["a", "b", "c", "d"]);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
         // (Not `STEADY_CHECKPOINT`: see
@@ -514,7 +519,7 @@ fn a_failed_nodes_workers_are_split_over_two_spares() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     // Node b runs two workers (four in all: keys a multiple of four).
     let keys = 1000;
-    let params = format!("records = {RECORDS}\nkeys = {keys}\nrate = 150000");
+    let params = keyed_sum_params_with(keys);
     let cfg = config(dir.path(), "keyed-sum", &params, 2, 100);
     let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let b = text.find("name = \"b\"\n").unwrap_or_else(|| panic!("no node b in {text}"));

@@ -516,16 +516,23 @@ impl Plan {
             let d = self.deployment(&positions, fetch_for, None)?;
             self.send(i, Msg::Deploy(d));
         }
+        self.epoch_begins(false);
+        self.phase = Phase::Running;
+        self.next_checkpoint_ms = now_ms + self.config.interval_ms;
+        self.event(format!("deployed {}", self.epoch));
+        Ok(())
+    }
+
+    /// A new epoch begins (deployed, or recovering live when `live`): no
+    /// node is ready, joining or finished in it, no checkpoint or share
+    /// failure is pending.
+    fn epoch_begins(&mut self, live: bool) {
         self.ready.clear();
         self.joining.clear();
         self.finished.clear();
         self.in_flight = None;
         self.share_failed = None;
-        self.unsettled = false;
-        self.phase = Phase::Running;
-        self.next_checkpoint_ms = now_ms + self.config.interval_ms;
-        self.event(format!("deployed {}", self.epoch));
-        Ok(())
+        self.unsettled = live;
     }
 
     /// Node `i` failed: fence it and, if it ran workers, recover.
@@ -675,12 +682,7 @@ impl Plan {
                 fetch: self.workers_of(pos).filter_map(|w| fetch_for.get(&w).map(|&h| (w, h))).collect(),
             })
             .collect();
-        self.ready.clear();
-        self.joining.clear();
-        self.finished.clear();
-        self.in_flight = None;
-        self.share_failed = None;
-        self.unsettled = true;
+        self.epoch_begins(true);
         self.phase = Phase::Relinking {
             waiting: survivors.iter().copied().collect(),
             survivors,
