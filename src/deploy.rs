@@ -77,8 +77,50 @@ fn cluster_id(cfg: &Config, cluster: &ClusterSection) -> u64 {
     spate_state::hash_bytes(s.as_bytes())
 }
 
+/// Where ports for `resolve_ports` are looked for: below the machine's
+/// ephemeral range (`net.ipv4.ip_local_port_range`), which outgoing
+/// connections take their ports from. *Why:* a port the OS handed out
+/// for a listener and that was closed again is back in the ephemeral
+/// range, and any connection this machine opens before the node binds it
+/// (another node's, another test's) may take it (`Address already in
+/// use`). Below the range only another listener can.
+fn listener_ports() -> std::ops::Range<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    low.saturating_sub(20_000).max(1024)..low
+}
+
+/// A port of `ip` nobody listens on now, from [`listener_ports`], not one
+/// this process handed out before; `None` if none is found quickly.
+fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range = listener_ports();
+    let span = u64::from(range.end.checked_sub(range.start).filter(|&n| n > 0)?);
+    // Processes starting together look in different places.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let mut at = h.finish();
+    let mut given = GIVEN.lock().ok()?;
+    for _ in 0..256 {
+        at = at.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = range.start + ((at >> 33) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            given.push(port);
+            return Some(port);
+        }
+    }
+    None
+}
+
 /// The config text with every node address of port 0 given a free port of
-/// this machine (a listener bound and closed just before).
+/// this machine (one no listener holds, below the ephemeral range; see
+/// [`listener_ports`]).
 pub fn resolve_ports(text: &str) -> Result<String, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let Some(nodes) = doc
@@ -94,10 +136,15 @@ pub fn resolve_ports(text: &str) -> Result<String, String> {
         let Some(a) = t.get("address").and_then(|a| a.as_str()) else { continue };
         let addr: SocketAddr = a.parse().map_err(|_| format!("bad node address `{a}`"))?;
         if addr.port() == 0 {
-            let l = std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("cannot find a free port on {a}: {e}"))?;
-            let real = l.local_addr().map_err(|e| e.to_string())?;
-            t.insert("address".into(), toml::Value::String(real.to_string()));
+            let port = match free_listener_port(addr.ip()) {
+                Some(p) => p,
+                // None below the ephemeral range: one the OS picks.
+                None => std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| format!("cannot find a free port on {a}: {e}"))?
+                    .port(),
+            };
+            t.insert("address".into(), toml::Value::String(SocketAddr::new(addr.ip(), port).to_string()));
         }
     }
     toml::to_string(&doc).map_err(|e| e.to_string())
@@ -564,5 +611,13 @@ mod tests {
         let c = cfg.cluster.unwrap_or_else(|| panic!("no cluster"));
         let addr: SocketAddr = c.nodes[0].address.parse().unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(addr.port(), 0);
+        assert!(listener_ports().contains(&addr.port()), "{addr} is below the ephemeral range");
+        // Several at once: all different, none held by a listener.
+        let ports: Vec<u16> = (0..20).filter_map(|_| free_listener_port(addr.ip())).collect();
+        assert_eq!(ports.len(), 20);
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
     }
 }

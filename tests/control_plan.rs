@@ -44,7 +44,7 @@
 //! `SPATE_PLAN_SEEDS=N` runs N seeds (default 2000); `SPATE_PLAN_SEED=S`
 //! replays one. A failure prints its seed and the command that replays it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use spate::control::plan::{Action, Plan, PlanConfig};
@@ -687,12 +687,12 @@ impl Sim {
                     ));
                 }
                 if self.nodes[to].epoch == Some(epoch) && !self.nodes[to].finished {
-                    let mut offsets = BTreeMap::new();
+                    let mut part = Manifest::new(id, 0);
                     for &w in &self.nodes[to].workers {
-                        offsets.insert(("source".to_string(), w), id * 100 + w as u64);
+                        part.offsets.insert(("source".to_string(), w), id * 100 + w as u64);
                     }
                     self.parts.entry(id).or_default().insert(to);
-                    self.reply(to, Msg::Done { epoch, part: Manifest { id, workers: 0, offsets } });
+                    self.reply(to, Msg::Done { epoch, part });
                 }
             }
             Msg::Complete { epoch, id } => {

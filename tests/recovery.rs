@@ -330,28 +330,19 @@ fn keyed_sum_survives_a_node_killed_during_a_checkpoint() {
     assert_no_process_left(dir.path());
 }
 
+/// Two failures in a row, after checkpoints that hold records. The first
+/// replacement, s1, catches up on what c had already taken from b while c
+/// skips it, and a checkpoint taken meanwhile holds c's state *ahead* of
+/// s1's barrier: s2, restored from it when c fails, must skip what s1
+/// replays up to there (`Manifest::ahead`). Without that, about a tenth
+/// of the output was wrong.
 #[test]
 fn keyed_sum_survives_two_failures_one_after_the_other() {
-    two_failures_one_after_the_other("checkpoint 2");
-}
-
-/// The same after a checkpoint that holds records: the second recovery's
-/// output is wrong (about 10 % of the lines), in a debug build on this
-/// machine every time, also on the code before this session; a release
-/// build passes. A known bug of live recovery (issue 5), kept here to
-/// reproduce it: `cargo test --test recovery -- --ignored`.
-#[test]
-#[ignore = "known bug: two live recoveries after a checkpoint that holds records lose exactness (issue 5)"]
-fn keyed_sum_survives_two_failures_after_a_steady_checkpoint() {
-    two_failures_one_after_the_other(STEADY_CHECKPOINT);
-}
-
-fn two_failures_one_after_the_other(first_after: &str) {
     let _watchdog = Watchdog::start("two failures", Duration::from_secs(170));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        wait(nodes, first_after);
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
         // The second failure hits the node that held b's backups, after
@@ -450,9 +441,7 @@ fn with_no_spare_two_failures_go_to_survivors_that_keep_running() {
     let params = keyed_sum_params_with(keys);
     let cfg = config_with(dir.path(), "keyed-sum", &params, 0, 100, false, &["a", "b", "c", "d"]);
     let (stderr, reports) = run_reporting(&cfg, |nodes| {
-        // (Not `STEADY_CHECKPOINT`: see
-        // `keyed_sum_survives_two_failures_after_a_steady_checkpoint`.)
-        wait(nodes, "checkpoint 2");
+        wait(nodes, STEADY_CHECKPOINT);
         nodes.kill("d").unwrap_or_else(|e| panic!("{e}"));
         wait(nodes, "running 1");
         // A checkpoint of the new placement: a node running two shares
@@ -466,13 +455,12 @@ fn with_no_spare_two_failures_go_to_survivors_that_keep_running() {
     assert_eq!(stderr.matches("keeps the survivors running").count(), 2, "two live recoveries:\n{stderr}");
     assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
     // a ran its own share through and d's from a checkpoint; c its own
-    // through and b's from a checkpoint (which, this early, may hold no
-    // record yet: at most twice its share).
+    // through and b's from a checkpoint (less than twice its share).
     let share = RECORDS / 4;
     for n in ["a", "c"] {
         let r =
             reports.iter().find(|r| r.node == n).unwrap_or_else(|| panic!("no report of {n}: {reports:?}"));
-        assert!(r.records_in > share && r.records_in <= 2 * share, "{n}: {reports:?}");
+        assert!(r.records_in > share && r.records_in < 2 * share, "{n}: {reports:?}");
     }
     assert_keyed_sum_exactly_once(dir.path(), keys);
 }

@@ -47,6 +47,13 @@ pub struct Manifest {
     pub workers: usize,
     /// `(source, worker) -> offset` to resume from.
     pub offsets: BTreeMap<(String, usize), u64>,
+    /// `(edge, producer, consumer) -> records`: with live recovery, how
+    /// many records of `producer`'s stream on `edge` the `consumer`
+    /// worker's state already held beyond the checkpoint's barrier (it was
+    /// skipping a replacement's replay of what it had taken before; see
+    /// `crate::replay`). A worker restored from this checkpoint skips them
+    /// when the stream is replayed to it. Absent: none.
+    pub ahead: BTreeMap<(usize, usize, usize), u64>,
 }
 
 impl Manifest {
@@ -55,6 +62,9 @@ impl Manifest {
         let mut s = format!("{MANIFEST_MAGIC}\nid {}\nworkers {}\n", self.id, self.workers);
         for ((name, w), off) in &self.offsets {
             let _ = writeln!(s, "source {w} {off} {name}");
+        }
+        for ((edge, producer, consumer), n) in &self.ahead {
+            let _ = writeln!(s, "ahead {edge} {producer} {consumer} {n}");
         }
         s.push_str("end\n");
         s
@@ -79,11 +89,21 @@ impl Manifest {
         let id = num("id ")?;
         let workers = num("workers ")? as usize;
         let mut offsets = BTreeMap::new();
+        let mut ahead = BTreeMap::new();
         let mut ended = false;
         for (n, l) in lines {
             if l == "end" {
                 ended = true;
                 break;
+            }
+            if let Some(rest) = l.strip_prefix("ahead ") {
+                let f: Vec<u64> =
+                    rest.split(' ').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+                let [edge, producer, consumer, count] = f[..] else {
+                    return Err(bad(n, "expected `ahead <edge> <producer> <consumer> <records>`"));
+                };
+                ahead.insert((edge as usize, producer as usize, consumer as usize), count);
+                continue;
             }
             let mut parts = l.splitn(4, ' ');
             let (Some("source"), Some(w), Some(off), Some(name)) =
@@ -98,7 +118,24 @@ impl Manifest {
         if !ended {
             return Err(bad(0, "truncated (no `end` line)"));
         }
-        Ok(Manifest { id, workers, offsets })
+        Ok(Manifest { id, workers, offsets, ahead })
+    }
+
+    /// An empty manifest of checkpoint `id` of a job of `workers`.
+    pub fn new(id: u64, workers: usize) -> Manifest {
+        Manifest { id, workers, offsets: BTreeMap::new(), ahead: BTreeMap::new() }
+    }
+
+    /// Adds another node's part of the same checkpoint.
+    pub fn merge(&mut self, part: &Manifest) {
+        self.offsets.extend(part.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.ahead.extend(part.ahead.iter().map(|(k, v)| (*k, *v)));
+    }
+
+    /// Records of `producer`'s stream on `edge` that `consumer`'s restored
+    /// state already holds beyond the barrier (see [`Manifest::ahead`]).
+    pub fn ahead_of(&self, edge: usize, producer: usize, consumer: usize) -> u64 {
+        self.ahead.get(&(edge, producer, consumer)).copied().unwrap_or(0)
     }
 }
 
@@ -206,6 +243,7 @@ pub struct ClusterCheckpoints {
 struct Progress {
     reported: usize,
     offsets: BTreeMap<(String, usize), u64>,
+    ahead: BTreeMap<(usize, usize, usize), u64>,
 }
 
 /// Job-wide checkpoint state shared by the workers.
@@ -475,10 +513,10 @@ impl CheckpointCoordinator {
         if p.reported < self.participants.load(Ordering::Acquire) {
             return Ok(());
         }
-        let offsets = std::mem::take(&mut p.offsets);
+        let (offsets, ahead) = (std::mem::take(&mut p.offsets), std::mem::take(&mut p.ahead));
         progress.remove(&id);
         drop(progress);
-        let m = Manifest { id, workers: self.workers, offsets };
+        let m = Manifest { id, workers: self.workers, offsets, ahead };
         if let Some(c) = &self.cluster {
             // The coordinator completes it once every node's part is in.
             c.done.lock().map_err(|_| "checkpoint lock poisoned".to_string())?.push(m);
@@ -493,6 +531,24 @@ impl CheckpointCoordinator {
             }
         }
         Ok(())
+    }
+
+    /// A receiver's state holds `records` of `producer`'s stream on `edge`
+    /// beyond checkpoint `id`'s barrier (see [`Manifest::ahead`]). Noted
+    /// when the barrier reaches the receiver, before any instance
+    /// downstream of it on the worker reports `id`, so before `id` can
+    /// complete.
+    pub(crate) fn note_ahead(
+        &self,
+        id: u64,
+        (edge, producer, consumer): (usize, usize, usize),
+        records: u64,
+    ) {
+        let Ok(mut progress) = self.progress.lock() else { return };
+        if id <= self.aborted() || id <= self.completed() {
+            return;
+        }
+        progress.entry(id).or_default().ahead.insert((edge, producer, consumer), records);
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<(), String> {
@@ -668,6 +724,19 @@ impl Checkpointer {
         m.offsets.get(&(name.to_string(), self.worker)).copied().map(Some).ok_or_else(|| {
             format!("checkpoint {} has no offset for source `{name}` on worker {}", m.id, self.worker)
         })
+    }
+
+    /// A receiver of `producer`'s stream on `edge` reached checkpoint
+    /// `id`'s barrier with `records` of that stream beyond it already in
+    /// its state (see [`Manifest::ahead`]).
+    pub(crate) fn note_ahead(&self, id: u64, edge: usize, producer: usize, records: u64) {
+        self.coord.note_ahead(id, (edge, producer, self.worker), records);
+    }
+
+    /// Records of `producer`'s stream on `edge` that this worker's
+    /// restored state holds beyond the checkpoint's barrier.
+    pub(crate) fn restored_ahead(&self, edge: usize, producer: usize) -> u64 {
+        self.coord.restored().map_or(0, |m| m.ahead_of(edge, producer, self.worker))
     }
 
     pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), String> {
@@ -850,7 +919,9 @@ mod tests {
         let mut offsets = BTreeMap::new();
         offsets.insert(("gen with spaces".to_string(), 1), 42);
         offsets.insert(("gen".to_string(), 0), 7);
-        let m = Manifest { id: 9, workers: 2, offsets };
+        let mut m = Manifest { id: 9, workers: 2, offsets, ahead: BTreeMap::new() };
+        m.ahead.insert((1, 2, 0), 222);
+        m.ahead.insert((0, 3, 1), 5);
         let p = Path::new("m");
         assert_eq!(Manifest::parse(p, &m.encode()), Ok(m.clone()));
         let text = m.encode();
@@ -859,6 +930,8 @@ mod tests {
         assert!(e.contains("truncated") || e.contains("line"), "{e}");
         let e = Manifest::parse(p, &text.replace("workers 2", "workers x")).err().unwrap_or_default();
         assert!(e.contains("workers"), "{e}");
+        let e = Manifest::parse(p, &text.replace("ahead 1 2 0 222", "ahead 1 2 0")).err().unwrap_or_default();
+        assert!(e.contains("ahead"), "{e}");
         assert!(Manifest::parse(p, "hello").is_err());
     }
 }

@@ -246,6 +246,21 @@ pub(crate) struct ReplayCursor {
 }
 
 impl ReplayCursor {
+    /// The count of a worker restored from a checkpoint whose state held
+    /// `ahead` records of this producer's stream beyond the barrier (see
+    /// `Manifest::ahead`): the replayed stream starts at the barrier, and
+    /// its first `ahead` records are skipped.
+    pub(crate) fn resuming(ahead: u64) -> Self {
+        Self { taken: 0, skip_until: ahead, marks: VecDeque::new() }
+    }
+
+    /// Records this side's state holds beyond what it has taken: those of
+    /// a replay it is still skipping. At a barrier, what the receiver's
+    /// checkpoint holds beyond it.
+    pub(crate) fn ahead(&self) -> u64 {
+        self.skip_until.saturating_sub(self.taken)
+    }
+
     /// Batch `b` arrived (`aborted`: the highest void checkpoint); returns
     /// how many of its first records were already taken.
     pub(crate) fn arrive(&mut self, b: &Batch, aborted: u64) -> usize {
@@ -423,5 +438,32 @@ mod tests {
         // A restart without the checkpoint's mark is an error.
         assert!(c.restart(9, false).is_err());
         assert!(c.restart(9, true).is_ok(), "unless the stream had ended");
+    }
+
+    #[test]
+    fn a_barrier_inside_the_skipped_replay_says_how_far_ahead_the_state_is() {
+        // Taken 10 records past checkpoint 1's barrier, then the producer
+        // is replaced (restored at 1).
+        let mut c = ReplayCursor::default();
+        c.arrive(&records(5), 0);
+        c.arrive(&barrier(1), 0);
+        c.arrive(&records(10), 0);
+        assert_eq!(c.ahead(), 0);
+        assert!(c.restart(1, false).is_ok());
+        assert_eq!(c.ahead(), 10);
+        // The replacement injects checkpoint 2's barrier 4 records into its
+        // replay: a checkpoint of this side holds 6 records beyond it.
+        assert_eq!(c.arrive(&records(4), 0), 4);
+        assert_eq!(c.arrive(&barrier(2), 0), 0);
+        assert_eq!(c.ahead(), 6);
+        // A worker restored from that checkpoint starts 6 ahead: of the
+        // stream replayed from barrier 2, it skips exactly those.
+        let mut r = ReplayCursor::resuming(6);
+        assert_eq!(r.arrive(&records(4), 0), 4);
+        assert_eq!(r.arrive(&records(4), 0), 2, "two already held, two new");
+        assert_eq!(r.ahead(), 0);
+        // The original side agrees: past the skip, both take the same.
+        assert_eq!(c.arrive(&records(8), 0), 6);
+        assert_eq!(c.ahead(), 0);
     }
 }

@@ -1021,7 +1021,24 @@ impl Item {
                         break;
                     };
                     got = true;
-                    let skip = cursor.as_mut().map_or(0, |(_, c)| c.arrive(&batch, aborted));
+                    let mut skip = 0;
+                    if let Some((producer, c)) = cursor.as_mut() {
+                        skip = c.arrive(&batch, aborted);
+                        let ahead = c.ahead();
+                        if ahead > 0 {
+                            // Noted before the barrier goes downstream, so
+                            // before any instance there can report it.
+                            if let (Some(id), Some(k)) = (batch.barrier(), &ckpt.checkpointer) {
+                                if id > aborted {
+                                    k.note_ahead(id, *edge, *producer, ahead);
+                                }
+                            }
+                        } else if matches!(rx, Rx::Ring(_)) {
+                            // A restored skip on a ring is done (rings are
+                            // never re-linked: no count is needed).
+                            *cursor = None;
+                        }
+                    }
                     input.borrow_mut().on_batch(&batch, skip);
                     if batch.is_final() {
                         self.done = true;
@@ -1148,8 +1165,12 @@ fn worker_main<F>(
     inputs.sort_by_key(|&(e, s, _)| (e, s));
     for (edge, producer, rx) in inputs {
         let Some(input) = wb.edges[edge].input.clone() else { continue };
-        let cursor =
-            (live.is_some() && matches!(rx, Rx::Net { .. })).then(|| (producer, ReplayCursor::default()));
+        // A restored state may already hold records of the producer's
+        // stream beyond the checkpoint's barrier: they are skipped (on a
+        // ring too, after a rollback that put both workers on one node).
+        let ahead = wb.checkpointer.as_ref().map_or(0, |c| c.restored_ahead(edge, producer));
+        let cursor = (ahead > 0 || (live.is_some() && matches!(rx, Rx::Net { .. })))
+            .then(|| (producer, ReplayCursor::resuming(ahead)));
         items.push(Item {
             work: Work::Input { edge, rx, input, cursor },
             done: false,

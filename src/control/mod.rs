@@ -1036,8 +1036,8 @@ impl NodeAgent {
         for id in whole {
             if let Some(mut ps) = self.parts.remove(&id) {
                 let mut part = ps.remove(0);
-                for p in ps {
-                    part.offsets.extend(p.offsets);
+                for p in &ps {
+                    part.merge(p);
                 }
                 out.push(Msg::Done { epoch, part });
             }
@@ -1446,7 +1446,10 @@ mod tests {
         let mut offsets = BTreeMap::new();
         offsets.insert(("source".to_string(), 0), 42);
         offsets.insert(("source".to_string(), 2), 7);
-        Manifest { id: 9, workers: 3, offsets }
+        let mut m = Manifest::new(9, 3);
+        m.offsets = offsets;
+        m.ahead.insert((1, 0, 2), 17);
+        m
     }
 
     #[test]

@@ -782,16 +782,14 @@ impl Plan {
                 f.parts.insert(from, part);
                 if f.parts.len() == active {
                     let id = f.id;
-                    let mut offsets = BTreeMap::new();
+                    let mut manifest = Manifest::new(id, self.slot_workers.iter().sum());
                     for p in f.parts.values() {
-                        offsets.extend(p.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+                        manifest.merge(p);
                     }
-                    let workers = self.slot_workers.iter().sum();
                     let slot_of = self.slot_of_workers();
                     let holders = slot_of.iter().map(|&p| self.holders(p)).collect();
                     let local = slot_of.iter().map(|&p| vec![self.slots[p]]).collect();
-                    self.last_complete =
-                        Some(Complete { manifest: Manifest { id, workers, offsets }, holders, local });
+                    self.last_complete = Some(Complete { manifest, holders, local });
                     self.in_flight = None;
                     self.unsettled = false;
                     for j in self.active() {
