@@ -280,10 +280,11 @@ fn reduce_running_per_key() {
     assert_eq!(got.len(), 8);
 }
 
-/// Keyed operators hold a few records back to overlap their state accesses
-/// (`ops/src/keyed.rs`, `AHEAD`); the end of every burst releases them, so a
-/// lone record's result comes out while the input is still open, and many
-/// records keep their per-key order across the held-back window.
+/// An exchange keeps a worker's records for itself until the end of the
+/// burst, and keyed operators take a burst at a time to overlap their state
+/// accesses (`ops/src/keyed.rs`, `push_burst`); the end of every burst
+/// releases them, so a lone record's result comes out while the input is
+/// still open, and many records keep their per-key order.
 #[test]
 fn keyed_operators_release_held_records_at_the_end_of_each_burst() {
     let _watchdog = spate::Watchdog::start(

@@ -237,6 +237,9 @@ pub(crate) struct EdgeReceiver<T> {
     out: Option<BoxPush<T>>,
     frontier: InputFrontier,
     finished: bool,
+    /// A batch's records, decoded, handed downstream as one burst (see
+    /// [`crate::push::Push::push_burst`]); allocated once.
+    burst: Vec<(T, Meta)>,
 }
 
 impl<T: Data> EdgeReceiver<T> {
@@ -248,7 +251,7 @@ impl<T: Data> EdgeReceiver<T> {
     ) -> Self {
         let mut frontier = InputFrontier::new(producers);
         frontier.set_tracker(tracker);
-        Self { edge, metrics, out: None, frontier, finished: false }
+        Self { edge, metrics, out: None, frontier, finished: false, burst: Vec::new() }
     }
 
     fn barrier_from(&mut self, producer: usize, id: u64) {
@@ -260,16 +263,17 @@ impl<T: Data> EdgeReceiver<T> {
         }
     }
 
-    #[inline]
-    fn push_local(&mut self, rec: T, meta: Meta) {
-        if let Some(o) = self.out.as_mut() {
-            o.push(rec, meta);
-        }
-    }
-
     fn flush_local(&mut self) {
         if let Some(o) = self.out.as_mut() {
             o.flush();
+        }
+    }
+
+    /// Records of this worker for this worker, as one burst (ends it).
+    fn push_local_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        match self.out.as_mut() {
+            Some(o) => o.push_burst(recs),
+            None => recs.clear(),
         }
     }
 
@@ -306,12 +310,17 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
         // was pushed (see `Outbox::set_watermark`).
         self.watermark_from(producer, batch.watermark);
         if let Some(o) = self.out.as_mut() {
+            let burst = &mut self.burst;
+            burst.clear();
+            burst.reserve(batch.count as usize);
             if batch.untrusted {
                 // From another process: check every record before reading it.
                 for (bytes, meta) in batch.records().skip(skip) {
                     match codec::decode_checked::<T>(bytes) {
-                        Ok(rec) => o.push(rec, meta),
+                        Ok(rec) => burst.push((rec, meta)),
                         Err(e) => {
+                            // None of the batch goes downstream.
+                            burst.clear();
                             self.metrics.fail(format!(
                                 "edge {}: a record from worker {producer} (batch {}) is not a valid record: {e}",
                                 self.edge, batch.seq
@@ -325,11 +334,10 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                     // SAFETY: batches that are not `untrusted` were built by
                     // `Batch::push::<T>` on this edge in this process, so
                     // each record's bytes are one archived `T`.
-                    let rec = unsafe { codec::decode::<T>(bytes) };
-                    o.push(rec, meta);
+                    burst.push((unsafe { codec::decode::<T>(bytes) }, meta));
                 }
             }
-            o.flush();
+            o.push_burst(burst);
         }
         if let Some(id) = batch.barrier() {
             self.barrier_from(producer, id);
@@ -437,6 +445,8 @@ pub(crate) fn make_sender<T: Data, H: FnMut(&T) -> u64 + 'static>(
         outboxes: e.outboxes.clone(),
         local,
         metrics: wb.metrics.clone(),
+        burst: Vec::new(),
+        burst_max: wb.config.batch_records.max(1),
     })
 }
 
@@ -447,6 +457,20 @@ struct ExchangeSender<T, H> {
     outboxes: Vec<Option<Rc<RefCell<Outbox>>>>,
     local: Rc<RefCell<EdgeReceiver<T>>>,
     metrics: std::sync::Arc<crate::metrics::JobMetrics>,
+    /// Records this worker keeps, unencoded, until the end of the burst
+    /// (or `burst_max` of them): downstream takes them as one burst, as it
+    /// takes a batch from another worker. Allocated once.
+    burst: Vec<(T, Meta)>,
+    burst_max: usize,
+}
+
+impl<T: Data, H> ExchangeSender<T, H> {
+    /// Hands the records kept here downstream (ending the burst there).
+    fn deliver(&mut self) {
+        if !self.burst.is_empty() {
+            self.local.borrow_mut().push_local_burst(&mut self.burst);
+        }
+    }
 }
 
 impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
@@ -459,11 +483,17 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
                     self.metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
                 }
             }
-            _ => self.local.borrow_mut().push_local(rec, meta),
+            _ => {
+                self.burst.push((rec, meta));
+                if self.burst.len() >= self.burst_max {
+                    self.deliver();
+                }
+            }
         }
     }
 
     fn barrier(&mut self, id: u64) {
+        self.deliver();
         for o in self.outboxes.iter().flatten() {
             o.borrow_mut().set_barrier(id);
         }
@@ -471,6 +501,8 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
     }
 
     fn watermark(&mut self, wm: Timestamp) {
+        // The records kept so far were pushed under the old watermark.
+        self.deliver();
         self.local.borrow_mut().watermark_from(self.me, wm);
         for o in self.outboxes.iter().flatten() {
             o.borrow_mut().set_watermark(wm);
@@ -478,6 +510,7 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
     }
 
     fn finish(&mut self) {
+        self.deliver();
         for o in self.outboxes.iter().flatten() {
             o.borrow_mut().set_final();
         }
@@ -486,8 +519,12 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
 
     fn flush(&mut self) {
         // Records for other workers go in batches (closed on size or
-        // linger); those this worker keeps were pushed downstream directly.
-        self.local.borrow_mut().flush_local();
+        // linger); those this worker keeps go downstream now.
+        if self.burst.is_empty() {
+            self.local.borrow_mut().flush_local();
+        } else {
+            self.deliver();
+        }
     }
 }
 

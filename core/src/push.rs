@@ -33,6 +33,19 @@ pub trait Push<T> {
     /// them now, then forwards the flush. Every record pushed is processed
     /// by the next `flush`, `watermark`, `barrier` or `finish` at the latest.
     fn flush(&mut self);
+    /// A burst of records in order (a batch taken from a channel), then
+    /// the end of the burst: as `push` of each, then `flush`, and leaves
+    /// `recs` empty (its capacity is the caller's, reused for the next
+    /// burst). An operator that gains from seeing the whole burst at once
+    /// (a keyed operator prefetching the state of records further on, a
+    /// counting sink) overrides it; the caller hands a burst only where it
+    /// has one.
+    fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        for (rec, meta) in recs.drain(..) {
+            self.push(rec, meta);
+        }
+        self.flush();
+    }
 }
 
 /// A boxed [`Push`]: the downstream of an operator instance.

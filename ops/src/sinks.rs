@@ -44,6 +44,19 @@ impl<T> Push<T> for CountSink {
     }
     fn barrier(&mut self, _id: u64) {}
     fn flush(&mut self) {}
+    fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        let n = recs.len() as u64;
+        self.local += n;
+        if self.latency {
+            let now = now_ns();
+            for (_, meta) in recs.iter() {
+                self.recorder.record(meta.ingest_ns, now);
+            }
+        } else {
+            self.recorder.count(n);
+        }
+        recs.clear();
+    }
     fn finish(&mut self) {
         self.recorder.publish();
         if let Some(t) = &self.total {
