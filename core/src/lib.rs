@@ -30,6 +30,8 @@ pub mod metrics;
 pub mod push;
 pub mod remote;
 mod replay;
+#[cfg(test)]
+mod replay_sim;
 pub mod replica;
 pub mod ring;
 pub mod routing;

@@ -246,12 +246,15 @@ pub(crate) struct ReplayCursor {
 }
 
 impl ReplayCursor {
-    /// The count of a worker restored from a checkpoint whose state held
-    /// `ahead` records of this producer's stream beyond the barrier (see
-    /// `Manifest::ahead`): the replayed stream starts at the barrier, and
-    /// its first `ahead` records are skipped.
-    pub(crate) fn resuming(ahead: u64) -> Self {
-        Self { taken: 0, skip_until: ahead, marks: VecDeque::new() }
+    /// The count of a worker restored from `checkpoint` (0: none, from the
+    /// start), whose state held `ahead` records of this producer's stream
+    /// beyond its barrier (see `Manifest::ahead`): the stream starts right
+    /// after that barrier — position 0 of this count, so the producer can
+    /// be restarted at that checkpoint again — and its first `ahead`
+    /// records are skipped.
+    pub(crate) fn resuming(checkpoint: u64, ahead: u64) -> Self {
+        let marks = (checkpoint > 0).then_some((checkpoint, 0)).into_iter().collect();
+        Self { taken: 0, skip_until: ahead, marks }
     }
 
     /// Records this side's state holds beyond what it has taken: those of
@@ -458,12 +461,17 @@ mod tests {
         assert_eq!(c.ahead(), 6);
         // A worker restored from that checkpoint starts 6 ahead: of the
         // stream replayed from barrier 2, it skips exactly those.
-        let mut r = ReplayCursor::resuming(6);
+        let mut r = ReplayCursor::resuming(2, 6);
         assert_eq!(r.arrive(&records(4), 0), 4);
         assert_eq!(r.arrive(&records(4), 0), 2, "two already held, two new");
         assert_eq!(r.ahead(), 0);
         // The original side agrees: past the skip, both take the same.
         assert_eq!(c.arrive(&records(8), 0), 6);
         assert_eq!(c.ahead(), 0);
+        // The producer is replaced again, at the checkpoint `r` was
+        // restored from (no barrier of it arrives: the stream began after
+        // it): everything `r` took is skipped.
+        assert!(r.restart(2, false).is_ok());
+        assert_eq!(r.arrive(&records(10), 0), 8);
     }
 }

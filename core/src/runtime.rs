@@ -1168,9 +1168,12 @@ fn worker_main<F>(
         // A restored state may already hold records of the producer's
         // stream beyond the checkpoint's barrier: they are skipped (on a
         // ring too, after a rollback that put both workers on one node).
-        let ahead = wb.checkpointer.as_ref().map_or(0, |c| c.restored_ahead(edge, producer));
+        let (restored, ahead) = wb
+            .checkpointer
+            .as_ref()
+            .map_or((0, 0), |c| (c.restoring().unwrap_or(0), c.restored_ahead(edge, producer)));
         let cursor = (ahead > 0 || (live.is_some() && matches!(rx, Rx::Net { .. })))
-            .then(|| (producer, ReplayCursor::resuming(ahead)));
+            .then(|| (producer, ReplayCursor::resuming(restored, ahead)));
         items.push(Item {
             work: Work::Input { edge, rx, input, cursor },
             done: false,
