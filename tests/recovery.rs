@@ -501,6 +501,45 @@ fn a_failure_during_recovery_is_recovered_too() {
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
+/// After a rollback (the first recovery fell back), a failure before the
+/// rolled-back epoch's first checkpoint is still recovered live: the
+/// survivors, themselves restored from that checkpoint, restart their
+/// counts of the failed node's stream at it. (They once could not — no
+/// barrier of it reaches a worker restored from it — and fell back a
+/// second time.)
+#[test]
+fn after_a_rollback_the_next_failure_is_recovered_live_from_the_same_checkpoint() {
+    let _watchdog = Watchdog::start("failure after a rollback", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // Checkpoints every 500 ms: after the rollback, half a second before
+    // the next one completes, time enough to kill c in it.
+    let params = format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 60000");
+    let cfg = config(dir.path(), "keyed-sum", &params, 3, 500);
+    let stderr = run_with(&cfg, |nodes| {
+        wait(nodes, "checkpoint 3");
+        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "joining 1");
+        nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 2");
+        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+        wait(nodes, "running 3");
+    });
+    // Epoch 1 tried b's replacement live and was aborted when s1 died
+    // (epoch 2 rolled every node back to that checkpoint); epoch 3, for c,
+    // is live and restores the same checkpoint again: no checkpoint
+    // completed in between, which is the case this test is about.
+    assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
+    let restores = |epoch: u64| -> Option<String> {
+        let line =
+            stderr.lines().find(|l| l.contains(&format!("epoch {epoch} keeps the survivors running")))?;
+        let rest = line.split("restore checkpoint ").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    let (first, third) = (restores(1), restores(3));
+    assert!(first.is_some() && first == third, "epochs 1 and 3 restore {first:?} and {third:?}:\n{stderr}");
+    assert_keyed_sum_exactly_once(dir.path(), KEYS);
+}
+
 #[test]
 fn a_failed_nodes_workers_are_split_over_two_spares() {
     let _watchdog = Watchdog::start("split recovery", Duration::from_secs(170));
