@@ -27,28 +27,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL};
+use crate::ft::sim::rng::Rng;
 use crate::replay::{LogStore, ReplayCursor, ReplayLog};
-
-/// SplitMix64: the simulation's random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 type Rec = (u64, u64);
 
@@ -120,7 +100,7 @@ fn record(source: usize, i: u64, keys: u64) -> Rec {
 
 impl Sim {
     fn new(seed: u64, ignore_ahead: bool) -> Self {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let n = 2 + rng.below(3) as usize;
         let records = 200 + rng.below(800);
         let keys = 1 + rng.below(40);
@@ -247,7 +227,7 @@ impl Sim {
                 self.send_open(w, d, 0, 0);
                 self.send_open(w, d, FLAG_FINAL, 0);
             }
-        } else if self.rng.chance(50) {
+        } else if self.rng.chance(500) {
             // The end of the step flushes what is open.
             for d in 0..n {
                 self.send_open(w, d, 0, 0);
@@ -417,7 +397,7 @@ impl Sim {
                         self.requested += 1;
                     }
                 }
-                1 if self.failures_left > 0 && self.rng.chance(5) => {
+                1 if self.failures_left > 0 && self.rng.chance(50) => {
                     self.failures_left -= 1;
                     let f = self.rng.below(n as u64) as usize;
                     self.fail(f)?;

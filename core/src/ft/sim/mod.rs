@@ -76,7 +76,7 @@
 //! ```
 
 mod check;
-mod rng;
+pub(crate) mod rng;
 mod world;
 
 use std::fmt;
