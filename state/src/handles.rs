@@ -176,7 +176,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
     /// Replaces the value of `key` by `f(old value)` and returns the new
     /// value. A new value of the same encoded length (any fixed-size type)
     /// is written in place.
-    #[inline]
+    #[inline(always)]
     pub fn update(
         &mut self,
         store: &mut StateStore,
