@@ -342,8 +342,9 @@ pub(crate) struct NetLink {
     /// Live recovery is on: a peer that vanishes mid-stream takes the link
     /// down (its replacement will re-link it) instead of failing the job.
     live: bool,
-    /// Down since then: the peer vanished, no replacement re-linked yet.
-    pub(crate) down: Option<Instant>,
+    /// Down since then, and why: the peer vanished, no replacement
+    /// re-linked yet.
+    pub(crate) down: Option<(Instant, String)>,
     /// Per channel received on, the batches waiting for their input item.
     queues: HashMap<u32, Rc<RefCell<VecDeque<Batch>>>>,
     /// Channels this worker sends on / receives on that have not carried
@@ -418,12 +419,21 @@ impl NetLink {
     fn broke(&mut self, why: String) -> Result<bool, String> {
         if self.live {
             if self.down.is_none() {
-                self.down = Some(Instant::now());
+                eprintln!(
+                    "spate: worker {}: {why}: the link is down until a replacement of worker {} re-links it",
+                    self.me, self.remote
+                );
+                self.down = Some((Instant::now(), why));
             }
             Ok(true)
         } else {
             Err(why)
         }
+    }
+
+    /// How long the link has been down, and why (`None`: it is up).
+    pub(crate) fn down_for(&self) -> Option<(Duration, &str)> {
+        self.down.as_ref().map(|(since, why)| (since.elapsed(), why.as_str()))
     }
 
     /// Moves bytes and received frames; half-closes when both directions

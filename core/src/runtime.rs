@@ -644,9 +644,9 @@ impl Live {
             }
         }
         for (v, link) in &self.links {
-            if link.borrow().down.is_some_and(|t| t.elapsed() > LINK_DOWN_MAX) {
+            if let Some((_, why)) = link.borrow().down_for().filter(|&(t, _)| t > LINK_DOWN_MAX) {
                 return Err(format!(
-                    "the link to worker {v} broke and no replacement re-linked it within {LINK_DOWN_MAX:?}"
+                    "the link to worker {v} broke ({why}) and no replacement re-linked it within {LINK_DOWN_MAX:?}"
                 ));
             }
         }
