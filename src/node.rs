@@ -74,6 +74,7 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
             // The sources start as the first deployment's workers connect.
             origin_ns: crate::control::unix_ms() * 1_000_000 + 200_000_000,
             live: cfg.live_recovery(),
+            restarts: crate::control::RESTARTS,
         };
         let mut coord = Coordinator::accept_members(&mut listener, &placement, &spares, config, opts.quiet)?;
         coord.register_self(placement.nodes[me].workers, replica.addr());

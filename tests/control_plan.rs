@@ -75,6 +75,11 @@ impl Rng {
 const FAILURE_TIMEOUT_MS: u64 = 500;
 /// The reason of a survivor's injected failure to re-link.
 const LATE_RELINK: &str = "re-linking worker 9: no barrier of checkpoint 9 was received from it";
+/// The reason of an injected share failure that no node failure explains.
+const GLITCH: &str = "the link to worker 9 broke and no replacement re-linked it";
+/// Restarts the simulated plan may take (each run injects at most one
+/// glitch, so a run never needs more).
+const RESTARTS: u32 = 2;
 const INTERVAL_MS: u64 = 200;
 
 /// One simulated node.
@@ -162,6 +167,14 @@ struct Sim {
     /// Joins onto a survivor, beside its own share.
     beside: u64,
     fallbacks: u64,
+    /// Shares failed for no node failure (see `GLITCH`), and the restarts
+    /// the plan took.
+    glitches: u64,
+    restarts: u64,
+    /// A node whose share fails again in every epoch (a failure that
+    /// recurs after every restart), and the epoch it last failed in.
+    glitch_again: Option<usize>,
+    glitched_epoch: Option<u64>,
     ended: Option<Result<(), String>>,
     trace: u64,
     names: Vec<String>,
@@ -209,6 +222,7 @@ impl Sim {
             backups: 1,
             origin_ns: 1,
             live,
+            restarts: RESTARTS,
         };
         let mut plan = Plan::new(&cfg_nodes, 0, config);
         for (i, n) in cfg_nodes.iter().enumerate() {
@@ -253,6 +267,10 @@ impl Sim {
             joins: 0,
             beside: 0,
             fallbacks: 0,
+            glitches: 0,
+            restarts: 0,
+            glitch_again: None,
+            glitched_epoch: None,
             ended: None,
             trace: 0,
             names,
@@ -311,6 +329,9 @@ impl Sim {
                     }
                     if e.contains("falls back to a global rollback") {
                         self.fallbacks += 1;
+                    }
+                    if e.contains("no node failure explains it") {
+                        self.restarts += 1;
                     }
                     if let Some(id) = e.strip_prefix("requested ") {
                         let id: u64 = id.parse().map_err(|_| format!("bad event {e:?}"))?;
@@ -731,8 +752,29 @@ impl Sim {
         &mut self,
         crash_at: &mut Vec<(u64, usize, bool)>,
         stall_at: &mut Vec<(u64, usize, u64)>,
+        glitch_at: &mut Option<(u64, usize)>,
     ) -> Result<(), String> {
         self.now += 1 + self.rng.below(20);
+        if let Some(i) = self.glitch_again {
+            if glitch_at.is_none() && self.nodes[i].epoch.is_some_and(|e| Some(e) != self.glitched_epoch) {
+                *glitch_at = Some((self.now + 50, i));
+            }
+        }
+        // A share that fails on a running node (a link between two
+        // running nodes broke): it never finishes, and no node failure
+        // explains it.
+        if let Some((t, i)) = *glitch_at {
+            if t <= self.now {
+                *glitch_at = None;
+                let n = &self.nodes[i];
+                if let (Some(e), false, false) = (n.epoch, n.finished, n.dead || self.silent(i)) {
+                    self.nodes[i].finish_at = None;
+                    self.glitches += 1;
+                    self.glitched_epoch = Some(e);
+                    self.reply(i, Msg::Failed { epoch: e, reason: GLITCH.into() });
+                }
+            }
+        }
         // Faults due now.
         while let Some(&(t, i, drop_conn)) = crash_at.first() {
             if t > self.now {
@@ -852,6 +894,8 @@ struct Ran {
     beside: u64,
     late_failures: u64,
     fallbacks: u64,
+    glitches: u64,
+    restarts: u64,
     failed: bool,
 }
 
@@ -892,6 +936,19 @@ fn run(seed: u64) -> Result<Ran, String> {
     victims.sort_unstable();
     victims.dedup();
     let stalls = !stall_at.is_empty();
+    // Sometimes a share fails for no node failure: the plan restarts. In
+    // some of those runs (and no other fault) it fails again in every
+    // epoch: after its restarts, the job fails with its reason.
+    let mut glitch_at =
+        rng.chance(25).then(|| (rng.below(3000), 1 + rng.below((active - 1) as u64) as usize));
+    let recurring = glitch_at.is_some() && rng.chance(20);
+    if recurring {
+        crash_at.clear();
+        stall_at.clear();
+        victims.clear();
+        // (Its first failure too: 50 ms into the first epoch.)
+        sim.glitch_again = glitch_at.take().map(|g| g.1);
+    }
     let far_apart = crash_at.windows(2).all(|w| w[1].0 > w[0].0 + 4 * INTERVAL_MS + FAILURE_TIMEOUT_MS);
     if std::env::var_os("SPATE_PLAN_DEBUG").is_some() {
         eprintln!(
@@ -906,7 +963,20 @@ fn run(seed: u64) -> Result<Ran, String> {
         if sim.now > 300_000 {
             return Err(format!("seed {seed}: the job neither finished nor failed in 300 s"));
         }
-        sim.step(&mut crash_at, &mut stall_at).map_err(|e| format!("seed {seed} at {} ms: {e}", sim.now))?;
+        sim.step(&mut crash_at, &mut stall_at, &mut glitch_at)
+            .map_err(|e| format!("seed {seed} at {} ms: {e}", sim.now))?;
+    }
+    if recurring {
+        return match sim.ended.take() {
+            Some(Err(reason)) if reason.contains(GLITCH) && sim.restarts == u64::from(RESTARTS) => {
+                Ok(sim.ran(true))
+            }
+            other => Err(format!(
+                "seed {seed}: a share failing in every epoch must fail the job after {RESTARTS} restarts \
+                 ({} taken), not end with {other:?}",
+                sim.restarts
+            )),
+        };
     }
     let failed = match sim.ended.take() {
         Some(Ok(())) => false,
@@ -926,18 +996,27 @@ fn run(seed: u64) -> Result<Ran, String> {
         }
         None => return Err(format!("seed {seed}: no end")),
     };
-    Ok(Ran {
-        trace: sim.trace,
-        recoveries: sim.recoveries,
-        takeovers: sim.takeovers,
-        splits: sim.splits,
-        relinks: sim.relinks,
-        joins: sim.joins,
-        beside: sim.beside,
-        late_failures: sim.late_failures,
-        fallbacks: sim.fallbacks,
-        failed,
-    })
+    Ok(sim.ran(failed))
+}
+
+impl Sim {
+    /// What the run did (see [`Ran`]).
+    fn ran(&self, failed: bool) -> Ran {
+        Ran {
+            trace: self.trace,
+            recoveries: self.recoveries,
+            takeovers: self.takeovers,
+            splits: self.splits,
+            relinks: self.relinks,
+            joins: self.joins,
+            beside: self.beside,
+            late_failures: self.late_failures,
+            fallbacks: self.fallbacks,
+            glitches: self.glitches,
+            restarts: self.restarts,
+            failed,
+        }
+    }
 }
 
 fn env(name: &str) -> Option<u64> {
@@ -954,6 +1033,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
     let mut failures = Vec::new();
     let (mut recovered, mut takeovers, mut failed, mut splits) = (0, 0, 0, 0);
     let (mut relinks, mut joins, mut beside, mut late, mut fallbacks) = (0, 0, 0, 0, 0);
+    let (mut glitches, mut restarts) = (0, 0);
     for seed in seeds {
         match run(seed) {
             Ok(r) => {
@@ -965,6 +1045,8 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
                 beside += r.beside;
                 late += r.late_failures;
                 fallbacks += r.fallbacks;
+                glitches += r.glitches;
+                restarts += r.restarts;
                 failed += u64::from(r.failed);
             }
             Err(e) => failures.push(format!(
@@ -977,6 +1059,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
         "  live: {relinks} recoveries begun, {joins} joining deployments ({beside} onto a survivor), {late} \
          survivors failing to re-link a running joiner, {fallbacks} fell back to a rollback"
     );
+    eprintln!("  {glitches} shares failed for no node failure, {restarts} restarts");
     if !one && failures.is_empty() {
         // The scenarios exercise what they claim to.
         assert!(recovered > n as u64 / 4, "only {recovered} of {n} runs recovered");
@@ -985,6 +1068,7 @@ fn the_plan_recovers_or_fails_for_a_reason_under_random_faults() {
             "no survivor takeover, split or justified failure"
         );
         if n >= 100 {
+            assert!(glitches > 0 && restarts > 0, "{glitches} glitches, {restarts} restarts");
             assert!(
                 relinks > n as u64 / 20 && joins > 0 && beside > 0 && late > 0 && fallbacks > 0,
                 "live recovery not exercised: {relinks} begun, {joins} joins ({beside} onto a survivor), \

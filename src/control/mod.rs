@@ -490,6 +490,11 @@ impl Peer {
 /// then, 0 if none): the latency-over-time view of `spate bench recovery`.
 pub const METRICS_ENV: &str = "SPATE_NODE_METRICS_MS";
 
+/// How many times a cluster job rolls every node back after a share
+/// failure that no node failure explains, before it fails (see
+/// [`plan::PlanConfig::restarts`]).
+pub const RESTARTS: u32 = 3;
+
 /// One line of a node's metrics over time (see [`METRICS_ENV`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsLine {

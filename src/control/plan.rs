@@ -41,6 +41,14 @@
 //! checkpoint of it is complete (a survivor that could not re-link a
 //! replacement which was already running).
 //!
+//! **Restarts.** A share that fails when no node failure explains it
+//! within the failure timeout (a link between two running nodes broke, a
+//! worker hit an error) rolls every node back to the last complete
+//! checkpoint, as a failed live recovery does, up to
+//! [`PlanConfig::restarts`] times in the job; then the job fails with the
+//! share's reason (a failure that recurs after every restart is not
+//! transient).
+//!
 //! Events go in — a node's message, a lost connection, what was heard
 //! from whom, a tick with the time in milliseconds — and [`Action`]s come
 //! out: send this message to that node, fence that node, report an event,
@@ -77,6 +85,11 @@ pub struct PlanConfig {
     /// the survivors keep running (see the module documentation), when
     /// possible; else, and always without this, by a global rollback.
     pub live: bool,
+    /// How many times a share failure that no node failure explains rolls
+    /// every node back to the last complete checkpoint before the job
+    /// fails instead (0: it fails at once; without checkpoints it always
+    /// does).
+    pub restarts: u32,
 }
 
 /// What the coordinator must do.
@@ -208,6 +221,8 @@ pub struct Plan {
     /// in it yet: a share that fails now may have failed re-linking (even
     /// after the joiners said `Ready`), and the recovery falls back.
     unsettled: bool,
+    /// Restarts taken so far (see [`PlanConfig::restarts`]).
+    restarted: u32,
     actions: Vec<Action>,
 }
 
@@ -261,6 +276,7 @@ impl Plan {
             last_complete: None,
             share_failed: None,
             unsettled: false,
+            restarted: 0,
             actions: Vec::new(),
         }
     }
@@ -739,6 +755,30 @@ impl Plan {
             "the live recovery of epoch {} falls back to a global rollback: {why}",
             self.epoch
         )));
+        self.roll_back(now_ms);
+    }
+
+    /// A share failed and no node failure explains it: every node rolls
+    /// back to the last complete checkpoint, while restarts are left;
+    /// else the job fails.
+    fn restart(&mut self, why: String, now_ms: u64) {
+        if self.config.interval_ms == 0 || self.restarted >= self.config.restarts {
+            return self.fail(why);
+        }
+        self.restarted += 1;
+        let checkpoint = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        self.actions.push(Action::Note(format!(
+            "{why}; no node failure explains it: every node rolls back to checkpoint {checkpoint} \
+             (restart {} of {})",
+            self.restarted, self.config.restarts
+        )));
+        self.roll_back(now_ms);
+    }
+
+    /// Aborts the epoch on every node of the placement (joiners included);
+    /// once all stopped, the next epoch restores the last complete
+    /// checkpoint.
+    fn roll_back(&mut self, now_ms: u64) {
         let mut to = self.active();
         to.sort_unstable();
         for &j in &to {
@@ -880,7 +920,7 @@ impl Plan {
                 if let Some((at, reason)) = &self.share_failed {
                     if now_ms.saturating_sub(*at) > self.config.failure_timeout_ms + 500 {
                         let r = reason.clone();
-                        return self.fail(r);
+                        return self.restart(r, now_ms);
                     }
                 }
                 if !self.slots.is_empty() && self.finished.len() == self.active().len() {
