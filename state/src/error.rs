@@ -84,6 +84,13 @@ pub enum StateError {
         /// The limit, [`crate::store::TABLES_MAX`].
         max: usize,
     },
+    /// A bin of a dense table reached the most parts a bin can have.
+    DenseBinFull {
+        /// The bin.
+        bin: Bin,
+        /// The keys it holds.
+        keys: u64,
+    },
     /// The segment file reached the largest number of segments it can address.
     StoreFull {
         /// The limit, in segments.
@@ -149,6 +156,9 @@ impl std::fmt::Display for StateError {
             }
             StateError::TooManyTables { max } => {
                 write!(f, "a state store holds at most {max} tables")
+            }
+            StateError::DenseBinFull { bin, keys } => {
+                write!(f, "bin {bin} of a dense table holds {keys} keys, the most its parts can")
             }
             StateError::StoreFull { segments_max } => {
                 write!(f, "state store is full: at most {segments_max} segments")

@@ -114,7 +114,9 @@ pub struct ValueState<K, V> {
 impl<K: Record, V: Record> ValueState<K, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
-        let table = store.typed_table(name, sig::<Self>())?;
+        // Fixed-layout keys and values go in a dense table (see the store).
+        let dense = fixed_len::<K>().zip(fixed_len::<V>());
+        let table = store.typed_table(name, sig::<Self>(), dense)?;
         store.verify_restored(table, |k, v, _| valid::<K>(k) && v.is_none_or(valid::<V>))?;
         Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
     }
@@ -157,7 +159,10 @@ impl<K: Record, V: Record> ValueState<K, V> {
     /// [`StateStore::prefetch_index`]).
     #[inline(always)]
     pub fn prefetch_index(&self, store: &StateStore, hash: u64) {
-        store.prefetch_index(self.table, hash);
+        match fixed_len::<K>().zip(fixed_len::<V>()) {
+            Some((k, v)) => store.prefetch_fixed(self.table, hash, k + v),
+            None => store.prefetch_index(self.table, hash),
+        }
     }
 
     /// The value of `key`.
@@ -313,7 +318,7 @@ fn split_composite(ck: &[u8]) -> Option<(&[u8], &[u8])> {
 impl<K: Record, MK: Record, V: Record> MapState<K, MK, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
-        let table = store.typed_table(name, sig::<Self>())?;
+        let table = store.typed_table(name, sig::<Self>(), None)?;
         store.verify_restored(table, |ck, v, _| {
             split_composite(ck).is_some_and(|(k, mk)| valid::<K>(k) && valid::<MK>(mk))
                 && v.is_none_or(valid::<V>)
@@ -421,7 +426,7 @@ pub struct ListState<K, V> {
 impl<K: Record, V: Record> ListState<K, V> {
     /// Registers (or finds) the table `name` in `store` for this handle type.
     pub fn register(store: &mut StateStore, name: &str) -> Result<Self, StateError> {
-        let table = store.typed_table(name, sig::<Self>())?;
+        let table = store.typed_table(name, sig::<Self>(), None)?;
         store.verify_restored(table, |k, _, mut items| valid::<K>(k) && items.all(valid::<V>))?;
         Ok(Self { table, key_buf: Vec::new(), val_buf: Vec::new(), _types: PhantomData })
     }
@@ -558,8 +563,9 @@ mod tests {
     }
 
     /// Runs `ops` (key, addend) through `ValueState<K, V>::update` (the
-    /// fixed-layout fast path) in one store and through rkyv-encoded raw
-    /// puts in another: the segment files must be byte for byte the same.
+    /// fixed-layout fast path, into a dense table) in one store and through
+    /// rkyv-encoded raw puts in another: every key's stored value must be
+    /// byte for byte the same.
     fn fast_path_matches_rkyv<K, V>(key: impl Fn(u64) -> K, add: impl Fn(Option<V>, u64) -> V)
     where
         K: Record + Clone,
@@ -586,13 +592,19 @@ mod tests {
             assert!(codec::encode_rkyv(&new, &mut nb).is_ok());
             assert_eq!(nb, vb);
         }
-        assert_eq!(a.dirty_page_count(), b.dirty_page_count());
-        assert_eq!(a.bytes_used(), b.bytes_used());
-        let read = |s: &StateStore| match std::fs::read(s.segment_file()) {
-            Ok(bytes) => bytes,
-            Err(e) => panic!("read: {e}"),
-        };
-        assert!(read(&a) == read(&b), "segment files differ");
+        let fixed = fixed_len::<K>().is_some() && fixed_len::<V>().is_some();
+        assert_eq!(
+            a.tables[typed.table().index()].dense.is_some(),
+            fixed,
+            "fixed-layout types make a dense table"
+        );
+        assert_eq!(a.len(typed.table()), b.len(raw));
+        for i in 0..257u64 {
+            kb.clear();
+            assert!(codec::encode_rkyv(&key(i), &mut kb).is_ok());
+            let h = hash_bytes(&kb);
+            assert_eq!(a.get(typed.table(), h, &kb), b.get(raw, h, &kb), "stored bytes of key {i}");
+        }
     }
 
     #[test]

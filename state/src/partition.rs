@@ -10,9 +10,11 @@ use std::path::PathBuf;
 
 use crate::error::StateError;
 use crate::keyspace::BinRange;
+use crate::store::dense::{self, DenseTable, PartInfo};
 use crate::store::record::{u32_at, u64_at, Header, BLOCK_HEAD, HEADER, KIND_LIST, NONE};
 use crate::store::{
-    hash_at, index_err, read_head, write_head, BinHeap, SegmentFile, StateStore, StoreConfig, Table, EMPTY,
+    hash_at, index_err, read_head, write_head, BinHeap, SegmentFile, StateStore, StoreConfig, Table, TableId,
+    EMPTY,
 };
 
 impl StateStore {
@@ -55,6 +57,7 @@ impl StateStore {
                 restored_sig: t.restored_sig.clone(),
                 unverified: t.unverified,
                 bins: (0..bins.len()).map(|_| Default::default()).collect(),
+                dense: t.dense.as_ref().map(|d| DenseTable::new(d.key_len, d.val_len, bins.len() as usize)),
                 len: 0,
             });
         }
@@ -72,6 +75,9 @@ impl StateStore {
                 let mut ix = t.bins.remove(bi);
                 t.len -= ix.len();
                 ix.release(&mut self.index);
+                if let Some(d) = &mut t.dense {
+                    t.len -= d.remove_bin(bi).len();
+                }
             }
         }
         self.bins =
@@ -148,6 +154,7 @@ impl StateStore {
                 restored_sig: t.restored_sig.clone(),
                 unverified: t.unverified,
                 bins: (0..mine.len()).map(|_| Default::default()).collect(),
+                dense: t.dense.as_ref().map(|d| DenseTable::new(d.key_len, d.val_len, mine.len() as usize)),
                 len: 0,
             });
         }
@@ -170,6 +177,9 @@ impl StateStore {
                 t.bins.clear();
             }
             t.bins.splice(offset..offset, (0..n).map(|_| Default::default()));
+            if let Some(d) = &mut t.dense {
+                d.insert_bins(offset, n, mine.is_empty());
+            }
         }
         self.bins = range;
         for obi in 0..n {
@@ -190,16 +200,77 @@ impl StateStore {
     ) -> Result<(), StateError> {
         for (sti, table) in src.tables.iter().enumerate() {
             let ti = table_map(sti);
+            if let Some(sd) = &table.dense {
+                self.import_dense_bin(bi, ti, src, sd, sbi)?;
+                continue;
+            }
+            let into_dense = self.tables[ti].dense.is_some();
             for &s in table.bins[sbi].slots(&src.index) {
                 if s == EMPTY {
                     continue;
                 }
                 let loc = crate::store::slot_loc(s);
+                if into_dense {
+                    // A record table merged into a dense one of the same
+                    // handle type: its values go in one by one.
+                    let h = Header::read(src.file.bytes(loc, HEADER));
+                    if h.kind == KIND_LIST {
+                        return Err(StateError::KindMismatch { expected: "dense value", found: "list" });
+                    }
+                    let key = src.file.bytes(loc + HEADER as u64, h.key_len as usize);
+                    let value = src.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize);
+                    self.put_impl(TableId::from_index(ti), h.hash, key, value)?;
+                    continue;
+                }
                 let hash = u64_at(src.file.bytes(loc, 8), 0);
                 let new = self.import_record(bi, &src.file, loc, ti as u16)?;
                 let Self { file, tables, index, .. } = self;
                 tables[ti].bins[bi].insert_new(index, hash, new, hash_at(file)).map_err(index_err)?;
                 tables[ti].len += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies bin `sbi` of `src`'s dense table `sd` into this store's bin
+    /// `bi` of table `ti`: its parts whole when table `ti` is dense with the
+    /// same slots, else entry by entry.
+    fn import_dense_bin(
+        &mut self,
+        bi: usize,
+        ti: usize,
+        src: &StateStore,
+        sd: &DenseTable,
+        sbi: usize,
+    ) -> Result<(), StateError> {
+        let db = &sd.bins[sbi];
+        let same = self.tables[ti]
+            .dense
+            .as_ref()
+            .is_some_and(|d| (d.key_len, d.val_len) == (sd.key_len, sd.val_len));
+        if same {
+            let mut parts = Vec::new();
+            for (k, part) in db.parts().enumerate() {
+                let loc = self.import_record(bi, &src.file, part.loc, ti as u16)?;
+                parts.push(PartInfo {
+                    table: ti as u16,
+                    key_len: sd.key_len,
+                    val_len: sd.val_len,
+                    depth: db.depth,
+                    slots_log2: db.slots_log2,
+                    part: k as u32,
+                    loc,
+                    len: part.len,
+                });
+            }
+            self.install_dense_parts(ti, bi, &parts);
+            return Ok(());
+        }
+        let (key_len, stride) = (sd.key_len, sd.stride());
+        for part in db.parts() {
+            let body = dense::part_body(&src.file, part, db.slots(), stride);
+            for (_, e) in dense::part_entries(body, db.slots(), key_len, stride) {
+                self.put_impl(TableId::from_index(ti), e.hash, e.key, e.value)?;
             }
         }
         Ok(())

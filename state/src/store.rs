@@ -45,6 +45,7 @@
 //! [`StateStore::restore`] rebuilds a store from a backup.
 
 pub(crate) mod cow;
+pub(crate) mod dense;
 pub(crate) mod file;
 pub(crate) mod index;
 pub(crate) mod record;
@@ -136,6 +137,12 @@ impl TableId {
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
+
+    /// The id of the table at `index` (below [`TABLES_MAX`]).
+    pub(crate) fn from_index(index: usize) -> Self {
+        debug_assert!(index < TABLES_MAX);
+        TableId(index as u16)
+    }
 }
 
 /// The type of the handle a table was registered with.
@@ -157,8 +164,11 @@ pub(crate) struct Table {
     /// validated against its handle's types yet: the handle validates them
     /// when it registers (it reads values without validation after that).
     pub(crate) unverified: bool,
-    /// One index per owned bin.
+    /// One index per owned bin (unused, always empty, in a dense table).
     pub(crate) bins: Vec<BinIndex>,
+    /// The dense side of a table of fixed-size values (see `dense.rs`):
+    /// its keys and values live in dense parts, not in records.
+    pub(crate) dense: Option<dense::DenseTable>,
     pub(crate) len: usize,
 }
 
@@ -411,21 +421,46 @@ impl StateStore {
     /// given in registration order. Fails if `name` is a typed table (one
     /// registered by a handle).
     pub fn table(&mut self, name: &str) -> Result<TableId, StateError> {
-        self.register(name, None)
+        self.register(name, None, None)
     }
 
-    /// The id of table `name` for the handle type `sig`.
-    pub(crate) fn typed_table(&mut self, name: &str, sig: TypeSig) -> Result<TableId, StateError> {
-        self.register(name, Some(sig))
+    /// The id of table `name` for the handle type `sig`. With `dense`
+    /// (the key and value bytes of a handle of fixed-size keys and values),
+    /// a new table is a dense one (see `dense.rs`), and so is a restored
+    /// one that holds no key yet; a restored record table stays one.
+    pub(crate) fn typed_table(
+        &mut self,
+        name: &str,
+        sig: TypeSig,
+        dense: Option<(usize, usize)>,
+    ) -> Result<TableId, StateError> {
+        self.register(name, Some(sig), dense)
     }
 
-    fn register(&mut self, name: &str, sig: Option<TypeSig>) -> Result<TableId, StateError> {
+    fn register(
+        &mut self,
+        name: &str,
+        sig: Option<TypeSig>,
+        dense: Option<(usize, usize)>,
+    ) -> Result<TableId, StateError> {
+        let nbins = self.bins.len() as usize;
         let sig_name = |s: Option<TypeSig>| s.map_or("raw", |s| s.name);
         if let Some(i) = self.tables.iter().position(|t| t.name == name) {
             let t = &mut self.tables[i];
             if let (Some(want), Some(s)) = (t.restored_sig.as_deref(), sig) {
                 if want == s.name {
                     // A restored typed table claimed by its handle type.
+                    if let Some(d) = &t.dense {
+                        if Some((d.key_len, d.val_len)) != dense {
+                            return Err(StateError::TableTypeMismatch {
+                                name: name.to_string(),
+                                registered: "a dense table of other key or value sizes (restored)",
+                                requested: s.name,
+                            });
+                        }
+                    } else if t.len == 0 {
+                        t.dense = dense.map(|(k, v)| dense::DenseTable::new(k, v, nbins));
+                    }
                     t.sig = Some(s);
                     t.restored_sig = None;
                 }
@@ -447,13 +482,14 @@ impl StateStore {
             return Err(StateError::TooManyTables { max: TABLES_MAX });
         }
         let id = TableId(self.tables.len() as u16);
-        let bins = (0..self.bins.len()).map(|_| BinIndex::default()).collect();
+        let bins = (0..nbins).map(|_| BinIndex::default()).collect();
         self.tables.push(Table {
             name: name.to_string(),
             sig,
             restored_sig: None,
             unverified: false,
             bins,
+            dense: dense.map(|(k, v)| dense::DenseTable::new(k, v, nbins)),
             len: 0,
         });
         Ok(id)
@@ -471,6 +507,23 @@ impl StateStore {
         })
     }
 
+    /// Calls `f(bin index, entry)` for every entry of `table`'s dense parts
+    /// (nothing for a record table), bin by bin.
+    fn dense_for_each(&self, table: &Table, mut f: impl FnMut(usize, dense::Entry<'_>)) {
+        let Some(d) = &table.dense else {
+            return;
+        };
+        let (key_len, stride) = (d.key_len, d.stride());
+        for (bi, db) in d.bins.iter().enumerate() {
+            for part in db.parts() {
+                let body = dense::part_body(&self.file, part, db.slots(), stride);
+                for (_, e) in dense::part_entries(body, db.slots(), key_len, stride) {
+                    f(bi, e);
+                }
+            }
+        }
+    }
+
     /// If table `t` came from a checkpoint and was not validated yet, calls
     /// `ok(key, value, items)` for each of its keys (`value` is `None` for a
     /// list, whose items are given) and fails with
@@ -485,6 +538,23 @@ impl StateStore {
         };
         if !table.unverified {
             return Ok(());
+        }
+        let mut bad_dense = None;
+        self.dense_for_each(table, |bi, e| {
+            if bad_dense.is_none() && !ok(e.key, Some(e.value), ListItems::new(&self.file, NONE)) {
+                bad_dense = Some(bi);
+            }
+        });
+        if let Some(bi) = bad_dense {
+            return Err(StateError::CorruptCheckpoint {
+                checkpoint: self.chain.last,
+                bin: Some(self.bins.start + bi as u32),
+                page: None,
+                reason: format!(
+                    "a slot of dense table {:?} does not validate as its handle's types",
+                    table.name
+                ),
+            });
         }
         for (bi, loc, h, key) in self.records(table) {
             let good = if h.kind == KIND_LIST {
@@ -612,6 +682,11 @@ impl StateStore {
     /// targets without a prefetch instruction.
     #[inline(always)]
     pub fn prefetch(&self, t: TableId, hash: u64) {
+        if self.tables.get(t.index()).is_some_and(|t| t.dense.is_some()) {
+            // A dense table's lookup reads nothing that needs a first
+            // stage: `prefetch_index` fetched it.
+            return;
+        }
         let Some(ix) = self.bin_ix(t, hash) else {
             return;
         };
@@ -620,12 +695,37 @@ impl StateStore {
         prefetch_ptr(self.file.prefetch_addr(slot_loc(s)));
     }
 
+    /// [`StateStore::prefetch_index`] for a handle whose slots, if its table
+    /// is dense, are `stride` key and value bytes (a constant where the
+    /// typed handle inlines this).
+    #[inline(always)]
+    pub(crate) fn prefetch_fixed(&self, t: TableId, hash: u64, stride: usize) {
+        let Some(table) = self.tables.get(t.index()) else {
+            return;
+        };
+        match &table.dense {
+            Some(d) if d.stride() == stride => {
+                let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
+                dense::prefetch(d, &self.file, bi, self.config.bins_log2, stride, hash);
+            }
+            _ => self.prefetch_index(t, hash),
+        }
+    }
+
     /// First stage of a two-stage prefetch: hints the CPU to fetch the index
     /// slot of `hash` in table `t`, without reading anything that may miss
     /// the cache. Call it some records before [`StateStore::prefetch`] of
     /// the same hash (for example 16 and 8 records ahead of the update).
     #[inline(always)]
     pub fn prefetch_index(&self, t: TableId, hash: u64) {
+        let Some(table) = self.tables.get(t.index()) else {
+            return;
+        };
+        if let Some(d) = &table.dense {
+            let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
+            dense::prefetch(d, &self.file, bi, self.config.bins_log2, d.stride(), hash);
+            return;
+        }
         if let Some(ix) = self.bin_ix(t, hash) {
             prefetch_ptr(ix.home_addr(&self.index, hash).cast());
         }
@@ -645,6 +745,13 @@ impl StateStore {
             return Err(self.unknown(t));
         }
         let bi = self.bin_index(hash)?;
+        if let Some(d) = &self.tables[ti].dense {
+            if key.len() != d.key_len {
+                return Ok(None);
+            }
+            return Ok(dense::find(d, &self.file, bi, self.config.bins_log2, hash, key)
+                .map(|(p, at)| (dense::value_ptr(&p, d.key_len, d.stride(), at.slot).1, d.val_len)));
+        }
         let Some(si) = self.find(ti, bi, hash, key) else {
             return Ok(None);
         };
@@ -696,6 +803,23 @@ impl StateStore {
         };
         // The bins vector's bounds check is the ownership check.
         let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
+        if let Some(d) = &table.dense {
+            let Some(p) = dense::probe(d, &self.file, bi, self.config.bins_log2, hash) else {
+                return Err(self.not_owned(hash));
+            };
+            if key.len() != d.key_len || len != d.val_len {
+                return Ok(Err(None));
+            }
+            // The stride from the caller's lengths: constants where the
+            // typed update inlines this.
+            let stride = key.len() + len;
+            let Some(j) = dense::find_slot(&p, stride, hash, key) else {
+                return Ok(Err(None));
+            };
+            let (ptr, vloc) = dense::value_ptr(&p, key.len(), stride, j);
+            self.file.mark_dirty(vloc, len);
+            return Ok(Ok(ptr));
+        }
         let Some(ix) = table.bins.get(bi) else {
             return Err(self.not_owned(hash));
         };
@@ -781,6 +905,23 @@ impl StateStore {
             return Err(self.unknown(t));
         }
         let bi = self.bin_index(hash)?;
+        if let Some(d) = &self.tables[ti].dense {
+            if key.len() != d.key_len || value.len() != d.val_len {
+                return Err(StateError::ValueSizeMismatch {
+                    expected: d.key_len + d.val_len,
+                    found: key.len() + value.len(),
+                });
+            }
+            let found = dense::find(d, &self.file, bi, self.config.bins_log2, hash, key)
+                .map(|(p, at)| dense::value_ptr(&p, d.key_len, d.stride(), at.slot).1);
+            return match found {
+                Some(vloc) => {
+                    self.file.write(vloc, value);
+                    Ok(())
+                }
+                None => self.dense_insert(ti, bi, hash, key, value),
+            };
+        }
         let size = HEADER + key.len() + value.len();
         match self.find(ti, bi, hash, key) {
             Some(si) => {
@@ -864,6 +1005,16 @@ impl StateStore {
         let Ok(bi) = self.bin_index(hash) else {
             return false;
         };
+        if let Some(d) = &self.tables[ti].dense {
+            if key.len() != d.key_len {
+                return false;
+            }
+            let Some((_, at)) = dense::find(d, &self.file, bi, self.config.bins_log2, hash, key) else {
+                return false;
+            };
+            self.dense_remove_at(ti, bi, at);
+            return true;
+        }
         let Some(si) = self.find(ti, bi, hash, key) else {
             return false;
         };
@@ -890,6 +1041,9 @@ impl StateStore {
         let ti = t.index();
         if ti >= self.tables.len() {
             return Err(self.unknown(t));
+        }
+        if self.tables[ti].dense.is_some() {
+            return Err(StateError::KindMismatch { expected: "list", found: "dense value" });
         }
         let bi = self.bin_index(hash)?;
         let seg = self.config.segment_bytes;
@@ -1017,6 +1171,7 @@ impl StateStore {
         let Some(table) = self.tables.get(t.index()) else {
             return;
         };
+        self.dense_for_each(table, |_, e| f(e.hash, e.key, e.value));
         for (_, loc, h, key) in self.records(table) {
             let value = if h.kind == KIND_VALUE {
                 self.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
@@ -1037,6 +1192,16 @@ impl StateStore {
         let Ok(bi) = self.bin_index(hash) else {
             return;
         };
+        if let Some(d) = &table.dense {
+            for (_, e) in
+                dense::run_of(&self.file, &d.bins[bi], self.config.bins_log2, d.key_len, d.stride(), hash)
+            {
+                if e.hash == hash {
+                    f(e.key, e.value);
+                }
+            }
+            return;
+        }
         table.bins[bi].for_each_in_run(&self.index, hash, |_, loc| {
             if hash_at(&self.file)(loc) == hash {
                 let (key, value) = key_value(&self.file, loc);
@@ -1057,6 +1222,9 @@ impl StateStore {
         let Ok(bi) = self.bin_index(hash) else {
             return 0;
         };
+        if self.tables.get(t.index()).is_some_and(|t| t.dense.is_some()) {
+            return self.dense_retain(t.index(), Some((bi, hash)), |h, k, v, _| h != hash || f(k, v));
+        }
         let Self { file, heaps, tables, index, .. } = self;
         let Some(table) = tables.get_mut(t.index()) else {
             return 0;
@@ -1109,6 +1277,9 @@ impl StateStore {
         t: TableId,
         mut f: impl FnMut(u64, &[u8], &[u8], ListItems<'_>) -> bool,
     ) -> usize {
+        if self.tables.get(t.index()).is_some_and(|t| t.dense.is_some()) {
+            return self.dense_retain(t.index(), None, f);
+        }
         let Self { file, heaps, tables, index, .. } = self;
         let Some(table) = tables.get_mut(t.index()) else {
             return 0;
@@ -1317,6 +1488,28 @@ impl StateStore {
                 }
             }
         }
+        // Dense parts move whole (they hold no locations).
+        let mut moved_dense = Vec::new();
+        if result.is_ok() {
+            'dense: for ti in 0..self.tables.len() {
+                let Some(d) = &self.tables[ti].dense else {
+                    continue;
+                };
+                let locs: Vec<u64> = d.bins[bi].parts().map(|p| p.loc).collect();
+                for (k, loc) in locs.into_iter().enumerate() {
+                    match self.copy_record(bi, loc) {
+                        Ok(new) => {
+                            self.relocate_part(ti, bi, k, new);
+                            moved_dense.push((ti, k, loc));
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break 'dense;
+                        }
+                    }
+                }
+            }
+        }
         let fresh = std::mem::replace(&mut self.heaps[bi], old);
         match result {
             Ok(()) => {
@@ -1329,6 +1522,9 @@ impl StateStore {
                 // Roll back: the old records are untouched.
                 for &(ti, pos, loc) in &moved {
                     self.tables[ti].bins[bi].set_loc(&mut self.index, pos, loc);
+                }
+                for &(ti, k, loc) in &moved_dense {
+                    self.relocate_part(ti, bi, k, loc);
                 }
                 for s in fresh.segs.iter() {
                     self.file.free_segment(s.loc, s.log2);

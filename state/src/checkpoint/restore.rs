@@ -59,11 +59,12 @@ use super::{corrupt, walk, CkptHeader, Framed, PageChunk};
 use crate::backup::BackupStore;
 use crate::error::StateError;
 use crate::keyspace::{bin_of, Bin};
+use crate::store::dense::{self, DenseTable, PartInfo};
 use crate::store::file::RestoreTarget;
 use crate::store::index::SharedArena;
 use crate::store::record::{
-    u32_at, u64_at, Header, BLOCK_HEAD, FLAG_DEAD, HEADER, KIND_BLOCK, KIND_LIST, KIND_PAD, KIND_VALUE,
-    LIST_HEAD, NONE,
+    u32_at, u64_at, Header, BLOCK_HEAD, FLAG_DEAD, HEADER, KIND_BLOCK, KIND_DENSE, KIND_LIST, KIND_PAD,
+    KIND_VALUE, LIST_HEAD, NONE,
 };
 use crate::store::{hash_at, index_err, BinHeap, Seg, StateStore, StoreConfig, Table, PAGE_BYTES};
 
@@ -189,6 +190,7 @@ impl StateStore {
                 restored_sig: t.typed.clone(),
                 unverified: t.typed.is_some(),
                 bins: (0..h.bins.len()).map(|_| Default::default()).collect(),
+                dense: None,
                 len: 0,
             });
         }
@@ -248,6 +250,7 @@ impl StateStore {
             return Err(f.error);
         }
         let mut pending = Vec::new();
+        let mut dense = Vec::new();
         for d in done {
             for (bi, ti, ix) in d.indexes {
                 let table = &mut self.tables[ti];
@@ -255,11 +258,53 @@ impl StateStore {
                 table.bins[bi] = ix;
             }
             pending.extend(d.pending);
+            dense.extend(d.dense);
         }
+        self.install_dense(id, dense)?;
         pending.sort_unstable();
         let mut live = Vec::new();
         for bi in pending {
             self.index_bin(bi, id, &mut live)?;
+        }
+        // A table is either dense or made of records.
+        for t in &self.tables {
+            if t.dense.is_some() && t.bins.iter().any(|ix| ix.len() > 0) {
+                return Err(corrupt(
+                    id,
+                    None,
+                    None,
+                    format!("table {:?} holds both records and dense parts", t.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the dense parts the threads checked, `(bin index, one
+    /// table's parts)`: the tables they belong to become dense tables of
+    /// their slot sizes.
+    fn install_dense(&mut self, id: u64, dense: Vec<(usize, Vec<PartInfo>)>) -> Result<(), StateError> {
+        let nbins = self.bins.len() as usize;
+        for (bi, parts) in dense {
+            let Some(f) = parts.first() else {
+                continue;
+            };
+            let (ti, key_len, val_len) = (usize::from(f.table), f.key_len, f.val_len);
+            let table = &mut self.tables[ti];
+            match &table.dense {
+                None => table.dense = Some(DenseTable::new(key_len, val_len, nbins)),
+                Some(d) if (d.key_len, d.val_len) == (key_len, val_len) => {}
+                Some(_) => {
+                    let bin = self.bins.start + bi as u32;
+                    return Err(corrupt(
+                        id,
+                        Some(bin),
+                        None,
+                        "dense parts of one table with other slot sizes",
+                    ));
+                }
+            }
+            self.install_dense_parts(ti, bi, &parts);
         }
         Ok(())
     }
@@ -274,7 +319,8 @@ impl StateStore {
         let segs: Vec<(u64, &[u8])> =
             heap.segs.iter().map(|s| (s.loc, file.bytes(s.loc, 1usize << s.log2))).collect();
         let scan = BinScan { id, bin, bins_log2, ntables };
-        scan.run(&segs, heap.tail, live)?;
+        // Its dense parts were taken by the thread that wrote the bin.
+        scan.run(&segs, heap.tail, live, &mut Vec::new())?;
         for (ti, table) in tables.iter_mut().enumerate() {
             let n = live.iter().filter(|e| usize::from(e.0) == ti).count();
             if n == 0 {
@@ -392,6 +438,9 @@ struct Done {
     /// Bins whose pages it wrote and checked but whose indexes are left to
     /// the calling thread (the shared arena had no block without moving).
     pending: Vec<usize>,
+    /// `(bin index, parts)` of the dense tables' bins it checked, one
+    /// table's parts each (sorted by part number).
+    dense: Vec<(usize, Vec<PartInfo>)>,
     /// The fault that stopped it.
     fault: Option<Fault>,
 }
@@ -420,6 +469,8 @@ struct Scratch<'w> {
     segs: Vec<(u64, &'w [u8])>,
     /// The bin's live keys: (table, hash, location).
     live: Vec<(u16, u64, u64)>,
+    /// The bin's dense parts, checked one by one.
+    dense: Vec<PartInfo>,
     /// Keys per table.
     counts: Vec<usize>,
     /// Indexes built for the bin so far: (table, index).
@@ -467,7 +518,11 @@ impl<'w, 'a> Work<'w, 'a> {
             bins_log2: self.bins_log2,
             ntables: self.ntables,
         };
-        scan.run(&s.segs, heap.tail, &mut s.live).map_err(|e| Fault::record(bi, e))?;
+        scan.run(&s.segs, heap.tail, &mut s.live, &mut s.dense).map_err(|e| Fault::record(bi, e))?;
+        if !s.dense.is_empty() {
+            let groups = scan.dense_groups(&mut s.dense).map_err(|e| Fault::record(bi, e))?;
+            done.dense.extend(groups.into_iter().map(|g| (bi, g)));
+        }
         s.counts.iter_mut().for_each(|c| *c = 0);
         for e in &s.live {
             s.counts[usize::from(e.0)] += 1;
@@ -585,9 +640,11 @@ impl BinScan {
         segs: &[(u64, &[u8])],
         tail: u64,
         live: &mut Vec<(u16, u64, u64)>,
+        dense: &mut Vec<PartInfo>,
     ) -> Result<(), StateError> {
         let (id, bin) = (self.id, self.bin);
         live.clear();
+        dense.clear();
         let capacity: u64 = segs.iter().map(|s| s.1.len() as u64).sum();
         for (si, &(seg_loc, seg_bytes)) in segs.iter().enumerate() {
             let seg_end = seg_loc + seg_bytes.len() as u64;
@@ -621,13 +678,39 @@ impl BinScan {
                         }
                         live.push((h.table, h.hash, pos));
                     }
-                    KIND_VALUE | KIND_LIST | KIND_BLOCK => {}
+                    KIND_DENSE if h.flags & FLAG_DEAD == 0 => {
+                        if usize::from(h.table) >= self.ntables {
+                            return Err(bad(format!("unknown table {}", h.table)));
+                        }
+                        let r = &seg_bytes[off..off + size as usize];
+                        dense.push(dense::check_part(r, &h, pos, bin, self.bins_log2).map_err(bad)?);
+                    }
+                    KIND_VALUE | KIND_LIST | KIND_BLOCK | KIND_DENSE => {}
                     k => return Err(bad(format!("unknown record kind {k}"))),
                 }
                 pos += size;
             }
         }
         Ok(())
+    }
+}
+
+impl BinScan {
+    /// Groups the bin's checked dense parts by table and checks that each
+    /// table's parts make a whole bin table.
+    fn dense_groups(&self, parts: &mut Vec<PartInfo>) -> Result<Vec<Vec<PartInfo>>, StateError> {
+        parts.sort_unstable_by_key(|p| (p.table, p.part));
+        let mut groups: Vec<Vec<PartInfo>> = Vec::new();
+        for p in parts.drain(..) {
+            match groups.last_mut() {
+                Some(g) if g[0].table == p.table => g.push(p),
+                _ => groups.push(vec![p]),
+            }
+        }
+        for g in &mut groups {
+            dense::check_parts(g).map_err(|r| corrupt(self.id, Some(self.bin), None, r))?;
+        }
+        Ok(groups)
     }
 }
 

@@ -368,6 +368,19 @@ impl SegmentFile {
         Some(unsafe { base.add(off) })
     }
 
+    /// A pointer to the byte at `loc` in its chunk's map, if the file has
+    /// that chunk. A range from it may be read or (with `&mut self` held,
+    /// after [`SegmentFile::mark_dirty`]) written only where the caller
+    /// knows it lies in the same chunk (a record lies in one segment, and a
+    /// segment in one chunk).
+    #[inline(always)]
+    pub(crate) fn addr(&self, loc: u64) -> Option<*mut u8> {
+        let chunk = (loc >> self.chunk_log2) as usize;
+        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        // `off` is inside the chunk, whose map is alive as long as `self`.
+        self.bases.get(chunk).map(|&base| base.wrapping_add(off))
+    }
+
     /// A pointer for prefetching the byte at `loc`: never dereferenced, so
     /// it need not be valid (a location outside the file gives some address).
     #[inline(always)]

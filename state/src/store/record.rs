@@ -11,7 +11,7 @@
 //! 8  key_len  u32
 //! 12 val_len  u32
 //! 16 table    u16   table id
-//! 18 kind     u8    VALUE, LIST (head), BLOCK (list items), PAD
+//! 18 kind     u8    VALUE, LIST (head), BLOCK (list items), PAD, DENSE
 //! 19 flags    u8    DEAD: superseded or removed
 //! 20 key bytes, then value bytes
 //! ```
@@ -21,7 +21,10 @@
 //! record has no key; its value is `next u64, used u32` then `used` bytes of
 //! items, each `len u32` then the item's bytes, then unused capacity. Blocks
 //! are reached only from their list's head, so a scan that rebuilds the index
-//! takes the live `VALUE` and `LIST` records and skips the rest. Since every
+//! takes the live `VALUE` and `LIST` records and skips the rest. A `DENSE`
+//! record is one part of a dense table (`dense.rs`): its slots hold keys and
+//! values themselves, and the restore scan checks them and installs the
+//! part instead of indexing it. Since every
 //! record carries its hash, rebuilding never rehashes keys.
 
 /// Bytes of a record header.
@@ -34,6 +37,8 @@ pub(crate) const KIND_LIST: u8 = 2;
 pub(crate) const KIND_BLOCK: u8 = 3;
 /// Padding up to the end of a segment.
 pub(crate) const KIND_PAD: u8 = 4;
+/// A part of a dense table (see `dense.rs`): slots holding keys and values.
+pub(crate) const KIND_DENSE: u8 = 5;
 /// Flag: the record is garbage.
 pub(crate) const FLAG_DEAD: u8 = 1;
 /// Offset of the flags byte in the header.
@@ -113,6 +118,7 @@ pub(crate) fn kind_name(kind: u8) -> &'static str {
         KIND_LIST => "list",
         KIND_BLOCK => "list block",
         KIND_PAD => "padding",
+        KIND_DENSE => "dense table part",
         _ => "corrupt record",
     }
 }

@@ -1,0 +1,1072 @@
+//! Dense tables: the state of a [`ValueState`](crate::ValueState) whose key
+//! and value types have a fixed layout, kept in open-addressing tables whose
+//! slots *are* the state, with no index beside them.
+//!
+//! # Why
+//!
+//! A record table reaches a key through its index slot, then the record the
+//! slot points to: two dependent cache misses per lookup, and a 20-byte
+//! header per key. For keys and values of a fixed size (a running sum per
+//! `u64` key, a window aggregate per `(key, window)`), a slot can hold the
+//! key and the value themselves: one lookup is a group of control bytes and
+//! one slot, both at addresses known from the hash alone, so an operator
+//! walking a burst can prefetch them several records ahead (keyed-sum's
+//! state update went from about 33 to 11 ns in one harness; ARCHITECTURE
+//! decision 27).
+//!
+//! # Layout
+//!
+//! A dense table keeps, per bin, `2^depth` *parts*. A part is one record of
+//! kind `DENSE` in the bin's segments, so checkpoints, backups, restores,
+//! splits and merges carry it as they carry any record (it holds no
+//! locations, so it can be copied anywhere):
+//!
+//! ```text
+//! header (20 bytes)  hash = the bin's first hash, key_len = 0, val_len =
+//!                    payload bytes, table, kind DENSE, flags
+//! payload
+//!   0   value_len  u32   value bytes of a slot
+//!   4   depth      u8    the bin has 2^depth parts
+//!   5   slots_log2 u8    this part has 2^slots_log2 slots
+//!   6   key_len    u16   key bytes of a slot
+//!   8   part       u32   this part's number, below 2^depth
+//!   12  reserved   u32   0
+//!   16  ctrl       2^slots_log2 + GROUP bytes: 0 for an empty slot, else
+//!                  0x80 | 7 bits of the slot's hash; the last GROUP bytes
+//!                  repeat the first GROUP, so a group read never wraps
+//!       kv         per slot: the key's bytes, then the value's
+//!       hashes     per slot: the key's full hash (u64)
+//! ```
+//!
+//! A key's part is given by the `depth` hash bits just below the bin's
+//! bits, its home slot by the low bits ([`SLOTS_LOG2_MAX`] of them at most),
+//! its control tag by bits 16..23. Lookups probe linearly from the home
+//! slot, reading [`GROUP`] control bytes at once and comparing them all in
+//! one word (SWAR), so a lookup's branches are as predictable as in a
+//! Swiss table: the key is almost always the first match of the first
+//! group. Removal shifts the following slots of the run back (no
+//! tombstones). A part that would pass 7/8 full makes the whole bin grow:
+//! its parts are rebuilt twice as large, or twice as many once a part would
+//! no longer fit in one segment. The full hashes are only read to grow,
+//! remove, iterate and restore; lookups never touch them.
+//!
+//! # What is not promised
+//!
+//! Dense tables hold values only (no lists), and only for handles whose key
+//! and value are fixed-layout types. A table restored as records stays a
+//! record table.
+
+use super::record::{u32_at, Header, HEADER, KIND_DENSE};
+use super::{kill, prefetch_ptr, ListItems, SegmentFile, StateStore};
+#[cfg(test)]
+use super::{TableId, TypeSig};
+use crate::error::StateError;
+use crate::keyspace::Bin;
+
+/// Control bytes compared at once: one `u64`.
+pub(crate) const GROUP: usize = 8;
+/// Bytes of a part's own head, after the record header.
+pub(crate) const PART_HEAD: usize = 16;
+/// Slots of a bin's first part.
+pub(crate) const SLOTS_LOG2_MIN: u8 = 3;
+/// Most slots of one part: the home slot comes from the hash bits below
+/// bit 16 (the tag's bits start there).
+pub(crate) const SLOTS_LOG2_MAX: u8 = 16;
+/// Most parts of one bin, as log2. The part bits lie just below the bin's
+/// bits and must stay above the tag's (bits 16..23): bins_log2 + depth <= 40.
+pub(crate) const DEPTH_MAX: u8 = 24;
+/// Bits of the hash above which part bits may not reach (see [`DEPTH_MAX`]).
+const PART_BITS_FLOOR: u32 = 24;
+/// Most key and value bytes of a slot: two fixed-layout types.
+pub(crate) const SLOT_MAX: usize = 2 * crate::fixed::FIXED_MAX;
+/// Slots of a part that may be occupied: 7/8 of them.
+#[inline(always)]
+fn load_max(slots: usize) -> usize {
+    slots - slots / 8
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The control byte of an occupied slot whose key has hash `hash`.
+#[inline(always)]
+pub(crate) fn tag_of(hash: u64) -> u8 {
+    0x80 | ((hash >> 16) & 0x7f) as u8
+}
+
+/// The bytes of `g` equal to `tag` (their high bits), plus, possibly, bytes
+/// above one of them that differ from `tag` in the lowest bit only. Empty
+/// bytes are never among them (a tag has its high bit set, an empty byte
+/// not), so a candidate is confirmed by comparing keys.
+#[inline(always)]
+fn match_tag(g: u64, tag: u8) -> u64 {
+    let x = g ^ (LO * u64::from(tag));
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// The empty bytes (0) of `g`, exactly: a false positive of the zero-byte
+/// test needs a byte of 0x01, which no control byte is.
+#[inline(always)]
+fn match_empty(g: u64) -> u64 {
+    g.wrapping_sub(LO) & !g & HI
+}
+
+/// Control bytes of a bin without a table yet: always empty (never written).
+static EMPTY_CTRL: [u8; 2 * GROUP] = [0; 2 * GROUP];
+
+/// Payload bytes of a part of `2^slots_log2` slots of `stride` key and
+/// value bytes each.
+#[inline(always)]
+pub(crate) fn payload_bytes(slots_log2: u8, stride: usize) -> usize {
+    let slots = 1usize << slots_log2;
+    PART_HEAD + slots + GROUP + slots * (stride + 8)
+}
+
+/// One part of a bin's dense table.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DensePart {
+    /// Location of the part's record (unused while the bin has no table).
+    pub(crate) loc: u64,
+    /// Occupied slots.
+    pub(crate) len: u32,
+}
+
+/// The dense table of one bin: its parts and their size.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DenseBin {
+    /// Part 0, kept inline: a bin of one part is reached without a second
+    /// pointer.
+    first: DensePart,
+    /// Parts `1 .. 2^depth`.
+    rest: Vec<DensePart>,
+    /// The bin has `2^depth` parts.
+    pub(crate) depth: u8,
+    /// Each part has `2^slots_log2` slots (0 while the bin has no table).
+    pub(crate) slots_log2: u8,
+}
+
+impl DenseBin {
+    /// Whether the bin has a table (parts allocated).
+    #[inline(always)]
+    pub(crate) fn exists(&self) -> bool {
+        self.slots_log2 != 0
+    }
+
+    /// Number of the part of `hash`.
+    #[inline(always)]
+    fn part_no(&self, hash: u64, bins_log2: u8) -> usize {
+        if self.depth == 0 {
+            0
+        } else {
+            ((hash << bins_log2) >> (64 - u32::from(self.depth))) as usize
+        }
+    }
+
+    #[inline(always)]
+    fn part(&self, p: usize) -> &DensePart {
+        if p == 0 {
+            &self.first
+        } else {
+            &self.rest[p - 1]
+        }
+    }
+
+    #[inline(always)]
+    fn part_mut(&mut self, p: usize) -> &mut DensePart {
+        if p == 0 {
+            &mut self.first
+        } else {
+            &mut self.rest[p - 1]
+        }
+    }
+
+    /// The bin's parts, in order.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &DensePart> {
+        std::iter::once(&self.first).chain(self.rest.iter()).filter(|_| self.exists())
+    }
+
+    /// Occupied slots of the bin.
+    pub(crate) fn len(&self) -> usize {
+        self.parts().map(|p| p.len as usize).sum()
+    }
+
+    #[inline(always)]
+    pub(crate) fn slots(&self) -> usize {
+        1usize << self.slots_log2
+    }
+
+    /// The bin's entry in [`DenseTable::hot`].
+    fn hot(&self) -> u64 {
+        if !self.exists() {
+            0
+        } else if self.depth > 0 {
+            HOT_DEEP
+        } else {
+            ctrl_loc(self.first.loc) << 6 | u64::from(self.slots_log2)
+        }
+    }
+}
+
+/// [`DenseTable::hot`] of a bin of several parts.
+const HOT_DEEP: u64 = 63;
+
+/// The dense side of a table: its slot shape and one [`DenseBin`] per owned
+/// bin.
+#[derive(Clone, Debug)]
+pub(crate) struct DenseTable {
+    /// Key bytes of a slot.
+    pub(crate) key_len: usize,
+    /// Value bytes of a slot.
+    pub(crate) val_len: usize,
+    /// Change only through [`DenseTable::set_bin`] and the other methods,
+    /// which keep `hot` in step.
+    pub(crate) bins: Vec<DenseBin>,
+    /// What a lookup needs of each bin, in one word (8 bytes a bin, so
+    /// 4096 bins take 32 KiB of cache, where [`DenseBin`]s take 40 KiB
+    /// more): 0 for a bin without a table, [`HOT_DEEP`] for one of several
+    /// parts (the lookup then reads its [`DenseBin`]), else the location of
+    /// its one part's control bytes shifted left by 6, and its `slots_log2`.
+    hot: Vec<u64>,
+}
+
+impl DenseTable {
+    /// An empty dense table of `bins` bins.
+    pub(crate) fn new(key_len: usize, val_len: usize, bins: usize) -> Self {
+        Self { key_len, val_len, bins: vec![DenseBin::default(); bins], hot: vec![0; bins] }
+    }
+
+    /// Replaces bin `bi`.
+    pub(crate) fn set_bin(&mut self, bi: usize, db: DenseBin) {
+        self.hot[bi] = db.hot();
+        self.bins[bi] = db;
+    }
+
+    /// Removes bin `bi` (the bins after it move down one).
+    pub(crate) fn remove_bin(&mut self, bi: usize) -> DenseBin {
+        self.hot.remove(bi);
+        self.bins.remove(bi)
+    }
+
+    /// Inserts `n` bins without a table at `at` (after dropping every bin,
+    /// with `clear`).
+    pub(crate) fn insert_bins(&mut self, at: usize, n: usize, clear: bool) {
+        if clear {
+            self.bins.clear();
+            self.hot.clear();
+        }
+        self.bins.splice(at..at, (0..n).map(|_| DenseBin::default()));
+        self.hot.splice(at..at, (0..n).map(|_| 0));
+    }
+
+    /// Key and value bytes of a slot.
+    #[inline(always)]
+    pub(crate) fn stride(&self) -> usize {
+        self.key_len + self.val_len
+    }
+}
+
+/// Where a key was found: part number and slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotAt {
+    pub(crate) part: usize,
+    pub(crate) slot: usize,
+}
+
+/// Offsets, from a part's control bytes, of its slots' keys and hashes.
+#[inline(always)]
+fn kv_off(slots: usize) -> usize {
+    slots + GROUP
+}
+
+#[inline(always)]
+fn hash_off(slots: usize, stride: usize) -> usize {
+    slots + GROUP + slots * stride
+}
+
+/// Location of a part's control bytes.
+#[inline(always)]
+fn ctrl_loc(part_loc: u64) -> u64 {
+    part_loc + (HEADER + PART_HEAD) as u64
+}
+
+/// Where a lookup of one hash goes: its part's control bytes, as a pointer
+/// into the live map and as a location, and the part's size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probe {
+    ctrl: *const u8,
+    ctrl_loc: u64,
+    slots: usize,
+    part: usize,
+}
+
+/// The part that holds (or would hold) `hash` in bin `bi` of `d`; `None`
+/// if the bin is not owned.
+#[inline(always)]
+pub(crate) fn probe(
+    d: &DenseTable,
+    file: &SegmentFile,
+    bi: usize,
+    bins_log2: u8,
+    hash: u64,
+) -> Option<Probe> {
+    let h = *d.hot.get(bi)?;
+    let log2 = (h & 63) as u8;
+    if log2 == 0 {
+        return Some(Probe { ctrl: EMPTY_CTRL.as_ptr(), ctrl_loc: 0, slots: 1, part: 0 });
+    }
+    let (ctrl_loc, part, log2) = if h == HOT_DEEP {
+        let db = &d.bins[bi];
+        let p = db.part_no(hash, bins_log2);
+        (ctrl_loc(db.part(p).loc), p, db.slots_log2)
+    } else {
+        (h >> 6, 0, log2)
+    };
+    match file.addr(ctrl_loc) {
+        Some(ctrl) => Some(Probe { ctrl: ctrl.cast_const(), ctrl_loc, slots: 1 << log2, part }),
+        None => unreachable!("a dense part outside the segment file"),
+    }
+}
+
+/// The slot of `key` (of `hash`) in the part `p` found by [`probe`]. `key`
+/// must have the table's key length and `stride` be the table's.
+#[inline(always)]
+pub(crate) fn find_slot(p: &Probe, stride: usize, hash: u64, key: &[u8]) -> Option<usize> {
+    let mask = p.slots - 1;
+    // SAFETY: `p.ctrl` points at the part's `slots + GROUP` control bytes,
+    // followed by its slots' keys and values, in the live map (the part
+    // lies in one segment, inside one map); for a bin without a table,
+    // `slots` is 1 and the static has 2 * GROUP zeros, so no key is read.
+    // Every read stays inside them: `i <= mask` and `j <= mask`.
+    unsafe {
+        let kv = p.ctrl.add(kv_off(p.slots));
+        let tag = tag_of(hash);
+        let mut i = hash as usize & mask;
+        loop {
+            let g = p.ctrl.add(i).cast::<u64>().read_unaligned();
+            let mut m = match_tag(g, tag);
+            while m != 0 {
+                let j = (i + (m.trailing_zeros() / 8) as usize) & mask;
+                let k = std::slice::from_raw_parts(kv.add(j * stride), key.len());
+                if super::key_diff(k, key) == 0 {
+                    return Some(j);
+                }
+                m &= m - 1;
+            }
+            if match_empty(g) != 0 {
+                return None;
+            }
+            i = (i + GROUP) & mask;
+        }
+    }
+}
+
+/// Finds `key` (of `hash`) in bin `bi` of `d`: its part and slot, with the
+/// probe that found it. `None` if absent (or the bin is not owned).
+#[inline(always)]
+pub(crate) fn find(
+    d: &DenseTable,
+    file: &SegmentFile,
+    bi: usize,
+    bins_log2: u8,
+    hash: u64,
+    key: &[u8],
+) -> Option<(Probe, SlotAt)> {
+    let p = probe(d, file, bi, bins_log2, hash)?;
+    let j = find_slot(&p, d.stride(), hash, key)?;
+    Some((p, SlotAt { part: p.part, slot: j }))
+}
+
+/// Prefetches what a lookup of `hash` in bin `bi` of `d` reads first: its
+/// group of control bytes and its home slot (`stride`: the table's).
+#[inline(always)]
+pub(crate) fn prefetch(
+    d: &DenseTable,
+    file: &SegmentFile,
+    bi: usize,
+    bins_log2: u8,
+    stride: usize,
+    hash: u64,
+) {
+    if let Some(p) = probe(d, file, bi, bins_log2, hash) {
+        let i = hash as usize & (p.slots - 1);
+        prefetch_ptr(p.ctrl.wrapping_add(i));
+        prefetch_ptr(p.ctrl.wrapping_add(kv_off(p.slots) + i * stride));
+    }
+}
+
+/// A pointer to the value of slot `j` of the part of probe `p` (keys of
+/// `key_len`, slots of `stride` bytes) and its location, for writing in
+/// place after [`SegmentFile::mark_dirty`].
+#[inline(always)]
+pub(crate) fn value_ptr(p: &Probe, key_len: usize, stride: usize, j: usize) -> (*mut u8, u64) {
+    let off = kv_off(p.slots) + j * stride + key_len;
+    (p.ctrl.wrapping_add(off).cast_mut(), p.ctrl_loc + off as u64)
+}
+
+/// One entry of a dense table, as iteration gives it.
+pub(crate) struct Entry<'a> {
+    pub(crate) hash: u64,
+    pub(crate) key: &'a [u8],
+    pub(crate) value: &'a [u8],
+}
+
+/// The entries of one part (`slots` slots of `stride` bytes, keys of
+/// `key_len`), read from its bytes `b` (control bytes first).
+pub(crate) fn part_entries(
+    b: &[u8],
+    slots: usize,
+    key_len: usize,
+    stride: usize,
+) -> impl Iterator<Item = (usize, Entry<'_>)> + '_ {
+    let (kv, hs) = (kv_off(slots), hash_off(slots, stride));
+    (0..slots).filter(move |&j| b[j] != 0).map(move |j| {
+        let s = &b[kv + j * stride..kv + (j + 1) * stride];
+        let hash = super::record::u64_at(b, hs + j * 8);
+        (j, Entry { hash, key: &s[..key_len], value: &s[key_len..] })
+    })
+}
+
+/// The entries of the run of slots that starts at the home slot of `hash`
+/// in its part of `db` (where every entry of that hash lies), up to the
+/// first empty slot.
+pub(crate) fn run_of<'a>(
+    file: &'a SegmentFile,
+    db: &'a DenseBin,
+    bins_log2: u8,
+    key_len: usize,
+    stride: usize,
+    hash: u64,
+) -> impl Iterator<Item = (usize, Entry<'a>)> + 'a {
+    let slots = db.slots();
+    let body = if db.exists() {
+        part_body(file, db.part(db.part_no(hash, bins_log2)), slots, stride)
+    } else {
+        &[][..]
+    };
+    let home = hash as usize & (slots - 1);
+    (0..slots)
+        .map(move |k| (home + k) & (slots - 1))
+        .take_while(move |&j| body.get(j).is_some_and(|&c| c != 0))
+        .map(move |j| {
+            let s = &body[kv_off(slots) + j * stride..kv_off(slots) + (j + 1) * stride];
+            let hash = super::record::u64_at(body, hash_off(slots, stride) + j * 8);
+            (j, Entry { hash, key: &s[..key_len], value: &s[key_len..] })
+        })
+}
+
+/// A part's bytes from its control bytes on.
+pub(crate) fn part_body<'a>(
+    file: &'a SegmentFile,
+    part: &DensePart,
+    slots: usize,
+    stride: usize,
+) -> &'a [u8] {
+    file.bytes(ctrl_loc(part.loc), hash_off(slots, stride) + slots * 8)
+}
+
+/// A part record read back from a checkpoint (or another store), checked.
+pub(crate) struct PartInfo {
+    pub(crate) table: u16,
+    pub(crate) key_len: usize,
+    pub(crate) val_len: usize,
+    pub(crate) depth: u8,
+    pub(crate) slots_log2: u8,
+    pub(crate) part: u32,
+    pub(crate) loc: u64,
+    /// Occupied slots.
+    pub(crate) len: u32,
+}
+
+/// Checks a live part record `r` (header `h`, at `loc`, of bin `bin`)
+/// read from a checkpoint: its head, its size, and every slot — the
+/// mirrored control bytes, each occupied slot's hash (its bin, its part,
+/// its tag) and that it is reachable from its home slot. Returns what the
+/// restore needs to rebuild the bin's table.
+pub(crate) fn check_part(
+    r: &[u8],
+    h: &Header,
+    loc: u64,
+    bin: Bin,
+    bins_log2: u8,
+) -> Result<PartInfo, String> {
+    let p = &r[HEADER..];
+    if p.len() < PART_HEAD {
+        return Err("dense part shorter than its head".into());
+    }
+    let val_len = u32_at(p, 0) as usize;
+    let (depth, slots_log2, part) = (p[4], p[5], u32_at(p, 8));
+    let key_len = usize::from(u16::from_le_bytes([p[6], p[7]]));
+    if h.key_len != 0 {
+        return Err("dense part with key bytes in its header".into());
+    }
+    let stride = key_len + val_len;
+    if !(SLOTS_LOG2_MIN..=SLOTS_LOG2_MAX).contains(&slots_log2)
+        || depth > DEPTH_MAX
+        || u32::from(bins_log2) + u32::from(depth) > 64 - PART_BITS_FLOOR
+        || u64::from(part) >> depth != 0
+    {
+        return Err(format!("dense part {part} of {} with 2^{slots_log2} slots", 1u64 << depth.min(63)));
+    }
+    if key_len == 0 || stride > SLOT_MAX {
+        return Err(format!("dense part with {key_len}-byte keys and {val_len}-byte values"));
+    }
+    if h.val_len as usize != payload_bytes(slots_log2, stride) {
+        return Err(format!("dense part of {} bytes for 2^{slots_log2} slots of {stride}", h.val_len));
+    }
+    let slots = 1usize << slots_log2;
+    let mask = slots - 1;
+    let b = &p[PART_HEAD..];
+    if b[slots..slots + GROUP] != b[..GROUP] {
+        return Err("dense part's mirrored control bytes differ".into());
+    }
+    let db = DenseBin { depth, slots_log2, ..DenseBin::default() };
+    let mut len = 0u32;
+    for (j, e) in part_entries(b, slots, key_len, stride) {
+        if b[j] != tag_of(e.hash) {
+            return Err(format!("slot {j} of a dense part: tag does not match its hash"));
+        }
+        if crate::keyspace::bin_of(e.hash, bins_log2) != bin || db.part_no(e.hash, bins_log2) != part as usize
+        {
+            return Err(format!("slot {j} of a dense part: hash of another bin or part"));
+        }
+        // Reachable: every slot from its home to it is occupied.
+        let mut i = e.hash as usize & mask;
+        while i != j {
+            if b[i] == 0 {
+                return Err(format!("slot {j} of a dense part: not reachable from its home slot"));
+            }
+            i = (i + 1) & mask;
+        }
+        len += 1;
+    }
+    if len as usize > load_max(slots) {
+        return Err(format!("dense part holds {len} keys in {slots} slots"));
+    }
+    Ok(PartInfo { table: h.table, key_len, val_len, depth, slots_log2, part, loc, len })
+}
+
+/// Assembles a bin's dense table from its parts, checked one by one with
+/// [`check_part`]: every part of `2^depth` present once, all of one size.
+/// `parts` is sorted by part number on return.
+pub(crate) fn check_parts(parts: &mut [PartInfo]) -> Result<(), String> {
+    parts.sort_unstable_by_key(|p| p.part);
+    let Some(f) = parts.first() else {
+        return Ok(());
+    };
+    let (depth, slots_log2, key_len, val_len) = (f.depth, f.slots_log2, f.key_len, f.val_len);
+    if parts.len() as u64 != 1u64 << depth {
+        return Err(format!("{} dense parts where 2^{depth} are needed", parts.len()));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if p.part as usize != i
+            || (p.depth, p.slots_log2, p.key_len, p.val_len) != (depth, slots_log2, key_len, val_len)
+        {
+            return Err(format!("dense part {} does not match part 0 of its bin", p.part));
+        }
+    }
+    Ok(())
+}
+
+impl StateStore {
+    /// Installs the checked parts of bin `bi` of dense table `ti` (from a
+    /// restore or an import).
+    pub(crate) fn install_dense_parts(&mut self, ti: usize, bi: usize, parts: &[PartInfo]) {
+        let Some(f) = parts.first() else {
+            return;
+        };
+        let mk = |p: &PartInfo| DensePart { loc: p.loc, len: p.len };
+        let db = DenseBin {
+            first: mk(f),
+            rest: parts[1..].iter().map(mk).collect(),
+            depth: f.depth,
+            slots_log2: f.slots_log2,
+        };
+        let n = db.len();
+        let table = &mut self.tables[ti];
+        if let Some(d) = table.dense.as_mut() {
+            d.set_bin(bi, db);
+            table.len += n;
+        }
+    }
+
+    /// Inserts `key` (absent) with `value` into bin `bi` of dense table `ti`,
+    /// growing the bin first if its part would pass 7/8 full.
+    pub(crate) fn dense_insert(
+        &mut self,
+        ti: usize,
+        bi: usize,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        let bins_log2 = self.config.bins_log2;
+        let stride = match &self.tables[ti].dense {
+            Some(d) => d.stride(),
+            None => return Err(StateError::KindMismatch { expected: "dense value", found: "record table" }),
+        };
+        debug_assert_eq!(key.len() + value.len(), stride);
+        loop {
+            let db = self.dense_bin(ti, bi);
+            let full = !db.exists() || {
+                let part = db.part(db.part_no(hash, bins_log2));
+                part.len as usize + 1 > load_max(db.slots())
+            };
+            if !full {
+                break;
+            }
+            self.dense_grow(ti, bi)?;
+        }
+        let db = self.dense_bin(ti, bi);
+        let p = db.part_no(hash, bins_log2);
+        let slots = db.slots();
+        let part_loc = db.part(p).loc;
+        let j = first_empty(self.file.bytes(ctrl_loc(part_loc), slots + GROUP), hash, slots);
+        write_slot(&mut self.file, part_loc, slots, stride, j, hash, key, value);
+        if let Some(d) = self.tables[ti].dense.as_mut() {
+            d.bins[bi].part_mut(p).len += 1;
+        }
+        self.tables[ti].len += 1;
+        Ok(())
+    }
+
+    /// Removes the entry in slot `at` of bin `bi` of dense table `ti`,
+    /// shifting the rest of its run back.
+    pub(crate) fn dense_remove_at(&mut self, ti: usize, bi: usize, at: SlotAt) {
+        let Self { file, tables, .. } = self;
+        let table = &mut tables[ti];
+        let Some(d) = table.dense.as_mut() else {
+            return;
+        };
+        let stride = d.stride();
+        let db = &mut d.bins[bi];
+        let slots = db.slots();
+        let mask = slots - 1;
+        let part = db.part_mut(at.part);
+        let cl = ctrl_loc(part.loc);
+        let mut hole = at.slot;
+        let mut k = (hole + 1) & mask;
+        loop {
+            let c = file.bytes(cl + k as u64, 1)[0];
+            if c == 0 {
+                break;
+            }
+            let h = super::record::u64_at(file.bytes(cl + (hash_off(slots, stride) + k * 8) as u64, 8), 0);
+            let home = h as usize & mask;
+            // The entry at `k` may move to the hole if its home is not
+            // cyclically within (hole, k].
+            if (k.wrapping_sub(home) & mask) >= (k.wrapping_sub(hole) & mask) {
+                move_slot(file, cl, slots, stride, k, hole);
+                hole = k;
+            }
+            k = (k + 1) & mask;
+        }
+        set_ctrl(file, cl, slots, hole, 0);
+        part.len -= 1;
+        table.len -= 1;
+    }
+
+    /// Keeps the entries of dense table `ti` for which `keep(hash, key,
+    /// value, no items)` is true and removes the others; with `only =
+    /// Some((bi, hash))`, visits only the run of `hash` in bin `bi`.
+    /// Returns how many were removed.
+    pub(crate) fn dense_retain(
+        &mut self,
+        ti: usize,
+        only: Option<(usize, u64)>,
+        mut keep: impl FnMut(u64, &[u8], &[u8], ListItems<'_>) -> bool,
+    ) -> usize {
+        let bins_log2 = self.config.bins_log2;
+        let Some(d) = &self.tables[ti].dense else {
+            return 0;
+        };
+        let (key_len, stride, nbins) = (d.key_len, d.stride(), d.bins.len());
+        let mut removed = 0;
+        let bins = match only {
+            Some((bi, _)) => bi..bi + 1,
+            None => 0..nbins,
+        };
+        for bi in bins {
+            let db = self.dense_bin(ti, bi);
+            if !db.exists() {
+                continue;
+            }
+            let (slots, nparts) = (db.slots(), 1usize << db.depth);
+            let mask = slots - 1;
+            for p in 0..nparts {
+                if only.is_some_and(|(_, h)| db_part_no(self.dense_bin(ti, bi), h, bins_log2) != p) {
+                    continue;
+                }
+                // Start just after an empty slot (or, for one hash's run, at
+                // its home): removal shifts slots back within a run only, so
+                // no entry is visited twice or skipped.
+                let body = part_body(&self.file, self.dense_bin(ti, bi).part(p), slots, stride);
+                let (mut i, run_only) = match only {
+                    Some((_, h)) => (h as usize & mask, true),
+                    None => match body[..slots].iter().position(|&c| c == 0) {
+                        Some(e) => ((e + 1) & mask, false),
+                        None => continue,
+                    },
+                };
+                let mut steps = 0;
+                while steps < slots {
+                    let body = part_body(&self.file, self.dense_bin(ti, bi).part(p), slots, stride);
+                    if body[i] == 0 {
+                        if run_only {
+                            break;
+                        }
+                        i = (i + 1) & mask;
+                        steps += 1;
+                        continue;
+                    }
+                    let kv = kv_off(slots) + i * stride;
+                    let hash = super::record::u64_at(body, hash_off(slots, stride) + i * 8);
+                    let items = ListItems::new(&self.file, super::record::NONE);
+                    if keep(hash, &body[kv..kv + key_len], &body[kv + key_len..kv + stride], items) {
+                        i = (i + 1) & mask;
+                        steps += 1;
+                    } else {
+                        self.dense_remove_at(ti, bi, SlotAt { part: p, slot: i });
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Points part `k` of bin `bi` of dense table `ti` at its record's new
+    /// location `loc` (compaction moved it, or rolled the move back).
+    pub(crate) fn relocate_part(&mut self, ti: usize, bi: usize, k: usize, loc: u64) {
+        let Some(d) = self.tables[ti].dense.as_mut() else {
+            return;
+        };
+        let mut db = d.bins[bi].clone();
+        db.part_mut(k).loc = loc;
+        d.set_bin(bi, db);
+    }
+
+    /// The dense bin `bi` of table `ti` (which must be dense).
+    fn dense_bin(&self, ti: usize, bi: usize) -> &DenseBin {
+        match &self.tables[ti].dense {
+            Some(d) => &d.bins[bi],
+            None => unreachable!("dense_bin of a record table"),
+        }
+    }
+
+    /// Rebuilds bin `bi` of dense table `ti` with room for more keys: parts
+    /// twice as large, or twice as many once a part would not fit in a
+    /// segment (or a bin without a table gets its first part). Compacts the
+    /// bin first if half its bytes are garbage (old parts, mostly). On
+    /// error the bin is as it was.
+    #[cold]
+    fn dense_grow(&mut self, ti: usize, bi: usize) -> Result<(), StateError> {
+        let bins_log2 = self.config.bins_log2;
+        let heap = &self.heaps[bi];
+        if heap.capacity > 0 && heap.dead * 2 >= heap.capacity {
+            self.compact(bi)?;
+        }
+        let (key_len, val_len) = match &self.tables[ti].dense {
+            Some(d) => (d.key_len, d.val_len),
+            None => return Ok(()),
+        };
+        let stride = key_len + val_len;
+        let old = self.dense_bin(ti, bi).clone();
+        let seg = self.file.segment_bytes() as usize;
+        let fits = |log2: u8| log2 <= SLOTS_LOG2_MAX && HEADER + payload_bytes(log2, stride) <= seg;
+        let (depth, slots_log2) = if !old.exists() {
+            (0, SLOTS_LOG2_MIN)
+        } else if fits(old.slots_log2 + 1) {
+            (old.depth, old.slots_log2 + 1)
+        } else {
+            (old.depth + 1, old.slots_log2)
+        };
+        if !fits(slots_log2) {
+            return Err(StateError::RecordTooLarge {
+                record_bytes: HEADER + payload_bytes(slots_log2, stride),
+                max_bytes: seg,
+            });
+        }
+        if depth > DEPTH_MAX || u32::from(bins_log2) + u32::from(depth) > 64 - PART_BITS_FLOOR {
+            let bin = self.bins.start + bi as u32;
+            return Err(StateError::DenseBinFull { bin, keys: old.len() as u64 });
+        }
+        let slots = 1usize << slots_log2;
+        let size = HEADER + payload_bytes(slots_log2, stride);
+        let bin_hash = if bins_log2 == 0 {
+            0
+        } else {
+            u64::from(self.bins.start + bi as u32) << (64 - u32::from(bins_log2))
+        };
+        let mut new_parts: Vec<DensePart> = Vec::with_capacity(1 << depth);
+        for part in 0..1u32 << depth {
+            let loc = match self.alloc(bi, size, false) {
+                Ok(loc) => loc,
+                Err(e) => {
+                    for p in &new_parts {
+                        kill(&mut self.file, &mut self.heaps[bi], p.loc);
+                    }
+                    return Err(e);
+                }
+            };
+            let h = Header {
+                hash: bin_hash,
+                key_len: 0,
+                val_len: (size - HEADER) as u32,
+                table: ti as u16,
+                kind: KIND_DENSE,
+                flags: 0,
+            };
+            let b = self.file.bytes_mut(loc, size);
+            b.fill(0);
+            h.write(b);
+            let p = &mut b[HEADER..];
+            p[0..4].copy_from_slice(&(val_len as u32).to_le_bytes());
+            p[4] = depth;
+            p[5] = slots_log2;
+            p[6..8].copy_from_slice(&(key_len as u16).to_le_bytes());
+            p[8..12].copy_from_slice(&part.to_le_bytes());
+            new_parts.push(DensePart { loc, len: 0 });
+        }
+        let grown = DenseBin { first: DensePart::default(), rest: Vec::new(), depth, slots_log2 };
+        // Move every entry of the old parts into the new ones.
+        let old_slots = if old.exists() { old.slots() } else { 0 };
+        for op in old.parts() {
+            for j in 0..old_slots {
+                let body = part_body(&self.file, op, old_slots, stride);
+                if body[j] == 0 {
+                    continue;
+                }
+                let kv = kv_off(old_slots) + j * stride;
+                let mut slot = [0u8; SLOT_MAX];
+                slot[..stride].copy_from_slice(&body[kv..kv + stride]);
+                let hash = super::record::u64_at(body, hash_off(old_slots, stride) + j * 8);
+                let np = &mut new_parts[grown.part_no(hash, bins_log2)];
+                let jn = first_empty(self.file.bytes(ctrl_loc(np.loc), slots + GROUP), hash, slots);
+                write_slot(
+                    &mut self.file,
+                    np.loc,
+                    slots,
+                    stride,
+                    jn,
+                    hash,
+                    &slot[..key_len],
+                    &slot[key_len..stride],
+                );
+                np.len += 1;
+            }
+        }
+        for op in old.parts() {
+            kill(&mut self.file, &mut self.heaps[bi], op.loc);
+        }
+        let mut it = new_parts.into_iter();
+        let first = it.next().unwrap_or_default();
+        if let Some(d) = self.tables[ti].dense.as_mut() {
+            d.set_bin(bi, DenseBin { first, rest: it.collect(), depth, slots_log2 });
+        }
+        Ok(())
+    }
+}
+
+/// The part number of `hash` in `db`.
+fn db_part_no(db: &DenseBin, hash: u64, bins_log2: u8) -> usize {
+    db.part_no(hash, bins_log2)
+}
+
+/// The first empty slot at or after the home slot of `hash`, from a part's
+/// control bytes `ctrl` (`slots + GROUP` of them). The part is never full.
+fn first_empty(ctrl: &[u8], hash: u64, slots: usize) -> usize {
+    let mask = slots - 1;
+    let mut i = hash as usize & mask;
+    loop {
+        let g = super::record::u64_at(ctrl, i);
+        let e = match_empty(g);
+        if e != 0 {
+            return (i + (e.trailing_zeros() / 8) as usize) & mask;
+        }
+        i = (i + GROUP) & mask;
+    }
+}
+
+/// Writes control byte `c` of slot `j` (and its mirror) of the part whose
+/// control bytes are at `cl`.
+fn set_ctrl(file: &mut SegmentFile, cl: u64, slots: usize, j: usize, c: u8) {
+    file.write(cl + j as u64, &[c]);
+    if j < GROUP {
+        file.write(cl + (slots + j) as u64, &[c]);
+    }
+}
+
+/// Fills slot `j` of the part at `part_loc`.
+#[allow(clippy::too_many_arguments)]
+fn write_slot(
+    file: &mut SegmentFile,
+    part_loc: u64,
+    slots: usize,
+    stride: usize,
+    j: usize,
+    hash: u64,
+    key: &[u8],
+    value: &[u8],
+) {
+    let cl = ctrl_loc(part_loc);
+    let kv = cl + (kv_off(slots) + j * stride) as u64;
+    file.write(kv, key);
+    file.write(kv + key.len() as u64, value);
+    file.write(cl + (hash_off(slots, stride) + j * 8) as u64, &hash.to_le_bytes());
+    set_ctrl(file, cl, slots, j, tag_of(hash));
+}
+
+/// Moves slot `from` to slot `to` of the part whose control bytes are at
+/// `cl` (the caller empties `from` or overwrites it next).
+fn move_slot(file: &mut SegmentFile, cl: u64, slots: usize, stride: usize, from: usize, to: usize) {
+    let kv = kv_off(slots) as u64;
+    file.copy(cl + kv + (from * stride) as u64, cl + kv + (to * stride) as u64, stride);
+    let hs = hash_off(slots, stride) as u64;
+    file.copy(cl + hs + from as u64 * 8, cl + hs + to as u64 * 8, 8);
+    let c = file.bytes(cl + from as u64, 1)[0];
+    set_ctrl(file, cl, slots, to, c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::NONE;
+    use crate::store::tests::{ok, tmp};
+    use crate::{hash_u64, BinRange, StoreConfig, ValueState};
+
+    fn small_store(dir: &tempfile::TempDir) -> StateStore {
+        ok(StateStore::create(StoreConfig::new(dir.path(), 2).with_segment_bytes(4096), BinRange::all(2)))
+    }
+
+    #[test]
+    fn every_key_stays_found_while_bins_grow_into_several_parts() {
+        let dir = tmp();
+        let mut s = small_store(&dir);
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        for k in 0..600u64 {
+            ok(sums.update(&mut s, hash_u64(k), &k, |old| old.unwrap_or(0) + k));
+            for j in (0..=k).step_by(7) {
+                assert_eq!(sums.get(&s, hash_u64(j), &j), Some(j), "key {j} after inserting {k}");
+            }
+        }
+        // 150 keys a bin need several parts of at most 128 slots.
+        let d = s.tables[0].dense.as_ref().map(|d| d.bins.iter().map(|b| b.depth).max());
+        assert!(matches!(d, Some(Some(depth)) if depth >= 1), "{d:?}");
+        assert_eq!(sums.len(&s), 600);
+    }
+
+    /// The bytes of part 0 of bin 0 of table 0 (record header included).
+    fn part_record(s: &StateStore) -> (Vec<u8>, Header, u64) {
+        let d = s.tables[0].dense.as_ref().map(|d| d.bins[0].first.loc);
+        let loc = d.unwrap_or(NONE);
+        let h = Header::read(s.file.bytes(loc, HEADER));
+        (s.file.bytes(loc, h.record_bytes()).to_vec(), h, loc)
+    }
+
+    #[test]
+    fn a_restored_part_is_checked_slot_by_slot() {
+        let dir = tmp();
+        let mut s = ok(StateStore::create(StoreConfig::new(dir.path(), 0), BinRange::all(0)));
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        for k in 0..5u64 {
+            ok(sums.update(&mut s, hash_u64(k), &k, |_| k));
+        }
+        let (r, h, loc) = part_record(&s);
+        let info = check_part(&r, &h, loc, 0, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((info.len, info.key_len, info.val_len, info.slots_log2), (5, 8, 8, SLOTS_LOG2_MIN));
+        let ctrl = HEADER + PART_HEAD;
+        let slots = 1usize << SLOTS_LOG2_MIN;
+        let full = (0..slots).find(|&j| r[ctrl + j] != 0).unwrap_or(0);
+        let empty = (0..slots).find(|&j| r[ctrl + j] == 0).unwrap_or(0);
+        let damaged = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = r.clone();
+            f(&mut b);
+            check_part(&b, &h, loc, 0, 0).err()
+        };
+        // A tag that does not match the slot's hash.
+        let e = damaged(&|b| b[ctrl + full] ^= 0x01);
+        assert!(e.as_deref().is_some_and(|e| e.contains("tag") || e.contains("mirror")), "{e:?}");
+        // A mirror byte that differs.
+        assert!(damaged(&|b| b[ctrl + slots] ^= 0x40).is_some_and(|e| e.contains("mirror")));
+        // Too many keys for the part, and a size that does not fit.
+        assert!(damaged(&|b| b[HEADER + 5] = 2).is_some());
+        assert!(damaged(&|b| b[HEADER + 4] = 40).is_some());
+        // An occupied byte where a slot was empty (its hash is zeros, whose
+        // tag is 0x80).
+        let e = damaged(&|b| {
+            b[ctrl + empty] = 0x81;
+            if empty < GROUP {
+                b[ctrl + slots + empty] = 0x81;
+            }
+        });
+        assert!(e.is_some_and(|e| e.contains("tag")), "a slot whose tag is not its hash's is refused");
+    }
+
+    #[test]
+    fn a_record_table_merges_into_a_dense_one_and_back() {
+        let sig =
+            TypeSig { id: std::any::TypeId::of::<ValueState<u64, u64>>(), name: "ValueState<u64, u64>" };
+        let (da, db) = (tmp(), tmp());
+        let mut a = ok(StateStore::create(StoreConfig::new(da.path(), 2), BinRange::new(0, 2)));
+        let mut b = ok(StateStore::create(StoreConfig::new(db.path(), 2), BinRange::new(2, 4)));
+        let ta = ok(a.typed_table("sums", sig, Some((8, 8))));
+        // A record table of the same handle type (as a restore of an
+        // older checkpoint gives).
+        let tb = ok(b.typed_table("sums", sig, None));
+        let mut want = Vec::new();
+        for k in 0..400u64 {
+            let h = hash_u64(k);
+            let (s, t) = if crate::bin_of(h, 2) < 2 { (&mut a, ta) } else { (&mut b, tb) };
+            ok(s.put_impl(t, h, &k.to_le_bytes(), &(k * 3).to_le_bytes()));
+            want.push((h, k.to_le_bytes().to_vec(), (k * 3).to_le_bytes().to_vec()));
+        }
+        want.sort();
+        let dump = |s: &StateStore, t: TableId| {
+            let mut v = Vec::new();
+            s.for_each(t, |h, k, val| v.push((h, k.to_vec(), val.to_vec())));
+            v.sort();
+            v
+        };
+        ok(a.merge(b));
+        assert!(a.tables[0].dense.is_some());
+        assert_eq!(dump(&a, ta), want);
+        // And a dense table into a record one.
+        let dc = tmp();
+        let mut c = ok(StateStore::create(StoreConfig::new(dc.path(), 2), BinRange::new(0, 2)));
+        let tc = ok(c.typed_table("sums", sig, None));
+        let moved = ok(a.split_off(BinRange::new(2, 4)));
+        ok(c.merge(moved));
+        assert!(c.tables[0].dense.is_none());
+        let mut rest = dump(&c, tc);
+        rest.extend(dump(&a, ta));
+        rest.sort();
+        assert_eq!(rest, want);
+    }
+
+    #[test]
+    fn tag_and_empty_matching_are_exact_where_it_matters() {
+        // Control bytes: empty, tag 0x85, tag 0x84 (differs in the lowest
+        // bit), empty, tag 0x85, ...
+        let bytes = [0x00u8, 0x85, 0x84, 0x00, 0x85, 0xff, 0x80, 0x00];
+        let g = u64::from_le_bytes(bytes);
+        let m = match_tag(g, 0x85);
+        let hits: Vec<usize> = (0..8).filter(|b| m & (0x80 << (b * 8)) != 0).collect();
+        // Every true match is found; no empty byte is a candidate.
+        assert!(hits.contains(&1) && hits.contains(&4), "{hits:?}");
+        assert!(!hits.contains(&0) && !hits.contains(&3) && !hits.contains(&7), "{hits:?}");
+        let e = match_empty(g);
+        let empties: Vec<usize> = (0..8).filter(|b| e & (0x80 << (b * 8)) != 0).collect();
+        assert_eq!(empties, vec![0, 3, 7]);
+    }
+
+    #[test]
+    fn first_empty_wraps_through_the_mirror() {
+        // 8 slots: all full but slot 2; the mirror repeats the first 8.
+        let mut ctrl = [0x81u8; 16];
+        ctrl[2] = 0;
+        ctrl[10] = 0;
+        // Home 6: slots 6, 7, then 0, 1 are full, 2 is empty.
+        assert_eq!(first_empty(&ctrl, 6, 8), 2);
+        assert_eq!(first_empty(&ctrl, 2, 8), 2);
+    }
+}

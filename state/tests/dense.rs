@@ -1,0 +1,165 @@
+//! Dense tables (a `ValueState` of fixed-size keys and values) under many
+//! keys per bin: parts that grow, split into several parts per bin, move
+//! when their bin compacts, and go through checkpoints (streamed while
+//! written), restores, splits and merges — checked against a `HashMap`.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use spate_state::{
+    bin_of, hash_u64, BackupStore, BinRange, CheckpointStream, Durability, StateStore, StoreConfig,
+    ValueState,
+};
+
+/// Two bins, so each holds many keys.
+const BINS_LOG2: u8 = 1;
+/// Small segments: a part of 128 slots is the largest that fits, so a bin of
+/// more than 112 keys has several parts.
+const SEGMENT_BYTES: usize = 4096;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add(u64, u64),
+    Remove(u64),
+    /// Removes every key `k` with `k % m == r`.
+    Drain(u64, u64),
+    /// Begins a checkpoint, applies the next ops while it streams.
+    Checkpoint,
+}
+
+fn op(keys: u64) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (0..keys, any::<u64>()).prop_map(|(k, v)| Op::Add(k, v)),
+        2 => (0..keys).prop_map(Op::Remove),
+        1 => (2..9u64, 0..9u64).prop_map(|(m, r)| Op::Drain(m, r % m)),
+        1 => Just(Op::Checkpoint),
+    ]
+}
+
+fn store(dir: &std::path::Path, bins: BinRange) -> StateStore {
+    let config = StoreConfig::new(dir, BINS_LOG2).with_segment_bytes(SEGMENT_BYTES);
+    StateStore::create(config, bins).unwrap()
+}
+
+fn contents(s: &StateStore, h: &ValueState<u64, u64>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    h.for_each(s, |hash, k, v| {
+        assert_eq!(hash, hash_u64(k), "an entry keeps its hash");
+        out.push((k, v));
+    });
+    out.sort_unstable();
+    out
+}
+
+fn sorted(m: &HashMap<u64, u64>) -> Vec<(u64, u64)> {
+    let mut v: Vec<_> = m.iter().map(|(&k, &v)| (k, v)).collect();
+    v.sort_unstable();
+    v
+}
+
+fn apply(s: &mut StateStore, h: &mut ValueState<u64, u64>, model: &mut HashMap<u64, u64>, op: &Op) {
+    match *op {
+        Op::Add(k, v) => {
+            let new = h.update(s, hash_u64(k), &k, |old| old.unwrap_or(0).wrapping_add(v)).unwrap();
+            let m = model.entry(k).or_insert(0);
+            *m = m.wrapping_add(v);
+            assert_eq!(new, *m);
+        }
+        Op::Remove(k) => assert_eq!(h.remove(s, hash_u64(k), &k), model.remove(&k).is_some()),
+        Op::Drain(m, r) => {
+            let mut out = Vec::new();
+            let n = h.drain_filter(s, |k, _| k % m == r, |_, k, v| out.push((k, v))).unwrap();
+            let before = model.len();
+            model.retain(|k, _| k % m != r);
+            assert_eq!(n, before - model.len());
+            assert_eq!(out.len(), n);
+        }
+        Op::Checkpoint => {}
+    }
+}
+
+fn pull_all(stream: &mut CheckpointStream) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(c) = stream.next_chunk() {
+        out.push(c.to_vec());
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dense_tables_match_a_map_through_growth_checkpoints_restore_split_and_merge(
+        ops in prop::collection::vec(op(1500), 1..3000),
+        cut_at_start in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let all = BinRange::all(BINS_LOG2);
+        let mut s = store(&dir.path().join("live"), all);
+        let mut h = ValueState::<u64, u64>::register(&mut s, "sums").unwrap();
+        let mut model = HashMap::new();
+        let mut backup = BackupStore::open(dir.path().join("backup"), Durability::Memory).unwrap();
+        // (checkpoint id, contents at its begin)
+        let mut taken: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+        let mut streaming: Option<(CheckpointStream, u64, Vec<(u64, u64)>)> = None;
+        let mut id = 0;
+        for op in &ops {
+            if let Op::Checkpoint = op {
+                if let Some((mut st, cid, at)) = streaming.take() {
+                    for c in pull_all(&mut st) {
+                        backup.receive("d", &c).unwrap();
+                    }
+                    taken.push((cid, at));
+                }
+                id += 1;
+                let at = sorted(&model);
+                streaming = Some((s.begin_checkpoint(id, b"").unwrap(), id, at));
+                continue;
+            }
+            apply(&mut s, &mut h, &mut model, op);
+            // The stream reads a few chunks while the store is written.
+            if let Some((st, _, _)) = streaming.as_mut() {
+                for _ in 0..2 {
+                    if let Some(c) = st.next_chunk() {
+                        backup.receive("d", c).unwrap();
+                    }
+                }
+            }
+        }
+        if let Some((mut st, cid, at)) = streaming.take() {
+            for c in pull_all(&mut st) {
+                backup.receive("d", &c).unwrap();
+            }
+            taken.push((cid, at));
+        }
+        prop_assert_eq!(contents(&s, &h), sorted(&model));
+        prop_assert_eq!(h.len(&s), model.len());
+        // Every checkpoint restores exactly the state at its begin.
+        for (cid, at) in &taken {
+            let (mut r, _, _) =
+                StateStore::restore_id(StoreConfig::new(dir.path().join(format!("r{cid}")), BINS_LOG2), &backup, "d", *cid)
+                    .unwrap();
+            let rh = ValueState::<u64, u64>::register(&mut r, "sums").unwrap();
+            prop_assert_eq!(&contents(&r, &rh), at);
+        }
+        // Split off one bin and merge it back; both sides keep working.
+        let moved = if cut_at_start { BinRange::new(0, 1) } else { BinRange::new(1, 2) };
+        let mut part = s.split_off(moved).unwrap();
+        let mut ph = ValueState::<u64, u64>::register(&mut part, "sums").unwrap();
+        let (in_part, in_rest): (Vec<_>, Vec<_>) =
+            sorted(&model).into_iter().partition(|(k, _)| moved.contains(bin_of(hash_u64(*k), BINS_LOG2)));
+        prop_assert_eq!(contents(&part, &ph), in_part);
+        prop_assert_eq!(contents(&s, &h), in_rest);
+        for k in 0..1500u64 {
+            let (st, hh) = if moved.contains(bin_of(hash_u64(k), BINS_LOG2)) { (&mut part, &mut ph) } else { (&mut s, &mut h) };
+            apply(st, hh, &mut model, &Op::Add(k, k));
+        }
+        s.merge(part).unwrap();
+        prop_assert_eq!(contents(&s, &h), sorted(&model));
+        for k in (0..1500u64).step_by(3) {
+            apply(&mut s, &mut h, &mut model, &Op::Remove(k));
+        }
+        prop_assert_eq!(contents(&s, &h), sorted(&model));
+    }
+}
