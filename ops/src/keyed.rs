@@ -102,12 +102,6 @@ pub(crate) fn stateful<T: 'static>(
     }
 }
 
-/// How far ahead in a burst a keyed operator prefetches: the index slot of
-/// the record `AHEAD` on, and the stored record of the one `AHEAD / 2` on
-/// (whose slot is cached by then). Keyed state larger than the CPU's caches
-/// makes each update wait on two dependent cache misses otherwise.
-const AHEAD: usize = 16;
-
 /// A running update per key, `fold`'s and `reduce`'s: for every record the
 /// key's value becomes `step(old value, record)`, and `emit(key, new
 /// value)` goes downstream.
@@ -125,6 +119,7 @@ struct PerKey<K, T, V, O, S, E> {
     /// `push_burst`); allocated once.
     keys: Vec<K>,
     hashes: Vec<u64>,
+    metas: Vec<Meta>,
     results: Vec<(O, Meta)>,
 }
 
@@ -181,39 +176,40 @@ where
         self.out.flush();
     }
     /// A whole burst at once (what an exchange hands a keyed operator):
-    /// its keys and hashes first, then each update with the index slot of
-    /// the record [`AHEAD`] further on and the stored record of the one
-    /// `AHEAD / 2` further on prefetched; the results go downstream as one
-    /// burst.
+    /// its keys and hashes first, then the updates through
+    /// [`ValueState::update_burst`], which fetches the state of the records
+    /// further on while it updates; the results go downstream as
+    /// one burst.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
         let (mut keys, mut hashes) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.hashes));
-        let mut results = std::mem::take(&mut self.results);
+        let (mut results, mut metas) = (std::mem::take(&mut self.results), std::mem::take(&mut self.metas));
         keys.clear();
         hashes.clear();
-        for (rec, _) in recs.iter() {
+        metas.clear();
+        for (rec, meta) in recs.iter() {
             let (key, hash) = self.key.key_and_hash(rec);
             keys.push(key);
             hashes.push(hash);
+            metas.push(*meta);
         }
-        for &hash in hashes.iter().take(AHEAD) {
-            self.acc.prefetch_index(&self.store, hash);
-        }
-        for &hash in hashes.iter().take(AHEAD / 2) {
-            self.acc.prefetch(&self.store, hash);
-        }
-        for (i, (((rec, meta), key), &hash)) in recs.drain(..).zip(keys.drain(..)).zip(&hashes).enumerate() {
-            if let Some(&h) = hashes.get(i + AHEAD) {
-                self.acc.prefetch_index(&self.store, h);
-            }
-            if let Some(&h) = hashes.get(i + AHEAD / 2) {
-                self.acc.prefetch(&self.store, h);
-            }
-            if let Some(result) = self.apply(rec, key, hash) {
-                results.push((result, meta));
-            }
+        let (step, emit) = (&self.step, &self.emit);
+        let mut recs = recs.drain(..);
+        let r = self.acc.update_burst(
+            &mut self.store,
+            &hashes,
+            &keys,
+            |_, old| match recs.next() {
+                Some((rec, _)) => step(old, rec),
+                None => unreachable!("update_burst asks for one value per key"),
+            },
+            |i, v| results.push((emit(keys[i].clone(), v), metas[i])),
+        );
+        drop(recs);
+        if let Err(e) = r {
+            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
         }
         self.out.push_burst(&mut results);
-        (self.keys, self.hashes, self.results) = (keys, hashes, results);
+        (self.keys, self.hashes, self.results, self.metas) = (keys, hashes, results, metas);
     }
 }
 
@@ -247,6 +243,7 @@ where
             saver,
             keys: Vec::new(),
             hashes: Vec::new(),
+            metas: Vec::new(),
             results: Vec::new(),
         }) as BoxPush<T>)
     })

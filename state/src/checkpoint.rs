@@ -78,12 +78,15 @@ use crate::error::StateError;
 use crate::keyspace::{Bin, BinRange};
 use crate::store::cow::Phase;
 use crate::store::record::{u32_at, u64_at};
-use crate::store::{Seg, StateStore, PAGE_BYTES};
+use crate::store::{Seg, StateStore, PAGE_BYTES, SEG_MIN_LOG2};
 
 /// Magic bytes opening a header chunk's payload.
 pub const MAGIC: [u8; 8] = *b"SPATECKP";
-/// Version of the chunk format.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the chunk format (2: segments from [`SEG_MIN_BYTES`], less
+/// than a page, and dense table parts).
+///
+/// [`SEG_MIN_BYTES`]: crate::store::SEG_MIN_BYTES
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes of a chunk's framing before the payload (`len`, `crc32`, `kind`).
 pub const FRAME_BYTES: usize = 9;
 /// Largest chunk payload accepted by the decoder (a header of a store with
@@ -268,10 +271,19 @@ impl HeaderSnapshot {
     pub(crate) fn layout_page_set(&self, words: usize) -> Vec<u64> {
         let mut set = vec![0u64; words];
         for s in self.layout.iter().flat_map(|b| b.segs.iter()) {
-            set_page_bits(&mut set, s.loc / PAGE_BYTES as u64, (1u64 << s.log2) / PAGE_BYTES as u64);
+            let (first, n) = seg_pages(s);
+            set_page_bits(&mut set, first, n);
         }
         set
     }
+}
+
+/// The pages segment `s` lies in: the first and how many (one for a
+/// segment smaller than a page, which shares its page with others).
+pub(crate) fn seg_pages(s: &Seg) -> (u64, u64) {
+    let first = s.loc / PAGE_BYTES as u64;
+    let last = (s.loc + (1u64 << s.log2) - 1) / PAGE_BYTES as u64;
+    (first, last - first + 1)
 }
 
 /// Sets the bits of pages `first .. first + n` in the page bitmap `set`
@@ -480,7 +492,7 @@ impl CkptHeader {
         }
         let next_segment = r.u32()?;
         let classes = r.count(4)?;
-        if classes != (segment_log2 - 11) as usize {
+        if classes != (u32::from(segment_log2) - SEG_MIN_LOG2 + 1) as usize {
             return Err(format!("{classes} free classes for segments of 2^{segment_log2}"));
         }
         let mut free = Vec::with_capacity(classes);
@@ -543,12 +555,12 @@ impl CkptHeader {
         let seg_log2 = u32::from(self.segment_log2);
         let limit = u64::from(self.next_segment) << seg_log2;
         let seg_ok = |s: &Seg| {
-            (12..=seg_log2).contains(&s.log2)
+            (SEG_MIN_LOG2..=seg_log2).contains(&s.log2)
                 && s.loc & ((1u64 << s.log2) - 1) == 0
                 && s.loc.checked_add(1 << s.log2).is_some_and(|e| e <= limit)
         };
         for (class, locs) in self.free.iter().enumerate() {
-            let log2 = 12 + class as u32;
+            let log2 = SEG_MIN_LOG2 + class as u32;
             if !locs.iter().all(|&loc| seg_ok(&Seg { loc, log2 })) {
                 return Err(format!("free segment of class {class} out of the file"));
             }
@@ -791,17 +803,19 @@ pub(crate) fn encode<'a>(header: &CkptHeader, pages: impl Iterator<Item = (u64, 
     Checkpoint { id: header.id, base: header.base, pages: n, chunks }
 }
 
-/// The pages of the segments in use by the bins of `layout`, ascending.
+/// The pages of the segments in use by the bins of `layout`, ascending,
+/// each once.
 pub(crate) fn layout_pages(layout: &[BinLayout]) -> Vec<u64> {
     let mut pages: Vec<u64> = layout
         .iter()
         .flat_map(|b| b.segs.iter())
         .flat_map(|s| {
-            let first = s.loc / PAGE_BYTES as u64;
-            first..first + (1u64 << s.log2) / PAGE_BYTES as u64
+            let (first, n) = seg_pages(s);
+            first..first + n
         })
         .collect();
     pages.sort_unstable();
+    pages.dedup();
     pages
 }
 
@@ -894,7 +908,8 @@ impl StateStore {
         let (shared, live) = self.file.begin_cow(set, &mut shadow);
         let pages = if full {
             self.file.clear_dirty();
-            self.heaps.iter().map(|h| h.capacity / PAGE_BYTES as u64).sum()
+            let words = shared.set.len();
+            snapshot.layout_page_set(words).iter().map(|w| u64::from(w.count_ones())).sum()
         } else {
             shared.page_count()
         };

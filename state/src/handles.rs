@@ -217,6 +217,59 @@ impl<K: Record, V: Record> ValueState<K, V> {
         self.update_slow(store, hash, key, found, f)
     }
 
+    /// Updates a burst of keys in order: the value of `keys[i]` (of hash
+    /// `hashes[i]`) becomes `f(i, old value)`, then `done(i, new value)` is
+    /// called, for `i` from 0 on, with the same effects as one
+    /// [`ValueState::update`] after the other. For fixed-layout keys and
+    /// values (a dense table) the state of later keys is fetched while
+    /// earlier ones are updated, and the table is looked up once per burst.
+    pub fn update_burst(
+        &mut self,
+        store: &mut StateStore,
+        hashes: &[u64],
+        keys: &[K],
+        mut f: impl FnMut(usize, Option<V>) -> V,
+        mut done: impl FnMut(usize, V),
+    ) -> Result<(), StateError> {
+        debug_assert_eq!(hashes.len(), keys.len());
+        store.check_sig(self.table, &sig::<Self>())?;
+        if let (Some(kl), Some(vl)) = (fixed_len::<K>(), fixed_len::<V>()) {
+            let dense = store.dense_update_burst(
+                self.table.index(),
+                hashes,
+                kl,
+                vl,
+                |i, kb| {
+                    let mut b = [0u8; FIXED_MAX];
+                    let n = fixed_encode(&keys[i], &mut b);
+                    debug_assert_eq!(n, Some(kl));
+                    kb.copy_from_slice(&b[..kl]);
+                },
+                |i, old, nb| {
+                    let v = f(i, old.and_then(fixed_decode::<V>));
+                    let mut b = [0u8; FIXED_MAX];
+                    let n = fixed_encode(&v, &mut b);
+                    debug_assert_eq!(n, Some(vl));
+                    nb.copy_from_slice(&b[..vl]);
+                    // The store writes `nb` as the key's value next (a
+                    // failed insert fails the whole call).
+                    done(i, v);
+                },
+            );
+            if dense? {
+                return Ok(());
+            }
+        }
+        for (i, (&hash, key)) in hashes.iter().zip(keys).enumerate() {
+            if let Some(&h) = hashes.get(i + 16) {
+                self.prefetch_index(store, h);
+            }
+            let v = self.update(store, hash, key, |old| f(i, old))?;
+            done(i, v);
+        }
+        Ok(())
+    }
+
     /// The general `update`: decode, call `f`, encode, write in place if the
     /// length is unchanged, else append. `found` is the value's location.
     #[inline]
@@ -618,6 +671,58 @@ mod tests {
         fast_path_matches_rkyv::<[u8; 16], i128>(|k| [k as u8; 16], |o, i| o.unwrap_or(-7) - i128::from(i));
         // Not fixed-layout: the general path, for comparison.
         fast_path_matches_rkyv::<String, u64>(|k| format!("k{k}"), |o, i| o.unwrap_or(0) + i);
+    }
+
+    /// `update_burst` has the effects of one `update` after the other, in
+    /// a dense table growing while the burst runs (inserts move parts
+    /// under the prefetched probes) and in a record table.
+    fn burst_matches_single_updates<K: Record + Clone + PartialEq + std::fmt::Debug>(key: impl Fn(u64) -> K) {
+        let (da, db) = (tmp(), tmp());
+        let (mut a, mut b) = (store(&da), store(&db));
+        let mut burst = ok(ValueState::<K, u64>::register(&mut a, "s"));
+        let mut single = ok(ValueState::<K, u64>::register(&mut b, "s"));
+        let mut seed = 7u64;
+        for round in 0..40u64 {
+            let n = (round * 37 % 300) as usize;
+            let mut keys = Vec::with_capacity(n);
+            let mut hashes = Vec::with_capacity(n);
+            for _ in 0..n {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                // A key space that keeps growing, with repeats within a burst.
+                let k = key((seed >> 33) % (50 + round * 40));
+                let mut kb = Vec::new();
+                assert!(codec::encode_rkyv(&k, &mut kb).is_ok());
+                hashes.push(hash_bytes(&kb));
+                keys.push(k);
+            }
+            let mut got = Vec::new();
+            ok(burst.update_burst(
+                &mut a,
+                &hashes,
+                &keys,
+                |i, old| old.unwrap_or(1) * 3 + i as u64,
+                |i, v| got.push((i, v)),
+            ));
+            let want: Vec<(usize, u64)> = (0..n)
+                .map(|i| {
+                    (i, ok(single.update(&mut b, hashes[i], &keys[i], |old| old.unwrap_or(1) * 3 + i as u64)))
+                })
+                .collect();
+            assert_eq!(got, want, "round {round}");
+        }
+        let dump = |s: &StateStore, h: &ValueState<K, u64>| {
+            let mut v = Vec::new();
+            h.for_each(s, |hash, _, val| v.push((hash, val)));
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(dump(&a, &burst), dump(&b, &single));
+    }
+
+    #[test]
+    fn update_burst_is_one_update_after_the_other() {
+        burst_matches_single_updates::<u64>(|k| k);
+        burst_matches_single_updates::<String>(|k| format!("k{k}"));
     }
 
     #[test]

@@ -57,7 +57,8 @@ use crate::error::StateError;
 use crate::keyspace::{bin_of, BinRange, BINS_LOG2_MAX};
 
 pub(crate) use file::SegmentFile;
-pub use file::{Backing, CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME};
+pub(crate) use file::SEG_MIN_LOG2;
+pub use file::{Backing, CHUNK_BYTES, PAGE_BYTES, SEGMENTS_MAX, SEGMENT_FILE_NAME, SEG_MIN_BYTES};
 pub(crate) use index::{slot_loc, tag_matches, BinIndex, SlotArena, EMPTY};
 use record::*;
 

@@ -55,7 +55,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use super::{corrupt, walk, CkptHeader, Framed, PageChunk};
+use super::{corrupt, seg_pages, walk, CkptHeader, Framed, PageChunk};
 use crate::backup::BackupStore;
 use crate::error::StateError;
 use crate::keyspace::{bin_of, Bin};
@@ -350,8 +350,9 @@ pub(crate) struct PagePlan<'f, 'a> {
 
 impl<'f, 'a> PagePlan<'f, 'a> {
     /// The plan of the chain `framed` (oldest first, not empty): later
-    /// checkpoints' pages supersede earlier ones'. Fails if a page belongs
-    /// to two segments of the final layout.
+    /// checkpoints' pages supersede earlier ones'. Fails if two segments of
+    /// the final layout overlap (segments smaller than a page may share a
+    /// page, never a byte).
     fn new(framed: &'f [Framed<'a>]) -> Result<Self, StateError> {
         let Some(last) = framed.last() else {
             return Ok(Self { latest: Vec::new(), others: Vec::new(), layout_pages: 0 });
@@ -362,22 +363,28 @@ impl<'f, 'a> PagePlan<'f, 'a> {
         let file_pages = (u64::from(h.next_segment) << h.segment_log2) / PAGE_BYTES as u64;
         let mut owned = vec![0u64; file_pages.div_ceil(64) as usize];
         let mut layout_pages = 0;
+        let mut spans = Vec::new();
         for (bi, b) in h.layout.iter().enumerate() {
+            let bin = h.bins.start + bi as u32;
             for s in &b.segs {
-                let first = s.loc / PAGE_BYTES as u64;
-                for p in first..first + (1u64 << s.log2) / PAGE_BYTES as u64 {
+                spans.push((s.loc, s.loc + (1u64 << s.log2), bin));
+                let (first, n) = seg_pages(s);
+                for p in first..first + n {
                     let (w, bit) = ((p / 64) as usize, 1u64 << (p % 64));
-                    let bin = h.bins.start + bi as u32;
                     let Some(word) = owned.get_mut(w).filter(|_| p < file_pages) else {
                         return Err(corrupt(last.id, Some(bin), Some(p), "segment outside the file"));
                     };
-                    if *word & bit != 0 {
-                        return Err(corrupt(last.id, Some(bin), Some(p), "segments overlap"));
+                    if *word & bit == 0 {
+                        layout_pages += 1;
                     }
                     *word |= bit;
-                    layout_pages += 1;
                 }
             }
+        }
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
+            let page = w[1].0 / PAGE_BYTES as u64;
+            return Err(corrupt(last.id, Some(w[1].2), Some(page), "segments overlap"));
         }
         let mut latest = vec![None; file_pages as usize];
         let mut others = Vec::new();
@@ -553,6 +560,9 @@ impl<'w, 'a> Work<'w, 'a> {
     /// took) that the chain holds; returns the segment's bytes.
     fn segment(&self, seg: &Seg, buf: &mut Vec<u8>) -> Result<&'w [u8], Fault> {
         let (loc, len) = (seg.loc, 1usize << seg.log2);
+        if len < PAGE_BYTES {
+            return self.small_segment(loc, len);
+        }
         let first = loc / PAGE_BYTES as u64;
         let pages = (len / PAGE_BYTES) as u64;
         if !self.target.writes_file() {
@@ -592,6 +602,35 @@ impl<'w, 'a> Work<'w, 'a> {
         }
         // SAFETY: as above, the segment is this thread's alone, and its
         // writes are done: nothing writes it while the slice lives.
+        Ok(unsafe { self.target.range(loc, len) })
+    }
+
+    /// [`Work::segment`] for a segment smaller than a page: its bytes of its
+    /// one page (other bins' segments may hold the rest of the page).
+    fn small_segment(&self, loc: u64, len: usize) -> Result<&'w [u8], Fault> {
+        let p = loc / PAGE_BYTES as u64;
+        let off = (loc % PAGE_BYTES as u64) as usize;
+        let data = match self.plan.latest(p) {
+            Some((ci, c)) => Some(&self.verify(ci, c)?[off..off + len]),
+            None => None,
+        };
+        if !self.target.writes_file() {
+            // SAFETY: the segment's bytes belong to no other segment
+            // (checked by `PagePlan::new`) and its bin to this thread alone
+            // (taken from the counter), so no other slice of them exists,
+            // though other threads may hold slices of the rest of its page.
+            let dst = unsafe { self.target.range_mut(loc, len) };
+            if let Some(d) = data {
+                dst.copy_from_slice(d);
+            }
+            return Ok(dst);
+        }
+        if let Some(d) = data {
+            // SAFETY: as above: these bytes are this thread's alone, and no
+            // slice of them was made yet.
+            unsafe { self.target.write_at(loc, d) }.map_err(Fault::io)?;
+        }
+        // SAFETY: as above, and its writes are done.
         Ok(unsafe { self.target.range(loc, len) })
     }
 

@@ -734,6 +734,85 @@ impl StateStore {
         removed
     }
 
+    /// Updates a burst of keys of dense table `t` (slots of `key_len` and
+    /// `val_len` bytes) in order: for each `i`, `key_of(i, buf)` writes the
+    /// key of hash `hashes[i]` into `buf` (`key_len` bytes), and
+    /// `update(i, old, new)` writes the new value into `new` (`val_len`
+    /// bytes) from the old one (`None`: the key is absent, and is
+    /// inserted). The same effects as one update after the other; while
+    /// key `i` is updated, the part and home slot of key `i + AHEAD` are
+    /// worked out and prefetched, so the cache misses of a burst overlap.
+    /// Returns `Ok(false)` without touching anything if `t` is not a dense
+    /// table of those slot sizes.
+    #[inline(always)]
+    pub(crate) fn dense_update_burst(
+        &mut self,
+        t: usize,
+        hashes: &[u64],
+        key_len: usize,
+        val_len: usize,
+        mut key_of: impl FnMut(usize, &mut [u8]),
+        mut update: impl FnMut(usize, Option<&[u8]>, &mut [u8]),
+    ) -> Result<bool, StateError> {
+        const AHEAD: usize = 16;
+        let stride = key_len + val_len;
+        let bins_log2 = self.config.bins_log2;
+        let bins_start = self.bins.start;
+        match self.tables.get(t).and_then(|t| t.dense.as_ref()) {
+            Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && stride <= SLOT_MAX => {}
+            _ => return Ok(false),
+        }
+        let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
+        // Probes of the next AHEAD keys (`None`: to work out again, after
+        // an insert may have moved parts).
+        let mut ring: [Option<Probe>; AHEAD] = [None; AHEAD];
+        for (i, &h) in hashes.iter().enumerate().take(AHEAD) {
+            ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h);
+        }
+        let mut kb = [0u8; SLOT_MAX];
+        let mut nb = [0u8; SLOT_MAX];
+        for (i, &hash) in hashes.iter().enumerate() {
+            let p = match ring[i % AHEAD].take() {
+                Some(p) => p,
+                None => match self.tables[t]
+                    .dense
+                    .as_ref()
+                    .and_then(|d| probe(d, &self.file, bin(hash), bins_log2, hash))
+                {
+                    Some(p) => p,
+                    None => return Err(self.not_owned(hash)),
+                },
+            };
+            if let Some(&h) = hashes.get(i + AHEAD) {
+                ring[i % AHEAD] = probe_ahead(self, t, bin(h), bins_log2, stride, h);
+            }
+            let key = &mut kb[..key_len];
+            key_of(i, key);
+            let new = &mut nb[..val_len];
+            match find_slot(&p, stride, hash, key) {
+                Some(j) => {
+                    let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
+                    self.file.mark_dirty(vloc, val_len);
+                    // SAFETY: `ptr .. ptr + val_len` is the slot's value in
+                    // the live map (the probe was worked out after the last
+                    // insert, so its part has not moved), marked dirty just
+                    // now; `&mut self` is held and no other slice of it lives.
+                    let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
+                    update(i, Some(value), new);
+                    value.copy_from_slice(new);
+                }
+                None => {
+                    update(i, None, new);
+                    let ti = t;
+                    self.dense_insert(ti, bin(hash), hash, key, new)?;
+                    // Growth or compaction may have moved parts.
+                    ring = [None; AHEAD];
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Points part `k` of bin `bi` of dense table `ti` at its record's new
     /// location `loc` (compaction moved it, or rolled the move back).
     pub(crate) fn relocate_part(&mut self, ti: usize, bi: usize, k: usize, loc: u64) {
@@ -863,8 +942,36 @@ impl StateStore {
         if let Some(d) = self.tables[ti].dense.as_mut() {
             d.set_bin(bi, DenseBin { first, rest: it.collect(), depth, slots_log2 });
         }
+        // The old parts, and the ends of the segments they filled, are
+        // garbage now: a third of the bin's bytes or more compacts it, so a
+        // bin of a few parts keeps to about twice their size and shares
+        // pages with other bins (a failed compaction leaves it as it is).
+        let heap = &self.heaps[bi];
+        if heap.dead * 3 >= heap.capacity {
+            let _ = self.compact(bi);
+        }
         Ok(())
     }
+}
+
+/// The probe of `hash` (in bin `bi` of dense table `t` of `store`), with
+/// what its lookup reads first prefetched: its group of control bytes and
+/// its home slot.
+#[inline(always)]
+fn probe_ahead(
+    store: &StateStore,
+    t: usize,
+    bi: usize,
+    bins_log2: u8,
+    stride: usize,
+    hash: u64,
+) -> Option<Probe> {
+    let d = store.tables[t].dense.as_ref()?;
+    let p = probe(d, &store.file, bi, bins_log2, hash)?;
+    let i = hash as usize & (p.slots - 1);
+    prefetch_ptr(p.ctrl.wrapping_add(i));
+    prefetch_ptr(p.ctrl.wrapping_add(kv_off(p.slots) + i * stride));
+    Some(p)
 }
 
 /// The part number of `hash` in `db`.

@@ -6,13 +6,16 @@
 //! *full* segments of `segment_bytes`: full segment `s` covers
 //! `s * segment_bytes .. (s + 1) * segment_bytes`. A smaller segment is a
 //! naturally aligned part of a full one, split off in halves (a binary buddy
-//! split, without merging back: a freed segment is reused at its size).
-//! A bin's first segment is one page and each next one is twice the last, up
-//! to `segment_bytes`: the records of bins holding little state sit on
-//! consecutive pages instead of one page per `segment_bytes`-aligned segment,
-//! which keeps the pages and cache sets a random access touches many (every
-//! bin's first records at the same offset of a 64 KiB stride would all fall
-//! in the same few cache sets and TLB sets). Chunk `c` covers
+//! split, without merging back: a freed segment is reused at its size), down
+//! to [`SEG_MIN_BYTES`], less than a page: a bin's first segment is that
+//! small and each next one is twice the last, up to `segment_bytes`, so the
+//! state of bins holding little of it shares pages. With 4096 bins of a few
+//! dozen keys each, one page per bin made every random access a TLB miss
+//! (4096 pages for what fits in about 1000); and bins whose first records
+//! all sat at the same offset of their own page also shared a few cache
+//! sets. Pages stay the unit of dirty tracking and checkpoints: a page may
+//! hold segments of several bins, and a checkpoint or a restore copies each
+//! segment's bytes of it. Chunk `c` covers
 //! `c * chunk_bytes .. (c + 1) * chunk_bytes` and is one `MmapMut`. Growing
 //! the file maps one more chunk and never touches the existing maps, so a
 //! pointer into a chunk stays valid for the life of the store.
@@ -47,6 +50,9 @@ use crate::error::StateError;
 /// Bytes per page: the unit of dirty tracking and of checkpoint chunks.
 pub const PAGE_BYTES: usize = 4096;
 pub(crate) const PAGE_LOG2: u32 = 12;
+/// Bytes of the smallest segment (a bin's first): an eighth of a page.
+pub const SEG_MIN_BYTES: usize = 1 << SEG_MIN_LOG2;
+pub(crate) const SEG_MIN_LOG2: u32 = 9;
 /// Bytes mapped at once when the segment file grows (or one segment, when
 /// segments are larger). Only touched pages are committed, so a large chunk
 /// costs address space, not memory or disk.
@@ -87,7 +93,7 @@ pub(crate) struct SegmentFile {
     /// mark).
     next_segment: u32,
     /// Free segments by size: `free[k]` holds the locations of free segments
-    /// of `PAGE_BYTES << k` bytes, reused before the file grows.
+    /// of `SEG_MIN_BYTES << k` bytes, reused before the file grows.
     free: Vec<Vec<u64>>,
     /// Segments handed out and not given back.
     in_use: usize,
@@ -183,7 +189,7 @@ impl SegmentFile {
             chunks: Vec::new(),
             bases: Vec::new(),
             next_segment: 0,
-            free: vec![Vec::new(); (segment_log2 - PAGE_LOG2 + 1) as usize],
+            free: vec![Vec::new(); (segment_log2 - SEG_MIN_LOG2 + 1) as usize],
             in_use: 0,
             dirty: Vec::new(),
             cow_active: false,
@@ -210,12 +216,12 @@ impl SegmentFile {
 
     /// Log2 of the bytes of a bin's segment that follows one of `prev_log2`
     /// (`None`: the bin's first) and must hold `n` bytes: the double of the
-    /// last, at least a page and `n`, at most a full segment. `n` must not
-    /// exceed a full segment.
+    /// last, at least [`SEG_MIN_BYTES`] and `n`, at most a full segment. `n`
+    /// must not exceed a full segment.
     pub(crate) fn next_segment_log2(&self, prev_log2: Option<u32>, n: u64) -> u32 {
-        let grown = prev_log2.map_or(PAGE_LOG2, |l| l + 1);
+        let grown = prev_log2.map_or(SEG_MIN_LOG2, |l| l + 1);
         let need = n.next_power_of_two().trailing_zeros();
-        grown.max(need).clamp(PAGE_LOG2, self.segment_log2)
+        grown.max(need).clamp(SEG_MIN_LOG2, self.segment_log2)
     }
 
     /// Segments currently handed out (allocated and not freed).
@@ -229,11 +235,12 @@ impl SegmentFile {
         (self.chunks.len() as u64) << self.chunk_log2
     }
 
-    /// Hands out a segment of `2^log2` bytes (a page to a full segment) and
+    /// Hands out a segment of `2^log2` bytes ([`SEG_MIN_BYTES`] to a full
+    /// segment) and
     /// returns its location, growing the file by a chunk when needed. The
     /// segment's contents are unspecified (zero when fresh).
     pub(crate) fn alloc_segment(&mut self, log2: u32) -> Result<u64, StateError> {
-        debug_assert!((PAGE_LOG2..=self.segment_log2).contains(&log2));
+        debug_assert!((SEG_MIN_LOG2..=self.segment_log2).contains(&log2));
         let loc = self.take_segment(log2)?;
         self.in_use += 1;
         Ok(loc)
@@ -242,7 +249,7 @@ impl SegmentFile {
     /// A free segment of `2^log2` bytes: a freed one, the half of a larger
     /// one (whose other half is freed), or a new full one.
     fn take_segment(&mut self, log2: u32) -> Result<u64, StateError> {
-        let class = (log2 - PAGE_LOG2) as usize;
+        let class = (log2 - SEG_MIN_LOG2) as usize;
         if let Some(loc) = self.free[class].pop() {
             return Ok(loc);
         }
@@ -275,7 +282,7 @@ impl SegmentFile {
 
     /// Gives back the segment of `2^log2` bytes at `loc`, for reuse.
     pub(crate) fn free_segment(&mut self, loc: u64, log2: u32) {
-        let class = (log2 - PAGE_LOG2) as usize;
+        let class = (log2 - SEG_MIN_LOG2) as usize;
         debug_assert!(loc & ((1u64 << log2) - 1) == 0 && !self.free[class].contains(&loc));
         self.free[class].push(loc);
         self.in_use -= 1;
@@ -640,7 +647,7 @@ impl SegmentFile {
         }
         self.next_segment = next_segment;
         self.free = free;
-        self.free.resize((self.segment_log2 - PAGE_LOG2 + 1) as usize, Vec::new());
+        self.free.resize((self.segment_log2 - SEG_MIN_LOG2 + 1) as usize, Vec::new());
         self.in_use = in_use;
         Ok(())
     }

@@ -135,13 +135,13 @@ fn bins_grow_past_many_segments_and_compact() {
     }
     // Garbage is bounded: at most about twice the live bytes.
     let live = s.bytes_used();
-    let cap = s.segment_count() as u64 * 4096;
+    let cap = s.segment_bytes_in_use();
     assert!(cap <= 2 * live + 2 * 4096, "{cap} bytes of segments for {live} live bytes");
     assert_eq!(s.file.segments_in_use(), s.segment_count());
 }
 
 #[test]
-fn segments_start_at_a_page_and_double() {
+fn segments_start_small_and_double() {
     let dir = tmp();
     // Two bins, 64 KiB full segments.
     let mut s = store(dir.path(), 1, SEGMENT_BYTES_DEFAULT);
@@ -153,8 +153,8 @@ fn segments_start_at_a_page_and_double() {
     }
     for h in &s.heaps {
         let sizes: Vec<u32> = h.segs.iter().map(|g| g.log2).collect();
-        assert_eq!(sizes[..5], [12, 13, 14, 15, 16], "{sizes:?}");
-        assert!(sizes[5..].iter().all(|&l| l == 16), "{sizes:?}");
+        assert_eq!(sizes[..8], [9, 10, 11, 12, 13, 14, 15, 16], "{sizes:?}");
+        assert!(sizes[8..].iter().all(|&l| l == 16), "{sizes:?}");
         assert_eq!(h.capacity, h.segs.iter().map(|g| 1u64 << g.log2).sum::<u64>());
         // Segments are naturally aligned and do not overlap.
         assert!(h.segs.iter().all(|g| g.loc % (1 << g.log2) == 0));
@@ -199,8 +199,17 @@ fn many_bins() {
         v[0] ^= 0xff;
     }
     assert_eq!(s.len(t), 30_000);
-    let bins_used = s.segment_count();
+    let bins_used = s.heaps.iter().filter(|h| !h.segs.is_empty()).count();
     assert!(bins_used > 4000 && bins_used <= 4096, "{bins_used}");
+    // Small bins share pages: about 7 keys of 36 bytes fit a bin's first
+    // segment, an eighth of a page.
+    let pages = crate::checkpoint::layout_pages(
+        &s.heaps
+            .iter()
+            .map(|h| crate::checkpoint::BinLayout { segs: h.segs.to_vec(), ..Default::default() })
+            .collect::<Vec<_>>(),
+    );
+    assert!(pages.len() < 1000, "{} pages for 4096 small bins", pages.len());
     let mut n = 0;
     s.for_each(t, |h, k, v| {
         let mut w = [0u8; 8];
@@ -234,7 +243,13 @@ fn dirty_pages_are_tracked() {
     for k in 0..100u64 {
         ok(s.put(t, hash_u64(k), &k.to_le_bytes(), &k.to_le_bytes()));
     }
-    assert!(s.dirty_page_count() >= 16);
+    // Every page a segment lies in was written.
+    let mut pages: Vec<u64> =
+        s.heaps.iter().flat_map(|h| h.segs.iter().map(|g| g.loc / PAGE_BYTES as u64)).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    assert!(!pages.is_empty());
+    assert_eq!(s.dirty_page_count(), pages.len());
     s.clear_dirty();
     assert_eq!(s.dirty_page_count(), 0);
     ok(s.put(t, hash_u64(7), &7u64.to_le_bytes(), &8u64.to_le_bytes()));
@@ -473,7 +488,7 @@ proptest! {
         }
         // Garbage stays bounded by compaction (per bin: live + one segment of
         // slack, doubled).
-        let cap = s.segment_count() as u64 * 4096;
+        let cap = s.segment_bytes_in_use();
         prop_assert!(cap <= 2 * s.bytes_used() + 4 * 2 * 4096, "{} > 2 * {}", cap, s.bytes_used());
     }
 }
