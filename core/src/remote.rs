@@ -505,9 +505,6 @@ impl NetLink {
                 Err(e) => return self.broke(fail(e)),
             }
         }
-        if self.live && self.conn.is_closed() && !self.is_done() {
-            return self.broke(format!("connection to worker {me} closed"));
-        }
         let io = if !self.half_closed && self.open_out.is_empty() && self.open_in.is_empty() {
             self.conn.shutdown_write().map(|h| self.half_closed = h)
         } else if !self.half_closed {
@@ -515,10 +512,17 @@ impl NetLink {
         } else {
             Ok(())
         };
-        match io {
-            Ok(()) => Ok(moved),
-            Err(e) => self.broke(fail(e)),
+        if let Err(e) = io {
+            return self.broke(fail(e));
         }
+        // Checked after this side's half-close: the peer's last final batch
+        // and its end of stream often arrive in one read, and the link is
+        // then through, not broken (checked first, a job that ended
+        // normally waited 30 s for a re-link and restarted).
+        if self.live && self.conn.is_closed() && !self.is_done() {
+            return self.broke(format!("connection to worker {me} closed"));
+        }
+        Ok(moved)
     }
 
     /// Whether this link is through: both directions closed.
@@ -614,5 +618,105 @@ impl Rx {
                 l.down.is_none() && (l.ended || (!l.live && l.conn.is_closed())) && queue.borrow().is_empty()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_net::conn::{Listener, NetConfig};
+    use std::time::Duration;
+
+    /// A connected pair over loopback, both ends polled from this thread.
+    fn pair() -> (Connection, Connection) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = |name: &str| {
+            let mut c = NetConfig::new(name, 7);
+            c.credit_window = 64;
+            c
+        };
+        let mut listener = Listener::bind(addr, config("y")).unwrap_or_else(|e| panic!("{e}"));
+        let local = listener.local_addr();
+        let mut connecting =
+            Connection::connect(local, &config("x"), deadline).unwrap_or_else(|e| panic!("{e}"));
+        let (mut x, mut y) = (None, None);
+        while x.is_none() || y.is_none() {
+            assert!(Instant::now() < deadline, "handshake timed out");
+            if x.is_none() {
+                x = connecting.poll().unwrap_or_else(|e| panic!("{e}"));
+            }
+            if y.is_none() {
+                y = listener.poll_accept().unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        (x.unwrap_or_else(|| unreachable!()), y.unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Batch `seq` of `edge` from `producer` (empty; the final one when
+    /// `last`).
+    fn batch(edge: u32, producer: u32, seq: u64, last: bool) -> Batch {
+        let mut b = Batch::with_capacity(edge, producer, 0);
+        b.seq = seq;
+        if last {
+            b.flags = FLAG_FINAL;
+        }
+        b
+    }
+
+    /// Polls `l` until `done` or 5 s.
+    fn poll_until(l: &Rc<RefCell<NetLink>>, done: impl Fn(&NetLink) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(&l.borrow()) {
+            assert!(Instant::now() < deadline, "link state not reached");
+            let _ = l.borrow_mut().poll(Instant::now());
+        }
+    }
+
+    #[test]
+    fn a_live_link_whose_peer_ends_in_the_same_read_as_its_last_batch_is_through_not_down() {
+        // Worker 0 (x) sends worker 1 (y) three edges, y sends x one.
+        const EDGES: u32 = 3;
+        let (cx, cy) = pair();
+        let to_x = channel(0, 1, 0, 2);
+        let x = Rc::new(RefCell::new(NetLink::new(cx, 1, 0, 2)));
+        let y = Rc::new(RefCell::new(NetLink::new(cy, 0, 1, 2)));
+        for (l, me, peer) in [(&x, 0, 1), (&y, 1, 0)] {
+            let mut l = l.borrow_mut();
+            l.set_live();
+            for e in 0..EDGES as usize {
+                let (out, inp) = (channel(e, me, peer, 2), channel(e, peer, me, 2));
+                if me == 0 {
+                    l.sends_on(out);
+                } else {
+                    let _ = l.queue(inp);
+                }
+            }
+            if me == 1 {
+                l.sends_on(to_x);
+            } else {
+                let _ = l.queue(to_x);
+            }
+        }
+        // y ends its stream first; x takes it in.
+        let ty = Tx::Net { link: y.clone(), channel: to_x };
+        assert!(matches!(ty.try_push(batch(0, 1, 1, true)), Ok(Some(_))));
+        poll_until(&y, |l| l.conn.unsent_bytes() == 0);
+        poll_until(&x, |l| l.open_in.is_empty());
+        // x sends more frames than y takes in one poll, ends every edge and
+        // half-closes: y reads the end of the stream while the last batches
+        // are still buffered, and takes them in the same poll as the end.
+        for e in 0..EDGES {
+            let tx = Tx::Net { link: x.clone(), channel: channel(e as usize, 0, 1, 2) };
+            for seq in 1..=30u64 {
+                assert!(matches!(tx.try_push(batch(e, 0, seq, seq == 30)), Ok(Some(_))));
+            }
+        }
+        poll_until(&x, |l| l.half_closed);
+        std::thread::sleep(Duration::from_millis(50));
+        poll_until(&y, |l| l.is_done() || l.down.is_some());
+        let yl = y.borrow();
+        assert!(yl.down.is_none(), "the link went down: {:?}", yl.down);
+        assert!(yl.is_done());
     }
 }
