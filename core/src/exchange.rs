@@ -473,9 +473,11 @@ impl<T: Data, H> ExchangeSender<T, H> {
     }
 }
 
-impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
-    #[inline]
-    fn push(&mut self, rec: T, meta: Meta) {
+impl<T: Data, H: FnMut(&T) -> u64> ExchangeSender<T, H> {
+    /// Sends `rec` towards the worker that owns its key: into that
+    /// worker's batch, or into this worker's burst.
+    #[inline(always)]
+    fn route(&mut self, rec: T, meta: Meta) {
         let dest = self.routing.route((self.hash)(&rec)) as usize;
         match self.outboxes.get(dest) {
             Some(Some(o)) => {
@@ -490,6 +492,13 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
                 }
             }
         }
+    }
+}
+
+impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
+    #[inline]
+    fn push(&mut self, rec: T, meta: Meta) {
+        self.route(rec, meta);
     }
 
     fn barrier(&mut self, id: u64) {
@@ -525,6 +534,15 @@ impl<T: Data, H: FnMut(&T) -> u64> Push<T> for ExchangeSender<T, H> {
         } else {
             self.deliver();
         }
+    }
+
+    /// A burst from upstream (a source's step): routed record by record
+    /// without a call per record, then flushed.
+    fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        for (rec, meta) in recs.drain(..) {
+            self.route(rec, meta);
+        }
+        self.flush();
     }
 }
 

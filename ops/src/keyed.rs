@@ -272,8 +272,10 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         init: impl Fn() -> A + 'static,
         f: impl Fn(&mut A, &T) + 'static,
     ) -> Stream<(K, A)> {
-        let init: Rc<dyn Fn() -> A> = Rc::new(init);
-        let f: Rc<dyn Fn(&mut A, &T)> = Rc::new(f);
+        // Shared by the workers' instances, but not type-erased: each
+        // instance's step calls the user's functions directly (inlined into
+        // its burst loop), not through a virtual call per record.
+        let (init, f) = (Rc::new(init), Rc::new(f));
         self.keyed_unary(name, move |ctx, key, out| {
             let (init, f) = (init.clone(), f.clone());
             let step = move |old: Option<A>, rec: T| {
@@ -286,7 +288,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
     }
 
     fn reduce(&self, name: &str, f: impl Fn(&T, &T) -> T + 'static) -> Stream<T> {
-        let f: Rc<dyn Fn(&T, &T) -> T> = Rc::new(f);
+        let f = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let f = f.clone();
             let step = move |old: Option<T>, rec: T| match old {

@@ -46,9 +46,13 @@ impl GeneratorSpec {
 /// it; otherwise `start` is its first step, and after a seek it paces from
 /// the resume point. The watermark after a step is `event_time(next
 /// index)`: `event_time` must not decrease with `i`.
-pub struct Generator<T> {
-    make: Rc<dyn Fn(u64) -> T>,
-    event_time: Rc<dyn Fn(u64) -> Timestamp>,
+///
+/// `M` and `E` are the types of `make` and `event_time`: the query's own
+/// closures (shared by the workers' instances, not type-erased, so that a
+/// step calls them directly), or trait objects.
+pub struct Generator<T, M: ?Sized = dyn Fn(u64) -> T, E: ?Sized = dyn Fn(u64) -> Timestamp> {
+    make: Rc<M>,
+    event_time: Rc<E>,
     next: u64,
     end: u64,
     stride: u64,
@@ -58,9 +62,12 @@ pub struct Generator<T> {
     start_ns: u64,
     /// `start_ns` is the job's schedule origin: a seek keeps it.
     fixed_start: bool,
+    /// A step's records, handed downstream as one burst (one call for the
+    /// step, not one per record); allocated once.
+    out: Vec<(T, Meta)>,
 }
 
-impl<T> Generator<T> {
+impl<T, M: ?Sized, E: ?Sized> Generator<T, M, E> {
     fn intended_ns(&self, i: u64) -> u64 {
         match self.rate {
             Some(r) if r > 0 => {
@@ -72,13 +79,14 @@ impl<T> Generator<T> {
     }
 }
 
-impl<T> Source<T> for Generator<T> {
+impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for Generator<T, M, E> {
     fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
         let now = now_ns();
         if self.start_ns == 0 {
             self.start_ns = now;
         }
         let mut n = 0;
+        let mut burst = std::mem::take(&mut self.out);
         while n < max && self.next < self.end {
             let ingest = match self.rate {
                 Some(_) => {
@@ -90,13 +98,16 @@ impl<T> Source<T> for Generator<T> {
                 }
                 None => now,
             };
-            out.push((self.make)(self.next), Meta { ingest_ns: ingest });
+            burst.push(((self.make)(self.next), Meta { ingest_ns: ingest }));
             self.next += self.stride;
             n += 1;
         }
         if n > 0 {
+            out.push_burst(&mut burst);
             out.watermark((self.event_time)(self.next));
         }
+        burst.clear();
+        self.out = burst;
         let status = if self.next >= self.end {
             SourceStatus::Done
         } else if self.rate.is_some() && n < max {
@@ -332,8 +343,7 @@ impl SourceExt for Dataflow {
         make: impl Fn(u64) -> T + 'static,
         event_time: impl Fn(u64) -> Timestamp + 'static,
     ) -> Stream<T> {
-        let make: Rc<dyn Fn(u64) -> T> = Rc::new(make);
-        let event_time: Rc<dyn Fn(u64) -> Timestamp> = Rc::new(event_time);
+        let (make, event_time) = (Rc::new(make), Rc::new(event_time));
         self.source(name, Parallelism::PerWorker, move |ctx| {
             let end = spec.records.map(|r| spec.offset.saturating_add(r)).unwrap_or(u64::MAX);
             Generator {
@@ -347,6 +357,7 @@ impl SourceExt for Dataflow {
                 burst: spec.burst,
                 start_ns: ctx.config.schedule_origin_ns,
                 fixed_start: ctx.config.schedule_origin_ns > 0,
+                out: Vec::new(),
             }
         })
     }
