@@ -69,11 +69,9 @@ pub type Bin = u32;
 #[inline(always)]
 pub fn bin_of(hash: u64, bins_log2: u8) -> Bin {
     debug_assert!(bins_log2 <= BINS_LOG2_MAX);
-    if bins_log2 == 0 {
-        0
-    } else {
-        (hash >> (64 - u32::from(bins_log2))) as Bin
-    }
+    // Two shifts instead of a branch for `bins_log2 == 0` (a shift by 64
+    // is not defined): on the per-record path of routing and state.
+    ((hash >> 1) >> (63 - u32::from(bins_log2))) as Bin
 }
 
 /// A contiguous, half-open run of bins `start..end`: a key range.

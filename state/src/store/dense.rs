@@ -195,19 +195,35 @@ impl DenseBin {
         1usize << self.slots_log2
     }
 
-    /// The bin's entry in [`DenseTable::hot`].
-    fn hot(&self) -> u64 {
+    /// The bin's entry in [`DenseTable::hot`] (`file`: the store's).
+    fn hot(&self, file: &SegmentFile) -> Hot {
         if !self.exists() {
-            0
+            Hot::default()
         } else if self.depth > 0 {
-            HOT_DEEP
+            Hot { addr: 0, meta: HOT_DEEP }
         } else {
-            ctrl_loc(self.first.loc) << 6 | u64::from(self.slots_log2)
+            let loc = ctrl_loc(self.first.loc);
+            // The address is exposed, so the pointer made from it again has
+            // the map's provenance (strict-provenance rules).
+            let addr = file.addr(loc).map_or(0, |p| p.expose_provenance());
+            Hot { addr, meta: loc << 6 | u64::from(self.slots_log2) }
         }
     }
 }
 
-/// [`DenseTable::hot`] of a bin of several parts.
+/// What a lookup needs of a bin, in 16 bytes (4096 bins take 64 KiB of
+/// cache, where [`DenseBin`]s take 160 KiB): `meta` is 0 for a bin without
+/// a table, [`HOT_DEEP`] for one of several parts (the lookup then reads
+/// its [`DenseBin`]), else the location of its one part's control bytes
+/// shifted left by 6, and its `slots_log2`; `addr` is where those control
+/// bytes are mapped.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hot {
+    addr: usize,
+    meta: u64,
+}
+
+/// [`Hot::meta`] of a bin of several parts.
 const HOT_DEEP: u64 = 63;
 
 /// The dense side of a table: its slot shape and one [`DenseBin`] per owned
@@ -221,23 +237,19 @@ pub(crate) struct DenseTable {
     /// Change only through [`DenseTable::set_bin`] and the other methods,
     /// which keep `hot` in step.
     pub(crate) bins: Vec<DenseBin>,
-    /// What a lookup needs of each bin, in one word (8 bytes a bin, so
-    /// 4096 bins take 32 KiB of cache, where [`DenseBin`]s take 40 KiB
-    /// more): 0 for a bin without a table, [`HOT_DEEP`] for one of several
-    /// parts (the lookup then reads its [`DenseBin`]), else the location of
-    /// its one part's control bytes shifted left by 6, and its `slots_log2`.
-    hot: Vec<u64>,
+    /// What a lookup needs of each bin (see [`Hot`]).
+    hot: Vec<Hot>,
 }
 
 impl DenseTable {
     /// An empty dense table of `bins` bins.
     pub(crate) fn new(key_len: usize, val_len: usize, bins: usize) -> Self {
-        Self { key_len, val_len, bins: vec![DenseBin::default(); bins], hot: vec![0; bins] }
+        Self { key_len, val_len, bins: vec![DenseBin::default(); bins], hot: vec![Hot::default(); bins] }
     }
 
-    /// Replaces bin `bi`.
-    pub(crate) fn set_bin(&mut self, bi: usize, db: DenseBin) {
-        self.hot[bi] = db.hot();
+    /// Replaces bin `bi` (whose parts are in `file`, the store's).
+    pub(crate) fn set_bin(&mut self, bi: usize, db: DenseBin, file: &SegmentFile) {
+        self.hot[bi] = db.hot(file);
         self.bins[bi] = db;
     }
 
@@ -255,7 +267,7 @@ impl DenseTable {
             self.hot.clear();
         }
         self.bins.splice(at..at, (0..n).map(|_| DenseBin::default()));
-        self.hot.splice(at..at, (0..n).map(|_| 0));
+        self.hot.splice(at..at, (0..n).map(|_| Hot::default()));
     }
 
     /// Key and value bytes of a slot.
@@ -299,6 +311,13 @@ pub(crate) struct Probe {
     part: usize,
 }
 
+impl Probe {
+    /// The probe of a bin without a table: finds nothing.
+    const EMPTY: Probe = Probe { ctrl: EMPTY_CTRL.as_ptr(), ctrl_loc: 0, slots: 1, part: 0 };
+    /// No probe (in the ring of a burst: to be worked out again).
+    const NONE: Probe = Probe { ctrl: std::ptr::null(), ctrl_loc: 0, slots: 1, part: 0 };
+}
+
 /// The part that holds (or would hold) `hash` in bin `bi` of `d`; `None`
 /// if the bin is not owned.
 #[inline(always)]
@@ -310,19 +329,19 @@ pub(crate) fn probe(
     hash: u64,
 ) -> Option<Probe> {
     let h = *d.hot.get(bi)?;
-    let log2 = (h & 63) as u8;
+    let log2 = (h.meta & 63) as u8;
     if log2 == 0 {
-        return Some(Probe { ctrl: EMPTY_CTRL.as_ptr(), ctrl_loc: 0, slots: 1, part: 0 });
+        return Some(Probe::EMPTY);
     }
-    let (ctrl_loc, part, log2) = if h == HOT_DEEP {
-        let db = &d.bins[bi];
-        let p = db.part_no(hash, bins_log2);
-        (ctrl_loc(db.part(p).loc), p, db.slots_log2)
-    } else {
-        (h >> 6, 0, log2)
-    };
+    if h.meta != HOT_DEEP {
+        let ctrl = std::ptr::with_exposed_provenance::<u8>(h.addr);
+        return Some(Probe { ctrl, ctrl_loc: h.meta >> 6, slots: 1 << log2, part: 0 });
+    }
+    let db = &d.bins[bi];
+    let p = db.part_no(hash, bins_log2);
+    let ctrl_loc = ctrl_loc(db.part(p).loc);
     match file.addr(ctrl_loc) {
-        Some(ctrl) => Some(Probe { ctrl: ctrl.cast_const(), ctrl_loc, slots: 1 << log2, part }),
+        Some(ctrl) => Some(Probe { ctrl: ctrl.cast_const(), ctrl_loc, slots: 1 << db.slots_log2, part: p }),
         None => unreachable!("a dense part outside the segment file"),
     }
 }
@@ -584,7 +603,7 @@ impl StateStore {
         let n = db.len();
         let table = &mut self.tables[ti];
         if let Some(d) = table.dense.as_mut() {
-            d.set_bin(bi, db);
+            d.set_bin(bi, db, &self.file);
             table.len += n;
         }
     }
@@ -765,16 +784,16 @@ impl StateStore {
         let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
         // Probes of the next AHEAD keys (`None`: to work out again, after
         // an insert may have moved parts).
-        let mut ring: [Option<Probe>; AHEAD] = [None; AHEAD];
+        let mut ring: [Probe; AHEAD] = [Probe::NONE; AHEAD];
         for (i, &h) in hashes.iter().enumerate().take(AHEAD) {
-            ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h);
+            ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
         }
         let mut kb = [0u8; SLOT_MAX];
         let mut nb = [0u8; SLOT_MAX];
         for (i, &hash) in hashes.iter().enumerate() {
-            let p = match ring[i % AHEAD].take() {
-                Some(p) => p,
-                None => match self.tables[t]
+            let p = match ring[i % AHEAD] {
+                p if !p.ctrl.is_null() => p,
+                _ => match self.tables[t]
                     .dense
                     .as_ref()
                     .and_then(|d| probe(d, &self.file, bin(hash), bins_log2, hash))
@@ -784,7 +803,7 @@ impl StateStore {
                 },
             };
             if let Some(&h) = hashes.get(i + AHEAD) {
-                ring[i % AHEAD] = probe_ahead(self, t, bin(h), bins_log2, stride, h);
+                ring[i % AHEAD] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
             }
             let key = &mut kb[..key_len];
             key_of(i, key);
@@ -792,7 +811,11 @@ impl StateStore {
             match find_slot(&p, stride, hash, key) {
                 Some(j) => {
                     let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
-                    self.file.mark_dirty(vloc, val_len);
+                    if (vloc ^ (vloc + val_len as u64 - 1)) >> 12 == 0 {
+                        self.file.mark_dirty_in_page(vloc);
+                    } else {
+                        self.file.mark_dirty(vloc, val_len);
+                    }
                     // SAFETY: `ptr .. ptr + val_len` is the slot's value in
                     // the live map (the probe was worked out after the last
                     // insert, so its part has not moved), marked dirty just
@@ -806,7 +829,7 @@ impl StateStore {
                     let ti = t;
                     self.dense_insert(ti, bin(hash), hash, key, new)?;
                     // Growth or compaction may have moved parts.
-                    ring = [None; AHEAD];
+                    ring = [Probe::NONE; AHEAD];
                 }
             }
         }
@@ -821,7 +844,7 @@ impl StateStore {
         };
         let mut db = d.bins[bi].clone();
         db.part_mut(k).loc = loc;
-        d.set_bin(bi, db);
+        d.set_bin(bi, db, &self.file);
     }
 
     /// The dense bin `bi` of table `ti` (which must be dense).
@@ -940,7 +963,7 @@ impl StateStore {
         let mut it = new_parts.into_iter();
         let first = it.next().unwrap_or_default();
         if let Some(d) = self.tables[ti].dense.as_mut() {
-            d.set_bin(bi, DenseBin { first, rest: it.collect(), depth, slots_log2 });
+            d.set_bin(bi, DenseBin { first, rest: it.collect(), depth, slots_log2 }, &self.file);
         }
         // The old parts, and the ends of the segments they filled, are
         // garbage now: a third of the bin's bytes or more compacts it, so a

@@ -455,6 +455,19 @@ impl SegmentFile {
         }
     }
 
+    /// [`SegmentFile::mark_dirty`] for a write of a few bytes that lie in
+    /// one page (a fixed-size value in a dense table).
+    #[inline(always)]
+    pub(crate) fn mark_dirty_in_page(&mut self, loc: u64) {
+        let p = (loc >> PAGE_LOG2) as usize;
+        if self.cow_active {
+            self.cow_before_write(p, p);
+        }
+        if let Some(word) = self.dirty.get_mut(p / 64) {
+            *word |= 1u64 << (p % 64);
+        }
+    }
+
     /// Makes pages `first..=last` safe to write while a checkpoint streams:
     /// each page not settled yet goes through [`CowShared::before_write`].
     /// Once the stream has read every page, turns the copy-on-write off.
