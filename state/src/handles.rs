@@ -240,17 +240,13 @@ impl<K: Record, V: Record> ValueState<K, V> {
                 kl,
                 vl,
                 |i, kb| {
-                    let mut b = [0u8; FIXED_MAX];
-                    let n = fixed_encode(&keys[i], &mut b);
+                    let n = fixed_encode(&keys[i], kb);
                     debug_assert_eq!(n, Some(kl));
-                    kb.copy_from_slice(&b[..kl]);
                 },
                 |i, old, nb| {
                     let v = f(i, old.and_then(fixed_decode::<V>));
-                    let mut b = [0u8; FIXED_MAX];
-                    let n = fixed_encode(&v, &mut b);
+                    let n = fixed_encode(&v, nb);
                     debug_assert_eq!(n, Some(vl));
-                    nb.copy_from_slice(&b[..vl]);
                     // The store writes `nb` as the key's value next (a
                     // failed insert fails the whole call).
                     done(i, v);

@@ -61,6 +61,7 @@ use super::{kill, prefetch_ptr, ListItems, SegmentFile, StateStore};
 #[cfg(test)]
 use super::{TableId, TypeSig};
 use crate::error::StateError;
+use crate::fixed::{FixedBuf, FIXED_MAX};
 use crate::keyspace::Bin;
 
 /// Control bytes compared at once: one `u64`.
@@ -770,15 +771,15 @@ impl StateStore {
         hashes: &[u64],
         key_len: usize,
         val_len: usize,
-        mut key_of: impl FnMut(usize, &mut [u8]),
-        mut update: impl FnMut(usize, Option<&[u8]>, &mut [u8]),
+        mut key_of: impl FnMut(usize, &mut FixedBuf),
+        mut update: impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
     ) -> Result<bool, StateError> {
         const AHEAD: usize = 16;
         let stride = key_len + val_len;
         let bins_log2 = self.config.bins_log2;
         let bins_start = self.bins.start;
         match self.tables.get(t).and_then(|t| t.dense.as_ref()) {
-            Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && stride <= SLOT_MAX => {}
+            Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && key_len.max(val_len) <= FIXED_MAX => {}
             _ => return Ok(false),
         }
         let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
@@ -788,8 +789,10 @@ impl StateStore {
         for (i, &h) in hashes.iter().enumerate().take(AHEAD) {
             ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
         }
-        let mut kb = [0u8; SLOT_MAX];
-        let mut nb = [0u8; SLOT_MAX];
+        // The key and the new value of each update, encoded in place by the
+        // caller (once per burst, not zeroed per key).
+        let mut kb: FixedBuf = [0u8; FIXED_MAX];
+        let mut nb: FixedBuf = [0u8; FIXED_MAX];
         for (i, &hash) in hashes.iter().enumerate() {
             let p = match ring[i % AHEAD] {
                 p if !p.ctrl.is_null() => p,
@@ -805,9 +808,8 @@ impl StateStore {
             if let Some(&h) = hashes.get(i + AHEAD) {
                 ring[i % AHEAD] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
             }
-            let key = &mut kb[..key_len];
-            key_of(i, key);
-            let new = &mut nb[..val_len];
+            key_of(i, &mut kb);
+            let key = &kb[..key_len];
             match find_slot(&p, stride, hash, key) {
                 Some(j) => {
                     let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
@@ -821,13 +823,13 @@ impl StateStore {
                     // insert, so its part has not moved), marked dirty just
                     // now; `&mut self` is held and no other slice of it lives.
                     let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
-                    update(i, Some(value), new);
-                    value.copy_from_slice(new);
+                    update(i, Some(value), &mut nb);
+                    value.copy_from_slice(&nb[..val_len]);
                 }
                 None => {
-                    update(i, None, new);
-                    let ti = t;
-                    self.dense_insert(ti, bin(hash), hash, key, new)?;
+                    update(i, None, &mut nb);
+                    let key = &kb[..key_len];
+                    self.dense_insert(t, bin(hash), hash, key, &nb[..val_len])?;
                     // Growth or compaction may have moved parts.
                     ring = [Probe::NONE; AHEAD];
                 }
