@@ -269,10 +269,11 @@ impl<T: Data> EdgeReceiver<T> {
         }
     }
 
-    /// Records of this worker for this worker, as one burst (ends it).
-    fn push_local_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+    /// Records of this worker for this worker, as one burst (ends it),
+    /// with the hashes they were routed by.
+    fn push_local_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64]) {
         match self.out.as_mut() {
-            Some(o) => o.push_burst(recs),
+            Some(o) => o.push_burst_hashed(recs, hashes),
             None => recs.clear(),
         }
     }
@@ -446,6 +447,7 @@ pub(crate) fn make_sender<T: Data, H: FnMut(&T) -> u64 + 'static>(
         local,
         metrics: wb.metrics.clone(),
         burst: Vec::new(),
+        burst_hashes: Vec::new(),
         burst_max: wb.config.batch_records.max(1),
     })
 }
@@ -461,6 +463,8 @@ struct ExchangeSender<T, H> {
     /// (or `burst_max` of them): downstream takes them as one burst, as it
     /// takes a batch from another worker. Allocated once.
     burst: Vec<(T, Meta)>,
+    /// The hash each record of `burst` was routed by.
+    burst_hashes: Vec<u64>,
     burst_max: usize,
 }
 
@@ -468,7 +472,8 @@ impl<T: Data, H> ExchangeSender<T, H> {
     /// Hands the records kept here downstream (ending the burst there).
     fn deliver(&mut self) {
         if !self.burst.is_empty() {
-            self.local.borrow_mut().push_local_burst(&mut self.burst);
+            self.local.borrow_mut().push_local_burst(&mut self.burst, &self.burst_hashes);
+            self.burst_hashes.clear();
         }
     }
 }
@@ -478,7 +483,8 @@ impl<T: Data, H: FnMut(&T) -> u64> ExchangeSender<T, H> {
     /// worker's batch, or into this worker's burst.
     #[inline(always)]
     fn route(&mut self, rec: T, meta: Meta) {
-        let dest = self.routing.route((self.hash)(&rec)) as usize;
+        let hash = (self.hash)(&rec);
+        let dest = self.routing.route(hash) as usize;
         match self.outboxes.get(dest) {
             Some(Some(o)) => {
                 if let Err(e) = o.borrow_mut().push(&rec, meta) {
@@ -487,6 +493,7 @@ impl<T: Data, H: FnMut(&T) -> u64> ExchangeSender<T, H> {
             }
             _ => {
                 self.burst.push((rec, meta));
+                self.burst_hashes.push(hash);
                 if self.burst.len() >= self.burst_max {
                     self.deliver();
                 }

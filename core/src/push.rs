@@ -46,6 +46,16 @@ pub trait Push<T> {
         }
         self.flush();
     }
+
+    /// [`Push::push_burst`] with `hashes[i]`, the hash of the key of
+    /// `recs[i]` by the key function of the exchange that routed it (this
+    /// worker's own records of a keyed edge): an operator keyed by that
+    /// key may take them instead of hashing again. The default ignores
+    /// them.
+    fn push_burst_hashed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64]) {
+        let _ = hashes;
+        self.push_burst(recs);
+    }
 }
 
 /// A boxed [`Push`]: the downstream of an operator instance.

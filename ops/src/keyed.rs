@@ -119,7 +119,6 @@ struct PerKey<K, T, V, O, S, E> {
     /// `push_burst`); allocated once.
     keys: Vec<K>,
     hashes: Vec<u64>,
-    metas: Vec<Meta>,
     results: Vec<(O, Meta)>,
 }
 
@@ -128,7 +127,7 @@ where
     K: Key,
     T: Data,
     V: Data,
-    S: Fn(Option<V>, T) -> V,
+    S: Fn(Option<V>, &T) -> V,
     E: Fn(K, V) -> O,
 {
     /// Applies `rec` (of `key`, whose hash is `hash`) to its key's value;
@@ -137,7 +136,7 @@ where
     #[inline(always)]
     fn apply(&mut self, rec: T, key: K, hash: u64) -> Option<O> {
         let step = &self.step;
-        match self.acc.update(&mut self.store, hash, &key, |old| step(old, rec)) {
+        match self.acc.update(&mut self.store, hash, &key, |old| step(old, &rec)) {
             Ok(v) => Some((self.emit)(key, v)),
             Err(e) => {
                 self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
@@ -152,7 +151,7 @@ where
     K: Key,
     T: Data,
     V: Data,
-    S: Fn(Option<V>, T) -> V,
+    S: Fn(Option<V>, &T) -> V,
     E: Fn(K, V) -> O,
 {
     /// A lone record (not part of a burst) is applied at once.
@@ -181,35 +180,64 @@ where
     /// further on while it updates; the results go downstream as
     /// one burst.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
-        let (mut keys, mut hashes) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.hashes));
-        let (mut results, mut metas) = (std::mem::take(&mut self.results), std::mem::take(&mut self.metas));
-        keys.clear();
+        let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
-        metas.clear();
-        for (rec, meta) in recs.iter() {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        for (rec, _) in recs.iter() {
             let (key, hash) = self.key.key_and_hash(rec);
             keys.push(key);
             hashes.push(hash);
-            metas.push(*meta);
         }
+        self.update_burst(recs, &hashes, keys);
+        self.hashes = hashes;
+    }
+
+    /// As `push_burst`, with the hashes the exchange routed the records by
+    /// (those of this operator's key function): only the keys are taken.
+    fn push_burst_hashed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64]) {
+        if hashes.len() != recs.len() {
+            return self.push_burst(recs);
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(recs.iter().map(|(rec, _)| self.key.key(rec)));
+        #[cfg(debug_assertions)]
+        for ((rec, _), &h) in recs.iter().zip(hashes) {
+            assert_eq!(self.key.key_and_hash(rec).1, h, "an exchange routed by another key's hash");
+        }
+        self.update_burst(recs, hashes, keys);
+    }
+}
+
+impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
+where
+    K: Key,
+    T: Data,
+    V: Data,
+    S: Fn(Option<V>, &T) -> V,
+    E: Fn(K, V) -> O,
+{
+    /// Updates the state of a burst (`keys` and `hashes` of `recs`, which
+    /// it empties) through [`ValueState::update_burst`], and sends the
+    /// results downstream as one burst.
+    fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        let mut results = std::mem::take(&mut self.results);
         let (step, emit) = (&self.step, &self.emit);
-        let mut recs = recs.drain(..);
+        let burst = &recs[..];
         let r = self.acc.update_burst(
             &mut self.store,
-            &hashes,
+            hashes,
             &keys,
-            |_, old| match recs.next() {
-                Some((rec, _)) => step(old, rec),
-                None => unreachable!("update_burst asks for one value per key"),
-            },
-            |i, v| results.push((emit(keys[i].clone(), v), metas[i])),
+            |i, old| step(old, &burst[i].0),
+            |i, v| results.push((emit(keys[i].clone(), v), burst[i].1)),
         );
-        drop(recs);
+        recs.clear();
         if let Err(e) = r {
             self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
         }
         self.out.push_burst(&mut results);
-        (self.keys, self.hashes, self.results, self.metas) = (keys, hashes, results, metas);
+        (self.keys, self.results) = (keys, results);
     }
 }
 
@@ -226,7 +254,7 @@ where
     T: Data,
     V: Data,
     O: 'static,
-    S: Fn(Option<V>, T) -> V + 'static,
+    S: Fn(Option<V>, &T) -> V + 'static,
     E: Fn(K, V) -> O + 'static,
 {
     stateful(ctx, |Opened { mut store, saver, .. }| {
@@ -243,7 +271,6 @@ where
             saver,
             keys: Vec::new(),
             hashes: Vec::new(),
-            metas: Vec::new(),
             results: Vec::new(),
         }) as BoxPush<T>)
     })
@@ -278,9 +305,9 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let (init, f) = (Rc::new(init), Rc::new(f));
         self.keyed_unary(name, move |ctx, key, out| {
             let (init, f) = (init.clone(), f.clone());
-            let step = move |old: Option<A>, rec: T| {
+            let step = move |old: Option<A>, rec: &T| {
                 let mut a = old.unwrap_or_else(|| init());
-                f(&mut a, &rec);
+                f(&mut a, rec);
                 a
             };
             per_key(ctx, key, out, step, |k, a| (k, a))
@@ -291,9 +318,10 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         let f = Rc::new(f);
         self.keyed_unary(name, move |ctx, key, out| {
             let f = f.clone();
-            let step = move |old: Option<T>, rec: T| match old {
-                Some(a) => f(&a, &rec),
-                None => rec,
+            // A key's first record is its value: the one clone per key.
+            let step = move |old: Option<T>, rec: &T| match old {
+                Some(a) => f(&a, rec),
+                None => rec.clone(),
             };
             per_key(ctx, key, out, step, |_, v| v)
         })
