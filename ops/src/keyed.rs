@@ -130,6 +130,28 @@ where
     S: Fn(Option<V>, &T) -> V,
     E: Fn(K, V) -> O,
 {
+    /// Updates the state of a burst (`keys` and `hashes` of `recs`, which
+    /// it empties) through [`ValueState::update_burst`], and sends the
+    /// results downstream as one burst.
+    fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        let mut results = std::mem::take(&mut self.results);
+        let (step, emit) = (&self.step, &self.emit);
+        let burst = &recs[..];
+        let r = self.acc.update_burst(
+            &mut self.store,
+            hashes,
+            &keys,
+            |i, old| step(old, &burst[i].0),
+            |i, v| results.push((emit(keys[i].clone(), v), burst[i].1)),
+        );
+        recs.clear();
+        if let Err(e) = r {
+            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
+        }
+        self.out.push_burst(&mut results);
+        (self.keys, self.results) = (keys, results);
+    }
+
     /// Applies `rec` (of `key`, whose hash is `hash`) to its key's value;
     /// returns the result to emit (`None`: the update failed, and so did
     /// the job).
@@ -207,37 +229,6 @@ where
             assert_eq!(self.key.key_and_hash(rec).1, h, "an exchange routed by another key's hash");
         }
         self.update_burst(recs, hashes, keys);
-    }
-}
-
-impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
-where
-    K: Key,
-    T: Data,
-    V: Data,
-    S: Fn(Option<V>, &T) -> V,
-    E: Fn(K, V) -> O,
-{
-    /// Updates the state of a burst (`keys` and `hashes` of `recs`, which
-    /// it empties) through [`ValueState::update_burst`], and sends the
-    /// results downstream as one burst.
-    fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
-        let mut results = std::mem::take(&mut self.results);
-        let (step, emit) = (&self.step, &self.emit);
-        let burst = &recs[..];
-        let r = self.acc.update_burst(
-            &mut self.store,
-            hashes,
-            &keys,
-            |i, old| step(old, &burst[i].0),
-            |i, v| results.push((emit(keys[i].clone(), v), burst[i].1)),
-        );
-        recs.clear();
-        if let Err(e) = r {
-            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
-        }
-        self.out.push_burst(&mut results);
-        (self.keys, self.results) = (keys, results);
     }
 }
 
