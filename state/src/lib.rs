@@ -8,7 +8,9 @@
 //! - [`keyspace`]: the portable key hash and the cut of the hash space into bins.
 //! - [`codec`]: rkyv encoding of records, keys and values into reused buffers.
 //! - [`store`]: the memory-mapped segment store, one per stateful operator
-//!   instance, holding that instance's bins.
+//!   instance, holding that instance's bins: records with a per-bin index,
+//!   or, for fixed-size keys and values, dense tables whose slots are the
+//!   state.
 //! - [`handles`]: typed state handles (value, map, append-list) over the store:
 //!   the only way operators reach keyed state.
 //! - [`checkpoint`]: incremental checkpoints as chunk streams, taken

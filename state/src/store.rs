@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! A [`StateStore`] owns a [`BinRange`] and keeps all its state in **one
-//! sparse segment file** in its own directory, cut into segments of a page
-//! up to `segment_bytes` (default 64 KiB; see `file.rs`) and mapped in 32 MiB
+//! sparse segment file** in its own directory, cut into segments of 512
+//! bytes up to `segment_bytes` (default 64 KiB; see `file.rs`) and mapped in 32 MiB
 //! chunks that are never remapped:
 //! growing the file maps one more chunk. One file per store keeps the number
 //! of open files at one per stateful instance however many bins it owns, and
@@ -14,7 +14,7 @@
 //! Each **bin** owns its own list of segments, allocated lazily on the bin's
 //! first write (a bin without state costs a small header entry and no
 //! segment), and bump-allocates records into the last one. A bin's first
-//! segment is one page and each next one doubles, up to `segment_bytes`, so
+//! segment is 512 bytes and each next one doubles, up to `segment_bytes`, so
 //! the hot records of many small bins share few pages and cache sets. All tables of a
 //! bin share its segments, so moving a bin to another store (split, merge)
 //! copies its segments whole and never rehashes. A record is a 20-byte
@@ -30,9 +30,13 @@
 //! anonymous memory region with huge pages, which grows by rehashing only
 //! that bin. The index is derived data: every record carries
 //! its hash, so restoring or moving a bin rebuilds it from the segments.
+//! A table of fixed-size keys and values is *dense* instead (see
+//! `dense.rs`): its bins hold parts whose slots are the keys and values
+//! themselves, with no index beside them.
 //!
 //! Every write marks its 4 KiB pages in a dirty bitmap (one bit per page of
-//! the file, so each segment owns a contiguous run of bits): an incremental
+//! the file; a segment of a page or more owns a contiguous run of bits, a
+//! smaller one shares its page's bit with other segments): an incremental
 //! checkpoint is the dirty pages of the bins' segments plus a manifest (the
 //! bins, their segment lists and tails, the tables), and a copy-on-write
 //! shadow for asynchronous checkpoints hooks into the single write path.
