@@ -1022,9 +1022,9 @@ fn first_empty(ctrl: &[u8], hash: u64, slots: usize) -> usize {
 /// Writes control byte `c` of slot `j` (and its mirror) of the part whose
 /// control bytes are at `cl`.
 fn set_ctrl(file: &mut SegmentFile, cl: u64, slots: usize, j: usize, c: u8) {
-    file.write(cl + j as u64, &[c]);
+    file.write_small(cl + j as u64, &[c]);
     if j < GROUP {
-        file.write(cl + (slots + j) as u64, &[c]);
+        file.write_small(cl + (slots + j) as u64, &[c]);
     }
 }
 
@@ -1042,9 +1042,9 @@ fn write_slot(
 ) {
     let cl = ctrl_loc(part_loc);
     let kv = cl + (kv_off(slots) + j * stride) as u64;
-    file.write(kv, key);
-    file.write(kv + key.len() as u64, value);
-    file.write(cl + (hash_off(slots, stride) + j * 8) as u64, &hash.to_le_bytes());
+    file.write_small(kv, key);
+    file.write_small(kv + key.len() as u64, value);
+    file.write_small(cl + (hash_off(slots, stride) + j * 8) as u64, &hash.to_le_bytes());
     set_ctrl(file, cl, slots, j, tag_of(hash));
 }
 

@@ -416,6 +416,35 @@ impl SegmentFile {
         self.bytes_mut(loc, data.len()).copy_from_slice(data);
     }
 
+    /// [`SegmentFile::write`] for a few bytes (a dense slot's key and value,
+    /// its hash, a control byte): the same checks and dirty marking,
+    /// without the general path's range loop and library copy call.
+    #[inline(always)]
+    pub(crate) fn write_small(&mut self, loc: u64, data: &[u8]) {
+        let p = self.ptr(loc, data.len());
+        if (loc ^ (loc + data.len() as u64).saturating_sub(1)) >> PAGE_LOG2 == 0 {
+            self.mark_dirty_in_page(loc);
+        } else {
+            self.mark_dirty(loc, data.len());
+        }
+        // SAFETY: `p .. p + data.len()` is mapped memory of `self` (checked
+        // by `ptr`), marked dirty just now; `&mut self` is held, so no
+        // slice of it lives, and `data` is not in the map (a caller's
+        // buffer).
+        unsafe {
+            let src = data.as_ptr();
+            match data.len() {
+                1 => p.write(data[0]),
+                8 => p.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned()),
+                16 => {
+                    p.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned());
+                    p.add(8).cast::<u64>().write_unaligned(src.add(8).cast::<u64>().read_unaligned());
+                }
+                n => std::ptr::copy_nonoverlapping(src, p, n),
+            }
+        }
+    }
+
     /// Copies `len` bytes from `src` to `dst` (non-overlapping ranges).
     pub(crate) fn copy(&mut self, src: u64, dst: u64, len: usize) {
         debug_assert!(src + len as u64 <= dst || dst + len as u64 <= src);
