@@ -713,7 +713,7 @@ impl StateStore {
             let (slots, nparts) = (db.slots(), 1usize << db.depth);
             let mask = slots - 1;
             for p in 0..nparts {
-                if only.is_some_and(|(_, h)| db_part_no(self.dense_bin(ti, bi), h, bins_log2) != p) {
+                if only.is_some_and(|(_, h)| self.dense_bin(ti, bi).part_no(h, bins_log2) != p) {
                     continue;
                 }
                 // Start just after an empty slot (or, for one hash's run, at
@@ -997,11 +997,6 @@ fn probe_ahead(
     prefetch_ptr(p.ctrl.wrapping_add(i));
     prefetch_ptr(p.ctrl.wrapping_add(kv_off(p.slots) + i * stride));
     Some(p)
-}
-
-/// The part number of `hash` in `db`.
-fn db_part_no(db: &DenseBin, hash: u64, bins_log2: u8) -> usize {
-    db.part_no(hash, bins_log2)
 }
 
 /// The first empty slot at or after the home slot of `hash`, from a part's
