@@ -52,6 +52,7 @@ use rkyv::Archived;
 use crate::codec::{self, Record};
 use crate::error::StateError;
 use crate::fixed::{fixed_decode, fixed_encode, fixed_len, FixedBuf, FIXED_MAX};
+use crate::store::dense::PREFETCH_AHEAD;
 use crate::store::{FixedValue, StateStore, TableId, TypeSig};
 
 /// Whether `bytes` are a valid encoding of a `T` (what [`codec::decode`]
@@ -159,10 +160,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
     /// [`StateStore::prefetch_index`]).
     #[inline(always)]
     pub fn prefetch_index(&self, store: &StateStore, hash: u64) {
-        match fixed_len::<K>().zip(fixed_len::<V>()) {
-            Some((k, v)) => store.prefetch_fixed(self.table, hash, k + v),
-            None => store.prefetch_index(self.table, hash),
-        }
+        store.prefetch_index(self.table, hash);
     }
 
     /// The value of `key`.
@@ -257,7 +255,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
             }
         }
         for (i, (&hash, key)) in hashes.iter().zip(keys).enumerate() {
-            if let Some(&h) = hashes.get(i + 16) {
+            if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
                 self.prefetch_index(store, h);
             }
             let v = self.update(store, hash, key, |old| f(i, old))?;

@@ -700,23 +700,6 @@ impl StateStore {
         prefetch_ptr(self.file.prefetch_addr(slot_loc(s)));
     }
 
-    /// [`StateStore::prefetch_index`] for a handle whose slots, if its table
-    /// is dense, are `stride` key and value bytes (a constant where the
-    /// typed handle inlines this).
-    #[inline(always)]
-    pub(crate) fn prefetch_fixed(&self, t: TableId, hash: u64, stride: usize) {
-        let Some(table) = self.tables.get(t.index()) else {
-            return;
-        };
-        match &table.dense {
-            Some(d) if d.stride() == stride => {
-                let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
-                dense::prefetch(d, &self.file, bi, self.config.bins_log2, stride, hash);
-            }
-            _ => self.prefetch_index(t, hash),
-        }
-    }
-
     /// First stage of a two-stage prefetch: hints the CPU to fetch the index
     /// slot of `hash` in table `t`, without reading anything that may miss
     /// the cache. Call it some records before [`StateStore::prefetch`] of

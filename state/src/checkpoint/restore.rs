@@ -746,7 +746,7 @@ impl BinScan {
                 _ => groups.push(vec![p]),
             }
         }
-        for g in &mut groups {
+        for g in &groups {
             dense::check_parts(g).map_err(|r| corrupt(self.id, Some(self.bin), None, r))?;
         }
         Ok(groups)

@@ -80,6 +80,9 @@ pub(crate) const DEPTH_MAX: u8 = 24;
 const PART_BITS_FLOOR: u32 = 24;
 /// Most key and value bytes of a slot: two fixed-layout types.
 pub(crate) const SLOT_MAX: usize = 2 * crate::fixed::FIXED_MAX;
+/// How many keys ahead of its update a burst works out and prefetches a
+/// key's state (and a record table's update, its index slot).
+pub(crate) const PREFETCH_AHEAD: usize = 16;
 /// Slots of a part that may be occupied: 7/8 of them.
 #[inline(always)]
 fn load_max(slots: usize) -> usize {
@@ -565,11 +568,10 @@ pub(crate) fn check_part(
     Ok(PartInfo { table: h.table, key_len, val_len, depth, slots_log2, part, loc, len })
 }
 
-/// Assembles a bin's dense table from its parts, checked one by one with
-/// [`check_part`]: every part of `2^depth` present once, all of one size.
-/// `parts` is sorted by part number on return.
-pub(crate) fn check_parts(parts: &mut [PartInfo]) -> Result<(), String> {
-    parts.sort_unstable_by_key(|p| p.part);
+/// Checks that a bin's dense parts, checked one by one with [`check_part`]
+/// and sorted by part number, make its whole table: every part of
+/// `2^depth` present once, all of one size.
+pub(crate) fn check_parts(parts: &[PartInfo]) -> Result<(), String> {
     let Some(f) = parts.first() else {
         return Ok(());
     };
@@ -760,7 +762,7 @@ impl StateStore {
     /// `update(i, old, new)` writes the new value into `new` (`val_len`
     /// bytes) from the old one (`None`: the key is absent, and is
     /// inserted). The same effects as one update after the other; while
-    /// key `i` is updated, the part and home slot of key `i + AHEAD` are
+    /// key `i` is updated, the part and home slot of key `i + PREFETCH_AHEAD` are
     /// worked out and prefetched, so the cache misses of a burst overlap.
     /// Returns `Ok(false)` without touching anything if `t` is not a dense
     /// table of those slot sizes.
@@ -774,7 +776,6 @@ impl StateStore {
         mut key_of: impl FnMut(usize, &mut FixedBuf),
         mut update: impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
     ) -> Result<bool, StateError> {
-        const AHEAD: usize = 16;
         let stride = key_len + val_len;
         let bins_log2 = self.config.bins_log2;
         let bins_start = self.bins.start;
@@ -783,10 +784,10 @@ impl StateStore {
             _ => return Ok(false),
         }
         let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
-        // Probes of the next AHEAD keys (`None`: to work out again, after
+        // Probes of the next PREFETCH_AHEAD keys (`Probe::NONE`: to work out again, after
         // an insert may have moved parts).
-        let mut ring: [Probe; AHEAD] = [Probe::NONE; AHEAD];
-        for (i, &h) in hashes.iter().enumerate().take(AHEAD) {
+        let mut ring: [Probe; PREFETCH_AHEAD] = [Probe::NONE; PREFETCH_AHEAD];
+        for (i, &h) in hashes.iter().enumerate().take(PREFETCH_AHEAD) {
             ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
         }
         // The key and the new value of each update, encoded in place by the
@@ -794,7 +795,7 @@ impl StateStore {
         let mut kb: FixedBuf = [0u8; FIXED_MAX];
         let mut nb: FixedBuf = [0u8; FIXED_MAX];
         for (i, &hash) in hashes.iter().enumerate() {
-            let p = match ring[i % AHEAD] {
+            let p = match ring[i % PREFETCH_AHEAD] {
                 p if !p.ctrl.is_null() => p,
                 _ => match self.tables[t]
                     .dense
@@ -805,19 +806,16 @@ impl StateStore {
                     None => return Err(self.not_owned(hash)),
                 },
             };
-            if let Some(&h) = hashes.get(i + AHEAD) {
-                ring[i % AHEAD] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
+            if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
+                ring[i % PREFETCH_AHEAD] =
+                    probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
             }
             key_of(i, &mut kb);
             let key = &kb[..key_len];
             match find_slot(&p, stride, hash, key) {
                 Some(j) => {
                     let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
-                    if (vloc ^ (vloc + val_len as u64 - 1)) >> 12 == 0 {
-                        self.file.mark_dirty_in_page(vloc);
-                    } else {
-                        self.file.mark_dirty(vloc, val_len);
-                    }
+                    self.file.mark_dirty(vloc, val_len);
                     // SAFETY: `ptr .. ptr + val_len` is the slot's value in
                     // the live map (the probe was worked out after the last
                     // insert, so its part has not moved), marked dirty just
@@ -831,7 +829,7 @@ impl StateStore {
                     let key = &kb[..key_len];
                     self.dense_insert(t, bin(hash), hash, key, &nb[..val_len])?;
                     // Growth or compaction may have moved parts.
-                    ring = [Probe::NONE; AHEAD];
+                    ring = [Probe::NONE; PREFETCH_AHEAD];
                 }
             }
         }
@@ -1017,9 +1015,9 @@ fn first_empty(ctrl: &[u8], hash: u64, slots: usize) -> usize {
 /// Writes control byte `c` of slot `j` (and its mirror) of the part whose
 /// control bytes are at `cl`.
 fn set_ctrl(file: &mut SegmentFile, cl: u64, slots: usize, j: usize, c: u8) {
-    file.write_small(cl + j as u64, &[c]);
+    file.write(cl + j as u64, &[c]);
     if j < GROUP {
-        file.write_small(cl + (slots + j) as u64, &[c]);
+        file.write(cl + (slots + j) as u64, &[c]);
     }
 }
 
@@ -1037,9 +1035,9 @@ fn write_slot(
 ) {
     let cl = ctrl_loc(part_loc);
     let kv = cl + (kv_off(slots) + j * stride) as u64;
-    file.write_small(kv, key);
-    file.write_small(kv + key.len() as u64, value);
-    file.write_small(cl + (hash_off(slots, stride) + j * 8) as u64, &hash.to_le_bytes());
+    file.write(kv, key);
+    file.write(kv + key.len() as u64, value);
+    file.write(cl + (hash_off(slots, stride) + j * 8) as u64, &hash.to_le_bytes());
     set_ctrl(file, cl, slots, j, tag_of(hash));
 }
 

@@ -392,12 +392,7 @@ impl SegmentFile {
     /// it need not be valid (a location outside the file gives some address).
     #[inline(always)]
     pub(crate) fn prefetch_addr(&self, loc: u64) -> *const u8 {
-        let chunk = (loc >> self.chunk_log2) as usize;
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
-        match self.bases.get(chunk) {
-            Some(&base) => base.wrapping_add(off).cast_const(),
-            None => std::ptr::null(),
-        }
+        self.addr(loc).map_or(std::ptr::null(), <*mut u8>::cast_const)
     }
 
     /// The `len` bytes at `loc`, for writing: marks their pages dirty first.
@@ -414,35 +409,6 @@ impl SegmentFile {
     #[inline(always)]
     pub(crate) fn write(&mut self, loc: u64, data: &[u8]) {
         self.bytes_mut(loc, data.len()).copy_from_slice(data);
-    }
-
-    /// [`SegmentFile::write`] for a few bytes (a dense slot's key and value,
-    /// its hash, a control byte): the same checks and dirty marking,
-    /// without the general path's range loop and library copy call.
-    #[inline(always)]
-    pub(crate) fn write_small(&mut self, loc: u64, data: &[u8]) {
-        let p = self.ptr(loc, data.len());
-        if (loc ^ (loc + data.len() as u64).saturating_sub(1)) >> PAGE_LOG2 == 0 {
-            self.mark_dirty_in_page(loc);
-        } else {
-            self.mark_dirty(loc, data.len());
-        }
-        // SAFETY: `p .. p + data.len()` is mapped memory of `self` (checked
-        // by `ptr`), marked dirty just now; `&mut self` is held, so no
-        // slice of it lives, and `data` is not in the map (a caller's
-        // buffer).
-        unsafe {
-            let src = data.as_ptr();
-            match data.len() {
-                1 => p.write(data[0]),
-                8 => p.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned()),
-                16 => {
-                    p.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned());
-                    p.add(8).cast::<u64>().write_unaligned(src.add(8).cast::<u64>().read_unaligned());
-                }
-                n => std::ptr::copy_nonoverlapping(src, p, n),
-            }
-        }
     }
 
     /// Copies `len` bytes from `src` to `dst` (non-overlapping ranges).
@@ -481,19 +447,6 @@ impl SegmentFile {
             if let Some(word) = self.dirty.get_mut(p / 64) {
                 *word |= 1u64 << (p % 64);
             }
-        }
-    }
-
-    /// [`SegmentFile::mark_dirty`] for a write of a few bytes that lie in
-    /// one page (a fixed-size value in a dense table).
-    #[inline(always)]
-    pub(crate) fn mark_dirty_in_page(&mut self, loc: u64) {
-        let p = (loc >> PAGE_LOG2) as usize;
-        if self.cow_active {
-            self.cow_before_write(p, p);
-        }
-        if let Some(word) = self.dirty.get_mut(p / 64) {
-            *word |= 1u64 << (p % 64);
         }
     }
 
