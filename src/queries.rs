@@ -170,11 +170,47 @@ pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
         offset: 0,
         burst: p.burst,
     };
-    df.generate("source", spec, move |i| (i % keys, i), |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
+    let keys = FastMod::new(keys);
+    df.generate("source", spec, move |i| (keys.rem(i), i), |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
         "sum",
         || 0u64,
         |s, r| *s += r.1,
     )
+}
+
+/// `i % d` for a divisor fixed at run time, without a division: a
+/// division's latency (tens of cycles) would be the largest cost of
+/// generating a `keyed-sum` record.
+///
+/// With `m = floor((2^64 - 1) / d)`, the estimate `q' = floor(i * m /
+/// 2^64)` is the quotient `q` or `q - 1` (since `2^64 - d <= m * d < 2^64`
+/// puts `i * m / 2^64` in `(i / d - 1, i / d]`), so `i - q' * d` is the
+/// remainder or the remainder plus `d`.
+#[derive(Clone, Copy, Debug)]
+pub struct FastMod {
+    d: u64,
+    /// `floor((2^64 - 1) / d)`.
+    m: u64,
+}
+
+impl FastMod {
+    /// The remainder by `d`; `d = 0` is taken as 1.
+    pub fn new(d: u64) -> Self {
+        let d = d.max(1);
+        Self { d, m: u64::MAX / d }
+    }
+
+    /// `i % d`.
+    #[inline(always)]
+    pub fn rem(&self, i: u64) -> u64 {
+        let q = ((u128::from(i) * u128::from(self.m)) >> 64) as u64;
+        let r = i - q * self.d;
+        if r >= self.d {
+            r - self.d
+        } else {
+            r
+        }
+    }
 }
 
 /// SplitMix64: the generator's deterministic mixing function.
@@ -226,4 +262,30 @@ pub fn wordcount(df: &Dataflow, p: &WordcountParams) -> Stream<(String, u64, u64
         .key_by("by-word", |w: &(String, u64)| w.0.clone())
         .window(window, |w: &(String, u64)| w.1)
         .aggregate("count", || 0u64, |c, _| *c += 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_mod_is_the_remainder() {
+        let divisors =
+            [1, 2, 3, 7, 10, 100_000, 1 << 32, (1 << 32) + 1, u64::MAX / 3, u64::MAX - 1, u64::MAX];
+        let mut x = 1u64;
+        for &d in &divisors {
+            let f = FastMod::new(d);
+            let edges = [0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1, u64::MAX - d];
+            for i in edges.into_iter().chain((0..20_000).map(|_| {
+                x = splitmix64(x);
+                x
+            })) {
+                assert_eq!(f.rem(i), i % d, "{i} % {d}");
+            }
+            for i in 0..1000 {
+                assert_eq!(f.rem(i), i % d, "{i} % {d}");
+            }
+        }
+        assert_eq!(FastMod::new(0).rem(5), 0);
+    }
 }

@@ -326,11 +326,8 @@ impl<T: Data> Stream<T> {
         // Sending side: routes by key hash.
         let k2 = key.clone();
         self.add_consumer(Rc::new(move |wb: &mut WorkerBuild| {
-            let k3 = k2.clone();
-            let mut scratch = Vec::with_capacity(64);
-            let hash = move |rec: &T| key_hash(&k3(rec), &mut scratch);
             let routing = RoutingTable::uniform(wb.config.bins_log2, wb.workers);
-            exchange::make_sender::<T, _>(wb, edge, routing, hash)
+            exchange::make_sender::<T, K, F>(wb, edge, routing, k2.clone())
         }));
         KeyedStream { stream: Stream { df: self.df.clone(), consumers: downstream }, key }
     }

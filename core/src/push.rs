@@ -6,6 +6,7 @@
 //! Operators with no repartitioning between them are composed this way on one
 //! worker: one virtual call per record per operator, no channel, no copy.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -47,13 +48,15 @@ pub trait Push<T> {
         self.flush();
     }
 
-    /// [`Push::push_burst`] with `hashes[i]`, the hash of the key of
-    /// `recs[i]` by the key function of the exchange that routed it (this
-    /// worker's own records of a keyed edge): an operator keyed by that
-    /// key may take them instead of hashing again. The default ignores
-    /// them.
-    fn push_burst_hashed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64]) {
-        let _ = hashes;
+    /// [`Push::push_burst`] with the keys of the records by the key
+    /// function of the exchange that routed them (this worker's own records
+    /// of a keyed edge): `keys` is a `Vec<K>` of that function's key type,
+    /// `keys[i]` the key of `recs[i]` and `hashes[i]` its hash. An operator
+    /// keyed by that key may take them instead of keying and hashing again
+    /// (and may leave any `Vec<K>` in `keys`: the caller clears it before
+    /// its next use). The default ignores them.
+    fn push_burst_keyed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: &mut dyn Any) {
+        let _ = (hashes, keys);
         self.push_burst(recs);
     }
 }

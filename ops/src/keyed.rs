@@ -4,6 +4,7 @@
 //! is reached only through typed handles; the operator structs hold the
 //! handles and the user's functions, never keyed data.
 
+use std::any::Any;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -215,19 +216,21 @@ where
         self.hashes = hashes;
     }
 
-    /// As `push_burst`, with the hashes the exchange routed the records by
-    /// (those of this operator's key function): only the keys are taken.
-    fn push_burst_hashed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64]) {
-        if hashes.len() != recs.len() {
+    /// As `push_burst`, with the keys the exchange routed the records by
+    /// (those of this operator's key function) and their hashes: the keys
+    /// are taken over, not worked out again.
+    fn push_burst_keyed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: &mut dyn Any) {
+        let Some(keys) =
+            keys.downcast_mut::<Vec<K>>().filter(|k| k.len() == recs.len() && hashes.len() == recs.len())
+        else {
             return self.push_burst(recs);
-        }
-        let mut keys = std::mem::take(&mut self.keys);
-        keys.clear();
-        keys.extend(recs.iter().map(|(rec, _)| self.key.key(rec)));
+        };
         #[cfg(debug_assertions)]
-        for ((rec, _), &h) in recs.iter().zip(hashes) {
-            assert_eq!(self.key.key_and_hash(rec).1, h, "an exchange routed by another key's hash");
+        for (((rec, _), k), &h) in recs.iter().zip(keys.iter()).zip(hashes) {
+            assert!(self.key.key_and_hash(rec) == (k.clone(), h), "an exchange routed by another key");
         }
+        // Swap buffers: the exchange clears ours before it fills it again.
+        let keys = std::mem::replace(keys, std::mem::take(&mut self.keys));
         self.update_burst(recs, hashes, keys);
     }
 }

@@ -87,20 +87,27 @@ impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> fo
         }
         let mut n = 0;
         let mut burst = std::mem::take(&mut self.out);
-        while n < max && self.next < self.end {
-            let ingest = match self.rate {
-                Some(_) => {
+        match self.rate {
+            Some(_) => {
+                while n < max && self.next < self.end {
                     let due = self.intended_ns(self.next);
                     if due > now {
                         break;
                     }
-                    due
+                    burst.push(((self.make)(self.next), Meta { ingest_ns: due }));
+                    self.next += self.stride;
+                    n += 1;
                 }
-                None => now,
-            };
-            burst.push(((self.make)(self.next), Meta { ingest_ns: ingest }));
-            self.next += self.stride;
-            n += 1;
+            }
+            None => {
+                // As fast as possible: every record of the step is due now.
+                let left = self.end.saturating_sub(self.next).div_ceil(self.stride);
+                n = max.min(usize::try_from(left).unwrap_or(usize::MAX));
+                burst.reserve(n);
+                let (make, stride, first) = (&*self.make, self.stride, self.next);
+                burst.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
+                self.next = first + n as u64 * stride;
+            }
         }
         if n > 0 {
             out.push_burst(&mut burst);
