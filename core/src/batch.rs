@@ -94,6 +94,17 @@ impl Batch {
     /// working size.
     #[inline]
     pub fn push<T: Record>(&mut self, rec: &T, meta: Meta) -> Result<(), CodecError> {
+        if let Some(len) = codec::fixed_size::<T>() {
+            // A fixed-layout record: its length is known before it is
+            // encoded, so the prefix is written first, with no patching.
+            let mut prefix = [0u8; RECORD_PREFIX_BYTES];
+            prefix[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            prefix[4..].copy_from_slice(&meta.ingest_ns.to_le_bytes());
+            if codec::encode_prefixed(rec, prefix, &mut self.data) {
+                self.count += 1;
+                return Ok(());
+            }
+        }
         let start = self.data.len();
         self.data.extend_from_slice(&[0u8; RECORD_PREFIX_BYTES]);
         let len = codec::encode(rec, &mut self.data)?;
@@ -227,6 +238,31 @@ mod tests {
             .collect();
         assert_eq!(got.len(), 10);
         assert_eq!(got[7], (7, "r7".to_string(), 107));
+    }
+
+    #[test]
+    fn fixed_layout_records_are_framed_as_any_record() {
+        // (u64, u64) takes the fixed-layout path of `push`; its bytes must
+        // be what the general path writes: length, ingest time, encoding.
+        let mut b = Batch::with_capacity(0, 0, 64);
+        let mut want = Vec::new();
+        for i in 0..5u64 {
+            let rec = (i, u64::MAX - i);
+            assert!(b.push(&rec, Meta { ingest_ns: 1000 + i }).is_ok());
+            let mut enc = Vec::new();
+            assert_eq!(codec::encode(&rec, &mut enc).ok(), Some(16));
+            want.extend_from_slice(&16u32.to_le_bytes());
+            want.extend_from_slice(&(1000 + i).to_le_bytes());
+            want.extend_from_slice(&enc);
+        }
+        assert_eq!(b.data, want);
+        assert_eq!(b.count, 5);
+        assert!(b.validate_framing().is_ok());
+        let got: Vec<((u64, u64), u64)> = b
+            .records()
+            .map(|(bytes, m)| (codec::decode_checked::<(u64, u64)>(bytes).unwrap_or_default(), m.ingest_ns))
+            .collect();
+        assert_eq!(got[3], ((3, u64::MAX - 3), 1003));
     }
 
     #[test]

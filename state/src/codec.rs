@@ -86,6 +86,29 @@ pub fn encode<T: Record>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecErr
     encode_rkyv(value, buf)
 }
 
+/// The length of every encoding of a `T`, when `T` has a fixed layout
+/// (integers and their pairs, byte arrays): known before encoding.
+#[inline(always)]
+pub fn fixed_size<T: Record>() -> Option<usize> {
+    fixed_len::<T>()
+}
+
+/// Appends `prefix` then the encoding of `value` to `buf`, with one
+/// capacity check and no serializer, when `T` has a fixed layout (see
+/// [`fixed_size`]): the bytes [`encode`] would append after `prefix`.
+/// Returns whether it did; for any other type it appends nothing.
+#[inline(always)]
+pub fn encode_prefixed<T: Record, const P: usize>(value: &T, prefix: [u8; P], buf: &mut Vec<u8>) -> bool {
+    let mut out = [0u8; FIXED_MAX];
+    let Some(n) = fixed_encode(value, &mut out) else {
+        return false;
+    };
+    buf.reserve(P + n);
+    buf.extend_from_slice(&prefix);
+    buf.extend_from_slice(&out[..n]);
+    true
+}
+
 /// [`encode`] through rkyv's serializer, whatever the type.
 #[inline]
 pub(crate) fn encode_rkyv<T: Record>(value: &T, buf: &mut Vec<u8>) -> Result<usize, CodecError> {
