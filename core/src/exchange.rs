@@ -84,7 +84,7 @@ impl Outbox {
         self.touched = false;
     }
 
-    #[inline]
+    #[inline(always)]
     fn push<T: Data>(&mut self, rec: &T, meta: Meta) -> Result<(), codec::CodecError> {
         if self.current.count == 0 {
             self.opened_ns = now_ns();
