@@ -318,8 +318,6 @@ pub(crate) struct Probe {
 impl Probe {
     /// The probe of a bin without a table: finds nothing.
     const EMPTY: Probe = Probe { ctrl: EMPTY_CTRL.as_ptr(), ctrl_loc: 0, slots: 1, part: 0 };
-    /// No probe (in the ring of a burst: to be worked out again).
-    const NONE: Probe = Probe { ctrl: std::ptr::null(), ctrl_loc: 0, slots: 1, part: 0 };
 }
 
 /// The part that holds (or would hold) `hash` in bin `bi` of `d`; `None`
@@ -784,52 +782,66 @@ impl StateStore {
             _ => return Ok(false),
         }
         let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
-        // Probes of the next PREFETCH_AHEAD keys (`Probe::NONE`: to work out again, after
-        // an insert may have moved parts).
-        let mut ring: [Probe; PREFETCH_AHEAD] = [Probe::NONE; PREFETCH_AHEAD];
-        for (i, &h) in hashes.iter().enumerate().take(PREFETCH_AHEAD) {
-            ring[i] = probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
-        }
         // The key and the new value of each update, encoded in place by the
         // caller (once per burst, not zeroed per key).
         let mut kb: FixedBuf = [0u8; FIXED_MAX];
         let mut nb: FixedBuf = [0u8; FIXED_MAX];
-        for (i, &hash) in hashes.iter().enumerate() {
-            let p = match ring[i % PREFETCH_AHEAD] {
-                p if !p.ctrl.is_null() => p,
-                _ => match self.tables[t]
-                    .dense
-                    .as_ref()
-                    .and_then(|d| probe(d, &self.file, bin(hash), bins_log2, hash))
-                {
-                    Some(p) => p,
-                    None => return Err(self.not_owned(hash)),
-                },
-            };
-            if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
-                ring[i % PREFETCH_AHEAD] =
-                    probe_ahead(self, t, bin(h), bins_log2, stride, h).unwrap_or(Probe::NONE);
-            }
-            key_of(i, &mut kb);
-            let key = &kb[..key_len];
-            match find_slot(&p, stride, hash, key) {
-                Some(j) => {
+        let n = hashes.len();
+        let mut i = 0;
+        while i < n {
+            // A run of updates of keys that are there: the table is only
+            // read and the file only written until a key is missing (an
+            // insert may grow or move parts), so both are borrowed once for
+            // the run.
+            let stop = {
+                let (tables, file) = (&self.tables, &mut self.file);
+                let Some(d) = tables.get(t).and_then(|t| t.dense.as_ref()) else {
+                    return Ok(false);
+                };
+                // Where the next PREFETCH_AHEAD keys are, worked out (and
+                // prefetched) that many updates ahead.
+                let mut ring = [Ahead::NONE; PREFETCH_AHEAD];
+                for (k, &h) in hashes.iter().enumerate().skip(i).take(PREFETCH_AHEAD) {
+                    ring[k % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+                }
+                loop {
+                    let Some(&hash) = hashes.get(i) else {
+                        break Stop::Done;
+                    };
+                    let a = ring[i % PREFETCH_AHEAD];
+                    if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
+                        ring[i % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+                    }
+                    if a.ctrl.is_null() {
+                        break Stop::NotOwned;
+                    }
+                    let p = a.probe();
+                    key_of(i, &mut kb);
+                    let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
+                        break Stop::Missing;
+                    };
                     let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
-                    self.file.mark_dirty(vloc, val_len);
+                    file.mark_dirty(vloc, val_len);
                     // SAFETY: `ptr .. ptr + val_len` is the slot's value in
-                    // the live map (the probe was worked out after the last
-                    // insert, so its part has not moved), marked dirty just
-                    // now; `&mut self` is held and no other slice of it lives.
+                    // the live map (the probe was worked out in this run,
+                    // which no insert interrupts, so its part has not
+                    // moved), marked dirty just now; `file` is borrowed
+                    // mutably for the run and no other slice of it lives.
                     let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
                     update(i, Some(value), &mut nb);
                     value.copy_from_slice(&nb[..val_len]);
+                    i += 1;
                 }
-                None => {
+            };
+            match stop {
+                Stop::Done => break,
+                Stop::NotOwned => return Err(self.not_owned(hashes[i])),
+                Stop::Missing => {
+                    // `kb` still holds key `i`.
                     update(i, None, &mut nb);
-                    let key = &kb[..key_len];
-                    self.dense_insert(t, bin(hash), hash, key, &nb[..val_len])?;
-                    // Growth or compaction may have moved parts.
-                    ring = [Probe::NONE; PREFETCH_AHEAD];
+                    let hash = hashes[i];
+                    self.dense_insert(t, bin(hash), hash, &kb[..key_len], &nb[..val_len])?;
+                    i += 1;
                 }
             }
         }
@@ -977,24 +989,56 @@ impl StateStore {
     }
 }
 
-/// The probe of `hash` (in bin `bi` of dense table `t` of `store`), with
-/// what its lookup reads first prefetched: its group of control bytes and
-/// its home slot.
-#[inline(always)]
-fn probe_ahead(
-    store: &StateStore,
-    t: usize,
-    bi: usize,
-    bins_log2: u8,
-    stride: usize,
-    hash: u64,
-) -> Option<Probe> {
-    let d = store.tables[t].dense.as_ref()?;
-    let p = probe(d, &store.file, bi, bins_log2, hash)?;
-    let i = hash as usize & (p.slots - 1);
-    prefetch_ptr(p.ctrl.wrapping_add(i));
-    prefetch_ptr(p.ctrl.wrapping_add(kv_off(p.slots) + i * stride));
-    Some(p)
+/// Why a run of a burst's updates stopped.
+enum Stop {
+    /// Every update is done.
+    Done,
+    /// The key of the next update is missing: it is inserted.
+    Missing,
+    /// The next key's bin is not this store's.
+    NotOwned,
+}
+
+/// Where a burst's update will look for its key, worked out ahead: the
+/// control bytes of its part (null: its bin is not owned) and `meta`, the
+/// part's control bytes' location shifted left by 6 and its `slots_log2`
+/// (a [`Probe`] in 16 bytes; the part's number is not needed to update).
+#[derive(Clone, Copy)]
+struct Ahead {
+    ctrl: *const u8,
+    meta: u64,
+}
+
+impl Ahead {
+    const NONE: Ahead = Ahead { ctrl: std::ptr::null(), meta: 0 };
+
+    /// Where `hash` (in bin `bi` of `d`) is, with what its lookup reads
+    /// first prefetched: its group of control bytes and its home slot.
+    #[inline(always)]
+    fn of(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2: u8, stride: usize, hash: u64) -> Ahead {
+        let a = match d.hot.get(bi) {
+            // A bin of one part: its lookup entry is already the answer.
+            Some(h) if h.meta & 63 != 0 && h.meta != HOT_DEEP => {
+                Ahead { ctrl: std::ptr::with_exposed_provenance::<u8>(h.addr), meta: h.meta }
+            }
+            _ => match probe(d, file, bi, bins_log2, hash) {
+                Some(p) => {
+                    Ahead { ctrl: p.ctrl, meta: p.ctrl_loc << 6 | u64::from(p.slots.trailing_zeros()) }
+                }
+                None => return Ahead::NONE,
+            },
+        };
+        let slots = 1usize << (a.meta & 63);
+        let i = hash as usize & (slots - 1);
+        prefetch_ptr(a.ctrl.wrapping_add(i));
+        prefetch_ptr(a.ctrl.wrapping_add(kv_off(slots) + i * stride));
+        a
+    }
+
+    #[inline(always)]
+    fn probe(self) -> Probe {
+        Probe { ctrl: self.ctrl, ctrl_loc: self.meta >> 6, slots: 1 << (self.meta & 63), part: 0 }
+    }
 }
 
 /// The first empty slot at or after the home slot of `hash`, from a part's
