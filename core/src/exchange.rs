@@ -635,7 +635,12 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         }
         // Records pushed one by one before this burst go first.
         self.deliver();
-        let (keys, hashes) = (&mut self.burst_keys, &mut self.burst_hashes);
+        // Taken out of `self` for the loop, so that their lengths stay in
+        // registers rather than being stored back per record.
+        let (mut keys, mut hashes) =
+            (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
+        keys.reserve(recs.len());
+        hashes.reserve(recs.len());
         for (rec, _) in recs.iter() {
             let key = (self.key)(rec);
             hashes.push(key_hash(&key, &mut self.scratch));
@@ -645,10 +650,11 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         if recs.is_empty() {
             local.flush_local();
         } else {
-            local.push_local_burst(recs, hashes, keys);
+            local.push_local_burst(recs, &hashes, &mut keys);
         }
         hashes.clear();
         keys.clear();
+        (self.burst_keys, self.burst_hashes) = (keys, hashes);
     }
 }
 
