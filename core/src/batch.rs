@@ -100,7 +100,8 @@ impl Batch {
             let mut prefix = [0u8; RECORD_PREFIX_BYTES];
             prefix[..4].copy_from_slice(&(len as u32).to_le_bytes());
             prefix[4..].copy_from_slice(&meta.ingest_ns.to_le_bytes());
-            if codec::encode_prefixed(rec, prefix, &mut self.data) {
+            if let Some(n) = codec::encode_prefixed(rec, prefix, &mut self.data) {
+                debug_assert_eq!(n, len, "a fixed-layout encoding of another length than its type's");
                 self.count += 1;
                 return Ok(());
             }

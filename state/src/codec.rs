@@ -96,17 +96,20 @@ pub fn fixed_size<T: Record>() -> Option<usize> {
 /// Appends `prefix` then the encoding of `value` to `buf`, with one
 /// capacity check and no serializer, when `T` has a fixed layout (see
 /// [`fixed_size`]): the bytes [`encode`] would append after `prefix`.
-/// Returns whether it did; for any other type it appends nothing.
+/// Returns the encoding's length; for any other type, `None`, and it
+/// appends nothing.
 #[inline(always)]
-pub fn encode_prefixed<T: Record, const P: usize>(value: &T, prefix: [u8; P], buf: &mut Vec<u8>) -> bool {
+pub fn encode_prefixed<T: Record, const P: usize>(
+    value: &T,
+    prefix: [u8; P],
+    buf: &mut Vec<u8>,
+) -> Option<usize> {
     let mut out = [0u8; FIXED_MAX];
-    let Some(n) = fixed_encode(value, &mut out) else {
-        return false;
-    };
+    let n = fixed_encode(value, &mut out)?;
     buf.reserve(P + n);
     buf.extend_from_slice(&prefix);
     buf.extend_from_slice(&out[..n]);
-    true
+    Some(n)
 }
 
 /// [`encode`] through rkyv's serializer, whatever the type.
