@@ -911,6 +911,22 @@ impl StateStore {
         } else {
             u64::from(self.bins.start + bi as u32) << (64 - u32::from(bins_log2))
         };
+        // The old entries, each its hash then its key and value: read out
+        // first, so that each new part is then written in one borrow of
+        // its bytes (marked dirty once), without a checked write per field.
+        let old_slots = if old.exists() { old.slots() } else { 0 };
+        let entry = 8 + stride;
+        let mut entries: Vec<u8> = Vec::with_capacity(old.len() * entry);
+        for op in old.parts() {
+            let body = part_body(&self.file, op, old_slots, stride);
+            for j in (0..old_slots).filter(|&j| body[j] != 0) {
+                let hash = hash_off(old_slots, stride) + j * 8;
+                entries.extend_from_slice(&body[hash..hash + 8]);
+                let kv = kv_off(old_slots) + j * stride;
+                entries.extend_from_slice(&body[kv..kv + stride]);
+            }
+        }
+        let grown = DenseBin { first: DensePart::default(), rest: Vec::new(), depth, slots_log2 };
         let mut new_parts: Vec<DensePart> = Vec::with_capacity(1 << depth);
         for part in 0..1u32 << depth {
             let loc = match self.alloc(bi, size, false) {
@@ -939,35 +955,26 @@ impl StateStore {
             p[5] = slots_log2;
             p[6..8].copy_from_slice(&(key_len as u16).to_le_bytes());
             p[8..12].copy_from_slice(&part.to_le_bytes());
-            new_parts.push(DensePart { loc, len: 0 });
-        }
-        let grown = DenseBin { first: DensePart::default(), rest: Vec::new(), depth, slots_log2 };
-        // Move every entry of the old parts into the new ones.
-        let old_slots = if old.exists() { old.slots() } else { 0 };
-        for op in old.parts() {
-            for j in 0..old_slots {
-                let body = part_body(&self.file, op, old_slots, stride);
-                if body[j] == 0 {
+            // This part's share of the old entries, slot by slot.
+            let body = &mut p[PART_HEAD..];
+            let mut len = 0;
+            for e in entries.chunks_exact(entry) {
+                let hash = super::record::u64_at(e, 0);
+                if grown.part_no(hash, bins_log2) != part as usize {
                     continue;
                 }
-                let kv = kv_off(old_slots) + j * stride;
-                let mut slot = [0u8; SLOT_MAX];
-                slot[..stride].copy_from_slice(&body[kv..kv + stride]);
-                let hash = super::record::u64_at(body, hash_off(old_slots, stride) + j * 8);
-                let np = &mut new_parts[grown.part_no(hash, bins_log2)];
-                let jn = first_empty(self.file.bytes(ctrl_loc(np.loc), slots + GROUP), hash, slots);
-                write_slot(
-                    &mut self.file,
-                    np.loc,
-                    slots,
-                    stride,
-                    jn,
-                    hash,
-                    &slot[..key_len],
-                    &slot[key_len..stride],
-                );
-                np.len += 1;
+                let j = first_empty(&body[..slots + GROUP], hash, slots);
+                let kv = kv_off(slots) + j * stride;
+                body[kv..kv + stride].copy_from_slice(&e[8..]);
+                let hs = hash_off(slots, stride) + j * 8;
+                body[hs..hs + 8].copy_from_slice(&e[..8]);
+                body[j] = tag_of(hash);
+                if j < GROUP {
+                    body[slots + j] = tag_of(hash);
+                }
+                len += 1;
             }
+            new_parts.push(DensePart { loc, len });
         }
         for op in old.parts() {
             kill(&mut self.file, &mut self.heaps[bi], op.loc);
