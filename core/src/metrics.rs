@@ -111,6 +111,20 @@ impl JobMetrics {
         }
     }
 
+    /// [`JobMetrics::merge_latency`] if neither histogram is locked by
+    /// another thread now; returns whether it merged. A worker never waits
+    /// here: a thread holding the lock may have been descheduled, and the
+    /// worker would wait out its time slice (milliseconds).
+    pub fn try_merge_latency(&self, local: &Histogram<u64>) -> bool {
+        let (Ok(mut all), Ok(mut interval)) = (self.latency.try_lock(), self.interval.try_lock()) else {
+            return false;
+        };
+        // Both histograms share bounds, so adding cannot fail.
+        let _ = all.add(local);
+        let _ = interval.add(local);
+        true
+    }
+
     /// The latency histogram of the whole run so far.
     pub fn latency(&self) -> Histogram<u64> {
         match self.latency.lock() {
@@ -170,12 +184,18 @@ impl LatencyRecorder {
     /// Publishes if the publish interval has passed.
     pub fn maybe_publish(&mut self, now: u64) {
         if now.saturating_sub(self.last_publish_ns) >= METRICS_PUBLISH_MS * 1_000_000 {
-            self.publish();
-            self.last_publish_ns = now;
+            self.metrics.records_out.fetch_add(self.pending_out, Ordering::Relaxed);
+            self.pending_out = 0;
+            // Without waiting for a lock: if another thread holds one, the
+            // latencies stay here and go with a later publish.
+            if self.local.is_empty() || self.metrics.try_merge_latency(&self.local) {
+                self.local.reset();
+                self.last_publish_ns = now;
+            }
         }
     }
 
-    /// Publishes now.
+    /// Publishes now (waiting for the locks).
     pub fn publish(&mut self) {
         self.metrics.records_out.fetch_add(self.pending_out, Ordering::Relaxed);
         self.pending_out = 0;
@@ -189,5 +209,43 @@ impl LatencyRecorder {
 impl Drop for LatencyRecorder {
     fn drop(&mut self) {
         self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_worker_does_not_wait_for_a_metrics_lock_another_thread_holds() {
+        let m = JobMetrics::new();
+        let mut r = LatencyRecorder::new(m.clone());
+        let t0 = now_ns();
+        r.record(t0, t0 + 1_000);
+        // Another thread holds the interval histogram's lock for a while.
+        let (locked, wait) = (mpsc::channel(), mpsc::channel::<()>());
+        let m2 = m.clone();
+        let holder = std::thread::spawn(move || {
+            let _g = m2.interval.lock();
+            let _ = locked.0.send(());
+            let _ = wait.1.recv_timeout(Duration::from_secs(10));
+        });
+        assert!(locked.1.recv_timeout(Duration::from_secs(10)).is_ok());
+        let later = t0 + 2 * METRICS_PUBLISH_MS * 1_000_000;
+        let started = Instant::now();
+        r.maybe_publish(later);
+        assert!(started.elapsed() < Duration::from_secs(1), "the publish waited for the lock");
+        // The count went out; the latency stays local until a later publish.
+        assert_eq!(m.records_out.load(Ordering::Relaxed), 1);
+        assert!(m.latency().is_empty());
+        let _ = wait.0.send(());
+        assert!(holder.join().is_ok());
+        r.maybe_publish(later + 1);
+        let h = m.latency();
+        assert_eq!(h.len(), 1);
+        assert!(h.max() >= 999 && h.max() <= 1_001, "{}", h.max());
+        assert_eq!(m.take_interval_latency().len(), 1);
     }
 }
