@@ -131,6 +131,14 @@ fn keyed_sum_two_workers() {
 }
 
 #[test]
+fn keyed_sum_three_workers() {
+    let _watchdog = spate::Watchdog::start("keyed_sum_three_workers", std::time::Duration::from_secs(120));
+    // Each worker's bursts go to two other workers and itself: the
+    // exchange stages every burst by three destinations.
+    keyed_sum(90_000, 999, 3);
+}
+
+#[test]
 fn keyed_sum_two_workers_odd_keys() {
     let _watchdog =
         spate::Watchdog::start("keyed_sum_two_workers_odd_keys", std::time::Duration::from_secs(120));
