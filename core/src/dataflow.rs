@@ -408,12 +408,6 @@ pub struct KeyFn<K, T> {
 }
 
 impl<K: Key, T> KeyFn<K, T> {
-    /// The key of `rec`.
-    #[inline]
-    pub fn key(&self, rec: &T) -> K {
-        (self.key)(rec)
-    }
-
     /// The key of `rec` and its portable hash.
     #[inline]
     pub fn key_and_hash(&mut self, rec: &T) -> (K, u64) {

@@ -486,6 +486,21 @@ struct ExchangeSender<T, K, F> {
     stage: Vec<Stage<T, K>>,
 }
 
+/// Encodes `rec` into `o`, the outbox for worker `dest`; a record that
+/// cannot be encoded fails the job.
+#[inline(always)]
+fn encode_for<T: Data>(
+    o: &mut Outbox,
+    rec: &T,
+    meta: Meta,
+    dest: usize,
+    metrics: &crate::metrics::JobMetrics,
+) {
+    if let Err(e) = o.push(rec, meta) {
+        metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
+    }
+}
+
 /// The records of a burst for one worker, with their keys and hashes.
 struct Stage<T, K> {
     recs: Vec<(T, Meta)>,
@@ -544,9 +559,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
                 Some(Some(o)) => {
                     let mut o = o.borrow_mut();
                     for (rec, meta) in s.recs.drain(..) {
-                        if let Err(e) = o.push(&rec, meta) {
-                            self.metrics.fail(format!("cannot encode a record for worker {d}: {e}"));
-                        }
+                        encode_for(&mut o, &rec, meta, d, &self.metrics);
                     }
                 }
                 _ if !s.recs.is_empty() => {
@@ -567,11 +580,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
     #[inline(always)]
     fn send(&mut self, rec: T, meta: Meta, key: K, hash: u64, dest: usize) {
         match self.outboxes.get(dest) {
-            Some(Some(o)) => {
-                if let Err(e) = o.borrow_mut().push(&rec, meta) {
-                    self.metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
-                }
-            }
+            Some(Some(o)) => encode_for(&mut o.borrow_mut(), &rec, meta, dest, &self.metrics),
             _ => {
                 self.burst.push((rec, meta));
                 self.burst_keys.push(key);

@@ -184,8 +184,7 @@ impl LatencyRecorder {
     /// Publishes if the publish interval has passed.
     pub fn maybe_publish(&mut self, now: u64) {
         if now.saturating_sub(self.last_publish_ns) >= METRICS_PUBLISH_MS * 1_000_000 {
-            self.metrics.records_out.fetch_add(self.pending_out, Ordering::Relaxed);
-            self.pending_out = 0;
+            self.publish_count();
             // Without waiting for a lock: if another thread holds one, the
             // latencies stay here and go with a later publish.
             if self.local.is_empty() || self.metrics.try_merge_latency(&self.local) {
@@ -195,10 +194,15 @@ impl LatencyRecorder {
         }
     }
 
-    /// Publishes now (waiting for the locks).
-    pub fn publish(&mut self) {
+    /// Adds the records counted here to the job's count.
+    fn publish_count(&mut self) {
         self.metrics.records_out.fetch_add(self.pending_out, Ordering::Relaxed);
         self.pending_out = 0;
+    }
+
+    /// Publishes now (waiting for the locks).
+    pub fn publish(&mut self) {
+        self.publish_count();
         if !self.local.is_empty() {
             self.metrics.merge_latency(&self.local);
             self.local.reset();

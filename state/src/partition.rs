@@ -10,11 +10,11 @@ use std::path::PathBuf;
 
 use crate::error::StateError;
 use crate::keyspace::BinRange;
-use crate::store::dense::{self, DenseTable, PartInfo};
+use crate::store::dense::{DenseTable, PartInfo};
 use crate::store::record::{u32_at, u64_at, Header, BLOCK_HEAD, HEADER, KIND_LIST, NONE};
 use crate::store::{
-    hash_at, index_err, read_head, write_head, BinHeap, SegmentFile, StateStore, StoreConfig, Table, TableId,
-    EMPTY,
+    hash_at, index_err, key_value, read_head, write_head, BinHeap, SegmentFile, StateStore, StoreConfig,
+    Table, TableId, EMPTY,
 };
 
 impl StateStore {
@@ -217,8 +217,7 @@ impl StateStore {
                     if h.kind == KIND_LIST {
                         return Err(StateError::KindMismatch { expected: "dense value", found: "list" });
                     }
-                    let key = src.file.bytes(loc + HEADER as u64, h.key_len as usize);
-                    let value = src.file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize);
+                    let (key, value) = key_value(&src.file, loc);
                     self.put_impl(TableId::from_index(ti), h.hash, key, value)?;
                     continue;
                 }
@@ -266,12 +265,8 @@ impl StateStore {
             self.install_dense_parts(ti, bi, &parts);
             return Ok(());
         }
-        let (key_len, stride) = (sd.key_len, sd.stride());
-        for part in db.parts() {
-            let body = dense::part_body(&src.file, part, db.slots(), stride);
-            for (_, e) in dense::part_entries(body, db.slots(), key_len, stride) {
-                self.put_impl(TableId::from_index(ti), e.hash, e.key, e.value)?;
-            }
+        for e in db.entries(&src.file, sd.key_len, sd.stride()) {
+            self.put_impl(TableId::from_index(ti), e.hash, e.key, e.value)?;
         }
         Ok(())
     }

@@ -518,13 +518,9 @@ impl StateStore {
         let Some(d) = &table.dense else {
             return;
         };
-        let (key_len, stride) = (d.key_len, d.stride());
         for (bi, db) in d.bins.iter().enumerate() {
-            for part in db.parts() {
-                let body = dense::part_body(&self.file, part, db.slots(), stride);
-                for (_, e) in dense::part_entries(body, db.slots(), key_len, stride) {
-                    f(bi, e);
-                }
+            for e in db.entries(&self.file, d.key_len, d.stride()) {
+                f(bi, e);
             }
         }
     }
@@ -737,8 +733,8 @@ impl StateStore {
             if key.len() != d.key_len {
                 return Ok(None);
             }
-            return Ok(dense::find(d, &self.file, bi, self.config.bins_log2, hash, key)
-                .map(|(p, at)| (dense::value_ptr(&p, d.key_len, d.stride(), at.slot).1, d.val_len)));
+            return Ok(dense::find_value(d, &self.file, bi, self.config.bins_log2, hash, key)
+                .map(|v| (v, d.val_len)));
         }
         let Some(si) = self.find(ti, bi, hash, key) else {
             return Ok(None);
@@ -900,9 +896,7 @@ impl StateStore {
                     found: key.len() + value.len(),
                 });
             }
-            let found = dense::find(d, &self.file, bi, self.config.bins_log2, hash, key)
-                .map(|(p, at)| dense::value_ptr(&p, d.key_len, d.stride(), at.slot).1);
-            return match found {
+            return match dense::find_value(d, &self.file, bi, self.config.bins_log2, hash, key) {
                 Some(vloc) => {
                     self.file.write(vloc, value);
                     Ok(())
@@ -1557,7 +1551,7 @@ impl StateStore {
 }
 
 /// The key and value of the record at `loc` (lists give an empty value).
-fn key_value(file: &SegmentFile, loc: u64) -> (&[u8], &[u8]) {
+pub(crate) fn key_value(file: &SegmentFile, loc: u64) -> (&[u8], &[u8]) {
     let h = header(file, loc);
     let key = file.bytes(loc + HEADER as u64, h.key_len as usize);
     let value = if h.kind == KIND_VALUE {

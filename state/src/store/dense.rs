@@ -189,6 +189,20 @@ impl DenseBin {
         std::iter::once(&self.first).chain(self.rest.iter()).filter(|_| self.exists())
     }
 
+    /// Every entry of the bin's parts (in `file`; keys of `key_len`, slots
+    /// of `stride` bytes), part by part.
+    pub(crate) fn entries<'a>(
+        &'a self,
+        file: &'a SegmentFile,
+        key_len: usize,
+        stride: usize,
+    ) -> impl Iterator<Item = Entry<'a>> + 'a {
+        let slots = self.slots();
+        self.parts().flat_map(move |part| {
+            part_entries(part_body(file, part, slots, stride), slots, key_len, stride).map(|(_, e)| e)
+        })
+    }
+
     /// Occupied slots of the bin.
     pub(crate) fn len(&self) -> usize {
         self.parts().map(|p| p.len as usize).sum()
@@ -409,10 +423,32 @@ pub(crate) fn prefetch(
     hash: u64,
 ) {
     if let Some(p) = probe(d, file, bi, bins_log2, hash) {
-        let i = hash as usize & (p.slots - 1);
-        prefetch_ptr(p.ctrl.wrapping_add(i));
-        prefetch_ptr(p.ctrl.wrapping_add(kv_off(p.slots) + i * stride));
+        prefetch_home(p.ctrl, p.slots, stride, hash);
     }
+}
+
+/// Prefetches the group of control bytes and the slot that a lookup of
+/// `hash` reads first, in the part of `slots` slots (of `stride` bytes)
+/// whose control bytes are at `ctrl`.
+#[inline(always)]
+fn prefetch_home(ctrl: *const u8, slots: usize, stride: usize, hash: u64) {
+    let i = hash as usize & (slots - 1);
+    prefetch_ptr(ctrl.wrapping_add(i));
+    prefetch_ptr(ctrl.wrapping_add(kv_off(slots) + i * stride));
+}
+
+/// Where the value of `key` (of `hash`) is, in bin `bi` of `d`: its
+/// location in the file. `None` if absent (or the bin is not owned).
+#[inline(always)]
+pub(crate) fn find_value(
+    d: &DenseTable,
+    file: &SegmentFile,
+    bi: usize,
+    bins_log2: u8,
+    hash: u64,
+    key: &[u8],
+) -> Option<u64> {
+    find(d, file, bi, bins_log2, hash, key).map(|(p, at)| value_ptr(&p, d.key_len, d.stride(), at.slot).1)
 }
 
 /// A pointer to the value of slot `j` of the part of probe `p` (keys of
@@ -439,12 +475,16 @@ pub(crate) fn part_entries(
     key_len: usize,
     stride: usize,
 ) -> impl Iterator<Item = (usize, Entry<'_>)> + '_ {
-    let (kv, hs) = (kv_off(slots), hash_off(slots, stride));
-    (0..slots).filter(move |&j| b[j] != 0).map(move |j| {
-        let s = &b[kv + j * stride..kv + (j + 1) * stride];
-        let hash = super::record::u64_at(b, hs + j * 8);
-        (j, Entry { hash, key: &s[..key_len], value: &s[key_len..] })
-    })
+    (0..slots).filter(move |&j| b[j] != 0).map(move |j| (j, slot_entry(b, slots, key_len, stride, j)))
+}
+
+/// The entry in slot `j` of a part's bytes `b` (control bytes first;
+/// `slots` slots of `stride` bytes, keys of `key_len`).
+fn slot_entry(b: &[u8], slots: usize, key_len: usize, stride: usize, j: usize) -> Entry<'_> {
+    let kv = kv_off(slots) + j * stride;
+    let s = &b[kv..kv + stride];
+    let hash = super::record::u64_at(b, hash_off(slots, stride) + j * 8);
+    Entry { hash, key: &s[..key_len], value: &s[key_len..] }
 }
 
 /// The entries of the run of slots that starts at the home slot of `hash`
@@ -468,11 +508,7 @@ pub(crate) fn run_of<'a>(
     (0..slots)
         .map(move |k| (home + k) & (slots - 1))
         .take_while(move |&j| body.get(j).is_some_and(|&c| c != 0))
-        .map(move |j| {
-            let s = &body[kv_off(slots) + j * stride..kv_off(slots) + (j + 1) * stride];
-            let hash = super::record::u64_at(body, hash_off(slots, stride) + j * 8);
-            (j, Entry { hash, key: &s[..key_len], value: &s[key_len..] })
-        })
+        .map(move |j| (j, slot_entry(body, slots, key_len, stride, j)))
 }
 
 /// A part's bytes from its control bytes on.
@@ -914,17 +950,12 @@ impl StateStore {
         // The old entries, each its hash then its key and value: read out
         // first, so that each new part is then written in one borrow of
         // its bytes (marked dirty once), without a checked write per field.
-        let old_slots = if old.exists() { old.slots() } else { 0 };
         let entry = 8 + stride;
         let mut entries: Vec<u8> = Vec::with_capacity(old.len() * entry);
-        for op in old.parts() {
-            let body = part_body(&self.file, op, old_slots, stride);
-            for j in (0..old_slots).filter(|&j| body[j] != 0) {
-                let hash = hash_off(old_slots, stride) + j * 8;
-                entries.extend_from_slice(&body[hash..hash + 8]);
-                let kv = kv_off(old_slots) + j * stride;
-                entries.extend_from_slice(&body[kv..kv + stride]);
-            }
+        for e in old.entries(&self.file, key_len, stride) {
+            entries.extend_from_slice(&e.hash.to_le_bytes());
+            entries.extend_from_slice(e.key);
+            entries.extend_from_slice(e.value);
         }
         let grown = DenseBin { first: DensePart::default(), rest: Vec::new(), depth, slots_log2 };
         let mut new_parts: Vec<DensePart> = Vec::with_capacity(1 << depth);
@@ -1035,10 +1066,7 @@ impl Ahead {
                 None => return Ahead::NONE,
             },
         };
-        let slots = 1usize << (a.meta & 63);
-        let i = hash as usize & (slots - 1);
-        prefetch_ptr(a.ctrl.wrapping_add(i));
-        prefetch_ptr(a.ctrl.wrapping_add(kv_off(slots) + i * stride));
+        prefetch_home(a.ctrl, 1usize << (a.meta & 63), stride, hash);
         a
     }
 

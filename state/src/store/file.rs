@@ -364,15 +364,11 @@ impl SegmentFile {
     /// dirty with [`SegmentFile::mark_dirty`]).
     #[inline(always)]
     pub(crate) fn ptr_within(&self, loc: u64, len: usize) -> Option<*mut u8> {
-        let chunk = (loc >> self.chunk_log2) as usize;
         let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
-        let base = *self.bases.get(chunk)?;
         if off + len > 1usize << self.chunk_log2 {
             return None;
         }
-        // SAFETY: `off + len` lies inside chunk `chunk` (checked above), whose
-        // map is alive as long as `self`.
-        Some(unsafe { base.add(off) })
+        self.addr(loc)
     }
 
     /// A pointer to the byte at `loc` in its chunk's map, if the file has
