@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use spate_state::codec;
 
-use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL};
+use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL, RECORD_PREFIX_BYTES};
 use crate::dataflow::{Data, Key, WorkerBuild};
 use crate::push::{BarrierTracker, BoxPush, InputFrontier, Push};
 use crate::routing::{key_hash, RoutingTable};
@@ -97,6 +97,35 @@ impl Outbox {
         Ok(())
     }
 
+    /// Appends `recs`, closing batches where [`Outbox::push`] of one after
+    /// the other would: each batch's share of the run is framed in one
+    /// [`Batch::push_run`].
+    fn push_run<T: Data>(&mut self, mut recs: &[(T, Meta)]) -> Result<(), codec::CodecError> {
+        let Some(size) = codec::fixed_size::<T>().map(|len| len + RECORD_PREFIX_BYTES) else {
+            for (rec, meta) in recs {
+                self.push(rec, *meta)?;
+            }
+            return Ok(());
+        };
+        while !recs.is_empty() {
+            if self.current.count == 0 {
+                self.opened_ns = now_ns();
+                self.touch();
+            }
+            // The open batch closes once it holds `batch_records` records,
+            // or `batch_bytes` bytes or more: it takes this many more.
+            let by_count = self.batch_records.saturating_sub(self.current.count).max(1) as usize;
+            let by_bytes = self.batch_bytes.saturating_sub(self.current.data.len()).div_ceil(size).max(1);
+            let (now, rest) = recs.split_at(recs.len().min(by_count).min(by_bytes));
+            self.current.push_run(now)?;
+            recs = rest;
+            if self.current.count >= self.batch_records || self.current.data.len() >= self.batch_bytes {
+                self.close(0);
+            }
+        }
+        Ok(())
+    }
+
     /// Closes the open batch during a step: the step's flush sends it.
     fn close(&mut self, flags: u32) {
         self.seal(flags);
@@ -106,11 +135,14 @@ impl Outbox {
     /// Closes the open batch onto the queue of batches to send.
     fn seal(&mut self, flags: u32) {
         // The next batch starts in the buffer of one already sent to
-        // another process (`recycle`: still in cache), else in a new one of
-        // the size the last batch reached, so a steady stream allocates at
-        // most one right-sized buffer per batch and tiny low-latency
-        // batches stay tiny.
-        let hint = self.current.data.len().min(self.batch_bytes + 256);
+        // another process (`recycle`: still in cache), else in a new one
+        // half again the size the last batch reached, so a steady stream
+        // allocates one buffer per batch that batches of about the same
+        // size never outgrow (growing one copies it: batches closed per
+        // source step vary in size from step to step), and tiny
+        // low-latency batches stay small.
+        let len = self.current.data.len();
+        let hint = (len + len / 2).min(self.batch_bytes + 256);
         let mut next = Batch::with_capacity(self.edge, self.producer, 0);
         match self.spare.take() {
             Some(mut data) => {
@@ -497,8 +529,14 @@ fn encode_for<T: Data>(
     metrics: &crate::metrics::JobMetrics,
 ) {
     if let Err(e) = o.push(rec, meta) {
-        metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
+        fail_encode(metrics, dest, &e);
     }
+}
+
+/// A record for worker `dest` could not be encoded: the job fails.
+#[cold]
+fn fail_encode(metrics: &crate::metrics::JobMetrics, dest: usize, e: &codec::CodecError) {
+    metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
 }
 
 /// The records of a burst for one worker, with their keys and hashes.
@@ -557,10 +595,10 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         for (d, s) in self.stage.iter_mut().enumerate() {
             match self.outboxes.get(d) {
                 Some(Some(o)) => {
-                    let mut o = o.borrow_mut();
-                    for (rec, meta) in s.recs.drain(..) {
-                        encode_for(&mut o, &rec, meta, d, &self.metrics);
+                    if let Err(e) = o.borrow_mut().push_run(&s.recs) {
+                        fail_encode(&self.metrics, d, &e);
                     }
+                    s.recs.clear();
                 }
                 _ if !s.recs.is_empty() => {
                     kept = true;
@@ -684,6 +722,46 @@ mod tests {
         fn finish(&mut self) {}
         fn barrier(&mut self, _id: u64) {}
         fn flush(&mut self) {}
+    }
+
+    /// The batches `o` closed (and its open one), as (count, bytes).
+    fn batches(o: &mut Outbox) -> Vec<(u32, Vec<u8>)> {
+        o.seal(0);
+        o.ready.drain(..).map(|b| (b.count, b.data)).collect()
+    }
+
+    /// `recs` through `push_run` in runs of `run` records, and one by one
+    /// through `push`, into outboxes of `records` records and `bytes`
+    /// bytes a batch: the batches must be the same.
+    fn run_matches_one_by_one<T: Data>(recs: &[(T, Meta)], run: usize, records: usize, bytes: usize) {
+        let outbox = || Outbox::new(0, 0, 1, Rc::new(RefCell::new(Vec::new())), records, bytes);
+        let (mut by_run, mut by_one) = (outbox(), outbox());
+        for chunk in recs.chunks(run) {
+            assert!(by_run.push_run(chunk).is_ok());
+        }
+        for (rec, meta) in recs {
+            assert!(by_one.push(rec, *meta).is_ok());
+        }
+        let (a, b) = (batches(&mut by_run), batches(&mut by_one));
+        assert!(a.len() > 2, "the limits must close batches");
+        assert_eq!(a, b, "run {run}, {records} records, {bytes} bytes a batch");
+    }
+
+    #[test]
+    fn a_run_of_records_closes_and_frames_batches_as_one_by_one() {
+        let fixed: Vec<((u64, u64), Meta)> =
+            (0..3000u64).map(|i| ((i % 7, i * 3), Meta { ingest_ns: 1_000 + i })).collect();
+        let other: Vec<(Rec, Meta)> =
+            (0..700u64).map(|i| ((i, "x".repeat(i as usize % 13)), Meta { ingest_ns: i })).collect();
+        for run in [1, 5, 512, 1024, 5000] {
+            // Closed on the record count, on the byte size (28 bytes a
+            // record: 100 is passed mid-record), and on both.
+            run_matches_one_by_one(&fixed, run, 1024, 1 << 20);
+            run_matches_one_by_one(&fixed, run, 1 << 20, 100);
+            run_matches_one_by_one(&fixed, run, 300, 64 * 28);
+            run_matches_one_by_one(&other, run, 100, 1 << 20);
+            run_matches_one_by_one(&other, run, 1 << 20, 500);
+        }
     }
 
     #[test]

@@ -93,6 +93,21 @@ pub fn fixed_size<T: Record>() -> Option<usize> {
     fixed_len::<T>()
 }
 
+/// Writes the encoding of `value` into `out`, when `T` has a fixed layout
+/// (see [`fixed_size`]) of exactly `out.len()` bytes; returns whether it
+/// did (for any other type or length it writes nothing).
+#[inline(always)]
+pub fn encode_fixed_into<T: Record>(value: &T, out: &mut [u8]) -> bool {
+    let mut fixed = [0u8; FIXED_MAX];
+    match fixed_encode(value, &mut fixed) {
+        Some(n) if n == out.len() => {
+            out.copy_from_slice(&fixed[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Appends `prefix` then the encoding of `value` to `buf`, with one
 /// capacity check and no serializer, when `T` has a fixed layout (see
 /// [`fixed_size`]): the bytes [`encode`] would append after `prefix`.
