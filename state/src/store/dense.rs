@@ -82,7 +82,7 @@ const PART_BITS_FLOOR: u32 = 24;
 pub(crate) const SLOT_MAX: usize = 2 * crate::fixed::FIXED_MAX;
 /// How many keys ahead of its update a burst works out and prefetches a
 /// key's state (and a record table's update, its index slot).
-pub(crate) const PREFETCH_AHEAD: usize = 16;
+pub(crate) const PREFETCH_AHEAD: usize = 8;
 /// Slots of a part that may be occupied: 7/8 of them.
 #[inline(always)]
 fn load_max(slots: usize) -> usize {
