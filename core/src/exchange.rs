@@ -686,13 +686,10 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         // registers rather than being stored back per record.
         let (mut keys, mut hashes) =
             (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
-        keys.reserve(recs.len());
-        hashes.reserve(recs.len());
-        for (rec, _) in recs.iter() {
-            let key = (self.key)(rec);
-            hashes.push(key_hash(&key, &mut self.scratch));
-            keys.push(key);
-        }
+        // Two passes of `extend` over slices: no capacity check per record.
+        let (key, scratch) = (&self.key, &mut self.scratch);
+        keys.extend(recs.iter().map(|(rec, _)| key(rec)));
+        hashes.extend(keys.iter().map(|k| key_hash(k, scratch)));
         let mut local = self.local.borrow_mut();
         if recs.is_empty() {
             local.flush_local();
