@@ -901,6 +901,9 @@ impl StateStore {
         // The one step that can fail, before anything changes.
         let mut shadow = self.file.map_shadow()?;
         let snapshot = self.header_snapshot(id, base, meta);
+        // How the next dirty epoch's burst updates mark pages, from how
+        // this one's did.
+        self.plan_whole_marks();
         // A full image: every page of the file is copied before it is first
         // written (the stream reads those of the bins' segments, from the
         // snapshot); an increment: the dirty pages.

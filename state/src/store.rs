@@ -273,6 +273,9 @@ pub struct StateStore {
     moved: Vec<(usize, usize, u64)>,
     /// Checkpoint chain state (see `crate::checkpoint`).
     pub(crate) chain: crate::checkpoint::ChainState,
+    /// How burst updates of dense tables mark their pages dirty (see
+    /// `dense::WholeMarks`).
+    pub(crate) marks: dense::WholeMarks,
 }
 
 /// Key equality, without a `memcmp` call for the short keys of the hot path.
@@ -403,6 +406,7 @@ impl StateStore {
             index,
             moved: Vec::new(),
             chain: crate::checkpoint::ChainState::default(),
+            marks: dense::WholeMarks::default(),
         })
     }
 

@@ -83,6 +83,10 @@ pub(crate) const SLOT_MAX: usize = 2 * crate::fixed::FIXED_MAX;
 /// How many keys ahead of its update a burst works out and prefetches a
 /// key's state (and a record table's update, its index slot).
 pub(crate) const PREFETCH_AHEAD: usize = 8;
+/// Dirty epochs in a row whose burst updates may mark every dense page at
+/// once (see [`WholeMarks`]); the epoch after them marks page by page, to
+/// measure the writes again.
+const WHOLE_EPOCHS_MAX: u32 = 4;
 /// Slots of a part that may be occupied: 7/8 of them.
 #[inline(always)]
 fn load_max(slots: usize) -> usize {
@@ -124,6 +128,43 @@ static EMPTY_CTRL: [u8; 2 * GROUP] = [0; 2 * GROUP];
 pub(crate) fn payload_bytes(slots_log2: u8, stride: usize) -> usize {
     let slots = 1usize << slots_log2;
     PART_HEAD + slots + GROUP + slots * (stride + 8)
+}
+
+/// How burst updates of dense tables mark their pages dirty.
+///
+/// Marking a value's page per update cost keyed-sum about 30 of its 194
+/// instructions a record. When most dense pages are written in a dirty
+/// epoch anyway (the one between two checkpoints), the first burst of the
+/// epoch marks every page of every dense part instead, and the updates mark
+/// nothing; an insert, a growth or a move still marks what it writes. Not
+/// while a checkpoint's copy-on-write is on: marking a page copies it
+/// first if the stream has not read it yet, and marking every page at once
+/// would copy them all in one stall, where marking page by page spreads the
+/// copies over the writes.
+///
+/// Whether an epoch may mark all is decided when the one before it ends
+/// (at a checkpoint): yes if that epoch was marked page by page and
+/// dirtied at least half as many pages as the dense parts hold (a few hot
+/// keys do not make every page part of the next increment), or if it was
+/// marked whole and fewer than [`WHOLE_EPOCHS_MAX`] were in a row (then one
+/// epoch marks page by page, to measure again). A fresh or restored store's
+/// first epoch may: its first checkpoint is a full image, which reads no
+/// dirty bit.
+#[derive(Clone, Debug)]
+pub(crate) struct WholeMarks {
+    /// The dirty epoch in which every dense part's pages were marked (0:
+    /// none).
+    marked: u64,
+    /// This epoch may mark them all.
+    allowed: bool,
+    /// Epochs in a row marked whole, this one included.
+    in_a_row: u32,
+}
+
+impl Default for WholeMarks {
+    fn default() -> Self {
+        Self { marked: 0, allowed: true, in_a_row: 0 }
+    }
 }
 
 /// One part of a bin's dense table.
@@ -825,6 +866,8 @@ impl StateStore {
         let n = hashes.len();
         let mut i = 0;
         while i < n {
+            // Whether this run's updates need not mark their values' pages.
+            let all = self.dense_all_marked();
             // A run of updates of keys that are there: the table is only
             // read and the file only written until a key is missing (an
             // insert may grow or move parts), so both are borrowed once for
@@ -857,12 +900,16 @@ impl StateStore {
                         break Stop::Missing;
                     };
                     let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
-                    file.mark_dirty(vloc, val_len);
+                    if !all {
+                        file.mark_dirty(vloc, val_len);
+                    }
                     // SAFETY: `ptr .. ptr + val_len` is the slot's value in
                     // the live map (the probe was worked out in this run,
                     // which no insert interrupts, so its part has not
-                    // moved), marked dirty just now; `file` is borrowed
-                    // mutably for the run and no other slice of it lives.
+                    // moved), marked dirty just now or, with every dense
+                    // page, earlier in this dirty epoch and with no
+                    // copy-on-write on; `file` is borrowed mutably for the
+                    // run and no other slice of it lives.
                     let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
                     update(i, Some(value), &mut nb);
                     value.copy_from_slice(&nb[..val_len]);
@@ -882,6 +929,59 @@ impl StateStore {
             }
         }
         Ok(true)
+    }
+
+    /// Whether every page of every dense part is marked dirty in this dirty
+    /// epoch, marking them now if the epoch may (see [`WholeMarks`]).
+    fn dense_all_marked(&mut self) -> bool {
+        let epoch = self.file.dirty_epoch();
+        if self.marks.marked == epoch {
+            return true;
+        }
+        if !self.marks.allowed || self.file.copying() {
+            return false;
+        }
+        // What the updates write: the parts' keys and values.
+        let Self { tables, file, .. } = self;
+        for d in tables.iter().filter_map(|t| t.dense.as_ref()) {
+            for db in d.bins.iter().filter(|db| db.exists()) {
+                let slots = db.slots();
+                for p in db.parts() {
+                    file.mark_dirty(ctrl_loc(p.loc) + kv_off(slots) as u64, slots * d.stride());
+                }
+            }
+        }
+        self.marks.marked = epoch;
+        self.marks.in_a_row += 1;
+        true
+    }
+
+    /// Pages of the dense parts' keys and values (about; a part's may
+    /// share their first and last page with others).
+    fn dense_pages(&self) -> usize {
+        let page = super::file::PAGE_BYTES;
+        let mut pages = 0;
+        for d in self.tables.iter().filter_map(|t| t.dense.as_ref()) {
+            for db in d.bins.iter().filter(|db| db.exists()) {
+                pages += db.parts().count() * (db.slots() * d.stride()).div_ceil(page);
+            }
+        }
+        pages
+    }
+
+    /// The dirty epoch ends (a checkpoint takes or clears the dirty pages):
+    /// decides whether the next one may mark every dense page at once.
+    pub(crate) fn plan_whole_marks(&mut self) {
+        let allowed = if self.marks.marked == self.file.dirty_epoch() {
+            self.marks.in_a_row < WHOLE_EPOCHS_MAX
+        } else {
+            self.marks.in_a_row = 0;
+            self.file.dirty_page_count() * 2 >= self.dense_pages().max(1)
+        };
+        self.marks.allowed = allowed;
+        if !allowed {
+            self.marks.in_a_row = 0;
+        }
     }
 
     /// Points part `k` of bin `bi` of dense table `ti` at its record's new

@@ -99,6 +99,12 @@ pub(crate) struct SegmentFile {
     in_use: usize,
     /// One bit per page of the file.
     dirty: Vec<u64>,
+    /// The dirty epoch: bumped whenever a page may stop being dirty (the
+    /// bitmap is taken or cleared) and when a checkpoint's copy-on-write
+    /// begins. Whoever marks pages dirty ahead of many writes (a dense
+    /// bin's burst updates) may skip marking them again while the epoch is
+    /// the one they marked them in (see [`SegmentFile::dirty_epoch`]).
+    epoch: u64,
     /// A checkpoint is streaming: writes go through `cow_before_write`
     /// first. The only check the write path pays otherwise.
     cow_active: bool,
@@ -192,6 +198,7 @@ impl SegmentFile {
             free: vec![Vec::new(); (segment_log2 - SEG_MIN_LOG2 + 1) as usize],
             in_use: 0,
             dirty: Vec::new(),
+            epoch: 1,
             cow_active: false,
             cow: None,
         })
@@ -446,6 +453,21 @@ impl SegmentFile {
         }
     }
 
+    /// Whether a checkpoint's copy-on-write is on (writes must go through
+    /// [`SegmentFile::mark_dirty`] first, page by page).
+    #[inline(always)]
+    pub(crate) fn copying(&self) -> bool {
+        self.cow_active
+    }
+
+    /// The dirty epoch (never 0). Pages marked with [`SegmentFile::mark_dirty`]
+    /// stay dirty, and safe to write while a checkpoint streams, as long as
+    /// this returns what it returned when they were marked.
+    #[inline(always)]
+    pub(crate) fn dirty_epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Makes pages `first..=last` safe to write while a checkpoint streams:
     /// each page not settled yet goes through [`CowShared::before_write`].
     /// Once the stream has read every page, turns the copy-on-write off.
@@ -539,6 +561,8 @@ impl SegmentFile {
         let shared = Arc::new(CowShared::new(set, shadow_ptr, shadow_pages));
         self.cow = Some(CowWriter { shared: Arc::clone(&shared), settled });
         self.cow_active = true;
+        // Pages marked before must be made safe to write again.
+        self.epoch += 1;
         let live =
             LiveMaps { chunks: self.chunks.clone(), bases: self.bases.clone(), chunk_log2: self.chunk_log2 };
         (shared, live)
@@ -576,6 +600,7 @@ impl SegmentFile {
 
     /// Takes the dirty bitmap, leaving every page clean.
     pub(crate) fn take_dirty(&mut self) -> Vec<u64> {
+        self.epoch += 1;
         let words = self.dirty.len();
         std::mem::replace(&mut self.dirty, vec![0; words])
     }
@@ -604,6 +629,7 @@ impl SegmentFile {
 
     /// Forgets every dirty bit.
     pub(crate) fn clear_dirty(&mut self) {
+        self.epoch += 1;
         self.dirty.iter_mut().for_each(|w| *w = 0);
     }
 
