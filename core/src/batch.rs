@@ -170,6 +170,18 @@ impl Batch {
         RecordIter { data: &self.data, pos: 0 }
     }
 
+    /// The records after the first `skip`, each its prefix and encoding in
+    /// one slice, when they are of fixed-layout type `T` and every record
+    /// of the batch is framed at that length (as [`Batch::push`] frames
+    /// them); else `None`.
+    pub fn fixed_chunks<T: Record>(&self, skip: usize) -> Option<std::slice::ChunksExact<'_, u8>> {
+        let size = RECORD_PREFIX_BYTES + codec::fixed_size::<T>()?;
+        if self.data.len() != self.count as usize * size {
+            return None;
+        }
+        Some(self.data.get(skip.checked_mul(size)?..)?.chunks_exact(size))
+    }
+
     /// Checks that the record framing of an untrusted batch is sound: every
     /// length lies within the buffer and the count matches. Record contents
     /// are validated separately, when they are accessed.
@@ -331,6 +343,23 @@ mod tests {
         assert!(run.push_run(&strings).is_ok());
         assert_eq!((run.count, &run.data), (9, &one.data));
         assert!(run.validate_framing().is_ok());
+    }
+
+    #[test]
+    fn fixed_chunks_are_the_records_of_a_fixed_layout_batch() {
+        let recs: Vec<((u64, u64), Meta)> =
+            (0..9u64).map(|i| ((i, 3 * i), Meta { ingest_ns: 5 + i })).collect();
+        let mut b = Batch::with_capacity(0, 0, 0);
+        assert!(b.push_run(&recs).is_ok());
+        let chunks: Vec<&[u8]> = b.fixed_chunks::<(u64, u64)>(2).map(Iterator::collect).unwrap_or_default();
+        let framed: Vec<&[u8]> = b.records().skip(2).map(|(bytes, _)| bytes).collect();
+        assert_eq!(chunks.len(), 7);
+        for (c, f) in chunks.iter().zip(&framed) {
+            assert_eq!(&c[RECORD_PREFIX_BYTES..], *f);
+        }
+        assert!(b.fixed_chunks::<(u64, u64)>(10).is_none(), "past the end");
+        assert!(b.fixed_chunks::<String>(0).is_none(), "no fixed layout");
+        assert!(b.fixed_chunks::<u64>(0).is_none(), "framed at another length");
     }
 
     #[test]

@@ -363,6 +363,18 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                         }
                     }
                 }
+            } else if let Some(chunks) = batch.fixed_chunks::<T>(skip) {
+                // Records of a fixed-layout type, all framed alike: read in
+                // one pass, with no length to follow per record.
+                burst.extend(chunks.map(|c| {
+                    let (prefix, bytes) = c.split_at(RECORD_PREFIX_BYTES);
+                    let ingest =
+                        prefix.get(4..12).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                    // SAFETY: batches that are not `untrusted` were built
+                    // by `Batch::push::<T>` (or `push_run`) on this edge in
+                    // this process, so each record's bytes are one `T`'s.
+                    (unsafe { codec::decode::<T>(bytes) }, Meta { ingest_ns: ingest })
+                }));
             } else {
                 for (bytes, meta) in batch.records().skip(skip) {
                     // SAFETY: batches that are not `untrusted` were built by
