@@ -207,11 +207,7 @@ where
         hashes.clear();
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
-        for (rec, _) in recs.iter() {
-            let (key, hash) = self.key.key_and_hash(rec);
-            keys.push(key);
-            hashes.push(hash);
-        }
+        self.key.keys_and_hashes(recs, &mut keys, &mut hashes);
         self.update_burst(recs, &hashes, keys);
         self.hashes = hashes;
     }
