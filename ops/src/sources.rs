@@ -79,6 +79,16 @@ impl<T, M: ?Sized, E: ?Sized> Generator<T, M, E> {
     }
 }
 
+/// Appends records `make(first)`, `make(first + stride)`, ... (`n` of
+/// them) to `out`, all ingested at `now`. Not inlined: as a parameter,
+/// `make` is known not to change while `out` is written, so what it
+/// captured stays in registers through the loop.
+#[inline(never)]
+fn fill<T, M: Fn(u64) -> T + ?Sized>(out: &mut Vec<(T, Meta)>, make: &M, first: u64, stride: u64, n: usize, now: u64) {
+    out.reserve(n);
+    out.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
+}
+
 impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for Generator<T, M, E> {
     fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
         let now = now_ns();
@@ -103,9 +113,8 @@ impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> fo
                 // As fast as possible: every record of the step is due now.
                 let left = self.end.saturating_sub(self.next).div_ceil(self.stride);
                 n = max.min(usize::try_from(left).unwrap_or(usize::MAX));
-                burst.reserve(n);
-                let (make, stride, first) = (&*self.make, self.stride, self.next);
-                burst.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
+                let (stride, first) = (self.stride, self.next);
+                fill(&mut burst, &*self.make, first, stride, n, now);
                 self.next = first + n as u64 * stride;
             }
         }
