@@ -84,7 +84,14 @@ impl<T, M: ?Sized, E: ?Sized> Generator<T, M, E> {
 /// `make` is known not to change while `out` is written, so what it
 /// captured stays in registers through the loop.
 #[inline(never)]
-fn fill<T, M: Fn(u64) -> T + ?Sized>(out: &mut Vec<(T, Meta)>, make: &M, first: u64, stride: u64, n: usize, now: u64) {
+fn fill<T, M: Fn(u64) -> T + ?Sized>(
+    out: &mut Vec<(T, Meta)>,
+    make: &M,
+    first: u64,
+    stride: u64,
+    n: usize,
+    now: u64,
+) {
     out.reserve(n);
     out.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
 }

@@ -851,7 +851,6 @@ impl StateStore {
         mut key_of: impl FnMut(usize, &mut FixedBuf),
         mut update: impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
     ) -> Result<bool, StateError> {
-        let stride = key_len + val_len;
         let bins_log2 = self.config.bins_log2;
         let bins_start = self.bins.start;
         match self.tables.get(t).and_then(|t| t.dense.as_ref()) {
@@ -866,55 +865,28 @@ impl StateStore {
         let n = hashes.len();
         let mut i = 0;
         while i < n {
-            // Whether this run's updates need not mark their values' pages.
+            // A run of updates of keys that are there (see `update_run`),
+            // compiled twice: with and without marking each value's page.
             let all = self.dense_all_marked();
-            // A run of updates of keys that are there: the table is only
-            // read and the file only written until a key is missing (an
-            // insert may grow or move parts), so both are borrowed once for
-            // the run.
-            let stop = {
-                let (tables, file) = (&self.tables, &mut self.file);
-                let Some(d) = tables.get(t).and_then(|t| t.dense.as_ref()) else {
-                    return Ok(false);
-                };
-                // Where the next PREFETCH_AHEAD keys are, worked out (and
-                // prefetched) that many updates ahead.
-                let mut ring = [Ahead::NONE; PREFETCH_AHEAD];
-                for (k, &h) in hashes.iter().enumerate().skip(i).take(PREFETCH_AHEAD) {
-                    ring[k % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
-                }
-                loop {
-                    let Some(&hash) = hashes.get(i) else {
-                        break Stop::Done;
-                    };
-                    let a = ring[i % PREFETCH_AHEAD];
-                    if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
-                        ring[i % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
-                    }
-                    if a.ctrl.is_null() {
-                        break Stop::NotOwned;
-                    }
-                    let p = a.probe();
-                    key_of(i, &mut kb);
-                    let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
-                        break Stop::Missing;
-                    };
-                    let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
-                    if !all {
-                        file.mark_dirty(vloc, val_len);
-                    }
-                    // SAFETY: `ptr .. ptr + val_len` is the slot's value in
-                    // the live map (the probe was worked out in this run,
-                    // which no insert interrupts, so its part has not
-                    // moved), marked dirty just now or, with every dense
-                    // page, earlier in this dirty epoch and with no
-                    // copy-on-write on; `file` is borrowed mutably for the
-                    // run and no other slice of it lives.
-                    let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
-                    update(i, Some(value), &mut nb);
-                    value.copy_from_slice(&nb[..val_len]);
-                    i += 1;
-                }
+            let Some(d) = self.tables.get(t).and_then(|t| t.dense.as_ref()) else {
+                return Ok(false);
+            };
+            let shape = RunShape { key_len, val_len, bins_log2, bins_start };
+            let file = &mut self.file;
+            let stop = if all {
+                update_run::<true>(d, file, shape, hashes, &mut i, &mut kb, &mut nb, &mut key_of, &mut update)
+            } else {
+                update_run::<false>(
+                    d,
+                    file,
+                    shape,
+                    hashes,
+                    &mut i,
+                    &mut kb,
+                    &mut nb,
+                    &mut key_of,
+                    &mut update,
+                )
             };
             match stop {
                 Stop::Done => break,
@@ -1124,6 +1096,76 @@ impl StateStore {
             let _ = self.compact(bi);
         }
         Ok(())
+    }
+}
+
+/// What a run of burst updates needs of its table and store, besides them.
+#[derive(Clone, Copy)]
+struct RunShape {
+    key_len: usize,
+    val_len: usize,
+    bins_log2: u8,
+    bins_start: u32,
+}
+
+/// A run of updates of keys that are there, from key `*i` on (see
+/// [`StateStore::dense_update_burst`]): the table `d` is only read and the
+/// file only written until a key is missing (an insert may grow or move
+/// parts), so both are borrowed once for the run. `ALL`: every dense page
+/// is marked dirty in this epoch (see [`WholeMarks`]), so the updates mark
+/// none.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update_run<const ALL: bool>(
+    d: &DenseTable,
+    file: &mut SegmentFile,
+    shape: RunShape,
+    hashes: &[u64],
+    i: &mut usize,
+    kb: &mut FixedBuf,
+    nb: &mut FixedBuf,
+    key_of: &mut impl FnMut(usize, &mut FixedBuf),
+    update: &mut impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
+) -> Stop {
+    let RunShape { key_len, val_len, bins_log2, bins_start } = shape;
+    let stride = key_len + val_len;
+    let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
+    // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
+    // that many updates ahead.
+    let mut ring = [Ahead::NONE; PREFETCH_AHEAD];
+    for (k, &h) in hashes.iter().enumerate().skip(*i).take(PREFETCH_AHEAD) {
+        ring[k % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+    }
+    loop {
+        let Some(&hash) = hashes.get(*i) else {
+            break Stop::Done;
+        };
+        let a = ring[*i % PREFETCH_AHEAD];
+        if let Some(&h) = hashes.get(*i + PREFETCH_AHEAD) {
+            ring[*i % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+        }
+        if a.ctrl.is_null() {
+            break Stop::NotOwned;
+        }
+        let p = a.probe();
+        key_of(*i, kb);
+        let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
+            break Stop::Missing;
+        };
+        let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
+        if !ALL {
+            file.mark_dirty(vloc, val_len);
+        }
+        // SAFETY: `ptr .. ptr + val_len` is the slot's value in the live
+        // map (the probe was worked out in this run, which no insert
+        // interrupts, so its part has not moved), marked dirty just now or,
+        // with every dense page, earlier in this dirty epoch and with no
+        // copy-on-write on; `file` is borrowed mutably for the run and no
+        // other slice of it lives.
+        let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
+        update(*i, Some(value), nb);
+        value.copy_from_slice(&nb[..val_len]);
+        *i += 1;
     }
 }
 
