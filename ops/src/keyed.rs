@@ -137,13 +137,15 @@ where
     fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
         let mut results = std::mem::take(&mut self.results);
         let (step, emit) = (&self.step, &self.emit);
-        let burst = &recs[..];
+        // One slice each, shared by the state's loop and both closures (the
+        // same bounds, checked once where they are inlined together).
+        let (burst, key_slice) = (&recs[..], &keys[..]);
         let r = self.acc.update_burst(
             &mut self.store,
             hashes,
-            &keys,
+            key_slice,
             |i, old| step(old, &burst[i].0),
-            |i, v| results.push((emit(keys[i].clone(), v), burst[i].1)),
+            |i, v| results.push((emit(key_slice[i].clone(), v), burst[i].1)),
         );
         recs.clear();
         if let Err(e) = r {
