@@ -28,8 +28,24 @@ pub struct Meta {
 /// Bytes before each record's archived bytes: its length and ingest time.
 pub const RECORD_PREFIX_BYTES: usize = 12;
 
-/// Most bytes of a fixed-layout record (see `codec::fixed_size`).
-const RECORD_FIXED_MAX: usize = 64;
+/// The prefix of a record of `len` encoded bytes: its length and ingest time.
+#[inline(always)]
+fn record_prefix(len: usize, meta: Meta) -> [u8; RECORD_PREFIX_BYTES] {
+    let mut p = [0u8; RECORD_PREFIX_BYTES];
+    p[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    p[4..].copy_from_slice(&meta.ingest_ns.to_le_bytes());
+    p
+}
+
+/// A record's encoded length and metadata, from the first
+/// [`RECORD_PREFIX_BYTES`] of `p` (zero for bytes it lacks).
+#[inline(always)]
+fn read_prefix(p: &[u8]) -> (usize, Meta) {
+    let len = p.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes) as usize;
+    let ingest_ns =
+        p.get(4..RECORD_PREFIX_BYTES).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    (len, Meta { ingest_ns })
+}
 
 /// The batch is the producer's last one on this edge.
 pub const FLAG_FINAL: u32 = 1;
@@ -100,10 +116,7 @@ impl Batch {
         if let Some(len) = codec::fixed_size::<T>() {
             // A fixed-layout record: its length is known before it is
             // encoded, so the prefix is written first, with no patching.
-            let mut prefix = [0u8; RECORD_PREFIX_BYTES];
-            prefix[..4].copy_from_slice(&(len as u32).to_le_bytes());
-            prefix[4..].copy_from_slice(&meta.ingest_ns.to_le_bytes());
-            if let Some(n) = codec::encode_prefixed(rec, prefix, &mut self.data) {
+            if let Some(n) = codec::encode_prefixed(rec, record_prefix(len, meta), &mut self.data) {
                 debug_assert_eq!(n, len, "a fixed-layout encoding of another length than its type's");
                 self.count += 1;
                 return Ok(());
@@ -112,8 +125,7 @@ impl Batch {
         let start = self.data.len();
         self.data.extend_from_slice(&[0u8; RECORD_PREFIX_BYTES]);
         let len = codec::encode(rec, &mut self.data)?;
-        self.data[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.data[start + 4..start + 12].copy_from_slice(&meta.ingest_ns.to_le_bytes());
+        self.data[start..start + RECORD_PREFIX_BYTES].copy_from_slice(&record_prefix(len, meta));
         self.count += 1;
         Ok(())
     }
@@ -128,13 +140,12 @@ impl Batch {
             let (start, bytes) = (self.data.len(), recs.len() * size);
             self.data.reserve(bytes);
             let mut framed = true;
-            let mut one = [0u8; RECORD_PREFIX_BYTES + RECORD_FIXED_MAX];
+            let mut one = [0u8; RECORD_PREFIX_BYTES + codec::FIXED_MAX];
             if let Some(one) = one.get_mut(..size) {
                 let spare = &mut self.data.spare_capacity_mut()[..bytes];
                 for (out, (rec, meta)) in spare.chunks_exact_mut(size).zip(recs) {
                     let (prefix, body) = one.split_at_mut(RECORD_PREFIX_BYTES);
-                    prefix[..4].copy_from_slice(&(len as u32).to_le_bytes());
-                    prefix[4..].copy_from_slice(&meta.ingest_ns.to_le_bytes());
+                    prefix.copy_from_slice(&record_prefix(len, *meta));
                     framed &= codec::encode_fixed_into(rec, body);
                     for (o, &b) in out.iter_mut().zip(one.iter()) {
                         o.write(b);
@@ -170,16 +181,19 @@ impl Batch {
         RecordIter { data: &self.data, pos: 0 }
     }
 
-    /// The records after the first `skip`, each its prefix and encoding in
-    /// one slice, when they are of fixed-layout type `T` and every record
-    /// of the batch is framed at that length (as [`Batch::push`] frames
-    /// them); else `None`.
-    pub fn fixed_chunks<T: Record>(&self, skip: usize) -> Option<std::slice::ChunksExact<'_, u8>> {
+    /// The records after the first `skip`, as [`Batch::records`] gives
+    /// them, when they are of fixed-layout type `T` and every record of the
+    /// batch is framed at that length (as [`Batch::push`] frames them);
+    /// else `None`. Equal-sized chunks, with no length to follow per
+    /// record: an `extend` from them takes its capacity once.
+    pub fn fixed_records<T: Record>(&self, skip: usize) -> Option<impl Iterator<Item = (&[u8], Meta)>> {
         let size = RECORD_PREFIX_BYTES + codec::fixed_size::<T>()?;
         if self.data.len() != self.count as usize * size {
             return None;
         }
-        Some(self.data.get(skip.checked_mul(size)?..)?.chunks_exact(size))
+        let chunks = self.data.get(skip.checked_mul(size)?..)?.chunks_exact(size);
+        // Each chunk is `size` bytes: its prefix, then the record's.
+        Some(chunks.map(|c| (c.get(RECORD_PREFIX_BYTES..).unwrap_or_default(), read_prefix(c).1)))
     }
 
     /// Checks that the record framing of an untrusted batch is sound: every
@@ -254,21 +268,11 @@ impl<'a> Iterator for RecordIter<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let d = self.data;
-        if self.pos + RECORD_PREFIX_BYTES > d.len() {
-            return None;
-        }
-        let mut l = [0u8; 4];
-        l.copy_from_slice(&d[self.pos..self.pos + 4]);
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&d[self.pos + 4..self.pos + 12]);
-        let start = self.pos + RECORD_PREFIX_BYTES;
-        let end = start + u32::from_le_bytes(l) as usize;
-        if end > d.len() {
-            return None;
-        }
-        self.pos = end;
-        Some((&d[start..end], Meta { ingest_ns: u64::from_le_bytes(t) }))
+        let rest = self.data.get(self.pos..)?;
+        let (len, meta) = read_prefix(rest.get(..RECORD_PREFIX_BYTES)?);
+        let bytes = rest.get(RECORD_PREFIX_BYTES..RECORD_PREFIX_BYTES + len)?;
+        self.pos += RECORD_PREFIX_BYTES + len;
+        Some((bytes, meta))
     }
 }
 
@@ -346,20 +350,20 @@ mod tests {
     }
 
     #[test]
-    fn fixed_chunks_are_the_records_of_a_fixed_layout_batch() {
+    fn fixed_records_are_the_records_of_a_fixed_layout_batch() {
         let recs: Vec<((u64, u64), Meta)> =
             (0..9u64).map(|i| ((i, 3 * i), Meta { ingest_ns: 5 + i })).collect();
         let mut b = Batch::with_capacity(0, 0, 0);
         assert!(b.push_run(&recs).is_ok());
-        let chunks: Vec<&[u8]> = b.fixed_chunks::<(u64, u64)>(2).map(Iterator::collect).unwrap_or_default();
-        let framed: Vec<&[u8]> = b.records().skip(2).map(|(bytes, _)| bytes).collect();
-        assert_eq!(chunks.len(), 7);
-        for (c, f) in chunks.iter().zip(&framed) {
-            assert_eq!(&c[RECORD_PREFIX_BYTES..], *f);
-        }
-        assert!(b.fixed_chunks::<(u64, u64)>(10).is_none(), "past the end");
-        assert!(b.fixed_chunks::<String>(0).is_none(), "no fixed layout");
-        assert!(b.fixed_chunks::<u64>(0).is_none(), "framed at another length");
+        let fixed: Vec<(&[u8], Meta)> =
+            b.fixed_records::<(u64, u64)>(2).map(Iterator::collect).unwrap_or_default();
+        let framed: Vec<(&[u8], Meta)> = b.records().skip(2).collect();
+        assert_eq!(fixed.len(), 7);
+        assert_eq!(fixed, framed);
+        assert_eq!(fixed[0].1, Meta { ingest_ns: 7 });
+        assert!(b.fixed_records::<(u64, u64)>(10).is_none(), "past the end");
+        assert!(b.fixed_records::<String>(0).is_none(), "no fixed layout");
+        assert!(b.fixed_records::<u64>(0).is_none(), "framed at another length");
     }
 
     #[test]

@@ -417,17 +417,14 @@ impl<K: Key, T> KeyFn<K, T> {
     }
 
     /// Appends the key of each of `recs` to `keys`, then their hashes to
-    /// `hashes`: two passes, with no capacity check per record.
+    /// `hashes` (see [`crate::routing::keys_and_hashes`]).
     pub fn keys_and_hashes(
         &mut self,
         recs: &[(T, crate::batch::Meta)],
         keys: &mut Vec<K>,
         hashes: &mut Vec<u64>,
     ) {
-        let (key, scratch) = (&self.key, &mut self.scratch);
-        let start = keys.len();
-        keys.extend(recs.iter().map(|(rec, _)| key(rec)));
-        hashes.extend(keys[start..].iter().map(|k| key_hash(k, scratch)));
+        crate::routing::keys_and_hashes(recs, &*self.key, &mut self.scratch, keys, hashes);
     }
 }
 

@@ -16,7 +16,7 @@ use spate_state::codec;
 use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL, RECORD_PREFIX_BYTES};
 use crate::dataflow::{Data, Key, WorkerBuild};
 use crate::push::{BarrierTracker, BoxPush, InputFrontier, Push};
-use crate::routing::{key_hash, RoutingTable};
+use crate::routing::{key_hash, keys_and_hashes, RoutingTable};
 use crate::time::{now_ns, Timestamp, WATERMARK_END};
 
 /// The batches one worker has for one destination on one edge.
@@ -86,15 +86,29 @@ impl Outbox {
 
     #[inline(always)]
     fn push<T: Data>(&mut self, rec: &T, meta: Meta) -> Result<(), codec::CodecError> {
+        self.open();
+        self.current.push(rec, meta)?;
+        self.close_if_full();
+        Ok(())
+    }
+
+    /// Before a record goes into the open batch: an empty one opens now
+    /// (its linger starts) and is put on the list to flush.
+    #[inline(always)]
+    fn open(&mut self) {
         if self.current.count == 0 {
             self.opened_ns = now_ns();
             self.touch();
         }
-        self.current.push(rec, meta)?;
+    }
+
+    /// After records went into the open batch: it closes once it holds
+    /// `batch_records` records, or `batch_bytes` bytes or more.
+    #[inline(always)]
+    fn close_if_full(&mut self) {
         if self.current.count >= self.batch_records || self.current.data.len() >= self.batch_bytes {
             self.close(0);
         }
-        Ok(())
     }
 
     /// Appends `recs`, closing batches where [`Outbox::push`] of one after
@@ -108,20 +122,15 @@ impl Outbox {
             return Ok(());
         };
         while !recs.is_empty() {
-            if self.current.count == 0 {
-                self.opened_ns = now_ns();
-                self.touch();
-            }
-            // The open batch closes once it holds `batch_records` records,
-            // or `batch_bytes` bytes or more: it takes this many more.
+            self.open();
+            // How many more records the open batch takes before
+            // `close_if_full` closes it.
             let by_count = self.batch_records.saturating_sub(self.current.count).max(1) as usize;
             let by_bytes = self.batch_bytes.saturating_sub(self.current.data.len()).div_ceil(size).max(1);
             let (now, rest) = recs.split_at(recs.len().min(by_count).min(by_bytes));
             self.current.push_run(now)?;
             recs = rest;
-            if self.current.count >= self.batch_records || self.current.data.len() >= self.batch_bytes {
-                self.close(0);
-            }
+            self.close_if_full();
         }
         Ok(())
     }
@@ -363,18 +372,13 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
                         }
                     }
                 }
-            } else if let Some(chunks) = batch.fixed_chunks::<T>(skip) {
+            } else if let Some(fixed) = batch.fixed_records::<T>(skip) {
                 // Records of a fixed-layout type, all framed alike: read in
                 // one pass, with no length to follow per record.
-                burst.extend(chunks.map(|c| {
-                    let (prefix, bytes) = c.split_at(RECORD_PREFIX_BYTES);
-                    let ingest =
-                        prefix.get(4..12).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                    // SAFETY: batches that are not `untrusted` were built
-                    // by `Batch::push::<T>` (or `push_run`) on this edge in
-                    // this process, so each record's bytes are one `T`'s.
-                    (unsafe { codec::decode::<T>(bytes) }, Meta { ingest_ns: ingest })
-                }));
+                // SAFETY: batches that are not `untrusted` were built by
+                // `Batch::push::<T>` (or `push_run`) on this edge in this
+                // process, so each record's bytes are one `T`'s.
+                burst.extend(fixed.map(|(bytes, meta)| (unsafe { codec::decode::<T>(bytes) }, meta)));
             } else {
                 for (bytes, meta) in batch.records().skip(skip) {
                     // SAFETY: batches that are not `untrusted` were built by
@@ -698,10 +702,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         // registers rather than being stored back per record.
         let (mut keys, mut hashes) =
             (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
-        // Two passes of `extend` over slices: no capacity check per record.
-        let (key, scratch) = (&self.key, &mut self.scratch);
-        keys.extend(recs.iter().map(|(rec, _)| key(rec)));
-        hashes.extend(keys.iter().map(|k| key_hash(k, scratch)));
+        keys_and_hashes(recs, &*self.key, &mut self.scratch, &mut keys, &mut hashes);
         let mut local = self.local.borrow_mut();
         if recs.is_empty() {
             local.flush_local();

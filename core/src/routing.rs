@@ -7,6 +7,8 @@
 
 use spate_state::keyspace::{bin_of, Bin, BinRange};
 
+use crate::batch::Meta;
+
 /// Index of an operator instance within its logical operator.
 pub type InstanceId = u16;
 
@@ -111,6 +113,23 @@ pub fn key_hash<K: spate_state::codec::Record>(key: &K, scratch: &mut Vec<u8>) -
         // are plain data, so route such a key to bin 0 rather than panic.
         Err(_) => 0,
     }
+}
+
+/// Appends the key of each of `recs` to `keys`, then the hash of each key
+/// appended to `hashes` (`scratch` as for [`key_hash`]): two passes of
+/// `extend` over slices, with no capacity check per record, and the hashes
+/// of `u64` keys in one vectorised loop.
+#[inline(always)]
+pub fn keys_and_hashes<T, K: spate_state::codec::Record>(
+    recs: &[(T, Meta)],
+    key: &(impl Fn(&T) -> K + ?Sized),
+    scratch: &mut Vec<u8>,
+    keys: &mut Vec<K>,
+    hashes: &mut Vec<u64>,
+) {
+    let start = keys.len();
+    keys.extend(recs.iter().map(|(rec, _)| key(rec)));
+    hashes.extend(keys[start..].iter().map(|k| key_hash(k, scratch)));
 }
 
 #[cfg(test)]

@@ -92,7 +92,6 @@ fn fill<T, M: Fn(u64) -> T + ?Sized>(
     n: usize,
     now: u64,
 ) {
-    out.reserve(n);
     out.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
 }
 

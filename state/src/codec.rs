@@ -15,7 +15,9 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::{Archive, Archived, Deserialize, Serialize};
 
-use crate::fixed::{fixed_decode, fixed_encode, fixed_len, FIXED_MAX};
+/// The most bytes of a fixed-layout encoding (see [`fixed_size`]).
+pub use crate::fixed::FIXED_MAX;
+use crate::fixed::{fixed_decode, fixed_encode, fixed_len};
 
 /// A type Spate can move and store: it derives rkyv's `Archive`,
 /// `Serialize` and `Deserialize`, and its archived form can be validated.

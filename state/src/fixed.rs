@@ -16,7 +16,7 @@
 use std::any::{Any, TypeId};
 
 /// Largest encoded size of a fixed-layout type.
-pub(crate) const FIXED_MAX: usize = 32;
+pub const FIXED_MAX: usize = 32;
 
 /// The bytes of a fixed-layout value, written at the start of a stack buffer.
 pub(crate) type FixedBuf = [u8; FIXED_MAX];

@@ -851,13 +851,11 @@ impl StateStore {
         mut key_of: impl FnMut(usize, &mut FixedBuf),
         mut update: impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
     ) -> Result<bool, StateError> {
-        let bins_log2 = self.config.bins_log2;
-        let bins_start = self.bins.start;
+        let (bins_log2, bins_start) = (self.config.bins_log2, self.bins.start);
         match self.tables.get(t).and_then(|t| t.dense.as_ref()) {
             Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && key_len.max(val_len) <= FIXED_MAX => {}
             _ => return Ok(false),
         }
-        let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
         // The key and the new value of each update, encoded in place by the
         // caller (once per burst, not zeroed per key).
         let mut kb: FixedBuf = [0u8; FIXED_MAX];
@@ -895,7 +893,8 @@ impl StateStore {
                     // `kb` still holds key `i`.
                     update(i, None, &mut nb);
                     let hash = hashes[i];
-                    self.dense_insert(t, bin(hash), hash, &kb[..key_len], &nb[..val_len])?;
+                    let bi = self.bin_index(hash)?;
+                    self.dense_insert(t, bi, hash, &kb[..key_len], &nb[..val_len])?;
                     i += 1;
                 }
             }
@@ -913,32 +912,12 @@ impl StateStore {
         if !self.marks.allowed || self.file.copying() {
             return false;
         }
-        // What the updates write: the parts' keys and values.
-        let Self { tables, file, .. } = self;
-        for d in tables.iter().filter_map(|t| t.dense.as_ref()) {
-            for db in d.bins.iter().filter(|db| db.exists()) {
-                let slots = db.slots();
-                for p in db.parts() {
-                    file.mark_dirty(ctrl_loc(p.loc) + kv_off(slots) as u64, slots * d.stride());
-                }
-            }
+        for (loc, len) in kv_regions(&self.tables) {
+            self.file.mark_dirty(loc, len);
         }
         self.marks.marked = epoch;
         self.marks.in_a_row += 1;
         true
-    }
-
-    /// Pages of the dense parts' keys and values (about; a part's may
-    /// share their first and last page with others).
-    fn dense_pages(&self) -> usize {
-        let page = super::file::PAGE_BYTES;
-        let mut pages = 0;
-        for d in self.tables.iter().filter_map(|t| t.dense.as_ref()) {
-            for db in d.bins.iter().filter(|db| db.exists()) {
-                pages += db.parts().count() * (db.slots() * d.stride()).div_ceil(page);
-            }
-        }
-        pages
     }
 
     /// The dirty epoch ends (a checkpoint takes or clears the dirty pages):
@@ -948,7 +927,11 @@ impl StateStore {
             self.marks.in_a_row < WHOLE_EPOCHS_MAX
         } else {
             self.marks.in_a_row = 0;
-            self.file.dirty_page_count() * 2 >= self.dense_pages().max(1)
+            // Pages of the dense parts' keys and values (about: a part's
+            // may share their first and last page with others).
+            let dense_pages: usize =
+                kv_regions(&self.tables).map(|(_, len)| len.div_ceil(super::file::PAGE_BYTES)).sum();
+            self.file.dirty_page_count() * 2 >= dense_pages.max(1)
         };
         self.marks.allowed = allowed;
         if !allowed {
@@ -1097,6 +1080,17 @@ impl StateStore {
         }
         Ok(())
     }
+}
+
+/// Where the keys and values of every part of the dense tables of `tables`
+/// lie in the file (what burst updates write): (location, bytes).
+fn kv_regions(tables: &[super::Table]) -> impl Iterator<Item = (u64, usize)> + '_ {
+    tables.iter().filter_map(|t| t.dense.as_ref()).flat_map(|d| {
+        d.bins.iter().filter(|db| db.exists()).flat_map(move |db| {
+            let slots = db.slots();
+            db.parts().map(move |p| (ctrl_loc(p.loc) + kv_off(slots) as u64, slots * d.stride()))
+        })
+    })
 }
 
 /// What a run of burst updates needs of its table and store, besides them.

@@ -101,9 +101,9 @@ pub(crate) struct SegmentFile {
     dirty: Vec<u64>,
     /// The dirty epoch: bumped whenever a page may stop being dirty (the
     /// bitmap is taken or cleared) and when a checkpoint's copy-on-write
-    /// begins. Whoever marks pages dirty ahead of many writes (a dense
-    /// bin's burst updates) may skip marking them again while the epoch is
-    /// the one they marked them in (see [`SegmentFile::dirty_epoch`]).
+    /// begins. Whoever marks pages dirty ahead of many writes (dense
+    /// tables' burst updates) may skip marking them again while the epoch
+    /// is the one they marked them in (see [`SegmentFile::dirty_epoch`]).
     epoch: u64,
     /// A checkpoint is streaming: writes go through `cow_before_write`
     /// first. The only check the write path pays otherwise.
