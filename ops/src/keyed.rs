@@ -139,12 +139,15 @@ where
         let (step, emit) = (&self.step, &self.emit);
         // One slice each, shared by the state's loop and both closures (the
         // same bounds, checked once where they are inlined together).
-        let (burst, key_slice) = (&recs[..], &keys[..]);
+        // Cut to the hashes' length, which bounds every index the state's
+        // loop passes, so the closures need no bounds checks.
+        let n = hashes.len();
+        let (burst, key_slice) = (&recs[..n], &keys[..n]);
         let r = self.acc.update_burst(
             &mut self.store,
             hashes,
             key_slice,
-            |i, old| step(old, &burst[i].0),
+            move |i, old| step(old, &burst[i].0),
             |i, v| results.push((emit(key_slice[i].clone(), v), burst[i].1)),
         );
         recs.clear();

@@ -221,6 +221,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
     /// [`ValueState::update`] after the other. For fixed-layout keys and
     /// values (a dense table) the state of later keys is fetched while
     /// earlier ones are updated, and the table is looked up once per burst.
+    #[inline(always)]
     pub fn update_burst(
         &mut self,
         store: &mut StateStore,
@@ -230,6 +231,9 @@ impl<K: Record, V: Record> ValueState<K, V> {
         mut done: impl FnMut(usize, V),
     ) -> Result<(), StateError> {
         debug_assert_eq!(hashes.len(), keys.len());
+        // One length for both: the loops index by `hashes`' positions, and
+        // so need no bounds check on `keys`.
+        let keys = &keys[..hashes.len()];
         store.check_sig(self.table, &sig::<Self>())?;
         if let (Some(kl), Some(vl)) = (fixed_len::<K>(), fixed_len::<V>()) {
             let dense = store.dense_update_burst(
@@ -237,7 +241,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
                 hashes,
                 kl,
                 vl,
-                |i, kb| {
+                move |i, kb| {
                     let n = fixed_encode(&keys[i], kb);
                     debug_assert_eq!(n, Some(kl));
                 },

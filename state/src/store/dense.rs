@@ -275,7 +275,8 @@ impl DenseBin {
 /// a table, [`HOT_DEEP`] for one of several parts (the lookup then reads
 /// its [`DenseBin`]), else the location of its one part's control bytes
 /// shifted left by 6, and its `slots_log2`; `addr` is where those control
-/// bytes are mapped.
+/// bytes are mapped, and 0 for the other two kinds (so one test tells a bin
+/// of one part).
 #[derive(Clone, Copy, Debug, Default)]
 struct Hot {
     addr: usize,
@@ -1191,8 +1192,9 @@ impl Ahead {
     #[inline(always)]
     fn of(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2: u8, stride: usize, hash: u64) -> Ahead {
         let a = match d.hot.get(bi) {
-            // A bin of one part: its lookup entry is already the answer.
-            Some(h) if h.meta & 63 != 0 && h.meta != HOT_DEEP => {
+            // A bin of one part (the only kind with an address): its lookup
+            // entry is already the answer.
+            Some(h) if h.addr != 0 => {
                 Ahead { ctrl: std::ptr::with_exposed_provenance::<u8>(h.addr), meta: h.meta }
             }
             _ => match probe(d, file, bi, bins_log2, hash) {
