@@ -611,6 +611,7 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
         rc.linger_us = 0;
     }
     let dir = rc.data_dir.clone();
+    let steal_before = spate_bench::latency::steal_ms();
     let job = Runtime::new(rc).start(&name, move |df| build(df)).map_err(|e| e.to_string())?;
     let metrics = job.metrics().clone();
     let started = job.started();
@@ -633,10 +634,12 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
     }
     let latency = metrics.latency();
     let report = job.wait().map_err(|e| e.to_string());
+    let steal_after = spate_bench::latency::steal_ms();
     let _ = std::fs::remove_dir_all(&dir);
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
-    let r = LatencyReport::from_histogram(&latency, report.records_out, secs);
+    let mut r = LatencyReport::from_histogram(&latency, report.records_out, secs);
+    r.steal_ms = steal_before.zip(steal_after).map(|(a, b)| b.saturating_sub(a));
     if let Some(csv) = csv {
         std::fs::write(&csv, over_time.to_csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
@@ -696,16 +699,19 @@ fn latency_on_nodes(
     let hist_dir = dir.path().join("histograms");
     std::fs::create_dir_all(&hist_dir).map_err(|e| format!("{}: {e}", hist_dir.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the spate binary: {e}"))?;
+    let steal_before = spate_bench::latency::steal_ms();
     let reports = deploy::run_local_cluster_with(
         &exe,
         &path,
         true,
         &[(deploy::HISTOGRAM_DIR_ENV, hist_dir.as_path())],
     )?;
+    let steal_after = spate_bench::latency::steal_ms();
     let latency = deploy::merge_histograms(&hist_dir, nodes)?;
     let out: u64 = reports.iter().map(|r| r.records_out).sum();
     let secs = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    let r = LatencyReport::from_histogram(&latency, out, secs);
+    let mut r = LatencyReport::from_histogram(&latency, out, secs);
+    r.steal_ms = steal_before.zip(steal_after).map(|(a, b)| b.saturating_sub(a));
     if json {
         println!("{}", r.to_json());
     } else {

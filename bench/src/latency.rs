@@ -76,6 +76,32 @@ pub struct LatencyReport {
     pub count: u64,
     /// Wall time of the run, seconds.
     pub seconds: f64,
+    /// CPU time the hypervisor gave to other work while the run went on,
+    /// all of this machine's CPUs together, milliseconds (see
+    /// [`steal_ms`]); `None` where it cannot be read. A worker that loses
+    /// its CPU for milliseconds delays every record behind it, so a tail
+    /// beside nonzero steal is the VM's, not the engine's.
+    pub steal_ms: Option<u64>,
+}
+
+/// Ticks per second of `/proc/stat`'s counters (`USER_HZ`: 100 on every
+/// architecture Linux exports it for).
+const USER_HZ: u64 = 100;
+
+/// The CPU steal time since boot, milliseconds: the `steal` column of the
+/// `cpu` line of `/proc/stat`. `None` where there is no such file (not
+/// Linux) or it cannot be parsed. Difference two readings for a run.
+pub fn steal_ms() -> Option<u64> {
+    parse_steal_ms(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The steal time, milliseconds, in the text of `/proc/stat`: the eighth
+/// counter of its `cpu` line (after user, nice, system, idle, iowait, irq
+/// and softirq).
+pub fn parse_steal_ms(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks.saturating_mul(1000) / USER_HZ)
 }
 
 impl LatencyReport {
@@ -98,14 +124,16 @@ impl LatencyReport {
             records_per_s,
             count,
             seconds,
+            steal_ms: None,
         }
     }
 
     /// One JSON object on one line (no trailing newline), e.g.
-    /// `{"p50_us":12.345,"p99_us":...,"p999_us":...,"max_us":...,"records_per_s":...,"count":N,"seconds":...}`.
+    /// `{"p50_us":12.345,"p99_us":...,"p999_us":...,"max_us":...,"records_per_s":...,"count":N,"seconds":...,"steal_ms":...}`
+    /// (`steal_ms` is `null` when unknown).
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"records_per_s\":{},\"count\":{},\"seconds\":{}}}",
+            "{{\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"records_per_s\":{},\"count\":{},\"seconds\":{},\"steal_ms\":{}}}",
             json_f64(self.p50_us),
             json_f64(self.p99_us),
             json_f64(self.p999_us),
@@ -113,6 +141,7 @@ impl LatencyReport {
             json_f64(self.records_per_s),
             self.count,
             json_f64(self.seconds),
+            self.steal_ms.map_or_else(|| "null".to_owned(), |ms| ms.to_string()),
         )
     }
 }
@@ -129,7 +158,11 @@ impl fmt::Display for LatencyReport {
             self.p99_us,
             self.p999_us,
             self.max_us
-        )
+        )?;
+        match self.steal_ms {
+            Some(ms) => write!(f, "; CPU steal {ms} ms"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -412,12 +445,16 @@ mod tests {
             records_per_s: 1e6,
             count: 7,
             seconds: 7e-6,
+            steal_ms: None,
         };
         let j = r.to_json();
         assert_eq!(
             j,
-            "{\"p50_us\":1.000,\"p99_us\":2.500,\"p999_us\":3.000,\"max_us\":4.000,\"records_per_s\":1000000.000,\"count\":7,\"seconds\":0.000}"
+            "{\"p50_us\":1.000,\"p99_us\":2.500,\"p999_us\":3.000,\"max_us\":4.000,\"records_per_s\":1000000.000,\"count\":7,\"seconds\":0.000,\"steal_ms\":null}"
         );
+        let stolen = LatencyReport { steal_ms: Some(40), ..r };
+        assert!(stolen.to_json().ends_with(",\"steal_ms\":40}"), "{}", stolen.to_json());
+        assert!(stolen.to_string().ends_with("; CPU steal 40 ms"), "{stolen}");
         assert!(!j.contains('\n'));
         assert!(j.starts_with('{') && j.ends_with('}'));
         for key in ["p50_us", "p99_us", "p999_us", "max_us", "records_per_s", "count", "seconds"] {
@@ -432,6 +469,20 @@ mod tests {
         // Display is one human line.
         let s = r.to_string();
         assert!(s.contains("p99 2.5 us") && !s.contains('\n'), "{s}");
+    }
+
+    #[test]
+    fn steal_is_the_eighth_counter_of_the_cpu_line() {
+        let stat =
+            "cpu  4705 150 1120 16250 520 0 74 37 0 0\ncpu0 2000 75 560 8000 260 0 37 20 0 0\nintr 1\n";
+        assert_eq!(parse_steal_ms(stat), Some(370));
+        // Old kernels without the steal column, and garbage.
+        assert_eq!(parse_steal_ms("cpu  4705 150 1120 16250 520 0 74\n"), None);
+        assert_eq!(parse_steal_ms("cpu  a b c d e f g h\n"), None);
+        assert_eq!(parse_steal_ms(""), None);
+        if std::path::Path::new("/proc/stat").exists() {
+            assert!(steal_ms().is_some(), "this Linux's /proc/stat has a steal column");
+        }
     }
 
     #[test]
