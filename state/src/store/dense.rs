@@ -1126,23 +1126,28 @@ fn update_run<const ALL: bool>(
     let stride = key_len + val_len;
     let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
     // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
-    // that many updates ahead.
+    // that many updates ahead, and, when pages are marked one by one, where
+    // their parts' control bytes lie (with `ALL` these are never read, and
+    // so never written).
     let mut ring = [Ahead::NONE; PREFETCH_AHEAD];
+    let mut locs = [0u64; PREFETCH_AHEAD];
     for (k, &h) in hashes.iter().enumerate().skip(*i).take(PREFETCH_AHEAD) {
-        ring[k % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+        (ring[k % PREFETCH_AHEAD], locs[k % PREFETCH_AHEAD]) =
+            Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
     }
     loop {
         let Some(&hash) = hashes.get(*i) else {
             break Stop::Done;
         };
-        let a = ring[*i % PREFETCH_AHEAD];
+        let (a, ctrl_loc) = (ring[*i % PREFETCH_AHEAD], locs[*i % PREFETCH_AHEAD]);
         if let Some(&h) = hashes.get(*i + PREFETCH_AHEAD) {
-            ring[*i % PREFETCH_AHEAD] = Ahead::of(d, file, bin(h), bins_log2, stride, h);
+            (ring[*i % PREFETCH_AHEAD], locs[*i % PREFETCH_AHEAD]) =
+                Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
         }
         if a.ctrl.is_null() {
             break Stop::NotOwned;
         }
-        let p = a.probe();
+        let p = Probe { ctrl: a.ctrl, ctrl_loc, slots: a.mask + 1, part: 0 };
         key_of(*i, kb);
         let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
             break Stop::Missing;
@@ -1175,42 +1180,43 @@ enum Stop {
 }
 
 /// Where a burst's update will look for its key, worked out ahead: the
-/// control bytes of its part (null: its bin is not owned) and `meta`, the
-/// part's control bytes' location shifted left by 6 and its `slots_log2`
-/// (a [`Probe`] in 16 bytes; the part's number is not needed to update).
+/// control bytes of its part (null: its bin is not owned) and the part's
+/// slots less one (the mask of a slot number). With where the control
+/// bytes lie, a [`Probe`] (the part's number is not needed to update).
 #[derive(Clone, Copy)]
 struct Ahead {
     ctrl: *const u8,
-    meta: u64,
+    mask: usize,
 }
 
 impl Ahead {
-    const NONE: Ahead = Ahead { ctrl: std::ptr::null(), meta: 0 };
+    const NONE: Ahead = Ahead { ctrl: std::ptr::null(), mask: 0 };
 
     /// Where `hash` (in bin `bi` of `d`) is, with what its lookup reads
-    /// first prefetched: its group of control bytes and its home slot.
+    /// first prefetched: its group of control bytes and its home slot;
+    /// and, unless `ALL`, where its part's control bytes lie (else 0).
     #[inline(always)]
-    fn of(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2: u8, stride: usize, hash: u64) -> Ahead {
-        let a = match d.hot.get(bi) {
+    fn of<const ALL: bool>(
+        d: &DenseTable,
+        file: &SegmentFile,
+        bi: usize,
+        bins_log2: u8,
+        stride: usize,
+        hash: u64,
+    ) -> (Ahead, u64) {
+        let (ctrl, slots, loc) = match d.hot.get(bi) {
             // A bin of one part (the only kind with an address): its lookup
             // entry is already the answer.
             Some(h) if h.addr != 0 => {
-                Ahead { ctrl: std::ptr::with_exposed_provenance::<u8>(h.addr), meta: h.meta }
+                (std::ptr::with_exposed_provenance::<u8>(h.addr), 1usize << (h.meta & 63), h.meta >> 6)
             }
             _ => match probe(d, file, bi, bins_log2, hash) {
-                Some(p) => {
-                    Ahead { ctrl: p.ctrl, meta: p.ctrl_loc << 6 | u64::from(p.slots.trailing_zeros()) }
-                }
-                None => return Ahead::NONE,
+                Some(p) => (p.ctrl, p.slots, p.ctrl_loc),
+                None => return (Ahead::NONE, 0),
             },
         };
-        prefetch_home(a.ctrl, 1usize << (a.meta & 63), stride, hash);
-        a
-    }
-
-    #[inline(always)]
-    fn probe(self) -> Probe {
-        Probe { ctrl: self.ctrl, ctrl_loc: self.meta >> 6, slots: 1 << (self.meta & 63), part: 0 }
+        prefetch_home(ctrl, slots, stride, hash);
+        (Ahead { ctrl, mask: slots - 1 }, if ALL { 0 } else { loc })
     }
 }
 
