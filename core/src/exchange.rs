@@ -507,6 +507,7 @@ pub(crate) fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
             .iter()
             .map(|_| Stage { recs: Vec::new(), keys: Vec::new(), hashes: Vec::new() })
             .collect(),
+        cursors: Vec::with_capacity(e.outboxes.len()),
     })
 }
 
@@ -532,6 +533,8 @@ struct ExchangeSender<T, K, F> {
     /// A burst's records by destination worker (see `push_burst_spread`).
     /// Allocated once.
     stage: Vec<Stage<T, K>>,
+    /// One per `stage` while a burst is staged. Allocated once.
+    cursors: Vec<Cursor<T, K>>,
 }
 
 /// Encodes `rec` into `o`, the outbox for worker `dest`; a record that
@@ -553,6 +556,61 @@ fn encode_for<T: Data>(
 #[cold]
 fn fail_encode(metrics: &crate::metrics::JobMetrics, dest: usize, e: &codec::CodecError) {
     metrics.fail(format!("cannot encode a record for worker {dest}: {e}"));
+}
+
+/// Where the next records of a burst for one worker are written (see
+/// `push_burst_spread`): the room past the ends of its [`Stage`]'s
+/// vectors, `room` elements in each, of which `len` are written.
+struct Cursor<T, K> {
+    recs: *mut (T, Meta),
+    keys: *mut K,
+    hashes: *mut u64,
+    len: usize,
+    room: usize,
+}
+
+impl<T, K> Cursor<T, K> {
+    /// A cursor at the ends of `s`'s vectors.
+    fn at_end(s: &mut Stage<T, K>) -> Self {
+        let spare = |cap: usize, len: usize| cap - len;
+        Cursor {
+            recs: s.recs.as_mut_ptr().wrapping_add(s.recs.len()),
+            keys: s.keys.as_mut_ptr().wrapping_add(s.keys.len()),
+            hashes: s.hashes.as_mut_ptr().wrapping_add(s.hashes.len()),
+            len: 0,
+            room: spare(s.recs.capacity(), s.recs.len())
+                .min(spare(s.keys.capacity(), s.keys.len()))
+                .min(spare(s.hashes.capacity(), s.hashes.len())),
+        }
+    }
+
+    /// Adds the `len` elements written to `s`'s vectors' lengths; the
+    /// cursor is spent.
+    fn commit(&mut self, s: &mut Stage<T, K>) {
+        // SAFETY: the cursor was made at the ends of `s`'s vectors, which
+        // have not changed since, and the first `len <= room` elements of
+        // each one's room were written.
+        unsafe {
+            s.recs.set_len(s.recs.len() + self.len);
+            s.keys.set_len(s.keys.len() + self.len);
+            s.hashes.set_len(s.hashes.len() + self.len);
+        }
+        self.len = 0;
+        self.room = 0;
+    }
+
+    /// The cursor is full: commits it, doubles `s`'s vectors (at least 64
+    /// more elements each) and starts again at their ends.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, s: &mut Stage<T, K>) {
+        self.commit(s);
+        let more = s.recs.len().max(64);
+        s.recs.reserve(more);
+        s.keys.reserve(more);
+        s.hashes.reserve(more);
+        *self = Cursor::at_end(s);
+    }
 }
 
 /// The records of a burst for one worker, with their keys and hashes.
@@ -598,14 +656,33 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         self.deliver();
         let n = self.stage.len();
         let me = self.me;
+        // A record is staged by three writes through its worker's cursor
+        // and one count, not three `Vec::push`es (each loads, compares and
+        // stores its vector's length per record).
+        self.cursors.clear();
+        for s in &mut self.stage {
+            self.cursors.push(Cursor::at_end(s));
+        }
         for (rec, meta) in recs.drain(..) {
             let key = (self.key)(&rec);
             let hash = key_hash(&key, &mut self.scratch);
             let dest = self.routing.route(hash) as usize;
-            let s = &mut self.stage[if dest < n { dest } else { me }];
-            s.recs.push((rec, meta));
-            s.keys.push(key);
-            s.hashes.push(hash);
+            let d = if dest < n { dest } else { me };
+            let c = &mut self.cursors[d];
+            if c.len == c.room {
+                c.grow(&mut self.stage[d]);
+            }
+            // SAFETY: `len < room`, so the three slots lie in the room the
+            // worker's vectors have past their ends.
+            unsafe {
+                c.recs.add(c.len).write((rec, meta));
+                c.keys.add(c.len).write(key);
+                c.hashes.add(c.len).write(hash);
+            }
+            c.len += 1;
+        }
+        for (s, c) in self.stage.iter_mut().zip(&mut self.cursors) {
+            c.commit(s);
         }
         let mut kept = false;
         for (d, s) in self.stage.iter_mut().enumerate() {
@@ -771,6 +848,113 @@ mod tests {
             run_matches_one_by_one(&fixed, run, 300, 64 * 28);
             run_matches_one_by_one(&other, run, 100, 1 << 20);
             run_matches_one_by_one(&other, run, 1 << 20, 500);
+        }
+    }
+
+    /// Collects a burst with the keys and hashes handed over with it.
+    struct CollectKeyed(Rc<RefCell<Vec<(Rec, u64, u64)>>>);
+
+    impl Push<Rec> for CollectKeyed {
+        fn push(&mut self, _rec: Rec, _meta: Meta) {
+            panic!("a spread burst's own records go downstream as a burst");
+        }
+        fn watermark(&mut self, _wm: Timestamp) {}
+        fn finish(&mut self) {}
+        fn barrier(&mut self, _id: u64) {}
+        fn flush(&mut self) {}
+        fn push_burst_keyed(&mut self, recs: &mut Vec<(Rec, Meta)>, hashes: &[u64], keys: &mut dyn Any) {
+            let keys = keys.downcast_mut::<Vec<u64>>().map(std::mem::take).unwrap_or_default();
+            assert!(
+                keys.len() == recs.len() && hashes.len() == recs.len(),
+                "keys and hashes for every record"
+            );
+            let mut got = self.0.borrow_mut();
+            for (((rec, _), k), &h) in recs.drain(..).zip(keys).zip(hashes) {
+                got.push((rec, k, h));
+            }
+        }
+    }
+
+    #[test]
+    fn a_spread_burst_stages_every_record_for_its_worker_in_order() {
+        // Worker 1 of 3; records of heap-owning type, in bursts small and
+        // large (the staging vectors start empty and grow mid-burst).
+        let (me, workers) = (1usize, 3usize);
+        let metrics = JobMetrics::new();
+        let touch: TouchList = Rc::new(RefCell::new(Vec::new()));
+        let edge = EdgeRuntime::new(0, me, workers, &touch, 1 << 20, 1 << 26);
+        let local = Rc::new(RefCell::new(EdgeReceiver::<Rec>::new(
+            0,
+            workers,
+            Rc::new(BarrierTracker::default()),
+            metrics.clone(),
+        )));
+        let kept = Rc::new(RefCell::new(Vec::new()));
+        local.borrow_mut().out = Some(Box::new(CollectKeyed(kept.clone())));
+        let routing = RoutingTable::uniform(6, workers);
+        let mut sender = ExchangeSender {
+            key: Rc::new(|r: &Rec| r.0),
+            scratch: Vec::new(),
+            routing: routing.clone(),
+            me,
+            outboxes: edge.outboxes.clone(),
+            local,
+            metrics: metrics.clone(),
+            burst: Vec::new(),
+            burst_keys: Vec::new(),
+            burst_hashes: Vec::new(),
+            burst_max: 1024,
+            alone: false,
+            stage: (0..workers)
+                .map(|_| Stage { recs: Vec::new(), keys: Vec::new(), hashes: Vec::new() })
+                .collect(),
+            cursors: Vec::new(),
+        };
+        let mut want: Vec<Vec<Rec>> = vec![Vec::new(); workers];
+        let mut i = 0u64;
+        for size in [1usize, 700, 3000, 5, 2048] {
+            let mut burst: Vec<(Rec, Meta)> = (i..i + size as u64)
+                .map(|j| ((j.wrapping_mul(0x9E37_79B9), "r".repeat(j as usize % 17)), Meta { ingest_ns: j }))
+                .collect();
+            i += size as u64;
+            for (rec, _) in &burst {
+                want[routing.route(spate_state::keyspace::hash_u64(rec.0)) as usize].push(rec.clone());
+            }
+            sender.push_burst(&mut burst);
+            assert!(burst.is_empty(), "the burst is taken");
+        }
+        assert!(!metrics.has_failed());
+        for (d, want) in want.iter().enumerate() {
+            let got: Vec<Rec> = match &edge.outboxes[d] {
+                Some(o) => {
+                    let mut o = o.borrow_mut();
+                    o.seal(0);
+                    o.ready
+                        .drain(..)
+                        .flat_map(|b| {
+                            b.records()
+                                .map(|(bytes, _)| {
+                                    codec::decode_checked::<Rec>(bytes).unwrap_or_else(|e| panic!("{e}"))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect()
+                }
+                None => kept
+                    .borrow()
+                    .iter()
+                    .map(|(rec, k, h)| {
+                        assert_eq!(
+                            (*k, *h),
+                            (rec.0, spate_state::keyspace::hash_u64(rec.0)),
+                            "handed key and hash"
+                        );
+                        rec.clone()
+                    })
+                    .collect(),
+            };
+            assert!(want.len() > 1000, "worker {d} gets its share");
+            assert_eq!(&got, want, "worker {d}'s records, in order");
         }
     }
 
