@@ -257,6 +257,24 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// error or a panic leaves no process behind.
 pub struct KillOnDrop(pub Child);
 
+impl KillOnDrop {
+    /// Waits at most `limit` for the process to exit, polling every 20 ms:
+    /// its exit status, or `None` if it is still running (it is killed
+    /// when the guard drops).
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return Some(s);
+            }
+            if t.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spate::deploy::KillOnDrop;
 use spate_bench::compare::extract_json_number;
@@ -23,14 +23,8 @@ fn json_line(args: &[&str], limit: Duration) -> String {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start spate {args:?}: {e}")),
     );
-    let t = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = child.0.try_wait() {
-            break s;
-        }
-        assert!(t.elapsed() < limit, "spate {args:?} still running after {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status =
+        child.wait_for(limit).unwrap_or_else(|| panic!("spate {args:?} still running after {limit:?}"));
     let (mut out, mut err) = (String::new(), String::new());
     if let Some(mut o) = child.0.stdout.take() {
         let _ = o.read_to_string(&mut out);

@@ -82,14 +82,7 @@ fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
 /// Waits at most `limit` for `child` to exit (else fails with `what`);
 /// returns its status and what it wrote to its piped stderr.
 fn wait_exit(child: &mut KillOnDrop, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
-    let t = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = child.0.try_wait() {
-            break s;
-        }
-        assert!(t.elapsed() < limit, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child.wait_for(limit).unwrap_or_else(|| panic!("{what}"));
     let mut err = String::new();
     if let Some(mut e) = child.0.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);

@@ -711,7 +711,7 @@ impl StateStore {
         };
         if let Some(d) = &table.dense {
             let bi = bin_of(hash, self.config.bins_log2).wrapping_sub(self.bins.start) as usize;
-            dense::prefetch(d, &self.file, bi, self.config.bins_log2, d.stride(), hash);
+            dense::prefetch(d, &self.file, bi, self.config.bins_log2, hash);
             return;
         }
         if let Some(ix) = self.bin_ix(t, hash) {

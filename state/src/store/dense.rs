@@ -454,18 +454,11 @@ pub(crate) fn find(
 }
 
 /// Prefetches what a lookup of `hash` in bin `bi` of `d` reads first: its
-/// group of control bytes and its home slot (`stride`: the table's).
+/// group of control bytes and its home slot.
 #[inline(always)]
-pub(crate) fn prefetch(
-    d: &DenseTable,
-    file: &SegmentFile,
-    bi: usize,
-    bins_log2: u8,
-    stride: usize,
-    hash: u64,
-) {
+pub(crate) fn prefetch(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2: u8, hash: u64) {
     if let Some(p) = probe(d, file, bi, bins_log2, hash) {
-        prefetch_home(p.ctrl, p.slots, stride, hash);
+        prefetch_home(p.ctrl, p.slots, d.stride(), hash);
     }
 }
 
