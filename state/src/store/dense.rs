@@ -850,8 +850,7 @@ impl StateStore {
             Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && key_len.max(val_len) <= FIXED_MAX => {}
             _ => return Ok(false),
         }
-        // The key and the new value of each update, encoded in place by the
-        // caller (once per burst, not zeroed per key).
+        // A missing key and its new value, encoded by the caller.
         let mut kb: FixedBuf = [0u8; FIXED_MAX];
         let mut nb: FixedBuf = [0u8; FIXED_MAX];
         let n = hashes.len();
@@ -866,25 +865,15 @@ impl StateStore {
             let shape = RunShape { key_len, val_len, bins_log2, bins_start };
             let file = &mut self.file;
             let stop = if all {
-                update_run::<true>(d, file, shape, hashes, &mut i, &mut kb, &mut nb, &mut key_of, &mut update)
+                update_run::<true>(d, file, shape, hashes, &mut i, &mut key_of, &mut update)
             } else {
-                update_run::<false>(
-                    d,
-                    file,
-                    shape,
-                    hashes,
-                    &mut i,
-                    &mut kb,
-                    &mut nb,
-                    &mut key_of,
-                    &mut update,
-                )
+                update_run::<false>(d, file, shape, hashes, &mut i, &mut key_of, &mut update)
             };
             match stop {
                 Stop::Done => break,
                 Stop::NotOwned => return Err(self.not_owned(hashes[i])),
                 Stop::Missing => {
-                    // `kb` still holds key `i`.
+                    key_of(i, &mut kb);
                     update(i, None, &mut nb);
                     let hash = hashes[i];
                     let bi = self.bin_index(hash)?;
@@ -1103,20 +1092,21 @@ struct RunShape {
 /// is marked dirty in this epoch (see [`WholeMarks`]), so the updates mark
 /// none.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn update_run<const ALL: bool>(
     d: &DenseTable,
     file: &mut SegmentFile,
     shape: RunShape,
     hashes: &[u64],
     i: &mut usize,
-    kb: &mut FixedBuf,
-    nb: &mut FixedBuf,
     key_of: &mut impl FnMut(usize, &mut FixedBuf),
     update: &mut impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
 ) -> Stop {
     let RunShape { key_len, val_len, bins_log2, bins_start } = shape;
     let stride = key_len + val_len;
+    // The key and the new value of each update, encoded by the caller:
+    // local to the run, so they need not live in memory (a missing key is
+    // encoded again where it is inserted).
+    let (mut kb, mut nb): (FixedBuf, FixedBuf) = ([0u8; FIXED_MAX], [0u8; FIXED_MAX]);
     let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
     // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
     // that many updates ahead, and, when pages are marked one by one, where
@@ -1141,7 +1131,7 @@ fn update_run<const ALL: bool>(
             break Stop::NotOwned;
         }
         let p = Probe { ctrl: a.ctrl, ctrl_loc, slots: a.mask + 1, part: 0 };
-        key_of(*i, kb);
+        key_of(*i, &mut kb);
         let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
             break Stop::Missing;
         };
@@ -1156,7 +1146,7 @@ fn update_run<const ALL: bool>(
         // copy-on-write on; `file` is borrowed mutably for the run and no
         // other slice of it lives.
         let value = unsafe { std::slice::from_raw_parts_mut(ptr, val_len) };
-        update(*i, Some(value), nb);
+        update(*i, Some(value), &mut nb);
         value.copy_from_slice(&nb[..val_len]);
         *i += 1;
     }
