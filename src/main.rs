@@ -634,12 +634,12 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
     }
     let latency = metrics.latency();
     let report = job.wait().map_err(|e| e.to_string());
-    let steal_after = spate_bench::latency::steal_ms();
+    let steal = spate_bench::latency::steal_ms_since(steal_before);
     let _ = std::fs::remove_dir_all(&dir);
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
     let mut r = LatencyReport::from_histogram(&latency, report.records_out, secs);
-    r.steal_ms = steal_before.zip(steal_after).map(|(a, b)| b.saturating_sub(a));
+    r.steal_ms = steal;
     if let Some(csv) = csv {
         std::fs::write(&csv, over_time.to_csv()).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
@@ -706,12 +706,12 @@ fn latency_on_nodes(
         true,
         &[(deploy::HISTOGRAM_DIR_ENV, hist_dir.as_path())],
     )?;
-    let steal_after = spate_bench::latency::steal_ms();
+    let steal = spate_bench::latency::steal_ms_since(steal_before);
     let latency = deploy::merge_histograms(&hist_dir, nodes)?;
     let out: u64 = reports.iter().map(|r| r.records_out).sum();
     let secs = reports.iter().map(|r| r.seconds).fold(0.0, f64::max);
     let mut r = LatencyReport::from_histogram(&latency, out, secs);
-    r.steal_ms = steal_before.zip(steal_after).map(|(a, b)| b.saturating_sub(a));
+    r.steal_ms = steal;
     if json {
         println!("{}", r.to_json());
     } else {

@@ -95,6 +95,12 @@ pub fn steal_ms() -> Option<u64> {
     parse_steal_ms(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
+/// The steal time since `before` (a [`steal_ms`] reading), milliseconds;
+/// `None` if either reading is missing.
+pub fn steal_ms_since(before: Option<u64>) -> Option<u64> {
+    before.zip(steal_ms()).map(|(a, b)| b.saturating_sub(a))
+}
+
 /// The steal time, milliseconds, in the text of `/proc/stat`: the eighth
 /// counter of its `cpu` line (after user, nice, system, idle, iowait, irq
 /// and softirq).

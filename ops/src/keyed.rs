@@ -137,17 +137,16 @@ where
     fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
         let mut results = std::mem::take(&mut self.results);
         let (step, emit) = (&self.step, &self.emit);
-        // One slice each, shared by the state's loop and both closures (the
-        // same bounds, checked once where they are inlined together).
-        // Cut to the hashes' length, which bounds every index the state's
-        // loop passes, so the closures need no bounds checks.
+        // One slice each, shared by the state's loop and both closures, cut
+        // to the hashes' length: that bounds every index the state's loop
+        // passes, so the closures need no bounds checks.
         let n = hashes.len();
         let (burst, key_slice) = (&recs[..n], &keys[..n]);
         let r = self.acc.update_burst(
             &mut self.store,
             hashes,
             key_slice,
-            move |i, old| step(old, &burst[i].0),
+            |i, old| step(old, &burst[i].0),
             |i, v| results.push((emit(key_slice[i].clone(), v), burst[i].1)),
         );
         recs.clear();

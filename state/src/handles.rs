@@ -241,7 +241,7 @@ impl<K: Record, V: Record> ValueState<K, V> {
                 hashes,
                 kl,
                 vl,
-                move |i, kb| {
+                |i, kb| {
                     let n = fixed_encode(&keys[i], kb);
                     debug_assert_eq!(n, Some(kl));
                 },

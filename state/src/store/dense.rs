@@ -286,6 +286,26 @@ struct Hot {
 /// [`Hot::meta`] of a bin of several parts.
 const HOT_DEEP: u64 = 63;
 
+impl Hot {
+    /// Where the control bytes of a bin of one part are mapped.
+    #[inline(always)]
+    fn ctrl(self) -> *const u8 {
+        std::ptr::with_exposed_provenance::<u8>(self.addr)
+    }
+
+    /// Where the control bytes of a bin of one part lie in the file.
+    #[inline(always)]
+    fn ctrl_loc(self) -> u64 {
+        self.meta >> 6
+    }
+
+    /// The slots of a bin of one part.
+    #[inline(always)]
+    fn slots(self) -> usize {
+        1 << (self.meta & 63)
+    }
+}
+
 /// The dense side of a table: its slot shape and one [`DenseBin`] per owned
 /// bin.
 #[derive(Clone, Debug)]
@@ -387,13 +407,13 @@ pub(crate) fn probe(
     hash: u64,
 ) -> Option<Probe> {
     let h = *d.hot.get(bi)?;
-    let log2 = (h.meta & 63) as u8;
-    if log2 == 0 {
-        return Some(Probe::EMPTY);
+    // A bin of one part (the only kind with an address): its lookup entry
+    // is already the answer.
+    if h.addr != 0 {
+        return Some(Probe { ctrl: h.ctrl(), ctrl_loc: h.ctrl_loc(), slots: h.slots(), part: 0 });
     }
-    if h.meta != HOT_DEEP {
-        let ctrl = std::ptr::with_exposed_provenance::<u8>(h.addr);
-        return Some(Probe { ctrl, ctrl_loc: h.meta >> 6, slots: 1 << log2, part: 0 });
+    if h.meta & 63 == 0 {
+        return Some(Probe::EMPTY);
     }
     let db = &d.bins[bi];
     let p = db.part_no(hash, bins_log2);
@@ -1187,12 +1207,11 @@ impl Ahead {
         stride: usize,
         hash: u64,
     ) -> (Ahead, u64) {
+        // The one-part case of `probe` written out again: with the rest of
+        // `probe` inlined here too, keyed-sum took 139.8 instructions a
+        // record instead of 136.9.
         let (ctrl, slots, loc) = match d.hot.get(bi) {
-            // A bin of one part (the only kind with an address): its lookup
-            // entry is already the answer.
-            Some(h) if h.addr != 0 => {
-                (std::ptr::with_exposed_provenance::<u8>(h.addr), 1usize << (h.meta & 63), h.meta >> 6)
-            }
+            Some(h) if h.addr != 0 => (h.ctrl(), h.slots(), h.ctrl_loc()),
             _ => match probe(d, file, bi, bins_log2, hash) {
                 Some(p) => (p.ctrl, p.slots, p.ctrl_loc),
                 None => return (Ahead::NONE, 0),
