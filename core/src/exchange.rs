@@ -663,14 +663,19 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         for s in &mut self.stage {
             self.cursors.push(Cursor::at_end(s));
         }
+        // What the loop reads of `self`, as locals: the stores through the
+        // cursors are raw, so fields read through `self` would be loaded
+        // again after each.
+        let (key_fn, scratch, routing) = (&*self.key, &mut self.scratch, self.routing.view());
+        let (cursors, stage) = (&mut self.cursors[..n], &mut self.stage[..n]);
         for (rec, meta) in recs.drain(..) {
-            let key = (self.key)(&rec);
-            let hash = key_hash(&key, &mut self.scratch);
-            let dest = self.routing.route(hash) as usize;
+            let key = key_fn(&rec);
+            let hash = key_hash(&key, scratch);
+            let dest = routing.route(hash) as usize;
             let d = if dest < n { dest } else { me };
-            let c = &mut self.cursors[d];
+            let c = &mut cursors[d];
             if c.len == c.room {
-                c.grow(&mut self.stage[d]);
+                c.grow(&mut stage[d]);
             }
             // SAFETY: `len < room`, so the three slots lie in the room the
             // worker's vectors have past their ends.

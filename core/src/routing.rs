@@ -12,6 +12,22 @@ use crate::batch::Meta;
 /// Index of an operator instance within its logical operator.
 pub type InstanceId = u16;
 
+/// A [`RoutingTable`], borrowed (see [`RoutingTable::view`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteView<'a> {
+    bins_log2: u8,
+    route: &'a [InstanceId],
+}
+
+impl RouteView<'_> {
+    /// The instance owning a key hash.
+    #[inline(always)]
+    pub fn route(self, hash: u64) -> InstanceId {
+        // bin_of is < 2^bins_log2 == route.len() by construction.
+        self.route[bin_of(hash, self.bins_log2) as usize]
+    }
+}
+
 /// Bin → instance for one exchange edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutingTable {
@@ -42,8 +58,15 @@ impl RoutingTable {
     /// The instance owning a key hash.
     #[inline(always)]
     pub fn route(&self, hash: u64) -> InstanceId {
-        // bin_of is < 2^bins_log2 == route.len() by construction.
-        self.route[bin_of(hash, self.bins_log2) as usize]
+        self.view().route(hash)
+    }
+
+    /// The table, borrowed: a loop that routes through a view holds its
+    /// bins and its array in registers, where one through `&self` may
+    /// load them again after each store it cannot prove apart.
+    #[inline(always)]
+    pub fn view(&self) -> RouteView<'_> {
+        RouteView { bins_log2: self.bins_log2, route: &self.route }
     }
 
     /// The bins an instance owns, as contiguous ranges.
