@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spate::config::{Config, QuerySection, SinkKind, SinkSection};
@@ -33,9 +32,10 @@ USAGE:
                       [--linger-us U] [--json] [--csv FILE]
       Drive a query open-loop at a fixed rate; print latency percentiles from
       each record's intended send time.
-  spate bench compare --records N [--workers W] [--runs R] [--peer PATH]
-      Run spate and the timely-dataflow peer on keyed-sum alternately R times;
-      print medians and the median ratio spate/timely.
+  spate bench compare --records N [--workers W] [--runs R] [--keys K] [--peer PATH]
+      Run spate and the timely-dataflow peer on keyed-sum (K keys, default
+      100000) alternately R times; print medians and the median ratio
+      spate/timely.
   spate bench state --state-mb M --dirty-percent P [--runs R] [--bins-log2 B] [--dir DIR]
                     [--backing memory|file] [--json]
       Fill a state store with M MiB, checkpoint it (full, then increments at
@@ -536,8 +536,14 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
     }
     let mut params = toml::Table::new();
     params.insert("records".into(), toml::Value::Integer(records as i64));
+    let mut keys_json = String::new();
     if name == "keyed-sum" {
-        params.insert("keys".into(), toml::Value::Integer(o.get::<i64>("--keys")?.unwrap_or(100_000)));
+        let keys = o.get::<i64>("--keys")?.unwrap_or(100_000);
+        if keys < 1 {
+            return Err("--keys must be at least 1".to_string());
+        }
+        params.insert("keys".into(), toml::Value::Integer(keys));
+        keys_json = format!(",\"keys\":{keys}");
     } else {
         params.remove("records");
         params.insert("lines".into(), toml::Value::Integer(records as i64));
@@ -555,7 +561,7 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
     let rps = report.records_in as f64 / secs.max(1e-9);
     if o.has("--json") {
         println!(
-            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{},\"records_out\":{},\"workers\":{workers},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1},\"checkpoints\":{}}}",
+            "{{\"system\":\"spate\",\"query\":\"{name}\",\"records\":{},\"records_out\":{},\"workers\":{workers}{keys_json},\"seconds\":{secs:.6},\"records_per_s\":{rps:.1},\"checkpoints\":{}}}",
             report.records_in, report.records_out, report.checkpoints
         );
     } else {
@@ -721,10 +727,21 @@ fn latency_on_nodes(
 }
 
 fn cmd_compare(args: &[String]) -> Result<(), String> {
-    let o = Opts::parse(args, &["--records", "--workers", "--runs", "--peer", "--query"])?;
+    let o = Opts::parse(args, &["--records", "--workers", "--runs", "--peer", "--query", "--keys"])?;
+    if let Some(q) = o.get::<String>("--query")? {
+        if q != "keyed-sum" {
+            return Err(format!(
+                "--query {q}: bench compare runs keyed-sum, the query the timely peer implements"
+            ));
+        }
+    }
     let records: u64 = o.get("--records")?.unwrap_or(20_000_000);
     let workers: usize = o.get("--workers")?.unwrap_or(1);
     let runs: usize = o.get("--runs")?.unwrap_or(5);
+    let keys: u64 = o.get("--keys")?.unwrap_or(100_000);
+    if keys == 0 {
+        return Err("--keys must be at least 1".to_string());
+    }
     let me = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let peer: PathBuf = match o.get::<PathBuf>("--peer")? {
         Some(p) => p,
@@ -736,7 +753,7 @@ fn cmd_compare(args: &[String]) -> Result<(), String> {
             peer.display()
         ));
     }
-    let (n, w) = (records.to_string(), workers.to_string());
+    let (n, w, k) = (records.to_string(), workers.to_string(), keys.to_string());
     let a = CommandSpec::new(me.display().to_string()).label("spate").args([
         "bench",
         "throughput",
@@ -746,21 +763,30 @@ fn cmd_compare(args: &[String]) -> Result<(), String> {
         &n,
         "--workers",
         &w,
+        "--keys",
+        &k,
         "--json",
     ]);
+    // Both sides must report the workload they were given.
+    let same = |c: CommandSpec| {
+        c.expect("records", records as f64).expect("workers", workers as f64).expect("keys", keys as f64)
+    };
+    let a = same(a);
     let b = CommandSpec::new(peer.display().to_string()).label("timely").args([
         "--records",
         &n,
         "--workers",
         &w,
+        "--keys",
+        &k,
         "--json",
     ]);
+    let b = same(b);
     let report = run_alternating(&a, &b, runs).map_err(|e| e.to_string())?;
     println!("{report}");
     println!(
-        "{{\"records\":{records},\"workers\":{workers},\"runs\":{runs},\"spate_median\":{:.1},\"timely_median\":{:.1},\"median_ratio\":{:.4}}}",
+        "{{\"records\":{records},\"workers\":{workers},\"keys\":{keys},\"runs\":{runs},\"spate_median\":{:.1},\"timely_median\":{:.1},\"median_ratio\":{:.4}}}",
         report.a.median, report.b.median, report.median_pair_ratio
     );
-    let _ = Arc::new(());
     Ok(())
 }

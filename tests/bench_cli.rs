@@ -15,6 +15,16 @@ const SPATE: &str = env!("CARGO_BIN_EXE_spate");
 /// Runs `spate ARGS` (at most `limit`) and returns the one line it printed
 /// to stdout.
 fn json_line(args: &[&str], limit: Duration) -> String {
+    let (ok, out, err) = run(args, limit);
+    assert!(ok, "spate {args:?} failed: {err}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "spate {args:?} printed {out:?}");
+    lines[0].to_string()
+}
+
+/// Runs `spate ARGS` (at most `limit`): whether it succeeded, its stdout
+/// and its stderr.
+fn run(args: &[&str], limit: Duration) -> (bool, String, String) {
     let mut child = KillOnDrop(
         Command::new(SPATE)
             .args(args)
@@ -32,10 +42,7 @@ fn json_line(args: &[&str], limit: Duration) -> String {
     if let Some(mut e) = child.0.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    assert!(status.success(), "spate {args:?} failed ({status}): {err}");
-    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "spate {args:?} printed {out:?}");
-    lines[0].to_string()
+    (status.success(), out, err)
 }
 
 fn field(line: &str, name: &str) -> f64 {
@@ -82,12 +89,90 @@ fn bench_latency_reports_the_run_it_drove() {
 #[test]
 fn bench_throughput_counts_every_record() {
     let line = json_line(
-        &["bench", "throughput", "--query", "keyed-sum", "--records", "300000", "--workers", "2", "--json"],
+        &[
+            "bench",
+            "throughput",
+            "--query",
+            "keyed-sum",
+            "--records",
+            "300000",
+            "--workers",
+            "2",
+            "--keys",
+            "5000",
+            "--json",
+        ],
         Duration::from_secs(120),
     );
     assert_eq!(field(&line, "records"), 300_000.0, "{line}");
+    assert_eq!(field(&line, "keys"), 5_000.0, "{line}");
     assert_eq!(field(&line, "records_out"), 300_000.0, "{line}");
     let (rate, secs) = (field(&line, "records_per_s"), field(&line, "seconds"));
     assert!(rate > 0.0 && secs > 0.0, "{line}");
     assert!((rate * secs - 300_000.0).abs() < 300.0, "records_per_s is records / seconds: {line}");
+}
+
+/// The timely peer beside this `spate` binary: `cargo test --workspace`
+/// builds it (the `spate-bench` package's tests run it).
+fn peer() -> std::path::PathBuf {
+    let p = std::path::Path::new(SPATE).with_file_name("peer-timely");
+    assert!(
+        p.exists(),
+        "no peer at {} (build it: cargo build -p spate-bench --bin peer-timely)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn bench_compare_runs_both_sides_alternately_on_the_same_keys() {
+    let peer = peer();
+    let peer = peer.to_string_lossy();
+    let args = [
+        "bench",
+        "compare",
+        "--records",
+        "200000",
+        "--workers",
+        "1",
+        "--runs",
+        "2",
+        "--keys",
+        "1000",
+        "--peer",
+        &peer,
+    ];
+    let (ok, out, err) = run(&args, Duration::from_secs(300));
+    assert!(ok, "spate {args:?} failed: {err}");
+    let line =
+        out.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out:?}"));
+    assert_eq!(field(line, "records"), 200_000.0, "{line}");
+    assert_eq!(field(line, "keys"), 1_000.0, "{line}");
+    assert_eq!(field(line, "runs"), 2.0, "{line}");
+    let (spate, timely, ratio) =
+        (field(line, "spate_median"), field(line, "timely_median"), field(line, "median_ratio"));
+    assert!(spate > 0.0 && timely > 0.0, "{line}");
+    // The median of the pair ratios spate/timely (not timely/spate): near
+    // the ratio of the medians, within what two noisy runs a side allow.
+    let of_medians = spate / timely;
+    assert!(ratio > of_medians / 4.0 && ratio < of_medians * 4.0, "{line}");
+    assert!(out.contains("spate") && out.contains("timely"), "the report names both sides: {out}");
+}
+
+#[test]
+fn bench_compare_refuses_what_it_cannot_compare() {
+    for (args, want) in [
+        (&["bench", "compare", "--query", "wordcount"][..], "keyed-sum"),
+        (&["bench", "compare", "--keys", "0"][..], "--keys"),
+        (&["bench", "compare", "--runs", "two"][..], "--runs"),
+    ] {
+        let (ok, _, err) = run(args, Duration::from_secs(60));
+        assert!(!ok, "spate {args:?} succeeded");
+        assert!(err.contains(want), "spate {args:?}: {err}");
+    }
+    let (ok, _, err) = run(
+        &["bench", "throughput", "--query", "keyed-sum", "--records", "1000", "--keys", "0", "--json"],
+        Duration::from_secs(60),
+    );
+    assert!(!ok && err.contains("--keys"), "{err}");
 }

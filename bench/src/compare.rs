@@ -23,7 +23,7 @@ const TAIL_BYTES: usize = 2_000;
 
 /// An external command to run: program, arguments, extra environment, working directory,
 /// and a label used in reports and errors.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CommandSpec {
     /// Label for reports and errors (defaults to the program followed by its arguments).
     pub label: String,
@@ -35,13 +35,23 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     /// Working directory (inherited if `None`).
     pub current_dir: Option<PathBuf>,
+    /// Numeric fields each run's JSON line must hold, with their values:
+    /// what makes the two sides' runs the same workload.
+    pub expect: Vec<(String, f64)>,
 }
 
 impl CommandSpec {
     /// A command running `program` with no arguments.
     pub fn new(program: impl Into<String>) -> Self {
         let program = program.into();
-        CommandSpec { label: program.clone(), program, args: Vec::new(), env: Vec::new(), current_dir: None }
+        CommandSpec {
+            label: program.clone(),
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+            current_dir: None,
+            expect: Vec::new(),
+        }
     }
 
     /// `sh -c script`, labelled with the script.
@@ -53,6 +63,7 @@ impl CommandSpec {
             args: vec!["-c".to_owned(), script],
             env: Vec::new(),
             current_dir: None,
+            expect: Vec::new(),
         }
     }
 
@@ -85,6 +96,13 @@ impl CommandSpec {
     /// Sets the working directory.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Requires every run's JSON line to hold numeric `field` equal to
+    /// `value` (else the comparison fails with [`CompareError::Unexpected`]).
+    pub fn expect(mut self, field: impl Into<String>, value: f64) -> Self {
+        self.expect.push((field.into(), value));
         self
     }
 
@@ -160,6 +178,22 @@ pub enum CompareError {
         /// The JSON line.
         line: String,
     },
+    /// The JSON line's field is not the value the run was expected to
+    /// report (see [`CommandSpec::expect`]): the run was another workload.
+    Unexpected {
+        /// The command's label.
+        label: String,
+        /// Which run of this side (0-based).
+        run: usize,
+        /// The field.
+        field: String,
+        /// The value expected.
+        want: f64,
+        /// The value reported (`None`: none).
+        got: Option<f64>,
+        /// The JSON line.
+        line: String,
+    },
 }
 
 impl fmt::Display for CompareError {
@@ -178,6 +212,12 @@ impl fmt::Display for CompareError {
             ),
             CompareError::MissingField { label, run, field, line } => {
                 write!(f, "`{label}` (run {run}): JSON line has no numeric field \"{field}\": {line}")
+            }
+            CompareError::Unexpected { label, run, field, want, got: Some(got), line } => {
+                write!(f, "`{label}` (run {run}) reports \"{field}\" {got}, not {want}: {line}")
+            }
+            CompareError::Unexpected { label, run, field, want, got: None, line } => {
+                write!(f, "`{label}` (run {run}) does not report \"{field}\" (expected {want}): {line}")
             }
         }
     }
@@ -331,6 +371,19 @@ pub fn run_once(spec: &CommandSpec, run: usize, field: &str) -> Result<f64, Comp
         run,
         stdout_tail: tail(&out.stdout),
     })?;
+    for (f, want) in &spec.expect {
+        let got = extract_json_number(line, f);
+        if got != Some(*want) {
+            return Err(CompareError::Unexpected {
+                label: spec.label.clone(),
+                run,
+                field: f.clone(),
+                want: *want,
+                got,
+                line: line.to_owned(),
+            });
+        }
+    }
     extract_json_number(line, field).ok_or_else(|| CompareError::MissingField {
         label: spec.label.clone(),
         run,
@@ -635,6 +688,20 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+
+        let keys = CommandSpec::shell("echo '{\"records_per_s\": 1, \"keys\": 1000}'");
+        assert_eq!(run_once(&keys.clone().expect("keys", 1000.0), 0, "records_per_s").unwrap(), 1.0);
+        let e = run_alternating(&ok, &keys.clone().expect("keys", 500.0), 1).unwrap_err();
+        match &e {
+            CompareError::Unexpected { field, want, got, .. } => {
+                assert_eq!((field.as_str(), *want, *got), ("keys", 500.0, Some(1000.0)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(e.to_string().contains("\"keys\" 1000, not 500"), "{e}");
+        let e = run_alternating(&keys.expect("workers", 2.0), &ok, 1).unwrap_err();
+        assert!(matches!(&e, CompareError::Unexpected { got: None, .. }), "{e:?}");
+        assert!(e.to_string().contains("does not report \"workers\""), "{e}");
 
         let missing = CommandSpec::new("/nonexistent/spate-bench-no-such-program");
         assert!(matches!(run_alternating(&missing, &ok, 1).unwrap_err(), CompareError::Spawn { .. }));

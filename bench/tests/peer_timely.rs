@@ -29,6 +29,7 @@ fn peer_reports_its_throughput() {
         let line = find_json_line(&stdout).unwrap_or_else(|| panic!("no JSON line in {stdout:?}"));
         assert_eq!(extract_json_number(line, "records"), Some(200_000.0), "{line}");
         assert_eq!(extract_json_number(line, "workers"), Some(workers as f64), "{line}");
+        assert_eq!(extract_json_number(line, "keys"), Some(1000.0), "{line}");
         let rps = extract_json_number(line, "records_per_s").unwrap_or(0.0);
         assert!(rps > 0.0, "{line}");
     }

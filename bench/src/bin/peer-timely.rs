@@ -235,7 +235,7 @@ fn main() -> ExitCode {
     let rate = n as f64 / seconds;
     if args.json {
         println!(
-            "{{\"system\":\"timely\",\"records\":{n},\"workers\":{w},\"seconds\":{seconds:.6},\"records_per_s\":{rate:.1}}}"
+            "{{\"system\":\"timely\",\"records\":{n},\"workers\":{w},\"keys\":{k},\"seconds\":{seconds:.6},\"records_per_s\":{rate:.1}}}"
         );
     } else {
         println!(
