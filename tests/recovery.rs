@@ -479,26 +479,67 @@ fn with_a_coordinator_of_its_own_the_first_worker_node_may_fail_too() {
     assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
+/// Scans the coordinator's events up to `failed {node}` (at most 30 s)
+/// and says whether `node` failed before any event `too_late` accepts —
+/// events announced before the test killed `node` included. A test whose
+/// kill must land in a window (a joiner not yet ready, no checkpoint yet)
+/// learns whether it did: on a loaded machine the test's own process may
+/// see an event late.
+fn failed_before(nodes: &mut LocalNodes, node: &str, too_late: impl Fn(&str) -> bool) -> bool {
+    let failed = format!("failed {node}");
+    let mut late = false;
+    nodes
+        .wait_event(Duration::from_secs(30), |e| {
+            late |= too_late(&e.what);
+            e.what == failed
+        })
+        .unwrap_or_else(|e| panic!("{failed}: {e}"));
+    !late
+}
+
+/// Runs `scenario` (a fresh cluster each time) until it reports that its
+/// kills landed where it meant them to, at most 3 times; every run must
+/// still recover and count exactly once. A run whose kill came too late
+/// tests another case, not nothing, but not the one asked for.
+fn until_in_time(what: &str, mut scenario: impl FnMut() -> bool) {
+    for attempt in 1..=3 {
+        if scenario() {
+            return;
+        }
+        eprintln!("{what}: attempt {attempt} killed too late (a loaded machine); again");
+    }
+    panic!("{what}: in 3 attempts no kill landed in time");
+}
+
 #[test]
 fn a_failure_during_recovery_is_recovered_too() {
     let _watchdog = Watchdog::start("failure during recovery", Duration::from_secs(170));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
-    run_with(&cfg, |nodes| {
-        wait(nodes, STEADY_CHECKPOINT);
-        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
-        // The spare that replaces b dies while it fetches b's checkpoint
-        // and connects: the live recovery falls back to rolling every node
-        // back, the survivors stop connecting to it at once (well before
-        // the 20 s connect timeout) and the second spare takes over.
-        wait(nodes, "joining 1");
-        let killed = nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
-        let running = nodes
-            .wait_event(Duration::from_secs(15), |e| e.what == "running 2")
-            .unwrap_or_else(|e| panic!("no recovery from the second failure within 15 s: {e}"));
-        assert!(running.unix_ms >= killed);
+    until_in_time("failure during recovery", || {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cfg = config(dir.path(), "keyed-sum", &keyed_sum_params(), 2, 100);
+        let mut in_time = false;
+        run_with(&cfg, |nodes| {
+            wait(nodes, STEADY_CHECKPOINT);
+            nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+            // The spare that replaces b dies while it fetches b's checkpoint
+            // and connects: the live recovery falls back to rolling every
+            // node back, the survivors stop connecting to it at once (well
+            // before the 20 s connect timeout) and the second spare takes
+            // over.
+            wait(nodes, "joining 1");
+            let killed = nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
+            in_time = failed_before(nodes, "s1", |e| e == "running 1");
+            // Too late, s1 had joined: its failure is a second live
+            // recovery, on a loaded machine, with no bound to check.
+            let limit = Duration::from_secs(if in_time { 15 } else { 60 });
+            let running = nodes
+                .wait_event(limit, |e| e.what == "running 2")
+                .unwrap_or_else(|e| panic!("no recovery from the second failure within {limit:?}: {e}"));
+            assert!(running.unix_ms >= killed);
+        });
+        assert_keyed_sum_exactly_once(dir.path(), KEYS);
+        in_time
     });
-    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 /// After a rollback (the first recovery fell back), a failure before the
@@ -510,34 +551,48 @@ fn a_failure_during_recovery_is_recovered_too() {
 #[test]
 fn after_a_rollback_the_next_failure_is_recovered_live_from_the_same_checkpoint() {
     let _watchdog = Watchdog::start("failure after a rollback", Duration::from_secs(170));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    // Checkpoints every 500 ms: after the rollback, half a second before
-    // the next one completes, time enough to kill c in it.
-    let params = format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 60000");
-    let cfg = config(dir.path(), "keyed-sum", &params, 3, 500);
-    let stderr = run_with(&cfg, |nodes| {
-        wait(nodes, "checkpoint 3");
-        nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
-        wait(nodes, "joining 1");
-        nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
-        wait(nodes, "running 2");
-        nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
-        wait(nodes, "running 3");
+    until_in_time("failure after a rollback", || {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // Checkpoints every 500 ms: after the rollback, half a second before
+        // the next one completes, time enough to kill c in it.
+        let params = format!("records = {RECORDS}\nkeys = {KEYS}\nrate = 60000");
+        let cfg = config(dir.path(), "keyed-sum", &params, 3, 500);
+        let mut in_time = false;
+        let stderr = run_with(&cfg, |nodes| {
+            wait(nodes, "checkpoint 3");
+            nodes.kill("b").unwrap_or_else(|e| panic!("{e}"));
+            wait(nodes, "joining 1");
+            nodes.kill("s1").unwrap_or_else(|e| panic!("{e}"));
+            // s1 dies before it is ready, and c before the rolled-back
+            // epoch's first checkpoint.
+            in_time = failed_before(nodes, "s1", |e| e == "running 1");
+            wait(nodes, "running 2");
+            nodes.kill("c").unwrap_or_else(|e| panic!("{e}"));
+            in_time &= failed_before(nodes, "c", |e| e.starts_with("checkpoint "));
+            wait(nodes, "running 3");
+        });
+        assert_keyed_sum_exactly_once(dir.path(), KEYS);
+        if !in_time {
+            return false;
+        }
+        // Epoch 1 tried b's replacement live and was aborted when s1 died
+        // (epoch 2 rolled every node back to that checkpoint); epoch 3, for
+        // c, is live and restores the same checkpoint again: no checkpoint
+        // completed in between, which is the case this test is about.
+        assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
+        let restores = |epoch: u64| -> Option<String> {
+            let line =
+                stderr.lines().find(|l| l.contains(&format!("epoch {epoch} keeps the survivors running")))?;
+            let rest = line.split("restore checkpoint ").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_string())
+        };
+        let (first, third) = (restores(1), restores(3));
+        assert!(
+            first.is_some() && first == third,
+            "epochs 1 and 3 restore {first:?} and {third:?}:\n{stderr}"
+        );
+        true
     });
-    // Epoch 1 tried b's replacement live and was aborted when s1 died
-    // (epoch 2 rolled every node back to that checkpoint); epoch 3, for c,
-    // is live and restores the same checkpoint again: no checkpoint
-    // completed in between, which is the case this test is about.
-    assert!(!stderr.contains("falls back to a global rollback"), "a live recovery fell back:\n{stderr}");
-    let restores = |epoch: u64| -> Option<String> {
-        let line =
-            stderr.lines().find(|l| l.contains(&format!("epoch {epoch} keeps the survivors running")))?;
-        let rest = line.split("restore checkpoint ").nth(1)?;
-        Some(rest.split_whitespace().next()?.to_string())
-    };
-    let (first, third) = (restores(1), restores(3));
-    assert!(first.is_some() && first == third, "epochs 1 and 3 restore {first:?} and {third:?}:\n{stderr}");
-    assert_keyed_sum_exactly_once(dir.path(), KEYS);
 }
 
 #[test]
