@@ -145,6 +145,15 @@ impl Opts {
             Some(v) => v.parse().map(Some).map_err(|_| format!("option `{f}`: cannot parse `{v}`")),
         }
     }
+
+    /// keyed-sum's `--keys K` (default 100 000): at least 1, and at most
+    /// what a TOML integer holds.
+    fn keys(&self) -> Result<u64, String> {
+        match self.get::<u64>("--keys")?.unwrap_or(100_000) {
+            k @ 1..=0x7fff_ffff_ffff_ffff => Ok(k),
+            k => Err(format!("--keys must be at least 1 and at most {}; got {k}", i64::MAX)),
+        }
+    }
 }
 
 fn fmt_rate(r: f64) -> String {
@@ -372,7 +381,7 @@ fn cmd_ft_cost(args: &[String]) -> Result<(), String> {
     )?;
     let records: u64 = o.get("--records")?.ok_or("`--records N` is required")?;
     let nodes: usize = o.get("--nodes")?.unwrap_or(3);
-    let keys: u64 = o.get("--keys")?.unwrap_or(100_000);
+    let keys = o.keys()?;
     let c: u64 = o.get("--checkpoint-ms")?.unwrap_or(1000);
     let runs: usize = o.get("--runs")?.unwrap_or(3);
     let recovery = match (o.has("--rollback"), o.get::<u64>("--buffer-mb")?) {
@@ -527,7 +536,7 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
             &name,
             records,
             nodes,
-            o.get("--keys")?.unwrap_or(100_000),
+            o.keys()?,
             o.get("--checkpoint-ms")?.unwrap_or(0),
             "",
             o.has("--json"),
@@ -538,11 +547,8 @@ fn cmd_throughput(args: &[String]) -> Result<(), String> {
     params.insert("records".into(), toml::Value::Integer(records as i64));
     let mut keys_json = String::new();
     if name == "keyed-sum" {
-        let keys = o.get::<i64>("--keys")?.unwrap_or(100_000);
-        if keys < 1 {
-            return Err("--keys must be at least 1".to_string());
-        }
-        params.insert("keys".into(), toml::Value::Integer(keys));
+        let keys = o.keys()?;
+        params.insert("keys".into(), toml::Value::Integer(keys as i64));
         keys_json = format!(",\"keys\":{keys}");
     } else {
         params.remove("records");
@@ -600,12 +606,12 @@ fn cmd_latency(args: &[String]) -> Result<(), String> {
     params.insert("rate".into(), toml::Value::Integer(rate as i64));
     if name == "keyed-sum" {
         params.insert("records".into(), toml::Value::Integer(records as i64));
-        params.insert("keys".into(), toml::Value::Integer(o.get::<i64>("--keys")?.unwrap_or(100_000)));
+        params.insert("keys".into(), toml::Value::Integer(o.keys()? as i64));
     } else {
         params.insert("lines".into(), toml::Value::Integer(records as i64));
     }
     if let Some(nodes) = o.get::<usize>("--nodes")? {
-        let keys = o.get::<u64>("--keys")?.unwrap_or(100_000);
+        let keys = o.keys()?;
         let linger = o.get::<u64>("--linger-us")?.unwrap_or(0);
         return latency_on_nodes(&name, rate, records, keys, linger, nodes, o.has("--json"));
     }
@@ -738,10 +744,7 @@ fn cmd_compare(args: &[String]) -> Result<(), String> {
     let records: u64 = o.get("--records")?.unwrap_or(20_000_000);
     let workers: usize = o.get("--workers")?.unwrap_or(1);
     let runs: usize = o.get("--runs")?.unwrap_or(5);
-    let keys: u64 = o.get("--keys")?.unwrap_or(100_000);
-    if keys == 0 {
-        return Err("--keys must be at least 1".to_string());
-    }
+    let keys = o.keys()?;
     let me = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let peer: PathBuf = match o.get::<PathBuf>("--peer")? {
         Some(p) => p,

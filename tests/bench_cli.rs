@@ -170,9 +170,13 @@ fn bench_compare_refuses_what_it_cannot_compare() {
         assert!(!ok, "spate {args:?} succeeded");
         assert!(err.contains(want), "spate {args:?}: {err}");
     }
-    let (ok, _, err) = run(
-        &["bench", "throughput", "--query", "keyed-sum", "--records", "1000", "--keys", "0", "--json"],
-        Duration::from_secs(60),
-    );
-    assert!(!ok && err.contains("--keys"), "{err}");
+    // Every bench that takes keyed-sum's `--keys` refuses 0 the same way.
+    for args in [
+        &["bench", "throughput", "--query", "keyed-sum", "--records", "1000", "--keys", "0", "--json"][..],
+        &["bench", "latency", "--rate", "1000", "--seconds", "1", "--keys", "0"][..],
+        &["bench", "ft-cost", "--records", "1000", "--keys", "0"][..],
+    ] {
+        let (ok, _, err) = run(args, Duration::from_secs(60));
+        assert!(!ok && err.contains("--keys must be at least 1"), "spate {args:?}: {err}");
+    }
 }
