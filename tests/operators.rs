@@ -280,6 +280,52 @@ fn reduce_running_per_key() {
     assert_eq!(got.len(), 8);
 }
 
+/// A `reduce`'s results are of its records' type, so the operator writes
+/// each result over its record in the burst it was handed
+/// (`ops/src/keyed.rs`, `update_burst_in_place`); with heap-owning records
+/// every result must still be its own key's, in order, and each replaced
+/// record dropped once (a double drop of a `String` aborts the test
+/// process).
+#[test]
+fn reduce_of_heap_owning_records_replaces_each_in_place() {
+    let _watchdog = spate::Watchdog::start(
+        "reduce_of_heap_owning_records_replaces_each_in_place",
+        std::time::Duration::from_secs(120),
+    );
+    let _one = one_job();
+    let dir = tempdir();
+    let (input, source) = spate::input::<(String, String)>(64);
+    let (sink, output) = spate::output::<(String, String)>(4096);
+    let job = start(&dir, "concat", move |df| {
+        df.input("in", &source)
+            .key_by("by-key", |r: &(String, String)| r.0.clone())
+            .reduce("concat", |a: &(String, String), b: &(String, String)| {
+                (a.0.clone(), format!("{}{}", a.1, b.1))
+            })
+            .output("out", &sink);
+    });
+    // Keys of different lengths spread over both workers, so bursts from
+    // the other worker's batches and this worker's own both take the path.
+    let keys = ["a", "bb", "ccc", "dddd", "eeeee", "f"];
+    let n = 600usize;
+    let key_of = |i: usize| keys[i % keys.len()].to_string();
+    send(&input, (0..n).map(|i| (key_of(i), format!("{},", i))));
+    let got = take(&output, n);
+    drop(input);
+    for k in keys {
+        let mut want = Vec::new();
+        let mut acc = String::new();
+        for i in (0..n).filter(|&i| key_of(i) == k) {
+            acc.push_str(&format!("{},", i));
+            want.push(acc.clone());
+        }
+        let per_key: Vec<String> = got.iter().filter(|r| r.0 == k).map(|r| r.1.clone()).collect();
+        assert_eq!(per_key, want, "running concatenation of key {k}, in input order");
+    }
+    let (rest, _) = drain(&output, job, 0);
+    assert!(rest.is_empty());
+}
+
 /// An exchange keeps a worker's records for itself until the end of the
 /// burst, and keyed operators take a burst at a time to overlap their state
 /// accesses (`ops/src/keyed.rs`, `push_burst`); the end of every burst

@@ -37,7 +37,9 @@ pub trait Push<T> {
     /// A burst of records in order (a batch taken from a channel), then
     /// the end of the burst: as `push` of each, then `flush`, and leaves
     /// `recs` empty (its capacity is the caller's, reused for the next
-    /// burst). An operator that gains from seeing the whole burst at once
+    /// burst). The records are the callee's, as if pushed one by one: it
+    /// may replace them in place and hand the vector on (a keyed operator
+    /// whose results are of the records' type does). An operator that gains from seeing the whole burst at once
     /// (a keyed operator prefetching the state of records further on, a
     /// counting sink) overrides it; the caller hands a burst only where it
     /// has one.

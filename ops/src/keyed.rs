@@ -4,7 +4,7 @@
 //! is reached only through typed handles; the operator structs hold the
 //! handles and the user's functions, never keyed data.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -128,6 +128,7 @@ where
     K: Key,
     T: Data,
     V: Data,
+    O: 'static,
     S: Fn(Option<V>, &T) -> V,
     E: Fn(K, V) -> O,
 {
@@ -135,6 +136,9 @@ where
     /// it empties) through [`ValueState::update_burst`], and sends the
     /// results downstream as one burst.
     fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        if TypeId::of::<O>() == TypeId::of::<T>() {
+            return self.update_burst_in_place(recs, hashes, keys);
+        }
         let mut results = std::mem::take(&mut self.results);
         let (step, emit) = (&self.step, &self.emit);
         // One slice each, shared by the state's loop and both closures, cut
@@ -155,6 +159,44 @@ where
         }
         self.out.push_burst(&mut results);
         (self.keys, self.results) = (keys, results);
+    }
+
+    /// As `update_burst`, for results of the records' own type (`O` is
+    /// `T`: `reduce`, or a `fold` of `(key, accumulator)` pairs): each
+    /// result replaces its record in `recs`, which then goes downstream as
+    /// the burst, so no second vector is written and read.
+    fn update_burst_in_place(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        let (step, emit) = (&self.step, &self.emit);
+        let n = hashes.len().min(recs.len());
+        let key_slice = &keys[..n];
+        // Both closures reach the records through this one pointer (no
+        // reference to them lives across the call), each at the index the
+        // state's loop passes, which is below `n`.
+        let base = recs.as_mut_ptr();
+        let r = self.acc.update_burst(
+            &mut self.store,
+            &hashes[..n],
+            key_slice,
+            // SAFETY: `i < n <= recs.len()`; the record is read before its
+            // result is written (`done(i, ..)` follows `f(i, ..)`).
+            |i, old| step(old, unsafe { &(*base.add(i)).0 }),
+            |i, v| {
+                let result = emit(key_slice[i].clone(), v);
+                // SAFETY: `O` is `T` (their `TypeId`s are equal, checked by
+                // the caller), and `i < n <= recs.len()`: the assignment
+                // drops the record and puts its result in its place.
+                unsafe { (*base.cast::<(O, Meta)>().add(i)).0 = result };
+            },
+        );
+        if let Err(e) = r {
+            recs.clear();
+            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
+        }
+        if let Some(results) = (recs as &mut dyn Any).downcast_mut::<Vec<(O, Meta)>>() {
+            self.out.push_burst(results);
+        }
+        recs.clear();
+        self.keys = keys;
     }
 
     /// Applies `rec` (of `key`, whose hash is `hash`) to its key's value;
@@ -178,6 +220,7 @@ where
     K: Key,
     T: Data,
     V: Data,
+    O: 'static,
     S: Fn(Option<V>, &T) -> V,
     E: Fn(K, V) -> O,
 {
