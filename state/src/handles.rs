@@ -723,6 +723,52 @@ mod tests {
         burst_matches_single_updates::<String>(|k| format!("k{k}"));
     }
 
+    /// A burst that reaches a key of a bin the store does not own fails
+    /// there, whether the updates before it found their keys or inserted
+    /// them: they take effect, it and the rest do not (debug builds assert,
+    /// as for a single update).
+    #[test]
+    fn a_burst_fails_at_a_key_of_a_bin_not_owned() {
+        let dir = tmp();
+        // Two bins; this store owns bin 0 (hashes below 2^63).
+        let config = StoreConfig::new(dir.path(), 1);
+        let mut s = ok(StateStore::create(config, BinRange::new(0, 1)));
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        let owned = |k: u64| k << 8; // bin 0
+        let keys: Vec<u64> = (1..=20).collect();
+        let hashes: Vec<u64> = keys.iter().map(|&k| owned(k)).collect();
+        ok(sums.update_burst(&mut s, &hashes, &keys, |_, old| old.unwrap_or(0) + 1, |_, _| {}));
+        // Found (keys 1..=5), then a foreign hash, then more found keys; and
+        // a new key (99) first, then the foreign one.
+        for (prefix, name) in [(vec![1u64, 2, 3, 4, 5], "after found keys"), (vec![99], "after an insert")] {
+            let mut keys = prefix.clone();
+            keys.extend([7u64, 6, 8]);
+            let mut hashes: Vec<u64> = keys.iter().map(|&k| owned(k)).collect();
+            hashes[prefix.len()] = u64::MAX; // bin 1
+            let mut done = Vec::new();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sums.update_burst(
+                    &mut s,
+                    &hashes,
+                    &keys,
+                    |_, old| old.unwrap_or(0) + 10,
+                    |i, v| done.push((i, v)),
+                )
+            }));
+            if cfg!(debug_assertions) {
+                assert!(r.is_err(), "{name}: debug builds assert");
+            } else {
+                assert!(matches!(r, Ok(Err(StateError::BinNotOwned { bin: 1, .. }))), "{name}");
+            }
+            let want: Vec<(usize, u64)> =
+                prefix.iter().enumerate().map(|(i, &k)| (i, if k == 99 { 10 } else { 11 })).collect();
+            assert_eq!(done, want, "{name}: the updates before the foreign key, and only they");
+            for k in [6u64, 8] {
+                assert_eq!(sums.get(&s, owned(k), &k), Some(1), "{name}: key {k} after the foreign one");
+            }
+        }
+    }
+
     #[test]
     fn value_state_variable_size_values() {
         let dir = tmp();
