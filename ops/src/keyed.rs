@@ -167,7 +167,14 @@ where
     /// the burst, so no second vector is written and read.
     fn update_burst_in_place(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
         let (step, emit) = (&self.step, &self.emit);
+        debug_assert_eq!(hashes.len(), recs.len());
+        // The callers make a hash for every record; were one short, the
+        // records past the last hash would be dropped, as `update_burst`
+        // drops them, not passed on unapplied.
         let n = hashes.len().min(recs.len());
+        if recs.len() != n {
+            recs.truncate(n);
+        }
         let key_slice = &keys[..n];
         // Both closures reach the records through this one pointer (no
         // reference to them lives across the call), each at the index the
