@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use spate_net::frame::DataHeader;
 use spate_net::{Connecting, Connection, Delivery, Listener, NetConfig, NetErrorKind};
 
-use crate::batch::{Batch, FLAG_BARRIER, FLAG_FINAL};
+use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL};
 use crate::ring::{Consumer, Producer};
 
 /// One node of a cluster job (or one more range of workers of a node that
@@ -472,7 +472,8 @@ impl NetLink {
                 b.seq = f.header.seq;
                 b.watermark = dh.watermark;
                 b.count = dh.count;
-                b.flags = dh.flags;
+                b.flags = dh.flags & !FLAG_COMPACT;
+                b.compact = dh.flags & FLAG_COMPACT != 0;
                 if dh.flags & FLAG_BARRIER != 0 {
                     b.barrier =
                         f.payload.get(..8).and_then(|x| x.try_into().ok()).map_or(0, u64::from_le_bytes);
@@ -555,7 +556,7 @@ impl Tx {
                     producer: b.producer,
                     watermark: b.watermark,
                     count: b.count,
-                    flags: b.flags,
+                    flags: b.flags | if b.compact { FLAG_COMPACT } else { 0 },
                 };
                 let barrier = b.barrier.to_le_bytes();
                 let payload: &[u8] = if b.flags & FLAG_BARRIER != 0 { &barrier } else { &b.data };

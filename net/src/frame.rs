@@ -19,7 +19,10 @@
 //! ```
 //!
 //! and the records buffer follows unchanged, in the in-process batch layout
-//! (`len u32 | ingest_ns u64 | rkyv bytes` per record). The frame `seq` is the
+//! (`len u32 | ingest_ns u64 | rkyv bytes` per record, or, when the batch
+//! flags have bit 4 set, the compact layout of fixed-layout records:
+//! `base_ns u64 | len u32` once, then `ingest_ns - base_ns: u32 | bytes` per
+//! record; see `spate_core::batch`). The frame `seq` is the
 //! batch sequence number for data frames. Control kinds carry an opaque
 //! payload whose meaning belongs to the layer above, except [`Kind::Credit`]
 //! whose payload is one `u32 LE` grant (see [`encode_credit`] and
@@ -40,8 +43,9 @@ use std::fmt;
 /// the length, before buffering or allocating for it.
 pub const MAX_FRAME_BYTES: u32 = 16 << 20;
 
-/// The wire-format version this crate writes and accepts.
-pub const WIRE_VERSION: u8 = 1;
+/// The wire-format version this crate writes and accepts (2: batches may
+/// come in the compact layout).
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
@@ -872,7 +876,11 @@ mod tests {
 
     #[test]
     fn bad_version_and_short_frames_rejected() {
-        assert_eq!(decode_all(&raw_frame(2, Kind::Hello as u8, b"")), Err(FrameError::BadVersion(2)));
+        // The version before this one (its batches had no compact layout)
+        // and one after it.
+        for v in [WIRE_VERSION - 1, WIRE_VERSION + 1] {
+            assert_eq!(decode_all(&raw_frame(v, Kind::Hello as u8, b"")), Err(FrameError::BadVersion(v)));
+        }
         assert_eq!(
             decode_all(&raw_frame(WIRE_VERSION, Kind::Data as u8, &[0u8; 23])),
             Err(FrameError::BadHeader(BadHeader::ShortDataHeader { payload: 23 }))
