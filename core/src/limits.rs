@@ -13,7 +13,7 @@ pub const BATCH_RECORDS_DEFAULT: usize = 1024;
 pub const BATCH_BYTES_DEFAULT: usize = 64 * 1024;
 /// Most records a source produces in one step before the runtime flushes
 /// outputs and lets other tasks run.
-pub const SOURCE_STEP_RECORDS_DEFAULT: usize = 1024;
+pub const SOURCE_STEP_RECORDS_DEFAULT: usize = 2048;
 /// Default batches in flight on one channel between two workers.
 pub const CHANNEL_BATCHES_DEFAULT: usize = 64;
 /// Default linger of a partly filled batch, in microseconds.
