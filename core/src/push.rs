@@ -39,10 +39,10 @@ pub trait Push<T> {
     /// `recs` empty (its capacity is the caller's, reused for the next
     /// burst). The records are the callee's, as if pushed one by one: it
     /// may replace them in place and hand the vector on (a keyed operator
-    /// whose results are of the records' type does). An operator that gains from seeing the whole burst at once
-    /// (a keyed operator prefetching the state of records further on, a
-    /// counting sink) overrides it; the caller hands a burst only where it
-    /// has one.
+    /// whose results are of the records' type does). An operator that
+    /// gains from seeing the whole burst at once (a keyed operator
+    /// prefetching the state of records further on, a counting sink)
+    /// overrides it; the caller hands a burst only where it has one.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
         for (rec, meta) in recs.drain(..) {
             self.push(rec, meta);
