@@ -488,17 +488,21 @@ const PREFETCH_PAST_HOME: usize = 32;
 
 /// Prefetches the group of control bytes and the slot that a lookup of
 /// `hash` reads first, in the part of `slots` slots (of `stride` bytes)
-/// whose control bytes are at `ctrl`, and the line [`PREFETCH_PAST_HOME`]
-/// bytes on: a key displaced from its home slot (one or two slots, often,
-/// with parts up to 7/8 full) lies there when the home slot is in the back
-/// half of its line; otherwise it is the same line.
+/// whose control bytes are at `ctrl`, and, in a part of more than the
+/// first part's 8 slots, the line [`PREFETCH_PAST_HOME`] bytes on: a key
+/// displaced from its home slot (one or two slots, often, with parts up to
+/// 7/8 full) lies there when the home slot is in the back half of its line;
+/// otherwise it is the same line. A part of 8 slots (a bin of at most 7
+/// keys: small state, in cache) gains nothing from it.
 #[inline(always)]
 fn prefetch_home(ctrl: *const u8, slots: usize, stride: usize, hash: u64) {
     let i = hash as usize & (slots - 1);
     prefetch_ptr(ctrl.wrapping_add(i));
     let home = ctrl.wrapping_add(kv_off(slots) + i * stride);
     prefetch_ptr(home);
-    prefetch_ptr(home.wrapping_add(PREFETCH_PAST_HOME));
+    if slots > 1 << SLOTS_LOG2_MIN {
+        prefetch_ptr(home.wrapping_add(PREFETCH_PAST_HOME));
+    }
 }
 
 /// Where the value of `key` (of `hash`) is, in bin `bi` of `d`: its
