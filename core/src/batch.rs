@@ -192,17 +192,18 @@ impl Batch {
                     return Ok(());
                 }
             }
-            if self.compact {
-                self.uncompact();
-            }
+        }
+        // A record the compact framing does not fit: the general one, for
+        // the whole batch.
+        if self.compact {
+            self.uncompact();
+        }
+        if let Some(len) = codec::fixed_size::<T>() {
             if let Some(n) = codec::encode_prefixed(rec, record_prefix(len, meta), &mut self.data) {
                 debug_assert_eq!(n, len, "a fixed-layout encoding of another length than its type's");
                 self.count += 1;
                 return Ok(());
             }
-        }
-        if self.compact {
-            self.uncompact();
         }
         let start = self.data.len();
         self.data.extend_from_slice(&[0u8; RECORD_PREFIX_BYTES]);
@@ -262,16 +263,25 @@ impl Batch {
         Ok(())
     }
 
-    /// Whether the batch's records are framed compactly.
-    #[inline(always)]
-    pub fn is_compact(&self) -> bool {
-        self.compact
+    /// How many more records of a fixed-layout type of `len` bytes the
+    /// batch takes, framed as [`Batch::push`] frames them, before its
+    /// buffer holds `limit` bytes or more (at least 1). An empty batch
+    /// starts compact, with the compact head; a run whose records turn the
+    /// batch back into the general framing midway (an ingest time outside
+    /// its window) may take it that run's share past `limit`.
+    pub fn fixed_records_until(&self, len: usize, limit: usize) -> usize {
+        let (used, size) = match (self.data.len(), self.compact) {
+            (0, _) => (COMPACT_HEAD_BYTES, COMPACT_PREFIX_BYTES + len),
+            (n, true) => (n, COMPACT_PREFIX_BYTES + len),
+            (n, false) => (n, RECORD_PREFIX_BYTES + len),
+        };
+        limit.saturating_sub(used).div_ceil(size).max(1)
     }
 
     /// (Base ingest time, record length) of a compact batch.
     #[inline(always)]
     fn compact_head(&self) -> Option<(u64, usize)> {
-        if self.is_compact() {
+        if self.compact {
             read_compact_head(&self.data)
         } else {
             None
@@ -309,8 +319,7 @@ impl Batch {
     fn uncompact(&mut self) {
         let old = std::mem::take(&mut self.data);
         self.data.reserve(old.len() + self.count as usize * (RECORD_PREFIX_BYTES - COMPACT_PREFIX_BYTES));
-        let records = RecordIter { data: &old, pos: COMPACT_HEAD_BYTES, compact: read_compact_head(&old) };
-        for (bytes, meta) in records {
+        for (bytes, meta) in RecordIter::over(&old, true) {
             self.data.extend_from_slice(&record_prefix(bytes.len(), meta));
             self.data.extend_from_slice(bytes);
         }
@@ -328,10 +337,7 @@ impl Batch {
     /// The records of the batch as (archived bytes, meta), trusting the bytes:
     /// for batches built by this process.
     pub fn records(&self) -> RecordIter<'_> {
-        match self.compact_head() {
-            Some(head) => RecordIter { data: &self.data, pos: COMPACT_HEAD_BYTES, compact: Some(head) },
-            None => RecordIter { data: &self.data, pos: 0, compact: None },
-        }
+        RecordIter::over(&self.data, self.compact)
     }
 
     /// The records after the first `skip`, as [`Batch::records`] gives
@@ -358,7 +364,7 @@ impl Batch {
     /// length lies within the buffer and the count matches. Record contents
     /// are validated separately, when they are accessed.
     pub fn validate_framing(&self) -> Result<(), BatchError> {
-        if self.is_compact() {
+        if self.compact {
             return self.validate_compact();
         }
         let mut pos = 0usize;
@@ -382,9 +388,7 @@ impl Batch {
         }
         Ok(())
     }
-}
 
-impl Batch {
     /// [`Batch::validate_framing`] of a compact batch: its head is whole,
     /// and its buffer holds `count` records of the length the head gives.
     fn validate_compact(&self) -> Result<(), BatchError> {
@@ -447,6 +451,16 @@ pub struct RecordIter<'a> {
     pos: usize,
     /// A compact batch's (base ingest time, record length).
     compact: Option<(u64, usize)>,
+}
+
+impl<'a> RecordIter<'a> {
+    /// The records of a batch's buffer `data`, framed compactly or not.
+    fn over(data: &'a [u8], compact: bool) -> Self {
+        match read_compact_head(data).filter(|_| compact) {
+            Some(head) => RecordIter { data, pos: COMPACT_HEAD_BYTES, compact: Some(head) },
+            None => RecordIter { data, pos: 0, compact: None },
+        }
+    }
 }
 
 impl<'a> Iterator for RecordIter<'a> {

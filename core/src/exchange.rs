@@ -13,9 +13,7 @@ use std::rc::Rc;
 
 use spate_state::codec;
 
-use crate::batch::{
-    Batch, Meta, COMPACT_HEAD_BYTES, COMPACT_PREFIX_BYTES, FLAG_BARRIER, FLAG_FINAL, RECORD_PREFIX_BYTES,
-};
+use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL};
 use crate::dataflow::{Data, Key, WorkerBuild};
 use crate::push::{BarrierTracker, BoxPush, InputFrontier, Push};
 use crate::routing::{key_hash, keys_and_hashes, RoutingTable};
@@ -126,18 +124,9 @@ impl Outbox {
         while !recs.is_empty() {
             self.open();
             // How many more records the open batch takes before
-            // `close_if_full` closes it, in its framing (an empty batch
-            // starts compact, with the compact head). A run whose records
-            // turn the batch back into the general framing midway (an
-            // ingest time outside its window) may leave it that run's
-            // share past `batch_bytes`.
-            let (used, size) = match (self.current.data.len(), self.current.is_compact()) {
-                (0, _) => (COMPACT_HEAD_BYTES, COMPACT_PREFIX_BYTES + len),
-                (n, true) => (n, COMPACT_PREFIX_BYTES + len),
-                (n, false) => (n, RECORD_PREFIX_BYTES + len),
-            };
+            // `close_if_full` closes it.
             let by_count = self.batch_records.saturating_sub(self.current.count).max(1) as usize;
-            let by_bytes = self.batch_bytes.saturating_sub(used).div_ceil(size).max(1);
+            let by_bytes = self.current.fixed_records_until(len, self.batch_bytes);
             let (now, rest) = recs.split_at(recs.len().min(by_count).min(by_bytes));
             self.current.push_run(now)?;
             recs = rest;

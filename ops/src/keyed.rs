@@ -12,7 +12,7 @@ use spate_core::checkpoint::Checkpointer;
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BoxPush, Push};
 use spate_core::{Data, InstanceCtx, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
-use spate_state::{StateStore, StoreConfig, ValueState};
+use spate_state::{StateError, StateStore, StoreConfig, ValueState};
 
 /// A stateful instance's link to the job's checkpoints: saves its store
 /// when an aligned barrier reaches it.
@@ -155,7 +155,7 @@ where
         );
         recs.clear();
         if let Err(e) = r {
-            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
+            self.fail_update(&e);
         }
         self.out.push_burst(&mut results);
         (self.keys, self.results) = (keys, results);
@@ -197,13 +197,19 @@ where
         );
         if let Err(e) = r {
             recs.clear();
-            self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
+            self.fail_update(&e);
         }
         if let Some(results) = (recs as &mut dyn Any).downcast_mut::<Vec<(O, Meta)>>() {
             self.out.push_burst(results);
         }
         recs.clear();
         self.keys = keys;
+    }
+
+    /// A state update failed: so does the job.
+    #[cold]
+    fn fail_update(&self, e: &StateError) {
+        self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
     }
 
     /// Applies `rec` (of `key`, whose hash is `hash`) to its key's value;
@@ -215,7 +221,7 @@ where
         match self.acc.update(&mut self.store, hash, &key, |old| step(old, &rec)) {
             Ok(v) => Some((self.emit)(key, v)),
             Err(e) => {
-                self.metrics.fail(format!("operator `{}`: state update failed: {e}", self.operator));
+                self.fail_update(&e);
                 None
             }
         }
