@@ -1332,6 +1332,57 @@ mod tests {
         assert_eq!(sums.len(&s), 600);
     }
 
+    /// Checks every lookup entry of table 0 against its bin: a bin of one
+    /// part is reached through the entry alone (its address and size),
+    /// any other through its `DenseBin`; returns how many of each.
+    fn check_lookup_entries(s: &StateStore) -> (usize, usize) {
+        let Some(d) = s.tables[0].dense.as_ref() else {
+            panic!("table 0 is not dense");
+        };
+        assert_eq!((d.hot.len(), d.hot_locs.len()), (d.bins.len(), d.bins.len()));
+        let (mut one, mut other) = (0, 0);
+        for (bi, db) in d.bins.iter().enumerate() {
+            let (h, loc) = (d.hot[bi], d.hot_locs[bi]);
+            if !db.exists() {
+                assert_eq!((h.0, loc), (0, 0), "bin {bi} has no table");
+                continue;
+            }
+            assert_eq!(loc, ctrl_loc(db.first.loc), "bin {bi}: where its control bytes lie");
+            if db.depth == 0 {
+                assert!(h.one_part(), "bin {bi} of one part: {h:?}");
+                assert_eq!(Some(h.ctrl().cast_mut()), s.file.addr(loc), "bin {bi}: its control bytes");
+                assert_eq!(h.slots(), db.slots(), "bin {bi}: its slots");
+                one += 1;
+            } else {
+                assert_eq!(h.0, HOT_DEEP, "bin {bi} of several parts");
+                other += 1;
+            }
+        }
+        (one, other)
+    }
+
+    #[test]
+    fn lookup_entries_follow_their_bins_through_growth_and_compaction() {
+        let dir = tmp();
+        let mut s = small_store(&dir);
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        let mut seen = Vec::new();
+        for k in 0..600u64 {
+            ok(sums.update(&mut s, hash_u64(k), &k, |old| old.unwrap_or(0) + k));
+            if k % 25 == 0 {
+                seen.push(check_lookup_entries(&s));
+            }
+        }
+        // Bins of one part first, then of several (the entries are checked
+        // on both sides of every growth and the compactions after them).
+        assert!(seen.iter().any(|&(one, _)| one > 0), "{seen:?}");
+        assert!(seen.last().is_some_and(|&(_, other)| other > 0), "{seen:?}");
+        // What the entries say is what the lookups find.
+        for k in 0..600u64 {
+            assert_eq!(sums.get(&s, hash_u64(k), &k), Some(k), "key {k}");
+        }
+    }
+
     /// The bytes of part 0 of bin 0 of table 0 (record header included).
     fn part_record(s: &StateStore) -> (Vec<u8>, Header, u64) {
         let d = s.tables[0].dense.as_ref().map(|d| d.bins[0].first.loc);
