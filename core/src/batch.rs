@@ -644,7 +644,7 @@ mod tests {
         let mut compact = Batch::with_capacity(0, 0, 64);
         compact.push(&7u64, Meta::default()).ok();
         compact.push(&8u64, Meta::default()).ok();
-        assert!((!general.compact, compact.compact) == (true, true));
+        assert!(!general.compact && compact.compact);
         for b in [&general, &compact] {
             let mut t = Batch::with_capacity(0, 0, 0);
             t.compact = b.compact;

@@ -172,9 +172,7 @@ where
         // records past the last hash would be dropped, as `update_burst`
         // drops them, not passed on unapplied.
         let n = hashes.len().min(recs.len());
-        if recs.len() != n {
-            recs.truncate(n);
-        }
+        recs.truncate(n);
         let key_slice = &keys[..n];
         // Both closures reach the records through this one pointer (no
         // reference to them lives across the call), each at the index the

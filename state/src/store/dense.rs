@@ -254,33 +254,36 @@ impl DenseBin {
         1usize << self.slots_log2
     }
 
-    /// The bin's entry in [`DenseTable::hot`] (`file`: the store's), and
-    /// where the control bytes of its first part lie in the file (0 without
-    /// a table).
-    fn hot(&self, file: &SegmentFile) -> (Hot, u64) {
+    /// The bin's entry in [`DenseTable::hot`] (`file`: the store's).
+    fn hot(&self, file: &SegmentFile) -> Hot {
         if !self.exists() {
-            return (Hot::default(), 0);
+            return Hot::default();
         }
-        let loc = ctrl_loc(self.first.loc);
         // The address is exposed, so the pointer made from it again has the
         // map's provenance (strict-provenance rules).
-        let addr = file.addr(loc).map_or(0, |p| p.expose_provenance() as u64);
+        let addr = file.addr(self.ctrl_loc()).map_or(0, |p| p.expose_provenance() as u64);
         if self.depth > 0 || addr == 0 || addr >> (64 - 6) != 0 {
-            (Hot(HOT_DEEP), loc)
+            Hot(HOT_DEEP)
         } else {
-            (Hot(addr << 6 | u64::from(self.slots_log2)), loc)
+            Hot(addr << 6 | u64::from(self.slots_log2))
         }
+    }
+
+    /// Where the control bytes of the bin's first part lie in the file.
+    #[inline(always)]
+    fn ctrl_loc(&self) -> u64 {
+        ctrl_loc(self.first.loc)
     }
 }
 
 /// What a lookup needs of a bin, in one word (4096 bins take 32 KiB of
 /// cache, where [`DenseBin`]s take 160 KiB; with 16-byte entries, 64 KiB,
 /// keyed-sum with one worker ran about 3 % slower): 0 for a bin without a
-/// table, [`HOT_DEEP`]
-/// for one the lookup reads the [`DenseBin`] of (several parts, or an
-/// address that does not fit), else the address of its one part's control
-/// bytes shifted left by 6, and its `slots_log2` (so one test tells a bin
-/// of one part).
+/// table, [`HOT_DEEP`] for one the lookup reads the [`DenseBin`] of
+/// (several parts, or an address that does not fit), else the address of
+/// its one part's control bytes shifted left by 6, and its `slots_log2` (so
+/// one test tells a bin of one part). Where those control bytes lie in the
+/// file, read only to mark pages dirty one by one, is the [`DenseBin`]'s.
 #[derive(Clone, Copy, Debug, Default)]
 struct Hot(u64);
 
@@ -321,33 +324,23 @@ pub(crate) struct DenseTable {
     pub(crate) bins: Vec<DenseBin>,
     /// What a lookup needs of each bin (see [`Hot`]).
     hot: Vec<Hot>,
-    /// Where the control bytes of each bin's first part lie in the file
-    /// (read only to mark pages dirty one by one).
-    hot_locs: Vec<u64>,
 }
 
 impl DenseTable {
     /// An empty dense table of `bins` bins.
     pub(crate) fn new(key_len: usize, val_len: usize, bins: usize) -> Self {
-        Self {
-            key_len,
-            val_len,
-            bins: vec![DenseBin::default(); bins],
-            hot: vec![Hot::default(); bins],
-            hot_locs: vec![0; bins],
-        }
+        Self { key_len, val_len, bins: vec![DenseBin::default(); bins], hot: vec![Hot::default(); bins] }
     }
 
     /// Replaces bin `bi` (whose parts are in `file`, the store's).
     pub(crate) fn set_bin(&mut self, bi: usize, db: DenseBin, file: &SegmentFile) {
-        (self.hot[bi], self.hot_locs[bi]) = db.hot(file);
+        self.hot[bi] = db.hot(file);
         self.bins[bi] = db;
     }
 
     /// Removes bin `bi` (the bins after it move down one).
     pub(crate) fn remove_bin(&mut self, bi: usize) -> DenseBin {
         self.hot.remove(bi);
-        self.hot_locs.remove(bi);
         self.bins.remove(bi)
     }
 
@@ -357,11 +350,9 @@ impl DenseTable {
         if clear {
             self.bins.clear();
             self.hot.clear();
-            self.hot_locs.clear();
         }
         self.bins.splice(at..at, (0..n).map(|_| DenseBin::default()));
         self.hot.splice(at..at, (0..n).map(|_| Hot::default()));
-        self.hot_locs.splice(at..at, (0..n).map(|_| 0));
     }
 
     /// Key and value bytes of a slot.
@@ -424,7 +415,7 @@ pub(crate) fn probe(
     // A bin of one part (the only kind with an address): its lookup entry
     // is already the answer.
     if h.one_part() {
-        return Some(Probe { ctrl: h.ctrl(), ctrl_loc: d.hot_locs[bi], slots: h.slots(), part: 0 });
+        return Some(Probe { ctrl: h.ctrl(), ctrl_loc: d.bins[bi].ctrl_loc(), slots: h.slots(), part: 0 });
     }
     if h.0 == 0 {
         return Some(Probe::EMPTY);
@@ -1238,7 +1229,7 @@ impl Ahead {
         // `probe` inlined here too, keyed-sum took 139.8 instructions a
         // record instead of 136.9.
         let (ctrl, slots, loc) = match d.hot.get(bi) {
-            Some(h) if h.one_part() => (h.ctrl(), h.slots(), if ALL { 0 } else { d.hot_locs[bi] }),
+            Some(h) if h.one_part() => (h.ctrl(), h.slots(), if ALL { 0 } else { d.bins[bi].ctrl_loc() }),
             _ => match probe(d, file, bi, bins_log2, hash) {
                 Some(p) => (p.ctrl, p.slots, p.ctrl_loc),
                 None => return (Ahead::NONE, 0),
@@ -1339,15 +1330,15 @@ mod tests {
         let Some(d) = s.tables[0].dense.as_ref() else {
             panic!("table 0 is not dense");
         };
-        assert_eq!((d.hot.len(), d.hot_locs.len()), (d.bins.len(), d.bins.len()));
+        assert_eq!(d.hot.len(), d.bins.len());
         let (mut one, mut other) = (0, 0);
         for (bi, db) in d.bins.iter().enumerate() {
-            let (h, loc) = (d.hot[bi], d.hot_locs[bi]);
+            let h = d.hot[bi];
             if !db.exists() {
-                assert_eq!((h.0, loc), (0, 0), "bin {bi} has no table");
+                assert_eq!(h.0, 0, "bin {bi} has no table");
                 continue;
             }
-            assert_eq!(loc, ctrl_loc(db.first.loc), "bin {bi}: where its control bytes lie");
+            let loc = db.ctrl_loc();
             if db.depth == 0 {
                 assert!(h.one_part(), "bin {bi} of one part: {h:?}");
                 assert_eq!(Some(h.ctrl().cast_mut()), s.file.addr(loc), "bin {bi}: its control bytes");
