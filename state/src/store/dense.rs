@@ -93,31 +93,113 @@ fn load_max(slots: usize) -> usize {
     slots - slots / 8
 }
 
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
 /// The control byte of an occupied slot whose key has hash `hash`.
 #[inline(always)]
 pub(crate) fn tag_of(hash: u64) -> u8 {
     0x80 | ((hash >> 16) & 0x7f) as u8
 }
 
-/// The bytes of `g` equal to `tag` (their high bits), plus, possibly, bytes
-/// above one of them that differ from `tag` in the lowest bit only. Empty
-/// bytes are never among them (a tag has its high bit set, an empty byte
-/// not), so a candidate is confirmed by comparing keys.
-#[inline(always)]
-fn match_tag(g: u64, tag: u8) -> u64 {
-    let x = g ^ (LO * u64::from(tag));
-    x.wrapping_sub(LO) & !x & HI
+/// [`GROUP`] control bytes, read at once and compared all together: in
+/// the low half of an SSE2 register on x86-64 (a compare and a move-mask
+/// find the matching bytes, exactly), elsewhere in one `u64` (SWAR).
+#[derive(Clone, Copy)]
+struct Group(
+    #[cfg(target_arch = "x86_64")] std::arch::x86_64::__m128i,
+    #[cfg(not(target_arch = "x86_64"))] u64,
+);
+
+/// The bytes of a [`Group`] that matched, lowest first: one bit per byte
+/// on x86-64, the high bit of each byte elsewhere.
+#[derive(Clone, Copy)]
+struct Matches(#[cfg(target_arch = "x86_64")] u32, #[cfg(not(target_arch = "x86_64"))] u64);
+
+impl Matches {
+    /// Whether no byte matched.
+    #[inline(always)]
+    fn none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The lowest byte that matched (there must be one).
+    #[inline(always)]
+    fn lowest(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        return self.0.trailing_zeros() as usize;
+        #[cfg(not(target_arch = "x86_64"))]
+        return (self.0.trailing_zeros() / 8) as usize;
+    }
+
+    /// Without the lowest byte that matched.
+    #[inline(always)]
+    fn rest(self) -> Matches {
+        Matches(self.0 & self.0.wrapping_sub(1))
+    }
 }
 
-/// The empty bytes (0) of `g`, exactly: a false positive of the zero-byte
-/// test needs a byte of 0x01, which no control byte is.
-#[inline(always)]
-fn match_empty(g: u64) -> u64 {
-    g.wrapping_sub(LO) & !g & HI
+impl Group {
+    /// The [`GROUP`] bytes at `p`.
+    ///
+    /// # Safety
+    ///
+    /// `p .. p + GROUP` must be readable.
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Group {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's; SSE2 is part of x86-64, and the load is
+        // unaligned and of 8 bytes (the upper 8 of the register are 0).
+        return unsafe { Group(std::arch::x86_64::_mm_loadl_epi64(p.cast())) };
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: the caller's.
+        return unsafe { Group(p.cast::<u64>().read_unaligned()) };
+    }
+
+    /// The [`GROUP`] bytes of `ctrl` from `i` on (panics past its end).
+    #[inline(always)]
+    fn at(ctrl: &[u8], i: usize) -> Group {
+        let b = &ctrl[i..i + GROUP];
+        // SAFETY: `b` is GROUP bytes long.
+        unsafe { Group::load(b.as_ptr()) }
+    }
+
+    /// The bytes equal to `tag`, an occupied slot's control byte (its high
+    /// bit set). Exact on x86-64; elsewhere possibly also bytes above a
+    /// match that differ from `tag` in the lowest bit. Empty bytes are
+    /// never among them, so a candidate is confirmed by comparing keys.
+    #[inline(always)]
+    fn match_tag(self, tag: u8) -> Matches {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set1_epi8};
+            // SAFETY: SSE2 is part of x86-64. The upper 8 bytes of the
+            // group are 0 and `tag` has its high bit set: they never match.
+            return unsafe { Matches(_mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) as u32) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let x = self.0 ^ (LO * u64::from(tag));
+            Matches(x.wrapping_sub(LO) & !x & HI)
+        }
+    }
+
+    /// The empty bytes (0), exactly (an occupied byte has its high bit
+    /// set, an empty one not; with SWAR, a false positive of the zero-byte
+    /// test would need a byte of 0x01, which no control byte is).
+    #[inline(always)]
+    fn match_empty(self) -> Matches {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of x86-64. The move-mask takes each byte's
+        // high bit: set for the occupied among the low 8, clear for the
+        // upper 8 (zeros), which the complement's mask drops.
+        return unsafe { Matches(!(std::arch::x86_64::_mm_movemask_epi8(self.0) as u32) & 0xff) };
+        #[cfg(not(target_arch = "x86_64"))]
+        return Matches(self.0.wrapping_sub(LO) & !self.0 & HI);
+    }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+const LO: u64 = 0x0101_0101_0101_0101;
+#[cfg(not(target_arch = "x86_64"))]
+const HI: u64 = 0x8080_8080_8080_8080;
 
 /// Control bytes of a bin without a table yet: always empty (never written).
 static EMPTY_CTRL: [u8; 2 * GROUP] = [0; 2 * GROUP];
@@ -262,10 +344,10 @@ impl DenseBin {
         // The address is exposed, so the pointer made from it again has the
         // map's provenance (strict-provenance rules).
         let addr = file.addr(self.ctrl_loc()).map_or(0, |p| p.expose_provenance() as u64);
-        if self.depth > 0 || addr == 0 || addr >> (64 - 6) != 0 {
+        if self.depth > 0 || addr == 0 || addr >> (64 - HOT_MASK_BITS) != 0 {
             Hot(HOT_DEEP)
         } else {
-            Hot(addr << 6 | u64::from(self.slots_log2))
+            Hot(addr << HOT_MASK_BITS | (self.slots() - 1) as u64)
         }
     }
 
@@ -280,34 +362,45 @@ impl DenseBin {
 /// cache, where [`DenseBin`]s take 160 KiB; with 16-byte entries, 64 KiB,
 /// keyed-sum with one worker ran about 3 % slower): 0 for a bin without a
 /// table, [`HOT_DEEP`] for one the lookup reads the [`DenseBin`] of
-/// (several parts, or an address that does not fit), else the address of
-/// its one part's control bytes shifted left by 6, and its `slots_log2` (so
-/// one test tells a bin of one part). Where those control bytes lie in the
-/// file, read only to mark pages dirty one by one, is the [`DenseBin`]'s.
+/// (several parts, or an address wider than 48 bits), else the address of
+/// its one part's control bytes shifted left by [`HOT_MASK_BITS`], and its
+/// slots less one, the mask of a slot number, below it (so one shift tells
+/// a bin of one part, and the mask is one `and` away; a `slots_log2` there
+/// took three instructions more a lookup). Where those control bytes lie in
+/// the file, read only to mark pages dirty one by one, is the
+/// [`DenseBin`]'s.
 #[derive(Clone, Copy, Debug, Default)]
 struct Hot(u64);
 
 /// The [`Hot`] entry of a bin whose lookup reads its [`DenseBin`].
-const HOT_DEEP: u64 = 63;
+const HOT_DEEP: u64 = 1;
+/// Low bits of a [`Hot`] entry that hold a part's slot mask.
+const HOT_MASK_BITS: u32 = SLOTS_LOG2_MAX as u32;
 
 impl Hot {
     /// Whether this is a bin of one part, whose control bytes' address
     /// this entry holds.
     #[inline(always)]
     fn one_part(self) -> bool {
-        self.0 >> 6 != 0
+        self.0 >> HOT_MASK_BITS != 0
     }
 
     /// Where the control bytes of a bin of one part are mapped.
     #[inline(always)]
     fn ctrl(self) -> *const u8 {
-        std::ptr::with_exposed_provenance::<u8>((self.0 >> 6) as usize)
+        std::ptr::with_exposed_provenance::<u8>((self.0 >> HOT_MASK_BITS) as usize)
+    }
+
+    /// The slots of a bin of one part, less one.
+    #[inline(always)]
+    fn mask(self) -> usize {
+        (self.0 & ((1 << HOT_MASK_BITS) - 1)) as usize
     }
 
     /// The slots of a bin of one part.
     #[inline(always)]
     fn slots(self) -> usize {
-        1 << (self.0 & 63)
+        self.mask() + 1
     }
 }
 
@@ -444,17 +537,17 @@ pub(crate) fn find_slot(p: &Probe, stride: usize, hash: u64, key: &[u8]) -> Opti
         let tag = tag_of(hash);
         let mut i = hash as usize & mask;
         loop {
-            let g = p.ctrl.add(i).cast::<u64>().read_unaligned();
-            let mut m = match_tag(g, tag);
-            while m != 0 {
-                let j = (i + (m.trailing_zeros() / 8) as usize) & mask;
+            let g = Group::load(p.ctrl.add(i));
+            let mut m = g.match_tag(tag);
+            while !m.none() {
+                let j = (i + m.lowest()) & mask;
                 let k = std::slice::from_raw_parts(kv.add(j * stride), key.len());
                 if super::key_diff(k, key) == 0 {
                     return Some(j);
                 }
-                m &= m - 1;
+                m = m.rest();
             }
-            if match_empty(g) != 0 {
+            if !g.match_empty().none() {
                 return None;
             }
             i = (i + GROUP) & mask;
@@ -483,7 +576,7 @@ pub(crate) fn find(
 #[inline(always)]
 pub(crate) fn prefetch(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2: u8, hash: u64) {
     if let Some(p) = probe(d, file, bi, bins_log2, hash) {
-        prefetch_home(p.ctrl, p.slots, d.stride(), hash);
+        prefetch_home(p.ctrl, p.slots - 1, d.stride(), hash);
     }
 }
 
@@ -492,22 +585,20 @@ pub(crate) fn prefetch(d: &DenseTable, file: &SegmentFile, bi: usize, bins_log2:
 const PREFETCH_PAST_HOME: usize = 32;
 
 /// Prefetches the group of control bytes and the slot that a lookup of
-/// `hash` reads first, in the part of `slots` slots (of `stride` bytes)
-/// whose control bytes are at `ctrl`, and, in a part of more than the
-/// first part's 8 slots, the line [`PREFETCH_PAST_HOME`] bytes on: a key
-/// displaced from its home slot (one or two slots, often, with parts up to
-/// 7/8 full) lies there when the home slot is in the back half of its line;
-/// otherwise it is the same line. A part of 8 slots (a bin of at most 7
-/// keys: small state, in cache) gains nothing from it.
+/// `hash` reads first, in the part of `mask + 1` slots (of `stride` bytes)
+/// whose control bytes are at `ctrl`, and the line [`PREFETCH_PAST_HOME`]
+/// bytes on: a key displaced from its home slot (one or two slots, often,
+/// with parts up to 7/8 full) lies there when the home slot is in the back
+/// half of its line; otherwise it is the same line. (A part of 8 slots, a
+/// bin of at most 7 keys, gains nothing from it, but testing for one cost
+/// more than the prefetch: it is in cache.)
 #[inline(always)]
-fn prefetch_home(ctrl: *const u8, slots: usize, stride: usize, hash: u64) {
-    let i = hash as usize & (slots - 1);
+fn prefetch_home(ctrl: *const u8, mask: usize, stride: usize, hash: u64) {
+    let i = hash as usize & mask;
     prefetch_ptr(ctrl.wrapping_add(i));
-    let home = ctrl.wrapping_add(kv_off(slots) + i * stride);
+    let home = ctrl.wrapping_add(kv_off(mask + 1) + i * stride);
     prefetch_ptr(home);
-    if slots > 1 << SLOTS_LOG2_MIN {
-        prefetch_ptr(home.wrapping_add(PREFETCH_PAST_HOME));
-    }
+    prefetch_ptr(home.wrapping_add(PREFETCH_PAST_HOME));
 }
 
 /// Where the value of `key` (of `hash`) is, in bin `bi` of `d`: its
@@ -1228,15 +1319,15 @@ impl Ahead {
         // The one-part case of `probe` written out again: with the rest of
         // `probe` inlined here too, keyed-sum took 139.8 instructions a
         // record instead of 136.9.
-        let (ctrl, slots, loc) = match d.hot.get(bi) {
-            Some(h) if h.one_part() => (h.ctrl(), h.slots(), if ALL { 0 } else { d.bins[bi].ctrl_loc() }),
+        let (ctrl, mask, loc) = match d.hot.get(bi) {
+            Some(h) if h.one_part() => (h.ctrl(), h.mask(), if ALL { 0 } else { d.bins[bi].ctrl_loc() }),
             _ => match probe(d, file, bi, bins_log2, hash) {
-                Some(p) => (p.ctrl, p.slots, p.ctrl_loc),
+                Some(p) => (p.ctrl, p.slots - 1, p.ctrl_loc),
                 None => return (Ahead::NONE, 0),
             },
         };
-        prefetch_home(ctrl, slots, stride, hash);
-        (Ahead { ctrl, mask: slots - 1 }, if ALL { 0 } else { loc })
+        prefetch_home(ctrl, mask, stride, hash);
+        (Ahead { ctrl, mask }, if ALL { 0 } else { loc })
     }
 }
 
@@ -1246,10 +1337,9 @@ fn first_empty(ctrl: &[u8], hash: u64, slots: usize) -> usize {
     let mask = slots - 1;
     let mut i = hash as usize & mask;
     loop {
-        let g = super::record::u64_at(ctrl, i);
-        let e = match_empty(g);
-        if e != 0 {
-            return (i + (e.trailing_zeros() / 8) as usize) & mask;
+        let e = Group::at(ctrl, i).match_empty();
+        if !e.none() {
+            return (i + e.lowest()) & mask;
         }
         i = (i + GROUP) & mask;
     }
@@ -1462,20 +1552,32 @@ mod tests {
         assert_eq!(rest, want);
     }
 
+    /// The bytes of `m`, lowest first.
+    fn all(mut m: Matches) -> Vec<usize> {
+        let mut v = Vec::new();
+        while !m.none() {
+            v.push(m.lowest());
+            m = m.rest();
+        }
+        v
+    }
+
     #[test]
     fn tag_and_empty_matching_are_exact_where_it_matters() {
         // Control bytes: empty, tag 0x85, tag 0x84 (differs in the lowest
         // bit), empty, tag 0x85, ...
         let bytes = [0x00u8, 0x85, 0x84, 0x00, 0x85, 0xff, 0x80, 0x00];
-        let g = u64::from_le_bytes(bytes);
-        let m = match_tag(g, 0x85);
-        let hits: Vec<usize> = (0..8).filter(|b| m & (0x80 << (b * 8)) != 0).collect();
+        let g = Group::at(&bytes, 0);
+        let hits = all(g.match_tag(0x85));
         // Every true match is found; no empty byte is a candidate.
         assert!(hits.contains(&1) && hits.contains(&4), "{hits:?}");
         assert!(!hits.contains(&0) && !hits.contains(&3) && !hits.contains(&7), "{hits:?}");
-        let e = match_empty(g);
-        let empties: Vec<usize> = (0..8).filter(|b| e & (0x80 << (b * 8)) != 0).collect();
-        assert_eq!(empties, vec![0, 3, 7]);
+        assert_eq!(all(g.match_empty()), vec![0, 3, 7]);
+        // A full group has no empty byte; a tag found nowhere, no match.
+        let full = [0x81u8; GROUP];
+        assert!(Group::at(&full, 0).match_empty().none());
+        assert!(Group::at(&full, 0).match_tag(0x82).none());
+        assert_eq!(all(Group::at(&full, 0).match_tag(0x81)), (0..GROUP).collect::<Vec<_>>());
     }
 
     #[test]
