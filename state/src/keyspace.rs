@@ -68,10 +68,16 @@ pub type Bin = u32;
 /// The bin of a key hash when the space has `2^bins_log2` bins: its top bits.
 #[inline(always)]
 pub fn bin_of(hash: u64, bins_log2: u8) -> Bin {
+    bin_number(hash, bins_log2) as Bin
+}
+
+/// [`bin_of`] as a `u64`, for use as an index without a conversion.
+#[inline(always)]
+pub fn bin_number(hash: u64, bins_log2: u8) -> u64 {
     debug_assert!(bins_log2 <= BINS_LOG2_MAX);
     // Two shifts instead of a branch for `bins_log2 == 0` (a shift by 64
     // is not defined): on the per-record path of routing and state.
-    ((hash >> 1) >> (63 - u32::from(bins_log2))) as Bin
+    (hash >> 1) >> (63 - u32::from(bins_log2))
 }
 
 /// A contiguous, half-open run of bins `start..end`: a key range.

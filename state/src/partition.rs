@@ -57,7 +57,10 @@ impl StateStore {
                 restored_sig: t.restored_sig.clone(),
                 unverified: t.unverified,
                 bins: (0..bins.len()).map(|_| Default::default()).collect(),
-                dense: t.dense.as_ref().map(|d| DenseTable::new(d.key_len, d.val_len, bins.len() as usize)),
+                dense: t
+                    .dense
+                    .as_ref()
+                    .map(|d| DenseTable::new(d.key_len, d.val_len, bins, self.config.bins_log2)),
                 len: 0,
             });
         }
@@ -75,13 +78,16 @@ impl StateStore {
                 let mut ix = t.bins.remove(bi);
                 t.len -= ix.len();
                 ix.release(&mut self.index);
-                if let Some(d) = &mut t.dense {
-                    t.len -= d.remove_bin(bi).len();
-                }
             }
         }
-        self.bins =
+        let left =
             if at_start { BinRange::new(bins.end, mine.end) } else { BinRange::new(mine.start, bins.start) };
+        for t in &mut self.tables {
+            if let Some(d) = &mut t.dense {
+                t.len -= d.remove_bins(first..first + bins.len() as usize, left.start as usize);
+            }
+        }
+        self.bins = left;
         self.chain.need_full = true;
         new.chain.need_full = true;
         Ok(new)
@@ -154,7 +160,10 @@ impl StateStore {
                 restored_sig: t.restored_sig.clone(),
                 unverified: t.unverified,
                 bins: (0..mine.len()).map(|_| Default::default()).collect(),
-                dense: t.dense.as_ref().map(|d| DenseTable::new(d.key_len, d.val_len, mine.len() as usize)),
+                dense: t
+                    .dense
+                    .as_ref()
+                    .map(|d| DenseTable::new(d.key_len, d.val_len, mine, self.config.bins_log2)),
                 len: 0,
             });
         }
@@ -178,7 +187,7 @@ impl StateStore {
             }
             t.bins.splice(offset..offset, (0..n).map(|_| Default::default()));
             if let Some(d) = &mut t.dense {
-                d.insert_bins(offset, n, mine.is_empty());
+                d.insert_bins(offset, n, mine.is_empty(), range.start as usize);
             }
         }
         self.bins = range;

@@ -468,7 +468,8 @@ impl StateStore {
                             });
                         }
                     } else if t.len == 0 {
-                        t.dense = dense.map(|(k, v)| dense::DenseTable::new(k, v, nbins));
+                        t.dense = dense
+                            .map(|(k, v)| dense::DenseTable::new(k, v, self.bins, self.config.bins_log2));
                     }
                     t.sig = Some(s);
                     t.restored_sig = None;
@@ -498,7 +499,7 @@ impl StateStore {
             restored_sig: None,
             unverified: false,
             bins,
-            dense: dense.map(|(k, v)| dense::DenseTable::new(k, v, nbins)),
+            dense: dense.map(|(k, v)| dense::DenseTable::new(k, v, self.bins, self.config.bins_log2)),
             len: 0,
         });
         Ok(id)

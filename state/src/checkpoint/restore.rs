@@ -284,7 +284,6 @@ impl StateStore {
     /// table's parts)`: the tables they belong to become dense tables of
     /// their slot sizes.
     fn install_dense(&mut self, id: u64, dense: Vec<(usize, Vec<PartInfo>)>) -> Result<(), StateError> {
-        let nbins = self.bins.len() as usize;
         for (bi, parts) in dense {
             let Some(f) = parts.first() else {
                 continue;
@@ -292,7 +291,9 @@ impl StateStore {
             let (ti, key_len, val_len) = (usize::from(f.table), f.key_len, f.val_len);
             let table = &mut self.tables[ti];
             match &table.dense {
-                None => table.dense = Some(DenseTable::new(key_len, val_len, nbins)),
+                None => {
+                    table.dense = Some(DenseTable::new(key_len, val_len, self.bins, self.config.bins_log2))
+                }
                 Some(d) if (d.key_len, d.val_len) == (key_len, val_len) => {}
                 Some(_) => {
                     let bin = self.bins.start + bi as u32;

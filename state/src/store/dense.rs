@@ -62,7 +62,7 @@ use super::{kill, prefetch_ptr, ListItems, SegmentFile, StateStore};
 use super::{TableId, TypeSig};
 use crate::error::StateError;
 use crate::fixed::{FixedBuf, FIXED_MAX};
-use crate::keyspace::Bin;
+use crate::keyspace::{Bin, BinRange};
 
 /// Control bytes compared at once: one `u64`.
 pub(crate) const GROUP: usize = 8;
@@ -172,7 +172,9 @@ impl Group {
             use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set1_epi8};
             // SAFETY: SSE2 is part of x86-64. The upper 8 bytes of the
             // group are 0 and `tag` has its high bit set: they never match.
-            return unsafe { Matches(_mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) as u32) };
+            return unsafe {
+                Matches(_mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) as u32)
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -404,48 +406,90 @@ impl Hot {
     }
 }
 
-/// The dense side of a table: its slot shape and one [`DenseBin`] per owned
-/// bin.
+/// The dense side of a table: its slot shape, one [`DenseBin`] per owned
+/// bin and one lookup entry per bin of the key space.
 #[derive(Clone, Debug)]
 pub(crate) struct DenseTable {
     /// Key bytes of a slot.
     pub(crate) key_len: usize,
     /// Value bytes of a slot.
     pub(crate) val_len: usize,
-    /// Change only through [`DenseTable::set_bin`] and the other methods,
-    /// which keep `hot` in step.
+    /// The owned bins, from bin `first` on. Change only through
+    /// [`DenseTable::set_bin`] and the other methods, which keep `hot` in
+    /// step.
     pub(crate) bins: Vec<DenseBin>,
-    /// What a lookup needs of each bin (see [`Hot`]).
+    /// The bin (of the key space) of `bins[0]`.
+    first: usize,
+    /// What a lookup needs of each bin of the key space (see [`Hot`]), by
+    /// the bin's number, so that a burst's lookahead reaches it from a
+    /// hash in one shift, with no subtraction or bounds test: `2^bins_log2`
+    /// entries, 0 (no table) for every bin not owned.
     hot: Vec<Hot>,
 }
 
 impl DenseTable {
-    /// An empty dense table of `bins` bins.
-    pub(crate) fn new(key_len: usize, val_len: usize, bins: usize) -> Self {
-        Self { key_len, val_len, bins: vec![DenseBin::default(); bins], hot: vec![Hot::default(); bins] }
+    /// An empty dense table of the bins `bins` of a space of
+    /// `2^bins_log2`.
+    pub(crate) fn new(key_len: usize, val_len: usize, bins: BinRange, bins_log2: u8) -> Self {
+        Self {
+            key_len,
+            val_len,
+            bins: vec![DenseBin::default(); bins.len() as usize],
+            first: bins.start as usize,
+            hot: vec![Hot::default(); 1 << bins_log2],
+        }
     }
 
     /// Replaces bin `bi` (whose parts are in `file`, the store's).
     pub(crate) fn set_bin(&mut self, bi: usize, db: DenseBin, file: &SegmentFile) {
-        self.hot[bi] = db.hot(file);
+        self.hot[self.first + bi] = db.hot(file);
         self.bins[bi] = db;
     }
 
-    /// Removes bin `bi` (the bins after it move down one).
-    pub(crate) fn remove_bin(&mut self, bi: usize) -> DenseBin {
-        self.hot.remove(bi);
-        self.bins.remove(bi)
+    /// Removes the bins `at` (the first or the last of the owned bins),
+    /// returning how many entries they held; the bins owned from then on
+    /// start at bin `first`.
+    pub(crate) fn remove_bins(&mut self, at: std::ops::Range<usize>, first: usize) -> usize {
+        for bi in at.clone() {
+            self.hot[self.first + bi] = Hot::default();
+        }
+        let entries = self.bins.drain(at).map(|db| db.len()).sum();
+        self.first = first;
+        entries
     }
 
     /// Inserts `n` bins without a table at `at` (after dropping every bin,
-    /// with `clear`).
-    pub(crate) fn insert_bins(&mut self, at: usize, n: usize, clear: bool) {
+    /// with `clear`); the bins owned from then on start at bin `first`.
+    pub(crate) fn insert_bins(&mut self, at: usize, n: usize, clear: bool, first: usize) {
         if clear {
             self.bins.clear();
-            self.hot.clear();
+            self.hot.fill(Hot::default());
         }
         self.bins.splice(at..at, (0..n).map(|_| DenseBin::default()));
-        self.hot.splice(at..at, (0..n).map(|_| Hot::default()));
+        self.first = first;
+    }
+
+    /// The lookup entry of bin `bin` (of the key space).
+    ///
+    /// # Safety
+    ///
+    /// `bin` must be below `2^bins_log2` (as [`crate::keyspace::bin_of`]
+    /// gives), the length of `hot`.
+    #[inline(always)]
+    unsafe fn hot_of(&self, bin: usize) -> Hot {
+        debug_assert!(bin < self.hot.len());
+        // SAFETY: the caller's.
+        unsafe { *self.hot.get_unchecked(bin) }
+    }
+
+    /// The lookup entry of owned bin `bi`; `None` if not owned.
+    #[inline(always)]
+    fn hot_owned(&self, bi: usize) -> Option<Hot> {
+        if bi < self.bins.len() {
+            self.hot.get(self.first + bi).copied()
+        } else {
+            None
+        }
     }
 
     /// Key and value bytes of a slot.
@@ -504,7 +548,7 @@ pub(crate) fn probe(
     bins_log2: u8,
     hash: u64,
 ) -> Option<Probe> {
-    let h = *d.hot.get(bi)?;
+    let h = d.hot_owned(bi)?;
     // A bin of one part (the only kind with an address): its lookup entry
     // is already the answer.
     if h.one_part() {
@@ -974,7 +1018,7 @@ impl StateStore {
         mut key_of: impl FnMut(usize, &mut FixedBuf),
         mut update: impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
     ) -> Result<bool, StateError> {
-        let (bins_log2, bins_start) = (self.config.bins_log2, self.bins.start);
+        let bins_log2 = self.config.bins_log2;
         match self.tables.get(t).and_then(|t| t.dense.as_ref()) {
             Some(d) if (d.key_len, d.val_len) == (key_len, val_len) && key_len.max(val_len) <= FIXED_MAX => {}
             _ => return Ok(false),
@@ -991,7 +1035,7 @@ impl StateStore {
             let Some(d) = self.tables.get(t).and_then(|t| t.dense.as_ref()) else {
                 return Ok(false);
             };
-            let shape = RunShape { key_len, val_len, bins_log2, bins_start };
+            let shape = RunShape { key_len, val_len, bins_log2 };
             let file = &mut self.file;
             let stop = if all {
                 update_run::<true>(d, file, shape, hashes, &mut i, &mut key_of, &mut update)
@@ -1211,7 +1255,6 @@ struct RunShape {
     key_len: usize,
     val_len: usize,
     bins_log2: u8,
-    bins_start: u32,
 }
 
 /// A run of updates of keys that are there, from key `*i` on (see
@@ -1230,13 +1273,13 @@ fn update_run<const ALL: bool>(
     key_of: &mut impl FnMut(usize, &mut FixedBuf),
     update: &mut impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
 ) -> Stop {
-    let RunShape { key_len, val_len, bins_log2, bins_start } = shape;
+    let RunShape { key_len, val_len, bins_log2 } = shape;
     let stride = key_len + val_len;
     // The key and the new value of each update, encoded by the caller:
     // local to the run, so they need not live in memory (a missing key is
     // encoded again where it is inserted).
     let (mut kb, mut nb): (FixedBuf, FixedBuf) = ([0u8; FIXED_MAX], [0u8; FIXED_MAX]);
-    let bin = |h: u64| crate::keyspace::bin_of(h, bins_log2).wrapping_sub(bins_start) as usize;
+    let bin = |h: u64| crate::keyspace::bin_number(h, bins_log2) as usize;
     // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
     // that many updates ahead, and, when pages are marked one by one, where
     // their parts' control bytes lie (with `ALL` these are never read, and
@@ -1257,11 +1300,13 @@ fn update_run<const ALL: bool>(
                 Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
         }
         if a.ctrl.is_null() {
+            cold();
             break Stop::NotOwned;
         }
         let p = Probe { ctrl: a.ctrl, ctrl_loc, slots: a.mask + 1, part: 0 };
         key_of(*i, &mut kb);
         let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
+            cold();
             break Stop::Missing;
         };
         let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
@@ -1280,6 +1325,13 @@ fn update_run<const ALL: bool>(
         *i += 1;
     }
 }
+
+/// Marks the branch that calls it as rarely taken, so that the compiler
+/// lays out and allocates registers for the other (what
+/// `std::hint::cold_path` does, which this crate's minimum Rust lacks).
+#[cold]
+#[inline(never)]
+fn cold() {}
 
 /// Why a run of a burst's updates stopped.
 enum Stop {
@@ -1304,14 +1356,15 @@ struct Ahead {
 impl Ahead {
     const NONE: Ahead = Ahead { ctrl: std::ptr::null(), mask: 0 };
 
-    /// Where `hash` (in bin `bi` of `d`) is, with what its lookup reads
-    /// first prefetched: its group of control bytes and its home slot;
-    /// and, unless `ALL`, where its part's control bytes lie (else 0).
+    /// Where `hash` (in bin `bin` of the key space, a bin of `d` or not)
+    /// is, with what its lookup reads first prefetched: its group of
+    /// control bytes and its home slot; and, unless `ALL`, where its part's
+    /// control bytes lie (else 0).
     #[inline(always)]
     fn of<const ALL: bool>(
         d: &DenseTable,
         file: &SegmentFile,
-        bi: usize,
+        bin: usize,
         bins_log2: u8,
         stride: usize,
         hash: u64,
@@ -1319,12 +1372,16 @@ impl Ahead {
         // The one-part case of `probe` written out again: with the rest of
         // `probe` inlined here too, keyed-sum took 139.8 instructions a
         // record instead of 136.9.
-        let (ctrl, mask, loc) = match d.hot.get(bi) {
-            Some(h) if h.one_part() => (h.ctrl(), h.mask(), if ALL { 0 } else { d.bins[bi].ctrl_loc() }),
-            _ => match probe(d, file, bi, bins_log2, hash) {
+        // SAFETY: `bin` is `bin_of` a hash in a space of `2^bins_log2` bins.
+        let h = unsafe { d.hot_of(bin) };
+        let bi = bin.wrapping_sub(d.first);
+        let (ctrl, mask, loc) = if h.one_part() {
+            (h.ctrl(), h.mask(), if ALL { 0 } else { d.bins[bi].ctrl_loc() })
+        } else {
+            match probe(d, file, bi, bins_log2, hash) {
                 Some(p) => (p.ctrl, p.slots - 1, p.ctrl_loc),
                 None => return (Ahead::NONE, 0),
-            },
+            }
         };
         prefetch_home(ctrl, mask, stride, hash);
         (Ahead { ctrl, mask }, if ALL { 0 } else { loc })
@@ -1420,10 +1477,14 @@ mod tests {
         let Some(d) = s.tables[0].dense.as_ref() else {
             panic!("table 0 is not dense");
         };
-        assert_eq!(d.hot.len(), d.bins.len());
+        assert_eq!(d.hot.len(), 1 << s.config.bins_log2);
+        let owned = d.first..d.first + d.bins.len();
+        for (b, h) in d.hot.iter().enumerate() {
+            assert!(owned.contains(&b) || h.0 == 0, "bin {b} is not owned, yet has a lookup entry {h:?}");
+        }
         let (mut one, mut other) = (0, 0);
         for (bi, db) in d.bins.iter().enumerate() {
-            let h = d.hot[bi];
+            let h = d.hot[d.first + bi];
             if !db.exists() {
                 assert_eq!(h.0, 0, "bin {bi} has no table");
                 continue;
@@ -1461,6 +1522,54 @@ mod tests {
         // What the entries say is what the lookups find.
         for k in 0..600u64 {
             assert_eq!(sums.get(&s, hash_u64(k), &k), Some(k), "key {k}");
+        }
+    }
+
+    #[test]
+    fn lookup_entries_follow_their_bins_through_split_and_merge() {
+        // 8 bins; a store owning all of them gives away its first two and
+        // its last two, then takes both back.
+        let cfg = |d: &tempfile::TempDir| StoreConfig::new(d.path(), 3).with_segment_bytes(4096);
+        let (da, db, dc) = (tmp(), tmp(), tmp());
+        let mut s = ok(StateStore::create(cfg(&da), BinRange::all(3)));
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        let keys: Vec<u64> = (0..400).collect();
+        let hashes: Vec<u64> = keys.iter().map(|&k| hash_u64(k)).collect();
+        // Every update of a burst adds the key's number to its sum.
+        let burst = |s: &mut StateStore, sums: &mut ValueState<u64, u64>, hashes: &[u64], keys: &[u64]| {
+            sums.update_burst(s, hashes, keys, |i, old| old.unwrap_or(0) + keys[i], |_, _| {})
+        };
+        ok(burst(&mut s, &mut sums, &hashes, &keys));
+        check_lookup_entries(&s);
+        let head = ok(s.split_off_into(BinRange::new(0, 2), cfg(&db)));
+        let mut tail = ok(s.split_off_into(BinRange::new(6, 8), cfg(&dc)));
+        for st in [&s, &head, &tail] {
+            let (one, other) = check_lookup_entries(st);
+            assert!(one + other > 0, "the store has bins with tables");
+        }
+        // A burst of the remaining store's keys finds each one (a second
+        // update each), and one of a key whose bin went away fails rather
+        // than being taken for a missing key and inserted.
+        let mine: Vec<usize> =
+            (0..keys.len()).filter(|&i| (2..6).contains(&crate::bin_of(hashes[i], 3))).collect();
+        let (mh, mk): (Vec<u64>, Vec<u64>) = mine.iter().map(|&i| (hashes[i], keys[i])).unzip();
+        ok(burst(&mut s, &mut sums, &mh, &mk));
+        let gone = (0..keys.len()).find(|&i| crate::bin_of(hashes[i], 3) >= 6).unwrap_or(0);
+        assert!(burst(&mut s, &mut sums, &hashes[gone..gone + 1], &keys[gone..gone + 1]).is_err());
+        // The tail comes back: its keys are found through their entries.
+        let mut tail_sums = ok(ValueState::<u64, u64>::register(&mut tail, "sums"));
+        assert_eq!(tail_sums.get(&tail, hashes[gone], &keys[gone]), Some(keys[gone]));
+        // The tail comes back after the store's bins, the head before
+        // them (the owned bins start elsewhere then).
+        ok(s.merge(tail));
+        check_lookup_entries(&s);
+        ok(s.merge(head));
+        check_lookup_entries(&s);
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        ok(burst(&mut s, &mut sums, &hashes, &keys));
+        for (&h, &k) in hashes.iter().zip(&keys) {
+            let updates = if (2..6).contains(&crate::bin_of(h, 3)) { 3 } else { 2 };
+            assert_eq!(sums.get(&s, h, &k), Some(updates * k), "key {k}");
         }
     }
 
