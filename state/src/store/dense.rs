@@ -172,9 +172,7 @@ impl Group {
             use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set1_epi8};
             // SAFETY: SSE2 is part of x86-64. The upper 8 bytes of the
             // group are 0 and `tag` has its high bit set: they never match.
-            return unsafe {
-                Matches(_mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) as u32)
-            };
+            unsafe { Matches(_mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(tag as i8))) as u32) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
