@@ -170,12 +170,50 @@ pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
         offset: 0,
         burst: p.burst,
     };
-    let keys = FastMod::new(keys);
-    df.generate("source", spec, move |i| (keys.rem(i), i), |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
+    let records = KeyedSumRecords { keys: FastMod::new(keys) };
+    df.generate_runs("source", spec, records, |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
         "sum",
         || 0u64,
         |s, r| *s += r.1,
     )
+}
+
+/// The records of `keyed-sum`: record `i` is `(i % keys, i)`. A run of
+/// them carries the key from one record to the next (the stride's
+/// remainder added, less `keys` when that passes them) instead of working
+/// out a remainder for each: 16 instructions a record made 10, and
+/// keyed-sum with one worker x1.13 (7 rounds of 40 M records).
+pub struct KeyedSumRecords {
+    /// The number of keys.
+    pub keys: FastMod,
+}
+
+impl Records<(u64, u64)> for KeyedSumRecords {
+    #[inline(always)]
+    fn at(&self, i: u64) -> (u64, u64) {
+        (self.keys.rem(i), i)
+    }
+
+    #[inline(always)]
+    fn run(
+        &self,
+        first: u64,
+        stride: u64,
+        n: usize,
+        meta: spate_core::Meta,
+        out: &mut Vec<((u64, u64), spate_core::Meta)>,
+    ) {
+        let d = self.keys.d;
+        // The key after one of `key`, for `key < d`: never past `u64::MAX`.
+        let (step, wrap) = (self.keys.rem(stride), d - self.keys.rem(stride));
+        let (mut key, mut i) = (self.keys.rem(first), first);
+        out.extend((0..n).map(|_| {
+            let r = ((key, i), meta);
+            key = if key >= wrap { key - wrap } else { key + step };
+            i = i.wrapping_add(stride);
+            r
+        }));
+    }
 }
 
 /// `i % d` for a divisor fixed at run time, without a division: a
@@ -267,6 +305,27 @@ pub fn wordcount(df: &Dataflow, p: &WordcountParams) -> Stream<(String, u64, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_sum_runs_are_records_one_by_one() {
+        let meta = spate_core::Meta { ingest_ns: 7 };
+        for keys in [1, 2, 3, 10, 100_000, u64::MAX - 1, u64::MAX] {
+            let r = KeyedSumRecords { keys: FastMod::new(keys) };
+            for (first, stride) in
+                [(0, 1), (1, 2), (5, 3), (99_999, 16), (u64::MAX - 400, 7), (keys - 1, keys)]
+            {
+                // A generator's indices stay below u64::MAX.
+                if stride.checked_mul(39).and_then(|s| s.checked_add(first)).is_none() {
+                    continue;
+                }
+                let mut run = Vec::new();
+                r.run(first, stride, 40, meta, &mut run);
+                let one_by_one: Vec<_> = (0..40u64).map(|k| (r.at(first + k * stride), meta)).collect();
+                assert_eq!(run, one_by_one, "keys {keys}, first {first}, stride {stride}");
+                assert!(run.iter().all(|((key, i), _)| key == &(i % keys)), "keys {keys}");
+            }
+        }
+    }
 
     #[test]
     fn fast_mod_is_the_remainder() {

@@ -47,10 +47,10 @@ impl GeneratorSpec {
 /// the resume point. The watermark after a step is `event_time(next
 /// index)`: `event_time` must not decrease with `i`.
 ///
-/// `M` and `E` are the types of `make` and `event_time`: the query's own
-/// closures (shared by the workers' instances, not type-erased, so that a
-/// step calls them directly), or trait objects.
-pub struct Generator<T, M: ?Sized = dyn Fn(u64) -> T, E: ?Sized = dyn Fn(u64) -> Timestamp> {
+/// `M` and `E` are the types of `make` (the [`Records`]) and `event_time`:
+/// the query's own (shared by the workers' instances, not type-erased, so
+/// that a step calls them directly), or trait objects.
+pub struct Generator<T, M: ?Sized = dyn Records<T>, E: ?Sized = dyn Fn(u64) -> Timestamp> {
     make: Rc<M>,
     event_time: Rc<E>,
     next: u64,
@@ -79,12 +79,39 @@ impl<T, M: ?Sized, E: ?Sized> Generator<T, M, E> {
     }
 }
 
-/// Appends records `make(first)`, `make(first + stride)`, ... (`n` of
-/// them) to `out`, all ingested at `now`. Not inlined: as a parameter,
+/// What a [`Generator`] makes: record `i` of each index `i`. Every
+/// closure `Fn(u64) -> T` is one (as [`FnRecords`], see
+/// [`SourceExt::generate`]); a type of its own may also make a run of
+/// records faster than one index at a time, by carrying from one record to
+/// the next what they share (see [`SourceExt::generate_runs`]).
+pub trait Records<T> {
+    /// Record `i`.
+    fn at(&self, i: u64) -> T;
+
+    /// Appends records `at(first)`, `at(first + stride)`, ... (`n` of
+    /// them) to `out`, each with `meta`: what `at` gives, in that order.
+    #[inline(always)]
+    fn run(&self, first: u64, stride: u64, n: usize, meta: Meta, out: &mut Vec<(T, Meta)>) {
+        out.extend((0..n as u64).map(|k| (self.at(first + k * stride), meta)));
+    }
+}
+
+/// A closure `Fn(u64) -> T` as the [`Records`] of a generator.
+pub struct FnRecords<F>(pub F);
+
+impl<T, F: Fn(u64) -> T> Records<T> for FnRecords<F> {
+    #[inline(always)]
+    fn at(&self, i: u64) -> T {
+        (self.0)(i)
+    }
+}
+
+/// Appends records `make.at(first)`, `make.at(first + stride)`, ... (`n`
+/// of them) to `out`, all ingested at `now`. Not inlined: as a parameter,
 /// `make` is known not to change while `out` is written, so what it
 /// captured stays in registers through the loop.
 #[inline(never)]
-fn fill<T, M: Fn(u64) -> T + ?Sized>(
+fn fill<T, M: Records<T> + ?Sized>(
     out: &mut Vec<(T, Meta)>,
     make: &M,
     first: u64,
@@ -92,10 +119,10 @@ fn fill<T, M: Fn(u64) -> T + ?Sized>(
     n: usize,
     now: u64,
 ) {
-    out.extend((0..n as u64).map(|k| (make(first + k * stride), Meta { ingest_ns: now })));
+    make.run(first, stride, n, Meta { ingest_ns: now }, out);
 }
 
-impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for Generator<T, M, E> {
+impl<T, M: Records<T> + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for Generator<T, M, E> {
     fn step(&mut self, out: &mut dyn Push<T>, max: usize) -> Step {
         let now = now_ns();
         if self.start_ns == 0 {
@@ -110,7 +137,7 @@ impl<T, M: Fn(u64) -> T + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> fo
                     if due > now {
                         break;
                     }
-                    burst.push(((self.make)(self.next), Meta { ingest_ns: due }));
+                    burst.push((self.make.at(self.next), Meta { ingest_ns: due }));
                     self.next += self.stride;
                     n += 1;
                 }
@@ -334,12 +361,23 @@ impl<T> Source<T> for InputReader<T> {
 
 /// Sources on a dataflow.
 pub trait SourceExt {
-    /// A deterministic generator (see [`Generator`]) on every worker.
+    /// A deterministic generator (see [`Generator`]) on every worker:
+    /// record `i` is `make(i)`.
     fn generate<T: Data>(
         &self,
         name: &str,
         spec: GeneratorSpec,
         make: impl Fn(u64) -> T + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T>;
+
+    /// As [`SourceExt::generate`], with the records made by `records`,
+    /// which may make a step's run of them at once.
+    fn generate_runs<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        records: impl Records<T> + 'static,
         event_time: impl Fn(u64) -> Timestamp + 'static,
     ) -> Stream<T>;
 
@@ -365,7 +403,17 @@ impl SourceExt for Dataflow {
         make: impl Fn(u64) -> T + 'static,
         event_time: impl Fn(u64) -> Timestamp + 'static,
     ) -> Stream<T> {
-        let (make, event_time) = (Rc::new(make), Rc::new(event_time));
+        self.generate_runs(name, spec, FnRecords(make), event_time)
+    }
+
+    fn generate_runs<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        records: impl Records<T> + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T> {
+        let (make, event_time) = (Rc::new(records), Rc::new(event_time));
         self.source(name, Parallelism::PerWorker, move |ctx| {
             let end = spec.records.map(|r| spec.offset.saturating_add(r)).unwrap_or(u64::MAX);
             Generator {
