@@ -171,11 +171,12 @@ pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
         burst: p.burst,
     };
     let records = KeyedSumRecords { keys: FastMod::new(keys) };
-    df.generate_runs("source", spec, records, |i| i).key_by("by-key", |r: &(u64, u64)| r.0).fold(
-        "sum",
-        || 0u64,
-        |s, r| *s += r.1,
-    )
+    df.generate_runs("source", spec, records, |i| i)
+        .key_by("by-key", |r: &(u64, u64)| r.0)
+        // Its state holds a sum for each key it sees (timely's peer sizes
+        // its hash map alike).
+        .expect_keys(keys.min(p.records))
+        .fold("sum", || 0u64, |s, r| *s += r.1)
 }
 
 /// The records of `keyed-sum`: record `i` is `(i % keys, i)`. A run of

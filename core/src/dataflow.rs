@@ -329,7 +329,11 @@ impl<T: Data> Stream<T> {
             let routing = RoutingTable::uniform(wb.config.bins_log2, wb.workers);
             exchange::make_sender::<T, K, F>(wb, edge, routing, k2.clone())
         }));
-        KeyedStream { stream: Stream { df: self.df.clone(), consumers: downstream }, key }
+        KeyedStream {
+            stream: Stream { df: self.df.clone(), consumers: downstream },
+            key,
+            expected_keys: None,
+        }
     }
 
     /// A fused two-input operator over this stream (first input) and
@@ -393,11 +397,13 @@ impl<T: Data> Stream<T> {
 pub struct KeyedStream<K, T> {
     stream: Stream<T>,
     key: Rc<dyn Fn(&T) -> K>,
+    /// See [`KeyedStream::expect_keys`].
+    expected_keys: Option<u64>,
 }
 
 impl<K, T> Clone for KeyedStream<K, T> {
     fn clone(&self) -> Self {
-        Self { stream: self.stream.clone(), key: self.key.clone() }
+        Self { stream: self.stream.clone(), key: self.key.clone(), expected_keys: self.expected_keys }
     }
 }
 
@@ -432,6 +438,22 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// The underlying (partitioned) stream.
     pub fn stream(&self) -> &Stream<T> {
         &self.stream
+    }
+
+    /// A sizing hint, as a hash map's capacity: about how many distinct
+    /// keys the stream has (over all instances). An operator that keeps a
+    /// value per key makes room for its instance's share when it starts,
+    /// instead of growing into it table rebuild by table rebuild; more
+    /// keys than that are still taken. The hint is not kept in
+    /// checkpoints.
+    pub fn expect_keys(mut self, keys: u64) -> Self {
+        self.expected_keys = Some(keys);
+        self
+    }
+
+    /// The hint given with [`KeyedStream::expect_keys`], if any.
+    pub fn expected_keys(&self) -> Option<u64> {
+        self.expected_keys
     }
 
     /// A stateful one-input operator on the keyed stream: `make` receives the

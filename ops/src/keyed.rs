@@ -289,11 +289,13 @@ where
     }
 }
 
-/// Opens a [`PerKey`] instance (its store and value table) for `ctx`.
+/// Opens a [`PerKey`] instance (its store and value table, with room for
+/// its share of `expected_keys` keys if given) for `ctx`.
 fn per_key<K, T, V, O, S, E>(
     ctx: &InstanceCtx<'_>,
     key: KeyFn<K, T>,
     out: BoxPush<O>,
+    expected_keys: Option<u64>,
     step: S,
     emit: E,
 ) -> BoxPush<T>
@@ -307,6 +309,9 @@ where
 {
     stateful(ctx, |Opened { mut store, saver, .. }| {
         let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
+        if let Some(keys) = expected_keys {
+            acc.reserve(&mut store, keys).map_err(|e| e.to_string())?;
+        }
         Ok(Box::new(PerKey {
             store,
             acc,
@@ -350,7 +355,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
         // Shared by the workers' instances, but not type-erased: each
         // instance's step calls the user's functions directly (inlined into
         // its burst loop), not through a virtual call per record.
-        let (init, f) = (Rc::new(init), Rc::new(f));
+        let (init, f, expected) = (Rc::new(init), Rc::new(f), self.expected_keys());
         self.keyed_unary(name, move |ctx, key, out| {
             let (init, f) = (init.clone(), f.clone());
             let step = move |old: Option<A>, rec: &T| {
@@ -358,12 +363,12 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                 f(&mut a, rec);
                 a
             };
-            per_key(ctx, key, out, step, |k, a| (k, a))
+            per_key(ctx, key, out, expected, step, |k, a| (k, a))
         })
     }
 
     fn reduce(&self, name: &str, f: impl Fn(&T, &T) -> T + 'static) -> Stream<T> {
-        let f = Rc::new(f);
+        let (f, expected) = (Rc::new(f), self.expected_keys());
         self.keyed_unary(name, move |ctx, key, out| {
             let f = f.clone();
             // A key's first record is its value: the one clone per key.
@@ -371,7 +376,7 @@ impl<K: Key, T: Data> KeyedExt<K, T> for KeyedStream<K, T> {
                 Some(a) => f(&a, rec),
                 None => rec.clone(),
             };
-            per_key(ctx, key, out, step, |_, v| v)
+            per_key(ctx, key, out, expected, step, |_, v| v)
         })
     }
 }

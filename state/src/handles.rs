@@ -127,6 +127,16 @@ impl<K: Record, V: Record> ValueState<K, V> {
         self.table
     }
 
+    /// Makes room for about `keys` keys over the whole key space (this
+    /// store's share of them, by its bins), as a hash map's capacity does:
+    /// a hint, so that a table whose size is known up front does not grow
+    /// into it one rebuild after another. Only a dense table (fixed-layout
+    /// keys and values) takes it; bins that hold state already are left as
+    /// they are.
+    pub fn reserve(&self, store: &mut StateStore, keys: u64) -> Result<(), StateError> {
+        store.dense_reserve(self.table.index(), keys)
+    }
+
     /// Calls `f` with the archived value of `key`, read in place.
     pub fn with<R>(
         &mut self,

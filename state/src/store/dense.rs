@@ -1150,6 +1150,56 @@ impl StateStore {
             let bin = self.bins.start + bi as u32;
             return Err(StateError::DenseBinFull { bin, keys: old.len() as u64 });
         }
+        self.dense_build(ti, bi, depth, slots_log2)
+    }
+
+    /// Makes room in dense table `ti` for about `keys` keys in the whole
+    /// key space (a hint, as a hash map's capacity): each owned bin
+    /// without a table gets its first part, with slots for its share of
+    /// them (`keys / 2^bins_log2`) under the 7/8 load, or as many as fit in
+    /// a segment. Bins that hash more keys than their share grow past it as
+    /// they must: sized for a quarter more than the share and four, every
+    /// bin of keyed-sum at 100 000 keys got twice the slots, and it ran
+    /// slower (×1.044 against no hint, where the share gave ×1.068). Bins
+    /// with a table (restored state) are left as they are.
+    pub(crate) fn dense_reserve(&mut self, ti: usize, keys: u64) -> Result<(), StateError> {
+        let stride = match self.tables.get(ti).and_then(|t| t.dense.as_ref()) {
+            Some(d) => d.stride(),
+            None => return Ok(()),
+        };
+        let share = keys >> self.config.bins_log2;
+        let want = usize::try_from(share).unwrap_or(usize::MAX);
+        let seg = self.file.segment_bytes() as usize;
+        let fits = |log2: u8| log2 <= SLOTS_LOG2_MAX && HEADER + payload_bytes(log2, stride) <= seg;
+        let mut slots_log2 = SLOTS_LOG2_MIN;
+        while load_max(1 << slots_log2) < want && fits(slots_log2 + 1) {
+            slots_log2 += 1;
+        }
+        // A bin's first part has the fewest slots anyway: made when its
+        // first key comes, not now for bins that may never have one.
+        if slots_log2 == SLOTS_LOG2_MIN || !fits(slots_log2) {
+            return Ok(());
+        }
+        for bi in 0..self.bins.len() as usize {
+            if !self.dense_bin(ti, bi).exists() {
+                self.dense_build(ti, bi, 0, slots_log2)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds bin `bi` of dense table `ti` as `2^depth` parts of
+    /// `2^slots_log2` slots each (which must hold its entries and fit in a
+    /// segment), its entries moved into them. On error the bin is as it
+    /// was.
+    fn dense_build(&mut self, ti: usize, bi: usize, depth: u8, slots_log2: u8) -> Result<(), StateError> {
+        let bins_log2 = self.config.bins_log2;
+        let (key_len, val_len) = match &self.tables[ti].dense {
+            Some(d) => (d.key_len, d.val_len),
+            None => return Ok(()),
+        };
+        let stride = key_len + val_len;
+        let old = self.dense_bin(ti, bi).clone();
         let slots = 1usize << slots_log2;
         let size = HEADER + payload_bytes(slots_log2, stride);
         let bin_hash = if bins_log2 == 0 {
@@ -1578,6 +1628,40 @@ mod tests {
             let updates = if (2..6).contains(&crate::bin_of(h, 3)) { 3 } else { 2 };
             assert_eq!(sums.get(&s, h, &k), Some(updates * k), "key {k}");
         }
+    }
+
+    #[test]
+    fn reserve_gives_each_bin_its_share_up_front() {
+        let dir = tmp();
+        // 8 bins; 160 keys are 20 a bin: 32 slots (28 under the 7/8 load).
+        let mut s = ok(StateStore::create(StoreConfig::new(dir.path(), 3), BinRange::all(3)));
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        let slots = |s: &StateStore| -> Vec<u8> {
+            s.tables[0]
+                .dense
+                .as_ref()
+                .map(|d| d.bins.iter().map(|db| db.slots_log2).collect())
+                .unwrap_or_default()
+        };
+        // Too few keys for more than a first part: nothing is made early.
+        ok(sums.reserve(&mut s, 40));
+        assert_eq!(slots(&s), vec![0; 8]);
+        ok(sums.reserve(&mut s, 160));
+        assert_eq!(slots(&s), vec![5; 8]);
+        check_lookup_entries(&s);
+        // Three times as many keys as reserved: the bins grow past it, and
+        // every key is found.
+        for k in 0..480u64 {
+            ok(sums.update(&mut s, hash_u64(k), &k, |old| old.unwrap_or(0) + k));
+        }
+        assert!(slots(&s).iter().all(|&l| l >= 6), "{:?}", slots(&s));
+        for k in 0..480u64 {
+            assert_eq!(sums.get(&s, hash_u64(k), &k), Some(k), "key {k}");
+        }
+        // Bins that hold keys are left as they are by a later reserve.
+        let before = slots(&s);
+        ok(sums.reserve(&mut s, 1 << 20));
+        assert_eq!(slots(&s), before);
     }
 
     /// The bytes of part 0 of bin 0 of table 0 (record header included).
