@@ -906,7 +906,7 @@ impl StateStore {
                     self.file.write(vloc, value);
                     Ok(())
                 }
-                None => self.dense_insert(ti, bi, hash, key, value),
+                None => self.dense_insert(ti, bi, hash, key, value).map(|_| ()),
             };
         }
         let size = HEADER + key.len() + value.len();

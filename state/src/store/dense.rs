@@ -853,7 +853,8 @@ impl StateStore {
     }
 
     /// Inserts `key` (absent) with `value` into bin `bi` of dense table `ti`,
-    /// growing the bin first if its part would pass 7/8 full.
+    /// growing the bin first if its part would pass 7/8 full; returns
+    /// whether it grew (its parts moved).
     pub(crate) fn dense_insert(
         &mut self,
         ti: usize,
@@ -861,13 +862,14 @@ impl StateStore {
         hash: u64,
         key: &[u8],
         value: &[u8],
-    ) -> Result<(), StateError> {
+    ) -> Result<bool, StateError> {
         let bins_log2 = self.config.bins_log2;
         let stride = match &self.tables[ti].dense {
             Some(d) => d.stride(),
             None => return Err(StateError::KindMismatch { expected: "dense value", found: "record table" }),
         };
         debug_assert_eq!(key.len() + value.len(), stride);
+        let mut grew = false;
         loop {
             let db = self.dense_bin(ti, bi);
             let full = !db.exists() || {
@@ -878,6 +880,7 @@ impl StateStore {
                 break;
             }
             self.dense_grow(ti, bi)?;
+            grew = true;
         }
         let db = self.dense_bin(ti, bi);
         let p = db.part_no(hash, bins_log2);
@@ -889,7 +892,7 @@ impl StateStore {
             d.bins[bi].part_mut(p).len += 1;
         }
         self.tables[ti].len += 1;
-        Ok(())
+        Ok(grew)
     }
 
     /// Removes the entry in slot `at` of bin `bi` of dense table `ti`,
@@ -1027,6 +1030,10 @@ impl StateStore {
         let mut nb: FixedBuf = [0u8; FIXED_MAX];
         let n = hashes.len();
         let mut i = 0;
+        // A run stops at each missing key: the next one takes its ring,
+        // unless the insert moved a part (grew its bin), so that a burst of
+        // new keys does not work out every key's entry PREFETCH_AHEAD times.
+        let mut ahead = Lookahead::NONE;
         while i < n {
             // A run of updates of keys that are there (see `update_run`),
             // compiled twice: with and without marking each value's page.
@@ -1037,9 +1044,9 @@ impl StateStore {
             let shape = RunShape { key_len, val_len, bins_log2 };
             let file = &mut self.file;
             let stop = if all {
-                update_run::<true>(d, file, shape, hashes, &mut i, &mut key_of, &mut update)
+                update_run::<true>(d, file, shape, hashes, &mut i, &mut ahead, &mut key_of, &mut update)
             } else {
-                update_run::<false>(d, file, shape, hashes, &mut i, &mut key_of, &mut update)
+                update_run::<false>(d, file, shape, hashes, &mut i, &mut ahead, &mut key_of, &mut update)
             };
             match stop {
                 Stop::Done => break,
@@ -1049,7 +1056,9 @@ impl StateStore {
                     update(i, None, &mut nb);
                     let hash = hashes[i];
                     let bi = self.bin_index(hash)?;
-                    self.dense_insert(t, bi, hash, &kb[..key_len], &nb[..val_len])?;
+                    if self.dense_insert(t, bi, hash, &kb[..key_len], &nb[..val_len])? {
+                        ahead = Lookahead::NONE;
+                    }
                     i += 1;
                 }
             }
@@ -1313,12 +1322,14 @@ struct RunShape {
 /// is marked dirty in this epoch (see [`WholeMarks`]), so the updates mark
 /// none.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn update_run<const ALL: bool>(
     d: &DenseTable,
     file: &mut SegmentFile,
     shape: RunShape,
     hashes: &[u64],
     i: &mut usize,
+    ahead: &mut Lookahead,
     key_of: &mut impl FnMut(usize, &mut FixedBuf),
     update: &mut impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
 ) -> Stop {
@@ -1333,20 +1344,28 @@ fn update_run<const ALL: bool>(
     // that many updates ahead, and, when pages are marked one by one, where
     // their parts' control bytes lie (with `ALL` these are never read, and
     // so never written).
-    let mut ring = [Ahead::NONE; PREFETCH_AHEAD];
-    let mut locs = [0u64; PREFETCH_AHEAD];
-    for (k, &h) in hashes.iter().enumerate().skip(*i).take(PREFETCH_AHEAD) {
-        (ring[k % PREFETCH_AHEAD], locs[k % PREFETCH_AHEAD]) =
-            Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
+    // Taken from the run before when that one stopped at a key it
+    // inserted without moving a part (its entries hold), else worked out
+    // here; local to the loop, where they stay off the heap's pointers.
+    let (mut ring, mut locs) = (ahead.ring, ahead.locs);
+    if ahead.from != *i || ahead.all != ALL {
+        for (k, &h) in hashes.iter().enumerate().skip(*i).take(PREFETCH_AHEAD) {
+            (ring[k % PREFETCH_AHEAD], locs[k % PREFETCH_AHEAD]) =
+                Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
+        }
     }
-    loop {
+    let stop = loop {
         let Some(&hash) = hashes.get(*i) else {
             break Stop::Done;
         };
         let (a, ctrl_loc) = (ring[*i % PREFETCH_AHEAD], locs[*i % PREFETCH_AHEAD]);
         if let Some(&h) = hashes.get(*i + PREFETCH_AHEAD) {
-            (ring[*i % PREFETCH_AHEAD], locs[*i % PREFETCH_AHEAD]) =
-                Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
+            let (a, loc) = Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
+            ring[*i % PREFETCH_AHEAD] = a;
+            // With `ALL`, the locations are never read (nor written).
+            if !ALL {
+                locs[*i % PREFETCH_AHEAD] = loc;
+            }
         }
         if a.ctrl.is_null() {
             cold();
@@ -1356,6 +1375,8 @@ fn update_run<const ALL: bool>(
         key_of(*i, &mut kb);
         let Some(j) = find_slot(&p, stride, hash, &kb[..key_len]) else {
             cold();
+            // The ring holds the next PREFETCH_AHEAD keys' entries.
+            *ahead = Lookahead { ring, locs, from: *i + 1, all: ALL };
             break Stop::Missing;
         };
         let (ptr, vloc) = value_ptr(&p, key_len, stride, j);
@@ -1372,7 +1393,29 @@ fn update_run<const ALL: bool>(
         update(*i, Some(value), &mut nb);
         value.copy_from_slice(&nb[..val_len]);
         *i += 1;
-    }
+    };
+    stop
+}
+
+/// The lookahead ring of a burst's updates, kept from one run of them to
+/// the next (see [`update_run`]): the entries of keys `from ..
+/// from + PREFETCH_AHEAD`, worked out for `all`.
+#[derive(Clone, Copy)]
+struct Lookahead {
+    ring: [Ahead; PREFETCH_AHEAD],
+    locs: [u64; PREFETCH_AHEAD],
+    /// `usize::MAX`: no entries.
+    from: usize,
+    all: bool,
+}
+
+impl Lookahead {
+    const NONE: Lookahead = Lookahead {
+        ring: [Ahead::NONE; PREFETCH_AHEAD],
+        locs: [0; PREFETCH_AHEAD],
+        from: usize::MAX,
+        all: false,
+    };
 }
 
 /// Marks the branch that calls it as rarely taken, so that the compiler
