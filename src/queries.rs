@@ -206,7 +206,8 @@ impl Records<(u64, u64)> for KeyedSumRecords {
     ) {
         let d = self.keys.d;
         // The key after one of `key`, for `key < d`: never past `u64::MAX`.
-        let (step, wrap) = (self.keys.rem(stride), d - self.keys.rem(stride));
+        let step = self.keys.rem(stride);
+        let wrap = d - step;
         let (mut key, mut i) = (self.keys.rem(first), first);
         out.extend((0..n).map(|_| {
             let r = ((key, i), meta);

@@ -1139,20 +1139,18 @@ impl StateStore {
             None => return Ok(()),
         };
         let stride = key_len + val_len;
-        let old = self.dense_bin(ti, bi).clone();
-        let seg = self.file.segment_bytes() as usize;
-        let fits = |log2: u8| log2 <= SLOTS_LOG2_MAX && HEADER + payload_bytes(log2, stride) <= seg;
+        let old = self.dense_bin(ti, bi);
         let (depth, slots_log2) = if !old.exists() {
             (0, SLOTS_LOG2_MIN)
-        } else if fits(old.slots_log2 + 1) {
+        } else if self.dense_part_fits(old.slots_log2 + 1, stride) {
             (old.depth, old.slots_log2 + 1)
         } else {
             (old.depth + 1, old.slots_log2)
         };
-        if !fits(slots_log2) {
+        if !self.dense_part_fits(slots_log2, stride) {
             return Err(StateError::RecordTooLarge {
                 record_bytes: HEADER + payload_bytes(slots_log2, stride),
-                max_bytes: seg,
+                max_bytes: self.file.segment_bytes() as usize,
             });
         }
         if depth > DEPTH_MAX || u32::from(bins_log2) + u32::from(depth) > 64 - PART_BITS_FLOOR {
@@ -1160,6 +1158,14 @@ impl StateStore {
             return Err(StateError::DenseBinFull { bin, keys: old.len() as u64 });
         }
         self.dense_build(ti, bi, depth, slots_log2)
+    }
+
+    /// Whether a part of `2^slots_log2` slots of `stride` bytes may be
+    /// made: no more slots than a hash's low bits address, and its record
+    /// in one segment.
+    fn dense_part_fits(&self, slots_log2: u8, stride: usize) -> bool {
+        slots_log2 <= SLOTS_LOG2_MAX
+            && HEADER + payload_bytes(slots_log2, stride) <= self.file.segment_bytes() as usize
     }
 
     /// Makes room in dense table `ti` for about `keys` keys in the whole
@@ -1178,15 +1184,13 @@ impl StateStore {
         };
         let share = keys >> self.config.bins_log2;
         let want = usize::try_from(share).unwrap_or(usize::MAX);
-        let seg = self.file.segment_bytes() as usize;
-        let fits = |log2: u8| log2 <= SLOTS_LOG2_MAX && HEADER + payload_bytes(log2, stride) <= seg;
         let mut slots_log2 = SLOTS_LOG2_MIN;
-        while load_max(1 << slots_log2) < want && fits(slots_log2 + 1) {
+        while load_max(1 << slots_log2) < want && self.dense_part_fits(slots_log2 + 1, stride) {
             slots_log2 += 1;
         }
         // A bin's first part has the fewest slots anyway: made when its
         // first key comes, not now for bins that may never have one.
-        if slots_log2 == SLOTS_LOG2_MIN || !fits(slots_log2) {
+        if slots_log2 == SLOTS_LOG2_MIN || !self.dense_part_fits(slots_log2, stride) {
             return Ok(());
         }
         for bi in 0..self.bins.len() as usize {
@@ -1354,7 +1358,7 @@ fn update_run<const ALL: bool>(
                 Ahead::of::<ALL>(d, file, bin(h), bins_log2, stride, h);
         }
     }
-    let stop = loop {
+    loop {
         let Some(&hash) = hashes.get(*i) else {
             break Stop::Done;
         };
@@ -1393,8 +1397,7 @@ fn update_run<const ALL: bool>(
         update(*i, Some(value), &mut nb);
         value.copy_from_slice(&nb[..val_len]);
         *i += 1;
-    };
-    stop
+    }
 }
 
 /// The lookahead ring of a burst's updates, kept from one run of them to
