@@ -332,8 +332,10 @@ impl SegmentFile {
     }
 
     /// Pointer to `len` bytes at `loc`, checked to lie in one mapped chunk.
+    /// Marks nothing: a caller that writes through it marks what it writes
+    /// with [`SegmentFile::mark_dirty`] first.
     #[inline(always)]
-    fn ptr(&self, loc: u64, len: usize) -> *mut u8 {
+    pub(crate) fn ptr(&self, loc: u64, len: usize) -> *mut u8 {
         let chunk = (loc >> self.chunk_log2) as usize;
         let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
         assert!(
