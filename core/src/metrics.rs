@@ -37,10 +37,13 @@ pub struct JobMetrics {
     /// Workers that have ended (normally or not).
     pub workers_done: AtomicUsize,
     /// Latency of records that reached latency-recording sinks since the job
-    /// started.
-    latency: Mutex<Histogram<u64>>,
-    /// Latency since the last call to [`JobMetrics::take_interval_latency`].
-    interval: Mutex<Histogram<u64>>,
+    /// started. Made at the first merge: a histogram's counts are about
+    /// 210 KiB, zeroed when made, and a job without latency-recording sinks
+    /// needs none (three of them were about a tenth of the start of a job).
+    latency: Mutex<Option<Histogram<u64>>>,
+    /// Latency since the last call to [`JobMetrics::take_interval_latency`]
+    /// (made at the first merge after it).
+    interval: Mutex<Option<Histogram<u64>>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
     cancelled: AtomicBool,
@@ -52,8 +55,8 @@ impl Default for JobMetrics {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             workers_done: AtomicUsize::new(0),
-            latency: Mutex::new(latency_histogram()),
-            interval: Mutex::new(latency_histogram()),
+            latency: Mutex::new(None),
+            interval: Mutex::new(None),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
@@ -103,11 +106,10 @@ impl JobMetrics {
     /// Adds a worker's locally recorded latencies.
     pub fn merge_latency(&self, local: &Histogram<u64>) {
         if let Ok(mut h) = self.latency.lock() {
-            // Both histograms share bounds, so adding cannot fail.
-            let _ = h.add(local);
+            add_latency(&mut h, local);
         }
         if let Ok(mut h) = self.interval.lock() {
-            let _ = h.add(local);
+            add_latency(&mut h, local);
         }
     }
 
@@ -119,16 +121,15 @@ impl JobMetrics {
         let (Ok(mut all), Ok(mut interval)) = (self.latency.try_lock(), self.interval.try_lock()) else {
             return false;
         };
-        // Both histograms share bounds, so adding cannot fail.
-        let _ = all.add(local);
-        let _ = interval.add(local);
+        add_latency(&mut all, local);
+        add_latency(&mut interval, local);
         true
     }
 
     /// The latency histogram of the whole run so far.
     pub fn latency(&self) -> Histogram<u64> {
         match self.latency.lock() {
-            Ok(h) => h.clone(),
+            Ok(h) => h.clone().unwrap_or_else(latency_histogram),
             Err(_) => latency_histogram(),
         }
     }
@@ -136,20 +137,29 @@ impl JobMetrics {
     /// The latencies recorded since the previous call (for a live status line
     /// or a latency-over-time plot).
     pub fn take_interval_latency(&self) -> Histogram<u64> {
-        // Allocated before the lock: a worker publishing meanwhile waits
-        // for a swap, not for a copy.
-        let fresh = latency_histogram();
-        match self.interval.lock() {
-            Ok(mut h) => std::mem::replace(&mut *h, fresh),
-            Err(_) => fresh,
-        }
+        // Taken under the lock, not copied: a worker publishing meanwhile
+        // waits for a swap, and makes the next interval's histogram itself.
+        let taken = match self.interval.lock() {
+            Ok(mut h) => h.take(),
+            Err(_) => None,
+        };
+        taken.unwrap_or_else(latency_histogram)
     }
+}
+
+/// Adds `local` to the job's histogram `h`, making it first if there is
+/// none yet.
+fn add_latency(h: &mut Option<Histogram<u64>>, local: &Histogram<u64>) {
+    // Both histograms share bounds, so adding cannot fail.
+    let _ = h.get_or_insert_with(latency_histogram).add(local);
 }
 
 /// A sink's worker-local latency recorder, published into [`JobMetrics`]
 /// periodically.
 pub struct LatencyRecorder {
-    local: Histogram<u64>,
+    /// Made at the first latency recorded (a counting sink that records
+    /// none never makes it; see [`JobMetrics`]).
+    local: Option<Histogram<u64>>,
     metrics: Arc<JobMetrics>,
     pending_out: u64,
     last_publish_ns: u64,
@@ -158,7 +168,7 @@ pub struct LatencyRecorder {
 impl LatencyRecorder {
     /// A recorder publishing into `metrics`.
     pub fn new(metrics: Arc<JobMetrics>) -> Self {
-        Self { local: latency_histogram(), metrics, pending_out: 0, last_publish_ns: now_ns() }
+        Self { local: None, metrics, pending_out: 0, last_publish_ns: now_ns() }
     }
 
     /// Counts one output record; if `ingest_ns` is non-zero, records its
@@ -168,7 +178,7 @@ impl LatencyRecorder {
         self.pending_out += 1;
         if ingest_ns != 0 {
             let lat = now.saturating_sub(ingest_ns).clamp(1, LATENCY_MAX_NS);
-            self.local.saturating_record(lat);
+            self.local.get_or_insert_with(latency_histogram).saturating_record(lat);
         }
         if self.pending_out & 63 == 0 {
             self.maybe_publish(now);
@@ -186,10 +196,16 @@ impl LatencyRecorder {
         if now.saturating_sub(self.last_publish_ns) >= METRICS_PUBLISH_MS * 1_000_000 {
             self.publish_count();
             // Without waiting for a lock: if another thread holds one, the
-            // latencies stay here and go with a later publish.
-            if self.local.is_empty() || self.metrics.try_merge_latency(&self.local) {
-                self.local.reset();
-                self.last_publish_ns = now;
+            // latencies stay here and go with a later publish. An empty
+            // histogram is not reset (that zeroes all its counts).
+            match &mut self.local {
+                Some(h) if !h.is_empty() => {
+                    if self.metrics.try_merge_latency(h) {
+                        h.reset();
+                        self.last_publish_ns = now;
+                    }
+                }
+                _ => self.last_publish_ns = now,
             }
         }
     }
@@ -203,9 +219,9 @@ impl LatencyRecorder {
     /// Publishes now (waiting for the locks).
     pub fn publish(&mut self) {
         self.publish_count();
-        if !self.local.is_empty() {
-            self.metrics.merge_latency(&self.local);
-            self.local.reset();
+        if let Some(h) = self.local.as_mut().filter(|h| !h.is_empty()) {
+            self.metrics.merge_latency(h);
+            h.reset();
         }
     }
 }
@@ -221,6 +237,34 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
+
+    /// A sink that records no latency makes no histogram, the job's
+    /// histograms are made at the first merge, and an interval taken is
+    /// made again at the next one.
+    #[test]
+    fn histograms_are_made_only_for_latencies() {
+        let m = JobMetrics::new();
+        let mut r = LatencyRecorder::new(m.clone());
+        r.count(5);
+        // No ingest time: counted, no latency.
+        r.record(0, now_ns());
+        r.maybe_publish(now_ns() + 2 * METRICS_PUBLISH_MS * 1_000_000);
+        assert_eq!(m.records_out.load(Ordering::Relaxed), 6);
+        assert!(r.local.is_none());
+        assert!(m.latency.lock().is_ok_and(|h| h.is_none()));
+        assert!(m.interval.lock().is_ok_and(|h| h.is_none()));
+        assert!(m.latency().is_empty());
+        let t0 = now_ns();
+        r.record(t0, t0 + 500);
+        r.publish();
+        assert_eq!(m.latency().len(), 1);
+        assert_eq!(m.take_interval_latency().len(), 1);
+        assert!(m.take_interval_latency().is_empty());
+        r.record(t0, t0 + 700);
+        r.publish();
+        assert_eq!(m.take_interval_latency().len(), 1);
+        assert_eq!(m.latency().len(), 2);
+    }
 
     #[test]
     fn a_worker_does_not_wait_for_a_metrics_lock_another_thread_holds() {
