@@ -395,7 +395,14 @@ impl StateStore {
     pub fn create(config: StoreConfig, bins: BinRange) -> Result<Self, StateError> {
         config.validate(bins)?;
         let file = SegmentFile::create(&config.dir, config.segment_bytes, config.backing)?;
-        let heaps = (0..bins.len()).map(|_| BinHeap::default()).collect();
+        // Every bin starts with the same empty segment list: a bin's first
+        // segment copies it (`Arc::make_mut`), so a bin that never gets a
+        // record allocates nothing (4096 bins took 4096 allocations to make
+        // and as many to drop).
+        let no_segs = std::sync::Arc::new(Vec::new());
+        let heaps = (0..bins.len())
+            .map(|_| BinHeap { segs: no_segs.clone(), capacity: 0, tail: 0, end: 0, used: 0, dead: 0 })
+            .collect();
         let index = SlotArena::new().map_err(index_err)?;
         Ok(Self {
             config,
