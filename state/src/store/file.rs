@@ -209,6 +209,36 @@ impl SegmentFile {
         &self.path
     }
 
+    /// Asks the kernel to back the `len` bytes at `loc` (in one chunk)
+    /// with writable pages now, in one call (`MADV_POPULATE_WRITE`), rather
+    /// than a page fault at the first write to each page: for space about
+    /// to be written whole. Only for anonymous maps (on a shared file map
+    /// it would dirty the pages for writeback); a hint, whose failure (a
+    /// kernel before 5.14, no memory now) leaves the pages to fault in as
+    /// they would have.
+    pub(crate) fn populate(&self, loc: u64, len: usize) {
+        #[cfg(target_os = "linux")]
+        {
+            if self.file.is_some() || len == 0 {
+                return;
+            }
+            let chunk = (loc >> self.chunk_log2) as usize;
+            let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+            // Whole pages: `advise_range` rounds the start down itself.
+            if let Some(map) = self.chunks.get(chunk) {
+                let end = (off + len).min(map.len());
+                let _ = map.advise_range(memmap2::Advice::PopulateWrite, off, end.saturating_sub(off));
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (loc, len);
+    }
+
+    /// Log2 of the bytes of a chunk (one map).
+    pub(crate) fn chunk_log2(&self) -> u32 {
+        self.chunk_log2
+    }
+
     /// Bytes per segment.
     #[inline(always)]
     pub(crate) fn segment_bytes(&self) -> u64 {
