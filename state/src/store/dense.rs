@@ -57,7 +57,7 @@
 //! and value are fixed-layout types. A table restored as records stays a
 //! record table.
 
-use super::record::{u32_at, Header, HEADER, KIND_DENSE};
+use super::record::{u32_at, Header, FLAG_DEAD, HEADER, KIND_DENSE, KIND_PAD};
 use super::{kill, prefetch_ptr, ListItems, SegmentFile, StateStore};
 #[cfg(test)]
 use super::{TableId, TypeSig};
@@ -1249,8 +1249,10 @@ impl StateStore {
             match self.alloc(bi, size, false) {
                 Ok(loc) => parts.push((bi, loc)),
                 Err(e) => {
+                    // Nothing is written at the space taken so far: it
+                    // becomes dead padding (`kill` would read a header).
                     for &(bi, loc) in &parts {
-                        kill(&mut self.file, &mut self.heaps[bi], loc);
+                        self.abandon(bi, loc, size);
                     }
                     return Err(e);
                 }
@@ -1289,6 +1291,21 @@ impl StateStore {
             }
         }
         Ok(())
+    }
+
+    /// Gives up the `size` bytes at `loc`, just allocated in bin `bi` and
+    /// not written: they become a dead padding record, garbage to compact.
+    fn abandon(&mut self, bi: usize, loc: u64, size: usize) {
+        let pad = Header {
+            hash: 0,
+            key_len: 0,
+            val_len: (size - HEADER) as u32,
+            table: 0,
+            kind: KIND_PAD,
+            flags: FLAG_DEAD,
+        };
+        pad.write(self.file.bytes_mut(loc, HEADER));
+        self.heaps[bi].dead += size as u64;
     }
 
     /// The hash of the first key of owned bin `bi` (what a dense part's
@@ -2028,6 +2045,35 @@ mod tests {
             assert_eq!(sums.get(&s, h, &k), Some(k), "key {k}");
         }
         assert_eq!(sums.len(&s), keys.len());
+    }
+
+    /// A reservation that runs out of space fails with the error, leaves
+    /// every bin without a table as it was (the space it took is dead
+    /// padding, counted as garbage), and the store goes on: its keys go in
+    /// as they would have without the reservation.
+    #[test]
+    fn a_reservation_out_of_space_leaves_the_bins_as_they_were() {
+        let dir = tmp();
+        let mut s = ok(StateStore::create(StoreConfig::new(dir.path(), 4), BinRange::all(4)));
+        let mut sums = ok(ValueState::<u64, u64>::register(&mut s, "sums"));
+        // 16 bins of 2048-slot parts (about 48 KiB each, one 64 KiB
+        // segment): room for 10 of them.
+        s.file.segments_max_for_tests = Some(10);
+        let r = sums.reserve(&mut s, 16 * 1500);
+        assert!(matches!(r, Err(StateError::StoreFull { .. })), "{r:?}");
+        let Some(d) = s.tables[sums.table().index()].dense.as_ref() else { panic!("not dense") };
+        assert!(d.bins.iter().all(|db| !db.exists()));
+        check_lookup_entries(&s);
+        for h in &s.heaps {
+            assert_eq!(h.dead, h.used, "space taken by the failed reservation is not all garbage");
+        }
+        s.file.segments_max_for_tests = None;
+        let keys: Vec<u64> = (0..3000).collect();
+        let hashes: Vec<u64> = keys.iter().map(|&k| hash_u64(k)).collect();
+        ok(sums.update_burst(&mut s, &hashes, &keys, |_, old| old.unwrap_or(0) + 1, |_, _| {}));
+        for (&k, &h) in keys.iter().zip(&hashes) {
+            assert_eq!(sums.get(&s, h, &k), Some(1), "key {k}");
+        }
     }
 
     /// The bytes of part 0 of bin 0 of table 0 (record header included).

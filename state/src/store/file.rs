@@ -110,6 +110,10 @@ pub(crate) struct SegmentFile {
     cow_active: bool,
     /// The streaming (or ended, not yet settled) checkpoint's shared state.
     cow: Option<CowWriter>,
+    /// Tests: the file takes no more full segments than this (so that a
+    /// test can run a store out of space).
+    #[cfg(test)]
+    pub(crate) segments_max_for_tests: Option<u32>,
 }
 
 /// The writer's side of an asynchronous checkpoint.
@@ -201,6 +205,8 @@ impl SegmentFile {
             epoch: 1,
             cow_active: false,
             cow: None,
+            #[cfg(test)]
+            segments_max_for_tests: None,
         })
     }
 
@@ -301,6 +307,10 @@ impl SegmentFile {
 
     /// A new full segment at the end of the file.
     fn new_full_segment(&mut self) -> Result<u32, StateError> {
+        #[cfg(test)]
+        if self.segments_max_for_tests.is_some_and(|m| self.next_segment >= m) {
+            return Err(StateError::StoreFull { segments_max: u64::from(self.next_segment) });
+        }
         if u64::from(self.next_segment) >= SEGMENTS_MAX {
             return Err(StateError::StoreFull { segments_max: SEGMENTS_MAX });
         }
