@@ -899,7 +899,8 @@ impl StateStore {
     /// part if it has room, where nothing moves and the burst's lookahead
     /// holds (the usual case), else through [`Self::dense_insert`], which
     /// grows the bin. Returns whether parts moved. Not inlined: in the
-    /// burst's function, its code made the updates slower.
+    /// burst's function, the updates took 102.2 instructions a record
+    /// against 101.8.
     #[inline(never)]
     fn dense_insert_missing(
         &mut self,
