@@ -371,6 +371,21 @@ pub(crate) fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, he
     b[16..24].copy_from_slice(&head.2.to_le_bytes());
 }
 
+/// Writes at `at` the header of `bytes` (a header's or more) of dead
+/// padding: garbage that compaction drops and a restore skips. The caller
+/// accounts the bytes.
+pub(crate) fn write_pad(file: &mut SegmentFile, at: u64, bytes: u64) {
+    let pad = Header {
+        hash: 0,
+        key_len: 0,
+        val_len: (bytes - HEADER as u64) as u32,
+        table: 0,
+        kind: KIND_PAD,
+        flags: FLAG_DEAD,
+    };
+    pad.write(file.bytes_mut(at, HEADER));
+}
+
 /// Flags the record at `loc` dead and accounts its bytes (and, for a list,
 /// its blocks') as garbage of its bin.
 pub(crate) fn kill(file: &mut SegmentFile, heap: &mut BinHeap, loc: u64) {
@@ -1428,15 +1443,7 @@ impl StateStore {
                 h.dead += rem;
                 h.tail = h.end;
                 if rem >= HEADER as u64 {
-                    let pad = Header {
-                        hash: 0,
-                        key_len: 0,
-                        val_len: (rem - HEADER as u64) as u32,
-                        table: 0,
-                        kind: KIND_PAD,
-                        flags: FLAG_DEAD,
-                    };
-                    pad.write(self.file.bytes_mut(at, HEADER));
+                    write_pad(&mut self.file, at, rem);
                 }
             }
             let h = &self.heaps[bi];

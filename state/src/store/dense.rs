@@ -57,7 +57,7 @@
 //! and value are fixed-layout types. A table restored as records stays a
 //! record table.
 
-use super::record::{u32_at, Header, FLAG_DEAD, HEADER, KIND_DENSE, KIND_PAD};
+use super::record::{u32_at, Header, HEADER, KIND_DENSE};
 use super::{kill, prefetch_ptr, ListItems, SegmentFile, StateStore};
 #[cfg(test)]
 use super::{TableId, TypeSig};
@@ -886,8 +886,7 @@ impl StateStore {
         let p = db.part_no(hash, bins_log2);
         let slots = db.slots();
         let part_loc = db.part(p).loc;
-        let j = first_empty(self.file.bytes(ctrl_loc(part_loc), slots + GROUP), hash, slots);
-        write_slot(&mut self.file, part_loc, slots, stride, j, hash, key, value);
+        insert_slot(&mut self.file, part_loc, slots, hash, key, value);
         if let Some(d) = self.tables[ti].dense.as_mut() {
             d.bins[bi].part_mut(p).len += 1;
         }
@@ -910,32 +909,17 @@ impl StateStore {
         value: &[u8],
     ) -> Result<bool, StateError> {
         let bin = crate::keyspace::bin_number(hash, self.config.bins_log2) as usize;
-        if self.dense_insert_in_place(ti, bin, hash, key, value) {
-            return Ok(false);
+        let Self { tables, file, .. } = self;
+        if let Some(super::Table { dense: Some(d), len, .. }) = tables.get_mut(ti) {
+            if let Some(db) = room_in_place(d, bin) {
+                insert_slot(file, db.first.loc, db.slots(), hash, key, value);
+                db.first.len += 1;
+                *len += 1;
+                return Ok(false);
+            }
         }
         let bi = self.bin_index(hash)?;
         self.dense_insert(ti, bi, hash, key, value)
-    }
-
-    /// Inserts `key` (absent, of `hash`, in bin `bin` of the key space)
-    /// with `value` into dense table `ti` if its bin is one part with room
-    /// for it: then no part moves (what a burst's lookahead needs) and
-    /// this returns true. False: nothing was done ([`Self::dense_insert`]
-    /// grows the bin first).
-    fn dense_insert_in_place(&mut self, ti: usize, bin: usize, hash: u64, key: &[u8], value: &[u8]) -> bool {
-        let Self { tables, file, .. } = self;
-        let Some(table) = tables.get_mut(ti) else {
-            return false;
-        };
-        let Some(d) = table.dense.as_mut() else {
-            return false;
-        };
-        let Some(bi) = room_in_place(d, bin) else {
-            return false;
-        };
-        insert_in_place(d, file, bi, hash, key, value);
-        table.len += 1;
-        true
     }
 
     /// Removes the entry in slot `at` of bin `bi` of dense table `ti`,
@@ -1220,10 +1204,11 @@ impl StateStore {
     /// slower (×1.044 against no hint, where the share gave ×1.068). Bins
     /// with a table (restored state) are left as they are.
     pub(crate) fn dense_reserve(&mut self, ti: usize, keys: u64) -> Result<(), StateError> {
-        let stride = match self.tables.get(ti).and_then(|t| t.dense.as_ref()) {
-            Some(d) => d.stride(),
+        let (key_len, val_len) = match self.tables.get(ti).and_then(|t| t.dense.as_ref()) {
+            Some(d) => (d.key_len, d.val_len),
             None => return Ok(()),
         };
+        let stride = key_len + val_len;
         let share = keys >> self.config.bins_log2;
         let want = usize::try_from(share).unwrap_or(usize::MAX);
         let mut slots_log2 = SLOTS_LOG2_MIN;
@@ -1262,12 +1247,14 @@ impl StateStore {
         let mut locs: Vec<u64> = parts.iter().map(|&(_, loc)| loc).collect();
         locs.sort_unstable();
         let chunk = |loc: u64| loc >> self.file.chunk_log2();
+        // (The locations are sorted and the parts of one size: a part's end
+        // is its run's.)
         let mut run: Option<(u64, u64)> = None;
         for loc in locs {
             let end = loc + size as u64;
             run = match run {
                 Some((start, run_end)) if loc <= run_end + RUN_GAP && chunk(loc) == chunk(start) => {
-                    Some((start, run_end.max(end)))
+                    Some((start, end))
                 }
                 Some((start, run_end)) => {
                     self.file.populate(start, (run_end - start) as usize);
@@ -1279,10 +1266,6 @@ impl StateStore {
         if let Some((start, end)) = run {
             self.file.populate(start, (end - start) as usize);
         }
-        let (key_len, val_len) = match &self.tables[ti].dense {
-            Some(d) => (d.key_len, d.val_len),
-            None => return Ok(()),
-        };
         for (bi, loc) in parts {
             let shape = PartShape { ti, bin_hash: self.bin_hash(bi), key_len, val_len, depth: 0, slots_log2 };
             init_part(&mut self.file, loc, shape, 0);
@@ -1297,15 +1280,7 @@ impl StateStore {
     /// Gives up the `size` bytes at `loc`, just allocated in bin `bi` and
     /// not written: they become a dead padding record, garbage to compact.
     fn abandon(&mut self, bi: usize, loc: u64, size: usize) {
-        let pad = Header {
-            hash: 0,
-            key_len: 0,
-            val_len: (size - HEADER) as u32,
-            table: 0,
-            kind: KIND_PAD,
-            flags: FLAG_DEAD,
-        };
-        pad.write(self.file.bytes_mut(loc, HEADER));
+        super::write_pad(&mut self.file, loc, size as u64);
         self.heaps[bi].dead += size as u64;
     }
 
@@ -1657,24 +1632,21 @@ fn init_part(file: &mut SegmentFile, loc: u64, shape: PartShape, part: u32) -> &
     &mut p[PART_HEAD..]
 }
 
-/// Fills slot `j` of the part at `part_loc`.
-#[allow(clippy::too_many_arguments)]
-fn write_slot(
-    file: &mut SegmentFile,
-    part_loc: u64,
-    slots: usize,
-    stride: usize,
-    j: usize,
-    hash: u64,
-    key: &[u8],
-    value: &[u8],
-) {
-    let cl = ctrl_loc(part_loc);
-    mark_slot(file, cl, slots, stride, j);
+/// Puts `key` (absent, of `hash`) with `value` in the first empty slot
+/// at or after its home in the part at `part_loc`, of `slots` slots (never
+/// full): marks what it writes dirty, then fills the slot with plain stores
+/// (a checked, marking write per field cost an insert about 250
+/// instructions).
+fn insert_slot(file: &mut SegmentFile, part_loc: u64, slots: usize, hash: u64, key: &[u8], value: &[u8]) {
+    let (cl, stride) = (ctrl_loc(part_loc), key.len() + value.len());
     let ctrl = file.ptr(cl, payload_bytes_from_ctrl(slots, stride));
-    // SAFETY: `ctrl` points at the part's control bytes, checked by `ptr`
-    // to lie in one map with all of the part's slots and hashes after
-    // them; `j < slots` (`first_empty`'s); the slot was marked just now.
+    // SAFETY: `ctrl` is the part's control bytes, `slots + GROUP` of them
+    // (checked by `ptr` to lie in one map, with the rest of the part).
+    let j = first_empty(unsafe { std::slice::from_raw_parts(ctrl, slots + GROUP) }, hash, slots);
+    mark_slot(file, cl, slots, stride, j);
+    // SAFETY: `ctrl` points at the part's control bytes, followed by all of
+    // its slots and hashes (checked by `ptr`); `j < slots` (`first_empty`'s);
+    // the slice of the control bytes is dead; the slot was marked just now.
     unsafe { fill_slot(ctrl, slots, j, hash, key, value) }
 }
 
@@ -1699,8 +1671,7 @@ fn mark_slot(file: &mut SegmentFile, cl: u64, slots: usize, stride: usize, j: us
 
 /// Writes `key`, `value`, `hash` and the control byte of slot `j` of the
 /// part of `slots` slots whose control bytes are at `ctrl`, with plain
-/// stores (the few bytes of one slot: a checked, marking write per field
-/// cost an insert about 250 instructions).
+/// stores.
 ///
 /// # Safety
 ///
@@ -1743,46 +1714,19 @@ unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// Whether a missing key of bin `bin` (of the key space) goes into its
-/// bin in place: the bin is owned, one part, with room for one more key
-/// (the usual case). The owned bin's index, or `None`.
+/// The bin of a missing key of bin `bin` (of the key space) if the key
+/// goes into it in place: the bin is owned, one part, with room for one
+/// more key (the usual case). Then neither its part nor any other moves,
+/// so a burst's lookahead holds.
 #[inline(always)]
-fn room_in_place(d: &DenseTable, bin: usize) -> Option<usize> {
+fn room_in_place(d: &mut DenseTable, bin: usize) -> Option<&mut DenseBin> {
     // SAFETY: `bin` is `bin_of` a hash in the table's space.
     let h = unsafe { d.hot_of(bin) };
     if !h.one_part() {
         return None;
     }
     let bi = bin.wrapping_sub(d.first);
-    let db = d.bins.get(bi)?;
-    ((db.first.len as usize) < load_max(h.slots())).then_some(bi)
-}
-
-/// Inserts `key` (absent, of `hash`) with `value` into owned bin `bi` of
-/// `d`, which [`room_in_place`] found to be one part with room for it:
-/// neither the part nor any other moves, so a burst's lookahead holds.
-#[inline(never)]
-fn insert_in_place(
-    d: &mut DenseTable,
-    file: &mut SegmentFile,
-    bi: usize,
-    hash: u64,
-    key: &[u8],
-    value: &[u8],
-) {
-    let Some(db) = d.bins.get_mut(bi) else {
-        return;
-    };
-    let (slots, stride, cl) = (db.slots(), key.len() + value.len(), db.ctrl_loc());
-    let ctrl = file.ptr(cl, payload_bytes_from_ctrl(slots, stride));
-    // SAFETY: `ctrl` is the part's control bytes, `slots + GROUP` of them
-    // (checked by `ptr` to lie in one map, with the rest of the part).
-    let j = first_empty(unsafe { std::slice::from_raw_parts(ctrl, slots + GROUP) }, hash, slots);
-    mark_slot(file, cl, slots, stride, j);
-    // SAFETY: as for `first_empty`, whose `j` is below `slots`; the slice
-    // of the control bytes is dead; the slot was marked just now.
-    unsafe { fill_slot(ctrl, slots, j, hash, key, value) };
-    db.first.len += 1;
+    d.bins.get_mut(bi).filter(|db| (db.first.len as usize) < load_max(h.slots()))
 }
 
 /// Moves slot `from` to slot `to` of the part whose control bytes are at
