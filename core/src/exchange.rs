@@ -745,14 +745,8 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
     /// waited for the store: the exchange took about as long as the keyed
     /// operator in a two-worker run.
     fn push_burst_pair(&mut self, recs: &mut Vec<(T, Meta)>, other: usize) {
-        // Records pushed one by one before this burst go first.
-        self.deliver();
         let n = recs.len();
-        let (mut keys, mut hashes) =
-            (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
-        keys.clear();
-        hashes.clear();
-        keys_and_hashes(recs, &*self.key, &mut self.scratch, &mut keys, &mut hashes);
+        let (mut keys, mut hashes) = self.keys_and_hashes_of(recs);
         debug_assert!(keys.len() == n && hashes.len() == n);
         let n = n.min(keys.len()).min(hashes.len());
         let remote = &mut self.stage[other].recs;
@@ -807,6 +801,27 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
             }
         }
         remote.clear();
+        self.keep_burst(recs, keys, hashes);
+    }
+
+    /// A burst's keys and hashes, in the buffers kept for them (empty
+    /// between bursts), after the records pushed one by one before it,
+    /// which go first. Taken out of `self` for their loops, so that their
+    /// lengths stay in registers rather than being stored back per record.
+    #[inline(always)]
+    fn keys_and_hashes_of(&mut self, recs: &[(T, Meta)]) -> (Vec<K>, Vec<u64>) {
+        self.deliver();
+        let (mut keys, mut hashes) =
+            (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
+        keys_and_hashes(recs, &*self.key, &mut self.scratch, &mut keys, &mut hashes);
+        (keys, hashes)
+    }
+
+    /// Hands `recs`, the burst's records this worker keeps, downstream as
+    /// one burst with their `keys` and `hashes` (a flush when there are
+    /// none), and keeps the buffers, emptied, for the next burst.
+    #[inline(always)]
+    fn keep_burst(&mut self, recs: &mut Vec<(T, Meta)>, mut keys: Vec<K>, mut hashes: Vec<u64>) {
         let mut local = self.local.borrow_mut();
         if recs.is_empty() {
             local.flush_local();
@@ -814,7 +829,6 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
             local.push_local_burst(recs, &hashes, &mut keys);
         }
         drop(local);
-        recs.clear();
         hashes.clear();
         keys.clear();
         (self.burst_keys, self.burst_hashes) = (keys, hashes);
@@ -886,22 +900,8 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         if !self.alone {
             return self.push_burst_spread(recs);
         }
-        // Records pushed one by one before this burst go first.
-        self.deliver();
-        // Taken out of `self` for the loop, so that their lengths stay in
-        // registers rather than being stored back per record.
-        let (mut keys, mut hashes) =
-            (std::mem::take(&mut self.burst_keys), std::mem::take(&mut self.burst_hashes));
-        keys_and_hashes(recs, &*self.key, &mut self.scratch, &mut keys, &mut hashes);
-        let mut local = self.local.borrow_mut();
-        if recs.is_empty() {
-            local.flush_local();
-        } else {
-            local.push_local_burst(recs, &hashes, &mut keys);
-        }
-        hashes.clear();
-        keys.clear();
-        (self.burst_keys, self.burst_hashes) = (keys, hashes);
+        let (keys, hashes) = self.keys_and_hashes_of(recs);
+        self.keep_burst(recs, keys, hashes);
     }
 }
 
