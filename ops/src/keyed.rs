@@ -186,7 +186,8 @@ where
             // result is written (`done(i, ..)` follows `f(i, ..)`).
             |i, old| step(old, unsafe { &(*base.add(i)).0 }),
             |i, v| {
-                let result = emit(key_slice[i].clone(), v);
+                // SAFETY: `i < n`, the length of `key_slice` (as above).
+                let result = emit(unsafe { key_slice.get_unchecked(i) }.clone(), v);
                 // SAFETY: `O` is `T` (their `TypeId`s are equal, checked by
                 // the caller), and `i < n <= recs.len()`: the assignment
                 // drops the record and puts its result in its place.

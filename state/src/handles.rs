@@ -725,6 +725,7 @@ mod tests {
             v
         };
         assert_eq!(dump(&a, &burst), dump(&b, &single));
+        assert_eq!(burst.len(&a), single.len(&b), "entries counted");
     }
 
     #[test]
