@@ -1081,62 +1081,18 @@ impl StateStore {
             // without inserting missing keys in place.
             let all = self.dense_all_marked();
             let shape = RunShape { key_len, val_len, bins_log2 };
+            let (k, u) = (&mut key_of, &mut update);
             let stop = if !inserting {
                 let Some(d) = self.tables.get(t).and_then(|t| t.dense.as_ref()) else {
                     return Ok(false);
                 };
-                let file = &mut self.file;
-                if all {
-                    update_run::<true, _>(
-                        d,
-                        file,
-                        shape,
-                        hashes,
-                        &mut i,
-                        &mut ahead,
-                        &mut key_of,
-                        &mut update,
-                    )
-                } else {
-                    update_run::<false, _>(
-                        d,
-                        file,
-                        shape,
-                        hashes,
-                        &mut i,
-                        &mut ahead,
-                        &mut key_of,
-                        &mut update,
-                    )
-                }
+                update_run_marking(all, d, &mut self.file, shape, hashes, &mut i, &mut ahead, k, u)
             } else {
                 let Some(super::Table { dense: Some(d), len, .. }) = self.tables.get_mut(t) else {
                     return Ok(false);
                 };
-                let (d, file) = (Inserting { d, len }, &mut self.file);
-                if all {
-                    update_run::<true, _>(
-                        d,
-                        file,
-                        shape,
-                        hashes,
-                        &mut i,
-                        &mut ahead,
-                        &mut key_of,
-                        &mut update,
-                    )
-                } else {
-                    update_run::<false, _>(
-                        d,
-                        file,
-                        shape,
-                        hashes,
-                        &mut i,
-                        &mut ahead,
-                        &mut key_of,
-                        &mut update,
-                    )
-                }
+                let d = Inserting { d, len };
+                update_run_marking(all, d, &mut self.file, shape, hashes, &mut i, &mut ahead, k, u)
             };
             match stop {
                 Stop::Done => break,
@@ -1602,6 +1558,27 @@ fn update_run<const ALL: bool, D: RunTable>(
                 break Stop::Settled;
             }
         }
+    }
+}
+
+/// [`update_run`] with `ALL` = `all`: the same run compiled for each.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update_run_marking<D: RunTable>(
+    all: bool,
+    t: D,
+    file: &mut SegmentFile,
+    shape: RunShape,
+    hashes: &[u64],
+    from: &mut usize,
+    ahead: &mut Lookahead,
+    key_of: &mut impl FnMut(usize, &mut FixedBuf),
+    update: &mut impl FnMut(usize, Option<&[u8]>, &mut FixedBuf),
+) -> Stop {
+    if all {
+        update_run::<true, D>(t, file, shape, hashes, from, ahead, key_of, update)
+    } else {
+        update_run::<false, D>(t, file, shape, hashes, from, ahead, key_of, update)
     }
 }
 
