@@ -69,7 +69,6 @@ mod restore;
 mod stream;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 pub use restore::{restore_threads, RESTORE_PAGES_PER_THREAD_MIN, RESTORE_THREADS_MAX};
 pub use stream::CheckpointStream;
@@ -256,7 +255,7 @@ impl Default for ChainState {
 
 /// A bin's layout at a checkpoint's begin.
 pub(crate) struct BinSnapshot {
-    segs: Arc<Vec<Seg>>,
+    segs: crate::store::Segs,
     tail: u64,
     used: u64,
     dead: u64,
@@ -981,7 +980,7 @@ impl StateStore {
             layout: self
                 .heaps
                 .iter()
-                .map(|h| BinSnapshot { segs: Arc::clone(&h.segs), tail: h.tail, used: h.used, dead: h.dead })
+                .map(|h| BinSnapshot { segs: h.segs.clone(), tail: h.tail, used: h.used, dead: h.dead })
                 .collect(),
             tables: self
                 .tables

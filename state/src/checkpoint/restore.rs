@@ -180,7 +180,7 @@ impl StateStore {
         for (heap, b) in store.heaps.iter_mut().zip(&h.layout) {
             let capacity = b.segs.iter().map(|s| 1u64 << s.log2).sum();
             let end = b.segs.last().map_or(0, |s| s.loc + (1 << s.log2));
-            let segs = std::sync::Arc::new(b.segs.clone());
+            let segs = crate::store::Segs::from(b.segs.clone());
             *heap = BinHeap { segs, capacity, tail: b.tail, end, used: b.used, dead: b.dead };
         }
         for t in &h.tables {

@@ -1067,9 +1067,10 @@ impl StateStore {
         let mut nb: FixedBuf = [0u8; FIXED_MAX];
         let n = hashes.len();
         let mut i = 0;
-        // A run stops at each missing key: the next one takes its ring,
-        // unless the insert moved a part (grew its bin), so that a burst of
-        // new keys does not work out every key's entry PREFETCH_AHEAD times.
+        // A run stops at a missing key it does not insert itself, and when
+        // it settles: the next one takes its ring, unless the insert moved
+        // a part (grew its bin), so that the keys' entries are not worked
+        // out again.
         let mut ahead = Lookahead::NONE;
         // After a missing key, runs insert keys that fit in place
         // themselves, until enough keys in a row were there (see

@@ -492,3 +492,23 @@ proptest! {
         prop_assert!(cap <= 2 * s.bytes_used() + 4 * 2 * 4096, "{} > 2 * {}", cap, s.bytes_used());
     }
 }
+
+/// A bin's segment list reads as a slice whether it holds none, one
+/// (inline) or several, and a clone (a checkpoint's snapshot) keeps the
+/// segments it had when the bin's list grows.
+#[test]
+fn segment_lists_read_as_slices_and_clones_keep_their_segments() {
+    let (a, b, c) = (Seg { loc: 0, log2: 9 }, Seg { loc: 4096, log2: 10 }, Seg { loc: 8192, log2: 11 });
+    let mut s = Segs::default();
+    assert!(s.is_empty());
+    s.push(a);
+    assert!(matches!(s, Segs::One(_)), "one segment is kept inline");
+    let one = s.clone();
+    s.push(b);
+    let two = s.clone();
+    s.push(c);
+    assert_eq!((&one[..], &two[..], &s[..]), (&[a][..], &[a, b][..], &[a, b, c][..]));
+    assert!(matches!(Segs::from(vec![a]), Segs::One(x) if x == a));
+    assert_eq!(&Segs::from(vec![a, b, c])[..], &[a, b, c][..]);
+    assert!(Segs::from(Vec::new()).is_empty());
+}
