@@ -143,14 +143,13 @@ impl Outbox {
 
     /// Closes the open batch onto the queue of batches to send.
     fn seal(&mut self, flags: u32) {
-        // The next batch starts in the buffer of one already sent
-        // (`recycle`: one copied out to another process, still in cache,
-        // or one a worker of this process has read and given back), else
-        // in a new one half again the size the last batch reached, so that
-        // batches of about the same size never outgrow their buffers
-        // (growing one copies it: batches closed per source step vary in
-        // size from step to step), and tiny low-latency batches stay
-        // small.
+        // The next batch starts in the buffer of one already sent to
+        // another process (`recycle`: still in cache), else in a new one
+        // half again the size the last batch reached, so a steady stream
+        // allocates one buffer per batch that batches of about the same
+        // size never outgrow (growing one copies it: batches closed per
+        // source step vary in size from step to step), and tiny
+        // low-latency batches stay small.
         let len = self.current.data.len();
         let hint = (len + len / 2).min(self.batch_bytes + 256);
         let mut next = Batch::with_capacity(self.edge, self.producer, 0);
@@ -204,12 +203,7 @@ impl Outbox {
 
     /// `b` was sent (copied out): its buffer serves the next batch.
     pub(crate) fn recycle(&mut self, b: Batch) {
-        self.recycle_data(b.data);
-    }
-
-    /// `data`, a sent batch's buffer, serves the next batch (the larger
-    /// of it and the one kept already).
-    pub(crate) fn recycle_data(&mut self, mut data: Vec<u8>) {
+        let mut data = b.data;
         data.clear();
         if data.capacity() > 0 && self.spare.as_ref().is_none_or(|s| s.capacity() < data.capacity()) {
             self.spare = Some(data);

@@ -534,13 +534,8 @@ impl NetLink {
 
 /// Where an outbox's batches go.
 pub(crate) enum Tx {
-    /// A ring to a worker of this process, and the ring on which that
-    /// worker gives back the buffers of the batches it has read.
-    Ring(Producer<Batch>, Consumer<Vec<u8>>),
-    Net {
-        link: Rc<RefCell<NetLink>>,
-        channel: u32,
-    },
+    Ring(Producer<Batch>),
+    Net { link: Rc<RefCell<NetLink>>, channel: u32 },
 }
 
 impl Tx {
@@ -550,7 +545,7 @@ impl Tx {
     /// replay.
     pub(crate) fn try_push(&self, b: Batch) -> Result<Option<Batch>, Batch> {
         match self {
-            Tx::Ring(p, _) => p.try_push(b).map(|()| None),
+            Tx::Ring(p) => p.try_push(b).map(|()| None),
             Tx::Net { link, channel } => {
                 let mut l = link.borrow_mut();
                 if l.down.is_some() {
@@ -579,19 +574,10 @@ impl Tx {
         }
     }
 
-    /// A buffer the receiving worker of a ring has given back (see
-    /// [`Rx::give_back`]), if any.
-    pub(crate) fn returned(&self) -> Option<Vec<u8>> {
-        match self {
-            Tx::Ring(_, back) => back.try_pop(),
-            Tx::Net { .. } => None,
-        }
-    }
-
     /// Whether the receiving side is gone.
     pub(crate) fn is_closed(&self) -> bool {
         match self {
-            Tx::Ring(p, _) => p.is_closed(),
+            Tx::Ring(p) => p.is_closed(),
             Tx::Net { link, .. } => {
                 let l = link.borrow();
                 // A live link that broke waits to be re-linked.
@@ -603,20 +589,14 @@ impl Tx {
 
 /// Where an input item's batches come from.
 pub(crate) enum Rx {
-    /// A ring from a worker of this process, and the ring on which this
-    /// worker gives that one back the buffers of the batches it has read.
-    Ring(Consumer<Batch>, Producer<Vec<u8>>),
-    Net {
-        link: Rc<RefCell<NetLink>>,
-        channel: u32,
-        queue: Rc<RefCell<VecDeque<Batch>>>,
-    },
+    Ring(Consumer<Batch>),
+    Net { link: Rc<RefCell<NetLink>>, channel: u32, queue: Rc<RefCell<VecDeque<Batch>>> },
 }
 
 impl Rx {
     pub(crate) fn try_pop(&self) -> Option<Batch> {
         match self {
-            Rx::Ring(c, _) => c.try_pop(),
+            Rx::Ring(c) => c.try_pop(),
             Rx::Net { link, channel, queue } => {
                 let b = queue.borrow_mut().pop_front()?;
                 // The batch is taken: its credit goes back to the producer
@@ -630,26 +610,10 @@ impl Rx {
         }
     }
 
-    /// `b` was read: on a ring, its buffer goes back to the producing
-    /// worker, whose next batch is written in it, unless that worker has
-    /// enough of them already (then it is freed here). A buffer freed by
-    /// the worker that did not allocate it, and allocated again by the
-    /// other, cost the two workers of keyed-sum about 2 % of their time in
-    /// the allocator.
-    pub(crate) fn give_back(&self, b: Batch) {
-        if let Rx::Ring(_, back) = self {
-            let mut data = b.data;
-            if data.capacity() > 0 {
-                data.clear();
-                let _ = back.try_push(data);
-            }
-        }
-    }
-
     /// Whether the producer has gone and every batch was taken.
     pub(crate) fn is_finished(&self) -> bool {
         match self {
-            Rx::Ring(c, _) => c.is_finished(),
+            Rx::Ring(c) => c.is_finished(),
             Rx::Net { link, queue, .. } => {
                 let l = link.borrow();
                 l.down.is_none() && (l.ended || (!l.live && l.conn.is_closed())) && queue.borrow().is_empty()

@@ -120,20 +120,7 @@ pub struct JobReport {
     pub restored_from: Option<u64>,
 }
 
-/// One ring between two workers of this process: the batches one way,
-/// their buffers back the other (see [`Rx::give_back`]).
-type Channel = ((Producer<Batch>, Consumer<Vec<u8>>), (Consumer<Batch>, Producer<Vec<u8>>));
-type Channels = Vec<Vec<Vec<Option<Channel>>>>;
-
-/// Buffers a ring's receiving worker may hold given back and not yet
-/// reused by the producing one (more are freed).
-const RETURNED_BUFFERS: usize = 4;
-
-/// A ring of `batches` batches and its way back for their buffers.
-fn channel(batches: usize) -> Channel {
-    let ((tx, rx), (back_tx, back_rx)) = (ring(batches), ring(RETURNED_BUFFERS));
-    ((tx, back_rx), (rx, back_tx))
-}
+type Channels = Vec<Vec<Vec<Option<(Producer<Batch>, Consumer<Batch>)>>>>;
 
 impl Runtime {
     /// A runtime with `config`.
@@ -258,7 +245,7 @@ impl Runtime {
                     .map(|s| {
                         (0..workers)
                             .map(|d| {
-                                (s != d && mine[s] && mine[d]).then(|| channel(self.config.channel_batches))
+                                (s != d && mine[s] && mine[d]).then(|| ring(self.config.channel_batches))
                             })
                             .collect()
                     })
@@ -538,8 +525,8 @@ impl Drop for WorkerDone {
 }
 
 struct WorkerChannels {
-    out: HashMap<(usize, usize), (Producer<Batch>, Consumer<Vec<u8>>)>,
-    inp: HashMap<(usize, usize), (Consumer<Batch>, Producer<Vec<u8>>)>,
+    out: HashMap<(usize, usize), Producer<Batch>>,
+    inp: HashMap<(usize, usize), Consumer<Batch>>,
     /// Connections to remote workers, by remote worker.
     net: Vec<(usize, spate_net::Connection)>,
     /// With live recovery: where re-links reach this worker (its slot).
@@ -736,13 +723,7 @@ impl Flusher {
                     }
                     r.outbox.borrow_mut().recycle(b);
                 }
-                Ok(None) => {
-                    // The buffer of a batch read since comes back for the
-                    // next one (one a batch sent keeps them in balance).
-                    if let Some(data) = r.tx.returned() {
-                        r.outbox.borrow_mut().recycle_data(data);
-                    }
-                }
+                Ok(None) => {}
                 Err(b) => {
                     r.outbox.borrow_mut().put_back(b);
                     return if r.tx.is_closed() { Sent::Closed } else { Sent::Full };
@@ -1052,20 +1033,18 @@ impl Item {
                                     k.note_ahead(id, *edge, *producer, ahead);
                                 }
                             }
-                        } else if matches!(rx, Rx::Ring(..)) {
+                        } else if matches!(rx, Rx::Ring(_)) {
                             // A restored skip on a ring is done (rings are
                             // never re-linked: no count is needed).
                             *cursor = None;
                         }
                     }
                     input.borrow_mut().on_batch(&batch, skip);
-                    let (last, barrier) = (batch.is_final(), batch.barrier());
-                    rx.give_back(batch);
-                    if last {
+                    if batch.is_final() {
                         self.done = true;
                         break;
                     }
-                    if let Some(id) = barrier.filter(|&id| id > aborted) {
+                    if let Some(id) = batch.barrier().filter(|&id| id > aborted) {
                         // Later batches from this producer wait for the
                         // alignment (see `Ckpt::holds`).
                         self.passed = id;
@@ -1156,10 +1135,8 @@ fn worker_main<F>(
         }
     }
     let edges = wb.edges.len();
-    let mut outs: HashMap<(usize, usize), Tx> =
-        chans.out.drain().map(|(k, (p, back))| (k, Tx::Ring(p, back))).collect();
-    let mut ins: HashMap<(usize, usize), Rx> =
-        chans.inp.drain().map(|(k, (c, back))| (k, Rx::Ring(c, back))).collect();
+    let mut outs: HashMap<(usize, usize), Tx> = chans.out.drain().map(|(k, p)| (k, Tx::Ring(p))).collect();
+    let mut ins: HashMap<(usize, usize), Rx> = chans.inp.drain().map(|(k, c)| (k, Rx::Ring(c))).collect();
     for (v, conn) in chans.net.drain(..) {
         let link = Rc::new(RefCell::new(NetLink::new(conn, v, me, workers)));
         if let Some(l) = &mut live {
@@ -1339,41 +1316,5 @@ fn run_loop(
         } else {
             std::hint::spin_loop();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A batch read on a ring between two workers of this process gives
-    /// its buffer back to the producing side, which writes its next batch
-    /// in it; the way back holds at most `RETURNED_BUFFERS` (more are
-    /// freed by the reader).
-    #[test]
-    fn a_ring_gives_the_buffers_of_read_batches_back() {
-        let ((p, back_rx), (c, back_tx)) = channel(16);
-        let (tx, rx) = (Tx::Ring(p, back_rx), Rx::Ring(c, back_tx));
-        let batch = |n: usize| {
-            let mut b = Batch::with_capacity(0, 0, n);
-            b.data.resize(n, 7);
-            b
-        };
-        let b = batch(100);
-        let (ptr, cap) = (b.data.as_ptr(), b.data.capacity());
-        assert!(matches!(tx.try_push(b), Ok(None)));
-        assert!(tx.returned().is_none(), "nothing read yet");
-        let Some(got) = rx.try_pop() else { panic!("the batch did not arrive") };
-        rx.give_back(got);
-        let Some(data) = tx.returned() else { panic!("the buffer did not come back") };
-        assert_eq!((data.as_ptr(), data.capacity(), data.len()), (ptr, cap, 0), "the same buffer, emptied");
-        assert!(tx.returned().is_none());
-        for _ in 0..RETURNED_BUFFERS + 3 {
-            assert!(matches!(tx.try_push(batch(64)), Ok(None)));
-            let Some(got) = rx.try_pop() else { panic!("the batch did not arrive") };
-            rx.give_back(got);
-        }
-        let back = std::iter::from_fn(|| tx.returned()).count();
-        assert_eq!(back, RETURNED_BUFFERS, "the way back holds at most RETURNED_BUFFERS");
     }
 }
