@@ -749,9 +749,15 @@ mod tests {
         let keys: Vec<u64> = (1..=20).collect();
         let hashes: Vec<u64> = keys.iter().map(|&k| owned(k)).collect();
         ok(sums.update_burst(&mut s, &hashes, &keys, |_, old| old.unwrap_or(0) + 1, |_, _| {}));
-        // Found (keys 1..=5), then a foreign hash, then more found keys; and
-        // a new key (99) first, then the foreign one.
-        for (prefix, name) in [(vec![1u64, 2, 3, 4, 5], "after found keys"), (vec![99], "after an insert")] {
+        // Found (keys 1..=5), then a foreign hash, then more found keys; a
+        // new key (99) first, then the foreign one; and three new keys
+        // (the last two inserted by the inserting run after the first),
+        // then the foreign one.
+        for (prefix, name) in [
+            (vec![1u64, 2, 3, 4, 5], "after found keys"),
+            (vec![99], "after an insert"),
+            (vec![96, 97, 98], "after keys inserted by an inserting run"),
+        ] {
             let mut keys = prefix.clone();
             keys.extend([7u64, 6, 8]);
             let mut hashes: Vec<u64> = keys.iter().map(|&k| owned(k)).collect();
@@ -772,7 +778,7 @@ mod tests {
                 assert!(matches!(r, Ok(Err(StateError::BinNotOwned { bin: 1, .. }))), "{name}");
             }
             let want: Vec<(usize, u64)> =
-                prefix.iter().enumerate().map(|(i, &k)| (i, if k == 99 { 10 } else { 11 })).collect();
+                prefix.iter().enumerate().map(|(i, &k)| (i, if k > 20 { 10 } else { 11 })).collect();
             assert_eq!(done, want, "{name}: the updates before the foreign key, and only they");
             for k in [6u64, 8] {
                 assert_eq!(sums.get(&s, owned(k), &k), Some(1), "{name}: key {k} after the foreign one");
