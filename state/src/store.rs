@@ -197,7 +197,8 @@ pub(crate) struct Seg {
 
 /// A bin's segments: none or one inline (most bins: a reservation gives
 /// each of 4 096 bins one, which as a shared vector took two allocations
-/// to make and two frees to drop, about 0.3 ms of a 100 000-key run), or
+/// to make and two frees to drop: handing out the segments of a
+/// 100 000-key reservation took 0.6–0.8 ms, 0.11 ms inline), or
 /// several in a vector shared with the snapshot of a checkpoint being
 /// streamed (copied on the next change, see
 /// [`StateStore::begin_checkpoint`]). Reads as a slice.

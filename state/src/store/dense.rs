@@ -209,8 +209,7 @@ static EMPTY_CTRL: [u8; 2 * GROUP] = [0; 2 * GROUP];
 /// value bytes each.
 #[inline(always)]
 pub(crate) fn payload_bytes(slots_log2: u8, stride: usize) -> usize {
-    let slots = 1usize << slots_log2;
-    PART_HEAD + slots + GROUP + slots * (stride + 8)
+    PART_HEAD + payload_bytes_from_ctrl(1 << slots_log2, stride)
 }
 
 /// How burst updates of dense tables mark their pages dirty.
@@ -515,6 +514,12 @@ fn kv_off(slots: usize) -> usize {
 #[inline(always)]
 fn hash_off(slots: usize, stride: usize) -> usize {
     slots + GROUP + slots * stride
+}
+
+/// Bytes of a part from its control bytes on (`slots` slots of `stride`).
+#[inline(always)]
+fn payload_bytes_from_ctrl(slots: usize, stride: usize) -> usize {
+    hash_off(slots, stride) + slots * 8
 }
 
 /// Location of a part's control bytes.
@@ -1269,7 +1274,7 @@ impl StateStore {
         }
         let mut locs: Vec<u64> = parts.iter().map(|&(_, loc)| loc).collect();
         locs.sort_unstable();
-        let chunk = |loc: u64| loc >> self.file.chunk_log2();
+        let chunk = |loc: u64| self.file.chunk_of(loc);
         // (The locations are sorted and the parts of one size: a part's end
         // is its run's.)
         let mut run: Option<(u64, u64)> = None;
@@ -1466,15 +1471,6 @@ fn update_run<const ALL: bool, D: RunTable>(
     // encoded again where it is inserted).
     let (mut kb, mut nb): (FixedBuf, FixedBuf) = ([0u8; FIXED_MAX], [0u8; FIXED_MAX]);
     let bin = |h: u64| crate::keyspace::bin_number(h, bins_log2) as usize;
-    // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
-    // that many updates ahead, and, when pages are marked one by one, where
-    // their parts' control bytes lie (with `ALL` these are never read, and
-    // so never written).
-    // Taken from the run before when that one stopped at a key it
-    // inserted without moving a part (its entries hold), else worked out
-    // here; local to the loop, where they stay off the heap's pointers.
-    // (With `ALL` the locations are never read, so not copied either: a
-    // copy of both took a call to `memcpy` each way.)
     // The next key's number: local, and written back when the run stops,
     // so that it stays in a register.
     let mut i = *from;
@@ -1484,6 +1480,15 @@ fn update_run<const ALL: bool, D: RunTable>(
     // takes a load off the lookahead's chain of dependent loads (when the
     // table's address was spilled, keyed-sum ran ×0.966).
     let hot = t.table().hot.as_ptr();
+    // Where the next PREFETCH_AHEAD keys are, worked out (and prefetched)
+    // that many updates ahead, and, when pages are marked one by one, where
+    // their parts' control bytes lie (with `ALL` these are never read, and
+    // so never written).
+    // Taken from the run before when that one stopped at a key it
+    // inserted without moving a part (its entries hold), else worked out
+    // here; local to the loop, where they stay off the heap's pointers.
+    // (With `ALL` the locations are never read, so not copied either: a
+    // copy of both took a call to `memcpy` each way.)
     let mut ring = ahead.ring;
     let mut locs = if ALL { [0; PREFETCH_AHEAD] } else { ahead.locs };
     if ahead.from != i || ahead.all != ALL {
@@ -1857,12 +1862,6 @@ fn insert_slot(file: &mut SegmentFile, part_loc: u64, slots: usize, hash: u64, k
     insert_at::<false>(file, ctrl, cl, slots, j, hash, key, value);
 }
 
-/// Bytes of a part from its control bytes on (`slots` slots of `stride`).
-#[inline(always)]
-fn payload_bytes_from_ctrl(slots: usize, stride: usize) -> usize {
-    hash_off(slots, stride) + slots * 8
-}
-
 /// Writes `key`, `value`, `hash` and the control byte of slot `j` of the
 /// part of `slots` slots whose control bytes are at `ctrl`, with plain
 /// stores.
@@ -2127,21 +2126,28 @@ mod tests {
         let Some(d) = s.tables[0].dense.as_ref() else { panic!("not dense") };
         // Still one part per bin: every key went in in place.
         assert!(d.bins.iter().all(|db| db.depth == 0 && db.slots_log2 == 11));
-        let page = |loc: u64| (loc >> super::super::file::PAGE_LOG2) as usize;
-        let (slots, stride) = (1usize << 11, d.stride());
         for (&k, &h) in keys.iter().zip(&hashes) {
-            let bi = ok(s.bin_index(h));
-            let found = find(d, &s.file, bi, 2, h, &k.to_le_bytes());
-            let Some((p, at)) = found else { panic!("key {k} not found") };
-            let j = at.slot;
-            for (what, loc) in [
-                ("control byte", p.ctrl_loc + j as u64),
-                ("key and value", p.ctrl_loc + (kv_off(slots) + j * stride) as u64),
-                ("hash", p.ctrl_loc + (hash_off(slots, stride) + j * 8) as u64),
-            ] {
-                assert!(s.file.is_dirty(page(loc)), "key {k}: the page of its {what} is not dirty");
-            }
+            assert_slot_dirty(&s, k, &format!("key {k}"));
             assert_eq!(sums.get(&s, h, &k), Some(k));
+        }
+    }
+
+    /// Asserts that the pages of `u64` key `k`'s slot in table 0 of `s`
+    /// (a store of 4 bins) are dirty: its control byte, key and value, and
+    /// hash.
+    fn assert_slot_dirty(s: &StateStore, k: u64, name: &str) {
+        let Some(d) = s.tables[0].dense.as_ref() else { panic!("not dense") };
+        let h = hash_u64(k);
+        let bi = ok(s.bin_index(h));
+        let Some((p, at)) = find(d, &s.file, bi, 2, h, &k.to_le_bytes()) else { panic!("{name} not found") };
+        let (slots, stride, j) = (p.slots, d.stride(), at.slot);
+        let page = |loc: u64| (loc >> super::super::file::PAGE_LOG2) as usize;
+        for (what, loc) in [
+            ("control byte", p.ctrl_loc + j as u64),
+            ("key and value", p.ctrl_loc + (kv_off(slots) + j * stride) as u64),
+            ("hash", p.ctrl_loc + (hash_off(slots, stride) + j * 8) as u64),
+        ] {
+            assert!(s.file.is_dirty(page(loc)), "{name}: the page of its {what} is not dirty");
         }
     }
 
@@ -2176,25 +2182,8 @@ mod tests {
                 *want.entry(k).or_insert(0u64) += 1;
             }
             assert!(s.marks.marked == s.file.dirty_epoch(), "round {round}: the epoch was marked whole");
-            let Some(d) = s.tables[0].dense.as_ref() else { panic!("not dense") };
-            let page = |loc: u64| (loc >> super::super::file::PAGE_LOG2) as usize;
             for k in new {
-                let h = hash_u64(k);
-                let bi = ok(s.bin_index(h));
-                let Some((p, at)) = find(d, &s.file, bi, 2, h, &k.to_le_bytes()) else {
-                    panic!("key {k} not found")
-                };
-                let (slots, j) = (p.slots, at.slot);
-                for (what, loc) in [
-                    ("control byte", p.ctrl_loc + j as u64),
-                    ("key and value", p.ctrl_loc + (kv_off(slots) + j * d.stride()) as u64),
-                    ("hash", p.ctrl_loc + (hash_off(slots, d.stride()) + j * 8) as u64),
-                ] {
-                    assert!(
-                        s.file.is_dirty(page(loc)),
-                        "round {round}, key {k}: the page of its {what} is not dirty"
-                    );
-                }
+                assert_slot_dirty(&s, k, &format!("round {round}, key {k}"));
             }
         }
         for (&k, &n) in &want {

@@ -138,12 +138,18 @@ pub(crate) struct LiveMaps {
 // of `cow.rs` that keeps those reads off pages being written.
 unsafe impl Send for LiveMaps {}
 
+/// The chunk of file location `loc`, in a file of chunks of
+/// `2^chunk_log2` bytes, and its offset in that chunk.
+#[inline(always)]
+fn chunk_and_offset(loc: u64, chunk_log2: u32) -> (usize, usize) {
+    ((loc >> chunk_log2) as usize, (loc & ((1u64 << chunk_log2) - 1)) as usize)
+}
+
 impl LiveMaps {
     /// Pointer to the `PAGE_BYTES` bytes of page `p` in the maps.
     pub(crate) fn page_ptr(&self, p: u64) -> *const u8 {
         let loc = p << PAGE_LOG2;
-        let chunk = (loc >> self.chunk_log2) as usize;
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
         assert!(chunk < self.bases.len(), "checkpoint page {p} outside the mapped segment file");
         debug_assert_eq!(self.chunks.len(), self.bases.len());
         // SAFETY: a page is aligned to its size and chunks are whole pages,
@@ -228,8 +234,7 @@ impl SegmentFile {
             if self.file.is_some() || len == 0 {
                 return;
             }
-            let chunk = (loc >> self.chunk_log2) as usize;
-            let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+            let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
             // Whole pages: `advise_range` rounds the start down itself.
             if let Some(map) = self.chunks.get(chunk) {
                 let end = (off + len).min(map.len());
@@ -240,9 +245,9 @@ impl SegmentFile {
         let _ = (loc, len);
     }
 
-    /// Log2 of the bytes of a chunk (one map).
-    pub(crate) fn chunk_log2(&self) -> u32 {
-        self.chunk_log2
+    /// The chunk (one map) that location `loc` lies in.
+    pub(crate) fn chunk_of(&self, loc: u64) -> usize {
+        chunk_and_offset(loc, self.chunk_log2).0
     }
 
     /// Bytes per segment.
@@ -376,8 +381,7 @@ impl SegmentFile {
     /// with [`SegmentFile::mark_dirty`] first.
     #[inline(always)]
     pub(crate) fn ptr(&self, loc: u64, len: usize) -> *mut u8 {
-        let chunk = (loc >> self.chunk_log2) as usize;
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
         assert!(
             chunk < self.bases.len() && off + len <= 1usize << self.chunk_log2,
             "state location {loc}+{len} outside the mapped segment file"
@@ -413,7 +417,7 @@ impl SegmentFile {
     /// dirty with [`SegmentFile::mark_dirty`]).
     #[inline(always)]
     pub(crate) fn ptr_within(&self, loc: u64, len: usize) -> Option<*mut u8> {
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let (_, off) = chunk_and_offset(loc, self.chunk_log2);
         if off + len > 1usize << self.chunk_log2 {
             return None;
         }
@@ -427,8 +431,7 @@ impl SegmentFile {
     /// segment in one chunk).
     #[inline(always)]
     pub(crate) fn addr(&self, loc: u64) -> Option<*mut u8> {
-        let chunk = (loc >> self.chunk_log2) as usize;
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
         // `off` is inside the chunk, whose map is alive as long as `self`.
         self.bases.get(chunk).map(|&base| base.wrapping_add(off))
     }
@@ -533,8 +536,7 @@ impl SegmentFile {
                 continue;
             }
             let loc = (p as u64) << PAGE_LOG2;
-            let chunk = (loc >> *chunk_log2) as usize;
-            let off = (loc & ((1u64 << *chunk_log2) - 1)) as usize;
+            let (chunk, off) = chunk_and_offset(loc, *chunk_log2);
             let Some(&base) = bases.get(chunk) else {
                 continue;
             };
@@ -747,8 +749,7 @@ unsafe impl Sync for RestoreTarget<'_> {}
 impl<'a> RestoreTarget<'a> {
     /// Pointer to `len` bytes at `loc`, checked to lie in one mapped chunk.
     fn ptr(&self, loc: u64, len: usize) -> *mut u8 {
-        let chunk = (loc >> self.chunk_log2) as usize;
-        let off = (loc & ((1u64 << self.chunk_log2) - 1)) as usize;
+        let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
         assert!(
             chunk < self.bases.len() && off + len <= 1usize << self.chunk_log2,
             "restored location {loc}+{len} outside the mapped segment file"
