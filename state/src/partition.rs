@@ -259,7 +259,7 @@ impl StateStore {
         if same {
             let mut parts = Vec::new();
             for (k, part) in db.parts().enumerate() {
-                let loc = self.import_record(bi, &src.file, part.loc, ti as u16)?;
+                let loc = self.import_part(bi, k, &src.file, part.loc, ti as u16)?;
                 parts.push(PartInfo {
                     table: ti as u16,
                     key_len: sd.key_len,
@@ -278,6 +278,25 @@ impl StateStore {
             self.put_impl(TableId::from_index(ti), e.hash, e.key, e.value)?;
         }
         Ok(())
+    }
+
+    /// Copies the dense part at `loc` of `src` into bin `bi` as its part
+    /// number `part`, of table `table` (placed by
+    /// [`StateStore::alloc_part`]); returns its new location.
+    fn import_part(
+        &mut self,
+        bi: usize,
+        part: usize,
+        src: &SegmentFile,
+        loc: u64,
+        table: u16,
+    ) -> Result<u64, StateError> {
+        let size = Header::read(src.bytes(loc, HEADER)).record_bytes();
+        let (at, new) = self.alloc_part(bi, part, size)?;
+        self.pad_part(bi, at, new);
+        self.file.write(new, src.bytes(loc, size));
+        self.file.write(new + 16, &table.to_le_bytes());
+        Ok(new)
     }
 
     /// Copies the record at `loc` of `src` (with its list blocks, trimmed to

@@ -1536,7 +1536,7 @@ impl StateStore {
                 };
                 let locs: Vec<u64> = d.bins[bi].parts().map(|p| p.loc).collect();
                 for (k, loc) in locs.into_iter().enumerate() {
-                    match self.copy_record(bi, loc) {
+                    match self.copy_part(bi, k, loc) {
                         Ok(new) => {
                             self.relocate_part(ti, bi, k, new);
                             moved_dense.push((ti, k, loc));

@@ -696,9 +696,6 @@ impl BinScan {
                 let off = (pos - seg_loc) as usize;
                 let h = Header::read(&seg_bytes[off..off + HEADER]);
                 let size = h.record_bytes() as u64;
-                if h.kind == KIND_PAD {
-                    break;
-                }
                 if pos + size > end {
                     return Err(bad(format!("{size} bytes overrun the segment")));
                 }
@@ -725,7 +722,9 @@ impl BinScan {
                         let r = &seg_bytes[off..off + size as usize];
                         dense.push(dense::check_part(r, &h, pos, bin, self.bins_log2).map_err(bad)?);
                     }
-                    KIND_VALUE | KIND_LIST | KIND_BLOCK | KIND_DENSE => {}
+                    // Dead records and padding (which closes a segment,
+                    // or lies before a dense part: `alloc_part`).
+                    KIND_VALUE | KIND_LIST | KIND_BLOCK | KIND_DENSE | KIND_PAD => {}
                     k => return Err(bad(format!("unknown record kind {k}"))),
                 }
                 pos += size;

@@ -35,7 +35,9 @@ pub(crate) const KIND_VALUE: u8 = 1;
 pub(crate) const KIND_LIST: u8 = 2;
 /// A block of list items.
 pub(crate) const KIND_BLOCK: u8 = 3;
-/// Padding up to the end of a segment.
+/// Padding: bytes no record uses, up to the end of a segment or before a
+/// dense part (placed for its control bytes to lie where they should in
+/// a cache line).
 pub(crate) const KIND_PAD: u8 = 4;
 /// A part of a dense table (see `dense.rs`): slots holding keys and values.
 pub(crate) const KIND_DENSE: u8 = 5;
