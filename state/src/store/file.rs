@@ -44,6 +44,9 @@ use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
+/// Bytes of a huge page (x86-64, aarch64 with 4 KiB pages).
+const HUGE_BYTES: usize = 2 << 20;
+
 use super::cow::{CowShared, Phase};
 use crate::error::StateError;
 
@@ -239,6 +242,39 @@ impl SegmentFile {
             if let Some(map) = self.chunks.get(chunk) {
                 let end = (off + len).min(map.len());
                 let _ = map.advise_range(memmap2::Advice::PopulateWrite, off, end.saturating_sub(off));
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (loc, len);
+    }
+
+    /// Asks for huge pages (`MADV_HUGEPAGE`) for the `len` bytes at `loc`
+    /// (in one chunk), about to be populated whole: for each 2 MiB-aligned
+    /// range of the chunk's map that they cover a quarter of or more (a
+    /// huge page costs about what 64 page faults do; the rest of the range
+    /// is where the file's next segments go). Only for anonymous maps (a
+    /// shared file map gets no transparent huge pages); a hint, whose
+    /// failure leaves small pages.
+    pub(crate) fn advise_huge(&self, loc: u64, len: usize) {
+        #[cfg(target_os = "linux")]
+        {
+            if self.file.is_some() || len == 0 {
+                return;
+            }
+            let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
+            let Some(map) = self.chunks.get(chunk) else {
+                return;
+            };
+            // Addresses, as the kernel aligns huge pages by address.
+            let base = map.as_ptr() as usize;
+            let (start, end) = (base + off, base + (off + len).min(map.len()));
+            let mut r = start / HUGE_BYTES * HUGE_BYTES;
+            while r < end {
+                let covered = end.min(r + HUGE_BYTES) - start.max(r);
+                if r >= base && r + HUGE_BYTES <= base + map.len() && covered * 4 >= HUGE_BYTES {
+                    let _ = map.advise_range(memmap2::Advice::HugePage, r - base, HUGE_BYTES);
+                }
+                r += HUGE_BYTES;
             }
         }
         #[cfg(not(target_os = "linux"))]
