@@ -199,7 +199,7 @@ fn union_filter_map_flat_map() {
         let a = df.input("a", &a_source);
         let b = df.input("b", &b_source);
         a.union(&b, "union")
-            .filter("even", |x: &u64| x % 2 == 0)
+            .filter("even", |x: &u64| x.is_multiple_of(2))
             .map("times-ten", |x: u64| x * 10)
             .flat_map("and-next", |x: u64| [x, x + 1])
             // Across workers, then paired with the input value it came from.

@@ -95,7 +95,7 @@ fn keyed_sum(records: u64, keys: u64, workers: usize) {
         sums.entry(parse_u64(k, line)).or_default().push(parse_u64(v, line));
     }
     assert_eq!(sums.len() as u64, keys.min(records), "every key appears");
-    let ordered = keys % workers as u64 == 0;
+    let ordered = keys.is_multiple_of(workers as u64);
     for (k, got) in sums.iter_mut() {
         assert!(*k < keys, "key {k} out of range");
         // Values of key k: k, k + keys, k + 2*keys, ... below `records`.

@@ -401,7 +401,7 @@ impl Batch {
         let size = COMPACT_PREFIX_BYTES + len;
         let body = self.data.len() - COMPACT_HEAD_BYTES;
         let found = u32::try_from(body / size).unwrap_or(u32::MAX);
-        if body % size != 0 {
+        if !body.is_multiple_of(size) {
             return Err(BatchError::Truncated { record: found, offset: self.data.len() });
         }
         if found != self.count {

@@ -141,7 +141,8 @@ pub fn key_hash<K: spate_state::codec::Record>(key: &K, scratch: &mut Vec<u8>) -
 /// Appends the key of each of `recs` to `keys`, then the hash of each key
 /// appended to `hashes` (`scratch` as for [`key_hash`]): two passes of
 /// `extend` over slices, with no capacity check per record, and the hashes
-/// of `u64` keys in one vectorised loop.
+/// of `u64` keys in one loop compiled for the widest vectors the CPU has
+/// ([`spate_state::keyspace::hash_u64s`]).
 #[inline(always)]
 pub fn keys_and_hashes<T, K: spate_state::codec::Record>(
     recs: &[(T, Meta)],
@@ -152,6 +153,10 @@ pub fn keys_and_hashes<T, K: spate_state::codec::Record>(
 ) {
     let start = keys.len();
     keys.extend(recs.iter().map(|(rec, _)| key(rec)));
+    if let Some(k64) = (&*keys as &dyn std::any::Any).downcast_ref::<Vec<u64>>() {
+        spate_state::keyspace::hash_u64s(&k64[start..], hashes);
+        return;
+    }
     hashes.extend(keys[start..].iter().map(|k| key_hash(k, scratch)));
 }
 

@@ -355,7 +355,7 @@ fn process(
         p.max_update = p.max_update.max(now - t);
         let gap = now - last;
         p.max_gap = p.max_gap.max(gap);
-        if gap > SHORT_GAP || p.updates % 8 == 0 {
+        if gap > SHORT_GAP || p.updates.is_multiple_of(8) {
             let w = runqueue.ns();
             if gap > SHORT_GAP {
                 let waited = match (waited_ns, w) {
@@ -369,7 +369,7 @@ fn process(
             p.max_gap_on_cpu = p.max_gap_on_cpu.max(gap);
         }
         last = Instant::now();
-        if p.updates % 16 != 0 {
+        if !p.updates.is_multiple_of(16) {
             continue;
         }
         if outstanding {
@@ -393,7 +393,7 @@ fn process(
             }
         }
         // Counting dirty pages reads the whole bitmap: every 64 updates.
-        if !outstanding && p.updates % 64 == 0 && store.dirty_page_count() >= want_dirty {
+        if !outstanding && p.updates.is_multiple_of(64) && store.dirty_page_count() >= want_dirty {
             begin(store, &mut p, counts)?;
             outstanding = true;
         }

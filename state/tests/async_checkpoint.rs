@@ -256,7 +256,7 @@ fn full_image_streamed_by_another_thread_restores_exactly() {
         let mut k = 0u64;
         while !streamer.is_finished() || k < 2_000 {
             w.apply(&Op::Add(k % 30_000, id));
-            if k % 7 == 0 {
+            if k.is_multiple_of(7) {
                 w.apply(&Op::PutBytes(k % 120, vec![id as u8; (k % 90) as usize]));
             }
             k += 1;

@@ -16,7 +16,7 @@ const BACKINGS: [Backing; 2] = [Backing::File, Backing::Memory];
 fn write(w: &mut World, k: u64, v: u64) {
     let s = &mut w.store;
     w.sums.update(s, hash_u64(k), &k, |old| old.unwrap_or(0).wrapping_add(v)).unwrap();
-    if k % 3 == 0 {
+    if k.is_multiple_of(3) {
         w.blobs.put(s, hash_u64(k % 120), &(k % 120), &vec![v as u8; (k % 150) as usize]).unwrap();
         w.lists.append(s, hash_u64(k % 50), &(k % 50), &vec![k as u8; 20]).unwrap();
     }

@@ -628,7 +628,7 @@ impl SegmentFile {
             }
             None => (vec![u64::MAX; words], vec![0; words]),
         };
-        if file_pages % 64 != 0 {
+        if !file_pages.is_multiple_of(64) {
             if let Some(w) = set.last_mut() {
                 *w &= (1u64 << (file_pages % 64)) - 1;
             }

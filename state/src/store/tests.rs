@@ -457,7 +457,7 @@ proptest! {
                     }
                 }
                 Op::Retain { table, modulo } => {
-                    let keep = |k: &[u8]| k[0] % modulo != 0;
+                    let keep = |k: &[u8]| !k[0].is_multiple_of(modulo);
                     let removed = s.retain(tables[table as usize], |_, k, _| keep(k));
                     let m = &mut model[table as usize];
                     let before = m.len();
