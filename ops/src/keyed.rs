@@ -135,7 +135,37 @@ where
     /// Updates the state of a burst (`keys` and `hashes` of `recs`, which
     /// it empties) through [`ValueState::update_burst`], and sends the
     /// results downstream as one burst.
+    ///
+    /// Compiled twice, for the target's baseline and for AVX2 with BMI2
+    /// (where the CPU has them: [`spate_state::cpu::vectors`]): the whole
+    /// loop, the state's lookups inlined in it, then broadcasts a key's
+    /// control tag in one instruction instead of four and shifts by a
+    /// register without tying up `cl`, which leaves registers for what
+    /// was reloaded from the stack (keyed-sum: 91.3 → 89.5 instructions a
+    /// record, ×1.032–1.036 with one and two workers, 9 rounds of 20 M).
     fn update_burst(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        #[cfg(target_arch = "x86_64")]
+        if spate_state::cpu::vectors() >= spate_state::cpu::Vectors::Avx2 {
+            // SAFETY: the CPU has what the function is compiled for.
+            return unsafe { self.update_burst_avx2(recs, hashes, keys) };
+        }
+        self.update_burst_any(recs, hashes, keys)
+    }
+
+    /// `update_burst` compiled for AVX2, BMI1, BMI2, LZCNT and POPCNT.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have them.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+    unsafe fn update_burst_avx2(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
+        self.update_burst_any(recs, hashes, keys)
+    }
+
+    /// `update_burst`, for either form.
+    #[inline(always)]
+    fn update_burst_any(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
         if TypeId::of::<O>() == TypeId::of::<T>() {
             return self.update_burst_in_place(recs, hashes, keys);
         }
@@ -165,6 +195,7 @@ where
     /// `T`: `reduce`, or a `fold` of `(key, accumulator)` pairs): each
     /// result replaces its record in `recs`, which then goes downstream as
     /// the burst, so no second vector is written and read.
+    #[inline(always)]
     fn update_burst_in_place(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: Vec<K>) {
         let (step, emit) = (&self.step, &self.emit);
         debug_assert_eq!(hashes.len(), recs.len());

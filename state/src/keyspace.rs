@@ -36,8 +36,7 @@ pub fn hash_u64(key: u64) -> u64 {
 
 /// Appends [`hash_u64`] of each of `keys` to `out`: what
 /// `out.extend(keys.iter().map(|&k| hash_u64(k)))` does, compiled for the
-/// widest vectors this CPU has (checked at run time, once; the standard
-/// library caches it). The hash's two 64-bit multiplies are one
+/// widest vectors this process may use ([`crate::cpu::vectors`]). The hash's two 64-bit multiplies are one
 /// instruction each with AVX-512 (`vpmullq`, 8 keys at once) and three with
 /// shifts and adds in AVX2 or SSE2, the baseline of x86-64: keyed-sum's
 /// hashes took 14.5 instructions a record in SSE2; against SSE2, keyed-sum
@@ -47,26 +46,13 @@ pub fn hash_u64(key: u64) -> u64 {
 #[inline]
 pub fn hash_u64s(keys: &[u64], out: &mut Vec<u64>) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: this CPU has the features it is compiled for.
-            return unsafe { hash_u64s_avx512(keys, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { hash_u64s_avx2(keys, out) };
-        }
+    match crate::cpu::vectors() {
+        // SAFETY: this CPU has the features each is compiled for.
+        crate::cpu::Vectors::Avx512 => return unsafe { hash_u64s_avx512(keys, out) },
+        crate::cpu::Vectors::Avx2 => return unsafe { hash_u64s_avx2(keys, out) },
+        crate::cpu::Vectors::Baseline => {}
     }
     hash_u64s_baseline(keys, out)
-}
-
-/// Whether this CPU has what [`hash_u64s_avx512`] is compiled for.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// [`hash_u64s`] compiled for the target's baseline.
@@ -225,11 +211,12 @@ mod tests {
                 vec![("dispatched", hash_u64s), ("baseline", hash_u64s_baseline)];
             #[cfg(target_arch = "x86_64")]
             {
-                if std::arch::is_x86_feature_detected!("avx2") {
+                use crate::cpu::{vectors, Vectors};
+                if vectors() >= Vectors::Avx2 {
                     // SAFETY: checked just now.
                     f.push(("avx2", |k, o| unsafe { hash_u64s_avx2(k, o) }));
                 }
-                if has_avx512() {
+                if vectors() >= Vectors::Avx512 {
                     // SAFETY: as above.
                     f.push(("avx512", |k, o| unsafe { hash_u64s_avx512(k, o) }));
                 }

@@ -7,6 +7,7 @@
 //! Map of the crate:
 //! - [`keyspace`]: the portable key hash and the cut of the hash space into bins.
 //! - [`codec`]: rkyv encoding of records, keys and values into reused buffers.
+//! - [`cpu`]: which vector instructions the loops compiled more than once use.
 //! - [`store`]: the memory-mapped segment store, one per stateful operator
 //!   instance, holding that instance's bins: records with a per-bin index,
 //!   or, for fixed-size keys and values, dense tables whose slots are the
@@ -29,6 +30,7 @@ pub mod backup;
 pub mod bench;
 pub mod checkpoint;
 pub mod codec;
+pub mod cpu;
 pub mod error;
 mod fixed;
 pub mod handles;
