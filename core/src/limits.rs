@@ -7,14 +7,12 @@
 
 /// Most workers (executors) one process runs.
 pub const WORKERS_MAX: usize = 256;
-/// Default records per batch before it closes. A batch is one allocation,
-/// one channel slot and one header to write and read: at 2048 rather than
-/// 1024 records, keyed-sum with two workers ran ×1.022–1.040 (three
-/// sittings of 7–11 rounds of 20 M records), one worker ×1.008, and p99
-/// latency at 1 M records/s stayed within the spread of 1024's (18–75 µs
-/// against 22–46 µs, three runs each: with `linger_us = 0` a batch closes
-/// at the end of a step anyway).
-pub const BATCH_RECORDS_DEFAULT: usize = 2048;
+/// Default records per batch before it closes. 2048 was tried (session
+/// 16): keyed-sum with two workers ran ×1.022–1.040 when the VM was quiet,
+/// but ×0.962 and ×0.963 (9 rounds each) when it was contended, where the
+/// producer's stores into fresh batch buffers (`Outbox::push_run`) took a
+/// quarter to a third of the samples with either size.
+pub const BATCH_RECORDS_DEFAULT: usize = 1024;
 /// Default bytes of record data per batch before it closes.
 pub const BATCH_BYTES_DEFAULT: usize = 64 * 1024;
 /// Most records a source produces in one step before the runtime flushes
