@@ -154,11 +154,10 @@ impl Outbox {
         let hint = (len + len / 2).min(self.batch_bytes + 256);
         let mut next = Batch::with_capacity(self.edge, self.producer, 0);
         match self.spare.take() {
-            Some(mut data) => {
-                data.reserve(hint);
-                next.data = data;
-            }
-            None => next.data.reserve_exact(hint),
+            // One too small would be grown by `realloc`, which copies it
+            // whole: it is dropped instead (keeping such buffers, ×0.989).
+            Some(data) if data.capacity() >= hint => next.data = data,
+            _ => next.data.reserve_exact(hint),
         }
         let mut b = std::mem::replace(&mut self.current, next);
         b.seq = self.next_seq;
@@ -201,7 +200,9 @@ impl Outbox {
         self.ready.push_front(b);
     }
 
-    /// `b` was sent (copied out): its buffer serves the next batch.
+    /// `b` was sent (copied out), or came in from the worker this outbox
+    /// sends to and was read: its buffer serves the next batch, unless the
+    /// spare kept is larger.
     pub(crate) fn recycle(&mut self, b: Batch) {
         let mut data = b.data;
         data.clear();
@@ -945,6 +946,42 @@ mod tests {
         let (a, b) = (batches(&mut by_run), batches(&mut by_one));
         assert!(a.len() > 2, "the limits must close batches");
         assert_eq!(a, b, "run {run}, {records} records, {bytes} bytes a batch");
+    }
+
+    /// A recycled buffer serves the next batch when it holds what that
+    /// batch is sized for (the same allocation, emptied), and not when it
+    /// is smaller (it would be grown by copying).
+    #[test]
+    fn a_recycled_buffer_serves_the_next_batch_if_large_enough() {
+        let mut o = Outbox::new(0, 0, 1, Rc::new(RefCell::new(Vec::new())), 4, 1 << 20);
+        let rec = |i: u64| ((i, i), Meta { ingest_ns: 7 });
+        let fill = |o: &mut Outbox| {
+            for i in 0..4 {
+                assert!(o.push(&rec(i).0, rec(i).1).is_ok());
+            }
+        };
+        fill(&mut o);
+        // A full batch closed; the one open now was sized by it.
+        let hint = o.ready.back().map_or(0, |b| b.data.len() * 3 / 2);
+        assert!(hint > 0);
+        let mut big = Batch::with_capacity(0, 0, 0);
+        big.data = Vec::with_capacity(hint * 4);
+        big.data.extend_from_slice(b"stale");
+        let big_ptr = big.data.as_ptr();
+        o.recycle(big);
+        fill(&mut o);
+        assert_eq!(o.current.data.as_ptr(), big_ptr, "the recycled buffer is the open batch's");
+        assert!(o.current.data.is_empty(), "emptied");
+        let mut small = Batch::with_capacity(0, 0, 0);
+        small.data = Vec::with_capacity(1);
+        let small_ptr = small.data.as_ptr();
+        o.recycle(small);
+        fill(&mut o);
+        assert_ne!(o.current.data.as_ptr(), small_ptr, "a buffer too small is not grown");
+        assert!(o.current.data.capacity() >= hint);
+        // Every batch still frames its records.
+        let got = batches(&mut o);
+        assert!(got.iter().filter(|(count, _)| *count == 4).count() >= 3, "{:?}", got.len());
     }
 
     #[test]
