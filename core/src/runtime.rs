@@ -1066,10 +1066,9 @@ impl Item {
                         self.passed = id;
                         break;
                     }
-                    let linger0 = flusher.linger_ns == 0;
                     flusher.recycle_received(*edge as u32, batch.producer, batch);
                     // With linger 0 every batch's results go out at once.
-                    if linger0 {
+                    if flusher.linger_ns == 0 {
                         break;
                     }
                 }

@@ -36,9 +36,10 @@ pub fn hash_u64(key: u64) -> u64 {
 
 /// Appends [`hash_u64`] of each of `keys` to `out`: what
 /// `out.extend(keys.iter().map(|&k| hash_u64(k)))` does, compiled for the
-/// widest vectors this process may use ([`crate::cpu::vectors`]). The hash's two 64-bit multiplies are one
-/// instruction each with AVX-512 (`vpmullq`, 8 keys at once) and three with
-/// shifts and adds in AVX2 or SSE2, the baseline of x86-64: keyed-sum's
+/// widest vectors this process may use ([`crate::cpu::vectors`]). The
+/// hash's two 64-bit multiplies are one instruction each with AVX-512
+/// (`vpmullq`, 8 keys at once) and three with shifts and adds in AVX2 or
+/// SSE2, the baseline of x86-64: keyed-sum's
 /// hashes took 14.5 instructions a record in SSE2; against SSE2, keyed-sum
 /// ran ×1.092 with AVX2 and ×1.145–1.163 with AVX-512 (one worker), and
 /// ×1.105 with AVX-512 and two workers (20 M records, 9 rounds each).

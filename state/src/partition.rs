@@ -282,7 +282,7 @@ impl StateStore {
 
     /// Copies the dense part at `loc` of `src` into bin `bi` as its part
     /// number `part`, of table `table` (placed by
-    /// [`StateStore::alloc_part`]); returns its new location.
+    /// [`StateStore::place_part`]); returns its new location.
     fn import_part(
         &mut self,
         bi: usize,
@@ -292,8 +292,7 @@ impl StateStore {
         table: u16,
     ) -> Result<u64, StateError> {
         let size = Header::read(src.bytes(loc, HEADER)).record_bytes();
-        let (at, new) = self.alloc_part(bi, part, size)?;
-        self.pad_part(bi, at, new);
+        let new = self.place_part(bi, part, size)?;
         self.file.write(new, src.bytes(loc, size));
         self.file.write(new + 16, &table.to_le_bytes());
         Ok(new)

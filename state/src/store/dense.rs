@@ -1257,8 +1257,8 @@ impl StateStore {
         // consecutive), then the parts written. Made one by one, each new
         // page was a page fault in the middle of writing a part, and about
         // 1 000 of them (4 MiB of parts at 100 000 keys) were most of the
-        // time a reservation took. In memory, the runs ask for huge pages
-        // first (`advise_huge`): backing 4 MiB took two faults instead of
+        // time a reservation took. In memory, `populate` asks for huge
+        // pages first: backing 4 MiB took two faults instead of
         // 1 024 pages (keyed-sum's first 100 000 records 6.75 → 5.52 ms),
         // and the state's pages then cost the TLB two entries (at
         // 1 000 000 keys, 64 MiB of parts, keyed-sum ran ×1.16–1.22).
@@ -1293,7 +1293,6 @@ impl StateStore {
                     Some((start, end))
                 }
                 Some((start, run_end)) => {
-                    self.file.advise_huge(start, (run_end - start) as usize);
                     self.file.populate(start, (run_end - start) as usize);
                     Some((loc, end))
                 }
@@ -1301,7 +1300,6 @@ impl StateStore {
             };
         }
         if let Some((start, end)) = run {
-            self.file.advise_huge(start, (end - start) as usize);
             self.file.populate(start, (end - start) as usize);
         }
         for (bi, at, loc) in parts {
@@ -1327,7 +1325,8 @@ impl StateStore {
     /// bytes, placed so that the part's control bytes start at byte
     /// [`CTRL_IN_LINE`] of a cache line and, in a fresh segment, in one of
     /// a few lines of it (see [`part_pad`]). Returns where the space taken starts and where the
-    /// part does: the bytes between are for [`Self::pad_part`].
+    /// part does: the bytes between are for [`Self::pad_part`] (a
+    /// reservation makes them padding once their pages are backed).
     ///
     /// Every part of one size used to start its segment, and segments are
     /// aligned to their size, so the parts' control bytes (read by every
@@ -1336,12 +1335,7 @@ impl StateStore {
     /// worker, against that) ran ×1.047 with the control bytes starting a
     /// line, ×1.063 with three colours as well, ×1.019 with the colours
     /// alone (9 rounds of 20 M records each), ×1.071 as now (decision 37).
-    pub(crate) fn alloc_part(
-        &mut self,
-        bi: usize,
-        part: usize,
-        size: usize,
-    ) -> Result<(u64, u64), StateError> {
+    fn alloc_part(&mut self, bi: usize, part: usize, size: usize) -> Result<(u64, u64), StateError> {
         let h = &self.heaps[bi];
         let here = line_pad(h.tail);
         let fresh = part_pad(bi + part, size);
@@ -1361,18 +1355,25 @@ impl StateStore {
 
     /// Makes the bytes before a part placed by [`Self::alloc_part`] (from
     /// `at` to the part at `loc`) dead padding.
-    pub(crate) fn pad_part(&mut self, bi: usize, at: u64, loc: u64) {
+    fn pad_part(&mut self, bi: usize, at: u64, loc: u64) {
         if loc > at {
             self.abandon(bi, at, (loc - at) as usize);
         }
     }
 
+    /// [`Self::alloc_part`] with the bytes before the part made padding at
+    /// once: where the part goes.
+    pub(crate) fn place_part(&mut self, bi: usize, part: usize, size: usize) -> Result<u64, StateError> {
+        let (at, loc) = self.alloc_part(bi, part, size)?;
+        self.pad_part(bi, at, loc);
+        Ok(loc)
+    }
+
     /// Copies dense part number `part` of bin `bi`, at `loc`, to new space
-    /// of the bin (see [`Self::alloc_part`]); returns its new location.
+    /// of the bin (see [`Self::place_part`]); returns its new location.
     pub(crate) fn copy_part(&mut self, bi: usize, part: usize, loc: u64) -> Result<u64, StateError> {
         let size = Header::read(self.file.bytes(loc, HEADER)).record_bytes();
-        let (at, new) = self.alloc_part(bi, part, size)?;
-        self.pad_part(bi, at, new);
+        let new = self.place_part(bi, part, size)?;
         self.file.copy(loc, new, size);
         Ok(new)
     }
@@ -1416,11 +1417,8 @@ impl StateStore {
         let grown = DenseBin { first: DensePart::default(), rest: Vec::new(), depth, slots_log2 };
         let mut new_parts: Vec<DensePart> = Vec::with_capacity(1 << depth);
         for part in 0..1u32 << depth {
-            let loc = match self.alloc_part(bi, part as usize, size) {
-                Ok((at, loc)) => {
-                    self.pad_part(bi, at, loc);
-                    loc
-                }
+            let loc = match self.place_part(bi, part as usize, size) {
+                Ok(loc) => loc,
                 Err(e) => {
                     for p in &new_parts {
                         kill(&mut self.file, &mut self.heaps[bi], p.loc);

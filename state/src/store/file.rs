@@ -44,11 +44,11 @@ use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
-/// Bytes of a huge page (x86-64, aarch64 with 4 KiB pages).
-const HUGE_BYTES: usize = 2 << 20;
-
 use super::cow::{CowShared, Phase};
 use crate::error::StateError;
+
+/// Bytes of a huge page (x86-64, aarch64 with 4 KiB pages).
+const HUGE_BYTES: usize = 2 << 20;
 
 /// Bytes per page: the unit of dirty tracking and of checkpoint chunks.
 pub const PAGE_BYTES: usize = 4096;
@@ -227,35 +227,15 @@ impl SegmentFile {
     /// Asks the kernel to back the `len` bytes at `loc` (in one chunk)
     /// with writable pages now, in one call (`MADV_POPULATE_WRITE`), rather
     /// than a page fault at the first write to each page: for space about
-    /// to be written whole. Only for anonymous maps (on a shared file map
-    /// it would dirty the pages for writeback); a hint, whose failure (a
-    /// kernel before 5.14, no memory now) leaves the pages to fault in as
-    /// they would have.
+    /// to be written whole. First asks for huge pages (`MADV_HUGEPAGE`) for
+    /// each 2 MiB-aligned range of the chunk's map that the bytes cover a
+    /// quarter of or more (a huge page costs about what 64 page faults do;
+    /// the rest of the range is where the file's next segments go). Only
+    /// for anonymous maps (on a shared file map it would dirty the pages
+    /// for writeback, and such a map gets no transparent huge pages); a
+    /// hint, whose failure (a kernel before 5.14, no memory now, huge pages
+    /// off) leaves the pages to fault in as they would have.
     pub(crate) fn populate(&self, loc: u64, len: usize) {
-        #[cfg(target_os = "linux")]
-        {
-            if self.file.is_some() || len == 0 {
-                return;
-            }
-            let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
-            // Whole pages: `advise_range` rounds the start down itself.
-            if let Some(map) = self.chunks.get(chunk) {
-                let end = (off + len).min(map.len());
-                let _ = map.advise_range(memmap2::Advice::PopulateWrite, off, end.saturating_sub(off));
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (loc, len);
-    }
-
-    /// Asks for huge pages (`MADV_HUGEPAGE`) for the `len` bytes at `loc`
-    /// (in one chunk), about to be populated whole: for each 2 MiB-aligned
-    /// range of the chunk's map that they cover a quarter of or more (a
-    /// huge page costs about what 64 page faults do; the rest of the range
-    /// is where the file's next segments go). Only for anonymous maps (a
-    /// shared file map gets no transparent huge pages); a hint, whose
-    /// failure leaves small pages.
-    pub(crate) fn advise_huge(&self, loc: u64, len: usize) {
         #[cfg(target_os = "linux")]
         {
             if self.file.is_some() || len == 0 {
@@ -265,17 +245,19 @@ impl SegmentFile {
             let Some(map) = self.chunks.get(chunk) else {
                 return;
             };
+            let end = (off + len).min(map.len());
             // Addresses, as the kernel aligns huge pages by address.
             let base = map.as_ptr() as usize;
-            let (start, end) = (base + off, base + (off + len).min(map.len()));
-            let mut r = start / HUGE_BYTES * HUGE_BYTES;
-            while r < end {
-                let covered = end.min(r + HUGE_BYTES) - start.max(r);
+            let mut r = (base + off) / HUGE_BYTES * HUGE_BYTES;
+            while r < base + end {
+                let covered = (base + end).min(r + HUGE_BYTES) - (base + off).max(r);
                 if r >= base && r + HUGE_BYTES <= base + map.len() && covered * 4 >= HUGE_BYTES {
                     let _ = map.advise_range(memmap2::Advice::HugePage, r - base, HUGE_BYTES);
                 }
                 r += HUGE_BYTES;
             }
+            // Whole pages: `advise_range` rounds the start down itself.
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, off, end.saturating_sub(off));
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (loc, len);
