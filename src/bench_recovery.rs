@@ -36,8 +36,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::control::{Event, MetricsLine, METRICS_ENV};
 use crate::deploy::{resolve_ports, LocalNodes};
+use spate_core::control::{Event, MetricsLine, METRICS_ENV};
 
 /// Keyed state per key of keyed-sum, bytes (measured: a full checkpoint of
 /// 1M keys is about 45 MB).
@@ -176,7 +176,7 @@ pub fn run(exe: &Path, p: &RecoveryParams) -> Result<RecoveryReport, String> {
                 last.insert(l.node.as_str(), l);
             }
             if last.len() as u64 == WORKERS && last.values().all(|l| l.records_out > 0 && l.p99_us < 50_000) {
-                break crate::control::unix_ms();
+                break spate_core::control::unix_ms();
             }
         }
         if std::time::Instant::now() > deadline {
@@ -186,7 +186,7 @@ pub fn run(exe: &Path, p: &RecoveryParams) -> Result<RecoveryReport, String> {
     };
     std::thread::sleep(Duration::from_secs(p.steady_s));
     let killed = if p.silent {
-        let at = crate::control::unix_ms();
+        let at = spate_core::control::unix_ms();
         nodes.signal("b", libc::SIGSTOP)?;
         at
     } else {

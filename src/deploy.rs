@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spate_core::remote::{ClusterPlacement, NodeSpec};
+use spate_core::control::{ClusterPlacement, NodeReport, NodeSpec};
 use spate_core::RuntimeConfig;
 
 use crate::config::{ClusterSection, Config};
@@ -184,45 +184,6 @@ pub fn merge_histograms(dir: &Path, nodes: usize) -> Result<hdrhistogram::Histog
         return Err(format!("{found} of {nodes} nodes wrote their latency histogram"));
     }
     Ok(merged)
-}
-
-/// What one node reported at its end (`spate node --json`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeReport {
-    /// The node.
-    pub node: String,
-    /// Records its sources produced.
-    pub records_in: u64,
-    /// Records its sinks took.
-    pub records_out: u64,
-    /// Its run time.
-    pub seconds: f64,
-}
-
-impl NodeReport {
-    /// One JSON line.
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"node\":\"{}\",\"records_in\":{},\"records_out\":{},\"seconds\":{:.6}}}",
-            self.node, self.records_in, self.records_out, self.seconds
-        )
-    }
-
-    /// Parses [`NodeReport::to_json`]'s output (`None` for other lines).
-    pub fn parse(line: &str) -> Option<NodeReport> {
-        let body = line.trim().strip_prefix("{\"node\":\"")?.strip_suffix('}')?;
-        let (node, rest) = body.split_once('"')?;
-        let field = |k: &str| -> Option<&str> {
-            let i = rest.find(&format!("\"{k}\":"))? + k.len() + 3;
-            rest[i..].split([',', '}']).next()
-        };
-        Some(NodeReport {
-            node: node.to_string(),
-            records_in: field("records_in")?.parse().ok()?,
-            records_out: field("records_out")?.parse().ok()?,
-            seconds: field("seconds")?.parse().ok()?,
-        })
-    }
 }
 
 /// Starts `exe node --json --quiet --name NAME --config CONFIG ARGS...`
@@ -428,9 +389,9 @@ pub fn run_local_cluster_with(
 pub struct LocalNodes {
     children: Vec<(String, KillOnDrop)>,
     coordinator: usize,
-    events: std::sync::mpsc::Receiver<crate::control::Event>,
+    events: std::sync::mpsc::Receiver<spate_core::control::Event>,
     reports: Arc<Mutex<Vec<NodeReport>>>,
-    metrics: Arc<Mutex<Vec<crate::control::MetricsLine>>>,
+    metrics: Arc<Mutex<Vec<spate_core::control::MetricsLine>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     pipes: Vec<std::thread::JoinHandle<()>>,
 }
@@ -466,9 +427,9 @@ impl LocalNodes {
                 let (tx, reports, metrics) = (tx.clone(), nodes.reports.clone(), nodes.metrics.clone());
                 nodes.pipes.push(std::thread::spawn(move || {
                     for line in BufReader::new(out).lines().map_while(Result::ok) {
-                        if let Some(e) = crate::control::Event::parse(&line) {
+                        if let Some(e) = spate_core::control::Event::parse(&line) {
                             let _ = tx.send(e);
-                        } else if let Some(m) = crate::control::MetricsLine::parse(&line) {
+                        } else if let Some(m) = spate_core::control::MetricsLine::parse(&line) {
                             if let Ok(mut v) = metrics.lock() {
                                 v.push(m);
                             }
@@ -500,8 +461,8 @@ impl LocalNodes {
     pub fn wait_event(
         &mut self,
         limit: Duration,
-        mut matches: impl FnMut(&crate::control::Event) -> bool,
-    ) -> Result<crate::control::Event, String> {
+        mut matches: impl FnMut(&spate_core::control::Event) -> bool,
+    ) -> Result<spate_core::control::Event, String> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -533,7 +494,7 @@ impl LocalNodes {
             .iter_mut()
             .find(|(n, _)| n == name)
             .ok_or_else(|| format!("no node `{name}` was started"))?;
-        let at = crate::control::unix_ms();
+        let at = spate_core::control::unix_ms();
         c.0.kill().map_err(|e| format!("cannot kill node `{name}`: {e}"))?;
         let _ = c.0.wait();
         Ok(at)
@@ -558,8 +519,8 @@ impl LocalNodes {
     }
 
     /// The metrics lines the nodes printed so far (see
-    /// [`crate::control::METRICS_ENV`]).
-    pub fn metrics(&self) -> Vec<crate::control::MetricsLine> {
+    /// [`spate_core::control::METRICS_ENV`]).
+    pub fn metrics(&self) -> Vec<spate_core::control::MetricsLine> {
         self.metrics.lock().map(|v| v.clone()).unwrap_or_default()
     }
 

@@ -32,7 +32,7 @@
 
 pub mod bench_recovery;
 pub mod config;
-pub mod control;
+pub use spate_core::control;
 pub mod deploy;
 pub mod node;
 pub mod queries;

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use spate::config::{Config, QuerySection, SinkKind, SinkSection};
-use spate::deploy::{self, NodeReport};
+use spate::control::NodeReport;
+use spate::deploy;
 use spate::{node, queries};
 use spate::{Job, Runtime, RuntimeConfig};
 use spate_bench::compare::{run_alternating, CommandSpec};

@@ -10,8 +10,9 @@ use spate_core::replica::ReplicaServer;
 use spate_state::Durability;
 
 use crate::config::Config;
-use crate::control::{Coordinator, Member, NodeAgent, Outcome};
-use crate::deploy::{self, NodeReport};
+use crate::deploy;
+use spate_core::control::NodeReport;
+use spate_core::control::{Coordinator, Member, NodeAgent, Outcome};
 
 /// How `spate node` runs this node.
 #[derive(Debug, Clone, Default)]
@@ -66,15 +67,15 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
     let spare = cluster.nodes[me].spare;
     if me == coordinator {
         let spares: Vec<bool> = cluster.nodes.iter().map(|n| n.spare).collect();
-        let config = crate::control::plan::PlanConfig {
+        let config = spate_core::control::plan::PlanConfig {
             failure_timeout_ms: cluster.failure_timeout_ms,
             connect_timeout_ms: cluster.connect_timeout_ms,
             interval_ms: cfg.checkpoint.interval_ms,
             backups: cfg.backups(),
             // The sources start as the first deployment's workers connect.
-            origin_ns: crate::control::unix_ms() * 1_000_000 + 200_000_000,
+            origin_ns: spate_core::control::unix_ms() * 1_000_000 + 200_000_000,
             live: cfg.live_recovery(),
-            restarts: crate::control::RESTARTS,
+            restarts: spate_core::control::RESTARTS,
         };
         let mut coord = Coordinator::accept_members(&mut listener, &placement, &spares, config, opts.quiet)?;
         coord.register_self(placement.nodes[me].workers, replica.addr());

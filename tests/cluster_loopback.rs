@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spate::core::remote::{net_config, ClusterPlacement, NodeSpec};
+use spate::core::control::{ClusterPlacement, NodeSpec};
+use spate::core::remote::net_config;
 use spate::net::Listener;
 use spate::prelude::*;
 use spate::Watchdog;

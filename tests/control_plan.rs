@@ -47,11 +47,11 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use spate::control::plan::{Action, Plan, PlanConfig};
-use spate::control::{Deployment, Msg};
 use spate::core::checkpoint::Manifest;
-use spate::core::remote::NodeSpec;
-use spate::deploy::NodeReport;
+use spate::core::control::plan::{Action, Plan, PlanConfig};
+use spate::core::control::NodeReport;
+use spate::core::control::NodeSpec;
+use spate::core::control::{Deployment, Msg};
 
 /// splitmix64: small, seeded, good enough to pick delays and faults.
 struct Rng(u64);

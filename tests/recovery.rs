@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use spate::deploy::{resolve_ports, LocalNodes, NodeReport};
+use spate::control::NodeReport;
+use spate::deploy::{resolve_ports, LocalNodes};
 use spate::Watchdog;
 
 const SPATE: &str = env!("CARGO_BIN_EXE_spate");

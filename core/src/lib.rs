@@ -22,16 +22,14 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod dataflow;
 pub mod exchange;
-pub mod ft;
 pub mod limits;
 pub mod metrics;
 pub mod push;
 pub mod remote;
 mod replay;
-#[cfg(test)]
-mod replay_sim;
 pub mod replica;
 pub mod ring;
 pub mod routing;

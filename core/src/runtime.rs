@@ -29,12 +29,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::batch::Batch;
 use crate::checkpoint::{self, CheckpointCoordinator, Checkpointer, ClusterCheckpoints};
 use crate::config::{available_cores, RuntimeConfig};
+use crate::control::placement::ClusterPlacement;
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{BatchInput, EdgeRuntime, Outbox, TouchList};
 use crate::limits::{BATCHES_PER_VISIT, NAP_US, TICK_US_MAX};
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
-use crate::remote::{self, ClusterPlacement, NetLink, Rx, Tx};
+use crate::remote::{self, NetLink, Rx, Tx};
 use crate::replay::{LogStore, ReplayCursor, ReplayLog};
 use crate::ring::{ring, Consumer, Producer};
 use crate::source::{SourceStatus, SourceTask};
@@ -166,7 +167,7 @@ impl Runtime {
     /// checkpoints to); stops connecting the workers as soon as `abort`
     /// gives a reason (see [`remote::connect_mesh_or_abort`]). With
     /// `placement.join` this share joins a running job as the replacement
-    /// of failed workers (live recovery, see [`remote::Join`]).
+    /// of failed workers (live recovery, see [`crate::control::Join`]).
     ///
     /// `beside`: the shares already running in this process, which take
     /// the joining share's links to their workers (a survivor that takes

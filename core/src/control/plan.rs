@@ -1,6 +1,6 @@
 //! The coordinator's decisions as a sans-IO state machine: which nodes run
 //! which workers in each epoch, checkpoints, failure detection and
-//! fencing (through [`spate_core::ft::detector::FailureDetector`]) and
+//! fencing (through [`crate::control::detector::FailureDetector`]) and
 //! recovery by rolling every node back to the last complete checkpoint
 //! (docs/ARCHITECTURE.md, decision 23), or — with [`PlanConfig::live`] —
 //! by re-running only the failed node's workers.
@@ -60,13 +60,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 
-use spate_core::checkpoint::Manifest;
-use spate_core::ft::detector::{DetectorConfig, FailureDetector, FailureReason};
-use spate_core::ft::{Incarnation, NodeId};
-use spate_core::remote::NodeSpec;
+use crate::checkpoint::Manifest;
+use crate::control::detector::{DetectorConfig, FailureDetector, FailureReason, Incarnation, NodeId};
+use crate::control::placement::NodeSpec;
 
 use super::{Deployment, Msg};
-use crate::deploy::NodeReport;
+use crate::control::report::NodeReport;
 
 /// Tunables of a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,8 +22,7 @@
 //! suspicion cost only a needless recovery, never a wrong result.
 //!
 //! ```
-//! use spate_core::ft::detector::*;
-//! use spate_core::ft::{Incarnation, NodeId};
+//! use spate_core::control::detector::*;
 //!
 //! let mut fd = FailureDetector::new(DetectorConfig {
 //!     failure_timeout_ms: 100,
@@ -42,7 +41,27 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{Incarnation, NodeId};
+/// A node: one process of the cluster, addressed independently of restarts
+/// (its index among the config's nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u32);
+
+/// One life of a node's process. A restart is a new, greater incarnation;
+/// once an incarnation is declared failed it is fenced for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Incarnation(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "incarnation {}", self.0)
+    }
+}
 
 /// Tunables of a [`FailureDetector`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,62 @@
+//! The control plane of a multi-process job: one node is the coordinator
+//! (docs/ARCHITECTURE.md, decision 23).
+//!
+//! 1. Every other node — spares included — opens a control connection to
+//!    the coordinator (its `Hello` names it `ctl:<node>`; unknown or
+//!    duplicate nodes are refused) and registers with its worker count and
+//!    the address of its replica service (where other nodes stream their
+//!    checkpoints to it).
+//! 2. Once every node of the config has registered (or the connect timeout
+//!    passes: the error names the missing nodes), the coordinator deploys
+//!    epoch 0: the placement of the nodes that are not spares, in config
+//!    order, and for each node the backup nodes it streams its checkpoints
+//!    to (the next `[checkpoint] backups` nodes of the placement, in a
+//!    ring: never itself).
+//! 3. While the job runs, control connections carry heartbeats both ways.
+//!    Every `[checkpoint] interval_ms` the coordinator requests a checkpoint
+//!    from every node; each node answers with its part (its sources'
+//!    offsets) once its instances have stored it locally and its backup
+//!    nodes acknowledged it; when every part is in, the checkpoint is
+//!    complete and the nodes are told.
+//! 4. A node silent for `failure_timeout_ms`, or whose control connection
+//!    closes before the job ends, is declared failed and fenced: it is
+//!    never deployed again, its control connection is dropped, and worker
+//!    links carry the epoch in their names, so nothing of its incarnation
+//!    can join a later deployment. The coordinator aborts the epoch on the
+//!    survivors (they stop their share of the job and keep their
+//!    checkpoints), gives the failed node's place in the placement to a
+//!    spare, and deploys the next epoch restoring the last complete
+//!    checkpoint: survivors from their local backup stores, the spare
+//!    after fetching the failed node's checkpoint from a node that backed
+//!    it up; sources seek to the checkpoint's offsets, and file sinks roll
+//!    their files back to what they committed with it. Every input then
+//!    affects the state exactly once and every output is written once.
+//! 5. When every node's share has ended, the coordinator releases every
+//!    node (spares included), which removes its checkpoints and exits,
+//!    and prints the totals.
+//!
+//! The coordinator's decisions are the sans-IO [`plan::Plan`];
+//! [`Coordinator`] drives it from the control connections (and
+//! `tests/control_plan.rs` from a seeded simulation). The coordinator does
+//! not survive its own failure (the job fails on every node).
+//!
+//! Messages are control frames with small text payloads (`Kind::Deploy`
+//! for a deployment, `Kind::Recovery` for the rest), read by
+//! [`Msg::decode`], which names what is malformed.
+
+pub mod agent;
+pub mod coordinator;
+pub mod detector;
+pub mod member;
+pub mod msg;
+mod peer;
+pub mod placement;
+pub mod plan;
+pub mod report;
+
+pub use agent::{Exit, NodeAgent};
+pub use coordinator::{Coordinator, Outcome};
+pub use member::Member;
+pub use msg::{Deployment, Msg};
+pub use placement::{ClusterPlacement, Join, NodeSpec};
+pub use report::{unix_ms, Event, MetricsLine, NodeReport, METRICS_ENV, RESTARTS};

@@ -1,0 +1,491 @@
+//! Control messages between the coordinator and the nodes, and their
+//! codec: control frames with small text payloads (`Kind::Deploy` for a
+//! deployment, `Kind::Recovery` for the rest), read by [`Msg::decode`],
+//! which names what is malformed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use spate_net::frame::Kind;
+
+use crate::checkpoint::Manifest;
+use crate::control::placement::NodeSpec;
+use crate::control::report::NodeReport;
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// Node → coordinator: it runs `workers` workers and its replica
+    /// service listens at `replica`.
+    Register {
+        /// Its workers.
+        workers: usize,
+        /// Its replica service.
+        replica: SocketAddr,
+    },
+    /// Coordinator → node: run this epoch's deployment.
+    Deploy(Deployment),
+    /// Node → coordinator: its share of `epoch` runs (every worker built
+    /// and restored).
+    Ready {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Coordinator → node: take checkpoint `id`.
+    Checkpoint {
+        /// The epoch.
+        epoch: u64,
+        /// The checkpoint.
+        id: u64,
+    },
+    /// Node → coordinator: its part of a checkpoint is stored and backed
+    /// up (the manifest holds its sources' offsets).
+    Done {
+        /// The epoch.
+        epoch: u64,
+        /// Its part.
+        part: Manifest,
+    },
+    /// Coordinator → node: checkpoint `id` is complete.
+    Complete {
+        /// The epoch.
+        epoch: u64,
+        /// The checkpoint.
+        id: u64,
+    },
+    /// Coordinator → node: stop your share of `epoch` (a node failed).
+    Abort {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Node → coordinator: its share of `epoch` has stopped.
+    Aborted {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Node → coordinator: its share of `epoch` failed.
+    Failed {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Node → coordinator: its share of `epoch` ended.
+    Finished {
+        /// The epoch.
+        epoch: u64,
+        /// Its counts.
+        report: NodeReport,
+    },
+    /// Coordinator → node: the job is done; clean up and exit.
+    Release,
+    /// Coordinator → node: the job failed; exit with this error.
+    Stop {
+        /// Why.
+        reason: String,
+    },
+    /// Coordinator → survivor of a failure (live recovery): keep running,
+    /// now as part of `epoch` with placement `nodes`; the workers `moved`
+    /// are re-run elsewhere from checkpoint `checkpoint` and connect to
+    /// yours.
+    Recover {
+        /// The new epoch.
+        epoch: u64,
+        /// The checkpoint the moved workers restore (0: none is complete,
+        /// they start from the beginning).
+        checkpoint: u64,
+        /// Checkpoints up to this id are void (they were in flight when
+        /// the node failed): abort their alignment, never report them.
+        aborted: u64,
+        /// The new placement: the nodes that run workers, in worker order.
+        nodes: Vec<NodeSpec>,
+        /// The replica services this node now streams its checkpoints to.
+        replicas: Vec<SocketAddr>,
+        /// The global ids of the workers that changed node.
+        moved: Vec<usize>,
+    },
+    /// Survivor → coordinator: it aborted the void checkpoints and accepts
+    /// the moved workers' links (its `Ready` for `epoch`).
+    Recovered {
+        /// The new epoch.
+        epoch: u64,
+    },
+}
+
+/// What the coordinator deploys to a node for one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The epoch.
+    pub epoch: u64,
+    /// The placement: the nodes that run workers, in worker order.
+    pub nodes: Vec<NodeSpec>,
+    /// The replica services this node streams its checkpoints to.
+    pub replicas: Vec<SocketAddr>,
+    /// `(worker, replica service)`: before starting, fetch the checkpoint
+    /// being restored of these workers from there (a node that takes over
+    /// a failed node's workers).
+    pub fetch: Vec<(usize, SocketAddr)>,
+    /// The checkpoint to restore, if any.
+    pub restore: Option<Manifest>,
+    /// The job's schedule origin (ns since the Unix epoch), the same in
+    /// every epoch: rate-limited sources that restart from a checkpoint
+    /// keep their schedule (see `RuntimeConfig::schedule_origin_ns`).
+    pub origin_ns: u64,
+    /// `None`: run every slot of this node's name. `Some(slot)`: join a
+    /// running job (live recovery): run only the workers of
+    /// `nodes[slot]`, restored from `restore`, and connect out to every
+    /// other worker (the survivors accept).
+    pub join: Option<usize>,
+    /// With `join`: every worker being replaced in this recovery (so that
+    /// two replacements know which of them connects to the other).
+    pub moved: Vec<usize>,
+    /// Checkpoints up to this id are void in this epoch (they were in
+    /// flight when a node failed): barriers carrying them are ignored.
+    pub aborted: u64,
+}
+
+impl Msg {
+    /// The frame kind and payload.
+    pub fn encode(&self) -> (Kind, String) {
+        let r = |s: String| (Kind::Recovery, s);
+        match self {
+            Msg::Register { workers, replica } => r(format!("register {workers} {replica}")),
+            Msg::Deploy(d) => {
+                let mut s = format!("epoch {}\norigin {}\naborted {}\n", d.epoch, d.origin_ns, d.aborted);
+                if let Some(slot) = d.join {
+                    s.push_str(&format!("join {slot}\n"));
+                }
+                for w in &d.moved {
+                    s.push_str(&format!("moved {w}\n"));
+                }
+                encode_placement(&mut s, &d.nodes, &d.replicas);
+                for (w, a) in &d.fetch {
+                    s.push_str(&format!("fetch {w} {a}\n"));
+                }
+                if let Some(m) = &d.restore {
+                    s.push_str("restore\n");
+                    s.push_str(&m.encode());
+                }
+                (Kind::Deploy, s)
+            }
+            Msg::Ready { epoch } => r(format!("ready {epoch}")),
+            Msg::Checkpoint { epoch, id } => r(format!("checkpoint {epoch} {id}")),
+            Msg::Done { epoch, part } => r(format!("done {epoch}\n{}", part.encode())),
+            Msg::Complete { epoch, id } => r(format!("complete {epoch} {id}")),
+            Msg::Abort { epoch } => r(format!("abort {epoch}")),
+            Msg::Aborted { epoch } => r(format!("aborted {epoch}")),
+            Msg::Failed { epoch, reason } => r(format!("failed {epoch} {reason}")),
+            Msg::Finished { epoch, report } => r(format!("finished {epoch} {}", report.to_json())),
+            Msg::Release => r("release".into()),
+            Msg::Stop { reason } => r(format!("stop {reason}")),
+            Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved } => {
+                let mut s = format!("recover {epoch} {checkpoint} {aborted}\n");
+                encode_placement(&mut s, nodes, replicas);
+                for w in moved {
+                    s.push_str(&format!("moved {w}\n"));
+                }
+                r(s)
+            }
+            Msg::Recovered { epoch } => r(format!("recovered {epoch}")),
+        }
+    }
+
+    /// Reads a message; the error names what is malformed.
+    pub fn decode(kind: Kind, text: &str) -> Result<Msg, String> {
+        let bad = |what: &str| format!("malformed control message ({what}): {:?}", truncate(text));
+        if kind == Kind::Deploy {
+            return decode_deployment(text).map(Msg::Deploy).map_err(|e| bad(&e));
+        }
+        if kind != Kind::Recovery {
+            return Err(bad(&format!("unexpected frame kind {kind:?}")));
+        }
+        let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+        let mut words = head.splitn(3, ' ');
+        let verb = words.next().unwrap_or("");
+        let a = words.next();
+        let rest = words.next();
+        let num = |s: Option<&str>, what: &str| -> Result<u64, String> {
+            s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("expected {what}")))
+        };
+        Ok(match verb {
+            "register" => Msg::Register {
+                workers: num(a, "a worker count")? as usize,
+                replica: rest.and_then(|s| s.parse().ok()).ok_or_else(|| bad("expected an address"))?,
+            },
+            "ready" => Msg::Ready { epoch: num(a, "an epoch")? },
+            "checkpoint" => Msg::Checkpoint { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
+            "done" => Msg::Done {
+                epoch: num(a, "an epoch")?,
+                part: Manifest::parse(Path::new("control message"), body)?,
+            },
+            "complete" => Msg::Complete { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
+            "abort" => Msg::Abort { epoch: num(a, "an epoch")? },
+            "aborted" => Msg::Aborted { epoch: num(a, "an epoch")? },
+            "failed" => Msg::Failed {
+                epoch: num(a, "an epoch")?,
+                // The reason may span lines.
+                reason: text.splitn(3, ' ').nth(2).unwrap_or("").to_string(),
+            },
+            "finished" => Msg::Finished {
+                epoch: num(a, "an epoch")?,
+                report: rest.and_then(NodeReport::parse).ok_or_else(|| bad("expected a report"))?,
+            },
+            "release" => Msg::Release,
+            "stop" => Msg::Stop { reason: text.strip_prefix("stop ").unwrap_or("").to_string() },
+            "recover" => {
+                let mut ids = rest.unwrap_or("").split(' ');
+                let (epoch, checkpoint) = (num(a, "an epoch")?, num(ids.next(), "a checkpoint id")?);
+                let aborted = num(ids.next(), "an aborted checkpoint id")?;
+                if ids.next().is_some() {
+                    return Err(bad("trailing words after the aborted checkpoint id"));
+                }
+                let (mut nodes, mut replicas, mut moved) = (Vec::new(), Vec::new(), Vec::new());
+                for l in body.lines() {
+                    let p: Vec<&str> = l.split(' ').collect();
+                    if parse_placement(l, &p, &mut nodes, &mut replicas).map_err(|e| bad(&e))? {
+                        continue;
+                    }
+                    match p.as_slice() {
+                        ["moved", w] => {
+                            moved.push(w.parse().map_err(|_| bad(&format!("bad worker in `{l}`")))?)
+                        }
+                        _ => return Err(bad(&format!("cannot read `{l}`"))),
+                    }
+                }
+                if nodes.is_empty() {
+                    return Err(bad("no node"));
+                }
+                Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved }
+            }
+            "recovered" => Msg::Recovered { epoch: num(a, "an epoch")? },
+            _ => return Err(bad("unknown verb")),
+        })
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The `node <name> <addr> <workers>` and `replica <addr>` lines of a
+/// deployment or a `recover` message.
+fn encode_placement(s: &mut String, nodes: &[NodeSpec], replicas: &[SocketAddr]) {
+    for n in nodes {
+        s.push_str(&format!("node {} {} {}\n", n.name, n.addr, n.workers));
+    }
+    for a in replicas {
+        s.push_str(&format!("replica {a}\n"));
+    }
+}
+
+/// Reads line `l` (split into `p`) if it is a `node` or `replica` line.
+fn parse_placement(
+    l: &str,
+    p: &[&str],
+    nodes: &mut Vec<NodeSpec>,
+    replicas: &mut Vec<SocketAddr>,
+) -> Result<bool, String> {
+    let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+    match p {
+        ["node", name, a, w] => nodes.push(NodeSpec {
+            name: name.to_string(),
+            addr: addr(a)?,
+            workers: w.parse().map_err(|_| format!("bad worker count in `{l}`"))?,
+        }),
+        ["replica", a] => replicas.push(addr(a)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn decode_deployment(text: &str) -> Result<Deployment, String> {
+    let mut d = Deployment {
+        epoch: 0,
+        nodes: Vec::new(),
+        replicas: Vec::new(),
+        fetch: Vec::new(),
+        restore: None,
+        origin_ns: 0,
+        join: None,
+        moved: Vec::new(),
+        aborted: 0,
+    };
+    let mut lines = text.lines();
+    let mut epoch = None;
+    while let Some(l) = lines.next() {
+        let p: Vec<&str> = l.split(' ').collect();
+        if parse_placement(l, &p, &mut d.nodes, &mut d.replicas)? {
+            continue;
+        }
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+        match p.as_slice() {
+            ["epoch", e] => epoch = Some(e.parse().map_err(|_| format!("bad epoch in `{l}`"))?),
+            ["origin", o] => d.origin_ns = o.parse().map_err(|_| format!("bad origin in `{l}`"))?,
+            ["aborted", a] => {
+                d.aborted = a.parse().map_err(|_| format!("bad aborted checkpoint id in `{l}`"))?
+            }
+            ["join", j] => d.join = Some(j.parse().map_err(|_| format!("bad join slot in `{l}`"))?),
+            ["moved", ws @ ..] => {
+                for w in ws {
+                    d.moved.push(w.parse().map_err(|_| format!("bad moved worker in `{l}`"))?);
+                }
+            }
+            ["fetch", w, a] => {
+                d.fetch.push((w.parse().map_err(|_| format!("bad worker in `{l}`"))?, addr(a)?))
+            }
+            ["restore"] => {
+                let rest: Vec<&str> = lines.by_ref().collect();
+                d.restore = Some(Manifest::parse(Path::new("deployment"), &rest.join("\n"))?);
+            }
+            _ => return Err(format!("cannot read `{l}`")),
+        }
+    }
+    d.epoch = epoch.ok_or("no epoch")?;
+    if d.nodes.is_empty() {
+        return Err("no node".into());
+    }
+    if let Some(slot) = d.join.filter(|&j| j >= d.nodes.len()) {
+        return Err(format!("bad join slot {slot}: the placement has {} nodes", d.nodes.len()));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let mut offsets = BTreeMap::new();
+        offsets.insert(("source".to_string(), 0), 42);
+        offsets.insert(("source".to_string(), 2), 7);
+        let mut m = Manifest::new(9, 3);
+        m.offsets = offsets;
+        m.ahead.insert((1, 0, 2), 17);
+        m
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let addr: SocketAddr = "127.0.0.1:7101".parse().unwrap_or_else(|e| panic!("{e}"));
+        let report = NodeReport { node: "b".into(), records_in: 5, records_out: 4, seconds: 1.5 };
+        let msgs = vec![
+            Msg::Register { workers: 2, replica: addr },
+            Msg::Deploy(Deployment {
+                epoch: 3,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 2 },
+                ],
+                replicas: vec![addr],
+                fetch: vec![(1, addr), (2, addr)],
+                restore: Some(manifest()),
+                origin_ns: 1_700_000_000_000_000_000,
+                join: None,
+                moved: vec![],
+                aborted: 11,
+            }),
+            Msg::Deploy(Deployment {
+                epoch: 0,
+                nodes: vec![NodeSpec { name: "a".into(), addr, workers: 1 }],
+                replicas: vec![],
+                fetch: vec![],
+                restore: None,
+                origin_ns: 0,
+                join: None,
+                moved: vec![],
+                aborted: 0,
+            }),
+            Msg::Deploy(Deployment {
+                epoch: 5,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                ],
+                replicas: vec![addr],
+                fetch: vec![(2, addr)],
+                restore: Some(manifest()),
+                origin_ns: 3,
+                join: Some(2),
+                moved: vec![2, 5],
+                aborted: 10,
+            }),
+            Msg::Ready { epoch: 1 },
+            Msg::Checkpoint { epoch: 1, id: 12 },
+            Msg::Done { epoch: 1, part: manifest() },
+            Msg::Complete { epoch: 1, id: 12 },
+            Msg::Abort { epoch: 4 },
+            Msg::Aborted { epoch: 4 },
+            Msg::Failed { epoch: 2, reason: "worker 1: peer closed the connection\nsecond line".into() },
+            Msg::Finished { epoch: 2, report },
+            Msg::Release,
+            Msg::Stop { reason: "node `b` failed and no node is left".into() },
+            Msg::Recover {
+                epoch: 5,
+                checkpoint: 9,
+                aborted: 10,
+                nodes: vec![
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                    NodeSpec { name: "s".into(), addr, workers: 1 },
+                    NodeSpec { name: "a".into(), addr, workers: 1 },
+                ],
+                replicas: vec![addr],
+                moved: vec![1, 2],
+            },
+            Msg::Recover {
+                epoch: 1,
+                checkpoint: 0,
+                aborted: 0,
+                nodes: vec![NodeSpec { name: "a".into(), addr, workers: 2 }],
+                replicas: vec![],
+                moved: vec![],
+            },
+            Msg::Recovered { epoch: 5 },
+        ];
+        for m in msgs {
+            let (kind, text) = m.encode();
+            assert_eq!(Msg::decode(kind, &text), Ok(m.clone()), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_that_say_what_is_wrong() {
+        let cases = [
+            (Kind::Recovery, "checkpoint 1", "an id"),
+            (Kind::Recovery, "ready x", "an epoch"),
+            (Kind::Recovery, "register 2 not-an-address", "an address"),
+            (Kind::Recovery, "dance 1", "unknown verb"),
+            (Kind::Recovery, "done 1\nnot a manifest", "manifest"),
+            (Kind::Recovery, "finished 1 {\"node\":", "a report"),
+            (Kind::Deploy, "node a 127.0.0.1:1 1\n", "no epoch"),
+            (Kind::Deploy, "epoch 1\n", "no node"),
+            (Kind::Deploy, "epoch 1\nnode a nowhere 1\n", "bad address"),
+            (
+                Kind::Deploy,
+                "epoch 1\nnode a 127.0.0.1:1 1\nrestore\nspate-checkpoint-manifest 1\nid 3\n",
+                "truncated",
+            ),
+            (Kind::Deploy, "epoch 1\naborted x\nnode a 127.0.0.1:1 1\n", "bad aborted"),
+            (Kind::Deploy, "epoch 1\njoin 1\nnode a 127.0.0.1:1 1\n", "bad join slot 1"),
+            (Kind::Deploy, "epoch 1\njoin -1\nnode a 127.0.0.1:1 1\n", "bad join slot"),
+            (Kind::Recovery, "recover 2 1\nnode a 127.0.0.1:1 1\n", "an aborted checkpoint id"),
+            (Kind::Recovery, "recover 2 x 1\nnode a 127.0.0.1:1 1\n", "a checkpoint id"),
+            (Kind::Recovery, "recover 2 1 1\n", "no node"),
+            (Kind::Recovery, "recover 2 1 1\nnode a 127.0.0.1:1 1\nmoved one\n", "bad worker"),
+            (Kind::Recovery, "recover 2 1 1\nnode a nowhere 1\n", "bad address"),
+            (Kind::Recovery, "recovered", "an epoch"),
+            (Kind::Data, "ready 1", "frame kind"),
+        ];
+        for (kind, text, want) in cases {
+            match Msg::decode(kind, text) {
+                Ok(m) => panic!("{text:?} decoded as {m:?}"),
+                Err(e) => assert!(e.contains(want), "{text:?}: {e:?} does not say {want:?}"),
+            }
+        }
+    }
+}

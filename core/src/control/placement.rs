@@ -1,0 +1,95 @@
+//! Where a cluster job's workers run: the nodes in worker order, and which
+//! node this process is (and, in a live recovery, which slot it joins as).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One node of a cluster job (or one more range of workers of a node that
+/// appears twice: it runs both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's name.
+    pub name: String,
+    /// Where its listener is.
+    pub addr: SocketAddr,
+    /// Workers it runs.
+    pub workers: usize,
+}
+
+/// Where a cluster job's workers run, and which node this process is.
+#[derive(Clone, Debug)]
+pub struct ClusterPlacement {
+    /// Every node, in worker order. A node may appear more than once (it
+    /// took over a failed node's workers): it runs every range of its name.
+    pub nodes: Vec<NodeSpec>,
+    /// This process's node (an index into `nodes` of its name).
+    pub me: usize,
+    /// Identifies the job on the wire (connections of other jobs are
+    /// refused).
+    pub cluster: u64,
+    /// How long to wait for every connection.
+    pub connect_timeout: Duration,
+    /// The deployment's epoch: each recovery deploys the job again under a
+    /// new one, and worker links of another epoch are refused (a fenced
+    /// node can never join a newer deployment).
+    pub epoch: u64,
+    /// This process joins a running job (live recovery), see [`Join`].
+    pub join: Option<Join>,
+}
+
+/// How a process joins a running job as the replacement of failed workers
+/// (live recovery, docs/ARCHITECTURE.md decision 25).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// It runs only the workers of `nodes[slot]`.
+    pub slot: usize,
+    /// Every worker being replaced in this recovery (its own among them).
+    /// It connects to every other worker — the survivors run already and
+    /// accept it through their node — except to another replacement of a
+    /// lower id, which connects to it.
+    pub moved: Vec<usize>,
+}
+
+impl ClusterPlacement {
+    /// Workers over all nodes.
+    pub fn total_workers(&self) -> usize {
+        self.nodes.iter().map(|n| n.workers).sum()
+    }
+
+    /// The global id of node `n`'s first worker.
+    pub fn base(&self, n: usize) -> usize {
+        self.nodes[..n].iter().map(|n| n.workers).sum()
+    }
+
+    /// The node that runs global worker `w`.
+    pub fn node_of(&self, w: usize) -> Option<usize> {
+        let mut base = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if w < base + n.workers {
+                return Some(i);
+            }
+            base += n.workers;
+        }
+        None
+    }
+
+    /// This node's workers, as global ids, in order: those of every entry
+    /// of `nodes` with its name (a node that took over a failed node's
+    /// workers appears twice).
+    pub fn local(&self) -> Vec<usize> {
+        if let Some(j) = &self.join {
+            let base = self.base(j.slot);
+            return (base..base + self.nodes.get(j.slot).map_or(0, |n| n.workers)).collect();
+        }
+        let name = &self.nodes[self.me].name;
+        let mut out = Vec::new();
+        let mut base = 0;
+        for n in &self.nodes {
+            if n.name == *name {
+                out.extend(base..base + n.workers);
+            }
+            base += n.workers;
+        }
+        out
+    }
+}
