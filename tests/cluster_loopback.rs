@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use spate::core::control::{ClusterPlacement, NodeSpec};
-use spate::core::remote::net_config;
+use spate::core::link::net_config;
 use spate::net::Listener;
 use spate::prelude::*;
 use spate::Watchdog;

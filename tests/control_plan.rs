@@ -226,7 +226,7 @@ impl Sim {
         };
         let mut plan = Plan::new(&cfg_nodes, 0, config);
         for (i, n) in cfg_nodes.iter().enumerate() {
-            plan.register(i, n.2, replica_of(i), 0);
+            plan.register(i, 1, n.2, replica_of(i), 0).unwrap_or_else(|e| panic!("{e}"));
         }
         let names = cfg_nodes.iter().map(|n| n.0.clone()).collect();
         let nodes = (0..cfg_nodes.len()).map(|_| Node::default()).collect();

@@ -234,9 +234,72 @@ pub struct ClusterCheckpoints {
     /// This node joins a running job (its workers replace a failed node's
     /// and restore `restore`): the node's other shares keep running, so
     /// nothing of theirs in the data directory is removed.
-    /// `Runtime::start_cluster_or_abort` sets it from the placement's
-    /// `join`.
+    /// The runtime sets it from the placement's `join`.
     pub joining: bool,
+    /// How checkpoints reach the backup nodes (`None`: over TCP to their
+    /// replica services; the simulator has its own).
+    pub backups: Option<BackupNet>,
+}
+
+/// How a worker's backup writer reaches its backup nodes.
+pub trait Backups: Send + Sync {
+    /// Opens a stream of worker `worker`'s checkpoints (under `epoch`) to
+    /// the backup node whose replica service is at `target`.
+    fn connect(
+        &self,
+        target: std::net::SocketAddr,
+        cluster: u64,
+        worker: usize,
+        epoch: u64,
+    ) -> Result<Box<dyn BackupLink>, String>;
+}
+
+/// One stream of checkpoints to one backup node.
+pub trait BackupLink: Send {
+    /// Sends one chunk of `instance`'s checkpoint.
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String>;
+    /// Waits until the backup node has stored checkpoint `id` of
+    /// `instance` whole.
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String>;
+}
+
+/// A [`Backups`] to hand around (cloned into every worker's writer).
+#[derive(Clone)]
+pub struct BackupNet(pub Arc<dyn Backups>);
+
+impl std::fmt::Debug for BackupNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupNet")
+    }
+}
+
+/// Checkpoints over TCP to the backup nodes' replica services
+/// ([`crate::replica`]).
+struct TcpBackups;
+
+impl Backups for TcpBackups {
+    fn connect(
+        &self,
+        target: std::net::SocketAddr,
+        cluster: u64,
+        worker: usize,
+        epoch: u64,
+    ) -> Result<Box<dyn BackupLink>, String> {
+        let client =
+            crate::replica::ReplicaClient::connect_epoch(target, cluster, worker, epoch, REPLICA_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+        Ok(Box::new(client))
+    }
+}
+
+impl BackupLink for crate::replica::ReplicaClient {
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
+        crate::replica::ReplicaClient::send_chunk(self, instance, chunk).map_err(|e| e.to_string())
+    }
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String> {
+        crate::replica::ReplicaClient::wait_ack(self, instance, id, REPLICA_TIMEOUT)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Default)]
@@ -275,6 +338,7 @@ pub struct CheckpointCoordinator {
 
 struct ClusterState {
     local_workers: usize,
+    backups: Arc<dyn Backups>,
     /// The backup nodes' replica services and the epoch to stream under;
     /// a live recovery may change both (the generation counts changes).
     replicas: Mutex<(Vec<std::net::SocketAddr>, u64)>,
@@ -312,6 +376,7 @@ impl CheckpointCoordinator {
         let first = c.restore.as_ref().map_or(0, |m| m.id);
         let cluster = ClusterState {
             local_workers,
+            backups: c.backups.map_or_else(|| Arc::new(TcpBackups) as Arc<dyn Backups>, |b| b.0),
             replicas: Mutex::new((c.replicas, c.epoch)),
             replicas_generation: AtomicU64::new(0),
             id: c.cluster,
@@ -568,6 +633,13 @@ impl CheckpointCoordinator {
     }
 }
 
+/// The backup writer's state when it runs inline.
+struct Inline {
+    backup: BackupStore,
+    replicas: Replicas,
+    queue: std::collections::VecDeque<SaveJob>,
+}
+
 /// A checkpoint being streamed into the backup store.
 struct SaveJob {
     instance: String,
@@ -589,6 +661,9 @@ pub struct Checkpointer {
     worker: usize,
     backup: std::cell::RefCell<Option<BackupStore>>,
     writer: std::cell::RefCell<Option<(Sender<SaveJob>, JoinHandle<()>)>>,
+    /// The backup writer run inline (the simulator): its store, its
+    /// streams and the checkpoints saved and not yet written.
+    inline: std::cell::RefCell<Option<Inline>>,
     coord: Arc<CheckpointCoordinator>,
     participants: std::cell::Cell<usize>,
     /// Per instance, the full-image generation its last checkpoint met
@@ -610,6 +685,7 @@ impl Checkpointer {
             worker,
             backup: std::cell::RefCell::new(Some(backup)),
             writer: std::cell::RefCell::new(None),
+            inline: std::cell::RefCell::new(None),
             coord,
             participants: std::cell::Cell::new(0),
             full_seen: std::cell::RefCell::new(std::collections::HashMap::new()),
@@ -645,6 +721,30 @@ impl Checkpointer {
             .map_err(|e| format!("cannot start the backup writer of worker {worker}: {e}"))?;
         *self.writer.borrow_mut() = Some((tx, handle));
         Ok(())
+    }
+
+    /// Runs the backup writer inline: checkpoints saved are queued until
+    /// [`Checkpointer::write_inline`] writes them (the simulator).
+    pub(crate) fn start_inline_writer(&self) -> Result<(), String> {
+        let Some(backup) = self.backup.borrow_mut().take() else { return Ok(()) };
+        let replicas = Replicas::new(&self.coord, self.worker);
+        *self.inline.borrow_mut() =
+            Some(Inline { backup, replicas, queue: std::collections::VecDeque::new() });
+        Ok(())
+    }
+
+    /// Writes the oldest checkpoint queued for the inline writer, as the
+    /// writer thread would; whether there was one.
+    pub(crate) fn write_inline(&self, metrics: &JobMetrics) -> bool {
+        let mut inline = self.inline.borrow_mut();
+        let Some(w) = inline.as_mut() else { return false };
+        let Some(job) = w.queue.pop_front() else { return false };
+        match write_checkpoint(&mut w.backup, &mut w.replicas, &self.coord, job) {
+            Ok(()) => {}
+            Err(CheckpointError::Replica(e)) => eprintln!("spate: worker {}: {e}", self.worker),
+            Err(CheckpointError::Local(e)) => metrics.fail(format!("worker {}: {e}", self.worker)),
+        }
+        true
     }
 
     /// Waits for the checkpoints handed to the writer to be stored.
@@ -684,6 +784,10 @@ impl Checkpointer {
         let stream = store
             .begin_checkpoint(id, meta)
             .map_err(|e| format!("checkpoint {id} of `{instance}` on worker {}: {e}", self.worker))?;
+        if let Some(w) = self.inline.borrow_mut().as_mut() {
+            w.queue.push_back(SaveJob { instance: instance.to_string(), id, stream });
+            return Ok(());
+        }
         let writer = self.writer.borrow();
         let Some((tx, _)) = writer.as_ref() else {
             return Err(format!("checkpoint {id} of `{instance}`: the backup writer is not running"));
@@ -766,14 +870,14 @@ enum CheckpointError {
 /// accept a connection.
 const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A worker's connections to its backup nodes' replica services, made at
-/// its first checkpoint; one that failed is made again at the next.
+/// A worker's streams to its backup nodes, made at its first checkpoint;
+/// one that failed is made again at the next.
 struct Replicas {
     targets: Vec<std::net::SocketAddr>,
     cluster: u64,
     epoch: u64,
     worker: usize,
-    clients: Vec<Option<crate::replica::ReplicaClient>>,
+    clients: Vec<Option<Box<dyn BackupLink>>>,
     /// The coordinator's replica generation these targets are of.
     generation: u64,
 }
@@ -806,18 +910,14 @@ impl Replicas {
         self.generation = generation;
     }
 
-    fn connect(&mut self) -> Result<(), String> {
-        for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
-            if c.is_none() {
-                *c = Some(
-                    crate::replica::ReplicaClient::connect_epoch(
-                        *t,
-                        self.cluster,
-                        self.worker,
-                        self.epoch,
-                        REPLICA_TIMEOUT,
-                    )
-                    .map_err(|e| format!("backup node {t}: {e}"))?,
+    fn connect(&mut self, coord: &CheckpointCoordinator) -> Result<(), String> {
+        let Some(c) = &coord.cluster else { return Ok(()) };
+        for (t, client) in self.targets.iter().zip(self.clients.iter_mut()) {
+            if client.is_none() {
+                *client = Some(
+                    c.backups
+                        .connect(*t, self.cluster, self.worker, self.epoch)
+                        .map_err(|e| format!("backup node {t}: {e}"))?,
                 );
             }
         }
@@ -839,7 +939,7 @@ impl Replicas {
     fn wait_acks(&mut self, instance: &str, id: u64) -> Result<(), String> {
         for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
             if let Some(client) = c {
-                if let Err(e) = client.wait_ack(instance, id, REPLICA_TIMEOUT) {
+                if let Err(e) = client.wait_ack(instance, id) {
                     *c = None;
                     return Err(format!("backup node {t}: {e}"));
                 }
@@ -883,7 +983,7 @@ fn write_checkpoint(
         })?;
     }
     replicas.refresh(coord);
-    replicas.connect().map_err(CheckpointError::Replica)?;
+    replicas.connect(coord).map_err(CheckpointError::Replica)?;
     let mut acked = false;
     while let Some(chunk) = stream.next_chunk() {
         if backup

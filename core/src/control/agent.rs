@@ -1,21 +1,45 @@
-//! A node's agent: runs the node's share of the job, epoch after epoch, as
-//! the coordinator's messages say.
+//! A node's agent ([`NodeAgent`]): runs the node's share of the job, epoch
+//! after epoch, as the coordinator's messages say — the same on the
+//! coordinator's node and on the others.
+//!
+//! A node runs one share, plus one per failed slot it took over during a
+//! live recovery (docs/ARCHITECTURE.md, "Recovery"); to the coordinator it
+//! is one node: one checkpoint part per checkpoint (the shares' parts
+//! merged once every share's is in), one end (the reports summed).
+//!
+//! Nothing here blocks. A deployment goes through stages, moved on by
+//! [`NodeAgent::poll`]: fetching the checkpoint parts this node lacks from
+//! their backup nodes, then connecting its workers to every other worker
+//! (a [`Mesh`]; incoming links are offered by the node's listener through
+//! [`NodeAgent::admit_link`] and [`NodeAgent::take_link`]), then starting
+//! the workers. An `Abort` that arrives meanwhile drops the deployment. A
+//! link that arrives before this node knows its epoch is parked until the
+//! deployment (or the live recovery) that expects it; links of epochs
+//! before the node's current one are refused (fencing).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spate_net::hello::Rejection;
-use spate_net::{Connection, Listener};
+use spate_net::NetErrorKind;
 
 use crate::checkpoint::{ClusterCheckpoints, Manifest};
+use crate::config::RuntimeConfig;
+use crate::control::env::{Build, Env, FetchRequest};
 use crate::control::msg::{Deployment, Msg};
-use crate::control::placement::ClusterPlacement;
-use crate::control::report::{unix_ms, MetricsLine, NodeReport, METRICS_ENV};
-use crate::{Dataflow, Job, Runtime, RuntimeConfig, RuntimeError};
+use crate::control::placement::{ClusterPlacement, Join};
+use crate::control::report::{MetricsLine, NodeReport, METRICS_ENV};
+use crate::link::{parse_link_name, Mesh};
+use crate::runtime::{Job, RuntimeError, ShareLinks};
+use crate::time::{now, unix_ms};
+
+/// Most links a node parks for a deployment it has not heard of yet.
+const PARKED_MAX: usize = 1024;
 
 /// What a node's agent wants after handling a message.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
     /// The job is done (`Release`).
     Released,
@@ -24,9 +48,9 @@ pub enum Exit {
 /// A share of the job running on this node: its own slot's workers, or
 /// (a survivor that took over a failed node's workers in a live recovery)
 /// a failed slot's workers, joined beside its own.
-struct Share {
+struct Share<C> {
     epoch: u64,
-    job: Job,
+    job: Job<C>,
     /// The checkpoint requested and not yet handed to the job (its
     /// workers were still being built).
     pending: Option<u64>,
@@ -35,28 +59,57 @@ struct Share {
     ready_sent: bool,
 }
 
-/// Runs one node's share of the job, epoch after epoch, as the
-/// coordinator's messages say; the same on the coordinator's node and on
-/// the others. A node runs one share, plus one per failed slot it took
-/// over during a live recovery (decision 25); to the coordinator it is one
-/// node: one checkpoint part (the shares' parts merged), one end.
-pub struct NodeAgent {
+/// A deployment on its way to running.
+struct Starting<E: Env> {
+    d: Deployment,
+    placement: ClusterPlacement,
+    /// The slot of `placement.nodes` this share runs.
+    slot: usize,
+    stage: Stage<E>,
+}
+
+enum Stage<E: Env> {
+    /// Fetching the parts this node lacks (a deployment that restores).
+    Fetching(E::Fetch),
+    /// Connecting the workers: the mesh, and its connections in progress.
+    Linking { mesh: Mesh<E::Conn>, connecting: Vec<((usize, usize), E::Connecting)> },
+}
+
+/// A link that arrived before anyone here expected it.
+struct Parked<C> {
+    from: usize,
+    to: usize,
+    epoch: u64,
+    conn: C,
+    since: Instant,
+}
+
+/// Runs one node's share of the job (see the module documentation).
+pub struct NodeAgent<E: Env> {
     name: String,
     query: String,
-    build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+    build: Build,
     rc: RuntimeConfig,
+    /// The node's placement as configured (the job's id, the connect
+    /// timeout); each deployment brings its own nodes and epoch.
     placement: ClusterPlacement,
-    listener: Listener,
     /// Told which checkpoints are complete (it compacts what it stores).
     replica: Option<crate::replica::CompletionHandle>,
     /// The shares running here (the first is the node's own).
-    shares: Vec<Share>,
+    shares: Vec<Share<E::Conn>>,
+    /// A deployment being started.
+    starting: Option<Starting<E>>,
+    /// Links for a deployment or recovery not known yet.
+    parked: Vec<Parked<E::Conn>>,
+    /// The highest epoch this node was told of: links of earlier epochs are
+    /// refused.
+    epoch: u64,
     /// A live recovery under way: its epoch, and the workers whose
     /// replacements will connect here.
     recovering: Option<(u64, Vec<usize>)>,
     /// Checkpoint parts of some of the shares, by id, until every share's
     /// is in.
-    parts: std::collections::BTreeMap<u64, Vec<Manifest>>,
+    parts: BTreeMap<u64, Vec<Manifest>>,
     failed_sent: bool,
     /// With [`METRICS_ENV`]: print the job's output rate and latency this
     /// often, and when next.
@@ -68,36 +121,14 @@ pub struct NodeAgent {
     quiet: bool,
 }
 
-/// The shares of a node, taking the links a joining share's mesh setup
-/// accepts for them (see [`crate::remote::Beside`]).
-struct Running<'a> {
-    shares: &'a [Share],
-    moved: &'a [usize],
-}
-
-impl crate::remote::Beside for Running<'_> {
-    fn wants(&self, from: usize, to: usize, epoch: u64) -> bool {
-        self.moved.contains(&from)
-            && self.shares.iter().any(|s| s.epoch == epoch && s.job.local_workers().contains(&to))
-    }
-
-    fn take(&mut self, from: usize, to: usize, conn: Connection) {
-        if let Some(s) = self.shares.iter().find(|s| s.job.local_workers().contains(&to)) {
-            if let Err(e) = s.job.relink(to, from, conn) {
-                s.job.metrics().fail(format!("re-linking worker {from}: {e}"));
-            }
-        }
-    }
-}
-
-impl NodeAgent {
-    /// The agent of node `placement.me`, listening on `listener`.
+impl<E: Env> NodeAgent<E> {
+    /// The agent of node `placement.me`, running `query` built by `build`
+    /// with `rc`.
     pub fn new(
         query: &str,
-        build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+        build: Build,
         rc: RuntimeConfig,
         placement: ClusterPlacement,
-        listener: Listener,
         quiet: bool,
     ) -> Self {
         Self {
@@ -106,11 +137,13 @@ impl NodeAgent {
             build,
             rc,
             placement,
-            listener,
             replica: None,
             shares: Vec::new(),
+            starting: None,
+            parked: Vec::new(),
+            epoch: 0,
             recovering: None,
-            parts: std::collections::BTreeMap::new(),
+            parts: BTreeMap::new(),
             failed_sent: false,
             latency: None,
             report: None,
@@ -118,9 +151,14 @@ impl NodeAgent {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|&ms| ms > 0)
-                .map(|ms| (Duration::from_millis(ms), Instant::now(), 0)),
+                .map(|ms| (Duration::from_millis(ms), now(), 0)),
             quiet,
         }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Tells this node's replica service which checkpoints are complete.
@@ -138,37 +176,34 @@ impl NodeAgent {
         self.latency.as_ref()
     }
 
-    /// The listener (the coordinator refuses connections on it between
-    /// deployments).
-    pub fn listener(&mut self) -> &mut Listener {
-        &mut self.listener
+    /// The live metrics of this node's own share, while one runs here.
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::JobMetrics>> {
+        self.shares.first().map(|s| s.job.metrics())
+    }
+
+    /// Whether a share of the job runs (or is being started) here.
+    pub fn is_busy(&self) -> bool {
+        !self.shares.is_empty() || self.starting.is_some()
     }
 
     /// Handles a message from the coordinator, queueing answers in `out`.
-    pub fn handle(&mut self, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, String> {
-        self.handle_or_abort(msg, out, &mut || None)
-    }
-
-    /// As [`NodeAgent::handle`]; a deployment stops connecting its workers
-    /// as soon as `abort` gives a reason (the coordinator aborted the epoch:
-    /// a node of it failed).
-    pub fn handle_or_abort(
-        &mut self,
-        msg: Msg,
-        out: &mut Vec<Msg>,
-        abort: &mut dyn FnMut() -> Option<String>,
-    ) -> Result<Option<Exit>, String> {
+    pub fn handle(&mut self, env: &mut E, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, String> {
+        if let Some(e) = msg.epoch() {
+            if matches!(msg, Msg::Deploy(_) | Msg::Recover { .. }) {
+                self.epoch = self.epoch.max(e);
+            }
+        }
         match msg {
             Msg::Deploy(d) if d.join.is_some() => {
                 let epoch = d.epoch;
-                if let Err(e) = self.deploy_join(d, abort) {
+                if let Err(e) = self.deploy_join(env, d) {
                     out.push(Msg::Failed { epoch, reason: e });
                 }
             }
             Msg::Deploy(d) => {
                 self.stop_job();
                 let epoch = d.epoch;
-                if let Err(e) = self.deploy(d, abort) {
+                if let Err(e) = self.deploy(env, d) {
                     out.push(Msg::Failed { epoch, reason: e });
                 }
             }
@@ -202,7 +237,7 @@ impl NodeAgent {
                 let dir = self.rc.data_dir.join(&self.query);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
-                        eprintln!("node {}: cannot remove {}: {e}", self.name, dir.display());
+                        env.log(&format!("node {}: cannot remove {}: {e}", self.name, dir.display()));
                     }
                 }
                 return Ok(Some(Exit::Released));
@@ -216,22 +251,22 @@ impl NodeAgent {
         Ok(None)
     }
 
-    /// Stops this node's shares of the job, if any run (keeping their
-    /// checkpoints).
-    pub(crate) fn stop_job(&mut self) {
+    /// Stops this node's shares of the job, if any run or start (keeping
+    /// their checkpoints).
+    pub fn stop_job(&mut self) {
         for s in self.shares.drain(..) {
             s.job.cancel();
             let _ = s.job.wait();
         }
+        self.starting = None;
         self.parts.clear();
         self.recovering = None;
     }
 
-    /// Another node failed and the job recovers live (decision 25): this
-    /// node's shares keep running under `epoch`, void the checkpoints up
-    /// to `aborted`, stream their checkpoints to `replicas`, and take the
-    /// connections of the replacements of `moved` as they come
-    /// ([`NodeAgent::poll`]).
+    /// Another node failed and the job recovers live: this node's shares
+    /// keep running under `epoch`, void the checkpoints up to `aborted`,
+    /// stream their checkpoints to `replicas`, and take the links of the
+    /// replacements of `moved` as they come.
     fn recover(
         &mut self,
         epoch: u64,
@@ -265,18 +300,33 @@ impl NodeAgent {
                 self.name
             );
         }
+        self.unpark();
         Ok(())
     }
 
-    /// Runs the replacement of a failed node's workers in a running job
-    /// (live recovery): fetches their part of the checkpoint, restores it,
-    /// and connects to every other worker. On a survivor (it took the
+    /// Starts epoch `d.epoch`'s share of this node's name.
+    fn deploy(&mut self, env: &mut E, d: Deployment) -> Result<(), String> {
+        let me = d
+            .nodes
+            .iter()
+            .position(|n| n.name == self.name)
+            .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
+        let placement = ClusterPlacement {
+            nodes: d.nodes.clone(),
+            me,
+            epoch: d.epoch,
+            join: None,
+            ..self.placement.clone()
+        };
+        self.begin(env, d, placement, me);
+        Ok(())
+    }
+
+    /// Starts the replacement of a failed node's workers in a running job
+    /// (live recovery): it fetches their part of the checkpoint, restores
+    /// it, and connects to every other worker. On a survivor (it took the
     /// failed slot over) the new share runs beside its own.
-    fn deploy_join(
-        &mut self,
-        d: Deployment,
-        abort: &mut dyn FnMut() -> Option<String>,
-    ) -> Result<(), String> {
+    fn deploy_join(&mut self, env: &mut E, d: Deployment) -> Result<(), String> {
         let slot = d.join.ok_or("not a joining deployment")?;
         if self.shares.iter().any(|s| s.epoch != d.epoch) {
             return Err(format!(
@@ -284,43 +334,174 @@ impl NodeAgent {
                 self.name, d.epoch
             ));
         }
+        if self.starting.is_some() {
+            return Err(format!("node `{}` is already starting a share of epoch {}", self.name, d.epoch));
+        }
         if d.nodes.get(slot).is_none_or(|n| n.name != self.name) {
             return Err(format!("node `{}` is not slot {slot} of the deployment it received", self.name));
         }
         if self.rc.checkpoint_interval_ms == 0 {
             return Err(format!("node `{}`: only a job with checkpoints recovers live", self.name));
         }
-        self.fetch_parts(&d, abort)?;
         let placement = ClusterPlacement {
             nodes: d.nodes.clone(),
             me: slot,
             epoch: d.epoch,
-            join: Some(crate::control::placement::Join { slot, moved: d.moved.clone() }),
+            join: Some(Join { slot, moved: d.moved.clone() }),
             ..self.placement.clone()
         };
-        let beside = !self.shares.is_empty();
-        let job = self.start_share(&d, placement, slot, abort)?;
-        if !self.quiet {
-            let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
-            let how = if beside { " beside its own" } else { "" };
-            eprintln!(
-                "node {}: joins epoch {} in slot {slot}{how}, restored from {from}",
-                self.name, d.epoch
-            );
-        }
-        self.started(d.epoch, job);
+        self.begin(env, d, placement, slot);
         Ok(())
     }
 
-    /// Starts `d`'s share that runs `placement.nodes[slot]` (beside the
-    /// shares running here, which take its links to their workers).
-    fn start_share(
-        &mut self,
-        d: &Deployment,
-        placement: ClusterPlacement,
-        slot: usize,
-        abort: &mut dyn FnMut() -> Option<String>,
-    ) -> Result<Job, String> {
+    /// The first stage of a deployment: fetching what it restores and this
+    /// node lacks, or linking at once.
+    fn begin(&mut self, env: &mut E, d: Deployment, placement: ClusterPlacement, slot: usize) {
+        let stage = match (&d.restore, d.fetch.is_empty()) {
+            (Some(m), false) => Stage::Fetching(env.begin_fetch(FetchRequest {
+                data_dir: self.rc.data_dir.clone(),
+                query: self.query.clone(),
+                cluster: self.placement.cluster,
+                checkpoint: m.id,
+                parts: d.fetch.clone(),
+                timeout: self.placement.connect_timeout,
+                quiet: self.quiet,
+                node: self.name.clone(),
+            })),
+            _ => self.linking(&placement),
+        };
+        self.starting = Some(Starting { d, placement, slot, stage });
+        self.unpark();
+    }
+
+    fn linking(&self, placement: &ClusterPlacement) -> Stage<E> {
+        Stage::Linking { mesh: Mesh::new(placement, now()), connecting: Vec::new() }
+    }
+
+    /// Whether the link named `name` is for this node (`Ok`), to be handed
+    /// over by [`NodeAgent::take_link`] once accepted.
+    pub fn admit_link(&self, name: &str) -> Result<(), Rejection> {
+        let Some((from, to, epoch)) = parse_link_name(name) else { return Err(Rejection::UnknownNode) };
+        if epoch < self.epoch {
+            // A link of a deployment that was aborted or replaced.
+            return Err(Rejection::UnknownNode);
+        }
+        if let Some(Starting { stage: Stage::Linking { mesh, .. }, .. }) = &self.starting {
+            if mesh.admit(from, to, epoch)?.is_some() {
+                return Ok(());
+            }
+        }
+        if self.parked.len() >= PARKED_MAX {
+            return Err(Rejection::UnknownNode);
+        }
+        Ok(())
+    }
+
+    /// The link named `name`, which [`NodeAgent::admit_link`] took, is up.
+    pub fn take_link(&mut self, name: &str, conn: E::Conn) {
+        let Some((from, to, epoch)) = parse_link_name(name) else { return };
+        self.parked.push(Parked { from, to, epoch, conn, since: now() });
+        self.unpark();
+    }
+
+    /// Hands parked links to whoever expects them now: the deployment
+    /// being linked, or a running share that re-links a replacement.
+    /// Links of earlier epochs, or parked longer than the connect timeout,
+    /// are dropped.
+    fn unpark(&mut self) {
+        let t = now();
+        let timeout = self.placement.connect_timeout;
+        let epoch = self.epoch;
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = &self.parked[i];
+            let (from, to, e) = (p.from, p.to, p.epoch);
+            if e < epoch || t.saturating_duration_since(p.since) > timeout {
+                self.parked.swap_remove(i);
+                continue;
+            }
+            if let Some(Starting { stage: Stage::Linking { mesh, .. }, .. }) = &mut self.starting {
+                if let Ok(Some((local, remote))) = mesh.admit(from, to, e) {
+                    let p = self.parked.swap_remove(i);
+                    mesh.accepted(local, remote, p.conn);
+                    continue;
+                }
+            }
+            let relink =
+                self.recovering.as_ref().is_some_and(|(re, moved)| *re == e && moved.contains(&from));
+            if relink {
+                if let Some(s) =
+                    self.shares.iter().find(|s| s.epoch == e && s.job.local_workers().contains(&to))
+                {
+                    let p = self.parked.swap_remove(i);
+                    if let Err(err) = s.job.relink(to, from, p.conn) {
+                        s.job.metrics().fail(format!("re-linking worker {from}: {err}"));
+                    }
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Moves the deployment being started along; `Err` fails it.
+    fn advance(&mut self, env: &mut E) -> Result<(), String> {
+        let Some(st) = self.starting.as_mut() else { return Ok(()) };
+        let t = now();
+        match &mut st.stage {
+            Stage::Fetching(f) => match env.poll_fetch(f) {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("node `{}`: {e}", self.name)),
+                Some(Ok(())) => {
+                    st.stage = Stage::Linking { mesh: Mesh::new(&st.placement, t), connecting: Vec::new() };
+                    self.unpark();
+                    return Ok(());
+                }
+            },
+            Stage::Linking { mesh, connecting } => {
+                for o in mesh.due(t) {
+                    match env.connect(
+                        o.addr,
+                        o.name,
+                        self.placement.cluster,
+                        t + self.placement.connect_timeout,
+                    ) {
+                        Ok(c) => connecting.push(((o.local, o.remote), c)),
+                        Err(e) => {
+                            let retry = matches!(e.kind, NetErrorKind::Connect(_));
+                            mesh.connect_failed(o.local, o.remote, e.to_string(), retry, t)?;
+                        }
+                    }
+                }
+                let mut i = 0;
+                while i < connecting.len() {
+                    let (w, v) = connecting[i].0;
+                    match env.poll_connecting(&mut connecting[i].1) {
+                        Ok(Some(c)) => {
+                            connecting.swap_remove(i);
+                            mesh.connected(w, v, c);
+                        }
+                        Ok(None) => i += 1,
+                        Err(e) => {
+                            connecting.swap_remove(i);
+                            let retry = matches!(e.kind, NetErrorKind::Connect(_));
+                            mesh.connect_failed(w, v, e.to_string(), retry, t)?;
+                        }
+                    }
+                }
+                if let Some(e) = mesh.timed_out(t) {
+                    return Err(e);
+                }
+                if !mesh.is_complete() {
+                    return Ok(());
+                }
+            }
+        }
+        // Every link is up: start the workers.
+        let Some(Starting { d, placement, slot, stage: Stage::Linking { mesh, .. } }) = self.starting.take()
+        else {
+            return Ok(());
+        };
         let mut rc = self.rc.clone();
         rc.workers = placement.nodes[slot].workers;
         rc.schedule_origin_ns = d.origin_ns;
@@ -333,27 +514,32 @@ impl NodeAgent {
             aborted: d.aborted,
             // (The runtime sets `joining` from the placement.)
             joining: false,
+            backups: env.backups(),
         });
-        let build = self.build.clone();
-        let moved = d.moved.clone();
-        let mut running = Running { shares: &self.shares, moved: &moved };
-        let beside: Option<&mut dyn crate::remote::Beside> =
-            if self.shares.is_empty() { None } else { Some(&mut running) };
-        Runtime::new(rc)
-            .start_cluster_or_abort(
-                &self.query,
-                move |df| build(df),
-                placement,
-                &mut self.listener,
-                checkpoints,
-                abort,
-                beside,
-            )
-            .map_err(|e| format!("node `{}`: {e}", self.name))
+        let joining = placement.join.is_some();
+        let beside = !self.shares.is_empty();
+        let share = ShareLinks { placement, links: mesh.into_links(), checkpoints };
+        let job = env
+            .start_share(&self.query, self.build.clone(), rc, share)
+            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+        if !self.quiet {
+            let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
+            if joining {
+                let how = if beside { " beside its own" } else { "" };
+                eprintln!(
+                    "node {}: joins epoch {} in slot {slot}{how}, restored from {from}",
+                    self.name, d.epoch
+                );
+            } else if d.restore.is_some() {
+                eprintln!("node {}: epoch {} resumes from {from}", self.name, d.epoch);
+            }
+        }
+        self.started(d.epoch, job);
+        Ok(())
     }
 
     /// A share of `epoch` started here.
-    fn started(&mut self, epoch: u64, job: Job) {
+    fn started(&mut self, epoch: u64, job: Job<E::Conn>) {
         if self.shares.is_empty() {
             if let Some((_, _, last_out)) = &mut self.metrics_every {
                 *last_out = 0;
@@ -361,135 +547,23 @@ impl NodeAgent {
             self.failed_sent = false;
         }
         self.shares.push(Share { epoch, job, pending: None, ready_sent: false });
+        self.unpark();
     }
 
-    /// Hands the connections of replacements of failed workers to the
-    /// shares' workers they link to.
-    fn accept_relinks(&mut self) {
-        let Some((epoch, moved)) = &self.recovering else { return };
-        if self.shares.is_empty() {
-            return;
-        }
-        let mut running = Running { shares: &self.shares, moved };
-        loop {
-            let mut taken = None;
-            let accepted =
-                self.listener.poll_accept_with(|peer| match crate::remote::parse_any_link_name(&peer.node) {
-                    Some((from, to, e))
-                        if e == *epoch && crate::remote::Beside::wants(&running, from, to, e) =>
-                    {
-                        taken = Some((from, to));
-                        Ok(())
-                    }
-                    _ => Err(Rejection::UnknownNode),
-                });
-            match accepted {
-                Ok(Some(conn)) => {
-                    if let Some((from, to)) = taken {
-                        crate::remote::Beside::take(&mut running, from, to, conn);
-                    }
-                }
-                Ok(None) => break,
-                // One bad peer does not stop the others.
-                Err(e) => eprintln!("spate: node {}: refused a connection: {e}", self.name),
+    /// Moves the job along: the deployment being started, requested
+    /// checkpoints; queues in `out` what the coordinator must hear (ready,
+    /// checkpoint parts, an end or a failure).
+    pub fn poll(&mut self, env: &mut E, out: &mut Vec<Msg>) {
+        if let Err(reason) = self.advance(env) {
+            if let Some(st) = self.starting.take() {
+                out.push(Msg::Failed { epoch: st.d.epoch, reason });
             }
         }
-    }
-
-    /// Before a deployment that restores: fetches the parts this node does
-    /// not hold from a backup node, one thread per part, while `abort`
-    /// keeps the control connection alive (a fetch of hundreds of MiB
-    /// takes longer than the failure timeout) and may give up.
-    fn fetch_parts(&self, d: &Deployment, abort: &mut dyn FnMut() -> Option<String>) -> Result<(), String> {
-        let Some(m) = &d.restore else { return Ok(()) };
-        let fetch_one = |w: usize, addr: SocketAddr| -> Result<(), String> {
-            let t = Instant::now();
-            let dir = self.rc.data_dir.join(&self.query).join("backup").join(format!("w{w}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
-                .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
-            let got = crate::replica::fetch(
-                addr,
-                self.placement.cluster,
-                w,
-                m.id,
-                &mut store,
-                self.placement.connect_timeout,
-            )
-            .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", m.id))?;
-            if !self.quiet {
-                eprintln!(
-                    "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",
-                    self.name,
-                    m.id,
-                    t.elapsed().as_millis()
-                );
-            }
-            Ok(())
-        };
-        std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                d.fetch.iter().map(|&(w, addr)| scope.spawn(move || fetch_one(w, addr))).collect();
-            let mut gave_up = None;
-            while !handles.iter().all(|h| h.is_finished()) {
-                if gave_up.is_none() {
-                    gave_up = abort();
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            for h in handles {
-                h.join().map_err(|_| "a fetch thread panicked".to_string())??;
-            }
-            gave_up.map_or(Ok(()), |why| Err(format!("node `{}`: fetching: {why}", self.name)))
-        })
-    }
-
-    fn deploy(&mut self, d: Deployment, abort: &mut dyn FnMut() -> Option<String>) -> Result<(), String> {
-        let me = d
-            .nodes
-            .iter()
-            .position(|n| n.name == self.name)
-            .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
-        self.fetch_parts(&d, abort)?;
-        let placement =
-            ClusterPlacement { nodes: d.nodes.clone(), me, epoch: d.epoch, ..self.placement.clone() };
-        let job = self.start_share(&d, placement, me, abort)?;
-        if let (Some(m), false) = (&d.restore, self.quiet) {
-            eprintln!("node {}: epoch {} resumes from checkpoint {}", self.name, d.epoch, m.id);
+        if !self.parked.is_empty() {
+            self.unpark();
         }
-        self.started(d.epoch, job);
-        Ok(())
-    }
-
-    /// Moves the job along: hands it requested checkpoints, and queues in
-    /// `out` what the coordinator must hear (ready, checkpoint parts, an
-    /// end or a failure).
-    pub fn poll(&mut self, out: &mut Vec<Msg>) {
-        self.accept_relinks();
         let Some(epoch) = self.shares.first().map(|s| s.epoch) else { return };
-        if let Some((every, next, last_out)) = &mut self.metrics_every {
-            let now = Instant::now();
-            if now >= *next {
-                *next = now + *every;
-                let mut total = 0;
-                let mut h = crate::metrics::latency_histogram();
-                for s in &self.shares {
-                    let m = s.job.metrics();
-                    total += m.records_out.load(std::sync::atomic::Ordering::Relaxed);
-                    let _ = h.add(m.take_interval_latency());
-                }
-                let p99_us = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) / 1000 };
-                let line = MetricsLine {
-                    node: self.name.clone(),
-                    unix_ms: unix_ms(),
-                    epoch,
-                    records_out: total.saturating_sub(*last_out),
-                    p99_us,
-                };
-                *last_out = total;
-                println!("{}", line.to_json());
-            }
-        }
+        self.print_metrics(epoch);
         let shares = self.shares.len();
         for s in &mut self.shares {
             if let Some(c) = s.job.checkpoints() {
@@ -530,7 +604,7 @@ impl NodeAgent {
             }
             return;
         }
-        if self.shares.iter().all(|s| s.job.is_finished()) {
+        if self.starting.is_none() && self.shares.iter().all(|s| s.job.is_finished()) {
             let mut latency = crate::metrics::latency_histogram();
             let mut report =
                 NodeReport { node: self.name.clone(), records_in: 0, records_out: 0, seconds: 0.0 };
@@ -556,8 +630,30 @@ impl NodeAgent {
         }
     }
 
-    /// The live metrics of this node's own share, while one runs here.
-    pub fn metrics(&self) -> Option<&Arc<crate::metrics::JobMetrics>> {
-        self.shares.first().map(|s| s.job.metrics())
+    /// With [`METRICS_ENV`]: a line of the output rate and latency, when due.
+    fn print_metrics(&mut self, epoch: u64) {
+        let Some((every, next, last_out)) = &mut self.metrics_every else { return };
+        let t = now();
+        if t < *next {
+            return;
+        }
+        *next = t + *every;
+        let mut total = 0;
+        let mut h = crate::metrics::latency_histogram();
+        for s in &self.shares {
+            let m = s.job.metrics();
+            total += m.records_out.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = h.add(m.take_interval_latency());
+        }
+        let p99_us = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) / 1000 };
+        let line = MetricsLine {
+            node: self.name.clone(),
+            unix_ms: unix_ms(),
+            epoch,
+            records_out: total.saturating_sub(*last_out),
+            p99_us,
+        };
+        *last_out = total;
+        println!("{}", line.to_json());
     }
 }

@@ -1,34 +1,35 @@
-//! The coordinator's driver: the control connections to the other nodes,
-//! its own node's agent, and the [`Plan`] that decides.
+//! The coordinator's driver ([`Coordinator`]): the control connections to
+//! the other nodes, its own node's agent, and the [`Plan`] that decides.
+//!
+//! Each turn feeds the plan what arrived (messages, what was heard from
+//! whom, lost connections, the time) and carries out the plan's actions
+//! (send, fence, report, finish, fail). First every node of the config
+//! must register (or the connect timeout passes: the error names the
+//! missing nodes); later a node whose earlier incarnation failed may
+//! register again, as a spare. Nothing here blocks.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use spate_net::hello::Rejection;
-use spate_net::Listener;
 
 use crate::control::agent::NodeAgent;
+use crate::control::env::Env;
+use crate::control::error::ControlError;
 use crate::control::msg::Msg;
 use crate::control::peer::Peer;
 use crate::control::placement::ClusterPlacement;
-use crate::control::plan;
-use crate::control::report::{unix_ms, Event, NodeReport};
+use crate::control::plan::{Action, Plan, PlanConfig};
+use crate::control::report::{Event, NodeReport};
+use crate::time::unix_ms;
 
-/// The coordinator's driver: the control connections to the other nodes,
-/// its own node's agent, and the [`plan::Plan`] that decides.
-pub struct Coordinator {
-    plan: plan::Plan,
-    peers: HashMap<usize, Peer>,
-    me: usize,
-    started: Instant,
-    events: Vec<Event>,
-    quiet: bool,
-    /// Print each event as a JSON line on stdout when it happens.
-    print_events: bool,
-}
+/// Connections a node may have open to the coordinator before it
+/// registers on one of them (its restarts are a few at a time at most).
+const CANDIDATES_PER_NODE: usize = 4;
 
 /// How the job ended on the coordinator.
+#[derive(Debug)]
 pub struct Outcome {
     /// Every node's report of its last epoch.
     pub reports: Vec<NodeReport>,
@@ -36,87 +37,73 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-impl Coordinator {
-    /// Waits for every other node of `placement` (spares included, as
-    /// `spares` says) to register on `listener`.
-    pub fn accept_members(
-        listener: &mut Listener,
+/// The coordinator's driver (see the module documentation).
+pub struct Coordinator<E: Env> {
+    plan: Plan,
+    names: Vec<String>,
+    /// Registered nodes' control connections.
+    peers: BTreeMap<usize, Peer<E::Conn>>,
+    /// Connections not registered on yet.
+    candidates: Vec<(usize, Peer<E::Conn>)>,
+    me: usize,
+    started: Instant,
+    /// Registration ends by then (`None`: the job was deployed).
+    registering: Option<Instant>,
+    connect_timeout: std::time::Duration,
+    /// Messages for the coordinator's own node.
+    own: Vec<Msg>,
+    /// The plan's actions taken early (while a registration was handled),
+    /// carried out at the next step.
+    deferred: Vec<Action>,
+    events: Vec<Event>,
+    quiet: bool,
+    /// Print each event as a JSON line on stdout when it happens.
+    print_events: bool,
+    /// The job ended: the last message went to every node.
+    ended: bool,
+}
+
+impl<E: Env> Coordinator<E> {
+    /// The coordinator of `placement` (node `placement.me`), whose nodes
+    /// are spares as `spares` says, before any node registered.
+    pub fn new(
         placement: &ClusterPlacement,
         spares: &[bool],
-        config: plan::PlanConfig,
+        config: PlanConfig,
         quiet: bool,
-    ) -> Result<Self, String> {
-        let started = Instant::now();
-        let deadline = started + placement.connect_timeout;
-        let me = placement.me;
+        now: Instant,
+    ) -> Self {
         let nodes: Vec<(String, SocketAddr, usize, bool)> = placement
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| (n.name.clone(), n.addr, n.workers, spares.get(i).copied().unwrap_or(false)))
             .collect();
-        let mut plan = plan::Plan::new(&nodes, me, config);
-        let mut peers: HashMap<usize, Peer> = HashMap::new();
-        let ms = |t: Instant| t.saturating_duration_since(started).as_millis() as u64;
-        loop {
-            loop {
-                let accepted = listener.poll_accept_with(|peer| {
-                    let Some(node) = peer.node.strip_prefix("ctl:") else {
-                        return Err(Rejection::UnknownNode);
-                    };
-                    match plan.index(node) {
-                        Some(i) if i == me => Err(Rejection::UnknownNode),
-                        Some(i) if peers.contains_key(&i) => Err(Rejection::DuplicateNode),
-                        Some(_) => Ok(()),
-                        None => Err(Rejection::UnknownNode),
-                    }
-                });
-                match accepted {
-                    Ok(Some(conn)) => {
-                        let node = conn.peer().node.trim_start_matches("ctl:").to_string();
-                        if let Some(i) = plan.index(&node) {
-                            peers.insert(i, Peer { node, conn, closed: false, inbox: Vec::new() });
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => eprintln!("spate: refused a connection: {e}"),
-                }
-            }
-            let now = Instant::now();
-            for (&i, p) in peers.iter_mut() {
-                p.poll(now)?;
-                for m in std::mem::take(&mut p.inbox) {
-                    match m {
-                        Msg::Register { workers, replica } if workers > 0 => {
-                            plan.register(i, workers, replica, ms(now))
-                        }
-                        other => return Err(format!("node `{}` sent {other:?} before registering", p.node)),
-                    }
-                }
-            }
-            let missing: Vec<&str> =
-                plan.missing().into_iter().filter(|n| *n != placement.nodes[me].name).collect();
-            if missing.is_empty() {
-                break;
-            }
-            if now >= deadline {
-                return Err(format!(
-                    "coordinator `{}`: nodes not registered after {:?}: {}",
-                    placement.nodes[me].name,
-                    placement.connect_timeout,
-                    missing.join(", ")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        Self {
+            plan: Plan::new(&nodes, placement.me, config),
+            names: placement.nodes.iter().map(|n| n.name.clone()).collect(),
+            peers: BTreeMap::new(),
+            candidates: Vec::new(),
+            me: placement.me,
+            started: now,
+            registering: Some(now + placement.connect_timeout),
+            connect_timeout: placement.connect_timeout,
+            own: Vec::new(),
+            deferred: Vec::new(),
+            events: Vec::new(),
+            quiet,
+            print_events: false,
+            ended: false,
         }
-        Ok(Self { plan, peers, me, started, events: Vec::new(), quiet, print_events: false })
     }
 
-    /// Registers the coordinator's own node: its workers and replica
-    /// service.
-    pub fn register_self(&mut self, workers: usize, replica: SocketAddr) {
-        let now = self.now_ms();
-        self.plan.register(self.me, workers, replica, now);
+    /// Registers the coordinator's own node: its incarnation, workers and
+    /// replica service.
+    pub fn register_self(&mut self, incarnation: u64, workers: usize, replica: SocketAddr, now: Instant) {
+        let t = self.ms(now);
+        if let Err(e) = self.plan.register(self.me, incarnation, workers, replica, t) {
+            eprintln!("coordinator: {e}");
+        }
     }
 
     /// Prints each event as a JSON line on stdout as it happens.
@@ -124,118 +111,232 @@ impl Coordinator {
         self.print_events = true;
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// The plan (for tests and the simulator's checks).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
-    /// Runs the job to its end: deploys epoch 0, then detects failures,
-    /// recovers, takes checkpoints, and finally releases (or, when the job
-    /// fails, stops) every node. `agent` runs the coordinator's own share.
-    pub fn run(mut self, agent: &mut NodeAgent) -> Result<Outcome, String> {
-        let now = self.now_ms();
-        self.plan.start(now);
-        let mut own: Vec<Msg> = Vec::new();
-        let result = loop {
-            match self.step(agent, &mut own) {
-                Ok(Some(reports)) => break Ok(reports),
-                Ok(None) => {}
-                Err(e) => break Err(e),
+    /// The events so far.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Whether a control connection announcing `name` (`ctl:<node>`) is
+    /// taken.
+    pub fn admit(&self, name: &str) -> Result<(), Rejection> {
+        let Some(node) = name.strip_prefix("ctl:") else { return Err(Rejection::UnknownNode) };
+        match self.plan.index(node) {
+            Some(i) if i == self.me => Err(Rejection::UnknownNode),
+            Some(i) if self.candidates.iter().filter(|(j, _)| *j == i).count() >= CANDIDATES_PER_NODE => {
+                Err(Rejection::DuplicateNode)
             }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let last = match &result {
-            Ok(_) => Msg::Release,
-            Err(reason) => Msg::Stop { reason: reason.clone() },
-        };
-        for p in self.peers.values_mut() {
-            let _ = p.send(&last);
+            Some(_) if self.ended => Err(Rejection::UnknownNode),
+            Some(_) => Ok(()),
+            None => Err(Rejection::UnknownNode),
         }
-        let _ = agent.handle(last, &mut Vec::new());
-        let reports = result?;
-        Ok(Outcome { reports, events: self.events })
     }
 
-    /// One pass: the peers' messages and liveness into the plan, the own
-    /// node's too, the plan's timers, then its actions.
-    fn step(&mut self, agent: &mut NodeAgent, own: &mut Vec<Msg>) -> Result<Option<Vec<NodeReport>>, String> {
-        let now = Instant::now();
-        let now_ms = self.now_ms();
-        let mut ids: Vec<usize> = self.peers.keys().copied().collect();
-        ids.sort_unstable();
+    /// The control connection announcing `name`, which [`Coordinator::admit`]
+    /// took, is up: it waits for its node's registration.
+    pub fn take(&mut self, name: &str, conn: E::Conn) {
+        let node = name.trim_start_matches("ctl:").to_string();
+        if let Some(i) = self.plan.index(&node) {
+            self.candidates.push((i, Peer::new(node, conn)));
+        }
+    }
+
+    /// One turn (see the module documentation). `Ok(Some(_))`: the job is
+    /// done; `Err`: it failed (every node was told to stop).
+    pub fn turn(
+        &mut self,
+        env: &mut E,
+        agent: &mut NodeAgent<E>,
+        now: Instant,
+    ) -> Result<Option<Outcome>, ControlError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let t = self.ms(now);
+        self.poll_candidates(now, t);
+        if let Some(deadline) = self.registering {
+            let missing: Vec<String> = self
+                .plan
+                .missing()
+                .into_iter()
+                .filter(|n| *n != self.names[self.me])
+                .map(str::to_string)
+                .collect();
+            if !missing.is_empty() {
+                if now >= deadline {
+                    let e = ControlError::NotRegistered {
+                        coordinator: self.names[self.me].clone(),
+                        after: self.connect_timeout,
+                        missing,
+                    };
+                    self.end(env, agent, Msg::Stop { reason: e.to_string() }, now);
+                    return Err(e);
+                }
+                return Ok(None);
+            }
+            self.registering = None;
+            self.plan.start(t);
+        }
+        match self.step(env, agent, now, t) {
+            Ok(None) => Ok(None),
+            Ok(Some(reports)) => {
+                self.end(env, agent, Msg::Release, now);
+                Ok(Some(Outcome { reports, events: std::mem::take(&mut self.events) }))
+            }
+            Err(reason) => {
+                self.end(env, agent, Msg::Stop { reason: reason.clone() }, now);
+                Err(ControlError::Job(reason))
+            }
+        }
+    }
+
+    /// Connections waiting for their node's registration.
+    fn poll_candidates(&mut self, now: Instant, t: u64) {
+        let mut i = 0;
+        while i < self.candidates.len() {
+            let (node, p) = &mut self.candidates[i];
+            let node = *node;
+            if p.poll(now).is_err() || p.closed {
+                self.candidates.swap_remove(i);
+                continue;
+            }
+            let Some(pos) = p.inbox.iter().position(|m| matches!(m, Msg::Register { .. })) else {
+                if let Some(m) = p.inbox.first() {
+                    eprintln!(
+                        "coordinator: {}",
+                        ControlError::NotYetRegistered { node: p.node.clone(), what: format!("{m:?}") }
+                    );
+                    self.candidates.swap_remove(i);
+                    continue;
+                }
+                i += 1;
+                continue;
+            };
+            let (_, mut p) = self.candidates.swap_remove(i);
+            let Msg::Register { incarnation, workers, replica } = p.inbox.remove(pos) else { continue };
+            match self.plan.register(node, incarnation, workers, replica, t) {
+                Ok(()) => {
+                    // A restarted node's old incarnation is fenced first:
+                    // its connection goes before the new one takes its
+                    // place.
+                    for a in self.plan.take_actions() {
+                        if matches!(a, Action::Fence { node: n, .. } if n == node) {
+                            self.peers.remove(&node);
+                            continue;
+                        }
+                        self.deferred.push(a);
+                    }
+                    self.peers.insert(node, p);
+                }
+                Err(e) => eprintln!("coordinator: refused a registration: {e}"),
+            }
+        }
+    }
+
+    /// One pass of the running job: the peers' messages and liveness into
+    /// the plan, the own node's too, the plan's timers, then its actions.
+    fn step(
+        &mut self,
+        env: &mut E,
+        agent: &mut NodeAgent<E>,
+        now: Instant,
+        t: u64,
+    ) -> Result<Option<Vec<NodeReport>>, String> {
+        let ids: Vec<usize> = self.peers.keys().copied().collect();
         for i in ids {
             let Some(p) = self.peers.get_mut(&i) else { continue };
             let polled = p.poll(now);
             let msgs = std::mem::take(&mut p.inbox);
-            let heard = p.conn.last_heard().saturating_duration_since(self.started).as_millis() as u64;
+            let heard = p.conn_last_heard_ms(self.started);
             let closed = p.closed;
             self.plan.heard(i, heard);
             for m in msgs {
-                self.plan.message(i, m, now_ms);
+                self.plan.message(i, m, t);
             }
             if let Err(e) = polled {
-                self.plan.connection_lost(i, &e, now_ms);
+                self.plan.connection_lost(i, &e.to_string(), t);
             } else if closed {
-                self.plan.connection_lost(i, "its control connection closed", now_ms);
+                self.plan.connection_lost(i, "its control connection closed", t);
             }
         }
         let mut out = Vec::new();
-        agent.poll(&mut out);
+        agent.poll(env, &mut out);
         for m in out {
-            self.plan.message(self.me, m, now_ms);
+            self.plan.message(self.me, m, t);
         }
-        self.plan.tick(now_ms);
+        self.plan.tick(t);
         let mut done = None;
-        // Actions can lead to more (a failed send is a lost connection).
+        // Actions can lead to more (a failed send is a lost connection), and
+        // the own node's answers go back into the plan.
+        let mut first = std::mem::take(&mut self.deferred);
         loop {
-            let actions = self.plan.take_actions();
-            if actions.is_empty() {
+            let mut actions = std::mem::take(&mut first);
+            actions.extend(self.plan.take_actions());
+            if actions.is_empty() && self.own.is_empty() {
                 break;
             }
             for a in actions {
                 match a {
-                    plan::Action::Send { to, msg } if to == self.me => own.push(msg),
-                    plan::Action::Send { to, msg } => {
+                    Action::Send { to, msg } if to == self.me => self.own.push(msg),
+                    Action::Send { to, msg } => {
                         if let Some(p) = self.peers.get_mut(&to) {
-                            if let Err(e) = p.send(&msg) {
-                                self.plan.connection_lost(to, &e, now_ms);
+                            if let Err(e) = p.send(&msg, now) {
+                                self.plan.connection_lost(to, &e.to_string(), t);
                             }
                         }
                     }
-                    plan::Action::Fence { node, .. } => {
+                    Action::Fence { node, .. } => {
                         // Its control connection goes; it is never deployed
                         // again, and worker links carry the epoch.
                         self.peers.remove(&node);
                     }
-                    plan::Action::Event(what) => self.event(what),
-                    plan::Action::Note(line) => eprintln!("coordinator: {line}"),
-                    plan::Action::Finish(reports) => done = Some(reports),
-                    plan::Action::Fail(reason) => return Err(reason),
+                    Action::Event(what) => self.event(what),
+                    Action::Note(line) => env.log(&format!("coordinator: {line}")),
+                    Action::Finish(reports) => done = Some(reports),
+                    Action::Fail(reason) => return Err(reason),
                 }
             }
-        }
-        // The coordinator's own share last: a deployment blocks while its
-        // workers connect, and the others must have theirs by then.
-        let mut out = Vec::new();
-        for m in std::mem::take(own) {
-            // While its deployment connects its workers, a node whose
-            // control connection drops will never connect: give up (the
-            // plan hears of it at the next step).
-            let peers = &mut self.peers;
-            let mut abort = || {
-                for p in peers.values_mut() {
-                    let _ = p.poll(Instant::now());
-                    if p.closed {
-                        return Some(format!("node `{}` closed its control connection", p.node));
-                    }
+            let mut out = Vec::new();
+            for m in std::mem::take(&mut self.own) {
+                if let Err(reason) = agent.handle(env, m, &mut out) {
+                    return Err(reason);
                 }
-                None
-            };
-            agent.handle_or_abort(m, &mut out, &mut abort)?;
-        }
-        for m in out {
-            self.plan.message(self.me, m, now_ms);
+            }
+            for m in out {
+                self.plan.message(self.me, m, t);
+            }
         }
         Ok(done)
+    }
+
+    /// The job ended: `last` goes to every node, the own one included.
+    fn end(&mut self, env: &mut E, agent: &mut NodeAgent<E>, last: Msg, now: Instant) {
+        self.ended = true;
+        for p in self.peers.values_mut() {
+            let _ = p.send(&last, now);
+        }
+        let _ = agent.handle(env, last, &mut Vec::new());
+    }
+
+    /// After the end: pushes the last messages out; whether all are out
+    /// (or their peers gone).
+    pub fn flush(&mut self, now: Instant) -> bool {
+        let mut all = true;
+        for p in self.peers.values_mut() {
+            if p.poll(now).is_err() || p.closed {
+                continue;
+            }
+            all &= p.is_flushed();
+        }
+        all
     }
 
     fn event(&mut self, what: String) {

@@ -1,103 +1,153 @@
-//! A member node's side of the control connection: registers with the
-//! coordinator, then runs the node's agent as the coordinator says.
+//! A member node's side of the control connection ([`Member`]): connects
+//! to the coordinator (retrying while it does not listen yet), registers
+//! this incarnation of the node, then hands the coordinator's messages to
+//! the node's agent and the agent's answers back, one turn at a time. A
+//! coordinator that closes the connection or stays silent stops the node.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use spate_net::{Connection, NetErrorKind};
+use spate_net::NetErrorKind;
 
 use crate::control::agent::{Exit, NodeAgent};
+use crate::control::env::Env;
+use crate::control::error::ControlError;
 use crate::control::msg::Msg;
 use crate::control::peer::{ctl_name, Peer};
-use crate::control::placement::ClusterPlacement;
-use crate::remote::net_config;
 
-/// A member node's connection to the coordinator.
-pub struct Member {
-    peer: Peer,
-    /// The coordinator is declared lost after this much silence.
-    timeout: Duration,
+/// How long a connection attempt to a coordinator that does not listen
+/// yet waits before the next.
+const RETRY: Duration = Duration::from_millis(20);
+
+/// Where the member's connection stands.
+enum Link<E: Env> {
+    /// Not connected; the next attempt at this time.
+    Idle(Instant),
+    /// Connecting.
+    Connecting(E::Connecting),
+    /// Connected and registered.
+    Up(Peer<E::Conn>),
 }
 
-impl Member {
-    /// Connects to the coordinator at `coordinator` as `node` and registers
-    /// with `workers` workers and the replica service at `replica`.
-    pub fn register(
-        coordinator: SocketAddr,
+/// A member node's connection to the coordinator (see the module
+/// documentation).
+pub struct Member<E: Env> {
+    node: String,
+    coordinator: SocketAddr,
+    cluster: u64,
+    register: Msg,
+    link: Link<E>,
+    /// Connecting gives up at this time.
+    deadline: Instant,
+    /// The coordinator is declared lost after this much silence.
+    timeout: Duration,
+    /// A node that got no deployment by then stops (`None`: a spare, which
+    /// waits as long as the job runs).
+    first_deploy_by: Option<Instant>,
+    deployed: bool,
+}
+
+impl<E: Env> Member<E> {
+    /// A member `node` of job `cluster` that will register with the
+    /// coordinator at `coordinator` by `register` (a [`Msg::Register`]);
+    /// it waits `connect_timeout` for the coordinator to listen and, with
+    /// `first_deploy_within`, that long for its first deployment.
+    pub fn new(
         node: &str,
-        workers: usize,
-        replica: SocketAddr,
-        placement: &ClusterPlacement,
+        coordinator: SocketAddr,
+        cluster: u64,
+        register: Msg,
+        connect_timeout: Duration,
         failure_timeout: Duration,
-    ) -> Result<Self, String> {
-        let deadline = Instant::now() + placement.connect_timeout;
-        let config = net_config(ctl_name(node), placement.cluster);
-        let conn = loop {
-            let attempt = Connection::connect(coordinator, &config, deadline).and_then(|c| c.wait());
-            match attempt {
-                Ok(c) => break c,
-                Err(e) if matches!(e.kind, NetErrorKind::Connect(_)) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(format!("node `{node}`: cannot reach the coordinator: {e}")),
-            }
-        };
-        let mut peer = Peer { node: "coordinator".into(), conn, closed: false, inbox: Vec::new() };
-        peer.send(&Msg::Register { workers, replica })?;
-        // The coordinator is busy (not polling) while it connects its own
-        // workers of a new epoch: allow for that.
-        Ok(Self { peer, timeout: failure_timeout + placement.connect_timeout })
+        first_deploy_within: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            node: node.to_string(),
+            coordinator,
+            cluster,
+            register,
+            link: Link::Idle(now),
+            deadline: now + connect_timeout,
+            // Allow for a coordinator busy with its own share's set-up.
+            timeout: failure_timeout + connect_timeout,
+            first_deploy_by: first_deploy_within.map(|d| now + d),
+            deployed: false,
+        }
     }
 
-    /// Runs `agent` as the coordinator says until it releases this node.
-    pub fn run(mut self, agent: &mut NodeAgent, first_deploy_within: Duration) -> Result<(), String> {
-        let started = Instant::now();
-        let mut deployed = false;
-        let mut out = Vec::new();
-        loop {
-            let now = Instant::now();
-            self.peer.poll(now)?;
-            while !self.peer.inbox.is_empty() {
-                // One at a time: what follows stays visible to `abort`.
-                let msg = self.peer.inbox.remove(0);
-                deployed |= matches!(msg, Msg::Deploy(_));
-                // While a deployment connects its workers, an abort (or the
-                // coordinator's end) that arrives stops it.
-                let peer = &mut self.peer;
-                let mut abort = || {
-                    let _ = peer.poll(Instant::now());
-                    if peer.closed {
-                        return Some("the coordinator closed its control connection".to_string());
-                    }
-                    peer.inbox
-                        .iter()
-                        .any(|m| matches!(m, Msg::Abort { .. } | Msg::Stop { .. } | Msg::Release))
-                        .then(|| "the coordinator aborted the epoch".to_string())
-                };
-                if let Some(Exit::Released) = agent.handle_or_abort(msg, &mut out, &mut abort)? {
-                    return Ok(());
+    /// One turn: connects and registers, or hands the coordinator's
+    /// messages to `agent` and sends its answers. `Ok(Some(_))`: released.
+    pub fn turn(
+        &mut self,
+        env: &mut E,
+        agent: &mut NodeAgent<E>,
+        now: Instant,
+    ) -> Result<Option<Exit>, ControlError> {
+        let unreachable = |node: &str, e| ControlError::Unreachable {
+            node: node.to_string(),
+            coordinator: self.coordinator,
+            source: e,
+        };
+        match &mut self.link {
+            Link::Idle(at) => {
+                if now >= *at {
+                    let c = env
+                        .connect(self.coordinator, ctl_name(&self.node), self.cluster, self.deadline)
+                        .map_err(|e| unreachable(&self.node, e))?;
+                    self.link = Link::Connecting(c);
                 }
+                return Ok(None);
             }
-            agent.poll(&mut out);
-            for m in out.drain(..) {
-                self.peer.send(&m)?;
+            Link::Connecting(c) => {
+                match env.poll_connecting(c) {
+                    Ok(Some(conn)) => {
+                        let mut peer = Peer::new("coordinator".into(), conn);
+                        peer.send(&self.register, now)?;
+                        self.link = Link::Up(peer);
+                    }
+                    Ok(None) => {}
+                    Err(e) if matches!(e.kind, NetErrorKind::Connect(_)) && now < self.deadline => {
+                        self.link = Link::Idle(now + RETRY);
+                    }
+                    Err(e) => return Err(unreachable(&self.node, e)),
+                }
+                return Ok(None);
             }
-            if self.peer.closed {
-                agent.stop_job();
-                return Err("the coordinator closed its control connection: stopping".into());
-            }
-            let silent = self.peer.silent(now);
-            if silent > self.timeout {
-                agent.stop_job();
-                return Err(format!(
-                    "the coordinator has been silent for {} ms: stopping",
-                    silent.as_millis()
-                ));
-            }
-            if !deployed && started.elapsed() > first_deploy_within {
-                return Err(format!("no deployment from the coordinator within {first_deploy_within:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            Link::Up(_) => {}
         }
+        let Link::Up(peer) = &mut self.link else { return Ok(None) };
+        peer.poll(now)?;
+        let mut out = Vec::new();
+        while !peer.inbox.is_empty() {
+            let msg = peer.inbox.remove(0);
+            self.deployed |= matches!(msg, Msg::Deploy(_));
+            match agent.handle(env, msg, &mut out) {
+                Ok(Some(Exit::Released)) => return Ok(Some(Exit::Released)),
+                Ok(None) => {}
+                Err(reason) => return Err(ControlError::Job(reason)),
+            }
+        }
+        agent.poll(env, &mut out);
+        for m in out.drain(..) {
+            peer.send(&m, now)?;
+        }
+        if peer.closed {
+            agent.stop_job();
+            return Err(ControlError::CoordinatorClosed);
+        }
+        let silent = peer.silent(now);
+        if silent > self.timeout {
+            agent.stop_job();
+            return Err(ControlError::CoordinatorSilent { silent });
+        }
+        if let Some(by) = self.first_deploy_by {
+            if !self.deployed && now > by {
+                return Err(ControlError::NoDeployment {
+                    within: by.saturating_duration_since(self.deadline),
+                });
+            }
+        }
+        Ok(None)
     }
 }

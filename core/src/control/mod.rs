@@ -47,16 +47,23 @@
 pub mod agent;
 pub mod coordinator;
 pub mod detector;
+pub mod env;
+pub mod error;
 pub mod member;
 pub mod msg;
+pub mod node;
 mod peer;
 pub mod placement;
 pub mod plan;
 pub mod report;
 
+pub use crate::time::unix_ms;
 pub use agent::{Exit, NodeAgent};
 pub use coordinator::{Coordinator, Outcome};
+pub use env::{Build, Env, FetchRequest, Os};
+pub use error::ControlError;
 pub use member::Member;
 pub use msg::{Deployment, Msg};
+pub use node::{Node, NodeEnd, NodeSetup};
 pub use placement::{ClusterPlacement, Join, NodeSpec};
-pub use report::{unix_ms, Event, MetricsLine, NodeReport, METRICS_ENV, RESTARTS};
+pub use report::{Event, MetricsLine, NodeReport, METRICS_ENV, RESTARTS};

@@ -15,9 +15,12 @@ use crate::control::report::NodeReport;
 /// A control message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
-    /// Node → coordinator: it runs `workers` workers and its replica
-    /// service listens at `replica`.
+    /// Node → coordinator: this incarnation of it (a greater one after
+    /// every restart of its process) runs `workers` workers and its
+    /// replica service listens at `replica`.
     Register {
+        /// Its process's life: see [`crate::control::detector::Incarnation`].
+        incarnation: u64,
         /// Its workers.
         workers: usize,
         /// Its replica service.
@@ -145,11 +148,31 @@ pub struct Deployment {
 }
 
 impl Msg {
+    /// The epoch the message is about, if it names one.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Msg::Deploy(d) => Some(d.epoch),
+            Msg::Ready { epoch }
+            | Msg::Checkpoint { epoch, .. }
+            | Msg::Done { epoch, .. }
+            | Msg::Complete { epoch, .. }
+            | Msg::Abort { epoch }
+            | Msg::Aborted { epoch }
+            | Msg::Failed { epoch, .. }
+            | Msg::Finished { epoch, .. }
+            | Msg::Recover { epoch, .. }
+            | Msg::Recovered { epoch } => Some(*epoch),
+            Msg::Register { .. } | Msg::Release | Msg::Stop { .. } => None,
+        }
+    }
+
     /// The frame kind and payload.
     pub fn encode(&self) -> (Kind, String) {
         let r = |s: String| (Kind::Recovery, s);
         match self {
-            Msg::Register { workers, replica } => r(format!("register {workers} {replica}")),
+            Msg::Register { incarnation, workers, replica } => {
+                r(format!("register {workers} {replica} {incarnation}"))
+            }
             Msg::Deploy(d) => {
                 let mut s = format!("epoch {}\norigin {}\naborted {}\n", d.epoch, d.origin_ns, d.aborted);
                 if let Some(slot) = d.join {
@@ -208,10 +231,17 @@ impl Msg {
             s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("expected {what}")))
         };
         Ok(match verb {
-            "register" => Msg::Register {
-                workers: num(a, "a worker count")? as usize,
-                replica: rest.and_then(|s| s.parse().ok()).ok_or_else(|| bad("expected an address"))?,
-            },
+            "register" => {
+                let mut r = rest.unwrap_or("").split(' ');
+                Msg::Register {
+                    workers: num(a, "a worker count")? as usize,
+                    replica: r
+                        .next()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| bad("expected an address"))?,
+                    incarnation: num(r.next(), "an incarnation")?,
+                }
+            }
             "ready" => Msg::Ready { epoch: num(a, "an epoch")? },
             "checkpoint" => Msg::Checkpoint { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "done" => Msg::Done {
@@ -374,7 +404,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:7101".parse().unwrap_or_else(|e| panic!("{e}"));
         let report = NodeReport { node: "b".into(), records_in: 5, records_out: 4, seconds: 1.5 };
         let msgs = vec![
-            Msg::Register { workers: 2, replica: addr },
+            Msg::Register { incarnation: 1_765_000_000_123, workers: 2, replica: addr },
             Msg::Deploy(Deployment {
                 epoch: 3,
                 nodes: vec![
@@ -458,7 +488,8 @@ mod tests {
         let cases = [
             (Kind::Recovery, "checkpoint 1", "an id"),
             (Kind::Recovery, "ready x", "an epoch"),
-            (Kind::Recovery, "register 2 not-an-address", "an address"),
+            (Kind::Recovery, "register 2 not-an-address 1", "an address"),
+            (Kind::Recovery, "register 2 127.0.0.1:1", "an incarnation"),
             (Kind::Recovery, "dance 1", "unknown verb"),
             (Kind::Recovery, "done 1\nnot a manifest", "manifest"),
             (Kind::Recovery, "finished 1 {\"node\":", "a report"),

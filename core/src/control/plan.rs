@@ -130,6 +130,8 @@ struct NodeInfo {
     addr: SocketAddr,
     workers: usize,
     replica: Option<SocketAddr>,
+    /// The incarnation registered last (`None`: not registered yet).
+    incarnation: Option<u64>,
     role: Role,
 }
 
@@ -225,9 +227,6 @@ pub struct Plan {
     actions: Vec<Action>,
 }
 
-/// Every node is incarnation 1: a restarted process cannot register again.
-const INCARNATION: Incarnation = Incarnation(1);
-
 fn node_id(i: usize) -> NodeId {
     NodeId(i as u32)
 }
@@ -244,6 +243,7 @@ impl Plan {
                 addr: *addr,
                 workers: *workers,
                 replica: None,
+                incarnation: None,
                 role: if *spare { Role::Spare } else { Role::Active },
             })
             .collect::<Vec<_>>();
@@ -280,19 +280,67 @@ impl Plan {
         }
     }
 
-    /// Node `i` registered with `workers` workers and its replica service
-    /// at `replica` (the coordinator registers itself too).
-    pub fn register(&mut self, i: usize, workers: usize, replica: SocketAddr, now_ms: u64) {
-        if let Some(n) = self.nodes.get_mut(i) {
-            n.workers = workers;
-            n.replica = Some(replica);
-            let _ = self.detector.register(node_id(i), INCARNATION, now_ms);
+    /// Incarnation `incarnation` of node `i` registered with `workers`
+    /// workers and its replica service at `replica` (the coordinator
+    /// registers itself too). A node whose earlier incarnation was
+    /// declared failed comes back as a spare, with nothing stored; a
+    /// greater incarnation of a node not yet declared failed means its
+    /// process restarted: the old incarnation is failed first. An
+    /// incarnation not greater than the last one registered is refused.
+    pub fn register(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        workers: usize,
+        replica: SocketAddr,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let Some(n) = self.nodes.get(i) else { return Err(format!("no node {i} in the config")) };
+        let name = n.name.clone();
+        if workers == 0 && i != self.me {
+            return Err(format!("node `{name}` registered with no worker"));
         }
+        match n.incarnation {
+            None => {}
+            Some(old) if incarnation <= old => {
+                return Err(format!(
+                    "node `{name}` registered incarnation {incarnation}, not after its incarnation {old}"
+                ));
+            }
+            Some(_) => {
+                if n.role != Role::Failed {
+                    self.node_failed(i, format!("its process restarted (incarnation {incarnation})"), now_ms);
+                }
+                if i == self.me || matches!(self.phase, Phase::Over) {
+                    return Err(format!("node `{name}` cannot come back"));
+                }
+                // A new process: nothing of the old one's checkpoints is
+                // stored there any more.
+                if let Some(c) = &mut self.last_complete {
+                    for l in c.local.iter_mut().chain(c.holders.iter_mut()) {
+                        l.retain(|&j| j != i);
+                    }
+                }
+                self.nodes[i].role = Role::Spare;
+                self.event(format!("rejoined {name}"));
+                self.actions.push(Action::Note(format!(
+                    "node `{name}` came back as incarnation {incarnation}: a spare"
+                )));
+            }
+        }
+        self.detector
+            .register(node_id(i), Incarnation(incarnation), now_ms)
+            .map_err(|e| format!("node `{name}`: {e}"))?;
+        let n = &mut self.nodes[i];
+        n.workers = workers;
+        n.replica = Some(replica);
+        n.incarnation = Some(incarnation);
+        Ok(())
     }
 
     /// The nodes that have not registered yet.
     pub fn missing(&self) -> Vec<&str> {
-        self.nodes.iter().filter(|n| n.replica.is_none()).map(|n| n.name.as_str()).collect()
+        self.nodes.iter().filter(|n| n.incarnation.is_none()).map(|n| n.name.as_str()).collect()
     }
 
     /// Node `i`'s name.
@@ -332,8 +380,10 @@ impl Plan {
     /// Something arrived from node `i` at `now_ms` (any message or
     /// heartbeat): it is alive.
     pub fn heard(&mut self, i: usize, now_ms: u64) {
-        if !self.is_fenced(i) {
-            let _ = self.detector.heard_from(node_id(i), INCARNATION, now_ms);
+        if let Some(n) = self.nodes.get(i).filter(|n| n.role != Role::Failed) {
+            if let Some(inc) = n.incarnation {
+                let _ = self.detector.heard_from(node_id(i), Incarnation(inc), now_ms);
+            }
         }
     }
 
@@ -819,7 +869,8 @@ impl Plan {
                     return;
                 }
                 f.parts.insert(from, part);
-                if f.parts.len() == active {
+                let early = crate::sabotage::on(crate::sabotage::Bug::CompleteEarly) && active > 1;
+                if f.parts.len() == active || (early && f.parts.len() + 1 == active) {
                     let id = f.id;
                     let mut manifest = Manifest::new(id, self.slot_workers.iter().sum());
                     for p in f.parts.values() {

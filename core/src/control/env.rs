@@ -1,0 +1,211 @@
+//! The environment a node runs in ([`Env`]): its listener and outgoing
+//! connections, how a share's workers are started, and how checkpoint
+//! parts are fetched from backup nodes. Production is [`Os`] — real
+//! sockets (`spate_net`), one pinned thread per worker, fetches over TCP
+//! from the replica services; the simulator (`crate::sim`) has its own,
+//! so that it runs the same [`super::Node`], coordinator, agent and
+//! workers over a simulated network and clock.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use spate_net::hello::Rejection;
+use spate_net::{Connecting, Connection, Listener, NetError};
+
+use crate::checkpoint::BackupNet;
+use crate::config::RuntimeConfig;
+use crate::dataflow::Dataflow;
+use crate::link::{net_config, Conn};
+use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks};
+
+/// A dataflow's build function, run once on every worker.
+pub type Build = Arc<dyn Fn(&Dataflow) + Send + Sync>;
+
+/// Where a node's connections, workers and fetches come from (see the
+/// module documentation). Every method returns at once.
+pub trait Env {
+    /// A connection (a worker link or a control connection).
+    type Conn: Conn;
+    /// An outgoing connection being set up.
+    type Connecting;
+    /// A fetch of checkpoint parts in progress.
+    type Fetch;
+
+    /// Starts connecting to the listener at `addr`, announcing `name`.
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        name: String,
+        cluster: u64,
+        deadline: Instant,
+    ) -> Result<Self::Connecting, NetError>;
+
+    /// The connection, once its handshake is through.
+    fn poll_connecting(&mut self, c: &mut Self::Connecting) -> Result<Option<Self::Conn>, NetError>;
+
+    /// One connection to this node's listener whose hello `admit` took
+    /// (`admit` gets the peer's node name), if one is ready.
+    fn poll_accept(
+        &mut self,
+        admit: &mut dyn FnMut(&str) -> Result<(), Rejection>,
+    ) -> Result<Option<Self::Conn>, NetError>;
+
+    /// Starts a share of `query` whose links are up.
+    fn start_share(
+        &mut self,
+        query: &str,
+        build: Build,
+        rc: RuntimeConfig,
+        share: ShareLinks<Self::Conn>,
+    ) -> Result<Job<Self::Conn>, RuntimeError>;
+
+    /// Starts fetching checkpoint `checkpoint` of each `(worker, replica
+    /// service)` of `parts` into this node's backup store of that worker
+    /// (under `data_dir/query/backup/w<worker>`).
+    fn begin_fetch(&mut self, request: FetchRequest) -> Self::Fetch;
+
+    /// The fetch's outcome, once every part is in (or one failed).
+    fn poll_fetch(&mut self, f: &mut Self::Fetch) -> Option<Result<(), String>>;
+
+    /// How this node's workers stream their checkpoints to backup nodes
+    /// (`None`: over TCP to their replica services).
+    fn backups(&self) -> Option<BackupNet> {
+        None
+    }
+
+    /// A line for the node's log.
+    fn log(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// What to fetch before a share restores (see [`Env::begin_fetch`]).
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The query (the dataflow's name).
+    pub query: String,
+    /// The job's id on the wire.
+    pub cluster: u64,
+    /// The checkpoint.
+    pub checkpoint: u64,
+    /// `(worker, replica service)` to fetch from.
+    pub parts: Vec<(usize, SocketAddr)>,
+    /// How long one fetch may take to connect.
+    pub timeout: Duration,
+    /// No progress lines.
+    pub quiet: bool,
+    /// The node, for messages.
+    pub node: String,
+}
+
+/// The backup store directory of worker `w` under `data_dir` for `query`.
+pub fn backup_dir(data_dir: &Path, query: &str, w: usize) -> PathBuf {
+    data_dir.join(query).join("backup").join(format!("w{w}"))
+}
+
+/// The operating system: real sockets, threads, files (see the module
+/// documentation).
+pub struct Os {
+    listener: Listener,
+}
+
+impl Os {
+    /// The environment of a node listening on `listener`.
+    pub fn new(listener: Listener) -> Self {
+        Self { listener }
+    }
+}
+
+/// A fetch on threads, one per part.
+pub struct OsFetch {
+    threads: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Env for Os {
+    type Conn = Connection;
+    type Connecting = Connecting;
+    type Fetch = OsFetch;
+
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        name: String,
+        cluster: u64,
+        deadline: Instant,
+    ) -> Result<Connecting, NetError> {
+        Connection::connect(addr, &net_config(name, cluster), deadline)
+    }
+
+    fn poll_connecting(&mut self, c: &mut Connecting) -> Result<Option<Connection>, NetError> {
+        c.poll()
+    }
+
+    fn poll_accept(
+        &mut self,
+        admit: &mut dyn FnMut(&str) -> Result<(), Rejection>,
+    ) -> Result<Option<Connection>, NetError> {
+        self.listener.poll_accept_with(|peer| admit(&peer.node))
+    }
+
+    fn start_share(
+        &mut self,
+        query: &str,
+        build: Build,
+        rc: RuntimeConfig,
+        share: ShareLinks<Connection>,
+    ) -> Result<Job, RuntimeError> {
+        Runtime::new(rc).start_share(query, build, share)
+    }
+
+    fn begin_fetch(&mut self, r: FetchRequest) -> OsFetch {
+        let threads = r
+            .parts
+            .iter()
+            .map(|&(w, addr)| {
+                let r = r.clone();
+                std::thread::spawn(move || fetch_one(&r, w, addr))
+            })
+            .collect();
+        OsFetch { threads }
+    }
+
+    fn poll_fetch(&mut self, f: &mut OsFetch) -> Option<Result<(), String>> {
+        if !f.threads.iter().all(JoinHandle::is_finished) {
+            return None;
+        }
+        for h in f.threads.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_) => return Some(Err("a fetch thread panicked".into())),
+            }
+        }
+        Some(Ok(()))
+    }
+}
+
+/// Fetches worker `w`'s part of `r.checkpoint` from the replica service at
+/// `addr` into this node's backup store of `w`.
+fn fetch_one(r: &FetchRequest, w: usize, addr: SocketAddr) -> Result<(), String> {
+    let t = Instant::now();
+    let dir = backup_dir(&r.data_dir, &r.query, w);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
+        .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+    let got = crate::replica::fetch(addr, r.cluster, w, r.checkpoint, &mut store, r.timeout)
+        .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", r.checkpoint))?;
+    if !r.quiet {
+        eprintln!(
+            "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",
+            r.node,
+            r.checkpoint,
+            t.elapsed().as_millis()
+        );
+    }
+    Ok(())
+}

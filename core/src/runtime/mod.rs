@@ -1,0 +1,522 @@
+//! The thread-per-core runtime: one glommio executor per worker, pinned to a
+//! core, running one hand-written poll loop over the worker's operator
+//! instances.
+//!
+//! A worker's *work items* are its source instances and, per (exchange edge,
+//! producing worker), the ring it receives batches on. The loop visits every
+//! item in turn and runs one synchronous *step* — a bounded source step, or
+//! a received batch pushed through the fused operator chain — then sends the
+//! batches that step closed. A batch that does not fit in its ring stays
+//! queued in its outbox (the *backlog*), and the item that produced it is
+//! skipped until that outbox has drained: backpressure, with every queue
+//! bounded. An item only ever waits on outboxes it wrote to, which in a DAG
+//! lie downstream of it, so no cycle of waits exists: no deadlock.
+//!
+//! Nothing in the loop awaits: no task, waker, timer or semaphore is on the
+//! data path (docs/ARCHITECTURE.md, decision 15). Workers share nothing but
+//! bounded single-producer, single-consumer rings ([`crate::ring`]), one per
+//! edge and worker pair, polled.
+//!
+//! Map: [`worker`] (a worker: its build and its turns), `item` (work
+//! items and their steps: barrier injection and alignment), `flusher`
+//! (outboxes into rings and links, backpressure, replay logs), `live` (a
+//! worker's side of live recovery), [`error`] ([`RuntimeError`]). This
+//! file starts jobs: threads for production, or workers handed to the
+//! caller to drive (the simulator).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::batch::Batch;
+use crate::checkpoint::{self, CheckpointCoordinator, ClusterCheckpoints};
+use crate::config::{available_cores, RuntimeConfig};
+use crate::control::placement::ClusterPlacement;
+use crate::dataflow::Dataflow;
+use crate::link::Conn;
+use crate::metrics::JobMetrics;
+use crate::ring::{ring, Consumer, Producer};
+
+pub mod error;
+mod flusher;
+pub(crate) mod item;
+mod live;
+pub mod worker;
+
+pub use error::RuntimeError;
+pub(crate) use live::RelinkBoard;
+use worker::{BuildFn, WorkerSetup};
+pub use worker::{Turn, Worker};
+
+/// Runs dataflows on this process's workers.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    config: RuntimeConfig,
+}
+
+/// A running job (or one node's share of a cluster job). `C` is the
+/// connection type of its links to other nodes.
+pub struct Job<C = spate_net::Connection> {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    metrics: Arc<JobMetrics>,
+    started: Instant,
+    /// With live recovery: where replacements' connections go.
+    relinks: Option<Arc<RelinkBoard<C>>>,
+    /// This node's workers (global ids).
+    local: Vec<usize>,
+    /// Bytes of each replay buffer.
+    replay_buffer_bytes: usize,
+    workers: usize,
+    coord: Option<Arc<CheckpointCoordinator>>,
+    name: String,
+    data_dir: std::path::PathBuf,
+}
+
+/// What a finished job reports.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// Workers that ran.
+    pub workers: usize,
+    /// Wall time from start to the last worker's end.
+    pub elapsed: Duration,
+    /// Records produced by sources.
+    pub records_in: u64,
+    /// Records that reached sinks.
+    pub records_out: u64,
+    /// Checkpoints this run completed.
+    pub checkpoints: u64,
+    /// The checkpoint this run resumed from, if any.
+    pub restored_from: Option<u64>,
+}
+
+/// A share of a cluster job to start: where its workers run, its links to
+/// the other nodes' workers (all up), and its checkpointing.
+pub struct ShareLinks<C> {
+    /// The placement (its `join`, if set: the share joins a running job).
+    pub placement: ClusterPlacement,
+    /// The links by (local worker, remote worker).
+    pub links: BTreeMap<(usize, usize), C>,
+    /// What the coordinator gave this node for its checkpoints (needed
+    /// when the config takes checkpoints).
+    pub checkpoints: Option<ClusterCheckpoints>,
+}
+
+/// Rings between the workers of one process: `[edge][src][dst]`.
+type Channels = Vec<Vec<Vec<Option<(Producer<Batch>, Consumer<Batch>)>>>>;
+
+impl Runtime {
+    /// A runtime with `config`.
+    pub fn new(config: RuntimeConfig) -> Self {
+        Self { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Builds the dataflow named `name` with `build` on every worker and
+    /// starts it. `build` runs once here first, to validate the graph.
+    pub fn start<F>(&self, name: &str, build: F) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        let (job, setups) = self.prepare::<spate_net::Connection>(name, Arc::new(build), None, false)?;
+        self.spawn(job, setups)
+    }
+
+    /// Starts this node's share of a job that spans several node processes,
+    /// without checkpoints: every node runs the same `build`; this one runs
+    /// the workers `placement` gives it and connects them to the others'
+    /// through `listener` before the job starts (within the placement's
+    /// timeout; the error names the workers not connected). A node of a
+    /// job with checkpoints and recovery runs its shares through
+    /// [`crate::control::NodeAgent`] instead.
+    pub fn start_cluster<F>(
+        &self,
+        name: &str,
+        build: F,
+        placement: ClusterPlacement,
+        listener: &mut spate_net::Listener,
+    ) -> Result<Job, RuntimeError>
+    where
+        F: Fn(&Dataflow) + Send + Sync + 'static,
+    {
+        if self.config.checkpoint_interval_ms > 0 {
+            return Err(RuntimeError::Config(
+                "a cluster job with checkpoints runs under the coordinator (`spate node`)".into(),
+            ));
+        }
+        let links =
+            crate::link::mesh::connect_blocking(&placement, listener).map_err(RuntimeError::Failed)?;
+        self.start_share(name, Arc::new(build), ShareLinks { placement, links, checkpoints: None })
+    }
+
+    /// Starts a share of a cluster job whose links are up, one thread per
+    /// worker (what [`crate::control::NodeAgent`] does in production).
+    pub fn start_share(
+        &self,
+        name: &str,
+        build: Arc<dyn Fn(&Dataflow) + Send + Sync>,
+        share: ShareLinks<spate_net::Connection>,
+    ) -> Result<Job, RuntimeError> {
+        let (job, setups) = self.prepare(name, build, Some(share), false)?;
+        self.spawn(job, setups)
+    }
+
+    /// Prepares a share of a cluster job whose links are up and hands its
+    /// workers to the caller, which builds them and drives their turns
+    /// itself (the simulator), with the backup writer inline.
+    #[cfg(test)]
+    pub(crate) fn start_driven<C: Conn>(
+        &self,
+        name: &str,
+        build: BuildFn,
+        share: ShareLinks<C>,
+    ) -> Result<(Job<C>, Vec<Worker<C>>), RuntimeError> {
+        let (job, setups) = self.prepare(name, build, Some(share), true)?;
+        let workers = setups.into_iter().filter_map(Worker::build).collect();
+        Ok((job, workers))
+    }
+
+    /// One thread (a pinned glommio executor) per worker, building and
+    /// running it.
+    fn spawn(
+        &self,
+        mut job: Job,
+        setups: Vec<WorkerSetup<spate_net::Connection>>,
+    ) -> Result<Job, RuntimeError> {
+        let cores = available_cores();
+        let locals = setups.len();
+        let config = &self.config;
+        for (slot, setup) in setups.into_iter().enumerate() {
+            let w = setup.me;
+            let pinned = config.pin && config.first_core + locals <= cores;
+            // glommio busy-polls only executors bound to CPUs, so an
+            // "unpinned" worker is fenced to every online CPU (the OS still
+            // places it freely) rather than left unbound.
+            let placement = if pinned {
+                Placement::Fixed(config.first_core + slot)
+            } else {
+                match glommio::CpuSet::online() {
+                    Ok(set) => Placement::Fenced(set),
+                    Err(_) => Placement::Unbound,
+                }
+            };
+            // The worker's future never returns `Pending`: it runs the poll
+            // loop to the end of the job, so glommio's scheduler never runs
+            // (decision 15).
+            let h = LocalExecutorBuilder::new(placement)
+                .name(&format!("spate-w{w}"))
+                .io_memory(config.io_memory_bytes)
+                .ring_depth(64)
+                .spawn(move || async move {
+                    if let Some(worker) = Worker::build(setup) {
+                        worker.run();
+                    }
+                })
+                .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
+            job.handles.push(h);
+        }
+        Ok(job)
+    }
+
+    /// Validates the dataflow, sets up checkpointing, the rings between
+    /// this process's workers and each worker's links; returns the job
+    /// (with no worker running yet) and each local worker's setup.
+    fn prepare<C: Conn>(
+        &self,
+        name: &str,
+        build: BuildFn,
+        cluster: Option<ShareLinks<C>>,
+        inline_writer: bool,
+    ) -> Result<(Job<C>, Vec<WorkerSetup<C>>), RuntimeError> {
+        self.config.validate().map_err(RuntimeError::Config)?;
+        if let Some(s) = &cluster {
+            let me = s.placement.join.as_ref().map_or(s.placement.me, |j| j.slot);
+            if s.placement.nodes.get(me).is_none_or(|n| n.workers == 0) {
+                return Err(RuntimeError::Config(format!("node {me} of the placement runs no worker")));
+            }
+            if self.config.checkpoint_interval_ms > 0 && s.checkpoints.is_none() {
+                return Err(RuntimeError::Config(
+                    "a cluster job with checkpoints needs the coordinator's checkpoint plan".into(),
+                ));
+            }
+        }
+        let (workers, local) = match &cluster {
+            Some(s) => (s.placement.total_workers(), s.placement.local()),
+            None => {
+                let w = self.config.effective_workers();
+                (w, (0..w).collect::<Vec<usize>>())
+            }
+        };
+        let mine: Vec<bool> = (0..workers).map(|w| local.contains(&w)).collect();
+        let edges = {
+            let df = Dataflow::new(name);
+            build(&df);
+            let g = df.graph.borrow();
+            if !g.errors.is_empty() {
+                return Err(RuntimeError::Dataflow(g.errors.clone()));
+            }
+            g.edges.len()
+        };
+        let mut channels: Channels = (0..edges)
+            .map(|_| {
+                (0..workers)
+                    .map(|s| {
+                        (0..workers)
+                            .map(|d| {
+                                (s != d && mine[s] && mine[d]).then(|| ring(self.config.channel_batches))
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let joining = cluster.as_ref().is_some_and(|s| s.placement.join.is_some());
+        let cluster_ckpt = cluster.as_ref().and_then(|s| s.checkpoints.clone());
+        let coord = if let (true, Some(c)) = (self.config.checkpoint_interval_ms > 0, cluster_ckpt) {
+            let c = ClusterCheckpoints { joining, ..c };
+            // The backup stores of this node's workers only hold what this
+            // incarnation of the job (or the fetch before it) put there.
+            if c.restore.is_none() && !c.joining {
+                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+            }
+            Some(CheckpointCoordinator::new_cluster(
+                workers,
+                local.len(),
+                self.config.checkpoint_interval_ms,
+                c,
+            ))
+        } else if self.config.checkpoint_interval_ms > 0 {
+            let dir = checkpoint::checkpoint_dir(&self.config.data_dir, name);
+            let manifest = if self.config.restore {
+                checkpoint::latest_manifest(&dir).map_err(RuntimeError::Config)?
+            } else {
+                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                None
+            };
+            if let Some(m) = &manifest {
+                if m.workers != workers {
+                    return Err(RuntimeError::Config(format!(
+                        "checkpoint {} of `{name}` was taken with {} workers, this run has {workers}",
+                        m.id, m.workers
+                    )));
+                }
+            }
+            let after = match &manifest {
+                Some(_) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers)
+                    .map_err(RuntimeError::Config)?,
+                None => 0,
+            };
+            Some(CheckpointCoordinator::new(
+                dir,
+                workers,
+                self.config.checkpoint_interval_ms,
+                manifest,
+                after,
+            ))
+        } else {
+            None
+        };
+        let metrics = JobMetrics::new();
+        let config = Arc::new(self.config.clone());
+        let relinks = (coord.as_ref().is_some_and(|c| c.is_cluster()) && self.config.replay_buffer_bytes > 0)
+            .then(|| {
+                Arc::new(RelinkBoard {
+                    inbox: local.iter().map(|_| Mutex::new(Vec::new())).collect(),
+                    pending: local.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+                    checkpoint: std::sync::atomic::AtomicU64::new(0),
+                    overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                })
+            });
+        let mut setups: BTreeMap<usize, WorkerSetup<C>> = local
+            .iter()
+            .enumerate()
+            .map(|(slot, &w)| {
+                let setup = WorkerSetup {
+                    me: w,
+                    workers,
+                    name: name.to_string(),
+                    build: build.clone(),
+                    config: config.clone(),
+                    metrics: metrics.clone(),
+                    coord: coord.clone(),
+                    out: HashMap::new(),
+                    inp: HashMap::new(),
+                    net: Vec::new(),
+                    relinks: relinks.as_ref().map(|b| (b.clone(), slot)),
+                    inline_writer,
+                };
+                (w, setup)
+            })
+            .collect();
+        if let Some(s) = cluster {
+            for ((w, v), c) in s.links {
+                if let Some(setup) = setups.get_mut(&w) {
+                    setup.net.push((v, c));
+                }
+            }
+        }
+        for (e, by_src) in channels.iter_mut().enumerate() {
+            for (s, by_dst) in by_src.iter_mut().enumerate() {
+                for (d, ch) in by_dst.iter_mut().enumerate() {
+                    if let Some((tx, rx)) = ch.take() {
+                        if let Some(setup) = setups.get_mut(&s) {
+                            setup.out.insert((e, d), tx);
+                        }
+                        if let Some(setup) = setups.get_mut(&d) {
+                            setup.inp.insert((e, s), rx);
+                        }
+                    }
+                }
+            }
+        }
+        let job = Job {
+            handles: Vec::new(),
+            metrics,
+            started: crate::time::now(),
+            relinks,
+            local: local.clone(),
+            replay_buffer_bytes: self.config.replay_buffer_bytes,
+            workers: local.len(),
+            coord,
+            name: name.to_string(),
+            data_dir: self.config.data_dir.clone(),
+        };
+        let setups = local.iter().filter_map(|w| setups.remove(w)).collect();
+        Ok((job, setups))
+    }
+}
+
+impl<C> Job<C> {
+    /// The job's live metrics.
+    pub fn metrics(&self) -> &Arc<JobMetrics> {
+        &self.metrics
+    }
+
+    /// Whether every worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.metrics.workers_done.load(Ordering::Acquire) >= self.workers
+    }
+
+    /// When the job started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The job's checkpointing, when it takes checkpoints.
+    pub fn checkpoints(&self) -> Option<&Arc<CheckpointCoordinator>> {
+        self.coord.as_ref()
+    }
+
+    /// Stops every worker of this node's share of the job at its next step
+    /// (their connections close), keeping the checkpoints: what a node does
+    /// when the coordinator rolls the job back to recover from a failure.
+    /// [`Job::wait`] then returns [`RuntimeError::Cancelled`].
+    pub fn cancel(&self) {
+        self.metrics.cancel();
+    }
+
+    /// Whether this share recovers live from another node's failure: it
+    /// keeps replay buffers, and links to a vanished worker wait for its
+    /// replacement (see [`Job::recover`]).
+    pub fn is_live(&self) -> bool {
+        self.relinks.is_some()
+    }
+
+    /// Another node failed and the job recovers live: checkpoints up to
+    /// `aborted` are void; the failed node's workers are being restored
+    /// from checkpoint `checkpoint` (0: none, from the start) elsewhere,
+    /// and their replacements will connect ([`Job::relink`]); this node's
+    /// checkpoints now stream to `replicas` under `replica_epoch`.
+    pub fn recover(
+        &self,
+        checkpoint: u64,
+        aborted: u64,
+        replicas: Vec<std::net::SocketAddr>,
+        replica_epoch: u64,
+    ) -> Result<(), String> {
+        let (Some(board), Some(coord)) = (&self.relinks, &self.coord) else {
+            return Err("this share of the job keeps no replay buffers: it cannot recover live".into());
+        };
+        if board.overflowed.load(Ordering::Acquire) {
+            return Err(format!(
+                "its replay buffers overflowed ({} bytes per worker) while no checkpoint trimmed them",
+                self.replay_buffer_bytes
+            ));
+        }
+        if checkpoint > coord.requested().max(aborted) {
+            return Err(format!("checkpoint {checkpoint} was never requested here"));
+        }
+        if !crate::sabotage::on(crate::sabotage::Bug::NoAbortInFlight) {
+            coord.abort_through(aborted);
+        }
+        coord.retarget(replicas, replica_epoch);
+        board.checkpoint.store(checkpoint, Ordering::Release);
+        Ok(())
+    }
+
+    /// The replacement of worker `from` connected to local worker `to`
+    /// over `conn` (after [`Job::recover`]): the worker re-links, replays
+    /// what it sent `from` since the checkpoint, and skips what it already
+    /// took from it.
+    pub fn relink(&self, to: usize, from: usize, conn: C) -> Result<(), String> {
+        let Some(board) = &self.relinks else {
+            return Err("this share of the job keeps no replay buffers: it cannot re-link".into());
+        };
+        let slot = self
+            .local
+            .iter()
+            .position(|&w| w == to)
+            .ok_or_else(|| format!("worker {to} is not on this node"))?;
+        board.inbox[slot]
+            .lock()
+            .map_err(|_| "the re-link mailbox lock is poisoned".to_string())?
+            .push((from, conn));
+        board.pending[slot].store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// This node's workers (global ids).
+    pub fn local_workers(&self) -> &[usize] {
+        &self.local
+    }
+
+    /// Waits for the job to end.
+    pub fn wait(self) -> Result<JobReport, RuntimeError> {
+        let mut panicked = None;
+        for (w, h) in self.handles.into_iter().enumerate() {
+            if h.join().is_err() && panicked.is_none() {
+                panicked = Some(w);
+            }
+        }
+        let elapsed = self.started.elapsed();
+        if self.metrics.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        if let Some(reason) = self.metrics.failure() {
+            return Err(RuntimeError::Failed(reason));
+        }
+        if let Some(worker) = panicked {
+            return Err(RuntimeError::WorkerPanicked { worker });
+        }
+        // A job that ended has nothing left to resume. (A node of a cluster
+        // keeps its checkpoints until the whole job is done: another
+        // node's failure can still roll this share back.)
+        if self.coord.as_ref().is_some_and(|c| !c.is_cluster()) {
+            checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Failed)?;
+        }
+        Ok(JobReport {
+            workers: self.workers,
+            elapsed,
+            records_in: self.metrics.records_in.load(Ordering::Relaxed),
+            records_out: self.metrics.records_out.load(Ordering::Relaxed),
+            checkpoints: self.coord.as_ref().map_or(0, |c| c.taken()),
+            restored_from: self.coord.as_ref().and_then(|c| c.restored().map(|m| m.id)),
+        })
+    }
+}
