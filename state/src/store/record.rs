@@ -26,6 +26,11 @@
 //! values themselves, and the restore scan checks them and installs the
 //! part instead of indexing it. Since every
 //! record carries its hash, rebuilding never rehashes keys.
+//!
+//! The functions at the end read and write records in the segment file: a
+//! record's header, hash, key and value, a list's head, and padding.
+
+use super::file::SegmentFile;
 
 /// Bytes of a record header.
 pub(crate) const HEADER: usize = 20;
@@ -123,4 +128,54 @@ pub(crate) fn kind_name(kind: u8) -> &'static str {
         KIND_DENSE => "dense table part",
         _ => "corrupt record",
     }
+}
+
+/// The hash of the record at `loc` (for index growth and removal).
+#[inline(always)]
+pub(crate) fn hash_at(file: &SegmentFile) -> impl Fn(u64) -> u64 + '_ {
+    move |loc| u64_at(file.bytes(loc, 8), 0)
+}
+
+#[inline(always)]
+pub(crate) fn header(file: &SegmentFile, loc: u64) -> Header {
+    Header::read(file.bytes(loc, HEADER))
+}
+
+pub(crate) fn read_head(file: &SegmentFile, head_loc: u64, key_len: u32) -> (u64, u64, u64) {
+    let b = file.bytes(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
+    (u64_at(b, 0), u64_at(b, 8), u64_at(b, 16))
+}
+
+pub(crate) fn write_head(file: &mut SegmentFile, head_loc: u64, key_len: u32, head: (u64, u64, u64)) {
+    let b = file.bytes_mut(head_loc + (HEADER + key_len as usize) as u64, LIST_HEAD);
+    b[0..8].copy_from_slice(&head.0.to_le_bytes());
+    b[8..16].copy_from_slice(&head.1.to_le_bytes());
+    b[16..24].copy_from_slice(&head.2.to_le_bytes());
+}
+
+/// Writes at `at` the header of `bytes` (a header's or more) of dead
+/// padding: garbage that compaction drops and a restore skips. The caller
+/// accounts the bytes.
+pub(crate) fn write_pad(file: &mut SegmentFile, at: u64, bytes: u64) {
+    let pad = Header {
+        hash: 0,
+        key_len: 0,
+        val_len: (bytes - HEADER as u64) as u32,
+        table: 0,
+        kind: KIND_PAD,
+        flags: FLAG_DEAD,
+    };
+    pad.write(file.bytes_mut(at, HEADER));
+}
+
+/// The key and value of the record at `loc` (lists give an empty value).
+pub(crate) fn key_value(file: &SegmentFile, loc: u64) -> (&[u8], &[u8]) {
+    let h = header(file, loc);
+    let key = file.bytes(loc + HEADER as u64, h.key_len as usize);
+    let value = if h.kind == KIND_VALUE {
+        file.bytes(loc + (HEADER + key.len()) as u64, h.val_len as usize)
+    } else {
+        &[]
+    };
+    (key, value)
 }

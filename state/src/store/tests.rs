@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
+use super::record::HEADER;
 use super::*;
 use crate::keyspace::{hash_bytes, hash_u64};
 
