@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use spate_net::frame::Kind;
 use spate_net::{Connection, Delivery, NetError};
 
-use super::wire::{check_name, connect, encode_part, parse_ack, parse_error};
+use super::error::{Link, ReplicaError};
+use super::wire::{backup_hello_name, check_name, connect, encode_part, parse_ack, parse_error};
 use super::{ACKS_KEPT_MAX, CHUNK_BYTES_MAX, CLIENT_NAP, ERRORS_KEPT_MAX, FLUSH_BYTES, PART_BYTES_MAX};
 
 /// One worker's replication stream to one backup node, used from the
@@ -35,8 +36,8 @@ pub struct ReplicaClient {
     errors: HashMap<String, Vec<(u64, String)>>,
     /// The error the backup reported for the whole connection.
     server_error: Option<String>,
-    /// Why the client is unusable.
-    broken: Option<String>,
+    /// Why the client is unusable (returned again by every later call).
+    broken: Option<ReplicaError>,
 }
 
 impl ReplicaClient {
@@ -49,7 +50,7 @@ impl ReplicaClient {
         cluster: u64,
         origin_worker: usize,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ReplicaError> {
         Self::connect_epoch(addr, cluster, origin_worker, 0, timeout)
     }
 
@@ -63,12 +64,8 @@ impl ReplicaClient {
         origin_worker: usize,
         epoch: u64,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let name = if epoch == 0 {
-            format!("bak:w{origin_worker}")
-        } else {
-            format!("bak:w{origin_worker}@{epoch}")
-        };
+    ) -> Result<Self, ReplicaError> {
+        let name = backup_hello_name(origin_worker, epoch);
         let conn = connect(addr, name, cluster, Instant::now() + timeout)?;
         Ok(Self {
             conn,
@@ -95,14 +92,11 @@ impl ReplicaClient {
     /// is full, up to the connect timeout. Fails at once if the connection
     /// failed (the backup node is gone), and with an error naming the
     /// problem for an empty or too long name or chunk.
-    pub fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
+    pub fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), ReplicaError> {
         self.usable()?;
-        check_name(instance).map_err(|e| self.context(&e))?;
+        check_name(instance).map_err(|e| self.context(e))?;
         if chunk.is_empty() || chunk.len() > CHUNK_BYTES_MAX {
-            return Err(self.context(&format!(
-                "chunk of `{instance}` of {} bytes (must be 1 to {CHUNK_BYTES_MAX})",
-                chunk.len()
-            )));
+            return Err(self.context(ReplicaError::ChunkSize { instance: instance.into(), len: chunk.len() }));
         }
         let deadline = Instant::now() + self.timeout;
         let mut offset = 0;
@@ -120,7 +114,7 @@ impl ReplicaClient {
 
     /// Queues `self.message` as a chunk part, waiting for room up to
     /// `deadline`. Any failure breaks the client.
-    fn queue_message(&mut self, deadline: Instant, instance: &str) -> Result<(), String> {
+    fn queue_message(&mut self, deadline: Instant, instance: &str) -> Result<(), ReplicaError> {
         loop {
             match self.conn.try_send_control(Kind::CheckpointChunk, 0, self.seq, &self.message) {
                 Ok(true) => {
@@ -128,16 +122,15 @@ impl ReplicaClient {
                     return Ok(());
                 }
                 Ok(false) => {}
-                Err(e) => return Err(self.broke_net(&e)),
+                Err(e) => return Err(self.broke_net(e)),
             }
             let progress = self.pump()?;
             if Instant::now() >= deadline {
-                let e = format!(
-                    "timed out after {:?} sending a chunk of `{instance}`: the backup takes no more bytes \
-                     ({} queued)",
-                    self.timeout,
-                    self.conn.unsent_bytes()
-                );
+                let e = ReplicaError::SendTimeout {
+                    instance: instance.into(),
+                    timeout: self.timeout,
+                    queued: self.conn.unsent_bytes(),
+                };
                 return Err(self.broke(e));
             }
             if !progress {
@@ -153,7 +146,7 @@ impl ReplicaClient {
     /// earlier one not yet reported (a lost checkpoint breaks the chain of
     /// the increments after it), and fails at once if the connection
     /// fails.
-    pub fn wait_ack(&mut self, instance: &str, id: u64, timeout: Duration) -> Result<(), String> {
+    pub fn wait_ack(&mut self, instance: &str, id: u64, timeout: Duration) -> Result<(), ReplicaError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.take_error(instance, id) {
@@ -166,9 +159,8 @@ impl ReplicaClient {
                 return Err(e.clone());
             }
             if Instant::now() >= deadline {
-                return Err(self.context(&format!(
-                    "no acknowledgement of checkpoint {id} of `{instance}` within {timeout:?}"
-                )));
+                let e = ReplicaError::NoAck { instance: instance.into(), checkpoint: id, timeout };
+                return Err(self.context(e));
             }
             // A failed pump is `broken`, reported at the top of the loop
             // after the acks and errors that arrived before it.
@@ -178,12 +170,12 @@ impl ReplicaClient {
         }
     }
 
-    fn take_error(&mut self, instance: &str, id: u64) -> Option<String> {
+    fn take_error(&mut self, instance: &str, id: u64) -> Option<ReplicaError> {
         let errors = self.errors.get_mut(instance)?;
         let i = errors.iter().position(|(c, _)| *c <= id)?;
         let (c, message) = errors.remove(i);
-        let which = if c == 0 { "a checkpoint".to_string() } else { format!("checkpoint {c}") };
-        Some(self.context(&format!("the backup refused {which} of `{instance}`: {message}")))
+        let checkpoint = (c != 0).then_some(c);
+        Some(self.context(ReplicaError::CheckpointRefused { instance: instance.into(), checkpoint, message }))
     }
 
     fn take_ack(&mut self, instance: &str, id: u64) -> bool {
@@ -199,11 +191,11 @@ impl ReplicaClient {
 
     /// Writes what is queued, reads what arrived and takes in the acks and
     /// errors; whether any byte moved. A failure breaks the client.
-    fn pump(&mut self) -> Result<bool, String> {
+    fn pump(&mut self) -> Result<bool, ReplicaError> {
         self.usable()?;
         let moved = match self.conn.poll_io() {
             Ok(m) => m,
-            Err(e) => return Err(self.broke_net(&e)),
+            Err(e) => return Err(self.broke_net(e)),
         };
         let mut bad = None;
         let (acked, errors, server_error) = (&mut self.acked, &mut self.errors, &mut self.server_error);
@@ -226,42 +218,45 @@ impl ReplicaClient {
                         }
                     }
                 }),
-                k => Err(format!("unexpected {k:?} frame from the backup")),
+                kind => Err(ReplicaError::UnexpectedFrame { kind, on: Link::FromBackup }),
             };
             if let Err(e) = r {
                 bad.get_or_insert(e);
             }
             Delivery::Consumed
         });
-        if let Some(e) = self.server_error.clone() {
-            return Err(self.broke(format!("the backup closed the stream: {e}")));
+        if let Some(message) = self.server_error.clone() {
+            return Err(self.broke(ReplicaError::StreamClosed { message }));
         }
         if let Some(e) = bad {
             return Err(self.broke(e));
         }
         match received {
             Ok(n) => Ok(moved || n > 0),
-            Err(e) => Err(self.broke_net(&e)),
+            Err(e) => Err(self.broke_net(e)),
         }
     }
 
-    fn usable(&self) -> Result<(), String> {
+    fn usable(&self) -> Result<(), ReplicaError> {
         match &self.broken {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
 
-    fn context(&self, e: &str) -> String {
-        format!("replica stream of worker {} to {}: {e}", self.origin_worker, self.addr)
+    /// `e`, on this stream.
+    fn context(&self, e: ReplicaError) -> ReplicaError {
+        ReplicaError::Stream { origin: self.origin_worker, addr: self.addr, source: Box::new(e) }
     }
 
-    fn broke(&mut self, e: String) -> String {
-        let e = self.context(&e);
+    /// Breaks the client with `e` (unless it is broken already); the
+    /// error that broke it.
+    fn broke(&mut self, e: ReplicaError) -> ReplicaError {
+        let e = self.context(e);
         self.broken.get_or_insert(e).clone()
     }
 
-    fn broke_net(&mut self, e: &NetError) -> String {
-        self.broke(format!("connection lost: {e}"))
+    fn broke_net(&mut self, e: NetError) -> ReplicaError {
+        self.broke(ReplicaError::lost(e))
     }
 }

@@ -4,14 +4,16 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spate_net::frame::Kind;
 use spate_net::{Connection, Delivery};
 use spate_state::BackupStore;
 
+use super::error::{Link, ReplicaError};
 use super::reassembly::Reassembly;
-use super::wire::{connect, encode_request, parse_done, parse_error, parse_part};
+use super::wire::{connect, encode_request, fetch_hello_name, parse_done, parse_error, parse_part};
 use super::{Totals, CLIENT_NAP, FRAMES_PER_PASS};
 
 /// What [`fetch`] brought back.
@@ -47,14 +49,18 @@ pub fn fetch(
     id: u64,
     into: &mut BackupStore,
     timeout: Duration,
-) -> Result<FetchReport, String> {
-    let context = |e: &str| format!("fetch of checkpoint {id} of worker {origin_worker} from {addr}: {e}");
+) -> Result<FetchReport, ReplicaError> {
+    let context = |e: ReplicaError| ReplicaError::Fetch {
+        origin: origin_worker,
+        checkpoint: id,
+        addr,
+        source: Box::new(e),
+    };
     let deadline = Instant::now() + timeout;
-    let mut conn =
-        connect(addr, format!("fetch:w{origin_worker}"), cluster, deadline).map_err(|e| context(&e))?;
+    let mut conn = connect(addr, fetch_hello_name(origin_worker), cluster, deadline).map_err(context)?;
     let request = encode_request(origin_worker, id);
-    if !conn.try_send_control(Kind::Recovery, 0, 0, &request).map_err(|e| context(&e.to_string()))? {
-        return Err(context("no room for the request in a new connection"));
+    if !conn.try_send_control(Kind::Recovery, 0, 0, &request).map_err(|e| context(ReplicaError::lost(e)))? {
+        return Err(context(ReplicaError::NoRoomForRequest));
     }
     // Instances with chunks in `into` after their last ack: checkpoints
     // begun there, dropped if the fetch fails.
@@ -65,7 +71,7 @@ pub fn fetch(
             into.abort(instance);
         }
     }
-    result.map_err(|e| context(&e))
+    result.map_err(context)
 }
 
 /// Receives a fetch's stream into `into` until its end marker, and checks
@@ -77,16 +83,16 @@ fn receive_fetch(
     deadline: Instant,
     timeout: Duration,
     open: &mut HashSet<String>,
-) -> Result<FetchReport, String> {
+) -> Result<FetchReport, ReplicaError> {
     let mut asm = Reassembly::default();
     // Per instance, the checkpoints `into` acknowledged.
     let mut acks: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut got = Totals::default();
     let mut done: Option<Totals> = None;
-    let mut failure: Option<String> = None;
-    let mut server_error: Option<String> = None;
+    let mut failure: Option<ReplicaError> = None;
+    let mut server_error: Option<ReplicaError> = None;
     loop {
-        let moved = conn.poll_io().map_err(|e| format!("connection lost: {e}"))?;
+        let moved = conn.poll_io().map_err(ReplicaError::lost)?;
         let received = conn.poll_recv(FRAMES_PER_PASS, |f| {
             if failure.is_some() || done.is_some() || server_error.is_some() {
                 return Delivery::Consumed;
@@ -112,19 +118,18 @@ fn receive_fetch(
                         Err(e) => {
                             // `receive` dropped the checkpoint.
                             open.remove(instance);
-                            Err(format!("the local backup store refused a chunk of `{instance}`: {e}"))
+                            Err(ReplicaError::LocalRefused { instance: instance.into(), source: Arc::new(e) })
                         }
                     }
                 }),
                 Kind::Ack => parse_done(f.payload).map(|t| done = Some(t)),
                 Kind::Report => parse_error(f.payload).map(|(instance, _, message)| {
-                    server_error = Some(if instance.is_empty() {
-                        message.to_string()
-                    } else {
-                        format!("`{instance}`: {message}")
+                    server_error = Some(ReplicaError::FetchRefused {
+                        instance: (!instance.is_empty()).then(|| instance.to_string()),
+                        message: message.to_string(),
                     });
                 }),
-                k => Err(format!("unexpected {k:?} frame from the backup")),
+                kind => Err(ReplicaError::UnexpectedFrame { kind, on: Link::FromBackup }),
             };
             if let Err(e) = r {
                 failure = Some(e);
@@ -132,7 +137,7 @@ fn receive_fetch(
             Delivery::Consumed
         });
         if let Some(e) = server_error {
-            return Err(format!("the backup refused: {e}"));
+            return Err(e);
         }
         if let Some(e) = failure {
             return Err(e);
@@ -140,12 +145,9 @@ fn receive_fetch(
         if let Some(t) = done {
             return finish_fetch(id, t, got, &acks, open, asm.active);
         }
-        let frames = received.map_err(|e| format!("connection lost: {e}"))?;
+        let frames = received.map_err(ReplicaError::lost)?;
         if Instant::now() >= deadline {
-            return Err(format!(
-                "not done within {timeout:?} ({} chunks, {} bytes received)",
-                got.chunks, got.bytes
-            ));
+            return Err(ReplicaError::FetchTimeout { timeout, chunks: got.chunks, bytes: got.bytes });
         }
         if !moved && frames == 0 {
             std::thread::sleep(CLIENT_NAP);
@@ -161,21 +163,22 @@ fn finish_fetch(
     acks: &BTreeMap<String, Vec<u64>>,
     open: &HashSet<String>,
     mid_chunk: bool,
-) -> Result<FetchReport, String> {
+) -> Result<FetchReport, ReplicaError> {
     if mid_chunk {
-        return Err("the fetch ended inside a chunk".into());
+        return Err(ReplicaError::EndedInsideChunk);
     }
     if let Some(i) = open.iter().next() {
-        return Err(format!("the fetch ended inside a checkpoint of `{i}`"));
+        return Err(ReplicaError::EndedInsideCheckpoint { instance: i.clone() });
     }
     for (instance, ids) in acks {
         if ids.last() != Some(&id) {
-            return Err(format!("the chain of `{instance}` ended at checkpoint {:?}, not {id}", ids.last()));
+            let last = ids.last().copied();
+            return Err(ReplicaError::ChainEnd { instance: instance.clone(), last, checkpoint: id });
         }
     }
     got.instances = acks.len() as u64;
     if got != sent {
-        return Err(format!("received {got:?} but the backup sent {sent:?}"));
+        return Err(ReplicaError::TotalsDiffer { received: got, sent });
     }
     Ok(FetchReport {
         instances: acks.keys().cloned().collect(),

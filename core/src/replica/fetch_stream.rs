@@ -8,12 +8,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use spate_net::frame::Kind;
 use spate_net::Connection;
 use spate_state::checkpoint::{decode_chunk, CHUNK_MAX};
 use spate_state::BackupStore;
 
+use super::error::{Missing, ReplicaError, StoredFault};
 use super::wire::{encode_done, encode_part};
 use super::{Totals, FETCH_BYTES_PER_PASS, PART_BYTES_MAX};
 
@@ -22,7 +24,7 @@ pub(super) enum Pumped {
     /// The connection failed.
     Net,
     /// The stored data could not be read: the error for the client.
-    Store(String),
+    Store(ReplicaError),
 }
 
 /// Where a stored checkpoint's chunks are read from.
@@ -53,32 +55,27 @@ pub(super) struct FetchStream {
 impl FetchStream {
     /// The fetch of checkpoint `id` of every instance of `store`, or the
     /// error naming what is missing.
-    pub(super) fn plan(store: &BackupStore, origin: usize, id: u64) -> Result<Self, String> {
+    pub(super) fn plan(store: &BackupStore, origin: usize, id: u64) -> Result<Self, ReplicaError> {
         let instances = store.instances();
         if instances.is_empty() {
-            return Err(format!("no checkpoint of worker {origin} is stored here"));
+            return Err(ReplicaError::NothingStored { origin });
         }
         let mut todo = VecDeque::new();
         let mut missing = Vec::new();
         for instance in instances {
             let complete = store.complete_checkpoints(&instance);
+            let latest_complete = complete.last().copied().unwrap_or(0);
             if !complete.contains(&id) {
-                missing.push(format!(
-                    "`{instance}` (latest complete: {})",
-                    complete.last().copied().unwrap_or(0)
-                ));
+                missing.push(Missing { instance, latest_complete, chain: None });
                 continue;
             }
             match store.chain(&instance, id) {
                 Ok(chain) => todo.push_back((instance, chain.into())),
-                Err(e) => missing.push(format!("`{instance}` ({e})")),
+                Err(e) => missing.push(Missing { instance, latest_complete, chain: Some(Arc::new(e)) }),
             }
         }
         if !missing.is_empty() {
-            return Err(format!(
-                "checkpoint {id} of worker {origin} is not complete here for instance(s) {}",
-                missing.join(", ")
-            ));
+            return Err(ReplicaError::Incomplete { origin, checkpoint: id, missing });
         }
         Ok(Self {
             todo,
@@ -128,7 +125,7 @@ impl FetchStream {
 
     /// Builds the next message into `self.message`: a part, or the end
     /// marker; `None` after the end marker.
-    fn next_message(&mut self, store: &BackupStore) -> Result<Option<Kind>, String> {
+    fn next_message(&mut self, store: &BackupStore) -> Result<Option<Kind>, ReplicaError> {
         loop {
             if let Some((instance, _, _)) = &self.current {
                 if self.chunk_sent < self.chunk.len() {
@@ -140,9 +137,9 @@ impl FetchStream {
                 }
             }
             if let Some((instance, id, source)) = &mut self.current {
-                if next_stored_chunk(store, instance, *id, source, &mut self.chunk)
-                    .map_err(|e| format!("stored checkpoint {id} of `{instance}`: {e}"))?
-                {
+                if next_stored_chunk(store, instance, *id, source, &mut self.chunk).map_err(|fault| {
+                    ReplicaError::Stored { instance: instance.clone(), checkpoint: *id, fault }
+                })? {
                     self.chunk_sent = 0;
                     self.totals.chunks += 1;
                     self.totals.bytes += self.chunk.len() as u64;
@@ -166,11 +163,13 @@ impl FetchStream {
             };
             let instance = instance.clone();
             let source = match store.checkpoint_path(&instance, id) {
-                Some(path) => File::open(&path)
-                    .map(|f| Source::File(BufReader::with_capacity(1 << 20, f), path.clone()))
-                    .map_err(|e| {
-                        format!("stored checkpoint {id} of `{instance}`: open {}: {e}", path.display())
-                    })?,
+                Some(path) => match File::open(&path) {
+                    Ok(f) => Source::File(BufReader::with_capacity(1 << 20, f), path),
+                    Err(e) => {
+                        let fault = StoredFault::Open { path, source: Arc::new(e) };
+                        return Err(ReplicaError::Stored { instance, checkpoint: id, fault });
+                    }
+                },
                 None => Source::Memory(0),
             };
             self.totals.checkpoints += 1;
@@ -189,16 +188,16 @@ fn next_stored_chunk(
     id: u64,
     source: &mut Source,
     buf: &mut Vec<u8>,
-) -> Result<bool, String> {
+) -> Result<bool, StoredFault> {
     buf.clear();
     match source {
         Source::Memory(pos) => {
             // Borrowed, not copied, for a store in memory.
-            let bytes = store.read(instance, id).map_err(|e| e.to_string())?;
+            let bytes = store.read(instance, id).map_err(|e| StoredFault::Read(Arc::new(e)))?;
             let Some(rest) = bytes.get(*pos..).filter(|r| !r.is_empty()) else {
                 return Ok(false);
             };
-            let (_, n) = decode_chunk(rest).map_err(|r| format!("corrupt at byte {pos}: {r}"))?;
+            let (_, n) = decode_chunk(rest).map_err(|reason| StoredFault::CorruptAt { pos: *pos, reason })?;
             buf.extend_from_slice(&rest[..n]);
             *pos += n;
             Ok(true)
@@ -209,20 +208,23 @@ fn next_stored_chunk(
             while got < prefix.len() {
                 match reader.read(&mut prefix[got..]) {
                     Ok(0) if got == 0 => return Ok(false),
-                    Ok(0) => return Err(format!("{}: truncated chunk framing: {got} bytes", path.display())),
+                    Ok(0) => return Err(StoredFault::TruncatedFraming { path: path.clone(), got }),
                     Ok(n) => got += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("read {}: {e}", path.display())),
+                    Err(e) => return Err(StoredFault::ReadFile { path: path.clone(), source: Arc::new(e) }),
                 }
             }
             let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
             if len == 0 || len > CHUNK_MAX {
-                return Err(format!("{}: chunk length {len} out of range", path.display()));
+                return Err(StoredFault::ChunkLength { path: path.clone(), len });
             }
             buf.extend_from_slice(&prefix);
             buf.resize(8 + len, 0);
-            reader.read_exact(&mut buf[8..]).map_err(|e| format!("read {}: {e}", path.display()))?;
-            let (_, n) = decode_chunk(buf).map_err(|r| format!("{}: {r}", path.display()))?;
+            reader
+                .read_exact(&mut buf[8..])
+                .map_err(|e| StoredFault::ReadFile { path: path.clone(), source: Arc::new(e) })?;
+            let (_, n) =
+                decode_chunk(buf).map_err(|reason| StoredFault::Corrupt { path: path.clone(), reason })?;
             debug_assert_eq!(n, buf.len());
             Ok(true)
         }

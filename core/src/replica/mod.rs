@@ -21,6 +21,15 @@
 //!   worker (each with its chain: full image, then increments) into a local
 //!   [`BackupStore`], from which `StateStore::restore_id` rebuilds the state.
 //!
+//! The module's files: `wire` (the messages, the hello names), `reassembly`
+//! (chunk parts back into chunks), `server` (the service's thread and its
+//! connections), `fetch_stream` (the service side of a fetch), `client`
+//! ([`ReplicaClient`]), `fetch` ([`fetch`]) and `error` ([`ReplicaError`]).
+//! Every call that fails returns a [`ReplicaError`] naming what went wrong
+//! and with which peer, worker, instance, checkpoint or message field; its
+//! message is complete on its own (it includes its source's). The
+//! service's errors reach its peers as the text of an error report.
+//!
 //! Connections are `spate_net` [`Connection`]s: plain non-blocking sockets,
 //! polled (no async); every loop here has a deadline. Liveness is
 //! connection loss (a backup node that dies closes its sockets: the client's
@@ -108,30 +117,29 @@
 //! use std::time::Duration;
 //! use spate_core::replica::{fetch, ReplicaClient, ReplicaServer};
 //! use spate_state::{hash_u64, BackupStore, BinRange, Durability, StateStore, StoreConfig, ValueState};
-//! # fn main() -> Result<(), String> {
-//! # let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-//! # let e = |e: spate_state::StateError| e.to_string();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
 //! let t = Duration::from_secs(5);
 //! let server = ReplicaServer::start("127.0.0.1:0".parse().unwrap(), dir.path().join("bak"), 7, Durability::PageCache)?;
-//! let mut store = StateStore::create(StoreConfig::new(dir.path().join("s"), 4), BinRange::all(4)).map_err(e)?;
-//! let mut sums = ValueState::<u64, u64>::register(&mut store, "sums").map_err(e)?;
-//! sums.put(&mut store, hash_u64(1), &1, &42).map_err(e)?;
+//! let mut store = StateStore::create(StoreConfig::new(dir.path().join("s"), 4), BinRange::all(4))?;
+//! let mut sums = ValueState::<u64, u64>::register(&mut store, "sums")?;
+//! sums.put(&mut store, hash_u64(1), &1, &42)?;
 //!
 //! // Worker 3 streams checkpoint 1 of instance "op" to the backup node.
 //! let mut client = ReplicaClient::connect(server.addr(), 7, 3, t)?;
-//! let mut stream = store.begin_checkpoint(1, b"meta").map_err(e)?;
+//! let mut stream = store.begin_checkpoint(1, b"meta")?;
 //! while let Some(chunk) = stream.next_chunk() {
 //!     client.send_chunk("op", chunk)?;
 //! }
 //! client.wait_ack("op", 1, t)?;
 //!
 //! // Recovery: fetch worker 3's checkpoint 1 and restore it.
-//! let mut local = BackupStore::open(dir.path().join("local"), Durability::Memory).map_err(e)?;
+//! let mut local = BackupStore::open(dir.path().join("local"), Durability::Memory)?;
 //! let report = fetch(server.addr(), 7, 3, 1, &mut local, t)?;
 //! assert_eq!(report.instances, ["op"]);
 //! let (mut restored, meta, _) =
-//!     StateStore::restore_id(StoreConfig::new(dir.path().join("r"), 4), &local, "op", 1).map_err(e)?;
-//! let mut sums_r = ValueState::<u64, u64>::register(&mut restored, "sums").map_err(e)?;
+//!     StateStore::restore_id(StoreConfig::new(dir.path().join("r"), 4), &local, "op", 1)?;
+//! let mut sums_r = ValueState::<u64, u64>::register(&mut restored, "sums")?;
 //! assert_eq!((sums_r.get(&restored, hash_u64(1), &1), meta.as_slice()), (Some(42), &b"meta"[..]));
 //! server.stop();
 //! # Ok(())
@@ -142,6 +150,7 @@
 //! [`Connection`]: spate_net::Connection
 
 mod client;
+mod error;
 mod fetch;
 mod fetch_stream;
 mod reassembly;
@@ -156,6 +165,7 @@ use spate_net::frame::{FRAME_OVERHEAD, MAX_FRAME_BYTES};
 use spate_state::checkpoint::CHUNK_MAX;
 
 pub use client::ReplicaClient;
+pub use error::{Link, Malformation, Missing, ReplicaError, StoredFault};
 pub use fetch::{fetch, FetchReport};
 pub use server::{CompletionHandle, ReplicaServer};
 
@@ -248,11 +258,16 @@ const _: () = assert!(PART_BYTES_MAX + INSTANCE_NAME_BYTES_MAX + FRAME_OVERHEAD 
 const _: () = assert!(FLUSH_BYTES < SEND_BUFFER_BYTES);
 const _: () = assert!(REASSEMBLY_KEEP_BYTES >= PART_BYTES_MAX);
 
-/// The totals of a fetch (its end marker).
+/// The totals of a fetch: what its end marker says was sent, or what the
+/// client received ([`ReplicaError::TotalsDiffer`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Totals {
-    instances: u64,
-    checkpoints: u64,
-    chunks: u64,
-    bytes: u64,
+pub struct Totals {
+    /// Instances.
+    pub instances: u64,
+    /// Checkpoints (full images and increments, over all instances).
+    pub checkpoints: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// Bytes of chunks.
+    pub bytes: u64,
 }

@@ -2,6 +2,7 @@
 //! replica connection (the service receiving a backup stream, the fetch
 //! client receiving a fetch).
 
+use super::error::ReplicaError;
 use super::wire::Part;
 use super::{REASSEMBLY_KEEP_BYTES, REASSEMBLY_RESERVE_BYTES_MAX};
 
@@ -19,13 +20,17 @@ impl Reassembly {
     /// Takes the next part; returns the whole chunk (its instance and
     /// bytes) when this was its last part. A one-part chunk is returned in
     /// place.
-    pub(super) fn push<'a>(&'a mut self, part: Part<'a>) -> Result<Option<(&'a str, &'a [u8])>, String> {
+    pub(super) fn push<'a>(
+        &'a mut self,
+        part: Part<'a>,
+    ) -> Result<Option<(&'a str, &'a [u8])>, ReplicaError> {
         if !self.active {
             if part.offset != 0 {
-                return Err(format!(
-                    "chunk part of `{}` at offset {} of {} bytes without the parts before it",
-                    part.instance, part.offset, part.chunk_len
-                ));
+                return Err(ReplicaError::PartWithoutStart {
+                    instance: part.instance.into(),
+                    offset: part.offset,
+                    chunk_len: part.chunk_len,
+                });
             }
             if part.bytes.len() == part.chunk_len {
                 return Ok(Some((part.instance, part.bytes)));
@@ -45,16 +50,14 @@ impl Reassembly {
             || part.chunk_len != self.chunk_len
             || part.offset != self.buf.len()
         {
-            return Err(format!(
-                "chunk part of `{}` (offset {}, chunk of {} bytes) does not continue the chunk of `{}` \
-                 received up to {} of {} bytes",
-                part.instance,
-                part.offset,
-                part.chunk_len,
-                self.instance,
-                self.buf.len(),
-                self.chunk_len
-            ));
+            return Err(ReplicaError::PartDoesNotContinue {
+                instance: part.instance.into(),
+                offset: part.offset,
+                chunk_len: part.chunk_len,
+                current: self.instance.clone(),
+                received: self.buf.len(),
+                current_len: self.chunk_len,
+            });
         }
         self.buf.extend_from_slice(part.bytes);
         if self.buf.len() < self.chunk_len {

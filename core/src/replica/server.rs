@@ -16,6 +16,7 @@ use spate_net::{Connection, Delivery, Listener, NetError};
 use spate_state::checkpoint::{decode_chunk, ChunkKind};
 use spate_state::{BackupStore, Durability, StateError};
 
+use super::error::{Link, ReplicaError};
 use super::fetch_stream::{FetchStream, Pumped};
 use super::reassembly::Reassembly;
 use super::wire::{
@@ -51,13 +52,13 @@ impl ReplicaServer {
         root: PathBuf,
         cluster: u64,
         durability: Durability,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ReplicaError> {
         if durability != Durability::Memory {
             std::fs::create_dir_all(&root)
-                .map_err(|e| format!("replica server: cannot create {}: {e}", root.display()))?;
+                .map_err(|e| ReplicaError::CreateRoot { path: root.clone(), source: Arc::new(e) })?;
         }
         let listener = Listener::bind(bind, net_config(SERVER_NAME.into(), cluster))
-            .map_err(|e| format!("replica server: cannot listen on {bind}: {e}"))?;
+            .map_err(|e| ReplicaError::Listen { addr: bind, source: Arc::new(e) })?;
         let addr = listener.local_addr();
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicU64::new(0));
@@ -82,7 +83,7 @@ impl ReplicaServer {
                     }
                 }
             })
-            .map_err(|e| format!("replica server: cannot start its thread: {e}"))?;
+            .map_err(|e| ReplicaError::SpawnThread { source: Arc::new(e) })?;
         Ok(Self { addr, stop, completed, thread: Some(thread) })
     }
 
@@ -303,7 +304,7 @@ impl Server {
                 Ok(s) => {
                     v.insert(s);
                 }
-                Err(e) => peer.fail(&format!("cannot open the backup store of worker {origin}: {e}")),
+                Err(e) => peer.fail(&ReplicaError::OpenStore { origin, source: Arc::new(e) }),
             }
         }
         self.peers.push(peer);
@@ -311,9 +312,10 @@ impl Server {
 }
 
 impl Peer {
-    /// Queues a connection error report and starts closing.
-    fn fail(&mut self, message: &str) {
-        self.out.push_back((Kind::Report, encode_error("", 0, message)));
+    /// Queues a connection error report (the message of `e`) and starts
+    /// closing.
+    fn fail(&mut self, e: &ReplicaError) {
+        self.out.push_back((Kind::Report, encode_error("", 0, &e.to_string())));
         self.closing.get_or_insert_with(Instant::now);
     }
 
@@ -351,7 +353,7 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
         return Ok(progress);
     }
     if matches!(peer.role, Role::Fetch(None)) && peer.accepted.elapsed() > FETCH_REQUEST_TIMEOUT {
-        peer.fail(&format!("no fetch request within {FETCH_REQUEST_TIMEOUT:?}"));
+        peer.fail(&ReplicaError::NoFetchRequest { timeout: FETCH_REQUEST_TIMEOUT });
         return Ok(true);
     }
     peer.flush_out().map_err(drop)?;
@@ -363,10 +365,10 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
     }
     let origin = peer.origin;
     let Some(store) = stores.get_mut(&origin) else {
-        peer.fail(&format!("no backup store for worker {origin}"));
+        peer.fail(&ReplicaError::NoStore { origin });
         return Ok(true);
     };
-    let mut fatal: Option<String> = None;
+    let mut fatal: Option<ReplicaError> = None;
     let Peer { conn, role, out, .. } = peer;
     let frames = match role {
         Role::Backup { asm, refused } => conn.poll_recv(FRAMES_PER_PASS, |f| {
@@ -374,7 +376,7 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
                 return Delivery::Consumed;
             }
             if f.header.kind != Kind::CheckpointChunk {
-                fatal = Some(format!("unexpected {:?} frame on a backup stream", f.header.kind));
+                fatal = Some(ReplicaError::UnexpectedFrame { kind: f.header.kind, on: Link::Backup });
                 return Delivery::Consumed;
             }
             match parse_part(f.payload).and_then(|p| asm.push(p)) {
@@ -391,7 +393,7 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
             fatal = match (f.header.kind, stream.is_some()) {
                 (Kind::Recovery, false) => match parse_request(f.payload) {
                     Ok((o, _)) if o != origin as u64 => {
-                        Some(format!("fetch request for worker {o} on a connection for worker {origin}"))
+                        Some(ReplicaError::WrongOrigin { requested: o, origin })
                     }
                     Ok((_, id)) => match FetchStream::plan(store, origin, id) {
                         Ok(s) => {
@@ -402,8 +404,8 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
                     },
                     Err(e) => Some(e),
                 },
-                (Kind::Recovery, true) => Some("a second fetch request on one connection".into()),
-                (k, _) => Some(format!("unexpected {k:?} frame on a fetch connection")),
+                (Kind::Recovery, true) => Some(ReplicaError::SecondRequest),
+                (kind, _) => Some(ReplicaError::UnexpectedFrame { kind, on: Link::Fetch }),
             };
             Delivery::Consumed
         }),
@@ -454,16 +456,18 @@ fn store_chunk(
         Ok(Some(ack)) => out.push_back((Kind::Ack, encode_ack(&ack))),
         Err(e) => {
             refused.insert(instance.to_string());
-            let message = format!("checkpoint of `{instance}` refused by the backup store: {e}");
-            out.push_back((Kind::Report, encode_error(instance, checkpoint_of(&e), &message)));
+            let checkpoint = checkpoint_of(&e);
+            let e = ReplicaError::StoreRefused { instance: instance.into(), checkpoint, source: Arc::new(e) };
+            let message = e.to_string();
+            out.push_back((Kind::Report, encode_error(instance, checkpoint.unwrap_or(0), &message)));
         }
     }
 }
 
-/// The id of the checkpoint an error is about, where known (0: unknown).
-fn checkpoint_of(e: &StateError) -> u64 {
+/// The id of the checkpoint an error is about, where known.
+fn checkpoint_of(e: &StateError) -> Option<u64> {
     match e {
-        StateError::CorruptCheckpoint { checkpoint, .. } => *checkpoint,
-        _ => 0,
+        StateError::CorruptCheckpoint { checkpoint, .. } => Some(*checkpoint),
+        _ => None,
     }
 }

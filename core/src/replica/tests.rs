@@ -1,7 +1,10 @@
 //! Unit tests of the wire format, the reassembly and the hello names.
 
+use std::error::Error;
+
 use spate_state::Ack;
 
+use super::error::{Malformation, ReplicaError};
 use super::reassembly::Reassembly;
 use super::wire::*;
 use super::{Totals, ERROR_MESSAGE_BYTES_MAX, PART_HEADER_BYTES};
@@ -35,7 +38,7 @@ fn every_truncation_is_an_error_naming_the_field() {
     // transport checks): a part cut after its first byte of chunk is a
     // shorter part, which the reassembly then finds incomplete.
     let part_fixed = PART_HEADER_BYTES + "op-1".len() + 1;
-    type Parse = fn(&[u8]) -> Result<(), String>;
+    type Parse = fn(&[u8]) -> Result<(), ReplicaError>;
     let cases: Vec<(Vec<u8>, usize, Parse)> = vec![
         (part, part_fixed, |b| parse_part(b).map(drop)),
         (encode_ack(&ack("op")), 20, |b| parse_ack(b).map(drop)),
@@ -46,16 +49,25 @@ fn every_truncation_is_an_error_naming_the_field() {
         assert!(parse(&bytes).is_ok());
         for cut in 0..fixed {
             let e = parse(&bytes[..cut]).unwrap_err();
-            assert!(e.starts_with("malformed"), "{e}");
+            assert!(matches!(e, ReplicaError::Malformed { .. }), "{e:?}");
+            assert!(e.to_string().starts_with("malformed"), "{e}");
         }
         if fixed == bytes.len() {
             let mut long = bytes.clone();
             long.push(0);
-            assert!(parse(&long).unwrap_err().contains("1 bytes after its end"));
+            let e = parse(&long).unwrap_err();
+            assert!(matches!(
+                e,
+                ReplicaError::Malformed { fault: Malformation::TrailingBytes { extra: 1 }, .. }
+            ));
+            assert!(e.to_string().contains("1 bytes after its end"));
         }
     }
     let e = parse_part(&[1, 0]).unwrap_err();
-    assert!(e.contains("`chunk_len`: 0 of 4 bytes (2 in all)"), "{e}");
+    let ReplicaError::Malformed { message, fault } = &e else { panic!("{e:?}") };
+    assert_eq!(*message, "chunk part");
+    assert_eq!(*fault, Malformation::Truncated { field: "chunk_len", have: 0, need: 4, len: 2 });
+    assert!(e.to_string().contains("`chunk_len`: 0 of 4 bytes (2 in all)"), "{e}");
 }
 
 #[test]
@@ -64,18 +76,22 @@ fn bad_fields_are_refused() {
     encode_part(&mut out, "op", 3, 0, b"abc");
     // Bytes beyond the chunk length.
     out[2..6].copy_from_slice(&2u32.to_le_bytes());
-    assert!(parse_part(&out).unwrap_err().contains("offset 0 of a chunk of 2 bytes"));
+    let e = parse_part(&out).unwrap_err().to_string();
+    assert!(
+        e.starts_with("malformed chunk part message of `op`: 3 bytes at offset 0 of a chunk of 2 bytes"),
+        "{e}"
+    );
     // Zero chunk length, empty name, name not UTF-8.
     out[2..6].copy_from_slice(&0u32.to_le_bytes());
-    assert!(parse_part(&out).unwrap_err().contains("chunk of 0 bytes"));
+    assert!(parse_part(&out).unwrap_err().to_string().contains("chunk of 0 bytes"));
     let mut empty_name = Vec::new();
     encode_part(&mut empty_name, "op", 3, 0, b"abc");
     empty_name[0..2].copy_from_slice(&0u16.to_le_bytes());
-    assert!(parse_part(&empty_name).unwrap_err().contains("name of 0 bytes"));
+    assert!(parse_part(&empty_name).unwrap_err().to_string().contains("name of 0 bytes"));
     let mut bad_utf8 = Vec::new();
     encode_part(&mut bad_utf8, "op", 3, 0, b"abc");
     bad_utf8[10] = 0xff;
-    assert!(parse_part(&bad_utf8).unwrap_err().contains("not UTF-8"));
+    assert!(parse_part(&bad_utf8).unwrap_err().to_string().contains("not UTF-8"));
 }
 
 #[test]
@@ -105,10 +121,14 @@ fn reassembly_checks_order() {
     assert_eq!(asm.push(part("a", 5, 0, b"ab")).unwrap(), None);
     assert_eq!(asm.push(part("a", 5, 2, b"cde")).unwrap(), Some(("a", &b"abcde"[..])));
     // A part without its predecessors, or of another chunk in between.
-    assert!(asm.push(part("a", 5, 2, b"cde")).unwrap_err().contains("without the parts before it"));
+    let e = asm.push(part("a", 5, 2, b"cde")).unwrap_err();
+    assert!(matches!(e, ReplicaError::PartWithoutStart { offset: 2, chunk_len: 5, .. }), "{e:?}");
+    assert!(e.to_string().contains("without the parts before it"));
     assert_eq!(asm.push(part("a", 5, 0, b"ab")).unwrap(), None);
-    assert!(asm.push(part("b", 5, 2, b"cde")).unwrap_err().contains("does not continue"));
-    assert!(asm.push(part("a", 5, 3, b"de")).unwrap_err().contains("does not continue"));
+    assert!(asm.push(part("b", 5, 2, b"cde")).unwrap_err().to_string().contains("does not continue"));
+    let e = asm.push(part("a", 5, 3, b"de")).unwrap_err();
+    assert!(matches!(e, ReplicaError::PartDoesNotContinue { offset: 3, received: 2, .. }), "{e:?}");
+    assert!(e.to_string().contains("does not continue"));
 }
 
 #[test]
@@ -126,4 +146,30 @@ fn error_messages_are_cut_at_a_char_boundary() {
     let e = encode_error("op", 1, &long);
     let (_, _, m) = parse_error(&e).unwrap();
     assert!(m.len() <= ERROR_MESSAGE_BYTES_MAX && m.len() >= ERROR_MESSAGE_BYTES_MAX - 1);
+}
+
+#[test]
+fn errors_name_their_context_and_keep_their_source() {
+    let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let cause = ReplicaError::NoAck {
+        instance: "op".into(),
+        checkpoint: 3,
+        timeout: std::time::Duration::from_millis(200),
+    };
+    let e = ReplicaError::Stream { origin: 2, addr, source: Box::new(cause) };
+    assert_eq!(
+        e.to_string(),
+        "replica stream of worker 2 to 127.0.0.1:4000: no acknowledgement of checkpoint 3 of `op` within 200ms"
+    );
+    assert!(matches!(e.inner(), ReplicaError::NoAck { checkpoint: 3, .. }));
+    assert!(e.source().unwrap().to_string().starts_with("no acknowledgement"));
+    // A clone says the same (a broken client returns its error again).
+    assert_eq!(e.clone().to_string(), e.to_string());
+    let refused = ReplicaError::CheckpointRefused {
+        instance: "op".into(),
+        checkpoint: None,
+        message: "bad crc".into(),
+    };
+    assert_eq!(refused.to_string(), "the backup refused a checkpoint of `op`: bad crc");
+    assert!(refused.source().is_none());
 }

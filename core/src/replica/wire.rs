@@ -5,11 +5,13 @@
 //! the transport settings of a connection.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use spate_net::{Connection, NetConfig};
 use spate_state::Ack;
 
+use super::error::{Malformation, ReplicaError};
 use super::{
     Totals, CHUNK_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, INSTANCE_NAME_BYTES_MAX, PART_BYTES_MAX,
     PART_HEADER_BYTES, READ_AHEAD_BYTES, SEND_BUFFER_BYTES,
@@ -37,51 +39,53 @@ impl<'a> Fields<'a> {
         Self { buf, pos: 0, message }
     }
 
-    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], String> {
+    /// The error `fault` of this message.
+    fn malformed(&self, fault: Malformation) -> ReplicaError {
+        ReplicaError::Malformed { message: self.message, fault }
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ReplicaError> {
         let have = self.buf.len() - self.pos;
         if have < n {
-            return Err(format!(
-                "malformed {} message: truncated at `{field}`: {have} of {n} bytes ({} in all)",
-                self.message,
-                self.buf.len()
-            ));
+            return Err(self.malformed(Malformation::Truncated {
+                field,
+                have,
+                need: n,
+                len: self.buf.len(),
+            }));
         }
         let b = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(b)
     }
 
-    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ReplicaError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, field)?);
         Ok(a)
     }
 
-    fn u16(&mut self, field: &str) -> Result<u16, String> {
+    fn u16(&mut self, field: &'static str) -> Result<u16, ReplicaError> {
         self.array(field).map(u16::from_le_bytes)
     }
 
-    fn u32(&mut self, field: &str) -> Result<u32, String> {
+    fn u32(&mut self, field: &'static str) -> Result<u32, ReplicaError> {
         self.array(field).map(u32::from_le_bytes)
     }
 
-    fn u64(&mut self, field: &str) -> Result<u64, String> {
+    fn u64(&mut self, field: &'static str) -> Result<u64, ReplicaError> {
         self.array(field).map(u64::from_le_bytes)
     }
 
-    fn str(&mut self, n: usize, field: &str) -> Result<&'a str, String> {
+    fn str(&mut self, n: usize, field: &'static str) -> Result<&'a str, ReplicaError> {
         let b = self.take(n, field)?;
-        std::str::from_utf8(b)
-            .map_err(|_| format!("malformed {} message: `{field}` is not UTF-8", self.message))
+        std::str::from_utf8(b).map_err(|_| self.malformed(Malformation::NotUtf8 { field }))
     }
 
     /// An instance name of `n` bytes (empty only if `empty_ok`).
-    fn name(&mut self, n: usize, empty_ok: bool) -> Result<&'a str, String> {
+    fn name(&mut self, n: usize, empty_ok: bool) -> Result<&'a str, ReplicaError> {
         if (n == 0 && !empty_ok) || n > INSTANCE_NAME_BYTES_MAX {
-            return Err(format!(
-                "malformed {} message: instance name of {n} bytes (must be 1 to {INSTANCE_NAME_BYTES_MAX})",
-                self.message
-            ));
+            return Err(self.malformed(Malformation::NameLength { len: n }));
         }
         self.str(n, "name")
     }
@@ -92,19 +96,21 @@ impl<'a> Fields<'a> {
         b
     }
 
-    fn end(&self) -> Result<(), String> {
+    fn end(&self) -> Result<(), ReplicaError> {
         let extra = self.buf.len() - self.pos;
         if extra > 0 {
-            return Err(format!("malformed {} message: {extra} bytes after its end", self.message));
+            return Err(self.malformed(Malformation::TrailingBytes { extra }));
         }
         Ok(())
     }
 }
 
-pub(super) fn check_name(instance: &str) -> Result<(), String> {
-    let n = instance.len();
-    if n == 0 || n > INSTANCE_NAME_BYTES_MAX {
-        return Err(format!("instance name of {n} bytes (must be 1 to {INSTANCE_NAME_BYTES_MAX})"));
+/// Checks an instance name given to a client: 1 to
+/// [`INSTANCE_NAME_BYTES_MAX`] bytes.
+pub(super) fn check_name(instance: &str) -> Result<(), ReplicaError> {
+    let len = instance.len();
+    if len == 0 || len > INSTANCE_NAME_BYTES_MAX {
+        return Err(ReplicaError::InstanceName { len });
     }
     Ok(())
 }
@@ -124,7 +130,7 @@ pub(super) fn encode_part(out: &mut Vec<u8>, instance: &str, chunk_len: usize, o
     out.extend_from_slice(bytes);
 }
 
-pub(super) fn parse_part(payload: &[u8]) -> Result<Part<'_>, String> {
+pub(super) fn parse_part(payload: &[u8]) -> Result<Part<'_>, ReplicaError> {
     let mut f = Fields::new(payload, "chunk part");
     let name_len = usize::from(f.u16("name_len")?);
     let chunk_len = f.u32("chunk_len")? as usize;
@@ -132,16 +138,15 @@ pub(super) fn parse_part(payload: &[u8]) -> Result<Part<'_>, String> {
     let instance = f.name(name_len, false)?;
     let bytes = f.rest();
     if chunk_len == 0 || chunk_len > CHUNK_BYTES_MAX {
-        return Err(format!(
-            "malformed chunk part message of `{instance}`: chunk of {chunk_len} bytes (must be 1 to {CHUNK_BYTES_MAX})"
-        ));
+        return Err(f.malformed(Malformation::ChunkLength { instance: instance.into(), len: chunk_len }));
     }
     if bytes.is_empty() || bytes.len() > PART_BYTES_MAX || offset + bytes.len() > chunk_len {
-        return Err(format!(
-            "malformed chunk part message of `{instance}`: {} bytes at offset {offset} of a chunk of \
-             {chunk_len} bytes (parts carry 1 to {PART_BYTES_MAX} bytes within the chunk)",
-            bytes.len()
-        ));
+        return Err(f.malformed(Malformation::PartBounds {
+            instance: instance.into(),
+            bytes: bytes.len(),
+            offset,
+            chunk_len,
+        }));
     }
     Ok(Part { instance, chunk_len, offset, bytes })
 }
@@ -156,7 +161,7 @@ pub(super) fn encode_ack(ack: &Ack) -> Vec<u8> {
 }
 
 /// (instance, checkpoint, bytes)
-pub(super) fn parse_ack(payload: &[u8]) -> Result<(&str, u64, u64), String> {
+pub(super) fn parse_ack(payload: &[u8]) -> Result<(&str, u64, u64), ReplicaError> {
     let mut f = Fields::new(payload, "ack");
     let name_len = usize::from(f.u16("name_len")?);
     let checkpoint = f.u64("checkpoint")?;
@@ -183,7 +188,7 @@ pub(super) fn encode_error(instance: &str, checkpoint: u64, message: &str) -> Ve
 }
 
 /// (instance, checkpoint, message)
-pub(super) fn parse_error(payload: &[u8]) -> Result<(&str, u64, &str), String> {
+pub(super) fn parse_error(payload: &[u8]) -> Result<(&str, u64, &str), ReplicaError> {
     let mut f = Fields::new(payload, "error report");
     let name_len = usize::from(f.u16("name_len")?);
     let checkpoint = f.u64("checkpoint")?;
@@ -201,7 +206,7 @@ pub(super) fn encode_request(origin: usize, checkpoint: u64) -> Vec<u8> {
 }
 
 /// (origin, checkpoint)
-pub(super) fn parse_request(payload: &[u8]) -> Result<(u64, u64), String> {
+pub(super) fn parse_request(payload: &[u8]) -> Result<(u64, u64), ReplicaError> {
     let mut f = Fields::new(payload, "fetch request");
     let origin = f.u64("origin")?;
     let checkpoint = f.u64("checkpoint")?;
@@ -216,7 +221,7 @@ pub(super) fn encode_done(out: &mut Vec<u8>, t: &Totals) {
     }
 }
 
-pub(super) fn parse_done(payload: &[u8]) -> Result<Totals, String> {
+pub(super) fn parse_done(payload: &[u8]) -> Result<Totals, ReplicaError> {
     let mut f = Fields::new(payload, "end of fetch");
     let t = Totals {
         instances: f.u64("instances")?,
@@ -226,6 +231,21 @@ pub(super) fn parse_done(payload: &[u8]) -> Result<Totals, String> {
     };
     f.end()?;
     Ok(t)
+}
+
+/// The hello name of worker `origin`'s backup stream of the deployment of
+/// `epoch` (0: none given).
+pub(super) fn backup_hello_name(origin: usize, epoch: u64) -> String {
+    if epoch == 0 {
+        format!("bak:w{origin}")
+    } else {
+        format!("bak:w{origin}@{epoch}")
+    }
+}
+
+/// The hello name of a fetch of worker `origin`'s checkpoints.
+pub(super) fn fetch_hello_name(origin: usize) -> String {
+    format!("fetch:w{origin}")
 }
 
 /// What a connection is for, from its hello name.
@@ -275,8 +295,8 @@ pub(super) fn connect(
     node: String,
     cluster: u64,
     deadline: Instant,
-) -> Result<Connection, String> {
+) -> Result<Connection, ReplicaError> {
     Connection::connect(addr, &net_config(node, cluster), deadline)
         .and_then(|c| c.wait())
-        .map_err(|e| format!("cannot connect to the backup service: {e}"))
+        .map_err(|e| ReplicaError::Connect { addr, source: Arc::new(e) })
 }
