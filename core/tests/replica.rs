@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use spate_core::replica::{fetch, ReplicaClient, ReplicaServer};
+use spate_core::replica::{fetch, ReplicaClient, ReplicaError, ReplicaServer};
 use spate_net::frame::{Kind, MAX_FRAME_BYTES};
 use spate_net::{Connection, Delivery, NetConfig};
 use spate_state::{
@@ -83,7 +83,7 @@ fn send(
     let mut bytes = 0;
     while let Some(chunk) = stream.next_chunk() {
         bytes += chunk.len() as u64;
-        client.send_chunk(instance, chunk)?;
+        client.send_chunk(instance, chunk).map_err(|e| e.to_string())?;
     }
     Ok(bytes)
 }
@@ -213,10 +213,10 @@ fn corrupt_chunk_is_refused_and_the_server_goes_on() {
     for c in &bad {
         client.send_chunk("op", c).unwrap();
     }
-    let e = client.wait_ack("op", 2, T).unwrap_err();
+    let e = client.wait_ack("op", 2, T).unwrap_err().to_string();
     assert!(e.contains("refused checkpoint 2 of `op`") && e.contains("crc"), "{e}");
     // Not acknowledged, not stored: a second wait times out.
-    let e = client.wait_ack("op", 2, Duration::from_millis(200)).unwrap_err();
+    let e = client.wait_ack("op", 2, Duration::from_millis(200)).unwrap_err().to_string();
     assert!(e.contains("no acknowledgement"), "{e}");
     // The same connection, and the server, go on: the intact stream is
     // stored.
@@ -245,19 +245,19 @@ fn fetching_a_missing_checkpoint_is_an_error_naming_it() {
     client.wait_ack("op-a", 2, T).unwrap();
     let start = Instant::now();
     // op-b has no checkpoint 2.
-    let e = fetch(srv.addr(), CLUSTER, 1, 2, &mut local_store(), T).unwrap_err();
+    let e = fetch(srv.addr(), CLUSTER, 1, 2, &mut local_store(), T).unwrap_err().to_string();
     assert!(e.contains("checkpoint 2") && e.contains("`op-b`") && !e.contains("`op-a`"), "{e}");
     // No instance has checkpoint 9.
-    let e = fetch(srv.addr(), CLUSTER, 1, 9, &mut local_store(), T).unwrap_err();
+    let e = fetch(srv.addr(), CLUSTER, 1, 9, &mut local_store(), T).unwrap_err().to_string();
     assert!(e.contains("`op-a`") && e.contains("`op-b`"), "{e}");
     // Nothing stored for worker 5.
-    let e = fetch(srv.addr(), CLUSTER, 5, 1, &mut local_store(), T).unwrap_err();
+    let e = fetch(srv.addr(), CLUSTER, 5, 1, &mut local_store(), T).unwrap_err().to_string();
     assert!(e.contains("no checkpoint of worker 5"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(2), "errors took {:?}", start.elapsed());
     // A local store that already holds the checkpoint refuses it again.
     let mut local = local_store();
     fetch(srv.addr(), CLUSTER, 1, 1, &mut local, T).unwrap();
-    let e = fetch(srv.addr(), CLUSTER, 1, 1, &mut local, T).unwrap_err();
+    let e = fetch(srv.addr(), CLUSTER, 1, 1, &mut local, T).unwrap_err().to_string();
     assert!(e.contains("local backup store refused"), "{e}");
 }
 
@@ -276,7 +276,7 @@ fn a_server_that_stops_fails_the_client_quickly() {
     }
     srv.stop();
     let start = Instant::now();
-    let e = all[half..].iter().try_for_each(|c| client.send_chunk("op", c)).unwrap_err();
+    let e = all[half..].iter().try_for_each(|c| client.send_chunk("op", c)).unwrap_err().to_string();
     assert!(start.elapsed() < Duration::from_secs(2), "noticed after {:?}", start.elapsed());
     assert!(e.contains("connection lost"), "{e}");
     // Every later call fails at once.
@@ -294,13 +294,14 @@ fn a_server_that_stops_fails_the_client_quickly() {
         srv.stop();
     });
     let start = Instant::now();
-    let e = client.wait_ack("op", 1, Duration::from_secs(30)).unwrap_err();
+    let e = client.wait_ack("op", 1, Duration::from_secs(30)).unwrap_err().to_string();
     assert!(start.elapsed() < Duration::from_secs(2), "noticed after {:?}", start.elapsed());
     assert!(e.contains("connection lost"), "{e}");
     stopper.join().unwrap();
     // A fetch from a server that is gone.
     let e = fetch(addr, CLUSTER, 0, 1, &mut local_store(), Duration::from_secs(2)).unwrap_err();
-    assert!(e.contains("cannot connect"), "{e}");
+    assert!(matches!(e.inner(), ReplicaError::Connect { addr: a, .. } if *a == addr), "{e:?}");
+    assert!(e.to_string().contains("cannot connect"), "{e}");
 }
 
 #[test]
@@ -328,11 +329,11 @@ fn bad_arguments_are_errors_and_leave_the_client_usable() {
     let dir = tempfile::tempdir().unwrap();
     let srv = server(&dir.path().join("bak"), Durability::Memory);
     let mut client = ReplicaClient::connect(srv.addr(), CLUSTER, 0, T).unwrap();
-    let e = client.send_chunk("", b"x").unwrap_err();
+    let e = client.send_chunk("", b"x").unwrap_err().to_string();
     assert!(e.contains("instance name of 0 bytes"), "{e}");
-    let e = client.send_chunk(&"n".repeat(2000), b"x").unwrap_err();
+    let e = client.send_chunk(&"n".repeat(2000), b"x").unwrap_err().to_string();
     assert!(e.contains("instance name of 2000 bytes"), "{e}");
-    let e = client.send_chunk("op", b"").unwrap_err();
+    let e = client.send_chunk("op", b"").unwrap_err().to_string();
     assert!(e.contains("chunk of `op` of 0 bytes"), "{e}");
     let mut w = World::create(&dir.path().join("s"), 16 * 1024);
     w.write(0..10, 1, 5);
@@ -344,9 +345,9 @@ fn bad_arguments_are_errors_and_leave_the_client_usable() {
 fn peers_of_other_clusters_and_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let srv = server(&dir.path().join("bak"), Durability::Memory);
-    let e = ReplicaClient::connect(srv.addr(), CLUSTER + 1, 0, T).unwrap_err();
+    let e = ReplicaClient::connect(srv.addr(), CLUSTER + 1, 0, T).unwrap_err().to_string();
     assert!(e.contains("cluster"), "{e}");
-    let e = fetch(srv.addr(), CLUSTER + 1, 0, 1, &mut local_store(), T).unwrap_err();
+    let e = fetch(srv.addr(), CLUSTER + 1, 0, 1, &mut local_store(), T).unwrap_err().to_string();
     assert!(e.contains("cluster"), "{e}");
     let deadline = Instant::now() + T;
     let e = Connection::connect(srv.addr(), &NetConfig::new("ctl:node-a", CLUSTER), deadline)
@@ -571,8 +572,8 @@ fn a_workers_streams_of_an_older_epoch_are_fenced() {
     let mut new = ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 0, 2, T).unwrap();
     let mut other = ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 1, 1, T).unwrap();
     a.write(0..50, 2, 8);
-    let sent =
-        send(&mut old, "op", &mut a, 2, b"").and_then(|_| old.wait_ack("op", 2, Duration::from_secs(3)));
+    let sent = send(&mut old, "op", &mut a, 2, b"")
+        .and_then(|_| old.wait_ack("op", 2, Duration::from_secs(3)).map_err(|e| e.to_string()));
     assert!(sent.is_err(), "the old epoch's stream still stores checkpoints");
     assert!(ReplicaClient::connect_epoch(srv.addr(), CLUSTER, 0, 1, T).is_err(), "an old epoch reconnected");
     a.write(0..50, 3, 8);
