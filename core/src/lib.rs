@@ -35,6 +35,8 @@ pub mod ring;
 pub mod routing;
 pub mod runtime;
 mod sabotage;
+#[cfg(test)]
+mod sim;
 pub mod source;
 pub mod time;
 pub mod watchdog;

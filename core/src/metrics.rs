@@ -36,6 +36,13 @@ pub struct JobMetrics {
     pub records_out: AtomicU64,
     /// Workers that have ended (normally or not).
     pub workers_done: AtomicUsize,
+    /// Workers of a share that recovers live which are through — every
+    /// stream in and out ended — and wait, links and replay logs kept,
+    /// until the job is done everywhere ([`JobMetrics::release`]): a
+    /// replacement of a failed worker may still need them to re-link and
+    /// replay.
+    pub workers_through: AtomicUsize,
+    released: AtomicBool,
     /// Latency of records that reached latency-recording sinks since the job
     /// started. Made at the first merge: a histogram's counts are about
     /// 210 KiB, zeroed when made, and a job without latency-recording sinks
@@ -55,6 +62,8 @@ impl Default for JobMetrics {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             workers_done: AtomicUsize::new(0),
+            workers_through: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
             latency: Mutex::new(None),
             interval: Mutex::new(None),
             failure: Mutex::new(None),
@@ -86,6 +95,16 @@ impl JobMetrics {
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
         self.failed.store(true, Ordering::Release);
+    }
+
+    /// The job is done everywhere: workers that are through end.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+
+    /// Whether [`JobMetrics::release`] was called.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
     }
 
     /// Whether the job was cancelled.

@@ -194,7 +194,12 @@ impl InputFrontier {
     /// [`InputFrontier::aligned_done`].
     pub fn barrier(&mut self, i: usize, id: u64) -> Option<u64> {
         self.sync_abort();
-        if id <= self.aligned {
+        if id <= self.aligned || self.finished.get(i).copied().unwrap_or(true) {
+            // An input that ended takes part in no alignment: its barrier
+            // is one a replacement of its producer sends when it replays
+            // a stream this side had taken to its end (live recovery after
+            // the producer finished); the simulator found the alignment it
+            // started waiting for ever.
             return None;
         }
         let first = self.barriers.iter().zip(&self.finished).all(|(&b, &f)| f || b <= self.aligned);

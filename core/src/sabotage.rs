@@ -23,6 +23,8 @@ pub(crate) enum Bug {
     CompleteEarly,
     /// A survivor does not void the checkpoints in flight at a failure.
     NoAbortInFlight,
+    /// A node takes worker links of an earlier epoch (a fenced node's).
+    NoFence,
 }
 
 #[cfg(test)]

@@ -85,6 +85,11 @@ pub(crate) mod virtual_clock {
         CLOCK.with(|c| c.get().map(|(_, t)| t))
     }
 
+    /// The instant of virtual time `ns` (the clock must run).
+    pub(crate) fn at(ns: u64) -> Instant {
+        CLOCK.with(|c| c.get().map_or_else(Instant::now, |(base, _)| base + Duration::from_nanos(ns)))
+    }
+
     pub(super) fn instant() -> Option<Instant> {
         CLOCK.with(|c| c.get().map(|(base, t)| base + Duration::from_nanos(t)))
     }

@@ -199,9 +199,20 @@ impl FileTarget {
                 (f, len, Some(log))
             }
             None => {
-                let f = File::create(path).map_err(|e| err("create", path, e))?;
+                // A new file that replaces any old one, not the old one
+                // truncated: a process of a failed run that is still alive
+                // (a zombie, declared failed before any checkpoint
+                // completed) writes into the old file, never into this
+                // one. The simulator found the truncation: such a zombie's
+                // last outputs landed in its replacement's file.
+                let tmp = sibling(path, "create");
+                let f = File::create(&tmp).map_err(|e| err("create", &tmp, e))?;
+                std::fs::rename(&tmp, path).map_err(|e| err("replace", path, e))?;
                 let log = if logged {
-                    Some(File::create(&cpath).map_err(|e| err("create", &cpath, e))?)
+                    let ctmp = sibling(&cpath, "create");
+                    let log = File::create(&ctmp).map_err(|e| err("create", &ctmp, e))?;
+                    std::fs::rename(&ctmp, &cpath).map_err(|e| err("replace", &cpath, e))?;
+                    Some(log)
                 } else {
                     None
                 };

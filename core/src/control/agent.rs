@@ -97,8 +97,9 @@ pub struct NodeAgent<E: Env> {
     replica: Option<crate::replica::CompletionHandle>,
     /// The shares running here (the first is the node's own).
     shares: Vec<Share<E::Conn>>,
-    /// A deployment being started.
-    starting: Option<Starting<E>>,
+    /// Deployments being started (several: the joining shares of one
+    /// recovery, one per moved slot this node takes).
+    starting: Vec<Starting<E>>,
     /// Links for a deployment or recovery not known yet.
     parked: Vec<Parked<E::Conn>>,
     /// The highest epoch this node was told of: links of earlier epochs are
@@ -139,7 +140,7 @@ impl<E: Env> NodeAgent<E> {
             placement,
             replica: None,
             shares: Vec::new(),
-            starting: None,
+            starting: Vec::new(),
             parked: Vec::new(),
             epoch: 0,
             recovering: None,
@@ -183,7 +184,7 @@ impl<E: Env> NodeAgent<E> {
 
     /// Whether a share of the job runs (or is being started) here.
     pub fn is_busy(&self) -> bool {
-        !self.shares.is_empty() || self.starting.is_some()
+        !self.shares.is_empty() || !self.starting.is_empty()
     }
 
     /// Handles a message from the coordinator, queueing answers in `out`.
@@ -258,7 +259,7 @@ impl<E: Env> NodeAgent<E> {
             s.job.cancel();
             let _ = s.job.wait();
         }
-        self.starting = None;
+        self.starting.clear();
         self.parts.clear();
         self.recovering = None;
     }
@@ -334,8 +335,11 @@ impl<E: Env> NodeAgent<E> {
                 self.name, d.epoch
             ));
         }
-        if self.starting.is_some() {
-            return Err(format!("node `{}` is already starting a share of epoch {}", self.name, d.epoch));
+        if self.starting.iter().any(|s| s.d.epoch != d.epoch) {
+            return Err(format!(
+                "node `{}` is starting a share of another epoch than {}",
+                self.name, d.epoch
+            ));
         }
         if d.nodes.get(slot).is_none_or(|n| n.name != self.name) {
             return Err(format!("node `{}` is not slot {slot} of the deployment it received", self.name));
@@ -370,7 +374,7 @@ impl<E: Env> NodeAgent<E> {
             })),
             _ => self.linking(&placement),
         };
-        self.starting = Some(Starting { d, placement, slot, stage });
+        self.starting.push(Starting { d, placement, slot, stage });
         self.unpark();
     }
 
@@ -382,13 +386,15 @@ impl<E: Env> NodeAgent<E> {
     /// over by [`NodeAgent::take_link`] once accepted.
     pub fn admit_link(&self, name: &str) -> Result<(), Rejection> {
         let Some((from, to, epoch)) = parse_link_name(name) else { return Err(Rejection::UnknownNode) };
-        if epoch < self.epoch {
+        if epoch < self.epoch && !crate::sabotage::on(crate::sabotage::Bug::NoFence) {
             // A link of a deployment that was aborted or replaced.
             return Err(Rejection::UnknownNode);
         }
-        if let Some(Starting { stage: Stage::Linking { mesh, .. }, .. }) = &self.starting {
-            if mesh.admit(from, to, epoch)?.is_some() {
-                return Ok(());
+        for st in &self.starting {
+            if let Stage::Linking { mesh, .. } = &st.stage {
+                if mesh.admit(from, to, epoch)?.is_some() {
+                    return Ok(());
+                }
             }
         }
         if self.parked.len() >= PARKED_MAX {
@@ -420,12 +426,17 @@ impl<E: Env> NodeAgent<E> {
                 self.parked.swap_remove(i);
                 continue;
             }
-            if let Some(Starting { stage: Stage::Linking { mesh, .. }, .. }) = &mut self.starting {
-                if let Ok(Some((local, remote))) = mesh.admit(from, to, e) {
-                    let p = self.parked.swap_remove(i);
-                    mesh.accepted(local, remote, p.conn);
-                    continue;
-                }
+            let mesh = self.starting.iter_mut().find_map(|st| match &mut st.stage {
+                Stage::Linking { mesh, .. } => match mesh.admit(from, to, e) {
+                    Ok(Some(k)) => Some((mesh, k)),
+                    _ => None,
+                },
+                Stage::Fetching(_) => None,
+            });
+            if let Some((mesh, (local, remote))) = mesh {
+                let p = self.parked.swap_remove(i);
+                mesh.accepted(local, remote, p.conn);
+                continue;
             }
             let relink =
                 self.recovering.as_ref().is_some_and(|(re, moved)| *re == e && moved.contains(&from));
@@ -444,9 +455,27 @@ impl<E: Env> NodeAgent<E> {
         }
     }
 
-    /// Moves the deployment being started along; `Err` fails it.
-    fn advance(&mut self, env: &mut E) -> Result<(), String> {
-        let Some(st) = self.starting.as_mut() else { return Ok(()) };
+    /// Moves the deployments being started along; each that fails says so
+    /// in `out`.
+    fn advance_all(&mut self, env: &mut E, out: &mut Vec<Msg>) {
+        let mut k = 0;
+        while k < self.starting.len() {
+            let before = self.starting.len();
+            if let Err(reason) = self.advance(env, k) {
+                let st = self.starting.remove(k);
+                out.push(Msg::Failed { epoch: st.d.epoch, reason });
+                continue;
+            }
+            if self.starting.len() == before {
+                k += 1;
+            }
+        }
+    }
+
+    /// Moves deployment `k` being started along (it leaves the list when
+    /// its share starts); `Err` fails it.
+    fn advance(&mut self, env: &mut E, k: usize) -> Result<(), String> {
+        let Some(st) = self.starting.get_mut(k) else { return Ok(()) };
         let t = now();
         match &mut st.stage {
             Stage::Fetching(f) => match env.poll_fetch(f) {
@@ -498,10 +527,8 @@ impl<E: Env> NodeAgent<E> {
             }
         }
         // Every link is up: start the workers.
-        let Some(Starting { d, placement, slot, stage: Stage::Linking { mesh, .. } }) = self.starting.take()
-        else {
-            return Ok(());
-        };
+        let Starting { d, placement, slot, stage } = self.starting.remove(k);
+        let Stage::Linking { mesh, .. } = stage else { return Ok(()) };
         let mut rc = self.rc.clone();
         rc.workers = placement.nodes[slot].workers;
         rc.schedule_origin_ns = d.origin_ns;
@@ -554,11 +581,7 @@ impl<E: Env> NodeAgent<E> {
     /// checkpoints; queues in `out` what the coordinator must hear (ready,
     /// checkpoint parts, an end or a failure).
     pub fn poll(&mut self, env: &mut E, out: &mut Vec<Msg>) {
-        if let Err(reason) = self.advance(env) {
-            if let Some(st) = self.starting.take() {
-                out.push(Msg::Failed { epoch: st.d.epoch, reason });
-            }
-        }
+        self.advance_all(env, out);
         if !self.parked.is_empty() {
             self.unpark();
         }
@@ -604,7 +627,7 @@ impl<E: Env> NodeAgent<E> {
             }
             return;
         }
-        if self.starting.is_none() && self.shares.iter().all(|s| s.job.is_finished()) {
+        if self.starting.is_empty() && self.shares.iter().all(|s| s.job.is_finished()) {
             let mut latency = crate::metrics::latency_histogram();
             let mut report =
                 NodeReport { node: self.name.clone(), records_in: 0, records_out: 0, seconds: 0.0 };

@@ -224,6 +224,10 @@ pub struct Plan {
     unsettled: bool,
     /// Restarts taken so far (see [`PlanConfig::restarts`]).
     restarted: u32,
+    /// `(worker, node)`: node was told, in this epoch, to fetch the
+    /// worker's part of the last complete checkpoint, and has not said it
+    /// runs the epoch yet.
+    fetching: Vec<(usize, usize)>,
     actions: Vec<Action>,
 }
 
@@ -276,6 +280,7 @@ impl Plan {
             share_failed: None,
             unsettled: false,
             restarted: 0,
+            fetching: Vec::new(),
             actions: Vec::new(),
         }
     }
@@ -351,6 +356,11 @@ impl Plan {
     /// The index of the node called `name`.
     pub fn index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The last complete checkpoint's manifest, if any.
+    pub fn last_complete(&self) -> Option<&Manifest> {
+        self.last_complete.as_ref().map(|c| &c.manifest)
     }
 
     /// The current epoch.
@@ -526,15 +536,26 @@ impl Plan {
         Ok(fetch_for)
     }
 
-    /// Records that the owners of `workers`, told to fetch their parts of
-    /// the last complete checkpoint, have them locally from now on.
+    /// The owners of `workers` were told to fetch their parts of the last
+    /// complete checkpoint: once each says it runs the epoch (the fetch
+    /// worked), it has them locally (see [`Plan::fetch_done`]).
     fn fetched(&mut self, workers: impl Iterator<Item = usize>) {
         let slot_of = self.slot_of_workers();
         let owners: Vec<(usize, usize)> = workers.map(|w| (w, self.slots[slot_of[w]])).collect();
+        self.fetching.extend(owners);
+    }
+
+    /// Node `i` runs the epoch: the parts it was told to fetch are stored
+    /// there now.
+    fn fetch_done(&mut self, i: usize) {
+        let done: Vec<usize> = self.fetching.iter().filter(|&&(_, n)| n == i).map(|&(w, _)| w).collect();
+        self.fetching.retain(|&(_, n)| n != i);
         if let Some(c) = &mut self.last_complete {
-            for (w, i) in owners {
+            for w in done {
                 if let Some(l) = c.local.get_mut(w) {
-                    l.push(i);
+                    if !l.contains(&i) {
+                        l.push(i);
+                    }
                 }
             }
         }
@@ -592,6 +613,7 @@ impl Plan {
     /// node is ready, joining or finished in it, no checkpoint or share
     /// failure is pending.
     fn epoch_begins(&mut self, live: bool) {
+        self.fetching.clear();
         self.ready.clear();
         self.joining.clear();
         self.finished.clear();
@@ -857,6 +879,7 @@ impl Plan {
                     }
                     self.joining.remove(&from);
                 }
+                self.fetch_done(from);
                 self.ready.insert(from);
                 if self.ready.len() == self.active().len() {
                     self.event(format!("running {}", self.epoch));

@@ -400,7 +400,8 @@ impl<C> Job<C> {
 
     /// Whether every worker has ended.
     pub fn is_finished(&self) -> bool {
-        self.metrics.workers_done.load(Ordering::Acquire) >= self.workers
+        let done = self.metrics.workers_done.load(Ordering::Acquire);
+        done + self.metrics.workers_through.load(Ordering::Acquire) >= self.workers
     }
 
     /// When the job started.
@@ -452,6 +453,16 @@ impl<C> Job<C> {
         if checkpoint > coord.requested().max(aborted) {
             return Err(format!("checkpoint {checkpoint} was never requested here"));
         }
+        // A worker that ended has dropped its links and its replay logs: it
+        // could neither re-link a replacement nor replay to it (the
+        // simulator found a live recovery that waited on one for ever).
+        let ended = self.metrics.workers_done.load(Ordering::Acquire);
+        if ended > 0 {
+            return Err(format!(
+                "{ended} of its {} workers already ended: they cannot replay to a replacement",
+                self.workers
+            ));
+        }
         if !crate::sabotage::on(crate::sabotage::Bug::NoAbortInFlight) {
             coord.abort_through(aborted);
         }
@@ -488,6 +499,8 @@ impl<C> Job<C> {
 
     /// Waits for the job to end.
     pub fn wait(self) -> Result<JobReport, RuntimeError> {
+        // Workers that are through (a share that recovers live) end now.
+        self.metrics.release();
         let mut panicked = None;
         for (w, h) in self.handles.into_iter().enumerate() {
             if h.join().is_err() && panicked.is_none() {

@@ -95,6 +95,8 @@ pub struct Worker<C> {
     debug: bool,
     started: bool,
     done: bool,
+    /// Through, waiting for the release (see [`JobMetrics::workers_through`]).
+    through: bool,
     /// The dataflow instances (dropped after the items).
     wb: Option<WorkerBuild>,
     _done: WorkerDone,
@@ -269,6 +271,7 @@ impl<C: Conn> Worker<C> {
             debug: std::env::var_os("SPATE_DEBUG").is_some(),
             started: false,
             done: false,
+            through: false,
             wb: Some(wb),
             _done: done_guard,
         })
@@ -303,6 +306,9 @@ impl<C: Conn> Worker<C> {
     /// Ends the worker: its instances and links are dropped (closing its
     /// connections), and the job counts it as ended.
     fn finish(&mut self) {
+        if std::mem::take(&mut self.through) {
+            self.metrics.workers_through.fetch_sub(1, Ordering::AcqRel);
+        }
         self.done = true;
         self.items.clear();
         self.wb = None;
@@ -357,19 +363,44 @@ impl<C: Conn> Worker<C> {
                 }
             }
         }
-        if live == 0 {
+        let through = live == 0 && {
             // Everything is in the outboxes: send it all, then wait for the
             // connections to close (both directions).
             flusher.flush_idle(true)?;
-            if links == 0 && flusher.all_sent() {
+            links == 0 && flusher.all_sent()
+        };
+        if through != self.through {
+            self.through = through;
+            if through {
+                self.metrics.workers_through.fetch_add(1, Ordering::AcqRel);
+            } else {
+                // A replacement re-linked it: its streams run again.
+                self.metrics.workers_through.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if through {
+            // With live recovery a worker waits, links and logs kept, until
+            // the job is done everywhere: a failed worker's replacement may
+            // still re-link it and need its replay.
+            if self.live.is_none() || self.metrics.is_released() {
                 return Ok(Turn::Done);
             }
-        } else if now_ns >= self.next_tick {
+            return Ok(if progress { Turn::Progress } else { Turn::Idle });
+        } else if live > 0 && now_ns >= self.next_tick {
             self.next_tick = now_ns + self.tick_ns;
             flusher.flush_idle(false)?;
             if self.debug && now_ns >= self.next_debug {
                 self.next_debug = now_ns + 300_000_000;
-                let states: Vec<String> = items.iter().map(Item::describe).collect();
+                let states: Vec<String> = items
+                    .iter()
+                    .map(|i| {
+                        if ckpt.holds(i) {
+                            format!("{} (held at barrier {})", i.describe(), i.passed)
+                        } else {
+                            i.describe()
+                        }
+                    })
+                    .collect();
                 eprintln!("{} worker {}: items {states:?} backlog {:?}", self.name, self.me, flusher.backlog);
             }
         }

@@ -1,0 +1,124 @@
+//! The simulator's seeds, its replay, and the broken variants it catches.
+
+use super::*;
+use crate::sabotage::{self, Bug};
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `seeds` from `first` on every core; the failures.
+fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<String>, u64) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let failed = std::sync::Mutex::new(Vec::new());
+    let steps = std::sync::atomic::AtomicU64::new(0);
+    let ahead = std::sync::atomic::AtomicU64::new(0);
+    let next = std::sync::atomic::AtomicU64::new(first);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                sabotage::set(bug);
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= first + seeds {
+                        break;
+                    }
+                    if stop_at_first && !failed.lock().map(|f| f.is_empty()).unwrap_or(true) {
+                        break;
+                    }
+                    match run(seed, false) {
+                        Ok(r) => {
+                            steps.fetch_add(r.steps, std::sync::atomic::Ordering::Relaxed);
+                            ahead.fetch_add(u64::from(r.ahead > 0), std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.push(e);
+                            }
+                        }
+                    }
+                }
+                sabotage::set(None);
+            });
+        }
+    });
+    eprintln!(
+        "simulator: {} seeds of {seeds} completed a checkpoint with `ahead` counts",
+        ahead.into_inner()
+    );
+    (failed.into_inner().unwrap_or_default(), steps.into_inner())
+}
+
+#[test]
+fn every_seed_ends_exactly_once() {
+    if env("SPATE_SIM_SEED").is_some() {
+        return;
+    }
+    let seeds = env("SPATE_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let t = std::time::Instant::now();
+    let (failed, steps) = run_seeds(0, seeds, None, false);
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "simulator: {seeds} seeds in {secs:.1} s ({:.0} seeds/s, {:.0} steps/s), {} failed",
+        seeds as f64 / secs,
+        steps as f64 / secs,
+        failed.len()
+    );
+    for f in &failed {
+        eprintln!("{}", f.lines().next().unwrap_or(""));
+    }
+    assert!(failed.is_empty(), "{} of {seeds} seeds failed; the first:\n{}", failed.len(), failed[0]);
+}
+
+#[test]
+fn one_seed() {
+    let Some(seed) = env("SPATE_SIM_SEED") else { return };
+    let verbose = env("SPATE_SIM_VERBOSE").is_some_and(|v| v > 0);
+    match run(seed, verbose) {
+        Ok(r) => {
+            eprintln!("seed {seed}: ok in {} virtual ms, {} steps; events {:?}", r.ms, r.steps, r.events)
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 17, 29] {
+        let a = run(seed, false).map(|r| (r.trace, r.steps, r.events));
+        let b = run(seed, false).map(|r| (r.trace, r.steps, r.events));
+        assert_eq!(a, b, "seed {seed} ran two ways");
+    }
+}
+
+/// The broken variants and how many seeds each may take to be caught.
+const BROKEN: [(Bug, u64); 7] = [
+    (Bug::NoSkipOnReplay, 400),
+    (Bug::IgnoreAhead, 2000),
+    (Bug::NoReplay, 400),
+    (Bug::TrimEarly, 800),
+    (Bug::CompleteEarly, 400),
+    (Bug::NoAbortInFlight, 800),
+    (Bug::NoFence, 800),
+];
+
+#[test]
+fn each_broken_variant_is_caught() {
+    if env("SPATE_SIM_SEED").is_some() {
+        return;
+    }
+    let mut missed = Vec::new();
+    for (bug, seeds) in BROKEN {
+        let t = std::time::Instant::now();
+        let (failed, _) = run_seeds(0, seeds, Some(bug), true);
+        match failed.first() {
+            Some(f) => eprintln!(
+                "simulator: {bug:?} caught in {:.1} s: {}",
+                t.elapsed().as_secs_f64(),
+                f.lines().next().unwrap_or("")
+            ),
+            None => missed.push(format!("{bug:?} (in {seeds} seeds)")),
+        }
+    }
+    assert!(missed.is_empty(), "broken variants not caught: {}", missed.join(", "));
+}

@@ -1,0 +1,649 @@
+//! The simulated cluster ([`World`]): production nodes ([`Node`] over
+//! [`SimEnv`]) and their production workers, turned one at a time in
+//! virtual time by a seeded scheduler, with the faults of a [`Scenario`]
+//! injected at their times — a node's process killed (and perhaps started
+//! again, a new incarnation), a node stalled (silent, then back as a
+//! zombie), a connection cut. When the job ends, [`World::check`] compares
+//! every output with the closed form.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::RuntimeConfig;
+use crate::control::placement::{ClusterPlacement, NodeSpec};
+use crate::control::plan::PlanConfig;
+use crate::control::{Node, NodeSetup};
+use crate::runtime::{Turn, Worker};
+use crate::sim::env::{Replicas, Shared, SimEnv};
+use crate::sim::net::{Net, SimConn};
+use crate::sim::rng::Rng;
+use crate::sim::workload::{self, Files, Workload, QUERY};
+use crate::time::virtual_clock;
+
+/// A node of the scenario.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeDef {
+    pub(crate) workers: usize,
+    pub(crate) spare: bool,
+}
+
+/// A fault, at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The node's process is killed.
+    Crash(usize),
+    /// A killed node's process starts again (a new incarnation).
+    Restart(usize),
+    /// The node stops (no turn of it runs) for this many ns.
+    Stall(usize, u64),
+    /// One connection between two live nodes is cut (the `n`th of those
+    /// open, modulo their number).
+    Cut(u64),
+}
+
+/// What one seed runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Scenario {
+    pub(crate) nodes: Vec<NodeDef>,
+    pub(crate) coordinator: usize,
+    pub(crate) live: bool,
+    pub(crate) interval_ms: u64,
+    pub(crate) failure_timeout_ms: u64,
+    /// Backup nodes per checkpoint part.
+    pub(crate) backups: usize,
+    pub(crate) workload: Workload,
+    pub(crate) batch_records: usize,
+    pub(crate) channel_batches: usize,
+    /// Records a source step emits at most (few: a replacement catches up
+    /// slowly, so checkpoints are taken while receivers still skip what
+    /// they had).
+    pub(crate) step_records: usize,
+    pub(crate) replay_buffer_bytes: usize,
+    /// Faults by virtual time (ns).
+    pub(crate) faults: Vec<(u64, Fault)>,
+    pub(crate) min_delay_ns: u64,
+    pub(crate) jitter_ns: u64,
+}
+
+impl Scenario {
+    /// A random scenario of seed `seed` (see `crate::sim` for the ranges).
+    pub(crate) fn random(seed: u64) -> Self {
+        let mut r = Rng::new(seed ^ 0xC0FF_EE00);
+        let active = r.range(2, 4) as usize;
+        let spares = r.range(0, 2) as usize;
+        let dedicated = r.chance(15);
+        let mut nodes = Vec::new();
+        if dedicated {
+            nodes.push(NodeDef { workers: 0, spare: false });
+        }
+        for _ in 0..active {
+            nodes.push(NodeDef { workers: r.range(1, 2) as usize, spare: false });
+        }
+        for _ in 0..spares {
+            nodes.push(NodeDef { workers: 1, spare: true });
+        }
+        let workload =
+            Workload { records: r.range(100, 600), keys: r.range(1, 12), every_ns: r.range(100, 400) * 1000 };
+        let run_ns = workload.records * workload.every_ns;
+        let interval_ms = r.range(15, 60);
+        let failure_timeout_ms = 250;
+        // Faults: a few, in the first part of the run, never the
+        // coordinator's node; each may fence a node (a stall past the
+        // failure timeout, a cut control connection), so at most as many
+        // as leave two nodes to run the workers (a restart gives one back).
+        let mut faults = Vec::new();
+        let victims: Vec<usize> = (0..nodes.len()).filter(|&i| i != 0).collect();
+        let capable = nodes.iter().filter(|n| n.workers > 0 || n.spare).count() as i64;
+        let mut budget = capable - 2;
+        let count = r.below(4);
+        let mut at = r.range(30, 200) * 1_000_000;
+        for _ in 0..count {
+            if at > run_ns + 1_000_000_000 || budget <= 0 {
+                break;
+            }
+            let n = victims[r.below(victims.len() as u64) as usize];
+            let f = match r.below(10) {
+                0..=4 => Fault::Crash(n),
+                5..=6 => Fault::Stall(n, r.range(300, 800) * 1_000_000),
+                7 => Fault::Stall(n, r.range(10, 120) * 1_000_000),
+                _ => Fault::Cut(r.next()),
+            };
+            if !matches!(f, Fault::Stall(_, d) if d < 200_000_000) {
+                budget -= 1;
+            }
+            faults.push((at, f));
+            let mut next = at + r.range(20, 400) * 1_000_000;
+            if let Fault::Crash(n) = f {
+                if r.chance(40) {
+                    // Back as a spare, which counts only once it is.
+                    let back = at + r.range(50, 500) * 1_000_000;
+                    faults.push((back, Fault::Restart(n)));
+                    budget += 1;
+                    next = next.max(back + 100_000_000);
+                }
+            }
+            at = next;
+        }
+        faults.sort_by_key(|&(t, _)| t);
+        let workers_nodes = nodes.iter().filter(|n| n.workers > 0 && !n.spare).count();
+        let backups = if workers_nodes >= 3 && r.chance(40) { 2 } else { 1 };
+        Scenario {
+            backups,
+            nodes,
+            coordinator: 0,
+            live: !r.chance(15),
+            interval_ms,
+            failure_timeout_ms,
+            workload,
+            batch_records: r.range(4, 64) as usize,
+            step_records: [1, 2, 4, 16][r.below(4) as usize],
+            channel_batches: r.range(2, 8) as usize,
+            replay_buffer_bytes: if r.chance(10) { 16 << 10 } else { 4 << 20 },
+            faults,
+            min_delay_ns: 10_000,
+            jitter_ns: r.range(50, 2000) * 1000,
+        }
+    }
+
+    /// The nodes a fault may fence (crashed, stalled past the failure
+    /// timeout), and whether a connection was cut (which may fence either
+    /// end).
+    pub(crate) fn fenced(&self) -> (std::collections::BTreeSet<usize>, bool) {
+        let mut nodes = std::collections::BTreeSet::new();
+        let mut cut = false;
+        for &(_, f) in &self.faults {
+            match f {
+                Fault::Crash(n) => {
+                    nodes.insert(n);
+                }
+                Fault::Stall(n, d) if d >= self.failure_timeout_ms * 1_000_000 => {
+                    nodes.insert(n);
+                }
+                Fault::Cut(_) => cut = true,
+                _ => {}
+            }
+        }
+        (nodes, cut)
+    }
+
+    /// Workers of the job (those of the nodes that are not spares).
+    pub(crate) fn workers(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum()
+    }
+}
+
+/// A worker the world turns.
+struct Running {
+    worker: Worker<SimConn>,
+    next: u64,
+    write_next: u64,
+    /// Turns in a row that did nothing (the gap to the next grows).
+    idle: u32,
+}
+
+enum State {
+    Up(Box<Node<SimEnv>>),
+    /// Its process is dead (killed) or ended.
+    Down,
+}
+
+struct SimNode {
+    name: String,
+    addr: SocketAddr,
+    replica: SocketAddr,
+    incarnation: u64,
+    state: State,
+    next: u64,
+    stalled_until: u64,
+    workers: Vec<Running>,
+    /// How much slower than the others this node's workers run.
+    slow: u64,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    /// The coordinator's outcome: `Ok` finished, `Err` failed with.
+    pub(crate) outcome: Result<(), String>,
+    /// The job's events.
+    pub(crate) events: Vec<String>,
+    /// Virtual ms at the end.
+    pub(crate) ms: u64,
+    /// Scheduler steps.
+    pub(crate) steps: u64,
+    /// A hash of everything that happened, in order.
+    pub(crate) trace: u64,
+    /// Complete checkpoints whose manifest said a receiver's state was
+    /// ahead of a barrier (`Manifest::ahead`).
+    pub(crate) ahead: u64,
+}
+
+/// The simulated cluster (see the module documentation).
+pub(crate) struct World {
+    pub(crate) scenario: Scenario,
+    rng: Rng,
+    shared: Rc<Shared>,
+    nodes: Vec<SimNode>,
+    files: Arc<Mutex<Files>>,
+    dir: tempfile::TempDir,
+    now: u64,
+    faults: Vec<(u64, Fault)>,
+    trace: u64,
+    steps: u64,
+    outcome: Option<Result<(), String>>,
+    events: Vec<String>,
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The nodes and workers go first, in virtual time still.
+        for n in &mut self.nodes {
+            n.workers.clear();
+            n.state = State::Down;
+        }
+        virtual_clock::stop();
+    }
+}
+
+/// Virtual time allowed for a run before it counts as hung.
+const RUN_MAX_NS: u64 = 120_000_000_000;
+
+fn mix(h: u64, v: u64) -> u64 {
+    (h ^ v).wrapping_mul(0x100_0000_01b3).rotate_left(23)
+}
+
+impl World {
+    /// The world of `scenario`, run by seed `seed`.
+    pub(crate) fn new(seed: u64, scenario: Scenario, verbose: bool) -> Result<Self, String> {
+        let base = std::path::Path::new("/dev/shm");
+        let dir = if base.is_dir() { tempfile::tempdir_in(base) } else { tempfile::tempdir() }
+            .map_err(|e| format!("cannot make the simulator's directory: {e}"))?;
+        let mut net = Net::new(seed);
+        net.min_delay_ns = scenario.min_delay_ns;
+        net.jitter_ns = scenario.jitter_ns;
+        let shared = Rc::new(Shared {
+            net: Rc::new(std::cell::RefCell::new(net)),
+            started: std::cell::RefCell::new(Vec::new()),
+            replicas: Arc::new(Mutex::new(Replicas::default())),
+            fetch_ns: 2_000_000,
+            log: std::cell::RefCell::new(Vec::new()),
+            verbose,
+        });
+        let nodes = scenario
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, _)| SimNode {
+                name: format!("n{i}"),
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000)),
+                replica: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7001)),
+                incarnation: 0,
+                state: State::Down,
+                next: 0,
+                stalled_until: 0,
+                workers: Vec::new(),
+                slow: 1,
+            })
+            .collect::<Vec<_>>();
+        let faults = scenario.faults.clone();
+        // Everything the nodes do reads virtual time, from their start on.
+        virtual_clock::start();
+        let mut w = Self {
+            scenario,
+            rng: Rng::new(seed),
+            shared,
+            nodes,
+            files: Arc::new(Mutex::new(Files::default())),
+            dir,
+            now: 0,
+            faults,
+            trace: seed,
+            steps: 0,
+            outcome: None,
+            events: Vec::new(),
+            ahead: std::collections::BTreeSet::new(),
+        };
+        for i in 0..w.nodes.len() {
+            w.nodes[i].slow = if w.rng.chance(30) { w.rng.range(2, 8) } else { 1 };
+            w.start_node(i);
+        }
+        Ok(w)
+    }
+
+    fn placement(&self, me: usize) -> ClusterPlacement {
+        ClusterPlacement {
+            nodes: self
+                .nodes
+                .iter()
+                .zip(&self.scenario.nodes)
+                .map(|(n, d)| NodeSpec { name: n.name.clone(), addr: n.addr, workers: d.workers })
+                .collect(),
+            me,
+            cluster: 7,
+            connect_timeout: Duration::from_millis(2000),
+            epoch: 0,
+            join: None,
+        }
+    }
+
+    /// Starts node `i`'s process (again): a new incarnation, with nothing
+    /// stored.
+    fn start_node(&mut self, i: usize) {
+        let s = &self.scenario;
+        let n = &mut self.nodes[i];
+        n.incarnation += 1;
+        let data_dir: PathBuf = self.dir.path().join(format!("{}-{}", n.name, n.incarnation));
+        let rc = RuntimeConfig {
+            workers: s.nodes[i].workers.max(1),
+            pin: false,
+            linger_us: 0,
+            batch_records: s.batch_records,
+            channel_batches: s.channel_batches,
+            source_step_records: s.step_records,
+            bins_log2: 4,
+            data_dir,
+            checkpoint_interval_ms: s.interval_ms,
+            replay_buffer_bytes: s.replay_buffer_bytes,
+            ..RuntimeConfig::default()
+        };
+        let plan = PlanConfig {
+            failure_timeout_ms: s.failure_timeout_ms,
+            connect_timeout_ms: 2000,
+            interval_ms: s.interval_ms,
+            backups: s.backups,
+            origin_ns: crate::time::now_ns() + 50_000_000,
+            live: s.live,
+            restarts: 3,
+        };
+        let build = Arc::new(workload::build(s.workload, self.files.clone()));
+        let setup = NodeSetup {
+            query: QUERY.to_string(),
+            build,
+            rc,
+            placement: self.placement(i),
+            spares: s.nodes.iter().map(|d| d.spare).collect(),
+            coordinator: s.coordinator,
+            plan,
+            incarnation: self.nodes[i].incarnation,
+            replica: self.nodes[i].replica,
+            quiet: true,
+            events: false,
+        };
+        let n = &mut self.nodes[i];
+        let env = SimEnv { node: i, name: n.name.clone(), addr: n.addr, shared: self.shared.clone() };
+        self.shared.net.borrow_mut().listen(n.addr, i);
+        if let Ok(mut r) = self.shared.replicas.lock() {
+            r.by_addr.insert(n.replica, i);
+        }
+        n.state = State::Up(Box::new(Node::new(env, setup, virtual_clock::at(self.now))));
+        n.next = self.now;
+        n.stalled_until = 0;
+    }
+
+    /// Node `i`'s process ends: killed (`crash`: its connections end
+    /// abruptly, a few frames lost) or exited.
+    fn stop_node(&mut self, i: usize, crash: bool) {
+        if crash {
+            self.shared.net.borrow_mut().crash(i, self.now);
+        } else {
+            self.shared.net.borrow_mut().listeners_of_node_gone(i);
+        }
+        if let Ok(mut r) = self.shared.replicas.lock() {
+            r.by_addr.retain(|_, n| *n != i);
+            r.stores.retain(|&(n, _), _| n != i);
+        }
+        let n = &mut self.nodes[i];
+        n.workers.clear();
+        n.state = State::Down;
+    }
+
+    /// Runs until the job ends (and every node is through) or the time
+    /// limit: how it ended.
+    pub(crate) fn run(&mut self) -> Ran {
+        let ended_at = loop {
+            let Some(t) = self.next_time() else { break self.now };
+            if t > RUN_MAX_NS {
+                self.outcome.get_or_insert(Err(format!(
+                    "no outcome after {} s of virtual time",
+                    RUN_MAX_NS / 1_000_000_000
+                )));
+                break self.now;
+            }
+            self.now = t;
+            virtual_clock::set(t);
+            self.step();
+            if self.outcome.is_some() && self.nodes.iter().all(|n| matches!(n.state, State::Down)) {
+                break self.now;
+            }
+        };
+        Ran {
+            outcome: self.outcome.clone().unwrap_or(Err("the run stopped without an outcome".into())),
+            events: self.events.clone(),
+            ms: ended_at / 1_000_000,
+            steps: self.steps,
+            trace: self.trace,
+            ahead: self.ahead.len() as u64,
+        }
+    }
+
+    /// When the next thing happens.
+    fn next_time(&self) -> Option<u64> {
+        let mut t = self.faults.first().map(|&(t, _)| t);
+        let mut min = |x: u64| t = Some(t.map_or(x, |y| y.min(x)));
+        for n in &self.nodes {
+            if let State::Up(_) = n.state {
+                let wake = n.stalled_until;
+                min(n.next.max(wake));
+                for w in &n.workers {
+                    min(w.next.max(wake));
+                    min(w.write_next.max(wake));
+                }
+            }
+        }
+        t
+    }
+
+    /// Runs what is due now: a fault, else the first due node or worker.
+    fn step(&mut self) {
+        self.steps += 1;
+        let now = self.now;
+        if self.faults.first().is_some_and(|&(t, _)| t <= now) {
+            let (_, f) = self.faults.remove(0);
+            self.trace = mix(self.trace, now ^ 0xFA);
+            return self.fault(f);
+        }
+        for i in 0..self.nodes.len() {
+            if !matches!(self.nodes[i].state, State::Up(_)) || self.nodes[i].stalled_until > now {
+                continue;
+            }
+            if self.nodes[i].next <= now {
+                self.trace = mix(self.trace, (i as u64) << 32 | 1);
+                return self.node_turn(i);
+            }
+            for k in 0..self.nodes[i].workers.len() {
+                if self.nodes[i].workers[k].next <= now {
+                    self.trace = mix(self.trace, (i as u64) << 32 | (k as u64) << 8 | 2);
+                    return self.worker_turn(i, k);
+                }
+                if self.nodes[i].workers[k].write_next <= now {
+                    self.trace = mix(self.trace, (i as u64) << 32 | (k as u64) << 8 | 3);
+                    let w = &mut self.nodes[i].workers[k];
+                    let wrote = w.worker.write_checkpoints();
+                    w.write_next = now + if wrote { 100_000 } else { self.rng.range(300, 3000) * 1000 };
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fault(&mut self, f: Fault) {
+        self.note(format!("fault {f:?}"));
+        match f {
+            Fault::Crash(i) => {
+                if matches!(self.nodes[i].state, State::Up(_)) {
+                    self.stop_node(i, true);
+                }
+            }
+            Fault::Restart(i) => {
+                if matches!(self.nodes[i].state, State::Down) && self.outcome.is_none() {
+                    self.start_node(i);
+                }
+            }
+            Fault::Stall(i, d) => {
+                if matches!(self.nodes[i].state, State::Up(_)) {
+                    self.nodes[i].stalled_until = self.now + d;
+                }
+            }
+            Fault::Cut(k) => {
+                let mut net = self.shared.net.borrow_mut();
+                let links = net.cuttable();
+                if !links.is_empty() {
+                    let id = links[(k % links.len() as u64) as usize];
+                    net.cut(id, self.now);
+                }
+            }
+        }
+    }
+
+    fn node_turn(&mut self, i: usize) {
+        let State::Up(node) = &mut self.nodes[i].state else { return };
+        let ended = node.turn(virtual_clock::at(self.now));
+        let coordinator = node.coordinator().is_some();
+        if coordinator {
+            if let Some(c) = node.coordinator() {
+                for e in c.events().iter().skip(self.events.len()) {
+                    self.events.push(e.what.clone());
+                }
+                if let Some(m) = c.plan().last_complete().filter(|m| !m.ahead.is_empty()) {
+                    self.ahead.insert(m.id);
+                }
+            }
+        }
+        match ended {
+            Ok(None) => {}
+            Ok(Some(end)) => {
+                if let Some(o) = end.outcome {
+                    for e in o.events.iter().skip(self.events.len()) {
+                        self.events.push(e.what.clone());
+                    }
+                    self.outcome.get_or_insert(Ok(()));
+                }
+                self.note(format!("{} ended", self.nodes[i].name));
+                self.exit(i, coordinator);
+            }
+            Err(e) => {
+                if coordinator {
+                    self.outcome.get_or_insert(Err(e.to_string()));
+                }
+                self.note(format!("{} stopped: {e}", self.nodes[i].name));
+                self.exit(i, coordinator);
+            }
+        }
+        // Workers of shares started this turn.
+        let started: Vec<(usize, Worker<SimConn>)> = self.shared.started.borrow_mut().drain(..).collect();
+        for (n, worker) in started {
+            let at = self.now + self.rng.range(10, 100) * 1000;
+            let write = self.now + self.rng.range(300, 3000) * 1000;
+            self.nodes[n].workers.push(Running { worker, next: at, write_next: write, idle: 0 });
+        }
+        self.nodes[i].next = self.now + self.rng.range(300, 2000) * 1000;
+    }
+
+    /// Node `i` exits (its job ended or it stopped with an error); the
+    /// coordinator pushes its last messages out first.
+    fn exit(&mut self, i: usize, coordinator: bool) {
+        if coordinator {
+            if let State::Up(node) = &mut self.nodes[i].state {
+                node.flush(virtual_clock::at(self.now));
+            }
+            // Its last messages are on the wire; then the process is gone.
+        }
+        self.stop_node(i, false);
+    }
+
+    fn worker_turn(&mut self, i: usize, k: usize) {
+        let t = crate::time::now_ns();
+        let slow = self.nodes[i].slow;
+        let w = &mut self.nodes[i].workers[k];
+        match w.worker.turn(t) {
+            Turn::Done => {
+                self.nodes[i].workers.remove(k);
+            }
+            Turn::Progress => {
+                w.idle = 0;
+                w.next = self.now + self.rng.range(10, 80) * 1000 * slow;
+            }
+            Turn::Idle => {
+                w.idle = (w.idle + 1).min(4);
+                w.next = self.now + (self.rng.range(50, 150) * 1000 << w.idle) * slow;
+            }
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        if self.shared.verbose {
+            self.shared.log.borrow_mut().push(format!("{:>9.3} ms {line}", self.now as f64 / 1e6));
+        }
+    }
+
+    /// The lines the nodes logged (with the world's own), when verbose.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.shared.log.borrow().clone()
+    }
+
+    /// Every output against the closed form: each key's `(sum, count)`
+    /// lines, in the file of the worker that owns it, are exactly the
+    /// running sums of its source's records.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let w = self.scenario.workload;
+        let workers = self.scenario.workers() as u64;
+        let mut want: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for s in 0..workers {
+            for i in 0..w.records {
+                let (k, v) = workload::record(s, i, w.keys);
+                let seq = want.entry(k).or_default();
+                let (sum, n) = seq.last().copied().unwrap_or((0, 0));
+                seq.push((sum + v, n + 1));
+            }
+        }
+        let files = self.files.lock().map_err(|_| "the files' lock is poisoned")?;
+        let mut got: BTreeMap<u64, (usize, Vec<(u64, u64)>)> = BTreeMap::new();
+        for (&worker, _) in files.current.iter() {
+            let Some(f) = files.of(worker) else { continue };
+            for &(k, sum, n) in &f.lines {
+                let e = got.entry(k).or_insert((worker, Vec::new()));
+                if e.0 != worker {
+                    return Err(format!(
+                        "key {k:#x} has outputs in the files of workers {} and {worker}",
+                        e.0
+                    ));
+                }
+                e.1.push((sum, n));
+            }
+        }
+        for (k, seq) in &want {
+            let Some((worker, g)) = got.get(k) else {
+                return Err(format!("key {k:#x}: no output at all (want {} lines)", seq.len()));
+            };
+            if g != seq {
+                let at = g.iter().zip(seq).position(|(a, b)| a != b).unwrap_or(g.len().min(seq.len()));
+                return Err(format!(
+                    "key {k:#x} (worker {worker}'s file): {} lines, want {}; first difference at line {at}: got {:?}, want {:?}",
+                    g.len(),
+                    seq.len(),
+                    g.get(at),
+                    seq.get(at)
+                ));
+            }
+        }
+        if let Some(k) = got.keys().find(|k| !want.contains_key(k)) {
+            return Err(format!("key {k:#x} was never produced"));
+        }
+        Ok(())
+    }
+}
