@@ -23,8 +23,9 @@ pub(crate) enum Bug {
     CompleteEarly,
     /// A survivor does not void the checkpoints in flight at a failure.
     NoAbortInFlight,
-    /// A node takes worker links of an earlier epoch (a fenced node's).
-    NoFence,
+    /// The coordinator deploys a live recovery's replacements before every
+    /// survivor said it re-linked.
+    JoinEarly,
 }
 
 #[cfg(test)]

@@ -75,6 +75,15 @@ enum Stage<E: Env> {
     Linking { mesh: Mesh<E::Conn>, connecting: Vec<((usize, usize), E::Connecting)> },
 }
 
+/// A live recovery, as a survivor sees it.
+struct Recovering {
+    epoch: u64,
+    moved: Vec<usize>,
+    /// Links from replacements to this node's workers: expected, handed.
+    expected: usize,
+    relinked: usize,
+}
+
 /// A link that arrived before anyone here expected it.
 struct Parked<C> {
     from: usize,
@@ -105,9 +114,10 @@ pub struct NodeAgent<E: Env> {
     /// The highest epoch this node was told of: links of earlier epochs are
     /// refused.
     epoch: u64,
-    /// A live recovery under way: its epoch, and the workers whose
-    /// replacements will connect here.
-    recovering: Option<(u64, Vec<usize>)>,
+    /// A live recovery under way: its epoch, the workers whose
+    /// replacements will connect here, and how many of their links this
+    /// node's workers wait for and have been handed.
+    recovering: Option<Recovering>,
     /// Checkpoint parts of some of the shares, by id, until every share's
     /// is in.
     parts: BTreeMap<u64, Vec<Manifest>>,
@@ -294,7 +304,11 @@ impl<E: Env> NodeAgent<E> {
             s.ready_sent = true;
         }
         self.parts.retain(|&id, _| id > aborted);
-        self.recovering = Some((epoch, moved));
+        // Every worker here links to every replacement: until each link
+        // came, this node's share is not through, even if its workers are
+        // (a replacement will replay to them, and they to it).
+        let locals: usize = self.shares.iter().map(|s| s.job.local_workers().len()).sum();
+        self.recovering = Some(Recovering { epoch, expected: locals * moved.len(), relinked: 0, moved });
         if !self.quiet {
             eprintln!(
                 "node {}: epoch {epoch} goes on live; the replacements restore checkpoint {checkpoint}",
@@ -386,7 +400,7 @@ impl<E: Env> NodeAgent<E> {
     /// over by [`NodeAgent::take_link`] once accepted.
     pub fn admit_link(&self, name: &str) -> Result<(), Rejection> {
         let Some((from, to, epoch)) = parse_link_name(name) else { return Err(Rejection::UnknownNode) };
-        if epoch < self.epoch && !crate::sabotage::on(crate::sabotage::Bug::NoFence) {
+        if epoch < self.epoch {
             // A link of a deployment that was aborted or replaced.
             return Err(Rejection::UnknownNode);
         }
@@ -438,8 +452,7 @@ impl<E: Env> NodeAgent<E> {
                 mesh.accepted(local, remote, p.conn);
                 continue;
             }
-            let relink =
-                self.recovering.as_ref().is_some_and(|(re, moved)| *re == e && moved.contains(&from));
+            let relink = self.recovering.as_ref().is_some_and(|r| r.epoch == e && r.moved.contains(&from));
             if relink {
                 if let Some(s) =
                     self.shares.iter().find(|s| s.epoch == e && s.job.local_workers().contains(&to))
@@ -447,6 +460,9 @@ impl<E: Env> NodeAgent<E> {
                     let p = self.parked.swap_remove(i);
                     if let Err(err) = s.job.relink(to, from, p.conn) {
                         s.job.metrics().fail(format!("re-linking worker {from}: {err}"));
+                    }
+                    if let Some(r) = self.recovering.as_mut() {
+                        r.relinked += 1;
                     }
                     continue;
                 }
@@ -627,7 +643,8 @@ impl<E: Env> NodeAgent<E> {
             }
             return;
         }
-        if self.starting.is_empty() && self.shares.iter().all(|s| s.job.is_finished()) {
+        let relinked = self.recovering.as_ref().is_none_or(|r| r.relinked >= r.expected);
+        if self.starting.is_empty() && relinked && self.shares.iter().all(|s| s.job.is_finished()) {
             let mut latency = crate::metrics::latency_histogram();
             let mut report =
                 NodeReport { node: self.name.clone(), records_in: 0, records_out: 0, seconds: 0.0 };

@@ -28,6 +28,21 @@ use crate::time::unix_ms;
 /// registers on one of them (its restarts are a few at a time at most).
 const CANDIDATES_PER_NODE: usize = 4;
 
+/// What the coordinator heard and did, in order, for the simulator's
+/// monitor of the plan (core's tests only).
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) enum Journal {
+    /// A message from node `.0` went into the plan.
+    Received(usize, Msg),
+    /// The plan sent a message to node `.0`.
+    Sent(usize, Msg),
+    /// An event of the plan.
+    Event(String),
+    /// The plan fenced node `.0`.
+    Fence(usize),
+}
+
 /// How the job ended on the coordinator.
 #[derive(Debug)]
 pub struct Outcome {
@@ -61,6 +76,8 @@ pub struct Coordinator<E: Env> {
     print_events: bool,
     /// The job ended: the last message went to every node.
     ended: bool,
+    #[cfg(test)]
+    pub(crate) journal: Vec<Journal>,
 }
 
 impl<E: Env> Coordinator<E> {
@@ -94,6 +111,8 @@ impl<E: Env> Coordinator<E> {
             quiet,
             print_events: false,
             ended: false,
+            #[cfg(test)]
+            journal: Vec::new(),
         }
     }
 
@@ -119,6 +138,12 @@ impl<E: Env> Coordinator<E> {
     /// The events so far.
     pub fn events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// Takes what the journal recorded since the last call.
+    #[cfg(test)]
+    pub(crate) fn take_journal(&mut self) -> Vec<Journal> {
+        std::mem::take(&mut self.journal)
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -221,7 +246,10 @@ impl<E: Env> Coordinator<E> {
                 continue;
             };
             let (_, mut p) = self.candidates.swap_remove(i);
-            let Msg::Register { incarnation, workers, replica } = p.inbox.remove(pos) else { continue };
+            let msg = p.inbox.remove(pos);
+            #[cfg(test)]
+            self.journal.push(Journal::Received(node, msg.clone()));
+            let Msg::Register { incarnation, workers, replica } = msg else { continue };
             match self.plan.register(node, incarnation, workers, replica, t) {
                 Ok(()) => {
                     // A restarted node's old incarnation is fenced first:
@@ -259,6 +287,8 @@ impl<E: Env> Coordinator<E> {
             let closed = p.closed;
             self.plan.heard(i, heard);
             for m in msgs {
+                #[cfg(test)]
+                self.journal.push(Journal::Received(i, m.clone()));
                 self.plan.message(i, m, t);
             }
             if let Err(e) = polled {
@@ -270,6 +300,8 @@ impl<E: Env> Coordinator<E> {
         let mut out = Vec::new();
         agent.poll(env, &mut out);
         for m in out {
+            #[cfg(test)]
+            self.journal.push(Journal::Received(self.me, m.clone()));
             self.plan.message(self.me, m, t);
         }
         self.plan.tick(t);
@@ -284,6 +316,13 @@ impl<E: Env> Coordinator<E> {
                 break;
             }
             for a in actions {
+                #[cfg(test)]
+                self.journal.push(match &a {
+                    Action::Send { to, msg } => Journal::Sent(*to, msg.clone()),
+                    Action::Fence { node, .. } => Journal::Fence(*node),
+                    Action::Event(e) => Journal::Event(e.clone()),
+                    other => Journal::Event(format!("{other:?}")),
+                });
                 match a {
                     Action::Send { to, msg } if to == self.me => self.own.push(msg),
                     Action::Send { to, msg } => {
@@ -311,6 +350,8 @@ impl<E: Env> Coordinator<E> {
                 }
             }
             for m in out {
+                #[cfg(test)]
+                self.journal.push(Journal::Received(self.me, m.clone()));
                 self.plan.message(self.me, m, t);
             }
         }

@@ -134,6 +134,15 @@ impl<E: Env> Node<E> {
         }
     }
 
+    /// The coordinator, on its node, to take its journal.
+    #[cfg(test)]
+    pub(crate) fn coordinator_mut(&mut self) -> Option<&mut Coordinator<E>> {
+        match &mut self.role {
+            Role::Coordinator(c) => Some(c),
+            Role::Member(_) => None,
+        }
+    }
+
     /// One turn at `now`: the listener, then the coordinator's or the
     /// member's turn (which moves the agent). `Ok(Some(_))`: the node is
     /// through (the job ended); `Err`: it stops with that error.

@@ -776,6 +776,10 @@ impl Plan {
             joins,
             since_ms: now_ms,
         };
+        if crate::sabotage::on(crate::sabotage::Bug::JoinEarly) {
+            self.event(format!("relinking {epoch}"));
+            return self.join(now_ms);
+        }
         self.event(format!("relinking {epoch}"));
         self.actions.push(Action::Note(format!(
             "live recovery: epoch {epoch} keeps the survivors running; workers {moved:?} restore checkpoint \

@@ -400,8 +400,14 @@ impl<C> Job<C> {
 
     /// Whether every worker has ended.
     pub fn is_finished(&self) -> bool {
-        let done = self.metrics.workers_done.load(Ordering::Acquire);
-        done + self.metrics.workers_through.load(Ordering::Acquire) >= self.workers
+        // A re-link handed to a worker and not taken yet makes it run
+        // again: read before the count (a worker that took it stopped
+        // counting itself through before it cleared the flag).
+        if self.relinks.as_ref().is_some_and(|b| b.pending.iter().any(|p| p.load(Ordering::SeqCst))) {
+            return false;
+        }
+        let done = self.metrics.workers_done.load(Ordering::SeqCst);
+        done + self.metrics.workers_through.load(Ordering::SeqCst) >= self.workers
     }
 
     /// When the job started.

@@ -329,6 +329,11 @@ impl<C: Conn> Worker<C> {
         let mut progress = false;
         if let Some(l) = self.live.as_mut() {
             if l.board.pending[l.slot].load(Ordering::Relaxed) {
+                // Not through any more, said before the flag is cleared
+                // (see `Job::is_finished`).
+                if std::mem::take(&mut self.through) {
+                    self.metrics.workers_through.fetch_sub(1, Ordering::SeqCst);
+                }
                 l.relink(items, flusher, ckpt)?;
                 progress = true;
             }

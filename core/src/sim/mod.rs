@@ -20,6 +20,7 @@
 //! fail.
 
 pub(crate) mod env;
+pub(crate) mod monitor;
 pub(crate) mod net;
 pub(crate) mod rng;
 pub(crate) mod workload;
@@ -31,7 +32,7 @@ mod tests;
 use world::{Ran, Scenario, World};
 
 /// Seeds a plain `cargo test` runs.
-pub(crate) const SEEDS_DEFAULT: u64 = 2000;
+pub(crate) const SEEDS_DEFAULT: u64 = 3000;
 
 /// Whether the job's failure `why` is one the scenario makes true: every
 /// copy of a checkpoint part was lost, which takes the node that took it
@@ -47,10 +48,11 @@ pub(crate) fn run(seed: u64, verbose: bool) -> Result<Ran, String> {
     let scenario = Scenario::random(seed);
     let mut world = World::new(seed, scenario.clone(), verbose)?;
     let ran = world.run();
-    let checked = match &ran.outcome {
-        Ok(()) => world.check(),
-        Err(e) if unrecoverable(&scenario, e) => Ok(()),
-        Err(e) => Err(format!("the job failed: {e}")),
+    let checked = match (&ran.outcome, &ran.violation) {
+        (_, Some(v)) => Err(format!("the plan broke an invariant {v}")),
+        (Ok(()), None) => world.check(),
+        (Err(e), None) if unrecoverable(&scenario, e) => Ok(()),
+        (Err(e), None) => Err(format!("the job failed: {e}")),
     };
     if verbose && checked.is_ok() {
         for l in world.log() {

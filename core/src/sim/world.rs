@@ -19,6 +19,7 @@ use crate::control::plan::PlanConfig;
 use crate::control::{Node, NodeSetup};
 use crate::runtime::{Turn, Worker};
 use crate::sim::env::{Replicas, Shared, SimEnv};
+use crate::sim::monitor::Monitor;
 use crate::sim::net::{Net, SimConn};
 use crate::sim::rng::Rng;
 use crate::sim::workload::{self, Files, Workload, QUERY};
@@ -73,6 +74,9 @@ impl Scenario {
     /// A random scenario of seed `seed` (see `crate::sim` for the ranges).
     pub(crate) fn random(seed: u64) -> Self {
         let mut r = Rng::new(seed ^ 0xC0FF_EE00);
+        if r.chance(25) {
+            return Self::two_failures(&mut r);
+        }
         let active = r.range(2, 4) as usize;
         let spares = r.range(0, 2) as usize;
         let dedicated = r.chance(15);
@@ -89,7 +93,7 @@ impl Scenario {
         let workload =
             Workload { records: r.range(100, 600), keys: r.range(1, 12), every_ns: r.range(100, 400) * 1000 };
         let run_ns = workload.records * workload.every_ns;
-        let interval_ms = r.range(15, 60);
+        let interval_ms = if r.chance(30) { r.range(4, 12) } else { r.range(15, 60) };
         let failure_timeout_ms = 250;
         // Faults: a few, in the first part of the run, never the
         // coordinator's node; each may fence a node (a stall past the
@@ -99,7 +103,7 @@ impl Scenario {
         let victims: Vec<usize> = (0..nodes.len()).filter(|&i| i != 0).collect();
         let capable = nodes.iter().filter(|n| n.workers > 0 || n.spare).count() as i64;
         let mut budget = capable - 2;
-        let count = r.below(4);
+        let count = r.below(5);
         let mut at = r.range(30, 200) * 1_000_000;
         for _ in 0..count {
             if at > run_ns + 1_000_000_000 || budget <= 0 {
@@ -146,6 +150,49 @@ impl Scenario {
             faults,
             min_delay_ns: 10_000,
             jitter_ns: r.range(50, 2000) * 1000,
+        }
+    }
+
+    /// A scenario made for the interleaving that `Manifest::ahead` is
+    /// about: a producer's node fails and its replacement catches up
+    /// slowly (one record a step) while checkpoints come often, so a
+    /// checkpoint completes while receivers still skip what they had
+    /// taken; then a receiver's node fails and its replacement restores
+    /// that checkpoint.
+    fn two_failures(r: &mut Rng) -> Self {
+        let active = r.range(2, 4) as usize;
+        let mut nodes: Vec<NodeDef> = (0..active).map(|_| NodeDef { workers: 1, spare: false }).collect();
+        nodes.push(NodeDef { workers: 1, spare: true });
+        nodes.push(NodeDef { workers: 1, spare: true });
+        let first = r.range(1, active as u64 - 1) as usize;
+        let t0 = r.range(60, 120) * 1_000_000;
+        let mut faults = vec![(t0, Fault::Crash(first))];
+        // The second: another worker node, or the first's replacement.
+        let second = if r.chance(50) && active > 2 {
+            (1..active).find(|&i| i != first).unwrap_or(first)
+        } else {
+            active + r.below(2) as usize
+        };
+        faults.push((t0 + r.range(15, 80) * 1_000_000, Fault::Crash(second)));
+        Scenario {
+            nodes,
+            coordinator: 0,
+            live: true,
+            interval_ms: r.range(3, 8),
+            failure_timeout_ms: 250,
+            backups: 1,
+            workload: Workload {
+                records: r.range(400, 800),
+                keys: r.range(1, 6),
+                every_ns: r.range(100, 200) * 1000,
+            },
+            batch_records: r.range(2, 16) as usize,
+            channel_batches: r.range(2, 4) as usize,
+            step_records: 1,
+            replay_buffer_bytes: 4 << 20,
+            faults,
+            min_delay_ns: 10_000,
+            jitter_ns: r.range(50, 500) * 1000,
         }
     }
 
@@ -220,6 +267,8 @@ pub(crate) struct Ran {
     /// Complete checkpoints whose manifest said a receiver's state was
     /// ahead of a barrier (`Manifest::ahead`).
     pub(crate) ahead: u64,
+    /// The first invariant of the plan the coordinator broke, if one.
+    pub(crate) violation: Option<String>,
 }
 
 /// The simulated cluster (see the module documentation).
@@ -237,6 +286,8 @@ pub(crate) struct World {
     outcome: Option<Result<(), String>>,
     events: Vec<String>,
     ahead: std::collections::BTreeSet<u64>,
+    monitor: Monitor,
+    violation: Option<String>,
 }
 
 impl Drop for World {
@@ -307,7 +358,14 @@ impl World {
             outcome: None,
             events: Vec::new(),
             ahead: std::collections::BTreeSet::new(),
+            monitor: Monitor::new(Vec::new(), Vec::new(), 0),
+            violation: None,
         };
+        w.monitor = Monitor::new(
+            w.nodes.iter().map(|n| n.name.clone()).collect(),
+            w.nodes.iter().map(|n| n.replica).collect(),
+            w.scenario.workers(),
+        );
         for i in 0..w.nodes.len() {
             w.nodes[i].slow = if w.rng.chance(30) { w.rng.range(2, 8) } else { 1 };
             w.start_node(i);
@@ -428,6 +486,7 @@ impl World {
             steps: self.steps,
             trace: self.trace,
             ahead: self.ahead.len() as u64,
+            violation: self.violation.clone(),
         }
     }
 
@@ -514,6 +573,13 @@ impl World {
         let State::Up(node) = &mut self.nodes[i].state else { return };
         let ended = node.turn(virtual_clock::at(self.now));
         let coordinator = node.coordinator().is_some();
+        if let Some(c) = node.coordinator_mut() {
+            for j in c.take_journal() {
+                if let Err(e) = self.monitor.see(&j) {
+                    self.violation.get_or_insert(format!("at {} ms: {e}", self.now / 1_000_000));
+                }
+            }
+        }
         if coordinator {
             if let Some(c) = node.coordinator() {
                 for e in c.events().iter().skip(self.events.len()) {
