@@ -11,7 +11,8 @@
 //! streams, in-thread workers), a workload ([`workload`]) and a checker
 //! that compares every output with its closed form ([`world::World::check`]).
 //!
-//! `SPATE_SIM_SEEDS=N` runs N seeds (default [`SEEDS_DEFAULT`]);
+//! `SPATE_SIM_SEEDS=N` runs N seeds (default [`SEEDS_DEFAULT`]) from
+//! `SPATE_SIM_FIRST` (default 0);
 //! `SPATE_SIM_SEED=S` replays one, `SPATE_SIM_VERBOSE=1` prints its log.
 //! A failing seed prints the command that replays it.
 //!

@@ -207,11 +207,6 @@ impl Net {
             .collect()
     }
 
-    /// The two nodes of connection `id`.
-    pub(crate) fn nodes_of(&self, id: u64) -> Option<(usize, usize)> {
-        self.links.get(&id).map(|l| (l.ends[0].node, l.ends[1].node))
-    }
-
     /// Forgets connections nothing holds any more.
     pub(crate) fn collect(&mut self) {
         self.links.retain(|_, l| !(l.ends[0].dropped && l.ends[1].dropped));
@@ -411,11 +406,6 @@ impl SimConn {
         let r = f(&mut n, &mut l);
         n.links.insert(self.id, l);
         Some(r)
-    }
-
-    /// The connection's id in the network.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
     }
 }
 

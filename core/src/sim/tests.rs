@@ -59,8 +59,9 @@ fn every_seed_ends_exactly_once() {
         return;
     }
     let seeds = env("SPATE_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let first = env("SPATE_SIM_FIRST").unwrap_or(0);
     let t = std::time::Instant::now();
-    let (failed, counts) = run_seeds(0, seeds, None, false);
+    let (failed, counts) = run_seeds(first, seeds, None, false);
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "simulator: {seeds} seeds in {secs:.1} s ({:.0} seeds/s, {:.0} steps/s), {} completed a checkpoint \

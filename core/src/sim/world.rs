@@ -66,6 +66,10 @@ pub(crate) struct Scenario {
     pub(crate) replay_buffer_bytes: usize,
     /// Faults by virtual time (ns).
     pub(crate) faults: Vec<(u64, Fault)>,
+    /// Faults at the first coordinator event that starts with the text
+    /// (a recovery beginning, replacements joining, a checkpoint
+    /// requested): crashes during recovery and during checkpoints.
+    pub(crate) triggers: Vec<(String, Fault)>,
     pub(crate) min_delay_ns: u64,
     pub(crate) jitter_ns: u64,
 }
@@ -103,6 +107,9 @@ impl Scenario {
         let victims: Vec<usize> = (0..nodes.len()).filter(|&i| i != 0).collect();
         let capable = nodes.iter().filter(|n| n.workers > 0 || n.spare).count() as i64;
         let mut budget = capable - 2;
+        // Fencing faults, restarts not counted (a trigger may come before
+        // a restart does).
+        let mut fencing = 0;
         let count = r.below(5);
         let mut at = r.range(30, 200) * 1_000_000;
         for _ in 0..count {
@@ -118,6 +125,7 @@ impl Scenario {
             };
             if !matches!(f, Fault::Stall(_, d) if d < 200_000_000) {
                 budget -= 1;
+                fencing += 1;
             }
             faults.push((at, f));
             let mut next = at + r.range(20, 400) * 1_000_000;
@@ -133,6 +141,12 @@ impl Scenario {
             at = next;
         }
         faults.sort_by_key(|&(t, _)| t);
+        let mut triggers = Vec::new();
+        if capable - 2 - fencing > 0 && r.chance(40) {
+            let on = ["relinking", "joining", "requested", "deployed 1", "checkpoint"][r.below(5) as usize];
+            let n = victims[r.below(victims.len() as u64) as usize];
+            triggers.push((on.to_string(), Fault::Crash(n)));
+        }
         let workers_nodes = nodes.iter().filter(|n| n.workers > 0 && !n.spare).count();
         let backups = if workers_nodes >= 3 && r.chance(40) { 2 } else { 1 };
         Scenario {
@@ -148,6 +162,7 @@ impl Scenario {
             channel_batches: r.range(2, 8) as usize,
             replay_buffer_bytes: if r.chance(10) { 16 << 10 } else { 4 << 20 },
             faults,
+            triggers,
             min_delay_ns: 10_000,
             jitter_ns: r.range(50, 2000) * 1000,
         }
@@ -191,6 +206,7 @@ impl Scenario {
             step_records: 1,
             replay_buffer_bytes: 4 << 20,
             faults,
+            triggers: Vec::new(),
             min_delay_ns: 10_000,
             jitter_ns: r.range(50, 500) * 1000,
         }
@@ -212,6 +228,11 @@ impl Scenario {
                 }
                 Fault::Cut(_) => cut = true,
                 _ => {}
+            }
+        }
+        for (_, f) in &self.triggers {
+            if let Fault::Crash(n) = f {
+                nodes.insert(*n);
             }
         }
         (nodes, cut)
@@ -281,6 +302,7 @@ pub(crate) struct World {
     dir: tempfile::TempDir,
     now: u64,
     faults: Vec<(u64, Fault)>,
+    triggers: Vec<(String, Fault)>,
     trace: u64,
     steps: u64,
     outcome: Option<Result<(), String>>,
@@ -342,6 +364,7 @@ impl World {
             })
             .collect::<Vec<_>>();
         let faults = scenario.faults.clone();
+        let triggers = scenario.triggers.clone();
         // Everything the nodes do reads virtual time, from their start on.
         virtual_clock::start();
         let mut w = Self {
@@ -353,6 +376,7 @@ impl World {
             dir,
             now: 0,
             faults,
+            triggers,
             trace: seed,
             steps: 0,
             outcome: None,
@@ -577,6 +601,14 @@ impl World {
             for j in c.take_journal() {
                 if let Err(e) = self.monitor.see(&j) {
                     self.violation.get_or_insert(format!("at {} ms: {e}", self.now / 1_000_000));
+                }
+                if let crate::control::coordinator::Journal::Event(e) = &j {
+                    if let Some(k) = self.triggers.iter().position(|(on, _)| e.starts_with(on.as_str())) {
+                        let (_, f) = self.triggers.remove(k);
+                        let at = self.now + self.rng.range(0, 3000) * 1000;
+                        let pos = self.faults.partition_point(|&(t, _)| t <= at);
+                        self.faults.insert(pos, (at, f));
+                    }
                 }
             }
         }
