@@ -10,11 +10,13 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use spate_state::codec;
 
 use crate::batch::{Batch, Meta, FLAG_BARRIER, FLAG_FINAL};
-use crate::dataflow::{Data, Key, WorkerBuild};
+use crate::data::{Data, Key};
+use crate::metrics::JobMetrics;
 use crate::push::{BarrierTracker, BoxPush, InputFrontier, Push};
 use crate::routing::{key_hash, keys_and_hashes, RoutingTable};
 use crate::time::{now_ns, Timestamp, WATERMARK_END};
@@ -448,70 +450,41 @@ impl EdgeRuntime {
             }
         }
     }
+
+    /// The receiving side of `edge` on this worker, from `workers`
+    /// producers: created by whichever side (receiver or sender) asks
+    /// first, the same one after.
+    pub(crate) fn local_receiver<T: Data>(
+        &mut self,
+        edge: u32,
+        workers: usize,
+        barriers: &Rc<BarrierTracker>,
+        metrics: &Arc<JobMetrics>,
+    ) -> Rc<RefCell<EdgeReceiver<T>>> {
+        if let Some(l) = self.local.as_ref().and_then(|l| l.downcast_ref::<LocalFinisher>()) {
+            if let Some(r) = l.1.downcast_ref::<Rc<RefCell<EdgeReceiver<T>>>>() {
+                return r.clone();
+            }
+        }
+        let r =
+            Rc::new(RefCell::new(EdgeReceiver::<T>::new(edge, workers, barriers.clone(), metrics.clone())));
+        let r2 = r.clone();
+        self.local = Some(Box::new(LocalFinisher(
+            Box::new(move |me| r2.borrow_mut().finish_from(me)),
+            Box::new(r.clone()),
+        )));
+        r
+    }
+
+    /// Installs `r` (see [`EdgeRuntime::local_receiver`]) as the receiving
+    /// side of the edge on this worker, feeding `out`.
+    pub(crate) fn install_receiver<T: Data>(&mut self, r: Rc<RefCell<EdgeReceiver<T>>>, out: BoxPush<T>) {
+        r.borrow_mut().out = Some(out);
+        self.input = Some(r as Rc<RefCell<dyn BatchInput>>);
+    }
 }
 
 struct LocalFinisher(Box<dyn Fn(usize)>, Box<dyn Any>);
-
-fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeReceiver<T>>> {
-    let workers = wb.workers;
-    let e = &mut wb.edges[edge as usize];
-    if let Some(l) = e.local.as_ref().and_then(|l| l.downcast_ref::<LocalFinisher>()) {
-        if let Some(r) = l.1.downcast_ref::<Rc<RefCell<EdgeReceiver<T>>>>() {
-            return r.clone();
-        }
-    }
-    let r =
-        Rc::new(RefCell::new(EdgeReceiver::<T>::new(edge, workers, wb.barriers.clone(), wb.metrics.clone())));
-    let r2 = r.clone();
-    e.local = Some(Box::new(LocalFinisher(
-        Box::new(move |me| r2.borrow_mut().finish_from(me)),
-        Box::new(r.clone()),
-    )));
-    r
-}
-
-/// Installs the receiving side of `edge` on this worker, feeding `out`.
-pub(crate) fn install_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32, out: BoxPush<T>) {
-    let r = local_receiver::<T>(wb, edge);
-    r.borrow_mut().out = Some(out);
-    wb.edges[edge as usize].input = Some(r as Rc<RefCell<dyn BatchInput>>);
-}
-
-/// The sending side of `edge` on this worker, routing by the hash of
-/// `key(record)`.
-pub(crate) fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
-    wb: &mut WorkerBuild,
-    edge: u32,
-    routing: RoutingTable,
-    key: Rc<F>,
-) -> BoxPush<T> {
-    let local = local_receiver::<T>(wb, edge);
-    let me = wb.worker;
-    let e = &mut wb.edges[edge as usize];
-    assert!(!e.sender_installed, "edge {edge} has two senders on worker {me}");
-    e.sender_installed = true;
-    Box::new(ExchangeSender {
-        key,
-        scratch: Vec::with_capacity(64),
-        routing,
-        me,
-        outboxes: e.outboxes.clone(),
-        local,
-        metrics: wb.metrics.clone(),
-        burst: Vec::new(),
-        burst_keys: Vec::new(),
-        burst_hashes: Vec::new(),
-        burst_max: wb.config.batch_records.max(1),
-        alone: e.outboxes.iter().all(Option::is_none),
-        pair: pair_of(&e.outboxes, me).filter(|_| !std::mem::needs_drop::<K>()),
-        stage: e
-            .outboxes
-            .iter()
-            .map(|_| Stage { recs: Vec::new(), keys: Vec::new(), hashes: Vec::new() })
-            .collect(),
-        cursors: Vec::with_capacity(e.outboxes.len()),
-    })
-}
 
 /// The other worker of a two-instance edge as this worker (`me`) sees it:
 /// two instances, `me` and one other, which has an outbox. `None` for any
@@ -524,7 +497,7 @@ fn pair_of(outboxes: &[Option<Rc<RefCell<Outbox>>>], me: usize) -> Option<usize>
     (outboxes[other].is_some() && outboxes[me].is_none()).then_some(other)
 }
 
-struct ExchangeSender<T, K, F> {
+pub(crate) struct ExchangeSender<T, K, F> {
     key: Rc<F>,
     /// Where a key that is not a `u64` is encoded to be hashed.
     scratch: Vec<u8>,
@@ -638,6 +611,45 @@ struct Stage<T, K> {
 }
 
 impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
+    /// The sending side of an edge on worker `me`, routing by the hash of
+    /// `key(record)` through `routing`: into `outboxes` (one per worker;
+    /// `None` for this one), or, for this worker's own records, in bursts
+    /// of up to `burst_max` into `local`.
+    pub(crate) fn new(
+        key: Rc<F>,
+        routing: RoutingTable,
+        me: usize,
+        outboxes: Vec<Option<Rc<RefCell<Outbox>>>>,
+        local: Rc<RefCell<EdgeReceiver<T>>>,
+        metrics: std::sync::Arc<crate::metrics::JobMetrics>,
+        burst_max: usize,
+    ) -> Self {
+        let alone = outboxes.iter().all(Option::is_none);
+        let pair = pair_of(&outboxes, me).filter(|_| !std::mem::needs_drop::<K>());
+        let stage = outboxes
+            .iter()
+            .map(|_| Stage { recs: Vec::new(), keys: Vec::new(), hashes: Vec::new() })
+            .collect();
+        let cursors = Vec::with_capacity(outboxes.len());
+        ExchangeSender {
+            key,
+            scratch: Vec::with_capacity(64),
+            routing,
+            me,
+            outboxes,
+            local,
+            metrics,
+            burst: Vec::new(),
+            burst_keys: Vec::new(),
+            burst_hashes: Vec::new(),
+            burst_max,
+            alone,
+            pair,
+            stage,
+            cursors,
+        }
+    }
+
     /// Hands the records kept here downstream (ending the burst there).
     fn deliver(&mut self) {
         if !self.burst.is_empty() {
