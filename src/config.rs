@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use spate_core::RuntimeConfig;
 
+pub use crate::job_spec::{QuerySection, SinkKind, SinkSection};
+
 /// A parsed deployment config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,17 +207,6 @@ pub enum Recovery {
     Rollback,
 }
 
-/// `[query]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuerySection {
-    /// The query's name in the registry.
-    pub name: String,
-    /// The query's parameters (validated by the query).
-    #[serde(default)]
-    pub params: toml::Table,
-}
-
 /// `[runtime]`: each field overrides the default of [`RuntimeConfig`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,46 +235,6 @@ pub struct RuntimeSection {
     pub park_when_idle: Option<bool>,
     /// Spin before parking, µs.
     pub spin_before_park_us: Option<u64>,
-}
-
-/// `[sink]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkSection {
-    /// What to do with results.
-    #[serde(default)]
-    pub kind: SinkKind,
-    /// Output file for `kind = "file"` (with several workers, worker `w`
-    /// writes `path.w`).
-    pub path: Option<PathBuf>,
-    /// Record end-to-end latency (for the status line and summary).
-    #[serde(default = "yes")]
-    pub latency: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for SinkSection {
-    fn default() -> Self {
-        Self { kind: SinkKind::Count, path: None, latency: true }
-    }
-}
-
-/// Sink kinds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// Count results (and measure latency).
-    #[default]
-    Count,
-    /// One line per result on stdout.
-    Stdout,
-    /// One line per result in a file.
-    File,
-    /// Discard results.
-    None,
 }
 
 /// A config that could not be loaded, with the file and what is wrong.

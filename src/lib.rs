@@ -34,6 +34,7 @@ pub mod bench_recovery;
 pub mod config;
 pub use spate_core::control;
 pub mod deploy;
+mod job_spec;
 pub mod node;
 pub mod queries;
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use spate_core::{Data, Dataflow, Stream};
 use spate_ops::prelude::*;
 
-use crate::config::{QuerySection, SinkKind, SinkSection};
+use crate::job_spec::{QuerySection, SinkKind, SinkSection};
 
 /// The names of the registered queries.
 pub const NAMES: &[&str] = &["keyed-sum", "wordcount"];

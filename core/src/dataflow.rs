@@ -22,26 +22,18 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use spate_state::codec::Record;
 use spate_state::keyspace::BinRange;
 
 use crate::checkpoint::Checkpointer;
 use crate::config::RuntimeConfig;
-use crate::exchange::{self, EdgeRuntime};
+pub use crate::data::{Data, Key};
+use crate::exchange::{EdgeReceiver, EdgeRuntime, ExchangeSender};
 use crate::metrics::JobMetrics;
 use crate::push::{
     BarrierTracker, BinaryCore, BinaryOperator, BoxPush, Discard, FirstInput, SecondInput, Tee,
 };
 use crate::routing::{key_hash, RoutingTable};
 use crate::source::{RunSource, Source, SourceRunner, SourceTask};
-
-/// Types that flow on streams: rkyv records that can be cloned (for fan-out).
-pub trait Data: Record + Clone {}
-impl<T: Record + Clone> Data for T {}
-
-/// Types that can be keys: data that compares for equality.
-pub trait Key: Data + Eq {}
-impl<T: Data + Eq> Key for T {}
 
 /// How many instances an operator has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,14 +312,14 @@ impl<T: Data> Stream<T> {
             let mut g = self.df.graph.borrow_mut();
             g.edges[edge as usize] = Box::new(move |wb: &mut WorkerBuild| {
                 let out = make_output(&d2, wb);
-                exchange::install_receiver::<T>(wb, edge, out);
+                install_receiver::<T>(wb, edge, out);
             });
         }
         // Sending side: routes by key hash.
         let k2 = key.clone();
         self.add_consumer(Rc::new(move |wb: &mut WorkerBuild| {
             let routing = RoutingTable::uniform(wb.config.bins_log2, wb.workers);
-            exchange::make_sender::<T, K, F>(wb, edge, routing, k2.clone())
+            make_sender::<T, K, F>(wb, edge, routing, k2.clone())
         }));
         KeyedStream {
             stream: Stream { df: self.df.clone(), consumers: downstream },
@@ -534,4 +526,41 @@ fn keyed_bins(wb: &WorkerBuild) -> BinRange {
         Some(r) => *r,
         None => BinRange::new(0, 0),
     }
+}
+
+/// The receiving side of exchange edge `edge` on this worker, created by
+/// whichever side asks first.
+fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeReceiver<T>>> {
+    let (workers, barriers, metrics) = (wb.workers, &wb.barriers, &wb.metrics);
+    wb.edges[edge as usize].local_receiver::<T>(edge, workers, barriers, metrics)
+}
+
+/// Installs the receiving side of `edge` on this worker, feeding `out`.
+fn install_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32, out: BoxPush<T>) {
+    let r = local_receiver::<T>(wb, edge);
+    wb.edges[edge as usize].install_receiver(r, out);
+}
+
+/// The sending side of `edge` on this worker, routing by the hash of
+/// `key(record)`.
+fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
+    wb: &mut WorkerBuild,
+    edge: u32,
+    routing: RoutingTable,
+    key: Rc<F>,
+) -> BoxPush<T> {
+    let local = local_receiver::<T>(wb, edge);
+    let me = wb.worker;
+    let e = &mut wb.edges[edge as usize];
+    assert!(!e.sender_installed, "edge {edge} has two senders on worker {me}");
+    e.sender_installed = true;
+    Box::new(ExchangeSender::new(
+        key,
+        routing,
+        me,
+        e.outboxes.clone(),
+        local,
+        wb.metrics.clone(),
+        wb.config.batch_records.max(1),
+    ))
 }

@@ -23,6 +23,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod control;
+mod data;
 pub mod dataflow;
 pub mod exchange;
 pub mod limits;
@@ -43,7 +44,8 @@ pub mod watchdog;
 
 pub use batch::Meta;
 pub use config::RuntimeConfig;
-pub use dataflow::{Data, Dataflow, InstanceCtx, Key, KeyFn, KeyedStream, Parallelism, Stream};
+pub use data::{Data, Key};
+pub use dataflow::{Dataflow, InstanceCtx, KeyFn, KeyedStream, Parallelism, Stream};
 pub use push::{BinaryOperator, BoxPush, Push};
 pub use runtime::{Job, JobReport, Runtime, RuntimeError};
 pub use source::{Source, SourceStatus, Step};
