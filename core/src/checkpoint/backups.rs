@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::coordinator::CheckpointCoordinator;
+use super::error::{BackupLinkError, CheckpointError};
 
 /// How a worker's backup writer reaches its backup nodes.
 pub trait Backups: Send + Sync {
@@ -18,16 +19,16 @@ pub trait Backups: Send + Sync {
         cluster: u64,
         worker: usize,
         epoch: u64,
-    ) -> Result<Box<dyn BackupLink>, String>;
+    ) -> Result<Box<dyn BackupLink>, BackupLinkError>;
 }
 
 /// One stream of checkpoints to one backup node.
 pub trait BackupLink: Send {
     /// Sends one chunk of `instance`'s checkpoint.
-    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String>;
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), BackupLinkError>;
     /// Waits until the backup node has stored checkpoint `id` of
     /// `instance` whole.
-    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String>;
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), BackupLinkError>;
 }
 
 /// A [`Backups`] to hand around (cloned into every worker's writer).
@@ -51,21 +52,19 @@ impl Backups for TcpBackups {
         cluster: u64,
         worker: usize,
         epoch: u64,
-    ) -> Result<Box<dyn BackupLink>, String> {
+    ) -> Result<Box<dyn BackupLink>, BackupLinkError> {
         let client =
-            crate::replica::ReplicaClient::connect_epoch(target, cluster, worker, epoch, REPLICA_TIMEOUT)
-                .map_err(|e| e.to_string())?;
+            crate::replica::ReplicaClient::connect_epoch(target, cluster, worker, epoch, REPLICA_TIMEOUT)?;
         Ok(Box::new(client))
     }
 }
 
 impl BackupLink for crate::replica::ReplicaClient {
-    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
-        crate::replica::ReplicaClient::send_chunk(self, instance, chunk).map_err(|e| e.to_string())
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), BackupLinkError> {
+        Ok(crate::replica::ReplicaClient::send_chunk(self, instance, chunk)?)
     }
-    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String> {
-        crate::replica::ReplicaClient::wait_ack(self, instance, id, REPLICA_TIMEOUT)
-            .map_err(|e| e.to_string())
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), BackupLinkError> {
+        Ok(crate::replica::ReplicaClient::wait_ack(self, instance, id, REPLICA_TIMEOUT)?)
     }
 }
 
@@ -113,41 +112,57 @@ impl Replicas {
         self.generation = generation;
     }
 
-    pub(super) fn connect(&mut self, coord: &CheckpointCoordinator) -> Result<(), String> {
+    pub(super) fn connect(&mut self, coord: &CheckpointCoordinator) -> Result<(), CheckpointError> {
         let Some(c) = &coord.cluster else { return Ok(()) };
         for (t, client) in self.targets.iter().zip(self.clients.iter_mut()) {
             if client.is_none() {
                 *client = Some(
                     c.backups
                         .connect(*t, self.cluster, self.worker, self.epoch)
-                        .map_err(|e| format!("backup node {t}: {e}"))?,
+                        .map_err(|source| CheckpointError::BackupConnect { addr: *t, source })?,
                 );
             }
         }
         Ok(())
     }
 
-    pub(super) fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
+    /// Sends one chunk of checkpoint `id` of `instance` to every backup
+    /// node.
+    pub(super) fn send_chunk(
+        &mut self,
+        instance: &str,
+        id: u64,
+        chunk: &[u8],
+    ) -> Result<(), CheckpointError> {
         for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
             if let Some(client) = c {
-                if let Err(e) = client.send_chunk(instance, chunk) {
+                if let Err(source) = client.send_chunk(instance, chunk) {
                     *c = None;
-                    return Err(format!("backup node {t}: {e}"));
+                    return Err(stream_error(instance, id, *t, source));
                 }
             }
         }
         Ok(())
     }
 
-    pub(super) fn wait_acks(&mut self, instance: &str, id: u64) -> Result<(), String> {
+    pub(super) fn wait_acks(&mut self, instance: &str, id: u64) -> Result<(), CheckpointError> {
         for (t, c) in self.targets.iter().zip(self.clients.iter_mut()) {
             if let Some(client) = c {
-                if let Err(e) = client.wait_ack(instance, id) {
+                if let Err(source) = client.wait_ack(instance, id) {
                     *c = None;
-                    return Err(format!("backup node {t}: {e}"));
+                    return Err(stream_error(instance, id, *t, source));
                 }
             }
         }
         Ok(())
     }
+}
+
+fn stream_error(
+    instance: &str,
+    checkpoint: u64,
+    addr: std::net::SocketAddr,
+    source: BackupLinkError,
+) -> CheckpointError {
+    CheckpointError::BackupStream { instance: instance.to_string(), checkpoint, addr, source }
 }

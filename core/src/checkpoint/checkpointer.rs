@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
 
 use super::coordinator::CheckpointCoordinator;
+use super::error::CheckpointError;
 use super::writer::{Inline, SaveJob};
 
 /// A worker's side of checkpointing: its backup store, and what stateful
@@ -43,10 +44,10 @@ impl Checkpointer {
         dataflow: &str,
         worker: usize,
         coord: Arc<CheckpointCoordinator>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CheckpointError> {
         let dir = data_dir.join(dataflow).join("backup").join(format!("w{worker}"));
         let backup = BackupStore::open(&dir, Durability::PageCache)
-            .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+            .map_err(|source| CheckpointError::OpenBackup { path: dir.clone(), source })?;
         Ok(Self {
             worker,
             backup: std::cell::RefCell::new(Some(backup)),
@@ -75,7 +76,13 @@ impl Checkpointer {
     /// Begins checkpoint `id` of `instance` (with the operator's `meta`
     /// bytes) and hands it to the backup writer, which stores and reports
     /// it.
-    pub fn save(&self, instance: &str, store: &mut StateStore, id: u64, meta: &[u8]) -> Result<(), String> {
+    pub fn save(
+        &self,
+        instance: &str,
+        store: &mut StateStore,
+        id: u64,
+        meta: &[u8],
+    ) -> Result<(), CheckpointError> {
         let generation = self.coord.full_generation.load(Ordering::Acquire);
         if generation > 0 {
             let mut seen = self.full_seen.borrow_mut();
@@ -84,26 +91,33 @@ impl Checkpointer {
                 seen.insert(instance.to_string(), generation);
             }
         }
-        let stream = store
-            .begin_checkpoint(id, meta)
-            .map_err(|e| format!("checkpoint {id} of `{instance}` on worker {}: {e}", self.worker))?;
+        let stream = store.begin_checkpoint(id, meta).map_err(|source| CheckpointError::Save {
+            instance: instance.to_string(),
+            checkpoint: id,
+            worker: self.worker,
+            source,
+        })?;
         if let Some(w) = self.inline.borrow_mut().as_mut() {
             w.queue.push_back(SaveJob { instance: instance.to_string(), id, stream });
             return Ok(());
         }
         let writer = self.writer.borrow();
         let Some((tx, _)) = writer.as_ref() else {
-            return Err(format!("checkpoint {id} of `{instance}`: the backup writer is not running"));
+            return Err(CheckpointError::WriterNotRunning { instance: instance.to_string(), checkpoint: id });
         };
         tx.send(SaveJob { instance: instance.to_string(), id, stream }).map_err(|_| {
-            format!("checkpoint {id} of `{instance}`: the backup writer of worker {} stopped", self.worker)
+            CheckpointError::WriterStopped {
+                instance: instance.to_string(),
+                checkpoint: id,
+                worker: self.worker,
+            }
         })
     }
 
     /// A participant without state reached barrier `id` and made what
     /// precedes it durable (a sink wrote its output): checkpoint `id` can
     /// only complete after every such participant said so.
-    pub fn commit(&self, id: u64) -> Result<(), String> {
+    pub fn commit(&self, id: u64) -> Result<(), CheckpointError> {
         self.coord.report(id, None)
     }
 
@@ -114,22 +128,23 @@ impl Checkpointer {
         &self,
         instance: &str,
         config: StoreConfig,
-    ) -> Result<Option<(StateStore, Vec<u8>)>, String> {
+    ) -> Result<Option<(StateStore, Vec<u8>)>, CheckpointError> {
         let Some(id) = self.restoring() else { return Ok(None) };
         let backup = self.backup.borrow();
         let Some(backup) = backup.as_ref() else {
-            return Err(format!("restoring `{instance}`: the backup store is in use by its writer"));
+            return Err(CheckpointError::BackupInUse { instance: instance.to_string() });
         };
-        let (store, meta, _) = StateStore::restore_id(config, backup, instance, id)
-            .map_err(|e| format!("restoring `{instance}` from checkpoint {id}: {e}"))?;
+        let (store, meta, _) = StateStore::restore_id(config, backup, instance, id).map_err(|source| {
+            CheckpointError::Restore { instance: instance.to_string(), checkpoint: id, source }
+        })?;
         Ok(Some((store, meta)))
     }
 
     /// The offset source `name` resumes from, when restoring.
-    pub(crate) fn source_offset(&self, name: &str) -> Result<Option<u64>, String> {
+    pub(crate) fn source_offset(&self, name: &str) -> Result<Option<u64>, CheckpointError> {
         let Some(m) = self.coord.restored() else { return Ok(None) };
         m.offsets.get(&(name.to_string(), self.worker)).copied().map(Some).ok_or_else(|| {
-            format!("checkpoint {} has no offset for source `{name}` on worker {}", m.id, self.worker)
+            CheckpointError::NoOffset { checkpoint: m.id, name: name.to_string(), worker: self.worker }
         })
     }
 
@@ -146,7 +161,7 @@ impl Checkpointer {
         self.coord.restored().map_or(0, |m| m.ahead_of(edge, producer, self.worker))
     }
 
-    pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), String> {
+    pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), CheckpointError> {
         self.coord.report(id, Some((name, self.worker, offset)))
     }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::backups::{BackupNet, Backups, TcpBackups};
+use super::error::CheckpointError;
 use super::manifest::{manifest_path, Manifest};
 
 /// What a node of a cluster job is given for its checkpoints by the
@@ -306,9 +307,9 @@ impl CheckpointCoordinator {
     }
 
     /// A participant reported checkpoint `id` (a source with its offset).
-    pub(crate) fn report(&self, id: u64, source: Option<(&str, usize, u64)>) -> Result<(), String> {
+    pub(crate) fn report(&self, id: u64, source: Option<(&str, usize, u64)>) -> Result<(), CheckpointError> {
         let mut progress =
-            self.progress.lock().map_err(|_| "checkpoint progress lock poisoned".to_string())?;
+            self.progress.lock().map_err(|_| CheckpointError::Poisoned { lock: "checkpoint progress" })?;
         if id <= self.aborted() {
             // A part of a checkpoint voided while it was being written.
             return Ok(());
@@ -327,7 +328,7 @@ impl CheckpointCoordinator {
         let m = Manifest { id, workers: self.workers, offsets, ahead };
         if let Some(c) = &self.cluster {
             // The coordinator completes it once every node's part is in.
-            c.done.lock().map_err(|_| "checkpoint lock poisoned".to_string())?.push(m);
+            c.done.lock().map_err(|_| CheckpointError::Poisoned { lock: "checkpoint" })?.push(m);
             return Ok(());
         }
         self.write_manifest(&m)?;
@@ -359,8 +360,12 @@ impl CheckpointCoordinator {
         progress.entry(id).or_default().ahead.insert((edge, producer, consumer), records);
     }
 
-    fn write_manifest(&self, m: &Manifest) -> Result<(), String> {
-        let err = |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+    fn write_manifest(&self, m: &Manifest) -> Result<(), CheckpointError> {
+        let err = |op: &'static str, p: &Path, source: std::io::Error| CheckpointError::Io {
+            op,
+            path: p.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(&self.dir).map_err(|e| err("create", &self.dir, e))?;
         let path = manifest_path(&self.dir, m.id);
         let tmp = path.with_extension("tmp");

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use spate_state::{BackupStore, Durability};
 
+use super::error::CheckpointError;
+
 const MANIFEST_MAGIC: &str = "spate-checkpoint-manifest 1";
 
 /// A complete checkpoint of a job, as recorded in its manifest.
@@ -45,15 +47,18 @@ impl Manifest {
 
     /// Parses [`Manifest::encode`]'s text; errors name `path` (the file,
     /// or where the text came from) and the line.
-    pub fn parse(path: &Path, text: &str) -> Result<Manifest, String> {
-        let bad =
-            |line: usize, what: &str| format!("checkpoint manifest {}: line {line}: {what}", path.display());
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, CheckpointError> {
+        let bad = |line: usize, what: &str| CheckpointError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            what: what.to_string(),
+        };
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
         match lines.next() {
             Some((_, l)) if l == MANIFEST_MAGIC => {}
             _ => return Err(bad(1, "not a spate checkpoint manifest")),
         }
-        let mut num = |key: &str| -> Result<u64, String> {
+        let mut num = |key: &str| -> Result<u64, CheckpointError> {
             let (n, l) = lines.next().ok_or_else(|| bad(0, "truncated"))?;
             l.strip_prefix(key)
                 .and_then(|v| v.trim().parse().ok())
@@ -123,15 +128,17 @@ pub(super) fn manifest_path(dir: &Path, id: u64) -> PathBuf {
 
 /// The highest complete checkpoint in `dir`, if any. A manifest that does
 /// not parse is an error naming it (never silently skipped).
-pub fn latest_manifest(dir: &Path) -> Result<Option<Manifest>, String> {
+pub fn latest_manifest(dir: &Path) -> Result<Option<Manifest>, CheckpointError> {
+    let read_dir =
+        |source| CheckpointError::Io { op: "read checkpoint directory", path: dir.to_path_buf(), source };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read checkpoint directory {}: {e}", dir.display())),
+        Err(e) => return Err(read_dir(e)),
     };
     let mut best: Option<PathBuf> = None;
     for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot read checkpoint directory {}: {e}", dir.display()))?;
+        let entry = entry.map_err(read_dir)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.starts_with("manifest-") && !name.ends_with(".tmp") {
@@ -142,8 +149,11 @@ pub fn latest_manifest(dir: &Path) -> Result<Option<Manifest>, String> {
         }
     }
     let Some(path) = best else { return Ok(None) };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read checkpoint manifest {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io {
+        op: "read checkpoint manifest",
+        path: path.clone(),
+        source,
+    })?;
     Manifest::parse(&path, &text).map(Some)
 }
 
@@ -152,7 +162,7 @@ pub fn latest_manifest(dir: &Path) -> Result<Option<Manifest>, String> {
 /// checkpoint can leave some instances with a complete checkpoint newer than
 /// the last complete manifest; the resumed run numbers its checkpoints above
 /// it, so the backup stores accept them.
-pub fn highest_stored_id(data_dir: &Path, dataflow: &str, workers: usize) -> Result<u64, String> {
+pub fn highest_stored_id(data_dir: &Path, dataflow: &str, workers: usize) -> Result<u64, CheckpointError> {
     let mut max = 0;
     for w in 0..workers {
         let dir = data_dir.join(dataflow).join("backup").join(format!("w{w}"));
@@ -160,7 +170,7 @@ pub fn highest_stored_id(data_dir: &Path, dataflow: &str, workers: usize) -> Res
             continue;
         }
         let backup = BackupStore::open(&dir, Durability::PageCache)
-            .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+            .map_err(|source| CheckpointError::OpenBackup { path: dir.clone(), source })?;
         for instance in backup.instances() {
             max = max.max(backup.complete_checkpoints(&instance).last().copied().unwrap_or(0));
         }
@@ -170,14 +180,14 @@ pub fn highest_stored_id(data_dir: &Path, dataflow: &str, workers: usize) -> Res
 
 /// Removes a job's checkpoints (after it finished, nothing is left to
 /// restore).
-pub fn remove_checkpoints(data_dir: &Path, dataflow: &str) -> Result<(), String> {
+pub fn remove_checkpoints(data_dir: &Path, dataflow: &str) -> Result<(), CheckpointError> {
     let dir = data_dir.join(dataflow);
     for sub in ["checkpoints", "backup"] {
         let p = dir.join(sub);
         match std::fs::remove_dir_all(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot remove {}: {e}", p.display())),
+            Err(source) => return Err(CheckpointError::Io { op: "remove", path: p, source }),
         }
     }
     Ok(())
@@ -196,14 +206,15 @@ mod tests {
         m.ahead.insert((1, 2, 0), 222);
         m.ahead.insert((0, 3, 1), 5);
         let p = Path::new("m");
-        assert_eq!(Manifest::parse(p, &m.encode()), Ok(m.clone()));
+        assert_eq!(Manifest::parse(p, &m.encode()).ok(), Some(m.clone()));
         let text = m.encode();
+        let error = |text: &str| Manifest::parse(p, text).err().map(|e| e.to_string()).unwrap_or_default();
         let truncated = &text[..text.len() - 4];
-        let e = Manifest::parse(p, truncated).err().unwrap_or_default();
+        let e = error(truncated);
         assert!(e.contains("truncated") || e.contains("line"), "{e}");
-        let e = Manifest::parse(p, &text.replace("workers 2", "workers x")).err().unwrap_or_default();
+        let e = error(&text.replace("workers 2", "workers x"));
         assert!(e.contains("workers"), "{e}");
-        let e = Manifest::parse(p, &text.replace("ahead 1 2 0 222", "ahead 1 2 0")).err().unwrap_or_default();
+        let e = error(&text.replace("ahead 1 2 0 222", "ahead 1 2 0"));
         assert!(e.contains("ahead"), "{e}");
         assert!(Manifest::parse(p, "hello").is_err());
     }

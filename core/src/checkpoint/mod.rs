@@ -21,17 +21,20 @@
 //! node is given, [`ClusterCheckpoints`]), `checkpointer` (a worker's side,
 //! [`Checkpointer`]: what stateful instances and sources call), `writer`
 //! (the backup writer, on its thread or inline), `backups` (the streams to
-//! backup nodes: [`Backups`], [`BackupLink`]).
+//! backup nodes: [`Backups`], [`BackupLink`]), `error` (what goes wrong:
+//! [`CheckpointError`]).
 //!
 //! [`BackupStore`]: spate_state::BackupStore
 
 mod backups;
 mod checkpointer;
 mod coordinator;
+mod error;
 mod manifest;
 mod writer;
 
 pub use backups::{BackupLink, BackupNet, Backups};
 pub use checkpointer::Checkpointer;
 pub use coordinator::{CheckpointCoordinator, ClusterCheckpoints};
+pub use error::{BackupLinkError, CheckpointError};
 pub use manifest::{checkpoint_dir, highest_stored_id, latest_manifest, remove_checkpoints, Manifest};

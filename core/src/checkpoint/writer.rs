@@ -11,6 +11,7 @@ use spate_state::BackupStore;
 use super::backups::Replicas;
 use super::checkpointer::Checkpointer;
 use super::coordinator::CheckpointCoordinator;
+use super::error::CheckpointError;
 use crate::metrics::JobMetrics;
 
 /// Every this many checkpoints, an instance's chain in the backup store is
@@ -33,7 +34,7 @@ pub(super) struct SaveJob {
 
 impl Checkpointer {
     /// Starts the backup writer (after the dataflow is built and restored).
-    pub(crate) fn start_writer(&self, metrics: Arc<JobMetrics>) -> Result<(), String> {
+    pub(crate) fn start_writer(&self, metrics: Arc<JobMetrics>) -> Result<(), CheckpointError> {
         let Some(mut backup) = self.backup.borrow_mut().take() else { return Ok(()) };
         let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
         let coord = self.coord.clone();
@@ -48,24 +49,25 @@ impl Checkpointer {
                         // A backup node that is gone: the checkpoint does
                         // not complete, and the coordinator, which detects
                         // the failure, recovers the job.
-                        Err(CheckpointError::Replica(e)) => {
+                        Err(e) if e.is_backup_node() => {
                             eprintln!("spate: worker {worker}: {e}");
                             if metrics.has_failed() {
                                 break;
                             }
                         }
-                        Err(CheckpointError::Local(e)) => metrics.fail(format!("worker {worker}: {e}")),
+                        // The local backup store failed: the job fails.
+                        Err(e) => metrics.fail(format!("worker {worker}: {e}")),
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the backup writer of worker {worker}: {e}"))?;
+            .map_err(|source| CheckpointError::StartWriter { worker, source })?;
         *self.writer.borrow_mut() = Some((tx, handle));
         Ok(())
     }
 
     /// Runs the backup writer inline: checkpoints saved are queued until
     /// [`Checkpointer::write_inline`] writes them (the simulator).
-    pub(crate) fn start_inline_writer(&self) -> Result<(), String> {
+    pub(crate) fn start_inline_writer(&self) -> Result<(), CheckpointError> {
         let Some(backup) = self.backup.borrow_mut().take() else { return Ok(()) };
         let replicas = Replicas::new(&self.coord, self.worker);
         *self.inline.borrow_mut() =
@@ -81,8 +83,8 @@ impl Checkpointer {
         let Some(job) = w.queue.pop_front() else { return false };
         match write_checkpoint(&mut w.backup, &mut w.replicas, &self.coord, job) {
             Ok(()) => {}
-            Err(CheckpointError::Replica(e)) => eprintln!("spate: worker {}: {e}", self.worker),
-            Err(CheckpointError::Local(e)) => metrics.fail(format!("worker {}: {e}", self.worker)),
+            Err(e) if e.is_backup_node() => eprintln!("spate: worker {}: {e}", self.worker),
+            Err(e) => metrics.fail(format!("worker {}: {e}", self.worker)),
         }
         true
     }
@@ -94,14 +96,6 @@ impl Checkpointer {
             let _ = handle.join();
         }
     }
-}
-
-/// Why a checkpoint was not stored.
-enum CheckpointError {
-    /// The local backup store failed: the job fails.
-    Local(String),
-    /// A backup node did not acknowledge it.
-    Replica(String),
 }
 
 /// Streams one checkpoint into the local backup store (compacting the
@@ -126,41 +120,31 @@ fn write_checkpoint(
     // Keep only what restoring the last complete checkpoint (or a later
     // one) reads: every chain starts afresh with a full image now and then.
     if done > 0 && backup.complete_checkpoints(&instance).contains(&done) {
-        backup.retain_from(&instance, done).map_err(|e| {
-            CheckpointError::Local(format!("retention of `{instance}` in the backup store: {e}"))
-        })?;
+        backup
+            .retain_from(&instance, done)
+            .map_err(|source| CheckpointError::Retain { instance: instance.clone(), source })?;
     }
     if id % COMPACT_EVERY == 0 && backup.complete_checkpoints(&instance).last() == Some(&done) {
-        backup.compact(&instance).map_err(|e| {
-            CheckpointError::Local(format!(
-                "compacting the checkpoints of `{instance}` in the backup store: {e}"
-            ))
-        })?;
+        backup
+            .compact(&instance)
+            .map_err(|source| CheckpointError::Compact { instance: instance.clone(), source })?;
     }
     replicas.refresh(coord);
-    replicas.connect(coord).map_err(CheckpointError::Replica)?;
+    replicas.connect(coord)?;
     let mut acked = false;
     while let Some(chunk) = stream.next_chunk() {
         if backup
             .receive(&instance, chunk)
-            .map_err(|e| {
-                CheckpointError::Local(format!("checkpoint {id} of `{instance}` into the backup store: {e}"))
-            })?
+            .map_err(|source| CheckpointError::Store { instance: instance.clone(), checkpoint: id, source })?
             .is_some()
         {
             acked = true;
         }
-        replicas
-            .send_chunk(&instance, chunk)
-            .map_err(|e| CheckpointError::Replica(format!("checkpoint {id} of `{instance}`: {e}")))?;
+        replicas.send_chunk(&instance, id, chunk)?;
     }
     if !acked {
-        return Err(CheckpointError::Local(format!(
-            "checkpoint {id} of `{instance}`: the backup store did not acknowledge it"
-        )));
+        return Err(CheckpointError::NotAcknowledged { instance, checkpoint: id });
     }
-    replicas
-        .wait_acks(&instance, id)
-        .map_err(|e| CheckpointError::Replica(format!("checkpoint {id} of `{instance}`: {e}")))?;
-    coord.report(id, None).map_err(CheckpointError::Local)
+    replicas.wait_acks(&instance, id)?;
+    coord.report(id, None)
 }

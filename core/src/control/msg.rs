@@ -246,7 +246,7 @@ impl Msg {
             "checkpoint" => Msg::Checkpoint { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "done" => Msg::Done {
                 epoch: num(a, "an epoch")?,
-                part: Manifest::parse(Path::new("control message"), body)?,
+                part: Manifest::parse(Path::new("control message"), body).map_err(|e| e.to_string())?,
             },
             "complete" => Msg::Complete { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "abort" => Msg::Abort { epoch: num(a, "an epoch")? },
@@ -368,7 +368,9 @@ fn decode_deployment(text: &str) -> Result<Deployment, String> {
             }
             ["restore"] => {
                 let rest: Vec<&str> = lines.by_ref().collect();
-                d.restore = Some(Manifest::parse(Path::new("deployment"), &rest.join("\n"))?);
+                d.restore = Some(
+                    Manifest::parse(Path::new("deployment"), &rest.join("\n")).map_err(|e| e.to_string())?,
+                );
             }
             _ => return Err(format!("cannot read `{l}`")),
         }

@@ -129,7 +129,7 @@ impl<C: Conn> Item<C> {
                         let offset = t.runner.offset().unwrap_or(0);
                         t.runner.barrier(id);
                         self.passed = id;
-                        c.source_reported(id, &t.name, offset)?;
+                        c.source_reported(id, &t.name, offset).map_err(|e| e.to_string())?;
                         flusher.flush_touched(true, &mut self.waiting)?;
                         return Ok(true);
                     }

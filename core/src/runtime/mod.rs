@@ -234,7 +234,7 @@ impl Runtime {
         cluster: Option<ShareLinks<C>>,
         inline_writer: bool,
     ) -> Result<(Job<C>, Vec<WorkerSetup<C>>), RuntimeError> {
-        self.config.validate().map_err(RuntimeError::Config)?;
+        self.config.validate().map_err(|e| RuntimeError::Config(e.to_string()))?;
         if let Some(s) = &cluster {
             let me = s.placement.join.as_ref().map_or(s.placement.me, |j| j.slot);
             if s.placement.nodes.get(me).is_none_or(|n| n.workers == 0) {
@@ -283,7 +283,8 @@ impl Runtime {
             // The backup stores of this node's workers only hold what this
             // incarnation of the job (or the fetch before it) put there.
             if c.restore.is_none() && !c.joining {
-                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                checkpoint::remove_checkpoints(&self.config.data_dir, name)
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?;
             }
             Some(CheckpointCoordinator::new_cluster(
                 workers,
@@ -294,9 +295,10 @@ impl Runtime {
         } else if self.config.checkpoint_interval_ms > 0 {
             let dir = checkpoint::checkpoint_dir(&self.config.data_dir, name);
             let manifest = if self.config.restore {
-                checkpoint::latest_manifest(&dir).map_err(RuntimeError::Config)?
+                checkpoint::latest_manifest(&dir).map_err(|e| RuntimeError::Config(e.to_string()))?
             } else {
-                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                checkpoint::remove_checkpoints(&self.config.data_dir, name)
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?;
                 None
             };
             if let Some(m) = &manifest {
@@ -309,7 +311,7 @@ impl Runtime {
             }
             let after = match &manifest {
                 Some(_) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers)
-                    .map_err(RuntimeError::Config)?,
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?,
                 None => 0,
             };
             Some(CheckpointCoordinator::new(
@@ -527,7 +529,8 @@ impl<C> Job<C> {
         // keeps its checkpoints until the whole job is done: another
         // node's failure can still roll this share back.)
         if self.coord.as_ref().is_some_and(|c| !c.is_cluster()) {
-            checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Failed)?;
+            checkpoint::remove_checkpoints(&self.data_dir, &self.name)
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
         }
         Ok(JobReport {
             workers: self.workers,

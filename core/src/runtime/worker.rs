@@ -125,7 +125,7 @@ impl<C: Conn> Worker<C> {
         {
             Ok(c) => c.map(Rc::new),
             Err(e) => {
-                metrics.fail(e);
+                metrics.fail(e.to_string());
                 return None;
             }
         };
@@ -237,7 +237,7 @@ impl<C: Conn> Worker<C> {
             let started =
                 if inline_writer { c.start_inline_writer() } else { c.start_writer(metrics.clone()) };
             if let Err(e) = started {
-                metrics.fail(e);
+                metrics.fail(e.to_string());
             }
             c.coordinator().worker_built(c.participants());
         }

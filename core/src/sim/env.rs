@@ -15,7 +15,7 @@ use spate_net::hello::Rejection;
 use spate_net::NetError;
 use spate_state::{BackupStore, Durability};
 
-use crate::checkpoint::{BackupLink, BackupNet, Backups};
+use crate::checkpoint::{BackupLink, BackupLinkError, BackupNet, Backups};
 use crate::config::RuntimeConfig;
 use crate::control::env::{backup_dir, Build, Env, FetchRequest};
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks, Worker};
@@ -170,7 +170,7 @@ impl Backups for SimBackups {
         _cluster: u64,
         worker: usize,
         _epoch: u64,
-    ) -> Result<Box<dyn BackupLink>, String> {
+    ) -> Result<Box<dyn BackupLink>, BackupLinkError> {
         let r = self.replicas.lock().map_err(|_| "poisoned")?;
         let node = *r.by_addr.get(&target).ok_or("connection refused")?;
         Ok(Box::new(SimBackupLink { replicas: self.replicas.clone(), node, target, worker }))
@@ -201,17 +201,17 @@ impl SimBackupLink {
 }
 
 impl BackupLink for SimBackupLink {
-    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
-        self.store(|s| s.receive(instance, chunk).map(|_| ()).map_err(|e| e.to_string()))
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), BackupLinkError> {
+        Ok(self.store(|s| s.receive(instance, chunk).map(|_| ()).map_err(|e| e.to_string()))?)
     }
 
-    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String> {
-        self.store(|s| {
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), BackupLinkError> {
+        Ok(self.store(|s| {
             if s.complete_checkpoints(instance).contains(&id) {
                 Ok(())
             } else {
                 Err(format!("checkpoint {id} of `{instance}` is not stored whole"))
             }
-        })
+        })?)
     }
 }
