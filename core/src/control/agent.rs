@@ -514,7 +514,7 @@ impl<E: Env> NodeAgent<E> {
                         Ok(c) => connecting.push(((o.local, o.remote), c)),
                         Err(e) => {
                             let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                            mesh.connect_failed(o.local, o.remote, e.to_string(), retry, t)?;
+                            mesh.connect_failed(o.local, o.remote, e, retry, t).map_err(|e| e.to_string())?;
                         }
                     }
                 }
@@ -530,12 +530,12 @@ impl<E: Env> NodeAgent<E> {
                         Err(e) => {
                             connecting.swap_remove(i);
                             let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                            mesh.connect_failed(w, v, e.to_string(), retry, t)?;
+                            mesh.connect_failed(w, v, e, retry, t).map_err(|e| e.to_string())?;
                         }
                     }
                 }
                 if let Some(e) = mesh.timed_out(t) {
-                    return Err(e);
+                    return Err(e.to_string());
                 }
                 if !mesh.is_complete() {
                     return Ok(());

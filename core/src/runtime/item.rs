@@ -111,7 +111,7 @@ impl<C: Conn> Item<C> {
         let (progress, force) = match &mut self.work {
             Work::Net(link) => {
                 let mut l = link.borrow_mut();
-                let moved = l.poll(crate::time::now())?;
+                let moved = l.poll(crate::time::now()).map_err(|e| e.to_string())?;
                 self.done = l.is_done();
                 // Received batches are taken by their input items.
                 return Ok(moved);

@@ -150,8 +150,8 @@ impl Runtime {
                 "a cluster job with checkpoints runs under the coordinator (`spate node`)".into(),
             ));
         }
-        let links =
-            crate::link::mesh::connect_blocking(&placement, listener).map_err(RuntimeError::Failed)?;
+        let links = crate::link::mesh::connect_blocking(&placement, listener)
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
         self.start_share(name, Arc::new(build), ShareLinks { placement, links, checkpoints: None })
     }
 
