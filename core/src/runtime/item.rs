@@ -18,6 +18,7 @@ use crate::link::Conn;
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::replay::ReplayCursor;
+use crate::runtime::error::WorkerError;
 use crate::runtime::flusher::Flusher;
 use crate::source::{SourceStatus, SourceTask};
 
@@ -107,11 +108,11 @@ impl<C: Conn> Item<C> {
         metrics: &JobMetrics,
         ckpt: &Ckpt,
         step_records: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, WorkerError> {
         let (progress, force) = match &mut self.work {
             Work::Net(link) => {
                 let mut l = link.borrow_mut();
-                let moved = l.poll(crate::time::now()).map_err(|e| e.to_string())?;
+                let moved = l.poll(crate::time::now())?;
                 self.done = l.is_done();
                 // Received batches are taken by their input items.
                 return Ok(moved);
@@ -129,7 +130,7 @@ impl<C: Conn> Item<C> {
                         let offset = t.runner.offset().unwrap_or(0);
                         t.runner.barrier(id);
                         self.passed = id;
-                        c.source_reported(id, &t.name, offset).map_err(|e| e.to_string())?;
+                        c.source_reported(id, &t.name, offset)?;
                         flusher.flush_touched(true, &mut self.waiting)?;
                         return Ok(true);
                     }
@@ -156,9 +157,7 @@ impl<C: Conn> Item<C> {
                 for _ in 0..BATCHES_PER_VISIT {
                     let Some(batch) = rx.try_pop() else {
                         if !got && rx.is_finished() {
-                            return Err(format!(
-                                "edge {edge}: a producing worker stopped without ending its stream"
-                            ));
+                            return Err(WorkerError::Unended { edge: *edge });
                         }
                         break;
                     };

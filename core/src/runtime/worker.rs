@@ -25,6 +25,7 @@ use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::replay::{LogStore, ReplayCursor, ReplayLog};
 use crate::ring::{Consumer, Producer};
+use crate::runtime::error::WorkerError;
 use crate::runtime::flusher::{Flusher, Route};
 use crate::runtime::item::{Ckpt, Item, Work};
 use crate::runtime::live::{Live, RelinkBoard};
@@ -296,7 +297,7 @@ impl<C: Conn> Worker<C> {
                 t
             }
             Err(e) => {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
                 self.finish();
                 Turn::Done
             }
@@ -314,7 +315,7 @@ impl<C: Conn> Worker<C> {
         self.wb = None;
     }
 
-    fn pass(&mut self, now_ns: u64) -> Result<Turn, String> {
+    fn pass(&mut self, now_ns: u64) -> Result<Turn, WorkerError> {
         if !self.started {
             self.started = true;
             // Edges this worker sends nothing on still owe their final
