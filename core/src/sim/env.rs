@@ -18,6 +18,7 @@ use spate_state::{BackupStore, Durability};
 use crate::checkpoint::{BackupLink, BackupLinkError, BackupNet, Backups};
 use crate::config::RuntimeConfig;
 use crate::control::env::{backup_dir, Build, Env, FetchRequest};
+use crate::control::error::FetchError;
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks, Worker};
 use crate::sim::net::{self, NetRef, SimConn, SimConnecting};
 use crate::time::virtual_clock;
@@ -104,11 +105,11 @@ impl Env for SimEnv {
         SimFetch { request, at }
     }
 
-    fn poll_fetch(&mut self, f: &mut SimFetch) -> Option<Result<(), String>> {
+    fn poll_fetch(&mut self, f: &mut SimFetch) -> Option<Result<(), FetchError>> {
         if virtual_clock::ns().unwrap_or(0) < f.at {
             return None;
         }
-        Some(self.fetch(&f.request))
+        Some(self.fetch(&f.request).map_err(|e| FetchError::Other(e.into())))
     }
 
     fn backups(&self) -> Option<BackupNet> {
