@@ -512,7 +512,7 @@ fn bench_runtime(o: &Opts) -> Result<RuntimeConfig, String> {
         rc.checkpoint_interval_ms = c;
     }
     rc.data_dir = std::env::temp_dir().join(format!("spate-bench-{}", std::process::id()));
-    rc.validate()?;
+    rc.validate().map_err(|e| e.to_string())?;
     Ok(rc)
 }
 

@@ -1,7 +1,10 @@
-//! Runtime configuration of one process.
+//! Runtime configuration of one process ([`RuntimeConfig`]), and why one
+//! cannot run a job ([`ConfigError`]).
 
+use std::fmt;
 use std::path::PathBuf;
 
+use crate::checkpoint::CheckpointError;
 use crate::limits::*;
 
 /// How a process runs its workers.
@@ -102,33 +105,144 @@ impl RuntimeConfig {
     }
 
     /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let w = self.effective_workers();
         if w > WORKERS_MAX {
-            return Err(format!("workers = {w} exceeds the maximum of {WORKERS_MAX}"));
+            return Err(ConfigError::AboveMaximum { field: "workers", value: w, max: WORKERS_MAX });
         }
         if self.batch_records == 0 {
-            return Err("batch_records must be at least 1".into());
+            return Err(ConfigError::Zero { field: "batch_records" });
         }
         if self.batch_bytes < 64 {
-            return Err(format!("batch_bytes = {} is below the minimum of 64", self.batch_bytes));
+            return Err(ConfigError::BelowMinimum { field: "batch_bytes", value: self.batch_bytes, min: 64 });
         }
         if self.channel_batches < 2 {
-            return Err(format!("channel_batches = {} is below the minimum of 2", self.channel_batches));
+            return Err(ConfigError::BelowMinimum {
+                field: "channel_batches",
+                value: self.channel_batches,
+                min: 2,
+            });
         }
         if self.source_step_records == 0 {
-            return Err("source_step_records must be at least 1".into());
+            return Err(ConfigError::Zero { field: "source_step_records" });
         }
         if self.bins_log2 > spate_state::keyspace::BINS_LOG2_MAX {
-            return Err(format!(
-                "bins_log2 = {} exceeds the maximum of {}",
-                self.bins_log2,
-                spate_state::keyspace::BINS_LOG2_MAX
-            ));
+            return Err(ConfigError::AboveMaximum {
+                field: "bins_log2",
+                value: self.bins_log2.into(),
+                max: spate_state::keyspace::BINS_LOG2_MAX.into(),
+            });
         }
         if (1usize << self.bins_log2) < w {
-            return Err(format!("bins_log2 = {} gives fewer bins than the {w} workers", self.bins_log2));
+            return Err(ConfigError::FewerBinsThanWorkers { bins_log2: self.bins_log2, workers: w });
         }
         Ok(())
+    }
+}
+
+/// Why a runtime configuration cannot run a job: a value out of range
+/// ([`RuntimeConfig::validate`]), a share that does not fit its placement,
+/// or checkpoints that cannot be restored (see
+/// [`RuntimeError::Config`](crate::runtime::RuntimeError::Config)).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value exceeds its maximum.
+    AboveMaximum {
+        /// The field of [`RuntimeConfig`].
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A value is below its minimum.
+    BelowMinimum {
+        /// The field of [`RuntimeConfig`].
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// A count that must be at least 1 is 0.
+    Zero {
+        /// The field of [`RuntimeConfig`].
+        field: &'static str,
+    },
+    /// The key space has fewer bins than the job has workers.
+    FewerBinsThanWorkers {
+        /// `bins_log2`.
+        bins_log2: u8,
+        /// The workers.
+        workers: usize,
+    },
+    /// A cluster job with checkpoints was started directly, not by the
+    /// coordinator's node agent.
+    NeedsCoordinator,
+    /// A cluster share with checkpoints came without the coordinator's
+    /// checkpoint plan.
+    NoCheckpointPlan,
+    /// The node of the placement this share runs has no worker.
+    NoWorkers {
+        /// Its index in the placement.
+        node: usize,
+    },
+    /// The checkpoint to restore was taken with another worker count.
+    WorkersChanged {
+        /// The dataflow.
+        dataflow: String,
+        /// The checkpoint.
+        checkpoint: u64,
+        /// Workers of the run that took it.
+        taken: usize,
+        /// Workers of this run.
+        workers: usize,
+    },
+    /// The job's checkpoints could not be read or cleared.
+    Checkpoints(CheckpointError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::AboveMaximum { field, value, max } => {
+                write!(f, "{field} = {value} exceeds the maximum of {max}")
+            }
+            ConfigError::BelowMinimum { field, value, min } => {
+                write!(f, "{field} = {value} is below the minimum of {min}")
+            }
+            ConfigError::Zero { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::FewerBinsThanWorkers { bins_log2, workers } => {
+                write!(f, "bins_log2 = {bins_log2} gives fewer bins than the {workers} workers")
+            }
+            ConfigError::NeedsCoordinator => {
+                f.write_str("a cluster job with checkpoints runs under the coordinator (`spate node`)")
+            }
+            ConfigError::NoCheckpointPlan => {
+                f.write_str("a cluster job with checkpoints needs the coordinator's checkpoint plan")
+            }
+            ConfigError::NoWorkers { node } => write!(f, "node {node} of the placement runs no worker"),
+            ConfigError::WorkersChanged { dataflow, checkpoint, taken, workers } => write!(
+                f,
+                "checkpoint {checkpoint} of `{dataflow}` was taken with {taken} workers, this run has {workers}"
+            ),
+            ConfigError::Checkpoints(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Checkpoints(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl From<CheckpointError> for ConfigError {
+    fn from(e: CheckpointError) -> Self {
+        ConfigError::Checkpoints(e)
     }
 }

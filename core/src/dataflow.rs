@@ -212,7 +212,7 @@ impl Dataflow {
                     match c.source_offset(&name) {
                         Ok(Some(off)) => runner.seek(off).map_err(|e| format!("source `{name}`: {e}")),
                         Ok(None) => Ok(()),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                     }
                 };
                 if let Err(e) = ready {

@@ -28,6 +28,8 @@
 
 use std::collections::VecDeque;
 
+use crate::runtime::error::ReplayError;
+
 use crate::batch::Batch;
 
 /// Bytes a buffered batch counts for beyond its records (its header).
@@ -195,9 +197,9 @@ impl ReplayLog {
         &mut self,
         store: &mut LogStore,
         checkpoint: u64,
-    ) -> Result<VecDeque<Batch>, String> {
+    ) -> Result<VecDeque<Batch>, ReplayError> {
         if self.overflowed {
-            return Err("its replay buffer overflowed while no checkpoint trimmed it".into());
+            return Err(ReplayError::Overflowed);
         }
         let all = std::mem::take(&mut self.batches);
         self.bytes = 0;
@@ -211,7 +213,7 @@ impl ReplayLog {
                 for l in all {
                     store.release(l.span);
                 }
-                return Err(format!("its replay buffer does not reach back to checkpoint {checkpoint}"));
+                return Err(ReplayError::TooShort { checkpoint });
             }
             None => 0,
         };
@@ -287,7 +289,7 @@ impl ReplayCursor {
     /// The producer was replaced by one restored at `checkpoint` (0: from
     /// the start), whose stream resumes right after that checkpoint's
     /// barrier. `ended`: this side had taken the producer's last batch.
-    pub(crate) fn restart(&mut self, checkpoint: u64, ended: bool) -> Result<(), String> {
+    pub(crate) fn restart(&mut self, checkpoint: u64, ended: bool) -> Result<(), ReplayError> {
         let at = if checkpoint == 0 {
             0
         } else if let Some(&(_, pos)) = self.marks.iter().find(|&&(id, _)| id == checkpoint) {
@@ -297,7 +299,7 @@ impl ReplayCursor {
             // covered.
             self.taken
         } else {
-            return Err(format!("no barrier of checkpoint {checkpoint} was received from it"));
+            return Err(ReplayError::NoBarrier { checkpoint });
         };
         if !crate::sabotage::on(crate::sabotage::Bug::NoSkipOnReplay) {
             self.skip_until = self.skip_until.max(self.taken);
@@ -385,7 +387,7 @@ mod tests {
         assert_eq!(log.bytes(), 0, "a log that gave up holds nothing");
         log.keep(&mut store, &records(9));
         assert_eq!(log.bytes(), 0);
-        let e = log.take_after(&mut store, 3).err().unwrap_or_default();
+        let e = log.take_after(&mut store, 3).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("overflowed"), "{e}");
     }
 

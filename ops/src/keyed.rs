@@ -28,7 +28,7 @@ impl Saver {
     pub(crate) fn save(&self, store: &mut StateStore, id: u64, watermark: Timestamp) {
         if let Some(c) = &self.checkpointer {
             if let Err(e) = c.save(&self.instance, store, id, &watermark.to_le_bytes()) {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
             }
         }
     }
@@ -64,7 +64,9 @@ pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(failed("clear", &e)),
             }
-            let restored = c.restore(&saver.instance, StoreConfig::new(&dir, ctx.bins_log2))?;
+            let restored = c
+                .restore(&saver.instance, StoreConfig::new(&dir, ctx.bins_log2))
+                .map_err(|e| e.to_string())?;
             if let Some((store, meta)) = restored {
                 let watermark = meta.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
                 return Ok(Opened { store, saver, watermark });

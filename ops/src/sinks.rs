@@ -296,7 +296,7 @@ impl<T> Push<T> for TextSink<T> {
         }
         if let Some(c) = &self.checkpointer {
             if let Err(e) = c.commit(id) {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
             }
         }
     }

@@ -28,6 +28,7 @@ use spate_net::NetErrorKind;
 use crate::checkpoint::{ClusterCheckpoints, Manifest};
 use crate::config::RuntimeConfig;
 use crate::control::env::{Build, Env, FetchRequest};
+use crate::control::error::AgentError;
 use crate::control::msg::{Deployment, Msg};
 use crate::control::placement::{ClusterPlacement, Join};
 use crate::control::report::{MetricsLine, NodeReport, METRICS_ENV};
@@ -198,30 +199,30 @@ impl<E: Env> NodeAgent<E> {
     }
 
     /// Handles a message from the coordinator, queueing answers in `out`.
-    pub fn handle(&mut self, env: &mut E, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, String> {
+    pub fn handle(&mut self, env: &mut E, msg: Msg, out: &mut Vec<Msg>) -> Result<Option<Exit>, AgentError> {
         if let Some(e) = msg.epoch() {
             if matches!(msg, Msg::Deploy(_) | Msg::Recover { .. }) {
                 self.epoch = self.epoch.max(e);
             }
         }
         match msg {
-            Msg::Deploy(d) if d.join.is_some() => {
-                let epoch = d.epoch;
-                if let Err(e) = self.deploy_join(env, d) {
-                    out.push(Msg::Failed { epoch, reason: e });
-                }
-            }
             Msg::Deploy(d) => {
-                self.stop_job();
                 let epoch = d.epoch;
-                if let Err(e) = self.deploy(env, d) {
-                    out.push(Msg::Failed { epoch, reason: e });
+                let started = match d.join {
+                    Some(slot) => self.deploy_join(env, d, slot),
+                    None => {
+                        self.stop_job();
+                        self.deploy(env, d)
+                    }
+                };
+                if let Err(e) = started {
+                    out.push(Msg::Failed { epoch, reason: e.to_string() });
                 }
             }
             Msg::Recover { epoch, checkpoint, aborted, nodes: _, replicas, moved } => {
                 match self.recover(epoch, checkpoint, aborted, replicas, moved) {
                     Ok(()) => out.push(Msg::Recovered { epoch }),
-                    Err(reason) => out.push(Msg::Failed { epoch, reason }),
+                    Err(e) => out.push(Msg::Failed { epoch, reason: e.to_string() }),
                 }
             }
             Msg::Checkpoint { epoch, id } => {
@@ -255,9 +256,11 @@ impl<E: Env> NodeAgent<E> {
             }
             Msg::Stop { reason } => {
                 self.stop_job();
-                return Err(reason);
+                return Err(AgentError::Stopped { reason });
             }
-            other => return Err(format!("node `{}`: unexpected control message {other:?}", self.name)),
+            other => {
+                return Err(AgentError::Unexpected { node: self.name.clone(), message: Box::new(other) })
+            }
         }
         Ok(None)
     }
@@ -285,19 +288,19 @@ impl<E: Env> NodeAgent<E> {
         aborted: u64,
         replicas: Vec<SocketAddr>,
         moved: Vec<usize>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AgentError> {
         let name = &self.name;
         if self.shares.is_empty() {
-            return Err(format!("node `{name}` runs no share of the job to recover"));
+            return Err(AgentError::NoShare { node: name.clone() });
         }
         for s in &mut self.shares {
-            if let Some(why) = s.job.metrics().failure() {
-                return Err(format!("node `{name}`: its share already failed: {why}"));
+            if let Some(reason) = s.job.metrics().failure() {
+                return Err(AgentError::ShareFailed { node: name.clone(), reason });
             }
             // Epoch 0 is a name without an epoch: replica streams start at 1.
             s.job
                 .recover(checkpoint, aborted, replicas.clone(), epoch + 1)
-                .map_err(|e| format!("node `{name}`: {e}"))?;
+                .map_err(|source| AgentError::Recover { node: name.clone(), source })?;
             s.epoch = epoch;
             s.pending = s.pending.filter(|&id| id > aborted);
             // `Recovered` is this share's `Ready` for the new epoch.
@@ -320,12 +323,12 @@ impl<E: Env> NodeAgent<E> {
     }
 
     /// Starts epoch `d.epoch`'s share of this node's name.
-    fn deploy(&mut self, env: &mut E, d: Deployment) -> Result<(), String> {
+    fn deploy(&mut self, env: &mut E, d: Deployment) -> Result<(), AgentError> {
         let me = d
             .nodes
             .iter()
             .position(|n| n.name == self.name)
-            .ok_or_else(|| format!("node `{}` is not in the deployment it received", self.name))?;
+            .ok_or_else(|| AgentError::NotDeployed { node: self.name.clone() })?;
         let placement = ClusterPlacement {
             nodes: d.nodes.clone(),
             me,
@@ -340,26 +343,21 @@ impl<E: Env> NodeAgent<E> {
     /// Starts the replacement of a failed node's workers in a running job
     /// (live recovery): it fetches their part of the checkpoint, restores
     /// it, and connects to every other worker. On a survivor (it took the
-    /// failed slot over) the new share runs beside its own.
-    fn deploy_join(&mut self, env: &mut E, d: Deployment) -> Result<(), String> {
-        let slot = d.join.ok_or("not a joining deployment")?;
+    /// failed slot over) the new share runs beside its own. `slot` is the
+    /// deployment's `join`.
+    fn deploy_join(&mut self, env: &mut E, d: Deployment, slot: usize) -> Result<(), AgentError> {
+        let node = || self.name.clone();
         if self.shares.iter().any(|s| s.epoch != d.epoch) {
-            return Err(format!(
-                "node `{}` runs a share of another epoch and cannot join epoch {}",
-                self.name, d.epoch
-            ));
+            return Err(AgentError::OtherEpoch { node: node(), epoch: d.epoch });
         }
         if self.starting.iter().any(|s| s.d.epoch != d.epoch) {
-            return Err(format!(
-                "node `{}` is starting a share of another epoch than {}",
-                self.name, d.epoch
-            ));
+            return Err(AgentError::StartingOtherEpoch { node: node(), epoch: d.epoch });
         }
         if d.nodes.get(slot).is_none_or(|n| n.name != self.name) {
-            return Err(format!("node `{}` is not slot {slot} of the deployment it received", self.name));
+            return Err(AgentError::NotTheSlot { node: node(), slot });
         }
         if self.rc.checkpoint_interval_ms == 0 {
-            return Err(format!("node `{}`: only a job with checkpoints recovers live", self.name));
+            return Err(AgentError::NoCheckpoints { node: node() });
         }
         let placement = ClusterPlacement {
             nodes: d.nodes.clone(),
@@ -477,9 +475,9 @@ impl<E: Env> NodeAgent<E> {
         let mut k = 0;
         while k < self.starting.len() {
             let before = self.starting.len();
-            if let Err(reason) = self.advance(env, k) {
+            if let Err(e) = self.advance(env, k) {
                 let st = self.starting.remove(k);
-                out.push(Msg::Failed { epoch: st.d.epoch, reason });
+                out.push(Msg::Failed { epoch: st.d.epoch, reason: e.to_string() });
                 continue;
             }
             if self.starting.len() == before {
@@ -490,13 +488,13 @@ impl<E: Env> NodeAgent<E> {
 
     /// Moves deployment `k` being started along (it leaves the list when
     /// its share starts); `Err` fails it.
-    fn advance(&mut self, env: &mut E, k: usize) -> Result<(), String> {
+    fn advance(&mut self, env: &mut E, k: usize) -> Result<(), AgentError> {
         let Some(st) = self.starting.get_mut(k) else { return Ok(()) };
         let t = now();
         match &mut st.stage {
             Stage::Fetching(f) => match env.poll_fetch(f) {
                 None => return Ok(()),
-                Some(Err(e)) => return Err(format!("node `{}`: {e}", self.name)),
+                Some(Err(source)) => return Err(AgentError::Fetch { node: self.name.clone(), source }),
                 Some(Ok(())) => {
                     st.stage = Stage::Linking { mesh: Mesh::new(&st.placement, t), connecting: Vec::new() };
                     self.unpark();
@@ -514,7 +512,7 @@ impl<E: Env> NodeAgent<E> {
                         Ok(c) => connecting.push(((o.local, o.remote), c)),
                         Err(e) => {
                             let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                            mesh.connect_failed(o.local, o.remote, e.to_string(), retry, t)?;
+                            mesh.connect_failed(o.local, o.remote, e, retry, t)?;
                         }
                     }
                 }
@@ -530,12 +528,12 @@ impl<E: Env> NodeAgent<E> {
                         Err(e) => {
                             connecting.swap_remove(i);
                             let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                            mesh.connect_failed(w, v, e.to_string(), retry, t)?;
+                            mesh.connect_failed(w, v, e, retry, t)?;
                         }
                     }
                 }
                 if let Some(e) = mesh.timed_out(t) {
-                    return Err(e);
+                    return Err(e.into());
                 }
                 if !mesh.is_complete() {
                     return Ok(());
@@ -564,7 +562,7 @@ impl<E: Env> NodeAgent<E> {
         let share = ShareLinks { placement, links: mesh.into_links(), checkpoints };
         let job = env
             .start_share(&self.query, self.build.clone(), rc, share)
-            .map_err(|e| format!("node `{}`: {e}", self.name))?;
+            .map_err(|source| AgentError::Start { node: self.name.clone(), source })?;
         if !self.quiet {
             let from = d.restore.as_ref().map_or("the start".to_string(), |m| format!("checkpoint {}", m.id));
             if joining {

@@ -216,9 +216,9 @@ impl<E: Env> Coordinator<E> {
                 self.end(env, agent, Msg::Release, now);
                 Ok(Some(Outcome { reports, events: std::mem::take(&mut self.events) }))
             }
-            Err(reason) => {
-                self.end(env, agent, Msg::Stop { reason: reason.clone() }, now);
-                Err(ControlError::Job(reason))
+            Err(e) => {
+                self.end(env, agent, Msg::Stop { reason: e.to_string() }, now);
+                Err(e)
             }
         }
     }
@@ -277,7 +277,7 @@ impl<E: Env> Coordinator<E> {
         agent: &mut NodeAgent<E>,
         now: Instant,
         t: u64,
-    ) -> Result<Option<Vec<NodeReport>>, String> {
+    ) -> Result<Option<Vec<NodeReport>>, ControlError> {
         let ids: Vec<usize> = self.peers.keys().copied().collect();
         for i in ids {
             let Some(p) = self.peers.get_mut(&i) else { continue };
@@ -340,14 +340,12 @@ impl<E: Env> Coordinator<E> {
                     Action::Event(what) => self.event(what),
                     Action::Note(line) => env.log(&format!("coordinator: {line}")),
                     Action::Finish(reports) => done = Some(reports),
-                    Action::Fail(reason) => return Err(reason),
+                    Action::Fail(reason) => return Err(ControlError::Job(reason)),
                 }
             }
             let mut out = Vec::new();
             for m in std::mem::take(&mut self.own) {
-                if let Err(reason) = agent.handle(env, m, &mut out) {
-                    return Err(reason);
-                }
+                agent.handle(env, m, &mut out)?;
             }
             for m in out {
                 #[cfg(test)]

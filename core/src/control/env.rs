@@ -17,6 +17,7 @@ use spate_net::{Connecting, Connection, Listener, NetError};
 
 use crate::checkpoint::BackupNet;
 use crate::config::RuntimeConfig;
+use crate::control::error::FetchError;
 use crate::dataflow::Dataflow;
 use crate::link::{net_config, Conn};
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks};
@@ -68,7 +69,7 @@ pub trait Env {
     fn begin_fetch(&mut self, request: FetchRequest) -> Self::Fetch;
 
     /// The fetch's outcome, once every part is in (or one failed).
-    fn poll_fetch(&mut self, f: &mut Self::Fetch) -> Option<Result<(), String>>;
+    fn poll_fetch(&mut self, f: &mut Self::Fetch) -> Option<Result<(), FetchError>>;
 
     /// How this node's workers stream their checkpoints to backup nodes
     /// (`None`: over TCP to their replica services).
@@ -123,7 +124,7 @@ impl Os {
 
 /// A fetch on threads, one per part.
 pub struct OsFetch {
-    threads: Vec<JoinHandle<Result<(), String>>>,
+    threads: Vec<JoinHandle<Result<(), FetchError>>>,
 }
 
 impl Env for Os {
@@ -174,7 +175,7 @@ impl Env for Os {
         OsFetch { threads }
     }
 
-    fn poll_fetch(&mut self, f: &mut OsFetch) -> Option<Result<(), String>> {
+    fn poll_fetch(&mut self, f: &mut OsFetch) -> Option<Result<(), FetchError>> {
         if !f.threads.iter().all(JoinHandle::is_finished) {
             return None;
         }
@@ -182,7 +183,7 @@ impl Env for Os {
             match h.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Some(Err(e)),
-                Err(_) => return Some(Err("a fetch thread panicked".into())),
+                Err(_) => return Some(Err(FetchError::Panicked)),
             }
         }
         Some(Ok(()))
@@ -191,14 +192,14 @@ impl Env for Os {
 
 /// Fetches worker `w`'s part of `r.checkpoint` from the replica service at
 /// `addr` into this node's backup store of `w`.
-fn fetch_one(r: &FetchRequest, w: usize, addr: SocketAddr) -> Result<(), String> {
+fn fetch_one(r: &FetchRequest, w: usize, addr: SocketAddr) -> Result<(), FetchError> {
     let t = Instant::now();
     let dir = backup_dir(&r.data_dir, &r.query, w);
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = spate_state::BackupStore::open(&dir, spate_state::Durability::PageCache)
-        .map_err(|e| format!("cannot open the backup store in {}: {e}", dir.display()))?;
+        .map_err(|source| FetchError::OpenBackup { path: dir.clone(), source })?;
     let got = crate::replica::fetch(addr, r.cluster, w, r.checkpoint, &mut store, r.timeout)
-        .map_err(|e| format!("fetching checkpoint {} of worker {w} from {addr}: {e}", r.checkpoint))?;
+        .map_err(|source| FetchError::Part { checkpoint: r.checkpoint, worker: w, addr, source })?;
     if !r.quiet {
         eprintln!(
             "node {}: fetched checkpoint {} of worker {w} from {addr} ({got:?}) in {} ms",

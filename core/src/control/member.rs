@@ -125,7 +125,7 @@ impl<E: Env> Member<E> {
             match agent.handle(env, msg, &mut out) {
                 Ok(Some(Exit::Released)) => return Ok(Some(Exit::Released)),
                 Ok(None) => {}
-                Err(reason) => return Err(ControlError::Job(reason)),
+                Err(e) => return Err(e.into()),
             }
         }
         agent.poll(env, &mut out);

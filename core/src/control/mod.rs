@@ -61,7 +61,7 @@ pub use crate::time::unix_ms;
 pub use agent::{Exit, NodeAgent};
 pub use coordinator::{Coordinator, Outcome};
 pub use env::{Build, Env, FetchRequest, Os};
-pub use error::ControlError;
+pub use error::{AgentError, ControlError, FetchError, JobFailure, MsgError, MsgFault, RegisterError};
 pub use member::Member;
 pub use msg::{Deployment, Msg};
 pub use node::{Node, NodeEnd, NodeSetup};

@@ -9,6 +9,7 @@ use std::path::Path;
 use spate_net::frame::Kind;
 
 use crate::checkpoint::Manifest;
+use crate::control::error::{MsgError, MsgFault};
 use crate::control::placement::NodeSpec;
 use crate::control::report::NodeReport;
 
@@ -214,21 +215,21 @@ impl Msg {
     }
 
     /// Reads a message; the error names what is malformed.
-    pub fn decode(kind: Kind, text: &str) -> Result<Msg, String> {
-        let bad = |what: &str| format!("malformed control message ({what}): {:?}", truncate(text));
+    pub fn decode(kind: Kind, text: &str) -> Result<Msg, MsgError> {
+        let bad = |fault: MsgFault| MsgError::Malformed { fault, text: truncate(text).to_string() };
         if kind == Kind::Deploy {
-            return decode_deployment(text).map(Msg::Deploy).map_err(|e| bad(&e));
+            return decode_deployment(text).map(Msg::Deploy).map_err(bad);
         }
         if kind != Kind::Recovery {
-            return Err(bad(&format!("unexpected frame kind {kind:?}")));
+            return Err(bad(MsgFault::FrameKind(kind)));
         }
         let (head, body) = text.split_once('\n').unwrap_or((text, ""));
         let mut words = head.splitn(3, ' ');
         let verb = words.next().unwrap_or("");
         let a = words.next();
         let rest = words.next();
-        let num = |s: Option<&str>, what: &str| -> Result<u64, String> {
-            s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("expected {what}")))
+        let num = |s: Option<&str>, what: &'static str| -> Result<u64, MsgError> {
+            s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(MsgFault::Expected(what)))
         };
         Ok(match verb {
             "register" => {
@@ -238,7 +239,7 @@ impl Msg {
                     replica: r
                         .next()
                         .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| bad("expected an address"))?,
+                        .ok_or_else(|| bad(MsgFault::Expected("an address")))?,
                     incarnation: num(r.next(), "an incarnation")?,
                 }
             }
@@ -246,7 +247,7 @@ impl Msg {
             "checkpoint" => Msg::Checkpoint { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "done" => Msg::Done {
                 epoch: num(a, "an epoch")?,
-                part: Manifest::parse(Path::new("control message"), body)?,
+                part: Manifest::parse(Path::new("control message"), body).map_err(MsgError::Part)?,
             },
             "complete" => Msg::Complete { epoch: num(a, "an epoch")?, id: num(rest, "an id")? },
             "abort" => Msg::Abort { epoch: num(a, "an epoch")? },
@@ -258,7 +259,9 @@ impl Msg {
             },
             "finished" => Msg::Finished {
                 epoch: num(a, "an epoch")?,
-                report: rest.and_then(NodeReport::parse).ok_or_else(|| bad("expected a report"))?,
+                report: rest
+                    .and_then(NodeReport::parse)
+                    .ok_or_else(|| bad(MsgFault::Expected("a report")))?,
             },
             "release" => Msg::Release,
             "stop" => Msg::Stop { reason: text.strip_prefix("stop ").unwrap_or("").to_string() },
@@ -267,28 +270,29 @@ impl Msg {
                 let (epoch, checkpoint) = (num(a, "an epoch")?, num(ids.next(), "a checkpoint id")?);
                 let aborted = num(ids.next(), "an aborted checkpoint id")?;
                 if ids.next().is_some() {
-                    return Err(bad("trailing words after the aborted checkpoint id"));
+                    return Err(bad(MsgFault::TrailingWords));
                 }
                 let (mut nodes, mut replicas, mut moved) = (Vec::new(), Vec::new(), Vec::new());
                 for l in body.lines() {
                     let p: Vec<&str> = l.split(' ').collect();
-                    if parse_placement(l, &p, &mut nodes, &mut replicas).map_err(|e| bad(&e))? {
+                    if parse_placement(l, &p, &mut nodes, &mut replicas).map_err(bad)? {
                         continue;
                     }
                     match p.as_slice() {
-                        ["moved", w] => {
-                            moved.push(w.parse().map_err(|_| bad(&format!("bad worker in `{l}`")))?)
-                        }
-                        _ => return Err(bad(&format!("cannot read `{l}`"))),
+                        ["moved", w] => moved.push(
+                            w.parse()
+                                .map_err(|_| bad(MsgFault::Bad { what: "worker", line: l.to_string() }))?,
+                        ),
+                        _ => return Err(bad(MsgFault::Unreadable { line: l.to_string() })),
                     }
                 }
                 if nodes.is_empty() {
-                    return Err(bad("no node"));
+                    return Err(bad(MsgFault::NoNode));
                 }
                 Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved }
             }
             "recovered" => Msg::Recovered { epoch: num(a, "an epoch")? },
-            _ => return Err(bad("unknown verb")),
+            _ => return Err(bad(MsgFault::UnknownVerb)),
         })
     }
 }
@@ -317,13 +321,14 @@ fn parse_placement(
     p: &[&str],
     nodes: &mut Vec<NodeSpec>,
     replicas: &mut Vec<SocketAddr>,
-) -> Result<bool, String> {
-    let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+) -> Result<bool, MsgFault> {
+    let bad = |what: &'static str| MsgFault::Bad { what, line: l.to_string() };
+    let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| bad("address"));
     match p {
         ["node", name, a, w] => nodes.push(NodeSpec {
             name: name.to_string(),
             addr: addr(a)?,
-            workers: w.parse().map_err(|_| format!("bad worker count in `{l}`"))?,
+            workers: w.parse().map_err(|_| bad("worker count"))?,
         }),
         ["replica", a] => replicas.push(addr(a)?),
         _ => return Ok(false),
@@ -331,7 +336,7 @@ fn parse_placement(
     Ok(true)
 }
 
-fn decode_deployment(text: &str) -> Result<Deployment, String> {
+fn decode_deployment(text: &str) -> Result<Deployment, MsgFault> {
     let mut d = Deployment {
         epoch: 0,
         nodes: Vec::new(),
@@ -350,35 +355,34 @@ fn decode_deployment(text: &str) -> Result<Deployment, String> {
         if parse_placement(l, &p, &mut d.nodes, &mut d.replicas)? {
             continue;
         }
-        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| format!("bad address in `{l}`"));
+        let bad = |what: &'static str| MsgFault::Bad { what, line: l.to_string() };
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| bad("address"));
         match p.as_slice() {
-            ["epoch", e] => epoch = Some(e.parse().map_err(|_| format!("bad epoch in `{l}`"))?),
-            ["origin", o] => d.origin_ns = o.parse().map_err(|_| format!("bad origin in `{l}`"))?,
-            ["aborted", a] => {
-                d.aborted = a.parse().map_err(|_| format!("bad aborted checkpoint id in `{l}`"))?
-            }
-            ["join", j] => d.join = Some(j.parse().map_err(|_| format!("bad join slot in `{l}`"))?),
+            ["epoch", e] => epoch = Some(e.parse().map_err(|_| bad("epoch"))?),
+            ["origin", o] => d.origin_ns = o.parse().map_err(|_| bad("origin"))?,
+            ["aborted", a] => d.aborted = a.parse().map_err(|_| bad("aborted checkpoint id"))?,
+            ["join", j] => d.join = Some(j.parse().map_err(|_| bad("join slot"))?),
             ["moved", ws @ ..] => {
                 for w in ws {
-                    d.moved.push(w.parse().map_err(|_| format!("bad moved worker in `{l}`"))?);
+                    d.moved.push(w.parse().map_err(|_| bad("moved worker"))?);
                 }
             }
-            ["fetch", w, a] => {
-                d.fetch.push((w.parse().map_err(|_| format!("bad worker in `{l}`"))?, addr(a)?))
-            }
+            ["fetch", w, a] => d.fetch.push((w.parse().map_err(|_| bad("worker"))?, addr(a)?)),
             ["restore"] => {
                 let rest: Vec<&str> = lines.by_ref().collect();
-                d.restore = Some(Manifest::parse(Path::new("deployment"), &rest.join("\n"))?);
+                d.restore = Some(
+                    Manifest::parse(Path::new("deployment"), &rest.join("\n")).map_err(MsgFault::Restore)?,
+                );
             }
-            _ => return Err(format!("cannot read `{l}`")),
+            _ => return Err(MsgFault::Unreadable { line: l.to_string() }),
         }
     }
-    d.epoch = epoch.ok_or("no epoch")?;
+    d.epoch = epoch.ok_or(MsgFault::NoEpoch)?;
     if d.nodes.is_empty() {
-        return Err("no node".into());
+        return Err(MsgFault::NoNode);
     }
     if let Some(slot) = d.join.filter(|&j| j >= d.nodes.len()) {
-        return Err(format!("bad join slot {slot}: the placement has {} nodes", d.nodes.len()));
+        return Err(MsgFault::JoinSlot { slot, nodes: d.nodes.len() });
     }
     Ok(d)
 }
@@ -479,7 +483,7 @@ mod tests {
         ];
         for m in msgs {
             let (kind, text) = m.encode();
-            assert_eq!(Msg::decode(kind, &text), Ok(m.clone()), "{text}");
+            assert_eq!(Msg::decode(kind, &text).ok(), Some(m.clone()), "{text}");
         }
     }
 
@@ -515,7 +519,7 @@ mod tests {
         for (kind, text, want) in cases {
             match Msg::decode(kind, text) {
                 Ok(m) => panic!("{text:?} decoded as {m:?}"),
-                Err(e) => assert!(e.contains(want), "{text:?}: {e:?} does not say {want:?}"),
+                Err(e) => assert!(e.to_string().contains(want), "{text:?}: {e} does not say {want:?}"),
             }
         }
     }

@@ -70,7 +70,7 @@ impl<C: Conn> Peer<C> {
             Delivery::Consumed
         });
         if let Some(e) = bad {
-            return Err(ControlError::Malformed { node: self.node.clone(), reason: e });
+            return Err(ControlError::Malformed { node: self.node.clone(), source: e });
         }
         match got {
             Ok(_) => self.conn.poll_heartbeat(now).map(|_| ()).map_err(lost),

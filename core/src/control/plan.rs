@@ -62,6 +62,7 @@ use std::net::SocketAddr;
 
 use crate::checkpoint::Manifest;
 use crate::control::detector::{DetectorConfig, FailureDetector, FailureReason, Incarnation, NodeId};
+use crate::control::error::{JobFailure, RegisterError};
 use crate::control::placement::NodeSpec;
 
 use super::{Deployment, Msg};
@@ -217,7 +218,7 @@ pub struct Plan {
     last_complete: Option<Complete>,
     /// A node's share failed at this time for this reason: unless a node
     /// failure explains it within the failure timeout, the job fails.
-    share_failed: Option<(u64, String)>,
+    share_failed: Option<(u64, JobFailure)>,
     /// The epoch began as a live recovery and no checkpoint has completed
     /// in it yet: a share that fails now may have failed re-linking (even
     /// after the joiners said `Ready`), and the recovery falls back.
@@ -299,25 +300,23 @@ impl Plan {
         workers: usize,
         replica: SocketAddr,
         now_ms: u64,
-    ) -> Result<(), String> {
-        let Some(n) = self.nodes.get(i) else { return Err(format!("no node {i} in the config")) };
+    ) -> Result<(), RegisterError> {
+        let Some(n) = self.nodes.get(i) else { return Err(RegisterError::UnknownNode { index: i }) };
         let name = n.name.clone();
         if workers == 0 && i != self.me {
-            return Err(format!("node `{name}` registered with no worker"));
+            return Err(RegisterError::NoWorkers { node: name });
         }
         match n.incarnation {
             None => {}
             Some(old) if incarnation <= old => {
-                return Err(format!(
-                    "node `{name}` registered incarnation {incarnation}, not after its incarnation {old}"
-                ));
+                return Err(RegisterError::StaleIncarnation { node: name, incarnation, last: old });
             }
             Some(_) => {
                 if n.role != Role::Failed {
                     self.node_failed(i, format!("its process restarted (incarnation {incarnation})"), now_ms);
                 }
                 if i == self.me || matches!(self.phase, Phase::Over) {
-                    return Err(format!("node `{name}` cannot come back"));
+                    return Err(RegisterError::CannotComeBack { node: name });
                 }
                 // A new process: nothing of the old one's checkpoints is
                 // stored there any more.
@@ -335,7 +334,7 @@ impl Plan {
         }
         self.detector
             .register(node_id(i), Incarnation(incarnation), now_ms)
-            .map_err(|e| format!("node `{name}`: {e}"))?;
+            .map_err(|source| RegisterError::Fenced { node: name, source })?;
         let n = &mut self.nodes[i];
         n.workers = workers;
         n.replica = Some(replica);
@@ -404,10 +403,10 @@ impl Plan {
         }
     }
 
-    fn fail(&mut self, reason: String) {
+    fn fail(&mut self, reason: JobFailure) {
         if !matches!(self.phase, Phase::Over) {
             self.phase = Phase::Over;
-            self.actions.push(Action::Fail(reason));
+            self.actions.push(Action::Fail(reason.to_string()));
         }
     }
 
@@ -475,14 +474,14 @@ impl Plan {
 
     /// The replica services that the slots at `positions` stream their
     /// checkpoints to: their backup nodes', without repeats.
-    fn replicas_of(&self, positions: &[usize]) -> Result<Vec<SocketAddr>, String> {
+    fn replicas_of(&self, positions: &[usize]) -> Result<Vec<SocketAddr>, JobFailure> {
         let mut replicas = Vec::new();
         if self.config.interval_ms == 0 {
             return Ok(replicas);
         }
         for &pos in positions {
             for h in self.holders(pos) {
-                let r = self.nodes[h].replica.ok_or("a backup node has no replica service")?;
+                let r = self.replica_of(h)?;
                 if !replicas.contains(&r) {
                     replicas.push(r);
                 }
@@ -491,17 +490,22 @@ impl Plan {
         Ok(replicas)
     }
 
+    /// The replica service of backup node `h`.
+    fn replica_of(&self, h: usize) -> Result<SocketAddr, JobFailure> {
+        self.nodes[h].replica.ok_or_else(|| JobFailure::NoReplicaService { node: self.nodes[h].name.clone() })
+    }
+
     /// `(worker, replica service)` for the workers among `workers` that
     /// `fetch_for` sends to a backup node.
     fn fetches(
         &self,
         workers: impl Iterator<Item = usize>,
         fetch_for: &HashMap<usize, usize>,
-    ) -> Result<Vec<(usize, SocketAddr)>, String> {
+    ) -> Result<Vec<(usize, SocketAddr)>, JobFailure> {
         let mut fetch = Vec::new();
         for w in workers {
             if let Some(&holder) = fetch_for.get(&w) {
-                fetch.push((w, self.nodes[holder].replica.ok_or("a backup node has no replica service")?));
+                fetch.push((w, self.replica_of(holder)?));
             }
         }
         Ok(fetch)
@@ -511,7 +515,7 @@ impl Plan {
     /// last complete checkpoint, nor fetched its part since: a live node
     /// that backed its part up, to fetch it from. An error when every such
     /// node is gone.
-    fn fetch_plan(&self, workers: impl Iterator<Item = usize>) -> Result<HashMap<usize, usize>, String> {
+    fn fetch_plan(&self, workers: impl Iterator<Item = usize>) -> Result<HashMap<usize, usize>, JobFailure> {
         let mut fetch_for = HashMap::new();
         let Some(c) = &self.last_complete else { return Ok(fetch_for) };
         let slot_of = self.slot_of_workers();
@@ -526,10 +530,11 @@ impl Plan {
                 .get(w)
                 .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
             let Some(h) = live else {
-                return Err(format!(
-                    "the backups of checkpoint {} of worker {w}, which node `{}` took over, are all gone",
-                    c.manifest.id, self.nodes[i].name
-                ));
+                return Err(JobFailure::BackupsGone {
+                    checkpoint: c.manifest.id,
+                    worker: w,
+                    node: self.nodes[i].name.clone(),
+                });
             };
             fetch_for.insert(w, h);
         }
@@ -571,7 +576,7 @@ impl Plan {
         positions: &[usize],
         fetch_for: &HashMap<usize, usize>,
         join: Option<(usize, Vec<usize>)>,
-    ) -> Result<Deployment, String> {
+    ) -> Result<Deployment, JobFailure> {
         let mut fetch = Vec::new();
         for &pos in positions {
             fetch.extend(self.fetches(self.workers_of(pos), fetch_for)?);
@@ -596,7 +601,7 @@ impl Plan {
 
     /// The epoch's deployment for every node of the placement; `fetch_for`
     /// maps a worker to the node its new owner fetches its part from.
-    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), String> {
+    fn deploy(&mut self, fetch_for: &HashMap<usize, usize>, now_ms: u64) -> Result<(), JobFailure> {
         for i in self.active() {
             let positions: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
             let d = self.deployment(&positions, fetch_for, None)?;
@@ -641,7 +646,7 @@ impl Plan {
             return;
         }
         if i == self.me {
-            return self.fail("the coordinator's own node failed".into());
+            return self.fail(JobFailure::CoordinatorFailed);
         }
         // Split the failed node's slots into one slot per worker (each
         // owns its own bins): their replacements restore in parallel, and
@@ -679,9 +684,7 @@ impl Plan {
                     };
                     let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
                     else {
-                        return self.fail(format!(
-                            "node `{name}` failed ({why}) and no node is left to take over its workers"
-                        ));
+                        return self.fail(JobFailure::NoNodeLeft { node: name.clone(), why: why.clone() });
                     };
                     j
                 }
@@ -693,9 +696,7 @@ impl Plan {
             self.slots[pos] = replacement;
         }
         if self.active().len() < 2 && self.config.interval_ms > 0 && self.config.backups > 0 {
-            return self.fail(format!(
-                "node `{name}` failed and one node is left: its checkpoints would have no backup node"
-            ));
+            return self.fail(JobFailure::NoBackupNodeLeft { node: name });
         }
         let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
         if self.config.live
@@ -836,7 +837,7 @@ impl Plan {
     /// A share failed and no node failure explains it: every node rolls
     /// back to the last complete checkpoint, while restarts are left;
     /// else the job fails.
-    fn restart(&mut self, why: String, now_ms: u64) {
+    fn restart(&mut self, why: JobFailure, now_ms: u64) {
         if self.config.interval_ms == 0 || self.restarted >= self.config.restarts {
             return self.fail(why);
         }
@@ -940,7 +941,7 @@ impl Plan {
                 if live {
                     self.fall_back(format!("node `{name}`: {reason}"), now_ms);
                 } else if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
-                    self.share_failed = Some((now_ms, format!("node `{name}`: {reason}")));
+                    self.share_failed = Some((now_ms, JobFailure::ShareFailed { node: name, reason }));
                 }
             }
             Msg::Finished { epoch, report } if epoch == self.epoch => {
@@ -952,7 +953,7 @@ impl Plan {
             | Msg::Failed { .. }
             | Msg::Finished { .. }
             | Msg::Recovered { .. } => {}
-            other => self.fail(format!("node `{name}` sent an unexpected {other:?}")),
+            other => self.fail(JobFailure::Unexpected { node: name, message: Box::new(other) }),
         }
     }
 
@@ -987,10 +988,10 @@ impl Plan {
                 } else if now_ms.saturating_sub(*since_ms) > abort_timeout_ms {
                     // (A node may be connecting the aborted epoch's workers,
                     // which it only gives up after the connect timeout.)
-                    let mut names: Vec<&str> = waiting.iter().map(|&i| self.nodes[i].name.as_str()).collect();
-                    names.sort_unstable();
-                    let e = format!("nodes did not stop their share of the job: {}", names.join(", "));
-                    self.fail(e);
+                    let mut nodes: Vec<String> =
+                        waiting.iter().map(|&i| self.nodes[i].name.clone()).collect();
+                    nodes.sort_unstable();
+                    self.fail(JobFailure::NotStopped { nodes });
                 }
             }
             Phase::Running => {

@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use spate_net::hello::Rejection;
-use spate_net::{Connection, Listener, NetErrorKind};
+use spate_net::{Connection, Listener, NetError, NetErrorKind};
 
 use crate::control::placement::ClusterPlacement;
+use crate::link::error::{MeshError, MissingLink};
 use crate::link::net_config;
 
 /// How long a connection attempt to a peer that does not listen yet waits
@@ -143,17 +144,17 @@ impl<C> Mesh<C> {
         &mut self,
         local: usize,
         remote: usize,
-        why: String,
+        why: NetError,
         retry: bool,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), MeshError> {
         if !retry {
-            return Err(format!("connecting worker {local} to worker {remote}: {why}"));
+            return Err(MeshError::Connect { local, remote, source: why });
         }
         if let Some(at) = self.outgoing.get_mut(&(local, remote)) {
             *at = Some(now + RETRY);
         }
-        self.last_err.insert((local, remote), why);
+        self.last_err.insert((local, remote), why.to_string());
         Ok(())
     }
 
@@ -190,27 +191,23 @@ impl<C> Mesh<C> {
 
     /// The error when the connect timeout has passed at `now` with links
     /// missing (naming them, with the last error of each).
-    pub fn timed_out(&self, now: Instant) -> Option<String> {
+    pub fn timed_out(&self, now: Instant) -> Option<MeshError> {
         if now < self.deadline || self.is_complete() {
             return None;
         }
-        let mut missing: Vec<String> = self
+        let mut missing: Vec<MissingLink> = self
             .outgoing
             .keys()
-            .map(|k| match self.last_err.get(k) {
-                Some(e) => format!("{}->{} ({e})", k.0, k.1),
-                None => format!("{}->{}", k.0, k.1),
-            })
+            .map(|&(from, to)| MissingLink { from, to, last_error: self.last_err.get(&(from, to)).cloned() })
             .collect();
         missing.extend(
-            self.incoming.iter().filter(|k| !self.done.contains_key(k)).map(|(w, v)| format!("{v}->{w}")),
+            self.incoming.iter().filter(|k| !self.done.contains_key(k)).map(|&(w, v)| MissingLink {
+                from: v,
+                to: w,
+                last_error: None,
+            }),
         );
-        Some(format!(
-            "node `{}`: workers not connected after {:?}: {}",
-            self.node,
-            self.timeout,
-            missing.join(", ")
-        ))
+        Some(MeshError::TimedOut { node: self.node.clone(), after: self.timeout, missing })
     }
 }
 
@@ -220,7 +217,7 @@ impl<C> Mesh<C> {
 pub fn connect_blocking(
     p: &ClusterPlacement,
     listener: &mut Listener,
-) -> Result<BTreeMap<(usize, usize), Connection>, String> {
+) -> Result<BTreeMap<(usize, usize), Connection>, MeshError> {
     let mut mesh: Mesh<Connection> = Mesh::new(p, Instant::now());
     let mut pending: Vec<((usize, usize), spate_net::Connecting)> = Vec::new();
     loop {
@@ -230,7 +227,7 @@ pub fn connect_blocking(
                 Ok(c) => pending.push(((o.local, o.remote), c)),
                 Err(e) => {
                     let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                    mesh.connect_failed(o.local, o.remote, e.to_string(), retry, now)?;
+                    mesh.connect_failed(o.local, o.remote, e, retry, now)?;
                 }
             }
         }
@@ -246,7 +243,7 @@ pub fn connect_blocking(
                 Err(e) => {
                     pending.swap_remove(i);
                     let retry = matches!(e.kind, NetErrorKind::Connect(_));
-                    mesh.connect_failed(w, v, e.to_string(), retry, now)?;
+                    mesh.connect_failed(w, v, e, retry, now)?;
                 }
             }
         }

@@ -26,14 +26,17 @@
 //! Map: [`conn`] (the [`Conn`] trait the links and the control plane run
 //! over, implemented by `spate_net::Connection` and by the simulator's
 //! connections), [`netlink`] (one link, polled), [`route`] (`Tx`/`Rx`:
-//! ring or link), [`mesh`] (which links a share opens and accepts, sans-IO).
+//! ring or link), [`mesh`] (which links a share opens and accepts, sans-IO),
+//! [`error`] (what goes wrong: [`LinkError`], [`MeshError`]).
 
 pub mod conn;
+pub mod error;
 pub mod mesh;
 pub(crate) mod netlink;
 pub(crate) mod route;
 
 pub use conn::Conn;
+pub use error::{LinkError, MeshError, MissingLink};
 pub use mesh::{link_name, parse_link_name, Mesh, Outgoing};
 
 use spate_net::NetConfig;

@@ -14,6 +14,7 @@ use spate_net::{Delivery, NetErrorKind};
 use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL};
 use crate::link::channel;
 use crate::link::conn::Conn;
+use crate::link::error::LinkError;
 
 /// A connection to one remote worker, shared by the routes and inputs that
 /// use it, and polled as a work item.
@@ -24,7 +25,7 @@ pub(crate) struct NetLink<C> {
     pub(crate) live: bool,
     /// Down since then, and why: the peer vanished, no replacement
     /// re-linked yet.
-    pub(crate) down: Option<(Instant, String)>,
+    pub(crate) down: Option<(Instant, LinkError)>,
     /// Per channel received on, the batches waiting for their input item.
     queues: HashMap<u32, Rc<RefCell<VecDeque<Batch>>>>,
     /// Channels this worker sends on / receives on that have not carried
@@ -96,7 +97,7 @@ impl<C: Conn> NetLink<C> {
 
     /// The link broke: with live recovery it goes down until re-linked,
     /// else the error fails the job.
-    fn broke(&mut self, why: String, now: Instant) -> Result<bool, String> {
+    fn broke(&mut self, why: LinkError, now: Instant) -> Result<bool, LinkError> {
         if self.live {
             if self.down.is_none() {
                 eprintln!(
@@ -112,18 +113,18 @@ impl<C: Conn> NetLink<C> {
     }
 
     /// How long the link has been down, and why (`None`: it is up).
-    pub(crate) fn down_for(&self, now: Instant) -> Option<(Duration, &str)> {
-        self.down.as_ref().map(|(since, why)| (now.saturating_duration_since(*since), why.as_str()))
+    pub(crate) fn down_for(&self, now: Instant) -> Option<(Duration, &LinkError)> {
+        self.down.as_ref().map(|(since, why)| (now.saturating_duration_since(*since), why))
     }
 
     /// Moves bytes and received frames; half-closes when both directions
     /// are through. Whether anything moved.
-    pub(crate) fn poll(&mut self, now: Instant) -> Result<bool, String> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Result<bool, LinkError> {
         if self.down.is_some() {
             return Ok(false);
         }
         let me = self.remote;
-        let fail = |e: spate_net::NetError| format!("connection to worker {me}: {e}");
+        let fail = |source: spate_net::NetError| LinkError::Connection { worker: me, source };
         let mut moved = match self.conn.poll_io() {
             Ok(m) => m,
             Err(e) if matches!(e.kind, NetErrorKind::PeerClosed) => true,
@@ -131,19 +132,19 @@ impl<C: Conn> NetLink<C> {
         };
         if !self.ended {
             let (queues, open_in) = (&self.queues, &mut self.open_in);
-            let (me, workers) = (self.me, self.workers);
-            let mut bad: Option<String> = None;
+            let (me, workers, remote) = (self.me, self.workers, self.remote);
+            let mut bad: Option<LinkError> = None;
             let got = self.conn.poll_recv(64, |f| {
                 let (Some(dh), Some(q)) = (f.data, queues.get(&f.header.channel)) else {
                     return Delivery::Consumed;
                 };
                 // The batch must say what its channel says.
                 if channel(dh.edge as usize, dh.producer as usize, me, workers) != f.header.channel {
-                    bad.get_or_insert_with(|| {
-                        format!(
-                            "a batch of edge {} from worker {} arrived on channel {}",
-                            dh.edge, dh.producer, f.header.channel
-                        )
+                    bad.get_or_insert_with(|| LinkError::Misrouted {
+                        worker: remote,
+                        edge: dh.edge,
+                        producer: dh.producer,
+                        channel: f.header.channel,
                     });
                     return Delivery::Consumed;
                 }
@@ -160,8 +161,8 @@ impl<C: Conn> NetLink<C> {
                 } else {
                     b.data.extend_from_slice(f.payload);
                 }
-                if let Err(e) = b.validate_framing() {
-                    bad.get_or_insert_with(|| format!("a batch of edge {} is malformed: {e}", dh.edge));
+                if let Err(source) = b.validate_framing() {
+                    bad.get_or_insert(LinkError::Malformed { worker: remote, edge: dh.edge, source });
                     return Delivery::Consumed;
                 }
                 if dh.flags & FLAG_FINAL != 0 {
@@ -171,7 +172,7 @@ impl<C: Conn> NetLink<C> {
                 Delivery::Held
             });
             if let Some(why) = bad {
-                return Err(format!("connection to worker {}: {why}", self.remote));
+                return Err(why);
             }
             match got {
                 Ok(n) => moved |= n > 0,
@@ -201,7 +202,7 @@ impl<C: Conn> NetLink<C> {
         // then through, not broken (checked first, a job that ended
         // normally waited 30 s for a re-link and restarted).
         if self.live && self.conn.is_closed() && !self.is_done() {
-            return self.broke(format!("connection to worker {me} closed"), now);
+            return self.broke(LinkError::Closed { worker: me }, now);
         }
         Ok(moved)
     }

@@ -12,6 +12,7 @@ use crate::link::netlink::NetLink;
 use crate::link::route::Tx;
 use crate::link::Conn;
 use crate::replay::{LogStore, ReplayLog};
+use crate::runtime::error::WorkerError;
 use crate::sabotage::{self, Bug};
 use crate::time::now_ns;
 
@@ -142,7 +143,7 @@ impl<C: Conn> Flusher<C> {
         remote: usize,
         checkpoint: u64,
         link: &mut NetLink<C>,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkerError> {
         if sabotage::on(Bug::NoReplay) {
             return Ok(());
         }
@@ -151,7 +152,7 @@ impl<C: Conn> Flusher<C> {
             let Some(log) = &mut r.log else { continue };
             let again = log
                 .take_after(&mut self.store, checkpoint)
-                .map_err(|why| format!("edge {e}: cannot replay to worker {remote}: {why}"))?;
+                .map_err(|source| WorkerError::Replay { edge: e, worker: remote, source })?;
             if again.iter().any(Batch::is_final) {
                 if let Tx::Net { channel, .. } = &r.tx {
                     link.reopen_out(*channel);
@@ -171,7 +172,11 @@ impl<C: Conn> Flusher<C> {
     /// filled ones too once their linger has passed: at once with linger 0,
     /// or with `force`). Outboxes whose ring is full go on the backlog and
     /// into `waiting`: the step's item must wait for them.
-    pub(crate) fn flush_touched(&mut self, force: bool, waiting: &mut Vec<(u32, u32)>) -> Result<(), String> {
+    pub(crate) fn flush_touched(
+        &mut self,
+        force: bool,
+        waiting: &mut Vec<(u32, u32)>,
+    ) -> Result<(), WorkerError> {
         // Swap the list with a spare so that steady state allocates nothing.
         let mut touched = std::mem::take(&mut self.spare);
         std::mem::swap(&mut touched, &mut *self.touched.borrow_mut());
@@ -191,7 +196,7 @@ impl<C: Conn> Flusher<C> {
                         self.backlog.push((e, d));
                     }
                 }
-                Sent::Closed => result = Err(format!("edge {e}: worker {d} stopped taking batches")),
+                Sent::Closed => result = Err(stopped(e, d)),
             }
         }
         touched.clear();
@@ -200,7 +205,7 @@ impl<C: Conn> Flusher<C> {
     }
 
     /// Retries the backlog; whether anything went out.
-    pub(crate) fn drain_backlog(&mut self) -> Result<bool, String> {
+    pub(crate) fn drain_backlog(&mut self) -> Result<bool, WorkerError> {
         if self.backlog.is_empty() {
             return Ok(false);
         }
@@ -214,7 +219,7 @@ impl<C: Conn> Flusher<C> {
             let Some(r) = r.as_mut() else { return false };
             let sent = Self::send(r, &mut self.store, u64::MAX, 0, false, &mut moved);
             if sent == Sent::Closed {
-                result = Err(format!("edge {e}: worker {d} stopped taking batches"));
+                result = Err(stopped(e, d));
             }
             r.backlogged = sent != Sent::All;
             r.backlogged
@@ -234,7 +239,7 @@ impl<C: Conn> Flusher<C> {
 
     /// The linger tick: sends every outbox's due partly filled batch and
     /// watermark advance (`force`: everything, for the end of the job).
-    pub(crate) fn flush_idle(&mut self, force: bool) -> Result<(), String> {
+    pub(crate) fn flush_idle(&mut self, force: bool) -> Result<(), WorkerError> {
         let linger = if force { 0 } else { self.linger_ns };
         let now = if linger > 0 { now_ns() } else { 0 };
         let mut result = Ok(());
@@ -250,7 +255,7 @@ impl<C: Conn> Flusher<C> {
                         r.backlogged = true;
                         self.backlog.push((e as u32, d as u32));
                     }
-                    Sent::Closed => result = Err(format!("edge {e}: worker {d} stopped taking batches")),
+                    Sent::Closed => result = Err(stopped(e as u32, d as u32)),
                 }
             }
         }
@@ -262,4 +267,9 @@ impl<C: Conn> Flusher<C> {
         self.backlog.is_empty()
             && self.routes.iter().flatten().flatten().all(|r| !r.outbox.borrow().has_open())
     }
+}
+
+/// Worker `d` stopped taking the batches of edge `e`.
+fn stopped(e: u32, d: u32) -> WorkerError {
+    WorkerError::StoppedTaking { edge: e as usize, worker: d as usize }
 }

@@ -18,6 +18,7 @@ use crate::link::Conn;
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::replay::ReplayCursor;
+use crate::runtime::error::WorkerError;
 use crate::runtime::flusher::Flusher;
 use crate::source::{SourceStatus, SourceTask};
 
@@ -107,7 +108,7 @@ impl<C: Conn> Item<C> {
         metrics: &JobMetrics,
         ckpt: &Ckpt,
         step_records: usize,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, WorkerError> {
         let (progress, force) = match &mut self.work {
             Work::Net(link) => {
                 let mut l = link.borrow_mut();
@@ -156,9 +157,7 @@ impl<C: Conn> Item<C> {
                 for _ in 0..BATCHES_PER_VISIT {
                     let Some(batch) = rx.try_pop() else {
                         if !got && rx.is_finished() {
-                            return Err(format!(
-                                "edge {edge}: a producing worker stopped without ending its stream"
-                            ));
+                            return Err(WorkerError::Unended { edge: *edge });
                         }
                         break;
                     };

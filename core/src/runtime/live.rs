@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::link::netlink::NetLink;
 use crate::link::Conn;
+use crate::runtime::error::WorkerError;
 use crate::runtime::flusher::Flusher;
 use crate::runtime::item::{Ckpt, Item, Work};
 use crate::sabotage::{self, Bug};
@@ -65,17 +66,17 @@ impl<C: Conn> Live<C> {
         items: &mut [Item<C>],
         flusher: &mut Flusher<C>,
         ckpt: &Ckpt,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkerError> {
         self.board.pending[self.slot].store(false, Ordering::SeqCst);
         let conns = match self.board.inbox[self.slot].lock() {
             Ok(mut q) => std::mem::take(&mut *q),
-            Err(_) => return Err("the re-link mailbox lock is poisoned".into()),
+            Err(_) => return Err(WorkerError::MailboxPoisoned),
         };
         let checkpoint = self.board.checkpoint.load(Ordering::Acquire);
         ckpt.sync_abort();
         for (v, conn) in conns {
             let Some((_, link)) = self.links.iter().find(|(r, _)| *r == v) else {
-                return Err(format!("a re-link from worker {v}, which this worker has no link to"));
+                return Err(WorkerError::UnknownRelink { worker: v });
             };
             {
                 let mut l = link.borrow_mut();
@@ -85,8 +86,11 @@ impl<C: Conn> Live<C> {
             for item in items.iter_mut() {
                 match &mut item.work {
                     Work::Input { cursor: Some((r, c)), edge, .. } if *r == v => {
-                        c.restart(checkpoint, item.done)
-                            .map_err(|why| format!("edge {edge}: re-linking worker {v}: {why}"))?;
+                        c.restart(checkpoint, item.done).map_err(|source| WorkerError::Relink {
+                            edge: *edge,
+                            worker: v,
+                            source,
+                        })?;
                         item.done = false;
                     }
                     Work::Net(l) if l.borrow().remote == v => item.done = false,
@@ -105,7 +109,7 @@ impl<C: Conn> Live<C> {
         flusher: &mut Flusher<C>,
         ckpt: &Ckpt,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkerError> {
         let done = ckpt.checkpointer.as_ref().map_or(0, |c| {
             let coord = c.coordinator();
             if sabotage::on(Bug::TrimEarly) {
@@ -148,9 +152,7 @@ impl<C: Conn> Live<C> {
         }
         for (v, link) in &self.links {
             if let Some((_, why)) = link.borrow().down_for(now).filter(|&(t, _)| t > LINK_DOWN_MAX) {
-                return Err(format!(
-                    "the link to worker {v} broke ({why}) and no replacement re-linked it within {LINK_DOWN_MAX:?}"
-                ));
+                return Err(WorkerError::LinkDown { worker: *v, why: why.to_string(), after: LINK_DOWN_MAX });
             }
         }
         Ok(())

@@ -20,7 +20,8 @@
 //! Map: [`worker`] (a worker: its build and its turns), `item` (work
 //! items and their steps: barrier injection and alignment), `flusher`
 //! (outboxes into rings and links, backpressure, replay logs), `live` (a
-//! worker's side of live recovery), [`error`] ([`RuntimeError`]). This
+//! worker's side of live recovery), [`error`] ([`RuntimeError`],
+//! [`WorkerError`], [`RecoverError`], [`RelinkError`]). This
 //! file starts jobs: threads for production, or workers handed to the
 //! caller to drive (the simulator).
 
@@ -33,7 +34,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::Batch;
 use crate::checkpoint::{self, CheckpointCoordinator, ClusterCheckpoints};
-use crate::config::{available_cores, RuntimeConfig};
+use crate::config::{available_cores, ConfigError, RuntimeConfig};
 use crate::control::placement::ClusterPlacement;
 use crate::dataflow::Dataflow;
 use crate::link::Conn;
@@ -46,7 +47,7 @@ pub(crate) mod item;
 mod live;
 pub mod worker;
 
-pub use error::RuntimeError;
+pub use error::{RecoverError, RelinkError, ReplayError, RuntimeError, WorkerError};
 pub(crate) use live::RelinkBoard;
 use worker::{BuildFn, WorkerSetup};
 pub use worker::{Turn, Worker};
@@ -146,12 +147,9 @@ impl Runtime {
         F: Fn(&Dataflow) + Send + Sync + 'static,
     {
         if self.config.checkpoint_interval_ms > 0 {
-            return Err(RuntimeError::Config(
-                "a cluster job with checkpoints runs under the coordinator (`spate node`)".into(),
-            ));
+            return Err(RuntimeError::Config(ConfigError::NeedsCoordinator));
         }
-        let links =
-            crate::link::mesh::connect_blocking(&placement, listener).map_err(RuntimeError::Failed)?;
+        let links = crate::link::mesh::connect_blocking(&placement, listener).map_err(RuntimeError::Links)?;
         self.start_share(name, Arc::new(build), ShareLinks { placement, links, checkpoints: None })
     }
 
@@ -238,12 +236,10 @@ impl Runtime {
         if let Some(s) = &cluster {
             let me = s.placement.join.as_ref().map_or(s.placement.me, |j| j.slot);
             if s.placement.nodes.get(me).is_none_or(|n| n.workers == 0) {
-                return Err(RuntimeError::Config(format!("node {me} of the placement runs no worker")));
+                return Err(RuntimeError::Config(ConfigError::NoWorkers { node: me }));
             }
             if self.config.checkpoint_interval_ms > 0 && s.checkpoints.is_none() {
-                return Err(RuntimeError::Config(
-                    "a cluster job with checkpoints needs the coordinator's checkpoint plan".into(),
-                ));
+                return Err(RuntimeError::Config(ConfigError::NoCheckpointPlan));
             }
         }
         let (workers, local) = match &cluster {
@@ -283,7 +279,8 @@ impl Runtime {
             // The backup stores of this node's workers only hold what this
             // incarnation of the job (or the fetch before it) put there.
             if c.restore.is_none() && !c.joining {
-                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                checkpoint::remove_checkpoints(&self.config.data_dir, name)
+                    .map_err(|e| RuntimeError::Config(e.into()))?;
             }
             Some(CheckpointCoordinator::new_cluster(
                 workers,
@@ -294,22 +291,25 @@ impl Runtime {
         } else if self.config.checkpoint_interval_ms > 0 {
             let dir = checkpoint::checkpoint_dir(&self.config.data_dir, name);
             let manifest = if self.config.restore {
-                checkpoint::latest_manifest(&dir).map_err(RuntimeError::Config)?
+                checkpoint::latest_manifest(&dir).map_err(|e| RuntimeError::Config(e.into()))?
             } else {
-                checkpoint::remove_checkpoints(&self.config.data_dir, name).map_err(RuntimeError::Config)?;
+                checkpoint::remove_checkpoints(&self.config.data_dir, name)
+                    .map_err(|e| RuntimeError::Config(e.into()))?;
                 None
             };
             if let Some(m) = &manifest {
                 if m.workers != workers {
-                    return Err(RuntimeError::Config(format!(
-                        "checkpoint {} of `{name}` was taken with {} workers, this run has {workers}",
-                        m.id, m.workers
-                    )));
+                    return Err(RuntimeError::Config(ConfigError::WorkersChanged {
+                        dataflow: name.to_string(),
+                        checkpoint: m.id,
+                        taken: m.workers,
+                        workers,
+                    }));
                 }
             }
             let after = match &manifest {
                 Some(_) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers)
-                    .map_err(RuntimeError::Config)?,
+                    .map_err(|e| RuntimeError::Config(e.into()))?,
                 None => 0,
             };
             Some(CheckpointCoordinator::new(
@@ -446,28 +446,22 @@ impl<C> Job<C> {
         aborted: u64,
         replicas: Vec<std::net::SocketAddr>,
         replica_epoch: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), RecoverError> {
         let (Some(board), Some(coord)) = (&self.relinks, &self.coord) else {
-            return Err("this share of the job keeps no replay buffers: it cannot recover live".into());
+            return Err(RecoverError::NotLive);
         };
         if board.overflowed.load(Ordering::Acquire) {
-            return Err(format!(
-                "its replay buffers overflowed ({} bytes per worker) while no checkpoint trimmed them",
-                self.replay_buffer_bytes
-            ));
+            return Err(RecoverError::Overflowed { bytes: self.replay_buffer_bytes });
         }
         if checkpoint > coord.requested().max(aborted) {
-            return Err(format!("checkpoint {checkpoint} was never requested here"));
+            return Err(RecoverError::NeverRequested { checkpoint });
         }
         // A worker that ended has dropped its links and its replay logs: it
         // could neither re-link a replacement nor replay to it (the
         // simulator found a live recovery that waited on one for ever).
         let ended = self.metrics.workers_done.load(Ordering::Acquire);
         if ended > 0 {
-            return Err(format!(
-                "{ended} of its {} workers already ended: they cannot replay to a replacement",
-                self.workers
-            ));
+            return Err(RecoverError::WorkersEnded { ended, workers: self.workers });
         }
         if !crate::sabotage::on(crate::sabotage::Bug::NoAbortInFlight) {
             coord.abort_through(aborted);
@@ -481,19 +475,12 @@ impl<C> Job<C> {
     /// over `conn` (after [`Job::recover`]): the worker re-links, replays
     /// what it sent `from` since the checkpoint, and skips what it already
     /// took from it.
-    pub fn relink(&self, to: usize, from: usize, conn: C) -> Result<(), String> {
+    pub fn relink(&self, to: usize, from: usize, conn: C) -> Result<(), RelinkError> {
         let Some(board) = &self.relinks else {
-            return Err("this share of the job keeps no replay buffers: it cannot re-link".into());
+            return Err(RelinkError::NotLive);
         };
-        let slot = self
-            .local
-            .iter()
-            .position(|&w| w == to)
-            .ok_or_else(|| format!("worker {to} is not on this node"))?;
-        board.inbox[slot]
-            .lock()
-            .map_err(|_| "the re-link mailbox lock is poisoned".to_string())?
-            .push((from, conn));
+        let slot = self.local.iter().position(|&w| w == to).ok_or(RelinkError::NotHere { worker: to })?;
+        board.inbox[slot].lock().map_err(|_| RelinkError::Poisoned)?.push((from, conn));
         board.pending[slot].store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -527,7 +514,7 @@ impl<C> Job<C> {
         // keeps its checkpoints until the whole job is done: another
         // node's failure can still roll this share back.)
         if self.coord.as_ref().is_some_and(|c| !c.is_cluster()) {
-            checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Failed)?;
+            checkpoint::remove_checkpoints(&self.data_dir, &self.name).map_err(RuntimeError::Cleanup)?;
         }
         Ok(JobReport {
             workers: self.workers,

@@ -25,6 +25,7 @@ use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::replay::{LogStore, ReplayCursor, ReplayLog};
 use crate::ring::{Consumer, Producer};
+use crate::runtime::error::WorkerError;
 use crate::runtime::flusher::{Flusher, Route};
 use crate::runtime::item::{Ckpt, Item, Work};
 use crate::runtime::live::{Live, RelinkBoard};
@@ -125,7 +126,7 @@ impl<C: Conn> Worker<C> {
         {
             Ok(c) => c.map(Rc::new),
             Err(e) => {
-                metrics.fail(e);
+                metrics.fail(e.to_string());
                 return None;
             }
         };
@@ -237,7 +238,7 @@ impl<C: Conn> Worker<C> {
             let started =
                 if inline_writer { c.start_inline_writer() } else { c.start_writer(metrics.clone()) };
             if let Err(e) = started {
-                metrics.fail(e);
+                metrics.fail(e.to_string());
             }
             c.coordinator().worker_built(c.participants());
         }
@@ -296,7 +297,7 @@ impl<C: Conn> Worker<C> {
                 t
             }
             Err(e) => {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
                 self.finish();
                 Turn::Done
             }
@@ -314,7 +315,7 @@ impl<C: Conn> Worker<C> {
         self.wb = None;
     }
 
-    fn pass(&mut self, now_ns: u64) -> Result<Turn, String> {
+    fn pass(&mut self, now_ns: u64) -> Result<Turn, WorkerError> {
         if !self.started {
             self.started = true;
             // Edges this worker sends nothing on still owe their final

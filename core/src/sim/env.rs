@@ -15,9 +15,10 @@ use spate_net::hello::Rejection;
 use spate_net::NetError;
 use spate_state::{BackupStore, Durability};
 
-use crate::checkpoint::{BackupLink, BackupNet, Backups};
+use crate::checkpoint::{BackupLink, BackupLinkError, BackupNet, Backups};
 use crate::config::RuntimeConfig;
 use crate::control::env::{backup_dir, Build, Env, FetchRequest};
+use crate::control::error::FetchError;
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks, Worker};
 use crate::sim::net::{self, NetRef, SimConn, SimConnecting};
 use crate::time::virtual_clock;
@@ -104,11 +105,11 @@ impl Env for SimEnv {
         SimFetch { request, at }
     }
 
-    fn poll_fetch(&mut self, f: &mut SimFetch) -> Option<Result<(), String>> {
+    fn poll_fetch(&mut self, f: &mut SimFetch) -> Option<Result<(), FetchError>> {
         if virtual_clock::ns().unwrap_or(0) < f.at {
             return None;
         }
-        Some(self.fetch(&f.request))
+        Some(self.fetch(&f.request).map_err(|e| FetchError::Other(e.into())))
     }
 
     fn backups(&self) -> Option<BackupNet> {
@@ -170,7 +171,7 @@ impl Backups for SimBackups {
         _cluster: u64,
         worker: usize,
         _epoch: u64,
-    ) -> Result<Box<dyn BackupLink>, String> {
+    ) -> Result<Box<dyn BackupLink>, BackupLinkError> {
         let r = self.replicas.lock().map_err(|_| "poisoned")?;
         let node = *r.by_addr.get(&target).ok_or("connection refused")?;
         Ok(Box::new(SimBackupLink { replicas: self.replicas.clone(), node, target, worker }))
@@ -201,17 +202,17 @@ impl SimBackupLink {
 }
 
 impl BackupLink for SimBackupLink {
-    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), String> {
-        self.store(|s| s.receive(instance, chunk).map(|_| ()).map_err(|e| e.to_string()))
+    fn send_chunk(&mut self, instance: &str, chunk: &[u8]) -> Result<(), BackupLinkError> {
+        Ok(self.store(|s| s.receive(instance, chunk).map(|_| ()).map_err(|e| e.to_string()))?)
     }
 
-    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), String> {
-        self.store(|s| {
+    fn wait_ack(&mut self, instance: &str, id: u64) -> Result<(), BackupLinkError> {
+        Ok(self.store(|s| {
             if s.complete_checkpoints(instance).contains(&id) {
                 Ok(())
             } else {
                 Err(format!("checkpoint {id} of `{instance}` is not stored whole"))
             }
-        })
+        })?)
     }
 }

@@ -161,7 +161,10 @@ impl Sum {
             c.register();
             if c.restoring().is_some() {
                 let _ = std::fs::remove_dir_all(&dir);
-                store = c.restore(&instance, StoreConfig::new(&dir, ctx.bins_log2))?.map(|(s, _)| s);
+                store = c
+                    .restore(&instance, StoreConfig::new(&dir, ctx.bins_log2))
+                    .map_err(|e| e.to_string())?
+                    .map(|(s, _)| s);
             }
         }
         let mut store = match store {
@@ -202,7 +205,7 @@ impl Push<(u64, u64)> for Sum {
     fn barrier(&mut self, id: u64) {
         if let Some(c) = &self.checkpointer {
             if let Err(e) = c.save(&self.instance, &mut self.store, id, &[]) {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
             }
         }
         self.out.barrier(id);
@@ -292,7 +295,7 @@ impl Push<(u64, u64, u64)> for Sink {
         }
         if let Some(c) = &self.checkpointer {
             if let Err(e) = c.commit(id) {
-                self.metrics.fail(e);
+                self.metrics.fail(e.to_string());
             }
         }
     }

@@ -1,0 +1,177 @@
+//! A worker's side of checkpointing ([`Checkpointer`]): its backup store,
+//! and what stateful instances and sources call — save, commit, restore,
+//! the offsets to resume from.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
+
+use super::coordinator::CheckpointCoordinator;
+use super::error::CheckpointError;
+use super::writer::{Inline, SaveJob};
+
+/// A worker's side of checkpointing: its backup store, and what stateful
+/// instances and sources call.
+///
+/// Saving is asynchronous: `save` only begins the checkpoint (a
+/// copy-on-write snapshot of the store, see `StateStore::begin_checkpoint`)
+/// and hands the stream to the worker's *backup writer* thread, which
+/// streams the chunks into the backup store and reports the checkpoint. The
+/// worker's pause does not grow with the state. Restores read the backup
+/// store on the worker thread while the dataflow is built, before the
+/// writer starts.
+pub struct Checkpointer {
+    pub(super) worker: usize,
+    pub(super) backup: std::cell::RefCell<Option<BackupStore>>,
+    pub(super) writer: std::cell::RefCell<Option<(Sender<SaveJob>, JoinHandle<()>)>>,
+    /// The backup writer run inline (the simulator): its store, its
+    /// streams and the checkpoints saved and not yet written.
+    pub(super) inline: std::cell::RefCell<Option<Inline>>,
+    pub(super) coord: Arc<CheckpointCoordinator>,
+    participants: std::cell::Cell<usize>,
+    /// Per instance, the full-image generation its last checkpoint met
+    /// (see [`CheckpointCoordinator::abort_through`]).
+    full_seen: std::cell::RefCell<std::collections::HashMap<String, u64>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn open(
+        data_dir: &Path,
+        dataflow: &str,
+        worker: usize,
+        coord: Arc<CheckpointCoordinator>,
+    ) -> Result<Self, CheckpointError> {
+        let dir = data_dir.join(dataflow).join("backup").join(format!("w{worker}"));
+        let backup = BackupStore::open(&dir, Durability::PageCache)
+            .map_err(|source| CheckpointError::OpenBackup { path: dir.clone(), source })?;
+        Ok(Self {
+            worker,
+            backup: std::cell::RefCell::new(Some(backup)),
+            writer: std::cell::RefCell::new(None),
+            inline: std::cell::RefCell::new(None),
+            coord,
+            participants: std::cell::Cell::new(0),
+            full_seen: std::cell::RefCell::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// Registers one more participant (a stateful instance or a source).
+    pub fn register(&self) {
+        self.participants.set(self.participants.get() + 1);
+    }
+
+    pub(crate) fn participants(&self) -> usize {
+        self.participants.get()
+    }
+
+    /// The checkpoint being restored, if any.
+    pub fn restoring(&self) -> Option<u64> {
+        self.coord.restored().map(|m| m.id)
+    }
+
+    /// Begins checkpoint `id` of `instance` (with the operator's `meta`
+    /// bytes) and hands it to the backup writer, which stores and reports
+    /// it.
+    pub fn save(
+        &self,
+        instance: &str,
+        store: &mut StateStore,
+        id: u64,
+        meta: &[u8],
+    ) -> Result<(), CheckpointError> {
+        let generation = self.coord.full_generation.load(Ordering::Acquire);
+        if generation > 0 {
+            let mut seen = self.full_seen.borrow_mut();
+            if seen.get(instance).copied().unwrap_or(0) < generation {
+                store.require_full_checkpoint();
+                seen.insert(instance.to_string(), generation);
+            }
+        }
+        let stream = store.begin_checkpoint(id, meta).map_err(|source| CheckpointError::Save {
+            instance: instance.to_string(),
+            checkpoint: id,
+            worker: self.worker,
+            source,
+        })?;
+        if let Some(w) = self.inline.borrow_mut().as_mut() {
+            w.queue.push_back(SaveJob { instance: instance.to_string(), id, stream });
+            return Ok(());
+        }
+        let writer = self.writer.borrow();
+        let Some((tx, _)) = writer.as_ref() else {
+            return Err(CheckpointError::WriterNotRunning { instance: instance.to_string(), checkpoint: id });
+        };
+        tx.send(SaveJob { instance: instance.to_string(), id, stream }).map_err(|_| {
+            CheckpointError::WriterStopped {
+                instance: instance.to_string(),
+                checkpoint: id,
+                worker: self.worker,
+            }
+        })
+    }
+
+    /// A participant without state reached barrier `id` and made what
+    /// precedes it durable (a sink wrote its output): checkpoint `id` can
+    /// only complete after every such participant said so.
+    pub fn commit(&self, id: u64) -> Result<(), CheckpointError> {
+        self.coord.report(id, None)
+    }
+
+    /// Rebuilds `instance`'s store from the checkpoint being restored, into
+    /// `config.dir`; returns it with its `meta` bytes. `None` when not
+    /// restoring.
+    pub fn restore(
+        &self,
+        instance: &str,
+        config: StoreConfig,
+    ) -> Result<Option<(StateStore, Vec<u8>)>, CheckpointError> {
+        let Some(id) = self.restoring() else { return Ok(None) };
+        let backup = self.backup.borrow();
+        let Some(backup) = backup.as_ref() else {
+            return Err(CheckpointError::BackupInUse { instance: instance.to_string() });
+        };
+        let (store, meta, _) = StateStore::restore_id(config, backup, instance, id).map_err(|source| {
+            CheckpointError::Restore { instance: instance.to_string(), checkpoint: id, source }
+        })?;
+        Ok(Some((store, meta)))
+    }
+
+    /// The offset source `name` resumes from, when restoring.
+    pub(crate) fn source_offset(&self, name: &str) -> Result<Option<u64>, CheckpointError> {
+        let Some(m) = self.coord.restored() else { return Ok(None) };
+        m.offsets.get(&(name.to_string(), self.worker)).copied().map(Some).ok_or_else(|| {
+            CheckpointError::NoOffset { checkpoint: m.id, name: name.to_string(), worker: self.worker }
+        })
+    }
+
+    /// A receiver of `producer`'s stream on `edge` reached checkpoint
+    /// `id`'s barrier with `records` of that stream beyond it already in
+    /// its state (see [`Manifest::ahead`](super::Manifest::ahead)).
+    pub(crate) fn note_ahead(&self, id: u64, edge: usize, producer: usize, records: u64) {
+        self.coord.note_ahead(id, (edge, producer, self.worker), records);
+    }
+
+    /// Records of `producer`'s stream on `edge` that this worker's
+    /// restored state holds beyond the checkpoint's barrier.
+    pub(crate) fn restored_ahead(&self, edge: usize, producer: usize) -> u64 {
+        self.coord.restored().map_or(0, |m| m.ahead_of(edge, producer, self.worker))
+    }
+
+    pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), CheckpointError> {
+        self.coord.report(id, Some((name, self.worker, offset)))
+    }
+
+    pub(crate) fn coordinator(&self) -> &Arc<CheckpointCoordinator> {
+        &self.coord
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
