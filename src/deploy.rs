@@ -5,7 +5,7 @@
 //! same file goes to every machine, and each process is started with its own
 //! `--name`. Every node builds the same dataflow, runs its range of the
 //! job's workers and connects them to the other nodes' (see
-//! `spate_core::remote`). `spate cluster` starts every node of a config as a
+//! `spate_core::control` and `spate_core::link`). `spate cluster` starts every node of a config as a
 //! local process (choosing free ports for addresses with port 0), prefixes
 //! their output with the node's name, stops them all when one fails or on
 //! Ctrl-C, and adds up the counts the nodes report.

@@ -73,7 +73,7 @@ enum Stage<E: Env> {
     /// Fetching the parts this node lacks (a deployment that restores).
     Fetching(E::Fetch),
     /// Connecting the workers: the mesh, and its connections in progress.
-    Linking { mesh: Mesh<E::Conn>, connecting: Vec<((usize, usize), E::Connecting)> },
+    Linking { mesh: Box<Mesh<E::Conn>>, connecting: Vec<((usize, usize), E::Connecting)> },
 }
 
 /// A live recovery, as a survivor sees it.
@@ -391,7 +391,7 @@ impl<E: Env> NodeAgent<E> {
     }
 
     fn linking(&self, placement: &ClusterPlacement) -> Stage<E> {
-        Stage::Linking { mesh: Mesh::new(placement, now()), connecting: Vec::new() }
+        Stage::Linking { mesh: Box::new(Mesh::new(placement, now())), connecting: Vec::new() }
     }
 
     /// Whether the link named `name` is for this node (`Ok`), to be handed
@@ -496,7 +496,10 @@ impl<E: Env> NodeAgent<E> {
                 None => return Ok(()),
                 Some(Err(source)) => return Err(AgentError::Fetch { node: self.name.clone(), source }),
                 Some(Ok(())) => {
-                    st.stage = Stage::Linking { mesh: Mesh::new(&st.placement, t), connecting: Vec::new() };
+                    st.stage = Stage::Linking {
+                        mesh: Box::new(Mesh::new(&st.placement, t)),
+                        connecting: Vec::new(),
+                    };
                     self.unpark();
                     return Ok(());
                 }

@@ -47,21 +47,33 @@ pub struct Member<E: Env> {
     deployed: bool,
 }
 
+/// How long a [`Member`] waits.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberTimeouts {
+    /// For the coordinator to listen.
+    pub connect: Duration,
+    /// The coordinator's failure timeout: silence longer than this (plus
+    /// `connect`) means the coordinator is lost.
+    pub failure: Duration,
+    /// For the first deployment (`None`: a spare, which waits as long as
+    /// the job runs).
+    pub first_deploy_within: Option<Duration>,
+}
+
 impl<E: Env> Member<E> {
     /// A member `node` of job `cluster` that will register with the
-    /// coordinator at `coordinator` by `register` (a [`Msg::Register`]);
-    /// it waits `connect_timeout` for the coordinator to listen and, with
-    /// `first_deploy_within`, that long for its first deployment.
+    /// coordinator at `coordinator` by `register` (a [`Msg::Register`]),
+    /// waiting as [`MemberTimeouts`] say.
     pub fn new(
         node: &str,
         coordinator: SocketAddr,
         cluster: u64,
         register: Msg,
-        connect_timeout: Duration,
-        failure_timeout: Duration,
-        first_deploy_within: Option<Duration>,
+        timeouts: MemberTimeouts,
         now: Instant,
     ) -> Self {
+        let MemberTimeouts { connect: connect_timeout, failure: failure_timeout, first_deploy_within } =
+            timeouts;
         Self {
             node: node.to_string(),
             coordinator,

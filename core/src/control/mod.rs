@@ -1,5 +1,5 @@
 //! The control plane of a multi-process job: one node is the coordinator
-//! (docs/ARCHITECTURE.md, decision 23).
+//! (docs/ARCHITECTURE.md, *Recovery* and decisions 30–32 and 37–40).
 //!
 //! 1. Every other node — spares included — opens a control connection to
 //!    the coordinator (its `Hello` names it `ctl:<node>`; unknown or
@@ -19,26 +19,27 @@
 //!    nodes acknowledged it; when every part is in, the checkpoint is
 //!    complete and the nodes are told.
 //! 4. A node silent for `failure_timeout_ms`, or whose control connection
-//!    closes before the job ends, is declared failed and fenced: it is
-//!    never deployed again, its control connection is dropped, and worker
-//!    links carry the epoch in their names, so nothing of its incarnation
-//!    can join a later deployment. The coordinator aborts the epoch on the
-//!    survivors (they stop their share of the job and keep their
-//!    checkpoints), gives the failed node's place in the placement to a
-//!    spare, and deploys the next epoch restoring the last complete
-//!    checkpoint: survivors from their local backup stores, the spare
-//!    after fetching the failed node's checkpoint from a node that backed
-//!    it up; sources seek to the checkpoint's offsets, and file sinks roll
-//!    their files back to what they committed with it. Every input then
-//!    affects the state exactly once and every output is written once.
+//!    closes before the job ends, is declared failed and its incarnation
+//!    fenced: that process is never deployed again, its control connection
+//!    is dropped, and worker links carry the epoch in their names, so
+//!    nothing of it can join a later deployment (a restarted process
+//!    registers as a new incarnation, a spare). The coordinator recovers:
+//!    live, where only the failed node's workers restore on new owners and
+//!    survivors re-link to them and replay, or by rolling every node back
+//!    to the last complete checkpoint ([`plan`] says when each is taken
+//!    and how). Every input then affects the state exactly once and every
+//!    output is written once.
 //! 5. When every node's share has ended, the coordinator releases every
 //!    node (spares included), which removes its checkpoints and exits,
 //!    and prints the totals.
 //!
-//! The coordinator's decisions are the sans-IO [`plan::Plan`];
-//! [`Coordinator`] drives it from the control connections (and
-//! `tests/control_plan.rs` from a seeded simulation). The coordinator does
-//! not survive its own failure (the job fails on every node).
+//! A node process is one [`Node`], turned without blocking, over an
+//! [`Env`] that brings the sockets, threads and clock — [`Os`] in
+//! production, the whole-cluster simulator's in core's tests
+//! (`core/src/sim`). The coordinator's decisions are the sans-IO
+//! [`plan::Plan`]; [`Coordinator`] drives it from the control connections.
+//! The coordinator does not survive its own failure (the job fails on
+//! every node).
 //!
 //! Messages are control frames with small text payloads (`Kind::Deploy`
 //! for a deployment, `Kind::Recovery` for the rest), read by
@@ -62,7 +63,7 @@ pub use agent::{Exit, NodeAgent};
 pub use coordinator::{Coordinator, Outcome};
 pub use env::{Build, Env, FetchRequest, Os};
 pub use error::{AgentError, ControlError, FetchError, JobFailure, MsgError, MsgFault, RegisterError};
-pub use member::Member;
+pub use member::{Member, MemberTimeouts};
 pub use msg::{Deployment, Msg};
 pub use node::{Node, NodeEnd, NodeSetup};
 pub use placement::{ClusterPlacement, Join, NodeSpec};

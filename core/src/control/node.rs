@@ -14,7 +14,7 @@ use crate::control::agent::{Exit, NodeAgent};
 use crate::control::coordinator::{Coordinator, Outcome};
 use crate::control::env::{Build, Env, Os};
 use crate::control::error::ControlError;
-use crate::control::member::Member;
+use crate::control::member::{Member, MemberTimeouts};
 use crate::control::msg::Msg;
 use crate::control::placement::ClusterPlacement;
 use crate::control::plan::PlanConfig;
@@ -100,10 +100,12 @@ impl<E: Env> Node<E> {
                 p.nodes[setup.coordinator].addr,
                 p.cluster,
                 register,
-                p.connect_timeout,
-                Duration::from_millis(setup.plan.failure_timeout_ms),
-                // A spare waits as long as the job runs.
-                (!spare).then_some(p.connect_timeout * 2),
+                MemberTimeouts {
+                    connect: p.connect_timeout,
+                    failure: Duration::from_millis(setup.plan.failure_timeout_ms),
+                    // A spare waits as long as the job runs.
+                    first_deploy_within: (!spare).then_some(p.connect_timeout * 2),
+                },
                 now,
             )))
         };

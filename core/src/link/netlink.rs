@@ -140,7 +140,7 @@ impl<C: Conn> NetLink<C> {
                 };
                 // The batch must say what its channel says.
                 if channel(dh.edge as usize, dh.producer as usize, me, workers) != f.header.channel {
-                    bad.get_or_insert_with(|| LinkError::Misrouted {
+                    bad.get_or_insert(LinkError::Misrouted {
                         worker: remote,
                         edge: dh.edge,
                         producer: dh.producer,

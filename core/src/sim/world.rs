@@ -678,7 +678,7 @@ impl World {
             }
             Turn::Idle => {
                 w.idle = (w.idle + 1).min(4);
-                w.next = self.now + (self.rng.range(50, 150) * 1000 << w.idle) * slow;
+                w.next = self.now + ((self.rng.range(50, 150) * 1000) << w.idle) * slow;
             }
         }
     }

@@ -1,0 +1,263 @@
+//! How the plan recovers: a node failed (fence it; live recovery when it
+//! can work, else a global rollback), survivors re-link, replacements
+//! join, and the fallbacks — restart after an unexplained share failure,
+//! roll every node back, deploy the next epoch.
+
+use super::*;
+
+impl Plan {
+    /// Node `i` failed: fence it and, if it ran workers, recover.
+    pub(super) fn node_failed(&mut self, i: usize, why: String, now_ms: u64) {
+        if self.is_fenced(i) || matches!(self.phase, Phase::Over) {
+            return;
+        }
+        // Whether every node of the placement runs this epoch (before the
+        // failure): a live recovery needs every survivor's links up.
+        let all_ready = self.ready.len() == self.active().len();
+        let was = self.nodes[i].role;
+        self.nodes[i].role = Role::Failed;
+        let _ = self.detector.declare_failed(node_id(i), FailureReason::Reported);
+        let name = self.nodes[i].name.clone();
+        self.actions.push(Action::Fence { node: i, why: why.clone() });
+        self.event(format!("failed {name}"));
+        self.actions.push(Action::Note(format!("node `{name}` declared failed ({why})")));
+        if was == Role::Spare {
+            return;
+        }
+        if i == self.me {
+            return self.fail(JobFailure::CoordinatorFailed);
+        }
+        // Split the failed node's slots into one slot per worker (each
+        // owns its own bins): their replacements restore in parallel, and
+        // survivors share the load.
+        let mut p = self.slots.len();
+        while p > 0 {
+            p -= 1;
+            if self.slots[p] == i && self.slot_workers[p] > 1 {
+                let k = self.slot_workers[p];
+                self.slots.splice(p..=p, std::iter::repeat_n(i, k));
+                self.slot_workers.splice(p..=p, std::iter::repeat_n(1, k));
+            }
+        }
+        let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
+        if lost.is_empty() {
+            return;
+        }
+        let mut activated = Vec::new();
+        for &pos in &lost {
+            // A spare first; else the survivor running the fewest workers
+            // takes the slot's workers on top of its own.
+            let spare = (0..self.nodes.len()).find(|&j| self.nodes[j].role == Role::Spare);
+            let replacement = match spare {
+                Some(j) => {
+                    self.nodes[j].role = Role::Active;
+                    activated.push(j);
+                    j
+                }
+                None => {
+                    let load = |j: usize| -> usize {
+                        (0..self.slots.len())
+                            .filter(|&p| self.slots[p] == j)
+                            .map(|p| self.slot_workers[p])
+                            .sum()
+                    };
+                    let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
+                    else {
+                        return self.fail(JobFailure::NoNodeLeft { node: name.clone(), why: why.clone() });
+                    };
+                    j
+                }
+            };
+            self.actions.push(Action::Note(format!(
+                "node `{}` takes over the {} workers of node `{name}`",
+                self.nodes[replacement].name, self.slot_workers[pos]
+            )));
+            self.slots[pos] = replacement;
+        }
+        if self.active().len() < 2 && self.config.interval_ms > 0 && self.config.backups > 0 {
+            return self.fail(JobFailure::NoBackupNodeLeft { node: name });
+        }
+        let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
+        if self.config.live
+            && self.config.interval_ms > 0
+            && matches!(self.phase, Phase::Running)
+            && was == Role::Active
+            && self.finished.is_empty()
+            && all_ready
+            && !survivors.is_empty()
+        {
+            return self.relink(&lost, survivors, now_ms);
+        }
+        // Abort the epoch everywhere (again, if a recovery was under way;
+        // a live one included: its joiners too).
+        let waiting: HashSet<usize> = match &self.phase {
+            Phase::Aborting { waiting, .. } => waiting.iter().copied().filter(|&j| j != i).collect(),
+            _ => survivors.into_iter().collect(),
+        };
+        if !matches!(self.phase, Phase::Aborting { .. }) {
+            let mut to: Vec<usize> = waiting.iter().copied().collect();
+            to.sort_unstable();
+            for j in to {
+                self.send(j, Msg::Abort { epoch: self.epoch });
+            }
+        }
+        self.phase = Phase::Aborting { waiting, since_ms: now_ms };
+        self.in_flight = None;
+        self.share_failed = None;
+        self.joining.clear();
+    }
+
+    /// Starts a live recovery (see the module documentation): the slots at
+    /// `lost` have new owners; `survivors` keep running and are told the
+    /// new placement.
+    pub(super) fn relink(&mut self, lost: &[usize], survivors: Vec<usize>, now_ms: u64) {
+        let moved: Vec<usize> = lost.iter().flat_map(|&p| self.workers_of(p)).collect();
+        // Where the new owners will fetch the parts they lack: if some
+        // part has no live backup, no recovery can restore it.
+        let fetch_for = match self.fetch_plan(moved.iter().copied()) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e),
+        };
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let specs = self.specs();
+        let checkpoint = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        for &j in &survivors {
+            // Its own slots; a moved slot it takes over has its own
+            // backup nodes, in its joining deployment.
+            let own: Vec<usize> =
+                (0..self.slots.len()).filter(|&p| self.slots[p] == j && !lost.contains(&p)).collect();
+            let replicas = match self.replicas_of(&own) {
+                Ok(r) => r,
+                Err(e) => return self.fail(e),
+            };
+            let msg = Msg::Recover {
+                epoch,
+                checkpoint,
+                aborted: self.last_id,
+                nodes: specs.clone(),
+                replicas,
+                moved: moved.clone(),
+            };
+            self.send(j, msg);
+        }
+        let joins = lost
+            .iter()
+            .map(|&pos| Join {
+                pos,
+                node: self.slots[pos],
+                fetch: self.workers_of(pos).filter_map(|w| fetch_for.get(&w).map(|&h| (w, h))).collect(),
+            })
+            .collect();
+        self.epoch_begins(true);
+        self.phase = Phase::Relinking {
+            waiting: survivors.iter().copied().collect(),
+            survivors,
+            joins,
+            since_ms: now_ms,
+        };
+        if crate::sabotage::on(crate::sabotage::Bug::JoinEarly) {
+            self.event(format!("relinking {epoch}"));
+            return self.join(now_ms);
+        }
+        self.event(format!("relinking {epoch}"));
+        self.actions.push(Action::Note(format!(
+            "live recovery: epoch {epoch} keeps the survivors running; workers {moved:?} restore checkpoint \
+             {checkpoint} on their new nodes; checkpoints up to {} are void",
+            self.last_id
+        )));
+    }
+
+    /// Every survivor re-linked: the moved slots' new owners join, each
+    /// restoring its slot from the last complete checkpoint.
+    pub(super) fn join(&mut self, now_ms: u64) {
+        let Phase::Relinking { survivors, joins, .. } = std::mem::replace(&mut self.phase, Phase::Running)
+        else {
+            return;
+        };
+        let moved: Vec<usize> = joins.iter().flat_map(|j| self.workers_of(j.pos)).collect();
+        for j in &joins {
+            let fetch_for: HashMap<usize, usize> = j.fetch.iter().copied().collect();
+            let d = match self.deployment(&[j.pos], &fetch_for, Some((j.pos, moved.clone()))) {
+                Ok(d) => d,
+                Err(e) => return self.fail(e),
+            };
+            self.send(j.node, Msg::Deploy(d));
+            *self.joining.entry(j.node).or_insert(0) += 1;
+            self.fetched(fetch_for.into_keys());
+        }
+        for s in survivors {
+            if !self.joining.contains_key(&s) {
+                self.ready.insert(s);
+            }
+        }
+        self.next_checkpoint_ms = now_ms + self.config.interval_ms;
+        self.event(format!("joining {}", self.epoch));
+        self.actions.push(Action::Note(format!(
+            "every survivor re-linked: {} moved slot(s) join epoch {}",
+            joins.len(),
+            self.epoch
+        )));
+        if self.ready.len() == self.active().len() {
+            self.event(format!("running {}", self.epoch));
+        }
+    }
+
+    /// The live recovery under way cannot finish: abort its epoch on every
+    /// node of the placement (joiners included) and roll back.
+    pub(super) fn fall_back(&mut self, why: String, now_ms: u64) {
+        self.actions.push(Action::Note(format!(
+            "the live recovery of epoch {} falls back to a global rollback: {why}",
+            self.epoch
+        )));
+        self.roll_back(now_ms);
+    }
+
+    /// A share failed and no node failure explains it: every node rolls
+    /// back to the last complete checkpoint, while restarts are left;
+    /// else the job fails.
+    pub(super) fn restart(&mut self, why: JobFailure, now_ms: u64) {
+        if self.config.interval_ms == 0 || self.restarted >= self.config.restarts {
+            return self.fail(why);
+        }
+        self.restarted += 1;
+        let checkpoint = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        self.actions.push(Action::Note(format!(
+            "{why}; no node failure explains it: every node rolls back to checkpoint {checkpoint} \
+             (restart {} of {})",
+            self.restarted, self.config.restarts
+        )));
+        self.roll_back(now_ms);
+    }
+
+    /// Aborts the epoch on every node of the placement (joiners included);
+    /// once all stopped, the next epoch restores the last complete
+    /// checkpoint.
+    pub(super) fn roll_back(&mut self, now_ms: u64) {
+        let mut to = self.active();
+        to.sort_unstable();
+        for &j in &to {
+            self.send(j, Msg::Abort { epoch: self.epoch });
+        }
+        self.phase = Phase::Aborting { waiting: to.into_iter().collect(), since_ms: now_ms };
+        self.in_flight = None;
+        self.share_failed = None;
+        self.joining.clear();
+    }
+
+    /// Deploys the next epoch; the new owner of each slot whose node did
+    /// not take part in the last complete checkpoint fetches that slot's
+    /// part from a live node that backed it up.
+    pub(super) fn redeploy(&mut self, now_ms: u64) {
+        self.epoch += 1;
+        let workers = self.slot_workers.iter().sum();
+        let fetch_for = match self.fetch_plan(0..workers) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e),
+        };
+        if let Err(e) = self.deploy(&fetch_for, now_ms) {
+            return self.fail(e);
+        }
+        self.fetched(fetch_for.into_keys());
+    }
+}
