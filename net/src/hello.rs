@@ -17,10 +17,11 @@
 
 use std::fmt;
 
-use crate::limits::NODE_NAME_BYTES_MAX;
-
 /// Bytes of a hello payload before the name.
 pub const HELLO_FIXED_BYTES: usize = 8 + 4 + 1;
+
+/// Longest node name in a `Hello` frame, in bytes of UTF-8.
+pub const NODE_NAME_BYTES_MAX: usize = 255;
 
 /// A node's introduction, the first frame on a connection in each
 /// direction.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 pub use crate::credit::DEFAULT_CREDIT_WINDOW;
 pub use crate::frame::MAX_FRAME_BYTES;
+pub use crate::hello::NODE_NAME_BYTES_MAX;
 
 /// Default bound of a connection's send buffer, in bytes of encoded frames
 /// not yet written to the socket. A frame that does not fit waits (its
@@ -37,9 +38,6 @@ pub const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Default number of multiplexed channels one connection may use (each
 /// direction counted separately); a peer using more is a protocol error.
 pub const CHANNELS_MAX_DEFAULT: usize = 4096;
-
-/// Longest node name in a `Hello` frame, in bytes of UTF-8.
-pub const NODE_NAME_BYTES_MAX: usize = 255;
 
 /// Largest `Hello` frame accepted during a handshake (length field): the
 /// fixed fields and the longest name. A peer sending more before its hello

@@ -101,7 +101,6 @@ pub(crate) use header::{seg_pages, CkptHeader, HeaderSnapshot};
 pub(crate) use chunk::encode;
 #[cfg(test)]
 pub(crate) use header::{layout_pages, BinLayout};
-pub(crate) use take::ChainState;
 // Named by `stream.rs` and `restore.rs` as `super::…`.
 use chunk::{corrupt, frame, walk};
 
@@ -126,9 +125,7 @@ pub const FRAME_BYTES: usize = 9;
 /// many segments is the largest chunk).
 pub const CHUNK_MAX: usize = 1 << 30;
 
-/// Default number of increments after which the next checkpoint is a full
-/// image.
-pub const FULL_EVERY_DEFAULT: u32 = 16;
+pub use crate::store::chain::FULL_EVERY_DEFAULT;
 
 const PAGE_PAYLOAD: usize = 12 + PAGE_BYTES;
 

@@ -98,6 +98,7 @@
 //! bins' segment lists and the tables. `create` always starts empty;
 //! [`StateStore::restore`] rebuilds a store from a backup.
 
+pub(crate) mod chain;
 pub(crate) mod cow;
 pub(crate) mod dense;
 pub(crate) mod file;
@@ -147,7 +148,7 @@ pub struct StateStore {
     /// Scratch for compaction rollback: (table, slot position, old location).
     moved: Vec<(usize, usize, u64)>,
     /// Checkpoint chain state (see `crate::checkpoint`).
-    pub(crate) chain: crate::checkpoint::ChainState,
+    pub(crate) chain: chain::ChainState,
     /// How burst updates of dense tables mark their pages dirty (see
     /// `dense::WholeMarks`).
     pub(crate) marks: dense::WholeMarks,

@@ -3,11 +3,20 @@
 //! in production), and the streams themselves (`Replicas`), made at the
 //! first checkpoint and again after one failed.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::coordinator::CheckpointCoordinator;
 use super::error::{BackupLinkError, CheckpointError};
+
+/// Where a node's checkpoints are streamed: the backup nodes' replica
+/// services and the epoch to stream under — a live recovery may change
+/// both, and `generation` counts the changes — and how to reach them.
+pub(super) struct BackupTargets {
+    pub(super) backups: Arc<dyn Backups>,
+    pub(super) replicas: Mutex<(Vec<std::net::SocketAddr>, u64)>,
+    pub(super) generation: AtomicU64,
+    pub(super) cluster: u64,
+}
 
 /// How a worker's backup writer reaches its backup nodes.
 pub trait Backups: Send + Sync {
@@ -85,23 +94,23 @@ pub(super) struct Replicas {
 }
 
 impl Replicas {
-    pub(super) fn new(coord: &CheckpointCoordinator, worker: usize) -> Self {
+    pub(super) fn new(to: Option<&BackupTargets>, worker: usize) -> Self {
         let mut r = Self {
             targets: Vec::new(),
-            cluster: coord.cluster.as_ref().map_or(0, |c| c.id),
+            cluster: to.map_or(0, |c| c.cluster),
             epoch: 0,
             worker,
             clients: Vec::new(),
             generation: u64::MAX,
         };
-        r.refresh(coord);
+        r.refresh(to);
         r
     }
 
     /// Takes the coordinator's current backup nodes, if they changed.
-    pub(super) fn refresh(&mut self, coord: &CheckpointCoordinator) {
-        let Some(c) = &coord.cluster else { return };
-        let generation = c.replicas_generation.load(Ordering::Acquire);
+    pub(super) fn refresh(&mut self, to: Option<&BackupTargets>) {
+        let Some(c) = to else { return };
+        let generation = c.generation.load(Ordering::Acquire);
         if generation == self.generation {
             return;
         }
@@ -112,8 +121,8 @@ impl Replicas {
         self.generation = generation;
     }
 
-    pub(super) fn connect(&mut self, coord: &CheckpointCoordinator) -> Result<(), CheckpointError> {
-        let Some(c) = &coord.cluster else { return Ok(()) };
+    pub(super) fn connect(&mut self, to: Option<&BackupTargets>) -> Result<(), CheckpointError> {
+        let Some(c) = to else { return Ok(()) };
         for (t, client) in self.targets.iter().zip(self.clients.iter_mut()) {
             if client.is_none() {
                 *client = Some(

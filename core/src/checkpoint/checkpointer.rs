@@ -10,9 +10,11 @@ use std::thread::JoinHandle;
 
 use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
 
+use super::backups::Replicas;
 use super::coordinator::CheckpointCoordinator;
 use super::error::CheckpointError;
-use super::writer::{Inline, SaveJob};
+use super::writer::{write_checkpoint, Inline, SaveJob};
+use crate::metrics::JobMetrics;
 
 /// A worker's side of checkpointing: its backup store, and what stateful
 /// instances and sources call.
@@ -173,5 +175,72 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop_writer();
+    }
+}
+
+/// The backup writer: started once the dataflow is built and restored.
+impl Checkpointer {
+    /// Starts the backup writer (after the dataflow is built and restored).
+    pub(crate) fn start_writer(&self, metrics: Arc<JobMetrics>) -> Result<(), CheckpointError> {
+        let Some(mut backup) = self.backup.borrow_mut().take() else { return Ok(()) };
+        let (tx, rx) = std::sync::mpsc::channel::<SaveJob>();
+        let coord = self.coord.clone();
+        let worker = self.worker;
+        let handle = std::thread::Builder::new()
+            .name(format!("spate-backup-w{worker}"))
+            .spawn(move || {
+                let mut replicas = Replicas::new(coord.backup_targets(), worker);
+                for job in rx {
+                    match write_checkpoint(&mut backup, &mut replicas, &coord, job) {
+                        Ok(()) => {}
+                        // A backup node that is gone: the checkpoint does
+                        // not complete, and the coordinator, which detects
+                        // the failure, recovers the job.
+                        Err(e) if e.is_backup_node() => {
+                            eprintln!("spate: worker {worker}: {e}");
+                            if metrics.has_failed() {
+                                break;
+                            }
+                        }
+                        // The local backup store failed: the job fails.
+                        Err(e) => metrics.fail(format!("worker {worker}: {e}")),
+                    }
+                }
+            })
+            .map_err(|source| CheckpointError::StartWriter { worker, source })?;
+        *self.writer.borrow_mut() = Some((tx, handle));
+        Ok(())
+    }
+
+    /// Runs the backup writer inline: checkpoints saved are queued until
+    /// [`Checkpointer::write_inline`] writes them (the simulator).
+    pub(crate) fn start_inline_writer(&self) -> Result<(), CheckpointError> {
+        let Some(backup) = self.backup.borrow_mut().take() else { return Ok(()) };
+        let replicas = Replicas::new(self.coord.backup_targets(), self.worker);
+        *self.inline.borrow_mut() =
+            Some(Inline { backup, replicas, queue: std::collections::VecDeque::new() });
+        Ok(())
+    }
+
+    /// Writes the oldest checkpoint queued for the inline writer, as the
+    /// writer thread would; whether there was one.
+    pub(crate) fn write_inline(&self, metrics: &JobMetrics) -> bool {
+        let mut inline = self.inline.borrow_mut();
+        let Some(w) = inline.as_mut() else { return false };
+        let Some(job) = w.queue.pop_front() else { return false };
+        match write_checkpoint(&mut w.backup, &mut w.replicas, &self.coord, job) {
+            Ok(()) => {}
+            Err(e) if e.is_backup_node() => eprintln!("spate: worker {}: {e}", self.worker),
+            Err(e) => metrics.fail(format!("worker {}: {e}", self.worker)),
+        }
+        true
+    }
+
+    /// Waits for the checkpoints handed to the writer to be stored.
+    pub(crate) fn stop_writer(&self) {
+        if let Some((tx, handle)) = self.writer.borrow_mut().take() {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::backups::{BackupNet, Backups, TcpBackups};
+use super::backups::{BackupNet, BackupTargets, Backups, TcpBackups};
 use super::error::CheckpointError;
 use super::manifest::{manifest_path, Manifest};
 
@@ -82,12 +82,7 @@ pub struct CheckpointCoordinator {
 
 pub(super) struct ClusterState {
     local_workers: usize,
-    pub(super) backups: Arc<dyn Backups>,
-    /// The backup nodes' replica services and the epoch to stream under;
-    /// a live recovery may change both (the generation counts changes).
-    pub(super) replicas: Mutex<(Vec<std::net::SocketAddr>, u64)>,
-    pub(super) replicas_generation: AtomicU64,
-    pub(super) id: u64,
+    targets: BackupTargets,
     done: Mutex<Vec<Manifest>>,
 }
 
@@ -120,10 +115,12 @@ impl CheckpointCoordinator {
         let first = c.restore.as_ref().map_or(0, |m| m.id);
         let cluster = ClusterState {
             local_workers,
-            backups: c.backups.map_or_else(|| Arc::new(TcpBackups) as Arc<dyn Backups>, |b| b.0),
-            replicas: Mutex::new((c.replicas, c.epoch)),
-            replicas_generation: AtomicU64::new(0),
-            id: c.cluster,
+            targets: BackupTargets {
+                backups: c.backups.map_or_else(|| Arc::new(TcpBackups) as Arc<dyn Backups>, |b| b.0),
+                replicas: Mutex::new((c.replicas, c.epoch)),
+                generation: AtomicU64::new(0),
+                cluster: c.cluster,
+            },
             done: Mutex::new(Vec::new()),
         };
         let aborted = c.aborted;
@@ -158,6 +155,11 @@ impl CheckpointCoordinator {
             started: Mutex::new(None),
             cluster,
         })
+    }
+
+    /// In a cluster: where this node's checkpoints are streamed.
+    pub(super) fn backup_targets(&self) -> Option<&BackupTargets> {
+        self.cluster.as_ref().map(|c| &c.targets)
     }
 
     /// Whether this is one node's part of a cluster job's checkpointing.
@@ -294,10 +296,10 @@ impl CheckpointCoordinator {
     /// `epoch` (a live recovery replaced a backup node).
     pub fn retarget(&self, replicas: Vec<std::net::SocketAddr>, epoch: u64) {
         if let Some(c) = &self.cluster {
-            if let Ok(mut r) = c.replicas.lock() {
+            if let Ok(mut r) = c.targets.replicas.lock() {
                 *r = (replicas, epoch);
             }
-            c.replicas_generation.fetch_add(1, Ordering::AcqRel);
+            c.targets.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -13,13 +13,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use spate_net::frame::Kind;
 use spate_net::NetError;
 use spate_state::StateError;
 
 use super::detector::Fenced;
 use super::msg::Msg;
-use crate::checkpoint::CheckpointError;
+pub use super::msg::{MsgError, MsgFault};
 use crate::link::MeshError;
 use crate::replica::ReplicaError;
 use crate::runtime::{RecoverError, RuntimeError};
@@ -148,107 +147,6 @@ impl From<AgentError> for ControlError {
         match e {
             AgentError::Stopped { reason } => ControlError::Job(reason),
             e => ControlError::Agent(e),
-        }
-    }
-}
-
-/// Why a control message does not read ([`Msg::decode`](super::Msg::decode)).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum MsgError {
-    /// The message is malformed.
-    Malformed {
-        /// What is wrong with it.
-        fault: MsgFault,
-        /// The start of its text (at most 120 characters).
-        text: String,
-    },
-    /// A `done` message's checkpoint part does not parse.
-    Part(CheckpointError),
-}
-
-impl fmt::Display for MsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MsgError::Malformed { fault, text } => write!(f, "malformed control message ({fault}): {text:?}"),
-            MsgError::Part(e) => e.fmt(f),
-        }
-    }
-}
-
-impl Error for MsgError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match self {
-            MsgError::Malformed { fault, .. } => fault.source(),
-            MsgError::Part(e) => e.source(),
-        }
-    }
-}
-
-/// What is wrong with a malformed control message ([`MsgError::Malformed`]).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum MsgFault {
-    /// A frame of a kind that carries no control message.
-    FrameKind(Kind),
-    /// A word is missing or does not read as this (`"an epoch"`, `"an
-    /// id"`, `"an address"`, `"a report"`, ...).
-    Expected(&'static str),
-    /// The message's first word is no message's.
-    UnknownVerb,
-    /// Words follow the last one a `recover` message has.
-    TrailingWords,
-    /// A line holds a value that does not read.
-    Bad {
-        /// The value (`"address"`, `"worker"`, `"epoch"`, `"join slot"`, ...).
-        what: &'static str,
-        /// The line.
-        line: String,
-    },
-    /// A line that no message has.
-    Unreadable {
-        /// The line.
-        line: String,
-    },
-    /// A deployment without its epoch.
-    NoEpoch,
-    /// A placement without a node.
-    NoNode,
-    /// A deployment joins a slot its placement does not have.
-    JoinSlot {
-        /// The slot.
-        slot: usize,
-        /// The placement's nodes.
-        nodes: usize,
-    },
-    /// A deployment's checkpoint to restore does not parse.
-    Restore(CheckpointError),
-}
-
-impl fmt::Display for MsgFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MsgFault::FrameKind(kind) => write!(f, "unexpected frame kind {kind:?}"),
-            MsgFault::Expected(what) => write!(f, "expected {what}"),
-            MsgFault::UnknownVerb => f.write_str("unknown verb"),
-            MsgFault::TrailingWords => f.write_str("trailing words after the aborted checkpoint id"),
-            MsgFault::Bad { what, line } => write!(f, "bad {what} in `{line}`"),
-            MsgFault::Unreadable { line } => write!(f, "cannot read `{line}`"),
-            MsgFault::NoEpoch => f.write_str("no epoch"),
-            MsgFault::NoNode => f.write_str("no node"),
-            MsgFault::JoinSlot { slot, nodes } => {
-                write!(f, "bad join slot {slot}: the placement has {nodes} nodes")
-            }
-            MsgFault::Restore(e) => e.fmt(f),
-        }
-    }
-}
-
-impl Error for MsgFault {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match self {
-            MsgFault::Restore(e) => e.source(),
-            _ => None,
         }
     }
 }

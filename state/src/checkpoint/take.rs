@@ -4,41 +4,11 @@
 //! ends, and snapshots the header it streams.
 
 use super::header::{BinSnapshot, HeaderSnapshot, TableEntry};
-use super::{Checkpoint, CheckpointStream, FULL_EVERY_DEFAULT};
+use super::{Checkpoint, CheckpointStream};
 use crate::error::StateError;
+use crate::store::chain::Inflight;
 use crate::store::cow::Phase;
 use crate::store::StateStore;
-
-/// Where a store stands in its checkpoint chain.
-#[derive(Debug)]
-pub(crate) struct ChainState {
-    /// The last checkpoint's id (0: none yet).
-    pub(crate) last: u64,
-    /// Increments since the last full image.
-    pub(crate) increments: u32,
-    /// The next checkpoint must be a full image.
-    pub(crate) need_full: bool,
-    /// Increments after which a full image is taken.
-    pub(crate) full_every: u32,
-    /// The checkpoint begun last, with the chain as it was before, until it
-    /// is settled (see `StateStore::settle_checkpoint`).
-    pub(crate) inflight: Option<Inflight>,
-}
-
-/// A begun checkpoint and the chain state it replaced.
-#[derive(Debug)]
-pub(crate) struct Inflight {
-    pub(crate) id: u64,
-    pub(crate) last: u64,
-    pub(crate) increments: u32,
-    pub(crate) need_full: bool,
-}
-
-impl Default for ChainState {
-    fn default() -> Self {
-        Self { last: 0, increments: 0, need_full: true, full_every: FULL_EVERY_DEFAULT, inflight: None }
-    }
-}
 
 impl StateStore {
     /// Sets after how many increments the next checkpoint is a full image

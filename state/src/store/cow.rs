@@ -72,7 +72,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-use super::file::PAGE_BYTES;
+/// Bytes per page: the unit of dirty tracking, of copy-on-write and of
+/// checkpoint chunks.
+pub const PAGE_BYTES: usize = 4096;
 
 /// `reading` when the streamer reads no page from the live map.
 const NO_PAGE: u64 = u64::MAX;

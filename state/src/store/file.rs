@@ -50,8 +50,7 @@ use crate::error::StateError;
 /// Bytes of a huge page (x86-64, aarch64 with 4 KiB pages).
 const HUGE_BYTES: usize = 2 << 20;
 
-/// Bytes per page: the unit of dirty tracking and of checkpoint chunks.
-pub const PAGE_BYTES: usize = 4096;
+pub use super::cow::PAGE_BYTES;
 pub(crate) const PAGE_LOG2: u32 = 12;
 /// Bytes of the smallest segment (a bin's first): an eighth of a page.
 pub const SEG_MIN_BYTES: usize = 1 << SEG_MIN_LOG2;

@@ -91,7 +91,7 @@ impl StateStore {
             tables: Vec::new(),
             index,
             moved: Vec::new(),
-            chain: crate::checkpoint::ChainState::default(),
+            chain: super::chain::ChainState::default(),
             marks: dense::WholeMarks::default(),
         })
     }
