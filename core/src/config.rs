@@ -188,8 +188,10 @@ pub enum ConfigError {
         /// Its index in the placement.
         node: usize,
     },
-    /// The checkpoint to restore was taken with another worker count.
-    WorkersChanged {
+    /// The checkpoint to restore was taken with another worker count and
+    /// holds records ahead of its barrier (taken while a live recovery
+    /// replayed), which only the workers that took it can skip.
+    RescaleAhead {
         /// The dataflow.
         dataflow: String,
         /// The checkpoint.
@@ -223,9 +225,11 @@ impl fmt::Display for ConfigError {
                 f.write_str("a cluster job with checkpoints needs the coordinator's checkpoint plan")
             }
             ConfigError::NoWorkers { node } => write!(f, "node {node} of the placement runs no worker"),
-            ConfigError::WorkersChanged { dataflow, checkpoint, taken, workers } => write!(
+            ConfigError::RescaleAhead { dataflow, checkpoint, taken, workers } => write!(
                 f,
-                "checkpoint {checkpoint} of `{dataflow}` was taken with {taken} workers, this run has {workers}"
+                "checkpoint {checkpoint} of `{dataflow}` was taken with {taken} workers while a recovery \
+                 replayed; it restores onto {taken} workers only, not {workers} (restore it with {taken}, \
+                 and rescale from the next checkpoint)"
             ),
             ConfigError::Checkpoints(e) => e.fmt(f),
         }

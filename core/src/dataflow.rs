@@ -58,6 +58,13 @@ pub struct InstanceCtx<'a> {
     /// The key range this instance owns, for operators downstream of a
     /// `key_by` (the whole space otherwise).
     pub bins: BinRange,
+    /// For a source: the partition this instance produces, of
+    /// `partitions` (see [`Dataflow::source`]). For other operators, the
+    /// worker.
+    pub partition: usize,
+    /// For a source: its partitions (the job's workers when it first
+    /// started, kept by its checkpoints). For other operators, the workers.
+    pub partitions: usize,
     /// `B` of the key space.
     pub bins_log2: u8,
     /// The job's metrics.
@@ -74,7 +81,12 @@ impl InstanceCtx<'_> {
     /// The directory for this instance's state: unique per dataflow, operator
     /// and instance.
     pub fn state_dir(&self) -> PathBuf {
-        self.config.data_dir.join(self.dataflow).join(format!("{}-{}", self.operator, self.worker))
+        self.config.data_dir.join(self.dataflow).join(self.instance())
+    }
+
+    /// This stateful instance's name in checkpoints and backup stores.
+    pub fn instance(&self) -> String {
+        crate::checkpoint::instance_name(self.operator, self.worker)
     }
 }
 
@@ -119,6 +131,8 @@ pub struct WorkerBuild {
     pub(crate) config: Arc<RuntimeConfig>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) dataflow: String,
+    /// Partitions of each source (see [`Dataflow::source`]).
+    pub(crate) partitions: usize,
     /// Shared instances (binary operators, exchange receivers), by key.
     pub(crate) shared: HashMap<String, Box<dyn Any>>,
     pub(crate) edges: Vec<EdgeRuntime>,
@@ -135,6 +149,8 @@ impl WorkerBuild {
             workers: self.workers,
             operator,
             bins,
+            partition: self.worker,
+            partitions: self.workers,
             bins_log2: self.config.bins_log2,
             metrics: &self.metrics,
             config: &self.config,
@@ -182,8 +198,13 @@ impl Dataflow {
         g.operators.push(name.to_string());
     }
 
-    /// A source. `make` creates the instance on each worker that hosts one
-    /// (worker 0 only for [`Parallelism::One`]).
+    /// A source. `make` creates an instance for each of its partitions
+    /// ([`InstanceCtx::partition`] of [`InstanceCtx::partitions`]): one
+    /// for [`Parallelism::One`], on worker 0; for
+    /// [`Parallelism::PerWorker`], as many as the job had workers when it
+    /// first started, kept across restores onto other worker counts —
+    /// worker `w` of `W` runs partitions `p ≡ w (mod W)` (one each, unless
+    /// rescaled), in turn, into one chain.
     pub fn source<T, S, F>(&self, name: &str, parallelism: Parallelism, make: F) -> Stream<T>
     where
         T: Data,
@@ -195,28 +216,39 @@ impl Dataflow {
         let c2 = consumers.clone();
         let name = name.to_string();
         self.graph.borrow_mut().sources.push(Box::new(move |wb: &mut WorkerBuild| {
-            if parallelism == Parallelism::One && wb.worker != 0 {
+            let (hosted, partitions): (Vec<usize>, usize) = match parallelism {
+                Parallelism::One => (if wb.worker == 0 { vec![0] } else { Vec::new() }, 1),
+                Parallelism::PerWorker => ((wb.worker..wb.partitions).step_by(wb.workers).collect(), wb.partitions),
+            };
+            if hosted.is_empty() {
                 return None;
             }
-            let src = {
-                let ctx = wb.instance_ctx(&name, wb.whole_space());
-                make(&ctx)
-            };
+            let parts = hosted
+                .iter()
+                .map(|&p| {
+                    let mut ctx = wb.instance_ctx(&name, wb.whole_space());
+                    (ctx.partition, ctx.partitions) = (p, partitions);
+                    (p, make(&ctx))
+                })
+                .collect();
             let out = make_output(&c2, wb);
-            let mut runner = SourceRunner::new(src, out);
+            let mut runner = SourceRunner::new(parts, out);
             if let Some(c) = wb.checkpointer.clone() {
-                let ready = if runner.offset().is_none() {
-                    Err(format!("source `{name}` cannot replay from an offset, so a job with checkpoints cannot restore it; turn checkpoints off"))
-                } else {
-                    c.register();
-                    match c.source_offset(&name) {
-                        Ok(Some(off)) => runner.seek(off).map_err(|e| format!("source `{name}`: {e}")),
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e.to_string()),
+                for p in hosted {
+                    let ready = if runner.offset(p).is_none() {
+                        Err(format!("source `{name}` cannot replay from an offset, so a job with checkpoints cannot restore it; turn checkpoints off"))
+                    } else {
+                        c.register();
+                        match c.source_offset(&name, p) {
+                            Ok(Some(off)) => runner.seek(p, off).map_err(|e| format!("source `{name}`: {e}")),
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    };
+                    if let Err(e) = ready {
+                        wb.metrics.fail(e);
+                        break;
                     }
-                };
-                if let Err(e) = ready {
-                    wb.metrics.fail(e);
                 }
             }
             Some(SourceTask { name: name.clone(), runner: Box::new(runner) })

@@ -45,7 +45,7 @@ pub(crate) struct Opened {
 /// Opens the state store of a stateful instance over the bins it owns.
 pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
     let dir = ctx.state_dir();
-    let instance = format!("{}-{}", ctx.operator, ctx.worker);
+    let instance = ctx.instance();
     let saver = Saver { checkpointer: ctx.checkpointer.cloned(), instance, metrics: ctx.metrics.clone() };
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         format!(
@@ -65,10 +65,18 @@ pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
                 Err(e) => return Err(failed("clear", &e)),
             }
             let restored = c
-                .restore(&saver.instance, StoreConfig::new(&dir, ctx.bins_log2))
+                .restore_instance(ctx.operator, ctx.bins, StoreConfig::new(&dir, ctx.bins_log2))
                 .map_err(|e| e.to_string())?;
-            if let Some((store, meta)) = restored {
-                let watermark = meta.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+            if let Some((store, metas)) = restored {
+                // Gathered from several old parts (a rescaled restore), the
+                // instance resumes at the least of their watermarks: no
+                // window fires early, and none fires twice (a fired
+                // window's state is gone from its part).
+                let watermark = metas
+                    .iter()
+                    .map(|meta| meta.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
+                    .min()
+                    .unwrap_or(0);
                 return Ok(Opened { store, saver, watermark });
             }
         }

@@ -94,7 +94,7 @@ struct TextSink<T> {
     recorder: LatencyRecorder,
     metrics: Arc<JobMetrics>,
     /// The checkpoint the job resumed from: the file is rolled back to it.
-    restore: Option<u64>,
+    restore: Option<Restore>,
     /// With checkpoints: the sink writes out what precedes each barrier
     /// before the checkpoint may complete.
     checkpointer: Option<Rc<Checkpointer>>,
@@ -128,8 +128,8 @@ fn commits_path(path: &std::path::Path) -> PathBuf {
 
 impl FileTarget {
     /// Opens the file: afresh, or rolled back to the length committed with
-    /// checkpoint `restore`.
-    fn open(&mut self, restore: Option<u64>, logged: bool) -> Result<(), String> {
+    /// checkpoint `restore` (see [`Restore`]).
+    fn open(&mut self, restore: Option<Restore>, logged: bool) -> Result<(), String> {
         if self.file.is_some() {
             return Ok(());
         }
@@ -138,8 +138,17 @@ impl FileTarget {
             format!("file sink {}: cannot {what}: {e}", p.display())
         };
         let cpath = commits_path(path);
+        let restore = match restore {
+            // A file a rescaled run never wrote before starts empty.
+            Some(Restore::AtMost(_)) if !cpath.exists() => None,
+            r => r,
+        };
         let (file, len, log) = match restore {
-            Some(id) => {
+            Some(r) => {
+                let (id, at_most) = match r {
+                    Restore::Exact(id) => (id, false),
+                    Restore::AtMost(id) => (id, true),
+                };
                 let text = std::fs::read_to_string(&cpath).map_err(|e| err("read", &cpath, e))?;
                 let mut keep = String::new();
                 let mut len = None;
@@ -161,11 +170,15 @@ impl FileTarget {
                     if c <= id {
                         keep.push_str(l);
                         keep.push('\n');
+                        if at_most {
+                            len = Some(at);
+                        }
                     }
                     if c == id {
                         len = Some(at);
                     }
                 }
+                let len = if at_most { Some(len.unwrap_or(0)) } else { len };
                 let Some(len) = len else {
                     return Err(format!(
                         "file sink {}: the commit log has no entry for checkpoint {id}: cannot resume exactly once",
@@ -418,6 +431,45 @@ pub trait SinkExt<T: Data> {
         T: Send;
 }
 
+/// How a file sink's file is rolled back when the job restores checkpoint
+/// `id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restore {
+    /// To the length committed with `id`, which its log must hold (the
+    /// worker that wrote the file took the checkpoint).
+    Exact(u64),
+    /// To the last length committed with `id` or before, if any, else
+    /// empty: a job restored onto another number of workers, where a file
+    /// may have been written by an earlier run of this worker count (kept
+    /// up to what it committed then) or never.
+    AtMost(u64),
+}
+
+/// A file sink restored from checkpoint `id`, which `taken` workers took,
+/// onto `workers` workers (decision 42): worker `worker`, whose file is
+/// `mine`, rolls back the old workers' files `i ≡ worker (mod workers)`
+/// that are not `mine` to what they committed by `id`, in place: they are
+/// final, no one writes them again. Its own file continues from what it
+/// committed by `id`. A key's outputs up to the checkpoint stay in its
+/// old worker's file, those after it go to its new worker's; each is
+/// written once.
+fn restore_rescaled(
+    path: &std::path::Path,
+    mine: &std::path::Path,
+    id: u64,
+    taken: usize,
+    worker: usize,
+    workers: usize,
+) -> Result<(), String> {
+    for old in (worker..taken).step_by(workers) {
+        let theirs = part_path(path, old, taken);
+        if theirs != mine {
+            FileTarget { path: theirs, file: None, commits: None }.open(Some(Restore::AtMost(id)), true)?;
+        }
+    }
+    Ok(())
+}
+
 /// The file worker `worker` of `workers` writes for a file sink at `path`.
 pub fn part_path(path: &std::path::Path, worker: usize, workers: usize) -> PathBuf {
     if workers == 1 {
@@ -461,18 +513,26 @@ impl<T: Data> SinkExt<T> for Stream<T> {
         let format: Rc<dyn Fn(&T, &mut String)> = Rc::new(format);
         let path = path.into();
         self.sink(name, move |ctx| {
+            let mine = part_path(&path, ctx.worker, ctx.workers);
+            let mut restore = ctx.checkpointer.and_then(|c| c.restoring()).map(Restore::Exact);
+            if let (Some(Restore::Exact(id)), Some(taken)) =
+                (restore, ctx.checkpointer.and_then(|c| c.restored_workers()))
+            {
+                if taken != ctx.workers {
+                    restore = Some(Restore::AtMost(id));
+                    if let Err(e) = restore_rescaled(&path, &mine, id, taken, ctx.worker, ctx.workers) {
+                        ctx.metrics.fail(e);
+                    }
+                }
+            }
             Box::new(TextSink {
                 format: format.clone(),
                 line: String::new(),
                 buf: Vec::with_capacity(TEXT_BUFFER_BYTES + 1024),
-                target: TextTarget::File(FileTarget {
-                    path: part_path(&path, ctx.worker, ctx.workers),
-                    file: None,
-                    commits: None,
-                }),
+                target: TextTarget::File(FileTarget { path: mine, file: None, commits: None }),
                 recorder: LatencyRecorder::new(ctx.metrics.clone()),
                 metrics: ctx.metrics.clone(),
-                restore: ctx.checkpointer.and_then(|c| c.restoring()),
+                restore,
                 checkpointer: participant(ctx),
             }) as BoxPush<T>
         });
@@ -515,7 +575,7 @@ mod tests {
         // The restored run resumes from checkpoint 1: the file is what 1
         // committed, and the log forgets 2.
         let mut r = target(&path);
-        r.open(Some(1), true).unwrap_or_else(|e| panic!("{e}"));
+        r.open(Some(Restore::Exact(1)), true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\n");
         let log = std::fs::read_to_string(commits_path(&path)).unwrap_or_default();
         assert_eq!(log, "1 4\n");
@@ -525,7 +585,42 @@ mod tests {
         r.write(b"x\n").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\nc\nx\n");
         // A checkpoint the log does not have cannot be resumed exactly once.
-        let e = target(&path).open(Some(7), true).err().unwrap_or_default();
+        let e = target(&path).open(Some(Restore::Exact(7)), true).err().unwrap_or_default();
         assert!(e.contains("no entry for checkpoint 7"), "{e}");
+    }
+
+    #[test]
+    fn a_rescaled_restore_keeps_what_each_file_committed_by_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("out.txt");
+        let ok = |r: Result<(), String>| r.unwrap_or_else(|e| panic!("{e}"));
+        // An earlier run committed 3 and 5 in this file, then wrote more
+        // (and committed 9, which never completed everywhere).
+        let mut t = target(&path);
+        ok(t.open(None, true));
+        ok(t.write(b"a\n"));
+        ok(t.commit(3));
+        ok(t.write(b"b\n"));
+        ok(t.commit(5));
+        ok(t.write(b"c\n"));
+        ok(t.commit(9));
+        ok(t.write(b"d\n"));
+        drop(t);
+        // Restored onto another worker count from checkpoint 7: what it
+        // had committed by 7 (5's length), and it goes on from there.
+        let mut r = target(&path);
+        ok(r.open(Some(Restore::AtMost(7)), true));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\n");
+        assert_eq!(std::fs::read_to_string(commits_path(&path)).unwrap_or_default(), "3 2\n5 4\n");
+        ok(r.write(b"e\n"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "a\nb\ne\n");
+        // From a checkpoint before any it committed: empty.
+        ok(target(&path).open(Some(Restore::AtMost(2)), true));
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), "");
+        // A file never written starts empty, with a log.
+        let fresh = dir.path().join("new.txt");
+        ok(target(&fresh).open(Some(Restore::AtMost(7)), true));
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap_or_default(), "");
+        assert!(commits_path(&fresh).exists());
     }
 }

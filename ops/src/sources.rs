@@ -419,9 +419,9 @@ impl SourceExt for Dataflow {
             Generator {
                 make: make.clone(),
                 event_time: event_time.clone(),
-                next: spec.offset + ctx.worker as u64,
+                next: spec.offset + ctx.partition as u64,
                 end,
-                stride: ctx.workers as u64,
+                stride: ctx.partitions as u64,
                 offset: spec.offset,
                 rate: spec.rate_per_s,
                 burst: spec.burst,

@@ -118,11 +118,24 @@ impl BackupStore {
     /// starts empty.
     pub fn open(dir: impl Into<PathBuf>, durability: Durability) -> Result<Self, StateError> {
         let dir = dir.into();
-        let mut s = Self { dir, durability, instances: BTreeMap::new() };
         if durability == Durability::Memory {
-            return Ok(s);
+            return Ok(Self { dir, durability, instances: BTreeMap::new() });
         }
-        std::fs::create_dir_all(&s.dir).map_err(io(&s.dir, "create directory"))?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        Self::list(dir, durability, true)
+    }
+
+    /// Opens another worker's backup store in `dir` to read it (a job
+    /// restored onto another number of workers gathers bins from the
+    /// stores of the workers that took the checkpoint): lists its complete
+    /// checkpoints, and changes nothing — incomplete ones are skipped, not
+    /// removed (their owner removes them).
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
+        Self::list(dir.into(), Durability::PageCache, false)
+    }
+
+    fn list(dir: PathBuf, durability: Durability, remove_partial: bool) -> Result<Self, StateError> {
+        let mut s = Self { dir, durability, instances: BTreeMap::new() };
         for e in std::fs::read_dir(&s.dir).map_err(io(&s.dir, "list"))? {
             let e = e.map_err(io(&s.dir, "list"))?;
             let Some(instance) = e.file_name().to_str().and_then(unhex) else {
@@ -134,7 +147,9 @@ impl BackupStore {
                 let path = f.map_err(io(&idir, "list"))?.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if name.ends_with(".part") {
-                    std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
+                    if remove_partial {
+                        std::fs::remove_file(&path).map_err(io(&path, "remove"))?;
+                    }
                     continue;
                 }
                 let Some(id) = name.strip_suffix(".ckpt").and_then(|n| n.parse::<u64>().ok()) else {

@@ -8,7 +8,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
+use spate_state::{BackupStore, BinRange, Durability, StateError, StateStore, StoreConfig};
 
 use super::backups::Replicas;
 use super::coordinator::CheckpointCoordinator;
@@ -28,6 +28,9 @@ use crate::metrics::JobMetrics;
 /// writer starts.
 pub struct Checkpointer {
     pub(super) worker: usize,
+    /// Where every worker's backup store of the job lives (`w<worker>`
+    /// under it).
+    backups_dir: std::path::PathBuf,
     pub(super) backup: std::cell::RefCell<Option<BackupStore>>,
     pub(super) writer: std::cell::RefCell<Option<(Sender<SaveJob>, JoinHandle<()>)>>,
     /// The backup writer run inline (the simulator): its store, its
@@ -40,6 +43,12 @@ pub struct Checkpointer {
     full_seen: std::cell::RefCell<std::collections::HashMap<String, u64>>,
 }
 
+/// The name of `operator`'s stateful instance on `worker` in the backup
+/// stores: a rescaled restore finds the parts of the old workers by it.
+pub fn instance_name(operator: &str, worker: usize) -> String {
+    format!("{operator}-{worker}")
+}
+
 impl Checkpointer {
     pub(crate) fn open(
         data_dir: &Path,
@@ -47,11 +56,13 @@ impl Checkpointer {
         worker: usize,
         coord: Arc<CheckpointCoordinator>,
     ) -> Result<Self, CheckpointError> {
-        let dir = data_dir.join(dataflow).join("backup").join(format!("w{worker}"));
+        let backups_dir = data_dir.join(dataflow).join("backup");
+        let dir = backups_dir.join(format!("w{worker}"));
         let backup = BackupStore::open(&dir, Durability::PageCache)
             .map_err(|source| CheckpointError::OpenBackup { path: dir.clone(), source })?;
         Ok(Self {
             worker,
+            backups_dir,
             backup: std::cell::RefCell::new(Some(backup)),
             writer: std::cell::RefCell::new(None),
             inline: std::cell::RefCell::new(None),
@@ -73,6 +84,12 @@ impl Checkpointer {
     /// The checkpoint being restored, if any.
     pub fn restoring(&self) -> Option<u64> {
         self.coord.restored().map(|m| m.id)
+    }
+
+    /// Workers of the job that took the checkpoint being restored, if any
+    /// (another number than this job's when it is restored rescaled).
+    pub fn restored_workers(&self) -> Option<usize> {
+        self.coord.restored().map(|m| m.workers)
     }
 
     /// Begins checkpoint `id` of `instance` (with the operator's `meta`
@@ -142,11 +159,88 @@ impl Checkpointer {
         Ok(Some((store, meta)))
     }
 
-    /// The offset source `name` resumes from, when restoring.
-    pub(crate) fn source_offset(&self, name: &str) -> Result<Option<u64>, CheckpointError> {
+    /// Rebuilds the store of `operator`'s instance on this worker, which
+    /// owns `bins`, from the checkpoint being restored, into `config.dir`;
+    /// returns it with the `meta` bytes of each part it came from (one,
+    /// unless rescaled). `None` when not restoring.
+    ///
+    /// A checkpoint of as many workers restores this worker's own part. One
+    /// that another number of workers took (a job restored onto more or
+    /// fewer workers) is gathered: the part of every old worker whose bins
+    /// overlap `bins` is restored, cut down to the overlap, and the pieces
+    /// are merged in bin order — whole bins move, nothing is rehashed. The
+    /// next checkpoint of the store is a full image.
+    pub fn restore_instance(
+        &self,
+        operator: &str,
+        bins: BinRange,
+        config: StoreConfig,
+    ) -> Result<Option<(StateStore, Vec<Vec<u8>>)>, CheckpointError> {
         let Some(m) = self.coord.restored() else { return Ok(None) };
-        m.offsets.get(&(name.to_string(), self.worker)).copied().map(Some).ok_or_else(|| {
-            CheckpointError::NoOffset { checkpoint: m.id, name: name.to_string(), worker: self.worker }
+        if !self.coord.rescaled() {
+            let instance = instance_name(operator, self.worker);
+            return Ok(self.restore(&instance, config)?.map(|(store, meta)| (store, vec![meta])));
+        }
+        let id = m.id;
+        let all = BinRange::all(config.bins_log2);
+        let mut gathered: Option<StateStore> = None;
+        let mut metas = Vec::new();
+        for old in 0..m.workers {
+            let theirs = all.part(old as u32, m.workers as u32);
+            let (start, end) = (theirs.start.max(bins.start), theirs.end.min(bins.end));
+            if start >= end {
+                continue;
+            }
+            let instance = instance_name(operator, old);
+            let failed =
+                |source| CheckpointError::Restore { instance: instance.clone(), checkpoint: id, source };
+            let piece_config = match &gathered {
+                None => config.clone(),
+                Some(_) => StoreConfig { dir: config.dir.join(format!("from-w{old}")), ..config.clone() },
+            };
+            let (mut piece, meta, _) = if old == self.worker {
+                let backup = self.backup.borrow();
+                let Some(backup) = backup.as_ref() else {
+                    return Err(CheckpointError::BackupInUse { instance });
+                };
+                StateStore::restore_id(piece_config, backup, &instance, id).map_err(failed)?
+            } else {
+                let dir = self.backups_dir.join(format!("w{old}"));
+                let backup = BackupStore::open_existing(&dir)
+                    .map_err(|source| CheckpointError::OpenBackup { path: dir.clone(), source })?;
+                StateStore::restore_id(piece_config, &backup, &instance, id).map_err(failed)?
+            };
+            // Keep only the overlap: the bins past it, then those before it,
+            // are split off and dropped.
+            if piece.bins().end > end {
+                drop(piece.split_off(BinRange::new(end, piece.bins().end)).map_err(failed)?);
+            }
+            if piece.bins().start < start {
+                drop(piece.split_off(BinRange::new(piece.bins().start, start)).map_err(failed)?);
+            }
+            metas.push(meta);
+            match &mut gathered {
+                None => gathered = Some(piece),
+                Some(g) => g.merge(piece).map_err(failed)?,
+            }
+        }
+        let Some(mut store) = gathered else {
+            return Err(CheckpointError::Restore {
+                instance: instance_name(operator, self.worker),
+                checkpoint: id,
+                source: StateError::NoCheckpoint { instance: format!("{operator}, bins {bins}") },
+            });
+        };
+        store.require_full_checkpoint();
+        Ok(Some((store, metas)))
+    }
+
+    /// The offset partition `partition` of source `name` resumes from,
+    /// when restoring.
+    pub(crate) fn source_offset(&self, name: &str, partition: usize) -> Result<Option<u64>, CheckpointError> {
+        let Some(m) = self.coord.restored() else { return Ok(None) };
+        m.offsets.get(&(name.to_string(), partition)).copied().map(Some).ok_or_else(|| {
+            CheckpointError::NoOffset { checkpoint: m.id, name: name.to_string(), worker: partition }
         })
     }
 
@@ -163,8 +257,14 @@ impl Checkpointer {
         self.coord.restored().map_or(0, |m| m.ahead_of(edge, producer, self.worker))
     }
 
-    pub(crate) fn source_reported(&self, id: u64, name: &str, offset: u64) -> Result<(), CheckpointError> {
-        self.coord.report(id, Some((name, self.worker, offset)))
+    pub(crate) fn source_reported(
+        &self,
+        id: u64,
+        name: &str,
+        partition: usize,
+        offset: u64,
+    ) -> Result<(), CheckpointError> {
+        self.coord.report(id, Some((name, partition, offset)))
     }
 
     pub(crate) fn coordinator(&self) -> &Arc<CheckpointCoordinator> {

@@ -221,6 +221,24 @@ impl CheckpointCoordinator {
         self.restore.as_ref()
     }
 
+    /// Partitions of each source: the restored checkpoint's, else one per
+    /// worker (see `crate::source::SourceRunner`).
+    pub fn partitions(&self) -> usize {
+        self.restore.as_ref().map_or(self.workers, |m| m.partitions)
+    }
+
+    /// Workers of the job, all nodes together.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Whether this job restores a checkpoint that another number of
+    /// workers took: its stateful instances gather their bins from the
+    /// parts of every old worker whose bins overlap theirs.
+    pub fn rescaled(&self) -> bool {
+        self.restore.as_ref().is_some_and(|m| m.workers != self.workers)
+    }
+
     /// The highest checkpoint id requested so far.
     pub fn requested(&self) -> u64 {
         self.requested.load(Ordering::Acquire)
@@ -327,7 +345,7 @@ impl CheckpointCoordinator {
         let (offsets, ahead) = (std::mem::take(&mut p.offsets), std::mem::take(&mut p.ahead));
         progress.remove(&id);
         drop(progress);
-        let m = Manifest { id, workers: self.workers, offsets, ahead };
+        let m = Manifest { id, workers: self.workers, partitions: self.partitions(), offsets, ahead };
         if let Some(c) = &self.cluster {
             // The coordinator completes it once every node's part is in.
             c.done.lock().map_err(|_| CheckpointError::Poisoned { lock: "checkpoint" })?.push(m);

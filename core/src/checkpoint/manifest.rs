@@ -1,5 +1,5 @@
 //! A job's [`Manifest`]s (a complete checkpoint: its id, worker count,
-//! source offsets and receivers' counts ahead) and its checkpoint files on
+//! source partitions and offsets and receivers' counts ahead) and its checkpoint files on
 //! disk: where they live, the latest complete one, the highest id stored,
 //! and their removal.
 
@@ -20,7 +20,11 @@ pub struct Manifest {
     pub id: u64,
     /// Workers of the job that took it.
     pub workers: usize,
-    /// `(source, worker) -> offset` to resume from.
+    /// Partitions of each source: the job's workers when it first started,
+    /// kept across restores onto other worker counts (see
+    /// `crate::source::SourceRunner`).
+    pub partitions: usize,
+    /// `(source, partition) -> offset` to resume from.
     pub offsets: BTreeMap<(String, usize), u64>,
     /// `(edge, producer, consumer) -> records`: with live recovery, how
     /// many records of `producer`'s stream on `edge` the `consumer`
@@ -35,6 +39,9 @@ impl Manifest {
     /// The manifest as text (what its file holds).
     pub fn encode(&self) -> String {
         let mut s = format!("{MANIFEST_MAGIC}\nid {}\nworkers {}\n", self.id, self.workers);
+        if self.partitions != self.workers {
+            let _ = writeln!(s, "partitions {}", self.partitions);
+        }
         for ((name, w), off) in &self.offsets {
             let _ = writeln!(s, "source {w} {off} {name}");
         }
@@ -69,10 +76,15 @@ impl Manifest {
         let mut offsets = BTreeMap::new();
         let mut ahead = BTreeMap::new();
         let mut ended = false;
+        let mut partitions = workers;
         for (n, l) in lines {
             if l == "end" {
                 ended = true;
                 break;
+            }
+            if let Some(p) = l.strip_prefix("partitions ") {
+                partitions = p.parse().ok().filter(|&p| p > 0).ok_or_else(|| bad(n, "bad partitions"))?;
+                continue;
             }
             if let Some(rest) = l.strip_prefix("ahead ") {
                 let f: Vec<u64> =
@@ -87,21 +99,22 @@ impl Manifest {
             let (Some("source"), Some(w), Some(off), Some(name)) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Err(bad(n, "expected `source <worker> <offset> <name>`"));
+                return Err(bad(n, "expected `source <partition> <offset> <name>`"));
             };
-            let w: usize = w.parse().map_err(|_| bad(n, "bad worker"))?;
+            let w: usize = w.parse().map_err(|_| bad(n, "bad partition"))?;
             let off: u64 = off.parse().map_err(|_| bad(n, "bad offset"))?;
             offsets.insert((name.to_string(), w), off);
         }
         if !ended {
             return Err(bad(0, "truncated (no `end` line)"));
         }
-        Ok(Manifest { id, workers, offsets, ahead })
+        Ok(Manifest { id, workers, partitions, offsets, ahead })
     }
 
-    /// An empty manifest of checkpoint `id` of a job of `workers`.
+    /// An empty manifest of checkpoint `id` of a job of `workers` (as many
+    /// source partitions).
     pub fn new(id: u64, workers: usize) -> Manifest {
-        Manifest { id, workers, offsets: BTreeMap::new(), ahead: BTreeMap::new() }
+        Manifest { id, workers, partitions: workers, offsets: BTreeMap::new(), ahead: BTreeMap::new() }
     }
 
     /// Adds another node's part of the same checkpoint.
@@ -202,7 +215,7 @@ mod tests {
         let mut offsets = BTreeMap::new();
         offsets.insert(("gen with spaces".to_string(), 1), 42);
         offsets.insert(("gen".to_string(), 0), 7);
-        let mut m = Manifest { id: 9, workers: 2, offsets, ahead: BTreeMap::new() };
+        let mut m = Manifest { id: 9, workers: 2, partitions: 2, offsets, ahead: BTreeMap::new() };
         m.ahead.insert((1, 2, 0), 222);
         m.ahead.insert((0, 3, 1), 5);
         let p = Path::new("m");
@@ -217,5 +230,11 @@ mod tests {
         let e = error(&text.replace("ahead 1 2 0 222", "ahead 1 2 0"));
         assert!(e.contains("ahead"), "{e}");
         assert!(Manifest::parse(p, "hello").is_err());
+        // A job restored onto 3 workers keeps its sources' 2 partitions.
+        let rescaled = Manifest { workers: 3, ..m.clone() };
+        assert!(rescaled.encode().contains("partitions 2\n"), "{}", rescaled.encode());
+        assert_eq!(Manifest::parse(p, &rescaled.encode()).ok(), Some(rescaled.clone()));
+        let e = error(&rescaled.encode().replace("partitions 2", "partitions 0"));
+        assert!(e.contains("partitions"), "{e}");
     }
 }

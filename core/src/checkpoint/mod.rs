@@ -34,7 +34,7 @@ mod manifest;
 mod writer;
 
 pub use backups::{BackupLink, BackupNet, Backups};
-pub use checkpointer::Checkpointer;
+pub use checkpointer::{instance_name, Checkpointer};
 pub use coordinator::{CheckpointCoordinator, ClusterCheckpoints};
 pub use error::{BackupLinkError, CheckpointError};
 pub use manifest::{checkpoint_dir, highest_stored_id, latest_manifest, remove_checkpoints, Manifest};

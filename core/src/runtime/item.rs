@@ -127,10 +127,12 @@ impl<C: Conn> Item<C> {
                         // source is exactly one behind (a cluster's ids may
                         // skip those of a rolled-back attempt).
                         let id = requested;
-                        let offset = t.runner.offset().unwrap_or(0);
                         t.runner.barrier(id);
                         self.passed = id;
-                        c.source_reported(id, &t.name, offset)?;
+                        for p in t.runner.partitions() {
+                            let offset = t.runner.offset(p).unwrap_or(0);
+                            c.source_reported(id, &t.name, p, offset)?;
+                        }
                         flusher.flush_touched(true, &mut self.waiting)?;
                         return Ok(true);
                     }

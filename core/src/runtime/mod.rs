@@ -297,9 +297,12 @@ impl Runtime {
                     .map_err(|e| RuntimeError::Config(e.into()))?;
                 None
             };
+            // A checkpoint of another number of workers restores too: each
+            // stateful instance gathers its bins from the old parts, and the
+            // sources keep their partitions (decision 42).
             if let Some(m) = &manifest {
-                if m.workers != workers {
-                    return Err(RuntimeError::Config(ConfigError::WorkersChanged {
+                if m.workers != workers && !m.ahead.is_empty() {
+                    return Err(RuntimeError::Config(ConfigError::RescaleAhead {
                         dataflow: name.to_string(),
                         checkpoint: m.id,
                         taken: m.workers,
@@ -308,7 +311,7 @@ impl Runtime {
                 }
             }
             let after = match &manifest {
-                Some(_) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers)
+                Some(m) => checkpoint::highest_stored_id(&self.config.data_dir, name, workers.max(m.workers))
                     .map_err(|e| RuntimeError::Config(e.into()))?,
                 None => 0,
             };

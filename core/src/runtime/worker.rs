@@ -143,6 +143,7 @@ impl<C: Conn> Worker<C> {
             config: config.clone(),
             metrics: metrics.clone(),
             dataflow: name.clone(),
+            partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
             shared: HashMap::new(),
             edges: (0..edge_factories.len())
                 .map(|e| {
