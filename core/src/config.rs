@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::assignment::AssignmentError;
 use crate::checkpoint::CheckpointError;
 use crate::limits::*;
 
@@ -203,6 +204,8 @@ pub enum ConfigError {
     },
     /// The job's checkpoints could not be read or cleared.
     Checkpoints(CheckpointError),
+    /// The restored checkpoint's assignment of bins is not one.
+    Assignment(AssignmentError),
 }
 
 impl fmt::Display for ConfigError {
@@ -232,6 +235,7 @@ impl fmt::Display for ConfigError {
                  and rescale from the next checkpoint)"
             ),
             ConfigError::Checkpoints(e) => e.fmt(f),
+            ConfigError::Assignment(e) => write!(f, "the checkpoint's assignment of bins: {e}"),
         }
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use spate_state::keyspace::BinRange;
 
+use crate::assignment::Assignment;
 use crate::checkpoint::Checkpointer;
 use crate::config::RuntimeConfig;
 pub use crate::data::{Data, Key};
@@ -133,6 +134,8 @@ pub struct WorkerBuild {
     pub(crate) dataflow: String,
     /// Partitions of each source (see [`Dataflow::source`]).
     pub(crate) partitions: usize,
+    /// Which worker owns each bin of the keyed operators.
+    pub(crate) assignment: Assignment,
     /// Shared instances (binary operators, exchange receivers), by key.
     pub(crate) shared: HashMap<String, Box<dyn Any>>,
     pub(crate) edges: Vec<EdgeRuntime>,
@@ -350,7 +353,7 @@ impl<T: Data> Stream<T> {
         // Sending side: routes by key hash.
         let k2 = key.clone();
         self.add_consumer(Rc::new(move |wb: &mut WorkerBuild| {
-            let routing = RoutingTable::uniform(wb.config.bins_log2, wb.workers);
+            let routing = wb.assignment.routing();
             make_sender::<T, K, F>(wb, edge, routing, k2.clone())
         }));
         KeyedStream {
@@ -552,12 +555,7 @@ impl Bins {
 }
 
 fn keyed_bins(wb: &WorkerBuild) -> BinRange {
-    let routing = RoutingTable::uniform(wb.config.bins_log2, wb.workers);
-    let ranges = routing.ranges_of(wb.worker as u16);
-    match ranges.first() {
-        Some(r) => *r,
-        None => BinRange::new(0, 0),
-    }
+    wb.assignment.bins_of(wb.worker)
 }
 
 /// The receiving side of exchange edge `edge` on this worker, created by

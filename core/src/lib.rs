@@ -14,11 +14,13 @@
 //! - [`ring`]: the bounded SPSC ring between two workers, polled.
 //! - [`runtime`]: one pinned glommio executor per worker running a poll
 //!   loop: steps, flushing and backpressure.
+//! - [`assignment`]: which worker owns each bin of the keyed operators.
 //! - [`checkpoint`]: aligned checkpoints of a job and restore.
 //! - `replay`: live recovery's upstream buffers and receiver counts.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
+pub mod assignment;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

@@ -186,7 +186,10 @@ impl Checkpointer {
         let mut gathered: Option<StateStore> = None;
         let mut metas = Vec::new();
         for old in 0..m.workers {
-            let theirs = all.part(old as u32, m.workers as u32);
+            let theirs = match &m.assignment {
+                Some((_, ranges)) => ranges.get(old).copied().unwrap_or(BinRange::new(0, 0)),
+                None => all.part(old as u32, m.workers as u32),
+            };
             let (start, end) = (theirs.start.max(bins.start), theirs.end.min(bins.end));
             if start >= end {
                 continue;

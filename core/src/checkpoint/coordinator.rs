@@ -78,6 +78,9 @@ pub struct CheckpointCoordinator {
     /// In a cluster: this node's workers, its backup nodes, and its parts
     /// of checkpoints, complete on this node, for the coordinator.
     pub(super) cluster: Option<ClusterState>,
+    /// The job's assignment of bins, recorded in each manifest (`None`:
+    /// the uniform one).
+    assignment: Mutex<Option<(u64, Vec<spate_state::BinRange>)>>,
 }
 
 pub(super) struct ClusterState {
@@ -154,6 +157,7 @@ impl CheckpointCoordinator {
             last_ms: AtomicU64::new(0),
             started: Mutex::new(None),
             cluster,
+            assignment: Mutex::new(None),
         })
     }
 
@@ -225,6 +229,13 @@ impl CheckpointCoordinator {
     /// worker (see `crate::source::SourceRunner`).
     pub fn partitions(&self) -> usize {
         self.restore.as_ref().map_or(self.workers, |m| m.partitions)
+    }
+
+    /// From now on, checkpoints record `a` as the job's assignment of bins.
+    pub fn set_assignment(&self, a: &crate::assignment::Assignment) {
+        if let Ok(mut slot) = self.assignment.lock() {
+            *slot = (!(a.is_uniform() && a.version() == 0)).then(|| (a.version(), a.ranges().to_vec()));
+        }
     }
 
     /// Workers of the job, all nodes together.
@@ -345,7 +356,10 @@ impl CheckpointCoordinator {
         let (offsets, ahead) = (std::mem::take(&mut p.offsets), std::mem::take(&mut p.ahead));
         progress.remove(&id);
         drop(progress);
-        let m = Manifest { id, workers: self.workers, partitions: self.partitions(), offsets, ahead };
+        let assignment =
+            self.assignment.lock().map_err(|_| CheckpointError::Poisoned { lock: "assignment" })?.clone();
+        let m =
+            Manifest { id, workers: self.workers, partitions: self.partitions(), assignment, offsets, ahead };
         if let Some(c) = &self.cluster {
             // The coordinator completes it once every node's part is in.
             c.done.lock().map_err(|_| CheckpointError::Poisoned { lock: "checkpoint" })?.push(m);

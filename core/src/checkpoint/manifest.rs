@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use spate_state::{BackupStore, Durability};
+use spate_state::{BackupStore, BinRange, Durability};
 
 use super::error::CheckpointError;
 
@@ -24,6 +24,11 @@ pub struct Manifest {
     /// kept across restores onto other worker counts (see
     /// `crate::source::SourceRunner`).
     pub partitions: usize,
+    /// Per worker, the bins it owned (in worker order; see
+    /// [`crate::assignment::Assignment`]), and the assignment's version.
+    /// `None`: the uniform assignment of `workers` (what a manifest without
+    /// `range` lines means).
+    pub assignment: Option<(u64, Vec<BinRange>)>,
     /// `(source, partition) -> offset` to resume from.
     pub offsets: BTreeMap<(String, usize), u64>,
     /// `(edge, producer, consumer) -> records`: with live recovery, how
@@ -41,6 +46,12 @@ impl Manifest {
         let mut s = format!("{MANIFEST_MAGIC}\nid {}\nworkers {}\n", self.id, self.workers);
         if self.partitions != self.workers {
             let _ = writeln!(s, "partitions {}", self.partitions);
+        }
+        if let Some((version, ranges)) = &self.assignment {
+            let _ = writeln!(s, "assignment {version}");
+            for (w, r) in ranges.iter().enumerate() {
+                let _ = writeln!(s, "range {w} {} {}", r.start, r.end);
+            }
         }
         for ((name, w), off) in &self.offsets {
             let _ = writeln!(s, "source {w} {off} {name}");
@@ -77,6 +88,7 @@ impl Manifest {
         let mut ahead = BTreeMap::new();
         let mut ended = false;
         let mut partitions = workers;
+        let mut assignment: Option<(u64, Vec<BinRange>)> = None;
         for (n, l) in lines {
             if l == "end" {
                 ended = true;
@@ -84,6 +96,26 @@ impl Manifest {
             }
             if let Some(p) = l.strip_prefix("partitions ") {
                 partitions = p.parse().ok().filter(|&p| p > 0).ok_or_else(|| bad(n, "bad partitions"))?;
+                continue;
+            }
+            if let Some(v) = l.strip_prefix("assignment ") {
+                let v = v.parse().map_err(|_| bad(n, "expected `assignment <version>`"))?;
+                assignment = Some((v, Vec::new()));
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix("range ") {
+                let f: Vec<u32> =
+                    rest.split(' ').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+                let (&[w, start, end], Some((_, ranges))) = (&f[..], assignment.as_mut()) else {
+                    return Err(bad(
+                        n,
+                        "expected `range <worker> <start> <end>` after `assignment <version>`",
+                    ));
+                };
+                if w as usize != ranges.len() || end < start {
+                    return Err(bad(n, "ranges must follow in worker order, each `start <= end`"));
+                }
+                ranges.push(BinRange::new(start, end));
                 continue;
             }
             if let Some(rest) = l.strip_prefix("ahead ") {
@@ -108,13 +140,23 @@ impl Manifest {
         if !ended {
             return Err(bad(0, "truncated (no `end` line)"));
         }
-        Ok(Manifest { id, workers, partitions, offsets, ahead })
+        if assignment.as_ref().is_some_and(|(_, r)| r.len() != workers) {
+            return Err(bad(0, "the assignment's ranges are not one per worker"));
+        }
+        Ok(Manifest { id, workers, partitions, assignment, offsets, ahead })
     }
 
     /// An empty manifest of checkpoint `id` of a job of `workers` (as many
     /// source partitions).
     pub fn new(id: u64, workers: usize) -> Manifest {
-        Manifest { id, workers, partitions: workers, offsets: BTreeMap::new(), ahead: BTreeMap::new() }
+        Manifest {
+            id,
+            workers,
+            partitions: workers,
+            assignment: None,
+            offsets: BTreeMap::new(),
+            ahead: BTreeMap::new(),
+        }
     }
 
     /// Adds another node's part of the same checkpoint.
@@ -215,7 +257,8 @@ mod tests {
         let mut offsets = BTreeMap::new();
         offsets.insert(("gen with spaces".to_string(), 1), 42);
         offsets.insert(("gen".to_string(), 0), 7);
-        let mut m = Manifest { id: 9, workers: 2, partitions: 2, offsets, ahead: BTreeMap::new() };
+        let mut m =
+            Manifest { id: 9, workers: 2, partitions: 2, assignment: None, offsets, ahead: BTreeMap::new() };
         m.ahead.insert((1, 2, 0), 222);
         m.ahead.insert((0, 3, 1), 5);
         let p = Path::new("m");
@@ -236,5 +279,18 @@ mod tests {
         assert_eq!(Manifest::parse(p, &rescaled.encode()).ok(), Some(rescaled.clone()));
         let e = error(&rescaled.encode().replace("partitions 2", "partitions 0"));
         assert!(e.contains("partitions"), "{e}");
+        // An assignment after a handoff: its ranges, one per worker.
+        let ranges = vec![BinRange::new(0, 100), BinRange::new(100, 4096)];
+        let moved = Manifest { assignment: Some((3, ranges)), ..m.clone() };
+        assert!(
+            moved.encode().contains("assignment 3\nrange 0 0 100\nrange 1 100 4096\n"),
+            "{}",
+            moved.encode()
+        );
+        assert_eq!(Manifest::parse(p, &moved.encode()).ok(), Some(moved.clone()));
+        let e = error(&moved.encode().replace("range 1 100 4096\n", ""));
+        assert!(e.contains("one per worker"), "{e}");
+        let e = error(&moved.encode().replace("range 1 100", "range 2 100"));
+        assert!(e.contains("worker order"), "{e}");
     }
 }

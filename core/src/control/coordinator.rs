@@ -318,13 +318,13 @@ impl<E: Env> Coordinator<E> {
             for a in actions {
                 #[cfg(test)]
                 self.journal.push(match &a {
-                    Action::Send { to, msg } => Journal::Sent(*to, msg.clone()),
+                    Action::Send { to, msg } => Journal::Sent(*to, (**msg).clone()),
                     Action::Fence { node, .. } => Journal::Fence(*node),
                     Action::Event(e) => Journal::Event(e.clone()),
                     other => Journal::Event(format!("{other:?}")),
                 });
                 match a {
-                    Action::Send { to, msg } if to == self.me => self.own.push(msg),
+                    Action::Send { to, msg } if to == self.me => self.own.push(*msg),
                     Action::Send { to, msg } => {
                         if let Some(p) = self.peers.get_mut(&to) {
                             if let Err(e) = p.send(&msg, now) {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::assignment::{Assignment, AssignmentError};
 use crate::batch::Batch;
 use crate::checkpoint::{self, CheckpointCoordinator, ClusterCheckpoints};
 use crate::config::{available_cores, ConfigError, RuntimeConfig};
@@ -336,6 +337,11 @@ impl Runtime {
                     overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 })
             });
+        let assignment = initial_assignment(coord.as_deref(), workers, self.config.bins_log2)
+            .map_err(|e| RuntimeError::Config(ConfigError::Assignment(e)))?;
+        if let Some(c) = &coord {
+            c.set_assignment(&assignment);
+        }
         let mut setups: BTreeMap<usize, WorkerSetup<C>> = local
             .iter()
             .enumerate()
@@ -353,6 +359,7 @@ impl Runtime {
                     net: Vec::new(),
                     relinks: relinks.as_ref().map(|b| (b.clone(), slot)),
                     inline_writer,
+                    assignment: assignment.clone(),
                 };
                 (w, setup)
             })
@@ -527,5 +534,57 @@ impl<C> Job<C> {
             checkpoints: self.coord.as_ref().map_or(0, |c| c.taken()),
             restored_from: self.coord.as_ref().and_then(|c| c.restored().map(|m| m.id)),
         })
+    }
+}
+
+/// The assignment a job starts from: its restored checkpoint's, when as
+/// many workers took it (a rescaled restore starts uniform, one version
+/// on), else the uniform one.
+fn initial_assignment(
+    coord: Option<&CheckpointCoordinator>,
+    workers: usize,
+    bins_log2: u8,
+) -> Result<Assignment, AssignmentError> {
+    let Some(m) = coord.and_then(|c| c.restored()) else {
+        return Ok(Assignment::uniform(bins_log2, workers));
+    };
+    match &m.assignment {
+        Some((version, ranges)) if m.workers == workers => {
+            Assignment::from_ranges(*version, bins_log2, ranges.clone())
+        }
+        Some((version, _)) => {
+            let a = Assignment::uniform(bins_log2, workers);
+            Assignment::from_ranges(version + 1, bins_log2, a.ranges().to_vec())
+        }
+        None => Ok(Assignment::uniform(bins_log2, workers)),
+    }
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    use super::*;
+    use crate::checkpoint::Manifest;
+    use spate_state::BinRange;
+
+    fn restoring(workers: usize, assignment: Option<(u64, Vec<BinRange>)>) -> Arc<CheckpointCoordinator> {
+        let m = Manifest { assignment, ..Manifest::new(5, workers) };
+        CheckpointCoordinator::new(std::path::PathBuf::new(), workers, 100, Some(m), 0)
+    }
+
+    #[test]
+    fn a_job_starts_from_its_checkpoints_assignment() {
+        let moved = vec![BinRange::new(0, 10), BinRange::new(10, 16)];
+        // Fresh, or a checkpoint of the uniform one: uniform.
+        assert_eq!(initial_assignment(None, 2, 4), Ok(Assignment::uniform(4, 2)));
+        assert_eq!(initial_assignment(Some(&restoring(2, None)), 2, 4), Ok(Assignment::uniform(4, 2)));
+        // As many workers: the recorded one.
+        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 2, 4);
+        assert_eq!(a.as_ref().map(|a| (a.version(), a.ranges().to_vec())), Ok((3, moved.clone())));
+        // Rescaled: uniform over the new workers, one version on.
+        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 3, 4);
+        assert_eq!(a.as_ref().map(|a| (a.version(), a.is_uniform(), a.workers())), Ok((4, true, 3)));
+        // Ranges that do not cover the space: an error.
+        let bad = vec![BinRange::new(0, 10), BinRange::new(11, 16)];
+        assert!(initial_assignment(Some(&restoring(2, Some((3, bad)))), 2, 4).is_err());
     }
 }

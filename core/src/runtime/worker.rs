@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::assignment::Assignment;
 use crate::batch::Batch;
 use crate::checkpoint::{CheckpointCoordinator, Checkpointer};
 use crate::config::RuntimeConfig;
@@ -57,6 +58,8 @@ pub(crate) struct WorkerSetup<C> {
     /// ([`Worker::write_checkpoints`], the simulator) rather than on a
     /// thread of its own.
     pub(crate) inline_writer: bool,
+    /// Which worker owns each bin of the keyed operators, at the start.
+    pub(crate) assignment: Assignment,
 }
 
 /// Counts a worker as ended when dropped, even by a panic.
@@ -120,6 +123,7 @@ impl<C: Conn> Worker<C> {
             mut net,
             mut relinks,
             inline_writer,
+            assignment,
         } = setup;
         let done_guard = WorkerDone(metrics.clone());
         let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose()
@@ -144,6 +148,7 @@ impl<C: Conn> Worker<C> {
             metrics: metrics.clone(),
             dataflow: name.clone(),
             partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
+            assignment,
             shared: HashMap::new(),
             edges: (0..edge_factories.len())
                 .map(|e| {

@@ -107,8 +107,9 @@ pub enum Action {
     Send {
         /// The node (index among the config's nodes).
         to: usize,
-        /// The message.
-        msg: Msg,
+        /// The message (boxed: a deployment is large, the other actions
+        /// small).
+        msg: Box<Msg>,
     },
     /// Node `node` is declared failed: drop its control connection; it
     /// never takes part again.
@@ -419,7 +420,7 @@ impl Plan {
     }
 
     fn send(&mut self, to: usize, msg: Msg) {
-        self.actions.push(Action::Send { to, msg });
+        self.actions.push(Action::Send { to, msg: Box::new(msg) });
     }
 
     fn event(&mut self, what: String) {

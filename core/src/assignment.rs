@@ -1,0 +1,256 @@
+//! A job's [`Assignment`]: which worker owns each bin of its keyed
+//! operators — the routing state every exchange sender routes by, every
+//! keyed instance opens its store over, and every checkpoint manifest
+//! records.
+//!
+//! A worker owns one contiguous range of bins (possibly empty), the ranges
+//! in worker order covering the key space, so that a worker's store stays
+//! one range and a move is a split of one store and a merge into its
+//! neighbour's ([`Assignment::moved`]). The assignment is versioned: each
+//! change makes the next version. A job starts from the uniform
+//! assignment, or from the one its restored checkpoint recorded.
+
+use std::fmt;
+
+use spate_state::keyspace::BinRange;
+
+use crate::routing::{InstanceId, RoutingTable};
+
+/// Which worker owns each bin of a job's keyed operators (see the module
+/// documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    version: u64,
+    bins_log2: u8,
+    /// Per worker, its bins; in worker order, adjacent, covering the space.
+    ranges: Vec<BinRange>,
+}
+
+/// Why an assignment cannot be built or changed as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AssignmentError {
+    /// The ranges, in worker order, do not cover `0..2^bins_log2` end to
+    /// end.
+    NotAPartition {
+        /// The ranges given.
+        ranges: Vec<BinRange>,
+        /// Bins of the space.
+        bins: u32,
+    },
+    /// A worker index is not one of the job's.
+    NoSuchWorker {
+        /// The index.
+        worker: usize,
+        /// Workers of the job.
+        workers: usize,
+    },
+    /// The bins to move are not a run at the edge of `from`'s range next
+    /// to `to`'s (the two must be neighbours, or `to` must own nothing).
+    NotMovable {
+        /// The bins.
+        bins: BinRange,
+        /// The worker that owns them.
+        from: usize,
+        /// Its range.
+        owned: BinRange,
+        /// The worker they would move to.
+        to: usize,
+    },
+}
+
+impl fmt::Display for AssignmentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AssignmentError::NotAPartition { ranges, bins } => {
+                let r: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                write!(f, "the worker ranges [{}] do not cover the {bins} bins end to end", r.join(", "))
+            }
+            AssignmentError::NoSuchWorker { worker, workers } => {
+                write!(f, "worker {worker} is not one of the job's {workers}")
+            }
+            AssignmentError::NotMovable { bins, from, owned, to } => write!(
+                f,
+                "bins {bins} cannot move from worker {from} (which owns {owned}) to worker {to}: \
+                 they must be a run at the end of {owned} next to worker {to}'s bins"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AssignmentError {}
+
+impl Assignment {
+    /// `workers` workers owning equal contiguous ranges, version 0.
+    pub fn uniform(bins_log2: u8, workers: usize) -> Self {
+        let all = BinRange::all(bins_log2);
+        let ranges = (0..workers).map(|w| all.part(w as u32, workers as u32)).collect();
+        Self { version: 0, bins_log2, ranges }
+    }
+
+    /// The assignment of `ranges` (one per worker), as `version`.
+    pub fn from_ranges(version: u64, bins_log2: u8, ranges: Vec<BinRange>) -> Result<Self, AssignmentError> {
+        let bins = 1u32 << bins_log2;
+        let mut at = 0;
+        for r in &ranges {
+            if r.start != at || r.end < r.start {
+                return Err(AssignmentError::NotAPartition { ranges, bins });
+            }
+            at = r.end;
+        }
+        if at != bins || ranges.is_empty() {
+            return Err(AssignmentError::NotAPartition { ranges, bins });
+        }
+        Ok(Self { version, bins_log2, ranges })
+    }
+
+    /// Its version: 0 for a job's first, one more for each change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// `B`: the space has `2^B` bins.
+    pub fn bins_log2(&self) -> u8 {
+        self.bins_log2
+    }
+
+    /// Workers it assigns bins to (some may own none).
+    pub fn workers(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The bins `worker` owns (empty for a worker beyond the job's).
+    pub fn bins_of(&self, worker: usize) -> BinRange {
+        self.ranges.get(worker).copied().unwrap_or(BinRange::new(0, 0))
+    }
+
+    /// Every worker's bins, in worker order.
+    pub fn ranges(&self) -> &[BinRange] {
+        &self.ranges
+    }
+
+    /// Whether it is the uniform assignment of its workers (whatever its
+    /// version).
+    pub fn is_uniform(&self) -> bool {
+        self.ranges == Assignment::uniform(self.bins_log2, self.ranges.len()).ranges
+    }
+
+    /// The routing table of an exchange edge into the keyed operators.
+    pub fn routing(&self) -> RoutingTable {
+        let mut t = RoutingTable::uniform(self.bins_log2, 1);
+        for (w, r) in self.ranges.iter().enumerate() {
+            if !r.is_empty() {
+                t.assign(*r, w as InstanceId);
+            }
+        }
+        t
+    }
+
+    /// The next version, with `bins` moved from worker `from` to worker
+    /// `to`: a run at the end of `from`'s range next to `to`'s (its
+    /// neighbour), or any end run of `from`'s when `to` owns nothing and
+    /// every worker between them owns nothing either, so that ranges stay
+    /// contiguous and in worker order.
+    pub fn moved(&self, bins: BinRange, from: usize, to: usize) -> Result<Assignment, AssignmentError> {
+        let workers = self.ranges.len();
+        for w in [from, to] {
+            if w >= workers {
+                return Err(AssignmentError::NoSuchWorker { worker: w, workers });
+            }
+        }
+        let owned = self.ranges[from];
+        let refuse = || AssignmentError::NotMovable { bins, from, owned, to };
+        if bins.is_empty() || from == to || bins.start < owned.start || bins.end > owned.end {
+            return Err(refuse());
+        }
+        let mut ranges = self.ranges.clone();
+        let between = |a: usize, b: usize| (a + 1..b).all(|w| self.ranges[w].is_empty());
+        if to > from && bins.end == owned.end && between(from, to) {
+            // From the top of `from` to the bottom of `to`.
+            ranges[from] = BinRange::new(owned.start, bins.start);
+            ranges[to] = BinRange::new(bins.start, self.ranges[to].end.max(bins.end));
+            for r in &mut ranges[from + 1..to] {
+                *r = BinRange::new(bins.start, bins.start);
+            }
+        } else if to < from && bins.start == owned.start && between(to, from) {
+            ranges[from] = BinRange::new(bins.end, owned.end);
+            let start = if self.ranges[to].is_empty() { bins.start } else { self.ranges[to].start };
+            ranges[to] = BinRange::new(start, bins.end);
+            for r in &mut ranges[to + 1..from] {
+                *r = BinRange::new(bins.end, bins.end);
+            }
+        } else {
+            return Err(refuse());
+        }
+        // An empty range sits where it keeps the ranges in order.
+        let mut at = 0;
+        for r in &mut ranges {
+            if r.is_empty() {
+                *r = BinRange::new(at, at);
+            }
+            at = r.end;
+        }
+        Assignment::from_ranges(self.version + 1, self.bins_log2, ranges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_routes_as_the_uniform_table() {
+        let a = Assignment::uniform(6, 3);
+        assert_eq!(a.routing(), RoutingTable::uniform(6, 3));
+        assert!(a.is_uniform());
+        assert_eq!(a.bins_of(1), BinRange::new(21, 42));
+        assert_eq!(a.bins_of(7), BinRange::new(0, 0));
+    }
+
+    #[test]
+    fn moves_keep_ranges_contiguous_and_in_order() {
+        let a = Assignment::uniform(4, 2); // 0..8, 8..16
+        let b = a.moved(BinRange::new(6, 8), 0, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.ranges(), &[BinRange::new(0, 6), BinRange::new(6, 16)]);
+        assert_eq!(b.version(), 1);
+        assert!(!b.is_uniform());
+        assert_eq!(b.routing().ranges_of(1), vec![BinRange::new(6, 16)]);
+        let c = b.moved(BinRange::new(6, 10), 1, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.ranges(), &[BinRange::new(0, 10), BinRange::new(10, 16)]);
+        // Not an end run, not a neighbour's side, not owned: refused.
+        for (bins, from, to) in
+            [((2, 4), 0, 1), ((0, 2), 0, 1), ((8, 9), 0, 1), ((12, 14), 1, 0), ((10, 12), 0, 1)]
+        {
+            let e = c.moved(BinRange::new(bins.0, bins.1), from, to);
+            assert!(matches!(e, Err(AssignmentError::NotMovable { .. })), "{bins:?} {from}->{to}: {e:?}");
+        }
+        assert!(matches!(c.moved(BinRange::new(0, 1), 0, 5), Err(AssignmentError::NoSuchWorker { .. })));
+    }
+
+    #[test]
+    fn a_worker_that_owns_nothing_takes_bins_over_empty_ones() {
+        // Three workers, the last two empty (a job grown to three).
+        let a = Assignment::from_ranges(
+            0,
+            4,
+            vec![BinRange::new(0, 16), BinRange::new(16, 16), BinRange::new(16, 16)],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let b = a.moved(BinRange::new(12, 16), 0, 2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.ranges(), &[BinRange::new(0, 12), BinRange::new(12, 12), BinRange::new(12, 16)]);
+        let c = b.moved(BinRange::new(8, 12), 0, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.ranges(), &[BinRange::new(0, 8), BinRange::new(8, 12), BinRange::new(12, 16)]);
+        // Everything back to worker 0, one neighbour at a time.
+        let d = c.moved(BinRange::new(12, 16), 2, 1).unwrap_or_else(|e| panic!("{e}"));
+        let e = d.moved(BinRange::new(8, 16), 1, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.bins_of(0), BinRange::new(0, 16));
+        assert!(e.bins_of(1).is_empty() && e.bins_of(2).is_empty());
+    }
+
+    #[test]
+    fn ranges_that_do_not_cover_the_space_are_refused() {
+        for ranges in [vec![BinRange::new(0, 8)], vec![BinRange::new(0, 8), BinRange::new(9, 16)], vec![]] {
+            assert!(Assignment::from_ranges(0, 4, ranges).is_err());
+        }
+    }
+}
