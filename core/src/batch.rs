@@ -70,6 +70,10 @@ pub const FLAG_BARRIER: u32 = 2;
 /// In a frame between processes: the batch's records are framed compactly
 /// ([`Batch::compact`]; see the module docs).
 pub const FLAG_COMPACT: u32 = 4;
+/// The batch is a handoff marker (empty; the assignment version in
+/// `barrier`): the producer routes every record after it by that version
+/// (see `crate::handoff`).
+pub const FLAG_HANDOFF: u32 = 8;
 
 /// Bytes before the first record of a compact batch: the base ingest time
 /// and the records' length.
@@ -131,7 +135,8 @@ pub struct Batch {
     pub count: u32,
     /// [`FLAG_FINAL`], [`FLAG_BARRIER`].
     pub flags: u32,
-    /// With [`FLAG_BARRIER`], the checkpoint id.
+    /// With [`FLAG_BARRIER`], the checkpoint id; with [`FLAG_HANDOFF`],
+    /// the assignment version.
     pub barrier: u64,
     /// The batch came from another process: its records are validated
     /// (rkyv's bytecheck) before they are read.
@@ -174,6 +179,11 @@ impl Batch {
     /// The checkpoint id if this batch is a barrier.
     pub fn barrier(&self) -> Option<u64> {
         (self.flags & FLAG_BARRIER != 0).then_some(self.barrier)
+    }
+
+    /// The assignment version if this batch is a handoff marker.
+    pub fn handoff(&self) -> Option<u64> {
+        (self.flags & FLAG_HANDOFF != 0).then_some(self.barrier)
     }
 
     /// Appends one record. No allocation once `data` has grown to its

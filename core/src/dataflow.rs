@@ -29,6 +29,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::RuntimeConfig;
 pub use crate::data::{Data, Key};
 use crate::exchange::{EdgeReceiver, EdgeRuntime, ExchangeSender};
+use crate::handoff::HandoffBoard;
 use crate::metrics::JobMetrics;
 use crate::push::{
     BarrierTracker, BinaryCore, BinaryOperator, BoxPush, Discard, FirstInput, SecondInput, Tee,
@@ -76,6 +77,10 @@ pub struct InstanceCtx<'a> {
     /// stateful instance registers with it, saves its store on a barrier
     /// and restores from it at start.
     pub checkpointer: Option<&'a Rc<Checkpointer>>,
+    /// The job's live handoffs, when its bins can move between workers:
+    /// a keyed instance registers with it and hands bins off and takes
+    /// them in (see [`crate::handoff`]).
+    pub handoff: Option<&'a Arc<HandoffBoard>>,
 }
 
 impl InstanceCtx<'_> {
@@ -136,6 +141,8 @@ pub struct WorkerBuild {
     pub(crate) partitions: usize,
     /// Which worker owns each bin of the keyed operators.
     pub(crate) assignment: Assignment,
+    /// The job's live handoffs (`None`: the job's bins never move).
+    pub(crate) handoff: Option<Arc<HandoffBoard>>,
     /// Shared instances (binary operators, exchange receivers), by key.
     pub(crate) shared: HashMap<String, Box<dyn Any>>,
     pub(crate) edges: Vec<EdgeRuntime>,
@@ -158,6 +165,7 @@ impl WorkerBuild {
             metrics: &self.metrics,
             config: &self.config,
             checkpointer: self.checkpointer.as_ref(),
+            handoff: self.handoff.as_ref(),
         }
     }
 
@@ -562,7 +570,11 @@ fn keyed_bins(wb: &WorkerBuild) -> BinRange {
 /// whichever side asks first.
 fn local_receiver<T: Data>(wb: &mut WorkerBuild, edge: u32) -> Rc<RefCell<EdgeReceiver<T>>> {
     let (workers, barriers, metrics) = (wb.workers, &wb.barriers, &wb.metrics);
-    wb.edges[edge as usize].local_receiver::<T>(edge, workers, barriers, metrics)
+    let r = wb.edges[edge as usize].local_receiver::<T>(edge, workers, barriers, metrics);
+    if let Some(b) = &wb.handoff {
+        r.borrow_mut().follow(b.clone(), wb.worker, workers);
+    }
+    r
 }
 
 /// Installs the receiving side of `edge` on this worker, feeding `out`.
@@ -584,7 +596,7 @@ fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
     let e = &mut wb.edges[edge as usize];
     assert!(!e.sender_installed, "edge {edge} has two senders on worker {me}");
     e.sender_installed = true;
-    Box::new(ExchangeSender::new(
+    let mut sender = ExchangeSender::new(
         key,
         routing,
         me,
@@ -592,5 +604,9 @@ fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
         local,
         wb.metrics.clone(),
         wb.config.batch_records.max(1),
-    ))
+    );
+    if let Some(b) = &wb.handoff {
+        sender.follow(b.clone());
+    }
+    Box::new(sender)
 }

@@ -28,6 +28,7 @@ pub mod control;
 mod data;
 pub mod dataflow;
 pub mod exchange;
+pub mod handoff;
 pub mod limits;
 pub mod link;
 pub mod metrics;

@@ -61,6 +61,14 @@ pub trait Push<T> {
         let _ = (hashes, keys);
         self.push_burst(recs);
     }
+    /// A live handoff concerns this worker (see [`crate::handoff`]): a
+    /// keyed instance hands its moving bins off, or looks for a step or a
+    /// parcel on the board, then flushes. The default flushes (an operator
+    /// that holds no keyed state has nothing to move).
+    fn handoff(&mut self, h: &crate::handoff::Handoff) {
+        let _ = h;
+        self.flush();
+    }
 }
 
 /// A boxed [`Push`]: the downstream of an operator instance.
@@ -117,6 +125,11 @@ impl<T: Clone> Push<T> for Tee<T> {
     fn flush(&mut self) {
         for o in &mut self.outs {
             o.flush();
+        }
+    }
+    fn handoff(&mut self, h: &crate::handoff::Handoff) {
+        for o in &mut self.outs {
+            o.handoff(h);
         }
     }
 }

@@ -63,6 +63,9 @@ pub(crate) trait RunSource {
     fn seek(&mut self, partition: usize, offset: u64) -> Result<(), String>;
     /// Pushes checkpoint barrier `id` downstream.
     fn barrier(&mut self, id: u64);
+    /// Flushes the chain (a live handoff began: its exchange senders
+    /// switch their routing at once, not at the next record).
+    fn poke(&mut self);
 }
 
 /// One partition of a source, run by a [`SourceRunner`].
@@ -196,6 +199,12 @@ impl<T, S: Source<T>> RunSource for SourceRunner<T, S> {
     fn barrier(&mut self, id: u64) {
         if !self.done {
             self.out.barrier(id);
+        }
+    }
+
+    fn poke(&mut self) {
+        if !self.done {
+            self.out.flush();
         }
     }
 }

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use spate_core::checkpoint::Checkpointer;
+use spate_core::handoff::{Handoff, HandoffBoard, StepInfo};
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BoxPush, Push};
 use spate_core::{Data, InstanceCtx, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
@@ -42,8 +43,13 @@ pub(crate) struct Opened {
     pub(crate) watermark: Timestamp,
 }
 
-/// Opens the state store of a stateful instance over the bins it owns.
-pub(crate) fn open_store(ctx: &InstanceCtx<'_>) -> Result<Opened, String> {
+/// Opens the state store of a stateful instance over the bins it owns;
+/// registers the operator with the job's live handoffs (`movable`: its
+/// instances hand bins off and take them in, see [`Moving`]).
+pub(crate) fn open_store(ctx: &InstanceCtx<'_>, movable: bool) -> Result<Opened, String> {
+    if let Some(b) = ctx.handoff {
+        b.register_keyed(ctx.operator, movable);
+    }
     let dir = ctx.state_dir();
     let instance = ctx.instance();
     let saver = Saver { checkpointer: ctx.checkpointer.cloned(), instance, metrics: ctx.metrics.clone() };
@@ -104,7 +110,7 @@ pub(crate) fn stateful<T: 'static>(
     ctx: &InstanceCtx<'_>,
     make: impl FnOnce(Opened) -> Result<BoxPush<T>, String>,
 ) -> BoxPush<T> {
-    match open_store(ctx).and_then(make) {
+    match open_store(ctx, false).and_then(make) {
         Ok(p) => p,
         Err(e) => {
             ctx.metrics.fail(e);
@@ -131,6 +137,25 @@ struct PerKey<K, T, V, O, S, E> {
     keys: Vec<K>,
     hashes: Vec<u64>,
     results: Vec<(O, Meta)>,
+    /// With live handoffs: see [`Moving`].
+    moving: Option<Box<Moving<T>>>,
+}
+
+/// A keyed instance's part in the job's live handoffs
+/// (`spate_core::handoff`): on the worker a step's bins leave, it splits
+/// them off its store when its edge has drained them; on the worker they
+/// go to, it holds their records, in order, until their state arrives,
+/// merges it and applies them. Records of other bins are never held.
+struct Moving<T> {
+    board: Arc<HandoffBoard>,
+    worker: usize,
+    bins_log2: u8,
+    /// The board version last looked at.
+    seen: u64,
+    /// The step whose bins come here, until their state is merged.
+    incoming: Option<StepInfo>,
+    /// Records of `incoming`'s bins that came before their state.
+    held: Vec<(T, Meta)>,
 }
 
 impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
@@ -246,6 +271,108 @@ where
         self.keys = keys;
     }
 
+    /// With live handoffs: looks at the board when its version changed
+    /// (one load), merges an incoming step's parcel once it is there;
+    /// whether records of an incoming step's bins are still held.
+    #[inline]
+    fn handoff_turn(&mut self) -> bool {
+        let Some(m) = self.moving.as_mut() else { return false };
+        if m.board.version() != m.seen {
+            self.look();
+        }
+        self.moving.as_ref().is_some_and(|m| m.incoming.is_some()) && !self.try_merge()
+    }
+
+    #[cold]
+    fn look(&mut self) {
+        let Some(m) = self.moving.as_mut() else { return };
+        m.seen = m.board.version();
+        if let Some(step) = m.board.step() {
+            if step.version == m.seen && step.to == m.worker {
+                m.incoming = Some(step);
+            }
+        }
+    }
+
+    /// The incoming step's parcel, if deposited: merged, then the records
+    /// held for it applied in order; whether it was.
+    #[cold]
+    fn try_merge(&mut self) -> bool {
+        let Some(m) = self.moving.as_mut() else { return true };
+        let Some(step) = m.incoming else { return true };
+        let Some(parcel) = m.board.take_parcel(step.version, &self.operator) else { return false };
+        if let Err(e) = self.store.merge(parcel) {
+            self.metrics
+                .fail(format!("operator `{}`: taking bins {} in failed: {e}", self.operator, step.bins));
+        }
+        let held = std::mem::take(&mut m.held);
+        m.incoming = None;
+        let board = m.board.clone();
+        for (rec, meta) in held {
+            self.push_now(rec, meta);
+        }
+        self.out.flush();
+        board.merged(step.version);
+        true
+    }
+
+    /// Whether a record of hash `hash` must wait for its state.
+    #[inline]
+    fn held_back(&self, hash: u64) -> bool {
+        self.moving.as_ref().and_then(|m| m.incoming.map(|s| (s, m.bins_log2))).is_some_and(|(s, b)| {
+            let bin = spate_state::bin_of(hash, b);
+            bin >= s.bins.start && bin < s.bins.end
+        })
+    }
+
+    /// A burst while an incoming step's records are held: one by one.
+    #[cold]
+    fn push_each(&mut self, recs: &mut Vec<(T, Meta)>) {
+        for (rec, meta) in recs.drain(..) {
+            self.push_one(rec, meta);
+        }
+        self.out.flush();
+    }
+
+    /// One record: held while its bin's state is on its way, else applied.
+    fn push_one(&mut self, rec: T, meta: Meta) {
+        let (key, hash) = self.key.key_and_hash(&rec);
+        if self.held_back(hash) {
+            if let Some(m) = self.moving.as_mut() {
+                m.held.push((rec, meta));
+            }
+            return;
+        }
+        if let Some(result) = self.apply(rec, key, hash) {
+            self.out.push(result, meta);
+        }
+    }
+
+    /// One record applied now.
+    fn push_now(&mut self, rec: T, meta: Meta) {
+        let (key, hash) = self.key.key_and_hash(&rec);
+        if let Some(result) = self.apply(rec, key, hash) {
+            self.out.push(result, meta);
+        }
+    }
+
+    /// The step's bins leave this worker: its edge drained them.
+    #[cold]
+    fn hand_off(&mut self, step: StepInfo) {
+        let Some(m) = self.moving.as_ref() else { return };
+        if step.from != m.worker {
+            return;
+        }
+        let board = m.board.clone();
+        match self.store.split_off(step.bins) {
+            Ok(part) => board.deposit(step.version, &self.operator, part),
+            Err(e) => self.metrics.fail(format!(
+                "operator `{}` on worker {}: handing bins {} off failed: {e}",
+                self.operator, step.from, step.bins
+            )),
+        }
+    }
+
     /// A state update failed: so does the job.
     #[cold]
     fn fail_update(&self, e: &StateError) {
@@ -279,6 +406,9 @@ where
 {
     /// A lone record (not part of a burst) is applied at once.
     fn push(&mut self, rec: T, meta: Meta) {
+        if self.handoff_turn() {
+            return self.push_one(rec, meta);
+        }
         let (key, hash) = self.key.key_and_hash(&rec);
         if let Some(result) = self.apply(rec, key, hash) {
             self.out.push(result, meta);
@@ -297,12 +427,24 @@ where
     fn flush(&mut self) {
         self.out.flush();
     }
+    fn handoff(&mut self, h: &Handoff) {
+        match *h {
+            Handoff::Drained(step) => self.hand_off(step),
+            Handoff::Poll => {
+                self.handoff_turn();
+            }
+        }
+        self.out.flush();
+    }
     /// A whole burst at once (what an exchange hands a keyed operator):
     /// its keys and hashes first, then the updates through
     /// [`ValueState::update_burst`], which fetches the state of the records
     /// further on while it updates; the results go downstream as
     /// one burst.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        if self.handoff_turn() {
+            return self.push_each(recs);
+        }
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
         let mut keys = std::mem::take(&mut self.keys);
@@ -316,6 +458,9 @@ where
     /// (those of this operator's key function) and their hashes: the keys
     /// are taken over, not worked out again.
     fn push_burst_keyed(&mut self, recs: &mut Vec<(T, Meta)>, hashes: &[u64], keys: &mut dyn Any) {
+        if self.handoff_turn() {
+            return self.push_each(recs);
+        }
         let Some(keys) =
             keys.downcast_mut::<Vec<K>>().filter(|k| k.len() == recs.len() && hashes.len() == recs.len())
         else {
@@ -349,7 +494,8 @@ where
     S: Fn(Option<V>, &T) -> V + 'static,
     E: Fn(K, V) -> O + 'static,
 {
-    stateful(ctx, |Opened { mut store, saver, .. }| {
+    let opened = open_store(ctx, true);
+    let make = |Opened { mut store, saver, .. }| {
         let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
         if let Some(keys) = expected_keys {
             acc.reserve(&mut store, keys).map_err(|e| e.to_string())?;
@@ -367,8 +513,25 @@ where
             keys: Vec::new(),
             hashes: Vec::new(),
             results: Vec::new(),
+            moving: ctx.handoff.map(|board| {
+                Box::new(Moving {
+                    board: board.clone(),
+                    worker: ctx.worker,
+                    bins_log2: ctx.bins_log2,
+                    seen: board.version(),
+                    incoming: None,
+                    held: Vec::new(),
+                })
+            }),
         }) as BoxPush<T>)
-    })
+    };
+    match opened.and_then(make) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.metrics.fail(e);
+            Box::new(Failed)
+        }
+    }
 }
 
 /// Stateful operators on a keyed stream.

@@ -261,7 +261,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let f: Rc<dyn Fn(&K, &T, &B) -> O> = Rc::new(f);
         let (window, ts_a, ts_b) = (self.window, self.ts.clone(), other.ts.clone());
         self.keyed.keyed_binary(&other.keyed, name, move |ctx, ka, kb, out| {
-            let parts = open_store(ctx).and_then(|Opened { mut store, saver, watermark }| {
+            let parts = open_store(ctx, false).and_then(|Opened { mut store, saver, watermark }| {
                 let left = ListState::register(&mut store, "join-left").map_err(|e| e.to_string())?;
                 let right = ListState::register(&mut store, "join-right").map_err(|e| e.to_string())?;
                 Ok((store, left, right, saver, watermark))

@@ -81,6 +81,8 @@ pub struct CheckpointCoordinator {
     /// The job's assignment of bins, recorded in each manifest (`None`:
     /// the uniform one).
     assignment: Mutex<Option<(u64, Vec<spate_state::BinRange>)>>,
+    /// No checkpoint is requested while a live handoff runs.
+    held: AtomicBool,
 }
 
 pub(super) struct ClusterState {
@@ -158,6 +160,7 @@ impl CheckpointCoordinator {
             started: Mutex::new(None),
             cluster,
             assignment: Mutex::new(None),
+            held: AtomicBool::new(false),
         })
     }
 
@@ -231,6 +234,15 @@ impl CheckpointCoordinator {
         self.restore.as_ref().map_or(self.workers, |m| m.partitions)
     }
 
+    /// Holds checkpoints back (`true`: none is requested from now on) or
+    /// lets them go on; a live handoff runs between the two.
+    pub(crate) fn hold(&self, held: bool) {
+        // The lock `request_next` makes its request under: a request begun
+        // before is counted in `requested` when this returns.
+        let _s = self.started.lock();
+        self.held.store(held, Ordering::Release);
+    }
+
     /// From now on, checkpoints record `a` as the job's assignment of bins.
     pub fn set_assignment(&self, a: &crate::assignment::Assignment) {
         if let Ok(mut slot) = self.assignment.lock() {
@@ -274,6 +286,7 @@ impl CheckpointCoordinator {
     /// every worker is running; whether it did.
     pub(crate) fn request_next(&self) -> bool {
         if self.cluster.is_some()
+            || self.held.load(Ordering::Acquire)
             || self.stopped.load(Ordering::Acquire)
             || self.participants.load(Ordering::Acquire) == 0
             || self.workers_built.load(Ordering::Acquire) < self.workers
@@ -281,9 +294,13 @@ impl CheckpointCoordinator {
         {
             return false;
         }
-        if let Ok(mut s) = self.started.lock() {
-            *s = Some(Instant::now());
+        // Under the lock `hold` takes: once it returns, no request is
+        // half made.
+        let Ok(mut s) = self.started.lock() else { return false };
+        if self.held.load(Ordering::Acquire) {
+            return false;
         }
+        *s = Some(Instant::now());
         self.requested.fetch_add(1, Ordering::AcqRel);
         true
     }

@@ -248,6 +248,19 @@ impl Outbox {
         self.close(FLAG_BARRIER);
     }
 
+    /// A handoff marker of assignment `version` after the records so far
+    /// (see `crate::handoff`).
+    pub(super) fn set_handoff(&mut self, version: u64) {
+        if self.final_sent {
+            return;
+        }
+        if self.current.count > 0 {
+            self.close(0);
+        }
+        self.current.barrier = version;
+        self.close(crate::batch::FLAG_HANDOFF);
+    }
+
     pub(super) fn set_final(&mut self) {
         self.set_watermark(WATERMARK_END);
         self.final_pending = true;

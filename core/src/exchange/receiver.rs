@@ -10,6 +10,7 @@ use spate_state::codec;
 
 use crate::batch::{Batch, Meta};
 use crate::data::Data;
+use crate::handoff::{Handoff, HandoffBoard};
 use crate::push::{BarrierTracker, BoxPush, InputFrontier};
 use crate::time::{Timestamp, WATERMARK_END};
 
@@ -18,6 +19,9 @@ pub(crate) trait BatchInput {
     /// A batch from another worker, but for its first `skip` records (a
     /// replacement's replay re-sends records this worker already took).
     fn on_batch(&mut self, batch: &Batch, skip: usize);
+    /// A live handoff concerns this worker: the downstream keyed instance
+    /// looks at the board (see `crate::handoff`).
+    fn poke(&mut self);
 }
 
 /// The receiving side of an edge on one worker.
@@ -30,6 +34,17 @@ pub(crate) struct EdgeReceiver<T> {
     /// A batch's records, decoded, handed downstream as one burst (see
     /// [`crate::push::Push::push_burst`]); allocated once.
     burst: Vec<(T, Meta)>,
+    /// With live handoffs: the board, this worker, each producer's last
+    /// marker (or the end, for one that finished) and the last step this
+    /// edge drained.
+    handoff: Option<Follow>,
+}
+
+struct Follow {
+    board: std::sync::Arc<HandoffBoard>,
+    worker: usize,
+    markers: Vec<u64>,
+    drained: u64,
 }
 
 impl<T: Data> EdgeReceiver<T> {
@@ -41,7 +56,40 @@ impl<T: Data> EdgeReceiver<T> {
     ) -> Self {
         let mut frontier = InputFrontier::new(producers);
         frontier.set_tracker(tracker);
-        Self { edge, metrics, out: None, frontier, finished: false, burst: Vec::new() }
+        Self { edge, metrics, out: None, frontier, finished: false, burst: Vec::new(), handoff: None }
+    }
+
+    /// Takes part in the live handoffs on `board`, as worker `worker`.
+    pub(crate) fn follow(&mut self, board: std::sync::Arc<HandoffBoard>, worker: usize, producers: usize) {
+        if self.handoff.is_none() {
+            let v = board.version();
+            self.handoff = Some(Follow { board, worker, markers: vec![v; producers], drained: v });
+        }
+    }
+
+    /// `producer` routes by assignment `version` from now on.
+    pub(super) fn handoff_from(&mut self, producer: usize, version: u64) {
+        if let Some(f) = self.handoff.as_mut() {
+            if let Some(m) = f.markers.get_mut(producer) {
+                *m = (*m).max(version);
+            }
+        }
+        self.check_drained();
+    }
+
+    /// On the worker a step's bins leave: once every producer's marker of
+    /// the step came (or the producer ended), every record of those bins
+    /// this edge will ever get is downstream, which hands them off.
+    fn check_drained(&mut self) {
+        let Some(f) = self.handoff.as_mut() else { return };
+        let Some(step) = f.board.step() else { return };
+        if step.from != f.worker || f.drained >= step.version || f.markers.iter().any(|&m| m < step.version) {
+            return;
+        }
+        f.drained = step.version;
+        if let Some(o) = self.out.as_mut() {
+            o.handoff(&Handoff::Drained(step));
+        }
     }
 
     pub(super) fn barrier_from(&mut self, producer: usize, id: u64) {
@@ -78,6 +126,10 @@ impl<T: Data> EdgeReceiver<T> {
     }
 
     pub(super) fn finish_from(&mut self, producer: usize) {
+        // An ended producer sends nothing more, by any assignment.
+        if let Some(m) = self.handoff.as_mut().and_then(|f| f.markers.get_mut(producer)) {
+            *m = u64::MAX;
+        }
         self.watermark_from(producer, WATERMARK_END);
         let all = self.frontier.finish(producer);
         if let Some(id) = self.frontier.barrier_after_finish() {
@@ -92,10 +144,18 @@ impl<T: Data> EdgeReceiver<T> {
                 o.finish();
             }
         }
+        self.check_drained();
     }
 }
 
 impl<T: Data> BatchInput for EdgeReceiver<T> {
+    fn poke(&mut self) {
+        self.check_drained();
+        if let Some(o) = self.out.as_mut() {
+            o.handoff(&Handoff::Poll);
+        }
+    }
+
     fn on_batch(&mut self, batch: &Batch, skip: usize) {
         let producer = batch.producer as usize;
         // The header's watermark was in force when every record of the batch
@@ -140,6 +200,9 @@ impl<T: Data> BatchInput for EdgeReceiver<T> {
         }
         if let Some(id) = batch.barrier() {
             self.barrier_from(producer, id);
+        }
+        if let Some(version) = batch.handoff() {
+            self.handoff_from(producer, version);
         }
         if batch.is_final() {
             self.finish_from(producer);

@@ -55,6 +55,10 @@ pub(crate) struct ExchangeSender<T, K, F> {
     pub(super) stage: Vec<Stage<T, K>>,
     /// One per `stage` while a burst is staged. Allocated once.
     pub(super) cursors: Vec<Cursor<T, K>>,
+    /// The job's live handoffs, and the assignment version `routing` is
+    /// of (see `crate::handoff`).
+    pub(super) board: Option<std::sync::Arc<crate::handoff::HandoffBoard>>,
+    pub(super) version: u64,
 }
 
 /// Encodes `rec` into `o`, the outbox for worker `dest`; a record that
@@ -177,7 +181,41 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
             pair,
             stage,
             cursors,
+            board: None,
+            version: 0,
         }
+    }
+
+    /// Routes by the assignment on `board` from now on, following its
+    /// handoffs (see `crate::handoff`).
+    pub(crate) fn follow(&mut self, board: std::sync::Arc<crate::handoff::HandoffBoard>) {
+        self.version = board.version();
+        self.board = Some(board);
+    }
+
+    /// At a burst's boundary: the board's assignment changed, so the
+    /// records routed by the old one go out, then a marker of the new
+    /// version to every consumer, and later records go by the new table.
+    #[inline]
+    fn follow_handoff(&mut self) {
+        if let Some(b) = &self.board {
+            if b.version() != self.version {
+                self.switch_routing();
+            }
+        }
+    }
+
+    #[cold]
+    fn switch_routing(&mut self) {
+        let Some(b) = self.board.clone() else { return };
+        self.deliver();
+        let (version, routing) = b.routing();
+        for o in self.outboxes.iter().flatten() {
+            o.borrow_mut().set_handoff(version);
+        }
+        self.local.borrow_mut().handoff_from(self.me, version);
+        self.routing = routing;
+        self.version = version;
     }
 
     /// Hands the records kept here downstream (ending the burst there).
@@ -433,6 +471,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
         } else {
             self.deliver();
         }
+        self.follow_handoff();
     }
 
     /// A burst from upstream (a source's step), then the end of the burst.
@@ -440,6 +479,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
     /// downstream as it is, with the keys and hashes of its records, and no
     /// record is moved. Otherwise see `push_burst_spread`.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        self.follow_handoff();
         if !self.alone {
             return self.push_burst_spread(recs);
         }

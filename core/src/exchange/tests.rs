@@ -179,6 +179,8 @@ fn spread_burst_reaches_every_worker_in_order(me: usize, workers: usize, pair: b
             .map(|_| Stage { recs: Vec::new(), keys: Vec::new(), hashes: Vec::new() })
             .collect(),
         cursors: Vec::new(),
+        board: None,
+        version: 0,
     };
     assert_eq!(sender.pair.is_some(), pair, "a pair of workers takes push_burst_pair");
     let mut want: Vec<Vec<Rec>> = vec![Vec::new(); workers];

@@ -38,9 +38,11 @@ use crate::checkpoint::{self, CheckpointCoordinator, ClusterCheckpoints};
 use crate::config::{available_cores, ConfigError, RuntimeConfig};
 use crate::control::placement::ClusterPlacement;
 use crate::dataflow::Dataflow;
+use crate::handoff::{HandoffBoard, HandoffError, StepDone, StepInfo};
 use crate::link::Conn;
 use crate::metrics::JobMetrics;
 use crate::ring::{ring, Consumer, Producer};
+use spate_state::BinRange;
 
 pub mod error;
 mod flusher;
@@ -73,6 +75,9 @@ pub struct Job<C = spate_net::Connection> {
     replay_buffer_bytes: usize,
     workers: usize,
     coord: Option<Arc<CheckpointCoordinator>>,
+    /// Live handoffs between this process's workers (`None` for a share of
+    /// a cluster job or a job of one worker).
+    handoff: Option<Arc<HandoffBoard>>,
     name: String,
     data_dir: std::path::PathBuf,
 }
@@ -342,6 +347,8 @@ impl Runtime {
         if let Some(c) = &coord {
             c.set_assignment(&assignment);
         }
+        // Live handoff moves bins between the workers of one process.
+        let handoff = (cluster.is_none() && workers > 1).then(|| HandoffBoard::new(assignment.clone()));
         let mut setups: BTreeMap<usize, WorkerSetup<C>> = local
             .iter()
             .enumerate()
@@ -360,6 +367,7 @@ impl Runtime {
                     relinks: relinks.as_ref().map(|b| (b.clone(), slot)),
                     inline_writer,
                     assignment: assignment.clone(),
+                    handoff: handoff.clone(),
                 };
                 (w, setup)
             })
@@ -394,6 +402,7 @@ impl Runtime {
             replay_buffer_bytes: self.config.replay_buffer_bytes,
             workers: local.len(),
             coord,
+            handoff,
             name: name.to_string(),
             data_dir: self.config.data_dir.clone(),
         };
@@ -428,6 +437,84 @@ impl<C> Job<C> {
     /// The job's checkpointing, when it takes checkpoints.
     pub fn checkpoints(&self) -> Option<&Arc<CheckpointCoordinator>> {
         self.coord.as_ref()
+    }
+
+    /// The job's current assignment of bins to workers (`None` where its
+    /// bins cannot move live).
+    pub fn assignment(&self) -> Option<Assignment> {
+        self.handoff.as_ref().map(|b| b.assignment())
+    }
+
+    /// Moves `bins` of every keyed operator from worker `from` to worker
+    /// `to` while the job runs (live handoff, see [`crate::handoff`]):
+    /// records of other bins are not paused, those of `bins` that reach
+    /// `to` before their state are held there, and every record affects
+    /// the state once. `bins` must be a run at the end of `from`'s range
+    /// next to `to`'s ([`Assignment::moved`]). Waits for a checkpoint in
+    /// flight to complete first (none is taken during the move), and for
+    /// the move to complete, at most `timeout` each; returns what moved.
+    /// The workers must keep running meanwhile: an embedding program keeps
+    /// taking the job's outputs on another thread (a full output stops the
+    /// workers, and with them the move).
+    pub fn move_bins(
+        &self,
+        bins: BinRange,
+        from: usize,
+        to: usize,
+        timeout: Duration,
+    ) -> Result<StepDone, HandoffError> {
+        let Some(board) = &self.handoff else {
+            let why = if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" };
+            return Err(HandoffError::NotLive { why });
+        };
+        let operators = board.unmovable();
+        if !operators.is_empty() {
+            return Err(HandoffError::Unmovable { operators });
+        }
+        if let Some(step) = board.step() {
+            return Err(HandoffError::Busy { version: step.version });
+        }
+        let next = board.assignment().moved(bins, from, to).map_err(HandoffError::Assignment)?;
+        let over = |t0: Instant| crate::time::now().saturating_duration_since(t0) > timeout;
+        let ended = || self.metrics.has_failed() || self.is_finished();
+        if let Some(c) = &self.coord {
+            c.hold(true);
+            let t0 = crate::time::now();
+            while c.completed().max(c.aborted()) < c.requested() {
+                if ended() || over(t0) {
+                    c.hold(false);
+                    return Err(if ended() {
+                        HandoffError::JobEnded
+                    } else {
+                        HandoffError::CheckpointBusy { checkpoint: c.requested() }
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let info = StepInfo { version: next.version(), bins, from, to };
+        board.publish(info, next.clone());
+        let t0 = crate::time::now();
+        let done = loop {
+            if let Some(d) = board.done().into_iter().rev().find(|d| d.info.version == info.version) {
+                break Ok(d);
+            }
+            if ended() {
+                break Err(HandoffError::JobEnded);
+            }
+            if over(t0) {
+                let waited_ms = crate::time::now().saturating_duration_since(t0).as_millis() as u64;
+                break Err(HandoffError::TimedOut { step: info, waited_ms });
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        if let Some(c) = &self.coord {
+            if done.is_ok() {
+                c.set_assignment(&next);
+            }
+            c.hold(false);
+        }
+        done
     }
 
     /// Stops every worker of this node's share of the job at its next step

@@ -18,6 +18,7 @@ use crate::checkpoint::{CheckpointCoordinator, Checkpointer};
 use crate::config::RuntimeConfig;
 use crate::dataflow::{Dataflow, WorkerBuild};
 use crate::exchange::{EdgeRuntime, TouchList};
+use crate::handoff::HandoffBoard;
 use crate::limits::{NAP_US, TICK_US_MAX};
 use crate::link::netlink::NetLink;
 use crate::link::route::{Rx, Tx};
@@ -60,6 +61,8 @@ pub(crate) struct WorkerSetup<C> {
     pub(crate) inline_writer: bool,
     /// Which worker owns each bin of the keyed operators, at the start.
     pub(crate) assignment: Assignment,
+    /// The job's live handoffs (`None`: its bins never move).
+    pub(crate) handoff: Option<Arc<HandoffBoard>>,
 }
 
 /// Counts a worker as ended when dropped, even by a panic.
@@ -92,6 +95,8 @@ pub struct Worker<C> {
     config: Arc<RuntimeConfig>,
     ckpt: Ckpt,
     live: Option<Live<C>>,
+    /// The job's live handoffs.
+    handoff: Option<Arc<HandoffBoard>>,
     tick_ns: u64,
     next_tick: u64,
     next_maintain: u64,
@@ -124,6 +129,7 @@ impl<C: Conn> Worker<C> {
             mut relinks,
             inline_writer,
             assignment,
+            handoff,
         } = setup;
         let done_guard = WorkerDone(metrics.clone());
         let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose()
@@ -149,6 +155,7 @@ impl<C: Conn> Worker<C> {
             dataflow: name.clone(),
             partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
             assignment,
+            handoff: handoff.clone(),
             shared: HashMap::new(),
             edges: (0..edge_factories.len())
                 .map(|e| {
@@ -271,6 +278,7 @@ impl<C: Conn> Worker<C> {
             config,
             ckpt,
             live,
+            handoff,
             tick_ns,
             next_tick: t + tick_ns,
             next_maintain: 0,
@@ -346,6 +354,19 @@ impl<C: Conn> Worker<C> {
             }
         }
         progress |= flusher.drain_backlog()?;
+        if self.handoff.as_ref().is_some_and(|b| b.take_wake(self.me)) {
+            // A live handoff concerns this worker: senders switch their
+            // routing now, keyed instances look at the board.
+            for item in items.iter_mut().filter(|i| !i.done) {
+                match &mut item.work {
+                    Work::Source(t) => t.runner.poke(),
+                    Work::Input { input, .. } => input.borrow_mut().poke(),
+                    Work::Net(_) => {}
+                }
+            }
+            flusher.flush_touched(true, &mut Vec::new())?;
+            progress = true;
+        }
         let (mut live, mut links) = (0, 0);
         for item in items.iter_mut() {
             if item.done {

@@ -1,0 +1,300 @@
+//! Live handoff of bins between the workers of one process: the
+//! [`HandoffBoard`] every exchange sender, edge receiver and keyed
+//! instance of a job shares, and the protocol it carries
+//! (docs/ARCHITECTURE.md, *Handoff*).
+//!
+//! A step moves a run of bins `S` of every keyed operator from worker `A`
+//! to worker `B` (one [`Assignment::moved`]):
+//!
+//! 1. [`Job::move_bins`](crate::Job::move_bins) holds checkpoints back
+//!    until none is in flight, then publishes the next assignment version
+//!    `v` on the board.
+//! 2. Every exchange sender into a keyed operator, at its next burst
+//!    boundary, sends what it routed by the old table, then a marker of `v`
+//!    to every consumer, and from then on routes by the new table: records
+//!    of `S` go to `B`.
+//! 3. A keyed instance on `B` holds the records of `S` it receives, in
+//!    order, until their state arrives; records of its other bins go on.
+//! 4. The edge receiver on `A` that has a marker of `v` from every producer
+//!    has received every record of `S` it will ever get, and pushed them
+//!    downstream: it tells its keyed instance, which splits `S` off its
+//!    store and leaves it on the board (a parcel).
+//! 5. The keyed instance on `B` merges the parcel into its store (whole
+//!    bins, nothing rehashed), then applies the records it held, in the
+//!    order they came.
+//! 6. When every keyed instance on `B` merged, the step is done:
+//!    checkpoints resume, recording the new assignment.
+//!
+//! Records of bins that do not move are never held. A key's records from
+//! one producer keep their order: before the producer's marker they reach
+//! `A` and are in the state before it is split off; after it they reach `B`
+//! and are applied after it is merged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use spate_state::keyspace::BinRange;
+use spate_state::StateStore;
+
+use crate::assignment::Assignment;
+use crate::routing::RoutingTable;
+
+/// A step in flight (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The assignment version it makes.
+    pub version: u64,
+    /// The bins that move.
+    pub bins: BinRange,
+    /// The worker they leave.
+    pub from: usize,
+    /// The worker they go to.
+    pub to: usize,
+}
+
+struct Step {
+    info: StepInfo,
+    /// Split-off stores by keyed operator, waiting on `to`.
+    parcels: Vec<(String, StateStore)>,
+    /// Keyed operators that merged their parcel on `to`.
+    merged: usize,
+    /// Bytes of state moved (the parcels' live bytes).
+    bytes: u64,
+    started: Instant,
+}
+
+struct State {
+    assignment: Assignment,
+    step: Option<Step>,
+    /// Keyed operators of the job, by name, and whether each can hand
+    /// bins off.
+    keyed: Vec<(String, bool)>,
+    /// Steps done, with what they moved.
+    done: Vec<StepDone>,
+}
+
+/// What a finished step moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDone {
+    /// The step.
+    pub info: StepInfo,
+    /// Bytes of state moved.
+    pub bytes: u64,
+    /// Microseconds from publishing the step to the last merge.
+    pub micros: u64,
+}
+
+/// What every part of a job shares about its assignment and the handoff
+/// in flight (see the module documentation).
+pub struct HandoffBoard {
+    /// The version senders route by (the assignment's).
+    version: AtomicU64,
+    /// Per worker: a parcel waits for it, or a step concerns it (its
+    /// worker loop nudges its inputs).
+    wake: Vec<AtomicBool>,
+    state: Mutex<State>,
+}
+
+impl HandoffBoard {
+    /// The board of a job starting from `assignment`.
+    pub fn new(assignment: Assignment) -> Arc<Self> {
+        let workers = assignment.workers();
+        Arc::new(Self {
+            version: AtomicU64::new(assignment.version()),
+            wake: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            state: Mutex::new(State { assignment, step: None, keyed: Vec::new(), done: Vec::new() }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is only ever replaced whole under the lock: a panic
+        // elsewhere leaves it consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version exchange senders must route by: one load, on a burst's
+    /// boundary.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The current assignment.
+    pub fn assignment(&self) -> Assignment {
+        self.state().assignment.clone()
+    }
+
+    /// The routing table of the current assignment, and its version.
+    pub(crate) fn routing(&self) -> (u64, RoutingTable) {
+        let s = self.state();
+        (s.assignment.version(), s.assignment.routing())
+    }
+
+    /// The step in flight, if any.
+    pub fn step(&self) -> Option<StepInfo> {
+        self.state().step.as_ref().map(|s| s.info)
+    }
+
+    /// Steps done so far.
+    pub fn done(&self) -> Vec<StepDone> {
+        self.state().done.clone()
+    }
+
+    /// A keyed operator's instance on worker 0 registers (once per
+    /// operator): `movable` when it can hand bins off.
+    pub fn register_keyed(&self, operator: &str, movable: bool) {
+        let mut s = self.state();
+        if !s.keyed.iter().any(|(o, _)| o == operator) {
+            s.keyed.push((operator.to_string(), movable));
+        }
+    }
+
+    /// Keyed operators that cannot hand bins off.
+    pub(crate) fn unmovable(&self) -> Vec<String> {
+        self.state().keyed.iter().filter(|(_, m)| !m).map(|(o, _)| o.clone()).collect()
+    }
+
+    /// Publishes a step to `next` (see [`Job::move_bins`](crate::Job::move_bins)).
+    pub(crate) fn publish(&self, info: StepInfo, next: Assignment) {
+        let mut s = self.state();
+        s.assignment = next;
+        s.step = Some(Step { info, parcels: Vec::new(), merged: 0, bytes: 0, started: Instant::now() });
+        drop(s);
+        self.version.store(info.version, Ordering::Release);
+        // Every worker's senders switch now, not at their next record.
+        for w in 0..self.wake.len() {
+            self.nudge(w);
+        }
+    }
+
+    /// Asks worker `w`'s loop to nudge its inputs.
+    fn nudge(&self, w: usize) {
+        if let Some(f) = self.wake.get(w) {
+            f.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether worker `w` should nudge its inputs (clears the request).
+    #[inline]
+    pub(crate) fn take_wake(&self, w: usize) -> bool {
+        self.wake.get(w).is_some_and(|f| f.load(Ordering::Relaxed) && f.swap(false, Ordering::AcqRel))
+    }
+
+    /// `operator`'s instance on the step's `from` split `store` off: it
+    /// waits for `to`.
+    pub fn deposit(&self, version: u64, operator: &str, store: StateStore) {
+        let mut s = self.state();
+        let Some(step) = s.step.as_mut().filter(|st| st.info.version == version) else { return };
+        step.bytes += store.segment_bytes_in_use();
+        step.parcels.push((operator.to_string(), store));
+        let to = step.info.to;
+        drop(s);
+        self.nudge(to);
+    }
+
+    /// `operator`'s parcel of step `version`, if it was deposited.
+    pub fn take_parcel(&self, version: u64, operator: &str) -> Option<StateStore> {
+        let mut s = self.state();
+        let step = s.step.as_mut().filter(|st| st.info.version == version)?;
+        let i = step.parcels.iter().position(|(o, _)| o == operator)?;
+        Some(step.parcels.swap_remove(i).1)
+    }
+
+    /// `operator`'s instance on `to` merged its parcel; the step is done
+    /// once every keyed operator's did (`Some`: what it moved).
+    pub fn merged(&self, version: u64) -> Option<StepDone> {
+        let mut s = self.state();
+        let keyed = s.keyed.len();
+        let step = s.step.as_mut().filter(|st| st.info.version == version)?;
+        step.merged += 1;
+        if step.merged < keyed {
+            return None;
+        }
+        let step = s.step.take()?;
+        let done = StepDone {
+            info: step.info,
+            bytes: step.bytes,
+            micros: step.started.elapsed().as_micros() as u64,
+        };
+        s.done.push(done.clone());
+        Some(done)
+    }
+}
+
+/// What a keyed instance is told about a step (see
+/// [`Push::handoff`](crate::push::Push::handoff)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Every producer's marker of step `info` reached this worker's edge
+    /// receiver, which pushed every record before them: on `info.from`,
+    /// split `info.bins` off and deposit them.
+    Drained(StepInfo),
+    /// Look at the board: a step may have begun, or a parcel arrived.
+    Poll,
+}
+
+/// Why a live handoff was refused or did not complete (nothing moved,
+/// unless [`HandoffError::TimedOut`] says otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandoffError {
+    /// This job's bins cannot move live: it runs one worker, or it is a
+    /// share of a cluster job (live handoff between nodes is not built).
+    NotLive {
+        /// Why.
+        why: &'static str,
+    },
+    /// Keyed operators that cannot hand bins off (windows, joins).
+    Unmovable {
+        /// Their names.
+        operators: Vec<String>,
+    },
+    /// Another step is in flight.
+    Busy {
+        /// Its version.
+        version: u64,
+    },
+    /// The move does not fit the assignment.
+    Assignment(crate::assignment::AssignmentError),
+    /// The checkpoint in flight did not complete within the timeout.
+    CheckpointBusy {
+        /// The checkpoint.
+        checkpoint: u64,
+    },
+    /// The job ended (or failed) before the step completed.
+    JobEnded,
+    /// The step did not complete within the timeout; it stays in flight.
+    TimedOut {
+        /// The step.
+        step: StepInfo,
+        /// Milliseconds waited.
+        waited_ms: u64,
+    },
+}
+
+impl std::fmt::Display for HandoffError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandoffError::NotLive { why } => write!(f, "this job's bins cannot move live: {why}"),
+            HandoffError::Unmovable { operators } => {
+                write!(f, "keyed operators that cannot hand bins off yet: {}", operators.join(", "))
+            }
+            HandoffError::Busy { version } => {
+                write!(f, "a handoff (to version {version}) is already running")
+            }
+            HandoffError::Assignment(e) => e.fmt(f),
+            HandoffError::CheckpointBusy { checkpoint } => {
+                write!(f, "checkpoint {checkpoint} did not complete in time to start the handoff")
+            }
+            HandoffError::JobEnded => f.write_str("the job ended before the handoff completed"),
+            HandoffError::TimedOut { step, waited_ms } => write!(
+                f,
+                "moving bins {} from worker {} to worker {} did not complete within {waited_ms} ms",
+                step.bins, step.from, step.to
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandoffError {}
