@@ -16,6 +16,7 @@
 //!   loop: steps, flushing and backpressure.
 //! - [`checkpoint`]: aligned checkpoints of a job and restore.
 //! - `replay`: live recovery's upstream buffers and receiver counts.
+//! - [`panic`]: panics caught at thread boundaries, as job failures.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod exchange;
 pub mod limits;
 pub mod link;
 pub mod metrics;
+pub mod panic;
 pub mod push;
 mod replay;
 pub mod replica;

@@ -61,7 +61,7 @@ pub struct Runtime {
 /// A running job (or one node's share of a cluster job). `C` is the
 /// connection type of its links to other nodes.
 pub struct Job<C = spate_net::Connection> {
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
     metrics: Arc<JobMetrics>,
     started: Instant,
     /// With live recovery: where replacements' connections go.
@@ -206,16 +206,15 @@ impl Runtime {
             };
             // The worker's future never returns `Pending`: it runs the poll
             // loop to the end of the job, so glommio's scheduler never runs
-            // (decision 15).
-            let h = LocalExecutorBuilder::new(placement)
-                .name(&format!("spate-w{w}"))
-                .io_memory(config.io_memory_bytes)
-                .ring_depth(64)
-                .spawn(move || async move {
-                    if let Some(worker) = Worker::build(setup) {
-                        worker.run();
-                    }
-                })
+            // (decision 15). The thread is Spate's own, so that a panic
+            // anywhere on it — glommio making the executor, the build, an
+            // operator — is caught once at its boundary and fails the job
+            // (decision 42); the setup counts the worker as ended however
+            // the thread ends.
+            let (metrics, io_memory) = (job.metrics.clone(), config.io_memory_bytes);
+            let h = std::thread::Builder::new()
+                .name(format!("spate-w{w}"))
+                .spawn(move || run_worker(w, placement, io_memory, setup, &metrics))
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             job.handles.push(h);
         }
@@ -350,6 +349,7 @@ impl Runtime {
                     net: Vec::new(),
                     relinks: relinks.as_ref().map(|b| (b.clone(), slot)),
                     inline_writer,
+                    done: worker::WorkerDone(metrics.clone()),
                 };
                 (w, setup)
             })
@@ -389,6 +389,40 @@ impl Runtime {
         };
         let setups = local.iter().filter_map(|w| setups.remove(w)).collect();
         Ok((job, setups))
+    }
+}
+
+/// A production worker's thread: makes its glommio executor (pinned as
+/// `placement` says) and runs the worker on it to the end of the job. A
+/// failure to make the executor, or a panic anywhere on the thread that
+/// the worker did not catch itself (glommio's, the build's), fails the
+/// job with a message naming the thread.
+fn run_worker(
+    w: usize,
+    placement: Placement,
+    io_memory: usize,
+    setup: WorkerSetup<spate_net::Connection>,
+    metrics: &JobMetrics,
+) {
+    let during = std::cell::Cell::new("making its executor");
+    let ran = crate::panic::catch(None, || {
+        let ex = LocalExecutorBuilder::new(placement).io_memory(io_memory).ring_depth(64).make()?;
+        ex.run(async {
+            during.set("building its share of the dataflow");
+            if let Some(worker) = Worker::build(setup) {
+                during.set("running");
+                worker.run();
+            }
+        });
+        Ok::<(), glommio::GlommioError<()>>(())
+    });
+    match ran {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => metrics.fail(RuntimeError::Spawn { worker: w, reason: e.to_string() }.to_string()),
+        Err(mut p) => {
+            p.during = Some(during.get().to_string());
+            metrics.fail(p.to_string());
+        }
     }
 }
 
