@@ -2,11 +2,16 @@
 //! a user's operator that panics — on one worker of two, in a `map` fused
 //! after a source or in a `fold` after an exchange, or while the dataflow
 //! is built — ends the job with an error that names the thread, where it
-//! was, and the panic's message, within a bounded time. Each test runs
-//! under a watchdog, so a hang fails it instead of stalling the run.
+//! was, and the panic's message, within a bounded time; on a cluster of
+//! real node processes a panic that recurs after every restart ends the
+//! job with it. Each test runs under a watchdog, so a hang fails it
+//! instead of stalling the run.
 
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spate::deploy::LocalNodes;
 use spate::prelude::*;
 use spate::{Job, RuntimeError, Watchdog};
 
@@ -132,4 +137,85 @@ fn a_build_that_panics_on_one_worker_fails_the_job() {
     });
     let e = failure(job);
     assert_mentions(&e, &["worker 1 cannot build", "spate-w1", "building its share of the dataflow"]);
+}
+
+/// The node a process of this binary runs as, and its config (see
+/// [`node_process`]).
+const NODE_ENV: &str = "SPATE_PANICS_TEST_NODE";
+const CONFIG_ENV: &str = "SPATE_PANICS_TEST_CONFIG";
+
+/// The dataflow of the cluster test, on every node: record 200 001, made
+/// on worker 1 (node `b`'s), panics in the map after the source, in every
+/// run of the job (a rollback replays it from a checkpoint before it).
+fn poisoned(df: &Dataflow) {
+    numbers(df, 50_000_000)
+        .map("poison", |i: u64| {
+            if i == 200_001 {
+                panic!("record {i} is poison");
+            }
+            (i % 1000, i)
+        })
+        .key_by("by-key", |r: &(u64, u64)| r.0)
+        .fold("sum", || 0u64, |s, r| *s += r.1)
+        .sink_count("sink", false, None);
+}
+
+/// A node process of [`a_panic_on_one_node_fails_the_cluster_job_after_its_restarts`]:
+/// this binary, started by it with the node's name and the config in
+/// its environment, runs [`poisoned`] as that node through the library
+/// (`spate::node::run_node_with`), printing the coordinator's events as
+/// `spate node --json` does, and exits 1 with the node's error.
+#[test]
+#[ignore = "a node process that a_panic_on_one_node_fails_the_cluster_job_after_its_restarts starts"]
+fn node_process() {
+    let (Ok(name), Ok(config)) = (std::env::var(NODE_ENV), std::env::var(CONFIG_ENV)) else {
+        panic!("a node process needs {NODE_ENV} and {CONFIG_ENV}");
+    };
+    let cfg = spate::config::Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{e}"));
+    let opts = spate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };
+    if let Err(e) = spate::node::run_node_with(&cfg, &name, &opts, Arc::new(poisoned)) {
+        eprintln!("spate: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[test]
+fn a_panic_on_one_node_fails_the_cluster_job_after_its_restarts() {
+    let _watchdog =
+        Watchdog::start("a_panic_on_one_node_fails_the_cluster_job_after_its_restarts", LIMIT * 9);
+    let _one = one_job();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let text = format!(
+        "[query]\nname = \"keyed-sum\"\n[runtime]\npin = false\npark_when_idle = true\ndata_dir = {:?}\n\
+         [checkpoint]\ninterval_ms = 100\n\
+         [cluster]\nfailure_timeout_ms = 1000\n\
+         [[cluster.nodes]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n\
+         [[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    let text = spate::deploy::resolve_ports(&text).unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("this test's binary: {e}"));
+    let mut nodes = LocalNodes::start_with(&config, |name| {
+        let mut c = Command::new(&exe);
+        c.args(["node_process", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(NODE_ENV, name)
+            .env(CONFIG_ENV, &config);
+        c
+    })
+    .unwrap_or_else(|e| panic!("start the nodes: {e}"));
+    let e = match nodes.wait(LIMIT * 6) {
+        Ok(reports) => panic!("the job succeeded: {reports:?}"),
+        Err(e) => e,
+    };
+    eprintln!("{e}");
+    // Rolled back as for any share failure, every time the panic came
+    // back, then failed with it: the coordinator's error names it.
+    assert_mentions(&e, &["the coordinator failed", "restart 3 of 3"]);
+    let failure = e
+        .lines()
+        .find(|l| l.starts_with("[a] spate: node `a`:"))
+        .unwrap_or_else(|| panic!("no error of the coordinator's node in: {e}"));
+    assert_mentions(failure, &["thread `spate-w1` panicked", "record 200001 is poison"]);
 }

@@ -162,6 +162,11 @@ impl CompletionHandle {
     }
 }
 
+/// Core's tests: the service listening on this port panics at its next
+/// pass.
+#[cfg(test)]
+pub(crate) static PANIC_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// The state of the service's thread.
 struct Server {
     listener: Listener,
@@ -219,6 +224,10 @@ impl Server {
     /// One pass over the listener and every connection; whether anything
     /// happened.
     fn poll(&mut self) -> bool {
+        #[cfg(test)]
+        if PANIC_PORT.load(Ordering::Acquire) == self.listener.local_addr().port() {
+            panic!("the test made this service panic");
+        }
         let mut progress = self.compact();
         for _ in 0..ACCEPTS_PER_PASS {
             if self.peers.len() >= CONNECTIONS_MAX {
