@@ -64,6 +64,21 @@ fn numbers(df: &Dataflow, records: u64) -> Stream<u64> {
     df.generate("numbers", GeneratorSpec::bounded(records), |i| i, |i| i)
 }
 
+/// A running sum per key of `records` numbers, whose map (fused after the
+/// source) panics at record `poison`, in every run of the job.
+fn poisoned(df: &Dataflow, records: u64, poison: u64) {
+    numbers(df, records)
+        .map("poison", move |i: u64| {
+            if i == poison {
+                panic!("record {i} is poison");
+            }
+            (i % 1000, i)
+        })
+        .key_by("by-key", |r: &(u64, u64)| r.0)
+        .fold("sum", || 0u64, |s, r| *s += r.1)
+        .sink_count("sink", false, None);
+}
+
 #[test]
 fn a_map_that_panics_fails_the_job_with_its_message() {
     let _watchdog = Watchdog::start("a_map_that_panics_fails_the_job_with_its_message", LIMIT * 3);
@@ -71,18 +86,7 @@ fn a_map_that_panics_fails_the_job_with_its_message() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     // Record 100 001 is made on worker 1 and panics in the map fused after
     // its source; worker 0 goes on until it hears of the failure.
-    let job = start(&dir, 2, |df| {
-        numbers(df, 1_000_000)
-            .map("poison", |i: u64| {
-                if i == 100_001 {
-                    panic!("record {i} is poison");
-                }
-                (i % 100, i)
-            })
-            .key_by("by-key", |r: &(u64, u64)| r.0)
-            .fold("sum", || 0u64, |s, r| *s += r.1)
-            .sink_count("sink", false, None);
-    });
+    let job = start(&dir, 2, |df| poisoned(df, 1_000_000, 100_001));
     let e = failure(job);
     assert_mentions(&e, &["record 100001 is poison", "spate-w1", "panicked", "source `numbers`"]);
 }
@@ -144,27 +148,13 @@ fn a_build_that_panics_on_one_worker_fails_the_job() {
 const NODE_ENV: &str = "SPATE_PANICS_TEST_NODE";
 const CONFIG_ENV: &str = "SPATE_PANICS_TEST_CONFIG";
 
-/// The dataflow of the cluster test, on every node: record 200 001, made
-/// on worker 1 (node `b`'s), panics in the map after the source, in every
-/// run of the job (a rollback replays it from a checkpoint before it).
-fn poisoned(df: &Dataflow) {
-    numbers(df, 50_000_000)
-        .map("poison", |i: u64| {
-            if i == 200_001 {
-                panic!("record {i} is poison");
-            }
-            (i % 1000, i)
-        })
-        .key_by("by-key", |r: &(u64, u64)| r.0)
-        .fold("sum", || 0u64, |s, r| *s += r.1)
-        .sink_count("sink", false, None);
-}
-
 /// A node process of [`a_panic_on_one_node_fails_the_cluster_job_after_its_restarts`]:
-/// this binary, started by it with the node's name and the config in
-/// its environment, runs [`poisoned`] as that node through the library
+/// this binary, started by it with the node's name and the config in its
+/// environment, runs [`poisoned`] as that node through the library
 /// (`spate::node::run_node_with`), printing the coordinator's events as
-/// `spate node --json` does, and exits 1 with the node's error.
+/// `spate node --json` does, and exits 1 with the node's error. Record
+/// 200 001, made on worker 1 (node `b`'s), panics in every run of the job:
+/// a rollback replays it from a checkpoint taken before it.
 #[test]
 #[ignore = "a node process that a_panic_on_one_node_fails_the_cluster_job_after_its_restarts starts"]
 fn node_process() {
@@ -173,7 +163,12 @@ fn node_process() {
     };
     let cfg = spate::config::Config::load(std::path::Path::new(&config)).unwrap_or_else(|e| panic!("{e}"));
     let opts = spate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };
-    if let Err(e) = spate::node::run_node_with(&cfg, &name, &opts, Arc::new(poisoned)) {
+    if let Err(e) = spate::node::run_node_with(
+        &cfg,
+        &name,
+        &opts,
+        Arc::new(|df: &Dataflow| poisoned(df, 50_000_000, 200_001)),
+    ) {
         eprintln!("spate: {e}");
         std::process::exit(1);
     }
