@@ -560,3 +560,39 @@ impl<C> Job<C> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::IO_MEMORY_BYTES;
+
+    /// A worker whose thread fails before it is built — glommio cannot
+    /// make its executor, or panics making it (an allocation the machine
+    /// refuses, as `io_memory_bytes` beyond the memory made it) — fails the
+    /// job with why and counts as ended: the job ends instead of waiting
+    /// for it for ever.
+    #[test]
+    fn a_worker_whose_executor_cannot_be_made_fails_and_ends_the_job() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let rt = Runtime::new(RuntimeConfig {
+            workers: 1,
+            pin: false,
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        });
+        for (placement, io_memory, expected) in [
+            (Placement::Fixed(1 << 20), IO_MEMORY_BYTES, "cannot start worker 0"),
+            (Placement::Unbound, 1 << 62, "panicked while making its executor"),
+        ] {
+            let (job, mut setups) = rt
+                .prepare::<spate_net::Connection>("no-executor", Arc::new(|_: &Dataflow| {}), None, false)
+                .unwrap_or_else(|e| panic!("prepare: {e}"));
+            let setup = setups.pop().unwrap_or_else(|| panic!("no worker"));
+            assert!(!job.is_finished());
+            run_worker(0, placement, io_memory, setup, &job.metrics);
+            assert!(job.is_finished(), "the worker did not count as ended");
+            let e = job.wait().map(|_| ()).map_err(|e| e.to_string());
+            assert!(e.as_ref().is_err_and(|e| e.contains(expected)), "{expected:?} not in {e:?}");
+        }
+    }
+}
