@@ -101,7 +101,7 @@ fn param_error(q: &QuerySection, e: &serde_path_to_error::Error<toml::de::Error>
     let field = e.path().to_string();
     let allowed = match ranges(&q.name).iter().find(|(f, _, _)| *f == field) {
         Some(&(_, min, max)) => Some(whole_number(min, max)),
-        None => expected.map(allowed),
+        None => expected.map(type_allows),
     };
     match (allowed, param_at(&q.params, e.path())) {
         (Some(allowed), Some(value)) => format!("query.params.{field}: expected {allowed}, got {value}"),
@@ -126,9 +126,10 @@ fn ranges(name: &str) -> &'static [(&'static str, u64, u64)] {
 /// Checks [`ranges`] on parameters that read as their types.
 fn check_ranges(q: &QuerySection) -> Result<(), String> {
     for &(field, min, max) in ranges(&q.name) {
-        // Read as its type, so not negative.
-        let Some(value) = q.params.get(field).and_then(toml::Value::as_integer) else { continue };
-        let value = value.unsigned_abs();
+        // Read as its (unsigned) type just before: never negative.
+        let Some(Ok(value)) = q.params.get(field).and_then(toml::Value::as_integer).map(u64::try_from) else {
+            continue;
+        };
         if !(min..=max).contains(&value) {
             return Err(format!("query.params.{field}: expected {}, got {value}", whole_number(min, max)));
         }
@@ -162,7 +163,7 @@ fn param_at<'a>(params: &'a toml::Table, path: &serde_path_to_error::Path) -> Op
 }
 
 /// What a parameter of the type serde names allows, in words.
-fn allowed(serde_expected: &str) -> String {
+fn type_allows(serde_expected: &str) -> String {
     match serde_expected {
         "u64" => whole_number(0, u64::MAX),
         "u32" => whole_number(0, u32::MAX.into()),

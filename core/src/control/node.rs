@@ -218,6 +218,7 @@ impl<E: Env> Node<E> {
 impl Node<Os> {
     /// Runs the node until the job ends (or it fails), a turn every
     /// millisecond.
+    ///
     /// A panic of the control plane (the coordinator, the member, the
     /// agent) is caught here, once around the loop, and ends the node with
     /// [`ControlError::Panicked`]: its process exits with an error, and
