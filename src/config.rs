@@ -44,6 +44,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use spate_core::limits::{CHECKPOINT_INTERVAL_MS_MAX, CLUSTER_TIMEOUT_MS_MAX};
 use spate_core::RuntimeConfig;
 
 pub use crate::job_spec::{QuerySection, SinkKind, SinkSection};
@@ -96,6 +97,13 @@ impl ClusterSection {
         if self.nodes.is_empty() {
             return Err("cluster.nodes: a cluster needs at least one node".into());
         }
+        if self.nodes.iter().all(|n| n.spare) {
+            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "cluster.nodes: every node is a spare ({}); at least one must run the job (spare = false)",
+                names.join(", ")
+            ));
+        }
         let c = self.coordinator_index()?;
         if self.nodes[c].spare {
             return Err(format!(
@@ -105,6 +113,15 @@ impl ClusterSection {
         }
         if self.failure_timeout_ms == 0 {
             return Err("cluster.failure_timeout_ms: must be above 0".into());
+        }
+        for (field, ms) in
+            [("failure_timeout_ms", self.failure_timeout_ms), ("connect_timeout_ms", self.connect_timeout_ms)]
+        {
+            if ms > CLUSTER_TIMEOUT_MS_MAX {
+                return Err(format!(
+                    "cluster.{field}: {ms} is more than the maximum of {CLUSTER_TIMEOUT_MS_MAX} (a day)"
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -279,24 +296,26 @@ impl Config {
                 self.sink.kind
             ));
         }
+        if self.checkpoint.interval_ms > CHECKPOINT_INTERVAL_MS_MAX {
+            return Err(format!(
+                "checkpoint.interval_ms: {} is more than the maximum of {CHECKPOINT_INTERVAL_MS_MAX} (a day)",
+                self.checkpoint.interval_ms
+            ));
+        }
         match &self.cluster {
             Some(c) => {
                 c.validate()?;
                 let active = c.nodes.iter().filter(|n| !n.spare && n.workers > 0).count();
                 if active == 0 {
-                    return Err("cluster.nodes: no node runs workers".into());
+                    return Err("cluster.nodes: no node runs workers (only a coordinator with workers = 0 and spares)".into());
                 }
                 if let Some(mb) = self.checkpoint.buffer_mb {
                     if !(1..=65_536).contains(&mb) {
                         return Err(format!("checkpoint.buffer_mb: {mb} is not between 1 and 65536"));
                     }
                 }
-                let r = self.backups();
-                if self.checkpoint.interval_ms > 0 && r + 1 > active {
-                    return Err(format!(
-                        "checkpoint.backups: {r} backup nodes need at least {} nodes that are not spares (the cluster has {active})",
-                        r + 1
-                    ));
+                if self.checkpoint.interval_ms > 0 {
+                    self.check_backups(c, active)?;
                 }
             }
             None if self.checkpoint.backups.is_some() => {
@@ -309,7 +328,45 @@ impl Config {
             None => {}
         }
         crate::queries::validate(&self.query)?;
-        self.runtime_config().validate().map_err(|e| format!("runtime: {e}"))?;
+        // Each error of a field starts with its name: `runtime.<field> ...`.
+        self.runtime_config().validate().map_err(|e| match e.field() {
+            Some(_) => format!("runtime.{e}"),
+            None => format!("runtime: {e}"),
+        })?;
+        Ok(())
+    }
+
+    /// `[checkpoint] backups` against the rest of a cluster's config (with
+    /// checkpoints on): none is no copy of a node's checkpoints on another
+    /// node, which live recovery and spares restore from; more than the
+    /// other nodes that run workers is more than there are to stream to
+    /// (spares and a coordinator without workers hold no backups).
+    fn check_backups(&self, c: &ClusterSection, active: usize) -> Result<(), String> {
+        let r = self.backups();
+        if r == 0 {
+            if self.live_recovery() {
+                return Err("checkpoint.backups: 0 keeps no copy of a node's checkpoints on another node, \
+                     which live recovery (checkpoint.recovery = \"live\", the default on a cluster) \
+                     restores a failed node's workers from: set backups = 1 or more, or recovery = \"rollback\""
+                    .into());
+            }
+            if let Some(s) = c.nodes.iter().find(|n| n.spare) {
+                return Err(format!(
+                    "checkpoint.backups: 0 keeps no copy of a node's checkpoints on another node, so the \
+                     spare `{}` could never restore a failed node's workers: set backups = 1 or more",
+                    s.name
+                ));
+            }
+        }
+        let others = active - 1;
+        if r > others {
+            return Err(format!(
+                "checkpoint.backups: {r} backup nodes per checkpoint, but a node has only {others} other \
+                 node{} running workers to stream to ({active} nodes that are not spares, each backed up \
+                 on others, never itself)",
+                if others == 1 { "" } else { "s" }
+            ));
+        }
         Ok(())
     }
 

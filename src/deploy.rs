@@ -186,25 +186,32 @@ pub fn merge_histograms(dir: &Path, nodes: usize) -> Result<hdrhistogram::Histog
     Ok(merged)
 }
 
-/// Starts `exe node --json --quiet --name NAME --config CONFIG ARGS...`
-/// with `env`, its stdout and stderr piped.
-fn spawn_node(
+/// `exe node --json --quiet --name NAME --config CONFIG ARGS...` with
+/// `env`.
+fn node_command(
     exe: &Path,
     config: &Path,
     name: &str,
     args: &[String],
     env: &[(&str, &std::ffi::OsStr)],
-) -> Result<Child, String> {
-    Command::new(exe)
-        .args(["node", "--json", "--quiet", "--name", name, "--config"])
+) -> Command {
+    let mut c = Command::new(exe);
+    c.args(["node", "--json", "--quiet", "--name", name, "--config"])
         .arg(config)
         .args(args)
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    c
+}
+
+/// Starts node `name`'s process as `command` says, its stdout and stderr
+/// piped.
+fn spawn_node(mut command: Command, name: &str) -> Result<Child, String> {
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start node `{name}` ({}): {e}", exe.display()))
+        .map_err(|e| format!("cannot start node `{name}` ({:?}): {e}", command.get_program()))
 }
 
 /// Set by SIGINT/SIGTERM while a cluster runs.
@@ -292,7 +299,7 @@ pub fn run_local_cluster_with(
         };
         first_core += n.workers;
         let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-        let mut child = spawn_node(exe, &resolved_path, &n.name, &pin, &env)?;
+        let mut child = spawn_node(node_command(exe, &resolved_path, &n.name, &pin, &env), &n.name)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let (name, name2, reports) = (n.name.clone(), n.name.clone(), reports.clone());
         if let Some(out) = out {
@@ -400,6 +407,16 @@ impl LocalNodes {
     /// Starts every node of the config at `config` (its addresses must
     /// have real ports: see [`resolve_ports`]), unpinned, with `env`.
     pub fn start(exe: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let env: Vec<(&str, &std::ffi::OsStr)> =
+            env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
+        Self::start_with(config, |name| node_command(exe, config, name, &["--no-pin".to_string()], &env))
+    }
+
+    /// As [`LocalNodes::start`], each node's process started as `command`
+    /// (given the node's name) says: a program that runs its own dataflow
+    /// as a node ([`crate::node::run_node_with`]), which prints the
+    /// coordinator's events on stdout as `spate node --json` does.
+    pub fn start_with(config: &Path, command: impl Fn(&str) -> Command) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
         let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
@@ -419,9 +436,7 @@ impl LocalNodes {
             pipes: Vec::new(),
         };
         for n in &cluster.nodes {
-            let env: Vec<(&str, &std::ffi::OsStr)> =
-                env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
-            let mut child = spawn_node(exe, config, &n.name, &["--no-pin".to_string()], &env)?;
+            let mut child = spawn_node(command(&n.name), &n.name)?;
             let (out, err) = (child.stdout.take(), child.stderr.take());
             if let Some(out) = out {
                 let (tx, reports, metrics) = (tx.clone(), nodes.reports.clone(), nodes.metrics.clone());

@@ -30,6 +30,21 @@ pub struct NodeOptions {
 /// Runs node `name` of `cfg` until the coordinator releases it (or the
 /// job fails).
 pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd, String> {
+    let build = crate::queries::build(&cfg.query, &cfg.sink)?;
+    run_node_with(cfg, name, opts, build)
+}
+
+/// As [`run_node`], building the dataflow with `build` instead of the
+/// query the config names (which still names the job: its state
+/// directories and the cluster's id): how a program that embeds Spate
+/// runs its own dataflow, closures and all, as node `name` of a cluster.
+/// Every node of the cluster must run the same `build`.
+pub fn run_node_with(
+    cfg: &Config,
+    name: &str,
+    opts: &NodeOptions,
+    build: spate_core::control::Build,
+) -> Result<NodeEnd, String> {
     let (placement, addr, mut rc) = deploy::node_setup(cfg, name)?;
     let cluster = cfg.cluster.as_ref().ok_or("the config has no [cluster] section")?;
     let coordinator = cluster.coordinator_index()?;
@@ -51,8 +66,6 @@ pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd,
         Durability::PageCache,
     )
     .map_err(|e| format!("node `{name}`: cannot start its replica service: {e}"))?;
-    let build = crate::queries::build(&cfg.query, &cfg.sink)?;
-    let build: spate_core::control::Build = build;
     let plan = PlanConfig {
         failure_timeout_ms: cluster.failure_timeout_ms,
         connect_timeout_ms: cluster.connect_timeout_ms,

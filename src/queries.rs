@@ -77,32 +77,114 @@ impl Default for WordcountParams {
     }
 }
 
+/// Most words a generated wordcount line may have: a line is made in one
+/// string, and a larger one would be an allocation the machine refuses.
+pub const WORDS_PER_LINE_MAX: u32 = 1 << 20;
+
 fn params<P: serde::de::DeserializeOwned>(q: &QuerySection) -> Result<P, String> {
-    toml::Value::Table(q.params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| format!("query.params of `{}`: {}", q.name, e.message()))
+    serde_path_to_error::deserialize(toml::Value::Table(q.params.clone())).map_err(|e| param_error(q, &e))
+}
+
+/// Why `q`'s parameters do not read: `query.params.<field>: expected
+/// <what is allowed>, got <value>` for a value of the wrong type or out of
+/// its type's range; serde's message, with the query's name, for anything
+/// else (an unknown field, with the known ones).
+fn param_error(q: &QuerySection, e: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let message = e.inner().message();
+    // serde's `invalid type: <unexpected>, expected <type>` and
+    // `invalid value: ...`.
+    let expected = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.rsplit_once(", expected "))
+        .map(|(_, exp)| exp);
+    let field = e.path().to_string();
+    let allowed = match ranges(&q.name).iter().find(|(f, _, _)| *f == field) {
+        Some(&(_, min, max)) => Some(whole_number(min, max)),
+        None => expected.map(type_allows),
+    };
+    match (allowed, param_at(&q.params, e.path())) {
+        (Some(allowed), Some(value)) => format!("query.params.{field}: expected {allowed}, got {value}"),
+        _ => format!("query.params of `{}`: {message}", q.name),
+    }
+}
+
+/// The whole-number parameters of query `name` whose range is narrower
+/// than their type's: (field, least, most).
+fn ranges(name: &str) -> &'static [(&'static str, u64, u64)] {
+    match name {
+        "keyed-sum" => &[("keys", 1, u64::MAX)],
+        "wordcount" => &[
+            ("window_lines", 1, u64::MAX),
+            ("vocabulary", 1, u32::MAX as u64),
+            ("words_per_line", 1, WORDS_PER_LINE_MAX as u64),
+        ],
+        _ => &[],
+    }
+}
+
+/// Checks [`ranges`] on parameters that read as their types.
+fn check_ranges(q: &QuerySection) -> Result<(), String> {
+    for &(field, min, max) in ranges(&q.name) {
+        // Read as its (unsigned) type just before: never negative.
+        let Some(Ok(value)) = q.params.get(field).and_then(toml::Value::as_integer).map(u64::try_from) else {
+            continue;
+        };
+        if !(min..=max).contains(&value) {
+            return Err(format!("query.params.{field}: expected {}, got {value}", whole_number(min, max)));
+        }
+    }
+    Ok(())
+}
+
+/// "a whole number ≥ min" or "a whole number from min to max".
+fn whole_number(min: u64, max: u64) -> String {
+    if max == u64::MAX {
+        format!("a whole number ≥ {min}")
+    } else {
+        format!("a whole number from {min} to {max}")
+    }
+}
+
+/// The value at `path` in `params`, if the path leads to one.
+fn param_at<'a>(params: &'a toml::Table, path: &serde_path_to_error::Path) -> Option<&'a toml::Value> {
+    use serde_path_to_error::Segment;
+    let mut segments = path.iter();
+    let Some(Segment::Map { key }) = segments.next() else { return None };
+    let mut at = params.get(key)?;
+    for s in segments {
+        at = match s {
+            Segment::Map { key } => at.as_table()?.get(key)?,
+            Segment::Seq { index } => at.as_array()?.get(*index)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+/// What a parameter of the type serde names allows, in words.
+fn type_allows(serde_expected: &str) -> String {
+    match serde_expected {
+        "u64" => whole_number(0, u64::MAX),
+        "u32" => whole_number(0, u32::MAX.into()),
+        "a boolean" => "true or false".into(),
+        "path string" => "a file path (a string)".into(),
+        other => other.to_string(),
+    }
 }
 
 /// Checks the query name and its parameters.
 pub fn validate(q: &QuerySection) -> Result<(), String> {
     match q.name.as_str() {
         "keyed-sum" => {
-            let p: KeyedSumParams = params(q)?;
-            if p.keys == 0 {
-                return Err("query.params.keys must be at least 1".into());
-            }
+            params::<KeyedSumParams>(q)?;
         }
         "wordcount" => {
-            let p: WordcountParams = params(q)?;
-            if p.window_lines == 0 || p.vocabulary == 0 || p.words_per_line == 0 {
-                return Err(
-                    "query.params.window_lines, vocabulary and words_per_line must be at least 1".into()
-                );
-            }
+            params::<WordcountParams>(q)?;
         }
         other => return Err(format!("unknown query `{other}`; known queries: {}", NAMES.join(", "))),
     }
-    Ok(())
+    check_ranges(q)
 }
 
 /// The number of input records a query will produce, if finite.

@@ -204,3 +204,140 @@ fn cluster_fault_tolerance_fields_are_checked() {
         assert_eq!(cfg.runtime_config().replay_buffer_bytes > 0, live, "{line}");
     }
 }
+
+#[test]
+fn query_param_type_errors_name_field_value_and_what_is_allowed() {
+    let _watchdog = spate::Watchdog::start(
+        "query_param_type_errors_name_field_value_and_what_is_allowed",
+        std::time::Duration::from_secs(120),
+    );
+    let keyed = |line: &str| format!("[query]\nname = \"keyed-sum\"\n[query.params]\n{line}\n");
+    let words = |line: &str| format!("[query]\nname = \"wordcount\"\n[query.params]\n{line}\n");
+    for (text, expected) in [
+        (keyed("records = -5"), "query.params.records: expected a whole number ≥ 0, got -5"),
+        (keyed("records = 1.5"), "query.params.records: expected a whole number ≥ 0, got 1.5"),
+        (keyed("keys = 0"), "query.params.keys: expected a whole number ≥ 1, got 0"),
+        (words("lines = \"many\""), "query.params.lines: expected a whole number ≥ 0, got \"many\""),
+        (
+            words("words_per_line = 5000000000"),
+            "query.params.words_per_line: expected a whole number from 1 to 1048576, got 5000000000",
+        ),
+        (words("file = 5"), "query.params.file: expected a file path (a string), got 5"),
+    ] {
+        assert_mentions(&rejected(&text), &[expected]);
+    }
+}
+
+#[test]
+fn io_memory_beyond_what_the_machine_allows_is_refused() {
+    let _watchdog = spate::Watchdog::start(
+        "io_memory_beyond_what_the_machine_allows_is_refused",
+        std::time::Duration::from_secs(120),
+    );
+    // glommio allocates it in one piece and panicked inside a worker when
+    // that failed; the job then hung. It is refused before anything runs,
+    // naming the limit it is beyond.
+    let limit = match spate::core::config::memlock_limit() {
+        Some(memlock) => {
+            format!("{memlock} bytes this process may lock in memory (RLIMIT_MEMLOCK, `ulimit -l`)")
+        }
+        None => {
+            let memory = spate::core::config::machine_memory().unwrap_or_else(|| panic!("no memory size"));
+            format!("the machine's memory ({memory} bytes)")
+        }
+    };
+    let e = rejected(&format!("{QUERY}[runtime]\nworkers = 1\npin = false\nio_memory_bytes = 32000000000\n"));
+    assert_mentions(&e, &["runtime.io_memory_bytes = 32000000000", &limit]);
+}
+
+#[test]
+fn values_that_would_overflow_the_runtime_are_refused() {
+    let _watchdog = spate::Watchdog::start(
+        "values_that_would_overflow_the_runtime_are_refused",
+        std::time::Duration::from_secs(120),
+    );
+    let two = "[cluster]\n[[cluster.nodes]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n\
+               [[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\n";
+    for (text, words) in [
+        (format!("{QUERY}[runtime]\nlinger_us = 9000000000000\n"), &["runtime.linger_us", "60000000"][..]),
+        (
+            format!("{QUERY}[runtime]\npark_when_idle = true\nspin_before_park_us = 9000000000000\n"),
+            &["runtime.spin_before_park_us", "60000000"],
+        ),
+        (
+            format!("{QUERY}[runtime]\nchannel_batches = 9000000000000\n"),
+            &["runtime.channel_batches", "65536"],
+        ),
+        (
+            format!("{QUERY}[checkpoint]\ninterval_ms = 9000000000000\n"),
+            &["checkpoint.interval_ms", "86400000"],
+        ),
+        (
+            format!(
+                "{QUERY}{}",
+                two.replace("[cluster]\n", "[cluster]\nfailure_timeout_ms = 9000000000000\n")
+            ),
+            &["cluster.failure_timeout_ms", "86400000"],
+        ),
+        (
+            format!(
+                "{QUERY}{}",
+                two.replace("[cluster]\n", "[cluster]\nconnect_timeout_ms = 9000000000000\n")
+            ),
+            &["cluster.connect_timeout_ms", "86400000"],
+        ),
+    ] {
+        assert_mentions(&rejected(&text), words);
+    }
+}
+
+#[test]
+fn contradictory_cluster_settings_are_refused() {
+    let _watchdog = spate::Watchdog::start(
+        "contradictory_cluster_settings_are_refused",
+        std::time::Duration::from_secs(120),
+    );
+    let node = |name: &str, extra: &str| {
+        format!("[[cluster.nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n{extra}")
+    };
+    let cfg = |checkpoint: &str, nodes: &[String]| {
+        format!("{QUERY}[checkpoint]\ninterval_ms = 100\n{checkpoint}[cluster]\n{}", nodes.concat())
+    };
+    let (a, b, c, s) = (node("a", ""), node("b", ""), node("c", ""), node("s", "spare = true\n"));
+    // No backup of a node's checkpoints elsewhere: nothing for live
+    // recovery, or a spare, to restore a failed node from.
+    assert_mentions(
+        &rejected(&cfg("backups = 0\n", &[a.clone(), b.clone()])),
+        &["checkpoint.backups: 0", "live recovery", "recovery = \"rollback\""],
+    );
+    assert_mentions(
+        &rejected(&cfg("backups = 0\nrecovery = \"rollback\"\n", &[a.clone(), b.clone(), s.clone()])),
+        &["checkpoint.backups: 0", "spare `s`"],
+    );
+    // More backup nodes than other nodes to hold them (a spare holds none).
+    assert_mentions(
+        &rejected(&cfg("backups = 2\n", &[a.clone(), b.clone(), s.clone()])),
+        &["checkpoint.backups: 2", "only 1 other node"],
+    );
+    assert_mentions(
+        &rejected(&cfg("backups = 3\n", &[a.clone(), b.clone(), c.clone()])),
+        &["checkpoint.backups: 3", "only 2 other nodes"],
+    );
+    // A cluster of spares only.
+    assert_mentions(
+        &rejected(&format!(
+            "{QUERY}[cluster]\n{}{}",
+            node("x", "spare = true\n"),
+            node("y", "spare = true\n")
+        )),
+        &["cluster.nodes", "every node is a spare (x, y)"],
+    );
+    // The controls: the same settings made consistent are accepted.
+    for ok in [
+        cfg("backups = 0\nrecovery = \"rollback\"\n", &[a.clone(), b.clone()]),
+        cfg("backups = 1\n", &[a.clone(), b.clone(), s]),
+        cfg("backups = 2\n", &[a, b, c]),
+    ] {
+        spate::config::Config::parse(&ok).unwrap_or_else(|e| panic!("{e}:\n{ok}"));
+    }
+}

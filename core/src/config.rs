@@ -105,12 +105,30 @@ impl RuntimeConfig {
         }
     }
 
-    /// Checks the values, naming the first bad one.
+    /// Checks the values, naming the first bad one: each is in its range,
+    /// and none is one that this machine or a dependency cannot take
+    /// (`io_memory_bytes` within the locked-memory limit and the memory;
+    /// glommio would panic making the executor). Every error's message
+    /// starts with the field it names ([`ConfigError::field`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let w = self.effective_workers();
         if w > WORKERS_MAX {
             return Err(ConfigError::AboveMaximum { field: "workers", value: w, max: WORKERS_MAX });
         }
+        let above = |field, value: u64, max: u64| {
+            let wide = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+            (value > max).then(|| ConfigError::AboveMaximum { field, value: wide(value), max: wide(max) })
+        };
+        if let Some(e) = above("linger_us", self.linger_us, LINGER_US_MAX)
+            .or_else(|| above("spin_before_park_us", self.spin_before_park_us, SPIN_BEFORE_PARK_US_MAX))
+            .or_else(|| above("channel_batches", self.channel_batches as u64, CHANNEL_BATCHES_MAX as u64))
+            .or_else(|| {
+                above("checkpoint_interval_ms", self.checkpoint_interval_ms, CHECKPOINT_INTERVAL_MS_MAX)
+            })
+        {
+            return Err(e);
+        }
+        self.check_io_memory(w)?;
         if self.batch_records == 0 {
             return Err(ConfigError::Zero { field: "batch_records" });
         }
@@ -139,6 +157,47 @@ impl RuntimeConfig {
         }
         Ok(())
     }
+
+    /// `io_memory_bytes` against this process's limits: glommio locks it
+    /// for each of the `workers`' executors (registered with io_uring, so
+    /// RLIMIT_MEMLOCK bounds it) and allocates it in one piece, which
+    /// panics inside glommio when the machine refuses it; and glommio makes
+    /// no executor at all below [`MEMLOCK_BYTES_MIN`] of locked memory.
+    fn check_io_memory(&self, workers: usize) -> Result<(), ConfigError> {
+        let value = self.io_memory_bytes as u64;
+        if let Some(memlock) = memlock_limit() {
+            if memlock < MEMLOCK_BYTES_MIN {
+                return Err(ConfigError::MemlockTooLow { memlock, needed: MEMLOCK_BYTES_MIN });
+            }
+            if value > memlock {
+                return Err(ConfigError::AboveMemlock { field: "io_memory_bytes", value, memlock });
+            }
+        }
+        if let Some(memory) = machine_memory() {
+            if value.saturating_mul(workers as u64) > memory {
+                return Err(ConfigError::AboveMemory { field: "io_memory_bytes", value, workers, memory });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This process's soft limit on locked memory (RLIMIT_MEMLOCK, `ulimit
+/// -l`), in bytes; `None` when unlimited or unknown.
+pub fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the limit into the struct it is given,
+    // which lives for the call.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } == 0;
+    (ok && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+/// The machine's physical memory, in bytes, if known.
+pub fn machine_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = (u64::try_from(pages).ok()?, u64::try_from(page).ok()?);
+    pages.checked_mul(page).filter(|&m| m > 0)
 }
 
 /// Why a runtime configuration cannot run a job: a value out of range
@@ -170,6 +229,36 @@ pub enum ConfigError {
     Zero {
         /// The field of [`RuntimeConfig`].
         field: &'static str,
+    },
+    /// A value is more memory than this process may lock
+    /// (RLIMIT_MEMLOCK, `ulimit -l`).
+    AboveMemlock {
+        /// The field of [`RuntimeConfig`].
+        field: &'static str,
+        /// Its value, in bytes.
+        value: u64,
+        /// The limit, in bytes.
+        memlock: u64,
+    },
+    /// A value per worker is more, for all workers, than the machine's
+    /// memory.
+    AboveMemory {
+        /// The field of [`RuntimeConfig`].
+        field: &'static str,
+        /// Its value, in bytes per worker.
+        value: u64,
+        /// The workers.
+        workers: usize,
+        /// The machine's memory, in bytes.
+        memory: u64,
+    },
+    /// This process may lock less memory than glommio needs to make a
+    /// worker's executor.
+    MemlockTooLow {
+        /// The limit (RLIMIT_MEMLOCK), in bytes.
+        memlock: u64,
+        /// What glommio needs, in bytes.
+        needed: u64,
     },
     /// The key space has fewer bins than the job has workers.
     FewerBinsThanWorkers {
@@ -218,6 +307,21 @@ impl fmt::Display for ConfigError {
                 write!(f, "{field} = {value} is below the minimum of {min}")
             }
             ConfigError::Zero { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::AboveMemlock { field, value, memlock } => write!(
+                f,
+                "{field} = {value} is more than the {memlock} bytes this process may lock in memory \
+                 (RLIMIT_MEMLOCK, `ulimit -l`): glommio locks it for io_uring"
+            ),
+            ConfigError::AboveMemory { field, value, workers, memory } => write!(
+                f,
+                "{field} = {value} for each of {workers} workers is more than the machine's memory \
+                 ({memory} bytes)"
+            ),
+            ConfigError::MemlockTooLow { memlock, needed } => write!(
+                f,
+                "this process may lock only {memlock} bytes in memory (RLIMIT_MEMLOCK, `ulimit -l`); \
+                 glommio needs {needed} to start a worker: raise `ulimit -l`"
+            ),
             ConfigError::FewerBinsThanWorkers { bins_log2, workers } => {
                 write!(f, "bins_log2 = {bins_log2} gives fewer bins than the {workers} workers")
             }
@@ -236,6 +340,22 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::Checkpoints(e) => e.fmt(f),
             ConfigError::Assignment(e) => write!(f, "the checkpoint's assignment of bins: {e}"),
+        }
+    }
+}
+
+impl ConfigError {
+    /// The field of [`RuntimeConfig`] the error names (its message starts
+    /// with it), if it names one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::AboveMaximum { field, .. }
+            | ConfigError::BelowMinimum { field, .. }
+            | ConfigError::Zero { field }
+            | ConfigError::AboveMemlock { field, .. }
+            | ConfigError::AboveMemory { field, .. } => Some(field),
+            ConfigError::FewerBinsThanWorkers { .. } => Some("bins_log2"),
+            _ => None,
         }
     }
 }

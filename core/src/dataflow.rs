@@ -121,6 +121,8 @@ pub(crate) struct Graph {
     pub(crate) sources: Vec<SourceFactory>,
     /// Per exchange edge: instantiates the receiving side on a worker.
     pub(crate) edges: Vec<EdgeFactory>,
+    /// Per exchange edge: its `key_by`'s name (for messages).
+    pub(crate) edge_names: Vec<String>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -189,6 +191,7 @@ impl Dataflow {
                 operators: Vec::new(),
                 sources: Vec::new(),
                 edges: Vec::new(),
+                edge_names: Vec::new(),
                 errors: Vec::new(),
             })),
         }
@@ -345,6 +348,7 @@ impl<T: Data> Stream<T> {
         let edge = {
             let mut g = self.df.graph.borrow_mut();
             g.edges.push(Box::new(|_| {}));
+            g.edge_names.push(name.to_string());
             (g.edges.len() - 1) as u32
         };
         let downstream = Rc::new(Consumers::<T> { list: RefCell::new(Vec::new()) });

@@ -17,6 +17,7 @@
 //! - [`assignment`]: which worker owns each bin of the keyed operators.
 //! - [`checkpoint`]: aligned checkpoints of a job and restore.
 //! - `replay`: live recovery's upstream buffers and receiver counts.
+//! - [`panic`]: panics caught at thread boundaries, as job failures.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod handoff;
 pub mod limits;
 pub mod link;
 pub mod metrics;
+pub mod panic;
 pub mod push;
 mod replay;
 pub mod replica;

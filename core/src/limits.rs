@@ -44,5 +44,25 @@ pub const BATCHES_PER_VISIT: usize = 4;
 /// How often a worker publishes its metrics for the status line.
 pub const METRICS_PUBLISH_MS: u64 = 100;
 
+/// Longest linger a config may set, in microseconds (a minute): past it
+/// the runtime's nanosecond deadlines would overflow.
+pub const LINGER_US_MAX: u64 = 60_000_000;
+/// Longest spin before an idle worker naps, in microseconds (a minute).
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 60_000_000;
+/// Most batches in flight per channel a config may set: a ring's slots
+/// are allocated when the job starts.
+pub const CHANNEL_BATCHES_MAX: usize = 65_536;
+/// Longest interval between checkpoints, in milliseconds (a day).
+pub const CHECKPOINT_INTERVAL_MS_MAX: u64 = 86_400_000;
+/// Longest connect or failure timeout of a cluster, in milliseconds (a
+/// day): the coordinator adds and multiplies them.
+pub const CLUSTER_TIMEOUT_MS_MAX: u64 = 86_400_000;
+/// The locked memory (RLIMIT_MEMLOCK) glommio needs to make a worker's
+/// executor at all (its `MIN_MEMLOCK_LIMIT`).
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
 const _: () = assert!(BATCH_RECORDS_DEFAULT <= SOURCE_STEP_RECORDS_DEFAULT * 4);
+const _: () = assert!(CHANNEL_BATCHES_DEFAULT <= CHANNEL_BATCHES_MAX);
+const _: () = assert!(LINGER_US_DEFAULT <= LINGER_US_MAX);
+const _: () = assert!(IO_MEMORY_BYTES as u64 <= MEMLOCK_BYTES_MIN);
 const _: () = assert!(CHANNEL_BATCHES_DEFAULT >= 2);

@@ -292,22 +292,29 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name(format!("spate-backup-w{worker}"))
             .spawn(move || {
-                let mut replicas = Replicas::new(coord.backup_targets(), worker);
-                for job in rx {
-                    match write_checkpoint(&mut backup, &mut replicas, &coord, job) {
-                        Ok(()) => {}
-                        // A backup node that is gone: the checkpoint does
-                        // not complete, and the coordinator, which detects
-                        // the failure, recovers the job.
-                        Err(e) if e.is_backup_node() => {
-                            eprintln!("spate: worker {worker}: {e}");
-                            if metrics.has_failed() {
-                                break;
+                // A panic fails the job instead of leaving its checkpoints
+                // never complete (decision 44).
+                let wrote = crate::panic::catch(Some("writing a checkpoint"), || {
+                    let mut replicas = Replicas::new(coord.backup_targets(), worker);
+                    for job in rx {
+                        match write_checkpoint(&mut backup, &mut replicas, &coord, job) {
+                            Ok(()) => {}
+                            // A backup node that is gone: the checkpoint does
+                            // not complete, and the coordinator, which detects
+                            // the failure, recovers the job.
+                            Err(e) if e.is_backup_node() => {
+                                eprintln!("spate: worker {worker}: {e}");
+                                if metrics.has_failed() {
+                                    break;
+                                }
                             }
+                            // The local backup store failed: the job fails.
+                            Err(e) => metrics.fail(format!("worker {worker}: {e}")),
                         }
-                        // The local backup store failed: the job fails.
-                        Err(e) => metrics.fail(format!("worker {worker}: {e}")),
                     }
+                });
+                if let Err(p) = wrote {
+                    metrics.fail(format!("worker {worker}: {p}"));
                 }
             })
             .map_err(|source| CheckpointError::StartWriter { worker, source })?;

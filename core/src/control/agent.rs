@@ -178,6 +178,11 @@ impl<E: Env> NodeAgent<E> {
         self.replica = Some(replica);
     }
 
+    /// The panic of this node's replica service, if its thread panicked.
+    pub fn replica_panicked(&self) -> Option<&crate::panic::ThreadPanic> {
+        self.replica.as_ref().and_then(|r| r.panicked())
+    }
+
     /// This node's report of the last epoch that finished here.
     pub fn report(&self) -> Option<&NodeReport> {
         self.report.as_ref()

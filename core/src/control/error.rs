@@ -20,6 +20,7 @@ use super::detector::Fenced;
 use super::msg::Msg;
 pub use super::msg::{MsgError, MsgFault};
 use crate::link::MeshError;
+use crate::panic::ThreadPanic;
 use crate::replica::ReplicaError;
 use crate::runtime::{RecoverError, RuntimeError};
 
@@ -89,6 +90,9 @@ pub enum ControlError {
     Job(String),
     /// This node's agent could not run what the coordinator asked.
     Agent(AgentError),
+    /// A thread of this node's control plane, or its replica service,
+    /// panicked: the node stops, and the cluster sees it fail.
+    Panicked(ThreadPanic),
 }
 
 impl fmt::Display for ControlError {
@@ -123,6 +127,7 @@ impl fmt::Display for ControlError {
             }
             ControlError::Job(reason) => f.write_str(reason),
             ControlError::Agent(e) => e.fmt(f),
+            ControlError::Panicked(p) => p.fmt(f),
         }
     }
 }
@@ -135,6 +140,7 @@ impl Error for ControlError {
             }
             ControlError::Malformed { source, .. } => Some(source),
             ControlError::Agent(e) => e.source(),
+            ControlError::Panicked(p) => Some(p),
             _ => None,
         }
     }
@@ -402,6 +408,9 @@ pub enum JobFailure {
         node: String,
         /// The share's failure.
         reason: String,
+        /// Other nodes' share failures heard before the coordinator acted
+        /// on this one, in the order heard: (node, reason).
+        also: Vec<(String, String)>,
     },
 }
 
@@ -428,7 +437,13 @@ impl fmt::Display for JobFailure {
             JobFailure::Unexpected { node, message } => {
                 write!(f, "node `{node}` sent an unexpected {message:?}")
             }
-            JobFailure::ShareFailed { node, reason } => write!(f, "node `{node}`: {reason}"),
+            JobFailure::ShareFailed { node, reason, also } => {
+                write!(f, "node `{node}`: {reason}")?;
+                for (node, reason) in also {
+                    write!(f, "; node `{node}`: {reason}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

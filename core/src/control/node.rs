@@ -149,6 +149,11 @@ impl<E: Env> Node<E> {
     /// member's turn (which moves the agent). `Ok(Some(_))`: the node is
     /// through (the job ended); `Err`: it stops with that error.
     pub fn turn(&mut self, now: Instant) -> Result<Option<NodeEnd>, ControlError> {
+        // A replica service that died serves nobody's backups: this node
+        // fails, as a node the cluster lost (decision 44).
+        if let Some(p) = self.agent.replica_panicked() {
+            return Err(ControlError::Panicked(p.clone()));
+        }
         self.accept();
         match &mut self.role {
             Role::Coordinator(c) => match c.turn(&mut self.env, &mut self.agent, now)? {
@@ -213,14 +218,24 @@ impl<E: Env> Node<E> {
 impl Node<Os> {
     /// Runs the node until the job ends (or it fails), a turn every
     /// millisecond.
+    ///
+    /// A panic of the control plane (the coordinator, the member, the
+    /// agent) is caught here, once around the loop, and ends the node with
+    /// [`ControlError::Panicked`]: its process exits with an error, and
+    /// the cluster sees a failed node (decision 44).
     pub fn run(&mut self) -> Result<NodeEnd, ControlError> {
-        let end = loop {
+        let end = crate::panic::catch(Some("running the node's control plane"), || loop {
             match self.turn(now()) {
                 Ok(Some(end)) => break Ok(end),
                 Ok(None) => {}
                 Err(e) => break Err(e),
             }
             std::thread::sleep(Duration::from_millis(1));
+        });
+        let end = match end {
+            Ok(end) => end,
+            // Its state is not to be trusted: nothing more is flushed.
+            Err(p) => return Err(ControlError::Panicked(p)),
         };
         let t = now();
         while !self.flush(now()) && now().saturating_duration_since(t) < FLUSH_MAX {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -27,6 +27,7 @@ use super::{
     ACCEPTS_PER_PASS, CLOSE_LINGER, COMPACT_EVERY, CONNECTIONS_MAX, FETCH_REQUEST_TIMEOUT, FRAMES_PER_PASS,
     SERVER_IDLE_NAP, SERVER_NAME,
 };
+use crate::panic::ThreadPanic;
 
 /// A node's backup service: its own TCP listener (own port), served by its
 /// own thread, keeping the checkpoint streams of other nodes' workers and
@@ -36,6 +37,8 @@ pub struct ReplicaServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicU64>,
+    /// The service's thread panicked (it stopped serving).
+    panicked: Arc<OnceLock<ThreadPanic>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -74,17 +77,26 @@ impl ReplicaServer {
             epochs: HashMap::new(),
         };
         let flag = Arc::clone(&stop);
+        let panicked = Arc::new(OnceLock::new());
+        let told = Arc::clone(&panicked);
         let thread = std::thread::Builder::new()
             .name(format!("spate-replica-{}", addr.port()))
             .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    if !server.poll() {
-                        std::thread::sleep(SERVER_IDLE_NAP);
+                // A panic stops the service: its node hears of it
+                // ([`CompletionHandle::panicked`]) and fails (decision 44).
+                let served = crate::panic::catch(Some("serving backups and fetches"), || {
+                    while !flag.load(Ordering::Acquire) {
+                        if !server.poll() {
+                            std::thread::sleep(SERVER_IDLE_NAP);
+                        }
                     }
+                });
+                if let Err(p) = served {
+                    let _ = told.set(p);
                 }
             })
             .map_err(|e| ReplicaError::SpawnThread { source: Arc::new(e) })?;
-        Ok(Self { addr, stop, completed, thread: Some(thread) })
+        Ok(Self { addr, stop, completed, panicked, thread: Some(thread) })
     }
 
     /// Where the node records the job's last complete checkpoint
@@ -96,7 +108,12 @@ impl ReplicaServer {
     /// and maybe never) is not compacted: the complete one must stay
     /// restorable.
     pub fn completion(&self) -> CompletionHandle {
-        CompletionHandle(Arc::clone(&self.completed))
+        CompletionHandle { completed: Arc::clone(&self.completed), panicked: Arc::clone(&self.panicked) }
+    }
+
+    /// Whether the service's thread panicked (and so stopped serving).
+    pub fn panicked(&self) -> Option<&ThreadPanic> {
+        self.panicked.get()
     }
 
     /// The address the service listens on.
@@ -116,24 +133,39 @@ impl Drop for ReplicaServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
-            // The thread does not panic; if it did, there is nothing left
-            // to stop.
+            // The thread catches its panics; if it died, there is nothing
+            // left to stop.
             let _ = t.join();
         }
     }
 }
 
 /// Tells a [`ReplicaServer`] which checkpoint of the job is complete on
-/// every node (see [`ReplicaServer::completion`]).
+/// every node (see [`ReplicaServer::completion`]), and tells its node
+/// whether the service's thread panicked.
 #[derive(Debug, Clone)]
-pub struct CompletionHandle(Arc<AtomicU64>);
+pub struct CompletionHandle {
+    completed: Arc<AtomicU64>,
+    panicked: Arc<OnceLock<ThreadPanic>>,
+}
 
 impl CompletionHandle {
     /// Checkpoint `id` of the job is complete.
     pub fn complete(&self, id: u64) {
-        self.0.fetch_max(id, Ordering::AcqRel);
+        self.completed.fetch_max(id, Ordering::AcqRel);
+    }
+
+    /// The service's panic, if its thread panicked: it serves nothing any
+    /// more, so its node must fail.
+    pub fn panicked(&self) -> Option<&ThreadPanic> {
+        self.panicked.get()
     }
 }
+
+/// Core's tests: the service listening on this port panics at its next
+/// pass.
+#[cfg(test)]
+pub(crate) static PANIC_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 /// The state of the service's thread.
 struct Server {
@@ -192,6 +224,10 @@ impl Server {
     /// One pass over the listener and every connection; whether anything
     /// happened.
     fn poll(&mut self) -> bool {
+        #[cfg(test)]
+        if PANIC_PORT.load(Ordering::Acquire) == self.listener.local_addr().port() {
+            panic!("the test made this service panic");
+        }
         let mut progress = self.compact();
         for _ in 0..ACCEPTS_PER_PASS {
             if self.peers.len() >= CONNECTIONS_MAX {

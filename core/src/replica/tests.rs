@@ -173,3 +173,32 @@ fn errors_name_their_context_and_keep_their_source() {
     assert_eq!(refused.to_string(), "the backup refused a checkpoint of `op`: bad crc");
     assert!(refused.source().is_none());
 }
+
+#[test]
+fn a_panic_of_the_service_is_caught_and_told_to_its_node() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let server = super::ReplicaServer::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        dir.path().join("bak"),
+        7,
+        spate_state::Durability::PageCache,
+    )
+    .unwrap_or_else(|e| panic!("start: {e}"));
+    let handle = server.completion();
+    assert!(handle.panicked().is_none());
+    let port = server.addr().port();
+    super::server::PANIC_PORT.store(port, std::sync::atomic::Ordering::Release);
+    let t = std::time::Instant::now();
+    while handle.panicked().is_none() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "the panic was not told");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let p = handle.panicked().map(ToString::to_string).unwrap_or_default();
+    assert_eq!(
+        p,
+        format!("thread `spate-replica-{port}` panicked while serving backups and fetches: the test made this service panic")
+    );
+    assert_eq!(server.panicked().map(ToString::to_string), Some(p));
+    // Stopping a service whose thread ended returns.
+    server.stop();
+}

@@ -29,7 +29,9 @@ pub enum RuntimeError {
         /// glommio's error.
         reason: String,
     },
-    /// A worker panicked.
+    /// A worker's thread died of a panic it could not report as the job's
+    /// failure (one while it reported another: a panic is otherwise
+    /// [`RuntimeError::Failed`] with its message, decision 44).
     WorkerPanicked {
         /// The worker.
         worker: usize,

@@ -64,7 +64,7 @@ pub struct Runtime {
 /// A running job (or one node's share of a cluster job). `C` is the
 /// connection type of its links to other nodes.
 pub struct Job<C = spate_net::Connection> {
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
     metrics: Arc<JobMetrics>,
     started: Instant,
     /// With live recovery: where replacements' connections go.
@@ -212,16 +212,15 @@ impl Runtime {
             };
             // The worker's future never returns `Pending`: it runs the poll
             // loop to the end of the job, so glommio's scheduler never runs
-            // (decision 15).
-            let h = LocalExecutorBuilder::new(placement)
-                .name(&format!("spate-w{w}"))
-                .io_memory(config.io_memory_bytes)
-                .ring_depth(64)
-                .spawn(move || async move {
-                    if let Some(worker) = Worker::build(setup) {
-                        worker.run();
-                    }
-                })
+            // (decision 15). The thread is Spate's own, so that a panic
+            // anywhere on it — glommio making the executor, the build, an
+            // operator — is caught once at its boundary and fails the job
+            // (decision 44); the setup counts the worker as ended however
+            // the thread ends.
+            let (metrics, io_memory) = (job.metrics.clone(), config.io_memory_bytes);
+            let h = std::thread::Builder::new()
+                .name(format!("spate-w{w}"))
+                .spawn(move || run_worker(w, placement, io_memory, setup, &metrics))
                 .map_err(|e| RuntimeError::Spawn { worker: w, reason: e.to_string() })?;
             job.handles.push(h);
         }
@@ -368,6 +367,7 @@ impl Runtime {
                     inline_writer,
                     assignment: assignment.clone(),
                     handoff: handoff.clone(),
+                    done: worker::WorkerDone(metrics.clone()),
                 };
                 (w, setup)
             })
@@ -408,6 +408,40 @@ impl Runtime {
         };
         let setups = local.iter().filter_map(|w| setups.remove(w)).collect();
         Ok((job, setups))
+    }
+}
+
+/// A production worker's thread: makes its glommio executor (pinned as
+/// `placement` says) and runs the worker on it to the end of the job. A
+/// failure to make the executor, or a panic anywhere on the thread that
+/// the worker did not catch itself (glommio's, the build's), fails the
+/// job with a message naming the thread.
+fn run_worker(
+    w: usize,
+    placement: Placement,
+    io_memory: usize,
+    setup: WorkerSetup<spate_net::Connection>,
+    metrics: &JobMetrics,
+) {
+    let during = std::cell::Cell::new("making its executor");
+    let ran = crate::panic::catch(None, || {
+        let ex = LocalExecutorBuilder::new(placement).io_memory(io_memory).ring_depth(64).make()?;
+        ex.run(async {
+            during.set("building its share of the dataflow");
+            if let Some(worker) = Worker::build(setup) {
+                during.set("running");
+                worker.run();
+            }
+        });
+        Ok::<(), glommio::GlommioError<()>>(())
+    });
+    match ran {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => metrics.fail(RuntimeError::Spawn { worker: w, reason: e.to_string() }.to_string()),
+        Err(mut p) => {
+            p.during = Some(during.get().to_string());
+            metrics.fail(p.to_string());
+        }
     }
 }
 
@@ -673,5 +707,41 @@ mod assignment_tests {
         // Ranges that do not cover the space: an error.
         let bad = vec![BinRange::new(0, 10), BinRange::new(11, 16)];
         assert!(initial_assignment(Some(&restoring(2, Some((3, bad)))), 2, 4).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::IO_MEMORY_BYTES;
+
+    /// A worker whose thread fails before it is built — glommio cannot
+    /// make its executor, or panics making it (an allocation the machine
+    /// refuses, as `io_memory_bytes` beyond the memory made it) — fails the
+    /// job with why and counts as ended: the job ends instead of waiting
+    /// for it for ever.
+    #[test]
+    fn a_worker_whose_executor_cannot_be_made_fails_and_ends_the_job() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let rt = Runtime::new(RuntimeConfig {
+            workers: 1,
+            pin: false,
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        });
+        for (placement, io_memory, expected) in [
+            (Placement::Fixed(1 << 20), IO_MEMORY_BYTES, "cannot start worker 0"),
+            (Placement::Unbound, 1 << 62, "panicked while making its executor"),
+        ] {
+            let (job, mut setups) = rt
+                .prepare::<spate_net::Connection>("no-executor", Arc::new(|_: &Dataflow| {}), None, false)
+                .unwrap_or_else(|e| panic!("prepare: {e}"));
+            let setup = setups.pop().unwrap_or_else(|| panic!("no worker"));
+            assert!(!job.is_finished());
+            run_worker(0, placement, io_memory, setup, &job.metrics);
+            assert!(job.is_finished(), "the worker did not count as ended");
+            let e = job.wait().map(|_| ()).map_err(|e| e.to_string());
+            assert!(e.as_ref().is_err_and(|e| e.contains(expected)), "{expected:?} not in {e:?}");
+        }
     }
 }

@@ -63,10 +63,14 @@ pub(crate) struct WorkerSetup<C> {
     pub(crate) assignment: Assignment,
     /// The job's live handoffs (`None`: its bins never move).
     pub(crate) handoff: Option<Arc<HandoffBoard>>,
+    /// Counts the worker as ended, whether it is built or not.
+    pub(crate) done: WorkerDone,
 }
 
-/// Counts a worker as ended when dropped, even by a panic.
-struct WorkerDone(Arc<JobMetrics>);
+/// Counts a worker as ended when dropped, even by a panic: made with its
+/// setup, so that a worker whose thread dies before it is built (its
+/// executor could not be made, its build panicked) is counted too.
+pub(crate) struct WorkerDone(pub(crate) Arc<JobMetrics>);
 
 impl Drop for WorkerDone {
     fn drop(&mut self) {
@@ -108,6 +112,10 @@ pub struct Worker<C> {
     through: bool,
     /// The dataflow instances (dropped after the items).
     wb: Option<WorkerBuild>,
+    /// The item the turn is stepping (for the message of a panic).
+    at: Option<usize>,
+    /// Each exchange edge's name.
+    edge_names: Vec<String>,
     _done: WorkerDone,
 }
 
@@ -130,8 +138,8 @@ impl<C: Conn> Worker<C> {
             inline_writer,
             assignment,
             handoff,
+            done: done_guard,
         } = setup;
-        let done_guard = WorkerDone(metrics.clone());
         let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose()
         {
             Ok(c) => c.map(Rc::new),
@@ -140,47 +148,65 @@ impl<C: Conn> Worker<C> {
                 return None;
             }
         };
-        let df = Dataflow::new(&name);
-        build(&df);
-        let (sources, edge_factories) = {
-            let mut g = df.graph.borrow_mut();
-            (std::mem::take(&mut g.sources), std::mem::take(&mut g.edges))
-        };
-        let touched: TouchList = Rc::new(RefCell::new(Vec::new()));
-        let mut wb = WorkerBuild {
-            worker: me,
-            workers,
-            config: config.clone(),
-            metrics: metrics.clone(),
-            dataflow: name.clone(),
-            partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
-            assignment,
-            handoff: handoff.clone(),
-            shared: HashMap::new(),
-            edges: (0..edge_factories.len())
-                .map(|e| {
-                    EdgeRuntime::new(
-                        e as u32,
-                        me,
-                        workers,
-                        &touched,
-                        config.batch_records,
-                        config.batch_bytes,
-                    )
-                })
-                .collect(),
-            barriers: Rc::new(BarrierTracker::default()),
-            checkpointer: checkpointer.clone(),
-        };
-        for f in &edge_factories {
-            f(&mut wb);
-        }
-        let mut items: Vec<Item<C>> = Vec::new();
-        for f in &sources {
-            if let Some(t) = f(&mut wb) {
-                items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
+        // The user's code runs here (the build function, the operators'
+        // factories): a panic fails the job before this worker's rings and
+        // links close, so that the other workers' failures it causes do
+        // not come first (decision 44).
+        let built = crate::panic::catch(Some("building its share of the dataflow"), || {
+            let df = Dataflow::new(&name);
+            build(&df);
+            let (sources, edge_factories, edge_names) = {
+                let mut g = df.graph.borrow_mut();
+                (
+                    std::mem::take(&mut g.sources),
+                    std::mem::take(&mut g.edges),
+                    std::mem::take(&mut g.edge_names),
+                )
+            };
+            let touched: TouchList = Rc::new(RefCell::new(Vec::new()));
+            let mut wb = WorkerBuild {
+                worker: me,
+                workers,
+                config: config.clone(),
+                metrics: metrics.clone(),
+                dataflow: name.clone(),
+                partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
+                assignment,
+                handoff: handoff.clone(),
+                shared: HashMap::new(),
+                edges: (0..edge_factories.len())
+                    .map(|e| {
+                        EdgeRuntime::new(
+                            e as u32,
+                            me,
+                            workers,
+                            &touched,
+                            config.batch_records,
+                            config.batch_bytes,
+                        )
+                    })
+                    .collect(),
+                barriers: Rc::new(BarrierTracker::default()),
+                checkpointer: checkpointer.clone(),
+            };
+            for f in &edge_factories {
+                f(&mut wb);
             }
-        }
+            let mut items: Vec<Item<C>> = Vec::new();
+            for f in &sources {
+                if let Some(t) = f(&mut wb) {
+                    items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
+                }
+            }
+            (wb, items, touched, edge_names)
+        });
+        let (mut wb, mut items, touched, edge_names) = match built {
+            Ok(b) => b,
+            Err(p) => {
+                metrics.fail(p.to_string());
+                return None;
+            }
+        };
         let mut live = relinks.take().map(|(board, slot)| Live {
             board,
             slot,
@@ -288,6 +314,8 @@ impl<C: Conn> Worker<C> {
             done: false,
             through: false,
             wb: Some(wb),
+            at: None,
+            edge_names,
             _done: done_guard,
         })
     }
@@ -340,7 +368,7 @@ impl<C: Conn> Worker<C> {
         if self.metrics.has_failed() {
             return Ok(Turn::Done);
         }
-        let (items, flusher, ckpt) = (&mut self.items, &mut self.flusher, &mut self.ckpt);
+        let (items, flusher, ckpt, at) = (&mut self.items, &mut self.flusher, &mut self.ckpt, &mut self.at);
         let mut progress = false;
         if let Some(l) = self.live.as_mut() {
             if l.board.pending[l.slot].load(Ordering::Relaxed) {
@@ -368,7 +396,7 @@ impl<C: Conn> Worker<C> {
             progress = true;
         }
         let (mut live, mut links) = (0, 0);
-        for item in items.iter_mut() {
+        for (i, item) in items.iter_mut().enumerate() {
             if item.done {
                 continue;
             }
@@ -380,8 +408,10 @@ impl<C: Conn> Worker<C> {
             if item.is_blocked(flusher) || ckpt.holds(item) {
                 continue;
             }
+            *at = Some(i);
             progress |= item.step(flusher, &self.metrics, ckpt, self.config.source_step_records)?;
         }
+        *at = None;
         if now_ns >= self.next_maintain {
             self.next_maintain = now_ns + TICK_US_MAX * 1000;
             ckpt.sync_abort();
@@ -449,8 +479,38 @@ impl<C: Conn> Worker<C> {
 
     /// Runs turns back to back until the worker is through, napping when
     /// idle as the config says: a production worker's whole life on its
-    /// executor.
+    /// executor. A panic (an operator's, or Spate's) is caught once, around
+    /// the whole loop, and fails the job naming the thread, the item it was
+    /// stepping and the message, before the worker's rings and links close
+    /// (decision 44).
     pub(crate) fn run(mut self) {
+        if let Err(mut p) = crate::panic::catch(None, || self.run_turns()) {
+            p.during = Some(self.stepping());
+            self.metrics.fail(p.to_string());
+            self.finish();
+        }
+    }
+
+    /// What the turn was doing: the item it was stepping, if any.
+    fn stepping(&self) -> String {
+        match self.at.and_then(|i| self.items.get(i)).map(|i| &i.work) {
+            Some(Work::Source(t)) => {
+                format!("running source `{}` or an operator its records reach on this worker", t.name)
+            }
+            Some(Work::Input { edge, .. }) => match self.edge_names.get(*edge) {
+                Some(name) => format!("running the operators after exchange `{name}`"),
+                None => format!("running the operators after exchange edge {edge}"),
+            },
+            Some(Work::Net(l)) => match l.try_borrow() {
+                Ok(l) => format!("moving the frames of its link to worker {}", l.remote),
+                Err(_) => "moving the frames of a link".to_string(),
+            },
+            None => format!("running worker {}'s poll loop", self.me),
+        }
+    }
+
+    /// [`Worker::run`]'s loop.
+    fn run_turns(&mut self) {
         let nap = Duration::from_micros(NAP_US);
         let spin_ns = self.config.spin_before_park_us * 1000;
         let mut idle_since: Option<u64> = None;

@@ -501,8 +501,26 @@ impl Plan {
                     || (matches!(self.phase, Phase::Running) && (!self.joining.is_empty() || self.unsettled));
                 if live {
                     self.fall_back(format!("node `{name}`: {reason}"), now_ms);
-                } else if matches!(self.phase, Phase::Running) && self.share_failed.is_none() {
-                    self.share_failed = Some((now_ms, JobFailure::ShareFailed { node: name, reason }));
+                } else if matches!(self.phase, Phase::Running) {
+                    match &mut self.share_failed {
+                        None => {
+                            self.share_failed = Some((
+                                now_ms,
+                                JobFailure::ShareFailed { node: name, reason, also: Vec::new() },
+                            ))
+                        }
+                        // Heard while the first waits for a node failure
+                        // that would explain it: often its consequence
+                        // (links to a share that stopped broke), sometimes
+                        // its cause (a panic whose report came second).
+                        // One a node, so the job's failure names them all.
+                        Some((_, JobFailure::ShareFailed { node, also, .. })) => {
+                            if *node != name && also.iter().all(|(n, _)| *n != name) {
+                                also.push((name, reason));
+                            }
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
             Msg::Finished { epoch, report } if epoch == self.epoch => {
