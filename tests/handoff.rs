@@ -179,3 +179,38 @@ fn bad_moves_are_refused_and_change_nothing() {
     job.wait().unwrap_or_else(|e| panic!("job: {e}"));
     check(&out.all(), 100_000);
 }
+
+/// A large move in bounded steps: each step a handoff of its own.
+#[test]
+fn a_large_move_goes_in_bounded_steps() {
+    let _watchdog = spate::Watchdog::start("stepwise handoff", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = 200_000;
+    let (job, out) = start(&dir, records, 100_000, 20);
+    let out = Collector::start(out);
+    out.until(20_000);
+    let steps = job
+        .move_bins_by(BinRange::new(1024, 2048), 0, 1, 100, WAIT)
+        .unwrap_or_else(|e| panic!("moving 1024..2048 in steps of 100: {e}"));
+    // From the end next to worker 1: 1948..2048, 1848..1948, ..., 1024..1048.
+    assert_eq!(steps.len(), 11);
+    assert_eq!(steps[0].info.bins, BinRange::new(1948, 2048));
+    assert_eq!(steps[10].info.bins, BinRange::new(1024, 1048));
+    assert!(steps.iter().all(|s| s.info.bins.len() <= 100));
+    let back = job
+        .move_bins_by(BinRange::new(1024, 1536), 1, 0, 256, WAIT)
+        .unwrap_or_else(|e| panic!("moving 1024..1536 back in steps of 256: {e}"));
+    assert_eq!(
+        back.iter().map(|s| s.info.bins).collect::<Vec<_>>(),
+        [BinRange::new(1024, 1280), BinRange::new(1280, 1536)]
+    );
+    let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+    assert_eq!(a.ranges(), &[BinRange::new(0, 1536), BinRange::new(1536, 4096)]);
+    assert_eq!(a.version(), 13);
+    // A move that does not fit as a whole: no step runs.
+    let e = job.move_bins_by(BinRange::new(0, 100), 0, 1, 10, WAIT);
+    assert!(matches!(e, Err(HandoffError::Assignment(_))), "{e:?}");
+    assert_eq!(job.assignment().map(|a| a.version()), Some(13));
+    job.wait().unwrap_or_else(|e| panic!("job: {e}"));
+    check(&out.all(), records);
+}

@@ -479,6 +479,42 @@ impl<C> Job<C> {
         self.handoff.as_ref().map(|b| b.assignment())
     }
 
+    /// As [`Job::move_bins`], in steps of at most `max_bins` bins, each a
+    /// handoff of its own, from the end of `bins` next to `to`: the extra
+    /// memory and the time the moving bins' records wait are those of one
+    /// step, not of the whole move. Stops at the first step that fails
+    /// (the steps before it stand); returns every step's report.
+    pub fn move_bins_by(
+        &self,
+        bins: BinRange,
+        from: usize,
+        to: usize,
+        max_bins: u32,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
+        if let Some(board) = &self.handoff {
+            // The whole move must fit before any step runs.
+            board.assignment().moved(bins, from, to).map_err(HandoffError::Assignment)?;
+        }
+        let k = max_bins.max(1);
+        let mut done = Vec::new();
+        let (mut lo, mut hi) = (bins.start, bins.end);
+        while lo < hi {
+            let step = if to > from {
+                BinRange::new(hi.saturating_sub(k).max(lo), hi)
+            } else {
+                BinRange::new(lo, lo.saturating_add(k).min(hi))
+            };
+            done.push(self.move_bins(step, from, to, timeout)?);
+            if to > from {
+                hi = step.start;
+            } else {
+                lo = step.end;
+            }
+        }
+        Ok(done)
+    }
+
     /// Moves `bins` of every keyed operator from worker `from` to worker
     /// `to` while the job runs (live handoff, see [`crate::handoff`]):
     /// records of other bins are not paused, those of `bins` that reach
