@@ -230,6 +230,9 @@ pub enum Recovery {
 pub struct RuntimeSection {
     /// Workers; 0 = one per core.
     pub workers: Option<usize>,
+    /// Workers an embedding program may grow the job to by live handoff
+    /// (`Job::move_bins`): started, owning nothing at first.
+    pub max_workers: Option<usize>,
     /// Pin workers to cores.
     pub pin: Option<bool>,
     /// Records per batch.
@@ -399,6 +402,7 @@ impl Config {
         }
         set!(
             workers,
+            max_workers,
             pin,
             batch_records,
             batch_bytes,

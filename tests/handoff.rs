@@ -25,9 +25,22 @@ fn start(
     rate: u64,
     checkpoint_ms: u64,
 ) -> (Job, OutputHandle<(u64, u64)>) {
+    start_on(dir, records, rate, checkpoint_ms, 2, 0)
+}
+
+/// A job of `workers` workers from the start, up to `max_workers`.
+fn start_on(
+    dir: &tempfile::TempDir,
+    records: u64,
+    rate: u64,
+    checkpoint_ms: u64,
+    workers: usize,
+    max_workers: usize,
+) -> (Job, OutputHandle<(u64, u64)>) {
     let (sink, output) = spate::output::<(u64, u64)>(1 << 16);
     let rt = Runtime::new(RuntimeConfig {
-        workers: 2,
+        workers,
+        max_workers,
         pin: false,
         data_dir: dir.path().to_path_buf(),
         linger_us: 0,
@@ -211,6 +224,34 @@ fn a_large_move_goes_in_bounded_steps() {
     let e = job.move_bins_by(BinRange::new(0, 100), 0, 1, 10, WAIT);
     assert!(matches!(e, Err(HandoffError::Assignment(_))), "{e:?}");
     assert_eq!(job.assignment().map(|a| a.version()), Some(13));
+    job.wait().unwrap_or_else(|e| panic!("job: {e}"));
+    check(&out.all(), records);
+}
+
+/// Started with `max_workers = 2` and one worker in use: the second owns
+/// no bins and runs no source; the job grows to it (scale-out) and shrinks
+/// back (scale-in) while it runs.
+#[test]
+fn a_job_grows_to_a_worker_it_did_not_use_and_shrinks_back() {
+    let _watchdog = spate::Watchdog::start("scale out and in", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = 200_000;
+    let (job, out) = start_on(&dir, records, 100_000, 20, 1, 2);
+    let out = Collector::start(out);
+    out.until(20_000);
+    let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+    assert_eq!(a.ranges(), &[BinRange::new(0, 4096), BinRange::new(4096, 4096)]);
+    let grown = job
+        .move_bins_by(BinRange::new(2048, 4096), 0, 1, 512, WAIT)
+        .unwrap_or_else(|e| panic!("scale-out: {e}"));
+    assert_eq!(grown.len(), 4);
+    let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+    assert_eq!(a.ranges(), &[BinRange::new(0, 2048), BinRange::new(2048, 4096)]);
+    out.until(60_000);
+    job.move_bins_by(BinRange::new(2048, 4096), 1, 0, 1024, WAIT).unwrap_or_else(|e| panic!("scale-in: {e}"));
+    let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+    assert_eq!(a.bins_of(0), BinRange::new(0, 4096));
+    assert!(a.bins_of(1).is_empty());
     job.wait().unwrap_or_else(|e| panic!("job: {e}"));
     check(&out.all(), records);
 }

@@ -13,6 +13,10 @@ use crate::limits::*;
 pub struct RuntimeConfig {
     /// Workers (pinned executors); 0 means one per available core.
     pub workers: usize,
+    /// Workers the job may grow to by live handoff (0: `workers`): the
+    /// process starts this many, and the ones past `workers` own no bins
+    /// and run no source until bins move to them (`Job::move_bins`).
+    pub max_workers: usize,
     /// Pin worker `i` to core `first_core + i` when there are enough cores.
     pub pin: bool,
     /// First core to pin to.
@@ -70,6 +74,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             workers: 0,
+            max_workers: 0,
             pin: true,
             first_core: 0,
             batch_records: BATCH_RECORDS_DEFAULT,
@@ -96,7 +101,8 @@ pub fn available_cores() -> usize {
 }
 
 impl RuntimeConfig {
-    /// The number of workers this config runs.
+    /// The number of workers this config uses from the start (they own
+    /// the bins and run the sources).
     pub fn effective_workers(&self) -> usize {
         if self.workers == 0 {
             available_cores()
@@ -105,13 +111,19 @@ impl RuntimeConfig {
         }
     }
 
+    /// The number of workers the process starts: `max_workers`, if more
+    /// than [`RuntimeConfig::effective_workers`].
+    pub fn threads(&self) -> usize {
+        self.effective_workers().max(self.max_workers)
+    }
+
     /// Checks the values, naming the first bad one: each is in its range,
     /// and none is one that this machine or a dependency cannot take
     /// (`io_memory_bytes` within the locked-memory limit and the memory;
     /// glommio would panic making the executor). Every error's message
     /// starts with the field it names ([`ConfigError::field`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let w = self.effective_workers();
+        let w = self.threads();
         if w > WORKERS_MAX {
             return Err(ConfigError::AboveMaximum { field: "workers", value: w, max: WORKERS_MAX });
         }

@@ -83,6 +83,9 @@ pub struct CheckpointCoordinator {
     assignment: Mutex<Option<(u64, Vec<spate_state::BinRange>)>>,
     /// No checkpoint is requested while a live handoff runs.
     held: AtomicBool,
+    /// Partitions of each source, when not restoring (the workers used at
+    /// the start).
+    first_partitions: AtomicUsize,
 }
 
 pub(super) struct ClusterState {
@@ -161,6 +164,7 @@ impl CheckpointCoordinator {
             cluster,
             assignment: Mutex::new(None),
             held: AtomicBool::new(false),
+            first_partitions: AtomicUsize::new(workers),
         })
     }
 
@@ -231,7 +235,15 @@ impl CheckpointCoordinator {
     /// Partitions of each source: the restored checkpoint's, else one per
     /// worker (see `crate::source::SourceRunner`).
     pub fn partitions(&self) -> usize {
-        self.restore.as_ref().map_or(self.workers, |m| m.partitions)
+        self.restore.as_ref().map_or(self.first_partitions.load(Ordering::Acquire), |m| m.partitions)
+    }
+
+    /// A job not restoring runs `n` partitions of each source (the workers
+    /// it uses at the start).
+    pub(crate) fn set_partitions(&self, n: usize) {
+        if self.restore.is_none() {
+            self.first_partitions.store(n, Ordering::Release);
+        }
     }
 
     /// Holds checkpoints back (`true`: none is requested from now on) or

@@ -250,10 +250,13 @@ impl Runtime {
         let (workers, local) = match &cluster {
             Some(s) => (s.placement.total_workers(), s.placement.local()),
             None => {
-                let w = self.config.effective_workers();
+                let w = self.config.threads();
                 (w, (0..w).collect::<Vec<usize>>())
             }
         };
+        // Workers that own bins and run sources from the start (the others,
+        // up to `max_workers`, wait for bins to move to them).
+        let active = if cluster.is_some() { workers } else { self.config.effective_workers().min(workers) };
         let mine: Vec<bool> = (0..workers).map(|w| local.contains(&w)).collect();
         let edges = {
             let df = Dataflow::new(name);
@@ -341,10 +344,12 @@ impl Runtime {
                     overflowed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 })
             });
-        let assignment = initial_assignment(coord.as_deref(), workers, self.config.bins_log2)
+        let assignment = initial_assignment(coord.as_deref(), workers, active, self.config.bins_log2)
             .map_err(|e| RuntimeError::Config(ConfigError::Assignment(e)))?;
+        let partitions = coord.as_ref().and_then(|c| c.restored().map(|m| m.partitions)).unwrap_or(active);
         if let Some(c) = &coord {
             c.set_assignment(&assignment);
+            c.set_partitions(partitions);
         }
         // Live handoff moves bins between the workers of one process.
         let handoff = (cluster.is_none() && workers > 1).then(|| HandoffBoard::new(assignment.clone()));
@@ -367,6 +372,7 @@ impl Runtime {
                     inline_writer,
                     assignment: assignment.clone(),
                     handoff: handoff.clone(),
+                    partitions,
                     done: worker::WorkerDone(metrics.clone()),
                 };
                 (w, setup)
@@ -694,26 +700,30 @@ impl<C> Job<C> {
     }
 }
 
-/// The assignment a job starts from: its restored checkpoint's, when as
-/// many workers took it (a rescaled restore starts uniform, one version
-/// on), else the uniform one.
+/// The assignment a job of `workers` starts from: its restored
+/// checkpoint's, when as many workers took it (a rescaled restore starts
+/// uniform, one version on), else the first `active` workers' uniform one
+/// (the others own nothing until bins move to them).
 fn initial_assignment(
     coord: Option<&CheckpointCoordinator>,
     workers: usize,
+    active: usize,
     bins_log2: u8,
 ) -> Result<Assignment, AssignmentError> {
-    let Some(m) = coord.and_then(|c| c.restored()) else {
-        return Ok(Assignment::uniform(bins_log2, workers));
+    let fresh = |version| {
+        let a = Assignment::uniform(bins_log2, active.clamp(1, workers.max(1)));
+        let mut ranges = a.ranges().to_vec();
+        let end = ranges.last().map_or(0, |r| r.end);
+        ranges.resize(workers.max(1), BinRange::new(end, end));
+        Assignment::from_ranges(version, bins_log2, ranges)
     };
+    let Some(m) = coord.and_then(|c| c.restored()) else { return fresh(0) };
     match &m.assignment {
         Some((version, ranges)) if m.workers == workers => {
             Assignment::from_ranges(*version, bins_log2, ranges.clone())
         }
-        Some((version, _)) => {
-            let a = Assignment::uniform(bins_log2, workers);
-            Assignment::from_ranges(version + 1, bins_log2, a.ranges().to_vec())
-        }
-        None => Ok(Assignment::uniform(bins_log2, workers)),
+        Some((version, _)) => fresh(version + 1),
+        None => fresh(0),
     }
 }
 
@@ -732,17 +742,23 @@ mod assignment_tests {
     fn a_job_starts_from_its_checkpoints_assignment() {
         let moved = vec![BinRange::new(0, 10), BinRange::new(10, 16)];
         // Fresh, or a checkpoint of the uniform one: uniform.
-        assert_eq!(initial_assignment(None, 2, 4), Ok(Assignment::uniform(4, 2)));
-        assert_eq!(initial_assignment(Some(&restoring(2, None)), 2, 4), Ok(Assignment::uniform(4, 2)));
+        assert_eq!(initial_assignment(None, 2, 2, 4), Ok(Assignment::uniform(4, 2)));
+        assert_eq!(initial_assignment(Some(&restoring(2, None)), 2, 2, 4), Ok(Assignment::uniform(4, 2)));
         // As many workers: the recorded one.
-        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 2, 4);
+        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 2, 2, 4);
         assert_eq!(a.as_ref().map(|a| (a.version(), a.ranges().to_vec())), Ok((3, moved.clone())));
         // Rescaled: uniform over the new workers, one version on.
-        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 3, 4);
+        let a = initial_assignment(Some(&restoring(2, Some((3, moved.clone())))), 3, 3, 4);
         assert_eq!(a.as_ref().map(|a| (a.version(), a.is_uniform(), a.workers())), Ok((4, true, 3)));
+        // Three workers, one used at first: it owns everything.
+        let a = initial_assignment(None, 3, 1, 4);
+        assert_eq!(
+            a.as_ref().map(|a| a.ranges().to_vec()),
+            Ok(vec![BinRange::new(0, 16), BinRange::new(16, 16), BinRange::new(16, 16)])
+        );
         // Ranges that do not cover the space: an error.
         let bad = vec![BinRange::new(0, 10), BinRange::new(11, 16)];
-        assert!(initial_assignment(Some(&restoring(2, Some((3, bad)))), 2, 4).is_err());
+        assert!(initial_assignment(Some(&restoring(2, Some((3, bad)))), 2, 2, 4).is_err());
     }
 }
 

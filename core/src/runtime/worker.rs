@@ -63,6 +63,8 @@ pub(crate) struct WorkerSetup<C> {
     pub(crate) assignment: Assignment,
     /// The job's live handoffs (`None`: its bins never move).
     pub(crate) handoff: Option<Arc<HandoffBoard>>,
+    /// Partitions of each source (see [`crate::dataflow::Dataflow::source`]).
+    pub(crate) partitions: usize,
     /// Counts the worker as ended, whether it is built or not.
     pub(crate) done: WorkerDone,
 }
@@ -138,6 +140,7 @@ impl<C: Conn> Worker<C> {
             inline_writer,
             assignment,
             handoff,
+            partitions,
             done: done_guard,
         } = setup;
         let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose()
@@ -170,7 +173,7 @@ impl<C: Conn> Worker<C> {
                 config: config.clone(),
                 metrics: metrics.clone(),
                 dataflow: name.clone(),
-                partitions: checkpointer.as_ref().map_or(workers, |c| c.coordinator().partitions()),
+                partitions,
                 assignment,
                 handoff: handoff.clone(),
                 shared: HashMap::new(),
