@@ -31,6 +31,7 @@
 #![forbid(missing_docs)]
 
 pub mod bench_recovery;
+pub mod bench_rescale;
 pub mod config;
 pub use spate_core::control;
 pub mod deploy;

@@ -42,6 +42,10 @@ USAGE:
       Fill a state store with M MiB, checkpoint it (full, then increments at
       P% dirty pages) into a backup store while a thread keeps updating it;
       print checkpoint size and time, the longest update stall, and restore speed.
+  spate bench rescale [--keys K] [--work-ns N] [--phase-s S] [--max-bins B] [--json]
+      In one process: a keyed sum whose fold spends about N ns a record, on 1
+      worker of 2, then scaled out to 2 by live handoff, then back; print the
+      three throughputs and how long each move took.
   spate bench recovery [--state-mb M] [--checkpoint-ms C] [--failure-timeout-ms F] [--rate R]
                        [--steady-s S] [--after-s A] [--csv FILE] [--silent] [--rollback] [--no-spare]
                        [--json]
@@ -73,8 +77,9 @@ fn main() -> ExitCode {
             Some("state") => cmd_bench_state(&args[2..]),
             Some("recovery") => cmd_bench_recovery(&args[2..]),
             Some("ft-cost") => cmd_ft_cost(&args[2..]),
+            Some("rescale") => cmd_bench_rescale(&args[2..]),
             other => Err(format!(
-                "unknown bench {:?}; expected throughput, latency, compare, state, recovery or ft-cost\n\n{USAGE}",
+                "unknown bench {:?}; expected throughput, latency, compare, state, recovery, ft-cost or rescale\n\n{USAGE}",
                 other
             )),
         },
@@ -418,6 +423,35 @@ fn cmd_ft_cost(args: &[String]) -> Result<(), String> {
 }
 
 /// `bench recovery`: see `spate::bench_recovery`.
+fn cmd_bench_rescale(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--keys", "--work-ns", "--phase-s", "--max-bins", "--json"])?;
+    let p = spate::bench_rescale::RescaleParams {
+        keys: o.get("--keys")?.unwrap_or(100_000),
+        work_ns: o.get("--work-ns")?.unwrap_or(1000),
+        phase_s: o.get("--phase-s")?.unwrap_or(3),
+        max_bins: o.get("--max-bins")?.unwrap_or(256),
+    };
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a data directory: {e}"))?;
+    let r = spate::bench_rescale::run(dir.path(), &p)?;
+    if o.has("--json") {
+        println!("{}", r.to_json());
+    } else {
+        eprintln!(
+            "rescale: {} records/s on 1 worker, {} on 2 (x{:.2}), {} back on 1; scale-out {} ms in {} steps \
+             ({} bytes), scale-in {} ms",
+            r.throughput_before,
+            r.throughput_after,
+            r.throughput_after as f64 / r.throughput_before.max(1) as f64,
+            r.throughput_back,
+            r.handoff_ms,
+            r.steps,
+            r.moved_bytes,
+            r.scale_in_ms
+        );
+    }
+    Ok(())
+}
+
 fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {
     let o = Opts::parse(
         args,

@@ -180,3 +180,32 @@ fn bench_compare_refuses_what_it_cannot_compare() {
         assert!(!ok && err.contains("--keys must be at least 1"), "spate {args:?}: {err}");
     }
 }
+
+/// `bench rescale` scales a running job out to a second worker and back
+/// by live handoff, and reports the three phases and the moves.
+#[test]
+fn bench_rescale_reports_both_moves_and_three_phases() {
+    let line = json_line(
+        &[
+            "bench",
+            "rescale",
+            "--keys",
+            "2000",
+            "--work-ns",
+            "200",
+            "--phase-s",
+            "1",
+            "--max-bins",
+            "512",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    let n = |k: &str| extract_json_number(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
+    for k in ["throughput_before", "throughput_after", "throughput_back", "moved_bytes"] {
+        assert!(n(k) > 0.0, "{k} is 0 in {line}");
+    }
+    // 2048 bins in steps of at most 512.
+    assert_eq!(n("steps"), 4.0, "{line}");
+    assert!(n("handoff_ms") >= 0.0 && n("scale_in_ms") >= 0.0, "{line}");
+}
