@@ -255,3 +255,34 @@ fn a_job_grows_to_a_worker_it_did_not_use_and_shrinks_back() {
     job.wait().unwrap_or_else(|e| panic!("job: {e}"));
     check(&out.all(), records);
 }
+
+/// `Job::rescale`: from one used worker of three to three, to two, to
+/// one, each reached by bounded handoffs between neighbours.
+#[test]
+fn a_job_rescales_to_any_number_of_its_workers() {
+    let _watchdog = spate::Watchdog::start("rescale", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = 200_000;
+    let (job, out) = start_on(&dir, records, 100_000, 20, 1, 3);
+    let out = Collector::start(out);
+    out.until(10_000);
+    for (i, used) in [3usize, 2, 1].into_iter().enumerate() {
+        let steps = job.rescale(used, 512, WAIT).unwrap_or_else(|e| panic!("rescale to {used}: {e}"));
+        assert!(!steps.is_empty(), "rescaling to {used} moved nothing");
+        let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+        let all = BinRange::new(0, 4096);
+        for w in 0..3 {
+            let want = if w < used { all.part(w as u32, used as u32) } else { BinRange::new(4096, 4096) };
+            assert_eq!(
+                a.bins_of(w).len(),
+                want.len(),
+                "worker {w} after rescaling to {used}: {:?}",
+                a.ranges()
+            );
+        }
+        out.until(10_000 * (i + 2) + 20_000);
+    }
+    assert!(matches!(job.rescale(4, 512, WAIT), Err(HandoffError::Assignment(_))));
+    job.wait().unwrap_or_else(|e| panic!("job: {e}"));
+    check(&out.all(), records);
+}

@@ -194,6 +194,61 @@ impl Assignment {
     }
 }
 
+impl Assignment {
+    /// The moves, each a legal [`Assignment::moved`] in turn, that take
+    /// this assignment to `target` (of as many workers and bins): a sweep
+    /// over the boundaries, left to right, each worker's end brought to
+    /// its target's by taking the start run of the next worker that owns
+    /// bins, or by giving its top run to its right neighbour.
+    pub fn moves_to(&self, target: &Assignment) -> Result<Vec<(BinRange, usize, usize)>, AssignmentError> {
+        let n = self.ranges.len();
+        if target.ranges.len() != n || target.bins_log2 != self.bins_log2 {
+            return Err(AssignmentError::NotAPartition {
+                ranges: target.ranges.clone(),
+                bins: 1 << self.bins_log2,
+            });
+        }
+        let mut at = self.clone();
+        let mut moves = Vec::new();
+        for i in 0..n.saturating_sub(1) {
+            let want = target.ranges[i].end;
+            loop {
+                let end = at.ranges[i].end;
+                if end < want {
+                    // The next worker that owns bins gives its start run.
+                    let Some(j) = (i + 1..n).find(|&j| !at.ranges[j].is_empty()) else { break };
+                    let r = at.ranges[j];
+                    let bins = BinRange::new(r.start, r.end.min(want));
+                    at = at.moved(bins, j, i)?;
+                    moves.push((bins, j, i));
+                } else if end > want {
+                    let bins = BinRange::new(want.max(at.ranges[i].start), end);
+                    at = at.moved(bins, i, i + 1)?;
+                    moves.push((bins, i, i + 1));
+                } else {
+                    break;
+                }
+            }
+        }
+        Ok(moves)
+    }
+
+    /// The first `used` workers of `workers` owning equal ranges, the
+    /// others none, as `version`.
+    pub fn uniform_over(
+        bins_log2: u8,
+        workers: usize,
+        used: usize,
+        version: u64,
+    ) -> Result<Self, AssignmentError> {
+        let used = used.clamp(1, workers.max(1));
+        let mut ranges = Assignment::uniform(bins_log2, used).ranges;
+        let end = ranges.last().map_or(0, |r| r.end);
+        ranges.resize(workers.max(1), BinRange::new(end, end));
+        Assignment::from_ranges(version, bins_log2, ranges)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +306,27 @@ mod tests {
     fn ranges_that_do_not_cover_the_space_are_refused() {
         for ranges in [vec![BinRange::new(0, 8)], vec![BinRange::new(0, 8), BinRange::new(9, 16)], vec![]] {
             assert!(Assignment::from_ranges(0, 4, ranges).is_err());
+        }
+    }
+
+    #[test]
+    fn moves_reach_any_target_one_legal_step_at_a_time() {
+        let ok = |r: Result<Assignment, AssignmentError>| r.unwrap_or_else(|e| panic!("{e}"));
+        let one = ok(Assignment::uniform_over(6, 4, 1, 0));
+        for used in [1, 2, 3, 4, 2, 1, 3] {
+            let target = ok(Assignment::uniform_over(6, 4, used, 0));
+            for from in [
+                one.clone(),
+                ok(Assignment::uniform_over(6, 4, 4, 0)),
+                ok(Assignment::uniform_over(6, 4, 2, 0)),
+            ] {
+                let moves = from.moves_to(&target).unwrap_or_else(|e| panic!("{e}"));
+                let mut at = from.clone();
+                for (bins, f, t) in moves {
+                    at = ok(at.moved(bins, f, t));
+                }
+                assert_eq!(at.ranges(), target.ranges(), "from {:?} to {used} used", from.ranges());
+            }
         }
     }
 }

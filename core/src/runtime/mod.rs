@@ -485,6 +485,38 @@ impl<C> Job<C> {
         self.handoff.as_ref().map(|b| b.assignment())
     }
 
+    /// Rescales the job live to `used` workers of those it started
+    /// (`[runtime] max_workers`): equal ranges of bins over the first
+    /// `used`, none on the others, reached by handoffs of at most
+    /// `max_bins` bins between neighbours ([`Assignment::moves_to`]).
+    /// Returns every step's report; refuses more workers than the job
+    /// started.
+    pub fn rescale(
+        &self,
+        used: usize,
+        max_bins: u32,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
+        let Some(board) = &self.handoff else {
+            let why = if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" };
+            return Err(HandoffError::NotLive { why });
+        };
+        let now = board.assignment();
+        if used == 0 || used > now.workers() {
+            return Err(HandoffError::Assignment(crate::assignment::AssignmentError::NoSuchWorker {
+                worker: used.saturating_sub(1),
+                workers: now.workers(),
+            }));
+        }
+        let target = Assignment::uniform_over(now.bins_log2(), now.workers(), used, 0)
+            .map_err(HandoffError::Assignment)?;
+        let mut done = Vec::new();
+        for (bins, from, to) in now.moves_to(&target).map_err(HandoffError::Assignment)? {
+            done.extend(self.move_bins_by(bins, from, to, max_bins, timeout)?);
+        }
+        Ok(done)
+    }
+
     /// As [`Job::move_bins`], in steps of at most `max_bins` bins, each a
     /// handoff of its own, from the end of `bins` next to `to`: the extra
     /// memory and the time the moving bins' records wait are those of one
