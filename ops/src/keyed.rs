@@ -104,13 +104,14 @@ impl<T> Push<T> for Failed {
     fn flush(&mut self) {}
 }
 
-/// Creates a stateful instance, or marks the job failed and returns a
-/// [`Failed`] push.
+/// Creates a stateful instance (`movable`: see [`open_store`]), or marks
+/// the job failed and returns a [`Failed`] push.
 pub(crate) fn stateful<T: 'static>(
     ctx: &InstanceCtx<'_>,
+    movable: bool,
     make: impl FnOnce(Opened) -> Result<BoxPush<T>, String>,
 ) -> BoxPush<T> {
-    match open_store(ctx, false).and_then(make) {
+    match open_store(ctx, movable).and_then(make) {
         Ok(p) => p,
         Err(e) => {
             ctx.metrics.fail(e);
@@ -343,14 +344,18 @@ where
             }
             return;
         }
-        if let Some(result) = self.apply(rec, key, hash) {
-            self.out.push(result, meta);
-        }
+        self.apply_out(rec, key, hash, meta);
     }
 
     /// One record applied now.
     fn push_now(&mut self, rec: T, meta: Meta) {
         let (key, hash) = self.key.key_and_hash(&rec);
+        self.apply_out(rec, key, hash, meta);
+    }
+
+    /// Applies `rec` and sends its result downstream.
+    #[inline(always)]
+    fn apply_out(&mut self, rec: T, key: K, hash: u64, meta: Meta) {
         if let Some(result) = self.apply(rec, key, hash) {
             self.out.push(result, meta);
         }
@@ -409,10 +414,7 @@ where
         if self.handoff_turn() {
             return self.push_one(rec, meta);
         }
-        let (key, hash) = self.key.key_and_hash(&rec);
-        if let Some(result) = self.apply(rec, key, hash) {
-            self.out.push(result, meta);
-        }
+        self.push_now(rec, meta);
     }
     fn watermark(&mut self, wm: Timestamp) {
         self.out.watermark(wm);
@@ -494,8 +496,7 @@ where
     S: Fn(Option<V>, &T) -> V + 'static,
     E: Fn(K, V) -> O + 'static,
 {
-    let opened = open_store(ctx, true);
-    let make = |Opened { mut store, saver, .. }| {
+    stateful(ctx, true, |Opened { mut store, saver, .. }| {
         let acc = ValueState::register(&mut store, "acc").map_err(|e| e.to_string())?;
         if let Some(keys) = expected_keys {
             acc.reserve(&mut store, keys).map_err(|e| e.to_string())?;
@@ -524,14 +525,7 @@ where
                 })
             }),
         }) as BoxPush<T>)
-    };
-    match opened.and_then(make) {
-        Ok(p) => p,
-        Err(e) => {
-            ctx.metrics.fail(e);
-            Box::new(Failed)
-        }
-    }
+    })
 }
 
 /// Stateful operators on a keyed stream.

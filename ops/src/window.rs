@@ -222,7 +222,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let (window, ts) = (self.window, self.ts.clone());
         self.keyed.keyed_unary(name, move |ctx, key, out| {
             let (init, f, ts) = (init.clone(), f.clone(), ts.clone());
-            stateful(ctx, |Opened { mut store, saver, watermark }| {
+            stateful(ctx, false, |Opened { mut store, saver, watermark }| {
                 let acc = ValueState::register(&mut store, "window-acc").map_err(|e| e.to_string())?;
                 Ok(Box::new(WindowAggregate {
                     store,

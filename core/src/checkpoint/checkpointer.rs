@@ -182,14 +182,15 @@ impl Checkpointer {
             return Ok(self.restore(&instance, config)?.map(|(store, meta)| (store, vec![meta])));
         }
         let id = m.id;
-        let all = BinRange::all(config.bins_log2);
+        // The old workers' bins: as recorded, else the uniform assignment.
+        let old_bins = match &m.assignment {
+            Some((_, ranges)) => ranges.clone(),
+            None => crate::assignment::Assignment::uniform(config.bins_log2, m.workers).ranges().to_vec(),
+        };
         let mut gathered: Option<StateStore> = None;
         let mut metas = Vec::new();
         for old in 0..m.workers {
-            let theirs = match &m.assignment {
-                Some((_, ranges)) => ranges.get(old).copied().unwrap_or(BinRange::new(0, 0)),
-                None => all.part(old as u32, m.workers as u32),
-            };
+            let theirs = old_bins.get(old).copied().unwrap_or(BinRange::new(0, 0));
             let (start, end) = (theirs.start.max(bins.start), theirs.end.min(bins.end));
             if start >= end {
                 continue;

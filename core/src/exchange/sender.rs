@@ -193,7 +193,8 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         self.board = Some(board);
     }
 
-    /// At a burst's boundary: the board's assignment changed, so the
+    /// At a burst's boundary (every flush: the end of each burst, and the
+    /// worker's wake): the board's assignment changed, so the
     /// records routed by the old one go out, then a marker of the new
     /// version to every consumer, and later records go by the new table.
     #[inline]
@@ -479,7 +480,6 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
     /// downstream as it is, with the keys and hashes of its records, and no
     /// record is moved. Otherwise see `push_burst_spread`.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
-        self.follow_handoff();
         if !self.alone {
             return self.push_burst_spread(recs);
         }

@@ -485,6 +485,13 @@ impl<C> Job<C> {
         self.handoff.as_ref().map(|b| b.assignment())
     }
 
+    /// The job's handoff board, or why its bins cannot move live.
+    fn board(&self) -> Result<&Arc<HandoffBoard>, HandoffError> {
+        self.handoff.as_ref().ok_or(HandoffError::NotLive {
+            why: if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" },
+        })
+    }
+
     /// Rescales the job live to `used` workers of those it started
     /// (`[runtime] max_workers`): equal ranges of bins over the first
     /// `used`, none on the others, reached by handoffs of at most
@@ -497,10 +504,7 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
-        let Some(board) = &self.handoff else {
-            let why = if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" };
-            return Err(HandoffError::NotLive { why });
-        };
+        let board = self.board()?;
         let now = board.assignment();
         if used == 0 || used > now.workers() {
             return Err(HandoffError::Assignment(crate::assignment::AssignmentError::NoSuchWorker {
@@ -571,10 +575,7 @@ impl<C> Job<C> {
         to: usize,
         timeout: Duration,
     ) -> Result<StepDone, HandoffError> {
-        let Some(board) = &self.handoff else {
-            let why = if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" };
-            return Err(HandoffError::NotLive { why });
-        };
+        let board = self.board()?;
         let operators = board.unmovable();
         if !operators.is_empty() {
             return Err(HandoffError::Unmovable { operators });
@@ -742,13 +743,7 @@ fn initial_assignment(
     active: usize,
     bins_log2: u8,
 ) -> Result<Assignment, AssignmentError> {
-    let fresh = |version| {
-        let a = Assignment::uniform(bins_log2, active.clamp(1, workers.max(1)));
-        let mut ranges = a.ranges().to_vec();
-        let end = ranges.last().map_or(0, |r| r.end);
-        ranges.resize(workers.max(1), BinRange::new(end, end));
-        Assignment::from_ranges(version, bins_log2, ranges)
-    };
+    let fresh = |version| Assignment::uniform_over(bins_log2, workers, active, version);
     let Some(m) = coord.and_then(|c| c.restored()) else { return fresh(0) };
     match &m.assignment {
         Some((version, ranges)) if m.workers == workers => {
