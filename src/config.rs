@@ -82,6 +82,11 @@ pub struct ClusterSection {
     pub failure_timeout_ms: u64,
     /// The nodes, in worker order.
     pub nodes: Vec<NodeSection>,
+    /// The job's first `start_workers` workers (in worker order) own its
+    /// bins and run its sources when it first starts; the later ones own
+    /// nothing until `spate ctl scale` hands them bins. 0: every worker.
+    #[serde(default)]
+    pub start_workers: usize,
 }
 
 fn connect_timeout_default() -> u64 {
@@ -113,6 +118,13 @@ impl ClusterSection {
         }
         if self.failure_timeout_ms == 0 {
             return Err("cluster.failure_timeout_ms: must be above 0".into());
+        }
+        let running: usize = self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
+        if self.start_workers > running {
+            return Err(format!(
+                "cluster.start_workers: {} is more than the {running} workers the nodes that are not spares run",
+                self.start_workers
+            ));
         }
         for (field, ms) in
             [("failure_timeout_ms", self.failure_timeout_ms), ("connect_timeout_ms", self.connect_timeout_ms)]

@@ -33,6 +33,7 @@
 pub mod bench_recovery;
 pub mod bench_rescale;
 pub mod config;
+pub mod ctl;
 pub use spate_core::control;
 pub mod deploy;
 mod job_spec;

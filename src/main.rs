@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&args[1..]),
         Some("node") => cmd_node(&args[1..]),
         Some("cluster") => cmd_cluster(&args[1..]),
+        Some("ctl") => cmd_ctl(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("throughput") => cmd_throughput(&args[2..]),
             Some("latency") => cmd_latency(&args[2..]),
@@ -301,6 +302,54 @@ fn cmd_bench_state(args: &[String]) -> Result<(), String> {
             r.restore_mb_per_s
         );
     }
+    Ok(())
+}
+
+/// `spate ctl --config FILE (assignment | scale --workers N | scale-in
+/// --node NAME | move --bins A..B --to WORKER) [--max-bins K]
+/// [--timeout-s S]`: a request to the running cluster's coordinator.
+fn cmd_ctl(args: &[String]) -> Result<(), String> {
+    use spate::ctl::CtlRequest;
+    let verb = args.iter().position(|a| matches!(a.as_str(), "assignment" | "scale" | "scale-in" | "move"));
+    let Some(v) = verb else {
+        return Err("`spate ctl` needs a request: assignment, scale, scale-in or move".into());
+    };
+    let mut rest: Vec<String> = args.to_vec();
+    let verb = rest.remove(v);
+    let o = Opts::parse(
+        &rest,
+        &["--config", "--workers", "--node", "--bins", "--to", "--max-bins", "--timeout-s"],
+    )?;
+    let path: PathBuf = o.get("--config")?.ok_or("`spate ctl` needs `--config FILE`")?;
+    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    let req = match verb.as_str() {
+        "assignment" => CtlRequest::Assignment,
+        "scale" => {
+            CtlRequest::Scale { workers: o.get("--workers")?.ok_or("`spate ctl scale` needs `--workers N`")? }
+        }
+        "scale-in" => {
+            CtlRequest::ScaleIn { node: o.get("--node")?.ok_or("`spate ctl scale-in` needs `--node NAME`")? }
+        }
+        "move" => {
+            let bins: String = o.get("--bins")?.ok_or("`spate ctl move` needs `--bins A..B`")?;
+            let (a, b) = bins.split_once("..").ok_or_else(|| format!("--bins: `{bins}` is not `A..B`"))?;
+            let bin = |s: &str| s.parse::<u32>().map_err(|_| format!("--bins: `{s}` is not a bin number"));
+            CtlRequest::Move {
+                start: bin(a)?,
+                end: bin(b)?,
+                to: o.get("--to")?.ok_or("`spate ctl move` needs `--to NODE[/WORKER]`")?,
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown `spate ctl` request `{other}`: expected assignment, scale, scale-in or move"
+            ))
+        }
+    };
+    let timeout = Duration::from_secs(o.get("--timeout-s")?.unwrap_or(120));
+    let answer = spate::ctl::ctl(&cfg, &req, o.get("--max-bins")?, timeout)?;
+    // A closed stdout (`| head`) is not the request's failure.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{answer}\n").as_bytes());
     Ok(())
 }
 

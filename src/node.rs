@@ -75,6 +75,8 @@ pub fn run_node_with(
         origin_ns: spate_core::time::now_ns() + 200_000_000,
         live: cfg.live_recovery(),
         restarts: spate_core::control::RESTARTS,
+        bins_log2: rc.bins_log2,
+        start_workers: rc.cluster_start_workers,
     };
     let setup = NodeSetup {
         query: cfg.query.name.clone(),

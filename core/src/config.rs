@@ -68,6 +68,11 @@ pub struct RuntimeConfig {
     /// worker that vanishes fails the job (recovery then rolls every node
     /// back).
     pub replay_buffer_bytes: usize,
+    /// On a cluster: the job's first `n` workers (in worker order) own
+    /// its bins and run its source partitions when it first starts; the
+    /// others own nothing until the coordinator hands them bins
+    /// (`spate ctl scale`). 0: every worker.
+    pub cluster_start_workers: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -91,6 +96,7 @@ impl Default for RuntimeConfig {
             restore: false,
             schedule_origin_ns: 0,
             replay_buffer_bytes: 0,
+            cluster_start_workers: 0,
         }
     }
 }

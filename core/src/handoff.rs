@@ -55,6 +55,8 @@ pub struct StepInfo {
 
 struct Step {
     info: StepInfo,
+    /// A staged step's assignment, until senders switch to it.
+    next: Option<Assignment>,
     /// Split-off stores by keyed operator, waiting on `to`.
     parcels: Vec<(String, StateStore)>,
     /// Keyed operators that merged their parcel on `to`.
@@ -67,6 +69,9 @@ struct Step {
 struct State {
     assignment: Assignment,
     step: Option<Step>,
+    /// Parcels split off here for a worker of another node, until the
+    /// node's agent ships them: (version, operator, store).
+    outgoing: Vec<(u64, String, StateStore)>,
     /// Keyed operators of the job, by name, and whether each can hand
     /// bins off.
     keyed: Vec<(String, bool)>,
@@ -90,9 +95,17 @@ pub struct StepDone {
 pub struct HandoffBoard {
     /// The version senders route by (the assignment's).
     version: AtomicU64,
+    /// The version of the step keyed instances look at: published with
+    /// `version` in one process; on a cluster a step is staged on every
+    /// node (its target holds the moving bins' records from then on)
+    /// before any sender switches to it.
+    staged: AtomicU64,
     /// Per worker: a parcel waits for it, or a step concerns it (its
     /// worker loop nudges its inputs).
     wake: Vec<AtomicBool>,
+    /// Per worker: whether it runs in this process (on a cluster, a
+    /// node's share runs some of the job's workers).
+    local: Vec<bool>,
     state: Mutex<State>,
 }
 
@@ -100,11 +113,31 @@ impl HandoffBoard {
     /// The board of a job starting from `assignment`.
     pub fn new(assignment: Assignment) -> Arc<Self> {
         let workers = assignment.workers();
+        Self::with_local(assignment, &(0..workers).collect::<Vec<_>>())
+    }
+
+    /// The board of a node's share of a cluster job, which runs the
+    /// workers `local` of the job's (see [`HandoffBoard::take_outgoing`]).
+    pub fn with_local(assignment: Assignment, local: &[usize]) -> Arc<Self> {
+        let workers = assignment.workers();
         Arc::new(Self {
             version: AtomicU64::new(assignment.version()),
+            staged: AtomicU64::new(assignment.version()),
             wake: (0..workers).map(|_| AtomicBool::new(false)).collect(),
-            state: Mutex::new(State { assignment, step: None, keyed: Vec::new(), done: Vec::new() }),
+            local: (0..workers).map(|w| local.contains(&w)).collect(),
+            state: Mutex::new(State {
+                assignment,
+                step: None,
+                outgoing: Vec::new(),
+                keyed: Vec::new(),
+                done: Vec::new(),
+            }),
         })
+    }
+
+    /// Whether worker `w` runs in this process.
+    pub fn is_local(&self, w: usize) -> bool {
+        self.local.get(w).copied().unwrap_or(false)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -118,6 +151,13 @@ impl HandoffBoard {
     #[inline]
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    /// The version of the step keyed instances look at (see
+    /// [`HandoffBoard::stage_move`]): one load, on a burst's boundary.
+    #[inline]
+    pub fn staged(&self) -> u64 {
+        self.staged.load(Ordering::Acquire)
     }
 
     /// The current assignment.
@@ -155,12 +195,67 @@ impl HandoffBoard {
         self.state().keyed.iter().filter(|(_, m)| !m).map(|(o, _)| o.clone()).collect()
     }
 
+    /// Stages step `info` of a cluster job, which the coordinator decided
+    /// (every node stages the same): the keyed instance of its target
+    /// holds the moving bins' records from now on, but senders keep the
+    /// current assignment until [`HandoffBoard::switch`] — on a cluster a
+    /// sender's records by the new assignment may reach the target before
+    /// the target's node heard of the step, so every node stages it before
+    /// any switches. Returns the next assignment (the current one with
+    /// `info`'s move); fails, changing nothing, if the move does not fit or
+    /// is not the next version.
+    pub fn stage_move(&self, info: StepInfo) -> Result<Assignment, HandoffError> {
+        let mut s = self.state();
+        let next = s.assignment.moved(info.bins, info.from, info.to).map_err(HandoffError::Assignment)?;
+        if next.version() != info.version {
+            return Err(HandoffError::Version { expected: next.version(), got: info.version });
+        }
+        s.step = Some(Step {
+            info,
+            next: Some(next.clone()),
+            parcels: Vec::new(),
+            merged: 0,
+            bytes: 0,
+            started: Instant::now(),
+        });
+        drop(s);
+        self.staged.store(info.version, Ordering::Release);
+        self.nudge(info.to);
+        Ok(next)
+    }
+
+    /// Senders switch to the staged step `version` (see
+    /// [`HandoffBoard::stage_move`]); whether it was staged.
+    pub fn switch(&self, version: u64) -> bool {
+        let mut s = self.state();
+        let Some(next) =
+            s.step.as_mut().filter(|st| st.info.version == version).and_then(|st| st.next.take())
+        else {
+            return false;
+        };
+        s.assignment = next;
+        drop(s);
+        self.version.store(version, Ordering::Release);
+        for w in 0..self.wake.len() {
+            self.nudge(w);
+        }
+        true
+    }
+
     /// Publishes a step to `next` (see [`Job::move_bins`](crate::Job::move_bins)).
     pub(crate) fn publish(&self, info: StepInfo, next: Assignment) {
         let mut s = self.state();
         s.assignment = next;
-        s.step = Some(Step { info, parcels: Vec::new(), merged: 0, bytes: 0, started: Instant::now() });
+        s.step = Some(Step {
+            info,
+            next: None,
+            parcels: Vec::new(),
+            merged: 0,
+            bytes: 0,
+            started: Instant::now(),
+        });
         drop(s);
+        self.staged.store(info.version, Ordering::Release);
         self.version.store(info.version, Ordering::Release);
         // Every worker's senders switch now, not at their next record.
         for w in 0..self.wake.len() {
@@ -187,10 +282,29 @@ impl HandoffBoard {
         let mut s = self.state();
         let Some(step) = s.step.as_mut().filter(|st| st.info.version == version) else { return };
         step.bytes += store.segment_bytes_in_use();
-        step.parcels.push((operator.to_string(), store));
         let to = step.info.to;
+        if self.is_local(to) {
+            step.parcels.push((operator.to_string(), store));
+        } else {
+            s.outgoing.push((version, operator.to_string(), store));
+        }
         drop(s);
         self.nudge(to);
+    }
+
+    /// Parcels split off here for a worker of another node, to ship there
+    /// (a node's agent takes them): `(version, operator, store)`.
+    pub fn take_outgoing(&self) -> Vec<(u64, String, StateStore)> {
+        std::mem::take(&mut self.state().outgoing)
+    }
+
+    /// Ends step `version` on a node that neither gives nor takes its bins
+    /// last (its senders switched; the coordinator heard the target merge).
+    pub fn close(&self, version: u64) {
+        let mut s = self.state();
+        if s.step.as_ref().is_some_and(|st| st.info.version == version) {
+            s.step = None;
+        }
     }
 
     /// `operator`'s parcel of step `version`, if it was deposited.
@@ -264,6 +378,14 @@ pub enum HandoffError {
     },
     /// The job ended (or failed) before the step completed.
     JobEnded,
+    /// A cluster's step is not the next version of this node's assignment
+    /// (the nodes disagree: a bug, or a message of another epoch).
+    Version {
+        /// The version the move makes here.
+        expected: u64,
+        /// The step's.
+        got: u64,
+    },
     /// The step did not complete within the timeout; it stays in flight.
     TimedOut {
         /// The step.
@@ -288,6 +410,9 @@ impl std::fmt::Display for HandoffError {
                 write!(f, "checkpoint {checkpoint} did not complete in time to start the handoff")
             }
             HandoffError::JobEnded => f.write_str("the job ended before the handoff completed"),
+            HandoffError::Version { expected, got } => {
+                write!(f, "handoff step to version {got} is not this node's next version ({expected})")
+            }
             HandoffError::TimedOut { step, waited_ms } => write!(
                 f,
                 "moving bins {} from worker {} to worker {} did not complete within {waited_ms} ms",

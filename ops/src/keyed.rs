@@ -278,7 +278,7 @@ where
     #[inline]
     fn handoff_turn(&mut self) -> bool {
         let Some(m) = self.moving.as_mut() else { return false };
-        if m.board.version() != m.seen {
+        if m.board.staged() != m.seen {
             self.look();
         }
         self.moving.as_ref().is_some_and(|m| m.incoming.is_some()) && !self.try_merge()
@@ -287,7 +287,7 @@ where
     #[cold]
     fn look(&mut self) {
         let Some(m) = self.moving.as_mut() else { return };
-        m.seen = m.board.version();
+        m.seen = m.board.staged();
         if let Some(step) = m.board.step() {
             if step.version == m.seen && step.to == m.worker {
                 m.incoming = Some(step);
@@ -302,9 +302,14 @@ where
         let Some(m) = self.moving.as_mut() else { return true };
         let Some(step) = m.incoming else { return true };
         let Some(parcel) = m.board.take_parcel(step.version, &self.operator) else { return false };
-        if let Err(e) = self.store.merge(parcel) {
-            self.metrics
-                .fail(format!("operator `{}`: taking bins {} in failed: {e}", self.operator, step.bins));
+        // A parcel from another node was rebuilt from its image: its
+        // records are checked against the handle's types before use.
+        let merged = self.store.merge(parcel).and_then(|()| ValueState::register(&mut self.store, "acc"));
+        match merged {
+            Ok(acc) => self.acc = acc,
+            Err(e) => self
+                .metrics
+                .fail(format!("operator `{}`: taking bins {} in failed: {e}", self.operator, step.bins)),
         }
         let held = std::mem::take(&mut m.held);
         m.incoming = None;
@@ -519,7 +524,7 @@ where
                     board: board.clone(),
                     worker: ctx.worker,
                     bins_log2: ctx.bins_log2,
-                    seen: board.version(),
+                    seen: board.staged(),
                     incoming: None,
                     held: Vec::new(),
                 })

@@ -161,6 +161,15 @@ impl Manifest {
 
     /// Adds another node's part of the same checkpoint.
     pub fn merge(&mut self, part: &Manifest) {
+        // Every part records the same assignment (that of the job when
+        // the checkpoint was requested); the newest wins.
+        if part.assignment.as_ref().map(|a| a.0) > self.assignment.as_ref().map(|a| a.0) {
+            self.assignment = part.assignment.clone();
+        }
+        // So does every part its sources' partitions.
+        if part.workers == self.workers {
+            self.partitions = part.partitions;
+        }
         self.offsets.extend(part.offsets.iter().map(|(k, v)| (k.clone(), *v)));
         self.ahead.extend(part.ahead.iter().map(|(k, v)| (*k, *v)));
     }

@@ -29,6 +29,7 @@ use crate::checkpoint::{ClusterCheckpoints, Manifest};
 use crate::config::RuntimeConfig;
 use crate::control::env::{Build, Env, FetchRequest};
 use crate::control::error::AgentError;
+use crate::control::handoff::{self, NodeHandoffs};
 use crate::control::msg::{Deployment, Msg};
 use crate::control::placement::{ClusterPlacement, Join};
 use crate::control::report::{MetricsLine, NodeReport, METRICS_ENV};
@@ -131,6 +132,10 @@ pub struct NodeAgent<E: Env> {
     latency: Option<hdrhistogram::Histogram<u64>>,
     report: Option<NodeReport>,
     quiet: bool,
+    /// The placement of the epoch running here (nodes in worker order).
+    nodes: Vec<crate::control::placement::NodeSpec>,
+    /// Handoff steps' parcels on their way.
+    handoffs: NodeHandoffs<E>,
 }
 
 impl<E: Env> NodeAgent<E> {
@@ -165,6 +170,8 @@ impl<E: Env> NodeAgent<E> {
                 .filter(|&ms| ms > 0)
                 .map(|ms| (Duration::from_millis(ms), now(), 0)),
             quiet,
+            nodes: Vec::new(),
+            handoffs: NodeHandoffs::default(),
         }
     }
 
@@ -217,6 +224,8 @@ impl<E: Env> NodeAgent<E> {
                     Some(slot) => self.deploy_join(env, d, slot),
                     None => {
                         self.stop_job();
+                        self.handoffs.clear();
+                        self.nodes = d.nodes.clone();
                         self.deploy(env, d)
                     }
                 };
@@ -224,7 +233,8 @@ impl<E: Env> NodeAgent<E> {
                     out.push(Msg::Failed { epoch, reason: e.to_string() });
                 }
             }
-            Msg::Recover { epoch, checkpoint, aborted, nodes: _, replicas, moved } => {
+            Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved } => {
+                self.nodes = nodes;
                 match self.recover(epoch, checkpoint, aborted, replicas, moved) {
                     Ok(()) => out.push(Msg::Recovered { epoch }),
                     Err(e) => out.push(Msg::Failed { epoch, reason: e.to_string() }),
@@ -243,6 +253,32 @@ impl<E: Env> NodeAgent<E> {
                     if let Some(c) = s.job.checkpoints() {
                         c.complete(id);
                     }
+                }
+            }
+            Msg::Handoff { epoch, version, start, end, from, to } => {
+                let info = handoff::step_of(version, start, end, from, to);
+                let mut shares = self.shares.iter().filter(|s| s.epoch == epoch);
+                let published = match (shares.next(), shares.next()) {
+                    (Some(s), None) => self.handoffs.stage(s.job.share_board(), s.job.checkpoints(), info),
+                    (None, _) => Err("no share of the epoch runs here".to_string()),
+                    (Some(_), Some(_)) => {
+                        Err("it runs two shares (it took over a failed node's workers): bins cannot move"
+                            .into())
+                    }
+                };
+                match published {
+                    Ok(()) => out.push(Msg::Staged { epoch, version }),
+                    Err(why) => {
+                        let reason = format!("node {}: handoff step {version}: {why}", self.name);
+                        out.push(Msg::Failed { epoch, reason });
+                    }
+                }
+            }
+            Msg::Switch { epoch, version } => {
+                let board = self.shares.iter().find(|s| s.epoch == epoch).and_then(|s| s.job.share_board());
+                if !board.is_some_and(|b| b.switch(version)) {
+                    let reason = format!("node {}: handoff step {version} was not staged here", self.name);
+                    out.push(Msg::Failed { epoch, reason });
                 }
             }
             Msg::Abort { epoch } => {
@@ -418,6 +454,21 @@ impl<E: Env> NodeAgent<E> {
             return Err(Rejection::UnknownNode);
         }
         Ok(())
+    }
+
+    /// Whether a handoff's parcel connection announcing `name` is taken.
+    pub fn admit_parcel(&self, name: &str) -> Result<(), Rejection> {
+        if self.handoffs.admit(name, self.epoch) {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownNode)
+        }
+    }
+
+    /// A parcel connection, which [`NodeAgent::admit_parcel`] took, is up.
+    pub fn take_parcel(&mut self, env: &mut E, name: &str, conn: E::Conn) {
+        let dir = self.rc.data_dir.join(&self.query).join("handoff");
+        self.handoffs.take(env, name, conn, &dir, self.rc.bins_log2);
     }
 
     /// The link named `name`, which [`NodeAgent::admit_link`] took, is up.
@@ -627,6 +678,12 @@ impl<E: Env> NodeAgent<E> {
             } else if !s.ready_sent {
                 s.ready_sent = true;
                 out.push(Msg::Ready { epoch: s.epoch });
+            }
+        }
+        if let [s] = self.shares.as_slice() {
+            if let Some(board) = s.job.share_board() {
+                let (cluster, quiet) = (self.placement.cluster, self.quiet);
+                self.handoffs.poll(env, board, &self.nodes, cluster, s.epoch, &self.name, quiet, out);
             }
         }
         // One part per node: once every share's is in, merged.

@@ -28,6 +28,9 @@ use crate::time::unix_ms;
 /// registers on one of them (its restarts are a few at a time at most).
 const CANDIDATES_PER_NODE: usize = 4;
 
+/// `spate ctl` connections open at once.
+const ADMINS_MAX: usize = 8;
+
 /// What the coordinator heard and did, in order, for the simulator's
 /// monitor of the plan (core's tests only).
 #[cfg(test)]
@@ -76,6 +79,9 @@ pub struct Coordinator<E: Env> {
     print_events: bool,
     /// The job ended: the last message went to every node.
     ended: bool,
+    /// `spate ctl` connections (`adm:<n>`), by id.
+    admins: BTreeMap<u64, Peer<E::Conn>>,
+    next_admin: u64,
     #[cfg(test)]
     pub(crate) journal: Vec<Journal>,
 }
@@ -111,6 +117,8 @@ impl<E: Env> Coordinator<E> {
             quiet,
             print_events: false,
             ended: false,
+            admins: BTreeMap::new(),
+            next_admin: 0,
             #[cfg(test)]
             journal: Vec::new(),
         }
@@ -153,6 +161,13 @@ impl<E: Env> Coordinator<E> {
     /// Whether a control connection announcing `name` (`ctl:<node>`) is
     /// taken.
     pub fn admit(&self, name: &str) -> Result<(), Rejection> {
+        if name.starts_with("adm:") {
+            return if self.ended || self.admins.len() >= ADMINS_MAX {
+                Err(Rejection::DuplicateNode)
+            } else {
+                Ok(())
+            };
+        }
         let Some(node) = name.strip_prefix("ctl:") else { return Err(Rejection::UnknownNode) };
         match self.plan.index(node) {
             Some(i) if i == self.me => Err(Rejection::UnknownNode),
@@ -168,6 +183,11 @@ impl<E: Env> Coordinator<E> {
     /// The control connection announcing `name`, which [`Coordinator::admit`]
     /// took, is up: it waits for its node's registration.
     pub fn take(&mut self, name: &str, conn: E::Conn) {
+        if name.starts_with("adm:") {
+            self.next_admin += 1;
+            self.admins.insert(self.next_admin, Peer::new(name.to_string(), conn));
+            return;
+        }
         let node = name.trim_start_matches("ctl:").to_string();
         if let Some(i) = self.plan.index(&node) {
             self.candidates.push((i, Peer::new(node, conn)));
@@ -297,6 +317,7 @@ impl<E: Env> Coordinator<E> {
                 self.plan.connection_lost(i, "its control connection closed", t);
             }
         }
+        self.poll_admins(now, t);
         let mut out = Vec::new();
         agent.poll(env, &mut out);
         for m in out {
@@ -340,6 +361,13 @@ impl<E: Env> Coordinator<E> {
                     Action::Event(what) => self.event(what),
                     Action::Note(line) => env.log(&format!("coordinator: {line}")),
                     Action::Finish(reports) => done = Some(reports),
+                    Action::Reply { admin, ok, text } => {
+                        if let Some(p) = self.admins.get_mut(&admin) {
+                            if p.send(&Msg::Reply { ok, text }, now).is_err() {
+                                self.admins.remove(&admin);
+                            }
+                        }
+                    }
                     Action::Fail(reason) => return Err(ControlError::Job(reason)),
                 }
             }
@@ -354,6 +382,31 @@ impl<E: Env> Coordinator<E> {
             }
         }
         Ok(done)
+    }
+
+    /// `spate ctl` connections: their requests into the plan; a closed or
+    /// broken one, or one that sends anything but a request, goes.
+    fn poll_admins(&mut self, now: Instant, t: u64) {
+        let ids: Vec<u64> = self.admins.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.admins.get_mut(&id) else { continue };
+            let polled = p.poll(now);
+            let msgs = std::mem::take(&mut p.inbox);
+            let gone = polled.is_err() || p.closed;
+            for m in msgs {
+                match m {
+                    Msg::Control { request } => self.plan.control(id, &request, t),
+                    other => {
+                        eprintln!("coordinator: a `spate ctl` connection sent {other:?}: dropped");
+                        self.admins.remove(&id);
+                        break;
+                    }
+                }
+            }
+            if gone {
+                self.admins.remove(&id);
+            }
+        }
     }
 
     /// The job ended: `last` goes to every node, the own one included.

@@ -20,7 +20,9 @@ use crate::config::RuntimeConfig;
 use crate::control::error::FetchError;
 use crate::dataflow::Dataflow;
 use crate::link::{net_config, Conn};
+use crate::replica::{Parcel, ParcelError};
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks};
+use spate_state::{StateStore, StoreConfig};
 
 /// A dataflow's build function, run once on every worker.
 pub type Build = Arc<dyn Fn(&Dataflow) + Send + Sync>;
@@ -34,6 +36,10 @@ pub trait Env {
     type Connecting;
     /// A fetch of checkpoint parts in progress.
     type Fetch;
+    /// A handoff's parcel on its way to another node.
+    type Ship;
+    /// A handoff's parcel arriving from another node.
+    type Take;
 
     /// Starts connecting to the listener at `addr`, announcing `name`.
     fn connect(
@@ -71,6 +77,22 @@ pub trait Env {
     /// The fetch's outcome, once every part is in (or one failed).
     fn poll_fetch(&mut self, f: &mut Self::Fetch) -> Option<Result<(), FetchError>>;
 
+    /// Starts sending a handoff's parcel to another node (see
+    /// [`crate::replica::send_parcel`]).
+    fn begin_ship(&mut self, request: ShipRequest) -> Self::Ship;
+
+    /// The bytes sent, once the receiver acknowledged the parcel (or the
+    /// send failed).
+    fn poll_ship(&mut self, s: &mut Self::Ship) -> Option<Result<u64, ParcelError>>;
+
+    /// Starts receiving a parcel on `conn`, a connection announcing
+    /// [`crate::replica::parcel_hello_name`], into a store made with
+    /// `config` (see [`crate::replica::receive_parcel`]).
+    fn begin_take(&mut self, conn: Self::Conn, config: StoreConfig, timeout: Duration) -> Self::Take;
+
+    /// The parcel, once whole and rebuilt (or why not).
+    fn poll_take(&mut self, t: &mut Self::Take) -> Option<Result<Parcel, ParcelError>>;
+
     /// How this node's workers stream their checkpoints to backup nodes
     /// (`None`: over TCP to their replica services).
     fn backups(&self) -> Option<BackupNet> {
@@ -104,6 +126,22 @@ pub struct FetchRequest {
     pub node: String,
 }
 
+/// A handoff's parcel to send (see [`Env::begin_ship`]).
+pub struct ShipRequest {
+    /// The target node's listener.
+    pub addr: SocketAddr,
+    /// The job's id on the wire.
+    pub cluster: u64,
+    /// The connection's hello name ([`crate::replica::parcel_hello_name`]).
+    pub hello: String,
+    /// The keyed operator whose bins these are.
+    pub operator: String,
+    /// The bins' store, split off.
+    pub store: StateStore,
+    /// How long connecting and each wait may take.
+    pub timeout: Duration,
+}
+
 /// The backup store directory of worker `w` under `data_dir` for `query`.
 pub fn backup_dir(data_dir: &Path, query: &str, w: usize) -> PathBuf {
     data_dir.join(query).join("backup").join(format!("w{w}"))
@@ -122,6 +160,21 @@ impl Os {
     }
 }
 
+/// A parcel sent or received on a thread of its own.
+pub struct OsParcel<T>(Option<JoinHandle<Result<T, ParcelError>>>);
+
+impl<T> OsParcel<T> {
+    fn poll(&mut self) -> Option<Result<T, ParcelError>> {
+        if !self.0.as_ref().is_none_or(JoinHandle::is_finished) {
+            return None;
+        }
+        match self.0.take()?.join() {
+            Ok(r) => Some(r),
+            Err(_) => Some(Err(ParcelError::Panicked)),
+        }
+    }
+}
+
 /// A fetch on threads, one per part.
 pub struct OsFetch {
     threads: Vec<JoinHandle<Result<(), FetchError>>>,
@@ -131,6 +184,8 @@ impl Env for Os {
     type Conn = Connection;
     type Connecting = Connecting;
     type Fetch = OsFetch;
+    type Ship = OsParcel<u64>;
+    type Take = OsParcel<Parcel>;
 
     fn connect(
         &mut self,
@@ -187,6 +242,24 @@ impl Env for Os {
             }
         }
         Some(Ok(()))
+    }
+
+    fn begin_ship(&mut self, r: ShipRequest) -> OsParcel<u64> {
+        OsParcel(Some(std::thread::spawn(move || {
+            crate::replica::send_parcel(r.addr, r.cluster, r.hello, &r.operator, r.store, r.timeout)
+        })))
+    }
+
+    fn poll_ship(&mut self, s: &mut OsParcel<u64>) -> Option<Result<u64, ParcelError>> {
+        s.poll()
+    }
+
+    fn begin_take(&mut self, conn: Connection, config: StoreConfig, timeout: Duration) -> OsParcel<Parcel> {
+        OsParcel(Some(std::thread::spawn(move || crate::replica::receive_parcel(conn, config, timeout))))
+    }
+
+    fn poll_take(&mut self, t: &mut OsParcel<Parcel>) -> Option<Result<Parcel, ParcelError>> {
+        t.poll()
     }
 }
 

@@ -47,9 +47,11 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod ctl;
 pub mod detector;
 pub mod env;
 pub mod error;
+mod handoff;
 pub mod member;
 pub mod msg;
 pub mod node;
@@ -61,7 +63,7 @@ pub mod report;
 pub use crate::time::unix_ms;
 pub use agent::{Exit, NodeAgent};
 pub use coordinator::{Coordinator, Outcome};
-pub use env::{Build, Env, FetchRequest, Os};
+pub use env::{Build, Env, FetchRequest, Os, OsParcel, ShipRequest};
 pub use error::{AgentError, ControlError, FetchError, JobFailure, MsgError, MsgFault, RegisterError};
 pub use member::{Member, MemberTimeouts};
 pub use msg::{Deployment, Msg};

@@ -115,6 +115,66 @@ pub enum Msg {
         /// The new epoch.
         epoch: u64,
     },
+    /// Coordinator → every node running workers: stage one handoff step
+    /// (see `crate::handoff`): bins `start..end` of every keyed operator
+    /// move from worker `from` to worker `to`, making assignment
+    /// `version`; the target's instances hold those bins' records from now
+    /// on, senders switch at [`Msg::Switch`].
+    Handoff {
+        /// The epoch.
+        epoch: u64,
+        /// The assignment version the step makes.
+        version: u64,
+        /// The first bin that moves.
+        start: u32,
+        /// The bin after the last that moves.
+        end: u32,
+        /// The worker the bins leave.
+        from: usize,
+        /// The worker they go to.
+        to: usize,
+    },
+    /// Node → coordinator: step `version` is staged here.
+    Staged {
+        /// The epoch.
+        epoch: u64,
+        /// The step's version.
+        version: u64,
+    },
+    /// Coordinator → every node running workers, once every one staged
+    /// step `version`: senders switch to it.
+    Switch {
+        /// The epoch.
+        epoch: u64,
+        /// The step's version.
+        version: u64,
+    },
+    /// Node of a step's `to` → coordinator: every keyed operator of `to`
+    /// merged its bins; `bytes` of state moved in `micros` µs (from the
+    /// step's publishing on this node).
+    HandedOff {
+        /// The epoch.
+        epoch: u64,
+        /// The step's version.
+        version: u64,
+        /// Bytes of state moved.
+        bytes: u64,
+        /// Microseconds it took here.
+        micros: u64,
+    },
+    /// `spate ctl` → coordinator: a request in words (`move <start>
+    /// <end> <to>`, `scale <workers>`, `assignment`).
+    Control {
+        /// The request.
+        request: String,
+    },
+    /// Coordinator → `spate ctl`: the answer to its request.
+    Reply {
+        /// Whether it was done.
+        ok: bool,
+        /// What was done, or why not.
+        text: String,
+    },
 }
 
 /// What the coordinator deploys to a node for one epoch.
@@ -163,8 +223,16 @@ impl Msg {
             | Msg::Failed { epoch, .. }
             | Msg::Finished { epoch, .. }
             | Msg::Recover { epoch, .. }
-            | Msg::Recovered { epoch } => Some(*epoch),
-            Msg::Register { .. } | Msg::Release | Msg::Stop { .. } => None,
+            | Msg::Recovered { epoch }
+            | Msg::Handoff { epoch, .. }
+            | Msg::Staged { epoch, .. }
+            | Msg::Switch { epoch, .. }
+            | Msg::HandedOff { epoch, .. } => Some(*epoch),
+            Msg::Register { .. }
+            | Msg::Release
+            | Msg::Stop { .. }
+            | Msg::Control { .. }
+            | Msg::Reply { .. } => None,
         }
     }
 
@@ -212,6 +280,16 @@ impl Msg {
                 r(s)
             }
             Msg::Recovered { epoch } => r(format!("recovered {epoch}")),
+            Msg::Handoff { epoch, version, start, end, from, to } => {
+                r(format!("handoff {epoch} {version} {start} {end} {from} {to}"))
+            }
+            Msg::Staged { epoch, version } => r(format!("staged {epoch} {version}")),
+            Msg::Switch { epoch, version } => r(format!("switch {epoch} {version}")),
+            Msg::HandedOff { epoch, version, bytes, micros } => {
+                r(format!("handedoff {epoch} {version} {bytes} {micros}"))
+            }
+            Msg::Control { request } => r(format!("control {request}")),
+            Msg::Reply { ok, text } => r(format!("reply {} {text}", if *ok { "ok" } else { "refused" })),
         }
     }
 
@@ -293,6 +371,42 @@ impl Msg {
                 Msg::Recover { epoch, checkpoint, aborted, nodes, replicas, moved }
             }
             "recovered" => Msg::Recovered { epoch: num(a, "an epoch")? },
+            "handoff" | "handedoff" => {
+                let mut f = rest.unwrap_or("").split(' ');
+                let epoch = num(a, "an epoch")?;
+                let version = num(f.next(), "an assignment version")?;
+                let msg = if verb == "handoff" {
+                    let bin = |s: Option<&str>| -> Result<u32, MsgError> {
+                        s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(MsgFault::Expected("a bin")))
+                    };
+                    let (start, end) = (bin(f.next())?, bin(f.next())?);
+                    let from = num(f.next(), "a worker")? as usize;
+                    let to = num(f.next(), "a worker")? as usize;
+                    Msg::Handoff { epoch, version, start, end, from, to }
+                } else {
+                    let bytes = num(f.next(), "a byte count")?;
+                    Msg::HandedOff { epoch, version, bytes, micros: num(f.next(), "a duration in µs")? }
+                };
+                if f.next().is_some() {
+                    return Err(bad(MsgFault::TrailingWords));
+                }
+                msg
+            }
+            "staged" => {
+                Msg::Staged { epoch: num(a, "an epoch")?, version: num(rest, "an assignment version")? }
+            }
+            "switch" => {
+                Msg::Switch { epoch: num(a, "an epoch")?, version: num(rest, "an assignment version")? }
+            }
+            "control" => Msg::Control { request: text.strip_prefix("control ").unwrap_or("").to_string() },
+            "reply" => {
+                let (ok, text) = match text.strip_prefix("reply ").and_then(|t| t.split_once(' ')) {
+                    Some(("ok", t)) => (true, t),
+                    Some(("refused", t)) => (false, t),
+                    _ => return Err(bad(MsgFault::Expected("`ok` or `refused`"))),
+                };
+                Msg::Reply { ok, text: text.to_string() }
+            }
             _ => return Err(bad(MsgFault::UnknownVerb)),
         })
     }
@@ -582,6 +696,13 @@ mod tests {
                 moved: vec![],
             },
             Msg::Recovered { epoch: 5 },
+            Msg::Handoff { epoch: 3, version: 7, start: 2048, end: 4096, from: 0, to: 1 },
+            Msg::HandedOff { epoch: 3, version: 7, bytes: 1 << 28, micros: 812_000 },
+            Msg::Staged { epoch: 3, version: 7 },
+            Msg::Switch { epoch: 3, version: 7 },
+            Msg::Control { request: "move 0 100 3".into() },
+            Msg::Reply { ok: true, text: "moved 100 bins\nin 2 steps".into() },
+            Msg::Reply { ok: false, text: "no worker 9: the job runs 4".into() },
         ];
         for m in msgs {
             let (kind, text) = m.encode();

@@ -1,8 +1,9 @@
 //! One node of a cluster job ([`Node`]): its listener, its agent, and its
 //! role — the coordinator, or a member connected to it — turned one step
 //! at a time. The listener is served on every turn: a control connection
-//! (`ctl:<node>`) goes to the coordinator, a worker link
-//! (`<from>><to>@<epoch>`) to the agent, anything else is refused. The
+//! (`ctl:<node>`) or a request of `spate ctl` (`adm:<n>`) goes to the
+//! coordinator, a worker link (`<from>><to>@<epoch>`) or a handoff's parcel
+//! (`hand:v<version>@<epoch>`) to the agent, anything else is refused. The
 //! same code runs in production ([`Node::run`], on [`Os`]) and in the
 //! simulator (on its own [`Env`]).
 
@@ -185,11 +186,13 @@ impl<E: Env> Node<E> {
         for _ in 0..ACCEPTS_PER_TURN {
             let (agent, role) = (&self.agent, &self.role);
             let mut admit = |name: &str| {
-                if name.starts_with("ctl:") {
+                if name.starts_with("ctl:") || name.starts_with("adm:") {
                     match role {
                         Role::Coordinator(c) => c.admit(name),
                         Role::Member(_) => Err(spate_net::hello::Rejection::UnknownNode),
                     }
+                } else if name.starts_with("hand:") {
+                    agent.admit_parcel(name)
                 } else {
                     agent.admit_link(name)
                 }
@@ -197,10 +200,12 @@ impl<E: Env> Node<E> {
             match self.env.poll_accept(&mut admit) {
                 Ok(Some(conn)) => {
                     let name = crate::link::Conn::peer_node(&conn).to_string();
-                    if name.starts_with("ctl:") {
+                    if name.starts_with("ctl:") || name.starts_with("adm:") {
                         if let Role::Coordinator(c) = &mut self.role {
                             c.take(&name, conn);
                         }
+                    } else if name.starts_with("hand:") {
+                        self.agent.take_parcel(&mut self.env, &name, conn);
                     } else {
                         self.agent.take_link(&name, conn);
                     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use spate_net::{Delivery, NetErrorKind};
 
-use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL};
+use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL, FLAG_HANDOFF};
 use crate::link::channel;
 use crate::link::conn::Conn;
 use crate::link::error::LinkError;
@@ -155,7 +155,7 @@ impl<C: Conn> NetLink<C> {
                 b.count = dh.count;
                 b.flags = dh.flags & !FLAG_COMPACT;
                 b.compact = dh.flags & FLAG_COMPACT != 0;
-                if dh.flags & FLAG_BARRIER != 0 {
+                if dh.flags & (FLAG_BARRIER | FLAG_HANDOFF) != 0 {
                     b.barrier =
                         f.payload.get(..8).and_then(|x| x.try_into().ok()).map_or(0, u64::from_le_bytes);
                 } else {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use spate_net::frame::DataHeader;
 
-use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL};
+use crate::batch::{Batch, FLAG_BARRIER, FLAG_COMPACT, FLAG_FINAL, FLAG_HANDOFF};
 use crate::link::conn::Conn;
 use crate::link::netlink::NetLink;
 use crate::ring::{Consumer, Producer};
@@ -40,7 +40,10 @@ impl<C: Conn> Tx<C> {
                     flags: b.flags | if b.compact { FLAG_COMPACT } else { 0 },
                 };
                 let barrier = b.barrier.to_le_bytes();
-                let payload: &[u8] = if b.flags & FLAG_BARRIER != 0 { &barrier } else { &b.data };
+                // A barrier's id and a handoff marker's version travel as
+                // the payload (neither batch has records).
+                let payload: &[u8] =
+                    if b.flags & (FLAG_BARRIER | FLAG_HANDOFF) != 0 { &barrier } else { &b.data };
                 match l.conn.try_send_data(*channel, b.seq, &h, payload) {
                     Ok(true) => {
                         if b.flags & FLAG_FINAL != 0 {

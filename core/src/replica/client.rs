@@ -65,7 +65,20 @@ impl ReplicaClient {
         epoch: u64,
         timeout: Duration,
     ) -> Result<Self, ReplicaError> {
-        let name = backup_hello_name(origin_worker, epoch);
+        let mut c = Self::connect_named(addr, cluster, backup_hello_name(origin_worker, epoch), timeout)?;
+        c.origin_worker = origin_worker;
+        Ok(c)
+    }
+
+    /// As [`connect`](Self::connect), announcing `name` (a handoff's
+    /// parcel to a node, `super::parcel`).
+    pub fn connect_named(
+        addr: SocketAddr,
+        cluster: u64,
+        name: String,
+        timeout: Duration,
+    ) -> Result<Self, ReplicaError> {
+        let origin_worker = 0;
         let conn = connect(addr, name, cluster, Instant::now() + timeout)?;
         Ok(Self {
             conn,

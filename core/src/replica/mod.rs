@@ -153,6 +153,7 @@ mod client;
 mod error;
 mod fetch;
 mod fetch_stream;
+mod parcel;
 mod reassembly;
 mod server;
 #[cfg(test)]
@@ -167,6 +168,9 @@ use spate_state::checkpoint::CHUNK_MAX;
 pub use client::ReplicaClient;
 pub use error::{Link, Malformation, Missing, ReplicaError, StoredFault};
 pub use fetch::{fetch, FetchReport};
+pub use parcel::{
+    parcel_hello_name, parse_parcel_hello_name, receive_parcel, send_parcel, Parcel, ParcelError,
+};
 pub use server::{CompletionHandle, ReplicaServer};
 
 // ---------------------------------------------------------------------------

@@ -75,9 +75,11 @@ pub struct Job<C = spate_net::Connection> {
     replay_buffer_bytes: usize,
     workers: usize,
     coord: Option<Arc<CheckpointCoordinator>>,
-    /// Live handoffs between this process's workers (`None` for a share of
-    /// a cluster job or a job of one worker).
+    /// Live handoffs between this process's workers, or (a share of a
+    /// cluster job) between the nodes' (`None` for a job of one worker).
     handoff: Option<Arc<HandoffBoard>>,
+    /// A share of a cluster job (its handoffs come from the coordinator).
+    is_cluster: bool,
     name: String,
     data_dir: std::path::PathBuf,
 }
@@ -256,7 +258,11 @@ impl Runtime {
         };
         // Workers that own bins and run sources from the start (the others,
         // up to `max_workers`, wait for bins to move to them).
-        let active = if cluster.is_some() { workers } else { self.config.effective_workers().min(workers) };
+        let active = match (&cluster, self.config.cluster_start_workers) {
+            (Some(_), 0) => workers,
+            (Some(_), n) => n.min(workers),
+            (None, _) => self.config.effective_workers().min(workers),
+        };
         let mine: Vec<bool> = (0..workers).map(|w| local.contains(&w)).collect();
         let edges = {
             let df = Dataflow::new(name);
@@ -351,8 +357,10 @@ impl Runtime {
             c.set_assignment(&assignment);
             c.set_partitions(partitions);
         }
-        // Live handoff moves bins between the workers of one process.
-        let handoff = (cluster.is_none() && workers > 1).then(|| HandoffBoard::new(assignment.clone()));
+        // Live handoff moves bins between the workers of one process or,
+        // driven by the coordinator, of a cluster's nodes.
+        let is_cluster = cluster.is_some();
+        let handoff = (workers > 1).then(|| HandoffBoard::with_local(assignment.clone(), &local));
         let mut setups: BTreeMap<usize, WorkerSetup<C>> = local
             .iter()
             .enumerate()
@@ -409,6 +417,7 @@ impl Runtime {
             workers: local.len(),
             coord,
             handoff,
+            is_cluster,
             name: name.to_string(),
             data_dir: self.config.data_dir.clone(),
         };
@@ -485,11 +494,22 @@ impl<C> Job<C> {
         self.handoff.as_ref().map(|b| b.assignment())
     }
 
-    /// The job's handoff board, or why its bins cannot move live.
+    /// The job's handoff board, or why its bins cannot move live from
+    /// here.
     fn board(&self) -> Result<&Arc<HandoffBoard>, HandoffError> {
-        self.handoff.as_ref().ok_or(HandoffError::NotLive {
-            why: if self.workers < 2 { "it runs one worker" } else { "it is a share of a cluster job" },
-        })
+        if self.is_cluster {
+            return Err(HandoffError::NotLive {
+                why: "it is a share of a cluster job: its coordinator moves bins (`spate ctl`)",
+            });
+        }
+        self.handoff.as_ref().ok_or(HandoffError::NotLive { why: "it runs one worker" })
+    }
+
+    /// The handoff board of this node's share of a cluster job (`None`:
+    /// its bins cannot move, the job runs one worker), which the node's
+    /// agent drives from the coordinator's steps.
+    pub fn share_board(&self) -> Option<&Arc<HandoffBoard>> {
+        self.handoff.as_ref().filter(|_| self.is_cluster)
     }
 
     /// Rescales the job live to `used` workers of those it started
@@ -743,8 +763,21 @@ fn initial_assignment(
     active: usize,
     bins_log2: u8,
 ) -> Result<Assignment, AssignmentError> {
+    assignment_for(coord.and_then(|c| c.restored()), workers, active, bins_log2)
+}
+
+/// The assignment a job of `workers` workers, the first `active` of which
+/// own bins at a fresh start, runs from `restored` (a checkpoint's
+/// manifest) or from the start: the one the coordinator of a cluster
+/// computes too, so that both agree on every step's version.
+pub fn assignment_for(
+    restored: Option<&crate::checkpoint::Manifest>,
+    workers: usize,
+    active: usize,
+    bins_log2: u8,
+) -> Result<Assignment, AssignmentError> {
     let fresh = |version| Assignment::uniform_over(bins_log2, workers, active, version);
-    let Some(m) = coord.and_then(|c| c.restored()) else { return fresh(0) };
+    let Some(m) = restored else { return fresh(0) };
     match &m.assignment {
         Some((version, ranges)) if m.workers == workers => {
             Assignment::from_ranges(*version, bins_log2, ranges.clone())

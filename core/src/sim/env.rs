@@ -63,6 +63,8 @@ impl Env for SimEnv {
     type Conn = SimConn;
     type Connecting = SimConnecting;
     type Fetch = SimFetch;
+    type Ship = ();
+    type Take = ();
 
     fn connect(
         &mut self,
@@ -110,6 +112,28 @@ impl Env for SimEnv {
             return None;
         }
         Some(self.fetch(&f.request).map_err(|e| FetchError::Other(e.into())))
+    }
+
+    // The simulator's scenarios move no bins between nodes yet.
+    fn begin_ship(&mut self, _request: crate::control::env::ShipRequest) {}
+
+    fn poll_ship(&mut self, _s: &mut ()) -> Option<Result<u64, crate::replica::ParcelError>> {
+        Some(Err(crate::replica::ParcelError::Unsupported))
+    }
+
+    fn begin_take(
+        &mut self,
+        _conn: SimConn,
+        _config: spate_state::StoreConfig,
+        _timeout: std::time::Duration,
+    ) {
+    }
+
+    fn poll_take(
+        &mut self,
+        _t: &mut (),
+    ) -> Option<Result<crate::replica::Parcel, crate::replica::ParcelError>> {
+        Some(Err(crate::replica::ParcelError::Unsupported))
     }
 
     fn backups(&self) -> Option<BackupNet> {

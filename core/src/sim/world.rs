@@ -441,6 +441,8 @@ impl World {
             origin_ns: crate::time::now_ns() + 50_000_000,
             live: s.live,
             restarts: 3,
+            bins_log2: rc.bins_log2,
+            start_workers: rc.cluster_start_workers,
         };
         let build = Arc::new(workload::build(s.workload, self.files.clone()));
         let setup = NodeSetup {

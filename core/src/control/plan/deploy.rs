@@ -196,6 +196,7 @@ impl Plan {
         fetch_for: &HashMap<usize, usize>,
         now_ms: u64,
     ) -> Result<(), JobFailure> {
+        self.reset_assignment();
         for i in self.active() {
             let positions: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
             let d = self.deployment(&positions, fetch_for, None)?;

@@ -75,6 +75,9 @@ use crate::control::report::NodeReport;
 
 mod deploy;
 mod recover;
+mod rescale;
+
+pub use rescale::MAX_BINS_PER_STEP;
 
 /// Tunables of a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,11 @@ pub struct PlanConfig {
     /// fails instead (0: it fails at once; without checkpoints it always
     /// does).
     pub restarts: u32,
+    /// The key space has `2^bins_log2` bins (the workers' config).
+    pub bins_log2: u8,
+    /// The first `start_workers` workers own the bins when the job first
+    /// starts (0: every worker; see `RuntimeConfig::cluster_start_workers`).
+    pub start_workers: usize,
 }
 
 /// What the coordinator must do.
@@ -131,6 +139,15 @@ pub enum Action {
     Finish(Vec<NodeReport>),
     /// The job failed: stop every node with this error.
     Fail(String),
+    /// Answer the `spate ctl` connection `admin`.
+    Reply {
+        /// The connection.
+        admin: u64,
+        /// Whether the request was done.
+        ok: bool,
+        /// What was done, or why not.
+        text: String,
+    },
 }
 
 /// A node as the coordinator knows it.
@@ -238,6 +255,14 @@ pub struct Plan {
     /// worker's part of the last complete checkpoint, and has not said it
     /// runs the epoch yet.
     fetching: Vec<(usize, usize)>,
+    /// The assignment of bins to workers the epoch runs (see
+    /// `rescale.rs`).
+    assignment: Option<crate::assignment::Assignment>,
+    /// A rescale of `spate ctl` under way.
+    rescale: Option<rescale::Rescale>,
+    /// Bins moved since the last checkpoint was requested: a failure
+    /// rolls every node back.
+    moved_since_checkpoint: bool,
     actions: Vec<Action>,
 }
 
@@ -291,6 +316,9 @@ impl Plan {
             unsettled: false,
             restarted: 0,
             fetching: Vec::new(),
+            assignment: None,
+            rescale: None,
+            moved_since_checkpoint: false,
             actions: Vec::new(),
         }
     }
@@ -471,6 +499,9 @@ impl Plan {
                     self.last_complete = Some(Complete { manifest, holders, local });
                     self.in_flight = None;
                     self.unsettled = false;
+                    // Requested after every step (none is during one): it
+                    // records the assignment.
+                    self.moved_since_checkpoint = false;
                     for j in self.active() {
                         self.send(j, Msg::Complete { epoch, id });
                     }
@@ -499,7 +530,11 @@ impl Plan {
                 // survivor's link to the failed node broke).
                 let live = matches!(self.phase, Phase::Relinking { .. })
                     || (matches!(self.phase, Phase::Running) && (!self.joining.is_empty() || self.unsettled));
-                if live {
+                if self.rescale.is_some() && matches!(self.phase, Phase::Running) {
+                    let why = format!("node `{name}`: {reason}");
+                    self.interrupt(&why);
+                    self.restart(JobFailure::ShareFailed { node: name, reason, also: Vec::new() }, now_ms);
+                } else if live {
                     self.fall_back(format!("node `{name}`: {reason}"), now_ms);
                 } else if matches!(self.phase, Phase::Running) {
                     match &mut self.share_failed {
@@ -526,11 +561,17 @@ impl Plan {
             Msg::Finished { epoch, report } if epoch == self.epoch => {
                 self.finished.insert(from, report);
             }
+            Msg::Staged { epoch, version } if epoch == self.epoch => self.staged(from, version),
+            Msg::HandedOff { epoch, version, bytes, micros } if epoch == self.epoch => {
+                self.handed_off(version, bytes, micros, now_ms);
+            }
             // A message of an earlier epoch, or one that no longer matters.
             Msg::Ready { .. }
             | Msg::Done { .. }
             | Msg::Failed { .. }
             | Msg::Finished { .. }
+            | Msg::HandedOff { .. }
+            | Msg::Staged { .. }
             | Msg::Recovered { .. } => {}
             other => self.fail(JobFailure::Unexpected { node: name, message: Box::new(other) }),
         }
@@ -586,8 +627,13 @@ impl Plan {
                     self.actions.push(Action::Finish(reports));
                     return;
                 }
+                self.tick_rescale(now_ms);
+                if !matches!(self.phase, Phase::Running) {
+                    return;
+                }
                 if self.config.interval_ms > 0
                     && self.in_flight.is_none()
+                    && self.rescale.is_none()
                     && self.finished.is_empty()
                     && self.ready.len() == self.active().len()
                     && now_ms >= self.next_checkpoint_ms

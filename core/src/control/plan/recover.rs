@@ -27,6 +27,10 @@ impl Plan {
         if i == self.me {
             return self.fail(JobFailure::CoordinatorFailed);
         }
+        // Bins moved since the last complete checkpoint: only a rollback
+        // to it is consistent (see `rescale.rs`).
+        let roll_back = self.must_roll_back();
+        self.interrupt(&format!("node `{name}` failed ({why})"));
         // Split the failed node's slots into one slot per worker (each
         // owns its own bins): their replacements restore in parallel, and
         // survivors share the load.
@@ -79,6 +83,7 @@ impl Plan {
         }
         let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
         if self.config.live
+            && !roll_back
             && self.config.interval_ms > 0
             && matches!(self.phase, Phase::Running)
             && was == Role::Active

@@ -1,0 +1,268 @@
+//! Live handoff between node processes, through the real `spate` binary on
+//! loopback: `spate ctl scale` moves bins of a running keyed-sum from one
+//! node's worker to another's and back while checkpoints run; a node
+//! SIGKILLed in the middle of a handoff is recovered (every node rolls back
+//! to the last checkpoint) with every output written once; bad requests are
+//! refused and change nothing. Every output is checked record by record
+//! against keyed-sum's closed form.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use spate::deploy::KillOnDrop;
+use spate::Watchdog;
+
+const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
+}
+
+/// A keyed-sum config of `records` records over `keys` keys at `rate`
+/// records/s, checkpoints every 200 ms, on one-worker nodes `names` (a
+/// name ending in `*` is a spare), the first `start` of whose workers own
+/// the bins at first.
+fn config(dir: &Path, records: u64, keys: u64, rate: u64, names: &[&str], start: usize) -> PathBuf {
+    let mut text = format!(
+        "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\nrate = {rate}\n\
+         [runtime]\npin = false\npark_when_idle = true\ndata_dir = {:?}\n\
+         [sink]\nkind = \"file\"\npath = {:?}\nlatency = false\n\
+         [checkpoint]\ninterval_ms = 200\nbackups = 1\n\
+         [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 1000\nstart_workers = {start}\n",
+        dir.join("data").display().to_string(),
+        dir.join("out.txt").display().to_string(),
+    );
+    for n in names {
+        let (name, spare) = match n.strip_suffix('*') {
+            Some(s) => (s, true),
+            None => (*n, false),
+        };
+        text += &format!(
+            "[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\nspare = {spare}\n",
+            free_addr()
+        );
+    }
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    p
+}
+
+fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(SPATE)
+            .args(["node", "--quiet", "--name", name, "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
+    )
+}
+
+fn ctl(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(SPATE)
+        .arg("ctl")
+        .args(args)
+        .args(["--timeout-s", "30", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run spate ctl: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Until the coordinator answers (`spate ctl assignment`), at most 20 s.
+fn wait_running(cfg: &Path) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let o = ctl(cfg, &["assignment"]);
+        if o.status.success() && text(&o).contains("worker 0") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the coordinator did not answer within 20 s");
+}
+
+/// keyed-sum's output in closed form (key `i % keys` gets value `i`; each
+/// record emits its key's running sum), every line counted.
+fn expected(records: u64, keys: u64) -> BTreeMap<String, u32> {
+    let mut m = BTreeMap::new();
+    for k in 0..keys.min(records) {
+        let (mut acc, mut i) = (0u64, k);
+        while i < records {
+            acc += i;
+            *m.entry(format!("{k},{acc}")).or_insert(0) += 1;
+            i += keys;
+        }
+    }
+    m
+}
+
+/// Every line of the sink's part files, counted, checking on the way that
+/// in each file every key's sums only grow (a key's outputs in order).
+fn output(dir: &Path) -> (BTreeMap<String, u32>, Vec<usize>) {
+    let (mut m, mut per_file) = (BTreeMap::new(), Vec::new());
+    for w in 0.. {
+        let p = dir.join(format!("out.txt.{w}"));
+        let Ok(text) = std::fs::read_to_string(&p) else { break };
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        for l in text.lines() {
+            *m.entry(l.to_string()).or_insert(0) += 1;
+            let (k, v) = l.split_once(',').unwrap_or_else(|| panic!("{}: bad line {l:?}", p.display()));
+            let (k, v): (u64, u64) = (k.parse().unwrap_or(u64::MAX), v.parse().unwrap_or(0));
+            let prev = last.insert(k, v);
+            assert!(prev.is_none_or(|p| p < v), "{}: key {k} went from {prev:?} to {v}", p.display());
+        }
+        per_file.push(text.lines().count());
+    }
+    (m, per_file)
+}
+
+fn assert_exact(dir: &Path, records: u64, keys: u64) -> Vec<usize> {
+    let (got, per_file) = output(dir);
+    let want = expected(records, keys);
+    let missing = want.iter().filter(|(k, n)| got.get(*k) < Some(n)).count();
+    let extra = got.iter().filter(|(k, n)| want.get(*k) < Some(n)).count();
+    assert!(
+        missing == 0 && extra == 0,
+        "{missing} lines missing, {extra} extra or duplicated; {} lines, {} expected",
+        got.values().sum::<u32>(),
+        want.values().sum::<u32>()
+    );
+    per_file
+}
+
+fn wait_all(nodes: &mut [KillOnDrop], limit: Duration) {
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let status = n.wait_for(limit).unwrap_or_else(|| panic!("node {i} did not exit within {limit:?}"));
+        assert!(status.success(), "node {i} exited with {status}");
+    }
+}
+
+#[test]
+fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
+    let _watchdog = Watchdog::start("handoff between nodes", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (2_400_000, 1000);
+    let cfg = config(dir.path(), records, keys, 400_000, &["a", "b"], 1);
+    let mut nodes = vec![spawn_node(&cfg, "a"), spawn_node(&cfg, "b")];
+    wait_running(&cfg);
+    // Out to `b` and back, in steps of 512 and 1 024 bins, until the job
+    // ends (about 6 s).
+    let mut moves = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let workers = if moves.len() % 2 == 0 { "2" } else { "1" };
+        let o = ctl(
+            &cfg,
+            &["scale", "--workers", workers, "--max-bins", if workers == "2" { "512" } else { "1024" }],
+        );
+        if !o.status.success() {
+            break;
+        }
+        moves.push(text(&o));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    wait_all(&mut nodes, Duration::from_secs(30));
+    assert!(moves.len() >= 4, "only {} rescales went through before the job ended: {moves:?}", moves.len());
+    assert!(moves[0].contains("moved 2048 bins") && moves[0].contains("in 4 steps"), "{}", moves[0]);
+    assert!(moves[1].contains("moved 2048 bins") && moves[1].contains("in 2 steps"), "{}", moves[1]);
+    assert!(moves[0].contains("worker 1 on `b`: bins 2048..4096"), "{}", moves[0]);
+    let per_file = assert_exact(dir.path(), records, keys);
+    assert!(per_file.get(1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_file:?}");
+}
+
+#[test]
+fn a_node_killed_during_a_handoff_rolls_back_and_the_output_is_exact() {
+    let _watchdog = Watchdog::start("kill during handoff", Duration::from_secs(150));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (2_400_000, 1000);
+    // `c` owns nothing at first; `s` is a spare.
+    let cfg = config(dir.path(), records, keys, 400_000, &["a", "b", "c", "s*"], 2);
+    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c", "s"].iter().map(|n| spawn_node(&cfg, n)).collect();
+    wait_running(&cfg);
+    std::thread::sleep(Duration::from_millis(500));
+    // Scale out onto `c` in small steps and kill the giver (`b`) or the
+    // taker (`c`) a few milliseconds in, at a moment the seed picks.
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let victim = if seed % 2 == 0 { 1 } else { 2 };
+    let delay = Duration::from_millis(100 + u64::from(seed % 300));
+    let cfg2 = cfg.clone();
+    // 16 bins a step: about 130 steps, longer than the delay.
+    let request = std::thread::spawn(move || ctl(&cfg2, &["scale", "--workers", "3", "--max-bins", "16"]));
+    std::thread::sleep(delay);
+    let _ = nodes[victim].0.kill();
+    let answer = request.join().unwrap_or_else(|_| panic!("the ctl thread panicked"));
+    eprintln!("killed node {victim} after {delay:?}: {}", text(&answer));
+    assert!(
+        !answer.status.success() && text(&answer).contains("interrupted after"),
+        "the request was not interrupted by the failure: {}",
+        text(&answer)
+    );
+    // After the rollback the job goes on; a later rescale works.
+    wait_running(&cfg);
+    let t = Instant::now();
+    let (mut later, mut refused) = (None, String::new());
+    while t.elapsed() < Duration::from_secs(10) {
+        let o = ctl(&cfg, &["scale", "--workers", "3", "--max-bins", "512"]);
+        if o.status.success() {
+            later = Some(text(&o));
+            break;
+        }
+        refused = text(&o);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let survivors: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+    for &i in &survivors {
+        let status = nodes[i].wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("node {i} hangs"));
+        assert!(status.success(), "node {i} exited with {status}");
+    }
+    assert!(later.is_some(), "no rescale went through after the recovery: {refused}");
+    assert_exact(dir.path(), records, keys);
+}
+
+#[test]
+fn bad_control_requests_are_refused_and_change_nothing() {
+    let _watchdog = Watchdog::start("bad ctl requests", Duration::from_secs(90));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (1_600_000, 1000);
+    let cfg = config(dir.path(), records, keys, 400_000, &["a", "b"], 1);
+    let mut nodes = vec![spawn_node(&cfg, "a"), spawn_node(&cfg, "b")];
+    wait_running(&cfg);
+    for (args, says) in [
+        (&["scale", "--workers", "0"][..], "cannot scale to 0 workers"),
+        (&["scale", "--workers", "3"], "cannot scale to 3 workers: the job runs 1 to 2"),
+        (&["move", "--bins", "100..5000", "--to", "b"], "no worker owns all of bins 100..5000"),
+        (&["move", "--bins", "0..100", "--to", "b"], "they must be a run at the end"),
+        (
+            &["move", "--bins", "4000..4096", "--to", "x"],
+            "no node of the config that runs workers is called `x`",
+        ),
+        (&["move", "--bins", "4000..4096", "--to", "b/3"], "node `b` runs 1 workers: it has no worker 3"),
+        (&["move", "--bins", "4000..4096", "--to", "7"], "worker 7 is not one of the job's 2"),
+        (&["scale-in", "--node", "x"], "no node is called `x`"),
+        (&["scale-in", "--node", "b"], "node `b` owns no bins"),
+        (&["scale-in", "--node", "a"], "runs the job's first workers"),
+        (&["dance"], "needs a request"),
+    ] {
+        let o = ctl(&cfg, args);
+        assert!(!o.status.success(), "{args:?} was accepted: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: expected {says:?} in {:?}", text(&o));
+    }
+    let o = ctl(&cfg, &["assignment"]);
+    assert!(text(&o).contains("assignment 0 of 4096 bins"), "{}", text(&o));
+    assert!(text(&o).contains("worker 0 on `a`: bins 0..4096"), "{}", text(&o));
+    let o = ctl(&cfg, &["move", "--bins", "4000..4096", "--to", "b"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("worker 1 on `b`: bins 4000..4096"), "{}", text(&o));
+    wait_all(&mut nodes, Duration::from_secs(30));
+    assert_exact(dir.path(), records, keys);
+}
