@@ -144,3 +144,131 @@ pub fn run(dir: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, St
     let _ = job.wait();
     Ok(r)
 }
+
+/// The bench's dataflow: the running sum whose fold spends `iters` loop
+/// steps a record (see [`calibrate`]), over `keys` keys, as fast as the
+/// workers take it, its outputs counted.
+fn work_dataflow(keys: u64, iters: u64) -> impl Fn(&Dataflow) + Send + Sync + 'static {
+    move |df: &Dataflow| {
+        let spec = GeneratorSpec { records: None, rate_per_s: None, offset: 0, burst: 0 };
+        df.generate("gen", spec, move |i| (i % keys, i), |i| i)
+            .key_by("by-key", |r: &(u64, u64)| r.0)
+            .fold("sum", || 0u64, move |a, r| *a = a.wrapping_add(spin(iters, r.1) & 1))
+            .sink_count("count", false, None);
+    }
+}
+
+/// `spate bench rescale-node`: one node process of `spate bench rescale
+/// --nodes`, running [`work_dataflow`] as node `name` of `cfg`.
+pub fn run_work_node(cfg: &crate::config::Config, name: &str, keys: u64, work_ns: u64) -> Result<(), String> {
+    let iters = calibrate(work_ns);
+    let opts = crate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };
+    let build: spate_core::control::Build = std::sync::Arc::new(work_dataflow(keys.max(1), iters));
+    crate::node::run_node_with(cfg, name, &opts, build).map(|_| ())
+}
+
+/// Keyed state per key, bytes (a running sum of `u64` keys: as
+/// `bench_recovery`'s).
+const STATE_BYTES_PER_KEY: u64 = 45;
+
+/// What `spate bench rescale --nodes` runs: the measurement of
+/// [`RescaleParams`] with the two workers in two node processes of a local
+/// cluster (`b` owns nothing until the scale-out, `[cluster]
+/// start_workers = 1`), driven by `spate ctl`'s requests; `state_mb`, if
+/// given, sizes the keys so that the state totals about that.
+pub fn run_nodes(
+    exe: &std::path::Path,
+    p: &RescaleParams,
+    state_mb: Option<u64>,
+) -> Result<RescaleReport, String> {
+    use crate::deploy::{resolve_ports, LocalNodes};
+    use spate_core::control::METRICS_ENV;
+    let tmp = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = tmp.path();
+    let keys = state_mb.map_or(p.keys, |mb| ((mb << 20) / STATE_BYTES_PER_KEY).max(1));
+    let mut text = format!(
+        "[query]\nname = \"keyed-sum\"\n\
+         [runtime]\npin = false\ndata_dir = {:?}\n\
+         [sink]\nkind = \"count\"\n\
+         [checkpoint]\ninterval_ms = 1000\nbackups = 1\n\
+         [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = 5000\nstart_workers = 1\n",
+        dir.join("data").display().to_string(),
+    );
+    for n in ["a", "b"] {
+        text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, resolve_ports(&text)?).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
+    let (keys_s, work_s) = (keys.to_string(), p.work_ns.to_string());
+    let mut nodes = LocalNodes::start_with(&path, |name| {
+        let mut c = std::process::Command::new(exe);
+        c.args([
+            "bench",
+            "rescale-node",
+            "--name",
+            name,
+            "--keys",
+            &keys_s,
+            "--work-ns",
+            &work_s,
+            "--config",
+        ])
+        .arg(&path)
+        .env(METRICS_ENV, "100");
+        c
+    })?;
+    nodes.wait_event(Duration::from_secs(120), |e| e.what == "running 0")?;
+    let out = |nodes: &LocalNodes| nodes.metrics().iter().map(|m| m.records_out).sum::<u64>();
+    // The first record of every key builds the state.
+    let t = Instant::now();
+    while out(&nodes) < keys + keys / 10 {
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err(format!("the state of {keys} keys was not built within 600 s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let phase = |nodes: &LocalNodes, secs: u64| {
+        let (t0, n0) = (Instant::now(), out(nodes));
+        std::thread::sleep(Duration::from_secs(secs));
+        ((out(nodes) - n0) as f64 / t0.elapsed().as_secs_f64()) as u64
+    };
+    let mut r = RescaleReport::default();
+    std::thread::sleep(Duration::from_secs(1));
+    r.throughput_before = phase(&nodes, p.phase_s);
+    let scale = |workers| {
+        let t = Instant::now();
+        let answer = crate::ctl::ctl(
+            &cfg,
+            &crate::ctl::CtlRequest::Scale { workers },
+            Some(p.max_bins),
+            Duration::from_secs(300),
+        )?;
+        Ok::<_, String>((t.elapsed().as_millis() as u64, answer))
+    };
+    let (ms, answer) = scale(2).map_err(|e| format!("scale-out: {e}"))?;
+    r.handoff_ms = ms;
+    (r.moved_bytes, r.steps) = moved(&answer);
+    std::thread::sleep(Duration::from_millis(500));
+    r.throughput_after = phase(&nodes, p.phase_s);
+    let (ms, _) = scale(1).map_err(|e| format!("scale-in: {e}"))?;
+    r.scale_in_ms = ms;
+    std::thread::sleep(Duration::from_millis(500));
+    r.throughput_back = phase(&nodes, p.phase_s);
+    for n in ["b", "a"] {
+        nodes.kill(n)?;
+    }
+    Ok(r)
+}
+
+/// `(bytes, steps)` of a rescale's answer (`… moved N bins (B bytes of
+/// state) in K steps, …`).
+fn moved(answer: &str) -> (u64, usize) {
+    let num_before = |s: &str, word: &str| {
+        s.split(word)
+            .next()
+            .and_then(|h| h.split_whitespace().last())
+            .and_then(|n| n.trim_start_matches('(').parse().ok())
+    };
+    (num_before(answer, " bytes of state").unwrap_or(0), num_before(answer, " steps").unwrap_or(0) as usize)
+}

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             Some("recovery") => cmd_bench_recovery(&args[2..]),
             Some("ft-cost") => cmd_ft_cost(&args[2..]),
             Some("rescale") => cmd_bench_rescale(&args[2..]),
+            Some("rescale-node") => cmd_bench_rescale_node(&args[2..]),
             other => Err(format!(
                 "unknown bench {:?}; expected throughput, latency, compare, state, recovery, ft-cost or rescale\n\n{USAGE}",
                 other
@@ -473,15 +474,30 @@ fn cmd_ft_cost(args: &[String]) -> Result<(), String> {
 
 /// `bench recovery`: see `spate::bench_recovery`.
 fn cmd_bench_rescale(args: &[String]) -> Result<(), String> {
-    let o = Opts::parse(args, &["--keys", "--work-ns", "--phase-s", "--max-bins", "--json"])?;
+    let o = Opts::parse(
+        args,
+        &["--keys", "--work-ns", "--phase-s", "--max-bins", "--json", "--nodes", "--state-mb"],
+    )?;
     let p = spate::bench_rescale::RescaleParams {
         keys: o.get("--keys")?.unwrap_or(100_000),
         work_ns: o.get("--work-ns")?.unwrap_or(1000),
         phase_s: o.get("--phase-s")?.unwrap_or(3),
         max_bins: o.get("--max-bins")?.unwrap_or(256),
     };
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a data directory: {e}"))?;
-    let r = spate::bench_rescale::run(dir.path(), &p)?;
+    let nodes: Option<usize> = o.get("--nodes")?;
+    if nodes.is_some_and(|n| n != 2) {
+        return Err("`--nodes`: the rescale bench runs 2 node processes (`--nodes 2`)".into());
+    }
+    let r = if nodes.is_some() {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        spate::bench_rescale::run_nodes(&exe, &p, o.get("--state-mb")?)?
+    } else {
+        if o.has("--state-mb") {
+            return Err("`--state-mb` sizes the state of `--nodes` runs only (use `--keys`)".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("cannot make a data directory: {e}"))?;
+        spate::bench_rescale::run(dir.path(), &p)?
+    };
     if o.has("--json") {
         println!("{}", r.to_json());
     } else {
@@ -499,6 +515,20 @@ fn cmd_bench_rescale(args: &[String]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// One node process of `spate bench rescale --nodes` (started by it).
+fn cmd_bench_rescale_node(args: &[String]) -> Result<(), String> {
+    let o = Opts::parse(args, &["--config", "--name", "--keys", "--work-ns"])?;
+    let path: PathBuf = o.get("--config")?.ok_or("needs `--config FILE`")?;
+    let name: String = o.get("--name")?.ok_or("needs `--name NAME`")?;
+    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    spate::bench_rescale::run_work_node(
+        &cfg,
+        &name,
+        o.get("--keys")?.unwrap_or(100_000),
+        o.get("--work-ns")?.unwrap_or(0),
+    )
 }
 
 fn cmd_bench_recovery(args: &[String]) -> Result<(), String> {

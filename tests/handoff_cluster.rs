@@ -193,7 +193,11 @@ fn a_node_killed_during_a_handoff_rolls_back_and_the_output_is_exact() {
     // taker (`c`) a few milliseconds in, at a moment the seed picks.
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let victim = if seed % 2 == 0 { 1 } else { 2 };
+    let victim = std::env::var("SPATE_HANDOFF_VICTIM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 + (seed / 1000) as usize % 2);
+    assert!(victim == 1 || victim == 2, "SPATE_HANDOFF_VICTIM: 1 (b) or 2 (c)");
     let delay = Duration::from_millis(100 + u64::from(seed % 300));
     let cfg2 = cfg.clone();
     // 16 bins a step: about 130 steps, longer than the delay.
