@@ -209,3 +209,32 @@ fn bench_rescale_reports_both_moves_and_three_phases() {
     assert_eq!(n("steps"), 4.0, "{line}");
     assert!(n("handoff_ms") >= 0.0 && n("scale_in_ms") >= 0.0, "{line}");
 }
+
+/// `bench rescale --nodes 2` does the same across two node processes,
+/// driven by `spate ctl`'s requests to their coordinator.
+#[test]
+fn bench_rescale_across_two_node_processes_reports_the_moves() {
+    let line = json_line(
+        &[
+            "bench",
+            "rescale",
+            "--nodes",
+            "2",
+            "--keys",
+            "2000",
+            "--work-ns",
+            "200",
+            "--phase-s",
+            "1",
+            "--max-bins",
+            "1024",
+            "--json",
+        ],
+        Duration::from_secs(120),
+    );
+    let n = |k: &str| extract_json_number(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
+    for k in ["throughput_before", "throughput_after", "throughput_back", "moved_bytes"] {
+        assert!(n(k) > 0.0, "{k} is 0 in {line}");
+    }
+    assert_eq!(n("steps"), 2.0, "{line}");
+}

@@ -159,11 +159,13 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     let mut moves = Vec::new();
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(20) {
-        let workers = if moves.len() % 2 == 0 { "2" } else { "1" };
-        let o = ctl(
-            &cfg,
-            &["scale", "--workers", workers, "--max-bins", if workers == "2" { "512" } else { "1024" }],
-        );
+        // Out with `scale`, back with `scale` or `scale-in` in turn.
+        let args: &[&str] = match moves.len() % 4 {
+            0 | 2 => &["scale", "--workers", "2", "--max-bins", "512"],
+            1 => &["scale", "--workers", "1", "--max-bins", "1024"],
+            _ => &["scale-in", "--node", "b", "--max-bins", "1024"],
+        };
+        let o = ctl(&cfg, args);
         if !o.status.success() {
             break;
         }
@@ -172,6 +174,11 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     }
     wait_all(&mut nodes, Duration::from_secs(30));
     assert!(moves.len() >= 4, "only {} rescales went through before the job ended: {moves:?}", moves.len());
+    assert!(
+        moves[3].starts_with("scale-in b") && moves[3].contains("worker 1 on `b`: bins 4096..4096"),
+        "{}",
+        moves[3]
+    );
     assert!(moves[0].contains("moved 2048 bins") && moves[0].contains("in 4 steps"), "{}", moves[0]);
     assert!(moves[1].contains("moved 2048 bins") && moves[1].contains("in 2 steps"), "{}", moves[1]);
     assert!(moves[0].contains("worker 1 on `b`: bins 2048..4096"), "{}", moves[0]);

@@ -147,7 +147,19 @@ impl<E: Env> NodeHandoffs<E> {
                 None => i += 1,
                 Some(r) => {
                     match r {
-                        Ok(p) => board.deposit(*version, &p.operator, p.store),
+                        Ok(p) => {
+                            if !quiet {
+                                env.log(&format!(
+                                    "node {node}: took in operator `{}`'s bins of step {version} ({} bytes): \
+                                     received in {} ms, rebuilt in {} ms",
+                                    p.operator,
+                                    p.bytes,
+                                    p.received_us / 1000,
+                                    p.rebuilt_us / 1000
+                                ));
+                            }
+                            board.deposit(*version, &p.operator, p.store)
+                        }
                         Err(e) => out.push(Msg::Failed { epoch, reason: format!("node {node}: {e}") }),
                     }
                     self.takes.swap_remove(i);

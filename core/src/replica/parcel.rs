@@ -146,6 +146,11 @@ pub struct Parcel {
     pub store: StateStore,
     /// Bytes of chunks received.
     pub bytes: u64,
+    /// Microseconds from the connection to the last chunk, and to the
+    /// store rebuilt.
+    pub received_us: u64,
+    /// Microseconds the rebuild took.
+    pub rebuilt_us: u64,
 }
 
 /// Receives one parcel on `conn` (a connection announcing
@@ -227,6 +232,8 @@ pub fn receive_parcel(
     let ack = spate_state::backup::Ack { instance: operator.clone(), checkpoint: id, bytes: received };
     let _ = conn.try_send_control(Kind::Ack, 0, 0, &encode_ack(&ack));
     let _ = conn.poll_io();
+    let received_us = t0.elapsed().as_micros() as u64;
+    let t1 = Instant::now();
     let (store, _, _) = StateStore::restore_id(config, &backup, &operator, id).map_err(|source| {
         ParcelError::State { what: "rebuild its store", operator: operator.clone(), source }
     })?;
@@ -237,7 +244,7 @@ pub fn receive_parcel(
         }
         std::thread::sleep(Duration::from_micros(100));
     }
-    Ok(Parcel { operator, store, bytes: received })
+    Ok(Parcel { operator, store, bytes: received, received_us, rebuilt_us: t1.elapsed().as_micros() as u64 })
 }
 
 #[cfg(test)]
