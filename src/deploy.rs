@@ -24,6 +24,7 @@ use spate_core::control::{ClusterPlacement, NodeReport, NodeSpec};
 use spate_core::RuntimeConfig;
 
 use crate::config::{ClusterSection, Config};
+use crate::registry::Registry;
 
 /// Where node `name` of `cfg` runs and how: its placement among all nodes,
 /// its listening address, and its runtime config.
@@ -253,9 +254,15 @@ impl Drop for KillOnDrop {
 /// Runs every node of the config at `config` as a local process of `exe`
 /// (`spate node --config FILE --name N --json`), printing their output with
 /// a `[name]` prefix (`quiet`: only errors), until all end, one fails, or
-/// Ctrl-C. Returns the nodes' reports.
-pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<NodeReport>, String> {
-    run_local_cluster_with(exe, config, quiet, &[])
+/// Ctrl-C. The config's query must be one of `queries` (those `exe`
+/// knows). Returns the nodes' reports.
+pub fn run_local_cluster(
+    exe: &Path,
+    config: &Path,
+    queries: &Registry,
+    quiet: bool,
+) -> Result<Vec<NodeReport>, String> {
+    run_local_cluster_with(exe, config, queries, quiet, &[])
 }
 
 /// As [`run_local_cluster`], with extra environment variables for the
@@ -263,12 +270,13 @@ pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<N
 pub fn run_local_cluster_with(
     exe: &Path,
     config: &Path,
+    queries: &Registry,
     quiet: bool,
     env: &[(&str, &Path)],
 ) -> Result<Vec<NodeReport>, String> {
     let text =
         std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
-    let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let cfg = Config::parse_with(&text, queries).map_err(|e| format!("{}: {e}", config.display()))?;
     let cluster =
         cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster] section", config.display()))?;
     let resolved = resolve_ports(&text)?;

@@ -32,12 +32,14 @@
 
 pub mod bench_recovery;
 pub mod bench_rescale;
+pub mod cli;
 pub mod config;
 pub use spate_core::control;
 pub mod deploy;
 mod job_spec;
 pub mod node;
 pub mod queries;
+pub mod registry;
 
 /// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive
 /// `Archive`, `Serialize` and `Deserialize` on record types with it.
@@ -47,6 +49,7 @@ pub use spate_core::{
     self as core, now_ns, Data, Dataflow, InstanceCtx, Job, JobReport, Key, KeyedStream, Meta, Parallelism,
     Runtime, RuntimeConfig, RuntimeError, Stream, Timestamp, WATERMARK_END,
 };
+pub use spate_macros::record;
 pub use spate_net as net;
 pub use spate_ops::prelude::{input, output, InputHandle, OutputHandle};
 pub use spate_ops::{self as ops};
