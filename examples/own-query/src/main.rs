@@ -1,0 +1,12 @@
+//! `own-query`: the `spate` command with one more query, `vwap`
+//! (see `lib.rs`). `own-query run vwap.toml`, `own-query cluster --config
+//! cluster.toml`, `own-query queries`, `own-query bench latency --query
+//! vwap --rate 100000 --seconds 5`.
+
+use std::process::ExitCode;
+
+use spate::registry::Registry;
+
+fn main() -> ExitCode {
+    spate::cli::main(Registry::builtin().add("vwap", own_query::build))
+}
