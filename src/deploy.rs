@@ -121,7 +121,7 @@ fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
 
 /// The config text with every node address of port 0 given a free port of
 /// this machine (one no listener holds, below the ephemeral range; see
-/// [`listener_ports`]).
+/// `listener_ports`).
 pub fn resolve_ports(text: &str) -> Result<String, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let Some(nodes) = doc
