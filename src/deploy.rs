@@ -413,11 +413,25 @@ pub struct LocalNodes {
 
 impl LocalNodes {
     /// Starts every node of the config at `config` (its addresses must
-    /// have real ports: see [`resolve_ports`]), unpinned, with `env`.
+    /// have real ports: see [`resolve_ports`]), unpinned, with `env`; its
+    /// query is a built-in.
     pub fn start(exe: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        Self::start_of(exe, config, &Registry::builtin(), env)
+    }
+
+    /// As [`LocalNodes::start`], for a config whose query is one of
+    /// `queries` (those `exe` knows: a user's binary on `cli::main`).
+    pub fn start_of(
+        exe: &Path,
+        config: &Path,
+        queries: &Registry,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let env: Vec<(&str, &std::ffi::OsStr)> =
             env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
-        Self::start_with(config, |name| node_command(exe, config, name, &["--no-pin".to_string()], &env))
+        Self::start_command(config, queries, |name| {
+            node_command(exe, config, name, &["--no-pin".to_string()], &env)
+        })
     }
 
     /// As [`LocalNodes::start`], each node's process started as `command`
@@ -425,9 +439,17 @@ impl LocalNodes {
     /// as a node ([`crate::node::run_node_with`]), which prints the
     /// coordinator's events on stdout as `spate node --json` does.
     pub fn start_with(config: &Path, command: impl Fn(&str) -> Command) -> Result<Self, String> {
+        Self::start_command(config, &Registry::builtin(), command)
+    }
+
+    fn start_command(
+        config: &Path,
+        queries: &Registry,
+        command: impl Fn(&str) -> Command,
+    ) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
-        let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let cfg = Config::parse_with(&text, queries).map_err(|e| format!("{}: {e}", config.display()))?;
         let cluster = cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster]", config.display()))?;
         let coordinator = cluster.coordinator_index()?;
         let (tx, events) = std::sync::mpsc::channel();

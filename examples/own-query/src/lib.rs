@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use spate::prelude::*;
-use spate::registry::{Params, ResultSink};
+use spate::registry::{Params, Registry, ResultSink};
 
 /// The symbols trades are generated for.
 pub const SYMBOLS: &[&str] = &["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "ORCL"];
@@ -136,6 +136,11 @@ fn mix(mut x: u64) -> u64 {
 /// A result line: `start symbol vwap_cents bought sold`.
 pub fn line(start: u64, symbol: &str, v: &Volume, out: &mut String) {
     let _ = write!(out, "{start} {symbol} {} {} {}", v.vwap_cents(), v.bought, v.sold);
+}
+
+/// The built-in queries and `vwap`: what this crate's binary runs.
+pub fn registry() -> Registry {
+    Registry::builtin().add("vwap", build)
 }
 
 /// The `vwap` query: what `Registry::add` is given.

@@ -5,8 +5,7 @@
 
 use std::process::ExitCode;
 
-use spate::registry::Registry;
-
 fn main() -> ExitCode {
-    spate::cli::main(Registry::builtin().add("vwap", own_query::build))
+    // `Registry::builtin().add("vwap", own_query::build)`.
+    spate::cli::main(own_query::registry())
 }
