@@ -382,3 +382,52 @@ fn type_allows(serde_expected: &str) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queries::KeyedSumParams;
+
+    fn query(name: &str, params: &str) -> QuerySection {
+        let params = toml::from_str(params).unwrap_or_else(|e| panic!("{e}"));
+        QuerySection { name: name.to_string(), params }
+    }
+
+    fn nothing(_: &Dataflow, _: &KeyedSumParams, _: &ResultSink) {}
+
+    #[test]
+    fn an_unknown_query_is_named_with_the_known_ones() {
+        let r = Registry::builtin().add("mine", nothing);
+        let e = r.validate(&query("nope", "")).err().unwrap_or_default();
+        assert_eq!(e, "unknown query `nope`; known queries: keyed-sum, wordcount, mine");
+        assert!(r.validate(&query("mine", "keys = 3")).is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "query `keyed-sum` is registered twice")]
+    fn a_name_is_registered_once() {
+        let _ = Registry::builtin().add("keyed-sum", nothing);
+    }
+
+    #[test]
+    fn a_query_of_ones_own_is_checked_as_the_builtins_are() {
+        let r = Registry::new().add("mine", nothing);
+        let e = r.validate(&query("mine", "keys = 0")).err().unwrap_or_default();
+        assert_eq!(e, "query.params.keys: expected a whole number ≥ 1, got 0");
+        let e = r.validate(&query("mine", "records = -5")).err().unwrap_or_default();
+        assert_eq!(e, "query.params.records: expected a whole number ≥ 0, got -5");
+        let e = r.validate(&query("mine", "recrods = 5")).err().unwrap_or_default();
+        assert!(e.starts_with("query.params of `mine`: unknown field `recrods`"), "{e}");
+    }
+
+    #[test]
+    fn a_bench_load_is_set_by_the_query() {
+        let r = Registry::builtin();
+        let t =
+            r.with_load(&query("keyed-sum", "keys = 7"), 1000, Some(50)).unwrap_or_else(|e| panic!("{e}"));
+        let get = |f: &str| t.get(f).and_then(toml::Value::as_integer);
+        assert_eq!((get("records"), get("rate"), get("keys")), (Some(1000), Some(50), Some(7)));
+        let e = r.with_load(&query("wordcount", "file = \"x.txt\""), 10, None).err().unwrap_or_default();
+        assert!(e.contains("query.params.file"), "{e}");
+    }
+}
