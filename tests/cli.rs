@@ -80,3 +80,17 @@ fn queries_lists_parameters_and_defaults() {
         assert!(out.contains(line), "no {line:?} in {out}");
     }
 }
+
+#[test]
+fn an_option_given_twice_takes_its_last_value() {
+    // As the hand-written parser did: the second --workers wins, and it
+    // is the one that is refused.
+    let (code, _, err) =
+        spate(&["run", "no-such.toml", "--quiet", "--quiet", "--workers", "1", "--workers", "x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid value 'x' for '--workers <N>'"), "{err}");
+    let (code, _, err) =
+        spate(&["run", "no-such.toml", "--quiet", "--workers", "2", "--quiet", "--workers", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no-such.toml") && err.contains("cannot read"), "{err}");
+}

@@ -60,6 +60,7 @@ impl Keys {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct ThroughputArgs {
     /// The query.
     #[arg(long, value_name = "NAME", default_value = "keyed-sum")]
@@ -87,6 +88,7 @@ pub(super) struct ThroughputArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct LatencyArgs {
     /// The query.
     #[arg(long, value_name = "NAME", default_value = "keyed-sum")]
@@ -117,6 +119,7 @@ pub(super) struct LatencyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct CompareArgs {
     /// Input records of each run.
     #[arg(long, value_name = "N", default_value_t = 20_000_000)]
@@ -138,6 +141,7 @@ pub(super) struct CompareArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct StateArgs {
     /// MiB of state.
     #[arg(long, value_name = "M", default_value_t = 256)]
@@ -163,6 +167,7 @@ pub(super) struct StateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct RescaleArgs {
     /// Distinct keys.
     #[arg(long, value_name = "K", default_value_t = 100_000)]
@@ -182,6 +187,7 @@ pub(super) struct RescaleArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct RecoveryArgs {
     /// About M MiB of keyed state.
     #[arg(long, value_name = "M", default_value_t = 256)]
@@ -219,6 +225,7 @@ pub(super) struct RecoveryArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(super) struct FtCostArgs {
     /// Input records of each run.
     #[arg(long, value_name = "N")]

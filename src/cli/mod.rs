@@ -38,6 +38,8 @@ use crate::{deploy, node};
 /// Elastic, fault-tolerant stream processing with explicit operator state.
 #[derive(Debug, Parser)]
 #[command(name = "spate", version, propagate_version = true, arg_required_else_help = true)]
+// An option given twice takes its last value, as the hand-written parser
+// did (`args_override_self`, on every subcommand).
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,6 +66,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// The TOML config ([query], [runtime], [sink], [checkpoint]).
     #[arg(value_name = "CONFIG")]
@@ -80,6 +83,7 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 struct NodeArgs {
     /// The cluster's TOML config (the same file on every node).
     #[arg(long, value_name = "FILE")]
@@ -103,6 +107,7 @@ struct NodeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 struct ClusterArgs {
     /// The cluster's TOML config.
     #[arg(long, value_name = "FILE")]
