@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [query]
-//! name = "keyed-sum"          # see `spate::queries::NAMES`
+//! name = "keyed-sum"          # a query of the registry (`spate queries`)
 //! [query.params]              # validated by the query
 //! records = 10_000_000
 //!
@@ -48,6 +48,7 @@ use spate_core::limits::{CHECKPOINT_INTERVAL_MS_MAX, CLUSTER_TIMEOUT_MS_MAX};
 use spate_core::RuntimeConfig;
 
 pub use crate::job_spec::{QuerySection, SinkKind, SinkSection};
+use crate::registry::Registry;
 
 /// A parsed deployment config.
 #[derive(Debug, Clone, Deserialize)]
@@ -287,21 +288,32 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file that names a built-in query.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
-        Self::parse(&text).map_err(|message| ConfigError { path: path.to_path_buf(), message })
+        Self::load_with(path, &Registry::builtin())
     }
 
-    /// Parses and validates config text.
+    /// Reads and validates a config file whose query is one of `queries`.
+    pub fn load_with(path: &Path, queries: &Registry) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+        Self::parse_with(&text, queries).map_err(|message| ConfigError { path: path.to_path_buf(), message })
+    }
+
+    /// Parses and validates config text that names a built-in query.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_with(text, &Registry::builtin())
+    }
+
+    /// Parses and validates config text whose query is one of `queries`
+    /// (its name known, its `[query.params]` read as the query's type).
+    pub fn parse_with(text: &str, queries: &Registry) -> Result<Self, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-        cfg.validate()?;
+        cfg.validate(queries)?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, queries: &Registry) -> Result<(), String> {
         if self.sink.kind == SinkKind::File && self.sink.path.is_none() {
             return Err("sink.path is required when sink.kind = \"file\"".into());
         }
@@ -342,7 +354,7 @@ impl Config {
             }
             None => {}
         }
-        crate::queries::validate(&self.query)?;
+        queries.validate(&self.query)?;
         // Each error of a field starts with its name: `runtime.<field> ...`.
         self.runtime_config().validate().map_err(|e| match e.field() {
             Some(_) => format!("runtime.{e}"),
@@ -466,7 +478,7 @@ mod tests {
     fn unknown_query_lists_the_known_ones() {
         let e = err("[query]\nname = \"nope\"\n");
         assert!(e.contains("nope"), "{e}");
-        for n in crate::queries::NAMES {
+        for n in Registry::builtin().names() {
             assert!(e.contains(n), "{e}");
         }
     }

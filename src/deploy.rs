@@ -24,6 +24,7 @@ use spate_core::control::{ClusterPlacement, NodeReport, NodeSpec};
 use spate_core::RuntimeConfig;
 
 use crate::config::{ClusterSection, Config};
+use crate::registry::Registry;
 
 /// Where node `name` of `cfg` runs and how: its placement among all nodes,
 /// its listening address, and its runtime config.
@@ -121,7 +122,7 @@ fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
 
 /// The config text with every node address of port 0 given a free port of
 /// this machine (one no listener holds, below the ephemeral range; see
-/// [`listener_ports`]).
+/// `listener_ports`).
 pub fn resolve_ports(text: &str) -> Result<String, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let Some(nodes) = doc
@@ -254,9 +255,15 @@ impl Drop for KillOnDrop {
 /// Runs every node of the config at `config` as a local process of `exe`
 /// (`spate node --config FILE --name N --json`), printing their output with
 /// a `[name]` prefix (`quiet`: only errors), until all end, one fails, or
-/// Ctrl-C. Returns the nodes' reports.
-pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<NodeReport>, String> {
-    run_local_cluster_with(exe, config, quiet, &[])
+/// Ctrl-C. The config's query must be one of `queries` (those `exe`
+/// knows). Returns the nodes' reports.
+pub fn run_local_cluster(
+    exe: &Path,
+    config: &Path,
+    queries: &Registry,
+    quiet: bool,
+) -> Result<Vec<NodeReport>, String> {
+    run_local_cluster_with(exe, config, queries, quiet, &[])
 }
 
 /// As [`run_local_cluster`], with extra environment variables for the
@@ -264,12 +271,13 @@ pub fn run_local_cluster(exe: &Path, config: &Path, quiet: bool) -> Result<Vec<N
 pub fn run_local_cluster_with(
     exe: &Path,
     config: &Path,
+    queries: &Registry,
     quiet: bool,
     env: &[(&str, &Path)],
 ) -> Result<Vec<NodeReport>, String> {
     let text =
         std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
-    let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let cfg = Config::parse_with(&text, queries).map_err(|e| format!("{}: {e}", config.display()))?;
     let cluster =
         cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster] section", config.display()))?;
     let resolved = resolve_ports(&text)?;
@@ -406,11 +414,25 @@ pub struct LocalNodes {
 
 impl LocalNodes {
     /// Starts every node of the config at `config` (its addresses must
-    /// have real ports: see [`resolve_ports`]), unpinned, with `env`.
+    /// have real ports: see [`resolve_ports`]), unpinned, with `env`; its
+    /// query is a built-in.
     pub fn start(exe: &Path, config: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        Self::start_of(exe, config, &Registry::builtin(), env)
+    }
+
+    /// As [`LocalNodes::start`], for a config whose query is one of
+    /// `queries` (those `exe` knows: a user's binary on `cli::main`).
+    pub fn start_of(
+        exe: &Path,
+        config: &Path,
+        queries: &Registry,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let env: Vec<(&str, &std::ffi::OsStr)> =
             env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
-        Self::start_with(config, |name| node_command(exe, config, name, &["--no-pin".to_string()], &env))
+        Self::start_command(config, queries, |name| {
+            node_command(exe, config, name, &["--no-pin".to_string()], &env)
+        })
     }
 
     /// As [`LocalNodes::start`], each node's process started as `command`
@@ -418,9 +440,17 @@ impl LocalNodes {
     /// as a node ([`crate::node::run_node_with`]), which prints the
     /// coordinator's events on stdout as `spate node --json` does.
     pub fn start_with(config: &Path, command: impl Fn(&str) -> Command) -> Result<Self, String> {
+        Self::start_command(config, &Registry::builtin(), command)
+    }
+
+    fn start_command(
+        config: &Path,
+        queries: &Registry,
+        command: impl Fn(&str) -> Command,
+    ) -> Result<Self, String> {
         let text =
             std::fs::read_to_string(config).map_err(|e| format!("{}: cannot read: {e}", config.display()))?;
-        let cfg = Config::parse(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let cfg = Config::parse_with(&text, queries).map_err(|e| format!("{}: {e}", config.display()))?;
         let cluster = cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster]", config.display()))?;
         let coordinator = cluster.coordinator_index()?;
         let (tx, events) = std::sync::mpsc::channel();

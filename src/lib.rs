@@ -6,8 +6,8 @@
 //! split it by key range — the SEEP model, on a thread-per-core runtime.
 //!
 //! This crate is the facade: it re-exports the dataflow API, the operator
-//! library and the runtime, and holds the named queries and the deployment
-//! config that the `spate` command runs.
+//! library and the runtime, and holds the registry of named queries, the
+//! deployment config and the `spate` command ([`cli`]) that runs them.
 //!
 //! ```no_run
 //! use spate::prelude::*;
@@ -28,10 +28,53 @@
 //! assert_eq!(output.recv(), Some((7, 100)));
 //! job.wait().expect("job");
 //! ```
+//!
+//! ## Your own record types
+//!
+//! Records travel between workers and nodes as rkyv bytes, and keyed state
+//! keeps them so. `#[spate::record]` derives rkyv's `Archive`,
+//! `Serialize` and `Deserialize` through Spate's re-export ([`rkyv`]), so
+//! a crate that depends on `spate` needs no `rkyv` of its own nor any
+//! `#[rkyv(crate = ...)]`; structs with `String`s, enums, vectors and
+//! nested records all work, and add `#[derive(Clone)]` to make them
+//! [`Data`]:
+//!
+//! ```
+//! #[spate::record]
+//! #[derive(Debug, Clone, PartialEq)]
+//! enum Side {
+//!     Buy,
+//!     Sell,
+//! }
+//!
+//! #[spate::record]
+//! #[derive(Debug, Clone, PartialEq)]
+//! struct Trade {
+//!     symbol: String,
+//!     side: Side,
+//!     price_cents: u64,
+//! }
+//!
+//! fn flows_on_streams<T: spate::Data>() {}
+//! flows_on_streams::<Trade>();
+//!
+//! let t = Trade { symbol: "AAPL".into(), side: Side::Sell, price_cents: 18_950 };
+//! let mut bytes = Vec::new();
+//! spate::state::codec::encode(&t, &mut bytes).expect("encode");
+//! assert_eq!(spate::state::codec::decode_checked::<Trade>(&bytes).expect("decode"), t);
+//! ```
+//!
+//! ## Your own queries on the `spate` command
+//!
+//! A query registered by name in a [`registry::Registry`] runs under `spate
+//! run`, `spate node`, `spate cluster` and `spate bench` like the
+//! built-ins, from a program whose `main` is [`cli::main`]; see
+//! [`registry`] and `examples/own-query`.
 #![forbid(missing_docs)]
 
 pub mod bench_recovery;
 pub mod bench_rescale;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub use spate_core::control;
@@ -39,6 +82,7 @@ pub mod deploy;
 mod job_spec;
 pub mod node;
 pub mod queries;
+pub mod registry;
 
 /// rkyv, as Spate builds it (`unaligned`, `little_endian`): derive
 /// `Archive`, `Serialize` and `Deserialize` on record types with it.
@@ -48,6 +92,7 @@ pub use spate_core::{
     self as core, now_ns, Data, Dataflow, InstanceCtx, Job, JobReport, Key, KeyedStream, Meta, Parallelism,
     Runtime, RuntimeConfig, RuntimeError, Stream, Timestamp, WATERMARK_END,
 };
+pub use spate_macros::record;
 pub use spate_net as net;
 pub use spate_ops::prelude::{input, output, InputHandle, OutputHandle};
 pub use spate_ops::{self as ops};

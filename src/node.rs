@@ -9,6 +9,7 @@ use spate_state::Durability;
 
 use crate::config::Config;
 use crate::deploy;
+use crate::registry::Registry;
 use spate_core::control::plan::PlanConfig;
 pub use spate_core::control::NodeEnd;
 use spate_core::control::{Node, NodeAgent, NodeSetup, Os};
@@ -27,10 +28,10 @@ pub struct NodeOptions {
     pub events: bool,
 }
 
-/// Runs node `name` of `cfg` until the coordinator releases it (or the
-/// job fails).
-pub fn run_node(cfg: &Config, name: &str, opts: &NodeOptions) -> Result<NodeEnd, String> {
-    let build = crate::queries::build(&cfg.query, &cfg.sink)?;
+/// Runs node `name` of `cfg`, building the query it names from `queries`,
+/// until the coordinator releases it (or the job fails).
+pub fn run_node(cfg: &Config, queries: &Registry, name: &str, opts: &NodeOptions) -> Result<NodeEnd, String> {
+    let build = queries.build(&cfg.query, &cfg.sink)?;
     run_node_with(cfg, name, opts, build)
 }
 

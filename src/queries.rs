@@ -1,5 +1,5 @@
-//! The registry of named queries that `spate run`, `spate bench` (and, in a
-//! cluster, every node) build by name from a config.
+//! The built-in named queries, registered in [`Registry::builtin`] as a
+//! user's are (see [`crate::registry`]):
 //!
 //! - `keyed-sum`: generated records `(key = i % keys, value = i)`,
 //!   repartitioned by key, a running sum per key in keyed state, emitting
@@ -10,19 +10,34 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use serde::Deserialize;
-use spate_core::{Data, Dataflow, Stream};
+use serde::{Deserialize, Serialize};
+use spate_core::{Dataflow, Stream};
 use spate_ops::prelude::*;
 
-use crate::job_spec::{QuerySection, SinkKind, SinkSection};
+use crate::registry::{Params, Registry, ResultSink};
 
-/// The names of the registered queries.
-pub const NAMES: &[&str] = &["keyed-sum", "wordcount"];
+/// Adds the built-in queries to `r` (what [`Registry::builtin`] is).
+pub fn register(r: Registry) -> Registry {
+    r.add("keyed-sum", |df: &Dataflow, p: &KeyedSumParams, sink: &ResultSink| {
+        sink.attach(&keyed_sum(df, p), |(k, s), out| {
+            let _ = write!(out, "{k},{s}");
+        });
+    })
+    .add("wordcount", |df: &Dataflow, p: &WordcountParams, sink: &ResultSink| {
+        let whole_file = p.file.is_some();
+        sink.attach(&wordcount(df, p), move |(w, start, _end, c), out| {
+            if whole_file {
+                let _ = write!(out, "{w} {c}");
+            } else {
+                let _ = write!(out, "{start} {w} {c}");
+            }
+        });
+    })
+}
 
 /// Parameters of `keyed-sum`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyedSumParams {
     /// Records in all.
@@ -42,8 +57,25 @@ impl Default for KeyedSumParams {
     }
 }
 
+impl Params for KeyedSumParams {
+    const ABOUT: &'static str = "generated records (i % keys, i), a running sum per key in keyed state";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("records", "records in all"),
+        ("keys", "distinct keys"),
+        ("rate", "records per second; 0 = as fast as possible"),
+        ("burst", "with a rate: the first `burst` records go as fast as possible"),
+    ];
+    const RANGES: &'static [(&'static str, u64, u64)] = &[("keys", 1, u64::MAX)];
+
+    fn set_load(&mut self, records: u64, rate_per_s: Option<u64>) -> Result<(), String> {
+        self.records = records;
+        self.rate = rate_per_s.unwrap_or(0);
+        Ok(())
+    }
+}
+
 /// Parameters of `wordcount`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WordcountParams {
     /// Generated lines.
@@ -60,6 +92,7 @@ pub struct WordcountParams {
     pub rate: u64,
     /// Read lines from this file instead of generating them; counts are then
     /// over the whole file.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
 }
 
@@ -77,171 +110,36 @@ impl Default for WordcountParams {
     }
 }
 
+impl Params for WordcountParams {
+    const ABOUT: &'static str = "lines split into words, counted per tumbling window of lines (or per file)";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("lines", "generated lines"),
+        ("words_per_line", "words per generated line"),
+        ("vocabulary", "distinct words of the generator"),
+        ("seed", "generator seed"),
+        ("window_lines", "tumbling window length, in lines (event time = line index)"),
+        ("rate", "lines per second; 0 = as fast as possible"),
+        ("file", "read lines from this file instead; counts are then over the whole file"),
+    ];
+    const RANGES: &'static [(&'static str, u64, u64)] = &[
+        ("window_lines", 1, u64::MAX),
+        ("vocabulary", 1, u32::MAX as u64),
+        ("words_per_line", 1, WORDS_PER_LINE_MAX as u64),
+    ];
+
+    fn set_load(&mut self, records: u64, rate_per_s: Option<u64>) -> Result<(), String> {
+        if self.file.is_some() {
+            return Err("query.params.file: a file's lines are not a load `spate bench` can size".into());
+        }
+        self.lines = records;
+        self.rate = rate_per_s.unwrap_or(0);
+        Ok(())
+    }
+}
+
 /// Most words a generated wordcount line may have: a line is made in one
 /// string, and a larger one would be an allocation the machine refuses.
 pub const WORDS_PER_LINE_MAX: u32 = 1 << 20;
-
-fn params<P: serde::de::DeserializeOwned>(q: &QuerySection) -> Result<P, String> {
-    serde_path_to_error::deserialize(toml::Value::Table(q.params.clone())).map_err(|e| param_error(q, &e))
-}
-
-/// Why `q`'s parameters do not read: `query.params.<field>: expected
-/// <what is allowed>, got <value>` for a value of the wrong type or out of
-/// its type's range; serde's message, with the query's name, for anything
-/// else (an unknown field, with the known ones).
-fn param_error(q: &QuerySection, e: &serde_path_to_error::Error<toml::de::Error>) -> String {
-    let message = e.inner().message();
-    // serde's `invalid type: <unexpected>, expected <type>` and
-    // `invalid value: ...`.
-    let expected = message
-        .strip_prefix("invalid type: ")
-        .or_else(|| message.strip_prefix("invalid value: "))
-        .and_then(|m| m.rsplit_once(", expected "))
-        .map(|(_, exp)| exp);
-    let field = e.path().to_string();
-    let allowed = match ranges(&q.name).iter().find(|(f, _, _)| *f == field) {
-        Some(&(_, min, max)) => Some(whole_number(min, max)),
-        None => expected.map(type_allows),
-    };
-    match (allowed, param_at(&q.params, e.path())) {
-        (Some(allowed), Some(value)) => format!("query.params.{field}: expected {allowed}, got {value}"),
-        _ => format!("query.params of `{}`: {message}", q.name),
-    }
-}
-
-/// The whole-number parameters of query `name` whose range is narrower
-/// than their type's: (field, least, most).
-fn ranges(name: &str) -> &'static [(&'static str, u64, u64)] {
-    match name {
-        "keyed-sum" => &[("keys", 1, u64::MAX)],
-        "wordcount" => &[
-            ("window_lines", 1, u64::MAX),
-            ("vocabulary", 1, u32::MAX as u64),
-            ("words_per_line", 1, WORDS_PER_LINE_MAX as u64),
-        ],
-        _ => &[],
-    }
-}
-
-/// Checks [`ranges`] on parameters that read as their types.
-fn check_ranges(q: &QuerySection) -> Result<(), String> {
-    for &(field, min, max) in ranges(&q.name) {
-        // Read as its (unsigned) type just before: never negative.
-        let Some(Ok(value)) = q.params.get(field).and_then(toml::Value::as_integer).map(u64::try_from) else {
-            continue;
-        };
-        if !(min..=max).contains(&value) {
-            return Err(format!("query.params.{field}: expected {}, got {value}", whole_number(min, max)));
-        }
-    }
-    Ok(())
-}
-
-/// "a whole number ≥ min" or "a whole number from min to max".
-fn whole_number(min: u64, max: u64) -> String {
-    if max == u64::MAX {
-        format!("a whole number ≥ {min}")
-    } else {
-        format!("a whole number from {min} to {max}")
-    }
-}
-
-/// The value at `path` in `params`, if the path leads to one.
-fn param_at<'a>(params: &'a toml::Table, path: &serde_path_to_error::Path) -> Option<&'a toml::Value> {
-    use serde_path_to_error::Segment;
-    let mut segments = path.iter();
-    let Some(Segment::Map { key }) = segments.next() else { return None };
-    let mut at = params.get(key)?;
-    for s in segments {
-        at = match s {
-            Segment::Map { key } => at.as_table()?.get(key)?,
-            Segment::Seq { index } => at.as_array()?.get(*index)?,
-            _ => return None,
-        };
-    }
-    Some(at)
-}
-
-/// What a parameter of the type serde names allows, in words.
-fn type_allows(serde_expected: &str) -> String {
-    match serde_expected {
-        "u64" => whole_number(0, u64::MAX),
-        "u32" => whole_number(0, u32::MAX.into()),
-        "a boolean" => "true or false".into(),
-        "path string" => "a file path (a string)".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Checks the query name and its parameters.
-pub fn validate(q: &QuerySection) -> Result<(), String> {
-    match q.name.as_str() {
-        "keyed-sum" => {
-            params::<KeyedSumParams>(q)?;
-        }
-        "wordcount" => {
-            params::<WordcountParams>(q)?;
-        }
-        other => return Err(format!("unknown query `{other}`; known queries: {}", NAMES.join(", "))),
-    }
-    check_ranges(q)
-}
-
-/// The number of input records a query will produce, if finite.
-pub fn input_records(q: &QuerySection) -> Option<u64> {
-    match q.name.as_str() {
-        "keyed-sum" => params::<KeyedSumParams>(q).ok().map(|p| p.records),
-        "wordcount" => params::<WordcountParams>(q).ok().filter(|p| p.file.is_none()).map(|p| p.lines),
-        _ => None,
-    }
-}
-
-/// A build function for the runtime.
-pub type BuildFn = Arc<dyn Fn(&Dataflow) + Send + Sync>;
-
-/// The build function of the query `q` writing to `sink`.
-pub fn build(q: &QuerySection, sink: &SinkSection) -> Result<BuildFn, String> {
-    validate(q)?;
-    let sink = sink.clone();
-    Ok(match q.name.as_str() {
-        "keyed-sum" => {
-            let p: KeyedSumParams = params(q)?;
-            Arc::new(move |df: &Dataflow| {
-                let sums = keyed_sum(df, &p);
-                attach_sink(&sums, &sink, |(k, s), out| {
-                    let _ = write!(out, "{k},{s}");
-                });
-            })
-        }
-        "wordcount" => {
-            let p: WordcountParams = params(q)?;
-            Arc::new(move |df: &Dataflow| {
-                let counts = wordcount(df, &p);
-                let whole_file = p.file.is_some();
-                attach_sink(&counts, &sink, move |(w, start, _end, c), out| {
-                    if whole_file {
-                        let _ = write!(out, "{w} {c}");
-                    } else {
-                        let _ = write!(out, "{start} {w} {c}");
-                    }
-                });
-            })
-        }
-        other => return Err(format!("unknown query `{other}`; known queries: {}", NAMES.join(", "))),
-    })
-}
-
-fn attach_sink<T: Data>(s: &Stream<T>, sink: &SinkSection, format: impl Fn(&T, &mut String) + 'static) {
-    match sink.kind {
-        SinkKind::Count => s.sink_count("sink", sink.latency, None),
-        SinkKind::None => s.sink_count("sink", false, None),
-        SinkKind::Stdout => s.sink_stdout("sink", format),
-        SinkKind::File => {
-            let path = sink.path.clone().unwrap_or_else(|| PathBuf::from("spate-output.txt"));
-            s.sink_file("sink", path, format)
-        }
-    }
-}
 
 /// The `keyed-sum` dataflow up to its sink.
 pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {

@@ -132,10 +132,10 @@ fn unknown_command_and_missing_argument() {
         spate::Watchdog::start("unknown_command_and_missing_argument", std::time::Duration::from_secs(120));
     let out = spate(&["frob"]);
     assert!(!out.status.success());
-    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["frob", "USAGE"]);
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["frob", "Usage"]);
     let out = spate(&["run"]);
     assert!(!out.status.success());
-    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["config file"]);
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["required", "<CONFIG>"]);
 }
 
 #[test]

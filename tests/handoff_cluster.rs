@@ -262,7 +262,7 @@ fn bad_control_requests_are_refused_and_change_nothing() {
         (&["scale-in", "--node", "x"], "no node is called `x`"),
         (&["scale-in", "--node", "b"], "node `b` owns no bins"),
         (&["scale-in", "--node", "a"], "runs the job's first workers"),
-        (&["dance"], "needs a request"),
+        (&["dance"], "unrecognized subcommand"),
     ] {
         let o = ctl(&cfg, args);
         assert!(!o.status.success(), "{args:?} was accepted: {}", text(&o));

@@ -48,7 +48,7 @@ fn allocations_for(records: u64, workers: usize) -> u64 {
     let mut q = q;
     q.params.insert("records".into(), toml::Value::Integer(records as i64));
     let sink = spate::config::SinkSection { kind: spate::config::SinkKind::None, path: None, latency: false };
-    let build = spate::queries::build(&q, &sink).unwrap_or_else(|e| panic!("{e}"));
+    let build = spate::registry::Registry::builtin().build(&q, &sink).unwrap_or_else(|e| panic!("{e}"));
     let before = ALLOCS.load(Ordering::Relaxed);
     let job = spate::Runtime::new(cfg).start("alloc", move |df| build(df)).unwrap_or_else(|e| panic!("{e}"));
     let report = job.wait().unwrap_or_else(|e| panic!("{e}"));

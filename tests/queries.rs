@@ -246,8 +246,9 @@ fn shipped_example_configs_parse() {
         let p = e.unwrap_or_else(|e| panic!("{e}")).path();
         if p.extension().is_some_and(|x| x == "toml") {
             let cfg = spate::config::Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
-            assert!(spate::queries::NAMES.contains(&cfg.query.name.as_str()));
-            spate::queries::build(&cfg.query, &cfg.sink).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let queries = spate::registry::Registry::builtin();
+            assert!(queries.contains(&cfg.query.name));
+            queries.build(&cfg.query, &cfg.sink).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
     }

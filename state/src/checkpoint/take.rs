@@ -12,7 +12,7 @@ use crate::store::StateStore;
 
 impl StateStore {
     /// Sets after how many increments the next checkpoint is a full image
-    /// (default [`FULL_EVERY_DEFAULT`]; 0: every checkpoint is full).
+    /// (default [`FULL_EVERY_DEFAULT`](crate::checkpoint::FULL_EVERY_DEFAULT); 0: every checkpoint is full).
     pub fn set_checkpoint_full_every(&mut self, increments: u32) {
         self.chain.full_every = increments;
     }
