@@ -75,6 +75,7 @@ impl ReplicaServer {
             retained: 0,
             compacted: 0,
             epochs: HashMap::new(),
+            refusals: crate::refusals::RefusalLog::new(),
         };
         let flag = Arc::clone(&stop);
         let panicked = Arc::new(OnceLock::new());
@@ -179,8 +180,11 @@ struct Server {
     completed: Arc<AtomicU64>,
     retained: u64,
     compacted: u64,
-    /// Per origin worker, the newest epoch whose stream connected.
+    /// Per origin worker, the newest epoch whose stream connected (only
+    /// authenticated streams move it: the listener hands out no other).
     epochs: HashMap<usize, u64>,
+    /// Refused connections, logged rate-limited.
+    refusals: crate::refusals::RefusalLog,
 }
 
 /// One served connection.
@@ -258,8 +262,15 @@ impl Server {
                 }
                 Ok(None) => break,
                 // One peer's failed or refused handshake (it was told why),
-                // or one failed accept: the listener goes on.
-                Err(_) => {}
+                // or one failed accept: logged, and the listener goes on.
+                Err(e) => {
+                    let port = self.listener.local_addr().port();
+                    if let Some(line) = self.refusals.refused(crate::time::now(), || {
+                        format!("spate: replica service on port {port}: refused a connection: {e}")
+                    }) {
+                        eprintln!("{line}");
+                    }
+                }
             }
         }
         let mut i = 0;

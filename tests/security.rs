@@ -1,0 +1,146 @@
+//! Authenticated clusters and connection hygiene against real node
+//! processes (`spate node` under [`LocalNodes`], which hands them a
+//! generated secret, as `spate cluster` does): forged connections to every
+//! port are refused, logged and change nothing (issue 27, items 2 and 5).
+//! Ports are the OS's on 127.0.0.1; every wait is bounded; the processes
+//! die with the test's guards.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use spate::deploy::{resolve_ports, LocalNodes};
+use spate::net::auth::ClusterSecret;
+use spate::net::frame::{encode_control, Kind};
+use spate::net::hello::{Hello, HelloAuth};
+use spate::net::{Connection, NetConfig};
+use spate::Watchdog;
+
+const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+
+/// A port free now on 127.0.0.1 (for a replica service's `replica_port`).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+}
+
+/// Nodes a, b, c with known replica ports, checkpoints every 100 ms, and
+/// a keyed-sum that runs for several seconds.
+fn config(dir: &Path, records: u64, rate: u64) -> (PathBuf, Vec<SocketAddr>) {
+    let mut text = format!(
+        "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = 999\nrate = {rate}\n\
+         [runtime]\npin = false\ndata_dir = {data:?}\n\
+         [sink]\nkind = \"none\"\n\
+         [checkpoint]\ninterval_ms = 100\nbackups = 1\n\
+         [cluster]\nconnect_timeout_ms = 20000\nfailure_timeout_ms = 2000\n",
+        data = dir.join("data").display().to_string(),
+    );
+    let mut replicas = Vec::new();
+    for n in ["a", "b", "c"] {
+        let port = free_port();
+        replicas.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        text +=
+            &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\nreplica_port = {port}\n");
+    }
+    let text = resolve_ports(&text).unwrap_or_else(|e| panic!("{e}"));
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    (p, replicas)
+}
+
+/// The job's id on the wire, which anyone with the config can work out.
+fn cluster_id(cfg: &Path) -> u64 {
+    let text = std::fs::read_to_string(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = spate::config::Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    spate::deploy::node_setup(&cfg, "a").unwrap_or_else(|e| panic!("{e}")).0.cluster
+}
+
+/// A hello as a node without a secret sends it (what an attacker who has
+/// the config, and nothing else, can send).
+fn raw_hello(addr: SocketAddr, name: &str, cluster: u64) -> TcpStream {
+    let mut payload = Vec::new();
+    Hello { node: name.into(), cluster, credit_window: 64, auth: HelloAuth::None }.encode(&mut payload);
+    let mut frame = Vec::new();
+    encode_control(Kind::Hello, 0, 0, &payload, &mut frame).unwrap_or_else(|e| panic!("{e}"));
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.write_all(&frame).unwrap_or_else(|e| panic!("{e}"));
+    s
+}
+
+/// A connection attempt with a secret of the attacker's own: its error.
+fn with_wrong_secret(addr: SocketAddr, name: &str, cluster: u64) -> String {
+    let mut c = NetConfig::new(name, cluster);
+    c.secret =
+        Some(ClusterSecret::from_bytes(b"a guess at the cluster's secret").unwrap_or_else(|e| panic!("{e}")));
+    match Connection::connect(addr, &c, Instant::now() + Duration::from_secs(5)).and_then(|c| c.wait()) {
+        Ok(_) => panic!("{addr} took {name} with a wrong secret"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The id of a `checkpoint <id>` event.
+fn checkpoint_id(what: &str) -> Option<u64> {
+    what.strip_prefix("checkpoint ")?.parse().ok()
+}
+
+#[test]
+fn forged_connections_are_refused_and_checkpoints_keep_completing() {
+    let _watchdog = Watchdog::start("forged connections", Duration::from_secs(170));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (cfg, replicas) = config(dir.path(), 9_000_000, 1_000_000);
+    let cluster = cluster_id(&cfg);
+    let mut nodes = LocalNodes::start(Path::new(SPATE), &cfg, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let first = nodes
+        .wait_event(Duration::from_secs(60), |e| checkpoint_id(&e.what).is_some_and(|id| id >= 3))
+        .unwrap_or_else(|e| panic!("no checkpoint completed before the forgery: {e}"));
+    let before = checkpoint_id(&first.what).unwrap_or(0);
+
+    // Every replica service, every origin worker, a far epoch: on a build
+    // without authentication this moves each service's epoch of that
+    // worker to 99, the real streams of epoch 1 are refused, and no
+    // checkpoint completes again.
+    let mut held = Vec::new();
+    for &addr in &replicas {
+        for w in 0..3 {
+            held.push(raw_hello(addr, &format!("bak:w{w}@99"), cluster));
+        }
+        held.push(raw_hello(addr, "fetch:w0", cluster));
+    }
+    // And the node listeners: a control connection and a worker link.
+    let text = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let parsed = spate::config::Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let node_addrs: Vec<SocketAddr> = parsed
+        .cluster
+        .as_ref()
+        .map(|c| c.nodes.iter().filter_map(|n| n.address.parse().ok()).collect())
+        .unwrap_or_default();
+    for &addr in &node_addrs {
+        held.push(raw_hello(addr, "ctl:mallory", cluster));
+        held.push(raw_hello(addr, "a>b@99", cluster));
+    }
+
+    let later = nodes
+        .wait_event(Duration::from_secs(20), |e| checkpoint_id(&e.what).is_some_and(|id| id >= before + 10))
+        .unwrap_or_else(|e| panic!("checkpoints stopped after the forged connections (last {before}): {e}"));
+    assert!(checkpoint_id(&later.what).unwrap_or(0) >= before + 10);
+    // A peer with a secret of its own fails the challenge-response.
+    for &addr in &replicas {
+        let e = with_wrong_secret(addr, "bak:w0@99", cluster);
+        assert!(e.contains("proof of the cluster secret is wrong"), "{addr}: {e}");
+    }
+    let later = nodes
+        .wait_event(Duration::from_secs(20), |e| checkpoint_id(&e.what).is_some_and(|id| id >= before + 15))
+        .unwrap_or_else(|e| panic!("checkpoints stopped after the wrong secrets (last {before}): {e}"));
+    assert!(checkpoint_id(&later.what).is_some());
+    let reports = nodes.wait(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}\n{}", nodes.stderr()));
+    let stderr = nodes.stderr();
+    assert_eq!(reports.iter().map(|r| r.records_in).sum::<u64>(), 9_000_000, "{stderr}");
+    // Refusals are logged with the peer's address and the reason.
+    assert!(
+        stderr.contains("replica service on port") && stderr.contains("did not authenticate"),
+        "no refusal logged by a replica service:\n{stderr}"
+    );
+    assert!(stderr.contains("refused a connection: node \"ctl:mallory\" at 127.0.0.1:"), "{stderr}");
+    drop(held);
+}
