@@ -94,7 +94,7 @@ fn listener_ports() -> std::ops::Range<u16> {
 
 /// A port of `ip` nobody listens on now, from [`listener_ports`], not one
 /// this process handed out before; `None` if none is found quickly.
-fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
+pub fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
     use std::hash::{BuildHasher, Hasher};
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let range = listener_ports();
