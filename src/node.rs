@@ -76,6 +76,7 @@ pub fn run_node_with(
         origin_ns: spate_core::time::now_ns() + 200_000_000,
         live: cfg.live_recovery(),
         restarts: spate_core::control::RESTARTS,
+        stall_intervals: cfg.checkpoint.stall_intervals.unwrap_or(3),
     };
     let setup = NodeSetup {
         query: cfg.query.name.clone(),

@@ -441,6 +441,7 @@ impl World {
             origin_ns: crate::time::now_ns() + 50_000_000,
             live: s.live,
             restarts: 3,
+            stall_intervals: 3,
         };
         let build = Arc::new(workload::build(s.workload, self.files.clone()));
         let setup = NodeSetup {
