@@ -41,7 +41,7 @@ pub(super) struct Handshake {
     pub(super) nonce: Option<Nonce>,
     /// Accepting side: the peer's hello was read and answered with a
     /// challenge; its proof is awaited (its hello, its nonce, ours).
-    pub(super) awaiting_proof: Option<(Hello, Nonce, Nonce)>,
+    pub(super) awaiting_proof: Option<Box<(Hello, Nonce, Nonce)>>,
 }
 
 impl Handshake {

@@ -111,7 +111,7 @@ impl Listener {
                 match hs.flush().and_then(|()| hs.read_proof()) {
                     Err(kind) => {
                         let hs = self.pending.swap_remove(i);
-                        let node = hs.awaiting_proof.as_ref().map(|(h, _, _)| h.node.clone());
+                        let node = hs.awaiting_proof.as_ref().map(|w| w.0.node.clone());
                         if matches!(kind, NetErrorKind::Unauthenticated(_)) {
                             hs.goodbye(GoodbyeReason::Rejected(Rejection::Unauthenticated));
                         }
@@ -120,14 +120,15 @@ impl Listener {
                     Ok(None) => {
                         if let Some(kind) = hs.timeout(now) {
                             let hs = self.pending.swap_remove(i);
-                            let node = hs.awaiting_proof.as_ref().map(|(h, _, _)| h.node.clone());
+                            let node = hs.awaiting_proof.as_ref().map(|w| w.0.node.clone());
                             return Err(NetError::new(addr, node.as_deref(), kind));
                         }
                         i += 1;
                     }
                     Ok(Some(proof)) => {
                         let mut hs = self.pending.swap_remove(i);
-                        let Some((hello, nc, na)) = hs.awaiting_proof.take() else { continue };
+                        let Some(waiting) = hs.awaiting_proof.take() else { continue };
+                        let (hello, nc, na) = *waiting;
                         let proved = self.config.secret.as_ref().is_some_and(|k| {
                             k.verify(Role::Connector, self.config.cluster, &nc, &na, &hello.node, &proof)
                         });
@@ -191,7 +192,7 @@ impl Listener {
                         let proof = k.prove(Role::Acceptor, self.config.cluster, nc, &na, &hello.node);
                         ours.auth = HelloAuth::Challenge { nonce: na, proof };
                         hs.queue_hello(&ours);
-                        hs.awaiting_proof = Some((hello.clone(), *nc, na));
+                        hs.awaiting_proof = Some(Box::new((hello.clone(), *nc, na)));
                         if let Err(kind) = hs.flush() {
                             return Err(NetError::new(addr, Some(&peer.node), kind));
                         }
