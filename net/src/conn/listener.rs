@@ -30,6 +30,9 @@ pub struct Listener {
     local: SocketAddr,
     config: NetConfig,
     pending: Vec<Handshake>,
+    /// Peers dropped for newer ones, not reported yet (at most
+    /// [`PENDING_HANDSHAKES_MAX`]: a flood beyond is dropped unreported).
+    dropped: Vec<SocketAddr>,
 }
 
 impl Listener {
@@ -41,7 +44,7 @@ impl Listener {
         let listener = TcpListener::bind(addr).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let local = listener.local_addr().map_err(err)?;
-        Ok(Listener { listener, local, config, pending: Vec::new() })
+        Ok(Listener { listener, local, config, pending: Vec::new(), dropped: Vec::new() })
     }
 
     /// The address the listener is bound to.
@@ -89,13 +92,17 @@ impl Listener {
                         return Err(NetError::new(addr, None, NetErrorKind::Io(e)));
                     }
                     let deadline = now + self.config.handshake_timeout;
-                    let evicted = self.make_room(addr.ip());
-                    self.pending.push(Handshake::new(stream, addr, now, deadline));
-                    if let Some(old) = evicted {
-                        let addr = old.addr;
+                    if let Some(old) = self.make_room(addr.ip()) {
+                        // Reported after the pending handshakes are served
+                        // (below), so that a flood of new connections never
+                        // keeps them from being advanced.
+                        let gone = old.addr;
                         old.goodbye(GoodbyeReason::Rejected(Rejection::Busy));
-                        return Err(NetError::new(addr, None, NetErrorKind::Rejected(Rejection::Busy)));
+                        if self.dropped.len() < PENDING_HANDSHAKES_MAX {
+                            self.dropped.push(gone);
+                        }
                     }
+                    self.pending.push(Handshake::new(stream, addr, now, deadline));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
@@ -212,7 +219,10 @@ impl Listener {
                 }
             }
         }
-        Ok(None)
+        match self.dropped.pop() {
+            Some(addr) => Err(NetError::new(addr, None, NetErrorKind::Rejected(Rejection::Busy))),
+            None => Ok(None),
+        }
     }
 
     /// Makes room for one more handshake from `ip`: removes and returns
