@@ -186,13 +186,19 @@ pub fn run_nodes(
     let tmp = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
     let keys = state_mb.map_or(p.keys, |mb| ((mb << 20) / STATE_BYTES_PER_KEY).max(1));
+    // The nodes and this process's `spate ctl` requests share a secret.
+    let (_, secret) =
+        spate_net::auth::ClusterSecret::generate().map_err(|e| format!("bench rescale: {e}"))?;
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, secret).map_err(|e| format!("{}: {e}", secret_file.display()))?;
     let mut text = format!(
         "[query]\nname = \"keyed-sum\"\n\
          [runtime]\npin = false\ndata_dir = {:?}\n\
          [sink]\nkind = \"count\"\n\
          [checkpoint]\ninterval_ms = 1000\nbackups = 1\n\
-         [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = 5000\nstart_workers = 1\n",
+         [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = 5000\nstart_workers = 1\nsecret_file = {:?}\n",
         dir.join("data").display().to_string(),
+        secret_file.display().to_string(),
     );
     for n in ["a", "b"] {
         text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");

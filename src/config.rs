@@ -24,12 +24,17 @@
 //!                             # node back to the last complete checkpoint
 //! buffer_mb = 512             # live: replay buffers per worker (what it sent to other
 //!                             # nodes since the last complete checkpoint)
+//! durability = "page-cache"   # cluster: how replica services store backups ("fsync")
+//! stall_intervals = 3         # cluster: warn when no checkpoint completed for this many
+//!                             # intervals
 //!
 //! [cluster]                   # optional: the job spans these node processes
 //! connect_timeout_ms = 10000  # every node must be connected by then
 //! coordinator = "a"           # optional (default: the first node); with workers = 0
 //!                             # it only coordinates, and every worker node may fail
 //! failure_timeout_ms = 5000   # a node silent this long is declared failed
+//! secret_file = "/etc/spate/secret"  # the cluster's shared secret (else the variable
+//!                             # SPATE_CLUSTER_SECRET; `spate cluster` makes one)
 //! [[cluster.nodes]]           # in worker order; `spate node --name a`
 //! name = "a"
 //! address = "10.0.0.1:7100"   # where its listener is (port 0: `spate cluster` picks one)
@@ -88,6 +93,12 @@ pub struct ClusterSection {
     /// nothing until `spate ctl scale` hands them bins. 0: every worker.
     #[serde(default)]
     pub start_workers: usize,
+    /// A file holding the cluster's shared secret (at least 16 bytes;
+    /// surrounding whitespace ignored). Without it, the secret comes from
+    /// `SPATE_CLUSTER_SECRET`; `spate cluster` generates one for its nodes
+    /// when neither is set. Every connection between nodes proves it
+    /// (decision 46).
+    pub secret_file: Option<PathBuf>,
 }
 
 fn connect_timeout_default() -> u64 {
@@ -223,6 +234,33 @@ pub struct CheckpointSection {
     /// With live recovery: MiB of replay buffers per worker (default 512;
     /// see docs/ARCHITECTURE.md, decision 25).
     pub buffer_mb: Option<u64>,
+    /// On a cluster: how a replica service stores the checkpoints it keeps
+    /// before it acknowledges them (default `page-cache`; `fsync`: a
+    /// failed fsync stops that node's replica service, decision 47).
+    pub durability: Option<DurabilitySetting>,
+    /// On a cluster: the coordinator warns (and reports a `stalled` event)
+    /// when no checkpoint completed for this many intervals (default 3).
+    pub stall_intervals: Option<u32>,
+}
+
+/// `[checkpoint] durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilitySetting {
+    /// Written to the page cache (survives a process crash, not a machine's).
+    PageCache,
+    /// Fsynced (files and directory) before the acknowledgement.
+    Fsync,
+}
+
+impl DurabilitySetting {
+    /// The backup store's durability.
+    pub fn durability(self) -> spate_state::Durability {
+        match self {
+            DurabilitySetting::PageCache => spate_state::Durability::PageCache,
+            DurabilitySetting::Fsync => spate_state::Durability::Fsync,
+        }
+    }
 }
 
 /// `[checkpoint] recovery`.
@@ -344,9 +382,21 @@ impl Config {
                 if self.checkpoint.interval_ms > 0 {
                     self.check_backups(c, active)?;
                 }
+                if let Some(n) = self.checkpoint.stall_intervals {
+                    if !(1..=1_000_000).contains(&n) {
+                        return Err(format!("checkpoint.stall_intervals: {n} is not between 1 and 1000000"));
+                    }
+                }
             }
             None if self.checkpoint.backups.is_some() => {
                 return Err("checkpoint.backups: only a [cluster] streams checkpoints to backup nodes".into());
+            }
+            None if self.checkpoint.durability.is_some() || self.checkpoint.stall_intervals.is_some() => {
+                let field =
+                    if self.checkpoint.durability.is_some() { "durability" } else { "stall_intervals" };
+                return Err(format!(
+                    "checkpoint.{field}: only a [cluster] has replica services and a coordinator"
+                ));
             }
             None if self.checkpoint.recovery.is_some() || self.checkpoint.buffer_mb.is_some() => {
                 let field = if self.checkpoint.recovery.is_some() { "recovery" } else { "buffer_mb" };

@@ -73,6 +73,9 @@ pub fn ctl(
     let cluster = cfg.cluster.as_ref().ok_or("`spate ctl` needs a config with a [cluster] section")?;
     let c = cluster.coordinator_index()?;
     let (placement, addr, _) = deploy::node_setup(cfg, &cluster.nodes[c].name)?;
+    // The coordinator takes only connections that prove the cluster's
+    // secret (decision 46): the same as the nodes'.
+    crate::node::install_secret(cluster, "ctl")?;
     let mut text = match req {
         CtlRequest::Assignment => "assignment".to_string(),
         CtlRequest::Scale { workers } => format!("scale {workers}"),

@@ -96,7 +96,7 @@ fn listener_ports() -> std::ops::Range<u16> {
 
 /// A port of `ip` nobody listens on now, from [`listener_ports`], not one
 /// this process handed out before; `None` if none is found quickly.
-fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
+pub fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
     use std::hash::{BuildHasher, Hasher};
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let range = listener_ports();
@@ -216,6 +216,18 @@ fn spawn_node(mut command: Command, name: &str) -> Result<Child, String> {
         .map_err(|e| format!("cannot start node `{name}` ({:?}): {e}", command.get_program()))
 }
 
+/// The secret `spate cluster` hands its nodes (in
+/// [`SECRET_ENV`](spate_net::auth::SECRET_ENV)) when the config names no
+/// `secret_file` and the variable is not set: a fresh random one, so a
+/// local cluster is always authenticated (decision 46).
+fn generated_secret(cluster: &crate::config::ClusterSection) -> Result<Option<String>, String> {
+    if cluster.secret_file.is_some() || std::env::var_os(spate_net::auth::SECRET_ENV).is_some() {
+        return Ok(None);
+    }
+    let (_, text) = spate_net::auth::ClusterSecret::generate().map_err(|e| format!("spate cluster: {e}"))?;
+    Ok(Some(text))
+}
+
 /// Set by SIGINT/SIGTERM while a cluster runs.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -281,6 +293,7 @@ pub fn run_local_cluster_with(
     let cluster =
         cfg.cluster.as_ref().ok_or_else(|| format!("{}: no [cluster] section", config.display()))?;
     let resolved = resolve_ports(&text)?;
+    let secret = generated_secret(cluster)?;
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let resolved_path: PathBuf = dir.path().join("cluster.toml");
     std::fs::write(&resolved_path, resolved).map_err(|e| format!("{}: {e}", resolved_path.display()))?;
@@ -308,7 +321,11 @@ pub fn run_local_cluster_with(
         };
         first_core += n.workers;
         let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-        let mut child = spawn_node(node_command(exe, &resolved_path, &n.name, &pin, &env), &n.name)?;
+        let mut command = node_command(exe, &resolved_path, &n.name, &pin, &env);
+        if let Some(s) = &secret {
+            command.env(spate_net::auth::SECRET_ENV, s);
+        }
+        let mut child = spawn_node(command, &n.name)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let (name, name2, reports) = (n.name.clone(), n.name.clone(), reports.clone());
         if let Some(out) = out {
@@ -466,8 +483,13 @@ impl LocalNodes {
             stderr,
             pipes: Vec::new(),
         };
+        let secret = generated_secret(cluster)?;
         for n in &cluster.nodes {
-            let mut child = spawn_node(command(&n.name), &n.name)?;
+            let mut command = command(&n.name);
+            if let Some(s) = &secret {
+                command.env(spate_net::auth::SECRET_ENV, s);
+            }
+            let mut child = spawn_node(command, &n.name)?;
             let (out, err) = (child.stdout.take(), child.stderr.take());
             if let Some(out) = out {
                 let (tx, reports, metrics) = (tx.clone(), nodes.reports.clone(), nodes.metrics.clone());

@@ -55,6 +55,7 @@ pub fn run_node_with(
     if !opts.pin {
         rc.pin = false;
     }
+    install_secret(cluster, name)?;
     let listener =
         spate_net::Listener::bind(addr, spate_core::link::net_config(name.to_string(), placement.cluster))
             .map_err(|e| format!("node `{name}`: cannot listen on {addr}: {e}"))?;
@@ -64,7 +65,7 @@ pub fn run_node_with(
         SocketAddr::new(addr.ip(), cluster.nodes[placement.me].replica_port),
         replica_root,
         placement.cluster,
-        Durability::PageCache,
+        cfg.checkpoint.durability.map_or(Durability::PageCache, |d| d.durability()),
     )
     .map_err(|e| format!("node `{name}`: cannot start its replica service: {e}"))?;
     let plan = PlanConfig {
@@ -78,6 +79,7 @@ pub fn run_node_with(
         restarts: spate_core::control::RESTARTS,
         bins_log2: rc.bins_log2,
         start_workers: rc.cluster_start_workers,
+        stall_intervals: cfg.checkpoint.stall_intervals.unwrap_or(3),
     };
     let setup = NodeSetup {
         query: cfg.query.name.clone(),
@@ -98,6 +100,63 @@ pub fn run_node_with(
     write_histogram(name, node.agent())?;
     replica.stop();
     end.map_err(|e| format!("node `{name}`: {e}"))
+}
+
+/// The cluster's secret for node `name`: from `[cluster] secret_file`,
+/// else from [`SECRET_ENV`](spate_net::auth::SECRET_ENV). Without one, a
+/// cluster whose nodes are all on loopback runs with a loud warning (any
+/// local user can then join it); any other is refused (decision 46).
+pub fn cluster_secret(
+    cluster: &crate::config::ClusterSection,
+    name: &str,
+) -> Result<Option<spate_net::auth::ClusterSecret>, String> {
+    use spate_net::auth::{ClusterSecret, SECRET_BYTES_MAX, SECRET_ENV};
+    let bytes = if let Some(path) = &cluster.secret_file {
+        let mut buf = Vec::new();
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("cluster.secret_file: cannot read {}: {e}", path.display()))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, SECRET_BYTES_MAX as u64 + 1), &mut buf)
+            .map_err(|e| format!("cluster.secret_file: cannot read {}: {e}", path.display()))?;
+        Some((buf, format!("cluster.secret_file ({})", path.display())))
+    } else {
+        std::env::var_os(SECRET_ENV).map(|v| (v.into_encoded_bytes(), SECRET_ENV.to_string()))
+    };
+    match bytes {
+        Some((b, from)) => ClusterSecret::from_bytes(&b).map(Some).map_err(|e| format!("{from}: {e}")),
+        None => {
+            let local = cluster.nodes.iter().all(|n| is_loopback(&n.address));
+            if !local {
+                return Err(format!(
+                    "node `{name}`: the cluster has nodes beyond this machine and no secret: set \
+                     [cluster] secret_file or {SECRET_ENV} (the same on every node), so that only \
+                     its nodes can connect to it"
+                ));
+            }
+            eprintln!(
+                "spate: WARNING: node `{name}` runs without a cluster secret: anyone who can reach \
+                 127.0.0.1 and knows the config can join, forge backups and fetch checkpoints; set \
+                 [cluster] secret_file or {SECRET_ENV} (`spate cluster` sets one itself)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Whether a node's `host:port` is on loopback (`localhost` included).
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Makes the cluster's secret this process's, for every connection it
+/// makes or takes.
+pub(crate) fn install_secret(cluster: &crate::config::ClusterSection, name: &str) -> Result<(), String> {
+    let secret = cluster_secret(cluster, name)?;
+    if !spate_net::auth::install(secret.clone()) && spate_net::auth::installed() != secret {
+        return Err(format!("node `{name}`: this process already runs a node of another cluster secret"));
+    }
+    Ok(())
 }
 
 /// This process's incarnation: its start time in ns since the Unix epoch,

@@ -341,3 +341,45 @@ fn contradictory_cluster_settings_are_refused() {
         spate::config::Config::parse(&ok).unwrap_or_else(|e| panic!("{e}:\n{ok}"));
     }
 }
+
+#[test]
+fn checkpoint_durability_stall_intervals_and_secrets_are_checked() {
+    let _watchdog = spate::Watchdog::start("durability and secrets", std::time::Duration::from_secs(120));
+    let cluster = "[cluster]\n[[cluster.nodes]]\nname = \"a\"\naddress = \"127.0.0.1:0\"\n\
+                   [[cluster.nodes]]\nname = \"b\"\naddress = \"127.0.0.1:0\"\n";
+    let e =
+        rejected(&format!("{QUERY}[checkpoint]\ninterval_ms = 100\ndurability = \"sometimes\"\n{cluster}"));
+    assert_mentions(&e, &["durability", "sometimes", "fsync", "page-cache"]);
+    let e = rejected(&format!("{QUERY}[checkpoint]\ninterval_ms = 100\nstall_intervals = 0\n{cluster}"));
+    assert_mentions(&e, &["checkpoint.stall_intervals", "0", "between 1"]);
+    let e = rejected(&format!("{QUERY}[checkpoint]\ninterval_ms = 100\ndurability = \"fsync\"\n"));
+    assert_mentions(&e, &["checkpoint.durability", "only a [cluster]"]);
+    // A node beyond loopback without a secret refuses to start; a secret
+    // file too short is named.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let remote =
+        format!("{QUERY}[cluster]\n[[cluster.nodes]]\nname = \"a\"\naddress = \"10.255.0.1:7100\"\n");
+    let cfg = dir.path().join("remote.toml");
+    std::fs::write(&cfg, &remote).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["node", "--name", "a", "--config", &cfg.display().to_string()])
+        .env_remove("SPATE_CLUSTER_SECRET")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_mentions(&stderr, &["no secret", "secret_file", "SPATE_CLUSTER_SECRET"]);
+    let short = dir.path().join("secret");
+    std::fs::write(&short, "hunter2\n").unwrap_or_else(|e| panic!("{e}"));
+    let cfg2 = dir.path().join("short.toml");
+    let text = remote
+        .replace("[cluster]\n", &format!("[cluster]\nsecret_file = {:?}\n", short.display().to_string()));
+    std::fs::write(&cfg2, text).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["node", "--name", "a", "--config", &cfg2.display().to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_mentions(&stderr, &["cluster.secret_file", "7 bytes", "shorter than 16"]);
+}

@@ -3,8 +3,9 @@
 //! node's worker to another's and back while checkpoints run; a node
 //! SIGKILLed in the middle of a handoff is recovered (every node rolls back
 //! to the last checkpoint) with every output written once; bad requests are
-//! refused and change nothing. Every output is checked record by record
-//! against keyed-sum's closed form.
+//! refused and change nothing. Every connection proves the cluster's
+//! secret. Every output is checked record by record against keyed-sum's
+//! closed form.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -27,14 +28,21 @@ fn free_addr() -> String {
 /// name ending in `*` is a spare), the first `start` of whose workers own
 /// the bins at first.
 fn config(dir: &Path, records: u64, keys: u64, rate: u64, names: &[&str], start: usize) -> PathBuf {
+    // Every connection — worker links, control, parcels, `spate ctl` —
+    // proves this secret (decision 46).
+    let secret = dir.join("secret");
+    let word = format!("handoff-test-secret-{:x}", std::process::id());
+    std::fs::write(&secret, word).unwrap_or_else(|e| panic!("write secret: {e}"));
     let mut text = format!(
         "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\nrate = {rate}\n\
          [runtime]\npin = false\npark_when_idle = true\ndata_dir = {:?}\n\
          [sink]\nkind = \"file\"\npath = {:?}\nlatency = false\n\
          [checkpoint]\ninterval_ms = 200\nbackups = 1\n\
-         [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 1000\nstart_workers = {start}\n",
+         [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 1000\nstart_workers = {start}\n\
+         secret_file = {:?}\n",
         dir.join("data").display().to_string(),
         dir.join("out.txt").display().to_string(),
+        secret.display().to_string(),
     );
     for n in names {
         let (name, spare) = match n.strip_suffix('*') {

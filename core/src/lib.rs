@@ -18,6 +18,7 @@
 //! - [`checkpoint`]: aligned checkpoints of a job and restore.
 //! - `replay`: live recovery's upstream buffers and receiver counts.
 //! - [`panic`]: panics caught at thread boundaries, as job failures.
+//! - [`refusals`]: refused connections, logged once each, rate-limited.
 //! - [`metrics`], [`config`], [`limits`], [`time`], [`watchdog`].
 #![forbid(missing_docs)]
 
@@ -35,6 +36,7 @@ pub mod link;
 pub mod metrics;
 pub mod panic;
 pub mod push;
+pub mod refusals;
 mod replay;
 pub mod replica;
 pub mod ring;

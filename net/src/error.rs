@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::AuthFailure;
 use crate::credit::CreditError;
 use crate::frame::{FrameError, Kind};
 use crate::hello::{GoodbyeReason, HelloError, Rejection};
@@ -37,6 +38,8 @@ pub enum HandshakeStage {
     SendingHello,
     /// The peer's hello had not (completely) arrived.
     AwaitingHello,
+    /// The peer's proof of the cluster secret had not arrived.
+    AwaitingProof,
 }
 
 impl fmt::Display for HandshakeStage {
@@ -45,6 +48,7 @@ impl fmt::Display for HandshakeStage {
             HandshakeStage::Connecting => "establishing the TCP connection",
             HandshakeStage::SendingHello => "sending our hello",
             HandshakeStage::AwaitingHello => "waiting for the peer's hello",
+            HandshakeStage::AwaitingProof => "waiting for the peer's proof of the cluster secret",
         })
     }
 }
@@ -93,8 +97,12 @@ pub enum NetErrorKind {
         /// The peer's.
         theirs: u64,
     },
-    /// This node refused the peer (its admit callback said so).
+    /// This node refused the peer (its admit callback said so, or it had
+    /// too many handshakes pending: [`Rejection::Busy`]).
     Rejected(Rejection),
+    /// The handshake's challenge-response failed (see [`crate::auth`]):
+    /// the peer holds no or another cluster secret, or this node has none.
+    Unauthenticated(AuthFailure),
     /// The peer refused this node, or said goodbye during the handshake.
     RejectedByPeer(GoodbyeReason),
     /// The byte stream is not valid frames: a crc mismatch (corruption), a
@@ -186,6 +194,7 @@ impl fmt::Display for NetErrorKind {
                 write!(f, "handshake: peer is in cluster {theirs:#x}, this node in {ours:#x}")
             }
             NetErrorKind::Rejected(r) => write!(f, "handshake refused: {r}"),
+            NetErrorKind::Unauthenticated(a) => write!(f, "handshake refused: {a}"),
             NetErrorKind::RejectedByPeer(r) => write!(f, "peer refused the handshake: {r}"),
             NetErrorKind::Frame(FrameError::BadCrc { expected, found }) => write!(
                 f,

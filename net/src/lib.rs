@@ -18,6 +18,9 @@
 //! * [`hello`]: the handshake's messages, sans IO: a node's
 //!   [`Hello`](hello::Hello) (name, cluster id, credit window) and the
 //!   [`GoodbyeReason`](hello::GoodbyeReason) of a refusal or close.
+//! * [`auth`]: cluster authentication, sans IO: the shared
+//!   [`ClusterSecret`](auth::ClusterSecret) and the HMAC-SHA256
+//!   challenge-response every handshake runs when one is configured.
 //! * [`conn`]: the transport. [`Listener`] and
 //!   [`Connection`] over plain non-blocking `std::net`
 //!   sockets with `TCP_NODELAY`, every method polled and returning at once,
@@ -40,6 +43,7 @@
 #![forbid(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod conn;
 pub mod credit;
 pub mod error;

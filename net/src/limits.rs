@@ -46,7 +46,8 @@ pub const CHANNELS_MAX_DEFAULT: usize = 4096;
 pub const HELLO_FRAME_BYTES_MAX: u32 = (crate::frame::CRC_BYTES
     + crate::frame::HEADER_BYTES
     + crate::hello::HELLO_FIXED_BYTES
-    + NODE_NAME_BYTES_MAX) as u32;
+    + NODE_NAME_BYTES_MAX
+    + crate::hello::HELLO_AUTH_BYTES_MAX) as u32;
 
 /// Default time a peer has to complete its handshake, from the TCP accept
 /// (listener) or from `connect` (when no deadline is given explicitly).
@@ -55,9 +56,14 @@ pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Default interval of heartbeats on an otherwise quiet connection.
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_millis(100);
 
-/// Most handshakes a listener advances at once; further connections wait
-/// in the kernel's accept queue.
+/// Most handshakes a listener advances at once. A connection accepted
+/// beyond it drops the oldest pending handshake (so idle or junk
+/// connections never keep a real peer waiting in the kernel's queue).
 pub const PENDING_HANDSHAKES_MAX: usize = 64;
+
+/// Most pending handshakes from one IP address; one more drops that
+/// address's oldest.
+pub const PENDING_PER_ADDR_MAX: usize = 32;
 
 /// Most connections a listener accepts from the kernel per `poll_accept`.
 pub const ACCEPTS_PER_POLL: usize = 16;
@@ -67,3 +73,4 @@ const _: () = assert!(READ_CHUNK_BYTES <= READ_AHEAD_BYTES_DEFAULT);
 const _: () = assert!(SEND_BUFFER_BYTES_DEFAULT >= 4 * READ_CHUNK_BYTES);
 const _: () = assert!(NODE_NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(DEFAULT_CREDIT_WINDOW >= 1);
+const _: () = assert!(PENDING_PER_ADDR_MAX <= PENDING_HANDSHAKES_MAX);

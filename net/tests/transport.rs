@@ -87,7 +87,8 @@ fn header(edge: u32, seq: u64) -> DataHeader {
 
 fn hello_frame(node: &str, cluster: u64, window: u32) -> Vec<u8> {
     let mut payload = Vec::new();
-    Hello { node: node.into(), cluster, credit_window: window }.encode(&mut payload);
+    Hello { node: node.into(), cluster, credit_window: window, auth: spate_net::hello::HelloAuth::None }
+        .encode(&mut payload);
     let mut out = Vec::new();
     encode_control(Kind::Hello, 0, 0, &payload, &mut out).unwrap();
     out

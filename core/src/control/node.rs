@@ -74,6 +74,8 @@ pub struct Node<E: Env> {
     env: E,
     agent: NodeAgent<E>,
     role: Role<E>,
+    /// Refused connections, logged rate-limited (decision 47).
+    refusals: crate::refusals::RefusalLog,
 }
 
 impl<E: Env> Node<E> {
@@ -111,7 +113,7 @@ impl<E: Env> Node<E> {
             )))
         };
         let agent = NodeAgent::new(&setup.query, setup.build, setup.rc, setup.placement, setup.quiet);
-        Self { env, agent, role }
+        Self { env, agent, role, refusals: crate::refusals::RefusalLog::new() }
     }
 
     /// The node's agent.
@@ -213,7 +215,13 @@ impl<E: Env> Node<E> {
                 Ok(None) => break,
                 // One bad peer does not stop the others.
                 Err(e) => {
-                    self.env.log(&format!("spate: node {}: refused a connection: {e}", self.agent.name()))
+                    let name = self.agent.name();
+                    if let Some(line) = self
+                        .refusals
+                        .refused(now(), || format!("spate: node {name}: refused a connection: {e}"))
+                    {
+                        self.env.log(&line);
+                    }
                 }
             }
         }

@@ -50,7 +50,7 @@ pub const METRICS_ENV: &str = "SPATE_NODE_METRICS_MS";
 
 /// How many times a cluster job rolls every node back after a share
 /// failure that no node failure explains, before it fails (see
-/// [`plan::PlanConfig::restarts`]).
+/// [`crate::control::plan::PlanConfig::restarts`]).
 pub const RESTARTS: u32 = 3;
 
 /// One line of a node's metrics over time (see [`METRICS_ENV`]).

@@ -9,9 +9,9 @@
 //! worker per node, as deployments on small VMs run, that is one connection
 //! per node pair.
 //!
-//! The sending side is the same outbox as for a ring (`Tx::Net`, in [`route`]): a batch
+//! The sending side is the same outbox as for a ring (`Tx::Net`, in `route`): a batch
 //! that finds no credit or no room in the connection's send buffer stays in
-//! the outbox's backlog. The receiving side (`NetLink`, in [`netlink`], polled as a work
+//! the outbox's backlog. The receiving side (`NetLink`, in `netlink`, polled as a work
 //! item of the worker loop) decodes each data frame into a [`Batch`](crate::batch::Batch) and
 //! queues it for its (edge, producer) input item, which takes it like a
 //! ring's and gives the credit back: the queue is bounded by the credit
@@ -25,7 +25,7 @@
 //!
 //! Map: [`conn`] (the [`Conn`] trait the links and the control plane run
 //! over, implemented by `spate_net::Connection` and by the simulator's
-//! connections), [`netlink`] (one link, polled), [`route`] (`Tx`/`Rx`:
+//! connections), `netlink` (one link, polled), `route` (`Tx`/`Rx`:
 //! ring or link), [`mesh`] (which links a share opens and accepts, sans-IO),
 //! [`error`] (what goes wrong: [`LinkError`], [`MeshError`]).
 

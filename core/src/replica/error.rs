@@ -278,6 +278,19 @@ pub enum ReplicaError {
         /// Why.
         source: Arc<StateError>,
     },
+    /// An fsync of a backup failed (`durability = "fsync"`): fatal to the
+    /// replica service, which stops serving, so its node fails (decision
+    /// 47: never retried, since the page cache may have dropped the data).
+    FsyncFailed {
+        /// The origin worker of the backup.
+        origin: usize,
+        /// The instance.
+        instance: String,
+        /// The checkpoint, where known.
+        checkpoint: Option<u64>,
+        /// The store's error.
+        source: Arc<StateError>,
+    },
     /// A fetch of a worker with nothing stored.
     NothingStored {
         /// The worker.
@@ -533,6 +546,14 @@ impl fmt::Display for ReplicaError {
             E::StoreRefused { instance, source, .. } => {
                 write!(f, "checkpoint of `{instance}` refused by the backup store: {source}")
             }
+            E::FsyncFailed { origin, instance, checkpoint, source } => {
+                write!(f, "fsync failed storing ")?;
+                match checkpoint {
+                    Some(c) => write!(f, "checkpoint {c} ")?,
+                    None => write!(f, "a checkpoint ")?,
+                }
+                write!(f, "of `{instance}` of worker {origin}: {source}; the replica service stops (fatal)")
+            }
             E::NothingStored { origin } => write!(f, "no checkpoint of worker {origin} is stored here"),
             E::Incomplete { origin, checkpoint, missing } => {
                 write!(f, "checkpoint {checkpoint} of worker {origin} is not complete here for instance(s) ")?;
@@ -559,9 +580,10 @@ impl Error for ReplicaError {
             E::Listen { source, .. } | E::Connect { source, .. } | E::ConnectionLost { source } => {
                 Some(&**source)
             }
-            E::LocalRefused { source, .. } | E::OpenStore { source, .. } | E::StoreRefused { source, .. } => {
-                Some(&**source)
-            }
+            E::LocalRefused { source, .. }
+            | E::OpenStore { source, .. }
+            | E::StoreRefused { source, .. }
+            | E::FsyncFailed { source, .. } => Some(&**source),
             E::Stream { source, .. } | E::Fetch { source, .. } => Some(&**source),
             E::Stored { fault, .. } => fault.source(),
             _ => None,

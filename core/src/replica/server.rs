@@ -75,6 +75,8 @@ impl ReplicaServer {
             retained: 0,
             compacted: 0,
             epochs: HashMap::new(),
+            refusals: crate::refusals::RefusalLog::new(),
+            fatal: None,
         };
         let flag = Arc::clone(&stop);
         let panicked = Arc::new(OnceLock::new());
@@ -89,9 +91,27 @@ impl ReplicaServer {
                         if !server.poll() {
                             std::thread::sleep(SERVER_IDLE_NAP);
                         }
+                        if let Some(e) = server.fatal.take() {
+                            // Its node fails as for a panic of the service.
+                            eprintln!(
+                                "spate: replica service on port {}: {e}",
+                                server.listener.local_addr().port()
+                            );
+                            return Err(e);
+                        }
                     }
+                    Ok(())
                 });
-                if let Err(p) = served {
+                let stopped = match served {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(ThreadPanic {
+                        thread: crate::panic::current_thread(),
+                        during: Some("storing backups".into()),
+                        message: e.to_string(),
+                    }),
+                    Err(p) => Some(p),
+                };
+                if let Some(p) = stopped {
                     let _ = told.set(p);
                 }
             })
@@ -179,8 +199,13 @@ struct Server {
     completed: Arc<AtomicU64>,
     retained: u64,
     compacted: u64,
-    /// Per origin worker, the newest epoch whose stream connected.
+    /// Per origin worker, the newest epoch whose stream connected (only
+    /// authenticated streams move it: the listener hands out no other).
     epochs: HashMap<usize, u64>,
+    /// Refused connections, logged rate-limited.
+    refusals: crate::refusals::RefusalLog,
+    /// A failed fsync: the service stops (decision 47).
+    fatal: Option<ReplicaError>,
 }
 
 /// One served connection.
@@ -258,13 +283,20 @@ impl Server {
                 }
                 Ok(None) => break,
                 // One peer's failed or refused handshake (it was told why),
-                // or one failed accept: the listener goes on.
-                Err(_) => {}
+                // or one failed accept: logged, and the listener goes on.
+                Err(e) => {
+                    let port = self.listener.local_addr().port();
+                    if let Some(line) = self.refusals.refused(crate::time::now(), || {
+                        format!("spate: replica service on port {port}: refused a connection: {e}")
+                    }) {
+                        eprintln!("{line}");
+                    }
+                }
             }
         }
         let mut i = 0;
         while i < self.peers.len() {
-            match serve(&mut self.peers[i], &mut self.stores) {
+            match serve(&mut self.peers[i], &mut self.stores, &mut self.fatal) {
                 Ok(p) => {
                     progress |= p;
                     i += 1;
@@ -370,7 +402,11 @@ impl Peer {
 
 /// Serves one connection for one pass: `Err(())` when it is to be dropped
 /// (closed by the peer, failed, or closed by us).
-fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bool, ()> {
+fn serve(
+    peer: &mut Peer,
+    stores: &mut HashMap<usize, BackupStore>,
+    fatal_store: &mut Option<ReplicaError>,
+) -> Result<bool, ()> {
     if let Some(moved) = peer.closing {
         // Deliver what is queued, close our side, then drain the peer's
         // input until it closes too (closing a socket with unread input
@@ -418,7 +454,11 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
             match parse_part(f.payload).and_then(|p| asm.push(p)) {
                 Err(e) => fatal = Some(e),
                 Ok(None) => {}
-                Ok(Some((instance, chunk))) => store_chunk(store, refused, out, instance, chunk),
+                Ok(Some((instance, chunk))) => {
+                    if let Some(e) = store_chunk(store, refused, out, origin, instance, chunk) {
+                        *fatal_store = Some(e);
+                    }
+                }
             }
             Delivery::Consumed
         }),
@@ -472,30 +512,46 @@ fn serve(peer: &mut Peer, stores: &mut HashMap<usize, BackupStore>) -> Result<bo
 }
 
 /// Hands one whole chunk of a backup stream to the store and queues the
-/// answer (an ack, or the error).
+/// answer (an ack, or the error); a failed fsync is returned, fatal to the
+/// service.
 fn store_chunk(
     store: &mut BackupStore,
     refused: &mut HashSet<String>,
     out: &mut VecDeque<(Kind, Vec<u8>)>,
+    origin: usize,
     instance: &str,
     chunk: &[u8],
-) {
+) -> Option<ReplicaError> {
     if refused.contains(instance) {
         let header = decode_chunk(chunk).is_ok_and(|(c, _)| c.kind == ChunkKind::Header);
         if !header {
-            return; // the rest of a refused checkpoint
+            return None; // the rest of a refused checkpoint
         }
         refused.remove(instance);
     }
     match store.receive(instance, chunk) {
-        Ok(None) => {}
-        Ok(Some(ack)) => out.push_back((Kind::Ack, encode_ack(&ack))),
+        Ok(None) => None,
+        Ok(Some(ack)) => {
+            out.push_back((Kind::Ack, encode_ack(&ack)));
+            None
+        }
+        Err(e @ StateError::Io { op: "fsync", .. }) => {
+            let e = ReplicaError::FsyncFailed {
+                origin,
+                instance: instance.into(),
+                checkpoint: None,
+                source: Arc::new(e),
+            };
+            out.push_back((Kind::Report, encode_error(instance, 0, &e.to_string())));
+            Some(e)
+        }
         Err(e) => {
             refused.insert(instance.to_string());
             let checkpoint = checkpoint_of(&e);
             let e = ReplicaError::StoreRefused { instance: instance.into(), checkpoint, source: Arc::new(e) };
             let message = e.to_string();
             out.push_back((Kind::Report, encode_error(instance, checkpoint.unwrap_or(0), &message)));
+            None
         }
     }
 }

@@ -443,6 +443,7 @@ impl World {
             restarts: 3,
             bins_log2: rc.bins_log2,
             start_workers: rc.cluster_start_workers,
+            stall_intervals: 3,
         };
         let build = Arc::new(workload::build(s.workload, self.files.clone()));
         let setup = NodeSetup {

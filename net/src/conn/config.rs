@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::CREDIT_FRAME_BYTES;
+use crate::auth::ClusterSecret;
 use crate::error::NetErrorKind;
 use crate::hello::Hello;
 use crate::limits::{
@@ -40,6 +41,11 @@ pub struct NetConfig {
     ///
     /// [`Connection::poll_heartbeat`]: super::Connection::poll_heartbeat
     pub heartbeat_interval: Duration,
+    /// The cluster's shared secret: with one, every handshake runs the
+    /// challenge-response of [`crate::auth`] and a peer without it is
+    /// refused; without, peers are taken on their cluster id alone. The
+    /// default is the process's ([`crate::auth::install`]).
+    pub secret: Option<ClusterSecret>,
 }
 
 impl NetConfig {
@@ -56,6 +62,7 @@ impl NetConfig {
             channels_max: CHANNELS_MAX_DEFAULT,
             handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
             heartbeat_interval: HEARTBEAT_INTERVAL_DEFAULT,
+            secret: crate::auth::installed(),
         }
     }
 
@@ -99,6 +106,11 @@ impl NetConfig {
     }
 
     pub(super) fn hello(&self) -> Hello {
-        Hello { node: self.node.clone(), cluster: self.cluster, credit_window: self.credit_window }
+        Hello {
+            node: self.node.clone(),
+            cluster: self.cluster,
+            credit_window: self.credit_window,
+            auth: crate::hello::HelloAuth::None,
+        }
     }
 }

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::handshake::{configure, Handshake};
+use super::handshake::{configure, fresh_nonce, Handshake};
 use super::{Connection, NetConfig, Peer};
+use crate::auth::{AuthFailure, Role};
 use crate::error::{HandshakeStage, NetError, NetErrorKind};
+use crate::hello::HelloAuth;
 
 /// How long [`Connecting::wait`] sleeps between polls.
 const WAIT_NAP: Duration = Duration::from_micros(100);
@@ -67,7 +69,13 @@ impl Connecting {
             return Err(self.error(None, NetErrorKind::Io(e)));
         }
         let mut hs = Handshake::new(stream, self.addr, self.started, self.deadline);
-        hs.queue_hello(&self.config.hello());
+        let mut hello = self.config.hello();
+        if self.config.secret.is_some() {
+            let nc = fresh_nonce().map_err(|k| self.error(None, k))?;
+            hs.nonce = Some(nc);
+            hello.auth = HelloAuth::Nonce(nc);
+        }
+        hs.queue_hello(&hello);
         Ok(hs)
     }
 
@@ -127,6 +135,32 @@ impl Connecting {
                     let kind =
                         NetErrorKind::WrongCluster { ours: self.config.cluster, theirs: hello.cluster };
                     return Err(self.error(Some(&hello.node), kind));
+                }
+                // With a secret: check the acceptor's proof over our nonce,
+                // then prove ours over its nonce (the frame after our hello).
+                match (&self.config.secret, &hello.auth, hs.nonce) {
+                    (Some(k), HelloAuth::Challenge { nonce: na, proof }, Some(nc)) => {
+                        let (cluster, name) = (self.config.cluster, &self.config.node);
+                        if !k.verify(Role::Acceptor, cluster, &nc, na, name, proof) {
+                            let kind = NetErrorKind::Unauthenticated(AuthFailure::BadProof);
+                            return Err(self.error(Some(&hello.node), kind));
+                        }
+                        hs.queue_proof(&k.prove(Role::Connector, cluster, &nc, na, name));
+                        // Out now, so the acceptor completes even before
+                        // this side's first poll_io.
+                        if let Err(kind) = hs.flush() {
+                            return Err(self.error(Some(&hello.node), kind));
+                        }
+                    }
+                    (Some(_), _, _) => {
+                        let kind = NetErrorKind::Unauthenticated(AuthFailure::PeerOfferedNone);
+                        return Err(self.error(Some(&hello.node), kind));
+                    }
+                    (None, HelloAuth::None, _) => {}
+                    (None, _, _) => {
+                        let kind = NetErrorKind::Unauthenticated(AuthFailure::NoSecretHere);
+                        return Err(self.error(Some(&hello.node), kind));
+                    }
                 }
                 let peer = Peer { node: hello.node, addr: self.addr, credit_window: hello.credit_window };
                 Ok(Some(Connection::from_handshake(hs, peer, &self.config, now)))

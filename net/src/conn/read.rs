@@ -90,7 +90,7 @@ impl Connection {
                     }
                 }
                 Kind::Heartbeat => {}
-                Kind::Hello => return Err(self.fail(NetErrorKind::UnexpectedFrame(Kind::Hello))),
+                k @ (Kind::Hello | Kind::Auth) => return Err(self.fail(NetErrorKind::UnexpectedFrame(k))),
                 _ => {
                     delivered += 1;
                     let _ = on_frame(frame);

@@ -29,11 +29,14 @@ pub enum Kind {
     Report = 10,
     /// Orderly close of the connection.
     Goodbye = 11,
+    /// The connecting side's proof of the cluster secret, the frame after
+    /// the acceptor's challenge (see [`crate::auth`]).
+    Auth = 12,
 }
 
 impl Kind {
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Data,
         Kind::Hello,
         Kind::Heartbeat,
@@ -45,6 +48,7 @@ impl Kind {
         Kind::Recovery,
         Kind::Report,
         Kind::Goodbye,
+        Kind::Auth,
     ];
 
     /// The kind with wire value `b`, if any.
@@ -61,6 +65,7 @@ impl Kind {
             9 => Some(Kind::Recovery),
             10 => Some(Kind::Report),
             11 => Some(Kind::Goodbye),
+            12 => Some(Kind::Auth),
             _ => None,
         }
     }

@@ -251,7 +251,7 @@ fn raw_frame(version: u8, kind: u8, rest: &[u8]) -> Vec<u8> {
 
 #[test]
 fn unknown_kind_rejected() {
-    for k in [0u8, 12, 99, 255] {
+    for k in [0u8, 13, 99, 255] {
         assert_eq!(decode_all(&raw_frame(WIRE_VERSION, k, b"")), Err(FrameError::UnknownKind(k)));
     }
     for k in Kind::ALL {

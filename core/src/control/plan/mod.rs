@@ -78,6 +78,7 @@ mod recover;
 mod rescale;
 
 pub use rescale::MAX_BINS_PER_STEP;
+mod stall;
 
 /// Tunables of a [`Plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,10 @@ pub struct PlanConfig {
     /// The first `start_workers` workers own the bins when the job first
     /// starts (0: every worker; see `RuntimeConfig::cluster_start_workers`).
     pub start_workers: usize,
+    /// A checkpoint outstanding this many intervals is reported as stalled
+    /// (an event `stalled <id>` and a warning naming the nodes, workers
+    /// and backups whose parts are missing); 0: never.
+    pub stall_intervals: u32,
 }
 
 /// What the coordinator must do.
@@ -130,7 +135,8 @@ pub enum Action {
     /// A moment worth reporting: `failed <node>`, `deployed <epoch>`,
     /// `relinking <epoch>` (a live recovery began), `joining <epoch>` (every
     /// survivor re-linked; the replacements are deployed), `running <epoch>`,
-    /// `requested <id>`, `checkpoint <id>`.
+    /// `requested <id>`, `checkpoint <id>`, `stalled <id>` (outstanding
+    /// for [`PlanConfig::stall_intervals`] intervals).
     Event(String),
     /// A line for the log.
     Note(String),
@@ -193,6 +199,10 @@ struct Complete {
 struct InFlight {
     id: u64,
     parts: HashMap<usize, Manifest>,
+    /// When it was requested.
+    requested_ms: u64,
+    /// Its stall was reported.
+    stalled: bool,
 }
 
 /// A moved slot of a live recovery: its new owner joins the running job.
@@ -615,6 +625,7 @@ impl Plan {
                 }
             }
             Phase::Running => {
+                self.check_stall(now_ms);
                 if let Some((at, reason)) = &self.share_failed {
                     if now_ms.saturating_sub(*at) > self.config.failure_timeout_ms + 500 {
                         let r = reason.clone();
@@ -640,7 +651,8 @@ impl Plan {
                 {
                     self.last_id += 1;
                     let id = self.last_id;
-                    self.in_flight = Some(InFlight { id, parts: HashMap::new() });
+                    self.in_flight =
+                        Some(InFlight { id, parts: HashMap::new(), requested_ms: now_ms, stalled: false });
                     self.next_checkpoint_ms = now_ms + self.config.interval_ms;
                     self.event(format!("requested {id}"));
                     for j in self.active() {
