@@ -159,7 +159,7 @@ fn work_dataflow(keys: u64, iters: u64) -> impl Fn(&Dataflow) + Send + Sync + 's
 }
 
 /// `spate bench rescale-node`: one node process of `spate bench rescale
-/// --nodes`, running [`work_dataflow`] as node `name` of `cfg`.
+/// --nodes`, running `work_dataflow` as node `name` of `cfg`.
 pub fn run_work_node(cfg: &crate::config::Config, name: &str, keys: u64, work_ns: u64) -> Result<(), String> {
     let iters = calibrate(work_ns);
     let opts = crate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };

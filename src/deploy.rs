@@ -94,7 +94,7 @@ fn listener_ports() -> std::ops::Range<u16> {
     low.saturating_sub(20_000).max(1024)..low
 }
 
-/// A port of `ip` nobody listens on now, from [`listener_ports`], not one
+/// A port of `ip` nobody listens on now, from `listener_ports`, not one
 /// this process handed out before; `None` if none is found quickly.
 pub fn free_listener_port(ip: std::net::IpAddr) -> Option<u16> {
     use std::hash::{BuildHasher, Hasher};
