@@ -41,7 +41,7 @@ use spate_core::control::{Event, MetricsLine, METRICS_ENV};
 
 /// Keyed state per key of keyed-sum, bytes (measured: a full checkpoint of
 /// 1M keys is about 45 MB).
-const STATE_BYTES_PER_KEY: u64 = 45;
+pub(crate) const STATE_BYTES_PER_KEY: u64 = 45;
 /// Workers (one per active node): keys are a multiple of it, so that each
 /// key's records come from one source instance, in order.
 const WORKERS: u64 = 3;

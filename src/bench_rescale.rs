@@ -104,15 +104,8 @@ pub fn run(dir: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, St
         data_dir: dir.to_path_buf(),
         ..Default::default()
     });
-    let job = rt
-        .start("rescale", move |df: &Dataflow| {
-            let spec = GeneratorSpec { records: None, rate_per_s: None, offset: 0, burst: 0 };
-            df.generate("gen", spec, move |i| (i % keys, i), |i| i)
-                .key_by("by-key", |r: &(u64, u64)| r.0)
-                .fold("sum", || 0u64, move |a, r| *a = a.wrapping_add(spin(iters, r.1) & 1))
-                .sink_count("count", false, None);
-        })
-        .map_err(|e| format!("cannot start the job: {e}"))?;
+    let job =
+        rt.start("rescale", work_dataflow(keys, iters)).map_err(|e| format!("cannot start the job: {e}"))?;
     let out = || job.metrics().records_out.load(Ordering::Relaxed);
     let phase = |secs: u64| {
         let (t0, n0) = (Instant::now(), out());
@@ -167,10 +160,6 @@ pub fn run_work_node(cfg: &crate::config::Config, name: &str, keys: u64, work_ns
     crate::node::run_node_with(cfg, name, &opts, build).map(|_| ())
 }
 
-/// Keyed state per key, bytes (a running sum of `u64` keys: as
-/// `bench_recovery`'s).
-const STATE_BYTES_PER_KEY: u64 = 45;
-
 /// What `spate bench rescale --nodes` runs: the measurement of
 /// [`RescaleParams`] with the two workers in two node processes of a local
 /// cluster (`b` owns nothing until the scale-out, `[cluster]
@@ -185,7 +174,7 @@ pub fn run_nodes(
     use spate_core::control::METRICS_ENV;
     let tmp = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
-    let keys = state_mb.map_or(p.keys, |mb| ((mb << 20) / STATE_BYTES_PER_KEY).max(1));
+    let keys = state_mb.map_or(p.keys, |mb| ((mb << 20) / crate::bench_recovery::STATE_BYTES_PER_KEY).max(1));
     // The nodes and this process's `spate ctl` requests share a secret.
     let (_, secret) =
         spate_net::auth::ClusterSecret::generate().map_err(|e| format!("bench rescale: {e}"))?;

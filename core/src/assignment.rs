@@ -80,6 +80,30 @@ impl fmt::Display for AssignmentError {
 
 impl std::error::Error for AssignmentError {}
 
+/// A move of `bins` from worker `from` to worker `to` as steps of at most
+/// `max_bins` bins each (at least 1), in order, each from the end of what
+/// is left next to `to`: every step is a run at the end of `from`'s range
+/// when it runs ([`Assignment::moved`]).
+pub fn steps_of(bins: BinRange, from: usize, to: usize, max_bins: u32) -> Vec<BinRange> {
+    let k = max_bins.max(1);
+    let mut steps = Vec::new();
+    let (mut lo, mut hi) = (bins.start, bins.end);
+    while lo < hi {
+        let step = if to > from {
+            BinRange::new(hi.saturating_sub(k).max(lo), hi)
+        } else {
+            BinRange::new(lo, lo.saturating_add(k).min(hi))
+        };
+        if to > from {
+            hi = step.start;
+        } else {
+            lo = step.end;
+        }
+        steps.push(step);
+    }
+    steps
+}
+
 impl Assignment {
     /// `workers` workers owning equal contiguous ranges, version 0.
     pub fn uniform(bins_log2: u8, workers: usize) -> Self {

@@ -66,6 +66,12 @@ struct Step {
     started: Instant,
 }
 
+impl Step {
+    fn new(info: StepInfo, next: Option<Assignment>) -> Self {
+        Self { info, next, parcels: Vec::new(), merged: 0, bytes: 0, started: Instant::now() }
+    }
+}
+
 struct State {
     assignment: Assignment,
     step: Option<Step>,
@@ -210,14 +216,7 @@ impl HandoffBoard {
         if next.version() != info.version {
             return Err(HandoffError::Version { expected: next.version(), got: info.version });
         }
-        s.step = Some(Step {
-            info,
-            next: Some(next.clone()),
-            parcels: Vec::new(),
-            merged: 0,
-            bytes: 0,
-            started: Instant::now(),
-        });
+        s.step = Some(Step::new(info, Some(next.clone())));
         drop(s);
         self.staged.store(info.version, Ordering::Release);
         self.nudge(info.to);
@@ -236,9 +235,7 @@ impl HandoffBoard {
         s.assignment = next;
         drop(s);
         self.version.store(version, Ordering::Release);
-        for w in 0..self.wake.len() {
-            self.nudge(w);
-        }
+        self.nudge_all();
         true
     }
 
@@ -246,18 +243,15 @@ impl HandoffBoard {
     pub(crate) fn publish(&self, info: StepInfo, next: Assignment) {
         let mut s = self.state();
         s.assignment = next;
-        s.step = Some(Step {
-            info,
-            next: None,
-            parcels: Vec::new(),
-            merged: 0,
-            bytes: 0,
-            started: Instant::now(),
-        });
+        s.step = Some(Step::new(info, None));
         drop(s);
         self.staged.store(info.version, Ordering::Release);
         self.version.store(info.version, Ordering::Release);
-        // Every worker's senders switch now, not at their next record.
+        self.nudge_all();
+    }
+
+    /// Every worker's senders switch now, not at their next record.
+    fn nudge_all(&self) {
         for w in 0..self.wake.len() {
             self.nudge(w);
         }

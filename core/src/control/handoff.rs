@@ -16,7 +16,6 @@
 //! it on its board, where the target worker merges it and replays what it
 //! held.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use spate_state::StoreConfig;
 
 use crate::control::env::{Env, ShipRequest};
 use crate::control::msg::Msg;
-use crate::control::placement::NodeSpec;
+use crate::control::placement::{node_running, NodeSpec};
 use crate::handoff::{HandoffBoard, StepInfo};
 use crate::replica::{parcel_hello_name, parse_parcel_hello_name};
 
@@ -106,7 +105,7 @@ impl<E: Env> NodeHandoffs<E> {
     ) {
         for (version, operator, store) in board.take_outgoing() {
             let Some(step) = board.step().filter(|s| s.version == version) else { continue };
-            let Some(addr) = node_of(nodes, step.to) else {
+            let Some(addr) = node_running(nodes, step.to).map(|i| nodes[i].addr) else {
                 out.push(Msg::Failed {
                     epoch,
                     reason: format!("handoff to worker {}: no node runs it", step.to),
@@ -178,18 +177,6 @@ impl<E: Env> NodeHandoffs<E> {
         self.takes.clear();
         self.reported = 0;
     }
-}
-
-/// The listener of the node running worker `w` (nodes in worker order).
-pub(crate) fn node_of(nodes: &[NodeSpec], w: usize) -> Option<SocketAddr> {
-    let mut first = 0;
-    for n in nodes {
-        if w < first + n.workers {
-            return Some(n.addr);
-        }
-        first += n.workers;
-    }
-    None
 }
 
 /// The step a `Msg::Handoff` describes.

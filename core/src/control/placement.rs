@@ -63,14 +63,7 @@ impl ClusterPlacement {
 
     /// The node that runs global worker `w`.
     pub fn node_of(&self, w: usize) -> Option<usize> {
-        let mut base = 0;
-        for (i, n) in self.nodes.iter().enumerate() {
-            if w < base + n.workers {
-                return Some(i);
-            }
-            base += n.workers;
-        }
-        None
+        node_running(&self.nodes, w)
     }
 
     /// This node's workers, as global ids, in order: those of every entry
@@ -92,4 +85,17 @@ impl ClusterPlacement {
         }
         out
     }
+}
+
+/// The index in `nodes` (in worker order) of the node that runs global
+/// worker `w`.
+pub(crate) fn node_running(nodes: &[NodeSpec], w: usize) -> Option<usize> {
+    let mut base = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        if w < base + n.workers {
+            return Some(i);
+        }
+        base += n.workers;
+    }
+    None
 }

@@ -558,21 +558,9 @@ impl<C> Job<C> {
             // The whole move must fit before any step runs.
             board.assignment().moved(bins, from, to).map_err(HandoffError::Assignment)?;
         }
-        let k = max_bins.max(1);
         let mut done = Vec::new();
-        let (mut lo, mut hi) = (bins.start, bins.end);
-        while lo < hi {
-            let step = if to > from {
-                BinRange::new(hi.saturating_sub(k).max(lo), hi)
-            } else {
-                BinRange::new(lo, lo.saturating_add(k).min(hi))
-            };
+        for step in crate::assignment::steps_of(bins, from, to, max_bins) {
             done.push(self.move_bins(step, from, to, timeout)?);
-            if to > from {
-                hi = step.start;
-            } else {
-                lo = step.end;
-            }
         }
         Ok(done)
     }

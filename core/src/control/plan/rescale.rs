@@ -189,23 +189,12 @@ impl Plan {
         };
         // Each move in steps of at most `max_bins`, from the end next to
         // its target (`Job::move_bins_by`'s order).
-        let mut steps = Vec::new();
-        for (bins, from, to) in moves {
-            let (mut lo, mut hi) = (bins.start, bins.end);
-            while lo < hi {
-                let step = if to > from {
-                    BinRange::new(hi.saturating_sub(max_bins).max(lo), hi)
-                } else {
-                    BinRange::new(lo, lo.saturating_add(max_bins).min(hi))
-                };
-                steps.push((step, from, to));
-                if to > from {
-                    hi = step.start;
-                } else {
-                    lo = step.end;
-                }
-            }
-        }
+        let steps = moves
+            .into_iter()
+            .flat_map(|(bins, from, to)| {
+                crate::assignment::steps_of(bins, from, to, max_bins).into_iter().map(move |s| (s, from, to))
+            })
+            .collect();
         Ok(Some(steps))
     }
 
