@@ -286,3 +286,40 @@ fn a_job_rescales_to_any_number_of_its_workers() {
     job.wait().unwrap_or_else(|e| panic!("job: {e}"));
     check(&out.all(), records);
 }
+
+/// Steps back and forth, one after the other, until the input ends: the
+/// end reaches the workers in the middle of a step (the taker's input ends
+/// while it holds records for the state on its way, or the giver's before
+/// it split the bins off). The held records are applied before the end
+/// goes downstream, and no worker leaves while a step needs it.
+#[test]
+fn moves_racing_the_end_of_the_input_lose_nothing() {
+    let _watchdog = spate::Watchdog::start("handoff at the end", Duration::from_secs(240));
+    let records = 40_000;
+    let mut in_flight_at_end = 0;
+    for round in 0..8 {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (job, out) = start(&dir, records, 80_000, if round % 2 == 0 { 0 } else { 10 });
+        let out = Collector::start(out);
+        out.until(1_000);
+        let mut moves = 0;
+        loop {
+            let (from, to) = if moves % 2 == 0 { (0, 1) } else { (1, 0) };
+            match job.move_bins(BinRange::new(1024, 2048), from, to, WAIT) {
+                Ok(_) => moves += 1,
+                Err(HandoffError::JobEnded) => break,
+                Err(e) => panic!("round {round}, move {moves}: {e}"),
+            }
+        }
+        // The input ended during the last step, or after it.
+        if out.count.load(Ordering::Relaxed) < records as usize {
+            in_flight_at_end += 1;
+        }
+        job.wait().unwrap_or_else(|e| panic!("round {round}: job: {e}"));
+        let got = out.all();
+        eprintln!("round {round}: {moves} moves, {} results", got.len());
+        assert!(moves > 0, "round {round}: no step went through");
+        check(&got, records);
+    }
+    eprintln!("{in_flight_at_end} of 8 rounds ended with results still to come");
+}

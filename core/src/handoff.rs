@@ -59,6 +59,8 @@ struct Step {
     next: Option<Assignment>,
     /// Split-off stores by keyed operator, waiting on `to`.
     parcels: Vec<(String, StateStore)>,
+    /// Keyed operators that split their parcel off on `from`.
+    deposited: usize,
     /// Keyed operators that merged their parcel on `to`.
     merged: usize,
     /// Bytes of state moved (the parcels' live bytes).
@@ -68,7 +70,7 @@ struct Step {
 
 impl Step {
     fn new(info: StepInfo, next: Option<Assignment>) -> Self {
-        Self { info, next, parcels: Vec::new(), merged: 0, bytes: 0, started: Instant::now() }
+        Self { info, next, parcels: Vec::new(), deposited: 0, merged: 0, bytes: 0, started: Instant::now() }
     }
 }
 
@@ -83,6 +85,9 @@ struct State {
     keyed: Vec<(String, bool)>,
     /// Steps done, with what they moved.
     done: Vec<StepDone>,
+    /// Per worker: it ended for good (see [`HandoffBoard::retire`]); no
+    /// step may involve it any more.
+    retired: Vec<bool>,
 }
 
 /// What a finished step moved.
@@ -137,6 +142,7 @@ impl HandoffBoard {
                 outgoing: Vec::new(),
                 keyed: Vec::new(),
                 done: Vec::new(),
+                retired: vec![false; workers],
             }),
         })
     }
@@ -212,6 +218,7 @@ impl HandoffBoard {
     /// is not the next version.
     pub fn stage_move(&self, info: StepInfo) -> Result<Assignment, HandoffError> {
         let mut s = self.state();
+        Self::check_live(&s, &info)?;
         let next = s.assignment.moved(info.bins, info.from, info.to).map_err(HandoffError::Assignment)?;
         if next.version() != info.version {
             return Err(HandoffError::Version { expected: next.version(), got: info.version });
@@ -240,14 +247,17 @@ impl HandoffBoard {
     }
 
     /// Publishes a step to `next` (see [`Job::move_bins`](crate::Job::move_bins)).
-    pub(crate) fn publish(&self, info: StepInfo, next: Assignment) {
+    /// Fails, changing nothing, if `info`'s giver or taker ended.
+    pub(crate) fn publish(&self, info: StepInfo, next: Assignment) -> Result<(), HandoffError> {
         let mut s = self.state();
+        Self::check_live(&s, &info)?;
         s.assignment = next;
         s.step = Some(Step::new(info, None));
         drop(s);
         self.staged.store(info.version, Ordering::Release);
         self.version.store(info.version, Ordering::Release);
         self.nudge_all();
+        Ok(())
     }
 
     /// Every worker's senders switch now, not at their next record.
@@ -270,12 +280,53 @@ impl HandoffBoard {
         self.wake.get(w).is_some_and(|f| f.load(Ordering::Relaxed) && f.swap(false, Ordering::AcqRel))
     }
 
+    /// Whether the step in flight still needs worker `w` (local to this
+    /// board): it gives bins its keyed instances have not all split off,
+    /// or takes bins they have not all merged. Such a worker keeps running
+    /// after its inputs ended (see `Worker::pass`): it still owes the
+    /// split, or the records it held for the state.
+    pub(crate) fn involves(&self, w: usize) -> bool {
+        Self::needs(&self.state(), w)
+    }
+
+    fn needs(s: &State, w: usize) -> bool {
+        let keyed = s.keyed.len();
+        s.step.as_ref().is_some_and(|st| {
+            (st.info.from == w && st.deposited < keyed) || (st.info.to == w && st.merged < keyed)
+        })
+    }
+
+    /// Worker `w` is about to end for good (its inputs ended): whether it
+    /// may. It may not while a step needs it; once it did, no step that
+    /// involves it is published or staged (it would wait for a worker
+    /// that is gone).
+    pub(crate) fn retire(&self, w: usize) -> bool {
+        let mut s = self.state();
+        if Self::needs(&s, w) {
+            return false;
+        }
+        if let Some(r) = s.retired.get_mut(w) {
+            *r = true;
+        }
+        true
+    }
+
+    /// Refuses a step to or from a retired worker.
+    fn check_live(s: &State, info: &StepInfo) -> Result<(), HandoffError> {
+        let gone = |w: usize| s.retired.get(w).copied().unwrap_or(false);
+        if gone(info.from) || gone(info.to) {
+            return Err(HandoffError::JobEnded);
+        }
+        Ok(())
+    }
+
     /// `operator`'s instance on the step's `from` split `store` off: it
     /// waits for `to`.
     pub fn deposit(&self, version: u64, operator: &str, store: StateStore) {
         let mut s = self.state();
         let Some(step) = s.step.as_mut().filter(|st| st.info.version == version) else { return };
         step.bytes += store.segment_bytes_in_use();
+        step.deposited += 1;
         let to = step.info.to;
         if self.is_local(to) {
             step.parcels.push((operator.to_string(), store));
@@ -347,8 +398,8 @@ pub enum Handoff {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandoffError {
-    /// This job's bins cannot move live: it runs one worker, or it is a
-    /// share of a cluster job (live handoff between nodes is not built).
+    /// This job's bins cannot move from here: it runs one worker, or it
+    /// is a share of a cluster job (whose coordinator moves them).
     NotLive {
         /// Why.
         why: &'static str,

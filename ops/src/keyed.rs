@@ -157,6 +157,9 @@ struct Moving<T> {
     incoming: Option<StepInfo>,
     /// Records of `incoming`'s bins that came before their state.
     held: Vec<(T, Meta)>,
+    /// The input ended while `incoming`'s state was on its way: the end
+    /// goes downstream after the held records, once it is merged.
+    finish_due: bool,
 }
 
 impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
@@ -312,6 +315,7 @@ where
                 .fail(format!("operator `{}`: taking bins {} in failed: {e}", self.operator, step.bins)),
         }
         let held = std::mem::take(&mut m.held);
+        let finish = std::mem::take(&mut m.finish_due);
         m.incoming = None;
         let board = m.board.clone();
         for (rec, meta) in held {
@@ -319,6 +323,9 @@ where
         }
         self.out.flush();
         board.merged(step.version);
+        if finish {
+            self.out.finish();
+        }
         true
     }
 
@@ -424,7 +431,15 @@ where
     fn watermark(&mut self, wm: Timestamp) {
         self.out.watermark(wm);
     }
+    /// Ends the output, unless an incoming step's records are held: then
+    /// once its state is merged and they are applied (see `try_merge`).
     fn finish(&mut self) {
+        if self.handoff_turn() {
+            if let Some(m) = self.moving.as_mut() {
+                m.finish_due = true;
+                return;
+            }
+        }
         self.out.finish();
     }
     fn barrier(&mut self, id: u64) {
@@ -527,6 +542,7 @@ where
                     seen: board.staged(),
                     incoming: None,
                     held: Vec::new(),
+                    finish_due: false,
                 })
             }),
         }) as BoxPush<T>)

@@ -610,7 +610,12 @@ impl<C> Job<C> {
             }
         }
         let info = StepInfo { version: next.version(), bins, from, to };
-        board.publish(info, next.clone());
+        if let Err(e) = board.publish(info, next.clone()) {
+            if let Some(c) = &self.coord {
+                c.hold(false);
+            }
+            return Err(e);
+        }
         let t0 = crate::time::now();
         let done = loop {
             if let Some(d) = board.done().into_iter().rev().find(|d| d.info.version == info.version) {

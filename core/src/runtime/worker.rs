@@ -387,8 +387,10 @@ impl<C: Conn> Worker<C> {
         progress |= flusher.drain_backlog()?;
         if self.handoff.as_ref().is_some_and(|b| b.take_wake(self.me)) {
             // A live handoff concerns this worker: senders switch their
-            // routing now, keyed instances look at the board.
-            for item in items.iter_mut().filter(|i| !i.done) {
+            // routing now, keyed instances look at the board. Inputs that
+            // ended are poked too: their keyed instances may still owe a
+            // step's split, or hold records for its state.
+            for item in items.iter_mut().filter(|i| !i.done || matches!(i.work, Work::Input { .. })) {
                 match &mut item.work {
                     Work::Source(t) => t.runner.poke(),
                     Work::Input { input, .. } => input.borrow_mut().poke(),
@@ -429,7 +431,9 @@ impl<C: Conn> Worker<C> {
                 }
             }
         }
-        let through = live == 0 && {
+        // A worker a live handoff still needs stays: it owes a split, or
+        // the records it holds for the state on its way.
+        let through = live == 0 && !self.handoff.as_ref().is_some_and(|b| b.involves(self.me)) && {
             // Everything is in the outboxes: send it all, then wait for the
             // connections to close (both directions).
             flusher.flush_idle(true)?;
@@ -448,7 +452,9 @@ impl<C: Conn> Worker<C> {
             // With live recovery a worker waits, links and logs kept, until
             // the job is done everywhere: a failed worker's replacement may
             // still re-link it and need its replay.
-            if self.live.is_none() || self.metrics.is_released() {
+            if (self.live.is_none() || self.metrics.is_released())
+                && self.handoff.as_ref().is_none_or(|b| b.retire(self.me))
+            {
                 return Ok(Turn::Done);
             }
             return Ok(if progress { Turn::Progress } else { Turn::Idle });
