@@ -55,7 +55,7 @@ mod handoff;
 pub mod member;
 pub mod msg;
 pub mod node;
-mod peer;
+pub(crate) mod peer;
 pub mod placement;
 pub mod plan;
 pub mod report;

@@ -117,6 +117,9 @@ impl<T> Mover<T> {
     /// (only while [`Arrival::Holding`]).
     #[inline]
     pub fn holds(&self, hash: u64) -> bool {
+        if crate::sabotage::on(crate::sabotage::Bug::NoHold) {
+            return false;
+        }
         self.incoming.is_some_and(|s| {
             let bin = spate_state::bin_of(hash, self.bins_log2);
             bin >= s.bins.start && bin < s.bins.end
@@ -131,7 +134,7 @@ impl<T> Mover<T> {
     /// The instance's input ended: whether its end must wait for an
     /// incoming step's state (then [`Merged::finish`] says so later).
     pub fn defer_finish(&mut self) -> bool {
-        if self.incoming.is_some() {
+        if self.incoming.is_some() && !crate::sabotage::on(crate::sabotage::Bug::FinishEarly) {
             self.finish_due = true;
         }
         self.finish_due

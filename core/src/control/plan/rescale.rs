@@ -329,7 +329,8 @@ impl Plan {
     /// Whether a failure now must roll every node back: a step is in
     /// flight, or no checkpoint has recorded the assignment since a step.
     pub(super) fn must_roll_back(&self) -> bool {
-        self.moved_since_checkpoint || self.rescale.as_ref().is_some_and(|r| r.current.is_some())
+        let moved = self.moved_since_checkpoint && !crate::sabotage::on(crate::sabotage::Bug::NoRollBack);
+        moved || self.rescale.as_ref().is_some_and(|r| r.current.is_some())
     }
 
     /// A failure (or a timeout) stops the rescale under way: its requester
