@@ -77,6 +77,7 @@ pub mod bench_rescale;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod ctl_local;
 pub use spate_core::control;
 pub mod deploy;
 mod job_spec;

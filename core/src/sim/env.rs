@@ -59,7 +59,7 @@ pub(crate) struct SimEnv {
 /// A handoff's parcel on its way to another node: the production
 /// [`ParcelSender`] once its connection is up.
 pub(crate) enum SimShip {
-    Connecting { c: SimConnecting, operator: String, store: Option<StateStore>, timeout: Duration },
+    Connecting { c: SimConnecting, operator: String, store: Option<Box<StateStore>>, timeout: Duration },
     Sending(Box<ParcelSender<SimConn>>),
 }
 
@@ -133,7 +133,7 @@ impl Env for SimEnv {
             r.hello,
             crate::limits::NET_CREDIT_WINDOW,
         );
-        SimShip::Connecting { c, operator: r.operator, store: Some(r.store), timeout: r.timeout }
+        SimShip::Connecting { c, operator: r.operator, store: Some(Box::new(r.store)), timeout: r.timeout }
     }
 
     fn poll_ship(&mut self, s: &mut SimShip) -> Option<Result<u64, ParcelError>> {
@@ -144,7 +144,7 @@ impl Env for SimEnv {
                 Err(e) => return Some(Err(ParcelError::Replica(crate::replica::ReplicaError::lost(e)))),
             };
             let store = store.take()?;
-            match ParcelSender::new(conn, operator, store, *timeout) {
+            match ParcelSender::new(conn, operator, *store, *timeout) {
                 Ok(sender) => *s = SimShip::Sending(Box::new(sender)),
                 Err(e) => return Some(Err(e)),
             }
