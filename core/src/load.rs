@@ -6,10 +6,11 @@
 //! item waits on a full outbox: backpressure), or idle — and charges the
 //! time until the next turn to that class: one subtraction a turn, with
 //! the clock the loop reads anyway. Items count the records they took or
-//! made (one add a step). Exchange senders count the records of one burst
-//! in [`BIN_SAMPLE_BURSTS`] by bin, from the hashes they routed by
-//! ([`BinCounts`]): a load per bin with no work on the other bursts, no
-//! atomic and no lock. Every `interval_ms` the worker folds this into a
+//! made (one add a step). Exchange senders count one record in
+//! [`BIN_SAMPLE`] of each burst by bin, from the hashes they routed by
+//! ([`BinCounts`]; the first sampled position turns with each burst): a
+//! load per bin for an eighth of an increment a record, no atomic and no
+//! lock. Every `interval_ms` the worker folds this into a
 //! [`LoadReport`] and leaves it on the job's [`LoadBoard`] (a lock tried
 //! once an interval, never waited for); the process's policy driver, or on
 //! a cluster the node's agent, takes the reports from there.
@@ -24,20 +25,20 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Mutex;
 
-/// An exchange sender counts the bins of one burst in this many (a power
-/// of two).
-pub const BIN_SAMPLE_BURSTS: u64 = 8;
+/// An exchange sender counts the bin of one record in this many.
+pub const BIN_SAMPLE: u64 = 8;
 
 /// A worker's per-bin record counts of the sampled bursts (see the module
 /// documentation), shared by its exchange senders; `None` when the job
 /// takes no load reports.
 pub(crate) type BinCounts = Option<Rc<RefCell<Vec<u32>>>>;
 
-/// Counts the bins of `hashes` into `counts` (`2^bins_log2` of them).
+/// Counts the bins of every [`BIN_SAMPLE`]th of `hashes`, from position
+/// `from`, into `counts` (`2^bins_log2` of them).
 #[inline]
-pub(crate) fn count_bins(counts: &RefCell<Vec<u32>>, hashes: &[u64], bins_log2: u8) {
+pub(crate) fn count_bins(counts: &RefCell<Vec<u32>>, hashes: &[u64], from: usize, bins_log2: u8) {
     let mut c = counts.borrow_mut();
-    for &h in hashes {
+    for &h in hashes.iter().skip(from).step_by(BIN_SAMPLE as usize) {
         let b = spate_state::keyspace::bin_of(h, bins_log2) as usize;
         if let Some(n) = c.get_mut(b) {
             *n = n.wrapping_add(1);
@@ -95,9 +96,8 @@ pub struct LoadReport {
     pub inputs: Vec<InputLoad>,
     /// `B` of the bin counts.
     pub bins_log2: u8,
-    /// Records of each bin its exchange senders routed in the sampled
-    /// bursts (one in [`BIN_SAMPLE_BURSTS`]); empty when it has no keyed
-    /// exchange.
+    /// Records of each bin its exchange senders routed and sampled (one
+    /// in [`BIN_SAMPLE`]); empty when it has no keyed exchange.
     pub bin_counts: Vec<u32>,
 }
 
@@ -413,7 +413,7 @@ mod tests {
         m.end(TurnKind::Idle);
         m.begin(1_000);
         if let Some(b) = &bins {
-            count_bins(b, &[0, u64::MAX], 4);
+            count_bins(b, &[0, 1, 2, 3, 4, 5, 6, 7, u64::MAX], 0, 4);
         }
         let r = m.report(0, 1_000, vec![], vec![]);
         assert_eq!((r.busy_ns, r.blocked_ns, r.idle_ns), (300, 100, 600));

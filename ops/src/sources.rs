@@ -94,6 +94,16 @@ impl RateSchedule {
         }
     }
 
+    /// Records due in the first `t_s` seconds (the schedule's integral).
+    pub fn records_by(&self, t_s: f64) -> u64 {
+        let p = &self.points;
+        if t_s <= p[0].0 {
+            return (t_s.max(0.0) * p[0].1) as u64;
+        }
+        let j = p.iter().rposition(|&(t, _)| t <= t_s).unwrap_or(0);
+        (self.due[j] + self.segment_records(j, t_s - p[j].0)) as u64
+    }
+
     /// Records due in the first `tau` seconds of segment `j` (from point
     /// `j`).
     fn segment_records(&self, j: usize, tau: f64) -> f64 {
@@ -623,6 +633,7 @@ mod schedule_tests {
         assert_eq!(r.due_ns(2000), 2_000_000_000);
         assert_eq!(r.due_ns(4000), 3_000_000_000);
         assert_eq!(r.rate_at(1.0), 1000.0);
+        assert_eq!((s.records_by(3.0), r.records_by(1.0), r.records_by(3.0)), (5000, 500, 4000));
         for bad in [&[][..], &[[1, 5], [1, 6]][..], &[[0, 0]][..]] {
             assert!(RateSchedule::new(bad, false).is_err(), "{bad:?}");
         }

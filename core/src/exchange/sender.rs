@@ -195,15 +195,14 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         }
     }
 
-    /// Counts the bins of one burst in [`crate::load::BIN_SAMPLE_BURSTS`]
-    /// into `counts` (of `2^bins_log2` bins) from now on.
+    /// Counts the bins of one record in [`crate::load::BIN_SAMPLE`] of
+    /// every burst into `counts` (of `2^bins_log2` bins) from now on.
     pub(crate) fn count_bins_into(&mut self, counts: crate::load::BinCounts, bins_log2: u8) {
         self.bin_counts = counts;
         self.bins_log2 = bins_log2;
     }
 
-    /// Whether this burst's bins are counted (one burst in
-    /// [`crate::load::BIN_SAMPLE_BURSTS`], when the job takes load
+    /// Whether this burst's bins are counted (when the job takes load
     /// reports): one branch a burst when it does not.
     #[inline(always)]
     fn samples_burst(&mut self) -> bool {
@@ -211,14 +210,16 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
             return false;
         }
         self.bursts = self.bursts.wrapping_add(1);
-        self.bursts & (crate::load::BIN_SAMPLE_BURSTS - 1) == 0
+        true
     }
 
-    /// Counts `hashes` by bin (a sampled burst).
-    #[cold]
+    /// Counts one hash in [`crate::load::BIN_SAMPLE`] of `hashes` by bin,
+    /// from a position that turns with each burst.
+    #[inline(never)]
     fn count_burst(&self, hashes: &[u64]) {
         if let Some(c) = &self.bin_counts {
-            crate::load::count_bins(c, hashes, self.bins_log2);
+            let from = (self.bursts % crate::load::BIN_SAMPLE) as usize;
+            crate::load::count_bins(c, hashes, from, self.bins_log2);
         }
     }
 

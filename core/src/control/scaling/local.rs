@@ -94,6 +94,8 @@ pub struct LocalScaler {
     /// Reports since the last round, by worker.
     fresh: BTreeMap<usize, LoadReport>,
     last_round_ms: u64,
+    /// `SPATE_DEBUG` is set: each round's observation goes to stderr.
+    debug: bool,
 }
 
 impl LocalScaler {
@@ -101,7 +103,13 @@ impl LocalScaler {
     /// `config.interval_ms`: `RuntimeConfig::load_interval_ms`).
     pub fn new(config: ScalingConfig) -> Self {
         let policy = config.build();
-        Self { config, policy, fresh: BTreeMap::new(), last_round_ms: 0 }
+        Self {
+            config,
+            policy,
+            fresh: BTreeMap::new(),
+            last_round_ms: 0,
+            debug: std::env::var_os("SPATE_DEBUG").is_some(),
+        }
     }
 
     /// Takes the job's new reports at `now_ms` (realtime ms); on a round,
@@ -125,6 +133,21 @@ impl LocalScaler {
         self.last_round_ms = now_ms;
         let reports: Vec<LoadReport> = std::mem::take(&mut self.fresh).into_values().collect();
         let obs = Observation::from_reports(now_ms, assignment, &reports, !job.handoff_running());
+        if self.debug {
+            let w: Vec<String> = obs
+                .workers
+                .iter()
+                .map(|w| format!("w{} busy {:.2} {:.0}/s", w.worker, w.busy, w.processed_per_s))
+                .collect();
+            let bins: f64 = obs.bin_load.iter().sum();
+            eprintln!(
+                "scaling: used {} [{}] bins {bins:.0}/s offered {:?} produced {:.0}/s",
+                obs.used(),
+                w.join(", "),
+                obs.offered_per_s,
+                obs.produced_per_s
+            );
+        }
         let decision = self.policy.observe(&obs)?;
         job.metrics().scaling_decisions.fetch_add(1, Ordering::Relaxed);
         let t0 = crate::time::now();

@@ -38,7 +38,7 @@
 use spate_state::keyspace::BinRange;
 
 use crate::assignment::Assignment;
-use crate::load::{LoadReport, BIN_SAMPLE_BURSTS};
+use crate::load::{LoadReport, BIN_SAMPLE};
 
 pub mod local;
 pub mod rate;
@@ -232,7 +232,7 @@ impl Observation {
             });
             if r.bin_counts.len() == bins {
                 for (l, &c) in bin_load.iter_mut().zip(&r.bin_counts) {
-                    *l += f64::from(c) * BIN_SAMPLE_BURSTS as f64 / seconds;
+                    *l += f64::from(c) * BIN_SAMPLE as f64 / seconds;
                 }
             }
             for s in &r.sources {
@@ -245,6 +245,15 @@ impl Observation {
         }
         workers.sort_by_key(|w| w.worker);
         workers.dedup_by_key(|w| w.worker);
+        // What a worker's keyed operators processed is the load of its
+        // bins (records a worker keeps for itself never cross an input).
+        if reports.iter().any(|r| r.bin_counts.len() == bins) {
+            for w in &mut workers {
+                let own = assignment.bins_of(w.worker);
+                w.processed_per_s =
+                    bin_load.get(own.start as usize..own.end as usize).map_or(0.0, |s| s.iter().sum());
+            }
+        }
         let any_source = reports.iter().any(|r| !r.sources.is_empty());
         Observation {
             at_ms,
