@@ -78,7 +78,7 @@ impl Policy for Threshold {
                 at_ms: obs.at_ms,
                 policy: self.name(),
                 reason: format!(
-                    "worker {w} busy {busy:.2} > high {:.2} for {} reports: bins {own} split at bin {} \
+                    "worker {w} busy {busy:.2} > high {:.2} for {} reports: {own} split at bin {} \
                      into loads of {lo:.0} and {hi:.0} records/s",
                     c.high, self.high[w], halves[1].start
                 ),
