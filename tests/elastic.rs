@@ -1,5 +1,6 @@
-//! The scaling policy on a cluster, through the real `spate` binary on
-//! loopback: two node processes of one worker, the second owning nothing
+//! The scaling policy through the real `spate` binary: `spate run` with
+//! `[scaling]` scales its job onto its second worker and prints the
+//! decision; and on a cluster on loopback: two node processes of one worker, the second owning nothing
 //! at first (`[cluster] start_workers = 1`); the workers' load reports
 //! reach the coordinator, its policy decides to scale out, the plan moves
 //! bins onto `b`'s free worker by live handoff, and the decision and its
@@ -122,4 +123,40 @@ fn a_policy_scales_a_cluster_out_by_itself_and_the_output_is_exact() {
     let extra = got.iter().filter(|(k, n)| want.get(*k) < Some(n)).count();
     assert!(missing == 0 && extra == 0, "{missing} lines missing, {extra} extra or duplicated");
     assert!(per_file[1] > 0, "node b's worker wrote nothing: {per_file:?}");
+}
+
+/// `spate run` with `[scaling]` and a free worker (`max_workers = 2`):
+/// the policy's decision is printed with its figures, and the job ends
+/// with every record in and out.
+#[test]
+fn spate_run_prints_its_policys_decisions() {
+    let _watchdog = Watchdog::start("spate run with [scaling]", Duration::from_secs(90));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("run.toml");
+    let text = format!(
+        "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = 600000\nkeys = 1000\n\
+         rate_schedule = [[0, 300000]]\n\
+         [runtime]\nworkers = 1\nmax_workers = 2\npin = false\ndata_dir = {:?}\n\
+         [sink]\nkind = \"count\"\n\
+         [scaling]\npolicy = \"threshold\"\ninterval_ms = 200\nhigh = 0.02\nlow = 0.01\n",
+        dir.path().join("data").display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap_or_else(|e| panic!("write config: {e}"));
+    let mut run = KillOnDrop(
+        Command::new(SPATE)
+            .args(["run", "--quiet"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start spate run: {e}")),
+    );
+    let status = run.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("spate run did not end"));
+    let mut err = String::new();
+    if let Some(mut e) = run.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "spate run failed: {err}");
+    assert!(err.contains("scale threshold 1 -> 2 workers: worker 0 busy"), "no decision printed: {err}");
+    assert!(err.contains("600000 records in, 600000 out"), "{err}");
 }
