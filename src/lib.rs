@@ -72,6 +72,7 @@
 //! [`registry`] and `examples/own-query`.
 #![forbid(missing_docs)]
 
+pub mod bench_elastic;
 pub mod bench_recovery;
 pub mod bench_rescale;
 pub mod cli;

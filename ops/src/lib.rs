@@ -23,7 +23,9 @@ pub mod window;
 pub mod prelude {
     pub use crate::keyed::KeyedExt;
     pub use crate::sinks::{output, OutputHandle, OutputSink, SinkExt};
-    pub use crate::sources::{input, FnRecords, GeneratorSpec, InputHandle, InputSource, Records, SourceExt};
+    pub use crate::sources::{
+        input, FnRecords, GeneratorSpec, InputHandle, InputSource, RateSchedule, Records, SourceExt,
+    };
     pub use crate::stateless::StreamExt;
     pub use crate::window::{Window, WindowExt, WindowResult, WindowedStream};
 }

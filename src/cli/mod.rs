@@ -288,14 +288,21 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
-/// Waits for a job, printing a live status line to stderr unless `quiet`.
-fn watch(job: &Job, quiet: bool) {
+/// Waits for a job, printing a live status line to stderr unless `quiet`,
+/// and driving `scaler`'s policy over it (each decision printed).
+fn watch(job: &Job, quiet: bool, mut scaler: Option<spate_core::control::scaling::local::LocalScaler>) {
     let metrics = job.metrics().clone();
     let started = job.started();
     let (mut last_in, mut last_out, mut last_t) = (0u64, 0u64, Instant::now());
     let mut printed = false;
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(e) = scaler.as_mut().and_then(|s| s.poll(job, spate_core::now_ns() / 1_000_000)) {
+            if printed {
+                eprintln!();
+            }
+            eprintln!("[{:6.1}s] {}", started.elapsed().as_secs_f64(), e.line());
+        }
         if quiet || last_t.elapsed() < Duration::from_secs(1) {
             continue;
         }
@@ -333,6 +340,10 @@ fn cmd_run(queries: &Registry, a: RunArgs) -> Result<(), String> {
     let quiet = a.quiet || cfg.sink.kind == SinkKind::Stdout;
     let workers = rc.effective_workers();
     let data_dir = rc.data_dir.clone();
+    let scaler = match &cfg.scaling {
+        Some(s) => Some(spate_core::control::scaling::local::LocalScaler::new(s.scaling_config()?)),
+        None => None,
+    };
     let job = Runtime::new(rc).start(&cfg.query.name, move |df| build(df)).map_err(|e| e.to_string())?;
     if let Some(m) = job.checkpoints().and_then(|c| c.restored()) {
         eprintln!("{}: resuming from checkpoint {}", cfg.query.name, m.id);
@@ -355,7 +366,7 @@ fn cmd_run(queries: &Registry, a: RunArgs) -> Result<(), String> {
         if let Some(l) = &control {
             s.spawn(|| crate::ctl_local::serve(&job, l, &path, &stop));
         }
-        watch(&job, quiet);
+        watch(&job, quiet, scaler);
         stop.store(true, Ordering::Release);
     });
     let latency = job.metrics().latency();

@@ -59,6 +59,7 @@ pub(crate) mod peer;
 pub mod placement;
 pub mod plan;
 pub mod report;
+pub mod scaling;
 
 pub use crate::time::unix_ms;
 pub use agent::{Exit, NodeAgent};
