@@ -28,7 +28,12 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
                     if stop_at_first && !failed.lock().map(|f| f.is_empty()).unwrap_or(true) {
                         break;
                     }
-                    match run(seed, false) {
+                    // A broken variant may trip a production assertion (a
+                    // debug build's `debug_assert!`) instead of a checker: that
+                    // is a catch too, and it must not take the other seeds down.
+                    let outcome = std::panic::catch_unwind(|| run(seed, false))
+                        .unwrap_or_else(|p| Err(format!("seed {seed}: panicked: {}", panic_text(&*p))));
+                    match outcome {
                         Ok(r) => {
                             steps.fetch_add(r.steps, std::sync::atomic::Ordering::Relaxed);
                             ahead.fetch_add(u64::from(r.ahead > 0), std::sync::atomic::Ordering::Relaxed);
@@ -54,6 +59,14 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
         handoff_seeds: handoff_seeds.into_inner(),
     };
     (failed.into_inner().unwrap_or_default(), counts)
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// What a set of seeds did.
