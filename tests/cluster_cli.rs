@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
-const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+mod common;
+use common::{free_addr, SPATE};
 
 /// A keyed-sum config with a file sink and `nodes` (name, address) of one
 /// worker each.
@@ -59,11 +60,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
-}
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
 }
 
 /// `spate node --name NAME` on `cfg`, its stderr piped.

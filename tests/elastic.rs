@@ -8,8 +8,6 @@
 //! output line is checked against keyed-sum's closed form. Processes are
 //! killed at the end even when the test fails.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,12 +15,8 @@ use std::time::Duration;
 use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
-const SPATE: &str = env!("CARGO_BIN_EXE_spate");
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
-}
+mod common;
+use common::{assert_keyed_sum_exact, free_addr, SPATE};
 
 /// keyed-sum at a rate stepping from 100 000/s to 400 000/s, checkpoints
 /// every 200 ms, a threshold policy low enough that any real load is a
@@ -53,20 +47,6 @@ fn config(dir: &Path, records: u64, keys: u64) -> PathBuf {
     let p = dir.join("cluster.toml");
     std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
     p
-}
-
-/// keyed-sum's output in closed form, every line counted.
-fn expected(records: u64, keys: u64) -> BTreeMap<String, u32> {
-    let mut m = BTreeMap::new();
-    for k in 0..keys.min(records) {
-        let (mut acc, mut i) = (0u64, k);
-        while i < records {
-            acc += i;
-            *m.entry(format!("{k},{acc}")).or_insert(0) += 1;
-            i += keys;
-        }
-    }
-    m
 }
 
 #[test]
@@ -109,20 +89,8 @@ fn a_policy_scales_a_cluster_out_by_itself_and_the_output_is_exact() {
     assert!(log.contains("\"scaled scale threshold 1 -> 2 workers: moved"), "no outcome event:\n{log}");
     // Every output line once, in order per key within each file; node b's
     // worker took part.
-    let (mut got, mut per_file) = (BTreeMap::new(), Vec::new());
-    for w in 0..2 {
-        let p = dir.path().join(format!("out.txt.{w}"));
-        let text = std::fs::read_to_string(&p).unwrap_or_default();
-        for l in text.lines() {
-            *got.entry(l.to_string()).or_insert(0u32) += 1;
-        }
-        per_file.push(text.lines().count());
-    }
-    let want = expected(records, keys);
-    let missing = want.iter().filter(|(k, n)| got.get(*k) < Some(n)).count();
-    let extra = got.iter().filter(|(k, n)| want.get(*k) < Some(n)).count();
-    assert!(missing == 0 && extra == 0, "{missing} lines missing, {extra} extra or duplicated");
-    assert!(per_file[1] > 0, "node b's worker wrote nothing: {per_file:?}");
+    let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
+    assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
 }
 
 /// `spate run` with `[scaling]` and a free worker (`max_workers = 2`):

@@ -7,21 +7,15 @@
 //! secret. Every output is checked record by record against keyed-sum's
 //! closed form.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
-const SPATE: &str = env!("CARGO_BIN_EXE_spate");
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
-}
+mod common;
+use common::{assert_keyed_sum_exact, ctl, free_addr, text, SPATE};
 
 /// A keyed-sum config of `records` records over `keys` keys at `rate`
 /// records/s, checkpoints every 200 ms, on one-worker nodes `names` (a
@@ -71,20 +65,6 @@ fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
     )
 }
 
-fn ctl(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(SPATE)
-        .arg("ctl")
-        .args(args)
-        .args(["--timeout-s", "30", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run spate ctl: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Until the coordinator answers (`spate ctl assignment`), at most 20 s.
 fn wait_running(cfg: &Path) {
     let t = Instant::now();
@@ -96,55 +76,6 @@ fn wait_running(cfg: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the coordinator did not answer within 20 s");
-}
-
-/// keyed-sum's output in closed form (key `i % keys` gets value `i`; each
-/// record emits its key's running sum), every line counted.
-fn expected(records: u64, keys: u64) -> BTreeMap<String, u32> {
-    let mut m = BTreeMap::new();
-    for k in 0..keys.min(records) {
-        let (mut acc, mut i) = (0u64, k);
-        while i < records {
-            acc += i;
-            *m.entry(format!("{k},{acc}")).or_insert(0) += 1;
-            i += keys;
-        }
-    }
-    m
-}
-
-/// Every line of the sink's part files, counted, checking on the way that
-/// in each file every key's sums only grow (a key's outputs in order).
-fn output(dir: &Path) -> (BTreeMap<String, u32>, Vec<usize>) {
-    let (mut m, mut per_file) = (BTreeMap::new(), Vec::new());
-    for w in 0.. {
-        let p = dir.join(format!("out.txt.{w}"));
-        let Ok(text) = std::fs::read_to_string(&p) else { break };
-        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
-        for l in text.lines() {
-            *m.entry(l.to_string()).or_insert(0) += 1;
-            let (k, v) = l.split_once(',').unwrap_or_else(|| panic!("{}: bad line {l:?}", p.display()));
-            let (k, v): (u64, u64) = (k.parse().unwrap_or(u64::MAX), v.parse().unwrap_or(0));
-            let prev = last.insert(k, v);
-            assert!(prev.is_none_or(|p| p < v), "{}: key {k} went from {prev:?} to {v}", p.display());
-        }
-        per_file.push(text.lines().count());
-    }
-    (m, per_file)
-}
-
-fn assert_exact(dir: &Path, records: u64, keys: u64) -> Vec<usize> {
-    let (got, per_file) = output(dir);
-    let want = expected(records, keys);
-    let missing = want.iter().filter(|(k, n)| got.get(*k) < Some(n)).count();
-    let extra = got.iter().filter(|(k, n)| want.get(*k) < Some(n)).count();
-    assert!(
-        missing == 0 && extra == 0,
-        "{missing} lines missing, {extra} extra or duplicated; {} lines, {} expected",
-        got.values().sum::<u32>(),
-        want.values().sum::<u32>()
-    );
-    per_file
 }
 
 fn wait_all(nodes: &mut [KillOnDrop], limit: Duration) {
@@ -190,8 +121,8 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     assert!(moves[0].contains("moved 2048 bins") && moves[0].contains("in 4 steps"), "{}", moves[0]);
     assert!(moves[1].contains("moved 2048 bins") && moves[1].contains("in 2 steps"), "{}", moves[1]);
     assert!(moves[0].contains("worker 1 on `b`: bins 2048..4096"), "{}", moves[0]);
-    let per_file = assert_exact(dir.path(), records, keys);
-    assert!(per_file.get(1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_file:?}");
+    let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
+    assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
 }
 
 #[test]
@@ -245,7 +176,7 @@ fn a_node_killed_during_a_handoff_rolls_back_and_the_output_is_exact() {
         assert!(status.success(), "node {i} exited with {status}");
     }
     assert!(later.is_some(), "no rescale went through after the recovery: {refused}");
-    assert_exact(dir.path(), records, keys);
+    assert_keyed_sum_exact(dir.path(), records, keys);
 }
 
 #[test]
@@ -283,5 +214,5 @@ fn bad_control_requests_are_refused_and_change_nothing() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("worker 1 on `b`: bins 4000..4096"), "{}", text(&o));
     wait_all(&mut nodes, Duration::from_secs(30));
-    assert_exact(dir.path(), records, keys);
+    assert_keyed_sum_exact(dir.path(), records, keys);
 }

@@ -5,15 +5,15 @@
 //! Its file output is compared line by line with a run of the same job
 //! without any handoff.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
-const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+mod common;
+use common::{assert_same_lines, ctl, sink_lines, text, SPATE};
 
 fn config(dir: &Path, records: u64, rate: u64, max_workers: usize) -> PathBuf {
     let text = format!(
@@ -41,39 +41,6 @@ fn run(cfg: &Path) -> KillOnDrop {
     )
 }
 
-fn ctl(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(SPATE)
-        .arg("ctl")
-        .args(args)
-        .args(["--timeout-s", "30", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run spate ctl: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Every line of the job's output files (one per worker), counted.
-fn lines(dir: &Path) -> BTreeMap<String, u32> {
-    let mut m = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{e}")) {
-        let p = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        // `out.txt` or a worker's `out.txt.<w>`, not the commit logs.
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let part = name.strip_prefix("out.txt").is_some_and(|r| {
-            r.is_empty() || r.strip_prefix('.').is_some_and(|w| w.bytes().all(|b| b.is_ascii_digit()))
-        });
-        if part {
-            for l in std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).lines() {
-                *m.entry(l.to_string()).or_insert(0) += 1;
-            }
-        }
-    }
-    m
-}
-
 #[test]
 fn a_running_job_scales_out_and_in_through_its_control_socket() {
     let _watchdog = Watchdog::start("spate run + spate ctl", Duration::from_secs(120));
@@ -83,7 +50,7 @@ fn a_running_job_scales_out_and_in_through_its_control_socket() {
     let mut p = run(&config(plain.path(), records, 0, 1));
     let status = p.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("the plain run did not end"));
     assert!(status.success(), "the plain run exited with {status}");
-    let want = lines(plain.path());
+    let (want, _) = sink_lines(plain.path());
     assert_eq!(want.values().sum::<u32>() as u64, records);
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -125,10 +92,8 @@ fn a_running_job_scales_out_and_in_through_its_control_socket() {
     assert!(text(&back).contains("worker 0: bins 0..4096"), "{}", text(&back));
     let status = job.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("the job did not end"));
     assert!(status.success(), "the job exited with {status}");
-    let got = lines(dir.path());
-    let missing = want.iter().filter(|(l, n)| got.get(*l) < Some(n)).count();
-    let extra = got.iter().filter(|(l, n)| want.get(*l) < Some(n)).count();
-    assert!(missing == 0 && extra == 0, "{missing} lines missing, {extra} extra or twice");
+    let (got, _) = sink_lines(dir.path());
+    assert_same_lines(&got, &want);
     // The socket is gone with the process.
     assert!(!dir.path().join("data").join("keyed-sum.ctl").exists());
 }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use spate_core::checkpoint::Checkpointer;
-use spate_core::handoff::{Arrival, Handoff, Merged, Mover};
+use spate_core::handoff::{Handoff, Movable, Mover};
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BoxPush, Push};
 use spate_core::{Data, InstanceCtx, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
@@ -255,47 +255,6 @@ where
         self.keys = keys;
     }
 
-    /// With live handoffs: looks at the board when its version changed
-    /// (one load), merges an incoming step's parcel once it is there;
-    /// whether records of an incoming step's bins are still held.
-    #[inline]
-    fn handoff_turn(&mut self) -> bool {
-        let Some(m) = self.moving.as_mut() else { return false };
-        match m.turn(&self.operator, &mut self.store) {
-            Arrival::Clear => false,
-            Arrival::Holding => true,
-            Arrival::Merged(done) => {
-                self.took_in(done);
-                false
-            }
-        }
-    }
-
-    /// An incoming step's state was merged: the value table revalidated
-    /// (a parcel from another node was rebuilt from its image: its records
-    /// are checked against the handle's types before use), the records
-    /// held for it applied in order, then the end if it came meanwhile.
-    #[cold]
-    fn took_in(&mut self, done: Merged<T>) {
-        let merged = done
-            .result
-            .and_then(|()| ValueState::register(&mut self.store, "acc").map_err(|e| e.to_string()));
-        match merged {
-            Ok(acc) => self.acc = acc,
-            Err(e) => self.metrics.fail(e),
-        }
-        for (rec, meta) in done.held {
-            self.push_now(rec, meta);
-        }
-        self.out.flush();
-        if let Some(m) = &self.moving {
-            m.merged(done.step);
-        }
-        if done.finish {
-            self.out.finish();
-        }
-    }
-
     /// A burst while an incoming step's records are held: one by one.
     #[cold]
     fn push_each(&mut self, recs: &mut Vec<(T, Meta)>) {
@@ -350,6 +309,39 @@ where
     }
 }
 
+/// Its part in live handoffs: the protocol's sequence is [`Movable`]'s.
+impl<K, T, V, O, S, E> Movable<T> for PerKey<K, T, V, O, S, E>
+where
+    K: Key,
+    T: Data,
+    V: Data,
+    O: 'static,
+    S: Fn(Option<V>, &T) -> V,
+    E: Fn(K, V) -> O,
+{
+    fn parts(&mut self) -> (&str, &mut StateStore, Option<&mut Mover<T>>) {
+        (&self.operator, &mut self.store, self.moving.as_deref_mut())
+    }
+    /// A parcel from another node was rebuilt from its image: its records
+    /// are checked against the handle's types before use.
+    fn revalidate(&mut self) -> Result<(), String> {
+        self.acc = ValueState::register(&mut self.store, "acc").map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    fn apply_held(&mut self, rec: T, meta: Meta) {
+        self.push_now(rec, meta);
+    }
+    fn flush_out(&mut self) {
+        self.out.flush();
+    }
+    fn finish_out(&mut self) {
+        self.out.finish();
+    }
+    fn fail(&mut self, reason: String) {
+        self.metrics.fail(reason);
+    }
+}
+
 impl<K, T, V, O, S, E> Push<T> for PerKey<K, T, V, O, S, E>
 where
     K: Key,
@@ -372,10 +364,7 @@ where
     /// Ends the output, unless an incoming step's records are held: then
     /// once its state is merged and they are applied (see `try_merge`).
     fn finish(&mut self) {
-        if self.handoff_turn() && self.moving.as_mut().is_some_and(|m| m.defer_finish()) {
-            return;
-        }
-        self.out.finish();
+        self.on_finish();
     }
     fn barrier(&mut self, id: u64) {
         self.saver.save(&mut self.store, id, 0);
@@ -385,19 +374,7 @@ where
         self.out.flush();
     }
     fn handoff(&mut self, h: &Handoff) {
-        match *h {
-            Handoff::Drained(step) => {
-                if let Some(m) = &self.moving {
-                    if let Err(e) = m.drained(step, &self.operator, &mut self.store) {
-                        self.metrics.fail(e);
-                    }
-                }
-            }
-            Handoff::Poll => {
-                self.handoff_turn();
-            }
-        }
-        self.out.flush();
+        self.on_handoff(h);
     }
     /// A whole burst at once (what an exchange hands a keyed operator):
     /// its keys and hashes first, then the updates through

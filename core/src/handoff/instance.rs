@@ -10,12 +10,17 @@
 //! applies them; if its input ends meanwhile, the end goes downstream only
 //! after them ([`Mover::defer_finish`]). Records of other bins are never
 //! held.
+//!
+//! The order of what an instance does around its mover — merge, revalidate
+//! its handles, apply the held records, tell the board, then end if the
+//! input ended — is [`Movable`]'s provided methods: an instance says how
+//! to apply a record and how to reach its store, and calls them.
 
 use std::sync::Arc;
 
 use spate_state::StateStore;
 
-use super::{HandoffBoard, StepInfo};
+use super::{Handoff, HandoffBoard, StepInfo};
 use crate::batch::Meta;
 
 /// A keyed instance's handoff state (see the module documentation).
@@ -163,5 +168,95 @@ impl<T> Mover<T> {
         })?;
         self.board.deposit(step.version, operator, part);
         Ok(())
+    }
+}
+
+/// A keyed instance that takes part in live handoffs through a [`Mover`]:
+/// it says how to reach its parts and apply a record; the provided methods
+/// are the one sequence of the protocol's instance side, which every
+/// movable operator (and the simulator's workload) runs.
+pub trait Movable<T> {
+    /// The operator's name, the instance's store and its mover (none
+    /// without live handoffs), borrowed together.
+    fn parts(&mut self) -> (&str, &mut StateStore, Option<&mut Mover<T>>);
+    /// The store's contents changed under the instance (a step's state was
+    /// merged): its state handles are registered again and checked against
+    /// their types.
+    fn revalidate(&mut self) -> Result<(), String>;
+    /// Applies one record now (its bin's state is here).
+    fn apply_held(&mut self, rec: T, meta: Meta);
+    /// Sends what the instance buffered downstream.
+    fn flush_out(&mut self) {}
+    /// Ends the instance's output.
+    fn finish_out(&mut self);
+    /// The job fails with `reason`.
+    fn fail(&mut self, reason: String);
+
+    /// One look at the handoffs (one load when nothing changed): merges an
+    /// incoming step's state once it is there and applies what was held
+    /// for it. Whether records of an incoming step's bins must be held now
+    /// ([`Mover::holds`]).
+    #[inline]
+    fn handoff_turn(&mut self) -> bool {
+        let (operator, store, mover) = self.parts();
+        let Some(m) = mover else { return false };
+        match m.turn(operator, store) {
+            Arrival::Clear => false,
+            Arrival::Holding => true,
+            Arrival::Merged(done) => {
+                self.took_in(done);
+                false
+            }
+        }
+    }
+
+    /// An incoming step's state was merged (or failed to be): handles
+    /// revalidated, held records applied in order, the board told, then
+    /// the end if the input ended meanwhile.
+    #[cold]
+    fn took_in(&mut self, done: Merged<T>) {
+        if let Err(e) = done.result.and_then(|()| self.revalidate()) {
+            self.fail(e);
+        }
+        for (rec, meta) in done.held {
+            self.apply_held(rec, meta);
+        }
+        self.flush_out();
+        if let (_, _, Some(m)) = self.parts() {
+            m.merged(done.step);
+        }
+        if done.finish {
+            self.finish_out();
+        }
+    }
+
+    /// A handoff event on the instance's edge: the bins of a drained step
+    /// leave, or a poll (see [`Movable::handoff_turn`]).
+    fn on_handoff(&mut self, h: &Handoff) {
+        match *h {
+            Handoff::Drained(step) => {
+                let (operator, store, mover) = self.parts();
+                if let Some(Err(e)) = mover.map(|m| m.drained(step, operator, store)) {
+                    self.fail(e);
+                }
+            }
+            Handoff::Poll => {
+                self.handoff_turn();
+            }
+        }
+        self.flush_out();
+    }
+
+    /// The input ended: the output ends now, or after an incoming step's
+    /// held records ([`Mover::defer_finish`]).
+    fn on_finish(&mut self) {
+        if self.handoff_turn() {
+            if let (_, _, Some(m)) = self.parts() {
+                if m.defer_finish() {
+                    return;
+                }
+            }
+        }
+        self.finish_out();
     }
 }

@@ -42,7 +42,7 @@ use crate::routing::RoutingTable;
 
 mod instance;
 
-pub use instance::{Arrival, Merged, Mover};
+pub use instance::{Arrival, Merged, Movable, Mover};
 
 /// A step in flight (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use spate_state::{StateStore, StoreConfig, ValueState};
 use crate::batch::Meta;
 use crate::checkpoint::Checkpointer;
 use crate::dataflow::{Dataflow, InstanceCtx, KeyFn, Parallelism};
-use crate::handoff::{Arrival, Handoff, Mover};
+use crate::handoff::{Handoff, Movable, Mover};
 use crate::metrics::JobMetrics;
 use crate::push::{BoxPush, Push};
 use crate::source::{Source, SourceStatus, Step};
@@ -196,34 +196,6 @@ impl Sum {
         })
     }
 
-    /// Whether records of an incoming step's bins are held now.
-    fn handoff_turn(&mut self) -> bool {
-        let Some(m) = self.moving.as_mut() else { return false };
-        match m.turn(&self.operator, &mut self.store) {
-            Arrival::Clear => false,
-            Arrival::Holding => true,
-            Arrival::Merged(done) => {
-                let merged = done
-                    .result
-                    .and_then(|()| ValueState::register(&mut self.store, "sum").map_err(|e| e.to_string()));
-                match merged {
-                    Ok(acc) => self.acc = acc,
-                    Err(e) => self.metrics.fail(e),
-                }
-                for (rec, meta) in done.held {
-                    self.apply(rec, meta);
-                }
-                if let Some(m) = &self.moving {
-                    m.merged(done.step);
-                }
-                if done.finish {
-                    self.out.finish();
-                }
-                false
-            }
-        }
-    }
-
     fn apply(&mut self, rec: (u64, u64), meta: Meta) {
         let (key, hash) = self.key.key_and_hash(&rec);
         match self.acc.update(&mut self.store, hash, &key, |old| {
@@ -233,6 +205,28 @@ impl Sum {
             Ok((s, n)) => self.out.push((key, s, n), meta),
             Err(e) => self.metrics.fail(format!("`{}`: {e}", self.instance)),
         }
+    }
+}
+
+impl Movable<(u64, u64)> for Sum {
+    fn parts(&mut self) -> (&str, &mut StateStore, Option<&mut Mover<(u64, u64)>>) {
+        (&self.operator, &mut self.store, self.moving.as_mut())
+    }
+    fn revalidate(&mut self) -> Result<(), String> {
+        self.acc = ValueState::register(&mut self.store, "sum").map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    fn apply_held(&mut self, rec: (u64, u64), meta: Meta) {
+        self.apply(rec, meta);
+    }
+    fn flush_out(&mut self) {
+        self.out.flush();
+    }
+    fn finish_out(&mut self) {
+        self.out.finish();
+    }
+    fn fail(&mut self, reason: String) {
+        self.metrics.fail(reason);
     }
 }
 
@@ -250,10 +244,7 @@ impl Push<(u64, u64)> for Sum {
         self.out.watermark(wm);
     }
     fn finish(&mut self) {
-        if self.handoff_turn() && self.moving.as_mut().is_some_and(|m| m.defer_finish()) {
-            return;
-        }
-        self.out.finish();
+        self.on_finish();
     }
     fn barrier(&mut self, id: u64) {
         if let Some(c) = &self.checkpointer {
@@ -267,19 +258,7 @@ impl Push<(u64, u64)> for Sum {
         self.out.flush();
     }
     fn handoff(&mut self, h: &Handoff) {
-        match *h {
-            Handoff::Drained(step) => {
-                if let Some(m) = &self.moving {
-                    if let Err(e) = m.drained(step, &self.operator, &mut self.store) {
-                        self.metrics.fail(e);
-                    }
-                }
-            }
-            Handoff::Poll => {
-                self.handoff_turn();
-            }
-        }
-        self.out.flush();
+        self.on_handoff(h);
     }
 }
 
