@@ -86,15 +86,15 @@ pub fn late_records() -> u64 {
     LATE.with(|l| l.get())
 }
 
-fn count_late() {
+pub(crate) fn count_late() {
     LATE.with(|l| l.set(l.get() + 1));
 }
 
 /// A keyed stream with a window assigner and an event-time function.
 pub struct WindowedStream<K, T> {
-    keyed: KeyedStream<K, T>,
-    window: Window,
-    ts: Rc<dyn Fn(&T) -> Timestamp>,
+    pub(crate) keyed: KeyedStream<K, T>,
+    pub(crate) window: Window,
+    pub(crate) ts: Rc<dyn Fn(&T) -> Timestamp>,
 }
 
 /// Windows on keyed streams.
