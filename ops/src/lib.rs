@@ -36,5 +36,5 @@ pub mod prelude {
     pub use crate::sources::{input, FnRecords, GeneratorSpec, InputHandle, InputSource, Records, SourceExt};
     pub use crate::stateless::StreamExt;
     pub use crate::topn::TopNExt;
-    pub use crate::window::{Window, WindowExt, WindowResult, WindowedStream};
+    pub use crate::window::{LateExt, Window, WindowExt, WindowResult, WindowedStream};
 }

@@ -128,16 +128,31 @@ impl Records<Event> for NexmarkRecords {
     }
 }
 
+/// What spreads a file's events over the workers: their time and a
+/// field that differs between events of one millisecond.
+fn spread_key(e: &Event) -> (u64, u64) {
+    let own = match e {
+        Event::Person(p) => p.id,
+        Event::Auction(a) => a.id,
+        Event::Bid(b) => b.bidder ^ b.price.rotate_left(17) ^ b.auction.rotate_left(34),
+    };
+    (e.date_time(), own)
+}
+
 /// The events of `p`, with their watermarks: generated on every worker,
 /// or read from `p.events_file` on worker 0.
 pub fn events(df: &Dataflow, p: &NexmarkParams) -> Stream<Event> {
     let lag = p.watermark_lag_ms;
     if let Some(path) = &p.events_file {
-        return df.read_file("events", path.clone(), 0, parse_event).assign_watermarks(
-            "watermarks",
-            |e: &Event| e.date_time(),
-            lag,
-        );
+        // Read on worker 0, then spread over every worker, as generated
+        // events are: the query's operators then run on every worker in
+        // both cases (a two-input operator whose inputs come from
+        // different sets of workers is not something the runtime builds).
+        return df
+            .read_file("events", path.clone(), 0, parse_event)
+            .assign_watermarks("watermarks", |e: &Event| e.date_time(), lag)
+            .key_by("by-spread", spread_key)
+            .keyed_unary("spread", |_ctx, _key, out| out);
     }
     let config = p.generator_config();
     let spec = GeneratorSpec {

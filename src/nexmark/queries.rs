@@ -423,7 +423,8 @@ type StatItem = (String, u64, u8, u64);
 /// q15 and q16: per day (and channel, if `by_channel`), `(channel or "",
 /// day start, the day's latest bid time, stats)`.
 fn bid_stats(df: &Dataflow, p: &NexmarkParams, by_channel: bool) -> Stream<(String, u64, u64, BidStats)> {
-    let items = bids(df, p).flat_map("items", move |b: Bid| {
+    let bids = bids(df, p).drop_late("drop-late", Window::tumbling(DAY_MS), |b: &Bid| b.date_time);
+    let items = bids.flat_map("items", move |b: Bid| {
         let rank = price_rank(b.price) as u8;
         let channel = if by_channel { b.channel } else { String::new() };
         let t = b.date_time;
