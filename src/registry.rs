@@ -401,7 +401,9 @@ mod tests {
         let r = Registry::builtin().add("mine", nothing);
         let e = r.validate(&query("nope", "")).err().unwrap_or_default();
         assert!(
-            e.starts_with("unknown query `nope`; known queries: keyed-sum, wordcount, nexmark-q0, "),
+            e.starts_with(
+                "unknown query `nope`; known queries: keyed-sum, wordcount, nexmark-events, nexmark-q0, "
+            ),
             "{e}"
         );
         assert!(e.ends_with(", nexmark-q22, mine"), "{e}");

@@ -655,9 +655,14 @@ fn auction_fields(o: &mut JsonObject<'_>, a: &Auction) {
 }
 
 /// Adds the NEXMark queries to `r` as `nexmark-q0` ... (see the module
-/// docs for those left out).
+/// docs for those left out), and `nexmark-events`, the events alone.
 pub fn register(r: Registry) -> Registry {
-    r.add("nexmark-q0", |df: &Dataflow, p: &NexmarkParams, sink: &ResultSink| {
+    r.add("nexmark-events", |df: &Dataflow, p: &NexmarkParams, sink: &ResultSink| {
+        // The source alone: every event, to the sink (its speed is the
+        // generator's, with `[sink] kind = "none"`).
+        sink.attach(&events(df, p), |e, out| e.write_json(out))
+    })
+    .add("nexmark-q0", |df: &Dataflow, p: &NexmarkParams, sink: &ResultSink| {
         sink.attach(&q0(df, p), |b, out| {
             let mut o = JsonObject::new(out);
             write_bid_fields(&mut o, b);
