@@ -72,7 +72,7 @@ impl RescaleReport {
 }
 
 /// Iterations of [`spin`] that take about `ns` nanoseconds here.
-fn calibrate(ns: u64) -> u64 {
+pub(crate) fn calibrate(ns: u64) -> u64 {
     if ns == 0 {
         return 0;
     }
@@ -85,7 +85,7 @@ fn calibrate(ns: u64) -> u64 {
 
 /// A deterministic loop of `n` steps (the fold's work).
 #[inline(never)]
-fn spin(n: u64, seed: u64) -> u64 {
+pub(crate) fn spin(n: u64, seed: u64) -> u64 {
     let mut x = seed;
     for _ in 0..n {
         x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);

@@ -42,6 +42,21 @@
 //! data_dir = "/var/lib/spate" # optional, else [runtime] data_dir/<name>
 //! spare = false               # a spare waits idle to replace a failed node
 //! replica_port = 7101         # its replica service (default 0: any free port)
+//!
+//! [scaling]                   # optional: a policy scales the job by live handoff
+//! policy = "rate"             # "rate" (DS2) or "threshold" (SEEP)
+//! interval_ms = 1000          # workers report their load this often
+//! high = 0.7                  # threshold: a worker busier than this is a bottleneck
+//! low = 0.3                   # threshold: every worker below this scales one in
+//! reports = 2                 # consecutive reports before a scale-out
+//! reports_in = 5              # consecutive reports before a scale-in
+//! target_utilization = 0.7    # rate: the busy fraction it sizes the job for
+//! min_workers = 1
+//! max_workers = 0             # 0: every worker started ([runtime] max_workers, or
+//!                             # a cluster's workers)
+//! cooldown_ms = 3000          # no action for this long after one
+//! scale_in_hold_ms = 10000    # no scale-in for this long after any action
+//! max_bins_per_step = 256     # bins a handoff step moves at most
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -72,6 +87,70 @@ pub struct Config {
     pub checkpoint: CheckpointSection,
     /// The nodes of a multi-process deployment.
     pub cluster: Option<ClusterSection>,
+    /// A scaling policy.
+    pub scaling: Option<ScalingSection>,
+}
+
+/// `[scaling]`: every field optional, defaults of
+/// [`spate_core::control::scaling::ScalingConfig`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSection {
+    /// `"rate"` or `"threshold"`.
+    pub policy: Option<String>,
+    /// Load reports this often, ms.
+    pub interval_ms: Option<u64>,
+    /// Threshold: bottleneck above this busy fraction.
+    pub high: Option<f64>,
+    /// Threshold: spare capacity below this.
+    pub low: Option<f64>,
+    /// Reports above `high` (or asking for more) before a scale-out.
+    pub reports: Option<u32>,
+    /// Reports of spare capacity before a scale-in.
+    pub reports_in: Option<u32>,
+    /// Rate: the busy fraction the job is sized for.
+    pub target_utilization: Option<f64>,
+    /// Fewest workers in use.
+    pub min_workers: Option<usize>,
+    /// Most workers in use (0: all started).
+    pub max_workers: Option<usize>,
+    /// No action for this long after one, ms.
+    pub cooldown_ms: Option<u64>,
+    /// No scale-in for this long after any action, ms.
+    pub scale_in_hold_ms: Option<u64>,
+    /// Bins a handoff step moves at most.
+    pub max_bins_per_step: Option<u32>,
+}
+
+impl ScalingSection {
+    /// The policy's config; the error names the key and why.
+    pub fn scaling_config(&self) -> Result<spate_core::control::scaling::ScalingConfig, String> {
+        use spate_core::control::scaling::{PolicyKind, ScalingConfig};
+        let mut c = ScalingConfig::default();
+        if let Some(p) = &self.policy {
+            c.policy = PolicyKind::parse(p).ok_or_else(|| {
+                format!("scaling.policy: `{p}` is not a policy: expected \"rate\" or \"threshold\"")
+            })?;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            interval_ms,
+            high,
+            low,
+            reports,
+            reports_in,
+            target_utilization,
+            min_workers,
+            max_workers,
+            cooldown_ms,
+            scale_in_hold_ms,
+            max_bins_per_step
+        );
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 /// `[cluster]`.
@@ -404,6 +483,19 @@ impl Config {
             }
             None => {}
         }
+        if let Some(s) = &self.scaling {
+            let c = s.scaling_config()?;
+            let started = match &self.cluster {
+                Some(cl) => cl.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum(),
+                None => self.runtime_config().threads(),
+            };
+            if c.min_workers > started {
+                return Err(format!(
+                    "scaling.min_workers: {} is more than the {started} workers the job starts",
+                    c.min_workers
+                ));
+            }
+        }
         queries.validate(&self.query)?;
         // Each error of a field starts with its name: `runtime.<field> ...`.
         self.runtime_config().validate().map_err(|e| match e.field() {
@@ -470,6 +562,9 @@ impl Config {
         if self.live_recovery() {
             c.replay_buffer_bytes = (self.checkpoint.buffer_mb.unwrap_or(512) as usize) << 20;
         }
+        if let Some(s) = &self.scaling {
+            c.load_interval_ms = s.interval_ms.unwrap_or(1_000);
+        }
         let r = &self.runtime;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = r.$f.clone() { c.$f = v; } )* };
@@ -522,6 +617,31 @@ mod tests {
             err("[query]\nname = \"keyed-sum\"\n[runtime]\nbatch_records = 0\n").contains("batch_records")
         );
         assert!(err("[query]\nname = \"keyed-sum\"\n[query.params]\nrecrods = 5\n").contains("recrods"));
+    }
+
+    #[test]
+    fn scaling_errors_name_the_key() {
+        let q = "[query]\nname = \"keyed-sum\"\n[runtime]\nworkers = 1\nmax_workers = 2\n[scaling]\n";
+        for (body, key) in [
+            ("policy = \"magic\"\n", "scaling.policy: `magic` is not a policy"),
+            ("high = 2.0\n", "scaling.high"),
+            ("low = 0.9\n", "scaling.low"),
+            ("interval_ms = 1\n", "scaling.interval_ms"),
+            ("min_workers = 3\n", "scaling.min_workers: 3 is more than the 2 workers"),
+            ("hgih = 0.5\n", "hgih"),
+            ("[query.params]\nrate_schedule = [[5, 1], [5, 2]]\n", "query.params.rate_schedule"),
+        ] {
+            let e = err(&format!("{q}{body}"));
+            assert!(e.contains(key), "{body:?}: {e} does not say {key:?}");
+        }
+        let cfg = Config::parse(&format!("{q}policy = \"threshold\"\ninterval_ms = 500\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.runtime_config().load_interval_ms, 500);
+        let s = cfg.scaling.as_ref().map(|s| s.scaling_config());
+        assert!(
+            matches!(s, Some(Ok(ref c)) if c.policy.name() == "threshold" && c.interval_ms == 500),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `spate ctl`: requests to a running cluster's coordinator — rescale to
 //! a number of workers, move a run of bins to a worker, scale a node in,
 //! show the assignment — each answered with what moved, how many bytes
-//! and how long it took, or with why nothing changed.
+//! and how long it took, or with why nothing changed. With a config
+//! without `[cluster]`, the same to a `spate run` process of it, on its
+//! control socket (`crate::ctl_local`).
 
 use std::time::Duration;
 
@@ -70,7 +72,7 @@ pub fn ctl(
     max_bins: Option<u32>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let cluster = cfg.cluster.as_ref().ok_or("`spate ctl` needs a config with a [cluster] section")?;
+    let Some(cluster) = cfg.cluster.as_ref() else { return ctl_run(cfg, req, max_bins, timeout) };
     let c = cluster.coordinator_index()?;
     let (placement, addr, _) = deploy::node_setup(cfg, &cluster.nodes[c].name)?;
     // The coordinator takes only connections that prove the cluster's
@@ -90,4 +92,29 @@ pub fn ctl(
         Ok((false, why)) => Err(format!("refused: {why}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `req` to the `spate run` process of `cfg` (a config without a
+/// `[cluster]` section), on its control socket (`crate::ctl_local`).
+fn ctl_run(
+    cfg: &Config,
+    req: &CtlRequest,
+    max_bins: Option<u32>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let mut text = match req {
+        CtlRequest::Assignment => "assignment".to_string(),
+        CtlRequest::Scale { workers } => format!("scale {workers}"),
+        CtlRequest::ScaleIn { node } => {
+            return Err(format!(
+                "`scale-in --node {node}` needs a cluster config: a `spate run` job has no nodes"
+            ))
+        }
+        CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
+    };
+    if let Some(k) = max_bins {
+        text.push_str(&format!(" --max-bins {k}"));
+    }
+    let path = crate::ctl_local::socket_path(&cfg.runtime_config().data_dir, &cfg.query.name);
+    crate::ctl_local::request(&path, &text, timeout).map_err(|why| format!("refused: {why}"))
 }

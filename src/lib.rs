@@ -75,11 +75,13 @@
 // `#[spate::record]` names `::spate`: the crate's own records use it too.
 extern crate self as spate;
 
+pub mod bench_elastic;
 pub mod bench_recovery;
 pub mod bench_rescale;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod ctl_local;
 pub use spate_core::control;
 pub mod deploy;
 mod job_spec;

@@ -95,6 +95,9 @@ pub fn run_node_with(
         placement,
     };
     let mut node = Node::new(Os::new(listener), setup, spate_core::time::now());
+    if let (Some(s), Some(c)) = (&cfg.scaling, node.coordinator_mut()) {
+        c.set_scaling(s.scaling_config()?);
+    }
     node.agent_mut().set_replica(replica.completion());
     let end = node.run();
     write_histogram(name, node.agent())?;

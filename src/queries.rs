@@ -49,11 +49,16 @@ pub struct KeyedSumParams {
     /// With a rate: the first `burst` records go as fast as possible (to
     /// build up state), the rate paces the rest.
     pub burst: u64,
+    /// A rate that changes over time, in place of `rate`: `[second from
+    /// the start, records a second]` points (steps, or ramps with `ramp`).
+    pub rate_schedule: Vec<[u64; 2]>,
+    /// The schedule's rate goes in a straight line between its points.
+    pub ramp: bool,
 }
 
 impl Default for KeyedSumParams {
     fn default() -> Self {
-        Self { records: 10_000_000, keys: 100_000, rate: 0, burst: 0 }
+        Self { records: 10_000_000, keys: 100_000, rate: 0, burst: 0, rate_schedule: Vec::new(), ramp: false }
     }
 }
 
@@ -64,12 +69,27 @@ impl Params for KeyedSumParams {
         ("keys", "distinct keys"),
         ("rate", "records per second; 0 = as fast as possible"),
         ("burst", "with a rate: the first `burst` records go as fast as possible"),
+        ("rate_schedule", "[[second, records/s], ...]: a rate that changes over time, in place of rate"),
+        ("ramp", "the schedule's rate goes in a straight line between its points"),
     ];
     const RANGES: &'static [(&'static str, u64, u64)] = &[("keys", 1, u64::MAX)];
 
     fn set_load(&mut self, records: u64, rate_per_s: Option<u64>) -> Result<(), String> {
         self.records = records;
         self.rate = rate_per_s.unwrap_or(0);
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.rate_schedule.is_empty() {
+            RateSchedule::new(&self.rate_schedule, self.ramp)
+                .map_err(|e| format!("query.params.rate_schedule: {e}"))?;
+            if self.rate > 0 {
+                return Err(
+                    "query.params.rate_schedule: give either `rate` or `rate_schedule`, not both".into()
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -151,7 +171,10 @@ pub fn keyed_sum(df: &Dataflow, p: &KeyedSumParams) -> Stream<(u64, u64)> {
         burst: p.burst,
     };
     let records = KeyedSumRecords { keys: FastMod::new(keys) };
-    df.generate_runs("source", spec, records, |i| i)
+    // Checked with the params (`Params::check`).
+    let schedule =
+        (!p.rate_schedule.is_empty()).then(|| RateSchedule::new(&p.rate_schedule, p.ramp).ok()).flatten();
+    df.generate_scheduled("source", spec, schedule, records, |i| i)
         .key_by("by-key", |r: &(u64, u64)| r.0)
         // Its state holds a sum for each key it sees (timely's peer sizes
         // its hash map alike).

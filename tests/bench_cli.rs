@@ -238,3 +238,46 @@ fn bench_rescale_across_two_node_processes_reports_the_moves() {
     }
     assert_eq!(n("steps"), 2.0, "{line}");
 }
+
+/// `bench elastic` runs a rate schedule with the rate policy in the loop:
+/// a step past one worker's capacity is met by one decision to scale out,
+/// every output checks against its key's closed form, and the JSON says
+/// so.
+#[test]
+fn bench_elastic_scales_out_on_a_rate_step_and_loses_nothing() {
+    let line = json_line(
+        &[
+            "bench",
+            "elastic",
+            "--schedule",
+            "[[0, 5000], [1, 60000]]",
+            "--seconds",
+            "3",
+            "--work-ns",
+            "20000",
+            "--keys",
+            "1000",
+            "--interval-ms",
+            "250",
+            "--cooldown-ms",
+            "500",
+            "--json",
+        ],
+        Duration::from_secs(120),
+    );
+    let n = |k: &str| extract_json_number(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
+    assert!(line.starts_with("{\"policy\":\"rate\""), "{line}");
+    for k in ["lost_records", "duplicated_records", "wrong_sums"] {
+        assert_eq!(n(k), 0.0, "{k} in {line}");
+    }
+    assert_eq!(n("records_in"), n("records_out"), "{line}");
+    // 5 000 for 1 s and 60 000/s for 2 s.
+    assert_eq!(n("records_in"), 125_000.0, "{line}");
+    // One worker spins 20 µs a record: about 50 000/s at most, so the
+    // step asks for the second worker, in one decision.
+    assert!(line.contains("\"from_workers\":1,\"to_workers\":2"), "{line}");
+    assert!(line.contains("\"steps_to_converge\":[1]"), "{line}");
+    for k in ["\"time_to_relief_ms\":[", "\"p99_over_time\":[[", "\"reason\":\"input "] {
+        assert!(line.contains(k), "no {k} in {line}");
+    }
+}

@@ -73,6 +73,10 @@ pub struct RuntimeConfig {
     /// others own nothing until the coordinator hands them bins
     /// (`spate ctl scale`). 0: every worker.
     pub cluster_start_workers: usize,
+    /// Every worker reports its load (busy fraction, records, queues,
+    /// load per bin: [`crate::load`]) this often, in milliseconds, for a
+    /// scaling policy (0: no reports).
+    pub load_interval_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -97,6 +101,7 @@ impl Default for RuntimeConfig {
             schedule_origin_ns: 0,
             replay_buffer_bytes: 0,
             cluster_start_workers: 0,
+            load_interval_ms: 0,
         }
     }
 }

@@ -151,6 +151,8 @@ pub struct WorkerBuild {
     /// Barrier alignments in progress on this worker.
     pub(crate) barriers: Rc<BarrierTracker>,
     pub(crate) checkpointer: Option<Rc<Checkpointer>>,
+    /// The worker's per-bin load counts (`None`: no load reports).
+    pub(crate) bin_counts: crate::load::BinCounts,
 }
 
 impl WorkerBuild {
@@ -612,5 +614,6 @@ fn make_sender<T: Data, K: Key, F: Fn(&T) -> K + 'static>(
     if let Some(b) = &wb.handoff {
         sender.follow(b.clone());
     }
+    sender.count_bins_into(wb.bin_counts.clone(), wb.config.bins_log2);
     Box::new(sender)
 }

@@ -33,6 +33,7 @@ pub mod exchange;
 pub mod handoff;
 pub mod limits;
 pub mod link;
+pub mod load;
 pub mod metrics;
 pub mod panic;
 pub mod push;

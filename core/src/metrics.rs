@@ -42,6 +42,8 @@ pub struct JobMetrics {
     /// replacement of a failed worker may still need them to re-link and
     /// replay.
     pub workers_through: AtomicUsize,
+    /// Decisions of the job's scaling policy (applied or not).
+    pub scaling_decisions: AtomicU64,
     released: AtomicBool,
     /// Latency of records that reached latency-recording sinks since the job
     /// started. Made at the first merge: a histogram's counts are about
@@ -63,6 +65,7 @@ impl Default for JobMetrics {
             records_out: AtomicU64::new(0),
             workers_done: AtomicUsize::new(0),
             workers_through: AtomicUsize::new(0),
+            scaling_decisions: AtomicU64::new(0),
             released: AtomicBool::new(false),
             latency: Mutex::new(None),
             interval: Mutex::new(None),

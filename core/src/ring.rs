@@ -105,6 +105,22 @@ impl<T> Consumer<T> {
         Some(v)
     }
 
+    /// Items waiting now (a snapshot: the producer may be adding more).
+    pub fn len(&self) -> usize {
+        let r = &*self.ring;
+        r.tail.0.load(Ordering::Acquire).wrapping_sub(r.head.0.load(Ordering::Relaxed))
+    }
+
+    /// Whether no item waits now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        self.ring.slots.len()
+    }
+
     /// Whether the producer has gone and every item was taken.
     pub fn is_finished(&self) -> bool {
         let r = &*self.ring;

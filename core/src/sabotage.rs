@@ -26,6 +26,15 @@ pub(crate) enum Bug {
     /// The coordinator deploys a live recovery's replacements before every
     /// survivor said it re-linked.
     JoinEarly,
+    /// A handoff's target applies the moving bins' records at once, before
+    /// their state arrived.
+    NoHold,
+    /// A handoff's target ends its output when its input ends, even while
+    /// it holds records for state on its way.
+    FinishEarly,
+    /// A node failure right after a handoff step (before a checkpoint
+    /// recorded the new assignment) is recovered live, not rolled back.
+    NoRollBack,
 }
 
 #[cfg(test)]

@@ -49,6 +49,15 @@ pub trait Source<T> {
     fn seek(&mut self, offset: u64) -> Result<(), String> {
         Err(format!("this source cannot resume from offset {offset}"))
     }
+
+    /// The records a second this instance is asked to produce at
+    /// `now_ns` (a rate or a rate schedule), for load reports
+    /// ([`crate::load::SourceLoad::offered_per_s`]); `None` (the default):
+    /// as fast as it can, or unknown.
+    fn offered_per_s(&self, now_ns: u64) -> Option<f64> {
+        let _ = now_ns;
+        None
+    }
 }
 
 /// Type-erased source instance bound to its downstream: the partitions of
@@ -66,6 +75,9 @@ pub(crate) trait RunSource {
     /// Flushes the chain (a live handoff began: its exchange senders
     /// switch their routing at once, not at the next record).
     fn poke(&mut self);
+    /// The records a second its partitions are asked for at `now_ns`
+    /// (see [`Source::offered_per_s`]).
+    fn offered_per_s(&self, now_ns: u64) -> Option<f64>;
 }
 
 /// One partition of a source, run by a [`SourceRunner`].
@@ -206,6 +218,15 @@ impl<T, S: Source<T>> RunSource for SourceRunner<T, S> {
         if !self.done {
             self.out.flush();
         }
+    }
+
+    fn offered_per_s(&self, now_ns: u64) -> Option<f64> {
+        let rates: Vec<Option<f64>> =
+            self.parts.iter().filter(|p| !p.done).map(|p| p.src.offered_per_s(now_ns)).collect();
+        if rates.is_empty() {
+            return (!self.parts.is_empty()).then_some(0.0);
+        }
+        rates.into_iter().sum()
     }
 }
 

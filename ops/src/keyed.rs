@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use spate_core::checkpoint::Checkpointer;
-use spate_core::handoff::{Handoff, HandoffBoard, StepInfo};
+use spate_core::handoff::{Arrival, Handoff, Merged, Mover};
 use spate_core::metrics::JobMetrics;
 use spate_core::push::{BoxPush, Push};
 use spate_core::{Data, InstanceCtx, Key, KeyFn, KeyedStream, Meta, Stream, Timestamp};
@@ -45,7 +45,7 @@ pub(crate) struct Opened {
 
 /// Opens the state store of a stateful instance over the bins it owns;
 /// registers the operator with the job's live handoffs (`movable`: its
-/// instances hand bins off and take them in, see [`Moving`]).
+/// instances hand bins off and take them in, see [`Mover`]).
 pub(crate) fn open_store(ctx: &InstanceCtx<'_>, movable: bool) -> Result<Opened, String> {
     if let Some(b) = ctx.handoff {
         b.register_keyed(ctx.operator, movable);
@@ -138,28 +138,8 @@ struct PerKey<K, T, V, O, S, E> {
     keys: Vec<K>,
     hashes: Vec<u64>,
     results: Vec<(O, Meta)>,
-    /// With live handoffs: see [`Moving`].
-    moving: Option<Box<Moving<T>>>,
-}
-
-/// A keyed instance's part in the job's live handoffs
-/// (`spate_core::handoff`): on the worker a step's bins leave, it splits
-/// them off its store when its edge has drained them; on the worker they
-/// go to, it holds their records, in order, until their state arrives,
-/// merges it and applies them. Records of other bins are never held.
-struct Moving<T> {
-    board: Arc<HandoffBoard>,
-    worker: usize,
-    bins_log2: u8,
-    /// The board version last looked at.
-    seen: u64,
-    /// The step whose bins come here, until their state is merged.
-    incoming: Option<StepInfo>,
-    /// Records of `incoming`'s bins that came before their state.
-    held: Vec<(T, Meta)>,
-    /// The input ended while `incoming`'s state was on its way: the end
-    /// goes downstream after the held records, once it is merged.
-    finish_due: bool,
+    /// With live handoffs: its part in them.
+    moving: Option<Box<Mover<T>>>,
 }
 
 impl<K, T, V, O, S, E> PerKey<K, T, V, O, S, E>
@@ -281,61 +261,39 @@ where
     #[inline]
     fn handoff_turn(&mut self) -> bool {
         let Some(m) = self.moving.as_mut() else { return false };
-        if m.board.staged() != m.seen {
-            self.look();
-        }
-        self.moving.as_ref().is_some_and(|m| m.incoming.is_some()) && !self.try_merge()
-    }
-
-    #[cold]
-    fn look(&mut self) {
-        let Some(m) = self.moving.as_mut() else { return };
-        m.seen = m.board.staged();
-        if let Some(step) = m.board.step() {
-            if step.version == m.seen && step.to == m.worker {
-                m.incoming = Some(step);
+        match m.turn(&self.operator, &mut self.store) {
+            Arrival::Clear => false,
+            Arrival::Holding => true,
+            Arrival::Merged(done) => {
+                self.took_in(done);
+                false
             }
         }
     }
 
-    /// The incoming step's parcel, if deposited: merged, then the records
-    /// held for it applied in order; whether it was.
+    /// An incoming step's state was merged: the value table revalidated
+    /// (a parcel from another node was rebuilt from its image: its records
+    /// are checked against the handle's types before use), the records
+    /// held for it applied in order, then the end if it came meanwhile.
     #[cold]
-    fn try_merge(&mut self) -> bool {
-        let Some(m) = self.moving.as_mut() else { return true };
-        let Some(step) = m.incoming else { return true };
-        let Some(parcel) = m.board.take_parcel(step.version, &self.operator) else { return false };
-        // A parcel from another node was rebuilt from its image: its
-        // records are checked against the handle's types before use.
-        let merged = self.store.merge(parcel).and_then(|()| ValueState::register(&mut self.store, "acc"));
+    fn took_in(&mut self, done: Merged<T>) {
+        let merged = done
+            .result
+            .and_then(|()| ValueState::register(&mut self.store, "acc").map_err(|e| e.to_string()));
         match merged {
             Ok(acc) => self.acc = acc,
-            Err(e) => self
-                .metrics
-                .fail(format!("operator `{}`: taking bins {} in failed: {e}", self.operator, step.bins)),
+            Err(e) => self.metrics.fail(e),
         }
-        let held = std::mem::take(&mut m.held);
-        let finish = std::mem::take(&mut m.finish_due);
-        m.incoming = None;
-        let board = m.board.clone();
-        for (rec, meta) in held {
+        for (rec, meta) in done.held {
             self.push_now(rec, meta);
         }
         self.out.flush();
-        board.merged(step.version);
-        if finish {
+        if let Some(m) = &self.moving {
+            m.merged(done.step);
+        }
+        if done.finish {
             self.out.finish();
         }
-        true
-    }
-
-    /// Whether a record of hash `hash` must wait for its state.
-    #[inline]
-    fn held_back(&self, hash: u64) -> bool {
-        self.moving.as_ref().and_then(|m| m.incoming.map(|s| (s, m.bins_log2))).is_some_and(|(s, b)| {
-            let bin = spate_state::bin_of(hash, b);
-            bin >= s.bins.start && bin < s.bins.end
-        })
     }
 
     /// A burst while an incoming step's records are held: one by one.
@@ -350,11 +308,8 @@ where
     /// One record: held while its bin's state is on its way, else applied.
     fn push_one(&mut self, rec: T, meta: Meta) {
         let (key, hash) = self.key.key_and_hash(&rec);
-        if self.held_back(hash) {
-            if let Some(m) = self.moving.as_mut() {
-                m.held.push((rec, meta));
-            }
-            return;
+        if let Some(m) = self.moving.as_mut().filter(|m| m.holds(hash)) {
+            return m.hold(rec, meta);
         }
         self.apply_out(rec, key, hash, meta);
     }
@@ -370,23 +325,6 @@ where
     fn apply_out(&mut self, rec: T, key: K, hash: u64, meta: Meta) {
         if let Some(result) = self.apply(rec, key, hash) {
             self.out.push(result, meta);
-        }
-    }
-
-    /// The step's bins leave this worker: its edge drained them.
-    #[cold]
-    fn hand_off(&mut self, step: StepInfo) {
-        let Some(m) = self.moving.as_ref() else { return };
-        if step.from != m.worker {
-            return;
-        }
-        let board = m.board.clone();
-        match self.store.split_off(step.bins) {
-            Ok(part) => board.deposit(step.version, &self.operator, part),
-            Err(e) => self.metrics.fail(format!(
-                "operator `{}` on worker {}: handing bins {} off failed: {e}",
-                self.operator, step.from, step.bins
-            )),
         }
     }
 
@@ -434,11 +372,8 @@ where
     /// Ends the output, unless an incoming step's records are held: then
     /// once its state is merged and they are applied (see `try_merge`).
     fn finish(&mut self) {
-        if self.handoff_turn() {
-            if let Some(m) = self.moving.as_mut() {
-                m.finish_due = true;
-                return;
-            }
+        if self.handoff_turn() && self.moving.as_mut().is_some_and(|m| m.defer_finish()) {
+            return;
         }
         self.out.finish();
     }
@@ -451,7 +386,13 @@ where
     }
     fn handoff(&mut self, h: &Handoff) {
         match *h {
-            Handoff::Drained(step) => self.hand_off(step),
+            Handoff::Drained(step) => {
+                if let Some(m) = &self.moving {
+                    if let Err(e) = m.drained(step, &self.operator, &mut self.store) {
+                        self.metrics.fail(e);
+                    }
+                }
+            }
             Handoff::Poll => {
                 self.handoff_turn();
             }
@@ -534,17 +475,7 @@ where
             keys: Vec::new(),
             hashes: Vec::new(),
             results: Vec::new(),
-            moving: ctx.handoff.map(|board| {
-                Box::new(Moving {
-                    board: board.clone(),
-                    worker: ctx.worker,
-                    bins_log2: ctx.bins_log2,
-                    seen: board.staged(),
-                    incoming: None,
-                    held: Vec::new(),
-                    finish_due: false,
-                })
-            }),
+            moving: ctx.handoff.map(|board| Box::new(Mover::new(board, ctx.worker, ctx.bins_log2))),
         }) as BoxPush<T>)
     })
 }

@@ -33,7 +33,9 @@ pub mod prelude {
     pub use crate::keyed::KeyedExt;
     pub use crate::session::{SessionExt, SessionStream};
     pub use crate::sinks::{output, OutputHandle, OutputSink, SinkExt};
-    pub use crate::sources::{input, FnRecords, GeneratorSpec, InputHandle, InputSource, Records, SourceExt};
+    pub use crate::sources::{
+        input, FnRecords, GeneratorSpec, InputHandle, InputSource, RateSchedule, Records, SourceExt,
+    };
     pub use crate::stateless::StreamExt;
     pub use crate::topn::TopNExt;
     pub use crate::window::{LateExt, Window, WindowExt, WindowResult, WindowedStream};

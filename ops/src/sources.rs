@@ -34,6 +34,115 @@ impl GeneratorSpec {
     }
 }
 
+/// A rate that changes over time, for elastic workloads: points `(second
+/// from the start, records a second)`, in order of time. As steps, each
+/// rate holds from its point to the next; as a ramp, the rate goes in a
+/// straight line from each point to the next. Before the first point the
+/// first rate holds, after the last the last. A [`Generator`] with a
+/// schedule gives record `k` (counting from its offset, past its burst)
+/// the time at which the schedule's integral reaches `k`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateSchedule {
+    /// `(t_s, rate)`: at least one, times increasing.
+    points: Vec<(f64, f64)>,
+    ramp: bool,
+    /// Records due by each point (the integral from 0).
+    due: Vec<f64>,
+}
+
+impl RateSchedule {
+    /// A schedule of `points` (`[second, records a second]`, seconds
+    /// strictly increasing, at least one point, some rate above zero);
+    /// the error says what is wrong.
+    pub fn new(points: &[[u64; 2]], ramp: bool) -> Result<Self, String> {
+        if points.is_empty() {
+            return Err("a rate schedule needs at least one [second, rate] point".into());
+        }
+        if let Some(w) = points.windows(2).find(|w| w[1][0] <= w[0][0]) {
+            return Err(format!("the schedule's seconds must increase: {} then {}", w[0][0], w[1][0]));
+        }
+        if points.iter().all(|p| p[1] == 0) {
+            return Err("every rate of the schedule is 0".into());
+        }
+        let points: Vec<(f64, f64)> = points.iter().map(|p| (p[0] as f64, p[1] as f64)).collect();
+        let mut s = Self { points, ramp, due: Vec::new() };
+        let mut acc = s.points[0].0 * s.points[0].1;
+        s.due.push(acc);
+        for j in 1..s.points.len() {
+            acc += s.segment_records(j - 1, s.points[j].0 - s.points[j - 1].0);
+            s.due.push(acc);
+        }
+        Ok(s)
+    }
+
+    /// The points, `(second, rate)`.
+    pub fn points(&self) -> &[(f64, f64)] {
+        &self.points
+    }
+
+    /// Records a second at `t_s` seconds from the start.
+    pub fn rate_at(&self, t_s: f64) -> f64 {
+        let p = &self.points;
+        match p.iter().rposition(|&(t, _)| t <= t_s) {
+            None => p[0].1,
+            Some(j) if j + 1 == p.len() || !self.ramp => p[j].1,
+            Some(j) => {
+                let (t0, r0) = p[j];
+                let (t1, r1) = p[j + 1];
+                r0 + (r1 - r0) * (t_s - t0) / (t1 - t0)
+            }
+        }
+    }
+
+    /// Records due in the first `t_s` seconds (the schedule's integral).
+    pub fn records_by(&self, t_s: f64) -> u64 {
+        let p = &self.points;
+        if t_s <= p[0].0 {
+            return (t_s.max(0.0) * p[0].1) as u64;
+        }
+        let j = p.iter().rposition(|&(t, _)| t <= t_s).unwrap_or(0);
+        (self.due[j] + self.segment_records(j, t_s - p[j].0)) as u64
+    }
+
+    /// Records due in the first `tau` seconds of segment `j` (from point
+    /// `j`).
+    fn segment_records(&self, j: usize, tau: f64) -> f64 {
+        let (t0, r0) = self.points[j];
+        match self.points.get(j + 1) {
+            Some(&(t1, r1)) if self.ramp => r0 * tau + (r1 - r0) / (t1 - t0) * tau * tau / 2.0,
+            _ => r0 * tau,
+        }
+    }
+
+    /// Nanoseconds from the start at which record `k` is due.
+    pub fn due_ns(&self, k: u64) -> u64 {
+        let k = k as f64;
+        let p = &self.points;
+        let secs = if k < self.due[0] {
+            k / p[0].1.max(f64::MIN_POSITIVE)
+        } else {
+            // The last point whose due count is at most `k`.
+            let j = self.due.partition_point(|&d| d <= k).saturating_sub(1);
+            let left = k - self.due[j];
+            let (t0, r0) = p[j];
+            let tau = match p.get(j + 1) {
+                _ if left <= 0.0 => 0.0,
+                Some(&(t1, r1)) if self.ramp && r1 != r0 => {
+                    // r0·τ + b·τ²/2 = left, b the slope.
+                    let b = (r1 - r0) / (t1 - t0);
+                    let disc = (r0 * r0 + 2.0 * b * left).max(0.0);
+                    (disc.sqrt() - r0) / b
+                }
+                _ if r0 > 0.0 => left / r0,
+                // A segment at rate 0 that is the last: never due.
+                _ => return u64::MAX,
+            };
+            t0 + tau
+        };
+        (secs * 1e9).min(u64::MAX as f64 / 2.0) as u64
+    }
+}
+
 /// A deterministic, replayable source: record `i` is `make(i)`; instance
 /// `w` of `W` generates the indices `i ≡ w (mod W)`. With a rate, record `i`
 /// is due at `start + max(0, i - offset - burst) / rate` and carries that
@@ -62,6 +171,9 @@ pub struct Generator<T, M: ?Sized = dyn Records<T>, E: ?Sized = dyn Fn(u64) -> T
     start_ns: u64,
     /// `start_ns` is the job's schedule origin: a seek keeps it.
     fixed_start: bool,
+    /// A rate that changes over time (over all instances), in place of
+    /// `rate`.
+    schedule: Option<Rc<RateSchedule>>,
     /// A step's records, handed downstream as one burst (one call for the
     /// step, not one per record); allocated once.
     out: Vec<(T, Meta)>,
@@ -69,6 +181,10 @@ pub struct Generator<T, M: ?Sized = dyn Records<T>, E: ?Sized = dyn Fn(u64) -> T
 
 impl<T, M: ?Sized, E: ?Sized> Generator<T, M, E> {
     fn intended_ns(&self, i: u64) -> u64 {
+        if let Some(s) = &self.schedule {
+            let k = (i - self.offset).saturating_sub(self.burst);
+            return self.start_ns.saturating_add(s.due_ns(k));
+        }
         match self.rate {
             Some(r) if r > 0 => {
                 let k = (i - self.offset).saturating_sub(self.burst);
@@ -130,8 +246,8 @@ impl<T, M: Records<T> + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for 
         }
         let mut n = 0;
         let mut burst = std::mem::take(&mut self.out);
-        match self.rate {
-            Some(_) => {
+        match self.rate.is_some() || self.schedule.is_some() {
+            true => {
                 while n < max && self.next < self.end {
                     let due = self.intended_ns(self.next);
                     if due > now {
@@ -142,7 +258,7 @@ impl<T, M: Records<T> + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for 
                     n += 1;
                 }
             }
-            None => {
+            false => {
                 // As fast as possible: every record of the step is due now.
                 let left = self.end.saturating_sub(self.next).div_ceil(self.stride);
                 n = max.min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -159,7 +275,7 @@ impl<T, M: Records<T> + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for 
         self.out = burst;
         let status = if self.next >= self.end {
             SourceStatus::Done
-        } else if self.rate.is_some() && n < max {
+        } else if (self.rate.is_some() || self.schedule.is_some()) && n < max {
             SourceStatus::Idle { next_ns: Some(self.intended_ns(self.next)) }
         } else {
             SourceStatus::Busy
@@ -169,6 +285,15 @@ impl<T, M: Records<T> + ?Sized, E: Fn(u64) -> Timestamp + ?Sized> Source<T> for 
 
     fn offset(&self) -> Option<u64> {
         Some(self.next)
+    }
+
+    fn offered_per_s(&self, now_ns: u64) -> Option<f64> {
+        let share = |r: f64| r / self.stride.max(1) as f64;
+        if let Some(s) = &self.schedule {
+            let t = now_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+            return Some(share(s.rate_at(t)));
+        }
+        self.rate.map(|r| share(r as f64))
     }
 
     fn seek(&mut self, offset: u64) -> Result<(), String> {
@@ -381,6 +506,17 @@ pub trait SourceExt {
         event_time: impl Fn(u64) -> Timestamp + 'static,
     ) -> Stream<T>;
 
+    /// As [`SourceExt::generate_runs`], paced by `schedule` (over all
+    /// instances) in place of `spec.rate_per_s` when it is given.
+    fn generate_scheduled<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        schedule: Option<RateSchedule>,
+        records: impl Records<T> + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T>;
+
     /// A newline-delimited file, read once by worker 0 from byte `offset`.
     fn read_file<T: Data>(
         &self,
@@ -413,7 +549,20 @@ impl SourceExt for Dataflow {
         records: impl Records<T> + 'static,
         event_time: impl Fn(u64) -> Timestamp + 'static,
     ) -> Stream<T> {
+        self.generate_scheduled(name, spec, None, records, event_time)
+    }
+
+    fn generate_scheduled<T: Data>(
+        &self,
+        name: &str,
+        spec: GeneratorSpec,
+        schedule: Option<RateSchedule>,
+        records: impl Records<T> + 'static,
+        event_time: impl Fn(u64) -> Timestamp + 'static,
+    ) -> Stream<T> {
         let (make, event_time) = (Rc::new(records), Rc::new(event_time));
+        // Shared by a worker's instances; each worker builds its own.
+        let schedule = schedule.map(Rc::new);
         self.source(name, Parallelism::PerWorker, move |ctx| {
             let end = spec.records.map(|r| spec.offset.saturating_add(r)).unwrap_or(u64::MAX);
             Generator {
@@ -427,6 +576,7 @@ impl SourceExt for Dataflow {
                 burst: spec.burst,
                 start_ns: ctx.config.schedule_origin_ns,
                 fixed_start: ctx.config.schedule_origin_ns > 0,
+                schedule: schedule.clone(),
                 out: Vec::new(),
             }
         })
@@ -458,5 +608,34 @@ impl SourceExt for Dataflow {
             rx: rx.lock().ok().and_then(|mut r| r.take()),
             watermark: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::RateSchedule;
+
+    #[test]
+    fn steps_and_ramps_give_each_record_its_time() {
+        let s = RateSchedule::new(&[[0, 1000], [2, 3000], [4, 0]], false).unwrap_or_else(|e| panic!("{e}"));
+        // 1000/s for 2 s (2000 records), then 3000/s for 2 s (6000 more).
+        assert_eq!(s.due_ns(0), 0);
+        assert_eq!(s.due_ns(1000), 1_000_000_000);
+        assert_eq!(s.due_ns(2000), 2_000_000_000);
+        assert_eq!(s.due_ns(5000), 3_000_000_000);
+        assert_eq!(s.due_ns(8000), 4_000_000_000);
+        assert_eq!(s.due_ns(8001), u64::MAX);
+        assert_eq!((s.rate_at(1.0), s.rate_at(2.5), s.rate_at(9.0)), (1000.0, 3000.0, 0.0));
+        // A ramp from 0 to 2000/s over 2 s: 2000 records, k due at
+        // sqrt(k / 500) s; then 2000/s.
+        let r = RateSchedule::new(&[[0, 0], [2, 2000]], true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.due_ns(500), 1_000_000_000);
+        assert_eq!(r.due_ns(2000), 2_000_000_000);
+        assert_eq!(r.due_ns(4000), 3_000_000_000);
+        assert_eq!(r.rate_at(1.0), 1000.0);
+        assert_eq!((s.records_by(3.0), r.records_by(1.0), r.records_by(3.0)), (5000, 500, 4000));
+        for bad in [&[][..], &[[1, 5], [1, 6]][..], &[[0, 0]][..]] {
+            assert!(RateSchedule::new(bad, false).is_err(), "{bad:?}");
+        }
     }
 }

@@ -31,6 +31,9 @@ pub(super) enum Bench {
     /// In one process: a keyed sum on 1 worker of 2, scaled out to 2 by
     /// live handoff, then back; print the three throughputs and the moves.
     Rescale(RescaleArgs),
+    /// A scaling policy in the loop: a rate schedule, each decision,
+    /// convergence, relief, exactly-once accounting.
+    Elastic(ElasticArgs),
     /// One node process of `bench rescale --nodes` (started by it).
     #[command(hide = true)]
     RescaleNode(RescaleNodeArgs),
@@ -199,6 +202,50 @@ pub(super) struct RescaleArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(args_override_self = true)]
+pub(super) struct ElasticArgs {
+    /// The rate schedule: `[[second, records/s], ...]`.
+    #[arg(long, value_name = "POINTS", default_value = "[[0, 300000], [10, 1000000], [30, 300000]]")]
+    schedule: String,
+    /// The rate goes in a straight line between the points.
+    #[arg(long)]
+    ramp: bool,
+    /// Seconds to run (default: 20 past the last point).
+    #[arg(long, value_name = "S")]
+    seconds: Option<u64>,
+    /// `rate` (DS2) or `threshold` (SEEP).
+    #[arg(long, value_name = "P", default_value = "rate")]
+    policy: String,
+    /// About how long the fold spends on a record, ns.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    work_ns: u64,
+    /// Distinct keys.
+    #[arg(long, value_name = "K", default_value_t = 100_000)]
+    keys: u64,
+    /// Workers the process starts (1 in use at first).
+    #[arg(long, value_name = "W", default_value_t = 2)]
+    max_workers: usize,
+    /// Load reports (and policy rounds) this often, ms.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    interval_ms: u64,
+    /// No action for this long after one, ms.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    cooldown_ms: u64,
+    /// No scale-in for this long after any action, ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    scale_in_hold_ms: u64,
+    /// The p99 that `time_to_relief_ms` waits for, µs.
+    #[arg(long, value_name = "US", default_value_t = 50_000)]
+    target_p99_us: u64,
+    /// One JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Latency and workers over time, decisions marked.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+}
+
 /// `spate bench rescale-node`: one node process of `bench rescale
 /// --nodes` (it starts them).
 #[derive(Debug, Args)]
@@ -287,6 +334,7 @@ pub(super) fn run(queries: &Registry, b: Bench) -> Result<(), String> {
         Bench::Compare(a) => compare(a),
         Bench::State(a) => state(a),
         Bench::Rescale(a) => rescale(a),
+        Bench::Elastic(a) => elastic(a),
         Bench::RescaleNode(a) => {
             let cfg = crate::config::Config::load(&a.config).map_err(|e| e.to_string())?;
             crate::bench_rescale::run_work_node(&cfg, &a.name, a.keys, a.work_ns)
@@ -615,6 +663,52 @@ fn state(a: StateArgs) -> Result<(), String> {
             r.max_pause_us,
             r.restore_ms,
             r.restore_mb_per_s
+        );
+    }
+    Ok(())
+}
+
+fn elastic(a: ElasticArgs) -> Result<(), String> {
+    use crate::bench_elastic::{parse_schedule, policy, ElasticParams};
+    let schedule = parse_schedule(&a.schedule)?;
+    let last = schedule.last().map_or(0, |p| p[0]);
+    let scaling = spate_core::control::scaling::ScalingConfig {
+        policy: policy(&a.policy)?,
+        interval_ms: a.interval_ms,
+        cooldown_ms: a.cooldown_ms,
+        scale_in_hold_ms: a.scale_in_hold_ms,
+        ..Default::default()
+    };
+    let p = ElasticParams {
+        schedule,
+        ramp: a.ramp,
+        seconds: a.seconds.unwrap_or(last + 20),
+        scaling,
+        max_workers: a.max_workers,
+        work_ns: a.work_ns,
+        keys: a.keys,
+        target_p99_us: a.target_p99_us,
+    };
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a data directory: {e}"))?;
+    let r = crate::bench_elastic::run(dir.path(), &p)?;
+    if let Some(path) = &a.csv {
+        std::fs::write(path, r.to_csv()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", r.to_json(&p));
+    } else {
+        eprintln!(
+            "elastic ({}): {} decisions, steps to converge {:?}, relief {:?} ms, p99 {} µs,              {} in, {} out, {} lost, {} duplicated, {} wrong sums",
+            r.policy,
+            r.events.len(),
+            r.steps_to_converge,
+            r.time_to_relief_ms,
+            r.p99_us,
+            r.records_in,
+            r.records_out,
+            r.lost_records(),
+            r.duplicated_records(),
+            r.wrong_sums
         );
     }
     Ok(())

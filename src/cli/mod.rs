@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use spate_core::{Job, JobReport, Runtime};
+use spate_core::{Job, Runtime};
 
 use crate::config::{Config, SinkKind};
 use crate::control::NodeReport;
@@ -131,7 +131,9 @@ struct ClusterArgs {
 #[derive(Debug, Args)]
 #[command(args_override_self = true)]
 struct CtlArgs {
-    /// The cluster's TOML config (it names the coordinator's address).
+    /// The job's TOML config: a cluster's (it names the coordinator's
+    /// address), or a `spate run` job's (its control socket is
+    /// `<data_dir>/<query>.ctl`).
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Most bins one handoff step moves (default 512).
@@ -291,14 +293,21 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
-/// Waits for a job, printing a live status line to stderr unless `quiet`.
-fn watch(job: Job, quiet: bool) -> Result<(JobReport, hdrhistogram::Histogram<u64>), String> {
+/// Waits for a job, printing a live status line to stderr unless `quiet`,
+/// and driving `scaler`'s policy over it (each decision printed).
+fn watch(job: &Job, quiet: bool, mut scaler: Option<spate_core::control::scaling::local::LocalScaler>) {
     let metrics = job.metrics().clone();
     let started = job.started();
     let (mut last_in, mut last_out, mut last_t) = (0u64, 0u64, Instant::now());
     let mut printed = false;
     while !job.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(e) = scaler.as_mut().and_then(|s| s.poll(job, spate_core::now_ns() / 1_000_000)) {
+            if printed {
+                eprintln!();
+            }
+            eprintln!("[{:6.1}s] {}", started.elapsed().as_secs_f64(), e.line());
+        }
         if quiet || last_t.elapsed() < Duration::from_secs(1) {
             continue;
         }
@@ -321,9 +330,6 @@ fn watch(job: Job, quiet: bool) -> Result<(JobReport, hdrhistogram::Histogram<u6
     if printed {
         eprintln!();
     }
-    let latency = metrics.latency();
-    let report = job.wait().map_err(|e| e.to_string())?;
-    Ok((report, latency))
 }
 
 fn cmd_run(queries: &Registry, a: RunArgs) -> Result<(), String> {
@@ -338,11 +344,38 @@ fn cmd_run(queries: &Registry, a: RunArgs) -> Result<(), String> {
     let build = queries.build(&cfg.query, &cfg.sink)?;
     let quiet = a.quiet || cfg.sink.kind == SinkKind::Stdout;
     let workers = rc.effective_workers();
+    let data_dir = rc.data_dir.clone();
+    let scaler = match &cfg.scaling {
+        Some(s) => Some(spate_core::control::scaling::local::LocalScaler::new(s.scaling_config()?)),
+        None => None,
+    };
     let job = Runtime::new(rc).start(&cfg.query.name, move |df| build(df)).map_err(|e| e.to_string())?;
     if let Some(m) = job.checkpoints().and_then(|c| c.restored()) {
         eprintln!("{}: resuming from checkpoint {}", cfg.query.name, m.id);
     }
-    let (report, latency) = watch(job, quiet)?;
+    // A job that can move bins takes `spate ctl` requests on its control
+    // socket while it runs.
+    let path = crate::ctl_local::socket_path(&data_dir, &cfg.query.name);
+    let control = match job.assignment() {
+        Some(_) => match crate::ctl_local::bind(&path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("{}: no control socket: {e}", cfg.query.name);
+                None
+            }
+        },
+        None => None,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let Some(l) = &control {
+            s.spawn(|| crate::ctl_local::serve(&job, l, &path, &stop));
+        }
+        watch(&job, quiet, scaler);
+        stop.store(true, Ordering::Release);
+    });
+    let latency = job.metrics().latency();
+    let report = job.wait().map_err(|e| e.to_string())?;
     let secs = report.elapsed.as_secs_f64();
     let mut summary = format!(
         "{}: {} records in, {} out in {:.3} s on {} workers ({} in)",

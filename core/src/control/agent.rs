@@ -680,6 +680,11 @@ impl<E: Env> NodeAgent<E> {
                 out.push(Msg::Ready { epoch: s.epoch });
             }
         }
+        for s in &self.shares {
+            if let Some(board) = s.job.load() {
+                out.extend(board.take().into_iter().map(|report| Msg::Load { epoch: s.epoch, report }));
+            }
+        }
         if let [s] = self.shares.as_slice() {
             if let Some(board) = s.job.share_board() {
                 let (cluster, quiet) = (self.placement.cluster, self.quiet);

@@ -158,6 +158,12 @@ impl<E: Env> Coordinator<E> {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
 
+    /// Drives `config`'s scaling policy from the nodes' load reports
+    /// (see [`Plan::set_scaling`]).
+    pub fn set_scaling(&mut self, config: crate::control::scaling::ScalingConfig) {
+        self.plan.set_scaling(config);
+    }
+
     /// Whether a control connection announcing `name` (`ctl:<node>`) is
     /// taken.
     pub fn admit(&self, name: &str) -> Result<(), Rejection> {

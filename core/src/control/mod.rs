@@ -55,10 +55,11 @@ mod handoff;
 pub mod member;
 pub mod msg;
 pub mod node;
-mod peer;
+pub(crate) mod peer;
 pub mod placement;
 pub mod plan;
 pub mod report;
+pub mod scaling;
 
 pub use crate::time::unix_ms;
 pub use agent::{Exit, NodeAgent};

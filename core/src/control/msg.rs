@@ -13,6 +13,7 @@ use spate_net::frame::Kind;
 use crate::checkpoint::{CheckpointError, Manifest};
 use crate::control::placement::NodeSpec;
 use crate::control::report::NodeReport;
+use crate::load::LoadReport;
 
 /// A control message.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +163,14 @@ pub enum Msg {
         /// Microseconds it took here.
         micros: u64,
     },
+    /// Node → coordinator: one of its workers' load over the last
+    /// `[scaling] interval_ms` (for the scaling policy).
+    Load {
+        /// The epoch.
+        epoch: u64,
+        /// The worker's report.
+        report: LoadReport,
+    },
     /// `spate ctl` → coordinator: a request in words (`move <start>
     /// <end> <to>`, `scale <workers>`, `assignment`).
     Control {
@@ -227,7 +236,8 @@ impl Msg {
             | Msg::Handoff { epoch, .. }
             | Msg::Staged { epoch, .. }
             | Msg::Switch { epoch, .. }
-            | Msg::HandedOff { epoch, .. } => Some(*epoch),
+            | Msg::HandedOff { epoch, .. }
+            | Msg::Load { epoch, .. } => Some(*epoch),
             Msg::Register { .. }
             | Msg::Release
             | Msg::Stop { .. }
@@ -288,6 +298,7 @@ impl Msg {
             Msg::HandedOff { epoch, version, bytes, micros } => {
                 r(format!("handedoff {epoch} {version} {bytes} {micros}"))
             }
+            Msg::Load { epoch, report } => r(format!("load {epoch} {}", report.encode())),
             Msg::Control { request } => r(format!("control {request}")),
             Msg::Reply { ok, text } => r(format!("reply {} {text}", if *ok { "ok" } else { "refused" })),
         }
@@ -398,6 +409,12 @@ impl Msg {
             "switch" => {
                 Msg::Switch { epoch: num(a, "an epoch")?, version: num(rest, "an assignment version")? }
             }
+            "load" => Msg::Load {
+                epoch: num(a, "an epoch")?,
+                report: rest
+                    .and_then(LoadReport::decode)
+                    .ok_or_else(|| bad(MsgFault::Expected("a load report")))?,
+            },
             "control" => Msg::Control { request: text.strip_prefix("control ").unwrap_or("").to_string() },
             "reply" => {
                 let (ok, text) = match text.strip_prefix("reply ").and_then(|t| t.split_once(' ')) {
@@ -700,6 +717,30 @@ mod tests {
             Msg::HandedOff { epoch: 3, version: 7, bytes: 1 << 28, micros: 812_000 },
             Msg::Staged { epoch: 3, version: 7 },
             Msg::Switch { epoch: 3, version: 7 },
+            Msg::Load {
+                epoch: 3,
+                report: LoadReport {
+                    worker: 1,
+                    at_ms: 1_765_000_000_123,
+                    busy_ns: 812_000_000,
+                    blocked_ns: 3_000_000,
+                    idle_ns: 185_000_000,
+                    sources: vec![crate::load::SourceLoad {
+                        name: "source".into(),
+                        records: 1_000_000,
+                        offered_per_s: Some(1_500_000.0),
+                    }],
+                    inputs: vec![crate::load::InputLoad {
+                        edge: 0,
+                        producer: 0,
+                        records: 400_000,
+                        queued: 7,
+                        capacity: 64,
+                    }],
+                    bins_log2: 4,
+                    bin_counts: vec![0, 0, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 9],
+                },
+            },
             Msg::Control { request: "move 0 100 3".into() },
             Msg::Reply { ok: true, text: "moved 100 bins\nin 2 steps".into() },
             Msg::Reply { ok: false, text: "no worker 9: the job runs 4".into() },
@@ -737,6 +778,8 @@ mod tests {
             (Kind::Recovery, "recover 2 1 1\nnode a 127.0.0.1:1 1\nmoved one\n", "bad worker"),
             (Kind::Recovery, "recover 2 1 1\nnode a nowhere 1\n", "bad address"),
             (Kind::Recovery, "recovered", "an epoch"),
+            (Kind::Recovery, "load 3 1 2 3", "a load report"),
+            (Kind::Recovery, "load x 1 2 3 4 5 4", "an epoch"),
             (Kind::Data, "ready 1", "frame kind"),
         ];
         for (kind, text, want) in cases {

@@ -139,9 +139,9 @@ impl<E: Env> Node<E> {
         }
     }
 
-    /// The coordinator, on its node, to take its journal.
-    #[cfg(test)]
-    pub(crate) fn coordinator_mut(&mut self) -> Option<&mut Coordinator<E>> {
+    /// The coordinator, on its node (to set its scaling policy; core's
+    /// tests take its journal).
+    pub fn coordinator_mut(&mut self) -> Option<&mut Coordinator<E>> {
         match &mut self.role {
             Role::Coordinator(c) => Some(c),
             Role::Member(_) => None,

@@ -59,6 +59,12 @@ pub(crate) struct ExchangeSender<T, K, F> {
     /// of (see `crate::handoff`).
     pub(super) board: Option<std::sync::Arc<crate::handoff::HandoffBoard>>,
     pub(super) version: u64,
+    /// Per-bin load counts of one burst in
+    /// [`crate::load::BIN_SAMPLE_BURSTS`] (`None`: no load reports), `B`,
+    /// and the bursts seen.
+    pub(super) bin_counts: crate::load::BinCounts,
+    pub(super) bins_log2: u8,
+    pub(super) bursts: u64,
 }
 
 /// Encodes `rec` into `o`, the outbox for worker `dest`; a record that
@@ -183,6 +189,37 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
             cursors,
             board: None,
             version: 0,
+            bin_counts: None,
+            bins_log2: 0,
+            bursts: 0,
+        }
+    }
+
+    /// Counts the bins of one record in [`crate::load::BIN_SAMPLE`] of
+    /// every burst into `counts` (of `2^bins_log2` bins) from now on.
+    pub(crate) fn count_bins_into(&mut self, counts: crate::load::BinCounts, bins_log2: u8) {
+        self.bin_counts = counts;
+        self.bins_log2 = bins_log2;
+    }
+
+    /// Whether this burst's bins are counted (when the job takes load
+    /// reports): one branch a burst when it does not.
+    #[inline(always)]
+    fn samples_burst(&mut self) -> bool {
+        if self.bin_counts.is_none() {
+            return false;
+        }
+        self.bursts = self.bursts.wrapping_add(1);
+        true
+    }
+
+    /// Counts one hash in [`crate::load::BIN_SAMPLE`] of `hashes` by bin,
+    /// from a position that turns with each burst.
+    #[inline(never)]
+    fn count_burst(&self, hashes: &[u64]) {
+        if let Some(c) = &self.bin_counts {
+            let from = (self.bursts % crate::load::BIN_SAMPLE) as usize;
+            crate::load::count_bins(c, hashes, from, self.bins_log2);
         }
     }
 
@@ -249,9 +286,9 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
     /// branch: a branch per record on it (taken for half the records with
     /// two workers, at random) was mispredicted so often that routing took
     /// 29 % of a two-worker run's cycles (`perf record`).
-    fn push_burst_spread(&mut self, recs: &mut Vec<(T, Meta)>) {
+    fn push_burst_spread(&mut self, recs: &mut Vec<(T, Meta)>, sample: bool) {
         if let Some(other) = self.pair {
-            return self.push_burst_pair(recs, other);
+            return self.push_burst_pair(recs, other, sample);
         }
         // Records pushed one by one before this burst go first.
         self.deliver();
@@ -290,6 +327,11 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
         for (s, c) in self.stage.iter_mut().zip(&mut self.cursors) {
             c.commit(s);
         }
+        if sample {
+            for s in &self.stage {
+                self.count_burst(&s.hashes);
+            }
+        }
         let mut kept = false;
         for (d, s) in self.stage.iter_mut().enumerate() {
             match self.outboxes.get(d) {
@@ -326,9 +368,12 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> ExchangeSender<T, K, F> {
     /// loaded, incremented and stored, and the next record for that worker
     /// waited for the store: the exchange took about as long as the keyed
     /// operator in a two-worker run.
-    fn push_burst_pair(&mut self, recs: &mut Vec<(T, Meta)>, other: usize) {
+    fn push_burst_pair(&mut self, recs: &mut Vec<(T, Meta)>, other: usize, sample: bool) {
         let n = recs.len();
         let (mut keys, mut hashes) = self.keys_and_hashes_of(recs);
+        if sample {
+            self.count_burst(&hashes);
+        }
         debug_assert!(keys.len() == n && hashes.len() == n);
         let n = n.min(keys.len()).min(hashes.len());
         let remote = &mut self.stage[other].recs;
@@ -480,10 +525,14 @@ impl<T: Data, K: Key, F: Fn(&T) -> K> Push<T> for ExchangeSender<T, K, F> {
     /// downstream as it is, with the keys and hashes of its records, and no
     /// record is moved. Otherwise see `push_burst_spread`.
     fn push_burst(&mut self, recs: &mut Vec<(T, Meta)>) {
+        let sample = self.samples_burst();
         if !self.alone {
-            return self.push_burst_spread(recs);
+            return self.push_burst_spread(recs, sample);
         }
         let (keys, hashes) = self.keys_and_hashes_of(recs);
+        if sample {
+            self.count_burst(&hashes);
+        }
         self.keep_burst(recs, keys, hashes);
     }
 }

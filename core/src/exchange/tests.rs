@@ -181,6 +181,9 @@ fn spread_burst_reaches_every_worker_in_order(me: usize, workers: usize, pair: b
         cursors: Vec::new(),
         board: None,
         version: 0,
+        bin_counts: None,
+        bins_log2: 6,
+        bursts: 0,
     };
     assert_eq!(sender.pair.is_some(), pair, "a pair of workers takes push_burst_pair");
     let mut want: Vec<Vec<Rec>> = vec![Vec::new(); workers];

@@ -94,6 +94,14 @@ impl<C: Conn> Rx<C> {
         }
     }
 
+    /// `(batches waiting, most it holds)`, for load reports.
+    pub(crate) fn fill(&self) -> (usize, usize) {
+        match self {
+            Rx::Ring(c) => (c.len(), c.capacity()),
+            Rx::Net { queue, .. } => (queue.borrow().len(), crate::limits::NET_CREDIT_WINDOW as usize),
+        }
+    }
+
     /// Whether the producer has gone and every batch was taken.
     pub(crate) fn is_finished(&self) -> bool {
         match self {

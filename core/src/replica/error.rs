@@ -450,7 +450,7 @@ impl ReplicaError {
     }
 
     /// An established connection failed.
-    pub(super) fn lost(e: NetError) -> Self {
+    pub(crate) fn lost(e: NetError) -> Self {
         ReplicaError::ConnectionLost { source: Arc::new(e) }
     }
 }

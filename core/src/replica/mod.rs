@@ -170,6 +170,7 @@ pub use error::{Link, Malformation, Missing, ReplicaError, StoredFault};
 pub use fetch::{fetch, FetchReport};
 pub use parcel::{
     parcel_hello_name, parse_parcel_hello_name, receive_parcel, send_parcel, Parcel, ParcelError,
+    ParcelReceiver, ParcelSender,
 };
 pub use server::{CompletionHandle, ReplicaServer};
 

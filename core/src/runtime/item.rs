@@ -27,6 +27,8 @@ pub(crate) enum Work<C> {
     Source(SourceTask),
     Input {
         edge: usize,
+        /// The producing worker.
+        producer: usize,
         rx: Rx<C>,
         input: Rc<RefCell<dyn BatchInput>>,
         /// With live recovery, from a worker of another node: what was
@@ -45,6 +47,9 @@ pub(crate) struct Item<C> {
     /// The last checkpoint barrier this item passed (a source injected it,
     /// or the producer of this ring sent it).
     pub(crate) passed: u64,
+    /// Records it produced (a source) or took (an input) since the last
+    /// load report.
+    pub(crate) records: u64,
 }
 
 /// A worker's checkpointing state.
@@ -144,6 +149,7 @@ impl<C: Conn> Item<C> {
                 }
                 let step = t.runner.step(step_records);
                 metrics.records_in.fetch_add(step.emitted as u64, Ordering::Relaxed);
+                self.records += step.emitted as u64;
                 let done = step.status == SourceStatus::Done;
                 if done {
                     if let Some(c) = &ckpt.checkpointer {
@@ -153,7 +159,7 @@ impl<C: Conn> Item<C> {
                 self.done = done;
                 (step.emitted > 0 || done, done)
             }
-            Work::Input { edge, rx, input, cursor } => {
+            Work::Input { edge, rx, input, cursor, .. } => {
                 let aborted = ckpt.barriers.aborted();
                 let mut got = false;
                 for _ in 0..BATCHES_PER_VISIT {
@@ -164,6 +170,7 @@ impl<C: Conn> Item<C> {
                         break;
                     };
                     got = true;
+                    self.records += u64::from(batch.count);
                     let mut skip = 0;
                     if let Some((producer, c)) = cursor.as_mut() {
                         skip = c.arrive(&batch, aborted);

@@ -40,6 +40,7 @@ use crate::control::placement::ClusterPlacement;
 use crate::dataflow::Dataflow;
 use crate::handoff::{HandoffBoard, HandoffError, StepDone, StepInfo};
 use crate::link::Conn;
+use crate::load::LoadBoard;
 use crate::metrics::JobMetrics;
 use crate::ring::{ring, Consumer, Producer};
 use spate_state::BinRange;
@@ -82,6 +83,9 @@ pub struct Job<C = spate_net::Connection> {
     is_cluster: bool,
     name: String,
     data_dir: std::path::PathBuf,
+    /// Where its workers leave their load reports (`None`: they take
+    /// none, `load_interval_ms` is 0).
+    load: Option<Arc<LoadBoard>>,
 }
 
 /// What a finished job reports.
@@ -361,6 +365,8 @@ impl Runtime {
         // driven by the coordinator, of a cluster's nodes.
         let is_cluster = cluster.is_some();
         let handoff = (workers > 1).then(|| HandoffBoard::with_local(assignment.clone(), &local));
+        let load = (self.config.load_interval_ms > 0)
+            .then(|| Arc::new(LoadBoard::new(local.len(), self.config.load_interval_ms)));
         let mut setups: BTreeMap<usize, WorkerSetup<C>> = local
             .iter()
             .enumerate()
@@ -382,6 +388,7 @@ impl Runtime {
                     handoff: handoff.clone(),
                     partitions,
                     done: worker::WorkerDone(metrics.clone()),
+                    load: load.as_ref().map(|b| (b.clone(), slot)),
                 };
                 (w, setup)
             })
@@ -420,6 +427,7 @@ impl Runtime {
             is_cluster,
             name: name.to_string(),
             data_dir: self.config.data_dir.clone(),
+            load,
         };
         let setups = local.iter().filter_map(|w| setups.remove(w)).collect();
         Ok((job, setups))
@@ -478,6 +486,12 @@ impl<C> Job<C> {
         done + self.metrics.workers_through.load(Ordering::SeqCst) >= self.workers
     }
 
+    /// Where this process's workers leave their load reports (`None`:
+    /// the job takes none, `RuntimeConfig::load_interval_ms` is 0).
+    pub fn load(&self) -> Option<&Arc<LoadBoard>> {
+        self.load.as_ref()
+    }
+
     /// When the job started.
     pub fn started(&self) -> Instant {
         self.started
@@ -534,11 +548,31 @@ impl<C> Job<C> {
         }
         let target = Assignment::uniform_over(now.bins_log2(), now.workers(), used, 0)
             .map_err(HandoffError::Assignment)?;
+        self.rescale_to(&target, max_bins, timeout)
+    }
+
+    /// Moves the job live to `target`'s ranges (of as many workers and
+    /// bins; its version is ignored) by neighbour handoffs of at most
+    /// `max_bins` bins ([`Assignment::moves_to`]), as a scaling policy
+    /// decides them. Stops at the first step that fails (the steps
+    /// before it stand); returns every step's report.
+    pub fn rescale_to(
+        &self,
+        target: &Assignment,
+        max_bins: u32,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
+        let now = self.board()?.assignment();
         let mut done = Vec::new();
-        for (bins, from, to) in now.moves_to(&target).map_err(HandoffError::Assignment)? {
+        for (bins, from, to) in now.moves_to(target).map_err(HandoffError::Assignment)? {
             done.extend(self.move_bins_by(bins, from, to, max_bins, timeout)?);
         }
         Ok(done)
+    }
+
+    /// Whether a handoff step is in flight in this process.
+    pub fn handoff_running(&self) -> bool {
+        self.handoff.as_ref().is_some_and(|b| b.step().is_some())
     }
 
     /// As [`Job::move_bins`], in steps of at most `max_bins` bins, each a

@@ -23,6 +23,7 @@ use crate::limits::{NAP_US, TICK_US_MAX};
 use crate::link::netlink::NetLink;
 use crate::link::route::{Rx, Tx};
 use crate::link::{channel, Conn};
+use crate::load::{BinCounts, InputLoad, LoadBoard, LoadMeter, SourceLoad, TurnKind};
 use crate::metrics::JobMetrics;
 use crate::push::BarrierTracker;
 use crate::replay::{LogStore, ReplayCursor, ReplayLog};
@@ -67,6 +68,9 @@ pub(crate) struct WorkerSetup<C> {
     pub(crate) partitions: usize,
     /// Counts the worker as ended, whether it is built or not.
     pub(crate) done: WorkerDone,
+    /// Where its load reports go, and its slot there (`None`: the job
+    /// takes no load reports).
+    pub(crate) load: Option<(Arc<LoadBoard>, usize)>,
 }
 
 /// Counts a worker as ended when dropped, even by a panic: made with its
@@ -118,6 +122,10 @@ pub struct Worker<C> {
     at: Option<usize>,
     /// Each exchange edge's name.
     edge_names: Vec<String>,
+    /// Its load measurements (`None`: the job takes no load reports).
+    meter: Option<LoadMeter>,
+    /// An item of this turn waited on a full outbox.
+    blocked: bool,
     _done: WorkerDone,
 }
 
@@ -142,7 +150,10 @@ impl<C: Conn> Worker<C> {
             handoff,
             partitions,
             done: done_guard,
+            load,
         } = setup;
+        let bin_counts: BinCounts =
+            load.as_ref().map(|_| Rc::new(RefCell::new(vec![0u32; 1usize << config.bins_log2])));
         let checkpointer = match coord.map(|c| Checkpointer::open(&config.data_dir, &name, me, c)).transpose()
         {
             Ok(c) => c.map(Rc::new),
@@ -191,6 +202,7 @@ impl<C: Conn> Worker<C> {
                     .collect(),
                 barriers: Rc::new(BarrierTracker::default()),
                 checkpointer: checkpointer.clone(),
+                bin_counts: bin_counts.clone(),
             };
             for f in &edge_factories {
                 f(&mut wb);
@@ -198,7 +210,13 @@ impl<C: Conn> Worker<C> {
             let mut items: Vec<Item<C>> = Vec::new();
             for f in &sources {
                 if let Some(t) = f(&mut wb) {
-                    items.push(Item { work: Work::Source(t), done: false, waiting: Vec::new(), passed: 0 });
+                    items.push(Item {
+                        work: Work::Source(t),
+                        done: false,
+                        waiting: Vec::new(),
+                        passed: 0,
+                        records: 0,
+                    });
                 }
             }
             (wb, items, touched, edge_names)
@@ -246,7 +264,13 @@ impl<C: Conn> Worker<C> {
                 let queue = link.borrow_mut().queue(in_ch);
                 ins.insert((e, v), Rx::Net { link: link.clone(), channel: in_ch, queue });
             }
-            items.push(Item { work: Work::Net(link), done: false, waiting: Vec::new(), passed: 0 });
+            items.push(Item {
+                work: Work::Net(link),
+                done: false,
+                waiting: Vec::new(),
+                passed: 0,
+                records: 0,
+            });
         }
         let mut routes: Vec<Vec<Option<Route<C>>>> =
             (0..wb.edges.len()).map(|_| (0..workers).map(|_| None).collect()).collect();
@@ -270,10 +294,11 @@ impl<C: Conn> Worker<C> {
             let cursor = (ahead > 0 || (live.is_some() && matches!(rx, Rx::Net { .. })))
                 .then(|| (producer, ReplayCursor::resuming(restored, ahead)));
             items.push(Item {
-                work: Work::Input { edge, rx, input, cursor },
+                work: Work::Input { edge, producer, rx, input, cursor },
                 done: false,
                 waiting: Vec::new(),
                 passed: 0,
+                records: 0,
             });
         }
         if let Some(c) = &checkpointer {
@@ -297,6 +322,7 @@ impl<C: Conn> Worker<C> {
         let tick_ns =
             if config.linger_us > 0 { config.linger_us.clamp(20, TICK_US_MAX) } else { TICK_US_MAX } * 1000;
         let t = now_ns();
+        let meter = load.map(|(board, slot)| LoadMeter::new(slot, board, bin_counts, config.bins_log2, t));
         let ckpt = Ckpt { checkpointer, barriers, next_ns: t + config.checkpoint_interval_ms * 1_000_000 };
         Some(Self {
             me,
@@ -319,6 +345,8 @@ impl<C: Conn> Worker<C> {
             wb: Some(wb),
             at: None,
             edge_names,
+            meter,
+            blocked: false,
             _done: done_guard,
         })
     }
@@ -334,8 +362,21 @@ impl<C: Conn> Worker<C> {
         if self.done {
             return Turn::Done;
         }
+        if let Some(m) = &mut self.meter {
+            m.begin(now_ns);
+            if now_ns >= m.next_report_ns {
+                self.report_load(now_ns);
+            }
+        }
         match self.pass(now_ns) {
             Ok(t) => {
+                if let Some(m) = &mut self.meter {
+                    m.end(match t {
+                        Turn::Progress => TurnKind::Busy,
+                        _ if std::mem::take(&mut self.blocked) => TurnKind::Blocked,
+                        _ => TurnKind::Idle,
+                    });
+                }
                 if t == Turn::Done {
                     self.finish();
                 }
@@ -347,6 +388,32 @@ impl<C: Conn> Worker<C> {
                 Turn::Done
             }
         }
+    }
+
+    /// Folds the interval that ends at `now_ns` into a load report and
+    /// leaves it on the job's board (cold: once an interval).
+    #[cold]
+    fn report_load(&mut self, now_ns: u64) {
+        let Some(m) = &mut self.meter else { return };
+        let mut sources = Vec::new();
+        let mut inputs = Vec::new();
+        for item in &mut self.items {
+            let records = std::mem::take(&mut item.records);
+            match &item.work {
+                Work::Source(t) => sources.push(SourceLoad {
+                    name: t.name.clone(),
+                    records,
+                    offered_per_s: if item.done { Some(0.0) } else { t.runner.offered_per_s(now_ns) },
+                }),
+                Work::Input { edge, producer, rx, .. } => {
+                    let (queued, capacity) = rx.fill();
+                    inputs.push(InputLoad { edge: *edge, producer: *producer, records, queued, capacity });
+                }
+                Work::Net(_) => {}
+            }
+        }
+        let report = m.report(self.me, now_ns, sources, inputs);
+        m.board.publish(m.slot, report);
     }
 
     /// Ends the worker: its instances and links are dropped (closing its
@@ -410,7 +477,11 @@ impl<C: Conn> Worker<C> {
             } else {
                 live += 1;
             }
-            if item.is_blocked(flusher) || ckpt.holds(item) {
+            if item.is_blocked(flusher) {
+                self.blocked = true;
+                continue;
+            }
+            if ckpt.holds(item) {
                 continue;
             }
             *at = Some(i);

@@ -2,23 +2,26 @@
 //! [`Env`]): connections over the simulated network, shares whose workers
 //! the world turns itself, fetches and backup streams to the other nodes'
 //! simulated replica services (real [`BackupStore`]s in memory, which check
-//! every chunk's crc as the real service does).
+//! every chunk's crc as the real service does), and handoffs' parcels
+//! between nodes over the simulated network (the production sans-IO
+//! [`ParcelSender`] and [`ParcelReceiver`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use spate_net::hello::Rejection;
 use spate_net::NetError;
-use spate_state::{BackupStore, Durability};
+use spate_state::{BackupStore, Durability, StateStore, StoreConfig};
 
 use crate::checkpoint::{BackupLink, BackupLinkError, BackupNet, Backups};
 use crate::config::RuntimeConfig;
-use crate::control::env::{backup_dir, Build, Env, FetchRequest};
+use crate::control::env::{backup_dir, Build, Env, FetchRequest, ShipRequest};
 use crate::control::error::FetchError;
+use crate::replica::{Parcel, ParcelError, ParcelReceiver, ParcelSender};
 use crate::runtime::{Job, Runtime, RuntimeError, ShareLinks, Worker};
 use crate::sim::net::{self, NetRef, SimConn, SimConnecting};
 use crate::time::virtual_clock;
@@ -53,6 +56,13 @@ pub(crate) struct SimEnv {
     pub(crate) shared: Rc<Shared>,
 }
 
+/// A handoff's parcel on its way to another node: the production
+/// [`ParcelSender`] once its connection is up.
+pub(crate) enum SimShip {
+    Connecting { c: SimConnecting, operator: String, store: Option<Box<StateStore>>, timeout: Duration },
+    Sending(Box<ParcelSender<SimConn>>),
+}
+
 /// A fetch under way: done at `at`.
 pub(crate) struct SimFetch {
     request: FetchRequest,
@@ -63,8 +73,8 @@ impl Env for SimEnv {
     type Conn = SimConn;
     type Connecting = SimConnecting;
     type Fetch = SimFetch;
-    type Ship = ();
-    type Take = ();
+    type Ship = SimShip;
+    type Take = ParcelReceiver<SimConn>;
 
     fn connect(
         &mut self,
@@ -114,26 +124,48 @@ impl Env for SimEnv {
         Some(self.fetch(&f.request).map_err(|e| FetchError::Other(e.into())))
     }
 
-    // The simulator's scenarios move no bins between nodes yet.
-    fn begin_ship(&mut self, _request: crate::control::env::ShipRequest) {}
+    fn begin_ship(&mut self, r: ShipRequest) -> SimShip {
+        let c = net::connect(
+            &self.shared.net,
+            self.node,
+            self.addr,
+            r.addr,
+            r.hello,
+            crate::limits::NET_CREDIT_WINDOW,
+        );
+        SimShip::Connecting { c, operator: r.operator, store: Some(Box::new(r.store)), timeout: r.timeout }
+    }
 
-    fn poll_ship(&mut self, _s: &mut ()) -> Option<Result<u64, crate::replica::ParcelError>> {
-        Some(Err(crate::replica::ParcelError::Unsupported))
+    fn poll_ship(&mut self, s: &mut SimShip) -> Option<Result<u64, ParcelError>> {
+        if let SimShip::Connecting { c, operator, store, timeout } = s {
+            let conn = match c.poll() {
+                Ok(None) => return None,
+                Ok(Some(conn)) => conn,
+                Err(e) => return Some(Err(ParcelError::Replica(crate::replica::ReplicaError::lost(e)))),
+            };
+            let store = store.take()?;
+            match ParcelSender::new(conn, operator, *store, *timeout) {
+                Ok(sender) => *s = SimShip::Sending(Box::new(sender)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        match s {
+            SimShip::Sending(sender) => sender.poll(),
+            SimShip::Connecting { .. } => None,
+        }
     }
 
     fn begin_take(
         &mut self,
-        _conn: SimConn,
-        _config: spate_state::StoreConfig,
-        _timeout: std::time::Duration,
-    ) {
+        conn: SimConn,
+        config: StoreConfig,
+        timeout: Duration,
+    ) -> ParcelReceiver<SimConn> {
+        ParcelReceiver::new(conn, config, timeout)
     }
 
-    fn poll_take(
-        &mut self,
-        _t: &mut (),
-    ) -> Option<Result<crate::replica::Parcel, crate::replica::ParcelError>> {
-        Some(Err(crate::replica::ParcelError::Unsupported))
+    fn poll_take(&mut self, t: &mut ParcelReceiver<SimConn>) -> Option<Result<Parcel, ParcelError>> {
+        t.poll()
     }
 
     fn backups(&self) -> Option<BackupNet> {

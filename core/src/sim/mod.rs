@@ -33,7 +33,7 @@ mod tests;
 use world::{Ran, Scenario, World};
 
 /// Seeds a plain `cargo test` runs.
-pub(crate) const SEEDS_DEFAULT: u64 = 3000;
+pub(crate) const SEEDS_DEFAULT: u64 = 2000;
 
 /// Whether the job's failure `why` is one the scenario makes true: every
 /// copy of a checkpoint part was lost, which takes the node that took it

@@ -13,6 +13,8 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
     let failed = std::sync::Mutex::new(Vec::new());
     let steps = std::sync::atomic::AtomicU64::new(0);
     let ahead = std::sync::atomic::AtomicU64::new(0);
+    let handoffs = std::sync::atomic::AtomicU64::new(0);
+    let handoff_seeds = std::sync::atomic::AtomicU64::new(0);
     let next = std::sync::atomic::AtomicU64::new(first);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -26,10 +28,18 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
                     if stop_at_first && !failed.lock().map(|f| f.is_empty()).unwrap_or(true) {
                         break;
                     }
-                    match run(seed, false) {
+                    // A broken variant may trip a production assertion (a
+                    // debug build's `debug_assert!`) instead of a checker: that
+                    // is a catch too, and it must not take the other seeds down.
+                    let outcome = std::panic::catch_unwind(|| run(seed, false))
+                        .unwrap_or_else(|p| Err(format!("seed {seed}: panicked: {}", panic_text(&*p))));
+                    match outcome {
                         Ok(r) => {
                             steps.fetch_add(r.steps, std::sync::atomic::Ordering::Relaxed);
                             ahead.fetch_add(u64::from(r.ahead > 0), std::sync::atomic::Ordering::Relaxed);
+                            handoffs.fetch_add(r.handoffs, std::sync::atomic::Ordering::Relaxed);
+                            handoff_seeds
+                                .fetch_add(u64::from(r.handoffs > 0), std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => {
                             if let Ok(mut f) = failed.lock() {
@@ -42,8 +52,21 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
             });
         }
     });
-    let ahead = ahead.into_inner();
-    (failed.into_inner().unwrap_or_default(), Counts { steps: steps.into_inner(), ahead })
+    let counts = Counts {
+        steps: steps.into_inner(),
+        ahead: ahead.into_inner(),
+        handoffs: handoffs.into_inner(),
+        handoff_seeds: handoff_seeds.into_inner(),
+    };
+    (failed.into_inner().unwrap_or_default(), counts)
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// What a set of seeds did.
@@ -51,6 +74,9 @@ struct Counts {
     steps: u64,
     /// Seeds that completed a checkpoint with `ahead` counts.
     ahead: u64,
+    /// Handoff steps completed, and seeds in which at least one did.
+    handoffs: u64,
+    handoff_seeds: u64,
 }
 
 #[test]
@@ -65,16 +91,22 @@ fn every_seed_ends_exactly_once() {
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "simulator: {seeds} seeds in {secs:.1} s ({:.0} seeds/s, {:.0} steps/s), {} completed a checkpoint \
-         with `ahead` counts, {} failed",
+         with `ahead` counts, {} moved bins live ({} handoff steps), {} failed",
         seeds as f64 / secs,
         counts.steps as f64 / secs,
         counts.ahead,
+        counts.handoff_seeds,
+        counts.handoffs,
         failed.len()
     );
     for f in &failed {
         eprintln!("{}", f.lines().next().unwrap_or(""));
     }
     assert!(failed.is_empty(), "{} of {seeds} seeds failed; the first:\n{}", failed.len(), failed[0]);
+    // The handoff protocol runs in the seeds, not only beside them.
+    if seeds >= 200 {
+        assert!(counts.handoff_seeds > 0, "no seed of {seeds} completed a handoff step");
+    }
 }
 
 #[test]
@@ -83,7 +115,10 @@ fn one_seed() {
     let verbose = env("SPATE_SIM_VERBOSE").is_some_and(|v| v > 0);
     match run(seed, verbose) {
         Ok(r) => {
-            eprintln!("seed {seed}: ok in {} virtual ms, {} steps; events {:?}", r.ms, r.steps, r.events)
+            eprintln!("seed {seed}: ok in {} virtual ms, {} steps; events {:?}", r.ms, r.steps, r.events);
+            for (request, ok, text) in &r.answers {
+                eprintln!("  ctl `{request}`: {} {text}", if *ok { "done:" } else { "refused:" });
+            }
         }
         Err(e) => panic!("{e}"),
     }
@@ -99,7 +134,7 @@ fn a_seed_replays_exactly() {
 }
 
 /// The broken variants and how many seeds each may take to be caught.
-const BROKEN: [(Bug, u64); 7] = [
+const BROKEN: [(Bug, u64); 10] = [
     (Bug::NoSkipOnReplay, 300),
     (Bug::IgnoreAhead, 300),
     (Bug::NoReplay, 300),
@@ -107,6 +142,9 @@ const BROKEN: [(Bug, u64); 7] = [
     (Bug::CompleteEarly, 300),
     (Bug::NoAbortInFlight, 300),
     (Bug::JoinEarly, 300),
+    (Bug::NoHold, 300),
+    (Bug::FinishEarly, 1000),
+    (Bug::NoRollBack, 1500),
 ];
 
 #[test]

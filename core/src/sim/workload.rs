@@ -7,7 +7,9 @@
 //!
 //! Every key belongs to one source worker, so the sequence of a key's
 //! outputs has a closed form: the running sums of that source's records
-//! of the key, in offset order, counts 1, 2, 3, ...
+//! of the key, in offset order, counts 1, 2, 3, ... Live handoffs move a
+//! key's bin between workers, so its outputs may be spread over the files
+//! of several: each count comes exactly once, in one of them.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -18,6 +20,7 @@ use spate_state::{StateStore, StoreConfig, ValueState};
 use crate::batch::Meta;
 use crate::checkpoint::Checkpointer;
 use crate::dataflow::{Dataflow, InstanceCtx, KeyFn, Parallelism};
+use crate::handoff::{Arrival, Handoff, Mover};
 use crate::metrics::JobMetrics;
 use crate::push::{BoxPush, Push};
 use crate::source::{Source, SourceStatus, Step};
@@ -123,15 +126,19 @@ impl Source<(u64, u64)> for Events {
     }
 }
 
-/// The running sum and count per key, in the state store.
+/// The running sum and count per key, in the state store; it takes part
+/// in live handoffs through the production [`Mover`], as `ops`' keyed
+/// operators do.
 struct Sum {
     store: StateStore,
     acc: ValueState<u64, (u64, u64)>,
     key: KeyFn<u64, (u64, u64)>,
     out: BoxPush<(u64, u64, u64)>,
     checkpointer: Option<Rc<Checkpointer>>,
+    operator: String,
     instance: String,
     metrics: Arc<JobMetrics>,
+    moving: Option<Mover<(u64, u64)>>,
 }
 
 impl Sum {
@@ -154,15 +161,18 @@ impl Sum {
         key: KeyFn<u64, (u64, u64)>,
         out: BoxPush<(u64, u64, u64)>,
     ) -> Result<Self, String> {
+        if let Some(b) = ctx.handoff {
+            b.register_keyed(ctx.operator, true);
+        }
         let dir = ctx.state_dir();
-        let instance = format!("{}-{}", ctx.operator, ctx.worker);
+        let instance = ctx.instance();
         let mut store = None;
         if let Some(c) = ctx.checkpointer {
             c.register();
             if c.restoring().is_some() {
                 let _ = std::fs::remove_dir_all(&dir);
                 store = c
-                    .restore(&instance, StoreConfig::new(&dir, ctx.bins_log2))
+                    .restore_instance(ctx.operator, ctx.bins, StoreConfig::new(&dir, ctx.bins_log2))
                     .map_err(|e| e.to_string())?
                     .map(|(s, _)| s);
             }
@@ -179,14 +189,42 @@ impl Sum {
             key,
             out,
             checkpointer: ctx.checkpointer.cloned(),
+            operator: ctx.operator.to_string(),
             instance,
             metrics: ctx.metrics.clone(),
+            moving: ctx.handoff.map(|b| Mover::new(b, ctx.worker, ctx.bins_log2)),
         })
     }
-}
 
-impl Push<(u64, u64)> for Sum {
-    fn push(&mut self, rec: (u64, u64), meta: Meta) {
+    /// Whether records of an incoming step's bins are held now.
+    fn handoff_turn(&mut self) -> bool {
+        let Some(m) = self.moving.as_mut() else { return false };
+        match m.turn(&self.operator, &mut self.store) {
+            Arrival::Clear => false,
+            Arrival::Holding => true,
+            Arrival::Merged(done) => {
+                let merged = done
+                    .result
+                    .and_then(|()| ValueState::register(&mut self.store, "sum").map_err(|e| e.to_string()));
+                match merged {
+                    Ok(acc) => self.acc = acc,
+                    Err(e) => self.metrics.fail(e),
+                }
+                for (rec, meta) in done.held {
+                    self.apply(rec, meta);
+                }
+                if let Some(m) = &self.moving {
+                    m.merged(done.step);
+                }
+                if done.finish {
+                    self.out.finish();
+                }
+                false
+            }
+        }
+    }
+
+    fn apply(&mut self, rec: (u64, u64), meta: Meta) {
         let (key, hash) = self.key.key_and_hash(&rec);
         match self.acc.update(&mut self.store, hash, &key, |old| {
             let (s, n) = old.unwrap_or((0, 0));
@@ -196,10 +234,25 @@ impl Push<(u64, u64)> for Sum {
             Err(e) => self.metrics.fail(format!("`{}`: {e}", self.instance)),
         }
     }
+}
+
+impl Push<(u64, u64)> for Sum {
+    fn push(&mut self, rec: (u64, u64), meta: Meta) {
+        if self.handoff_turn() {
+            let (_, hash) = self.key.key_and_hash(&rec);
+            if let Some(m) = self.moving.as_mut().filter(|m| m.holds(hash)) {
+                return m.hold(rec, meta);
+            }
+        }
+        self.apply(rec, meta);
+    }
     fn watermark(&mut self, wm: Timestamp) {
         self.out.watermark(wm);
     }
     fn finish(&mut self) {
+        if self.handoff_turn() && self.moving.as_mut().is_some_and(|m| m.defer_finish()) {
+            return;
+        }
         self.out.finish();
     }
     fn barrier(&mut self, id: u64) {
@@ -211,6 +264,21 @@ impl Push<(u64, u64)> for Sum {
         self.out.barrier(id);
     }
     fn flush(&mut self) {
+        self.out.flush();
+    }
+    fn handoff(&mut self, h: &Handoff) {
+        match *h {
+            Handoff::Drained(step) => {
+                if let Some(m) = &self.moving {
+                    if let Err(e) = m.drained(step, &self.operator, &mut self.store) {
+                        self.metrics.fail(e);
+                    }
+                }
+            }
+            Handoff::Poll => {
+                self.handoff_turn();
+            }
+        }
         self.out.flush();
     }
 }

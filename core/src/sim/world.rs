@@ -14,13 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::RuntimeConfig;
+use crate::control::coordinator::Journal;
+use crate::control::msg::Msg;
+use crate::control::peer::Peer;
 use crate::control::placement::{ClusterPlacement, NodeSpec};
 use crate::control::plan::PlanConfig;
 use crate::control::{Node, NodeSetup};
 use crate::runtime::{Turn, Worker};
 use crate::sim::env::{Replicas, Shared, SimEnv};
 use crate::sim::monitor::Monitor;
-use crate::sim::net::{Net, SimConn};
+use crate::sim::net::{Net, SimConn, SimConnecting};
 use crate::sim::rng::Rng;
 use crate::sim::workload::{self, Files, Workload, QUERY};
 use crate::time::virtual_clock;
@@ -72,6 +75,32 @@ pub(crate) struct Scenario {
     pub(crate) triggers: Vec<(String, Fault)>,
     pub(crate) min_delay_ns: u64,
     pub(crate) jitter_ns: u64,
+    /// Workers the job starts on (0: all of them); the others own no bins
+    /// until a rescale gives them some.
+    pub(crate) start_workers: usize,
+    /// `spate ctl` requests by virtual time (ns): each is sent no earlier
+    /// than its time, and after the previous one was answered.
+    pub(crate) requests: Vec<(u64, String)>,
+}
+
+/// Journal labels a crash may be triggered at during a rescale: the
+/// request taken, a step staged, staged everywhere, switched, merged.
+const HANDOFF_TRIGGERS: [&str; 6] =
+    ["rescale", "sent Handoff", "got Staged", "sent Switch", "got HandedOff", "handoff"];
+
+/// A random `spate ctl` request for a job of `workers` workers (some are
+/// refused: bins no worker owns whole, a node that is not last).
+fn random_request(r: &mut Rng, workers: usize, nodes: usize) -> String {
+    let max = if r.chance(60) { format!(" --max-bins {}", r.range(1, 8)) } else { String::new() };
+    match r.below(10) {
+        0..=6 => format!("scale {}{max}", r.range(1, workers as u64)),
+        7..=8 => {
+            let start = r.below(16);
+            let end = (start + r.range(1, 6)).min(16);
+            format!("move {start} {end} {}{max}", r.below(workers as u64))
+        }
+        _ => format!("scale-in n{}{max}", r.range(1, nodes.max(2) as u64 - 1)),
+    }
 }
 
 impl Scenario {
@@ -80,6 +109,9 @@ impl Scenario {
         let mut r = Rng::new(seed ^ 0xC0FF_EE00);
         if r.chance(25) {
             return Self::two_failures(&mut r);
+        }
+        if r.chance(8) {
+            return Self::crash_after_a_step(&mut r);
         }
         let active = r.range(2, 4) as usize;
         let spares = r.range(0, 2) as usize;
@@ -94,8 +126,26 @@ impl Scenario {
         for _ in 0..spares {
             nodes.push(NodeDef { workers: 1, spare: true });
         }
-        let workload =
+        let mut workload =
             Workload { records: r.range(100, 600), keys: r.range(1, 12), every_ns: r.range(100, 400) * 1000 };
+        // Live handoffs in about 40 % of the seeds: rescale requests while
+        // the job runs, perhaps from fewer workers than it has.
+        let workers: usize = nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
+        let handoffs = workers >= 2 && r.chance(40);
+        let mut start_workers = 0;
+        let mut requests = Vec::new();
+        if handoffs {
+            workload.records = r.range(300, 900);
+            workload.keys = r.range(4, 24);
+            if r.chance(50) {
+                start_workers = r.range(1, workers as u64 - 1) as usize;
+            }
+            let mut at = r.range(10, 60) * 1_000_000;
+            for _ in 0..r.range(1, 4) {
+                requests.push((at, random_request(&mut r, workers, nodes.len())));
+                at += r.range(5, 80) * 1_000_000;
+            }
+        }
         let run_ns = workload.records * workload.every_ns;
         let interval_ms = if r.chance(30) { r.range(4, 12) } else { r.range(15, 60) };
         let failure_timeout_ms = 250;
@@ -143,7 +193,11 @@ impl Scenario {
         faults.sort_by_key(|&(t, _)| t);
         let mut triggers = Vec::new();
         if capable - 2 - fencing > 0 && r.chance(40) {
-            let on = ["relinking", "joining", "requested", "deployed 1", "checkpoint"][r.below(5) as usize];
+            let on = if handoffs && r.chance(70) {
+                HANDOFF_TRIGGERS[r.below(HANDOFF_TRIGGERS.len() as u64) as usize]
+            } else {
+                ["relinking", "joining", "requested", "deployed 1", "checkpoint"][r.below(5) as usize]
+            };
             let n = victims[r.below(victims.len() as u64) as usize];
             triggers.push((on.to_string(), Fault::Crash(n)));
         }
@@ -165,6 +219,8 @@ impl Scenario {
             triggers,
             min_delay_ns: 10_000,
             jitter_ns: r.range(50, 2000) * 1000,
+            start_workers,
+            requests,
         }
     }
 
@@ -209,6 +265,54 @@ impl Scenario {
             triggers: Vec::new(),
             min_delay_ns: 10_000,
             jitter_ns: r.range(50, 500) * 1000,
+            start_workers: 0,
+            requests: Vec::new(),
+        }
+    }
+
+    /// A scenario made for the window between a handoff step and the
+    /// checkpoint that records it: the job starts on its first worker and
+    /// scales out to two in one step, or to three in steps of a few bins;
+    /// a node crashes right after a step. The last complete checkpoint has the assignment
+    /// before the step, so every node must roll back to it (a live
+    /// recovery would restore the failed worker's old bins beside
+    /// survivors that run the new assignment).
+    fn crash_after_a_step(r: &mut Rng) -> Self {
+        let mut nodes: Vec<NodeDef> = (0..3).map(|_| NodeDef { workers: 1, spare: false }).collect();
+        nodes.push(NodeDef { workers: 1, spare: true });
+        // Mostly the target of the step (worker 1), else a third node.
+        let victim = if r.chance(70) { 1 } else { 2 };
+        let on = if r.chance(70) { "handoff" } else { HANDOFF_TRIGGERS[r.below(6) as usize] };
+        Scenario {
+            nodes,
+            coordinator: 0,
+            live: true,
+            interval_ms: r.range(10, 40),
+            failure_timeout_ms: 250,
+            backups: 1,
+            workload: Workload {
+                records: r.range(500, 900),
+                keys: r.range(4, 24),
+                every_ns: r.range(100, 200) * 1000,
+            },
+            batch_records: r.range(2, 16) as usize,
+            channel_batches: r.range(2, 4) as usize,
+            step_records: [1, 4, 16][r.below(3) as usize],
+            replay_buffer_bytes: 4 << 20,
+            faults: Vec::new(),
+            triggers: vec![(on.to_string(), Fault::Crash(victim))],
+            min_delay_ns: 10_000,
+            jitter_ns: r.range(50, 500) * 1000,
+            start_workers: 1,
+            // One step (then the checkpoint is requested at once), or a few.
+            requests: vec![(
+                r.range(15, 40) * 1_000_000,
+                if r.chance(60) {
+                    "scale 2".to_string()
+                } else {
+                    format!("scale 3 --max-bins {}", r.range(1, 3))
+                },
+            )],
         }
     }
 
@@ -272,6 +376,27 @@ struct SimNode {
     slow: u64,
 }
 
+/// `spate ctl` as the simulator runs it: the production control
+/// connection and [`Peer`], one request at a time.
+struct Admin {
+    queue: std::collections::VecDeque<(u64, String)>,
+    state: AdminState,
+    next: u64,
+}
+
+enum AdminState {
+    Idle,
+    Connecting(SimConnecting, String),
+    Waiting(Box<Peer<SimConn>>, String, u64),
+}
+
+/// Where the simulator's `spate ctl` connects from (no node listens there).
+const ADMIN_ADDR: ([u8; 4], u16) = ([10, 0, 0, 250], 7000);
+/// The simulated network's id of `spate ctl`'s process.
+const ADMIN_NODE: usize = usize::MAX - 1;
+/// How long `spate ctl` waits for an answer.
+const ADMIN_WAIT_NS: u64 = 20_000_000_000;
+
 /// How the run ended.
 #[derive(Debug)]
 pub(crate) struct Ran {
@@ -290,6 +415,10 @@ pub(crate) struct Ran {
     pub(crate) ahead: u64,
     /// The first invariant of the plan the coordinator broke, if one.
     pub(crate) violation: Option<String>,
+    /// Handoff steps that completed (`handoff <version>` events).
+    pub(crate) handoffs: u64,
+    /// The answers to the `spate ctl` requests: (request, done, text).
+    pub(crate) answers: Vec<(String, bool, String)>,
 }
 
 /// The simulated cluster (see the module documentation).
@@ -310,6 +439,8 @@ pub(crate) struct World {
     ahead: std::collections::BTreeSet<u64>,
     monitor: Monitor,
     violation: Option<String>,
+    admin: Admin,
+    answers: Vec<(String, bool, String)>,
 }
 
 impl Drop for World {
@@ -325,6 +456,19 @@ impl Drop for World {
 
 /// Virtual time allowed for a run before it counts as hung.
 const RUN_MAX_NS: u64 = 120_000_000_000;
+
+/// What a crash trigger matches a journal entry by: an event's text,
+/// `sent <Message>`, `got <Message>`.
+fn journal_label(j: &Journal) -> Option<String> {
+    let kind =
+        |m: &Msg| format!("{m:?}").split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string();
+    match j {
+        Journal::Event(e) => Some(e.clone()),
+        Journal::Sent(_, m) => Some(format!("sent {}", kind(m))),
+        Journal::Received(_, m) => Some(format!("got {}", kind(m))),
+        Journal::Fence(_) => None,
+    }
+}
 
 fn mix(h: u64, v: u64) -> u64 {
     (h ^ v).wrapping_mul(0x100_0000_01b3).rotate_left(23)
@@ -365,6 +509,8 @@ impl World {
             .collect::<Vec<_>>();
         let faults = scenario.faults.clone();
         let triggers = scenario.triggers.clone();
+        let admin =
+            Admin { queue: scenario.requests.iter().cloned().collect(), state: AdminState::Idle, next: 0 };
         // Everything the nodes do reads virtual time, from their start on.
         virtual_clock::start();
         let mut w = Self {
@@ -384,7 +530,10 @@ impl World {
             ahead: std::collections::BTreeSet::new(),
             monitor: Monitor::new(Vec::new(), Vec::new(), 0),
             violation: None,
+            admin,
+            answers: Vec::new(),
         };
+        w.admin.next = w.admin.queue.front().map_or(u64::MAX, |(t, _)| *t);
         w.monitor = Monitor::new(
             w.nodes.iter().map(|n| n.name.clone()).collect(),
             w.nodes.iter().map(|n| n.replica).collect(),
@@ -431,6 +580,7 @@ impl World {
             data_dir,
             checkpoint_interval_ms: s.interval_ms,
             replay_buffer_bytes: s.replay_buffer_bytes,
+            cluster_start_workers: s.start_workers,
             ..RuntimeConfig::default()
         };
         let plan = PlanConfig {
@@ -514,6 +664,8 @@ impl World {
             trace: self.trace,
             ahead: self.ahead.len() as u64,
             violation: self.violation.clone(),
+            handoffs: self.events.iter().filter(|e| e.starts_with("handoff ")).count() as u64,
+            answers: self.answers.clone(),
         }
     }
 
@@ -521,6 +673,9 @@ impl World {
     fn next_time(&self) -> Option<u64> {
         let mut t = self.faults.first().map(|&(t, _)| t);
         let mut min = |x: u64| t = Some(t.map_or(x, |y| y.min(x)));
+        if self.outcome.is_none() && self.admin.next != u64::MAX {
+            min(self.admin.next);
+        }
         for n in &self.nodes {
             if let State::Up(_) = n.state {
                 let wake = n.stalled_until;
@@ -542,6 +697,10 @@ impl World {
             let (_, f) = self.faults.remove(0);
             self.trace = mix(self.trace, now ^ 0xFA);
             return self.fault(f);
+        }
+        if self.outcome.is_none() && self.admin.next <= now {
+            self.trace = mix(self.trace, now ^ 0xAD);
+            return self.admin_turn();
         }
         for i in 0..self.nodes.len() {
             if !matches!(self.nodes[i].state, State::Up(_)) || self.nodes[i].stalled_until > now {
@@ -605,7 +764,7 @@ impl World {
                 if let Err(e) = self.monitor.see(&j) {
                     self.violation.get_or_insert(format!("at {} ms: {e}", self.now / 1_000_000));
                 }
-                if let crate::control::coordinator::Journal::Event(e) = &j {
+                if let Some(e) = journal_label(&j) {
                     if let Some(k) = self.triggers.iter().position(|(on, _)| e.starts_with(on.as_str())) {
                         let (_, f) = self.triggers.remove(k);
                         let at = self.now + self.rng.range(0, 3000) * 1000;
@@ -686,6 +845,74 @@ impl World {
         }
     }
 
+    /// `spate ctl`'s turn: sends the next request when due (a connection
+    /// to the coordinator of its own), or waits for the answer.
+    fn admin_turn(&mut self) {
+        let now = self.now;
+        let at = virtual_clock::at(now);
+        self.admin.next = now + 500_000;
+        match std::mem::replace(&mut self.admin.state, AdminState::Idle) {
+            AdminState::Idle => {
+                let Some((due, _)) = self.admin.queue.front() else {
+                    self.admin.next = u64::MAX;
+                    return;
+                };
+                if *due > now {
+                    self.admin.next = *due;
+                    return;
+                }
+                let Some((_, request)) = self.admin.queue.pop_front() else { return };
+                let to = self.nodes[self.scenario.coordinator].addr;
+                let c = crate::sim::net::connect(
+                    &self.shared.net,
+                    ADMIN_NODE,
+                    SocketAddr::from(ADMIN_ADDR),
+                    to,
+                    "adm:sim".to_string(),
+                    crate::limits::NET_CREDIT_WINDOW,
+                );
+                self.note(format!("ctl: {request}"));
+                self.admin.state = AdminState::Connecting(c, request);
+            }
+            AdminState::Connecting(mut c, request) => match c.poll() {
+                Ok(None) => self.admin.state = AdminState::Connecting(c, request),
+                Ok(Some(conn)) => {
+                    let mut peer = Box::new(Peer::new("coordinator".to_string(), conn));
+                    match peer.send(&Msg::Control { request: request.clone() }, at) {
+                        Ok(()) => self.admin.state = AdminState::Waiting(peer, request, now),
+                        Err(e) => self.answer(request, false, format!("not sent: {e}")),
+                    }
+                }
+                Err(e) => self.answer(request, false, format!("no connection: {e}")),
+            },
+            AdminState::Waiting(mut peer, request, sent) => {
+                let polled = peer.poll(at);
+                if let Some(i) = peer.inbox.iter().position(|m| matches!(m, Msg::Reply { .. })) {
+                    if let Msg::Reply { ok, text } = peer.inbox.remove(i) {
+                        return self.answer(request, ok, text);
+                    }
+                }
+                if let Err(e) = polled {
+                    return self.answer(request, false, format!("connection lost: {e}"));
+                }
+                if peer.closed || now.saturating_sub(sent) > ADMIN_WAIT_NS {
+                    return self.answer(request, false, "no answer".into());
+                }
+                self.admin.state = AdminState::Waiting(peer, request, sent);
+            }
+        }
+    }
+
+    fn answer(&mut self, request: String, ok: bool, text: String) {
+        self.note(format!(
+            "ctl: {request}: {} {}",
+            if ok { "done" } else { "refused" },
+            text.replace('\n', "; ")
+        ));
+        self.answers.push((request, ok, text));
+        self.admin.state = AdminState::Idle;
+    }
+
     fn note(&mut self, line: String) {
         if self.shared.verbose {
             self.shared.log.borrow_mut().push(format!("{:>9.3} ms {line}", self.now as f64 / 1e6));
@@ -698,11 +925,16 @@ impl World {
     }
 
     /// Every output against the closed form: each key's `(sum, count)`
-    /// lines, in the file of the worker that owns it, are exactly the
-    /// running sums of its source's records.
+    /// lines are exactly the running sums of its source's records, each
+    /// count once over every worker's file (a handoff moves a key's later
+    /// outputs to another file), in order within each file.
     pub(crate) fn check(&self) -> Result<(), String> {
         let w = self.scenario.workload;
-        let workers = self.scenario.workers() as u64;
+        // The job's sources run on the workers it starts on.
+        let workers = match self.scenario.start_workers {
+            0 => self.scenario.workers(),
+            n => n.min(self.scenario.workers()),
+        } as u64;
         let mut want: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
         for s in 0..workers {
             for i in 0..w.records {
@@ -713,18 +945,28 @@ impl World {
             }
         }
         let files = self.files.lock().map_err(|_| "the files' lock is poisoned")?;
-        let mut got: BTreeMap<u64, (usize, Vec<(u64, u64)>)> = BTreeMap::new();
+        let mut got: BTreeMap<u64, (Vec<usize>, Vec<(u64, u64)>)> = BTreeMap::new();
         for (&worker, _) in files.current.iter() {
             let Some(f) = files.of(worker) else { continue };
+            let mut last: BTreeMap<u64, u64> = BTreeMap::new();
             for &(k, sum, n) in &f.lines {
-                let e = got.entry(k).or_insert((worker, Vec::new()));
-                if e.0 != worker {
+                let before = last.insert(k, n).unwrap_or(0);
+                if n <= before {
                     return Err(format!(
-                        "key {k:#x} has outputs in the files of workers {} and {worker}",
-                        e.0
+                        "key {k:#x} in worker {worker}'s file: count {n} after count {before}"
                     ));
                 }
+                let e = got.entry(k).or_default();
+                if !e.0.contains(&worker) {
+                    e.0.push(worker);
+                }
                 e.1.push((sum, n));
+            }
+        }
+        for (k, (_, g)) in got.iter_mut() {
+            g.sort_by_key(|&(_, n)| n);
+            if let Some(d) = g.windows(2).find(|p| p[0].1 == p[1].1) {
+                return Err(format!("key {k:#x}: count {} came twice: {:?} and {:?}", d[0].1, d[0], d[1]));
             }
         }
         for (k, seq) in &want {
@@ -734,7 +976,7 @@ impl World {
             if g != seq {
                 let at = g.iter().zip(seq).position(|(a, b)| a != b).unwrap_or(g.len().min(seq.len()));
                 return Err(format!(
-                    "key {k:#x} (worker {worker}'s file): {} lines, want {}; first difference at line {at}: got {:?}, want {:?}",
+                    "key {k:#x} (files of workers {worker:?}): {} lines, want {}; first difference at line {at}: got {:?}, want {:?}",
                     g.len(),
                     seq.len(),
                     g.get(at),

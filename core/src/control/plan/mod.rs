@@ -76,6 +76,7 @@ use crate::control::report::NodeReport;
 mod deploy;
 mod recover;
 mod rescale;
+mod scale;
 
 pub use rescale::MAX_BINS_PER_STEP;
 mod stall;
@@ -268,8 +269,10 @@ pub struct Plan {
     /// The assignment of bins to workers the epoch runs (see
     /// `rescale.rs`).
     assignment: Option<crate::assignment::Assignment>,
-    /// A rescale of `spate ctl` under way.
+    /// A rescale of `spate ctl` (or of the scaling policy) under way.
     rescale: Option<rescale::Rescale>,
+    /// The scaling policy, if the job has one (`scale.rs`).
+    scaling: Option<scale::Scaler>,
     /// Bins moved since the last checkpoint was requested: a failure
     /// rolls every node back.
     moved_since_checkpoint: bool,
@@ -328,6 +331,7 @@ impl Plan {
             fetching: Vec::new(),
             assignment: None,
             rescale: None,
+            scaling: None,
             moved_since_checkpoint: false,
             actions: Vec::new(),
         }
@@ -575,6 +579,7 @@ impl Plan {
             Msg::HandedOff { epoch, version, bytes, micros } if epoch == self.epoch => {
                 self.handed_off(version, bytes, micros, now_ms);
             }
+            Msg::Load { epoch, report } if epoch == self.epoch => self.load_report(report),
             // A message of an earlier epoch, or one that no longer matters.
             Msg::Ready { .. }
             | Msg::Done { .. }
@@ -582,6 +587,7 @@ impl Plan {
             | Msg::Finished { .. }
             | Msg::HandedOff { .. }
             | Msg::Staged { .. }
+            | Msg::Load { .. }
             | Msg::Recovered { .. } => {}
             other => self.fail(JobFailure::Unexpected { node: name, message: Box::new(other) }),
         }
@@ -642,6 +648,7 @@ impl Plan {
                 if !matches!(self.phase, Phase::Running) {
                     return;
                 }
+                self.tick_scaling(now_ms);
                 if self.config.interval_ms > 0
                     && self.in_flight.is_none()
                     && self.rescale.is_none()

@@ -34,19 +34,34 @@ pub const MAX_BINS_PER_STEP: u32 = 512;
 /// A rescale under way.
 #[derive(Debug)]
 pub(super) struct Rescale {
-    /// The `spate ctl` connection that asked.
-    admin: u64,
+    /// The `spate ctl` connection that asked (`None`: the scaling
+    /// policy decided it; its outcome is an event).
+    pub(super) admin: Option<u64>,
     /// What was asked, for the answer.
-    what: String,
-    steps: VecDeque<(BinRange, usize, usize)>,
+    pub(super) what: String,
+    pub(super) steps: VecDeque<(BinRange, usize, usize)>,
     /// The step sent, when.
-    current: Option<(StepInfo, Assignment, u64)>,
+    pub(super) current: Option<(StepInfo, Assignment, u64)>,
     /// Nodes that have not staged the current step yet (senders switch
     /// once none is left).
-    staging: std::collections::HashSet<usize>,
+    pub(super) staging: std::collections::HashSet<usize>,
     /// Steps done: (step, bytes, µs on the target node).
-    done: Vec<(StepInfo, u64, u64)>,
-    started_ms: u64,
+    pub(super) done: Vec<(StepInfo, u64, u64)>,
+    pub(super) started_ms: u64,
+}
+
+/// Each move in steps of at most `max_bins`, from the end next to its
+/// target (`Job::move_bins_by`'s order).
+pub(super) fn steps_of_moves(
+    moves: Vec<(BinRange, usize, usize)>,
+    max_bins: u32,
+) -> Vec<(BinRange, usize, usize)> {
+    moves
+        .into_iter()
+        .flat_map(|(bins, from, to)| {
+            crate::assignment::steps_of(bins, from, to, max_bins).into_iter().map(move |s| (s, from, to))
+        })
+        .collect()
 }
 
 impl Plan {
@@ -85,7 +100,7 @@ impl Plan {
             Ok(Some(steps)) => {
                 self.event(format!("rescale {request}"));
                 self.rescale = Some(Rescale {
-                    admin,
+                    admin: Some(admin),
                     what: request.to_string(),
                     steps: steps.into(),
                     current: None,
@@ -100,6 +115,18 @@ impl Plan {
 
     fn reply(&mut self, admin: u64, ok: bool, text: String) {
         self.actions.push(Action::Reply { admin, ok, text });
+    }
+
+    /// The outcome of a rescale: the answer to `spate ctl`'s request, or
+    /// (a policy's decision) an event of its first line.
+    fn answer(&mut self, admin: Option<u64>, ok: bool, text: String) {
+        match admin {
+            Some(a) => self.reply(a, ok, text),
+            None => {
+                let line = text.lines().next().unwrap_or("").to_string();
+                self.event(format!("{} {line}", if ok { "scaled" } else { "scale failed:" }));
+            }
+        }
     }
 
     /// The steps of `request`, `None` for a question; an error names what
@@ -136,7 +163,7 @@ impl Plan {
             }
             None => (MAX_BINS_PER_STEP, words),
         };
-        let moves = match words.as_slice() {
+        let moves: Vec<(BinRange, usize, usize)> = match words.as_slice() {
             ["scale", n] => {
                 let n = num(n, "a number of workers")? as usize;
                 if n == 0 || n > workers {
@@ -187,15 +214,7 @@ impl Plan {
                 ))
             }
         };
-        // Each move in steps of at most `max_bins`, from the end next to
-        // its target (`Job::move_bins_by`'s order).
-        let steps = moves
-            .into_iter()
-            .flat_map(|(bins, from, to)| {
-                crate::assignment::steps_of(bins, from, to, max_bins).into_iter().map(move |s| (s, from, to))
-            })
-            .collect();
-        Ok(Some(steps))
+        Ok(Some(steps_of_moves(moves, max_bins)))
     }
 
     /// The global id of node `name`'s first worker in the placement.
@@ -259,7 +278,7 @@ impl Plan {
                 let (admin, text) = (r.admin, format!("step of {bins} from worker {from} to {to}: {e}"));
                 self.rescale = None;
                 self.next_checkpoint_ms = now_ms;
-                return self.reply(admin, false, text);
+                return self.answer(admin, false, text);
             }
         };
         let info = StepInfo { version: next.version(), bins, from, to };
@@ -321,7 +340,7 @@ impl Plan {
         }
         text.push('\n');
         text.push_str(&self.describe_assignment());
-        self.reply(r.admin, true, text);
+        self.answer(r.admin, true, text);
         // The next checkpoint records the new assignment: at once.
         self.next_checkpoint_ms = now_ms;
     }
@@ -329,7 +348,8 @@ impl Plan {
     /// Whether a failure now must roll every node back: a step is in
     /// flight, or no checkpoint has recorded the assignment since a step.
     pub(super) fn must_roll_back(&self) -> bool {
-        self.moved_since_checkpoint || self.rescale.as_ref().is_some_and(|r| r.current.is_some())
+        let moved = self.moved_since_checkpoint && !crate::sabotage::on(crate::sabotage::Bug::NoRollBack);
+        moved || self.rescale.as_ref().is_some_and(|r| r.current.is_some())
     }
 
     /// A failure (or a timeout) stops the rescale under way: its requester
@@ -342,7 +362,7 @@ impl Plan {
                 r.what,
                 r.done.len()
             );
-            self.reply(r.admin, false, text);
+            self.answer(r.admin, false, text);
         }
     }
 }

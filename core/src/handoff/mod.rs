@@ -40,6 +40,10 @@ use spate_state::StateStore;
 use crate::assignment::Assignment;
 use crate::routing::RoutingTable;
 
+mod instance;
+
+pub use instance::{Arrival, Merged, Mover};
+
 /// A step in flight (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepInfo {
