@@ -240,8 +240,7 @@ fn expect_q11(events: &[Event], wms: &[u64]) -> Vec<(u64, u64, u64, u64)> {
             continue;
         }
         let sessions = open.entry(b.bidder).or_default();
-        loop {
-            let Some(i) = sessions.iter().position(|&(s2, e2, _)| s2 <= end && e2 >= s) else { break };
+        while let Some(i) = sessions.iter().position(|&(s2, e2, _)| s2 <= end && e2 >= s) {
             let (s2, e2, n2) = sessions.remove(i);
             (s, end, n) = (s.min(s2), end.max(e2), n + n2);
         }

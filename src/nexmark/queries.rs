@@ -86,7 +86,7 @@ pub fn q1(df: &Dataflow, p: &NexmarkParams) -> Stream<Q1> {
 /// q2, selection: `(auction, price)` of the bids with `auction % 123 = 0`.
 pub fn q2(df: &Dataflow, p: &NexmarkParams) -> Stream<(u64, u64)> {
     bids(df, p)
-        .filter("auction%123", |b: &Bid| b.auction % 123 == 0)
+        .filter("auction%123", |b: &Bid| b.auction.is_multiple_of(123))
         .map("project", |b: Bid| (b.auction, b.price))
 }
 
@@ -253,7 +253,7 @@ pub fn q7(df: &Dataflow, p: &NexmarkParams) -> Stream<Bid> {
     // a bid at a window's end instant also goes into the window before.
     bids(df, p)
         .flat_map("edges", |b: Bid| {
-            let edge = (b.date_time % TEN_S == 0 && b.date_time >= TEN_S)
+            let edge = (b.date_time.is_multiple_of(TEN_S) && b.date_time >= TEN_S)
                 .then(|| (b.clone(), b.date_time - 1, false));
             let t = b.date_time;
             std::iter::once((b, t, true)).chain(edge)
