@@ -72,6 +72,9 @@
 //! [`registry`] and `examples/own-query`.
 #![forbid(missing_docs)]
 
+// `#[spate::record]` names `::spate`: the crate's own records use it too.
+extern crate self as spate;
+
 pub mod bench_elastic;
 pub mod bench_recovery;
 pub mod bench_rescale;
@@ -82,6 +85,7 @@ pub mod ctl_local;
 pub use spate_core::control;
 pub mod deploy;
 mod job_spec;
+pub mod nexmark;
 pub mod node;
 pub mod queries;
 pub mod registry;

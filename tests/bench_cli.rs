@@ -281,3 +281,47 @@ fn bench_elastic_scales_out_on_a_rate_step_and_loses_nothing() {
         assert!(line.contains(k), "no {k} in {line}");
     }
 }
+
+#[test]
+fn nexmark_generate_writes_the_mix_and_bench_nexmark_reports_a_run() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let file = dir.path().join("events.json");
+    let path = file.to_string_lossy().to_string();
+    let (ok, _, err) = run(
+        &["nexmark", "generate", "--events", "5000", "--seed", "7", "--out", &path],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "spate nexmark generate failed: {err}");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut kinds = [0u64; 3];
+    let mut q2 = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let kind = v["event_type"].as_u64().unwrap_or_else(|| panic!("no event_type: {line}"));
+        let key = ["person", "auction", "bid"][kind as usize];
+        assert!(v[key].is_object(), "event_type {kind} without {key}: {line}");
+        kinds[kind as usize] += 1;
+        // q2 keeps the bids of auctions whose id is a multiple of 123.
+        q2 += usize::from(v["bid"]["auction"].as_u64().is_some_and(|a| a.is_multiple_of(123)));
+    }
+    // 1 : 3 : 46 of every 50 event numbers.
+    assert_eq!(kinds, [100, 300, 4600], "persons, auctions, bids");
+
+    let line = json_line(
+        &["bench", "nexmark", "--query", "q2", "--events", "5000", "--seed", "7", "--json"],
+        Duration::from_secs(120),
+    );
+    let n = |k: &str| extract_json_number(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
+    assert!(line.contains("\"system\":\"spate\""), "{line}");
+    assert_eq!(n("events"), 5000.0, "{line}");
+    // The same seed's events, counted from the file.
+    assert!(q2 > 0, "no bid for q2 in the file");
+    assert_eq!(n("results"), q2 as f64, "{line}");
+    assert!(n("events_per_s") > 0.0 && n("events_per_cpu_s") > 0.0, "{line}");
+
+    let line = json_line(
+        &["bench", "nexmark", "--query", "q1", "--events", "20000", "--rate", "20000", "--json"],
+        Duration::from_secs(120),
+    );
+    assert!(line.contains("\"p99_us\":"), "no latency percentiles with --rate: {line}");
+}

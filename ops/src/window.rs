@@ -86,15 +86,15 @@ pub fn late_records() -> u64 {
     LATE.with(|l| l.get())
 }
 
-fn count_late() {
+pub(crate) fn count_late() {
     LATE.with(|l| l.set(l.get() + 1));
 }
 
 /// A keyed stream with a window assigner and an event-time function.
 pub struct WindowedStream<K, T> {
-    keyed: KeyedStream<K, T>,
-    window: Window,
-    ts: Rc<dyn Fn(&T) -> Timestamp>,
+    pub(crate) keyed: KeyedStream<K, T>,
+    pub(crate) window: Window,
+    pub(crate) ts: Rc<dyn Fn(&T) -> Timestamp>,
 }
 
 /// Windows on keyed streams.
@@ -425,6 +425,61 @@ impl<K: Key, A: Data, B: Data, O: Data> BinaryOperator<A, B> for WindowJoin<K, A
         if let WindowJoin::Running(s) = self {
             s.out.flush();
         }
+    }
+}
+
+/// Drops the records that are late for every window of `window` that
+/// holds them (their last window has ended: its end is at or below the
+/// watermark), counting them in [`late_records`]; passes the others. Put
+/// before a query's branches, it makes them all drop the same records: a
+/// record it passes is late for no window of that assigner downstream,
+/// whose watermarks lag its own.
+struct DropLate<T> {
+    window: Window,
+    ts: Rc<dyn Fn(&T) -> Timestamp>,
+    watermark: Timestamp,
+    out: BoxPush<T>,
+}
+
+impl<T> Push<T> for DropLate<T> {
+    fn push(&mut self, rec: T, meta: Meta) {
+        let t = (self.ts)(&rec);
+        let (size, slide) = (self.window.size(), self.window.slide());
+        let last_end = (t - t % slide).saturating_add(size);
+        if last_end <= self.watermark {
+            count_late();
+        } else {
+            self.out.push(rec, meta);
+        }
+    }
+    fn watermark(&mut self, wm: Timestamp) {
+        self.watermark = self.watermark.max(wm);
+        self.out.watermark(wm);
+    }
+    fn finish(&mut self) {
+        self.out.finish();
+    }
+    fn barrier(&mut self, id: u64) {
+        self.out.barrier(id);
+    }
+    fn flush(&mut self) {
+        self.out.flush();
+    }
+}
+
+/// Dropping late records before windows.
+pub trait LateExt<T: Data> {
+    /// Drops the records late for all their windows of `window` (event
+    /// time `ts`); see the type's docs.
+    fn drop_late(&self, name: &str, window: Window, ts: impl Fn(&T) -> Timestamp + 'static) -> Stream<T>;
+}
+
+impl<T: Data> LateExt<T> for Stream<T> {
+    fn drop_late(&self, name: &str, window: Window, ts: impl Fn(&T) -> Timestamp + 'static) -> Stream<T> {
+        let ts: Rc<dyn Fn(&T) -> Timestamp> = Rc::new(ts);
+        self.unary(name, move |_ctx, out| {
+            Box::new(DropLate { window, ts: ts.clone(), watermark: 0, out }) as BoxPush<T>
+        })
     }
 }
 

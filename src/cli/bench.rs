@@ -44,6 +44,9 @@ pub(super) enum Bench {
     /// keyed-sum on local nodes with checkpoints backed up on another node,
     /// against none, alternately; print the median ratio.
     FtCost(FtCostArgs),
+    /// A NEXMark query (or `--all`) over generated events: events/s,
+    /// events per CPU second and, with `--rate`, latency percentiles.
+    Nexmark(super::nexmark::BenchArgs),
 }
 
 /// keyed-sum's `--keys K`: at least 1, and at most what a TOML integer
@@ -338,6 +341,7 @@ pub(super) fn run(queries: &Registry, b: Bench) -> Result<(), String> {
         }
         Bench::Recovery(a) => recovery(a),
         Bench::FtCost(a) => ft_cost(queries, a),
+        Bench::Nexmark(a) => super::nexmark::bench(queries, a),
     }
 }
 
@@ -367,7 +371,7 @@ fn bench_query(
     Ok((QuerySection { name: name.to_string(), params }, keys))
 }
 
-fn bench_runtime(
+pub(super) fn bench_runtime(
     workers: usize,
     linger_us: Option<u64>,
     checkpoint_ms: Option<u64>,

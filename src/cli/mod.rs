@@ -20,6 +20,7 @@
 //! user's binary runs its own queries on every node.
 
 mod bench;
+mod nexmark;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ enum Command {
     Bench(bench::Bench),
     /// List the known queries with their parameters and defaults.
     Queries,
+    /// NEXMark's events as JSON lines.
+    #[command(subcommand)]
+    Nexmark(nexmark::Nexmark),
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +213,7 @@ pub fn main_from(queries: Registry, args: impl IntoIterator<Item = impl Into<OsS
         Command::Cluster(a) => cmd_cluster(&queries, a),
         Command::Ctl(a) => cmd_ctl(&queries, a),
         Command::Bench(b) => bench::run(&queries, b),
+        Command::Nexmark(n) => nexmark::run(n),
         Command::Queries => {
             print!("{}", list_queries(&queries));
             Ok(())
