@@ -504,6 +504,20 @@ fn windows_on_generated_events() {
     assert_eq!(sorted(run(q::q17, &p, 2)), expect_q17(&events, &no_late));
 }
 
+/// At nexmark-flink's 10 M events a second, thousands of bids share each
+/// millisecond, the first (a window's end instant) included: q7 keeps
+/// only the end-instant bids that can still be at their window's highest
+/// price, and its results are still every one of them.
+#[test]
+fn q7_at_ten_million_events_a_second() {
+    let p = NexmarkParams { events: 60_000, tps: 10_000_000, out_of_order_group: 1, ..params(6) };
+    let events = generated(&p);
+    let no_late = vec![0; events.len()];
+    let want = expect_q7(&events, &no_late);
+    assert!(!want.is_empty());
+    assert_eq!(sorted(run(q::q7, &p, 2)), want);
+}
+
 #[test]
 fn windows_drop_late_events() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
