@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-20000}; seed=${2:-42}; tps=${3:-1000}
-spate=${SPATE:-target/release/spate}
+spate=${SPATE:-${CARGO_TARGET_DIR:-target}/release/spate}
 [ -x "$spate" ] || cargo build --release --bin spate
 cp=$(bench/flink/setup.sh)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
