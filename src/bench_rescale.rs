@@ -4,20 +4,38 @@
 //! A keyed running sum over `keys` keys whose fold spends about `work_ns`
 //! of CPU a record (a deterministic loop, so that the operator and not the
 //! exchange is the bottleneck, as in SEEP's experiments), fed as fast as
-//! the workers take it, runs with `max_workers = 2` and one worker in use.
-//! It measures the throughput for `phase_s` seconds, moves the upper half
-//! of the bins to the second worker in steps of `max_bins` (scale-out),
-//! measures again, moves them back (scale-in), measures a third time, and
-//! stops the job. It prints the three throughputs, how long each move
-//! took (request to the last bin merged on its new owner), and the bytes
-//! moved. The output is counted, not checked (`tests/handoff.rs` checks
-//! handoffs' outputs record by record).
+//! the workers take it — or, with `rate`, at that many records a second
+//! (open loop: the generator's schedule does not wait for the job, so a
+//! stall shows as latency) — runs with `max_workers = 2` and one worker in
+//! use. It measures for `phase_s` seconds, moves the upper half of the
+//! bins to the second worker in steps of at most `max_bins` bins and
+//! `max_bytes` bytes (scale-out), measures again, moves them back
+//! (scale-in), measures a third time, and stops the job. It prints the
+//! three throughputs, how long each move took (request to the last bin
+//! merged on its new owner) and the bytes moved; with `rate`, the latency
+//! before the scale-out (`steady_p99_us`) and during the two moves
+//! (`during_p99_us`, `during_max_us`, and `unmoved_during_p99_us` of the
+//! keys whose bins do not move), and the process's resident memory before
+//! and during them. The output is counted, not checked
+//! (`tests/handoff.rs` checks handoffs' outputs record by record).
+//!
+//! The measurement begins once the state is built and, with a rate, once
+//! the backlog of building it is worked off (ten windows in a row with a
+//! p99 under 20 ms). *During* a move means the latencies the sinks published from the
+//! request until [`TAIL_MS`] after its last step (a sink publishes every
+//! 100 ms, so a record delivered in the last step's final moments is
+//! counted). Windows of [`WINDOW_MS`] go to the report's `windows` (the
+//! `--csv` file).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use spate_core::batch::Meta;
 use spate_core::handoff::StepDone;
-use spate_core::{Dataflow, Runtime, RuntimeConfig};
+use spate_core::metrics::{JobMetrics, LatencyRecorder};
+use spate_core::{now_ns, BoxPush, Dataflow, Push, Runtime, RuntimeConfig, Timestamp};
 use spate_ops::prelude::*;
 use spate_state::BinRange;
 
@@ -32,6 +50,33 @@ pub struct RescaleParams {
     pub phase_s: u64,
     /// Bins a handoff step moves at most.
     pub max_bins: u32,
+    /// Bytes of state a handoff step moves at most (about: see
+    /// `Job::move_bins_sized`); `None`: only `max_bins` bounds a step.
+    pub max_bytes: Option<u64>,
+    /// Records a second offered (open loop); `None`: as fast as the
+    /// workers take them, and no latency is measured.
+    pub rate: Option<u64>,
+}
+
+/// A window of [`WINDOW_MS`] of a run with a rate.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Seconds since the measurement began.
+    pub t_s: f64,
+    /// What the job was doing: `before`, `scale-out`, `after`,
+    /// `scale-in`, `back`.
+    pub phase: &'static str,
+    /// Records a second out.
+    pub out_per_s: u64,
+    /// p99 and maximum latency of the records published in it, µs (0:
+    /// none).
+    pub p99_us: u64,
+    /// The maximum latency, µs.
+    pub max_us: u64,
+    /// p99 of the keys whose bins do not move, µs.
+    pub unmoved_p99_us: u64,
+    /// The process's resident memory, MiB.
+    pub rss_mb: f64,
 }
 
 /// What was measured.
@@ -51,14 +96,37 @@ pub struct RescaleReport {
     pub moved_bytes: u64,
     /// Steps of the scale-out.
     pub steps: usize,
+    /// The largest step of the scale-out, bytes.
+    pub largest_step_bytes: u64,
+    /// With a rate: latencies, µs, and resident memory, MiB.
+    pub latency: Option<RescaleLatency>,
+    /// With a rate: the run in windows.
+    pub windows: Vec<Window>,
+}
+
+/// The latency and memory figures of a run with a rate.
+#[derive(Debug, Clone, Default)]
+pub struct RescaleLatency {
+    /// p99 over the phase before the scale-out.
+    pub steady_p99_us: u64,
+    /// p99 over the two moves.
+    pub during_p99_us: u64,
+    /// The maximum over the two moves.
+    pub during_max_us: u64,
+    /// p99 of the keys whose bins do not move, over the two moves.
+    pub unmoved_during_p99_us: u64,
+    /// The most resident memory in the phase before the scale-out.
+    pub steady_rss_mb: f64,
+    /// The most resident memory during the two moves.
+    pub peak_rss_mb: f64,
 }
 
 impl RescaleReport {
     /// The report as one JSON object.
     pub fn to_json(&self) -> String {
-        format!(
+        let mut s = format!(
             "{{\"throughput_before\":{},\"throughput_after\":{},\"throughput_back\":{},\"scale_out_gain\":{:.3},\
-             \"handoff_ms\":{},\"scale_in_ms\":{},\"moved_bytes\":{},\"steps\":{}}}",
+             \"handoff_ms\":{},\"scale_in_ms\":{},\"moved_bytes\":{},\"steps\":{},\"largest_step_bytes\":{}",
             self.throughput_before,
             self.throughput_after,
             self.throughput_back,
@@ -66,8 +134,35 @@ impl RescaleReport {
             self.handoff_ms,
             self.scale_in_ms,
             self.moved_bytes,
-            self.steps
-        )
+            self.steps,
+            self.largest_step_bytes,
+        );
+        if let Some(l) = &self.latency {
+            s += &format!(
+                ",\"steady_p99_us\":{},\"during_p99_us\":{},\"during_max_us\":{},\"unmoved_during_p99_us\":{},\
+                 \"steady_rss_mb\":{:.1},\"peak_rss_mb\":{:.1}",
+                l.steady_p99_us,
+                l.during_p99_us,
+                l.during_max_us,
+                l.unmoved_during_p99_us,
+                l.steady_rss_mb,
+                l.peak_rss_mb
+            );
+        }
+        s.push('}');
+        s
+    }
+
+    /// The windows as CSV, a header line first.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from("t_s,phase,out_per_s,p99_us,max_us,unmoved_p99_us,rss_mb\n");
+        for w in &self.windows {
+            s += &format!(
+                "{:.2},{},{},{},{},{},{:.1}\n",
+                w.t_s, w.phase, w.out_per_s, w.p99_us, w.max_us, w.unmoved_p99_us, w.rss_mb
+            );
+        }
+        s
     }
 }
 
@@ -93,6 +188,26 @@ pub(crate) fn spin(n: u64, seed: u64) -> u64 {
     x
 }
 
+/// Keys for about `mb` MiB of the running sum's state.
+pub fn keys_for_state_mb(mb: u64) -> u64 {
+    ((mb << 20) / crate::bench_recovery::STATE_BYTES_PER_KEY).max(1)
+}
+
+/// Milliseconds of a window of a run with a rate.
+pub const WINDOW_MS: u64 = 50;
+/// How long after a move's last step its latencies still count as
+/// *during* it (see the module documentation).
+pub const TAIL_MS: u64 = 200;
+
+/// With a rate, the measurement begins once the latency's p99 is this low
+/// (µs; the backlog of building the state is worked off).
+const WARM_P99_US: u64 = 20_000;
+
+/// The bins the scale-out moves.
+const UPPER: BinRange = BinRange { start: 2048, end: 4096 };
+
+const PHASES: [&str; 6] = ["warm-up", "before", "scale-out", "after", "scale-in", "back"];
+
 /// Runs the measurement (see the module documentation).
 pub fn run(dir: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, String> {
     let iters = calibrate(p.work_ns);
@@ -104,50 +219,220 @@ pub fn run(dir: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, St
         data_dir: dir.to_path_buf(),
         ..Default::default()
     });
-    let job =
-        rt.start("rescale", work_dataflow(keys, iters)).map_err(|e| format!("cannot start the job: {e}"))?;
+    let unmoved = JobMetrics::new();
+    let measured = p.rate.is_some();
+    let job = rt
+        .start("rescale", work_dataflow(keys, iters, p.rate, measured.then(|| unmoved.clone())))
+        .map_err(|e| format!("cannot start the job: {e}"))?;
+    let phase = Arc::new(AtomicU8::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_p99 = Arc::new(AtomicU64::new(u64::MAX));
+    let sampler = measured.then(|| {
+        let (metrics, unmoved, phase, stop, last) =
+            (job.metrics().clone(), unmoved.clone(), phase.clone(), stop.clone(), last_p99.clone());
+        std::thread::spawn(move || sample(&metrics, &unmoved, &phase, &stop, &last))
+    });
     let out = || job.metrics().records_out.load(Ordering::Relaxed);
-    let phase = |secs: u64| {
+    let measure = |secs: u64| {
         let (t0, n0) = (Instant::now(), out());
         std::thread::sleep(Duration::from_secs(secs));
         ((out() - n0) as f64 / t0.elapsed().as_secs_f64()) as u64
     };
     let mut r = RescaleReport::default();
-    // Warm up: the state fills, the queues reach their steady depth.
-    std::thread::sleep(Duration::from_secs(1));
-    r.throughput_before = phase(p.phase_s);
-    let upper = BinRange::new(2048, 4096);
+    // Warm up: the state fills (the first `keys` records come at once),
+    // the queues reach their steady depth.
     let t = Instant::now();
-    let steps: Vec<StepDone> = job
-        .move_bins_by(upper, 0, 1, p.max_bins, Duration::from_secs(30))
-        .map_err(|e| format!("scale-out: {e}"))?;
+    while out() < keys && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // With a rate, until the backlog of the state's building is worked
+    // off: ten windows in a row under the bound.
+    let mut calm = 0;
+    while measured && calm < 10 && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(WINDOW_MS));
+        calm = if last_p99.load(Ordering::Relaxed) <= WARM_P99_US { calm + 1 } else { 0 };
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mv = |from, to| {
+        let timeout = Duration::from_secs(60);
+        match p.max_bytes {
+            Some(b) => job.move_bins_sized(UPPER, from, to, p.max_bins, b, timeout),
+            None => job.move_bins_by(UPPER, from, to, p.max_bins, timeout),
+        }
+    };
+    phase.store(1, Ordering::Relaxed);
+    r.throughput_before = measure(p.phase_s);
+    phase.store(2, Ordering::Relaxed);
+    let t = Instant::now();
+    let steps: Vec<StepDone> = mv(0, 1).map_err(|e| format!("scale-out: {e}"))?;
     r.handoff_ms = t.elapsed().as_millis() as u64;
     r.moved_bytes = steps.iter().map(|s| s.bytes).sum();
+    r.largest_step_bytes = steps.iter().map(|s| s.bytes).max().unwrap_or(0);
     r.steps = steps.len();
-    std::thread::sleep(Duration::from_millis(500));
-    r.throughput_after = phase(p.phase_s);
+    std::thread::sleep(Duration::from_millis(TAIL_MS));
+    phase.store(3, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500 - TAIL_MS));
+    r.throughput_after = measure(p.phase_s);
+    phase.store(4, Ordering::Relaxed);
     let t = Instant::now();
-    job.move_bins_by(upper, 1, 0, p.max_bins, Duration::from_secs(30))
-        .map_err(|e| format!("scale-in: {e}"))?;
+    mv(1, 0).map_err(|e| format!("scale-in: {e}"))?;
     r.scale_in_ms = t.elapsed().as_millis() as u64;
-    std::thread::sleep(Duration::from_millis(500));
-    r.throughput_back = phase(p.phase_s);
+    std::thread::sleep(Duration::from_millis(TAIL_MS));
+    phase.store(5, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500 - TAIL_MS));
+    r.throughput_back = measure(p.phase_s);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let (windows, latency) = s.join().map_err(|_| "the sampling thread panicked".to_string())?;
+        r.windows = windows;
+        r.latency = Some(latency);
+    }
     job.cancel();
     // A cancelled job reports that it was cancelled.
     let _ = job.wait();
     Ok(r)
 }
 
+/// The sampling thread of a run with a rate: a [`Window`] every
+/// [`WINDOW_MS`] until `stop`, and the phases' figures.
+fn sample(
+    metrics: &JobMetrics,
+    unmoved: &JobMetrics,
+    phase: &AtomicU8,
+    stop: &AtomicBool,
+    last_p99: &AtomicU64,
+) -> (Vec<Window>, RescaleLatency) {
+    let hist = spate_core::metrics::latency_histogram;
+    let (mut steady, mut during, mut during_unmoved) = (hist(), hist(), hist());
+    let (mut steady_rss, mut peak_rss) = (0f64, 0f64);
+    let mut windows = Vec::new();
+    let t0 = Instant::now();
+    let mut last_out = metrics.records_out.load(Ordering::Relaxed);
+    let mut last = Instant::now();
+    // Anything before the first window is the warm-up's.
+    let _ = (metrics.take_interval_latency(), unmoved.take_interval_latency());
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(WINDOW_MS));
+        let (all, still) = (metrics.take_interval_latency(), unmoved.take_interval_latency());
+        let out = metrics.records_out.load(Ordering::Relaxed);
+        let secs = last.elapsed().as_secs_f64().max(1e-3);
+        last = Instant::now();
+        let ph = phase.load(Ordering::Relaxed) as usize;
+        let rss = rss_mb();
+        let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) / 1000 };
+        if !all.is_empty() {
+            last_p99.store(q(&all, 0.99), Ordering::Relaxed);
+        }
+        windows.push(Window {
+            t_s: t0.elapsed().as_secs_f64(),
+            phase: PHASES[ph.min(PHASES.len() - 1)],
+            out_per_s: ((out - last_out) as f64 / secs) as u64,
+            p99_us: q(&all, 0.99),
+            max_us: if all.is_empty() { 0 } else { all.max() / 1000 },
+            unmoved_p99_us: q(&still, 0.99),
+            rss_mb: rss,
+        });
+        last_out = out;
+        match ph {
+            1 => {
+                let _ = steady.add(&all);
+                steady_rss = steady_rss.max(rss);
+            }
+            2 | 4 => {
+                let _ = during.add(&all);
+                let _ = during_unmoved.add(&still);
+                peak_rss = peak_rss.max(rss);
+            }
+            _ => {}
+        }
+    }
+    let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) / 1000 };
+    let latency = RescaleLatency {
+        steady_p99_us: q(&steady, 0.99),
+        during_p99_us: q(&during, 0.99),
+        during_max_us: if during.is_empty() { 0 } else { during.max() / 1000 },
+        unmoved_during_p99_us: q(&during_unmoved, 0.99),
+        steady_rss_mb: steady_rss,
+        peak_rss_mb: peak_rss,
+    };
+    (windows, latency)
+}
+
+/// The process's resident memory, MiB (0 where `/proc` cannot tell).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+        .map_or(0.0, |pages| (pages * 4096) as f64 / (1 << 20) as f64)
+}
+
+/// The bench's sink with a rate: every record's latency into the job's
+/// metrics, and those of keys outside [`UPPER`] into `unmoved` too.
+struct SplitLatency {
+    all: LatencyRecorder,
+    unmoved: LatencyRecorder,
+}
+
+impl SplitLatency {
+    #[inline]
+    fn take(&mut self, key: u64, meta: &Meta, now: u64) {
+        self.all.record(meta.ingest_ns, now);
+        let bin = spate_state::keyspace::bin_of(spate_state::hash_u64(key), 12);
+        if !(UPPER.start..UPPER.end).contains(&bin) {
+            self.unmoved.record(meta.ingest_ns, now);
+        }
+    }
+}
+
+impl Push<(u64, u64)> for SplitLatency {
+    fn push(&mut self, rec: (u64, u64), meta: Meta) {
+        self.take(rec.0, &meta, now_ns());
+    }
+    fn push_burst(&mut self, recs: &mut Vec<((u64, u64), Meta)>) {
+        let now = now_ns();
+        for (rec, meta) in recs.iter() {
+            self.take(rec.0, meta, now);
+        }
+        recs.clear();
+    }
+    fn watermark(&mut self, _wm: Timestamp) {}
+    fn barrier(&mut self, _id: u64) {}
+    fn flush(&mut self) {}
+    fn finish(&mut self) {
+        self.all.publish();
+        self.unmoved.publish();
+    }
+}
+
 /// The bench's dataflow: the running sum whose fold spends `iters` loop
-/// steps a record (see [`calibrate`]), over `keys` keys, as fast as the
-/// workers take it, its outputs counted.
-fn work_dataflow(keys: u64, iters: u64) -> impl Fn(&Dataflow) + Send + Sync + 'static {
+/// steps a record (see [`calibrate`]), over `keys` keys, at `rate` records
+/// a second (the first `keys` at once) or as fast as the workers take
+/// them, its outputs counted — with `unmoved`, their latencies recorded
+/// ([`SplitLatency`]).
+fn work_dataflow(
+    keys: u64,
+    iters: u64,
+    rate: Option<u64>,
+    unmoved: Option<Arc<JobMetrics>>,
+) -> impl Fn(&Dataflow) + Send + Sync + 'static {
     move |df: &Dataflow| {
-        let spec = GeneratorSpec { records: None, rate_per_s: None, offset: 0, burst: 0 };
-        df.generate("gen", spec, move |i| (i % keys, i), |i| i)
+        let spec = GeneratorSpec { records: None, rate_per_s: rate, offset: 0, burst: keys };
+        let sums = df
+            .generate("gen", spec, move |i| (i % keys, i), |i| i)
             .key_by("by-key", |r: &(u64, u64)| r.0)
-            .fold("sum", || 0u64, move |a, r| *a = a.wrapping_add(spin(iters, r.1) & 1))
-            .sink_count("count", false, None);
+            .fold("sum", || 0u64, move |a, r| *a = a.wrapping_add(spin(iters, r.1) & 1));
+        match &unmoved {
+            Some(u) => {
+                let u = u.clone();
+                sums.sink("latency", move |ctx| {
+                    Box::new(SplitLatency {
+                        all: LatencyRecorder::new(ctx.metrics.clone()),
+                        unmoved: LatencyRecorder::new(u.clone()),
+                    }) as BoxPush<(u64, u64)>
+                })
+            }
+            None => sums.sink_count("count", false, None),
+        }
     }
 }
 
@@ -156,25 +441,22 @@ fn work_dataflow(keys: u64, iters: u64) -> impl Fn(&Dataflow) + Send + Sync + 's
 pub fn run_work_node(cfg: &crate::config::Config, name: &str, keys: u64, work_ns: u64) -> Result<(), String> {
     let iters = calibrate(work_ns);
     let opts = crate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };
-    let build: spate_core::control::Build = std::sync::Arc::new(work_dataflow(keys.max(1), iters));
+    let build: spate_core::control::Build =
+        std::sync::Arc::new(work_dataflow(keys.max(1), iters, None, None));
     crate::node::run_node_with(cfg, name, &opts, build).map(|_| ())
 }
 
 /// What `spate bench rescale --nodes` runs: the measurement of
 /// [`RescaleParams`] with the two workers in two node processes of a local
 /// cluster (`b` owns nothing until the scale-out, `[cluster]
-/// start_workers = 1`), driven by `spate ctl`'s requests; `state_mb`, if
-/// given, sizes the keys so that the state totals about that.
-pub fn run_nodes(
-    exe: &std::path::Path,
-    p: &RescaleParams,
-    state_mb: Option<u64>,
-) -> Result<RescaleReport, String> {
+/// start_workers = 1`), driven by `spate ctl`'s requests (without a rate:
+/// as fast as the workers take the records).
+pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, String> {
     use crate::deploy::{resolve_ports, LocalNodes};
     use spate_core::control::METRICS_ENV;
     let tmp = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
-    let keys = state_mb.map_or(p.keys, |mb| ((mb << 20) / crate::bench_recovery::STATE_BYTES_PER_KEY).max(1));
+    let keys = p.keys.max(1);
     // The nodes and this process's `spate ctl` requests share a secret.
     let (_, secret) =
         spate_net::auth::ClusterSecret::generate().map_err(|e| format!("bench rescale: {e}"))?;
@@ -237,6 +519,7 @@ pub fn run_nodes(
             &cfg,
             &crate::ctl::CtlRequest::Scale { workers },
             Some(p.max_bins),
+            p.max_bytes,
             Duration::from_secs(300),
         )?;
         Ok::<_, String>((t.elapsed().as_millis() as u64, answer))

@@ -57,6 +57,7 @@
 //! cooldown_ms = 3000          # no action for this long after one
 //! scale_in_hold_ms = 10000    # no scale-in for this long after any action
 //! max_bins_per_step = 256     # bins a handoff step moves at most
+//! max_bytes_per_step = 0      # bytes of state a step moves, about (0: no bound)
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -120,6 +121,8 @@ pub struct ScalingSection {
     pub scale_in_hold_ms: Option<u64>,
     /// Bins a handoff step moves at most.
     pub max_bins_per_step: Option<u32>,
+    /// Bytes of state a handoff step moves at most, about (0: no bound).
+    pub max_bytes_per_step: Option<u64>,
 }
 
 impl ScalingSection {
@@ -146,7 +149,8 @@ impl ScalingSection {
             max_workers,
             cooldown_ms,
             scale_in_hold_ms,
-            max_bins_per_step
+            max_bins_per_step,
+            max_bytes_per_step
         );
         c.validate()?;
         Ok(c)

@@ -63,16 +63,18 @@ pub fn worker_named(cfg: &Config, to: &str) -> Result<usize, String> {
     Err(format!("no node of the config that runs workers is called `{node}`"))
 }
 
-/// Sends `req` (steps of at most `max_bins` bins) to the coordinator of
+/// Sends `req` (steps of at most `max_bins` bins and about `max_bytes`
+/// bytes, where given) to the coordinator of
 /// `cfg`'s cluster; the coordinator's answer, or why there was none or it
 /// refused.
 pub fn ctl(
     cfg: &Config,
     req: &CtlRequest,
     max_bins: Option<u32>,
+    max_bytes: Option<u64>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let Some(cluster) = cfg.cluster.as_ref() else { return ctl_run(cfg, req, max_bins, timeout) };
+    let Some(cluster) = cfg.cluster.as_ref() else { return ctl_run(cfg, req, max_bins, max_bytes, timeout) };
     let c = cluster.coordinator_index()?;
     let (placement, addr, _) = deploy::node_setup(cfg, &cluster.nodes[c].name)?;
     // The coordinator takes only connections that prove the cluster's
@@ -84,9 +86,7 @@ pub fn ctl(
         CtlRequest::ScaleIn { node } => format!("scale-in {node}"),
         CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
-    if let Some(k) = max_bins {
-        text.push_str(&format!(" --max-bins {k}"));
-    }
+    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes));
     match spate_core::control::ctl::request(addr, placement.cluster, &text, timeout) {
         Ok((true, answer)) => Ok(answer),
         Ok((false, why)) => Err(format!("refused: {why}")),
@@ -100,6 +100,7 @@ fn ctl_run(
     cfg: &Config,
     req: &CtlRequest,
     max_bins: Option<u32>,
+    max_bytes: Option<u64>,
     timeout: Duration,
 ) -> Result<String, String> {
     let mut text = match req {
@@ -112,9 +113,7 @@ fn ctl_run(
         }
         CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
-    if let Some(k) = max_bins {
-        text.push_str(&format!(" --max-bins {k}"));
-    }
+    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes));
     let path = crate::ctl_local::socket_path(&cfg.runtime_config().data_dir, &cfg.query.name);
     crate::ctl_local::request(&path, &text, timeout).map_err(|why| format!("refused: {why}"))
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use spate_core::control::ctl::StepBounds;
 use spate_core::control::plan::MAX_BINS_PER_STEP;
 use spate_core::handoff::StepDone;
 use spate_core::Job;
@@ -89,12 +90,8 @@ fn answer(job: &Job, conn: UnixStream) {
 pub fn run(job: &Job, request: &str) -> Result<String, String> {
     let mut words: Vec<&str> = request.split_whitespace().collect();
     let num = |s: &str, what: &str| s.parse::<u64>().map_err(|_| format!("`{s}` is not {what}"));
-    let mut max_bins = MAX_BINS_PER_STEP;
-    if let Some(i) = words.iter().position(|w| *w == "--max-bins") {
-        let v = words.get(i + 1).ok_or("`--max-bins` needs a number")?;
-        max_bins = num(v, "a number of bins")?.clamp(1, u32::MAX as u64) as u32;
-        words.drain(i..=i + 1);
-    }
+    let bounds =
+        StepBounds::take(&mut words, StepBounds { max_bins: MAX_BINS_PER_STEP, max_bytes: u64::MAX })?;
     let now = job
         .assignment()
         .ok_or("this job cannot move bins: it runs one worker (set [runtime] max_workers)")?;
@@ -103,7 +100,7 @@ pub fn run(job: &Job, request: &str) -> Result<String, String> {
         ["assignment"] => return Ok(describe(job)),
         ["scale", n] => {
             let n = num(n, "a number of workers")? as usize;
-            job.rescale(n, max_bins, STEP_TIMEOUT).map_err(|e| format!("scale {n}: {e}"))?
+            job.rescale_sized(n, bounds.max_bins, bounds.max_bytes, STEP_TIMEOUT).map_err(|e| format!("scale {n}: {e}"))?
         }
         ["move", start, end, to] => {
             let bins = BinRange::new(num(start, "a bin")? as u32, num(end, "a bin")? as u32);
@@ -114,7 +111,7 @@ pub fn run(job: &Job, request: &str) -> Result<String, String> {
                     !bins.is_empty() && r.start <= bins.start && bins.end <= r.end
                 })
                 .ok_or_else(|| format!("no worker owns all of {bins}"))?;
-            job.move_bins_by(bins, from, to, max_bins, STEP_TIMEOUT).map_err(|e| format!("move {bins}: {e}"))?
+            job.move_bins_sized(bins, from, to, bounds.max_bins, bounds.max_bytes, STEP_TIMEOUT).map_err(|e| format!("move {bins}: {e}"))?
         }
         _ => {
             return Err(format!(

@@ -228,6 +228,35 @@ fn a_large_move_goes_in_bounded_steps() {
     check(&out.all(), records);
 }
 
+/// `Job::move_bins_sized`: a bound in bytes, not bins, sets the steps: a
+/// probe first, then as many bins as the bound buys at what the bins held
+/// so far, with the output exact.
+#[test]
+fn a_move_bounded_by_bytes_steps_by_what_the_bins_hold() {
+    let _watchdog = spate::Watchdog::start("handoff bounded by bytes", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let records = 200_000;
+    let (job, out) = start_on(&dir, records, 100_000, 20, 1, 2);
+    let out = Collector::start(out);
+    out.until(20_000);
+    let bound = 16 << 10;
+    let steps = job
+        .move_bins_sized(BinRange::new(2048, 4096), 0, 1, 4096, bound, WAIT)
+        .unwrap_or_else(|e| panic!("scale-out in steps of {bound} bytes: {e}"));
+    let bytes: Vec<u64> = steps.iter().map(|s| s.bytes).collect();
+    let total: u64 = bytes.iter().sum();
+    // Without the bound the 2 048 bins would go in one step.
+    assert!(total > 4 * bound, "only {total} bytes moved: {bytes:?}");
+    assert!(steps.len() > 4, "{bytes:?}");
+    assert_eq!(steps[0].info.bins, BinRange::new(4088, 4096), "the probe");
+    assert!(bytes[1..].iter().all(|&b| b <= 2 * bound), "{bytes:?}");
+    assert_eq!(steps.iter().map(|s| s.info.bins.len()).sum::<u32>(), 2048);
+    let a = job.assignment().unwrap_or_else(|| panic!("no assignment"));
+    assert_eq!(a.ranges(), &[BinRange::new(0, 2048), BinRange::new(2048, 4096)]);
+    job.wait().unwrap_or_else(|e| panic!("job: {e}"));
+    check(&out.all(), records);
+}
+
 /// Started with `max_workers = 2` and one worker in use: the second owns
 /// no bins and runs no source; the job grows to it (scale-out) and shrinks
 /// back (scale-in) while it runs.

@@ -100,7 +100,8 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     while t.elapsed() < Duration::from_secs(20) {
         // Out with `scale`, back with `scale` or `scale-in` in turn.
         let args: &[&str] = match moves.len() % 4 {
-            0 | 2 => &["scale", "--workers", "2", "--max-bins", "512"],
+            0 => &["scale", "--workers", "2", "--max-bins", "512"],
+            2 => &["scale", "--workers", "2", "--max-bins", "4096", "--max-bytes", "8192"],
             1 => &["scale", "--workers", "1", "--max-bins", "1024"],
             _ => &["scale-in", "--node", "b", "--max-bins", "1024"],
         };
@@ -121,6 +122,18 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     assert!(moves[0].contains("moved 2048 bins") && moves[0].contains("in 4 steps"), "{}", moves[0]);
     assert!(moves[1].contains("moved 2048 bins") && moves[1].contains("in 2 steps"), "{}", moves[1]);
     assert!(moves[0].contains("worker 1 on `b`: bins 2048..4096"), "{}", moves[0]);
+    // Bounded by bytes, not bins: a probe of 8 bins, then steps sized by
+    // what the bins held.
+    if let Some(m) = moves.get(2) {
+        let steps: usize = m
+            .split(" steps")
+            .next()
+            .and_then(|h| h.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no step count in {m}"));
+        assert!(m.contains("moved 2048 bins") && steps > 2, "{m}");
+        assert!(m.contains("step ") && m.contains(": bins 4088..4096 from worker 0 to 1"), "{m}");
+    }
     let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
     assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
 }

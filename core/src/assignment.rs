@@ -85,23 +85,112 @@ impl std::error::Error for AssignmentError {}
 /// is left next to `to`: every step is a run at the end of `from`'s range
 /// when it runs ([`Assignment::moved`]).
 pub fn steps_of(bins: BinRange, from: usize, to: usize, max_bins: u32) -> Vec<BinRange> {
-    let k = max_bins.max(1);
-    let mut steps = Vec::new();
-    let (mut lo, mut hi) = (bins.start, bins.end);
-    while lo < hi {
-        let step = if to > from {
+    let mut s = StepSizer::new(bins, from, to, max_bins, u64::MAX);
+    std::iter::from_fn(|| s.next_step()).collect()
+}
+
+/// Bins the first step of a move bounded by bytes takes at most: the
+/// probe that tells the bytes a bin holds.
+pub const PROBE_BINS: u32 = 8;
+
+/// How much larger than the one before a step bounded by bytes may be.
+pub const STEP_GROWTH: u32 = 4;
+
+/// The steps of one move of `bins` from worker `from` to worker `to`, each
+/// at most `max_bins` bins and about `max_bytes` bytes of state, each from
+/// the end of what is left next to `to` (as [`steps_of`]) — sized as the
+/// move goes, since only the giving worker's store knows what a bin holds:
+/// with a byte bound, the first step is a probe of at most
+/// [`PROBE_BINS`] bins, and each later one takes as many bins as
+/// `max_bytes` buys at the larger of the bytes a bin held in the last step
+/// and on average so far in this move (at least 1, at most
+/// [`STEP_GROWTH`] times the step before). A step that reaches bins much
+/// larger than those before it exceeds the bound (by the bins it takes
+/// times the difference), and so may the one after it, sized by a mix of
+/// both; from then on steps fit the large bins. The job's (`Job::move_bins_sized`)
+/// and the coordinator's (`plan/rescale.rs`) moves both step through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSizer {
+    /// What is left to move.
+    left: BinRange,
+    /// The giving and the taking worker.
+    pub from: usize,
+    /// The worker that takes the bins.
+    pub to: usize,
+    max_bins: u32,
+    max_bytes: u64,
+    /// Bins and bytes moved so far (steps reported done).
+    moved_bins: u64,
+    moved_bytes: u64,
+    /// Bins of the last step handed out, and the bytes a bin of the last
+    /// step reported held.
+    last: u32,
+    last_per_bin: u64,
+}
+
+impl StepSizer {
+    /// The steps of moving `bins` from `from` to `to`, bounded by
+    /// `max_bins` (at least 1) and `max_bytes` (`u64::MAX`: none).
+    pub fn new(bins: BinRange, from: usize, to: usize, max_bins: u32, max_bytes: u64) -> Self {
+        Self {
+            left: bins,
+            from,
+            to,
+            max_bins: max_bins.max(1),
+            max_bytes,
+            moved_bins: 0,
+            moved_bytes: 0,
+            last: 0,
+            last_per_bin: 0,
+        }
+    }
+
+    /// Whether every bin has been handed out as a step.
+    pub fn is_done(&self) -> bool {
+        self.left.is_empty()
+    }
+
+    /// The next step's bins (`None`: the move is done); each step must be
+    /// run — and, for a byte bound to apply, reported with
+    /// [`StepSizer::moved`] — before the next is asked for.
+    pub fn next_step(&mut self) -> Option<BinRange> {
+        if self.left.is_empty() {
+            return None;
+        }
+        let k = if self.max_bytes == u64::MAX {
+            self.max_bins
+        } else if self.moved_bins == 0 || self.moved_bytes == 0 {
+            // Nothing known yet (or the bins so far were empty): a probe,
+            // or steps growing from the last one.
+            if self.last == 0 {
+                PROBE_BINS
+            } else {
+                self.last.saturating_mul(STEP_GROWTH)
+            }
+        } else {
+            let per_bin = self.moved_bytes.div_ceil(self.moved_bins).max(self.last_per_bin).max(1);
+            let fits = (self.max_bytes / per_bin).clamp(1, u32::MAX as u64) as u32;
+            fits.min(self.last.max(1).saturating_mul(STEP_GROWTH))
+        }
+        .clamp(1, self.max_bins);
+        let (lo, hi) = (self.left.start, self.left.end);
+        let step = if self.to > self.from {
             BinRange::new(hi.saturating_sub(k).max(lo), hi)
         } else {
             BinRange::new(lo, lo.saturating_add(k).min(hi))
         };
-        if to > from {
-            hi = step.start;
-        } else {
-            lo = step.end;
-        }
-        steps.push(step);
+        self.left =
+            if self.to > self.from { BinRange::new(lo, step.start) } else { BinRange::new(step.end, hi) };
+        self.last = step.len();
+        Some(step)
     }
-    steps
+
+    /// A step of `bins` bins moved `bytes` bytes of state.
+    pub fn moved(&mut self, bins: u32, bytes: u64) {
+        self.moved_bins += u64::from(bins);
+        self.moved_bytes += bytes;
+        self.last_per_bin = bytes.div_ceil(u64::from(bins.max(1)));
+    }
 }
 
 impl Assignment {
@@ -276,6 +365,64 @@ impl Assignment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a sizer over bins of `bytes(bin)` bytes each: the steps.
+    fn sized(
+        bins: BinRange,
+        from: usize,
+        to: usize,
+        max_bins: u32,
+        max_bytes: u64,
+        bytes: impl Fn(u32) -> u64,
+    ) -> Vec<BinRange> {
+        let mut s = StepSizer::new(bins, from, to, max_bins, max_bytes);
+        let mut out = Vec::new();
+        while let Some(step) = s.next_step() {
+            s.moved(step.len(), (step.start..step.end).map(&bytes).sum());
+            out.push(step);
+        }
+        assert!(s.is_done());
+        out
+    }
+
+    #[test]
+    fn steps_bounded_by_bytes_probe_then_fit_the_bound() {
+        // 1 KiB a bin, 16 KiB a step: a probe of 8, then 16 a step (at
+        // most 4 times the step before), from the end next to the target.
+        let steps = sized(BinRange::new(0, 64), 0, 1, 512, 16 << 10, |_| 1 << 10);
+        let lens: Vec<u32> = steps.iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [8, 16, 16, 16, 8]);
+        assert_eq!(steps[0], BinRange::new(56, 64));
+        assert_eq!(steps[4], BinRange::new(0, 8));
+        // Towards a lower worker, from the start; `max_bins` still bounds.
+        let steps = sized(BinRange::new(0, 64), 1, 0, 10, 1 << 30, |_| 1);
+        assert_eq!(steps[0], BinRange::new(0, 8));
+        assert!(steps.iter().all(|s| s.len() <= 10));
+        assert_eq!(steps.iter().map(|s| s.len()).sum::<u32>(), 64);
+        // No byte bound: `steps_of`'s steps of `max_bins`.
+        assert_eq!(sized(BinRange::new(0, 64), 0, 1, 20, u64::MAX, |_| 1 << 20).len(), 4);
+        // Empty bins tell nothing: steps grow by `STEP_GROWTH`.
+        let lens: Vec<u32> =
+            sized(BinRange::new(0, 200), 0, 1, 512, 1 << 10, |_| 0).iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [8, 32, 128, 32]);
+    }
+
+    #[test]
+    fn a_run_of_larger_bins_shrinks_the_steps_again() {
+        // Bins 0..32 hold 64 KiB each, the rest 1 KiB; moved from the top.
+        let bytes = |b: u32| if b < 32 { 64 << 10 } else { 1 << 10 };
+        let bound = 64 << 10;
+        let steps = sized(BinRange::new(0, 256), 0, 1, 4096, bound, bytes);
+        let step_bytes: Vec<u64> = steps.iter().map(|s| (s.start..s.end).map(bytes).sum()).collect();
+        // The step that reaches them exceeds the bound, and the one after
+        // it (sized by a mix of both); every step after those, in the
+        // large bins, is back within it.
+        let over = step_bytes.iter().position(|&b| b > bound).unwrap_or_else(|| panic!("{step_bytes:?}"));
+        assert!(steps[over].start < 32, "{steps:?}");
+        assert!(step_bytes[over + 2..].iter().all(|&b| b <= bound), "{step_bytes:?}");
+        assert!(step_bytes[over + 2..].len() >= 16, "{step_bytes:?}");
+        assert_eq!(steps.iter().map(|s| s.len()).sum::<u32>(), 256);
+    }
 
     #[test]
     fn uniform_routes_as_the_uniform_table() {

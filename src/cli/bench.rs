@@ -190,13 +190,23 @@ pub(super) struct RescaleArgs {
     /// Most bins a handoff step moves.
     #[arg(long, value_name = "B", default_value_t = 256)]
     max_bins: u32,
+    /// Most bytes of state a handoff step moves, about (default: no bound).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_bytes: Option<u64>,
     /// The two workers in two node processes of a local cluster (`2`),
     /// rescaled by `spate ctl`'s requests.
     #[arg(long, value_name = "2", value_parser = clap::value_parser!(u64).range(2..=2))]
     nodes: Option<u64>,
-    /// With `--nodes`: keys for about M MiB of state (instead of `--keys`).
-    #[arg(long, value_name = "M", requires = "nodes")]
+    /// Keys for about M MiB of state (instead of `--keys`).
+    #[arg(long, value_name = "M")]
     state_mb: Option<u64>,
+    /// Records a second, open loop (default: as fast as the workers take
+    /// them); adds the latency before and during the moves, and memory.
+    #[arg(long, value_name = "R", conflicts_with = "nodes", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// With `--rate`: the run in windows of 50 ms, as CSV.
+    #[arg(long, value_name = "FILE", requires = "rate")]
+    csv: Option<PathBuf>,
     /// One JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -716,24 +726,29 @@ fn elastic(a: ElasticArgs) -> Result<(), String> {
 
 fn rescale(a: RescaleArgs) -> Result<(), String> {
     let p = crate::bench_rescale::RescaleParams {
-        keys: a.keys,
+        keys: a.state_mb.map_or(a.keys, crate::bench_rescale::keys_for_state_mb),
         work_ns: a.work_ns,
         phase_s: a.phase_s,
         max_bins: a.max_bins,
+        max_bytes: a.max_bytes,
+        rate: a.rate,
     };
     let r = if a.nodes.is_some() {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        crate::bench_rescale::run_nodes(&exe, &p, a.state_mb)?
+        crate::bench_rescale::run_nodes(&exe, &p)?
     } else {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a data directory: {e}"))?;
         crate::bench_rescale::run(dir.path(), &p)?
     };
+    if let Some(path) = &a.csv {
+        std::fs::write(path, r.to_csv()).map_err(|e| format!("--csv {}: {e}", path.display()))?;
+    }
     if a.json {
         println!("{}", r.to_json());
     } else {
         eprintln!(
             "rescale: {} records/s on 1 worker, {} on 2 (x{:.2}), {} back on 1; scale-out {} ms in {} steps \
-             ({} bytes), scale-in {} ms",
+             ({} bytes, the largest {}), scale-in {} ms",
             r.throughput_before,
             r.throughput_after,
             r.throughput_after as f64 / r.throughput_before.max(1) as f64,
@@ -741,8 +756,21 @@ fn rescale(a: RescaleArgs) -> Result<(), String> {
             r.handoff_ms,
             r.steps,
             r.moved_bytes,
+            r.largest_step_bytes,
             r.scale_in_ms
         );
+        if let Some(l) = &r.latency {
+            eprintln!(
+                "latency: p99 {} us steady; during the moves p99 {} us, max {} us, p99 of unmoved keys {} us; \
+                 memory {:.0} MiB steady, {:.0} MiB at most during the moves",
+                l.steady_p99_us,
+                l.during_p99_us,
+                l.during_max_us,
+                l.unmoved_during_p99_us,
+                l.steady_rss_mb,
+                l.peak_rss_mb
+            );
+        }
     }
     Ok(())
 }

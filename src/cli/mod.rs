@@ -139,6 +139,11 @@ struct CtlArgs {
     /// Most bins one handoff step moves (default 512).
     #[arg(long, value_name = "B", global = true)]
     max_bins: Option<u32>,
+    /// Most bytes of state one handoff step moves, about (default: no
+    /// bound): the first step is a probe, later ones are sized from the
+    /// bytes a bin held in the steps before.
+    #[arg(long, value_name = "N", global = true)]
+    max_bytes: Option<u64>,
     /// How long to wait for the answer, s.
     #[arg(long, value_name = "S", default_value_t = 120, global = true)]
     timeout_s: u64,
@@ -187,7 +192,7 @@ fn cmd_ctl(queries: &Registry, a: CtlArgs) -> Result<(), String> {
             CtlRequest::Move { start: bin(x)?, end: bin(y)?, to }
         }
     };
-    let answer = crate::ctl::ctl(&cfg, &req, a.max_bins, Duration::from_secs(a.timeout_s))?;
+    let answer = crate::ctl::ctl(&cfg, &req, a.max_bins, a.max_bytes, Duration::from_secs(a.timeout_s))?;
     // A closed stdout (`| head`) is not the request's failure.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{answer}\n").as_bytes());
     Ok(())

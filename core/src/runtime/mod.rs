@@ -538,6 +538,18 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
+        self.rescale_sized(used, max_bins, u64::MAX, timeout)
+    }
+
+    /// As [`Job::rescale`], each step also bounded by about `max_bytes`
+    /// bytes of state ([`Job::move_bins_sized`]).
+    pub fn rescale_sized(
+        &self,
+        used: usize,
+        max_bins: u32,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
         let board = self.board()?;
         let now = board.assignment();
         if used == 0 || used > now.workers() {
@@ -548,7 +560,7 @@ impl<C> Job<C> {
         }
         let target = Assignment::uniform_over(now.bins_log2(), now.workers(), used, 0)
             .map_err(HandoffError::Assignment)?;
-        self.rescale_to(&target, max_bins, timeout)
+        self.rescale_to_sized(&target, max_bins, max_bytes, timeout)
     }
 
     /// Moves the job live to `target`'s ranges (of as many workers and
@@ -562,10 +574,22 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
+        self.rescale_to_sized(target, max_bins, u64::MAX, timeout)
+    }
+
+    /// As [`Job::rescale_to`], each step also bounded by about `max_bytes`
+    /// bytes of state ([`Job::move_bins_sized`]).
+    pub fn rescale_to_sized(
+        &self,
+        target: &Assignment,
+        max_bins: u32,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
         let now = self.board()?.assignment();
         let mut done = Vec::new();
         for (bins, from, to) in now.moves_to(target).map_err(HandoffError::Assignment)? {
-            done.extend(self.move_bins_by(bins, from, to, max_bins, timeout)?);
+            done.extend(self.move_bins_sized(bins, from, to, max_bins, max_bytes, timeout)?);
         }
         Ok(done)
     }
@@ -588,13 +612,34 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
+        self.move_bins_sized(bins, from, to, max_bins, u64::MAX, timeout)
+    }
+
+    /// As [`Job::move_bins_by`], each step also bounded by about
+    /// `max_bytes` bytes of state (`u64::MAX`: no bound), sized as the
+    /// move goes from what the steps before moved
+    /// ([`crate::assignment::StepSizer`]): a step's pause on the giving
+    /// and the taking worker, and the memory it holds twice, are set by
+    /// its bytes.
+    pub fn move_bins_sized(
+        &self,
+        bins: BinRange,
+        from: usize,
+        to: usize,
+        max_bins: u32,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<Vec<StepDone>, HandoffError> {
         if let Some(board) = &self.handoff {
             // The whole move must fit before any step runs.
             board.assignment().moved(bins, from, to).map_err(HandoffError::Assignment)?;
         }
         let mut done = Vec::new();
-        for step in crate::assignment::steps_of(bins, from, to, max_bins) {
-            done.push(self.move_bins(step, from, to, timeout)?);
+        let mut sizer = crate::assignment::StepSizer::new(bins, from, to, max_bins, max_bytes);
+        while let Some(step) = sizer.next_step() {
+            let d = self.move_bins(step, from, to, timeout)?;
+            sizer.moved(step.len(), d.bytes);
+            done.push(d);
         }
         Ok(done)
     }

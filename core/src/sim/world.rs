@@ -91,7 +91,10 @@ const HANDOFF_TRIGGERS: [&str; 6] =
 /// A random `spate ctl` request for a job of `workers` workers (some are
 /// refused: bins no worker owns whole, a node that is not last).
 fn random_request(r: &mut Rng, workers: usize, nodes: usize) -> String {
-    let max = if r.chance(60) { format!(" --max-bins {}", r.range(1, 8)) } else { String::new() };
+    let mut max = if r.chance(60) { format!(" --max-bins {}", r.range(1, 8)) } else { String::new() };
+    if r.chance(30) {
+        max += &format!(" --max-bytes {}", r.range(1, 1 << 16));
+    }
     match r.below(10) {
         0..=6 => format!("scale {}{max}", r.range(1, workers as u64)),
         7..=8 => {

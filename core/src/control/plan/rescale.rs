@@ -20,7 +20,8 @@ use std::collections::VecDeque;
 
 use spate_state::keyspace::BinRange;
 
-use crate::assignment::Assignment;
+use crate::assignment::{Assignment, StepSizer};
+use crate::control::ctl::StepBounds;
 use crate::handoff::StepInfo;
 
 use super::{Action, Msg, Phase, Plan};
@@ -39,7 +40,9 @@ pub(super) struct Rescale {
     pub(super) admin: Option<u64>,
     /// What was asked, for the answer.
     pub(super) what: String,
-    pub(super) steps: VecDeque<(BinRange, usize, usize)>,
+    /// The moves left, each stepped through by its sizer (the front one
+    /// is under way).
+    pub(super) moves: VecDeque<StepSizer>,
     /// The step sent, when.
     pub(super) current: Option<(StepInfo, Assignment, u64)>,
     /// Nodes that have not staged the current step yet (senders switch
@@ -50,17 +53,16 @@ pub(super) struct Rescale {
     pub(super) started_ms: u64,
 }
 
-/// Each move in steps of at most `max_bins`, from the end next to its
-/// target (`Job::move_bins_by`'s order).
-pub(super) fn steps_of_moves(
+/// The sizers of `moves`, each in steps bounded by `bounds` from the end
+/// next to its target (`Job::move_bins_sized`'s order).
+pub(super) fn sizers_of_moves(
     moves: Vec<(BinRange, usize, usize)>,
-    max_bins: u32,
-) -> Vec<(BinRange, usize, usize)> {
+    bounds: StepBounds,
+) -> VecDeque<StepSizer> {
     moves
         .into_iter()
-        .flat_map(|(bins, from, to)| {
-            crate::assignment::steps_of(bins, from, to, max_bins).into_iter().map(move |s| (s, from, to))
-        })
+        .filter(|(bins, _, _)| !bins.is_empty())
+        .map(|(bins, from, to)| StepSizer::new(bins, from, to, bounds.max_bins, bounds.max_bytes))
         .collect()
 }
 
@@ -94,15 +96,15 @@ impl Plan {
                 let text = self.describe_assignment();
                 self.reply(admin, true, text);
             }
-            Ok(Some(steps)) if steps.is_empty() => {
+            Ok(Some(moves)) if moves.is_empty() => {
                 self.reply(admin, true, "nothing to move: the assignment is already that".into())
             }
-            Ok(Some(steps)) => {
+            Ok(Some(moves)) => {
                 self.event(format!("rescale {request}"));
                 self.rescale = Some(Rescale {
                     admin: Some(admin),
                     what: request.to_string(),
-                    steps: steps.into(),
+                    moves,
                     current: None,
                     staging: Default::default(),
                     done: Vec::new(),
@@ -129,10 +131,10 @@ impl Plan {
         }
     }
 
-    /// The steps of `request`, `None` for a question; an error names what
+    /// The moves of `request`, `None` for a question; an error names what
     /// is wrong with it.
-    fn plan_request(&self, request: &str) -> Result<Option<Vec<(BinRange, usize, usize)>>, String> {
-        let words: Vec<&str> = request.split_whitespace().collect();
+    fn plan_request(&self, request: &str) -> Result<Option<VecDeque<StepSizer>>, String> {
+        let mut words: Vec<&str> = request.split_whitespace().collect();
         let num = |s: &str, what: &str| -> Result<u64, String> {
             s.parse().map_err(|_| format!("`{s}` is not {what}"))
         };
@@ -153,16 +155,8 @@ impl Plan {
             return Err("a node runs two shares since a recovery: its bins cannot move".into());
         }
         let workers = now.workers();
-        let (max_bins, words) = match words.iter().position(|w| *w == "--max-bins") {
-            Some(i) => {
-                let v = words.get(i + 1).ok_or("`--max-bins` needs a number")?;
-                let k = num(v, "a number of bins")?.clamp(1, u32::MAX as u64) as u32;
-                let mut rest = words.clone();
-                rest.drain(i..=i + 1);
-                (k, rest)
-            }
-            None => (MAX_BINS_PER_STEP, words),
-        };
+        let bounds =
+            StepBounds::take(&mut words, StepBounds { max_bins: MAX_BINS_PER_STEP, max_bytes: u64::MAX })?;
         let moves: Vec<(BinRange, usize, usize)> = match words.as_slice() {
             ["scale", n] => {
                 let n = num(n, "a number of workers")? as usize;
@@ -214,7 +208,7 @@ impl Plan {
                 ))
             }
         };
-        Ok(Some(steps_of_moves(moves, max_bins)))
+        Ok(Some(sizers_of_moves(moves, bounds)))
     }
 
     /// The global id of node `name`'s first worker in the placement.
@@ -271,7 +265,9 @@ impl Plan {
         }
         let Some(now) = self.assignment.clone() else { return };
         let Some(r) = self.rescale.as_mut() else { return };
-        let Some((bins, from, to)) = r.steps.pop_front() else { return };
+        let Some(sizer) = r.moves.front_mut() else { return };
+        let (from, to) = (sizer.from, sizer.to);
+        let Some(bins) = sizer.next_step() else { return };
         let next = match now.moved(bins, from, to) {
             Ok(n) => n,
             Err(e) => {
@@ -313,10 +309,16 @@ impl Plan {
         let Some(r) = self.rescale.as_mut() else { return };
         let Some((info, next, _)) = r.current.take_if(|(i, _, _)| i.version == version) else { return };
         r.done.push((info, bytes, micros));
+        if let Some(sizer) = r.moves.front_mut() {
+            sizer.moved(info.bins.len(), bytes);
+            if sizer.is_done() {
+                r.moves.pop_front();
+            }
+        }
         self.assignment = Some(next);
         self.event(format!("handoff {version}"));
         let Some(r) = self.rescale.as_ref() else { return };
-        if !r.steps.is_empty() {
+        if !r.moves.is_empty() {
             return;
         }
         let Some(r) = self.rescale.take() else { return };

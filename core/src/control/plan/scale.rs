@@ -12,12 +12,12 @@
 //! the start (`[cluster] start_workers` below the cluster's workers).
 //! Nodes that join for a scale-out (a pool, provisioners) are not built.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::control::scaling::{Observation, Policy, ScalingConfig};
 use crate::load::LoadReport;
 
-use super::rescale::{steps_of_moves, Rescale};
+use super::rescale::{sizers_of_moves, Rescale};
 use super::{Phase, Plan};
 
 /// A scaling policy in the plan.
@@ -100,7 +100,10 @@ impl Plan {
         let obs = Observation::from_reports(now_ms, assignment.clone(), &reports, quiet);
         let Some(d) = s.policy.observe(&obs) else { return };
         s.decisions += 1;
-        let max_bins = s.config.max_bins_per_step;
+        let bounds = crate::control::ctl::StepBounds {
+            max_bins: s.config.max_bins_per_step,
+            max_bytes: s.config.max_bytes(),
+        };
         let moves = match assignment.moves_to(&d.target) {
             Ok(m) if m.is_empty() => return s.policy.acted(now_ms, true),
             Ok(m) => m,
@@ -115,7 +118,7 @@ impl Plan {
         self.rescale = Some(Rescale {
             admin: None,
             what,
-            steps: VecDeque::from(steps_of_moves(moves, max_bins)),
+            moves: sizers_of_moves(moves, bounds),
             current: None,
             staging: Default::default(),
             done: Vec::new(),

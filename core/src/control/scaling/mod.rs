@@ -100,6 +100,9 @@ pub struct ScalingConfig {
     pub scale_in_hold_ms: u64,
     /// Bins a handoff step moves at most.
     pub max_bins_per_step: u32,
+    /// Bytes of state a handoff step moves at most, about (0: no bound;
+    /// see [`crate::assignment::StepSizer`]).
+    pub max_bytes_per_step: u64,
 }
 
 impl Default for ScalingConfig {
@@ -117,6 +120,7 @@ impl Default for ScalingConfig {
             cooldown_ms: 3_000,
             scale_in_hold_ms: 10_000,
             max_bins_per_step: 256,
+            max_bytes_per_step: 0,
         }
     }
 }
@@ -157,6 +161,15 @@ impl ScalingConfig {
             return Err("scaling.max_bins_per_step: a step moves at least 1 bin".into());
         }
         Ok(())
+    }
+
+    /// [`ScalingConfig::max_bytes_per_step`] as a sizer's bound
+    /// (`u64::MAX`: none).
+    pub fn max_bytes(&self) -> u64 {
+        match self.max_bytes_per_step {
+            0 => u64::MAX,
+            n => n,
+        }
     }
 
     /// The policy it names, ready to be fed.
