@@ -111,14 +111,18 @@ pub struct RescaleLatency {
     pub steady_p99_us: u64,
     /// p99 over the two moves.
     pub during_p99_us: u64,
-    /// The maximum over the two moves.
-    pub during_max_us: u64,
+    /// The maximum over the two moves (`None`: not known, see `basis`).
+    pub during_max_us: Option<u64>,
     /// p99 of the keys whose bins do not move, over the two moves.
-    pub unmoved_during_p99_us: u64,
+    pub unmoved_during_p99_us: Option<u64>,
     /// The most resident memory in the phase before the scale-out.
     pub steady_rss_mb: f64,
     /// The most resident memory during the two moves.
     pub peak_rss_mb: f64,
+    /// `records`: the p99s are over every record of a phase (one
+    /// process); `windows`: of the nodes' 100 ms metrics lines, the median
+    /// window before and the worst window during (node processes).
+    pub basis: &'static str,
 }
 
 impl RescaleReport {
@@ -138,13 +142,15 @@ impl RescaleReport {
             self.largest_step_bytes,
         );
         if let Some(l) = &self.latency {
+            let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
             s += &format!(
-                ",\"steady_p99_us\":{},\"during_p99_us\":{},\"during_max_us\":{},\"unmoved_during_p99_us\":{},\
-                 \"steady_rss_mb\":{:.1},\"peak_rss_mb\":{:.1}",
+                ",\"latency_basis\":\"{}\",\"steady_p99_us\":{},\"during_p99_us\":{},\"during_max_us\":{},\
+                 \"unmoved_during_p99_us\":{},\"steady_rss_mb\":{:.1},\"peak_rss_mb\":{:.1}",
+                l.basis,
                 l.steady_p99_us,
                 l.during_p99_us,
-                l.during_max_us,
-                l.unmoved_during_p99_us,
+                opt(l.during_max_us),
+                opt(l.unmoved_during_p99_us),
                 l.steady_rss_mb,
                 l.peak_rss_mb
             );
@@ -350,17 +356,23 @@ fn sample(
     let latency = RescaleLatency {
         steady_p99_us: q(&steady, 0.99),
         during_p99_us: q(&during, 0.99),
-        during_max_us: if during.is_empty() { 0 } else { during.max() / 1000 },
-        unmoved_during_p99_us: q(&during_unmoved, 0.99),
+        during_max_us: Some(if during.is_empty() { 0 } else { during.max() / 1000 }),
+        unmoved_during_p99_us: Some(q(&during_unmoved, 0.99)),
         steady_rss_mb: steady_rss,
         peak_rss_mb: peak_rss,
+        basis: "records",
     };
     (windows, latency)
 }
 
 /// The process's resident memory, MiB (0 where `/proc` cannot tell).
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
+    rss_mb_of("self")
+}
+
+/// Process `pid`'s resident memory (`self`: this one's), MiB.
+fn rss_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
         .map_or(0.0, |pages| (pages * 4096) as f64 / (1 << 20) as f64)
@@ -431,18 +443,24 @@ fn work_dataflow(
                     }) as BoxPush<(u64, u64)>
                 })
             }
-            None => sums.sink_count("count", false, None),
+            None => sums.sink_count("count", rate.is_some(), None),
         }
     }
 }
 
 /// `spate bench rescale-node`: one node process of `spate bench rescale
 /// --nodes`, running `work_dataflow` as node `name` of `cfg`.
-pub fn run_work_node(cfg: &crate::config::Config, name: &str, keys: u64, work_ns: u64) -> Result<(), String> {
+pub fn run_work_node(
+    cfg: &crate::config::Config,
+    name: &str,
+    keys: u64,
+    work_ns: u64,
+    rate: Option<u64>,
+) -> Result<(), String> {
     let iters = calibrate(work_ns);
     let opts = crate::node::NodeOptions { first_core: None, pin: false, quiet: true, events: true };
     let build: spate_core::control::Build =
-        std::sync::Arc::new(work_dataflow(keys.max(1), iters, None, None));
+        std::sync::Arc::new(work_dataflow(keys.max(1), iters, rate, None));
     crate::node::run_node_with(cfg, name, &opts, build).map(|_| ())
 }
 
@@ -493,6 +511,9 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
         ])
         .arg(&path)
         .env(METRICS_ENV, "100");
+        if let Some(r) = p.rate {
+            c.args(["--rate", &r.to_string()]);
+        }
         c
     })?;
     nodes.wait_event(Duration::from_secs(120), |e| e.what == "running 0")?;
@@ -505,14 +526,41 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let phase = |nodes: &LocalNodes, secs: u64| {
+    // With a rate, until the backlog of building the state is worked off:
+    // ten metrics lines in a row under the bound (at most a minute: a
+    // job that never gets there is measured as it is).
+    eprintln!("bench rescale: the state of {keys} keys is built ({} s)", t.elapsed().as_secs());
+    let calm = Instant::now();
+    while p.rate.is_some() && calm.elapsed() < Duration::from_secs(60) {
+        let lines = nodes.metrics();
+        if lines.len() >= 10 && lines[lines.len() - 10..].iter().all(|m| m.p99_us <= WARM_P99_US) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let measure = |nodes: &LocalNodes, secs: u64| {
         let (t0, n0) = (Instant::now(), out(nodes));
         std::thread::sleep(Duration::from_secs(secs));
         ((out(nodes) - n0) as f64 / t0.elapsed().as_secs_f64()) as u64
     };
+    // The nodes' resident memory, summed, every window.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pids: Vec<String> = nodes.pids().into_iter().map(|(_, pid)| pid.to_string()).collect();
+    let rss = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                v.push((unix_ms(), pids.iter().map(|p| rss_mb_of(p)).sum::<f64>()));
+                std::thread::sleep(Duration::from_millis(WINDOW_MS));
+            }
+            v
+        })
+    };
     let mut r = RescaleReport::default();
     std::thread::sleep(Duration::from_secs(1));
-    r.throughput_before = phase(&nodes, p.phase_s);
+    let mut marks = vec![unix_ms()];
+    r.throughput_before = measure(&nodes, p.phase_s);
     let scale = |workers| {
         let t = Instant::now();
         let answer = crate::ctl::ctl(
@@ -524,19 +572,107 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
         )?;
         Ok::<_, String>((t.elapsed().as_millis() as u64, answer))
     };
+    marks.push(unix_ms());
+    eprintln!("bench rescale: scaling out ({} records/s before)", r.throughput_before);
     let (ms, answer) = scale(2).map_err(|e| format!("scale-out: {e}"))?;
     r.handoff_ms = ms;
     (r.moved_bytes, r.steps) = moved(&answer);
+    r.largest_step_bytes = largest_step(&answer);
+    if std::env::var_os("SPATE_BENCH_ANSWER").is_some() {
+        eprintln!("{answer}");
+    }
+    marks.push(unix_ms() + TAIL_MS);
     std::thread::sleep(Duration::from_millis(500));
-    r.throughput_after = phase(&nodes, p.phase_s);
+    marks.push(unix_ms());
+    r.throughput_after = measure(&nodes, p.phase_s);
+    marks.push(unix_ms());
+    eprintln!("bench rescale: scaling in ({} records/s on two nodes)", r.throughput_after);
     let (ms, _) = scale(1).map_err(|e| format!("scale-in: {e}"))?;
     r.scale_in_ms = ms;
+    marks.push(unix_ms() + TAIL_MS);
     std::thread::sleep(Duration::from_millis(500));
-    r.throughput_back = phase(&nodes, p.phase_s);
+    r.throughput_back = measure(&nodes, p.phase_s);
+    stop.store(true, Ordering::Relaxed);
+    let rss = rss.join().map_err(|_| "the memory sampling thread panicked".to_string())?;
+    if p.rate.is_some() {
+        (r.windows, r.latency) = node_windows(&nodes.metrics(), &rss, &marks);
+    }
     for n in ["b", "a"] {
         nodes.kill(n)?;
     }
     Ok(r)
+}
+
+/// The windows and latency figures of a run of node processes with a
+/// rate, from the nodes' metrics lines (one a node every 100 ms, each
+/// with the p99 of the records since the one before), the memory
+/// samples `rss` and the phases' `marks` (Unix ms: the phase before
+/// began, the scale-out began and ended (plus its tail), the phase after
+/// began, the scale-in began and ended). A node's line is not a
+/// histogram, so the figures are of windows: `steady_p99_us` the median
+/// window p99 before, `during_p99_us` the worst window p99 during the
+/// moves; the maximum and the unmoved keys' p99 are not known.
+fn node_windows(
+    lines: &[spate_core::control::MetricsLine],
+    rss: &[(u64, f64)],
+    marks: &[u64],
+) -> (Vec<Window>, Option<RescaleLatency>) {
+    let [before, out_from, out_to, after, in_from, in_to] = marks[..] else { return (Vec::new(), None) };
+    let phase_at = |ms: u64| match ms {
+        m if m < before => 0,
+        m if m < out_from => 1,
+        m if m < out_to => 2,
+        m if m < in_from && m >= after => 3,
+        m if m < in_from => 3,
+        m if m < in_to => 4,
+        _ => 5,
+    };
+    let rss_at = |ms: u64| rss.iter().rev().find(|(t, _)| *t <= ms).map_or(0.0, |(_, v)| *v);
+    let t0 = lines.first().map_or(0, |m| m.unix_ms);
+    let windows: Vec<Window> = lines
+        .iter()
+        .map(|m| Window {
+            t_s: m.unix_ms.saturating_sub(t0) as f64 / 1000.0,
+            phase: PHASES[phase_at(m.unix_ms)],
+            out_per_s: m.records_out * 10,
+            p99_us: m.p99_us,
+            max_us: 0,
+            unmoved_p99_us: 0,
+            rss_mb: rss_at(m.unix_ms),
+        })
+        .collect();
+    let mut steady: Vec<u64> =
+        lines.iter().filter(|m| phase_at(m.unix_ms) == 1 && m.p99_us > 0).map(|m| m.p99_us).collect();
+    steady.sort_unstable();
+    let during = |m: &&spate_core::control::MetricsLine| matches!(phase_at(m.unix_ms), 2 | 4);
+    let max_rss = |ph: &[usize]| {
+        rss.iter().filter(|(t, _)| ph.contains(&phase_at(*t))).map(|(_, v)| *v).fold(0.0, f64::max)
+    };
+    let latency = RescaleLatency {
+        steady_p99_us: steady.get(steady.len() / 2).copied().unwrap_or(0),
+        during_p99_us: lines.iter().filter(during).map(|m| m.p99_us).max().unwrap_or(0),
+        during_max_us: None,
+        unmoved_during_p99_us: None,
+        steady_rss_mb: max_rss(&[1]),
+        peak_rss_mb: max_rss(&[2, 4]),
+        basis: "windows",
+    };
+    (windows, Some(latency))
+}
+
+/// Milliseconds since the Unix epoch (the nodes' metrics lines' clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The largest step's bytes in a rescale's answer (its `step …: B bytes`
+/// lines).
+fn largest_step(answer: &str) -> u64 {
+    answer
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("step ")?.split(": ").nth(2)?.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 /// `(bytes, steps)` of a rescale's answer (`… moved N bins (B bytes of

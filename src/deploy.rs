@@ -586,6 +586,11 @@ impl LocalNodes {
         Ok(())
     }
 
+    /// Each node's name and process id.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.children.iter().map(|(n, c)| (n.clone(), c.0.id())).collect()
+    }
+
     /// The metrics lines the nodes printed so far (see
     /// [`spate_core::control::METRICS_ENV`]).
     pub fn metrics(&self) -> Vec<spate_core::control::MetricsLine> {

@@ -322,8 +322,11 @@ where
     fn parts(&mut self) -> (&str, &mut StateStore, Option<&mut Mover<T>>) {
         (&self.operator, &mut self.store, self.moving.as_deref_mut())
     }
-    /// A parcel from another node was rebuilt from its image: its records
-    /// are checked against the handle's types before use.
+    fn check_parcel(&self, parcel: &mut StateStore) -> Result<(), String> {
+        let h: ValueState<K, V> = ValueState::register(parcel, "acc").map_err(|e| e.to_string())?;
+        drop(h);
+        Ok(())
+    }
     fn revalidate(&mut self) -> Result<(), String> {
         self.acc = ValueState::register(&mut self.store, "acc").map_err(|e| e.to_string())?;
         Ok(())

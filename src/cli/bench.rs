@@ -202,9 +202,10 @@ pub(super) struct RescaleArgs {
     state_mb: Option<u64>,
     /// Records a second, open loop (default: as fast as the workers take
     /// them); adds the latency before and during the moves, and memory.
-    #[arg(long, value_name = "R", conflicts_with = "nodes", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
-    /// With `--rate`: the run in windows of 50 ms, as CSV.
+    /// With `--rate`: the run in windows (50 ms; with `--nodes`, the
+    /// nodes' 100 ms metrics lines), as CSV.
     #[arg(long, value_name = "FILE", requires = "rate")]
     csv: Option<PathBuf>,
     /// One JSON line on stdout.
@@ -269,6 +270,8 @@ pub(super) struct RescaleNodeArgs {
     keys: u64,
     #[arg(long, value_name = "N", default_value_t = 0)]
     work_ns: u64,
+    #[arg(long, value_name = "R")]
+    rate: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -347,7 +350,7 @@ pub(super) fn run(queries: &Registry, b: Bench) -> Result<(), String> {
         Bench::Elastic(a) => elastic(a),
         Bench::RescaleNode(a) => {
             let cfg = crate::config::Config::load(&a.config).map_err(|e| e.to_string())?;
-            crate::bench_rescale::run_work_node(&cfg, &a.name, a.keys, a.work_ns)
+            crate::bench_rescale::run_work_node(&cfg, &a.name, a.keys, a.work_ns, a.rate)
         }
         Bench::Recovery(a) => recovery(a),
         Bench::FtCost(a) => ft_cost(queries, a),
@@ -760,13 +763,15 @@ fn rescale(a: RescaleArgs) -> Result<(), String> {
             r.scale_in_ms
         );
         if let Some(l) = &r.latency {
+            let opt = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
             eprintln!(
-                "latency: p99 {} us steady; during the moves p99 {} us, max {} us, p99 of unmoved keys {} us; \
+                "latency ({}): p99 {} us steady; during the moves p99 {} us, max {} us, p99 of unmoved keys {} us; \
                  memory {:.0} MiB steady, {:.0} MiB at most during the moves",
+                l.basis,
                 l.steady_p99_us,
                 l.during_p99_us,
-                l.during_max_us,
-                l.unmoved_during_p99_us,
+                opt(l.during_max_us),
+                opt(l.unmoved_during_p99_us),
                 l.steady_rss_mb,
                 l.peak_rss_mb
             );

@@ -17,6 +17,10 @@ use crate::store::{
     Table, TableId, EMPTY,
 };
 
+/// A part this large that moves is committed in one call before the copy
+/// ([`SegmentFile::populate`]); smaller ones fault their pages in.
+const POPULATE_MIN_BYTES: usize = 16 << 10;
+
 impl StateStore {
     /// Moves `bins` (a run of this store's bins at its start or its end)
     /// into a new store, in a directory beside this store's
@@ -293,6 +297,11 @@ impl StateStore {
     ) -> Result<u64, StateError> {
         let size = Header::read(src.bytes(loc, HEADER)).record_bytes();
         let new = self.place_part(bi, part, size)?;
+        if size >= POPULATE_MIN_BYTES {
+            // Written whole at once: one call commits its pages (huge ones
+            // where it covers enough), not a fault a page.
+            self.file.populate(new, size);
+        }
         self.file.write(new, src.bytes(loc, size));
         self.file.write(new + 16, &table.to_le_bytes());
         Ok(new)
