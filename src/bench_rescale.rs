@@ -9,7 +9,7 @@
 //! stall shows as latency) — runs with `max_workers = 2` and one worker in
 //! use. It measures for `phase_s` seconds, moves the upper half of the
 //! bins to the second worker in steps of at most `max_bins` bins and
-//! `max_bytes` bytes (scale-out), measures again, moves them back
+//! `max_bytes` bytes, `pace` times a step's time apart (scale-out), measures again, moves them back
 //! (scale-in), measures a third time, and stops the job. It prints the
 //! three throughputs, how long each move took (request to the last bin
 //! merged on its new owner) and the bytes moved; with `rate`, the latency
@@ -53,6 +53,8 @@ pub struct RescaleParams {
     /// Bytes of state a handoff step moves at most (about: see
     /// `Job::move_bins_sized`); `None`: only `max_bins` bounds a step.
     pub max_bytes: Option<u64>,
+    /// After each step, wait this many times as long as it took.
+    pub pace: f64,
     /// Records a second offered (open loop); `None`: as fast as the
     /// workers take them, and no latency is measured.
     pub rate: Option<u64>,
@@ -261,10 +263,12 @@ pub fn run(dir: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, St
     std::thread::sleep(Duration::from_secs(1));
     let mv = |from, to| {
         let timeout = Duration::from_secs(60);
-        match p.max_bytes {
-            Some(b) => job.move_bins_sized(UPPER, from, to, p.max_bins, b, timeout),
-            None => job.move_bins_by(UPPER, from, to, p.max_bins, timeout),
-        }
+        let bounds = spate_core::assignment::StepBounds {
+            max_bins: p.max_bins,
+            max_bytes: p.max_bytes.unwrap_or(u64::MAX),
+            pace_permille: (p.pace * 1000.0).round() as u32,
+        };
+        job.move_bins_sized(UPPER, from, to, bounds, timeout)
     };
     phase.store(1, Ordering::Relaxed);
     r.throughput_before = measure(p.phase_s);
@@ -568,6 +572,7 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
             &crate::ctl::CtlRequest::Scale { workers },
             Some(p.max_bins),
             p.max_bytes,
+            (p.pace > 0.0).then_some(p.pace),
             Duration::from_secs(300),
         )?;
         Ok::<_, String>((t.elapsed().as_millis() as u64, answer))

@@ -72,9 +72,12 @@ pub fn ctl(
     req: &CtlRequest,
     max_bins: Option<u32>,
     max_bytes: Option<u64>,
+    pace: Option<f64>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let Some(cluster) = cfg.cluster.as_ref() else { return ctl_run(cfg, req, max_bins, max_bytes, timeout) };
+    let Some(cluster) = cfg.cluster.as_ref() else {
+        return ctl_run(cfg, req, max_bins, max_bytes, pace, timeout);
+    };
     let c = cluster.coordinator_index()?;
     let (placement, addr, _) = deploy::node_setup(cfg, &cluster.nodes[c].name)?;
     // The coordinator takes only connections that prove the cluster's
@@ -86,7 +89,7 @@ pub fn ctl(
         CtlRequest::ScaleIn { node } => format!("scale-in {node}"),
         CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
-    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes));
+    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));
     match spate_core::control::ctl::request(addr, placement.cluster, &text, timeout) {
         Ok((true, answer)) => Ok(answer),
         Ok((false, why)) => Err(format!("refused: {why}")),
@@ -101,6 +104,7 @@ fn ctl_run(
     req: &CtlRequest,
     max_bins: Option<u32>,
     max_bytes: Option<u64>,
+    pace: Option<f64>,
     timeout: Duration,
 ) -> Result<String, String> {
     let mut text = match req {
@@ -113,7 +117,7 @@ fn ctl_run(
         }
         CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
-    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes));
+    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));
     let path = crate::ctl_local::socket_path(&cfg.runtime_config().data_dir, &cfg.query.name);
     crate::ctl_local::request(&path, &text, timeout).map_err(|why| format!("refused: {why}"))
 }

@@ -90,8 +90,7 @@ fn answer(job: &Job, conn: UnixStream) {
 pub fn run(job: &Job, request: &str) -> Result<String, String> {
     let mut words: Vec<&str> = request.split_whitespace().collect();
     let num = |s: &str, what: &str| s.parse::<u64>().map_err(|_| format!("`{s}` is not {what}"));
-    let bounds =
-        StepBounds::take(&mut words, StepBounds { max_bins: MAX_BINS_PER_STEP, max_bytes: u64::MAX })?;
+    let bounds = StepBounds::take(&mut words, StepBounds::bins(MAX_BINS_PER_STEP))?;
     let now = job
         .assignment()
         .ok_or("this job cannot move bins: it runs one worker (set [runtime] max_workers)")?;
@@ -100,7 +99,7 @@ pub fn run(job: &Job, request: &str) -> Result<String, String> {
         ["assignment"] => return Ok(describe(job)),
         ["scale", n] => {
             let n = num(n, "a number of workers")? as usize;
-            job.rescale_sized(n, bounds.max_bins, bounds.max_bytes, STEP_TIMEOUT).map_err(|e| format!("scale {n}: {e}"))?
+            job.rescale_sized(n, bounds, STEP_TIMEOUT).map_err(|e| format!("scale {n}: {e}"))?
         }
         ["move", start, end, to] => {
             let bins = BinRange::new(num(start, "a bin")? as u32, num(end, "a bin")? as u32);
@@ -111,7 +110,7 @@ pub fn run(job: &Job, request: &str) -> Result<String, String> {
                     !bins.is_empty() && r.start <= bins.start && bins.end <= r.end
                 })
                 .ok_or_else(|| format!("no worker owns all of {bins}"))?;
-            job.move_bins_sized(bins, from, to, bounds.max_bins, bounds.max_bytes, STEP_TIMEOUT).map_err(|e| format!("move {bins}: {e}"))?
+            job.move_bins_sized(bins, from, to, bounds, STEP_TIMEOUT).map_err(|e| format!("move {bins}: {e}"))?
         }
         _ => {
             return Err(format!(

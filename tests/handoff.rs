@@ -241,7 +241,13 @@ fn a_move_bounded_by_bytes_steps_by_what_the_bins_hold() {
     out.until(20_000);
     let bound = 16 << 10;
     let steps = job
-        .move_bins_sized(BinRange::new(2048, 4096), 0, 1, 4096, bound, WAIT)
+        .move_bins_sized(
+            BinRange::new(2048, 4096),
+            0,
+            1,
+            spate::core::assignment::StepBounds { max_bins: 4096, max_bytes: bound, pace_permille: 0 },
+            WAIT,
+        )
         .unwrap_or_else(|e| panic!("scale-out in steps of {bound} bytes: {e}"));
     let bytes: Vec<u64> = steps.iter().map(|s| s.bytes).collect();
     let total: u64 = bytes.iter().sum();

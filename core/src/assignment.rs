@@ -193,6 +193,82 @@ impl StepSizer {
     }
 }
 
+/// How a move bounds and paces its steps: `--max-bins B` (bins a step
+/// moves at most), `--max-bytes N` (bytes of state a step moves, about:
+/// [`StepSizer`]) and `--pace F` (after each step, wait F times as long
+/// as it took before the next: the giving worker, which splits each step
+/// off beside its load, catches up in between), as `spate ctl` writes
+/// them after a request's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepBounds {
+    /// Bins a step moves at most.
+    pub max_bins: u32,
+    /// Bytes a step moves at most, about (`u64::MAX`: no bound).
+    pub max_bytes: u64,
+    /// The wait after a step, in thousandths of the time it took.
+    pub pace_permille: u32,
+}
+
+/// `--pace` at most.
+pub const PACE_MAX: f64 = 100.0;
+
+impl StepBounds {
+    /// Steps of at most `max_bins` bins, no byte bound, back to back.
+    pub fn bins(max_bins: u32) -> Self {
+        Self { max_bins, max_bytes: u64::MAX, pace_permille: 0 }
+    }
+
+    /// How long to wait after a step that took `took`.
+    pub fn gap(&self, took: std::time::Duration) -> std::time::Duration {
+        took * self.pace_permille / 1000
+    }
+
+    /// Takes `--max-bins`, `--max-bytes` and `--pace` (each with its
+    /// value) out of `words`; what is not given is `default`'s. The error
+    /// names the option and what is wrong with its value.
+    pub fn take(words: &mut Vec<&str>, default: StepBounds) -> Result<StepBounds, String> {
+        let mut b = default;
+        for flag in ["--max-bins", "--max-bytes", "--pace"] {
+            let Some(i) = words.iter().position(|w| *w == flag) else { continue };
+            let v = words.get(i + 1).ok_or_else(|| format!("`{flag}` needs a number"))?;
+            if flag == "--pace" {
+                let f: f64 = v.parse().map_err(|_| format!("`--pace {v}`: `{v}` is not a number"))?;
+                if !(0.0..=PACE_MAX).contains(&f) {
+                    return Err(format!("`--pace {v}`: the wait is 0 to {PACE_MAX} times a step's time"));
+                }
+                b.pace_permille = (f * 1000.0).round() as u32;
+            } else {
+                let n: u64 = v.parse().map_err(|_| format!("`{flag} {v}`: `{v}` is not a whole number"))?;
+                if n == 0 {
+                    return Err(format!("`{flag} 0`: a step moves at least one bin"));
+                }
+                match flag {
+                    "--max-bins" => b.max_bins = n.min(u32::MAX as u64) as u32,
+                    _ => b.max_bytes = n,
+                }
+            }
+            words.drain(i..=i + 1);
+        }
+        Ok(b)
+    }
+
+    /// The options as `spate ctl` appends them to a request (`None`: not
+    /// given).
+    pub fn suffix(max_bins: Option<u32>, max_bytes: Option<u64>, pace: Option<f64>) -> String {
+        let mut s = String::new();
+        if let Some(k) = max_bins {
+            s.push_str(&format!(" --max-bins {k}"));
+        }
+        if let Some(n) = max_bytes {
+            s.push_str(&format!(" --max-bytes {n}"));
+        }
+        if let Some(f) = pace {
+            s.push_str(&format!(" --pace {f}"));
+        }
+        s
+    }
+}
+
 impl Assignment {
     /// `workers` workers owning equal contiguous ranges, version 0.
     pub fn uniform(bins_log2: u8, workers: usize) -> Self {
@@ -499,5 +575,35 @@ mod tests {
                 assert_eq!(at.ranges(), target.ranges(), "from {:?} to {used} used", from.ranges());
             }
         }
+    }
+
+    #[test]
+    fn step_bounds_are_taken_out_of_a_request() {
+        let d = StepBounds::bins(512);
+        let mut w: Vec<&str> =
+            "scale 2 --max-bytes 1048576 --pace 0.5 --max-bins 64".split_whitespace().collect();
+        assert_eq!(
+            StepBounds::take(&mut w, d),
+            Ok(StepBounds { max_bins: 64, max_bytes: 1 << 20, pace_permille: 500 })
+        );
+        assert_eq!(w, ["scale", "2"]);
+        let mut w: Vec<&str> = vec!["scale", "2"];
+        assert_eq!(StepBounds::take(&mut w, d), Ok(d));
+        for bad in [
+            "scale 2 --max-bytes",
+            "scale 2 --max-bytes 1.5",
+            "scale 2 --max-bins 0",
+            "scale 2 --max-bytes -3",
+        ] {
+            let mut w: Vec<&str> = bad.split_whitespace().collect();
+            let e = StepBounds::take(&mut w, d).err().unwrap_or_else(|| panic!("{bad} taken"));
+            assert!(e.contains("--max-b") || e.contains("--pace"), "{bad}: {e}");
+        }
+        assert_eq!(
+            StepBounds::suffix(Some(8), Some(100), Some(1.0)),
+            " --max-bins 8 --max-bytes 100 --pace 1"
+        );
+        let b = StepBounds { pace_permille: 1500, ..d };
+        assert_eq!(b.gap(std::time::Duration::from_millis(10)), std::time::Duration::from_millis(15));
     }
 }

@@ -193,6 +193,9 @@ pub(super) struct RescaleArgs {
     /// Most bytes of state a handoff step moves, about (default: no bound).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_bytes: Option<u64>,
+    /// After each step, wait F times as long as it took.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pace: f64,
     /// The two workers in two node processes of a local cluster (`2`),
     /// rescaled by `spate ctl`'s requests.
     #[arg(long, value_name = "2", value_parser = clap::value_parser!(u64).range(2..=2))]
@@ -734,6 +737,7 @@ fn rescale(a: RescaleArgs) -> Result<(), String> {
         phase_s: a.phase_s,
         max_bins: a.max_bins,
         max_bytes: a.max_bytes,
+        pace: a.pace,
         rate: a.rate,
     };
     let r = if a.nodes.is_some() {

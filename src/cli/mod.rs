@@ -144,6 +144,10 @@ struct CtlArgs {
     /// bytes a bin held in the steps before.
     #[arg(long, value_name = "N", global = true)]
     max_bytes: Option<u64>,
+    /// After each step, wait F times as long as it took (default 0): the
+    /// worker that gives the bins catches up on its load in between.
+    #[arg(long, value_name = "F", global = true)]
+    pace: Option<f64>,
     /// How long to wait for the answer, s.
     #[arg(long, value_name = "S", default_value_t = 120, global = true)]
     timeout_s: u64,
@@ -192,7 +196,8 @@ fn cmd_ctl(queries: &Registry, a: CtlArgs) -> Result<(), String> {
             CtlRequest::Move { start: bin(x)?, end: bin(y)?, to }
         }
     };
-    let answer = crate::ctl::ctl(&cfg, &req, a.max_bins, a.max_bytes, Duration::from_secs(a.timeout_s))?;
+    let answer =
+        crate::ctl::ctl(&cfg, &req, a.max_bins, a.max_bytes, a.pace, Duration::from_secs(a.timeout_s))?;
     // A closed stdout (`| head`) is not the request's failure.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{answer}\n").as_bytes());
     Ok(())

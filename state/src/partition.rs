@@ -76,7 +76,7 @@ impl StateStore {
         for bi in (first..first + bins.len() as usize).rev() {
             let heap = self.heaps.remove(bi);
             for s in heap.segs.iter() {
-                self.file.free_segment(s.loc, s.log2);
+                self.file.release_segment(s.loc, s.log2);
             }
             for t in &mut self.tables {
                 let mut ix = t.bins.remove(bi);

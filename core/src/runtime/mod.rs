@@ -538,16 +538,15 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
-        self.rescale_sized(used, max_bins, u64::MAX, timeout)
+        self.rescale_sized(used, crate::assignment::StepBounds::bins(max_bins), timeout)
     }
 
-    /// As [`Job::rescale`], each step also bounded by about `max_bytes`
-    /// bytes of state ([`Job::move_bins_sized`]).
+    /// As [`Job::rescale`], its steps bounded and paced by `bounds`
+    /// ([`Job::move_bins_sized`]).
     pub fn rescale_sized(
         &self,
         used: usize,
-        max_bins: u32,
-        max_bytes: u64,
+        bounds: crate::assignment::StepBounds,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
         let board = self.board()?;
@@ -560,7 +559,7 @@ impl<C> Job<C> {
         }
         let target = Assignment::uniform_over(now.bins_log2(), now.workers(), used, 0)
             .map_err(HandoffError::Assignment)?;
-        self.rescale_to_sized(&target, max_bins, max_bytes, timeout)
+        self.rescale_to_sized(&target, bounds, timeout)
     }
 
     /// Moves the job live to `target`'s ranges (of as many workers and
@@ -574,22 +573,21 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
-        self.rescale_to_sized(target, max_bins, u64::MAX, timeout)
+        self.rescale_to_sized(target, crate::assignment::StepBounds::bins(max_bins), timeout)
     }
 
-    /// As [`Job::rescale_to`], each step also bounded by about `max_bytes`
-    /// bytes of state ([`Job::move_bins_sized`]).
+    /// As [`Job::rescale_to`], its steps bounded and paced by `bounds`
+    /// ([`Job::move_bins_sized`]).
     pub fn rescale_to_sized(
         &self,
         target: &Assignment,
-        max_bins: u32,
-        max_bytes: u64,
+        bounds: crate::assignment::StepBounds,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
         let now = self.board()?.assignment();
         let mut done = Vec::new();
         for (bins, from, to) in now.moves_to(target).map_err(HandoffError::Assignment)? {
-            done.extend(self.move_bins_sized(bins, from, to, max_bins, max_bytes, timeout)?);
+            done.extend(self.move_bins_sized(bins, from, to, bounds, timeout)?);
         }
         Ok(done)
     }
@@ -612,22 +610,22 @@ impl<C> Job<C> {
         max_bins: u32,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
-        self.move_bins_sized(bins, from, to, max_bins, u64::MAX, timeout)
+        self.move_bins_sized(bins, from, to, crate::assignment::StepBounds::bins(max_bins), timeout)
     }
 
-    /// As [`Job::move_bins_by`], each step also bounded by about
-    /// `max_bytes` bytes of state (`u64::MAX`: no bound), sized as the
-    /// move goes from what the steps before moved
+    /// As [`Job::move_bins_by`], each step bounded by `bounds.max_bins`
+    /// bins and about `bounds.max_bytes` bytes of state, sized as the move
+    /// goes from what the steps before moved
     /// ([`crate::assignment::StepSizer`]): a step's pause on the giving
     /// and the taking worker, and the memory it holds twice, are set by
-    /// its bytes.
+    /// its bytes. With a pace, each step after the first waits that many
+    /// times as long as the one before took.
     pub fn move_bins_sized(
         &self,
         bins: BinRange,
         from: usize,
         to: usize,
-        max_bins: u32,
-        max_bytes: u64,
+        bounds: crate::assignment::StepBounds,
         timeout: Duration,
     ) -> Result<Vec<StepDone>, HandoffError> {
         if let Some(board) = &self.handoff {
@@ -635,8 +633,12 @@ impl<C> Job<C> {
             board.assignment().moved(bins, from, to).map_err(HandoffError::Assignment)?;
         }
         let mut done = Vec::new();
-        let mut sizer = crate::assignment::StepSizer::new(bins, from, to, max_bins, max_bytes);
+        let mut sizer = crate::assignment::StepSizer::new(bins, from, to, bounds.max_bins, bounds.max_bytes);
         while let Some(step) = sizer.next_step() {
+            if let Some(last) = done.last() {
+                let last: &StepDone = last;
+                std::thread::sleep(bounds.gap(Duration::from_micros(last.micros)));
+            }
             let d = self.move_bins(step, from, to, timeout)?;
             sizer.moved(step.len(), d.bytes);
             done.push(d);

@@ -47,6 +47,10 @@ use memmap2::{MmapMut, MmapOptions};
 use super::cow::{CowShared, Phase};
 use crate::error::StateError;
 
+/// A segment this large that leaves the store gives its memory back
+/// ([`SegmentFile::release_segment`]).
+pub(crate) const RELEASE_MIN_BYTES: usize = 64 << 10;
+
 /// Bytes of a huge page (x86-64, aarch64 with 4 KiB pages).
 const HUGE_BYTES: usize = 2 << 20;
 
@@ -347,6 +351,29 @@ impl SegmentFile {
         }
         self.next_segment += 1;
         Ok(s)
+    }
+
+    /// As [`SegmentFile::free_segment`], and returns the segment's pages
+    /// to the system (`MADV_DONTNEED`) when it is at least
+    /// [`RELEASE_MIN_BYTES`] of anonymous memory and no checkpoint streams
+    /// from the maps: for bins that leave the store (a handoff's split),
+    /// whose memory would otherwise stay resident beside their copy on the
+    /// worker that takes them. A reused segment faults in zeroed pages.
+    pub(crate) fn release_segment(&mut self, loc: u64, log2: u32) {
+        self.free_segment(loc, log2);
+        if self.file.is_some() || self.cow_active || (1usize << log2) < RELEASE_MIN_BYTES {
+            return;
+        }
+        let (chunk, off) = chunk_and_offset(loc, self.chunk_log2);
+        if let Some(map) = self.chunks.get(chunk) {
+            // SAFETY: the segment is free: no index entry or record points
+            // into it, no borrow of the store is alive (this takes `&mut
+            // self`), and no checkpoint stream reads the maps
+            // (`cow_active` is false), so nothing reads the bytes the
+            // kernel zeroes; the range lies in the chunk's map (a segment
+            // never crosses a chunk). A failure leaves the pages resident.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, 1 << log2) };
+        }
     }
 
     /// Gives back the segment of `2^log2` bytes at `loc`, for reuse.

@@ -43,6 +43,10 @@ pub(super) struct Rescale {
     /// The moves left, each stepped through by its sizer (the front one
     /// is under way).
     pub(super) moves: VecDeque<StepSizer>,
+    /// How the steps are paced (see [`StepBounds::gap`]).
+    pub(super) bounds: StepBounds,
+    /// No step is sent before this (the pace's wait after the last).
+    pub(super) not_before_ms: u64,
     /// The step sent, when.
     pub(super) current: Option<(StepInfo, Assignment, u64)>,
     /// Nodes that have not staged the current step yet (senders switch
@@ -96,15 +100,17 @@ impl Plan {
                 let text = self.describe_assignment();
                 self.reply(admin, true, text);
             }
-            Ok(Some(moves)) if moves.is_empty() => {
+            Ok(Some((moves, _))) if moves.is_empty() => {
                 self.reply(admin, true, "nothing to move: the assignment is already that".into())
             }
-            Ok(Some(moves)) => {
+            Ok(Some((moves, bounds))) => {
                 self.event(format!("rescale {request}"));
                 self.rescale = Some(Rescale {
                     admin: Some(admin),
                     what: request.to_string(),
                     moves,
+                    bounds,
+                    not_before_ms: 0,
                     current: None,
                     staging: Default::default(),
                     done: Vec::new(),
@@ -133,7 +139,7 @@ impl Plan {
 
     /// The moves of `request`, `None` for a question; an error names what
     /// is wrong with it.
-    fn plan_request(&self, request: &str) -> Result<Option<VecDeque<StepSizer>>, String> {
+    fn plan_request(&self, request: &str) -> Result<Option<(VecDeque<StepSizer>, StepBounds)>, String> {
         let mut words: Vec<&str> = request.split_whitespace().collect();
         let num = |s: &str, what: &str| -> Result<u64, String> {
             s.parse().map_err(|_| format!("`{s}` is not {what}"))
@@ -155,8 +161,7 @@ impl Plan {
             return Err("a node runs two shares since a recovery: its bins cannot move".into());
         }
         let workers = now.workers();
-        let bounds =
-            StepBounds::take(&mut words, StepBounds { max_bins: MAX_BINS_PER_STEP, max_bytes: u64::MAX })?;
+        let bounds = StepBounds::take(&mut words, StepBounds::bins(MAX_BINS_PER_STEP))?;
         let moves: Vec<(BinRange, usize, usize)> = match words.as_slice() {
             ["scale", n] => {
                 let n = num(n, "a number of workers")? as usize;
@@ -208,7 +213,7 @@ impl Plan {
                 ))
             }
         };
-        Ok(Some(sizers_of_moves(moves, bounds)))
+        Ok(Some((sizers_of_moves(moves, bounds), bounds)))
     }
 
     /// The global id of node `name`'s first worker in the placement.
@@ -253,6 +258,9 @@ impl Plan {
                 self.interrupt(&why);
                 self.roll_back(now_ms);
             }
+            return;
+        }
+        if now_ms < r.not_before_ms {
             return;
         }
         let quiet = self.in_flight.is_none()
@@ -307,8 +315,10 @@ impl Plan {
     /// Node `from` merged step `version` of the epoch.
     pub(super) fn handed_off(&mut self, version: u64, bytes: u64, micros: u64, now_ms: u64) {
         let Some(r) = self.rescale.as_mut() else { return };
-        let Some((info, next, _)) = r.current.take_if(|(i, _, _)| i.version == version) else { return };
+        let Some((info, next, sent)) = r.current.take_if(|(i, _, _)| i.version == version) else { return };
         r.done.push((info, bytes, micros));
+        let took = std::time::Duration::from_millis(now_ms.saturating_sub(sent));
+        r.not_before_ms = now_ms + r.bounds.gap(took).as_millis() as u64;
         if let Some(sizer) = r.moves.front_mut() {
             sizer.moved(info.bins.len(), bytes);
             if sizer.is_done() {

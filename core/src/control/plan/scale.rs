@@ -100,10 +100,7 @@ impl Plan {
         let obs = Observation::from_reports(now_ms, assignment.clone(), &reports, quiet);
         let Some(d) = s.policy.observe(&obs) else { return };
         s.decisions += 1;
-        let bounds = crate::control::ctl::StepBounds {
-            max_bins: s.config.max_bins_per_step,
-            max_bytes: s.config.max_bytes(),
-        };
+        let bounds = s.config.step_bounds();
         let moves = match assignment.moves_to(&d.target) {
             Ok(m) if m.is_empty() => return s.policy.acted(now_ms, true),
             Ok(m) => m,
@@ -119,6 +116,8 @@ impl Plan {
             admin: None,
             what,
             moves: sizers_of_moves(moves, bounds),
+            bounds,
+            not_before_ms: 0,
             current: None,
             staging: Default::default(),
             done: Vec::new(),

@@ -151,12 +151,7 @@ impl LocalScaler {
         let decision = self.policy.observe(&obs)?;
         job.metrics().scaling_decisions.fetch_add(1, Ordering::Relaxed);
         let t0 = crate::time::now();
-        let result = job.rescale_to_sized(
-            &decision.target,
-            self.config.max_bins_per_step,
-            self.config.max_bytes(),
-            STEP_TIMEOUT,
-        );
+        let result = job.rescale_to_sized(&decision.target, self.config.step_bounds(), STEP_TIMEOUT);
         let took_ms = crate::time::now().saturating_duration_since(t0).as_millis() as u64;
         let (steps, bytes, error) = match result {
             Ok(done) => (done.len(), done.iter().map(|d| d.bytes).sum(), None),

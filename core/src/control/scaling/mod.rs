@@ -163,12 +163,16 @@ impl ScalingConfig {
         Ok(())
     }
 
-    /// [`ScalingConfig::max_bytes_per_step`] as a sizer's bound
-    /// (`u64::MAX`: none).
-    pub fn max_bytes(&self) -> u64 {
-        match self.max_bytes_per_step {
+    /// How a decision's steps are bounded (`max_bins_per_step`,
+    /// `max_bytes_per_step`; back to back).
+    pub fn step_bounds(&self) -> crate::assignment::StepBounds {
+        let max_bytes = match self.max_bytes_per_step {
             0 => u64::MAX,
             n => n,
+        };
+        crate::assignment::StepBounds {
+            max_bytes,
+            ..crate::assignment::StepBounds::bins(self.max_bins_per_step)
         }
     }
 
