@@ -210,6 +210,56 @@ fn bench_rescale_reports_both_moves_and_three_phases() {
     assert!(n("handoff_ms") >= 0.0 && n("scale_in_ms") >= 0.0, "{line}");
 }
 
+/// `bench rescale --rate` measures an open-loop load: latency before and
+/// during the moves (all keys and those that stay), memory, and the run
+/// in windows as CSV; `--max-bytes` bounds the steps by bytes.
+#[test]
+fn bench_rescale_with_a_rate_reports_latency_memory_and_windows() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let csv = dir.path().join("rescale.csv");
+    let csv_arg = csv.display().to_string();
+    let line = json_line(
+        &[
+            "bench",
+            "rescale",
+            "--keys",
+            "20000",
+            "--work-ns",
+            "0",
+            "--rate",
+            "100000",
+            "--phase-s",
+            "1",
+            "--max-bins",
+            "4096",
+            "--max-bytes",
+            "65536",
+            "--pace",
+            "0.5",
+            "--csv",
+            &csv_arg,
+            "--json",
+        ],
+        Duration::from_secs(150),
+    );
+    let n = |k: &str| extract_json_number(&line, k).unwrap_or_else(|| panic!("no {k} in {line}"));
+    for k in ["steady_p99_us", "during_p99_us", "during_max_us", "unmoved_during_p99_us", "peak_rss_mb"] {
+        assert!(n(k) > 0.0, "{k} is 0 in {line}");
+    }
+    assert!(n("during_max_us") >= n("during_p99_us"), "{line}");
+    assert!(line.contains("\"latency_basis\":\"records\""), "{line}");
+    // Bounded by bytes, not by the 4096 bins: a probe, then several steps.
+    assert!(n("steps") > 2.0, "{line}");
+    assert!(n("largest_step_bytes") < n("moved_bytes"), "{line}");
+    let text = std::fs::read_to_string(&csv).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+    let mut rows = text.lines();
+    assert_eq!(rows.next(), Some("t_s,phase,out_per_s,p99_us,max_us,unmoved_p99_us,rss_mb"));
+    let phases: std::collections::BTreeSet<&str> = rows.filter_map(|r| r.split(',').nth(1)).collect();
+    for p in ["before", "after", "back"] {
+        assert!(phases.contains(p), "no window of phase {p}: {phases:?}");
+    }
+}
+
 /// `bench rescale --nodes 2` does the same across two node processes,
 /// driven by `spate ctl`'s requests to their coordinator.
 #[test]
