@@ -58,6 +58,7 @@
 //! scale_in_hold_ms = 10000    # no scale-in for this long after any action
 //! max_bins_per_step = 256     # bins a handoff step moves at most
 //! max_bytes_per_step = 0      # bytes of state a step moves, about (0: no bound)
+//! step_pace = 0.0             # after a step, wait this many times its time
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -123,6 +124,8 @@ pub struct ScalingSection {
     pub max_bins_per_step: Option<u32>,
     /// Bytes of state a handoff step moves at most, about (0: no bound).
     pub max_bytes_per_step: Option<u64>,
+    /// After each step, wait this many times as long as it took.
+    pub step_pace: Option<f64>,
 }
 
 impl ScalingSection {
@@ -150,7 +153,8 @@ impl ScalingSection {
             cooldown_ms,
             scale_in_hold_ms,
             max_bins_per_step,
-            max_bytes_per_step
+            max_bytes_per_step,
+            step_pace
         );
         c.validate()?;
         Ok(c)
@@ -633,18 +637,31 @@ mod tests {
             ("interval_ms = 1\n", "scaling.interval_ms"),
             ("min_workers = 3\n", "scaling.min_workers: 3 is more than the 2 workers"),
             ("hgih = 0.5\n", "hgih"),
+            ("step_pace = -1.0\n", "scaling.step_pace: -1 is not a wait"),
+            ("step_pace = \"slow\"\n", "step_pace"),
             ("[query.params]\nrate_schedule = [[5, 1], [5, 2]]\n", "query.params.rate_schedule"),
         ] {
             let e = err(&format!("{q}{body}"));
             assert!(e.contains(key), "{body:?}: {e} does not say {key:?}");
         }
-        let cfg = Config::parse(&format!("{q}policy = \"threshold\"\ninterval_ms = 500\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = Config::parse(&format!(
+            "{q}policy = \"threshold\"\ninterval_ms = 500\nmax_bytes_per_step = 1048576\nstep_pace = 1.5\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.runtime_config().load_interval_ms, 500);
         let s = cfg.scaling.as_ref().map(|s| s.scaling_config());
         assert!(
             matches!(s, Some(Ok(ref c)) if c.policy.name() == "threshold" && c.interval_ms == 500),
             "{s:?}"
+        );
+        let bounds = s.and_then(Result::ok).map(|c| c.step_bounds());
+        assert_eq!(
+            bounds,
+            Some(spate_core::assignment::StepBounds {
+                max_bins: 256,
+                max_bytes: 1 << 20,
+                pace_permille: 1500
+            })
         );
     }
 

@@ -103,6 +103,9 @@ pub struct ScalingConfig {
     /// Bytes of state a handoff step moves at most, about (0: no bound;
     /// see [`crate::assignment::StepSizer`]).
     pub max_bytes_per_step: u64,
+    /// After each step, wait this many times as long as it took (see
+    /// [`crate::assignment::StepBounds`]; 0: back to back).
+    pub step_pace: f64,
 }
 
 impl Default for ScalingConfig {
@@ -121,6 +124,7 @@ impl Default for ScalingConfig {
             scale_in_hold_ms: 10_000,
             max_bins_per_step: 256,
             max_bytes_per_step: 0,
+            step_pace: 0.0,
         }
     }
 }
@@ -160,19 +164,27 @@ impl ScalingConfig {
         if self.max_bins_per_step == 0 {
             return Err("scaling.max_bins_per_step: a step moves at least 1 bin".into());
         }
+        let pace_max = crate::assignment::PACE_MAX;
+        if !(0.0..=pace_max).contains(&self.step_pace) {
+            return Err(format!(
+                "scaling.step_pace: {} is not a wait of 0 to {pace_max} times a step's time",
+                self.step_pace
+            ));
+        }
         Ok(())
     }
 
-    /// How a decision's steps are bounded (`max_bins_per_step`,
-    /// `max_bytes_per_step`; back to back).
+    /// How a decision's steps are bounded and paced
+    /// (`max_bins_per_step`, `max_bytes_per_step`, `step_pace`).
     pub fn step_bounds(&self) -> crate::assignment::StepBounds {
         let max_bytes = match self.max_bytes_per_step {
             0 => u64::MAX,
             n => n,
         };
         crate::assignment::StepBounds {
+            max_bins: self.max_bins_per_step,
             max_bytes,
-            ..crate::assignment::StepBounds::bins(self.max_bins_per_step)
+            pace_permille: (self.step_pace * 1000.0).round() as u32,
         }
     }
 
