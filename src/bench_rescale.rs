@@ -25,7 +25,9 @@
 //! request until [`TAIL_MS`] after its last step (a sink publishes every
 //! 100 ms, so a record delivered in the last step's final moments is
 //! counted). Windows of [`WINDOW_MS`] go to the report's `windows` (the
-//! `--csv` file).
+//! `--csv` file). With `SPATE_BENCH_ANSWER` set, `--nodes` prints the
+//! coordinator's answers to the moves on stderr (each step's bins, bytes
+//! and time).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -329,7 +331,7 @@ fn sample(
         last = Instant::now();
         let ph = phase.load(Ordering::Relaxed) as usize;
         let rss = rss_mb();
-        let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) / 1000 };
+        let q = quantile_us;
         if !all.is_empty() {
             last_p99.store(q(&all, 0.99), Ordering::Relaxed);
         }
@@ -356,7 +358,7 @@ fn sample(
             _ => {}
         }
     }
-    let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) / 1000 };
+    let q = quantile_us;
     let latency = RescaleLatency {
         steady_p99_us: q(&steady, 0.99),
         during_p99_us: q(&during, 0.99),
@@ -367,6 +369,15 @@ fn sample(
         basis: "records",
     };
     (windows, latency)
+}
+
+/// Quantile `q` of latencies `h` (ns), µs; 0 if there are none.
+fn quantile_us(h: &Histogram<u64>, q: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(q) / 1000
+    }
 }
 
 /// The process's resident memory, MiB (0 where `/proc` cannot tell).
@@ -622,12 +633,12 @@ fn node_windows(
     rss: &[(u64, f64)],
     marks: &[u64],
 ) -> (Vec<Window>, Option<RescaleLatency>) {
-    let [before, out_from, out_to, after, in_from, in_to] = marks[..] else { return (Vec::new(), None) };
+    let [before, out_from, out_to, _after, in_from, in_to] = marks[..] else { return (Vec::new(), None) };
     let phase_at = |ms: u64| match ms {
         m if m < before => 0,
         m if m < out_from => 1,
         m if m < out_to => 2,
-        m if m < in_from && m >= after => 3,
+        // From the end of the scale-out's tail (`after` is later) on.
         m if m < in_from => 3,
         m if m < in_to => 4,
         _ => 5,

@@ -64,9 +64,9 @@ pub fn worker_named(cfg: &Config, to: &str) -> Result<usize, String> {
 }
 
 /// Sends `req` (steps of at most `max_bins` bins and about `max_bytes`
-/// bytes, where given) to the coordinator of
-/// `cfg`'s cluster; the coordinator's answer, or why there was none or it
-/// refused.
+/// bytes, `pace` times a step's time apart, where given) to the
+/// coordinator of `cfg`'s cluster, or to its `spate run` process without
+/// a `[cluster]`; the answer, or why there was none or it refused.
 pub fn ctl(
     cfg: &Config,
     req: &CtlRequest,
@@ -75,21 +75,24 @@ pub fn ctl(
     pace: Option<f64>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let Some(cluster) = cfg.cluster.as_ref() else {
-        return ctl_run(cfg, req, max_bins, max_bytes, pace, timeout);
+    let mut text = match req {
+        CtlRequest::Assignment => "assignment".to_string(),
+        CtlRequest::Scale { workers } => format!("scale {workers}"),
+        CtlRequest::ScaleIn { node } if cfg.cluster.is_none() => {
+            return Err(format!(
+                "`scale-in --node {node}` needs a cluster config: a `spate run` job has no nodes"
+            ))
+        }
+        CtlRequest::ScaleIn { node } => format!("scale-in {node}"),
+        CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
+    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));
+    let Some(cluster) = cfg.cluster.as_ref() else { return ctl_run(cfg, &text, timeout) };
     let c = cluster.coordinator_index()?;
     let (placement, addr, _) = deploy::node_setup(cfg, &cluster.nodes[c].name)?;
     // The coordinator takes only connections that prove the cluster's
     // secret (decision 46): the same as the nodes'.
     crate::node::install_secret(cluster, "ctl")?;
-    let mut text = match req {
-        CtlRequest::Assignment => "assignment".to_string(),
-        CtlRequest::Scale { workers } => format!("scale {workers}"),
-        CtlRequest::ScaleIn { node } => format!("scale-in {node}"),
-        CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
-    };
-    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));
     match spate_core::control::ctl::request(addr, placement.cluster, &text, timeout) {
         Ok((true, answer)) => Ok(answer),
         Ok((false, why)) => Err(format!("refused: {why}")),
@@ -97,27 +100,9 @@ pub fn ctl(
     }
 }
 
-/// `req` to the `spate run` process of `cfg` (a config without a
+/// Request `text` to the `spate run` process of `cfg` (a config without a
 /// `[cluster]` section), on its control socket (`crate::ctl_local`).
-fn ctl_run(
-    cfg: &Config,
-    req: &CtlRequest,
-    max_bins: Option<u32>,
-    max_bytes: Option<u64>,
-    pace: Option<f64>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let mut text = match req {
-        CtlRequest::Assignment => "assignment".to_string(),
-        CtlRequest::Scale { workers } => format!("scale {workers}"),
-        CtlRequest::ScaleIn { node } => {
-            return Err(format!(
-                "`scale-in --node {node}` needs a cluster config: a `spate run` job has no nodes"
-            ))
-        }
-        CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
-    };
-    text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));
+fn ctl_run(cfg: &Config, text: &str, timeout: Duration) -> Result<String, String> {
     let path = crate::ctl_local::socket_path(&cfg.runtime_config().data_dir, &cfg.query.name);
-    crate::ctl_local::request(&path, &text, timeout).map_err(|why| format!("refused: {why}"))
+    crate::ctl_local::request(&path, text, timeout).map_err(|why| format!("refused: {why}"))
 }

@@ -323,9 +323,7 @@ where
         (&self.operator, &mut self.store, self.moving.as_deref_mut())
     }
     fn check_parcel(&self, parcel: &mut StateStore) -> Result<(), String> {
-        let h: ValueState<K, V> = ValueState::register(parcel, "acc").map_err(|e| e.to_string())?;
-        drop(h);
-        Ok(())
+        ValueState::<K, V>::register(parcel, "acc").map(drop).map_err(|e| e.to_string())
     }
     fn revalidate(&mut self) -> Result<(), String> {
         self.acc = ValueState::register(&mut self.store, "acc").map_err(|e| e.to_string())?;

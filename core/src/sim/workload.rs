@@ -213,10 +213,7 @@ impl Movable<(u64, u64)> for Sum {
         (&self.operator, &mut self.store, self.moving.as_mut())
     }
     fn check_parcel(&self, parcel: &mut StateStore) -> Result<(), String> {
-        let h: ValueState<u64, (u64, u64)> =
-            ValueState::register(parcel, "sum").map_err(|e| e.to_string())?;
-        drop(h);
-        Ok(())
+        ValueState::<u64, (u64, u64)>::register(parcel, "sum").map(drop).map_err(|e| e.to_string())
     }
     fn revalidate(&mut self) -> Result<(), String> {
         self.acc = ValueState::register(&mut self.store, "sum").map_err(|e| e.to_string())?;

@@ -57,6 +57,30 @@ pub(super) struct Rescale {
     pub(super) started_ms: u64,
 }
 
+impl Rescale {
+    /// A rescale of `moves`, paced by `bounds`, asked for at `now_ms`
+    /// (`admin`: by that `spate ctl` connection, else by the policy).
+    pub(super) fn new(
+        admin: Option<u64>,
+        what: String,
+        moves: VecDeque<StepSizer>,
+        bounds: StepBounds,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            admin,
+            what,
+            moves,
+            bounds,
+            not_before_ms: 0,
+            current: None,
+            staging: Default::default(),
+            done: Vec::new(),
+            started_ms: now_ms,
+        }
+    }
+}
+
 /// The sizers of `moves`, each in steps bounded by `bounds` from the end
 /// next to its target (`Job::move_bins_sized`'s order).
 pub(super) fn sizers_of_moves(
@@ -105,17 +129,7 @@ impl Plan {
             }
             Ok(Some((moves, bounds))) => {
                 self.event(format!("rescale {request}"));
-                self.rescale = Some(Rescale {
-                    admin: Some(admin),
-                    what: request.to_string(),
-                    moves,
-                    bounds,
-                    not_before_ms: 0,
-                    current: None,
-                    staging: Default::default(),
-                    done: Vec::new(),
-                    started_ms: now_ms,
-                });
+                self.rescale = Some(Rescale::new(Some(admin), request.to_string(), moves, bounds, now_ms));
             }
             Err(why) => self.reply(admin, false, why),
         }

@@ -112,17 +112,7 @@ impl Plan {
         s.acting = true;
         let what = format!("scale {} {} -> {} workers", d.policy, d.from_workers, d.to_workers);
         self.event(format!("{what}: {}; {} bins move", d.reason, d.bins_moved));
-        self.rescale = Some(Rescale {
-            admin: None,
-            what,
-            moves: sizers_of_moves(moves, bounds),
-            bounds,
-            not_before_ms: 0,
-            current: None,
-            staging: Default::default(),
-            done: Vec::new(),
-            started_ms: now_ms,
-        });
+        self.rescale = Some(Rescale::new(None, what, sizers_of_moves(moves, bounds), bounds, now_ms));
     }
 }
 
