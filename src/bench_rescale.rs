@@ -94,6 +94,10 @@ pub struct RescaleReport {
     pub throughput_back: u64,
     /// Milliseconds the scale-out took (all its steps).
     pub handoff_ms: u64,
+    /// With `--nodes`: milliseconds from the scale-out's request until the
+    /// joining node ran its slot and a checkpoint of its epoch was
+    /// complete (the first step follows); part of `handoff_ms`.
+    pub join_ms: Option<u64>,
     /// Milliseconds the scale-in took.
     pub scale_in_ms: u64,
     /// Bytes of state the scale-out moved.
@@ -134,12 +138,14 @@ impl RescaleReport {
     pub fn to_json(&self) -> String {
         let mut s = format!(
             "{{\"throughput_before\":{},\"throughput_after\":{},\"throughput_back\":{},\"scale_out_gain\":{:.3},\
-             \"handoff_ms\":{},\"scale_in_ms\":{},\"moved_bytes\":{},\"steps\":{},\"largest_step_bytes\":{}",
+             \"handoff_ms\":{},\"join_ms\":{},\"scale_in_ms\":{},\"moved_bytes\":{},\"steps\":{},\
+             \"largest_step_bytes\":{}",
             self.throughput_before,
             self.throughput_after,
             self.throughput_back,
             self.throughput_after as f64 / self.throughput_before.max(1) as f64,
             self.handoff_ms,
+            self.join_ms.map_or("null".to_string(), |v| v.to_string()),
             self.scale_in_ms,
             self.moved_bytes,
             self.steps,
@@ -481,9 +487,12 @@ pub fn run_work_node(
 
 /// What `spate bench rescale --nodes` runs: the measurement of
 /// [`RescaleParams`] with the two workers in two node processes of a local
-/// cluster (`b` owns nothing until the scale-out, `[cluster]
-/// start_workers = 1`), driven by `spate ctl`'s requests (without a rate:
-/// as fast as the workers take the records).
+/// cluster: `a` runs the job, `b` waits in the pool (`spare = true`) and
+/// joins the running job at the scale-out, for the job's second worker
+/// (parked on `a` until then, `[cluster] max_workers = 2`), and leaves it
+/// at the scale-in (`scale-in --node b`, back to the pool); driven by
+/// `spate ctl`'s requests (without a rate: as fast as the workers take the
+/// records).
 pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleReport, String> {
     use crate::deploy::{resolve_ports, LocalNodes};
     use spate_core::control::METRICS_ENV;
@@ -500,12 +509,12 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
          [runtime]\npin = false\ndata_dir = {:?}\n\
          [sink]\nkind = \"count\"\n\
          [checkpoint]\ninterval_ms = 1000\nbackups = 1\n\
-         [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = 5000\nstart_workers = 1\nsecret_file = {:?}\n",
+         [cluster]\nconnect_timeout_ms = 30000\nfailure_timeout_ms = 5000\nmax_workers = 2\nsecret_file = {:?}\n",
         dir.join("data").display().to_string(),
         secret_file.display().to_string(),
     );
-    for n in ["a", "b"] {
-        text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\n");
+    for (n, spare) in [("a", false), ("b", true)] {
+        text += &format!("[[cluster.nodes]]\nname = \"{n}\"\naddress = \"127.0.0.1:0\"\nspare = {spare}\n");
     }
     let path = dir.join("cluster.toml");
     std::fs::write(&path, resolve_ports(&text)?).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -576,11 +585,11 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
     std::thread::sleep(Duration::from_secs(1));
     let mut marks = vec![unix_ms()];
     r.throughput_before = measure(&nodes, p.phase_s);
-    let scale = |workers| {
+    let scale = |req: crate::ctl::CtlRequest| {
         let t = Instant::now();
         let answer = crate::ctl::ctl(
             &cfg,
-            &crate::ctl::CtlRequest::Scale { workers },
+            &req,
             Some(p.max_bins),
             p.max_bytes,
             (p.pace > 0.0).then_some(p.pace),
@@ -590,10 +599,17 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
     };
     marks.push(unix_ms());
     eprintln!("bench rescale: scaling out ({} records/s before)", r.throughput_before);
-    let (ms, answer) = scale(2).map_err(|e| format!("scale-out: {e}"))?;
+    let out_req = crate::ctl::CtlRequest::Scale { workers: 2 };
+    let (ms, answer) = scale(out_req).map_err(|e| format!("scale-out: {e}"))?;
     r.handoff_ms = ms;
     (r.moved_bytes, r.steps) = moved(&answer);
     r.largest_step_bytes = largest_step(&answer);
+    r.join_ms = answer
+        .split("joined from the pool: ")
+        .nth(1)
+        .and_then(|t| t.split(" after ").nth(1))
+        .and_then(|t| t.split(" ms").next())
+        .and_then(|n| n.parse().ok());
     if std::env::var_os("SPATE_BENCH_ANSWER").is_some() {
         eprintln!("{answer}");
     }
@@ -603,7 +619,8 @@ pub fn run_nodes(exe: &std::path::Path, p: &RescaleParams) -> Result<RescaleRepo
     r.throughput_after = measure(&nodes, p.phase_s);
     marks.push(unix_ms());
     eprintln!("bench rescale: scaling in ({} records/s on two nodes)", r.throughput_after);
-    let (ms, _) = scale(1).map_err(|e| format!("scale-in: {e}"))?;
+    let in_req = crate::ctl::CtlRequest::ScaleIn { node: "b".into(), exit: false };
+    let (ms, _) = scale(in_req).map_err(|e| format!("scale-in: {e}"))?;
     r.scale_in_ms = ms;
     marks.push(unix_ms() + TAIL_MS);
     std::thread::sleep(Duration::from_millis(500));

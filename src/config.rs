@@ -35,6 +35,9 @@
 //! failure_timeout_ms = 5000   # a node silent this long is declared failed
 //! secret_file = "/etc/spate/secret"  # the cluster's shared secret (else the variable
 //!                             # SPATE_CLUSTER_SECRET; `spate cluster` makes one)
+//! start_workers = 0           # workers owning the bins at first (0: every running one)
+//! max_workers = 0             # the job's workers at most: those past the running nodes'
+//!                             # are parked until a rescale puts them on spares that join
 //! [[cluster.nodes]]           # in worker order; `spate node --name a`
 //! name = "a"
 //! address = "10.0.0.1:7100"   # where its listener is (port 0: `spate cluster` picks one)
@@ -180,12 +183,40 @@ pub struct ClusterSection {
     /// nothing until `spate ctl scale` hands them bins. 0: every worker.
     #[serde(default)]
     pub start_workers: usize,
+    /// The job's workers at most, over every node that may run it (0: the
+    /// workers of the nodes that are not spares). Those past the running
+    /// nodes' workers are *parked*: one-worker slots that own no bins and
+    /// run no source, hosted by the running nodes until a rescale hands
+    /// them bins, when each moves to a node of the pool (a spare) that
+    /// joins the running job (decision 63).
+    #[serde(default)]
+    pub max_workers: usize,
     /// A file holding the cluster's shared secret (at least 16 bytes;
     /// surrounding whitespace ignored). Without it, the secret comes from
     /// `SPATE_CLUSTER_SECRET`; `spate cluster` generates one for its nodes
     /// when neither is set. Every connection between nodes proves it
     /// (decision 46).
     pub secret_file: Option<PathBuf>,
+}
+
+/// Workers a cluster job may have at most (`[cluster] max_workers`).
+const MAX_JOB_WORKERS: usize = 1024;
+
+impl ClusterSection {
+    /// The workers of the nodes that are not spares.
+    pub fn running_workers(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum()
+    }
+
+    /// The first workers that own the bins and run the sources when the
+    /// job first starts (`start_workers`; with parked workers, 0 means the
+    /// running nodes' workers, never a parked one).
+    pub fn effective_start_workers(&self) -> usize {
+        match (self.start_workers, self.max_workers > self.running_workers()) {
+            (0, true) => self.running_workers(),
+            (n, _) => n,
+        }
+    }
 }
 
 fn connect_timeout_default() -> u64 {
@@ -223,6 +254,18 @@ impl ClusterSection {
             return Err(format!(
                 "cluster.start_workers: {} is more than the {running} workers the nodes that are not spares run",
                 self.start_workers
+            ));
+        }
+        if self.max_workers != 0 && self.max_workers < running {
+            return Err(format!(
+                "cluster.max_workers: {} is fewer than the {running} workers the nodes that are not spares run",
+                self.max_workers
+            ));
+        }
+        if self.max_workers > MAX_JOB_WORKERS {
+            return Err(format!(
+                "cluster.max_workers: {} is more than the maximum of {MAX_JOB_WORKERS}",
+                self.max_workers
             ));
         }
         for (field, ms) in
@@ -535,12 +578,15 @@ impl Config {
                 ));
             }
         }
-        let others = active - 1;
+        // Spares back a node up where the running nodes are too few
+        // (decision 63).
+        let spares = c.nodes.iter().filter(|n| n.spare).count();
+        let others = active - 1 + spares;
         if r > others {
             return Err(format!(
                 "checkpoint.backups: {r} backup nodes per checkpoint, but a node has only {others} other \
-                 node{} running workers to stream to ({active} nodes that are not spares, each backed up \
-                 on others, never itself)",
+                 node{} to stream to ({active} nodes that are not spares and {spares} spares; a node is \
+                 backed up on others, never itself)",
                 if others == 1 { "" } else { "s" }
             ));
         }

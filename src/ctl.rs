@@ -21,10 +21,13 @@ pub enum CtlRequest {
         workers: usize,
     },
     /// Every bin off node `node` (the last node owning bins), which then
-    /// owns none.
+    /// owns none and, on a cluster with checkpoints and live recovery,
+    /// leaves the job: back to the pool, or released (`exit`).
     ScaleIn {
         /// The node.
         node: String,
+        /// Release the node once it left: its process exits.
+        exit: bool,
     },
     /// Bins `start..end` to a worker: a global worker number, `NODE` (its
     /// first worker) or `NODE/K` (its worker `K`).
@@ -78,12 +81,14 @@ pub fn ctl(
     let mut text = match req {
         CtlRequest::Assignment => "assignment".to_string(),
         CtlRequest::Scale { workers } => format!("scale {workers}"),
-        CtlRequest::ScaleIn { node } if cfg.cluster.is_none() => {
+        CtlRequest::ScaleIn { node, .. } if cfg.cluster.is_none() => {
             return Err(format!(
                 "`scale-in --node {node}` needs a cluster config: a `spate run` job has no nodes"
             ))
         }
-        CtlRequest::ScaleIn { node } => format!("scale-in {node}"),
+        CtlRequest::ScaleIn { node, exit } => {
+            format!("scale-in {node}{}", if *exit { " --exit" } else { "" })
+        }
         CtlRequest::Move { start, end, to } => format!("move {start} {end} {}", worker_named(cfg, to)?),
     };
     text.push_str(&spate_core::control::ctl::StepBounds::suffix(max_bins, max_bytes, pace));

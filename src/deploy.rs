@@ -49,7 +49,7 @@ pub fn node_setup(cfg: &Config, name: &str) -> Result<(ClusterPlacement, SocketA
     let addr = nodes[me].addr;
     let mut rc = cfg.runtime_config();
     rc.workers = cluster.nodes[me].workers;
-    rc.cluster_start_workers = cluster.start_workers;
+    rc.cluster_start_workers = cluster.effective_start_workers();
     // Nodes on one machine must not share their backup stores.
     rc.data_dir = match &cluster.nodes[me].data_dir {
         Some(d) => d.clone(),

@@ -79,6 +79,7 @@ pub fn run_node_with(
         restarts: spate_core::control::RESTARTS,
         bins_log2: rc.bins_log2,
         start_workers: rc.cluster_start_workers,
+        max_workers: cluster.max_workers,
         stall_intervals: cfg.checkpoint.stall_intervals.unwrap_or(3),
     };
     let setup = NodeSetup {

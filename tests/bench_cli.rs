@@ -261,7 +261,8 @@ fn bench_rescale_with_a_rate_reports_latency_memory_and_windows() {
 }
 
 /// `bench rescale --nodes 2` does the same across two node processes,
-/// driven by `spate ctl`'s requests to their coordinator.
+/// driven by `spate ctl`'s requests to their coordinator: the second node
+/// waits in the pool and joins the running job at the scale-out.
 #[test]
 fn bench_rescale_across_two_node_processes_reports_the_moves() {
     let line = json_line(
@@ -287,6 +288,8 @@ fn bench_rescale_across_two_node_processes_reports_the_moves() {
         assert!(n(k) > 0.0, "{k} is 0 in {line}");
     }
     assert_eq!(n("steps"), 2.0, "{line}");
+    // The join came first, and is part of the handoff's time.
+    assert!(n("join_ms") > 0.0 && n("join_ms") < n("handoff_ms"), "{line}");
 }
 
 /// `bench elastic` runs a rate schedule with the rate policy in the loop:

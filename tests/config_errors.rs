@@ -314,10 +314,15 @@ fn contradictory_cluster_settings_are_refused() {
         &rejected(&cfg("backups = 0\nrecovery = \"rollback\"\n", &[a.clone(), b.clone(), s.clone()])),
         &["checkpoint.backups: 0", "spare `s`"],
     );
-    // More backup nodes than other nodes to hold them (a spare holds none).
+    // More backup nodes than other nodes to hold them (spares count: they
+    // back up a job that runs on too few nodes, decision 63).
     assert_mentions(
-        &rejected(&cfg("backups = 2\n", &[a.clone(), b.clone(), s.clone()])),
-        &["checkpoint.backups: 2", "only 1 other node"],
+        &rejected(&cfg("backups = 3\n", &[a.clone(), b.clone(), s.clone()])),
+        &["checkpoint.backups: 3", "only 2 other nodes", "1 spares"],
+    );
+    assert_mentions(
+        &rejected(&cfg("backups = 1\n", std::slice::from_ref(&a))),
+        &["checkpoint.backups: 1", "only 0 other nodes"],
     );
     assert_mentions(
         &rejected(&cfg("backups = 3\n", &[a.clone(), b.clone(), c.clone()])),
@@ -335,7 +340,10 @@ fn contradictory_cluster_settings_are_refused() {
     // The controls: the same settings made consistent are accepted.
     for ok in [
         cfg("backups = 0\nrecovery = \"rollback\"\n", &[a.clone(), b.clone()]),
-        cfg("backups = 1\n", &[a.clone(), b.clone(), s]),
+        cfg("backups = 1\n", &[a.clone(), b.clone(), s.clone()]),
+        cfg("backups = 2\n", &[a.clone(), b.clone(), s.clone()]),
+        // One node and the pool that backs it up until it grows onto it.
+        cfg("backups = 1\n", &[a.clone(), s]),
         cfg("backups = 2\n", &[a, b, c]),
     ] {
         spate::config::Config::parse(&ok).unwrap_or_else(|e| panic!("{e}:\n{ok}"));

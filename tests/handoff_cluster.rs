@@ -22,6 +22,19 @@ use common::{assert_keyed_sum_exact, ctl, free_addr, text, SPATE};
 /// name ending in `*` is a spare), the first `start` of whose workers own
 /// the bins at first.
 fn config(dir: &Path, records: u64, keys: u64, rate: u64, names: &[&str], start: usize) -> PathBuf {
+    config_with(dir, records, keys, rate, names, start, "")
+}
+
+/// [`config`], with more lines of `[cluster]`.
+fn config_with(
+    dir: &Path,
+    records: u64,
+    keys: u64,
+    rate: u64,
+    names: &[&str],
+    start: usize,
+    cluster: &str,
+) -> PathBuf {
     // Every connection — worker links, control, parcels, `spate ctl` —
     // proves this secret (decision 46).
     let secret = dir.join("secret");
@@ -33,7 +46,7 @@ fn config(dir: &Path, records: u64, keys: u64, rate: u64, names: &[&str], start:
          [sink]\nkind = \"file\"\npath = {:?}\nlatency = false\n\
          [checkpoint]\ninterval_ms = 200\nbackups = 1\n\
          [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 1000\nstart_workers = {start}\n\
-         secret_file = {:?}\n",
+         secret_file = {:?}\n{cluster}",
         dir.join("data").display().to_string(),
         dir.join("out.txt").display().to_string(),
         secret.display().to_string(),
@@ -114,11 +127,21 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     }
     wait_all(&mut nodes, Duration::from_secs(30));
     assert!(moves.len() >= 4, "only {} rescales went through before the job ended: {moves:?}", moves.len());
+    // `scale-in` empties `b`, and `b` leaves the job for the pool (its
+    // slot parked on `a`), from where the next scale-out brings it back.
     assert!(
-        moves[3].starts_with("scale-in b") && moves[3].contains("worker 1 on `b`: bins 4096..4096"),
+        moves[3].starts_with("scale-in b")
+            && moves[3].contains("node `b` left the job: back in the pool")
+            && moves[3].contains("worker 1 on `a`: bins 4096..4096"),
         "{}",
         moves[3]
     );
+    if let Some(m) = moves.get(4) {
+        assert!(
+            m.contains("joined from the pool: b") && m.contains("worker 1 on `b`: bins 2048..4096"),
+            "{m}"
+        );
+    }
     assert!(moves[0].contains("moved 2048 bins") && moves[0].contains("in 4 steps"), "{}", moves[0]);
     assert!(moves[1].contains("moved 2048 bins") && moves[1].contains("in 2 steps"), "{}", moves[1]);
     assert!(moves[0].contains("worker 1 on `b`: bins 2048..4096"), "{}", moves[0]);
@@ -136,6 +159,62 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     }
     let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
     assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
+}
+
+#[test]
+fn a_node_of_the_pool_joins_the_running_job_takes_bins_and_leaves_it() {
+    let _watchdog = Watchdog::start("join and leave", Duration::from_secs(150));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (3_200_000, 1000);
+    // `a` and `b` run the job; `c` waits in the pool. The job may have
+    // three workers: the third is parked (on `a`) until a rescale gives it
+    // bins, when `c` joins the running job for it.
+    let cfg = config_with(dir.path(), records, keys, 400_000, &["a", "b", "c*"], 0, "max_workers = 3\n");
+    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c"].iter().map(|n| spawn_node(&cfg, n)).collect();
+    wait_running(&cfg);
+    let o = ctl(&cfg, &["assignment"]);
+    assert!(text(&o).contains("worker 2 on `a`: bins 4096..4096"), "not parked on `a`: {}", text(&o));
+    let mut answers = Vec::new();
+    // Out onto `c` (which joins), back (it leaves for the pool), out again
+    // (it joins again), and back with `--exit` (its process exits).
+    for args in [
+        &["scale", "--workers", "3", "--max-bins", "512"][..],
+        &["scale-in", "--node", "c", "--max-bins", "1024"],
+        &["scale", "--workers", "3", "--max-bins", "4096"],
+        &["scale-in", "--node", "c", "--exit"],
+    ] {
+        let o = ctl(&cfg, args);
+        assert!(o.status.success(), "{args:?} was refused: {}", text(&o));
+        answers.push(text(&o));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (i, want) in [
+        (0, "joined from the pool: c"),
+        (0, "worker 2 on `c`: bins 27"),
+        (1, "node `c` left the job: back in the pool"),
+        (1, "worker 2 on `a`: bins 4096..4096"),
+        (2, "joined from the pool: c"),
+        (2, "worker 2 on `c`: bins 27"),
+        (3, "node `c` left the job: released; it exits"),
+        (3, "worker 1 on `b`: bins 2048..4096"),
+    ] {
+        assert!(answers[i].contains(want), "answer {i} lacks {want:?}: {}", answers[i]);
+    }
+    // `c` exits while the job still runs (it has about 8 s of records).
+    let status = nodes[2]
+        .wait_for(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("node c did not exit once released"));
+    assert!(status.success(), "node c exited with {status}");
+    assert!(nodes[0].0.try_wait().ok().flatten().is_none(), "node a ended with node c");
+    let o = ctl(&cfg, &["scale", "--workers", "3"]);
+    assert!(
+        !o.status.success() && text(&o).contains("the pool has 0 idle nodes"),
+        "a scale-out with the pool empty: {}",
+        text(&o)
+    );
+    wait_all(&mut nodes[..2], Duration::from_secs(60));
+    let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
+    assert!(per_worker.get(&2).is_some_and(|&n| n > 0), "node c's worker wrote nothing: {per_worker:?}");
 }
 
 #[test]
@@ -212,7 +291,10 @@ fn bad_control_requests_are_refused_and_change_nothing() {
         (&["move", "--bins", "4000..4096", "--to", "b/3"], "node `b` runs 1 workers: it has no worker 3"),
         (&["move", "--bins", "4000..4096", "--to", "7"], "worker 7 is not one of the job's 2"),
         (&["scale-in", "--node", "x"], "no node is called `x`"),
-        (&["scale-in", "--node", "b"], "node `b` owns no bins"),
+        (
+            &["scale-in", "--node", "b", "--exit"],
+            "node `b` cannot leave the job: the nodes left would have too few backup nodes",
+        ),
         (&["scale-in", "--node", "a"], "runs the job's first workers"),
         (&["dance"], "unrecognized subcommand"),
     ] {

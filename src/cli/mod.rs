@@ -165,11 +165,16 @@ enum CtlCommand {
         #[arg(long, value_name = "N")]
         workers: usize,
     },
-    /// Move every bin off node NAME (the last node owning bins).
+    /// Move every bin off node NAME (the last node owning bins); with
+    /// checkpoints and live recovery, NAME then leaves the job and waits in
+    /// the pool as a spare.
     ScaleIn {
         /// The node.
         #[arg(long, value_name = "NAME")]
         node: String,
+        /// The node, once it left, is released: its process exits.
+        #[arg(long)]
+        exit: bool,
     },
     /// Move bins A..B (a run at the end of one worker's) to a neighbour.
     Move {
@@ -189,7 +194,7 @@ fn cmd_ctl(queries: &Registry, a: CtlArgs) -> Result<(), String> {
     let req = match a.request {
         CtlCommand::Assignment => CtlRequest::Assignment,
         CtlCommand::Scale { workers } => CtlRequest::Scale { workers },
-        CtlCommand::ScaleIn { node } => CtlRequest::ScaleIn { node },
+        CtlCommand::ScaleIn { node, exit } => CtlRequest::ScaleIn { node, exit },
         CtlCommand::Move { bins, to } => {
             let (x, y) = bins.split_once("..").ok_or_else(|| format!("--bins: `{bins}` is not `A..B`"))?;
             let bin = |s: &str| s.parse::<u32>().map_err(|_| format!("--bins: `{s}` is not a bin number"));

@@ -2,10 +2,13 @@
 //! after epoch, as the coordinator's messages say — the same on the
 //! coordinator's node and on the others.
 //!
-//! A node runs one share, plus one per failed slot it took over during a
-//! live recovery (docs/ARCHITECTURE.md, "Recovery"); to the coordinator it
-//! is one node: one checkpoint part per checkpoint (the shares' parts
-//! merged once every share's is in), one end (the reports summed).
+//! A node runs one share per slot of the placement it holds: its own, one
+//! per failed slot it took over during a live recovery, a parked slot it
+//! hosts (docs/ARCHITECTURE.md, "Recovery", "Handoff", decision 63); to
+//! the coordinator it is one node: one checkpoint part per checkpoint (the
+//! shares' parts merged once every share's is in), one end (the reports
+//! summed). Every share stages and switches every handoff step; a share
+//! whose slot moves to another node stops when `Recover` says so.
 //!
 //! Nothing here blocks. A deployment goes through stages, moved on by
 //! [`NodeAgent::poll`]: fetching the checkpoint parts this node lacks from
@@ -221,7 +224,11 @@ impl<E: Env> NodeAgent<E> {
             Msg::Deploy(d) => {
                 let epoch = d.epoch;
                 let started = match d.join {
-                    Some(slot) => self.deploy_join(env, d, slot),
+                    Some(slot) => {
+                        // Its placement is the epoch's: parcels go by it.
+                        self.nodes = d.nodes.clone();
+                        self.deploy_join(env, d, slot)
+                    }
                     None => {
                         self.stop_job();
                         self.handoffs.clear();
@@ -256,17 +263,18 @@ impl<E: Env> NodeAgent<E> {
                 }
             }
             Msg::Handoff { epoch, version, start, end, from, to } => {
+                // Every share of the epoch stages the step: each runs
+                // senders that switch, and one of them may give or take
+                // the bins.
                 let info = handoff::step_of(version, start, end, from, to);
-                let mut shares = self.shares.iter().filter(|s| s.epoch == epoch);
-                let published = match (shares.next(), shares.next()) {
-                    (Some(s), None) => self.handoffs.stage(s.job.share_board(), s.job.checkpoints(), info),
-                    (None, _) => Err("no share of the epoch runs here".to_string()),
-                    (Some(_), Some(_)) => {
-                        Err("it runs two shares (it took over a failed node's workers): bins cannot move"
-                            .into())
+                let mut staged = Err("no share of the epoch runs here".to_string());
+                for s in self.shares.iter().filter(|s| s.epoch == epoch) {
+                    staged = self.handoffs.stage(s.job.share_board(), s.job.checkpoints(), info);
+                    if staged.is_err() {
+                        break;
                     }
-                };
-                match published {
+                }
+                match staged {
                     Ok(()) => out.push(Msg::Staged { epoch, version }),
                     Err(why) => {
                         let reason = format!("node {}: handoff step {version}: {why}", self.name);
@@ -275,8 +283,12 @@ impl<E: Env> NodeAgent<E> {
                 }
             }
             Msg::Switch { epoch, version } => {
-                let board = self.shares.iter().find(|s| s.epoch == epoch).and_then(|s| s.job.share_board());
-                if !board.is_some_and(|b| b.switch(version)) {
+                let mut shares = self.shares.iter().filter(|s| s.epoch == epoch).peekable();
+                let mut switched = shares.peek().is_some();
+                for s in shares {
+                    switched &= s.job.share_board().is_some_and(|b| b.switch(version));
+                }
+                if !switched {
                     let reason = format!("node {}: handoff step {version} was not staged here", self.name);
                     out.push(Msg::Failed { epoch, reason });
                 }
@@ -331,6 +343,23 @@ impl<E: Env> NodeAgent<E> {
         moved: Vec<usize>,
     ) -> Result<(), AgentError> {
         let name = &self.name;
+        // A share whose slot moves to another node (a parked slot joining
+        // a node of the pool, decision 63) stops here: its new owner
+        // restores it and links to every worker, these included.
+        let mut k = 0;
+        while k < self.shares.len() {
+            let local = self.shares[k].job.local_workers().to_vec();
+            if !local.is_empty() && local.iter().all(|w| moved.contains(w)) {
+                let s = self.shares.remove(k);
+                s.job.cancel();
+                let _ = s.job.wait();
+                if !self.quiet {
+                    eprintln!("node {name}: workers {local:?} move to another node in epoch {epoch}");
+                }
+            } else {
+                k += 1;
+            }
+        }
         if self.shares.is_empty() {
             return Err(AgentError::NoShare { node: name.clone() });
         }
@@ -363,21 +392,27 @@ impl<E: Env> NodeAgent<E> {
         Ok(())
     }
 
-    /// Starts epoch `d.epoch`'s share of this node's name.
+    /// Starts epoch `d.epoch`'s shares of this node's name: one a slot of
+    /// its name in the placement (decision 63), each fetching only its own
+    /// workers' parts.
     fn deploy(&mut self, env: &mut E, d: Deployment) -> Result<(), AgentError> {
-        let me = d
-            .nodes
-            .iter()
-            .position(|n| n.name == self.name)
-            .ok_or_else(|| AgentError::NotDeployed { node: self.name.clone() })?;
-        let placement = ClusterPlacement {
-            nodes: d.nodes.clone(),
-            me,
-            epoch: d.epoch,
-            join: None,
-            ..self.placement.clone()
-        };
-        self.begin(env, d, placement, me);
+        let slots = ClusterPlacement::slots_of(&d.nodes, &self.name);
+        if slots.is_empty() {
+            return Err(AgentError::NotDeployed { node: self.name.clone() });
+        }
+        for me in slots {
+            let placement = ClusterPlacement {
+                nodes: d.nodes.clone(),
+                me,
+                epoch: d.epoch,
+                join: None,
+                ..self.placement.clone()
+            };
+            let mine = placement.local();
+            let mut share = d.clone();
+            share.fetch.retain(|(w, _)| mine.contains(w));
+            self.begin(env, share, placement, me);
+        }
         Ok(())
     }
 
@@ -685,11 +720,14 @@ impl<E: Env> NodeAgent<E> {
                 out.extend(board.take().into_iter().map(|report| Msg::Load { epoch: s.epoch, report }));
             }
         }
-        if let [s] = self.shares.as_slice() {
-            if let Some(board) = s.job.share_board() {
-                let (cluster, quiet) = (self.placement.cluster, self.quiet);
-                self.handoffs.poll(env, board, &self.nodes, cluster, s.epoch, &self.name, quiet, out);
-            }
+        let boards: Vec<(Arc<crate::handoff::HandoffBoard>, Vec<usize>)> = self
+            .shares
+            .iter()
+            .filter_map(|s| s.job.share_board().map(|b| (b.clone(), s.job.local_workers().to_vec())))
+            .collect();
+        if !boards.is_empty() {
+            let (cluster, quiet) = (self.placement.cluster, self.quiet);
+            self.handoffs.poll(env, &boards, &self.nodes, cluster, epoch, &self.name, quiet, out);
         }
         // One part per node: once every share's is in, merged.
         let whole: Vec<u64> =

@@ -88,14 +88,16 @@ impl<E: Env> NodeHandoffs<E> {
         self.takes.push((version, env.begin_take(conn, config, PARCEL_TIMEOUT)));
     }
 
-    /// Moves parcels along: ships what `board` holds for other nodes'
-    /// workers, deposits what arrived, and queues in `out` the step merged
-    /// here or the failure of a parcel.
+    /// Moves parcels along: ships what the `boards` of this node's shares
+    /// (each with its workers) hold for other workers — another node's, or
+    /// another share's here (decision 63) — deposits what arrived on the
+    /// board of the share that runs its target, and queues in `out` the
+    /// step merged here or the failure of a parcel.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn poll(
         &mut self,
         env: &mut E,
-        board: &Arc<HandoffBoard>,
+        boards: &[(Arc<HandoffBoard>, Vec<usize>)],
         nodes: &[NodeSpec],
         cluster: u64,
         epoch: u64,
@@ -103,24 +105,26 @@ impl<E: Env> NodeHandoffs<E> {
         quiet: bool,
         out: &mut Vec<Msg>,
     ) {
-        for (version, operator, store) in board.take_outgoing() {
-            let Some(step) = board.step().filter(|s| s.version == version) else { continue };
-            let Some(addr) = node_running(nodes, step.to).map(|i| nodes[i].addr) else {
-                out.push(Msg::Failed {
-                    epoch,
-                    reason: format!("handoff to worker {}: no node runs it", step.to),
-                });
-                continue;
-            };
-            let request = ShipRequest {
-                addr,
-                cluster,
-                hello: parcel_hello_name(version, epoch),
-                operator: operator.clone(),
-                store,
-                timeout: PARCEL_TIMEOUT,
-            };
-            self.ships.push((version, operator, env.begin_ship(request)));
+        for (board, _) in boards {
+            for (version, operator, store) in board.take_outgoing() {
+                let Some(step) = board.step().filter(|s| s.version == version) else { continue };
+                let Some(addr) = node_running(nodes, step.to).map(|i| nodes[i].addr) else {
+                    out.push(Msg::Failed {
+                        epoch,
+                        reason: format!("handoff to worker {}: no node runs it", step.to),
+                    });
+                    continue;
+                };
+                let request = ShipRequest {
+                    addr,
+                    cluster,
+                    hello: parcel_hello_name(version, epoch),
+                    operator: operator.clone(),
+                    store,
+                    timeout: PARCEL_TIMEOUT,
+                };
+                self.ships.push((version, operator, env.begin_ship(request)));
+            }
         }
         let mut i = 0;
         while i < self.ships.len() {
@@ -157,7 +161,20 @@ impl<E: Env> NodeHandoffs<E> {
                                     p.rebuilt_us / 1000
                                 ));
                             }
-                            board.deposit(*version, &p.operator, p.store)
+                            // The share that runs the step's target takes it.
+                            let v = *version;
+                            let target = boards.iter().find(|(b, local)| {
+                                b.step().is_some_and(|s| s.version == v && local.contains(&s.to))
+                            });
+                            match target {
+                                Some((board, _)) => board.deposit(v, &p.operator, p.store),
+                                None => out.push(Msg::Failed {
+                                    epoch,
+                                    reason: format!(
+                                        "node {node}: a parcel of step {v} came, and no share here takes it"
+                                    ),
+                                }),
+                            }
                         }
                         Err(e) => out.push(Msg::Failed { epoch, reason: format!("node {node}: {e}") }),
                     }
@@ -165,9 +182,11 @@ impl<E: Env> NodeHandoffs<E> {
                 }
             }
         }
-        if let Some(d) = board.done().last().filter(|d| d.info.version > self.reported) {
-            self.reported = d.info.version;
-            out.push(Msg::HandedOff { epoch, version: d.info.version, bytes: d.bytes, micros: d.micros });
+        for (board, _) in boards {
+            if let Some(d) = board.done().last().filter(|d| d.info.version > self.reported) {
+                self.reported = d.info.version;
+                out.push(Msg::HandedOff { epoch, version: d.info.version, bytes: d.bytes, micros: d.micros });
+            }
         }
     }
 

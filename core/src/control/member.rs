@@ -140,10 +140,10 @@ impl<E: Env> Member<E> {
                 Err(e) => return Err(e.into()),
             }
         }
-        agent.poll(env, &mut out);
-        for m in out.drain(..) {
-            peer.send(&m, now)?;
-        }
+        // A node that was stopped (SIGSTOP, a long stall) and finds its
+        // coordinator gone or silent starts nothing more: the job it was
+        // part of fenced it, and a share it would start now (a sink that
+        // opens its file) could only harm the live one.
         if peer.closed {
             agent.stop_job();
             return Err(ControlError::CoordinatorClosed);
@@ -152,6 +152,10 @@ impl<E: Env> Member<E> {
         if silent > self.timeout {
             agent.stop_job();
             return Err(ControlError::CoordinatorSilent { silent });
+        }
+        agent.poll(env, &mut out);
+        for m in out.drain(..) {
+            peer.send(&m, now)?;
         }
         if let Some(by) = self.first_deploy_by {
             if !self.deployed && now > by {

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// One node of a cluster job (or one more range of workers of a node that
-/// appears twice: it runs both).
+/// One slot of a cluster job: a range of workers and the node that runs
+/// them (a node may run several slots, each as a share of its own: one it
+/// took over from a failed node, or a parked slot, decision 63).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeSpec {
     /// The node's name.
@@ -19,10 +20,12 @@ pub struct NodeSpec {
 /// Where a cluster job's workers run, and which node this process is.
 #[derive(Clone, Debug)]
 pub struct ClusterPlacement {
-    /// Every node, in worker order. A node may appear more than once (it
-    /// took over a failed node's workers): it runs every range of its name.
+    /// Every slot, in worker order. A node may appear more than once (it
+    /// took over a failed node's workers, or hosts a parked slot): it runs
+    /// each entry of its name as a share of its own.
     pub nodes: Vec<NodeSpec>,
-    /// This process's node (an index into `nodes` of its name).
+    /// The slot this share runs (an index into `nodes`, of this node's
+    /// name).
     pub me: usize,
     /// Identifies the job on the wire (connections of other jobs are
     /// refused).
@@ -66,24 +69,17 @@ impl ClusterPlacement {
         node_running(&self.nodes, w)
     }
 
-    /// This node's workers, as global ids, in order: those of every entry
-    /// of `nodes` with its name (a node that took over a failed node's
-    /// workers appears twice).
+    /// This share's workers, as global ids, in order: those of its slot
+    /// (`join`'s, when it joins a running job, else `me`'s).
     pub fn local(&self) -> Vec<usize> {
-        if let Some(j) = &self.join {
-            let base = self.base(j.slot);
-            return (base..base + self.nodes.get(j.slot).map_or(0, |n| n.workers)).collect();
-        }
-        let name = &self.nodes[self.me].name;
-        let mut out = Vec::new();
-        let mut base = 0;
-        for n in &self.nodes {
-            if n.name == *name {
-                out.extend(base..base + n.workers);
-            }
-            base += n.workers;
-        }
-        out
+        let slot = self.join.as_ref().map_or(self.me, |j| j.slot);
+        let base = self.base(slot.min(self.nodes.len()));
+        (base..base + self.nodes.get(slot).map_or(0, |n| n.workers)).collect()
+    }
+
+    /// The slots of `nodes` that the node called `name` runs.
+    pub fn slots_of(nodes: &[NodeSpec], name: &str) -> Vec<usize> {
+        (0..nodes.len()).filter(|&p| nodes[p].name == name).collect()
     }
 }
 

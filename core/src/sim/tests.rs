@@ -15,6 +15,8 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
     let ahead = std::sync::atomic::AtomicU64::new(0);
     let handoffs = std::sync::atomic::AtomicU64::new(0);
     let handoff_seeds = std::sync::atomic::AtomicU64::new(0);
+    let joins = std::sync::atomic::AtomicU64::new(0);
+    let leaves = std::sync::atomic::AtomicU64::new(0);
     let next = std::sync::atomic::AtomicU64::new(first);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -40,6 +42,8 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
                             handoffs.fetch_add(r.handoffs, std::sync::atomic::Ordering::Relaxed);
                             handoff_seeds
                                 .fetch_add(u64::from(r.handoffs > 0), std::sync::atomic::Ordering::Relaxed);
+                            joins.fetch_add(r.joins, std::sync::atomic::Ordering::Relaxed);
+                            leaves.fetch_add(r.leaves, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => {
                             if let Ok(mut f) = failed.lock() {
@@ -57,6 +61,8 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
         ahead: ahead.into_inner(),
         handoffs: handoffs.into_inner(),
         handoff_seeds: handoff_seeds.into_inner(),
+        joins: joins.into_inner(),
+        leaves: leaves.into_inner(),
     };
     (failed.into_inner().unwrap_or_default(), counts)
 }
@@ -77,6 +83,9 @@ struct Counts {
     /// Handoff steps completed, and seeds in which at least one did.
     handoffs: u64,
     handoff_seeds: u64,
+    /// Nodes that joined a running job, and that left one (decision 63).
+    joins: u64,
+    leaves: u64,
 }
 
 #[test]
@@ -91,12 +100,15 @@ fn every_seed_ends_exactly_once() {
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "simulator: {seeds} seeds in {secs:.1} s ({:.0} seeds/s, {:.0} steps/s), {} completed a checkpoint \
-         with `ahead` counts, {} moved bins live ({} handoff steps), {} failed",
+         with `ahead` counts, {} moved bins live ({} handoff steps), {} nodes joined and {} left running \
+         jobs, {} failed",
         seeds as f64 / secs,
         counts.steps as f64 / secs,
         counts.ahead,
         counts.handoff_seeds,
         counts.handoffs,
+        counts.joins,
+        counts.leaves,
         failed.len()
     );
     for f in &failed {
@@ -106,6 +118,10 @@ fn every_seed_ends_exactly_once() {
     // The handoff protocol runs in the seeds, not only beside them.
     if seeds >= 200 {
         assert!(counts.handoff_seeds > 0, "no seed of {seeds} completed a handoff step");
+        assert!(
+            counts.joins > 0 && counts.leaves > 0,
+            "no node of {seeds} seeds joined or left a running job"
+        );
     }
 }
 

@@ -81,6 +81,9 @@ pub(crate) struct Scenario {
     /// `spate ctl` requests by virtual time (ns): each is sent no earlier
     /// than its time, and after the previous one was answered.
     pub(crate) requests: Vec<(u64, String)>,
+    /// The job's workers at most (0: the running nodes'): the others are
+    /// parked until a rescale puts them on spares that join (decision 63).
+    pub(crate) max_workers: usize,
 }
 
 /// Journal labels a crash may be triggered at during a rescale: the
@@ -102,7 +105,10 @@ fn random_request(r: &mut Rng, workers: usize, nodes: usize) -> String {
             let end = (start + r.range(1, 6)).min(16);
             format!("move {start} {end} {}{max}", r.below(workers as u64))
         }
-        _ => format!("scale-in n{}{max}", r.range(1, nodes.max(2) as u64 - 1)),
+        _ => {
+            let exit = if r.chance(30) { " --exit" } else { "" };
+            format!("scale-in n{}{max}{exit}", r.range(1, nodes.max(2) as u64 - 1))
+        }
     }
 }
 
@@ -115,6 +121,9 @@ impl Scenario {
         }
         if r.chance(8) {
             return Self::crash_after_a_step(&mut r);
+        }
+        if r.chance(6) {
+            return Self::grow_from_one(&mut r);
         }
         let active = r.range(2, 4) as usize;
         let spares = r.range(0, 2) as usize;
@@ -133,15 +142,22 @@ impl Scenario {
             Workload { records: r.range(100, 600), keys: r.range(1, 12), every_ns: r.range(100, 400) * 1000 };
         // Live handoffs in about 40 % of the seeds: rescale requests while
         // the job runs, perhaps from fewer workers than it has.
-        let workers: usize = nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
-        let handoffs = workers >= 2 && r.chance(40);
+        let running: usize = nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
+        let handoffs = running >= 2 && r.chance(40);
         let mut start_workers = 0;
+        let mut max_workers = 0;
         let mut requests = Vec::new();
         if handoffs {
             workload.records = r.range(300, 900);
             workload.keys = r.range(4, 24);
+            // Parked workers in half of them: a rescale onto those makes
+            // spares join the running job, a scale-in makes a node leave.
+            if spares > 0 && r.chance(50) {
+                max_workers = running + r.range(1, spares as u64) as usize;
+            }
+            let workers = running.max(max_workers);
             if r.chance(50) {
-                start_workers = r.range(1, workers as u64 - 1) as usize;
+                start_workers = r.range(1, running as u64 - 1) as usize;
             }
             let mut at = r.range(10, 60) * 1_000_000;
             for _ in 0..r.range(1, 4) {
@@ -159,7 +175,9 @@ impl Scenario {
         let mut faults = Vec::new();
         let victims: Vec<usize> = (0..nodes.len()).filter(|&i| i != 0).collect();
         let capable = nodes.iter().filter(|n| n.workers > 0 || n.spare).count() as i64;
-        let mut budget = capable - 2;
+        // A node that leaves with `--exit` is one fewer too.
+        let exits = requests.iter().filter(|(_, q)| q.contains("--exit")).count() as i64;
+        let mut budget = capable - 2 - exits;
         // Fencing faults, restarts not counted (a trigger may come before
         // a restart does).
         let mut fencing = 0;
@@ -195,7 +213,7 @@ impl Scenario {
         }
         faults.sort_by_key(|&(t, _)| t);
         let mut triggers = Vec::new();
-        if capable - 2 - fencing > 0 && r.chance(40) {
+        if capable - 2 - fencing - exits > 0 && r.chance(40) {
             let on = if handoffs && r.chance(70) {
                 HANDOFF_TRIGGERS[r.below(HANDOFF_TRIGGERS.len() as u64) as usize]
             } else {
@@ -224,6 +242,7 @@ impl Scenario {
             jitter_ns: r.range(50, 2000) * 1000,
             start_workers,
             requests,
+            max_workers,
         }
     }
 
@@ -270,6 +289,51 @@ impl Scenario {
             jitter_ns: r.range(50, 500) * 1000,
             start_workers: 0,
             requests: Vec::new(),
+            max_workers: 0,
+        }
+    }
+
+    /// A job that starts on one node and grows onto the pool (decision
+    /// 63): two spares back its checkpoints up until they join; it scales
+    /// out onto them, a node leaves again (perhaps for good), and one of
+    /// them may crash at a moment of a join or a leave.
+    fn grow_from_one(r: &mut Rng) -> Self {
+        let mut nodes = vec![NodeDef { workers: 1, spare: false }];
+        nodes.push(NodeDef { workers: 1, spare: true });
+        nodes.push(NodeDef { workers: 1, spare: true });
+        let mut requests = vec![(r.range(15, 40) * 1_000_000, format!("scale {}", r.range(2, 3)))];
+        let at = requests[0].0 + r.range(20, 60) * 1_000_000;
+        requests
+            .push((at, format!("scale-in n{}{}", r.range(1, 2), if r.chance(30) { " --exit" } else { "" })));
+        requests.push((at + r.range(20, 60) * 1_000_000, "scale 3 --max-bins 4".to_string()));
+        let mut triggers = Vec::new();
+        if r.chance(50) {
+            let on = ["joined", "relinking", "joining", "left", "handoff"][r.below(5) as usize];
+            triggers.push((on.to_string(), Fault::Crash(r.range(1, 2) as usize)));
+        }
+        Scenario {
+            nodes,
+            coordinator: 0,
+            live: true,
+            interval_ms: r.range(5, 30),
+            failure_timeout_ms: 250,
+            backups: 1,
+            workload: Workload {
+                records: r.range(400, 900),
+                keys: r.range(4, 24),
+                every_ns: r.range(100, 200) * 1000,
+            },
+            batch_records: r.range(2, 32) as usize,
+            channel_batches: r.range(2, 6) as usize,
+            step_records: [1, 4, 16][r.below(3) as usize],
+            replay_buffer_bytes: 4 << 20,
+            faults: Vec::new(),
+            triggers,
+            min_delay_ns: 10_000,
+            jitter_ns: r.range(50, 800) * 1000,
+            start_workers: 0,
+            requests,
+            max_workers: 3,
         }
     }
 
@@ -316,6 +380,7 @@ impl Scenario {
                     format!("scale 3 --max-bins {}", r.range(1, 3))
                 },
             )],
+            max_workers: 0,
         }
     }
 
@@ -347,7 +412,18 @@ impl Scenario {
 
     /// Workers of the job (those of the nodes that are not spares).
     pub(crate) fn workers(&self) -> usize {
-        self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum()
+        let running = self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
+        self.max_workers.max(running)
+    }
+
+    /// The workers that own the bins and run the sources at first (the
+    /// runtime's `cluster_start_workers`: never a parked one).
+    pub(crate) fn first_workers(&self) -> usize {
+        let running = self.nodes.iter().filter(|n| !n.spare).map(|n| n.workers).sum();
+        match self.start_workers {
+            0 if self.max_workers > running => running,
+            n => n,
+        }
     }
 }
 
@@ -420,6 +496,10 @@ pub(crate) struct Ran {
     pub(crate) violation: Option<String>,
     /// Handoff steps that completed (`handoff <version>` events).
     pub(crate) handoffs: u64,
+    /// Nodes that joined the running job and that left it (`joined`,
+    /// `left` events, decision 63).
+    pub(crate) joins: u64,
+    pub(crate) leaves: u64,
     /// The answers to the `spate ctl` requests: (request, done, text).
     pub(crate) answers: Vec<(String, bool, String)>,
 }
@@ -583,7 +663,7 @@ impl World {
             data_dir,
             checkpoint_interval_ms: s.interval_ms,
             replay_buffer_bytes: s.replay_buffer_bytes,
-            cluster_start_workers: s.start_workers,
+            cluster_start_workers: s.first_workers(),
             ..RuntimeConfig::default()
         };
         let plan = PlanConfig {
@@ -596,6 +676,7 @@ impl World {
             restarts: 3,
             bins_log2: rc.bins_log2,
             start_workers: rc.cluster_start_workers,
+            max_workers: s.max_workers,
             stall_intervals: 3,
         };
         let build = Arc::new(workload::build(s.workload, self.files.clone()));
@@ -668,6 +749,8 @@ impl World {
             ahead: self.ahead.len() as u64,
             violation: self.violation.clone(),
             handoffs: self.events.iter().filter(|e| e.starts_with("handoff ")).count() as u64,
+            joins: self.events.iter().filter(|e| e.starts_with("joined ")).count() as u64,
+            leaves: self.events.iter().filter(|e| e.starts_with("left ")).count() as u64,
             answers: self.answers.clone(),
         }
     }
@@ -934,7 +1017,7 @@ impl World {
     pub(crate) fn check(&self) -> Result<(), String> {
         let w = self.scenario.workload;
         // The job's sources run on the workers it starts on.
-        let workers = match self.scenario.start_workers {
+        let workers = match self.scenario.first_workers() {
             0 => self.scenario.workers(),
             n => n.min(self.scenario.workers()),
         } as u64;

@@ -16,8 +16,21 @@ impl Plan {
         out
     }
 
+    /// Workers node `j` runs, over its slots.
+    pub(super) fn load_of(&self, j: usize) -> usize {
+        (0..self.slots.len()).filter(|&p| self.slots[p] == j).map(|p| self.slot_workers[p]).sum()
+    }
+
+    /// The node of the placement, other than `except`, that runs the
+    /// fewest workers (the first of them), if any.
+    pub(super) fn least_loaded(&self, except: Option<usize>) -> Option<usize> {
+        self.active().into_iter().filter(|&j| Some(j) != except).min_by_key(|&j| self.load_of(j))
+    }
+
     /// The nodes that back up slot `pos`'s checkpoints in this placement:
-    /// the next `backups` other nodes after it, in a ring.
+    /// the next `backups` other nodes after it, in a ring; where the
+    /// placement has too few, spares of the pool (decision 63: a job on
+    /// one node grows onto the pool and is backed up there meanwhile).
     pub(super) fn holders(&self, pos: usize) -> Vec<usize> {
         let n = self.slots.len();
         let own = self.slots[pos];
@@ -28,7 +41,19 @@ impl Plan {
                 out.push(j);
             }
         }
+        for j in self.pool_holders() {
+            if out.len() < self.config.backups && j != own && !out.contains(&j) {
+                out.push(j);
+            }
+        }
         out
+    }
+
+    /// The spares whose replica services can back up checkpoints.
+    pub(super) fn pool_holders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].role == Role::Spare && self.nodes[j].replica.is_some())
+            .collect()
     }
 
     /// The slot of each worker, in order.
@@ -115,10 +140,11 @@ impl Plan {
             if c.local.get(w).is_some_and(|l| l.contains(&i)) {
                 continue;
             }
-            let live = c
-                .holders
-                .get(w)
-                .and_then(|h| h.iter().copied().find(|&h| self.nodes[h].role == Role::Active));
+            // A spare that backed the part up (a node that left the job
+            // for the pool) still serves it.
+            let live = c.holders.get(w).and_then(|h| {
+                h.iter().copied().find(|&h| matches!(self.nodes[h].role, Role::Active | Role::Spare))
+            });
             let Some(h) = live else {
                 return Err(JobFailure::BackupsGone {
                     checkpoint: c.manifest.id,
@@ -220,5 +246,6 @@ impl Plan {
         self.in_flight = None;
         self.share_failed = None;
         self.unsettled = live;
+        self.checkpointed = false;
     }
 }

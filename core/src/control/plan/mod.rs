@@ -108,6 +108,12 @@ pub struct PlanConfig {
     /// The first `start_workers` workers own the bins when the job first
     /// starts (0: every worker; see `RuntimeConfig::cluster_start_workers`).
     pub start_workers: usize,
+    /// The job's workers at most (0: the workers of the nodes that are not
+    /// spares). Those past the running nodes' are parked: one-worker slots
+    /// hosted by the running nodes, owning no bins and running no source
+    /// (`start_workers` must leave them out), until a rescale gives them
+    /// bins and each moves to a spare that joins the job (decision 63).
+    pub max_workers: usize,
     /// A checkpoint outstanding this many intervals is reported as stalled
     /// (an event `stalled <id>` and a warning naming the nodes, workers
     /// and backups whose parts are missing); 0: never.
@@ -239,6 +245,9 @@ pub struct Plan {
     /// failed node's workers appears twice), and each slot's workers.
     slots: Vec<usize>,
     slot_workers: Vec<usize>,
+    /// Per slot: parked on a node that hosts it beside its own until a
+    /// spare takes it (decision 63, `rescale.rs`).
+    parked: Vec<bool>,
     me: usize,
     epoch: u64,
     phase: Phase,
@@ -260,6 +269,10 @@ pub struct Plan {
     /// in it yet: a share that fails now may have failed re-linking (even
     /// after the joiners said `Ready`), and the recovery falls back.
     unsettled: bool,
+    /// A checkpoint of this epoch is complete: every worker's part of the
+    /// last complete checkpoint is on its node and its backup nodes now
+    /// (a slot moves to another node only then, `rescale.rs`).
+    checkpointed: bool,
     /// Restarts taken so far (see [`PlanConfig::restarts`]).
     restarted: u32,
     /// `(worker, node)`: node was told, in this epoch, to fetch the
@@ -313,6 +326,7 @@ impl Plan {
             nodes,
             slots: Vec::new(),
             slot_workers: Vec::new(),
+            parked: Vec::new(),
             me,
             epoch: 0,
             phase: Phase::Running,
@@ -327,6 +341,7 @@ impl Plan {
             last_complete: None,
             share_failed: None,
             unsettled: false,
+            checkpointed: false,
             restarted: 0,
             fetching: Vec::new(),
             assignment: None,
@@ -428,10 +443,20 @@ impl Plan {
         std::mem::take(&mut self.actions)
     }
 
-    /// Deploys epoch 0: the nodes that are not spares, in config order.
+    /// Deploys epoch 0: the nodes that are not spares, in config order,
+    /// then the parked slots up to [`PlanConfig::max_workers`], each on the
+    /// node that runs the fewest workers.
     pub fn start(&mut self, now_ms: u64) {
         self.slots = (0..self.nodes.len()).filter(|&i| self.nodes[i].role == Role::Active).collect();
         self.slot_workers = self.slots.iter().map(|&i| self.nodes[i].workers).collect();
+        self.parked = vec![false; self.slots.len()];
+        let running: usize = self.slot_workers.iter().sum();
+        for _ in running..self.config.max_workers {
+            let Some(host) = self.least_loaded(None) else { break };
+            self.slots.push(host);
+            self.slot_workers.push(1);
+            self.parked.push(true);
+        }
         if let Err(e) = self.deploy(&HashMap::new(), now_ms) {
             self.fail(e);
         }
@@ -510,9 +535,16 @@ impl Plan {
                     let slot_of = self.slot_of_workers();
                     let holders = slot_of.iter().map(|&p| self.holders(p)).collect();
                     let local = slot_of.iter().map(|&p| vec![self.slots[p]]).collect();
+                    // A live recovery's epoch settles once a checkpoint
+                    // finds no receiver still skipping a replacement's
+                    // replay: until then a handoff step could route a
+                    // replayed record to a worker that never had it.
+                    if manifest.ahead.is_empty() {
+                        self.unsettled = false;
+                    }
                     self.last_complete = Some(Complete { manifest, holders, local });
                     self.in_flight = None;
-                    self.unsettled = false;
+                    self.checkpointed = true;
                     // Requested after every step (none is during one): it
                     // records the assignment.
                     self.moved_since_checkpoint = false;
@@ -651,7 +683,7 @@ impl Plan {
                 self.tick_scaling(now_ms);
                 if self.config.interval_ms > 0
                     && self.in_flight.is_none()
-                    && self.rescale.is_none()
+                    && self.rescale.as_ref().is_none_or(|r| r.takes_checkpoints())
                     && self.finished.is_empty()
                     && self.ready.len() == self.active().len()
                     && now_ms >= self.next_checkpoint_ms

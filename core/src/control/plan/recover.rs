@@ -15,6 +15,8 @@ impl Plan {
         // failure): a live recovery needs every survivor's links up.
         let all_ready = self.ready.len() == self.active().len();
         let was = self.nodes[i].role;
+        // A spare may back up the placement's checkpoints (decision 63).
+        let held = was == Role::Spare && (0..self.slots.len()).any(|p| self.holders(p).contains(&i));
         self.nodes[i].role = Role::Failed;
         let _ = self.detector.declare_failed(node_id(i), FailureReason::Reported);
         let name = self.nodes[i].name.clone();
@@ -22,6 +24,9 @@ impl Plan {
         self.event(format!("failed {name}"));
         self.actions.push(Action::Note(format!("node `{name}` declared failed ({why})")));
         if was == Role::Spare {
+            if held && self.config.interval_ms > 0 && !self.slots.is_empty() {
+                self.lost_backup_node(&name, all_ready, now_ms);
+            }
             return;
         }
         if i == self.me {
@@ -29,8 +34,11 @@ impl Plan {
         }
         // Bins moved since the last complete checkpoint: only a rollback
         // to it is consistent (see `rescale.rs`).
-        let roll_back = self.must_roll_back();
-        self.interrupt(&format!("node `{name}` failed ({why})"));
+        let must = self.must_roll_back();
+        // (Slots a join or a leave moved may go back to their nodes: then
+        // every node rolls back, even if the failed one ran none.)
+        let reverted = self.interrupt(&format!("node `{name}` failed ({why})"));
+        let roll_back = must || reverted;
         // Split the failed node's slots into one slot per worker (each
         // owns its own bins): their replacements restore in parallel, and
         // survivors share the load.
@@ -39,12 +47,14 @@ impl Plan {
             p -= 1;
             if self.slots[p] == i && self.slot_workers[p] > 1 {
                 let k = self.slot_workers[p];
+                let parked = self.parked[p];
                 self.slots.splice(p..=p, std::iter::repeat_n(i, k));
                 self.slot_workers.splice(p..=p, std::iter::repeat_n(1, k));
+                self.parked.splice(p..=p, std::iter::repeat_n(parked, k));
             }
         }
         let lost: Vec<usize> = (0..self.slots.len()).filter(|&p| self.slots[p] == i).collect();
-        if lost.is_empty() {
+        if lost.is_empty() && !reverted {
             return;
         }
         let mut activated = Vec::new();
@@ -56,17 +66,12 @@ impl Plan {
                 Some(j) => {
                     self.nodes[j].role = Role::Active;
                     activated.push(j);
+                    // A parked slot on a node of its own is a node's slot.
+                    self.parked[pos] = false;
                     j
                 }
                 None => {
-                    let load = |j: usize| -> usize {
-                        (0..self.slots.len())
-                            .filter(|&p| self.slots[p] == j)
-                            .map(|p| self.slot_workers[p])
-                            .sum()
-                    };
-                    let Some(j) = self.active().into_iter().filter(|&j| j != i).min_by_key(|&j| load(j))
-                    else {
+                    let Some(j) = self.least_loaded(Some(i)) else {
                         return self.fail(JobFailure::NoNodeLeft { node: name.clone(), why: why.clone() });
                     };
                     j
@@ -78,7 +83,11 @@ impl Plan {
             )));
             self.slots[pos] = replacement;
         }
-        if self.active().len() < 2 && self.config.interval_ms > 0 && self.config.backups > 0 {
+        if self.active().len() < 2
+            && self.pool_holders().is_empty()
+            && self.config.interval_ms > 0
+            && self.config.backups > 0
+        {
             return self.fail(JobFailure::NoBackupNodeLeft { node: name });
         }
         let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
@@ -110,6 +119,84 @@ impl Plan {
         self.in_flight = None;
         self.share_failed = None;
         self.joining.clear();
+    }
+
+    /// A spare that backed up the placement's checkpoints failed: every
+    /// node streams its checkpoints to new backup nodes from now on, by a
+    /// live recovery that moves no slot (the checkpoints in flight are
+    /// void), or by rolling back where that cannot run; with no other node
+    /// to back them up, the job fails.
+    fn lost_backup_node(&mut self, name: &str, all_ready: bool, now_ms: u64) {
+        let roll_back = self.must_roll_back();
+        let reverted = self.interrupt(&format!("backup node `{name}` failed"));
+        if self.active().len() < 2 && self.pool_holders().is_empty() && self.config.backups > 0 {
+            return self.fail(JobFailure::NoBackupNodeLeft { node: name.to_string() });
+        }
+        if self.config.live
+            && !roll_back
+            && !reverted
+            && matches!(self.phase, Phase::Running)
+            && self.finished.is_empty()
+            && all_ready
+        {
+            let survivors = self.active();
+            return self.relink(&[], survivors, now_ms);
+        }
+        if !matches!(self.phase, Phase::Aborting { .. }) {
+            self.roll_back(now_ms);
+        }
+    }
+
+    /// Moves the slots of `moves` — `(position, node)` — to their new nodes
+    /// while the job runs (decision 63): parked slots to the spares that
+    /// join for them, or (`leaving`) every slot of a node that leaves the
+    /// job to the nodes that park them. It is a live recovery without a
+    /// failure: survivors keep running, a running node whose slot moves
+    /// away stops that share, and each new owner restores the slot from the
+    /// last complete checkpoint and links to every worker, which replay to
+    /// it. Those workers own no bins and run no source, so little is
+    /// restored and replayed (what a broadcast gave them). The leaving node
+    /// stops its shares and goes back to the pool as a spare, or — with
+    /// `exit` — is released, and its process exits.
+    pub(super) fn migrate(&mut self, moves: &[(usize, usize)], leaving: Option<(usize, bool)>, now_ms: u64) {
+        let mut activated = Vec::new();
+        let last = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        for &(pos, to) in moves {
+            if self.nodes[to].role == Role::Spare {
+                self.nodes[to].role = Role::Active;
+                activated.push(to);
+            }
+            if let Some(r) = self.rescale.as_mut() {
+                r.migrated.push((pos, self.slots[pos], to, self.parked[pos]));
+                r.migrated_after = last;
+            }
+            self.slots[pos] = to;
+            self.parked[pos] = leaving.is_some();
+        }
+        if let Some((x, exit)) = leaving {
+            // It stops its shares and waits as a spare; its replica service
+            // still serves the last complete checkpoint's parts it backs up
+            // until a checkpoint of the new placement is complete, which
+            // `exit` waits for before releasing it (`rescale.rs`).
+            let name = self.nodes[x].name.clone();
+            self.send(x, Msg::Abort { epoch: self.epoch });
+            self.nodes[x].role = Role::Spare;
+            self.event(format!("left {name}"));
+            self.actions.push(Action::Note(format!(
+                "node `{name}` leaves the job; {}",
+                if exit {
+                    "it is released once a checkpoint no longer needs it"
+                } else {
+                    "it waits in the pool as a spare"
+                }
+            )));
+        }
+        for &j in &activated {
+            self.event(format!("joined {}", self.nodes[j].name));
+        }
+        let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
+        let lost: Vec<usize> = moves.iter().map(|&(p, _)| p).collect();
+        self.relink(&lost, survivors, now_ms);
     }
 
     /// Starts a live recovery (see the module documentation): the slots at

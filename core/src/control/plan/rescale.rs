@@ -24,7 +24,7 @@ use crate::assignment::{Assignment, StepSizer};
 use crate::control::ctl::StepBounds;
 use crate::handoff::StepInfo;
 
-use super::{Action, Msg, Phase, Plan};
+use super::{Action, Msg, Phase, Plan, Role};
 
 /// How long one step may take before the job rolls back.
 pub(crate) const STEP_TIMEOUT_MS: u64 = 60_000;
@@ -55,6 +55,28 @@ pub(super) struct Rescale {
     /// Steps done: (step, bytes, µs on the target node).
     pub(super) done: Vec<(StepInfo, u64, u64)>,
     pub(super) started_ms: u64,
+    /// The assignment the moves lead to, while its parked workers that
+    /// take bins are still to move to spares before the first step
+    /// (decision 63; the spares are chosen when the joins start).
+    pub(super) join_for: Option<Assignment>,
+    /// The nodes that joined, for the answer, and when their slots ran
+    /// and a checkpoint of their epoch was complete (ms after the start).
+    pub(super) joined: Vec<String>,
+    pub(super) joined_ms: u64,
+    /// The joins were started: no step goes until they run and a
+    /// checkpoint of the new epoch is complete.
+    pub(super) settling: bool,
+    /// After the last step, this node leaves the job (`scale-in`): its
+    /// slots are parked on the others, and it goes back to the pool, or
+    /// exits (`true`).
+    pub(super) leave: Option<(usize, bool)>,
+    /// The leave was started: answered once the parked slots run.
+    pub(super) leaving: bool,
+    /// The slots its joins and leave moved — `(slot, from, to, parked
+    /// before)` — and the last complete checkpoint then: until a later one
+    /// completes, a failure puts them back where that checkpoint has them.
+    pub(super) migrated: Vec<(usize, usize, usize, bool)>,
+    pub(super) migrated_after: u64,
 }
 
 impl Rescale {
@@ -77,8 +99,31 @@ impl Rescale {
             staging: Default::default(),
             done: Vec::new(),
             started_ms: now_ms,
+            join_for: None,
+            joined: Vec::new(),
+            joined_ms: 0,
+            settling: false,
+            leave: None,
+            leaving: false,
+            migrated: Vec::new(),
+            migrated_after: 0,
         }
     }
+
+    /// Whether checkpoints may be requested now: between its phases (the
+    /// joins settling, the steps done before a leave), not between steps.
+    pub(super) fn takes_checkpoints(&self) -> bool {
+        self.current.is_none()
+            && (self.join_for.is_some() || self.settling || (self.moves.is_empty() && self.leave.is_some()))
+    }
+}
+
+/// What a request asks for.
+pub(super) struct Request {
+    moves: VecDeque<StepSizer>,
+    bounds: StepBounds,
+    join_for: Option<Assignment>,
+    leave: Option<(usize, bool)>,
 }
 
 /// The sizers of `moves`, each in steps bounded by `bounds` from the end
@@ -124,15 +169,65 @@ impl Plan {
                 let text = self.describe_assignment();
                 self.reply(admin, true, text);
             }
-            Ok(Some((moves, _))) if moves.is_empty() => {
+            Ok(Some(q)) if q.moves.is_empty() && q.join_for.is_none() && q.leave.is_none() => {
                 self.reply(admin, true, "nothing to move: the assignment is already that".into())
             }
-            Ok(Some((moves, bounds))) => {
+            Ok(Some(q)) => {
                 self.event(format!("rescale {request}"));
-                self.rescale = Some(Rescale::new(Some(admin), request.to_string(), moves, bounds, now_ms));
+                let mut r = Rescale::new(Some(admin), request.to_string(), q.moves, q.bounds, now_ms);
+                r.join_for = q.join_for;
+                r.leave = q.leave;
+                self.rescale = Some(r);
             }
             Err(why) => self.reply(admin, false, why),
         }
+    }
+
+    /// For the workers that `target` gives bins and that are parked, the
+    /// spares that take them: `(slot, node)`, each spare as many slots as
+    /// it has workers; an error when the pool is short, or when a node
+    /// cannot join (no checkpoints or no live recovery to join by).
+    pub(super) fn joins_for(&self, target: &Assignment) -> Result<Vec<(usize, usize)>, String> {
+        let slot_of = self.slot_of_workers();
+        let mut need = Vec::new();
+        for (w, r) in target.ranges().iter().enumerate() {
+            let Some(&pos) = slot_of.get(w) else { continue };
+            if !r.is_empty() && self.parked[pos] && !need.contains(&pos) {
+                need.push(pos);
+            }
+        }
+        if need.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.config.interval_ms == 0 || !self.config.live {
+            return Err(format!(
+                "worker {} is parked on `{}` and a node of the pool would join for it, but a node joins a \
+                 running job only by live recovery: it needs checkpoints ([checkpoint] interval_ms) and \
+                 recovery = \"live\"",
+                self.workers_of(need[0]).start,
+                self.nodes[self.slots[need[0]]].name
+            ));
+        }
+        let mut joins = Vec::new();
+        let mut pool = (0..self.nodes.len())
+            .filter(|&j| self.nodes[j].role == Role::Spare && self.nodes[j].incarnation.is_some())
+            .flat_map(|j| std::iter::repeat_n(j, self.nodes[j].workers.max(1)));
+        for &pos in &need {
+            let Some(j) = pool.next() else {
+                let idle = (0..self.nodes.len())
+                    .filter(|&j| self.nodes[j].role == Role::Spare && self.nodes[j].incarnation.is_some())
+                    .count();
+                return Err(format!(
+                    "worker {} is parked on `{}` and no node of the pool is left to put it on: {} parked \
+                     workers would take bins, and the pool has {idle} idle nodes",
+                    self.workers_of(pos).start,
+                    self.nodes[self.slots[pos]].name,
+                    need.len()
+                ));
+            };
+            joins.push((pos, j));
+        }
+        Ok(joins)
     }
 
     fn reply(&mut self, admin: u64, ok: bool, text: String) {
@@ -153,7 +248,7 @@ impl Plan {
 
     /// The moves of `request`, `None` for a question; an error names what
     /// is wrong with it.
-    fn plan_request(&self, request: &str) -> Result<Option<(VecDeque<StepSizer>, StepBounds)>, String> {
+    fn plan_request(&self, request: &str) -> Result<Option<Request>, String> {
         let mut words: Vec<&str> = request.split_whitespace().collect();
         let num = |s: &str, what: &str| -> Result<u64, String> {
             s.parse().map_err(|_| format!("`{s}` is not {what}"))
@@ -171,11 +266,19 @@ impl Plan {
         if !self.finished.is_empty() {
             return Err("the job is finishing".into());
         }
-        if self.slots.len() != self.active().len() {
-            return Err("a node runs two shares since a recovery: its bins cannot move".into());
+        if self.unsettled {
+            return Err("the job is recovering from a failure: try again after its next checkpoint".into());
         }
         let workers = now.workers();
+        let exit = match words.iter().position(|w| *w == "--exit") {
+            Some(i) => {
+                words.remove(i);
+                true
+            }
+            None => false,
+        };
         let bounds = StepBounds::take(&mut words, StepBounds::bins(MAX_BINS_PER_STEP))?;
+        let mut leave = None;
         let moves: Vec<(BinRange, usize, usize)> = match words.as_slice() {
             ["scale", n] => {
                 let n = num(n, "a number of workers")? as usize;
@@ -188,24 +291,57 @@ impl Plan {
             }
             ["scale-in", node] => {
                 let first = self.first_worker_of(node)?;
-                let target = Assignment::uniform_over(now.bins_log2(), workers, first.max(1), 0)
-                    .map_err(|e| e.to_string())?;
                 if first == 0 {
                     return Err(format!(
                         "node `{node}` runs the job's first workers: no node is left before it"
                     ));
                 }
-                let last_owner = (0..workers).rev().find(|&w| !now.bins_of(w).is_empty()).unwrap_or(0);
-                let (lo, hi) = (first, first + self.workers_of_node(node));
-                if (hi..workers).any(|w| !now.bins_of(w).is_empty()) || last_owner < lo {
-                    if last_owner < lo {
-                        return Err(format!("node `{node}` owns no bins"));
-                    }
+                let i = self.index(node).ok_or_else(|| format!("no node is called `{node}`"))?;
+                let mine: Vec<usize> = (0..self.slots.len())
+                    .filter(|&p| self.slots[p] == i)
+                    .flat_map(|p| self.workers_of(p))
+                    .collect();
+                let (lo, hi) = match (mine.iter().min(), mine.iter().max()) {
+                    (Some(&lo), Some(&hi)) => (lo, hi + 1),
+                    _ => return Err(format!("node `{node}` runs no workers")),
+                };
+                let owns = mine.iter().any(|&w| !now.bins_of(w).is_empty());
+                if (hi..workers).any(|w| !now.bins_of(w).is_empty()) {
                     return Err(format!(
                         "node `{node}` is not the last node owning bins: scale in the nodes after it first"
                     ));
                 }
-                now.moves_to(&target).map_err(|e| e.to_string())?
+                // Its bins go to the workers before its first; then it
+                // leaves the job (decision 63) if it can: its slots are
+                // parked on the others by a live recovery, which needs
+                // checkpoints, and a backup node for each node left.
+                let cannot_leave = if self.config.interval_ms == 0 || !self.config.live {
+                    Some("leaving a running job needs checkpoints and live recovery".to_string())
+                } else if self.active().len().saturating_sub(2)
+                    + self.pool_holders().len()
+                    + usize::from(!exit)
+                    < self.config.backups
+                {
+                    Some(format!(
+                        "the nodes left would have too few backup nodes ([checkpoint] backups = {})",
+                        self.config.backups
+                    ))
+                } else {
+                    None
+                };
+                match cannot_leave {
+                    None => leave = Some((i, exit)),
+                    Some(why) if exit => return Err(format!("node `{node}` cannot leave the job: {why}")),
+                    Some(_) if !owns => return Err(format!("node `{node}` owns no bins")),
+                    Some(_) => {}
+                }
+                if owns {
+                    let target = Assignment::uniform_over(now.bins_log2(), workers, lo, 0)
+                        .map_err(|e| e.to_string())?;
+                    now.moves_to(&target).map_err(|e| e.to_string())?
+                } else {
+                    Vec::new()
+                }
             }
             ["move", start, end, to] => {
                 let (start, end) = (num(start, "a bin")? as u32, num(end, "a bin")? as u32);
@@ -227,7 +363,17 @@ impl Plan {
                 ))
             }
         };
-        Ok(Some((sizers_of_moves(moves, bounds), bounds)))
+        if exit && leave.is_none() {
+            return Err("--exit goes with `scale-in <node>` only".into());
+        }
+        let mut target = now.clone();
+        for &(bins, from, to) in &moves {
+            target = target.moved(bins, from, to).map_err(|e| e.to_string())?;
+        }
+        // Refused now if the pool is short; the spares are chosen when the
+        // joins start.
+        let join_for = (!self.joins_for(&target)?.is_empty()).then_some(target);
+        Ok(Some(Request { moves: sizers_of_moves(moves, bounds), bounds, join_for, leave }))
     }
 
     /// The global id of node `name`'s first worker in the placement.
@@ -239,11 +385,6 @@ impl Plan {
             .position(|&j| j == i)
             .ok_or_else(|| format!("node `{name}` runs no workers"))?;
         Ok(self.slot_workers[..p].iter().sum())
-    }
-
-    fn workers_of_node(&self, name: &str) -> usize {
-        let Some(i) = self.index(name) else { return 0 };
-        (0..self.slots.len()).filter(|&p| self.slots[p] == i).map(|p| self.slot_workers[p]).sum()
     }
 
     fn describe_assignment(&self) -> String {
@@ -284,6 +425,76 @@ impl Plan {
             && self.ready.len() == self.active().len();
         if !quiet {
             return;
+        }
+        let Some(r) = &self.rescale else { return };
+        let (join_for, settling, leaving, moves_done, leave) =
+            (r.join_for.clone(), r.settling, r.leaving, r.moves.is_empty(), r.leave);
+        // Parked slots move to the spares that take them first, by a live
+        // recovery without a failure (decision 63); the steps wait until
+        // those run and a checkpoint of their epoch is complete.
+        // A slot moves only once a checkpoint of this epoch is complete:
+        // its new owner restores that one, which a node of this placement
+        // holds (one of an earlier epoch may be backed up only by nodes
+        // that are gone since).
+        if let Some(target) = join_for {
+            if self.must_roll_back() || !self.checkpointed {
+                return;
+            }
+            let joins = match self.joins_for(&target) {
+                Ok(j) => j,
+                Err(e) => {
+                    let admin = self.rescale.take().and_then(|r| r.admin);
+                    self.next_checkpoint_ms = now_ms;
+                    return self.answer(admin, false, e);
+                }
+            };
+            if let Some(r) = self.rescale.as_mut() {
+                r.join_for = None;
+            }
+            if joins.is_empty() {
+                return;
+            }
+            let names: Vec<String> = joins.iter().map(|&(_, j)| self.nodes[j].name.clone()).collect();
+            if let Some(r) = self.rescale.as_mut() {
+                r.settling = true;
+                r.joined = names;
+            }
+            return self.migrate(&joins, None, now_ms);
+        }
+        if settling {
+            if let Some(r) = self.rescale.as_mut() {
+                r.settling = false;
+                r.joined_ms = now_ms.saturating_sub(r.started_ms);
+            }
+        }
+        if leaving {
+            // The leaving node's slots run on the nodes that park them.
+            return self.finish_rescale(now_ms);
+        }
+        if moves_done {
+            let Some((x, exit)) = leave else { return self.finish_rescale(now_ms) };
+            // The last step is recorded by a complete checkpoint first.
+            if self.must_roll_back() || !self.checkpointed {
+                return;
+            }
+            let mut moves = Vec::new();
+            let mut placed: Vec<usize> = Vec::new();
+            for pos in (0..self.slots.len()).filter(|&p| self.slots[p] == x) {
+                // Each on the node that runs the fewest workers, counting
+                // the slots placed so far.
+                let host = self
+                    .active()
+                    .into_iter()
+                    .filter(|&j| j != x)
+                    .min_by_key(|&j| self.load_of(j) + placed.iter().filter(|&&h| h == j).count());
+                let Some(host) = host else { return };
+                placed.push(host);
+                moves.push((pos, host));
+            }
+            if let Some(r) = self.rescale.as_mut() {
+                r.leaving = true;
+            }
+            return self.migrate(&moves, Some((x, exit)), now_ms);
         }
         let Some(now) = self.assignment.clone() else { return };
         let Some(r) = self.rescale.as_mut() else { return };
@@ -345,7 +556,31 @@ impl Plan {
         if !r.moves.is_empty() {
             return;
         }
+        if r.leave.is_some() {
+            // The leave follows once a checkpoint recorded the steps: at
+            // once.
+            self.next_checkpoint_ms = now_ms;
+            return;
+        }
+        self.finish_rescale(now_ms);
+    }
+
+    /// The rescale is through: its answer says what moved. A node that
+    /// left with `--exit` is released now (a checkpoint of the placement
+    /// without it is complete: nothing it stores is needed).
+    fn finish_rescale(&mut self, now_ms: u64) {
         let Some(r) = self.rescale.take() else { return };
+        // (Unless a failure made it a replacement meanwhile.)
+        if let Some((x, true)) = r.leave.filter(|&(x, _)| self.nodes[x].role == Role::Spare) {
+            self.send(x, Msg::Release);
+            self.nodes[x].role = Role::Failed;
+            if let Some(c) = &mut self.last_complete {
+                for l in c.local.iter_mut().chain(c.holders.iter_mut()) {
+                    l.retain(|&j| j != x);
+                }
+            }
+            self.actions.push(Action::Note(format!("node `{}` is released", self.nodes[x].name)));
+        }
         let bins: u32 = r.done.iter().map(|(i, _, _)| i.bins.len()).sum();
         let moved: u64 = r.done.iter().map(|(_, b, _)| b).sum();
         let mut text = format!(
@@ -364,6 +599,17 @@ impl Plan {
                 *us as f64 / 1000.0
             ));
         }
+        if !r.joined.is_empty() {
+            text.push_str(&format!(
+                "\n  joined from the pool: {} (running, and a checkpoint of theirs complete, after {} ms)",
+                r.joined.join(", "),
+                r.joined_ms
+            ));
+        }
+        if let Some((x, exit)) = r.leave {
+            let how = if exit { "released; it exits" } else { "back in the pool" };
+            text.push_str(&format!("\n  node `{}` left the job: {how}", self.nodes[x].name));
+        }
         text.push('\n');
         text.push_str(&self.describe_assignment());
         self.answer(r.admin, true, text);
@@ -380,8 +626,13 @@ impl Plan {
 
     /// A failure (or a timeout) stops the rescale under way: its requester
     /// hears why; the steps done before it stand only if a checkpoint
-    /// recorded them.
-    pub(super) fn interrupt(&mut self, why: &str) {
+    /// recorded them. Slots its joins or leave moved since the last
+    /// complete checkpoint go back to the nodes that checkpoint has them on,
+    /// where those are alive (they restore them from their own backups;
+    /// the new owners might find no live copy to fetch): whether any did,
+    /// and the job must roll back.
+    pub(super) fn interrupt(&mut self, why: &str) -> bool {
+        let reverted = self.revert_migrations();
         if let Some(r) = self.rescale.take() {
             let text = format!(
                 "{}: interrupted after {} of its steps: {why}; the job rolls back to its last complete checkpoint",
@@ -390,5 +641,38 @@ impl Plan {
             );
             self.answer(r.admin, false, text);
         }
+        reverted
+    }
+
+    /// See [`Plan::interrupt`].
+    fn revert_migrations(&mut self) -> bool {
+        let last = self.last_complete.as_ref().map_or(0, |c| c.manifest.id);
+        let Some(r) = self.rescale.as_mut() else { return false };
+        if r.migrated.is_empty() || last != r.migrated_after {
+            return false;
+        }
+        let migrated = std::mem::take(&mut r.migrated);
+        let mut reverted = false;
+        for &(pos, from, to, parked) in migrated.iter().rev() {
+            if !matches!(self.nodes[from].role, Role::Active | Role::Spare) || self.slots[pos] != to {
+                continue;
+            }
+            self.slots[pos] = from;
+            self.parked[pos] = parked;
+            self.nodes[from].role = Role::Active;
+            reverted = true;
+        }
+        // A joiner left with no slot goes back to the pool.
+        for &(_, _, to, _) in &migrated {
+            if self.nodes[to].role == Role::Active && !self.slots.contains(&to) {
+                self.nodes[to].role = Role::Spare;
+            }
+        }
+        if reverted {
+            self.actions.push(Action::Note(
+                "the slots that moved since the last complete checkpoint go back to their nodes".into(),
+            ));
+        }
+        reverted
     }
 }

@@ -9,8 +9,10 @@
 //! node, with no rescale, no recovery, no joining share and no share
 //! finished; reports of any other time count for nothing. New workers are
 //! the next ones in worker order: a free worker of a node that runs from
-//! the start (`[cluster] start_workers` below the cluster's workers).
-//! Nodes that join for a scale-out (a pool, provisioners) are not built.
+//! the start (`[cluster] start_workers` below the cluster's workers), or
+//! a parked worker (`[cluster] max_workers`), for which a spare of the
+//! pool joins the running job first (decision 63). Provisioners, which
+//! would start new node processes, are not built.
 
 use std::collections::BTreeMap;
 
@@ -77,8 +79,7 @@ impl Plan {
             && self.joining.is_empty()
             && self.finished.is_empty()
             && !self.unsettled
-            && self.ready.len() == self.active().len()
-            && self.slots.len() == self.active().len();
+            && self.ready.len() == self.active().len();
         let Some(assignment) = self.assignment.clone() else { return };
         let Some(s) = self.scaling.as_mut() else { return };
         if s.acting && self.rescale.is_none() {
@@ -109,10 +110,24 @@ impl Plan {
                 return self.event(format!("scale failed: {e}"));
             }
         };
+        // Workers past the running nodes' are parked: spares of the pool
+        // join for those that take bins (decision 63).
+        let join_for = match self.joins_for(&d.target) {
+            Ok(j) => (!j.is_empty()).then(|| d.target.clone()),
+            Err(e) => {
+                if let Some(s) = self.scaling.as_mut() {
+                    s.policy.acted(now_ms, false);
+                }
+                return self.event(format!("scale failed: {e}"));
+            }
+        };
+        let Some(s) = self.scaling.as_mut() else { return };
         s.acting = true;
         let what = format!("scale {} {} -> {} workers", d.policy, d.from_workers, d.to_workers);
         self.event(format!("{what}: {}; {} bins move", d.reason, d.bins_moved));
-        self.rescale = Some(Rescale::new(None, what, sizers_of_moves(moves, bounds), bounds, now_ms));
+        let mut r = Rescale::new(None, what, sizers_of_moves(moves, bounds), bounds, now_ms);
+        r.join_for = join_for;
+        self.rescale = Some(r);
     }
 }
 
@@ -160,6 +175,7 @@ mod tests {
             restarts: 0,
             bins_log2: 4,
             start_workers: 1,
+            max_workers: 0,
             stall_intervals: 0,
         };
         let mut plan = Plan::new(&nodes, 0, config);
