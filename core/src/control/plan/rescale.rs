@@ -418,6 +418,11 @@ impl Plan {
         if now_ms < r.not_before_ms {
             return;
         }
+        // Between its phases a rescale waits for a checkpoint (of the
+        // joiners' epoch, of the last step): at once, not at the interval.
+        if r.takes_checkpoints() {
+            self.next_checkpoint_ms = self.next_checkpoint_ms.min(now_ms);
+        }
         let quiet = self.in_flight.is_none()
             && self.joining.is_empty()
             && self.finished.is_empty()
