@@ -559,8 +559,9 @@ impl Config {
     /// `[checkpoint] backups` against the rest of a cluster's config (with
     /// checkpoints on): none is no copy of a node's checkpoints on another
     /// node, which live recovery and spares restore from; more than the
-    /// other nodes that run workers is more than there are to stream to
-    /// (spares and a coordinator without workers hold no backups).
+    /// other nodes that run workers and the spares is more than there are
+    /// to stream to (spares back a node up where the running nodes are too
+    /// few, decision 63; a coordinator without workers holds no backups).
     fn check_backups(&self, c: &ClusterSection, active: usize) -> Result<(), String> {
         let r = self.backups();
         if r == 0 {
