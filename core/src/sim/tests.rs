@@ -17,6 +17,7 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
     let handoff_seeds = std::sync::atomic::AtomicU64::new(0);
     let joins = std::sync::atomic::AtomicU64::new(0);
     let leaves = std::sync::atomic::AtomicU64::new(0);
+    let scaled = std::sync::atomic::AtomicU64::new(0);
     let next = std::sync::atomic::AtomicU64::new(first);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -44,6 +45,7 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
                                 .fetch_add(u64::from(r.handoffs > 0), std::sync::atomic::Ordering::Relaxed);
                             joins.fetch_add(r.joins, std::sync::atomic::Ordering::Relaxed);
                             leaves.fetch_add(r.leaves, std::sync::atomic::Ordering::Relaxed);
+                            scaled.fetch_add(r.scaled, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => {
                             if let Ok(mut f) = failed.lock() {
@@ -63,6 +65,7 @@ fn run_seeds(first: u64, seeds: u64, bug: Option<Bug>, stop_at_first: bool) -> (
         handoff_seeds: handoff_seeds.into_inner(),
         joins: joins.into_inner(),
         leaves: leaves.into_inner(),
+        scaled: scaled.into_inner(),
     };
     (failed.into_inner().unwrap_or_default(), counts)
 }
@@ -86,6 +89,8 @@ struct Counts {
     /// Nodes that joined a running job, and that left one (decision 63).
     joins: u64,
     leaves: u64,
+    /// Rescales a scaling policy decided and completed.
+    scaled: u64,
 }
 
 #[test]
@@ -101,7 +106,7 @@ fn every_seed_ends_exactly_once() {
     eprintln!(
         "simulator: {seeds} seeds in {secs:.1} s ({:.0} seeds/s, {:.0} steps/s), {} completed a checkpoint \
          with `ahead` counts, {} moved bins live ({} handoff steps), {} nodes joined and {} left running \
-         jobs, {} failed",
+         jobs, {} policy rescales, {} failed",
         seeds as f64 / secs,
         counts.steps as f64 / secs,
         counts.ahead,
@@ -109,6 +114,7 @@ fn every_seed_ends_exactly_once() {
         counts.handoffs,
         counts.joins,
         counts.leaves,
+        counts.scaled,
         failed.len()
     );
     for f in &failed {

@@ -84,6 +84,10 @@ pub(crate) struct Scenario {
     /// The job's workers at most (0: the running nodes'): the others are
     /// parked until a rescale puts them on spares that join (decision 63).
     pub(crate) max_workers: usize,
+    /// A scaling policy in the coordinator, fed the workers' load reports
+    /// in virtual time (decisions 55–57): its decisions rescale the job as
+    /// requests do, joins and all.
+    pub(crate) scaling: Option<crate::control::scaling::ScalingConfig>,
 }
 
 /// Journal labels a crash may be triggered at during a rescale: the
@@ -243,6 +247,7 @@ impl Scenario {
             start_workers,
             requests,
             max_workers,
+            scaling: None,
         }
     }
 
@@ -290,6 +295,7 @@ impl Scenario {
             start_workers: 0,
             requests: Vec::new(),
             max_workers: 0,
+            scaling: None,
         }
     }
 
@@ -310,6 +316,28 @@ impl Scenario {
         if r.chance(50) {
             let on = ["joined", "relinking", "joining", "left", "handoff"][r.below(5) as usize];
             triggers.push((on.to_string(), Fault::Crash(r.range(1, 2) as usize)));
+        }
+        // Half of them with a policy instead of requests: thresholds low
+        // enough that a worker of the simulator crosses them, so that it
+        // scales out onto the pool and back in.
+        let mut scaling = None;
+        if r.chance(50) {
+            use crate::control::scaling::{PolicyKind, ScalingConfig};
+            let high = r.range(1, 300) as f64 / 1000.0;
+            scaling = Some(ScalingConfig {
+                policy: if r.chance(50) { PolicyKind::Threshold } else { PolicyKind::Rate },
+                interval_ms: r.range(2, 10),
+                high,
+                low: high / 4.0,
+                reports: r.range(1, 2) as u32,
+                reports_in: r.range(1, 3) as u32,
+                target_utilization: r.range(1, 300) as f64 / 1000.0,
+                cooldown_ms: r.range(5, 40),
+                scale_in_hold_ms: r.range(10, 60),
+                max_bins_per_step: r.range(1, 8) as u32,
+                ..ScalingConfig::default()
+            });
+            requests.clear();
         }
         Scenario {
             nodes,
@@ -334,6 +362,7 @@ impl Scenario {
             start_workers: 0,
             requests,
             max_workers: 3,
+            scaling,
         }
     }
 
@@ -381,6 +410,7 @@ impl Scenario {
                 },
             )],
             max_workers: 0,
+            scaling: None,
         }
     }
 
@@ -500,6 +530,8 @@ pub(crate) struct Ran {
     /// `left` events, decision 63).
     pub(crate) joins: u64,
     pub(crate) leaves: u64,
+    /// A scaling policy's rescales that went through (`scaled` events).
+    pub(crate) scaled: u64,
     /// The answers to the `spate ctl` requests: (request, done, text).
     pub(crate) answers: Vec<(String, bool, String)>,
 }
@@ -664,6 +696,7 @@ impl World {
             checkpoint_interval_ms: s.interval_ms,
             replay_buffer_bytes: s.replay_buffer_bytes,
             cluster_start_workers: s.first_workers(),
+            load_interval_ms: s.scaling.as_ref().map_or(0, |c| c.interval_ms),
             ..RuntimeConfig::default()
         };
         let plan = PlanConfig {
@@ -699,7 +732,12 @@ impl World {
         if let Ok(mut r) = self.shared.replicas.lock() {
             r.by_addr.insert(n.replica, i);
         }
-        n.state = State::Up(Box::new(Node::new(env, setup, virtual_clock::at(self.now))));
+        let mut node = Node::new(env, setup, virtual_clock::at(self.now));
+        if let (Some(c), Some(coord)) = (&self.scenario.scaling, node.coordinator_mut()) {
+            coord.set_scaling(c.clone());
+        }
+        let n = &mut self.nodes[i];
+        n.state = State::Up(Box::new(node));
         n.next = self.now;
         n.stalled_until = 0;
     }
@@ -751,6 +789,7 @@ impl World {
             handoffs: self.events.iter().filter(|e| e.starts_with("handoff ")).count() as u64,
             joins: self.events.iter().filter(|e| e.starts_with("joined ")).count() as u64,
             leaves: self.events.iter().filter(|e| e.starts_with("left ")).count() as u64,
+            scaled: self.events.iter().filter(|e| e.starts_with("scaled ")).count() as u64,
             answers: self.answers.clone(),
         }
     }
