@@ -62,6 +62,8 @@
 //! max_bins_per_step = 256     # bins a handoff step moves at most
 //! max_bytes_per_step = 0      # bytes of state a step moves, about (0: no bound)
 //! step_pace = 0.0             # after a step, wait this many times its time
+//! provisioner = "static"      # where nodes for parked workers come from: the
+//!                             # config's spares, started beforehand (the only kind)
 //! ```
 //!
 //! Unknown fields are errors, and every error names the field.
@@ -129,6 +131,10 @@ pub struct ScalingSection {
     pub max_bytes_per_step: Option<u64>,
     /// After each step, wait this many times as long as it took.
     pub step_pace: Option<f64>,
+    /// Where the nodes for parked workers come from: `static`, the spares
+    /// of `[cluster]`, started beforehand (decision 63). `local` and
+    /// `command` are not built, and refused.
+    pub provisioner: Option<String>,
 }
 
 impl ScalingSection {
@@ -136,6 +142,18 @@ impl ScalingSection {
     pub fn scaling_config(&self) -> Result<spate_core::control::scaling::ScalingConfig, String> {
         use spate_core::control::scaling::{PolicyKind, ScalingConfig};
         let mut c = ScalingConfig::default();
+        match self.provisioner.as_deref() {
+            None | Some("static") => {}
+            Some(p @ ("local" | "command")) => {
+                return Err(format!(
+                    "scaling.provisioner: `{p}` is not built yet; the pool is \"static\": the \
+                     [cluster] nodes with spare = true, started beforehand"
+                ))
+            }
+            Some(p) => {
+                return Err(format!("scaling.provisioner: `{p}` is not a provisioner: expected \"static\""))
+            }
+        }
         if let Some(p) = &self.policy {
             c.policy = PolicyKind::parse(p).ok_or_else(|| {
                 format!("scaling.policy: `{p}` is not a policy: expected \"rate\" or \"threshold\"")

@@ -391,3 +391,18 @@ fn checkpoint_durability_stall_intervals_and_secrets_are_checked() {
     assert!(!out.status.success(), "{stderr}");
     assert_mentions(&stderr, &["cluster.secret_file", "7 bytes", "shorter than 16"]);
 }
+
+#[test]
+fn an_unbuilt_provisioner_is_refused_by_name() {
+    let _watchdog = spate::Watchdog::start("provisioner", std::time::Duration::from_secs(60));
+    for (p, says) in [
+        ("local", "scaling.provisioner: `local` is not built yet"),
+        ("command", "scaling.provisioner: `command` is not built yet"),
+        ("ec2", "scaling.provisioner: `ec2` is not a provisioner"),
+    ] {
+        let e = rejected(&format!("{QUERY}[scaling]\nprovisioner = \"{p}\"\n"));
+        assert_mentions(&e, &[says]);
+    }
+    let ok = format!("{QUERY}[runtime]\nworkers = 1\nmax_workers = 2\n[scaling]\nprovisioner = \"static\"\n");
+    spate::config::Config::parse(&ok).unwrap_or_else(|e| panic!("{e}:\n{ok}"));
+}

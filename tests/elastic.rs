@@ -1,12 +1,14 @@
 //! The scaling policy through the real `spate` binary: `spate run` with
 //! `[scaling]` scales its job onto its second worker and prints the
-//! decision; and on a cluster on loopback: two node processes of one worker, the second owning nothing
-//! at first (`[cluster] start_workers = 1`); the workers' load reports
-//! reach the coordinator, its policy decides to scale out, the plan moves
-//! bins onto `b`'s free worker by live handoff, and the decision and its
-//! outcome are job events on the coordinator's `--json` output. Every
-//! output line is checked against keyed-sum's closed form. Processes are
-//! killed at the end even when the test fails.
+//! decision; and on a cluster on loopback: two node processes of one
+//! worker, the second owning nothing at first (`[cluster] start_workers =
+//! 1`), or waiting in the pool (`spare = true`, `max_workers = 2`) to
+//! join the running job; the workers' load reports reach the coordinator,
+//! its policy decides to scale out, the plan moves bins onto `b`'s worker
+//! by live handoff, and the decision, the join and the outcome are job
+//! events on the coordinator's `--json` output; a node SIGKILLed as it
+//! joins loses nothing. Every output line is checked against keyed-sum's
+//! closed form. Processes are killed at the end even when the test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,6 +25,12 @@ use common::{assert_keyed_sum_exact, free_addr, SPATE};
 /// bottleneck (this test is about the plumbing, not the thresholds:
 /// `core/src/control/scaling/tests.rs` checks those).
 fn config(dir: &Path, records: u64, keys: u64) -> PathBuf {
+    config_of(dir, records, keys, &["a", "b"], "start_workers = 1\n")
+}
+
+/// [`config`] on nodes `names` (a name ending in `*` is a spare: a node of
+/// the pool), with `cluster` in `[cluster]`.
+fn config_of(dir: &Path, records: u64, keys: u64, names: &[&str], cluster: &str) -> PathBuf {
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("elastic-test-secret-{:x}", std::process::id()))
         .unwrap_or_else(|e| panic!("write secret: {e}"));
@@ -34,15 +42,18 @@ fn config(dir: &Path, records: u64, keys: u64) -> PathBuf {
          [checkpoint]\ninterval_ms = 200\nbackups = 1\n\
          [scaling]\npolicy = \"threshold\"\ninterval_ms = 200\nhigh = 0.02\nlow = 0.01\nreports = 2\n\
          cooldown_ms = 500\nmax_bins_per_step = 512\n\
-         [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 2000\nstart_workers = 1\n\
+         [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 2000\n{cluster}\
          secret_file = {:?}\n",
         dir.join("data").display().to_string(),
         dir.join("out.txt").display().to_string(),
         secret.display().to_string(),
     );
-    for name in ["a", "b"] {
-        text +=
-            &format!("[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\n", free_addr());
+    for n in names {
+        let (name, spare) = n.strip_suffix('*').map_or((*n, false), |s| (s, true));
+        text += &format!(
+            "[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\nspare = {spare}\n",
+            free_addr()
+        );
     }
     let p = dir.join("cluster.toml");
     std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
@@ -91,6 +102,78 @@ fn a_policy_scales_a_cluster_out_by_itself_and_the_output_is_exact() {
     // worker took part.
     let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
     assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
+}
+
+fn spawn(cfg: &Path, name: &str, events: Option<std::fs::File>) -> KillOnDrop {
+    let mut c = Command::new(SPATE);
+    c.args(["node", "--quiet", "--name", name, "--config"]).arg(cfg).stderr(Stdio::null());
+    match events {
+        Some(f) => c.arg("--json").stdout(f),
+        None => c.stdout(Stdio::null()),
+    };
+    KillOnDrop(c.spawn().unwrap_or_else(|e| panic!("cannot start node {name}: {e}")))
+}
+
+/// Until the events file holds a line with `what`, at most `limit`.
+fn wait_for_event(events: &Path, what: &str, limit: Duration) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if std::fs::read_to_string(events).is_ok_and(|l| l.contains(what)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// The job runs on `a`; `b` waits in the pool (the `static` pool: spares
+/// of the config, started beforehand) and joins the running job when the
+/// policy scales out onto the job's second worker, parked until then
+/// (`[cluster] max_workers = 2`).
+#[test]
+fn a_policy_scales_out_onto_a_node_of_the_pool_and_the_output_is_exact() {
+    let _watchdog = Watchdog::start("elastic cluster with a pool", Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (600_000, 1000);
+    let cfg = config_of(dir.path(), records, keys, &["a", "b*"], "max_workers = 2\n");
+    let events = dir.path().join("events.jsonl");
+    let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
+    let mut nodes = [spawn(&cfg, "a", Some(events_file)), spawn(&cfg, "b", None)];
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let status = n.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("node {i} did not exit"));
+        assert!(status.success(), "node {i} exited with {status}");
+    }
+    let log = std::fs::read_to_string(&events).unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.contains("scale threshold 1 -> 2 workers"), "no scale-out decision:\n{log}");
+    assert!(log.contains("\"joined b\""), "node b did not join:\n{log}");
+    assert!(log.contains("\"scaled scale threshold 1 -> 2 workers: moved"), "no outcome event:\n{log}");
+    let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
+    assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
+}
+
+/// The node that joins for the policy's scale-out is killed (SIGKILL) as
+/// it joins: the scale-out fails as a job event, the job recovers (the
+/// slot goes back to its host, or to the next node of the pool), and
+/// every output is written once.
+#[test]
+fn a_node_killed_while_the_policy_scales_out_loses_nothing() {
+    let _watchdog = Watchdog::start("SIGKILL while scaling", Duration::from_secs(150));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (records, keys) = (800_000, 1000);
+    let cfg = config_of(dir.path(), records, keys, &["a", "b*", "c*"], "max_workers = 2\n");
+    let events = dir.path().join("events.jsonl");
+    let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
+    let mut nodes = [spawn(&cfg, "a", Some(events_file)), spawn(&cfg, "b", None), spawn(&cfg, "c", None)];
+    assert!(wait_for_event(&events, "\"joined b\"", Duration::from_secs(30)), "node b never joined");
+    let _ = nodes[1].0.kill();
+    for i in [0, 2] {
+        let status =
+            nodes[i].wait_for(Duration::from_secs(90)).unwrap_or_else(|| panic!("node {i} did not exit"));
+        assert!(status.success(), "node {i} exited with {status}");
+    }
+    let log = std::fs::read_to_string(&events).unwrap_or_else(|e| panic!("{e}"));
+    assert!(log.contains("\"failed b\""), "node b's failure is not an event:\n{log}");
+    assert_keyed_sum_exact(dir.path(), records, keys);
 }
 
 /// `spate run` with `[scaling]` and a free worker (`max_workers = 2`):
