@@ -28,20 +28,39 @@ fn config(dir: &Path, records: u64, keys: u64) -> PathBuf {
     config_of(dir, records, keys, &["a", "b"], "start_workers = 1\n")
 }
 
+/// The rate steps of [`config`], then a fall to 3 000/s from 2 s.
+const STEP_AND_FALL: &str = "rate_schedule = [[0, 100000], [1, 400000], [2, 3000]]\n";
+
 /// [`config`] on nodes `names` (a name ending in `*` is a spare: a node of
 /// the pool), with `cluster` in `[cluster]`.
 fn config_of(dir: &Path, records: u64, keys: u64, names: &[&str], cluster: &str) -> PathBuf {
+    config_with(dir, records, keys, names, cluster, "rate_schedule = [[0, 100000], [1, 400000]]\n")
+}
+
+/// [`config_of`] with the rate schedule line `schedule`.
+fn config_with(
+    dir: &Path,
+    records: u64,
+    keys: u64,
+    names: &[&str],
+    cluster: &str,
+    schedule: &str,
+) -> PathBuf {
+    // Low enough that any real load is a bottleneck, unless the schedule
+    // falls: then as high as the fall needs to be spare capacity.
+    let thresholds =
+        if schedule == STEP_AND_FALL { "high = 0.3\nlow = 0.2\n" } else { "high = 0.02\nlow = 0.01\n" };
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("elastic-test-secret-{:x}", std::process::id()))
         .unwrap_or_else(|e| panic!("write secret: {e}"));
     let mut text = format!(
         "[query]\nname = \"keyed-sum\"\n[query.params]\nrecords = {records}\nkeys = {keys}\n\
-         rate_schedule = [[0, 100000], [1, 400000]]\n\
+         {schedule}\
          [runtime]\npin = false\npark_when_idle = true\ndata_dir = {:?}\n\
          [sink]\nkind = \"file\"\npath = {:?}\nlatency = false\n\
          [checkpoint]\ninterval_ms = 200\nbackups = 1\n\
-         [scaling]\npolicy = \"threshold\"\ninterval_ms = 200\nhigh = 0.02\nlow = 0.01\nreports = 2\n\
-         cooldown_ms = 500\nmax_bins_per_step = 512\n\
+         [scaling]\npolicy = \"threshold\"\ninterval_ms = 200\n{thresholds}reports = 2\n\
+         cooldown_ms = 500\nscale_in_hold_ms = 500\nmax_bins_per_step = 512\n\
          [cluster]\nconnect_timeout_ms = 10000\nfailure_timeout_ms = 2000\n{cluster}\
          secret_file = {:?}\n",
         dir.join("data").display().to_string(),
@@ -129,13 +148,15 @@ fn wait_for_event(events: &Path, what: &str, limit: Duration) -> bool {
 /// The job runs on `a`; `b` waits in the pool (the `static` pool: spares
 /// of the config, started beforehand) and joins the running job when the
 /// policy scales out onto the job's second worker, parked until then
-/// (`[cluster] max_workers = 2`).
+/// (`[cluster] max_workers = 2`); when the rate falls the policy scales
+/// back in, and `b`, emptied, leaves the job for the pool.
 #[test]
 fn a_policy_scales_out_onto_a_node_of_the_pool_and_the_output_is_exact() {
     let _watchdog = Watchdog::start("elastic cluster with a pool", Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (records, keys) = (600_000, 1000);
-    let cfg = config_of(dir.path(), records, keys, &["a", "b*"], "max_workers = 2\n");
+    // 100 000 and 400 000 in the first two seconds, then 3 000/s for 8 s.
+    let (records, keys) = (524_000, 1000);
+    let cfg = config_with(dir.path(), records, keys, &["a", "b*"], "max_workers = 2\n", STEP_AND_FALL);
     let events = dir.path().join("events.jsonl");
     let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
     let mut nodes = [spawn(&cfg, "a", Some(events_file)), spawn(&cfg, "b", None)];
@@ -147,6 +168,8 @@ fn a_policy_scales_out_onto_a_node_of_the_pool_and_the_output_is_exact() {
     assert!(log.contains("scale threshold 1 -> 2 workers"), "no scale-out decision:\n{log}");
     assert!(log.contains("\"joined b\""), "node b did not join:\n{log}");
     assert!(log.contains("\"scaled scale threshold 1 -> 2 workers: moved"), "no outcome event:\n{log}");
+    assert!(log.contains("scale threshold 2 -> 1 workers"), "no scale-in decision:\n{log}");
+    assert!(log.contains("\"left b\""), "node b did not leave for the pool:\n{log}");
     let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
     assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
 }

@@ -315,20 +315,7 @@ impl Plan {
                 // leaves the job (decision 63) if it can: its slots are
                 // parked on the others by a live recovery, which needs
                 // checkpoints, and a backup node for each node left.
-                let cannot_leave = if self.config.interval_ms == 0 || !self.config.live {
-                    Some("leaving a running job needs checkpoints and live recovery".to_string())
-                } else if self.active().len().saturating_sub(2)
-                    + self.pool_holders().len()
-                    + usize::from(!exit)
-                    < self.config.backups
-                {
-                    Some(format!(
-                        "the nodes left would have too few backup nodes ([checkpoint] backups = {})",
-                        self.config.backups
-                    ))
-                } else {
-                    None
-                };
+                let cannot_leave = self.cannot_leave(exit);
                 match cannot_leave {
                     None => leave = Some((i, exit)),
                     Some(why) if exit => return Err(format!("node `{node}` cannot leave the job: {why}")),
@@ -374,6 +361,41 @@ impl Plan {
         // joins start.
         let join_for = (!self.joins_for(&target)?.is_empty()).then_some(target);
         Ok(Some(Request { moves: sizers_of_moves(moves, bounds), bounds, join_for, leave }))
+    }
+
+    /// Why a node cannot leave the job now (`exit`: for good), if it
+    /// cannot: its slots move by a live recovery, which needs checkpoints,
+    /// and the nodes left need their backup nodes (the leaving one counts,
+    /// as a spare, unless it exits).
+    pub(super) fn cannot_leave(&self, exit: bool) -> Option<String> {
+        if self.config.interval_ms == 0 || !self.config.live {
+            return Some("leaving a running job needs checkpoints and live recovery".to_string());
+        }
+        let holders = self.active().len().saturating_sub(2) + self.pool_holders().len() + usize::from(!exit);
+        (holders < self.config.backups).then(|| {
+            format!(
+                "the nodes left would have too few backup nodes ([checkpoint] backups = {})",
+                self.config.backups
+            )
+        })
+    }
+
+    /// The last node (in worker order) other than the coordinator's whose
+    /// workers own bins in `now` and none in `target`: a scale-in to
+    /// `target` empties it, and it may leave the job.
+    pub(super) fn emptied_by(&self, now: &Assignment, target: &Assignment) -> Option<usize> {
+        let slot_of = self.slot_of_workers();
+        let node_of: Vec<usize> = slot_of.iter().map(|&p| self.slots[p]).collect();
+        let workers_of = |j: usize| {
+            let node_of = &node_of;
+            (0..node_of.len()).filter(move |&w| node_of[w] == j)
+        };
+        self.active()
+            .into_iter()
+            .filter(|&j| j != self.me)
+            .filter(|&j| workers_of(j).any(|w| !now.bins_of(w).is_empty()))
+            .filter(|&j| workers_of(j).all(|w| target.bins_of(w).is_empty()))
+            .max_by_key(|&j| workers_of(j).max())
     }
 
     /// The global id of node `name`'s first worker in the placement.

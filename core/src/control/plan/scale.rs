@@ -11,8 +11,9 @@
 //! the next ones in worker order: a free worker of a node that runs from
 //! the start (`[cluster] start_workers` below the cluster's workers), or
 //! a parked worker (`[cluster] max_workers`), for which a spare of the
-//! pool joins the running job first (decision 63). Provisioners, which
-//! would start new node processes, are not built.
+//! pool joins the running job first (decision 63); a node that a
+//! scale-in empties goes back to the pool. Provisioners, which would start
+//! new node processes, are not built.
 
 use std::collections::BTreeMap;
 
@@ -127,6 +128,12 @@ impl Plan {
         self.event(format!("{what}: {}; {} bins move", d.reason, d.bins_moved));
         let mut r = Rescale::new(None, what, sizers_of_moves(moves, bounds), bounds, now_ms);
         r.join_for = join_for;
+        // A node the scale-in empties goes back to the pool (decision 63),
+        // where it can.
+        r.leave = self
+            .emptied_by(&assignment, &d.target)
+            .filter(|_| self.cannot_leave(false).is_none())
+            .map(|x| (x, false));
         self.rescale = Some(r);
     }
 }
