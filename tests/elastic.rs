@@ -18,7 +18,7 @@ use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
 mod common;
-use common::{assert_keyed_sum_exact, free_addr, SPATE};
+use common::{assert_keyed_sum_exact, one_worker_nodes, spawn_node, SPATE};
 
 /// keyed-sum at a rate stepping from 100 000/s to 400 000/s, checkpoints
 /// every 200 ms, a threshold policy low enough that any real load is a
@@ -67,13 +67,7 @@ fn config_with(
         dir.join("out.txt").display().to_string(),
         secret.display().to_string(),
     );
-    for n in names {
-        let (name, spare) = n.strip_suffix('*').map_or((*n, false), |s| (s, true));
-        text += &format!(
-            "[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\nspare = {spare}\n",
-            free_addr()
-        );
-    }
+    text += &one_worker_nodes(names);
     let p = dir.join("cluster.toml");
     std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
     p
@@ -87,25 +81,7 @@ fn a_policy_scales_a_cluster_out_by_itself_and_the_output_is_exact() {
     let cfg = config(dir.path(), records, keys);
     let events = dir.path().join("events.jsonl");
     let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
-    let a = KillOnDrop(
-        Command::new(SPATE)
-            .args(["node", "--quiet", "--json", "--name", "a", "--config"])
-            .arg(&cfg)
-            .stdout(events_file)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node a: {e}")),
-    );
-    let b = KillOnDrop(
-        Command::new(SPATE)
-            .args(["node", "--quiet", "--name", "b", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node b: {e}")),
-    );
-    let mut nodes = [a, b];
+    let mut nodes = [spawn_node(&cfg, "a", Some(events_file)), spawn_node(&cfg, "b", None)];
     for (i, n) in nodes.iter_mut().enumerate() {
         let status = n.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("node {i} did not exit"));
         assert!(status.success(), "node {i} exited with {status}");
@@ -121,16 +97,6 @@ fn a_policy_scales_a_cluster_out_by_itself_and_the_output_is_exact() {
     // worker took part.
     let per_worker = assert_keyed_sum_exact(dir.path(), records, keys);
     assert!(per_worker.get(&1).is_some_and(|&n| n > 0), "node b's worker wrote nothing: {per_worker:?}");
-}
-
-fn spawn(cfg: &Path, name: &str, events: Option<std::fs::File>) -> KillOnDrop {
-    let mut c = Command::new(SPATE);
-    c.args(["node", "--quiet", "--name", name, "--config"]).arg(cfg).stderr(Stdio::null());
-    match events {
-        Some(f) => c.arg("--json").stdout(f),
-        None => c.stdout(Stdio::null()),
-    };
-    KillOnDrop(c.spawn().unwrap_or_else(|e| panic!("cannot start node {name}: {e}")))
 }
 
 /// Until the events file holds a line with `what`, at most `limit`.
@@ -159,7 +125,7 @@ fn a_policy_scales_out_onto_a_node_of_the_pool_and_the_output_is_exact() {
     let cfg = config_with(dir.path(), records, keys, &["a", "b*"], "max_workers = 2\n", STEP_AND_FALL);
     let events = dir.path().join("events.jsonl");
     let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
-    let mut nodes = [spawn(&cfg, "a", Some(events_file)), spawn(&cfg, "b", None)];
+    let mut nodes = [spawn_node(&cfg, "a", Some(events_file)), spawn_node(&cfg, "b", None)];
     for (i, n) in nodes.iter_mut().enumerate() {
         let status = n.wait_for(Duration::from_secs(60)).unwrap_or_else(|| panic!("node {i} did not exit"));
         assert!(status.success(), "node {i} exited with {status}");
@@ -186,7 +152,8 @@ fn a_node_killed_while_the_policy_scales_out_loses_nothing() {
     let cfg = config_of(dir.path(), records, keys, &["a", "b*", "c*"], "max_workers = 2\n");
     let events = dir.path().join("events.jsonl");
     let events_file = std::fs::File::create(&events).unwrap_or_else(|e| panic!("{e}"));
-    let mut nodes = [spawn(&cfg, "a", Some(events_file)), spawn(&cfg, "b", None), spawn(&cfg, "c", None)];
+    let mut nodes =
+        [spawn_node(&cfg, "a", Some(events_file)), spawn_node(&cfg, "b", None), spawn_node(&cfg, "c", None)];
     assert!(wait_for_event(&events, "\"joined b\"", Duration::from_secs(30)), "node b never joined");
     let _ = nodes[1].0.kill();
     for i in [0, 2] {

@@ -8,14 +8,13 @@
 //! closed form.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spate::deploy::KillOnDrop;
 use spate::Watchdog;
 
 mod common;
-use common::{assert_keyed_sum_exact, ctl, free_addr, text, SPATE};
+use common::{assert_keyed_sum_exact, ctl, one_worker_nodes, spawn_node, text};
 
 /// A keyed-sum config of `records` records over `keys` keys at `rate`
 /// records/s, checkpoints every 200 ms, on one-worker nodes `names` (a
@@ -51,31 +50,10 @@ fn config_with(
         dir.join("out.txt").display().to_string(),
         secret.display().to_string(),
     );
-    for n in names {
-        let (name, spare) = match n.strip_suffix('*') {
-            Some(s) => (s, true),
-            None => (*n, false),
-        };
-        text += &format!(
-            "[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\nspare = {spare}\n",
-            free_addr()
-        );
-    }
+    text += &one_worker_nodes(names);
     let p = dir.join("cluster.toml");
     std::fs::write(&p, text).unwrap_or_else(|e| panic!("write config: {e}"));
     p
-}
-
-fn spawn_node(cfg: &Path, name: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(SPATE)
-            .args(["node", "--quiet", "--name", name, "--config"])
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node {name}: {e}")),
-    )
 }
 
 /// Until the coordinator answers (`spate ctl assignment`), at most 20 s.
@@ -104,7 +82,7 @@ fn bins_move_between_two_nodes_and_back_while_checkpoints_run() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (records, keys) = (2_400_000, 1000);
     let cfg = config(dir.path(), records, keys, 400_000, &["a", "b"], 1);
-    let mut nodes = vec![spawn_node(&cfg, "a"), spawn_node(&cfg, "b")];
+    let mut nodes = vec![spawn_node(&cfg, "a", None), spawn_node(&cfg, "b", None)];
     wait_running(&cfg);
     // Out to `b` and back, in steps of 512 and 1 024 bins, until the job
     // ends (about 6 s).
@@ -170,7 +148,7 @@ fn a_node_of_the_pool_joins_the_running_job_takes_bins_and_leaves_it() {
     // three workers: the third is parked (on `a`) until a rescale gives it
     // bins, when `c` joins the running job for it.
     let cfg = config_with(dir.path(), records, keys, 400_000, &["a", "b", "c*"], 0, "max_workers = 3\n");
-    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c"].iter().map(|n| spawn_node(&cfg, n)).collect();
+    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c"].iter().map(|n| spawn_node(&cfg, n, None)).collect();
     wait_running(&cfg);
     let o = ctl(&cfg, &["assignment"]);
     assert!(text(&o).contains("worker 2 on `a`: bins 4096..4096"), "not parked on `a`: {}", text(&o));
@@ -224,7 +202,7 @@ fn a_node_killed_during_a_handoff_rolls_back_and_the_output_is_exact() {
     let (records, keys) = (2_400_000, 1000);
     // `c` owns nothing at first; `s` is a spare.
     let cfg = config(dir.path(), records, keys, 400_000, &["a", "b", "c", "s*"], 2);
-    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c", "s"].iter().map(|n| spawn_node(&cfg, n)).collect();
+    let mut nodes: Vec<KillOnDrop> = ["a", "b", "c", "s"].iter().map(|n| spawn_node(&cfg, n, None)).collect();
     wait_running(&cfg);
     std::thread::sleep(Duration::from_millis(500));
     // Scale out onto `c` in small steps and kill the giver (`b`) or the
@@ -277,7 +255,7 @@ fn bad_control_requests_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (records, keys) = (1_600_000, 1000);
     let cfg = config(dir.path(), records, keys, 400_000, &["a", "b"], 1);
-    let mut nodes = vec![spawn_node(&cfg, "a"), spawn_node(&cfg, "b")];
+    let mut nodes = vec![spawn_node(&cfg, "a", None), spawn_node(&cfg, "b", None)];
     wait_running(&cfg);
     for (args, says) in [
         (&["scale", "--workers", "0"][..], "cannot scale to 0 workers"),

@@ -1,12 +1,15 @@
 //! What the real-process tests share: the `spate` binary, a free loopback
-//! address, `spate ctl`, and keyed-sum's output checked line by line
-//! against its closed form. Each test crate uses a part of it.
+//! address, a cluster's one-worker nodes and their processes, `spate ctl`,
+//! and keyed-sum's output checked line by line against its closed form.
+//! Each test crate uses a part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use spate::deploy::KillOnDrop;
 
 /// The `spate` binary of this build.
 pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
@@ -15,6 +18,33 @@ pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     l.local_addr().unwrap_or_else(|e| panic!("{e}")).to_string()
+}
+
+/// `[[cluster.nodes]]` entries of one worker each on free loopback
+/// addresses, one a name of `names`; a name ending in `*` is a spare (a
+/// node of the pool).
+pub fn one_worker_nodes(names: &[&str]) -> String {
+    let mut text = String::new();
+    for n in names {
+        let (name, spare) = n.strip_suffix('*').map_or((*n, false), |s| (s, true));
+        text += &format!(
+            "[[cluster.nodes]]\nname = \"{name}\"\naddress = \"{}\"\nworkers = 1\nspare = {spare}\n",
+            free_addr()
+        );
+    }
+    text
+}
+
+/// `spate node --quiet --name NAME --config CFG`, its output dropped, or
+/// with `events` its job events (`--json`) written there.
+pub fn spawn_node(cfg: &Path, name: &str, events: Option<std::fs::File>) -> KillOnDrop {
+    let mut c = Command::new(SPATE);
+    c.args(["node", "--quiet", "--name", name, "--config"]).arg(cfg).stderr(Stdio::null());
+    match events {
+        Some(f) => c.arg("--json").stdout(f),
+        None => c.stdout(Stdio::null()),
+    };
+    KillOnDrop(c.spawn().unwrap_or_else(|e| panic!("cannot start node {name}: {e}")))
 }
 
 /// `spate ctl ARGS --config CFG`, its answer within 30 s.
