@@ -223,16 +223,13 @@ impl<E: Env> NodeAgent<E> {
         match msg {
             Msg::Deploy(d) => {
                 let epoch = d.epoch;
+                // The epoch's placement, joining or not: parcels go by it.
+                self.nodes = d.nodes.clone();
                 let started = match d.join {
-                    Some(slot) => {
-                        // Its placement is the epoch's: parcels go by it.
-                        self.nodes = d.nodes.clone();
-                        self.deploy_join(env, d, slot)
-                    }
+                    Some(slot) => self.deploy_join(env, d, slot),
                     None => {
                         self.stop_job();
                         self.handoffs.clear();
-                        self.nodes = d.nodes.clone();
                         self.deploy(env, d)
                     }
                 };

@@ -83,11 +83,7 @@ impl Plan {
             )));
             self.slots[pos] = replacement;
         }
-        if self.active().len() < 2
-            && self.pool_holders().is_empty()
-            && self.config.interval_ms > 0
-            && self.config.backups > 0
-        {
+        if self.no_backup_node_left() {
             return self.fail(JobFailure::NoBackupNodeLeft { node: name });
         }
         let survivors: Vec<usize> = self.active().into_iter().filter(|j| !activated.contains(j)).collect();
@@ -121,6 +117,15 @@ impl Plan {
         self.joining.clear();
     }
 
+    /// Checkpoints need backup nodes and none is left: one node runs the
+    /// job and no spare can hold its backups.
+    fn no_backup_node_left(&self) -> bool {
+        self.config.interval_ms > 0
+            && self.config.backups > 0
+            && self.active().len() < 2
+            && self.pool_holders().is_empty()
+    }
+
     /// A spare that backed up the placement's checkpoints failed: every
     /// node streams its checkpoints to new backup nodes from now on, by a
     /// live recovery that moves no slot (the checkpoints in flight are
@@ -129,7 +134,7 @@ impl Plan {
     fn lost_backup_node(&mut self, name: &str, all_ready: bool, now_ms: u64) {
         let roll_back = self.must_roll_back();
         let reverted = self.interrupt(&format!("backup node `{name}` failed"));
-        if self.active().len() < 2 && self.pool_holders().is_empty() && self.config.backups > 0 {
+        if self.no_backup_node_left() {
             return self.fail(JobFailure::NoBackupNodeLeft { node: name.to_string() });
         }
         if self.config.live
